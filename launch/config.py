@@ -1,0 +1,102 @@
+"""Reading the run's Hydra config and turning every bad value into a one-line error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mpc.data.config import PARTITIONS
+from mpc.models import MODEL_KINDS
+from parties.config import PartySpec, RunConfig
+from parties.transport import transport_names
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("transport", "protocol", "model", "data", "train", "launch")
+MIN_PARTIES, MAX_PARTIES = 2, 5
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names it and what is allowed."""
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _check_group_choices(overrides: Sequence[str]) -> None:
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") in GROUPS and value and value not in group_options(key.lstrip("+~")):
+            raise ConfigError(f"{key}={value} is not available; choose one of {', '.join(group_options(key))}")
+
+
+def load_config(overrides: Sequence[str] = ()) -> RunConfig:
+    """Compose ``conf/config.yaml`` with command-line overrides into a checked RunConfig."""
+    _check_group_choices(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composed = compose(config_name="config", overrides=list(overrides))
+        typed = OmegaConf.merge(OmegaConf.structured(RunConfig), composed)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(_one_line(error)) from None
+    config: RunConfig = OmegaConf.to_object(typed)
+    _validate(config)
+    return config
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    key = getattr(error, "full_key", None)
+    message = text[0] if text else error.__class__.__name__
+    return f"invalid setting {key}: {message}" if key else message
+
+
+def _validate(config: RunConfig) -> None:
+    def require(condition: bool, message: str) -> None:
+        if not condition:
+            raise ConfigError(message)
+
+    require(MIN_PARTIES <= config.num_parties <= MAX_PARTIES,
+            f"num_parties={config.num_parties} is out of range; allowed values are {MIN_PARTIES}..{MAX_PARTIES}")
+    require(config.model.kind in MODEL_KINDS, f"model.kind={config.model.kind} is unknown; allowed: {', '.join(MODEL_KINDS)}")
+    require(all(h > 0 for h in config.model.hidden), f"model.hidden={config.model.hidden} must list positive sizes")
+    require(config.data.partition in PARTITIONS,
+            f"data.partition={config.data.partition} is not allowed; choose one of {', '.join(PARTITIONS)}")
+    require(config.data.rows >= 10, f"data.rows={config.data.rows} is too small; it must be at least 10")
+    require(config.data.test_rows >= 10, f"data.test_rows={config.data.test_rows} is too small; it must be at least 10")
+    require(config.train.epochs >= 1, f"train.epochs={config.train.epochs} must be at least 1")
+    require(config.train.batch_size >= 1, f"train.batch_size={config.train.batch_size} must be at least 1")
+    require(0 < config.train.lr <= 10, f"train.lr={config.train.lr} must be in (0, 10]")
+    require(0 <= config.train.evaluator < config.num_parties,
+            f"train.evaluator={config.train.evaluator} is not a party rank (0..{config.num_parties - 1})")
+    require(config.transport.name in transport_names(),
+            f"transport.name={config.transport.name} is unknown; choose one of {', '.join(transport_names())}")
+    require(config.device == "cpu" or config.device.startswith("cuda"), f"device={config.device}: use cpu or cuda")
+    require(config.transport.timeout_s > 0 and config.transport.connect_timeout_s > 0,
+            "transport.timeout_s and transport.connect_timeout_s must be positive")
+    if config.parties:
+        require(len(config.parties) == config.num_parties,
+                f"parties lists {len(config.parties)} parties but num_parties={config.num_parties}")
+        names = [spec.name for spec in config.parties]
+        require(all(names) and len(set(names)) == len(names), f"parties: every party needs a unique name, got {names}")
+    rank = config.party.rank
+    require(rank is None or 0 <= rank < config.num_parties,
+            f"party.rank={rank} is not a party rank (0..{config.num_parties - 1})")
+
+
+def default_party_specs(count: int) -> list[PartySpec]:
+    return [PartySpec(name=f"bank{rank}") for rank in range(count)]
+
+
+def rank_from_environment() -> int | None:
+    """The rank a launcher (torchrun, mpirun) gave this process, if any."""
+    for variable in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return None

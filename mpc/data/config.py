@@ -1,0 +1,18 @@
+"""``data.*``: where each party's table is and how the parties split the data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARTITIONS = ("horizontal", "vertical")
+
+
+@dataclass
+class DataConfig:
+    partition: str = "horizontal"
+    rows: int = 2000  # demo data: training rows per bank (horizontal) or customers (vertical)
+    test_rows: int = 3000
+    label: str = "is_fraud"
+    id_column: str = "id"
+    label_party: int = 0  # vertical: the party that holds the label
+    directory: str = ""  # demo data is generated here when empty paths are given

@@ -1,0 +1,49 @@
+"""Models are ordinary ``torch.nn`` definitions; CrypTen converts them for secure training."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+MODEL_KINDS = ("logreg", "mlp")
+
+
+@dataclass
+class ModelConfig:
+    """``model.*``: which network, and the MLP's hidden layer sizes."""
+
+    kind: str = "logreg"
+    hidden: list[int] = field(default_factory=lambda: [16, 8])
+
+
+def build_torch_model(config: ModelConfig, features: int, seed: int) -> nn.Module:
+    """The plaintext network with its initial weights drawn from ``seed`` (public)."""
+    if config.kind not in MODEL_KINDS:
+        raise ValueError(f"model={config.kind!r} is not a model; choose one of {', '.join(MODEL_KINDS)}")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if config.kind == "logreg":
+            return nn.Sequential(nn.Linear(features, 1))
+        layers: list[nn.Module] = []
+        width = features
+        for hidden in config.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        return nn.Sequential(*layers, nn.Linear(width, 1))
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0) -> Any:
+    """Convert through CrypTen's ONNX importer and secret-share the initial weights."""
+    with warnings.catch_warnings():
+        # the ONNX importer wraps read-only numpy buffers; the tensors are copied at encrypt()
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        secure = crypten.nn.from_pytorch(model, torch.zeros(1, features))
+    secure.encrypt(src=owner)
+    return secure

@@ -1,0 +1,21 @@
+"""A party process's entry point: run, report a failure in one clear line, exit non-zero."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from parties.config import RunConfig
+from parties.party import run_party
+
+
+def party_main(config: RunConfig, rank: int) -> None:
+    name = config.parties[rank].name if rank < len(config.parties) else f"rank {rank}"
+    try:
+        run_party(config, rank)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as error:  # the process boundary: report, never hang or half-succeed
+        logging.getLogger("cotrain.party").debug("party %s failed", name, exc_info=True)
+        print(f"cotrain: party {name} failed: {error.__class__.__name__}: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -1,0 +1,63 @@
+"""What a party leaves behind: its model (shares or revealed), its log, the run summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def party_dir(output_dir: str, run_id: str, party: str) -> Path:
+    path = Path(output_dir) / run_id / party
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _atomic_save(write: Any, path: Path) -> None:
+    """Write to a temporary name, then rename: a crash never leaves half a file behind."""
+    temporary = path.with_name(path.name + ".partial")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    _atomic_save(lambda p: p.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"), path)
+
+
+def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, reveal_to: list[str],
+               names: tuple[str, ...], rank: int, directory: Path) -> dict:
+    """Keep this party's shares; reveal the weights only to the parties named in reveal_to.
+
+    Returns what this party saved, for the summary.
+    """
+    unknown = [name for name in reveal_to if name not in names]
+    if unknown:
+        raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
+    secure_params = dict(secure_model.named_parameters())
+    shares = {name: param.share.clone() for name, param in secure_params.items()}
+    _atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
+    saved = {"shares": str(directory / "model_shares.pt")}
+    recipients = [names.index(name) for name in reveal_to]
+    revealed = {name: {dst: param.get_plain_text(dst=dst) for dst in recipients}
+                for name, param in secure_params.items()}
+    if rank in recipients:
+        plain = {name: values[rank] for name, values in revealed.items()}
+        state = _match_torch_state(torch_model, plain)
+        _atomic_save(lambda p: torch.save(state, p), directory / "model.pt")
+        saved["revealed"] = str(directory / "model.pt")
+    return saved
+
+
+def _match_torch_state(torch_model: torch.nn.Module, plain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CrypTen's converted model renames parameters; map them back by order and shape."""
+    state = torch_model.state_dict()
+    values = list(plain.values())
+    if len(values) != len(state) or any(v.shape != t.shape for v, t in zip(values, state.values())):
+        raise RuntimeError("the revealed parameters do not match the torch model's layout")
+    return {name: value.clone() for name, value in zip(state, values)}

@@ -1,0 +1,199 @@
+"""torch.distributed (gloo) transport: CrypTen's own wire, with timeouts and accounting.
+
+Objects travel as msgpack (see ``base``), never as CrypTen's pickles. CUDA tensors are
+staged through host memory because gloo moves only CPU tensors point to point.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ReduceOp
+
+from parties.transport.base import PartyAddress, Transport, TransportError, TransportOptions
+
+
+class _StagedRequest:
+    """A pending gloo request that copies a host buffer back to the caller's device."""
+
+    def __init__(self, work: Any, host: torch.Tensor, target: torch.Tensor, describe: str) -> None:
+        self._work, self._host, self._target, self._describe = work, host, target, describe
+
+    def wait(self) -> None:
+        try:
+            self._work.wait()
+        except RuntimeError as error:
+            raise TransportError(f"{self._describe} failed: {error}") from None
+        if self._host is not self._target:
+            self._target.copy_(self._host)
+
+    def is_completed(self) -> bool:
+        return self._work.is_completed()
+
+
+def _on_host(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous() if tensor.device.type != "cpu" else tensor.detach()
+
+
+class TorchDistributedTransport(Transport):
+    """Transport over a torch.distributed process group (gloo)."""
+
+    def __init__(self, address: PartyAddress, options: TransportOptions, backend: str = "gloo") -> None:
+        super().__init__(address, options)
+        if dist.is_initialized():
+            raise TransportError("torch.distributed is already initialised in this process")
+        try:
+            store = dist.TCPStore(
+                options.master_addr,
+                options.master_port,
+                world_size=self.world_size,
+                is_master=self.rank == 0,
+                timeout=timedelta(seconds=options.connect_timeout_s),
+                wait_for_workers=True,
+            )
+            dist.init_process_group(
+                backend,
+                store=store,
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=timedelta(seconds=options.timeout_s),
+            )
+        except (RuntimeError, dist.DistError) as error:
+            raise TransportError(
+                f"{self.peer(self.rank)} could not join the {backend} group at "
+                f"{options.master_addr}:{options.master_port} within "
+                f"transport.connect_timeout_s={options.connect_timeout_s:g}: not every party "
+                f"connected ({error.__class__.__name__}: {str(error).splitlines()[0]})"
+            ) from None
+        self._group = dist.group.WORLD
+
+    @contextmanager
+    def _operation(self, what: str) -> Iterator[None]:
+        with self.stats.timed():
+            try:
+                yield
+            except (RuntimeError, dist.DistError) as error:
+                first_line = str(error).splitlines()[0] if str(error) else error.__class__.__name__
+                raise TransportError(
+                    f"{self.peer(self.rank)}: {what} failed within "
+                    f"transport.timeout_s={self.options.timeout_s:g} ({first_line})"
+                ) from None
+
+    # -- point to point -------------------------------------------------------------------
+    def send(self, tensor: torch.Tensor, dst: int) -> None:
+        with self._operation(f"send to {self.peer(dst)}"):
+            dist.send(_on_host(tensor), dst)
+        self._count(tensor, sent_copies=1)
+
+    def recv(self, tensor: torch.Tensor, src: int | None = None) -> torch.Tensor:
+        host = _on_host(tensor).clone() if tensor.device.type == "cpu" else _on_host(tensor)
+        with self._operation(f"recv from {self.peer(src) if src is not None else 'any party'}"):
+            dist.recv(host, src)
+        self._count(tensor, received_copies=1)
+        return host.to(tensor.device)
+
+    def isend(self, tensor: torch.Tensor, dst: int) -> _StagedRequest:
+        host = _on_host(tensor)
+        with self._operation(f"isend to {self.peer(dst)}"):
+            work = dist.isend(host, dst)
+        self._count(tensor, sent_copies=1)
+        return _StagedRequest(work, host, host, f"isend to {self.peer(dst)}")
+
+    def irecv(self, tensor: torch.Tensor, src: int | None = None) -> _StagedRequest:
+        host = _on_host(tensor)
+        with self._operation(f"irecv from {self.peer(src)}"):
+            work = dist.irecv(host, src)
+        self._count(tensor, received_copies=1)
+        return _StagedRequest(work, host, tensor, f"irecv from {self.peer(src)}")
+
+    # -- collectives ----------------------------------------------------------------------
+    def scatter(self, scatter_list: list[torch.Tensor], src: int, size: Any = None,
+                device: Any = None) -> torch.Tensor:
+        if self.rank == src:
+            pieces = [_on_host(piece) for piece in scatter_list]
+            result = pieces[self.rank].clone()
+            with self._operation(f"scatter from {self.peer(src)}"):
+                dist.scatter(result, pieces, src)
+            self._count([p for i, p in enumerate(pieces) if i != src], sent_copies=1)
+            return result.to(scatter_list[self.rank].device)
+        if size is None:
+            size = scatter_list[self.rank].size()
+        result = torch.empty(size=size, dtype=torch.long)
+        with self._operation(f"scatter from {self.peer(src)}"):
+            dist.scatter(result, [], src)
+        self._count(result, received_copies=1)
+        return result.to(device) if device is not None else result
+
+    def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
+        tensors = list(input) if batched else [input]
+        results = [_on_host(tensor).clone() for tensor in tensors]
+        with self._operation(f"reduce at {self.peer(dst)}"):
+            works = [dist.reduce(result, dst, op=op, async_op=True) for result in results]
+            for work in works:
+                work.wait()
+        own = self.rank == dst
+        self._count(tensors, sent_copies=0 if own else 1, received_copies=self.world_size - 1 if own else 0)
+        results = [result.to(tensor.device) for result, tensor in zip(results, tensors)]
+        return results if batched else results[0]
+
+    def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
+        tensors = list(input) if batched else [input]
+        results = [_on_host(tensor).clone() for tensor in tensors]
+        with self._operation("all_reduce"):
+            works = [dist.all_reduce(result, op=op, async_op=True) for result in results]
+            for work in works:
+                work.wait()
+        # gloo's ring all-reduce moves 2(n-1)/n of the data each way
+        share = 2 * (self.world_size - 1) / self.world_size
+        self._count(tensors, sent_copies=share, received_copies=share)
+        results = [result.to(tensor.device) for result, tensor in zip(results, tensors)]
+        return results if batched else results[0]
+
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
+        host = _on_host(tensor)
+        if self.rank == dst:
+            result = [torch.empty_like(host) for _ in range(self.world_size)]
+            with self._operation(f"gather at {self.peer(dst)}"):
+                dist.gather(host, result, dst)
+            self._count(tensor, received_copies=self.world_size - 1)
+            return [item.to(tensor.device) for item in result]
+        with self._operation(f"gather at {self.peer(dst)}"):
+            dist.gather(host, [], dst)
+        self._count(tensor, sent_copies=1)
+        return None
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        host = _on_host(tensor)
+        result = [torch.empty_like(host) for _ in range(self.world_size)]
+        with self._operation("all_gather"):
+            dist.all_gather(result, host)
+        self._count(tensor, sent_copies=self.world_size - 1, received_copies=self.world_size - 1)
+        return [item.to(tensor.device) for item in result]
+
+    def broadcast(self, input: Any, src: int, group: Any = None, batched: bool = False) -> Any:
+        """In place, like CrypTen's own communicator: receivers' tensors are overwritten."""
+        tensors = list(input) if batched else [input]
+        hosts = [_on_host(tensor) for tensor in tensors]
+        with self._operation(f"broadcast from {self.peer(src)}"):
+            works = [dist.broadcast(host, src, async_op=True) for host in hosts]
+            for work in works:
+                work.wait()
+        for host, tensor in zip(hosts, tensors):
+            if host.data_ptr() != tensor.data_ptr():
+                tensor.copy_(host)
+        own = self.rank == src
+        self._count(tensors, sent_copies=self.world_size - 1 if own else 0, received_copies=0 if own else 1)
+        return tensors if batched else tensors[0]
+
+    def barrier(self) -> None:
+        with self._operation("barrier"):
+            dist.barrier()
+        self.stats.add(rounds=1)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

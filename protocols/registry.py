@@ -1,0 +1,44 @@
+"""One registry of protocol parts: each kind is an interface, implementations register by
+name, and a protocol suite names one implementation per kind.
+
+Like a protocol kernel table: swapping a suite swaps the table, and the engine asks the
+registry, never a hard-coded class.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+PART_KINDS = ("triple_source", "prg", "truncation", "comparison", "check")
+
+_PARTS: dict[str, dict[str, type]] = {kind: {} for kind in PART_KINDS}
+PartClass = TypeVar("PartClass", bound=type)
+
+
+def register_part(kind: str, name: str) -> Callable[[PartClass], PartClass]:
+    """Class decorator: ``@register_part("triple_source", "mine")``."""
+    if kind not in _PARTS:
+        raise ValueError(f"unknown protocol part kind {kind!r}; kinds are {', '.join(PART_KINDS)}")
+
+    def register(cls: PartClass) -> PartClass:
+        existing = _PARTS[kind].get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"{kind} {name!r} is already registered by {existing.__qualname__}")
+        _PARTS[kind][name] = cls
+        cls.part_name = name
+        return cls
+
+    return register
+
+
+def part_names(kind: str) -> list[str]:
+    return sorted(_PARTS[kind])
+
+
+def part_class(kind: str, name: str) -> type:
+    try:
+        return _PARTS[kind][name]
+    except KeyError:
+        raise ValueError(
+            f"protocol.{kind}={name!r} is not registered; choose one of {', '.join(part_names(kind))}"
+        ) from None
