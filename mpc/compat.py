@@ -82,6 +82,7 @@ def _allow_crypten_types_in_torch_load() -> None:
     import collections
 
     from crypten.encoder import FixedPointEncoder
+    from crypten.gradients import AutogradContext
     from crypten.mpc.mpc import MPCTensor
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
     from crypten.mpc.primitives.binary import BinarySharedTensor
@@ -93,8 +94,10 @@ def _allow_crypten_types_in_torch_load() -> None:
             ArithmeticSharedTensor,
             BinarySharedTensor,
             FixedPointEncoder,
+            AutogradContext,
             ptype,
             collections.defaultdict,
+            frozenset,
             torch.Size,
         ]
     )

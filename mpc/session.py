@@ -61,13 +61,17 @@ class MpcSession:
         communicator.DistributedCommunicator = _communicator_adapter(self.transport)
         self.suite.install(crypten)
         crypten.init(device=self.device if self.device.type == "cuda" else None)
+        self.suite.start(crypten)
         log.debug("secure session started for rank %d", self.transport.get_rank())
         return crypten
 
     def __exit__(self, *exc_info: Any) -> None:
         crypten = self.crypten
         if crypten.is_initialized():
-            crypten.uninit()
+            try:
+                self.suite.stop(crypten)
+            finally:
+                crypten.uninit()
         self.suite.uninstall(crypten)
         crypten.communicator.DistributedCommunicator = self._previous_communicator
 

@@ -150,7 +150,7 @@ def _check_binary(labels: pd.Series, party: str, path: Any, label: str) -> None:
         bad = labels[~labels.isin((0, 1))]
         raise DataError(
             f"{party}: {path}: label column {label!r} must hold only 0 and 1, "
-            f"found {bad.iloc[0]!r} at data row {int(bad.index[0]) + 1}"
+            f"found {bad.tolist()[0]!r} at data row {int(bad.index[0]) + 1}"
         )
 
 

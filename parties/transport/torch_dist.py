@@ -6,6 +6,8 @@ staged through host memory because gloo moves only CPU tensors point to point.
 
 from __future__ import annotations
 
+import time
+import os
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Iterator
@@ -35,6 +37,12 @@ class _StagedRequest:
         return self._work.is_completed()
 
 
+def _agent_hosts_store(options: TransportOptions) -> bool:
+    """Under torchrun the elastic agent already serves the store at MASTER_ADDR:MASTER_PORT."""
+    return (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            and os.environ.get("MASTER_PORT") == str(options.master_port))
+
+
 def _on_host(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu().contiguous() if tensor.device.type != "cpu" else tensor.detach()
 
@@ -46,15 +54,8 @@ class TorchDistributedTransport(Transport):
         super().__init__(address, options)
         if dist.is_initialized():
             raise TransportError("torch.distributed is already initialised in this process")
+        store = self._join_store(backend)
         try:
-            store = dist.TCPStore(
-                options.master_addr,
-                options.master_port,
-                world_size=self.world_size,
-                is_master=self.rank == 0,
-                timeout=timedelta(seconds=options.connect_timeout_s),
-                wait_for_workers=True,
-            )
             dist.init_process_group(
                 backend,
                 store=store,
@@ -64,12 +65,42 @@ class TorchDistributedTransport(Transport):
             )
         except (RuntimeError, dist.DistError) as error:
             raise TransportError(
-                f"{self.peer(self.rank)} could not join the {backend} group at "
-                f"{options.master_addr}:{options.master_port} within "
-                f"transport.connect_timeout_s={options.connect_timeout_s:g}: not every party "
-                f"connected ({error.__class__.__name__}: {str(error).splitlines()[0]})"
+                f"{self.peer(self.rank)} could not form the {backend} group: {str(error).splitlines()[0]}"
             ) from None
         self._group = dist.group.WORLD
+
+    def _join_store(self, backend: str) -> dist.TCPStore:
+        """Rendezvous at rank 0's store; each party signs in so a missing one can be named."""
+        options = self.options
+        where = f"{options.master_addr}:{options.master_port}"
+        try:
+            store = dist.TCPStore(
+                options.master_addr,
+                options.master_port,
+                world_size=self.world_size,
+                is_master=self.rank == 0 and not _agent_hosts_store(options),
+                timeout=timedelta(seconds=options.connect_timeout_s),
+                wait_for_workers=False,
+            )
+        except (RuntimeError, dist.DistError) as error:
+            raise TransportError(
+                f"{self.peer(self.rank)} could not reach {self.peer(0)} at {where} within "
+                f"transport.connect_timeout_s={options.connect_timeout_s:g} "
+                f"({str(error).splitlines()[0]})"
+            ) from None
+        store.set(f"cotrain/joined/{self.rank}", self.get_name())
+        deadline = time.monotonic() + options.connect_timeout_s
+        while True:
+            missing = [r for r in range(self.world_size) if not store.check([f"cotrain/joined/{r}"])]
+            if not missing:
+                return store
+            if time.monotonic() > deadline:
+                names = ", ".join(self.peer(r) for r in missing)
+                raise TransportError(
+                    f"{self.peer(self.rank)}: {names} never joined the {backend} group at {where} "
+                    f"within transport.connect_timeout_s={options.connect_timeout_s:g}"
+                )
+            time.sleep(0.05)
 
     @contextmanager
     def _operation(self, what: str) -> Iterator[None]:

@@ -67,9 +67,11 @@ def run_parties(function: Callable[..., Any], world_size: int, *args: Any,
     deadline = time.monotonic() + timeout_s
     while len(collected) < len(ranks) and time.monotonic() < deadline:
         try:
-            rank, ok, value = results.get(timeout=max(0.01, deadline - time.monotonic()))
+            rank, ok, value = results.get(timeout=0.2)
         except queue.Empty:
-            break
+            if not any(process.is_alive() for process in processes):
+                break  # a rank died without reporting
+            continue
         collected[rank] = (ok, value)
     for process in processes:
         process.join(timeout=max(0.0, deadline - time.monotonic()) + 1)

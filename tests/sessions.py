@@ -1,0 +1,60 @@
+"""Run a function in N real party processes, each inside a secure session."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import socket
+import traceback
+from typing import Any, Callable
+
+from parties.transport import PartyAddress, TransportOptions, open_transport
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _party(fn: Callable, rank: int, world: int, port: int, options: dict, results: Any) -> None:
+    from mpc.session import MpcSession
+    from protocols import ProtocolConfig, ProtocolSuite
+
+    try:
+        address = PartyAddress(rank, world, tuple(f"party{i}" for i in range(world)))
+        transport = open_transport(address, TransportOptions(master_port=port, **options))
+        try:
+            with MpcSession(transport, ProtocolSuite(ProtocolConfig())) as crypten:
+                results.put((rank, "ok", fn(crypten, rank)))
+        finally:
+            transport.close()
+    except BaseException as error:  # report to the test instead of dying silently
+        results.put((rank, "error", f"{error.__class__.__name__}: {error}\n{traceback.format_exc()}"))
+
+
+def run_parties(fn: Callable[[Any, int], Any], world: int = 2, timeout_s: float = 120.0,
+                **options: Any) -> list[Any]:
+    """``fn(crypten, rank)`` in each party; returns the results in rank order."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    processes = [context.Process(target=_party, args=(fn, rank, world, port, options, results))
+                 for rank in range(world)]
+    for process in processes:
+        process.start()
+    collected: dict[int, Any] = {}
+    try:
+        for _ in range(world):
+            rank, status, value = results.get(timeout=timeout_s)
+            if status == "error":
+                raise AssertionError(f"party {rank} failed: {value}")
+            collected[rank] = value
+    except queue.Empty:
+        raise AssertionError(f"parties did not finish within {timeout_s} s") from None
+    finally:
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+    return [collected[rank] for rank in range(world)]

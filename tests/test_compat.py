@@ -1,0 +1,121 @@
+"""Each crypten 0.4.1 fix in mpc/compat.py, pinned with the inputs that fail without it."""
+
+from __future__ import annotations
+
+import io
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from mpc.compat import decode_fixed_point, load_crypten
+
+SCALE = 2**16
+
+
+def crypten_original_decode(tensor: torch.Tensor, scale: int) -> torch.Tensor:
+    """crypten 0.4.1's decode, reproduced to show the failure the fix removes."""
+    correction = (tensor < 0).long()
+    dividend = tensor.div(scale - correction, rounding_mode="floor")
+    remainder = tensor % scale
+    remainder += (remainder == 0).long() * scale * correction
+    return dividend.float() + remainder.float() / scale
+
+
+def test_import_works_on_current_torch():
+    crypten = load_crypten()
+    assert crypten.__version__ == "0.4.1"
+
+
+def test_pinned_negative_value_decodes_exactly():
+    value = torch.tensor([-1703930])
+    assert crypten_original_decode(value, SCALE).item() == pytest.approx(-26.99997, abs=1e-4)
+    assert decode_fixed_point(value, SCALE).item() == pytest.approx(-1703930 / 65536, abs=1e-6)
+
+
+def test_the_encoder_uses_the_fixed_decode():
+    crypten = load_crypten()
+    encoder = crypten.encoder.FixedPointEncoder(precision_bits=16)
+    assert encoder.decode(torch.tensor([-1703930])).item() == pytest.approx(-25.99997, abs=1e-4)
+
+
+def test_about_one_in_1300_negatives_failed_before_and_none_now():
+    values = torch.arange(-100 * SCALE, 0, dtype=torch.long)
+    exact = values.double() / SCALE
+    before = (crypten_original_decode(values, SCALE).double() - exact).abs() > 0.5
+    after = (decode_fixed_point(values, SCALE).double() - exact).abs()
+    assert 1 / 1500 < before.double().mean().item() < 1 / 1100
+    # float32 rounding of values below 100 in magnitude is at most 2^-18 (half an ulp at 64..128)
+    assert after.max().item() <= 2**-18
+
+
+def test_property_random_64_bit_values_match_exact_rational_division():
+    rng = random.Random(1234)
+    samples = [rng.randrange(-(2**63), 2**63) for _ in range(20_000)]
+    samples += [-(2**63), 2**63 - 1, -1, 0, 1, -SCALE, SCALE - 1]
+    decoded = decode_fixed_point(torch.tensor(samples, dtype=torch.long), SCALE)
+    for value, result in zip(samples, decoded.tolist()):
+        exact = Fraction(value, SCALE)
+        # one float64 rounding then one float32 rounding: within half a float32 ulp plus a
+        # float64 ulp of the exact quotient
+        magnitude = abs(float(exact)) or 2.0**-126
+        ulp32 = 2.0 ** (np.floor(np.log2(magnitude)) - 23)
+        assert abs(Fraction(result) - exact) <= Fraction(ulp32) * Fraction(1, 2) * (1 + Fraction(1, 2**28)), value
+
+
+def test_from_pytorch_uses_the_torchscript_exporter():
+    crypten = load_crypten()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    converted = crypten.nn.from_pytorch(model, torch.zeros(1, 4))
+    shapes = sorted(tuple(p.shape) for p in converted.parameters())
+    assert shapes == sorted(tuple(p.shape) for p in model.parameters())
+
+
+def test_crypten_load_keeps_torch_restricted_loader():
+    crypten = load_crypten()
+    buffer = io.BytesIO()
+    torch.save({"weights": torch.arange(4), "size": torch.Size([2, 2])}, buffer)
+    buffer.seek(0)
+    loaded = crypten.load(buffer)
+    assert loaded["size"] == torch.Size([2, 2])
+    assert torch.equal(loaded["weights"], torch.arange(4))
+
+
+def _save_and_load_shared(crypten, rank):
+    shared = crypten.cryptensor(torch.tensor([1.5, -2.25]), src=0)
+    buffer = io.BytesIO()
+    torch.save(shared, buffer)
+    buffer.seek(0)
+    restored = crypten.load(buffer)  # torch's restricted loader with crypten's classes allowed
+    return restored.get_plain_text().tolist()
+
+
+def test_shared_tensors_round_trip_through_crypten_load():
+    from sessions import run_parties
+
+    for values in run_parties(_save_and_load_shared, world=2):
+        assert values == [1.5, -2.25]
+
+
+def _tuple_cache_round_trip(crypten, rank):
+    import tempfile
+
+    provider = crypten.mpc.get_default_provider()
+    x = crypten.cryptensor(torch.tensor([1.5, -2.0]), src=0)
+    provider.trace()
+    (x * x).get_plain_text()
+    provider.trace(False)
+    provider.fill_cache()
+    with tempfile.TemporaryDirectory() as directory:
+        provider.save_cache(f"{directory}/")
+        provider.load_cache(f"{directory}/")  # torch.load under weights_only
+    return (x * x).get_plain_text().tolist()  # served from the reloaded cache
+
+
+def test_tuple_cache_round_trips_through_torch_load():
+    from sessions import run_parties
+
+    for values in run_parties(_tuple_cache_round_trip, world=2):
+        assert values == pytest.approx([2.25, 4.0], abs=2**-14)

@@ -1,0 +1,103 @@
+"""Bad input at one party stops every party with a clear error, within the timeouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from launch.config import load_config
+from launch.demo_data import with_demo_data
+from launch.local import LaunchError, free_port, launch_local
+from parties.entry import party_main
+
+FAST = ["data.rows=60", "data.test_rows=200", "train.epochs=1", "train.batch_size=60",
+        "transport.connect_timeout_s=20", "transport.timeout_s=20", "launch.grace_s=20"]
+
+
+def demo_config(tmp_path: Path, *overrides: str):
+    config = load_config([f"output_dir={tmp_path}", *FAST, *overrides])
+    return with_demo_data(dataclasses.replace(config, parties=[]), "fail")
+
+
+def corrupt(config, rank: int, edit) -> None:
+    path = Path(config.parties[rank].data)
+    frame = pd.read_csv(path)
+    edit(frame, path)
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda f, p: p.unlink(), "bank1: {path}: file not found"),
+        (lambda f, p: f.drop(columns=["hour"]).to_csv(p, index=False), "schema mismatch: bank1 lacks column 'hour'"),
+        (lambda f, p: f.rename(columns={"hour": "hr"}).to_csv(p, index=False), "schema mismatch: bank1 lacks column 'hour'"),
+        (lambda f, p: f.assign(amount=f["amount"].astype(object).where(f.index != 3, "12,5x")).to_csv(p, index=False),
+         "bank1: {path}: column 'amount' has a non-numeric value '12,5x' at data row 4"),
+        (lambda f, p: f.assign(hour=f["hour"].where(f.index != 7)).to_csv(p, index=False),
+         "bank1: {path}: column 'hour' has a missing or infinite value at data row 8"),
+        (lambda f, p: f.iloc[:0].to_csv(p, index=False), "bank1: {path}: the table has a header but no rows"),
+        (lambda f, p: p.write_text(""), "bank1: {path}: the file is empty"),
+        (lambda f, p: f.assign(is_fraud=2).to_csv(p, index=False),
+         "bank1: {path}: label column 'is_fraud' must hold only 0 and 1, found 2 at data row 1"),
+    ],
+    ids=["missing-file", "missing-column", "wrong-column", "non-numeric", "nan", "no-rows", "empty-file", "bad-label"],
+)
+def test_bad_table_at_one_party_stops_all(tmp_path, capfd, edit, expected):
+    config = demo_config(tmp_path, "num_parties=3")
+    corrupt(config, 1, edit)
+    started = time.monotonic()
+    with pytest.raises(LaunchError):
+        launch_local(config)
+    assert time.monotonic() - started < 60
+    err = capfd.readouterr().err
+    message = expected.format(path=config.parties[1].data)
+    for name in ("bank0", "bank1", "bank2"):  # every party reports the same cause
+        assert f"cotrain: party {name} failed: DataError: {message}" in err, err
+
+
+def test_vertical_rows_out_of_order_are_refused(tmp_path, capfd):
+    config = demo_config(tmp_path, "num_parties=2", "data.partition=vertical")
+    corrupt(config, 1, lambda f, p: f.iloc[::-1].to_csv(p, index=False))
+    with pytest.raises(LaunchError):
+        launch_local(config)
+    assert "party 1: the 'id' column of its training table does not match party 0's" in capfd.readouterr().err
+
+
+def test_party_that_never_starts(tmp_path, capfd):
+    config = demo_config(tmp_path, "num_parties=3", "transport.connect_timeout_s=4")
+    config = dataclasses.replace(config, transport=dataclasses.replace(config.transport, master_port=free_port()))
+    context = multiprocessing.get_context("spawn")
+    started = time.monotonic()
+    present = [context.Process(target=party_main, args=(config, rank)) for rank in (0, 1)]
+    for process in present:
+        process.start()
+    for process in present:
+        process.join(60)
+    assert [p.exitcode for p in present] == [1, 1]
+    assert time.monotonic() - started < 40
+    err = capfd.readouterr().err
+    assert "party 2 (bank2) never joined the gloo group" in err
+
+
+def test_party_that_dies_mid_run_stops_the_others(tmp_path, capfd, monkeypatch):
+    """A party killed after the data is shared: the others stop within the op timeout."""
+    config = demo_config(tmp_path, "num_parties=3", "transport.timeout_s=8", "data.rows=2000",
+                         "train.batch_size=16", "train.epochs=3")
+    context = multiprocessing.get_context("spawn")
+    config = dataclasses.replace(config, transport=dataclasses.replace(config.transport, master_port=free_port()))
+    processes = [context.Process(target=party_main, args=(config, rank)) for rank in range(3)]
+    for process in processes:
+        process.start()
+    time.sleep(12)  # well into training
+    processes[2].kill()
+    started = time.monotonic()
+    for process in processes[:2]:
+        process.join(60)
+    assert time.monotonic() - started < 40
+    assert [p.exitcode for p in processes[:2]] == [1, 1]
+    assert "failed" in capfd.readouterr().err

@@ -1,0 +1,377 @@
+"""The ZeroMQ transport: every collective, the wire checks, CurveZMQ, faults, and CrypTen on top.
+
+Parties run in spawned processes (helpers.run_parties); each multi-party scenario spawns once
+and reports many checks, so the file stays quick on two cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import msgpack
+import pytest
+import torch
+from torch.distributed import ReduceOp
+
+from helpers import address, party_names, run_parties, values, zmq_options
+from parties.transport import TransportError, TransportOptions, WireError
+from parties.transport.base import reduce_tensors
+from parties.transport.keys import (
+    KeyFileError,
+    fingerprint,
+    generate_party_keys,
+    load_key_pair,
+    load_public_key,
+)
+
+SHAPE = (3, 4)
+
+
+@pytest.fixture(scope="module")
+def key_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    directory = tmp_path_factory.mktemp("keys")
+    generate_party_keys(directory, party_names(3))
+    return str(directory)
+
+
+def _open(rank: int, world_size: int, options: TransportOptions):
+    from parties.transport import open_transport
+
+    return open_transport(address(rank, world_size), options)
+
+
+def _input(rank: int, dtype: torch.dtype, shape: tuple = SHAPE, salt: int = 0) -> torch.Tensor:
+    """Party ``rank``'s deterministic input, so every party can compute the reference."""
+    generator = torch.Generator().manual_seed(1000 * rank + salt)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator, dtype=dtype)
+    info = torch.iinfo(dtype)
+    return torch.randint(info.min // 2, info.max // 2, shape, generator=generator, dtype=dtype)
+
+
+# -- every collective against a locally computed reference ----------------------------------
+def _collectives(rank: int, world_size: int, options: TransportOptions) -> dict[str, str]:
+    """Runs each check in order; returns check name → "" (passed) or what went wrong."""
+    t = _open(rank, world_size, options)
+    everyone = range(world_size)
+    after, before = (rank + 1) % world_size, (rank - 1) % world_size
+    outcome: dict[str, str] = {}
+
+    def check(name: str, got: object, expected: object) -> None:
+        same = (
+            all(torch.equal(g, e) and g.dtype == e.dtype for g, e in zip(got, expected)) and len(got) == len(expected)
+            if isinstance(expected, list) else torch.equal(got, expected) and got.dtype == expected.dtype
+        )
+        outcome[name] = "" if same else f"got {got}, expected {expected}"
+
+    for dtype in (torch.int8, torch.int64, torch.float64, torch.bool):
+        key = str(dtype).split(".")[1]
+        mine, all_inputs = _input(rank, dtype), [_input(r, dtype) for r in everyone]
+        t.send(mine, after)
+        check(f"send_recv_{key}", t.recv(torch.empty_like(mine), before), all_inputs[before])
+        check(f"all_gather_{key}", t.all_gather(mine), all_inputs)
+        check(f"broadcast_{key}", t.broadcast(mine.clone(), 1), all_inputs[1])
+        gathered = t.gather(mine, 0)
+        if rank == 0:
+            check(f"gather_{key}", gathered, all_inputs)
+        else:
+            outcome[f"gather_{key}"] = "" if gathered is None else f"non-destination got {gathered}"
+        ops = [ReduceOp.BXOR] if dtype == torch.bool else [ReduceOp.SUM, ReduceOp.BXOR]
+        for op in ops if not dtype.is_floating_point else [ReduceOp.SUM]:
+            name = f"{key}_{'sum' if op == ReduceOp.SUM else 'xor'}"
+            check(f"all_reduce_{name}", t.all_reduce(mine, op=op), reduce_tensors(all_inputs, op))
+            reduced = t.reduce(mine, 1, op=op)
+            if rank == 1:
+                check(f"reduce_{name}", reduced, reduce_tensors(all_inputs, op))
+
+    # lists travel as one message per peer
+    shapes = [(2, 5), (7,), ()]
+    lists = [[_input(r, torch.int64, shape, salt=i) for i, shape in enumerate(shapes)] for r in everyone]
+    for op, name in ((ReduceOp.SUM, "sum"), (ReduceOp.BXOR, "xor")):
+        expected = [reduce_tensors([lists[r][i] for r in everyone], op) for i in range(len(shapes))]
+        check(f"all_reduce_batched_{name}", t.all_reduce(lists[rank], op=op, batched=True), expected)
+        reduced = t.reduce(lists[rank], 0, op=op, batched=True)
+        if rank == 0:
+            check(f"reduce_batched_{name}", reduced, expected)
+    targets = [tensor.clone() if rank == 2 % world_size else torch.zeros_like(tensor) for tensor in lists[rank]]
+    t.broadcast(targets, 2 % world_size, batched=True)
+    check("broadcast_batched_in_place", targets, lists[2 % world_size])
+
+    pieces = [_input(r, torch.int64, salt=7) for r in everyone]
+    check("scatter", t.scatter(pieces if rank == 0 else [], 0, size=SHAPE), pieces[rank])
+    check("scatter_size_from_list", t.scatter(pieces, world_size - 1), pieces[rank])
+
+    sending = t.isend(_input(rank, torch.int64, salt=3), after)
+    received = torch.zeros(SHAPE, dtype=torch.int64)
+    t.irecv(received, before).wait()
+    sending.wait()
+    check("isend_irecv", received, _input(before, torch.int64, salt=3))
+
+    empty = torch.empty(0, 3, dtype=torch.int64)
+    check("empty_all_reduce", t.all_reduce(empty), empty)
+    check("empty_all_gather", t.all_gather(empty), [empty] * world_size)
+    t.send(torch.empty(0), after)
+    check("empty_send_recv", t.recv(torch.empty(0), before), torch.empty(0))
+    check("zero_dim_all_reduce", t.all_reduce(torch.tensor(rank)), torch.tensor(sum(everyone)))
+    strided = torch.arange(12).reshape(3, 4).t()
+    check("non_contiguous", t.all_gather(strided), [strided] * world_size)
+
+    # many small messages in flight, waited for out of order
+    count = 1500
+    sends = [t.isend(torch.tensor([rank, i]), after) for i in range(count)]
+    inbox = [torch.zeros(2, dtype=torch.int64) for _ in range(count)]
+    requests = [t.irecv(tensor, before) for tensor in inbox]
+    for request in reversed(requests):
+        request.wait()
+    for handle in sends:
+        handle.wait()
+    check("many_small_in_flight", torch.stack(inbox), torch.tensor([[before, i] for i in range(count)]))
+
+    t.reset_communication_stats()
+    t.all_reduce(torch.zeros(1000, dtype=torch.int64))
+    t.barrier()
+    stats = t.stats
+    payload = 8000 * (world_size - 1)
+    outcome["stats"] = "" if (
+        stats.rounds == 2 and payload < stats.bytes_sent < payload + 1000
+        and payload < stats.bytes_received < payload + 1000 and stats.seconds > 0
+    ) else f"unexpected stats {stats}"
+    t.close()
+    t.close()  # idempotent
+    return outcome
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2_parties", "3_parties"])
+def collective_outcomes(request: pytest.FixtureRequest, key_dir: str) -> list[dict[str, str]]:
+    world_size = request.param
+    return values(run_parties(_collectives, world_size, world_size, zmq_options(world_size, key_dir)), world_size)
+
+
+def test_every_collective_matches_reference(collective_outcomes: list[dict[str, str]]) -> None:
+    failures = {(rank, name): error for rank, outcome in enumerate(collective_outcomes)
+                for name, error in outcome.items() if error}
+    assert not failures
+    assert len(set().union(*collective_outcomes)) > 40  # every check ran somewhere
+
+
+# -- a large tensor ---------------------------------------------------------------------------
+def _large(rank: int, options: TransportOptions) -> tuple[bool, float, int]:
+    t = _open(rank, 2, options)
+    elements = (256 << 20) // 8
+    start = time.perf_counter()
+    if rank == 0:
+        t.send(torch.arange(elements, dtype=torch.int64), 1)
+        t.barrier()
+        ok = True
+    else:
+        received = t.recv(torch.empty(elements, dtype=torch.int64), 0)
+        ok = bool(received[0] == 0 and received[-1] == elements - 1 and received[elements // 2] == elements // 2)
+        del received
+        t.barrier()
+    seconds = time.perf_counter() - start
+    moved = t.stats.bytes_sent + t.stats.bytes_received
+    t.close()
+    return ok, seconds, moved
+
+
+@pytest.mark.large
+def test_256_mib_tensor(key_dir: str) -> None:
+    """One 256 MiB message, encrypted: about 0.8 GiB of memory at the peak (sender, zmq, result)."""
+    results = values(run_parties(_large, 2, zmq_options(2, key_dir)), 2)
+    assert all(ok for ok, _, _ in results)
+    assert all(moved >= 256 << 20 for _, _, moved in results)
+
+
+# -- malformed and tampered frames --------------------------------------------------------------
+def _header(seq: int, **changes: object) -> bytes:
+    header = {"op": "p2p", "seq": seq, "sender": 1, "dtype": ["int64"], "shape": [[4]]}
+    header.update(changes)
+    return msgpack.packb(header)
+
+
+def _tamper_cases(seq: int) -> dict[str, list[bytes]]:
+    good = bytes(32)
+    return {
+        "wrong_dtype": [_header(seq, dtype=["float64"]), good],
+        "wrong_shape": [_header(seq, shape=[[5]]), bytes(40)],
+        "wrong_size": [_header(seq), bytes(31)],
+        "wrong_seq": [_header(seq + 5), good],
+        "wrong_op": [_header(seq, op="broadcast"), good],
+        "wrong_sender": [_header(seq, sender=0), good],
+        "garbage_header": [b"\xc1\x00garbage", good],
+        "not_a_map": [msgpack.packb([1, 2, 3]), good],
+        "extra_frame": [_header(seq), good, good],
+    }
+
+
+def _tamper(rank: int, cases: list[str], options: list[TransportOptions]) -> dict[str, tuple[str, str]]:
+    """Rank 1 sends one doctored message per case; rank 0 reports what its recv raised."""
+    seen = {}
+    for case, case_options in zip(cases, options):
+        t = _open(rank, 2, case_options)
+        if rank == 1:
+            t._dealers[0].send_multipart(_tamper_cases(t._send_seq[0])[case])
+            t.recv(torch.empty(1), 0)  # wait until the victim has judged this case
+        else:
+            try:
+                t.recv(torch.empty(4, dtype=torch.int64), 1)
+                seen[case] = ("accepted", "")
+            except Exception as error:
+                seen[case] = (type(error).__name__, str(error))
+            t.send(torch.empty(1), 1)
+        t.close()
+    return seen
+
+
+def test_tampered_frames_rejected_naming_peer(key_dir: str) -> None:
+    cases = list(_tamper_cases(0))
+    options = [zmq_options(2, key_dir, timeout_s=10.0) for _ in cases]
+    seen = values(run_parties(_tamper, 2, cases, options), 2)[0]
+    for case in cases:
+        kind, message = seen[case]
+        assert kind == "WireError" and "party 1 (p1)" in message, (case, kind, message)
+
+
+def test_oversized_batch_refused_before_sending() -> None:
+    options = zmq_options(1, max_message_bytes=1024)
+    t = _open(0, 1, options)
+    try:
+        with pytest.raises(WireError, match="max_message_bytes"):
+            t._send_tensors("p2p", 0, [torch.zeros(200, dtype=torch.int64)])
+    finally:
+        t.close()
+
+
+# -- CurveZMQ keys -----------------------------------------------------------------------------
+def test_key_files(tmp_path: Path) -> None:
+    public_keys = generate_party_keys(tmp_path, ["a", "b"])
+    assert (tmp_path / "a.secret").stat().st_mode & 0o777 == 0o600
+    public, secret = load_key_pair(tmp_path, "a")
+    assert public == public_keys["a"] == load_public_key(tmp_path, "a")
+    assert len(fingerprint(public)) == 16 and fingerprint(public) != fingerprint(public_keys["b"])
+    with pytest.raises(FileExistsError):
+        generate_party_keys(tmp_path, ["a"])
+    os.chmod(tmp_path / "b.secret", 0o644)
+    with pytest.raises(KeyFileError, match="readable by other users"):
+        load_key_pair(tmp_path, "b")
+
+
+def test_encryption_needs_keys() -> None:
+    with pytest.raises(TransportError, match="key_dir"):
+        _open(0, 2, zmq_options(2, encrypt=True))
+
+
+def _expect_failure(rank: int, options: list[TransportOptions]) -> tuple[str, str, float]:
+    start = time.perf_counter()
+    try:
+        _open(rank, 2, options[rank]).close()
+        return "connected", "", time.perf_counter() - start
+    except Exception as error:
+        return type(error).__name__, str(error), time.perf_counter() - start
+
+
+def test_unknown_key_refused(key_dir: str, tmp_path: Path) -> None:
+    """Party 1 presents a key party 0 never listed (knowing party 0's public key): refused."""
+    generate_party_keys(tmp_path, ["p1"])
+    options = zmq_options(2, key_dir, connect_timeout_s=4.0)
+    impostor = replace(options, key_dir=str(tmp_path), public_keys={"p0": load_public_key(key_dir, "p0")})
+    results = values(run_parties(_expect_failure, 2, [options, impostor]), 2)
+    for rank, (kind, message, seconds) in enumerate(results):
+        assert kind == "TransportError", results
+        assert f"party {1 - rank} (p{1 - rank})" in message and seconds < 6, results
+    # who notices first races: a ZAP refusal, a failed handshake, or a peer that went away
+    assert any("CurveZMQ" in message for _, message, _ in results), results
+
+
+# -- faults ------------------------------------------------------------------------------------
+def _dies(rank: int, options: TransportOptions) -> tuple[str, str, float]:
+    t = _open(rank, 2, options)
+    t.barrier()
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.2)
+    start = time.perf_counter()
+    try:
+        t.all_reduce(torch.ones(4))
+        outcome = ("completed", "")
+    except TransportError as error:
+        outcome = ("TransportError", str(error))
+    seconds = time.perf_counter() - start
+    t.close()
+    return (*outcome, seconds)
+
+
+def test_killed_peer_raises_within_timeout(key_dir: str) -> None:
+    results = run_parties(_dies, 2, zmq_options(2, key_dir, timeout_s=2.0), timeout_s=30)
+    ok, (kind, message, seconds) = results[0]
+    assert ok and kind == "TransportError", results
+    assert "party 1 (p1)" in message and "all_reduce" in message
+    assert seconds < 4
+
+
+def test_peer_that_never_starts(caplog: pytest.LogCaptureFixture) -> None:
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING), pytest.raises(TransportError, match=r"party 1 \(p1\)"):
+        _open(0, 2, zmq_options(2, encrypt=False, connect_timeout_s=2.0))
+    assert time.perf_counter() - start < 4
+    assert "NEITHER ENCRYPTED NOR AUTHENTICATED" in caplog.text
+
+
+# -- CUDA tensors are staged through host memory ---------------------------------------------------
+def _cuda(rank: int, options: TransportOptions) -> bool:
+    t = _open(rank, 2, options)
+    mine = torch.full((5,), float(rank + 1), device="cuda")
+    total = t.all_reduce(mine)
+    t.send(mine, 1 - rank)
+    other = t.recv(torch.empty(5, device="cuda"), 1 - rank)
+    t.close()
+    return total.device.type == other.device.type == "cuda" and total.eq(3).all().item() and other.eq(2 - rank).all().item()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensors(key_dir: str) -> None:
+    assert all(values(run_parties(_cuda, 2, zmq_options(2, key_dir)), 2))
+
+
+# -- CrypTen end to end ------------------------------------------------------------------------
+def _crypten(rank: int, options: TransportOptions) -> dict[str, list[float]]:
+    from mpc.session import MpcSession
+    from protocols import ProtocolConfig, ProtocolSuite
+
+    t = _open(rank, 3, options)
+    x, y = _input(0, torch.float64, (20,)).mul(4).clamp(-9, 9), _input(1, torch.float64, (20,)).mul(4).clamp(-9, 9)
+    with MpcSession(t, ProtocolSuite(ProtocolConfig())) as crypten:
+        secret_x, secret_y = crypten.cryptensor(x.float(), src=0), crypten.cryptensor(y.float(), src=1)
+        result = {
+            "mul": (secret_x * secret_y).get_plain_text(),
+            "relu": secret_x.relu().get_plain_text(),
+            "sigmoid": secret_y.sigmoid().get_plain_text(),
+        }
+    t.close()
+    return {name: value.double().tolist() for name, value in result.items()}
+
+
+def test_crypten_over_zmq_matches_plaintext(key_dir: str) -> None:
+    """MPCTensor ops over encrypted zmq, 3 parties, 16 fractional bits (LSB 2^-16).
+
+    mul of |x|, |y| < 10: encoding rounds each input by at most 2^-17, so the product is off by
+    at most (|x| + |y|) 2^-17 < 10 * 2^-16, plus one LSB from truncation: tolerance 16 * 2^-16.
+    relu is exact up to encoding: 2^-16. sigmoid is dominated by CrypTen's own approximation
+    (exp by repeated squaring, Newton reciprocal), measured at ~2e-3 here: tolerance 1e-2.
+    """
+    outcomes = values(run_parties(_crypten, 3, zmq_options(3, key_dir), timeout_s=90), 3)
+    x, y = _input(0, torch.float64, (20,)).mul(4).clamp(-9, 9), _input(1, torch.float64, (20,)).mul(4).clamp(-9, 9)
+    x, y = x.float().double(), y.float().double()
+    lsb = 2.0 ** -16
+    for outcome in outcomes:
+        assert torch.allclose(torch.tensor(outcome["mul"], dtype=torch.float64), x * y, rtol=0, atol=16 * lsb)
+        assert torch.allclose(torch.tensor(outcome["relu"], dtype=torch.float64), x.relu(), rtol=0, atol=lsb)
+        assert torch.allclose(torch.tensor(outcome["sigmoid"], dtype=torch.float64), y.sigmoid(), rtol=0, atol=1e-2)
+    assert outcomes[0] == outcomes[1] == outcomes[2]
