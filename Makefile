@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 CRYPTEN := crypten==0.4.1
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-check wan-bench bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Every workload on plaintext torch, plain CrypTen and each transport x protocol suite, side
+# by side (< 15 min on 2 cores): prints a table, writes bench/results/<date>.json.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+# On a GPU machine: GPU-marked tests plus a short CPU-vs-CUDA benchmark (< 5 min).
+gpu-check: $(STAMP)
+	bash launch/gpu_check.sh
+
+# Needs root (network namespaces): seconds per epoch over simulated WAN links.
+wan-bench: $(STAMP)
+	$(BIN)/python bench/wan_bench.py
 
 clean:
 	rm -rf outputs .pytest_cache

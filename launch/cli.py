@@ -7,9 +7,11 @@ import dataclasses
 import sys
 from typing import Sequence
 
-from launch.config import ConfigError, default_party_specs, load_config, rank_from_environment
-from launch.demo_data import with_demo_data
+from launch.config import ConfigError, default_party_specs, load_config
+from launch.demo_data import with_demo_data, with_shared_demo_data
+from launch.launchers import resolve
 from launch.local import LaunchError, launch_local
+from launch.mpirun import launch_mpirun
 from parties.entry import party_main
 from parties.party import new_run_id
 
@@ -25,11 +27,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(overrides: Sequence[str]) -> int:
     config = load_config(overrides)
+    config, rank, _ = resolve(config, overrides)
     if not config.parties:
         config = dataclasses.replace(config, parties=default_party_specs(config.num_parties))
-    rank = config.party.rank if config.party.rank is not None else rank_from_environment()
     if rank is not None:  # this process is one party; its peers were started elsewhere
+        config = with_shared_demo_data(config)  # every rank regenerates the demo tables itself
         party_main(config, rank)
+        return 0
+    if config.transport.name == "mpi":  # MPI ranks must come from an MPI launcher
+        launch_mpirun(config, overrides, config.run_id or new_run_id())
         return 0
     config = with_demo_data(config, config.run_id or new_run_id())
     launch_local(config)

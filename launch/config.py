@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +14,7 @@ from mpc.data.config import PARTITIONS
 from mpc.models import MODEL_KINDS
 from parties.config import PartySpec, RunConfig
 from parties.transport import transport_names
+from protocols.suite import check_party_count, needs_dealer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("transport", "protocol", "model", "data", "train", "launch")
@@ -85,18 +85,16 @@ def _validate(config: RunConfig) -> None:
                 f"parties lists {len(config.parties)} parties but num_parties={config.num_parties}")
         names = [spec.name for spec in config.parties]
         require(all(names) and len(set(names)) == len(names), f"parties: every party needs a unique name, got {names}")
+    try:
+        check_party_count(config.protocol, config.num_parties)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    dealer = needs_dealer(config.protocol)  # the dealer process is rank num_parties
     rank = config.party.rank
-    require(rank is None or 0 <= rank < config.num_parties,
-            f"party.rank={rank} is not a party rank (0..{config.num_parties - 1})")
+    require(rank is None or 0 <= rank < config.num_parties + dealer,
+            f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
+            f"{', the last being the dealer' if dealer else ''})")
 
 
 def default_party_specs(count: int) -> list[PartySpec]:
     return [PartySpec(name=f"bank{rank}") for rank in range(count)]
-
-
-def rank_from_environment() -> int | None:
-    """The rank a launcher (torchrun, mpirun) gave this process, if any."""
-    for variable in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        if os.environ.get(variable, "").isdigit():
-            return int(os.environ[variable])
-    return None

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import socket
+import tempfile
 import time
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 
 from parties.config import RunConfig
 from parties.entry import party_main
+from parties.transport.keys import generate_party_keys
+from protocols.dealer import DEALER_NAME
+from protocols.suite import needs_dealer
 
 log = logging.getLogger("cotrain.launch")
 
@@ -25,12 +29,30 @@ class LaunchError(RuntimeError):
     """A party failed or the job ran past its deadline."""
 
 
+def _local_addresses(config: RunConfig, names: list[str], key_dir: str) -> RunConfig:
+    """Loopback addresses on free ports; for zmq, every party's address and fresh keys."""
+    transport = replace(config.transport, master_addr="127.0.0.1", master_port=free_port())
+    if transport.name == "zmq":
+        transport = replace(transport, peers={name: f"tcp://127.0.0.1:{free_port()}" for name in names})
+        if transport.encrypt:  # fresh CurveZMQ key pairs for this run only
+            generate_party_keys(key_dir, names)
+            transport = replace(transport, key_dir=key_dir)
+    return replace(config, transport=transport)
+
+
 def launch_local(config: RunConfig) -> None:
     """Start every party, wait for all of them, stop the rest as soon as one fails."""
-    config = replace(config, transport=replace(config.transport, master_addr="127.0.0.1", master_port=free_port()))
+    names = [spec.name for spec in config.parties] + ([DEALER_NAME] if needs_dealer(config.protocol) else [])
+    with tempfile.TemporaryDirectory(prefix="cotrain-keys-") as key_dir:  # removed, keys and all, at the end
+        _run_processes(_local_addresses(config, names, key_dir))
+
+
+def _run_processes(config: RunConfig) -> None:
     context = multiprocessing.get_context("spawn")  # never fork: CUDA may be initialised
     processes = [context.Process(target=party_main, args=(config, rank), name=spec.name, daemon=False)
                  for rank, spec in enumerate(config.parties)]
+    if needs_dealer(config.protocol):  # the suite's dealer: one more process, rank num_parties
+        processes.append(context.Process(target=party_main, args=(config, len(processes)), name="dealer", daemon=False))
     for process in processes:
         process.start()
     try:

@@ -39,11 +39,36 @@ def build_torch_model(config: ModelConfig, features: int, seed: int) -> nn.Modul
         torch.random.set_rng_state(generator_state)
 
 
-def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0) -> Any:
+def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0, device: Any = "cpu") -> Any:
     """Convert through CrypTen's ONNX importer and secret-share the initial weights."""
     with warnings.catch_warnings():
         # the ONNX importer wraps read-only numpy buffers; the tensors are copied at encrypt()
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         secure = crypten.nn.from_pytorch(model, torch.zeros(1, features))
+    _drop_unit_scalings(crypten, secure)
     secure.encrypt(src=owner)
-    return secure
+    return secure.to(device)
+
+
+_UNIT_GEMM: dict[int, type] = {}
+
+
+def _drop_unit_scalings(crypten: Any, secure: Any) -> None:
+    """``nn.Linear`` arrives as ONNX Gemm with alpha = beta = 1, which CrypTen multiplies in
+    (a public multiplication, hence a truncation: a round each way, per layer, with more than
+    local truncation). Such layers become a plain ``a @ b + c``; the arithmetic is the same."""
+    gemm = crypten.nn.Gemm
+    unit = _UNIT_GEMM.get(id(gemm))
+    if unit is None:
+        def forward(self: Any, x: Any) -> Any:
+            a, b, c = tuple(x)
+            if self.trans_a:
+                a = a.t()
+            if self.trans_b:
+                b = b.t()
+            return a.matmul(b).add(c)
+
+        unit = _UNIT_GEMM[id(gemm)] = type("UnitGemm", (gemm,), {"forward": forward})
+    for module in secure.modules():
+        if type(module) is gemm and module.alpha == 1.0 and module.beta == 1.0:
+            module.__class__ = unit

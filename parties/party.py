@@ -16,10 +16,15 @@ from mpc.models import build_torch_model, encrypt_model
 from mpc.session import MpcSession
 from mpc.training import SecureTrainer
 from parties.config import RunConfig
+from parties.devices import party_device
 from parties.outputs import party_dir, save_model, write_json
 from parties.summary import build_summary, print_summary
 from parties.transport import PartyAddress, open_transport
+from mpc.group import PartyGroup
 from protocols import ProtocolSuite
+from protocols.dealer import DEALER_NAME, run_dealer_server
+from protocols.suite import needs_dealer
+from protocols.malicious.parts import is_malicious
 
 log = logging.getLogger("cotrain.party")
 
@@ -71,11 +76,14 @@ def _tag_records(name: str) -> None:
 
 def run_party(config: RunConfig, rank: int) -> PartyOutcome:
     """Run this party's side of the whole job; raises on any failure."""
-    names = config.names()
+    # a suite with a dealer adds one process, rank num_parties, to the transport's world;
+    # MPC runs among the parties only (a PartyGroup view of the transport)
+    dealer = needs_dealer(config.protocol)
+    names = config.names() + ((DEALER_NAME,) if dealer else ())
     name = names[rank]
     _configure_logging(config.log_level, rank, None)
     _tag_records(name)
-    address = PartyAddress(rank=rank, world_size=config.num_parties, names=names)
+    address = PartyAddress(rank=rank, world_size=len(names), names=names)
     transport = open_transport(address, config.transport)
     try:
         # every rank adopts rank 0's run id, so mpirun/torchrun/per-host runs share one folder
@@ -85,7 +93,15 @@ def run_party(config: RunConfig, rank: int) -> PartyOutcome:
         _tag_records(name)
         log.info("party %s (rank %d of %d) joined run %s over %s", name, rank, config.num_parties,
                  run_id, config.transport.name)
-        summary = _train(config, transport, rank, run_id, directory)
+        if is_malicious(config.protocol):  # protocol=malicious: its own authenticated engine and dealer
+            from parties.malicious_run import run_malicious
+
+            return PartyOutcome(rank, name, directory, run_malicious(config, transport, rank, run_id, directory))
+        if rank == config.num_parties:
+            write_json(directory / "dealer.json", run_dealer_server(transport, config.num_parties))
+            return PartyOutcome(rank, name, directory, None)
+        mpc_transport = PartyGroup(transport, config.num_parties) if dealer else transport
+        summary = _train(config, mpc_transport, rank, run_id, directory)
         return PartyOutcome(rank, name, directory, summary)
     finally:
         transport.close()
@@ -96,12 +112,14 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     spec = config.parties[rank]
     suite = ProtocolSuite(config.protocol)
     started = time.perf_counter()
-    with MpcSession(transport, suite, device=config.device) as crypten:
+    device = party_device(config.device, rank)
+    log.info("computing on %s", device)
+    with MpcSession(transport, suite, device=device) as crypten:
         share = share_horizontal if config.data.partition == "horizontal" else share_vertical
-        train, test, _ = share(crypten, config.data, spec.data, spec.test_data or None, names[rank])
+        train, test, _ = share(crypten, config.data, spec.data, spec.test_data or None, names[rank], device)
         weights = ClassWeights.balanced(train.rows, train.positive_count)
         torch_model = build_torch_model(config.model, len(train.feature_names), config.seed)
-        secure_model = encrypt_model(crypten, torch_model, len(train.feature_names))
+        secure_model = encrypt_model(crypten, torch_model, len(train.feature_names), device=device)
         log.info("shared %d rows x %d features; training %s for %d epochs", train.rows,
                  len(train.feature_names), config.model.kind, config.train.epochs)
         training_start = time.perf_counter()

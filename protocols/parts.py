@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 
 @dataclass
@@ -21,12 +23,60 @@ class PartCounters:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def add(self, phase: str, nbytes: int, rounds: int) -> None:
+        if phase not in ("offline", "online"):
+            raise ValueError(f"phase is offline or online, not {phase!r}")
+        setattr(self, f"{phase}_bytes", getattr(self, f"{phase}_bytes") + int(nbytes))
+        setattr(self, f"{phase}_rounds", getattr(self, f"{phase}_rounds") + int(rounds))
+
+
+_meter = threading.local()
+
+
+def _comm_totals() -> tuple[int, int]:
+    """Bytes (sent + received) and rounds this party's communicator has counted so far."""
+    try:
+        import crypten.communicator as comm
+
+        stats = getattr(comm.get(), "stats", None) if comm.is_initialized() else None
+    except Exception:  # crypten not loaded or no communicator yet
+        stats = None
+    if stats is None:
+        return 0, 0
+    return stats.bytes_sent + stats.bytes_received, stats.rounds
+
+
+@contextmanager
+def metered(counters: PartCounters, phase: str) -> Iterator[None]:
+    """Charge the bytes and rounds spent inside to ``counters`` under ``phase``.
+
+    Meters nest: traffic of an inner metered block (a tuple fetched inside a Beaver
+    multiplication) is charged to the inner part only, never twice.
+    """
+    stack = getattr(_meter, "stack", None)
+    if stack is None:
+        stack = _meter.stack = []
+    start_bytes, start_rounds = _comm_totals()
+    frame = [0, 0]  # bytes, rounds charged to nested blocks
+    stack.append(frame)
+    try:
+        yield
+    finally:
+        stack.pop()
+        end_bytes, end_rounds = _comm_totals()
+        total_bytes, total_rounds = end_bytes - start_bytes, end_rounds - start_rounds
+        counters.add(phase, total_bytes - frame[0], total_rounds - frame[1])
+        if stack:
+            stack[-1][0] += total_bytes
+            stack[-1][1] += total_rounds
+
 
 class ProtocolPart(ABC):
     """A named, swappable primitive. ``install`` wires it into CrypTen's extension points."""
 
     part_name: str = ""
     testing_only: bool = False
+    suite: Any = None  # the suite this part belongs to, set when the suite is built
 
     def __init__(self) -> None:
         self.counters = PartCounters()
@@ -38,9 +88,32 @@ class ProtocolPart(ABC):
     def uninstall(self, crypten: Any) -> None:
         """Undo ``install``; parts that only set config need nothing here."""
 
+    def start(self, crypten: Any) -> None:
+        """Called once ``crypten.init`` has run (the communicator and generators exist)."""
+
+    def stop(self, crypten: Any) -> None:
+        """Called before ``crypten.uninit``, while the communicator still works."""
+
     def describe(self) -> str:
         return self.part_name
 
 
 class TripleSource(ProtocolPart):
-    """Where Beaver triples and the other correlated tuples come from."""
+    """Where Beaver triples and the other correlated tuples come from.
+
+    A source installs a CrypTen tuple provider (``generate_additive_triple``, ``square``,
+    ``generate_binary_triple``, ``wrap_rng``, ``B2A_rng``) and may offer
+    :meth:`truncation_pair` for the ``pairs`` truncation. ``needs_dealer`` asks the
+    launcher for a dealer process; ``max_parties`` limits the party count.
+    """
+
+    needs_dealer: bool = False
+    max_parties: int | None = None
+
+    def supports_divisor(self, divisor: int) -> bool:
+        """Whether :meth:`truncation_pair` can make pairs for this divisor."""
+        return True
+
+    def truncation_pair(self, size: Any, bits: int, device: Any = None) -> tuple[Any, Any, Any]:
+        """Arithmetic sharings of (r, msb(r), (r mod 2^63) >> bits) for a uniform ring r."""
+        raise NotImplementedError(f"triple source {self.part_name!r} does not provide truncation pairs")

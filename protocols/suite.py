@@ -5,9 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import protocols.tfp  # noqa: F401  (registers the built-in parts)
+import protocols.check  # noqa: F401  (the built-in parts register themselves on import)
+import protocols.comparison  # noqa: F401
+import protocols.prg  # noqa: F401
+import protocols.tfp  # noqa: F401
+import protocols.truncation  # noqa: F401
 from protocols.parts import ProtocolPart
-from protocols.registry import part_class
+from protocols.registry import PART_KINDS, part_class
+
+# imported on demand: they pull in heavier dependencies
+_LAZY_PARTS = {("triple_source", "dealer"): "protocols.dealer", ("triple_source", "ot"): "protocols.ot",
+               ("triple_source", "authenticated_dealer"): "protocols.malicious.parts",
+               ("check", "spdz2k_mac"): "protocols.malicious.parts"}
 
 
 @dataclass
@@ -16,28 +25,95 @@ class ProtocolConfig:
 
     name: str = "tfp"
     triple_source: str = "tfp"
+    prg: str = "aes_ctr"
+    truncation: str = "pairs"
+    comparison: str = "crypten"
+    check: str = "none"
+    # modules imported before the parts are looked up: where a researcher's own parts
+    # register themselves (``protocol.plugins=[my_parts]``)
+    plugins: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def load_plugins(config: ProtocolConfig) -> None:
+    import importlib
+
+    for module in config.plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"protocol.plugins: cannot import {module!r}: {error}") from None
+
+
+def _load(kind: str, name: str) -> type:
+    module = _LAZY_PARTS.get((kind, name))
+    if module is not None:
+        import importlib
+
+        importlib.import_module(module)
+    return part_class(kind, name)
+
+
+def needs_dealer(config: ProtocolConfig) -> bool:
+    """Whether this suite's triple source needs a dealer process (rank = num_parties)."""
+    load_plugins(config)
+    return bool(getattr(_load("triple_source", config.triple_source), "needs_dealer", False))
+
+
+def check_party_count(config: ProtocolConfig, num_parties: int) -> None:
+    """Raise ValueError naming the part if the suite cannot serve ``num_parties`` parties."""
+    load_plugins(config)
+    for kind in PART_KINDS:
+        part = _load(kind, getattr(config, kind))
+        limit = getattr(part, "max_parties", None)
+        if limit is not None and num_parties > limit:
+            raise ValueError(f"protocol.{kind}={part.part_name} is a {limit}-party protocol; "
+                             f"num_parties={num_parties} needs another suite (e.g. protocol=dealer)")
+
+
 class ProtocolSuite:
-    """The parts of one suite, instantiated from the registry and installed into CrypTen."""
+    """The parts of one suite, instantiated from the registry and installed into CrypTen.
+
+    Install order matters only in that randomness comes first: every other part may draw
+    from the PRG, and the triple source installs before truncation, which asks it for pairs.
+    """
 
     def __init__(self, config: ProtocolConfig) -> None:
         self.config = config
-        self.parts: dict[str, ProtocolPart] = {
-            "triple_source": part_class("triple_source", config.triple_source)(),
-        }
+        load_plugins(config)
+        self.parts: dict[str, ProtocolPart] = {}
+        for kind in ("prg", "triple_source", "truncation", "comparison", "check"):
+            part = _load(kind, getattr(config, kind))()
+            part.suite = self
+            self.parts[kind] = part
+        assert set(self.parts) == set(PART_KINDS)
 
     @property
     def testing_only(self) -> bool:
         return any(part.testing_only for part in self.parts.values())
 
+    @property
+    def triple_source(self) -> Any:
+        return self.parts["triple_source"]
+
+    @property
+    def needs_dealer(self) -> bool:
+        return bool(getattr(self.triple_source, "needs_dealer", False))
+
     def install(self, crypten: Any) -> None:
         for part in self.parts.values():
             part.install(crypten)
 
-    def uninstall(self, crypten: Any) -> None:
+    def start(self, crypten: Any) -> None:
         for part in self.parts.values():
+            part.start(crypten)
+
+    def stop(self, crypten: Any) -> None:
+        for part in reversed(list(self.parts.values())):
+            part.stop(crypten)
+
+    def uninstall(self, crypten: Any) -> None:
+        for part in reversed(list(self.parts.values())):
             part.uninstall(crypten)
 
     def describe(self) -> dict[str, str]:

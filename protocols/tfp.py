@@ -1,19 +1,22 @@
 """CrypTen's trusted first party: rank 0 derives every tuple. For tests only.
 
 Rank 0 sees each triple in full, so it could decrypt every multiplication. Every run that
-uses it warns, and the summary says so. Tuples come from PRG seeds shared at start-up, so
-they cost no communication; the part counts requests and tuple elements.
+uses it warns, and the summary says so. Rank 0 draws tuples from its local PRG and shares
+them with pseudo-random zero sharings, so tuples cost no communication (wrap tuples excepted:
+CrypTen scatters those); the part counts requests, tuple elements and any traffic.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-from protocols.crypten_hooks import drop_provider, use_provider
+import torch
+
+from protocols.crypten_hooks import counted, drop_provider, meter_online_tuple_use, unmeter_online_tuple_use, use_provider
 from protocols.parts import PartCounters, TripleSource
 from protocols.registry import register_part
+from protocols.truncation import pair_values
 
 TFP_WARNING = (
     "protocol=tfp uses CrypTen's trusted first party: party 0 can see every triple and so "
@@ -23,31 +26,16 @@ _PROVIDER_NAME = "COTRAIN_TFP"
 _COUNTED = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng")
 
 
-def _elements(size: Any) -> int:
-    return math.prod(size) if size is not None else 1
+def counting_provider(base: type, name: str, counters: PartCounters) -> Any:
+    """An instance of provider class ``base`` whose tuple methods count and meter (offline)."""
 
+    class CountingProvider(base):
+        NAME = name
 
-def counting_tfp_provider(crypten: Any, counters: PartCounters) -> Any:
-    """CrypTen's TFP provider, counting each tuple request and its size."""
-    base = crypten.mpc.provider.TrustedFirstParty
-
-    class CountingTrustedFirstParty(base):
-        NAME = _PROVIDER_NAME
-
-    def counted(method_name: str):
-        method = getattr(base, method_name)
-
-        def wrapper(self, size0, *args, **kwargs):
-            counters.calls += 1
-            counters.tuples += _elements(size0)
-            return method(self, size0, *args, **kwargs)
-
-        wrapper.__name__ = method_name
-        return wrapper
-
-    for name in _COUNTED:
-        setattr(CountingTrustedFirstParty, name, counted(name))
-    return CountingTrustedFirstParty()
+    for method in _COUNTED:
+        setattr(CountingProvider, method,
+                counted(getattr(base, method), counters, "offline", size_of=lambda self, size0, *a, **k: size0))
+    return CountingProvider()
 
 
 log = logging.getLogger("cotrain.protocols")
@@ -59,10 +47,24 @@ class TrustedFirstParty(TripleSource):
 
     def install(self, crypten: Any) -> None:
         log.warning(TFP_WARNING)
-        use_provider(crypten, _PROVIDER_NAME, counting_tfp_provider(crypten, self.counters))
+        self._crypten = crypten
+        provider = counting_provider(crypten.mpc.provider.TrustedFirstParty, _PROVIDER_NAME, self.counters)
+        use_provider(crypten, _PROVIDER_NAME, provider)
+        meter_online_tuple_use(crypten, self.counters)
 
     def uninstall(self, crypten: Any) -> None:
+        unmeter_online_tuple_use(crypten)
         drop_provider(crypten, _PROVIDER_NAME)
+
+    def truncation_pair(self, size: Any, divisor: int, device: Any = None) -> tuple[Any, Any, Any]:
+        from crypten.common.rng import generate_random_ring_element
+
+        AST = self._crypten.mpc.primitives.ArithmeticSharedTensor
+        self.counters.calls += 1
+        self.counters.tuples += int(torch.Size(size).numel())
+        r = generate_random_ring_element(size, device=device)
+        stacked = AST(torch.stack(pair_values(r, divisor)), precision=0, src=0)
+        return stacked[0], stacked[1], stacked[2]
 
     def describe(self) -> str:
         return "tfp (trusted first party, TESTING ONLY)"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import queue
 import socket
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 from parties.transport import PartyAddress, TransportOptions, open_transport
@@ -58,3 +60,13 @@ def run_parties(fn: Callable[[Any, int], Any], world: int = 2, timeout_s: float 
             if process.is_alive():
                 process.kill()
     return [collected[rank] for rank in range(world)]
+
+
+def run_job(output_dir: Path, *overrides: str) -> dict:
+    """Run a full local job (real party processes) and return its summary.json."""
+    from launch.cli import run
+
+    settings = [f"output_dir={output_dir}", "run_id=test", "transport.connect_timeout_s=60",
+                "transport.timeout_s=60", "launch.timeout_s=600", *overrides]
+    assert run(settings) == 0
+    return json.loads((output_dir / "test" / "summary.json").read_text())

@@ -11,7 +11,7 @@ from launch.config import ConfigError, load_config
 def test_defaults():
     config = load_config()
     assert (config.num_parties, config.model.kind, config.transport.name, config.protocol.name) == (
-        3, "logreg", "gloo", "tfp")
+        3, "logreg", "zmq", "tfp")
     assert config.data.partition == "horizontal"
 
 

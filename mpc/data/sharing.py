@@ -72,7 +72,8 @@ def _read_and_announce(comm: Any, path: str | Path | None, party: str, required:
     return frame, [TableMeta.from_wire(m["meta"]) if m["meta"] else None for m in messages]
 
 
-def _share_from_each(crypten: Any, pieces: list[torch.Tensor | None], shapes: list[tuple[int, int]], dim: int) -> Any:
+def _share_from_each(crypten: Any, pieces: list[torch.Tensor | None], shapes: list[tuple[int, int]], dim: int,
+                     device: Any) -> Any:
     """Party i contributes ``pieces[i]`` (only i has the values); concatenated along ``dim``."""
     rank = crypten.communicator.get().get_rank()
     shared = []
@@ -80,12 +81,12 @@ def _share_from_each(crypten: Any, pieces: list[torch.Tensor | None], shapes: li
         if 0 in shape:
             continue
         values = pieces[owner] if owner == rank else torch.zeros(shape)
-        shared.append(crypten.cryptensor(values, src=owner))
+        shared.append(crypten.cryptensor(values.to(device), src=owner, device=device))
     return shared[0] if len(shared) == 1 else crypten.cat(shared, dim=dim)
 
 
 def _joint_scaling(crypten: Any, local: torch.Tensor | None, width: int, total_rows: int,
-                   labels: torch.Tensor | None) -> tuple[Scaling, int]:
+                   labels: torch.Tensor | None, device: Any) -> tuple[Scaling, int]:
     """Pooled mean and std per feature and the pooled positive count, computed under MPC.
 
     Each party shares its column sums and sums of squares already divided by the public
@@ -98,7 +99,7 @@ def _joint_scaling(crypten: Any, local: torch.Tensor | None, width: int, total_r
         values = local.double()
         stats = torch.cat([values.sum(0) / total_rows, (values**2).sum(0) / total_rows,
                            labels.double().sum().reshape(1) / total_rows]).float()
-    pooled = sum(crypten.cryptensor(stats if owner == rank else torch.zeros_like(stats), src=owner)
+    pooled = sum(crypten.cryptensor((stats if owner == rank else torch.zeros_like(stats)).to(device), src=owner, device=device)
                  for owner in range(world))
     mean, mean_square = pooled[:width], pooled[width:2 * width]
     variance = mean_square - mean * mean
@@ -111,15 +112,15 @@ def _joint_scaling(crypten: Any, local: torch.Tensor | None, width: int, total_r
 
 
 def share_horizontal(crypten: Any, config: DataConfig, train_path: str | None, test_path: str | None,
-                     party: str) -> tuple[SharedDataset, SharedDataset | None, Scaling]:
+                     party: str, device: Any = "cpu") -> tuple[SharedDataset, SharedDataset | None, Scaling]:
     comm = crypten.communicator.get()
     frame, metas = _read_and_announce(comm, train_path, party, True, config.label)
     features = list(check_horizontal(metas, config.label))
     total = sum(meta.rows for meta in metas)
     local_x = torch.tensor(frame[features].to_numpy(np.float64)) if frame is not None else None
     local_y = torch.tensor(frame[config.label].to_numpy(np.float64)) if frame is not None else None
-    scaling, positives = _joint_scaling(crypten, local_x, len(features), total, local_y)
-    train = _share_rows(crypten, metas, features, scaling, local_x, local_y, positives)
+    scaling, positives = _joint_scaling(crypten, local_x, len(features), total, local_y, device)
+    train = _share_rows(crypten, metas, features, scaling, local_x, local_y, positives, device)
 
     test_frame, test_metas = _read_and_announce(comm, test_path, party, False, config.label)
     present = [meta for meta in test_metas if meta is not None]
@@ -128,19 +129,20 @@ def share_horizontal(crypten: Any, config: DataConfig, train_path: str | None, t
         check_horizontal([metas[0], *present], config.label)
         tx = torch.tensor(test_frame[features].to_numpy(np.float64)) if test_frame is not None else None
         ty = torch.tensor(test_frame[config.label].to_numpy(np.float64)) if test_frame is not None else None
-        test = _share_rows(crypten, test_metas, features, scaling, tx, ty, positives=-1)
+        test = _share_rows(crypten, test_metas, features, scaling, tx, ty, -1, device)
     return train, test, scaling
 
 
 def _share_rows(crypten: Any, metas: list[TableMeta | None], features: list[str], scaling: Scaling,
-                local_x: torch.Tensor | None, local_y: torch.Tensor | None, positives: int) -> SharedDataset:
+                local_x: torch.Tensor | None, local_y: torch.Tensor | None, positives: int,
+                device: Any) -> SharedDataset:
     rank = crypten.communicator.get().get_rank()
     rows = [meta.rows if meta is not None else 0 for meta in metas]
     width = len(features)
     x_pieces = [scaling.apply(local_x.float()) if owner == rank and local_x is not None else None for owner in range(len(rows))]
     y_pieces = [local_y.float().reshape(-1, 1) if owner == rank and local_y is not None else None for owner in range(len(rows))]
-    x = _share_from_each(crypten, x_pieces, [(n, width) for n in rows], dim=0)
-    y = _share_from_each(crypten, y_pieces, [(n, 1) for n in rows], dim=0)
+    x = _share_from_each(crypten, x_pieces, [(n, width) for n in rows], 0, device)
+    y = _share_from_each(crypten, y_pieces, [(n, 1) for n in rows], 0, device)
     contributed = [{"rows": n, "columns": len(features)} for n in rows]
     return SharedDataset(x, y, features, sum(rows), contributed, positives)
 
@@ -178,7 +180,7 @@ def _check_alignment(comm: Any, frame: pd.DataFrame, config: DataConfig, party: 
 
 
 def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, test_path: str | None,
-                   party: str) -> tuple[SharedDataset, SharedDataset | None, list[Scaling]]:
+                   party: str, device: Any = "cpu") -> tuple[SharedDataset, SharedDataset | None, list[Scaling]]:
     comm = crypten.communicator.get()
     rank = comm.get_rank()
     if not 0 <= config.label_party < comm.get_world_size():
@@ -189,7 +191,7 @@ def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, tes
     own = torch.tensor(frame[columns[rank]].to_numpy(np.float64))
     scaling = Scaling(own.mean(0).float(), own.std(0, unbiased=False).float())
     scaling.std[scaling.std < 1e-6] = 1.0
-    train = _share_columns(crypten, frame, columns, scaling, config, positives_from_label_holder=True)
+    train = _share_columns(crypten, frame, columns, scaling, config, True, device)
 
     test_frame, test_metas = _read_and_announce(comm, test_path, party, False, config.label)
     test = None
@@ -199,23 +201,24 @@ def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, tes
             raise DataError(f"party {missing}: has no held-out table, but a vertical split needs every party's columns")
         check_vertical(test_metas, config.label, config.label_party, config.id_column)
         _check_alignment(comm, test_frame, config, party, "held-out")
-        test = _share_columns(crypten, test_frame, columns, scaling, config, positives_from_label_holder=False)
+        test = _share_columns(crypten, test_frame, columns, scaling, config, False, device)
     return train, test, [scaling]
 
 
 def _share_columns(crypten: Any, frame: pd.DataFrame, columns: list[list[str]], scaling: Scaling,
-                   config: DataConfig, positives_from_label_holder: bool) -> SharedDataset:
+                   config: DataConfig, positives_from_label_holder: bool, device: Any) -> SharedDataset:
     comm = crypten.communicator.get()
     rank = comm.get_rank()
     rows = len(frame)
     own = scaling.apply(torch.tensor(frame[columns[rank]].to_numpy(np.float64)).float())
     pieces = [own if owner == rank else None for owner in range(len(columns))]
-    x = _share_from_each(crypten, pieces, [(rows, len(c)) for c in columns], dim=1)
+    x = _share_from_each(crypten, pieces, [(rows, len(c)) for c in columns], 1, device)
     label_holder = config.label_party
     labels = None
     if rank == label_holder:
         labels = torch.tensor(frame[config.label].to_numpy(np.float64))
-    y = crypten.cryptensor(labels.float().reshape(-1, 1) if labels is not None else torch.zeros(rows, 1), src=label_holder)
+    y = crypten.cryptensor((labels.float().reshape(-1, 1) if labels is not None else torch.zeros(rows, 1)).to(device),
+                           src=label_holder, device=device)
     positives = -1
     if positives_from_label_holder:
         positives = int(comm.broadcast_obj(int(labels.sum().item()) if labels is not None else None, label_holder))

@@ -9,18 +9,21 @@ msgpack header plus one raw byte buffer, so a transport (ZeroMQ, MPI, ...) imple
 
 from __future__ import annotations
 
+import math
+import time
 from abc import abstractmethod
-from contextlib import contextmanager
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.distributed import ReduceOp
 
 from parties.transport.base import PartyAddress, Transport, TransportOptions, reduce_tensors
-from parties.transport.wire import WireError, dtype_name, tensor_nbytes
+from parties.transport.wire import WireError, dtype_name
 
 HEADER_KEYS = frozenset({"op", "seq", "sender", "dtype", "shape"})
+# from this size on, sharing a buffer with the wire beats copying it
+ZERO_COPY_BYTES = 1 << 16
 
 
 class Waitable(Protocol):
@@ -58,16 +61,73 @@ class _ReceiveRequest:
         return self._done
 
 
-def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous host uint8 view of ``tensor`` (a copy only when it is on a device or strided)."""
-    host = tensor.detach()
-    if host.device.type != "cpu":
-        host = host.cpu()
-    return host.contiguous().reshape(-1).view(torch.uint8)
+def _host_array(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's values as a host numpy array sharing its memory where it can."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if not tensor.is_cpu:
+        tensor = tensor.cpu()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)  # numpy has no bfloat16; the bytes are what travel
+    return tensor.numpy()
 
 
-def _fresh(like: torch.Tensor) -> torch.Tensor:
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+def flat_bytes(array: np.ndarray) -> np.ndarray:
+    """An array's bytes as one contiguous uint8 vector (a copy only when it is strided)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+def _element_counts(shapes: Any) -> list[int] | None:
+    """Elements per announced shape, or None when the announcement is not a list of shapes."""
+    if type(shapes) is not list or not all(
+        type(shape) is list and all(type(size) is int and size >= 0 for size in shape) for shape in shapes
+    ):
+        return None
+    return [math.prod(shape) for shape in shapes]
+
+
+# numpy twins of the wire dtypes that have one (bfloat16 has none)
+_NUMPY = {
+    torch.bool: np.bool_, torch.uint8: np.uint8, torch.int8: np.int8, torch.int16: np.int16,
+    torch.int32: np.int32, torch.int64: np.int64, torch.float16: np.float16,
+    torch.float32: np.float32, torch.float64: np.float64,
+}
+
+
+def _tensor_from(payload: memoryview, offset: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """A host tensor shaped like ``like`` from ``size`` bytes of ``payload`` at ``offset``.
+
+    Large aligned payloads are adopted as they are (the transport handed them over); small
+    ones are copied, through numpy because that costs fewer calls than torch.
+    """
+    count, shape = like.numel(), like.shape
+    if size >= ZERO_COPY_BYTES and not payload.readonly:
+        if np.frombuffer(payload, np.uint8, 1, offset).ctypes.data % like.dtype.itemsize == 0:
+            return torch.frombuffer(payload, dtype=like.dtype, count=count, offset=offset).view(shape)
+    twin = _NUMPY.get(like.dtype)
+    if twin is None:
+        return torch.from_numpy(np.frombuffer(payload, np.uint8, size, offset).copy()).view(like.dtype).view(shape)
+    return torch.from_numpy(np.frombuffer(payload, twin, count, offset).reshape(shape).copy())
+
+
+class _Operation:
+    """Times one communicator call and counts it as a round (cheaper than a generator)."""
+
+    __slots__ = ("_stats", "_start")
+
+    def __init__(self, stats: Any) -> None:
+        self._stats = stats
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        self._stats.seconds += time.perf_counter() - self._start
+        if kind is None:
+            self._stats.rounds += 1
+
+
+_NO_BYTES = np.empty(0, dtype=np.uint8)
 
 
 class PointToPointTransport(Transport):
@@ -77,15 +137,22 @@ class PointToPointTransport(Transport):
         super().__init__(address, options)
         self._send_seq = [0] * self.world_size
         self._recv_seq = [0] * self.world_size
+        self._timer = _Operation(self.stats)
 
     # -- what a subclass provides -----------------------------------------------------------
     @abstractmethod
     def _send_frame(self, dst: int, header: dict, buffer: np.ndarray) -> Waitable:
-        """Queue one message for ``dst``; ``wait()`` returns once ``buffer`` may change."""
+        """Queue one message for ``dst``; ``wait()`` returns once ``buffer`` may change.
+
+        ``buffer`` holds the payload in C order but may be strided or shaped: small payloads
+        need only ``tobytes()``; ``flat_bytes`` gives the contiguous bytes of large ones.
+        """
 
     @abstractmethod
     def _recv_frame(self, src: int, expect: dict, timeout_s: float) -> tuple[Any, memoryview]:
         """The message numbered ``expect['seq']`` from ``src`` as (header, payload bytes).
+
+        The payload is the caller's to keep: a writable one may become a tensor's memory.
 
         Waits at most ``timeout_s``, then raises TransportError naming ``src`` and
         ``expect['op']``. The header is returned unvalidated (anything msgpack decodes to).
@@ -98,12 +165,13 @@ class PointToPointTransport(Transport):
         return seq
 
     def _send_tensors(self, op: str, dst: int, tensors: Sequence[torch.Tensor]) -> Waitable:
-        views = [_as_bytes(tensor) for tensor in tensors]
+        arrays = [_host_array(tensor) for tensor in tensors]
         # one buffer per message: a list travels as one message, at the cost of one copy
-        payload = views[0] if len(views) == 1 else torch.cat(views) if views else torch.empty(0, dtype=torch.uint8)
-        if payload.numel() > self.options.max_message_bytes:
+        payload = arrays[0] if len(arrays) == 1 else np.concatenate([flat_bytes(a) for a in arrays]) \
+            if arrays else _NO_BYTES
+        if payload.nbytes > self.options.max_message_bytes:
             raise WireError(
-                f"{op} to {self.peer(dst)} of {payload.numel()} bytes is over "
+                f"{op} to {self.peer(dst)} of {payload.nbytes} bytes is over "
                 f"transport.max_message_bytes={self.options.max_message_bytes}"
             )
         header = {
@@ -113,51 +181,66 @@ class PointToPointTransport(Transport):
             "dtype": [dtype_name(tensor.dtype) for tensor in tensors],
             "shape": [list(tensor.shape) for tensor in tensors],
         }
-        return self._send_frame(dst, header, payload.numpy())
+        return self._send_frame(dst, header, payload)
 
-    def _receive_into(self, op: str, src: int, targets: Sequence[torch.Tensor],
-                      seq: int | None = None, timeout_s: float | None = None) -> list[torch.Tensor]:
-        """Receive ``src``'s next ``op`` message and write it into ``targets``."""
+    def _take(self, op: str, src: int, likes: Sequence[torch.Tensor], seq: int | None,
+              timeout_s: float | None) -> tuple[memoryview, list[int]]:
+        """The payload of ``src``'s next ``op`` message once its header matches ``likes``,
+        with each tensor's size in bytes."""
         if seq is None:
             seq = self._take_seq(self._recv_seq, src)
         timeout = self.options.timeout_s if timeout_s is None else timeout_s
         header, payload = self._recv_frame(src, {"op": op, "seq": seq}, timeout)
-        self._validate(src, header, op, seq, targets, len(payload))
+        return payload, self._validate(src, header, op, seq, likes, len(payload))
+
+    def _receive(self, op: str, src: int, likes: Sequence[torch.Tensor],
+                 timeout_s: float | None = None) -> list[torch.Tensor]:
+        """``src``'s next ``op`` message as new tensors shaped like ``likes``, on their devices."""
+        payload, sizes = self._take(op, src, likes, None, timeout_s)
+        results, offset = [], 0
+        for like, size in zip(likes, sizes):
+            # an empty payload has nothing to adopt or copy
+            host = _tensor_from(payload, offset, size, like) if size else torch.empty(like.shape, dtype=like.dtype)
+            results.append(host if like.device.type == "cpu" else host.to(like.device))
+            offset += size
+        return results
+
+    def _receive_into(self, op: str, src: int, targets: Sequence[torch.Tensor], seq: int | None = None) -> None:
+        """Write ``src``'s next ``op`` message into ``targets`` in place."""
+        payload, sizes = self._take(op, src, targets, seq, None)
         offset = 0
-        for target in targets:
-            size = tensor_nbytes(target)
-            host = target if target.device.type == "cpu" and target.is_contiguous() else _fresh(target).cpu()
+        for target, size in zip(targets, sizes):
+            staged = target.device.type != "cpu" or not target.is_contiguous()
+            host = torch.empty(target.shape, dtype=target.dtype) if staged else target
             if size:
                 host.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(payload, np.uint8, size, offset)
             if host is not target:
                 target.copy_(host)
             offset += size
-        return list(targets)
 
     def _validate(self, src: int, header: Any, op: str, seq: int,
-                  targets: Sequence[torch.Tensor], nbytes: int) -> None:
+                  likes: Sequence[torch.Tensor], nbytes: int) -> list[int]:
+        """Check a header against what we expect; returns the expected byte size per tensor."""
+        if type(header) is not dict or header.keys() != HEADER_KEYS:
+            raise WireError(f"{self.peer(src)} sent a malformed header during {op}")
+        expected = {"sender": src, "op": op, "seq": seq, "dtype": [dtype_name(like.dtype) for like in likes]}
+        counts = [like.numel() for like in likes]
+        sizes = [count * like.dtype.itemsize for count, like in zip(counts, likes)]
+        # like gloo, a shape need only hold as many elements (CrypTen sends a 0-d seed into (1,))
+        shapes = header["shape"]
+        shape_ok = shapes == [list(like.shape) for like in likes] or _element_counts(shapes) == counts
+        if shape_ok and nbytes == sum(sizes) and all(header[key] == value for key, value in expected.items()):
+            return sizes
         peer = self.peer(src)
-        if not isinstance(header, dict) or set(header) != HEADER_KEYS:
-            raise WireError(f"{peer} sent a malformed header during {op}")
-        expected = {
-            "sender": src,
-            "op": op,
-            "seq": seq,
-            "dtype": [dtype_name(target.dtype) for target in targets],
-            "shape": [list(target.shape) for target in targets],
-        }
         for key, value in expected.items():
             if header[key] != value:
                 raise WireError(f"{peer} sent {key}={header[key]!r} during {op}; expected {value!r}")
-        size = sum(tensor_nbytes(target) for target in targets)
-        if nbytes != size:
-            raise WireError(f"{peer} sent {nbytes} payload bytes during {op}; expected {size}")
+        if not shape_ok:
+            raise WireError(f"{peer} sent shape={header['shape']!r} during {op}; expected {counts} elements")
+        raise WireError(f"{peer} sent {nbytes} payload bytes during {op}; expected {sum(sizes)}")
 
-    @contextmanager
-    def _operation(self) -> Iterator[None]:
-        with self.stats.timed():
-            yield
-        self.stats.add(rounds=1)
+    def _operation(self) -> _Operation:
+        return self._timer
 
     def _others(self) -> list[int]:
         return [rank for rank in range(self.world_size) if rank != self.rank]
@@ -165,7 +248,7 @@ class PointToPointTransport(Transport):
     def _exchange(self, op: str, tensors: Sequence[torch.Tensor]) -> dict[int, list[torch.Tensor]]:
         """Send ``tensors`` to every other party and receive theirs (shaped like ours)."""
         sends = [self._send_tensors(op, dst, tensors) for dst in self._others()]
-        received = {src: self._receive_into(op, src, [_fresh(t) for t in tensors]) for src in self._others()}
+        received = {src: self._receive(op, src, tensors) for src in self._others()}
         for handle in sends:
             handle.wait()
         received[self.rank] = list(tensors)
@@ -173,11 +256,11 @@ class PointToPointTransport(Transport):
 
     def _handshake(self, timeout_s: float) -> None:
         """Every party greets every other; returns once all greetings arrived."""
-        with self._operation():
-            for dst in self._others():
-                self._send_tensors("hello", dst, [])
-            for src in self._others():
-                self._receive_into("hello", src, [], timeout_s=timeout_s)
+        for dst in self._others():
+            self._send_tensors("hello", dst, [])
+        for src in self._others():
+            self._receive("hello", src, [], timeout_s=timeout_s)
+        self.stats.reset()  # setting up is not part of the computation being measured
 
     # -- point to point ---------------------------------------------------------------------
     def send(self, tensor: torch.Tensor, dst: int) -> None:
@@ -186,7 +269,7 @@ class PointToPointTransport(Transport):
 
     def recv(self, tensor: torch.Tensor, src: int | None = None) -> torch.Tensor:
         with self._operation():
-            return self._receive_into("p2p", self._source(src), [_fresh(tensor)])[0]
+            return self._receive("p2p", self._source(src), [tensor])[0]
 
     def isend(self, tensor: torch.Tensor, dst: int) -> Waitable:
         with self._operation():
@@ -216,7 +299,7 @@ class PointToPointTransport(Transport):
             shape = size if size is not None else mine.size()
             dtype = mine.dtype if mine is not None else torch.long
             where = device if device is not None else (mine.device if mine is not None else "cpu")
-            return self._receive_into("scatter", src, [torch.empty(shape, dtype=dtype, device=where)])[0]
+            return self._receive("scatter", src, [torch.empty(shape, dtype=dtype, device=where)])[0]
 
     def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
         tensors = list(input) if batched else [input]
@@ -224,8 +307,7 @@ class PointToPointTransport(Transport):
             if self.rank != dst:
                 self._send_tensors("reduce", dst, tensors).wait()
                 return input
-            received = {src: self._receive_into("reduce", src, [_fresh(t) for t in tensors])
-                        for src in self._others()}
+            received = {src: self._receive("reduce", src, tensors) for src in self._others()}
             received[self.rank] = tensors
             results = self._combine(received, len(tensors), op)
         return results if batched else results[0]
@@ -238,14 +320,15 @@ class PointToPointTransport(Transport):
 
     def _combine(self, received: dict[int, list[torch.Tensor]], count: int, op: Any) -> list[torch.Tensor]:
         # rank order everywhere, so float results are identical at every party
-        return [reduce_tensors([received[rank][k] for rank in range(self.world_size)], op) for k in range(count)]
+        ranks = range(self.world_size)
+        return [reduce_tensors([received[rank][k] for rank in ranks], op) for k in range(count)]
 
     def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
         with self._operation():
             if self.rank != dst:
                 self._send_tensors("gather", dst, [tensor]).wait()
                 return None
-            return [tensor.clone() if src == dst else self._receive_into("gather", src, [_fresh(tensor)])[0]
+            return [tensor.clone() if src == dst else self._receive("gather", src, [tensor])[0]
                     for src in range(self.world_size)]
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:

@@ -44,5 +44,12 @@ def _zmq(address: PartyAddress, options: TransportOptions) -> Transport:
     return ZmqTransport(address, options)
 
 
+def _mpi(address: PartyAddress, options: TransportOptions) -> Transport:
+    from parties.transport.mpi_transport import MpiTransport
+
+    return MpiTransport(address, options)
+
+
 register_transport("gloo", _gloo)
+register_transport("mpi", _mpi)
 register_transport("zmq", _zmq)

@@ -1,10 +1,11 @@
 """ZeroMQ transport: a ROUTER each party binds, a DEALER to every peer, CurveZMQ by default.
 
-A message is two frames: a msgpack header and the raw tensor bytes. Large payloads leave
-zero-copy (ZeroMQ reads the tensor's memory; the send handle waits until it has), small ones
-are copied because that is cheaper than tracking them. Every DEALER carries its party's rank
-as routing identity; with CurveZMQ the ZAP handler maps each accepted public key to a rank
-too, so a message is accepted only when the key, the identity and the header agree.
+A message is a msgpack header frame and a raw payload frame. Large payloads leave zero-copy
+(ZeroMQ reads the tensor's memory; the send handle waits until it has) and arrive zero-copy
+(the received frame becomes the tensor); a small payload rides inside the header instead,
+because one frame costs less than two. Every DEALER carries its party's rank as routing
+identity; with CurveZMQ the ZAP handler maps each accepted public key to a rank too, so a
+message is accepted only when the key, the identity and the header agree.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from zmq.utils.monitor import recv_monitor_message
 
 from parties.transport.base import PartyAddress, TransportError, TransportOptions
 from parties.transport.keys import KeyFileError, fingerprint, load_key_pair, load_public_key
-from parties.transport.p2p import DONE, PointToPointTransport, Waitable
+from parties.transport.p2p import DONE, ZERO_COPY_BYTES, PointToPointTransport, Waitable, flat_bytes
 from parties.transport.wire import WireError
 
 log = logging.getLogger(__name__)
 
-# below this a copy costs less than ZeroMQ's zero-copy bookkeeping (its own default)
-ZERO_COPY_BYTES = 1 << 16
-MAX_HEADER_BYTES = 1 << 16
+INLINE = "data"  # header key carrying a small payload
+MAX_HEADER_BYTES = ZERO_COPY_BYTES + (1 << 16)
 _HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -40,7 +40,7 @@ def party_endpoints(address: PartyAddress, options: TransportOptions) -> list[st
     """Each party's ``tcp://host:port``: from ``peers`` by name, else master_port + rank."""
     names = [_name(address, rank) for rank in range(address.world_size)]
     if not options.peers:
-        return [f"tcp://{options.master_addr}:{options.master_port + rank}" for rank in range(address.world_size)]
+        return [f"tcp://{options.master_addr}:{options.master_port + rank}" for rank in range(len(names))]
     missing = [name for name in names if name not in options.peers]
     if missing:
         raise TransportError(f"transport.peers has no address for {', '.join(missing)}")
@@ -78,6 +78,7 @@ class _TrackedSend:
         try:
             self._tracker.wait(self._transport.options.timeout_s)
         except zmq.NotDone:
+            self._transport._broken = True
             raise TransportError(
                 f"{self._transport.peer(self._transport.rank)}: {self._op} to "
                 f"{self._transport.peer(self._dst)} was not taken within "
@@ -96,11 +97,13 @@ class ZmqTransport(PointToPointTransport):
         self._context = zmq.Context(io_threads=1)
         self._auth: _PartyAuthenticator | None = None
         self._closed = False
+        self._broken = False  # a peer failed or misbehaved: close without draining
         self._dealers: dict[int, zmq.Socket] = {}
         self._monitors: dict[zmq.Socket, int] = {}
         self._identities = {str(rank).encode(): rank for rank in self._others()}
+        self._wait_ms = -1  # the ROUTER's receive timeout as last set
         self._arrived = [0] * self.world_size  # next sequence number due from each peer
-        self._stash: list[dict[int, tuple[Any, zmq.Frame]]] = [{} for _ in range(self.world_size)]
+        self._stash: list[dict[int, tuple[Any, int, memoryview]]] = [{} for _ in range(self.world_size)]
         try:
             endpoints = party_endpoints(address, options)
             keys = self._keys() if options.encrypt else None
@@ -115,7 +118,7 @@ class ZmqTransport(PointToPointTransport):
                 self._dealers[rank] = self._connect(rank, endpoints[rank], keys)
             self._handshake(options.connect_timeout_s)
         except BaseException:
-            self.close()
+            self._shutdown(linger_s=0)  # nothing queued is worth waiting for
             raise
         self._stop_monitors()
 
@@ -165,7 +168,6 @@ class ZmqTransport(PointToPointTransport):
         dealer.setsockopt(zmq.ROUTING_ID, str(self.rank).encode())
         dealer.setsockopt(zmq.SNDHWM, 0)
         dealer.setsockopt(zmq.SNDTIMEO, int(self.options.timeout_s * 1000))
-        dealer.setsockopt(zmq.LINGER, int(self.options.timeout_s * 1000))  # close drains sends
         # ZeroMQ retries the connection itself, doubling the wait up to one second
         dealer.setsockopt(zmq.RECONNECT_IVL, max(1, int(self.options.connect_retry_s * 1000)))
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -179,19 +181,27 @@ class ZmqTransport(PointToPointTransport):
 
     # -- frames -----------------------------------------------------------------------------
     def _send_frame(self, dst: int, header: dict, buffer: np.ndarray) -> Waitable:
-        head = msgpack.packb(header, use_bin_type=True)
         dealer = self._dealers[dst]
-        zero_copy = buffer.nbytes >= ZERO_COPY_BYTES
         try:
+            if buffer.nbytes < ZERO_COPY_BYTES:
+                # small: the bytes ride inside the header, one frame, no tracking
+                header[INLINE] = buffer.tobytes()
+                head = msgpack.packb(header, use_bin_type=True)
+                dealer.send(head)
+                self.stats.add(sent=len(head), rounds=0)
+                return DONE
+            head = msgpack.packb(header, use_bin_type=True)
             dealer.send(head, zmq.SNDMORE)
-            tracker = dealer.send(buffer, copy=not zero_copy, track=zero_copy)
+            buffer = flat_bytes(buffer)
+            tracker = dealer.send(buffer, copy=False, track=True)
         except zmq.Again:
+            self._broken = True
             raise TransportError(
                 f"{self.peer(self.rank)}: {header['op']} to {self.peer(dst)} could not be queued "
                 f"within transport.timeout_s={self.options.timeout_s:g}"
             ) from None
         self.stats.add(sent=len(head) + buffer.nbytes, rounds=0)
-        return _TrackedSend(tracker, self, dst, header["op"]) if zero_copy else DONE
+        return _TrackedSend(tracker, self, dst, header["op"])
 
     def _recv_frame(self, src: int, expect: dict, timeout_s: float) -> tuple[Any, memoryview]:
         stash = self._stash[src]
@@ -201,20 +211,30 @@ class ZmqTransport(PointToPointTransport):
             remaining = deadline - time.monotonic()
             frames = self._next_message(remaining) if remaining > 0 else None
             if frames is None:
+                self._broken = True
                 raise TransportError(
                     f"{self.peer(self.rank)}: no message from {self.peer(src)} within "
                     f"{timeout_s:g} s while {expect['op']} (message {seq}) was in flight; "
                     "that party died, stalled or never connected"
                 )
-            self._accept(frames)
-        header, payload = stash.pop(seq)
-        return header, payload.buffer
+            try:
+                self._accept(frames)
+            except WireError:
+                self._broken = True
+                raise
+        header, wire_bytes, payload = stash.pop(seq)
+        # counted when taken, not on arrival, so a stats reset splits traffic where the caller did
+        self.stats.add(received=wire_bytes, rounds=0)
+        return header, payload
 
     def _next_message(self, timeout_s: float) -> list[zmq.Frame] | None:
         """The next message at our ROUTER, or None after ``timeout_s``."""
         if self._monitors:
             return self._next_message_watching_handshakes(timeout_s)
-        self._router.setsockopt(zmq.RCVTIMEO, max(1, int(timeout_s * 1000)))
+        wait_ms = max(1, int(timeout_s * 1000))
+        if wait_ms != self._wait_ms:  # usually unchanged; skipping the call saves microseconds
+            self._router.setsockopt(zmq.RCVTIMEO, wait_ms)
+            self._wait_ms = wait_ms
         try:
             return self._router.recv_multipart(copy=False)
         except zmq.Again:
@@ -240,29 +260,36 @@ class ZmqTransport(PointToPointTransport):
         if src is None:
             log.warning("dropped a message from an unknown connection (identity %r)", frames[0].bytes[:16])
             return
-        peer = self.peer(src)
-        if len(frames) != 3:
-            raise WireError(f"{peer} sent {len(frames) - 1} frames; a message has a header and a payload")
+        count = len(frames)
+        if count not in (2, 3):
+            raise WireError(f"{self.peer(src)} sent {count - 1} frames; a message is a header and maybe a payload")
         if self.options.encrypt and frames[1].get("User-Id") != str(src):
-            raise WireError(f"a connection authenticated as party {frames[1].get('User-Id')} claimed to be {peer}")
-        header = self._decode_header(frames[1].bytes, peer)
+            raise WireError(f"a connection authenticated as party {frames[1].get('User-Id')} "
+                            f"claimed to be {self.peer(src)}")
+        header = self._decode_header(frames[1].bytes, src)
         expected = self._arrived[src]
         if header.get("seq") != expected:
-            raise WireError(f"{peer} sent message number {header.get('seq')!r}; expected {expected}")
+            raise WireError(f"{self.peer(src)} sent message number {header.get('seq')!r}; expected {expected}")
+        inline = header.pop(INLINE, None)
+        if count == 2 and (type(inline) is not bytes or len(inline) >= ZERO_COPY_BYTES):
+            raise WireError(f"{self.peer(src)} sent a one-frame message without a small inline payload")
+        if count == 3 and inline is not None:
+            raise WireError(f"{self.peer(src)} sent a payload both inline and as a frame")
+        # a payload frame is ours alone: its (writable) memory may become a tensor
+        payload = memoryview(inline) if count == 2 else frames[2].buffer
+        wire_bytes = len(frames[1]) + (len(frames[2]) if count == 3 else 0)
         self._arrived[src] = expected + 1
-        self._stash[src][expected] = (header, frames[2])
-        self.stats.add(received=len(frames[1]) + len(frames[2]), rounds=0)
+        self._stash[src][expected] = (header, wire_bytes, payload)
 
-    @staticmethod
-    def _decode_header(data: bytes, peer: str) -> dict:
+    def _decode_header(self, data: bytes, src: int) -> dict:
         if len(data) > MAX_HEADER_BYTES:
-            raise WireError(f"{peer} sent a header of {len(data)} bytes")
+            raise WireError(f"{self.peer(src)} sent a header of {len(data)} bytes")
         try:
             header = msgpack.unpackb(data, raw=False)
-        except (msgpack.UnpackException, ValueError) as error:
-            raise WireError(f"{peer} sent a malformed header: {error.__class__.__name__}") from None
-        if not isinstance(header, dict):
-            raise WireError(f"{peer} sent a malformed header: not a map")
+        except (msgpack.UnpackException, ValueError, TypeError) as error:
+            raise WireError(f"{self.peer(src)} sent a malformed header: {error.__class__.__name__}") from None
+        if type(header) is not dict:
+            raise WireError(f"{self.peer(src)} sent a malformed header: not a map")
         return header
 
     def _stop_monitors(self) -> None:
@@ -276,13 +303,19 @@ class ZmqTransport(PointToPointTransport):
 
     # -- shutdown ---------------------------------------------------------------------------
     def close(self) -> None:
-        """Send what is queued (each DEALER lingers up to timeout_s), then release everything."""
+        """Send what is queued (waiting up to timeout_s for slow peers), then release everything.
+
+        After a failure nothing queued is worth waiting for: the session is over.
+        """
+        self._shutdown(linger_s=0 if self._broken else self.options.timeout_s)
+
+    def _shutdown(self, linger_s: float) -> None:
         if self._closed:
             return
         self._closed = True
         self._stop_monitors()
         for dealer in self._dealers.values():
-            dealer.close()
+            dealer.close(linger=int(linger_s * 1000))
         if hasattr(self, "_router"):
             self._router.close(linger=0)
         if self._auth is not None:

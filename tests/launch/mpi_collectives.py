@@ -5,6 +5,7 @@ Prints ``OK <rank>`` on success; any mismatch raises (non-zero exit). Used by te
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -13,12 +14,15 @@ from torch.distributed import ReduceOp
 from parties.transport import PartyAddress, TransportOptions, open_transport
 
 
+DEVICE = torch.device("cpu")  # `mpi_collectives.py N cuda`: every tensor lives on the GPU
+
+
 def values(rank: int, shape: tuple[int, ...], dtype: torch.dtype = torch.int64, salt: int = 0) -> torch.Tensor:
     """Rank-specific data every rank can recompute; int64 spans the full range to test wrap-around."""
     generator = torch.Generator().manual_seed(1000 * rank + salt)
     if dtype == torch.int64:
-        return torch.randint(-2**63, 2**63 - 1, shape, dtype=dtype, generator=generator)
-    return torch.randn(shape, generator=generator).to(dtype)
+        return torch.randint(-2**63, 2**63 - 1, shape, dtype=dtype, generator=generator).to(DEVICE)
+    return torch.randn(shape, generator=generator).to(dtype).to(DEVICE)
 
 
 def wrapped_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -36,7 +40,12 @@ def xor_all(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def main() -> None:
+    global DEVICE
     world = int(sys.argv[1])
+    if len(sys.argv) > 2:
+        from parties.devices import party_device
+
+        DEVICE = torch.device(party_device(sys.argv[2], int(os.environ.get("PMI_RANK", "0"))))
     from mpi4py import MPI
 
     rank = MPI.COMM_WORLD.Get_rank()
@@ -47,7 +56,7 @@ def main() -> None:
     try:
         # point to point: a ring, blocking and non-blocking
         nxt, prv = (rank + 1) % world, (rank - 1) % world
-        got = torch.zeros(shape, dtype=torch.int64)
+        got = torch.zeros(shape, dtype=torch.int64, device=DEVICE)
         requests = [transport.isend(values(rank, shape), nxt), transport.irecv(got, prv)]
         for request in requests:
             request.wait()
@@ -55,9 +64,11 @@ def main() -> None:
         if rank == 0:
             transport.send(values(0, (7,), torch.float32), 1)
         elif rank == 1:
-            assert torch.equal(transport.recv(torch.empty(7), 0), values(0, (7,), torch.float32)), "send/recv"
+            received = transport.recv(torch.empty(7, device=DEVICE), 0)
+            assert received.device == DEVICE and torch.equal(received, values(0, (7,), torch.float32)), "send/recv"
         # collectives
         mine = values(rank, shape)
+        assert transport.all_reduce(mine).device == DEVICE, "results stay on the caller's device"
         assert torch.equal(transport.all_reduce(mine), wrapped_sum([values(r, shape) for r in every])), "all_reduce"
         assert torch.equal(transport.all_reduce(mine, op=ReduceOp.BXOR),
                            xor_all([values(r, shape) for r in every])), "all_reduce BXOR"
@@ -72,14 +83,15 @@ def main() -> None:
         reduced = transport.reduce(mine, 0)
         if rank == 0:
             assert torch.equal(reduced, wrapped_sum([values(r, shape) for r in every])), "reduce"
-        shared = values(rank, shape) if rank == 1 else torch.zeros(shape, dtype=torch.int64)
+        shared = values(rank, shape) if rank == 1 else torch.zeros(shape, dtype=torch.int64, device=DEVICE)
         transport.broadcast(shared, 1)
         assert torch.equal(shared, values(1, shape)), "broadcast"
         pair = [values(rank, shape, salt=4), values(rank, (3,), torch.float64, 5)]
         if rank != 0:
             pair = [torch.zeros_like(t) for t in pair]
         transport.broadcast(pair, 0, batched=True)
-        assert torch.equal(pair[0], values(0, shape, salt=4)) and torch.equal(pair[1], values(0, (3,), torch.float64, 5))
+        assert torch.equal(pair[0], values(0, shape, salt=4)), "batched broadcast"
+        assert torch.equal(pair[1], values(0, (3,), torch.float64, 5)), "batched broadcast (float64)"
         gathered = transport.gather(mine, 2 % world)
         if rank == 2 % world:
             assert all(torch.equal(g, values(r, shape)) for r, g in zip(every, gathered)), "gather"
@@ -87,7 +99,8 @@ def main() -> None:
             assert gathered is None
         assert all(torch.equal(g, values(r, shape)) for r, g in zip(every, transport.all_gather(mine))), "all_gather"
         pieces = [values(r, shape, salt=6) for r in every] if rank == 0 else []
-        assert torch.equal(transport.scatter(pieces, 0, size=shape), values(rank, shape, salt=6)), "scatter"
+        piece = transport.scatter(pieces, 0, size=shape, device=DEVICE)
+        assert torch.equal(piece, values(rank, shape, salt=6)), "scatter"
         # objects (msgpack over raw buffers) and a barrier
         assert transport.broadcast_obj({"run": "x", "n": [1, 2]} if rank == 0 else None, 0) == {"run": "x", "n": [1, 2]}
         reports = transport.gather_obj({"rank": rank}, 0)

@@ -1,2 +1,2 @@
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "large: moves hundreds of MiB; runs by default, deselect with -m 'not large'")
+    config.addinivalue_line("markers", "large: moves hundreds of MiB; runs by default (-m 'not large' skips)")

@@ -33,7 +33,8 @@ def party_names(world_size: int) -> tuple[str, ...]:
 
 def zmq_options(world_size: int, key_dir: str = "", **overrides: Any) -> TransportOptions:
     """Options for a local zmq run on fresh ports; encrypted when ``key_dir`` is given."""
-    peers = {name: f"tcp://127.0.0.1:{port}" for name, port in zip(party_names(world_size), free_ports(world_size))}
+    ports = free_ports(world_size)
+    peers = {name: f"tcp://127.0.0.1:{port}" for name, port in zip(party_names(world_size), ports)}
     options = TransportOptions(name="zmq", peers=peers, key_dir=key_dir, encrypt=bool(key_dir),
                                timeout_s=20.0, connect_timeout_s=20.0)
     return replace(options, **overrides)
@@ -85,5 +86,5 @@ def values(results: dict[int, tuple[bool, Any]], world_size: int) -> list[Any]:
     """Every rank's result, failing with the children's tracebacks when one failed."""
     failures = [f"rank {rank}: {value[2] if not ok else ''}" for rank, (ok, value) in results.items() if not ok]
     missing = [rank for rank in range(world_size) if rank not in results]
-    assert not failures and not missing, "\n".join(failures) + (f"\nno result from ranks {missing}" if missing else "")
+    assert not failures and not missing, "\n".join(failures) + (f"\nno result from ranks {missing}" * bool(missing))
     return [results[rank][1] for rank in range(world_size)]

@@ -16,10 +16,11 @@ from pathlib import Path
 import msgpack
 import pytest
 import torch
+import zmq
 from torch.distributed import ReduceOp
 
 from helpers import address, party_names, run_parties, values, zmq_options
-from parties.transport import TransportError, TransportOptions, WireError
+from parties.transport import Transport, TransportError, TransportOptions, WireError, open_transport
 from parties.transport.base import reduce_tensors
 from parties.transport.keys import (
     KeyFileError,
@@ -39,9 +40,7 @@ def key_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(directory)
 
 
-def _open(rank: int, world_size: int, options: TransportOptions):
-    from parties.transport import open_transport
-
+def _open(rank: int, world_size: int, options: TransportOptions) -> Transport:
     return open_transport(address(rank, world_size), options)
 
 
@@ -65,9 +64,9 @@ def _collectives(rank: int, world_size: int, options: TransportOptions) -> dict[
     outcome: dict[str, str] = {}
 
     def check(name: str, got: object, expected: object) -> None:
-        same = (
-            all(torch.equal(g, e) and g.dtype == e.dtype for g, e in zip(got, expected)) and len(got) == len(expected)
-            if isinstance(expected, list) else torch.equal(got, expected) and got.dtype == expected.dtype
+        pairs = list(zip(got, expected)) if isinstance(expected, list) else [(got, expected)]
+        same = all(torch.equal(g, e) and g.dtype == e.dtype for g, e in pairs) and (
+            len(got) == len(expected) if isinstance(expected, list) else True
         )
         outcome[name] = "" if same else f"got {got}, expected {expected}"
 
@@ -123,6 +122,28 @@ def _collectives(rank: int, world_size: int, options: TransportOptions) -> dict[
     strided = torch.arange(12).reshape(3, 4).t()
     check("non_contiguous", t.all_gather(strided), [strided] * world_size)
 
+    # large payloads travel zero-copy and are adopted by the receiver when aligned
+    big = [_input(r, torch.int64, (100_000,), salt=11) for r in everyone]
+    check("large_all_reduce", t.all_reduce(big[rank]), reduce_tensors(big, ReduceOp.SUM))
+    mixed = [[_input(r, torch.int8, (3,), salt=12), big[r]] for r in everyone]  # big starts at byte 3
+    expected = [reduce_tensors([mixed[r][i] for r in everyone], ReduceOp.SUM) for i in range(2)]
+    check("large_batched_unaligned", t.all_reduce(mixed[rank], batched=True), expected)
+    target = big[0].clone() if rank == 0 else torch.zeros_like(big[0])
+    t.broadcast(target, 0)
+    check("large_broadcast_in_place", target, big[0])
+
+    def message(r: int) -> dict:
+        return {"rank": r, "values": [1.5, None, "x"], "blob": bytes([r, 255])}
+
+    def check_object(name: str, got: object, expected: object) -> None:
+        outcome[name] = "" if got == expected else f"got {got!r}, expected {expected!r}"
+
+    t.send_obj(message(rank), after)
+    check_object("send_recv_obj", t.recv_obj(before), message(before))
+    check_object("broadcast_obj", t.broadcast_obj(message(rank) if rank == 0 else None, 0), message(0))
+    gathered_objects = t.gather_obj(message(rank), 0)
+    check_object("gather_obj", gathered_objects, [message(r) for r in everyone] if rank == 0 else None)
+
     # many small messages in flight, waited for out of order
     count = 1500
     sends = [t.isend(torch.tensor([rank, i]), after) for i in range(count)]
@@ -151,7 +172,8 @@ def _collectives(rank: int, world_size: int, options: TransportOptions) -> dict[
 @pytest.fixture(scope="module", params=[2, 3], ids=["2_parties", "3_parties"])
 def collective_outcomes(request: pytest.FixtureRequest, key_dir: str) -> list[dict[str, str]]:
     world_size = request.param
-    return values(run_parties(_collectives, world_size, world_size, zmq_options(world_size, key_dir)), world_size)
+    results = run_parties(_collectives, world_size, world_size, zmq_options(world_size, key_dir))
+    return values(results, world_size)
 
 
 def test_every_collective_matches_reference(collective_outcomes: list[dict[str, str]]) -> None:
@@ -172,7 +194,7 @@ def _large(rank: int, options: TransportOptions) -> tuple[bool, float, int]:
         ok = True
     else:
         received = t.recv(torch.empty(elements, dtype=torch.int64), 0)
-        ok = bool(received[0] == 0 and received[-1] == elements - 1 and received[elements // 2] == elements // 2)
+        ok = all(received[i].item() == i for i in (0, elements // 2, elements - 1))
         del received
         t.barrier()
     seconds = time.perf_counter() - start
@@ -208,6 +230,8 @@ def _tamper_cases(seq: int) -> dict[str, list[bytes]]:
         "garbage_header": [b"\xc1\x00garbage", good],
         "not_a_map": [msgpack.packb([1, 2, 3]), good],
         "extra_frame": [_header(seq), good, good],
+        "inline_and_frame": [_header(seq, data=good), good],
+        "inline_wrong_type": [_header(seq, data="text")],
     }
 
 
@@ -290,6 +314,22 @@ def test_unknown_key_refused(key_dir: str, tmp_path: Path) -> None:
     assert any("CurveZMQ" in message for _, message, _ in results), results
 
 
+def test_refusals_logged_by_fingerprint(caplog: pytest.LogCaptureFixture) -> None:
+    from parties.transport.zmq_transport import _PartyAuthenticator
+
+    known, _ = zmq.curve_keypair()
+    stranger, secret = zmq.curve_keypair()
+    context = zmq.Context()
+    try:
+        authenticator = _PartyAuthenticator(context, {known: 1})
+        with caplog.at_level(logging.WARNING):
+            assert authenticator.callback("*", known) and not authenticator.callback("*", stranger)
+    finally:
+        context.term()
+    assert fingerprint(stranger) in caplog.text
+    assert stranger.decode() not in caplog.text and secret.decode() not in caplog.text
+
+
 # -- faults ------------------------------------------------------------------------------------
 def _dies(rank: int, options: TransportOptions) -> tuple[str, str, float]:
     t = _open(rank, 2, options)
@@ -332,23 +372,30 @@ def _cuda(rank: int, options: TransportOptions) -> bool:
     t.send(mine, 1 - rank)
     other = t.recv(torch.empty(5, device="cuda"), 1 - rank)
     t.close()
-    return total.device.type == other.device.type == "cuda" and total.eq(3).all().item() and other.eq(2 - rank).all().item()
+    on_device = total.device.type == other.device.type == "cuda"
+    return on_device and bool(total.eq(3).all()) and bool(other.eq(2 - rank).all())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_tensors(key_dir: str) -> None:
     assert all(values(run_parties(_cuda, 2, zmq_options(2, key_dir)), 2))
 
 
 # -- CrypTen end to end ------------------------------------------------------------------------
+def _mpc_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """x from party 0, y from party 1: 20 float32 values each in [-9, 9]."""
+    return tuple(_input(rank, torch.float32, (20,)).mul(4).clamp(-9, 9) for rank in (0, 1))
+
+
 def _crypten(rank: int, options: TransportOptions) -> dict[str, list[float]]:
     from mpc.session import MpcSession
     from protocols import ProtocolConfig, ProtocolSuite
 
     t = _open(rank, 3, options)
-    x, y = _input(0, torch.float64, (20,)).mul(4).clamp(-9, 9), _input(1, torch.float64, (20,)).mul(4).clamp(-9, 9)
+    x, y = _mpc_inputs()
     with MpcSession(t, ProtocolSuite(ProtocolConfig())) as crypten:
-        secret_x, secret_y = crypten.cryptensor(x.float(), src=0), crypten.cryptensor(y.float(), src=1)
+        secret_x, secret_y = crypten.cryptensor(x, src=0), crypten.cryptensor(y, src=1)
         result = {
             "mul": (secret_x * secret_y).get_plain_text(),
             "relu": secret_x.relu().get_plain_text(),
@@ -367,11 +414,12 @@ def test_crypten_over_zmq_matches_plaintext(key_dir: str) -> None:
     (exp by repeated squaring, Newton reciprocal), measured at ~2e-3 here: tolerance 1e-2.
     """
     outcomes = values(run_parties(_crypten, 3, zmq_options(3, key_dir), timeout_s=90), 3)
-    x, y = _input(0, torch.float64, (20,)).mul(4).clamp(-9, 9), _input(1, torch.float64, (20,)).mul(4).clamp(-9, 9)
-    x, y = x.float().double(), y.float().double()
+    x, y = _mpc_inputs()
+    x, y = x.double(), y.double()
     lsb = 2.0 ** -16
     for outcome in outcomes:
-        assert torch.allclose(torch.tensor(outcome["mul"], dtype=torch.float64), x * y, rtol=0, atol=16 * lsb)
-        assert torch.allclose(torch.tensor(outcome["relu"], dtype=torch.float64), x.relu(), rtol=0, atol=lsb)
-        assert torch.allclose(torch.tensor(outcome["sigmoid"], dtype=torch.float64), y.sigmoid(), rtol=0, atol=1e-2)
+        got = {name: torch.tensor(value, dtype=torch.float64) for name, value in outcome.items()}
+        assert torch.allclose(got["mul"], x * y, rtol=0, atol=16 * lsb)
+        assert torch.allclose(got["relu"], x.relu(), rtol=0, atol=lsb)
+        assert torch.allclose(got["sigmoid"], y.sigmoid(), rtol=0, atol=1e-2)
     assert outcomes[0] == outcomes[1] == outcomes[2]

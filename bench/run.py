@@ -1,0 +1,468 @@
+"""``make bench`` / ``python -m bench``: every workload on every system, side by side.
+
+Systems, all in the same run: plaintext torch; plain CrypTen 0.4.1 (its own communicator
+over gloo, TFP, ``crypten.init()`` with RENDEZVOUS variables, only our compat fixes); and
+this project for every registered transport x every ``conf/protocol/*.yaml`` suite. Each
+secure system is one launch of its party processes, which run all of W1-W6 in turn; W7 is
+``cotrain run train.epochs=1`` itself for this project.
+
+Prints one table and writes ``bench/results/<UTC date-time>.json``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.netfloor import measure_loopback  # noqa: E402
+from bench.workloads import BATCH, CUDA_WORKLOADS, LR, WORKLOADS  # noqa: E402
+
+PLAIN, CRYPTEN = "plaintext", "crypten-tfp"
+
+
+def free_port(span: int = 1) -> int:
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + span < 65000 and all(_port_free(port + i) for i in range(1, span)):
+            return port
+    return port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def protocol_suites() -> dict[str, dict]:
+    suites = {}
+    for path in sorted((ROOT / "conf" / "protocol").glob("*.yaml")):
+        suites[path.stem] = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items()}
+    return suites
+
+
+def transports() -> list[str]:
+    from parties.transport import transport_names
+
+    return transport_names()
+
+
+def mpirun() -> str | None:
+    beside = Path(sys.executable).parent / "mpirun"
+    if beside.exists():
+        return str(beside)
+    import shutil
+
+    return shutil.which("mpirun")
+
+
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- launching secure systems ------------------------------------------------------------------
+class Launch:
+    """One secure system's party processes, started with a control folder for turns."""
+
+    def __init__(self, name: str, spec: dict, world: int, share_s: float | None = None) -> None:
+        self.name, self.world = name, world
+        self.share_s, self.used_s = share_s, 0.0
+        self.folder = Path(tempfile.mkdtemp(prefix="cotrain-bench-"))
+        self.error: str | None = None
+        self.turn = 0
+        self.processes: list[subprocess.Popen] = []
+        if spec.get("transport") == "zmq":
+            from parties.transport.keys import generate_party_keys
+            from protocols.dealer import DEALER_NAME
+
+            names = [f"p{i}" for i in range(spec["parties"])] + ([DEALER_NAME] if world > spec["parties"] else [])
+            generate_party_keys(self.folder / "keys", names)
+            spec = {**spec, "transport_options": {"key_dir": str(self.folder / "keys")}}
+        self.spec = {**spec, "control": str(self.folder)}
+        spec_path = self.folder / "spec.json"
+        spec_path.write_text(json.dumps(self.spec))
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "bench.party", str(spec_path)]
+        self._stderr = open(self.folder / "stderr.log", "wb")
+        if spec.get("transport") == "mpi":
+            runner = mpirun()
+            if runner is None:
+                self.error = "n/a: no mpirun (pip install mpich mpi4py)"
+                return
+            self.processes = [subprocess.Popen([runner, "-n", str(world), *command], cwd=ROOT, env=environment,
+                                               stdout=subprocess.DEVNULL, stderr=self._stderr)]
+        else:
+            self.processes = [subprocess.Popen([*command, str(rank)], cwd=ROOT, env=environment,
+                                               stdout=subprocess.DEVNULL, stderr=self._stderr)
+                              for rank in range(world)]
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None and any(p.poll() is None for p in self.processes)
+
+    def take_turn(self, timeout_s: float) -> bool:
+        """Let rank 0 run its next phase; False once the system has finished or failed."""
+        if not self.alive:
+            return False
+        if self.share_s is not None:
+            if self.used_s > self.share_s:
+                self.error = f"n/a: skipped, past this system's time share ({self.share_s:g} s)"
+                self.kill()
+                return False
+            timeout_s = min(timeout_s, self.share_s)
+        self.turn += 1
+        started = time.monotonic()
+        (self.folder / f"go-{self.turn}").write_text("")
+        done = self.folder / f"done-{self.turn}"
+        deadline = time.monotonic() + timeout_s
+        while not done.exists():
+            if not self.alive:
+                return False
+            if time.monotonic() > deadline:
+                self.error = f"n/a: a phase ran past {timeout_s:g} s"
+                self.kill()
+                return False
+            time.sleep(0.01)
+        self.used_s += time.monotonic() - started
+        return True
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes:
+            process.wait()
+
+    def finish(self) -> dict[int, dict]:
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.error = self.error or "n/a: parties did not exit"
+        self._stderr.close()
+        if self.error is None:
+            failed = [p.returncode for p in self.processes if p.returncode != 0]
+            if failed:
+                lines = (self.folder / "stderr.log").read_text(errors="replace").strip().splitlines()
+                self.error = f"n/a: party exited {failed[0]} {lines[-1] if lines else ''}"[:160]
+        results = {}
+        for path in self.folder.glob("rank*.json"):
+            data = json.loads(path.read_text())
+            results[data["rank"]] = data
+        if self.spec.get("profile") and (self.folder / "rank0.prof").exists():
+            shutil.copy(self.folder / "rank0.prof", self.spec["profile"])
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return results
+
+
+def run_together(launches: list[Launch], phase_timeout_s: float, deadline: float) -> None:
+    """Round-robin turns: each system runs one phase (a setup or one repeat) while the
+    others wait, so load from elsewhere on the machine falls on all of them alike."""
+    active = [launch for launch in launches if launch.alive]
+    while active:
+        for launch in list(active):
+            if time.monotonic() > deadline:
+                launch.error = "n/a: skipped, over the bench's time budget"
+                launch.kill()
+            if not launch.take_turn(phase_timeout_s):
+                active.remove(launch)
+
+
+def combine(per_rank: dict[int, dict], parties: int, workload: str) -> dict:
+    """One cell from the parties' samples: wall = slowest party, CPU summed, bytes/rounds max."""
+    entries = [per_rank[r]["results"].get(workload) for r in range(parties) if r in per_rank and "results" in per_rank[r]]
+    if len(entries) < parties or any(e is None for e in entries):
+        errors = [per_rank[r].get("error") for r in per_rank if per_rank[r].get("error")]
+        return {"na": (f"n/a: {errors[0]}"[:140] if errors else "n/a: no result")}
+    for entry in entries:
+        if "error" in entry:
+            return {"na": ("n/a: " + entry["error"])[:140], "trace": entry.get("trace")}
+    repeats = len(entries[0]["samples"])
+    walls = [max(e["samples"][i]["wall"] for e in entries) for i in range(repeats)]
+    cpus = [sum(e["samples"][i]["cpu"] for e in entries) for i in range(repeats)]
+    sent = [max(e["samples"][i]["bytes"] for e in entries) for i in range(repeats)]
+    rounds = [max(e["samples"][i]["rounds"] for e in entries) for i in range(repeats)]
+    cell = {"wall_s": statistics.median(walls), "walls": walls, "cpu_s": statistics.median(cpus),
+            "bytes": statistics.median(sent), "rounds": statistics.median(rounds), "repeats": repeats}
+    aucs = [e.get("auc") for e in entries if e.get("auc") is not None]
+    if aucs:
+        cell["auc"] = aucs[0]
+    return cell
+
+
+# -- plaintext ---------------------------------------------------------------------------------
+def plaintext_cell(name: str, device: str | None) -> dict:
+    from bench.workloads import demo_shaped_data, plaintext_epoch, training_data
+
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(11)
+    target = torch.device(device or "cpu")
+    score = None
+    if name == "W1":
+        x, y = torch.randn(1_000_000, generator=generator).to(target), torch.randn(1_000_000, generator=generator).to(target)
+        run = lambda: x * y  # noqa: E731
+    elif name in ("W2a", "W2b"):
+        n = 256 if name == "W2a" else 1024
+        a, b = torch.randn(n, n, generator=generator).to(target), torch.randn(n, n, generator=generator).to(target)
+        run = lambda: a @ b  # noqa: E731
+    elif name == "W3":
+        x = torch.randn(100_000, generator=generator).to(target)
+        run = lambda: torch.relu(x)  # noqa: E731
+    elif name == "W4":
+        x = (torch.randn(100_000, generator=generator) * 4).to(target)
+        run = lambda: torch.sigmoid(x)  # noqa: E731
+    else:
+        data = demo_shaped_data() if name == "W7" else training_data()
+        run, score = plaintext_epoch("mlp" if name == "W6" else "logreg", data, 128 if name == "W7" else BATCH, LR, target)
+    walls, cpus = [], []
+    for _ in range(WORKLOADS[name][2]):
+        cpu0, start = time.process_time(), time.perf_counter()
+        run()
+        if target.type == "cuda":
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu0)
+    cell = {"wall_s": statistics.median(walls), "walls": walls, "cpu_s": statistics.median(cpus),
+            "bytes": 0, "rounds": 0, "repeats": len(walls)}
+    if score is not None:
+        cell["auc"] = score()
+    return cell
+
+
+# -- W7 through `cotrain run` --------------------------------------------------------------------
+def demo_job(transport: str, suite: str, timeout_s: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="cotrain-bench-w7-") as folder:
+        command = [sys.executable, "-m", "launch", "run", "train.epochs=1", f"transport={transport}",
+                   f"protocol={suite}", f"output_dir={folder}", "run_id=bench", "log_level=WARNING"]
+        if transport == "zmq":
+            command.append("transport.encrypt=true")
+        cpu0 = _cpu_children()
+        try:
+            completed = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"na": f"n/a: timed out after {timeout_s:g} s"}
+        cpu = _cpu_children() - cpu0
+        summary_path = Path(folder) / "bench" / "summary.json"
+        if completed.returncode != 0 or not summary_path.exists():
+            lines = completed.stderr.decode(errors="replace").strip().splitlines()
+            reason = next((l for l in reversed(lines) if l.startswith("cotrain:")), lines[-1] if lines else "")
+            return {"na": f"n/a: {reason}"[:160]}
+        summary = json.loads(summary_path.read_text())
+        epoch = summary["per_epoch"][0]
+        return {"wall_s": epoch["seconds"], "walls": [epoch["seconds"]], "cpu_s": cpu,
+                "bytes": epoch["bytes_sent"], "rounds": epoch["rounds"], "repeats": 1,
+                "auc": summary["secure"]["auc"], "plaintext_auc": summary["plaintext"]["auc"],
+                "job_wall_s": summary["wall_s"], "note": "cpu: whole job"}
+
+
+# -- floor, table ------------------------------------------------------------------------------
+def floor_for(name: str, cells: dict[str, dict], net: dict) -> dict | None:
+    """The bytes a party must send and rounds it must take, over this machine's loopback."""
+    if name == "W1":
+        need_bytes, need_rounds, how = 2 * 1_000_000 * 8, 1, "2n elements, 1 round (Beaver)"
+    elif name in ("W2a", "W2b"):
+        n = 256 if name == "W2a" else 1024
+        need_bytes, need_rounds, how = 2 * n * n * 8, 1, "2n^2 elements, 1 round (Beaver)"
+    else:
+        secure = [c for s, c in cells.items() if s != PLAIN and "wall_s" in c]
+        if not secure:
+            return None
+        need_bytes = min(c["bytes"] for c in secure)
+        need_rounds = min(c["rounds"] for c in secure)
+        how = "fewest bytes and rounds any system here needed"
+    seconds = need_bytes / net["bandwidth_Bps"] + need_rounds * net["rtt_s"]
+    return {"bytes": need_bytes, "rounds": need_rounds, "seconds": seconds, "how": how}
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    if value != value:  # nan
+        return "-"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.{digits}g}"
+
+
+def table(results: dict) -> str:
+    header = ["workload", "system", "wall s", "cpu s", "MB/party", "rounds", "xCrypTen", "xplain", "floor s", "xfloor", "note"]
+    rows = [header]
+    for name, cells in results["cells"].items():
+        base = cells.get(CRYPTEN, {}).get("wall_s")
+        plain = cells.get(PLAIN, {}).get("wall_s")
+        floor = results["floors"].get(name)
+        for system, cell in cells.items():
+            label = f"{name} {WORKLOADS[name][0]}" if system == next(iter(cells)) else ""
+            if "wall_s" not in cell:
+                na = cell.get("na", "n/a")
+                rows.append([label, system, na if na.startswith("n/a") else f"n/a: {na}", "", "", "", "", "", "", "", ""])
+                continue
+            wall = cell["wall_s"]
+            note = f"auc {cell['auc']:.4f}" if "auc" in cell else ""
+            if cell.get("note"):
+                note = f"{note}; {cell['note']}".strip("; ")
+            rows.append([
+                label, system, fmt(wall), fmt(cell["cpu_s"]), fmt(cell["bytes"] / 1e6) if system != PLAIN else "0",
+                str(int(cell["rounds"])), f"{wall / base:.2f}" if base else "-", f"{wall / plain:.0f}" if plain else "-",
+                fmt(floor["seconds"]) if floor and system != PLAIN else "", f"{wall / floor['seconds']:.0f}" if floor and system != PLAIN and floor["seconds"] > 0 else "", note,
+            ])
+    widths = [max(len(str(row[i])) for row in rows if not str(row[2]).startswith("n/a")) for i in range(len(header))]
+    widths[0] = max(len(str(row[0])) for row in rows)
+    widths[1] = max(len(str(row[1])) for row in rows)
+    lines = []
+    for row in rows:
+        if len(row) > 2 and str(row[2]).startswith("n/a"):
+            lines.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
+        else:
+            lines.append("  ".join(f"{str(v):<{widths[i]}}" if i < 2 or i == len(row) - 1 else f"{str(v):>{widths[i]}}"
+                                   for i, v in enumerate(row)).rstrip())
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: W2, W5, W6 on the GPU")
+    parser.add_argument("--workloads", default="", help="comma-separated subset, e.g. W5,W6")
+    parser.add_argument("--systems", default="", help="comma-separated subset of system names (substring match)")
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds one phase (a setup or a repeat) may take")
+    parser.add_argument("--share", type=float, default=45.0,
+                        help="seconds of W1-W6 phases for each system outside the headline group")
+    parser.add_argument("--full", action="store_true",
+                        help="3 repeats, no time share and W7 for every system (well over 15 minutes)")
+    parser.add_argument("--budget", type=float, default=780.0, help="seconds for the whole bench; later cells are skipped")
+    parser.add_argument("--repeats", type=int, default=0, help="repeats per workload (default: 3, 1 for W2b and W7)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--profile", default="", help="write a cProfile of rank 0 of each secure system here (prefix)")
+    args = parser.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print("bench: --device cuda but no CUDA device here; skipped")
+        return 0
+    names = [w for w in (args.workloads.split(",") if args.workloads else WORKLOADS) if w]
+    if cuda:
+        names = [w for w in names if w in CUDA_WORKLOADS]
+    unknown = [w for w in names if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}")
+    device = args.device if cuda else None
+
+    started = time.perf_counter()
+    net = measure_loopback()
+    print(f"loopback: {net['bandwidth_Bps'] / 1e9:.2f} GB/s, round trip {net['rtt_s'] * 1e6:.1f} us", flush=True)
+
+    suites = protocol_suites()
+    # the headline comparison first (gloo, CrypTen's own wire; tfp, CrypTen's own triples; dealer)
+    suite_order = sorted(suites, key=lambda name: (name != "tfp", name != "dealer", name))
+    transport_order = sorted(transports(), key=lambda name: (name != "gloo", name))
+    systems: list[tuple[str, dict]] = [(PLAIN, {}), (CRYPTEN, {"system": "crypten"})]
+    for transport in transport_order:
+        for suite in suite_order:
+            protocol = suites[suite]
+            systems.append((f"cotrain-{transport}-{suite}", {"system": "cotrain", "transport": transport,
+                                                             "protocol": protocol, "suite": suite}))
+    if args.systems:
+        wanted = args.systems.split(",")
+        systems = [(n, s) for n, s in systems if any(w in n for w in wanted) or n == PLAIN]
+
+    cells: dict[str, dict[str, dict]] = {name: {PLAIN: plaintext_cell(name, device)} for name in names}
+    deadline = started + args.budget
+    two_party = [w for w in names if WORKLOADS[w][1] == 2]
+    secure = [(system, base) for system, base in systems if system != PLAIN]
+    # the headline comparison launches together; the other systems in groups of four
+    groups = [secure[:3]] + [secure[i:i + 4] for i in range(3, len(secure), 4)]
+    headline = {system for system, _ in groups[0]} if groups else set()
+    for group in groups if two_party else []:
+        t0 = time.perf_counter()
+        launches = []
+        for system, base in group:
+            full = args.full or system in headline
+            spec = {**base, "parties": 2, "workloads": two_party, "device": device}
+            world = 2
+            if base["system"] == "cotrain":
+                from protocols.suite import ProtocolConfig, needs_dealer
+
+                world += int(needs_dealer(ProtocolConfig(**base["protocol"])))
+            spec["port"] = free_port(world)
+            if args.repeats or not full:
+                spec["repeats"] = {w: args.repeats or 1 for w in two_party}
+            if args.profile:
+                spec["profile"] = f"{args.profile}-{system}.prof"
+            launches.append(Launch(system, spec, world, None if full else args.share))
+        run_together(launches, args.timeout, deadline)
+        for launch in launches:
+            per_rank = launch.finish()
+            for name in two_party:
+                cell = combine(per_rank, 2, name)
+                if launch.error and "wall_s" not in cell and cell.get("na") == "n/a: no result":
+                    cell = {"na": launch.error}
+                cells[name][launch.name] = cell
+        print(f"  {', '.join(l.name for l in launches)}: {time.perf_counter() - t0:.0f} s", flush=True)
+    if "W7" in names:
+        # W7 runs each transport with tfp and each suite on gloo (all of them with --full)
+        for system, base in secure:
+            t0 = time.perf_counter()
+            if not (args.full or base["system"] == "crypten" or base.get("suite") == "tfp"
+                    or base.get("transport") == "gloo"):
+                cells["W7"][system] = {"na": "n/a: not run (W7 covers each transport with tfp and each "
+                                             "suite on gloo; --full runs every pair)"}
+                continue
+            if time.monotonic() > deadline:
+                cells["W7"][system] = {"na": "n/a: skipped, over the bench's time budget"}
+                continue
+            if base["system"] == "cotrain":
+                cells["W7"][system] = demo_job(base["transport"], base["suite"], max(args.timeout, 150.0))
+            else:
+                launch = Launch(system, {**base, "parties": 3, "workloads": ["W7"], "device": device,
+                                         "port": free_port()}, 3)
+                run_together([launch], args.timeout, deadline)
+                per_rank = launch.finish()
+                cell = combine(per_rank, 3, "W7")
+                cells["W7"][system] = cell if "wall_s" in cell or not launch.error else {"na": launch.error}
+            print(f"  W7 {system}: {time.perf_counter() - t0:.0f} s", flush=True)
+    # plaintext is measured first; list it first
+    started_systems = [PLAIN] + [system for system, _ in secure]
+    cells = {name: {system: cells[name][system] for system in started_systems if system in cells[name]}
+             for name in names}
+
+    floors = {name: floor_for(name, cells[name], net) for name in names}
+    results = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": args.device,
+               "loopback": net, "cores": os.cpu_count(), "torch": torch.__version__, "cells": cells, "floors": floors,
+               "total_s": time.perf_counter() - started}
+    print()
+    print(table(results))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H%M%SZ')}{'-cuda' if cuda else ''}.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({results['total_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""``cotrain run transport=mpi`` on one machine: start the parties under this venv's mpirun.
+
+MPI ranks must be started by an MPI launcher, so a local launch with the MPI transport
+re-runs the same command as ``mpirun -n <parties> python -m launch run ... run_id=<id>``; each
+rank then takes its rank from MPI and regenerates the demo data itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from launch.local import LaunchError
+from parties.config import RunConfig
+from protocols.suite import needs_dealer
+
+
+def mpirun_executable() -> str:
+    beside = Path(sys.executable).parent / "mpirun"
+    found = str(beside) if beside.exists() else shutil.which("mpirun")
+    if not found:
+        raise LaunchError("transport=mpi needs mpirun (pip install mpich mpi4py), and none was found")
+    return found
+
+
+def launch_mpirun(config: RunConfig, overrides: Sequence[str], run_id: str) -> None:
+    """Run every party under mpirun; raise LaunchError when the job fails or runs too long."""
+    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("run_id", "num_parties")]
+    processes = config.num_parties + int(needs_dealer(config.protocol))  # a dealer is one more rank
+    command = [mpirun_executable(), "-n", str(processes), sys.executable, "-m", "launch", "run",
+               *kept, f"run_id={run_id}", f"num_parties={config.num_parties}"]
+    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    try:
+        completed = subprocess.run(command, env=environment, timeout=config.launch.timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"the job ran past launch.timeout_s={config.launch.timeout_s:g}; "
+                          "mpirun was stopped") from None
+    if completed.returncode != 0:
+        raise LaunchError(f"mpirun exited with code {completed.returncode}; see the party errors above")

@@ -1,0 +1,144 @@
+"""One party's side of a ``protocol=malicious`` run: its table in, the authenticated engine
+(``protocols.malicious``), its outputs and the summary out.
+
+The dealer is rank ``num_parties`` (the launcher starts it, as for ``protocol=dealer``).
+Any failed malicious-security check raises ``CheatDetected`` on every party: the party
+exits non-zero and nothing of the run is saved (the outputs are written only after the
+final check has passed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mpc.data.sharing import _read_and_announce
+from mpc.data.schema import check_horizontal
+from mpc.group import PartyGroup
+from mpc.metrics import ClassWeights, evaluate
+from mpc.models import build_torch_model
+from mpc.training import EpochRecord
+from parties.config import RunConfig
+from parties.outputs import _atomic_save, write_json
+from parties.summary import build_summary, print_summary
+from protocols import ProtocolSuite
+from protocols.malicious.dealer import run_dealer
+from protocols.malicious.engine import Engine
+from protocols.malicious.train import LocalData, MaliciousTrainConfig, check_model, layers_from_torch, train_logreg
+
+log = logging.getLogger("cotrain.malicious")
+
+
+def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
+    """The dealer serves tuples; a party trains. Returns the summary at the evaluator."""
+    parties = config.num_parties
+    check_model(config.model.kind)  # every rank, the dealer too, refuses before any traffic
+    if config.data.partition != "horizontal":
+        raise ValueError("protocol=malicious supports data.partition=horizontal only (for now)")
+    if rank == parties:
+        write_json(directory / "dealer.json", run_dealer(transport, parties))
+        return None
+    started = time.perf_counter()
+    names = config.names()
+    spec = config.parties[rank]
+    group = PartyGroup(transport, parties)
+    frame, metas = _read_and_announce(group, spec.data, names[rank], True, config.data.label)
+    features = list(check_horizontal(metas, config.data.label))
+    evaluator = config.train.evaluator
+    test_x = test_y = None
+    if rank == evaluator and spec.test_data:
+        test_frame, _ = _read_and_announce(group, spec.test_data, names[rank], False, config.data.label)
+        test_x, test_y = test_frame[features].to_numpy(np.float64), test_frame[config.data.label].to_numpy(np.float64)
+    else:
+        _read_and_announce(group, None, names[rank], False, config.data.label)
+    torch_model = build_torch_model(config.model, len(features), config.seed)
+    initial = layers_from_torch(torch_model)
+    unknown = [name for name in config.train.reveal_to if name not in names]
+    if unknown:
+        raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
+    train_config = MaliciousTrainConfig(epochs=config.train.epochs, batch_size=config.train.batch_size,
+                                        lr=config.train.lr, seed=config.seed, evaluator=evaluator,
+                                        reveal_to=[names.index(name) for name in config.train.reveal_to])
+    history: list[EpochRecord] = []
+    weights_holder: dict[str, ClassWeights] = {}
+
+    def on_epoch(record: Any) -> None:
+        metrics = None
+        if record.test_logits is not None:
+            metrics = evaluate(torch.tensor(record.test_logits, dtype=torch.float32),
+                               torch.tensor(test_y, dtype=torch.float32).reshape(-1, 1), weights_holder["w"])
+            log.info("epoch %d: held-out AUC %.4f, loss %.4f", record.epoch, metrics.auc, metrics.loss)
+        history.append(EpochRecord(record.epoch, record.seconds, record.bytes_sent, 0, record.rounds, metrics))
+
+    engine = Engine(transport, parties, dealer=parties)
+    try:
+        local = LocalData(frame[features].to_numpy(np.float64), frame[config.data.label].to_numpy(np.float64),
+                          test_x, test_y)
+        # the class weights are known once the pooled positive count is revealed (inside training)
+        result = _train(engine, local, initial, train_config, on_epoch, weights_holder)
+    finally:
+        engine.close()
+    training_seconds = result.seconds
+    # every check has passed: only now is anything written
+    saved = _save(result, torch_model, directory, rank)
+    report = {"name": names[rank], "rank": rank, "contributed": {"rows": len(frame), "columns": len(features)},
+              **transport.stats.as_dict(), "saved": saved,
+              "protocol_parts": {"engine": result.stats}}
+    reports = group.gather_obj(report, evaluator)
+    write_json(directory / "party.json", report)
+    if rank != evaluator:
+        return None
+    summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history, weights_holder["w"],
+                            torch_model, wall_s=time.perf_counter() - started, training_s=training_seconds)
+    write_json(Path(config.output_dir) / run_id / "summary.json", summary)
+    print_summary(summary)
+    return summary
+
+
+def _train(engine: Engine, local: LocalData, initial: np.ndarray, config: MaliciousTrainConfig,
+           on_epoch: Any, holder: dict) -> Any:
+    def hook(record: Any) -> None:
+        if "w" not in holder:
+            holder["w"] = ClassWeights.balanced(engine_state["rows"], engine_state["positives"])
+        on_epoch(record)
+
+    engine_state: dict[str, int] = {}
+
+    def scaled(rows: int, positives: int) -> None:
+        engine_state.update(rows=rows, positives=positives)
+
+    result = train_logreg(engine, local, initial, config, on_epoch=hook, on_scaling=scaled)
+    if "w" not in holder:
+        holder["w"] = ClassWeights.balanced(result.rows, result.positives)
+    return result
+
+
+def _save(result: Any, torch_model: torch.nn.Module, directory: Path, rank: int) -> dict:
+    layers = result.weights if isinstance(result.weights, list) else [result.weights]
+    shares = {}
+    for index, layer in enumerate(layers):
+        shares.update({f"layer{index}_value_lo": layer.v.lo, f"layer{index}_value_hi": layer.v.hi,
+                       f"layer{index}_mac_lo": layer.m.lo, f"layer{index}_mac_hi": layer.m.hi})
+    _atomic_save(lambda p: np.savez(p.open("wb"), **shares), directory / "model_shares.npz")
+    saved = {"shares": str(directory / "model_shares.npz")}
+    if result.revealed is not None:
+        plain = np.asarray(result.revealed, np.float64)
+        state, offset = {}, 0
+        linears = [(name, module) for name, module in torch_model.named_children() if hasattr(module, "weight")]
+        for (name, module), layer in zip(linears, layers):
+            rows, cols = layer.shape
+            matrix = plain[offset:offset + rows * cols].reshape(rows, cols)
+            offset += rows * cols
+            state[f"{name}.weight"] = torch.tensor(matrix[:-1].T.copy(), dtype=torch.float32)
+            state[f"{name}.bias"] = torch.tensor(matrix[-1].copy(), dtype=torch.float32)
+        expected = torch_model.state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+            raise RuntimeError("the revealed parameters do not match the torch model's layout")
+        _atomic_save(lambda p: torch.save(state, p), directory / "model.pt")
+        saved["revealed"] = str(directory / "model.pt")
+    return saved

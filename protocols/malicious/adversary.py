@@ -1,0 +1,96 @@
+"""TEST-ONLY: a party that deviates from the protocol once, at a chosen step.
+
+The engine calls these hooks only when it was built with an ``Adversary``; production
+code never builds one. Targets:
+
+* ``mul``, ``matmul``, ``trunc``, ``compare``, ``reveal``: alter this party's share in the
+  n-th opening of that kind (the same altered share goes to every peer); ``mul`` includes
+  the bit products inside a comparison;
+* ``open``: alter this party's MAC-check opening after it committed to it;
+* ``input``: as an input owner, send a different masked input to one peer (equivocate);
+  altering it consistently for every peer is input substitution, which no protocol can
+  tell from an honest choice of input;
+* ``tuple:triple``, ``tuple:matmul``, ``tuple:trunc``, ``tuple:bits``: alter this party's share (value
+  share, or with ``mac=True`` the MAC share) of one value of the n-th tuple of that kind
+  it receives from the dealer, and use it.
+
+Every alteration adds an odd 64-bit offset to one element's low limb, so it changes the
+value modulo 2^64 (a change confined to the high limb is harmless by design: only the low
+64 bits of any value are ever used).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+TARGETS = ("mul", "matmul", "trunc", "compare", "reveal", "open", "input", "tuple:triple", "tuple:matmul",
+           "tuple:trunc", "tuple:bits")
+
+
+@dataclass
+class Adversary:
+    target: str
+    at: int = 0  # which event of that kind (0 = the first)
+    seed: int = 0
+    mac: bool = False  # tuple targets: alter the MAC share instead of the value share
+    count: int = 0
+    fired: bool = False
+    log: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown adversary target {self.target!r}; choose one of {TARGETS}")
+        self.rng = random.Random(self.seed)
+
+    def _due(self, kind: str) -> bool:
+        if kind != self.target or self.fired:
+            return False
+        due = self.count == self.at
+        self.count += 1
+        if due:
+            self.fired = True
+        return due
+
+    def _offset(self) -> np.uint64:
+        return np.uint64(self.rng.getrandbits(64) | 1)
+
+    def _alter_limbs(self, payload: np.ndarray) -> np.ndarray:
+        """``payload`` is lo limbs then hi limbs: change one low limb."""
+        altered = payload.copy()
+        index = self.rng.randrange(max(1, payload.size // 2))
+        altered[index:index + 1] += self._offset()
+        return altered
+
+    # -- hooks called by the engine ------------------------------------------------------------
+    def alter(self, kind: str, payload: np.ndarray) -> np.ndarray:
+        if not self._due(kind):
+            return payload
+        self.log.append((kind, self.count - 1))
+        if kind == "open":  # a MAC-check opening: flip one bit of sigma (bytes 0..15)
+            altered = payload.copy()
+            altered[self.rng.randrange(2)] ^= np.uint64(1 << self.rng.randrange(64))
+            return altered
+        return self._alter_limbs(payload)
+
+    def equivocate(self, kind: str, payload: np.ndarray, last: bool) -> np.ndarray:
+        """Called per recipient; the last recipient of the n-th input gets another message."""
+        if not last or not self._due(kind):
+            return payload
+        self.log.append((kind, self.count - 1))
+        return self._alter_limbs(payload)
+
+    def tuple_received(self, kind: str, values: list[Any]) -> list[Any]:
+        if not self._due(f"tuple:{kind}"):
+            return values
+        which = self.rng.randrange(len(values))
+        self.log.append((f"tuple:{kind}", self.count - 1, which, self.mac))
+        share = values[which]
+        limbs = share.m if self.mac and share.m is not None else share.v
+        delta = np.zeros(limbs.lo.size, np.uint64)
+        delta[self.rng.randrange(delta.size)] = self._offset()
+        limbs.lo += delta.reshape(limbs.lo.shape)
+        return values

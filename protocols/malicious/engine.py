@@ -1,0 +1,647 @@
+"""SPDZ2k-style authenticated arithmetic: k = 64, s = 64, everything mod 2^128.
+
+A secret ``x`` (a signed 64-bit fixed-point integer, 16 fractional bits, as in CrypTen) is
+held as an :class:`AShare` by every party: an additive share of some ``x_hat`` with
+``x_hat = x mod 2^64`` and an additive share of its MAC ``alpha * x_hat mod 2^128``, where
+the key ``alpha`` in [0, 2^64) is additively shared by the dealer and known to no party.
+The high 64 bits of ``x_hat`` are garbage the protocol never relies on; only ``x mod 2^64``
+is protected (an error confined to the high limb changes nothing that is used).
+
+* Linear operations update values and MACs locally (a public constant is added to party
+  0's value share and, times the party's key share, to every MAC share).
+* Multiplication and matrix products use dealer-made authenticated Beaver triples; the
+  masked differences are opened in full (128 bits, uniform, so nothing leaks).
+* Truncation by 16 bits opens ``x + 2^62 + r`` against an authenticated pair
+  ``(r, (r mod 2^63) >> 16)`` plus the authenticated bit 63 of r; only the low 64 bits of
+  the opening are used, the carry out of bit 62 is recovered exactly from bit 63 and the
+  result is ``x >> 16`` or one more (probabilistic rounding, 1 ulp), with no rare large
+  error and MACs consistent by linearity.
+* Every opened value is recorded. ``check()`` runs the batched MAC check: a public random
+  linear combination (coins from a commit-then-reveal coin toss) of the opened values and
+  of the MAC shares gives each party ``sigma_i = sum chi_j m_ij - alpha_i sum chi_j x_j``
+  (plus a pairwise zero sharing so ``sigma_i`` reveals nothing). Parties hash-commit to
+  ``sigma_i`` and to a digest of everything each peer sent them, then open; the check
+  passes only if every commitment opens, every party received the same messages from
+  every sender, and the ``sigma_i`` sum to zero mod 2^128. A final verdict round makes
+  every party abort if any party saw a failure.
+* ``reveal`` (to all, or to one party through a dealer mask known only to it) runs the
+  check on everything opened so far, including the masked output, before the value is
+  returned; nothing that depends on a tampered message is ever handed out.
+
+Soundness: an error e (nonzero mod 2^64) in any opened value or tuple share survives the
+check with probability at most about 2^-(64 - log2 65) over the key and the coins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from protocols.malicious import dealer as dealing
+from protocols.malicious import ring
+from protocols.malicious.ring import U128
+
+log = logging.getLogger("cotrain.malicious")
+
+FRACTIONAL_BITS = dealing.FRACTIONAL_BITS
+SCALE = 1 << FRACTIONAL_BITS
+COMPARE_BITS = 32  # comparisons need |x| < 2^31 in raw fixed point (|value| < 32768)
+CHECK_BUFFER_ELEMENTS = 1 << 21  # run the MAC check once this many opened values are pending
+
+
+class CheatDetected(RuntimeError):
+    """A malicious-security check failed: the run must stop and nothing may be revealed."""
+
+    def __init__(self, check: str, detail: str, party: int | None = None) -> None:
+        who = f"; blamed: party {party}" if party is not None else ""
+        super().__init__(f"malicious-security check '{check}' failed: {detail}{who}. "
+                         "Aborting: no value depending on it was revealed or saved.")
+        self.check = check
+        self.party = party
+
+
+class PreprocessingError(RuntimeError):
+    """The dealer failed or the tuples ran out of step with the program."""
+
+
+@dataclass
+class AShare:
+    """This party's share of an authenticated value: value share and MAC share (or None
+    in the semi-honest mode)."""
+
+    v: U128
+    m: U128 | None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.v.shape
+
+    def __getitem__(self, index: Any) -> "AShare":
+        return AShare(self.v[index], None if self.m is None else self.m[index])
+
+    @property
+    def T(self) -> "AShare":
+        return AShare(self.v.T, None if self.m is None else self.m.T)
+
+    def reshape(self, *shape: int) -> "AShare":
+        return AShare(self.v.reshape(*shape), None if self.m is None else self.m.reshape(*shape))
+
+    def __add__(self, other: "AShare") -> "AShare":
+        return AShare(self.v + other.v, None if self.m is None else self.m + other.m)
+
+    def __sub__(self, other: "AShare") -> "AShare":
+        return AShare(self.v - other.v, None if self.m is None else self.m - other.m)
+
+    def __neg__(self) -> "AShare":
+        return AShare(-self.v, None if self.m is None else -self.m)
+
+    def sum(self, axis: int, keepdims: bool = False) -> "AShare":
+        v = ring.sum_axis(self.v, axis)
+        m = None if self.m is None else ring.sum_axis(self.m, axis)
+        out = AShare(v, m)
+        if keepdims:
+            shape = list(self.shape)
+            shape[axis] = 1
+            out = out.reshape(*shape)
+        return out
+
+
+def cat(shares: Sequence[AShare], axis: int = 0) -> AShare:
+    """Concatenate along ``axis``."""
+    v = U128(np.concatenate([s.v.lo for s in shares], axis), np.concatenate([s.v.hi for s in shares], axis))
+    if shares[0].m is None:
+        return AShare(v, None)
+    return AShare(v, U128(np.concatenate([s.m.lo for s in shares], axis), np.concatenate([s.m.hi for s in shares], axis)))
+
+
+def split(flat: AShare, shapes: Sequence[tuple[int, ...]]) -> list[AShare]:
+    """Cut a flat share into pieces of ``shapes``."""
+    values = ring.split(flat.v, shapes)
+    macs = ring.split(flat.m, shapes) if flat.m is not None else [None] * len(shapes)
+    return [AShare(v, m) for v, m in zip(values, macs)]
+
+
+def encode(values: np.ndarray) -> np.ndarray:
+    """Float to signed 64-bit fixed point with 16 fractional bits."""
+    return np.round(np.asarray(values, dtype=np.float64) * SCALE).astype(np.int64)
+
+
+def decode(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64).astype(np.float64) / SCALE
+
+
+@dataclass
+class EngineStats:
+    rounds: int = 0
+    opened_elements: int = 0
+    checks: int = 0
+    checked_elements: int = 0
+    dealer_requests: int = 0
+    dealer_seconds: float = 0.0
+    check_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _digest(*parts: bytes) -> bytes:
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _as_tensor(data: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(data, np.uint64, ["C", "W"]).view(np.int64))
+
+
+def _stream(seed: bytes, count: int) -> np.ndarray:
+    """``count`` uint64 values expanded from ``seed`` (SHAKE-256)."""
+    if count == 0:
+        return np.zeros(0, np.uint64)
+    return np.frombuffer(hashlib.shake_256(seed).digest(8 * count), dtype=np.uint64).copy()
+
+
+class Engine:
+    """One party's side of the authenticated (or, with ``authenticated=False``,
+    semi-honest) arithmetic. ``comm`` is a transport whose ranks ``0..parties-1`` are the
+    computing parties and rank ``dealer`` the dealer process."""
+
+    def __init__(self, comm: Any, parties: int, dealer: int, authenticated: bool = True,
+                 adversary: Any = None, check_buffer: int = CHECK_BUFFER_ELEMENTS) -> None:
+        self.comm = comm
+        self.rank = comm.get_rank()
+        self.parties = parties
+        self.dealer = dealer
+        self.authenticated = authenticated
+        self._limbs = 2 if authenticated else 1  # semi-honest: only values mod 2^64 travel
+        self.adversary = adversary
+        self.check_buffer = check_buffer
+        self.others = [r for r in range(parties) if r != self.rank]
+        self.stats = EngineStats()
+        self._queue: deque = deque()
+        self._opened: list[tuple[U128, U128]] = []
+        self._pending = 0
+        self._check_count = 0
+        self._senders = {r: hashlib.sha256() for r in range(parties)}
+        self._closed = False
+        self._plans: dict[Any, list] = {}
+        self._outstanding: deque = deque()  # (key, specs) requested from the dealer, not yet received
+        self._prefetched: dict[Any, deque] = {}  # key -> answers received ahead of use
+        self._recording: list | None = None
+        self.alpha = self._receive_key()
+        if authenticated:
+            self._setup_check_randomness()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _receive_key(self) -> U128:
+        buffer = dealing.recv_array(self.comm, self.dealer, expected=3)
+        if bool(buffer[2]) != self.authenticated:
+            raise PreprocessingError(f"the dealer deals {'authenticated' if buffer[2] else 'unauthenticated'} "
+                                     f"tuples but this party runs {'with' if self.authenticated else 'without'} MACs")
+        return ring.from_wire(buffer[:2], (1,))
+
+    def _setup_check_randomness(self) -> None:
+        """Commit to the first coin-toss seed; agree pairwise seeds for zero sharings."""
+        self._seed = secrets.token_bytes(32)
+        pair_seeds = {r: secrets.token_bytes(32) for r in self.others}
+        payloads = {r: np.frombuffer(_digest(b"coin", self._seed) + pair_seeds[r], np.uint64) for r in self.others}
+        received = self._exchange(payloads, 8, "setup", record=False)
+        self._seed_commitments = {r: received[r][:4].tobytes() for r in self.others}
+        # the lower rank's seed is the pair's seed
+        self._pair_seeds = {r: (pair_seeds[r] if self.rank < r else received[r][4:].tobytes()) for r in self.others}
+
+    # -- communication among the computing parties -------------------------------------------
+    def _exchange(self, payload: np.ndarray | dict[int, np.ndarray], size: int, kind: str,
+                  record: bool = True) -> dict[int, np.ndarray]:
+        """Send a uint64 payload to every other party (the same one to each, unless a dict
+        per recipient is given) and receive ``size`` limbs from each. One round."""
+        self.stats.rounds += 1
+        requests, buffers = [], {}
+        if self.adversary is not None and not isinstance(payload, dict):
+            payload = self.adversary.alter(kind, payload)
+        for dst in self.others:
+            data = payload[dst] if isinstance(payload, dict) else payload
+            requests.append(self.comm.isend(_as_tensor(data), dst))
+        for src in self.others:
+            buffers[src] = torch.empty(size, dtype=torch.int64)
+            requests.append(self.comm.irecv(buffers[src], src))
+        for request in requests:
+            request.wait()
+        out = {src: buffer.numpy().view(np.uint64) for src, buffer in buffers.items()}
+        if record and self.authenticated:
+            for src, data in out.items():
+                self._senders[src].update(kind.encode() + data.tobytes())
+        if not isinstance(payload, dict):
+            out[self.rank] = payload
+        return out
+
+    def exchange_public(self, values: Sequence[int]) -> dict[int, list[int]]:
+        """Every party's small list of public integers (metadata), in one round. Recorded,
+        so a party that tells different peers different things fails the next check."""
+        payload = np.asarray(values, dtype=np.int64).view(np.uint64)
+        received = self._exchange(payload, payload.size, "public")
+        return {r: [int(v) for v in data.view(np.int64)] for r, data in received.items()}
+
+    def _exchange_bytes(self, data: bytes, kind: str) -> dict[int, bytes]:
+        padded = data + b"\0" * (-len(data) % 8)
+        received = self._exchange(np.frombuffer(padded, np.uint64).copy(), len(padded) // 8, kind, record=False)
+        return {r: buf.tobytes()[:len(data)] for r, buf in received.items()}
+
+    # -- preprocessing ---------------------------------------------------------------------------
+    def preprocess(self, specs: Sequence[Sequence[Any]]) -> None:
+        """Ask the dealer for the tuples ``specs`` (all parties ask for the same, in the
+        same order); they are queued and consumed in that order."""
+        specs = [list(s) for s in specs]
+        if not specs:
+            return
+        self._drain()
+        self._request(specs)
+        self._queue.extend(self._receive(specs))
+
+    def _request(self, specs: list) -> None:
+        self.comm.send_obj({"specs": specs}, self.dealer)
+
+    def _drain(self) -> None:
+        """Receive every answer still on its way (before any new request: the dealer answers
+        in order, and a party must never send while an answer to it is pending)."""
+        while self._outstanding:
+            key, specs = self._outstanding.popleft()
+            self._prefetched.setdefault(key, deque()).append(self._receive(specs))
+
+    def _receive(self, specs: list) -> list:
+        start = time.perf_counter()
+        reply = self.comm.recv_obj(self.dealer)
+        if not isinstance(reply, dict) or reply.get("error") or not reply.get("ok"):
+            raise PreprocessingError(f"the dealer refused the request: {reply.get('error') if isinstance(reply, dict) else reply!r}")
+        buffer = dealing.recv_array(self.comm, self.dealer)
+        offset = 0
+
+        def take(shape: tuple[int, ...]) -> U128:
+            nonlocal offset
+            count = self._limbs * int(np.prod(shape, dtype=np.int64))
+            if offset + count > buffer.size:
+                raise PreprocessingError("the dealer sent fewer tuples than were asked for")
+            value = ring.from_wire(buffer[offset:offset + count], shape, self._limbs)
+            offset += count
+            return value
+
+        entries = []
+        for spec in specs:
+            values = []
+            for shape in dealing.spec_shapes(spec):
+                v = take(shape)
+                m = take(shape) if self.authenticated else None  # MACs: always 2 limbs (authenticated)
+                values.append(AShare(v, m))
+            owner = dealing.clear_owner(spec)
+            clear = take(values[0].shape) if owner == self.rank else None
+            if self.adversary is not None:
+                values = self.adversary.tuple_received(spec[0], values)
+            entries.append((spec, values, clear))
+        if offset != buffer.size:
+            raise PreprocessingError("the dealer sent more tuples than were asked for")
+        self.stats.dealer_requests += 1
+        self.stats.dealer_seconds += time.perf_counter() - start
+        return entries
+
+    @contextmanager
+    def planned(self, key: Any) -> Iterator[None]:
+        """Run a block whose tuple needs are the same each time ``key`` recurs: the first
+        time they are recorded (and fetched on demand); later they come in one request,
+        and the request for the block's next run is sent as this one starts, so the dealer
+        makes those tuples while the parties compute (fresh tuples, each used once)."""
+        plan = self._plans.get(key)
+        if plan is not None:
+            if not self._prefetched.get(key):
+                self._drain()
+            if self._prefetched.get(key):
+                self._queue.extend(self._prefetched[key].popleft())
+            else:
+                self.preprocess(plan)
+            self._drain()
+            self._request(plan)
+            self._outstanding.append((key, plan))
+            yield
+            return
+        self._recording = []
+        try:
+            yield
+            self._plans[key] = self._recording
+        finally:
+            self._recording = None
+
+    def _next(self, spec: list[Any]) -> tuple[list[AShare], U128 | None]:
+        if self._recording is not None:
+            self._recording.append(spec)
+        if not self._queue:
+            self.preprocess([spec])
+        got, values, clear = self._queue.popleft()
+        if [got[0], *[tuple(x) if isinstance(x, (list, tuple)) else x for x in got[1:]]] != \
+                [spec[0], *[tuple(x) if isinstance(x, (list, tuple)) else x for x in spec[1:]]]:
+            raise PreprocessingError(f"preprocessing out of step: the program needs {spec}, the next tuple is {got}")
+        return values, clear
+
+    def discard_preprocessing(self) -> None:
+        """Drop queued tuples (after an abort, before starting over)."""
+        self._queue.clear()
+
+    def close(self) -> None:
+        """Tell the dealer this party is done."""
+        if not self._closed:
+            self._closed = True
+            self._drain()  # answers to requests made ahead of use are received, then dropped
+            self._prefetched.clear()
+            self.comm.send_obj({"stop": True}, self.dealer)
+
+    # -- linear operations ---------------------------------------------------------------------
+    def add_public(self, x: AShare, c: U128) -> AShare:
+        v = x.v + c if self.rank == 0 else x.v + U128.zeros(c.shape)
+        m = None if x.m is None else x.m + self.alpha * c
+        return AShare(v.broadcast_to(np.broadcast_shapes(x.shape, c.shape)),
+                      None if m is None else m.broadcast_to(np.broadcast_shapes(x.shape, c.shape)))
+
+    def mul_public(self, x: AShare, c: U128) -> AShare:
+        return AShare(x.v * c, None if x.m is None else x.m * c)
+
+    def mul_int(self, x: AShare, c: int | np.ndarray) -> AShare:
+        return self.mul_public(x, U128.from_int64(np.atleast_1d(np.asarray(c, dtype=np.int64))))
+
+    def mul_const(self, x: AShare, c: float | np.ndarray) -> AShare:
+        """Times a public real constant (fixed point), then truncated."""
+        return self.trunc(self.mul_int(x, encode(c)))
+
+    def add_const(self, x: AShare, c: float | np.ndarray) -> AShare:
+        return self.add_public(x, U128.from_int64(np.atleast_1d(encode(c))))
+
+    def zeros(self, shape: Sequence[int]) -> AShare:
+        return AShare(U128.zeros(shape), U128.zeros(shape) if self.authenticated else None)
+
+    # -- openings --------------------------------------------------------------------------------
+    def open(self, shares: Sequence[AShare], kind: str) -> list[U128]:
+        """Open several values in one round; each is recorded for the next MAC check."""
+        flat_v = ring.concat([s.v for s in shares])
+        wire = ring.to_wire(flat_v, self._limbs)
+        received = self._exchange(wire, wire.size, kind)
+        total = flat_v if self.authenticated else U128(flat_v.lo.copy(), np.zeros_like(flat_v.hi))
+        for src in self.others:
+            total = total + ring.from_wire(received[src], flat_v.shape, self._limbs)
+        if self.authenticated:
+            self._opened.append((total, ring.concat([s.m for s in shares])))
+            self._pending += total.size
+        self.stats.opened_elements += total.size
+        return ring.split(total, [s.shape for s in shares])
+
+    def maybe_check(self) -> None:
+        if self._pending >= self.check_buffer:
+            self.check()
+
+    # -- input and output ---------------------------------------------------------------------------
+    def input(self, values: np.ndarray | None, shape: Sequence[int], owner: int) -> AShare:
+        """Party ``owner`` shares ``values`` (floats): it opens ``x - r`` for an authenticated
+        random ``r`` whose clear value only it holds."""
+        shape = tuple(shape)
+        (mask,), clear = self._next(["input", shape, owner])
+        count = self._limbs * int(np.prod(shape, dtype=np.int64))
+        if self.rank == owner:
+            if values is None or tuple(np.shape(values)) != shape:
+                raise ValueError(f"party {owner} must input values of shape {shape}")
+            epsilon = U128.from_int64(encode(values)) - clear
+            wire = ring.to_wire(epsilon, self._limbs)
+            payload = {dst: wire for dst in self.others}
+        else:
+            payload = {dst: np.zeros(0, np.uint64) for dst in self.others}
+        self.stats.rounds += 1
+        requests, buffer = [], None
+        for dst in self.others:
+            data = payload[dst]
+            if self.adversary is not None and self.rank == owner:
+                data = self.adversary.equivocate("input", data, dst == self.others[-1])
+            if data.size:
+                requests.append(self.comm.isend(_as_tensor(data), dst))
+        if self.rank != owner:
+            buffer = torch.empty(count, dtype=torch.int64)
+            requests.append(self.comm.irecv(buffer, owner))
+        for request in requests:
+            request.wait()
+        if self.rank != owner:
+            data = buffer.numpy().view(np.uint64)
+            if self.authenticated:
+                self._senders[owner].update(b"input" + data.tobytes())
+            epsilon = ring.from_wire(data, shape, self._limbs)
+        return self.add_public(mask, epsilon)
+
+    def reveal(self, x: AShare, to: int | None = None) -> np.ndarray | None:
+        """The value as floats, to every party (``to=None``) or to party ``to`` only, after a
+        MAC check of everything opened so far."""
+        if to is None:
+            masked = x
+            if self.authenticated:
+                (t,), _ = self._next(["mask", x.shape])
+                masked = x + t
+            (opened,) = self.open([masked], "reveal")
+            self.check()
+            return decode(opened.low_int64())
+        (r,), clear = self._next(["private", x.shape, to])
+        (opened,) = self.open([x - r], "reveal")
+        self.check()
+        if self.rank != to:
+            return None
+        return decode((opened + clear).low_int64())
+
+    def verify(self, *shares: AShare) -> None:
+        """MAC-check values that are kept as shares (never revealed): open each plus a
+        uniform authenticated mask nobody knows, then run the check. Nothing leaks."""
+        if not self.authenticated:
+            return
+        masked = []
+        for x in shares:
+            (r,), _ = self._next(["random", x.shape])
+            masked.append(x + r)
+        self.open(masked, "verify")
+        self.check()
+
+    # -- multiplication ------------------------------------------------------------------------------
+    def mul(self, x: AShare, y: AShare, truncate: bool = True) -> AShare:
+        """Elementwise product (same shapes) with an authenticated Beaver triple."""
+        return self.mul_many([(x, y)], truncate)[0]
+
+    def mul_many(self, pairs: Sequence[tuple[AShare, AShare]], truncate: bool = True) -> list[AShare]:
+        """Several independent elementwise products in one opening round (and one
+        truncation round)."""
+        for x, y in pairs:
+            if x.shape != y.shape:
+                raise ValueError(f"mul needs equal shapes, got {x.shape} and {y.shape}")
+        x = cat([p[0].reshape(-1) for p in pairs])
+        y = cat([p[1].reshape(-1) for p in pairs])
+        (a, b, c), _ = self._next(["triple", x.shape])
+        d, e = self.open([x - a, y - b], "mul")
+        z = c + self.mul_public(b, d) + self.mul_public(a, e)
+        z = self.add_public(z, d * e)
+        if truncate:
+            z = self.trunc(z)
+        return split(z, [p[0].shape for p in pairs])
+
+    def trunc_many(self, values: Sequence[AShare]) -> list[AShare]:
+        return split(self.trunc(cat([v.reshape(-1) for v in values])), [v.shape for v in values])
+
+    def matmul(self, x: AShare, y: AShare, truncate: bool = True) -> AShare:
+        (n, k), (k2, m) = x.shape, y.shape
+        if k != k2:
+            raise ValueError(f"matmul shapes {x.shape} and {y.shape} do not match")
+        (a, b, c), _ = self._next(["matmul", n, k, m])
+        d, e = self.open([x - a, y - b], "matmul")
+        z_v = c.v + ring.matmul(d, b.v) + ring.matmul(a.v, e)
+        z_m = None if c.m is None else c.m + ring.matmul(d, b.m) + ring.matmul(a.m, e)
+        z = self.add_public(AShare(z_v, z_m), ring.matmul(d, e))
+        return self.trunc(z) if truncate else z
+
+    def trunc(self, x: AShare) -> AShare:
+        """Divide by 2^16 (probabilistic rounding, within 1 ulp) for |x| < 2^62."""
+        (r, low, top), _ = self._next(["trunc", x.shape])
+        shifted = self.add_public(x, U128.scalar(1 << 62))
+        (c,) = self.open([shifted + r], "trunc")
+        low64 = c.lo
+        c63 = (low64 >> np.uint64(63)).astype(np.int64)
+        c_rest = (low64 & np.uint64((1 << 63) - 1)) >> np.uint64(FRACTIONAL_BITS)
+        # carry w = c63 xor top = c63 + (1 - 2 c63) * top;  y >> f = (c' >> f) + 2^(63-f) w - R
+        public = U128.from_uint64(c_rest) + U128.from_int64(c63 << (63 - FRACTIONAL_BITS)) \
+            - U128.scalar(1 << (62 - FRACTIONAL_BITS))
+        sign = U128.from_int64((1 - 2 * c63) << (63 - FRACTIONAL_BITS))
+        return self.add_public(self.mul_public(top, sign) - low, public)
+
+    # -- comparison ----------------------------------------------------------------------------------
+    def xor_public(self, x: AShare, c: np.ndarray) -> AShare:
+        """[x xor c] for a shared bit x and public bits c: c + (1 - 2c) x."""
+        c = np.asarray(c, dtype=np.int64)
+        return self.add_public(self.mul_public(x, U128.from_int64(1 - 2 * c)), U128.from_int64(c))
+
+    def ltz(self, x: AShare, bits: int = COMPARE_BITS) -> AShare:
+        """[x < 0] as an integer 0/1 sharing, for |x| < 2^(bits-1) (raw fixed-point units;
+        the default 32 bits allows |value| < 2^15).
+
+        With an authenticated random r (low ``bits`` bits also shared bit by bit), open
+        c = x + 2^(bits-1) + r; then y = x + 2^(bits-1) is in [0, 2^bits) and its top bit,
+        [x >= 0], is c_top xor r_top xor [c mod 2^(bits-1) < r mod 2^(bits-1)]. The
+        comparison of public bits with shared bits finds the highest differing bit with a
+        log-depth suffix OR (a OR b = a + b - ab, Beaver products on bits): for 32 bits,
+        8 rounds and 156 bit products per element."""
+        (r, r_bits), _ = self._next(["bits", x.shape, bits])
+        (c,) = self.open([self.add_public(x, U128.scalar(1 << (bits - 1))) + r], "compare")
+        positions = np.arange(bits, dtype=np.uint64)
+        c_bits = ((c.lo[..., None] >> positions) & np.uint64(1)).astype(np.int64)
+        low = bits - 1
+        differ = self.xor_public(r_bits[..., :low], c_bits[..., :low])  # e_i = c_i xor r_i
+        suffix, step = differ, 1  # suffix[i] = OR of e_j for j >= i
+        while step < low:
+            head, tail = suffix[..., :low - step], suffix[..., step:]
+            (both,) = self.mul_many([(head, tail)], truncate=False)
+            suffix = cat([head + tail - both, suffix[..., low - step:]], axis=-1)
+            step *= 2
+        shifted = cat([suffix[..., 1:], self.zeros(suffix.shape[:-1] + (1,))], axis=-1)
+        first = suffix - shifted  # 1 at the highest differing bit only
+        # r_low > c_low iff r has the 1 at the highest differing bit. Taken as products with
+        # r's bits (not as first * (1 - c), public) so that every computed value reaches an
+        # opening: a tampered product can never be cancelled by a public zero coefficient.
+        (chosen,) = self.mul_many([(first, r_bits[..., :low])], truncate=False)
+        borrow = chosen.sum(-1)
+        top = r_bits[..., low]
+        (both,) = self.mul_many([(top, borrow)], truncate=False)
+        top_xor_borrow = top + borrow - both - both
+        nonnegative = self.xor_public(top_xor_borrow, c_bits[..., low])
+        return self.add_public(-nonnegative, U128.scalar(1))
+
+    def relu(self, x: AShare) -> tuple[AShare, AShare]:
+        """(max(x, 0), [x >= 0]); the second is ReLU's derivative as a 0/1 sharing."""
+        positive = self.add_public(-self.ltz(x), U128.scalar(1))
+        (out,) = self.mul_many([(x, positive)], truncate=False)
+        return out, positive
+
+    # -- the MAC check ---------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Batched MAC check of every value opened since the last one (4 rounds)."""
+        if not self.authenticated:
+            return
+        start = time.perf_counter()
+        self.stats.checks += 1
+        self._check_count += 1
+        failures: list[tuple[str, str, int | None]] = []
+
+        # 1. coin toss: reveal this check's seed and commit to the next one
+        next_seed = secrets.token_bytes(32)
+        message = self._seed + _digest(b"coin", next_seed)
+        received = self._exchange_bytes(message, "coins")
+        seeds = [b""] * self.parties
+        seeds[self.rank] = self._seed
+        for src in self.others:
+            seed, commitment = received[src][:32], received[src][32:]
+            if not hmac.compare_digest(_digest(b"coin", seed), self._seed_commitments[src]):
+                failures.append(("coin-toss commitment", f"party {src} opened a seed it did not commit to", src))
+            seeds[src] = seed
+            self._seed_commitments[src] = commitment
+        self._seed = next_seed
+        coin = _digest(b"chi", self._check_count.to_bytes(8, "little"), *seeds)
+
+        # 2. each party's share of the random linear combination of the MAC relations
+        if self._opened:
+            values = ring.concat([v for v, _ in self._opened])
+            macs = ring.concat([m for _, m in self._opened])
+            chi = U128.from_uint64(_stream(coin, values.size))
+            combined_value = ring.sum_axis(values * chi, 0)
+            combined_mac = ring.sum_axis(macs * chi, 0)
+        else:
+            combined_value = combined_mac = U128.zeros((1,))
+        sigma = combined_mac.reshape(1) - self.alpha * combined_value.reshape(1) + self._zero_share()
+        digests = b"".join(self._senders[r].digest() for r in range(self.parties))
+        nonce = secrets.token_bytes(16)
+        opening = ring.to_wire(sigma).tobytes() + digests + nonce
+        commitments = self._exchange_bytes(_digest(b"mac", opening), "commit")
+        openings = self._exchange_bytes(opening, "open")
+
+        # 3. verify: commitments, identical views of every sender, sigmas sum to zero
+        total = U128.zeros((1,))
+        for src in range(self.parties):
+            body = openings[src]
+            if src != self.rank and not hmac.compare_digest(_digest(b"mac", body), commitments[src]):
+                failures.append(("MAC-check commitment", f"party {src} opened a value it did not commit to", src))
+                continue
+            total = total + ring.from_wire(np.frombuffer(body[:16], np.uint64), (1,))
+            their = body[16:16 + 32 * self.parties]
+            for sender in range(self.parties):
+                if sender not in (src, self.rank) and their[32 * sender:32 * (sender + 1)] != digests[32 * sender:32 * (sender + 1)]:
+                    failures.append(("broadcast consistency",
+                                     f"party {src} and party {self.rank} received different messages "
+                                     f"from party {sender} (it equivocated, or party {src} misreports)", sender))
+        if not failures and total != U128.zeros((1,)):
+            failures.append(("MAC check", f"the MACs of the {self._pending} values opened since the last check "
+                             "do not match: an opening, or a tuple used to compute one, was altered", None))
+
+        # 4. verdict: every party learns whether any party saw a failure
+        verdict = b"\1" if failures else b"\0"
+        verdicts = self._exchange_bytes(verdict, "verdict")
+        self._opened.clear()
+        self._senders = {r: hashlib.sha256() for r in range(self.parties)}
+        self.stats.checked_elements += self._pending
+        self._pending = 0
+        self.stats.check_seconds += time.perf_counter() - start
+        if failures:
+            check, detail, party = failures[0]
+            raise CheatDetected(check, detail, party)
+        complaints = [src for src, v in verdicts.items() if v != b"\0"]
+        if complaints:
+            raise CheatDetected("verdict", f"party {complaints[0]} reported a failed check", None)
+
+    def _zero_share(self) -> U128:
+        """A fresh additive sharing of zero from the pairwise seeds."""
+        total = U128.zeros((1,))
+        counter = self._check_count.to_bytes(8, "little")
+        for other, seed in self._pair_seeds.items():
+            piece = U128.from_ints(int.from_bytes(hashlib.sha256(seed + counter).digest()[:16], "little"))
+            total = total + piece if self.rank < other else total - piece
+        return total

@@ -1,0 +1,235 @@
+"""Exact arithmetic in Z_2^128 on numpy, as pairs of uint64 limbs.
+
+Representation
+--------------
+A tensor of ring elements is a :class:`U128`: two ``numpy.uint64`` arrays of the same
+shape, ``lo`` (bits 0..63) and ``hi`` (bits 64..127); the element is ``hi * 2**64 + lo``.
+numpy's uint64 arithmetic on arrays wraps modulo 2^64, so every operation below is the
+limb-wise schoolbook algorithm with explicit carries:
+
+* addition: ``lo = a.lo + b.lo``; the carry is ``lo < a.lo``; ``hi = a.hi + b.hi + carry``.
+* multiplication mod 2^128: the full 128-bit product of the two low limbs is built from
+  four 32x32-bit partial products (each fits in 64 bits, their middle sum fits too); the
+  cross terms ``a.lo*b.hi + a.hi*b.lo`` only reach the high limb, so wrapping 64-bit
+  products are exact there.
+* sums along an axis split the low limb into 32-bit halves (no overflow for fewer than
+  2^32 terms) and recombine them with a carry into the high limb.
+* a matrix product is a broadcast elementwise product summed along the inner axis
+  (chunked over rows to bound memory).
+
+Signed 64-bit values (CrypTen's ring and fixed-point encoding) enter by sign extension, so
+the low limb of any result is exactly the int64 arithmetic result. ``tests/malicious``
+checks every operation against Python's big integers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+MASK32 = np.uint64(0xFFFFFFFF)
+SHIFT32 = np.uint64(32)
+MOD = 1 << 128
+MASK64_INT = (1 << 64) - 1
+
+
+def _u64(value: int | np.ndarray) -> np.ndarray:
+    return np.asarray(value, dtype=np.uint64)
+
+
+@dataclass
+class U128:
+    lo: np.ndarray
+    hi: np.ndarray
+
+    # -- construction ---------------------------------------------------------------------
+    @staticmethod
+    def zeros(shape: Sequence[int] | int) -> "U128":
+        return U128(np.zeros(shape, np.uint64), np.zeros(shape, np.uint64))
+
+    @staticmethod
+    def random(shape: Sequence[int] | int) -> "U128":
+        """Uniform elements from the operating system's CSPRNG."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        count = int(np.prod(shape, dtype=np.int64))
+        raw = np.frombuffer(os.urandom(16 * count), dtype=np.uint64)
+        return U128(raw[:count].reshape(shape).copy(), raw[count:].reshape(shape).copy())
+
+    @staticmethod
+    def from_int64(values: np.ndarray) -> "U128":
+        """Sign-extend signed 64-bit integers."""
+        values = np.asarray(values, dtype=np.int64)
+        lo = values.view(np.uint64).copy()
+        hi = np.where(values < 0, np.uint64(MASK64_INT), np.uint64(0)).astype(np.uint64)
+        return U128(lo, hi)
+
+    @staticmethod
+    def from_uint64(values: np.ndarray) -> "U128":
+        lo = np.asarray(values, dtype=np.uint64).copy()
+        return U128(lo, np.zeros_like(lo))
+
+    @staticmethod
+    def from_ints(values: Iterable[int] | int, shape: Sequence[int] | None = None) -> "U128":
+        """From Python integers (any size; reduced mod 2^128)."""
+        flat = [values] if isinstance(values, int) else list(values)
+        lo = np.array([v % MOD & MASK64_INT for v in flat], dtype=np.uint64)
+        hi = np.array([(v % MOD) >> 64 for v in flat], dtype=np.uint64)
+        if shape is not None:
+            lo, hi = lo.reshape(shape), hi.reshape(shape)
+        return U128(lo, hi)
+
+    @staticmethod
+    def scalar(value: int) -> "U128":
+        """A shape-(1,) constant that broadcasts against any shape."""
+        return U128.from_ints(value)
+
+    def to_ints(self) -> list[int]:
+        """Flattened Python integers in [0, 2^128)."""
+        return [(int(h) << 64) | int(l) for l, h in zip(self.lo.ravel(), self.hi.ravel())]
+
+    def low_int64(self) -> np.ndarray:
+        """The element mod 2^64 as a signed 64-bit integer (two's complement)."""
+        return self.lo.view(np.int64).copy()
+
+    # -- shape ---------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.lo.shape
+
+    @property
+    def size(self) -> int:
+        return int(self.lo.size)
+
+    def reshape(self, *shape: int) -> "U128":
+        return U128(self.lo.reshape(*shape), self.hi.reshape(*shape))
+
+    def __getitem__(self, index) -> "U128":
+        return U128(self.lo[index], self.hi[index])
+
+    @property
+    def T(self) -> "U128":
+        return U128(self.lo.T, self.hi.T)
+
+    def copy(self) -> "U128":
+        return U128(self.lo.copy(), self.hi.copy())
+
+    def broadcast_to(self, shape: Sequence[int]) -> "U128":
+        return U128(np.broadcast_to(self.lo, shape).copy(), np.broadcast_to(self.hi, shape).copy())
+
+    # -- arithmetic ------------------------------------------------------------------------
+    def __add__(self, other: "U128") -> "U128":
+        lo = self.lo + other.lo
+        carry = (lo < self.lo).astype(np.uint64)
+        return U128(lo, self.hi + other.hi + carry)
+
+    def __neg__(self) -> "U128":
+        lo = ~self.lo + np.uint64(1)
+        hi = ~self.hi + (lo == 0).astype(np.uint64)
+        return U128(lo, hi)
+
+    def __sub__(self, other: "U128") -> "U128":
+        lo = self.lo - other.lo
+        borrow = (self.lo < other.lo).astype(np.uint64)
+        return U128(lo, self.hi - other.hi - borrow)
+
+    def __mul__(self, other: "U128") -> "U128":
+        return mul(self, other)
+
+    def __eq__(self, other: object) -> bool:  # whole-array equality
+        return (isinstance(other, U128) and self.shape == other.shape
+                and bool(np.array_equal(self.lo, other.lo)) and bool(np.array_equal(self.hi, other.hi)))
+
+    def shl(self, bits: int) -> "U128":
+        """Multiply by 2^bits (mod 2^128), 0 <= bits < 128."""
+        if bits == 0:
+            return self.copy()
+        if bits >= 64:
+            return U128(np.zeros_like(self.lo), self.lo << np.uint64(bits - 64))
+        b = np.uint64(bits)
+        return U128(self.lo << b, (self.hi << b) | (self.lo >> np.uint64(64 - bits)))
+
+    def sum(self, axis: int) -> "U128":
+        return sum_axis(self, axis)
+
+
+def _mul_64x64(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full 128-bit product of uint64 arrays, as (lo, hi)."""
+    a0, a1 = a & MASK32, a >> SHIFT32
+    b0, b1 = b & MASK32, b >> SHIFT32
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    mid = (p00 >> SHIFT32) + (p01 & MASK32) + (p10 & MASK32)
+    lo = (p00 & MASK32) | (mid << SHIFT32)
+    hi = p11 + (p01 >> SHIFT32) + (p10 >> SHIFT32) + (mid >> SHIFT32)
+    return lo, hi
+
+
+def mul(a: U128, b: U128) -> U128:
+    """Elementwise product mod 2^128 (numpy broadcasting applies)."""
+    lo, hi = _mul_64x64(a.lo, b.lo)
+    hi = hi + a.lo * b.hi + a.hi * b.lo
+    return U128(lo, hi)
+
+
+def sum_axis(x: U128, axis: int) -> U128:
+    """Sum along ``axis`` mod 2^128 (fewer than 2^32 terms)."""
+    s0 = (x.lo & MASK32).sum(axis=axis, dtype=np.uint64)
+    s1 = (x.lo >> SHIFT32).sum(axis=axis, dtype=np.uint64)
+    hi = x.hi.sum(axis=axis, dtype=np.uint64)
+    shifted = s1 << SHIFT32
+    lo = s0 + shifted
+    carry = (lo < shifted).astype(np.uint64)
+    return U128(lo, hi + (s1 >> SHIFT32) + carry)
+
+
+def matmul(a: U128, b: U128, chunk_elements: int = 1 << 21) -> U128:
+    """(n, d) @ (d, m) mod 2^128."""
+    n, d = a.shape
+    d2, m = b.shape
+    if d != d2:
+        raise ValueError(f"matmul shapes {a.shape} and {b.shape} do not match")
+    rows = max(1, chunk_elements // max(1, d * m))
+    out_lo = np.empty((n, m), np.uint64)
+    out_hi = np.empty((n, m), np.uint64)
+    bb = U128(b.lo[None, :, :], b.hi[None, :, :])
+    for start in range(0, n, rows):
+        block = a[start:start + rows]
+        prod = mul(U128(block.lo[:, :, None], block.hi[:, :, None]), bb)
+        total = sum_axis(prod, 1)
+        out_lo[start:start + rows] = total.lo
+        out_hi[start:start + rows] = total.hi
+    return U128(out_lo, out_hi)
+
+
+def concat(parts: Sequence[U128]) -> U128:
+    """Flattened concatenation."""
+    return U128(np.concatenate([p.lo.ravel() for p in parts]), np.concatenate([p.hi.ravel() for p in parts]))
+
+
+def split(flat: U128, shapes: Sequence[tuple[int, ...]]) -> list[U128]:
+    out, start = [], 0
+    for shape in shapes:
+        count = int(np.prod(shape, dtype=np.int64))
+        out.append(U128(flat.lo[start:start + count].reshape(shape), flat.hi[start:start + count].reshape(shape)))
+        start += count
+    return out
+
+
+def to_wire(x: U128, limbs: int = 2) -> np.ndarray:
+    """One contiguous uint64 buffer, lo limbs then hi limbs (``limbs=1``: the low limbs
+    only, i.e. the value mod 2^64, for the semi-honest mode)."""
+    if limbs == 1:
+        return np.ascontiguousarray(x.lo.ravel())
+    return np.concatenate([x.lo.ravel(), x.hi.ravel()])
+
+
+def from_wire(buffer: np.ndarray, shape: Sequence[int], limbs: int = 2) -> U128:
+    count = int(np.prod(shape, dtype=np.int64))
+    buffer = np.asarray(buffer, dtype=np.uint64)
+    if buffer.size != limbs * count:
+        raise ValueError(f"expected {limbs * count} limbs, got {buffer.size}")
+    if limbs == 1:
+        return U128(buffer.reshape(shape).copy(), np.zeros(shape, np.uint64))
+    return U128(buffer[:count].reshape(shape).copy(), buffer[count:].reshape(shape).copy())

@@ -1,0 +1,227 @@
+"""Cryptographic PRGs for every random value that protects a secret.
+
+CrypTen draws share masks, zero sharings and tuples from ``torch.Generator`` (MT19937 with
+64-bit seeds, predictable after 624 outputs). Here each generator is a stream cipher keyed
+with a 128-bit seed: AES-128-CTR (``aes_ctr``, the default) or ChaCha20 (``chacha20``).
+Bytes come straight from ``cryptography``'s cipher into a numpy buffer, so a draw of n ring
+elements costs one cipher call, not n Python operations.
+
+Seeds: ``prev``/``next`` are pairwise. Each party draws the seed it shares with its next
+party from ``secrets`` and sends it to that party only (over the authenticated transport);
+``local`` never leaves the party; ``global`` (public randomness all parties must share,
+e.g. dropout masks) is agreed by every party contributing 128 bits that are XORed together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from protocols.parts import ProtocolPart, metered
+from protocols.registry import register_part
+
+SEED_BYTES = 16
+ALGORITHMS = ("aes_ctr", "chacha20")
+GENERATOR_KEYS = ("prev", "next", "local", "global")
+
+
+def new_seed() -> bytes:
+    return secrets.token_bytes(SEED_BYTES)
+
+
+class CipherStream:
+    """A keystream: AES-128-CTR or ChaCha20 over zero bytes, read in order."""
+
+    def __init__(self, seed: bytes, algorithm: str = "aes_ctr") -> None:
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"a PRG seed is {SEED_BYTES} bytes, got {len(seed)}")
+        if algorithm == "aes_ctr":
+            cipher = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16))
+        elif algorithm == "chacha20":
+            key = hashlib.sha256(b"cotrain-chacha20-key" + seed).digest()
+            cipher = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None)
+        else:
+            raise ValueError(f"unknown PRG algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        self.algorithm = algorithm
+        self._encryptor = cipher.encryptor()
+        self._zeros = bytearray(0)
+        self.bytes_drawn = 0
+
+    def read(self, nbytes: int) -> np.ndarray:
+        """The next ``nbytes`` of keystream as a fresh uint8 array."""
+        if nbytes <= 0:
+            return np.empty(0, dtype=np.uint8)
+        if len(self._zeros) < nbytes:
+            self._zeros = bytearray(max(nbytes, 2 * len(self._zeros)))
+        out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
+        written = self._encryptor.update_into(memoryview(self._zeros)[:nbytes], out)
+        assert written == nbytes
+        self.bytes_drawn += nbytes
+        return out[:nbytes]
+
+    def int64(self, count: int) -> np.ndarray:
+        return self.read(8 * count).view(np.int64)
+
+
+def _as_size(size: Any) -> tuple[int, ...]:
+    if isinstance(size, int):
+        return (size,)
+    if isinstance(size, (torch.Size, tuple, list)):
+        if len(size) == 1 and isinstance(size[0], (torch.Size, tuple, list)):
+            return tuple(int(s) for s in size[0])
+        return tuple(int(s) for s in size)
+    raise TypeError(f"cannot read a tensor size from {size!r}")
+
+
+class CipherGenerator(torch.Generator):
+    """A ``torch.Generator`` whose ring elements come from a keyed cipher stream.
+
+    CrypTen passes generators around and sometimes hands them to torch's own samplers
+    (dropout); those see an MT state seeded from this stream, which is fine for public
+    randomness. Everything that masks a secret goes through :meth:`ring` / :meth:`bits`.
+    """
+
+    def __new__(cls, seed: bytes, algorithm: str = "aes_ctr", counters: Any = None) -> "CipherGenerator":
+        return super().__new__(cls, device="cpu")
+
+    def __init__(self, seed: bytes, algorithm: str = "aes_ctr", counters: Any = None) -> None:
+        self.stream = CipherStream(seed, algorithm)
+        self.counters = counters
+        self.manual_seed(int(self.stream.int64(1)[0]) & ((1 << 63) - 1))
+
+    def ring(self, size: Any, device: Any = None) -> torch.Tensor:
+        """Uniform elements of Z_2^64 as int64 (every value, both signs)."""
+        shape = _as_size(size)
+        count = int(np.prod(shape)) if shape else 1
+        if self.counters is not None:
+            self.counters.calls += 1
+            self.counters.tuples += count
+        values = torch.from_numpy(self.stream.int64(count)).reshape(shape)
+        return values if device is None or torch.device(device).type == "cpu" else values.to(device)
+
+    def bits(self, size: Any, bitlength: int, device: Any = None) -> torch.Tensor:
+        """Uniform ``bitlength``-bit non-negative integers as int64."""
+        values = self.ring(size)
+        if bitlength < 64:
+            values &= (1 << bitlength) - 1
+        return values if device is None or torch.device(device).type == "cpu" else values.to(device)
+
+
+def _generator_for(crypten: Any, generator: Any, kwargs: dict) -> Any:
+    if generator is not None:
+        return generator
+    device = kwargs.get("device") or torch.device("cpu")
+    device = torch.device(device) if isinstance(device, str) else device
+    return crypten.generators["local"].get(device) or crypten.generators["local"][torch.device("cpu")]
+
+
+def _wrap_device(values: torch.Tensor) -> torch.Tensor:
+    if values.is_cuda:
+        from crypten.cuda import CUDALongTensor
+
+        return CUDALongTensor(values)
+    return values
+
+
+def cipher_rng_functions(crypten: Any, originals: dict[str, Any]) -> dict[str, Any]:
+    """Replacements for ``crypten.common.rng``'s two samplers that use cipher generators."""
+    original_ring = originals["generate_random_ring_element"]
+    original_kbit = originals["generate_kbit_random_tensor"]
+
+    def generate_random_ring_element(size, ring_size=(2**64), generator=None, **kwargs):
+        gen = _generator_for(crypten, generator, kwargs)
+        if not isinstance(gen, CipherGenerator) or ring_size != 2**64:
+            return original_ring(size, ring_size=ring_size, generator=gen, **kwargs)
+        return _wrap_device(gen.ring(size, kwargs.get("device")))
+
+    def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
+        gen = _generator_for(crypten, generator, kwargs)
+        if not isinstance(gen, CipherGenerator):
+            return original_kbit(size, bitlength=bitlength, generator=gen, **kwargs)
+        return _wrap_device(gen.bits(size, 64 if bitlength is None else bitlength, kwargs.get("device")))
+
+    return {"generate_random_ring_element": generate_random_ring_element,
+            "generate_kbit_random_tensor": generate_kbit_random_tensor}
+
+
+def agree_seeds(comm: Any) -> dict[str, bytes]:
+    """The four CrypTen seeds, agreed over the transport; pairwise ones travel to one peer."""
+    rank, world = comm.get_rank(), comm.get_world_size()
+    local = new_seed()
+    if world < 2:
+        return {"prev": local, "next": local, "local": new_seed(), "global": new_seed()}
+    next_rank, prev_rank = (rank + 1) % world, (rank - 1) % world
+    next_seed = new_seed()
+    # a chain, so blocking sends never wait on each other: 0 sends first, everyone else
+    # receives from its predecessor before sending to its successor
+    if rank == 0:
+        comm.send_obj(next_seed, next_rank)
+        prev_seed = comm.recv_obj(prev_rank)
+    else:
+        prev_seed = comm.recv_obj(prev_rank)
+        comm.send_obj(next_seed, next_rank)
+    contributions = comm.all_gather(torch.frombuffer(bytearray(new_seed()), dtype=torch.uint8))
+    global_seed = bytes(np.bitwise_xor.reduce(np.stack([c.numpy() for c in contributions]), axis=0))
+    for name, seed in (("prev", prev_seed), ("global", global_seed)):
+        if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+            raise ValueError(f"the {name} PRG seed from a peer is malformed")
+    return {"prev": prev_seed, "next": next_seed, "local": local, "global": global_seed}
+
+
+class CipherPrg(ProtocolPart):
+    """Base of the cipher PRG parts: seeds agreed at ``crypten.init``, generators installed."""
+
+    algorithm = "aes_ctr"
+
+    def install(self, crypten: Any) -> None:
+        from protocols import crypten_hooks
+
+        crypten_hooks.install_prg(crypten, self)
+
+    def uninstall(self, crypten: Any) -> None:
+        from protocols import crypten_hooks
+
+        crypten_hooks.uninstall_prg(crypten)
+
+    def setup_generators(self, crypten: Any, devices: Sequence[torch.device]) -> None:
+        comm = crypten.communicator.get()
+        with metered(self.counters, "offline"):
+            seeds = agree_seeds(comm)
+        for key in GENERATOR_KEYS:
+            generator = CipherGenerator(seeds[key], self.algorithm, self.counters)
+            for device in devices:
+                crypten.generators[key][device] = generator
+
+    def make_generator(self, seed: bytes) -> CipherGenerator:
+        return CipherGenerator(seed, self.algorithm, self.counters)
+
+    def describe(self) -> str:
+        return f"{self.part_name} ({self.algorithm}, 128-bit pairwise seeds)"
+
+
+@register_part("prg", "aes_ctr")
+class AesCtrPrg(CipherPrg):
+    algorithm = "aes_ctr"
+
+
+@register_part("prg", "chacha20")
+class ChaCha20Prg(CipherPrg):
+    algorithm = "chacha20"
+
+
+@register_part("prg", "torch")
+class TorchPrg(ProtocolPart):
+    """CrypTen's own MT19937 generators with 64-bit seeds. For comparison only."""
+
+    testing_only = True
+
+    def install(self, crypten: Any) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "torch (CrypTen's MT19937 generators, NOT cryptographic)"

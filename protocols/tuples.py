@@ -1,0 +1,184 @@
+"""Tuple requests as keys, a prefetcher that batches them, and a CrypTen provider over both.
+
+A key names one correlated tuple: ``("triple", op, size0, size1, kwargs)``, ``("square",
+size)``, ``("binary", size0, size1)``, ``("b2a", size)``, ``("wrap", size)`` or ``("trunc",
+size, divisor)``; :func:`tuple_layout` says what shares it consists of. Triple sources that
+make tuples in batches (the dealer, OT) get CrypTen's requests as keys through
+:func:`keyed_provider` and batch them with a :class:`Prefetcher`: every party asks for the
+same keys in the same order, so all parties predict the same batch without talking.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+MAX_ELEMENTS = 1 << 28  # per tuple: a bound on what a party may ask for
+_CONV_OPS = ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
+_OPS = ("mul", "matmul") + _CONV_OPS
+
+
+def freeze(value: Any) -> Any:
+    """Lists (as msgpack delivers tuples) back into hashable tuples."""
+    if isinstance(value, (list, tuple, torch.Size)):
+        return tuple(freeze(item) for item in value)
+    return value
+
+
+def _size(value: Any) -> tuple[int, ...]:
+    size = freeze(value)
+    if not isinstance(size, tuple) or not all(isinstance(s, int) and s >= 0 for s in size):
+        raise ValueError(f"bad tensor size {value!r}")
+    return size
+
+
+def _result_shape(op: str, size0: tuple, size1: tuple, kwargs: dict) -> tuple[int, ...]:
+    a = torch.empty(size0, dtype=torch.float32, device="meta")
+    b = torch.empty(size1, dtype=torch.float32, device="meta")
+    if op == "mul":
+        return tuple(np.broadcast_shapes(size0, size1))
+    return tuple(getattr(torch, op)(a, b, **kwargs).shape)
+
+
+def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
+    """What a tuple is made of: (sharing, shape) per component; 'a' arithmetic, 'b' XOR."""
+    kind = key[0]
+    if kind == "triple":
+        _, op, size0, size1, kwargs = key
+        if op not in _OPS:
+            raise ValueError(f"unknown triple operation {op!r}")
+        return [("a", size0), ("a", size1), ("a", _result_shape(op, size0, size1, dict(kwargs)))]
+    if kind == "square":
+        return [("a", key[1]), ("a", key[1])]
+    if kind == "binary":
+        _, size0, size1 = key
+        return [("b", size0), ("b", size1), ("b", tuple(np.broadcast_shapes(size0, size1)))]
+    if kind == "wrap":
+        return [("r", key[1]), ("a", key[1])]
+    if kind == "b2a":
+        return [("a", key[1]), ("b", key[1])]
+    if kind == "trunc":
+        return [("a", key[1])] * 3
+    raise ValueError(f"unknown tuple kind {kind!r}")
+
+
+def check_key(key: Any) -> tuple:
+    """A request key as sent by a party, validated and made hashable."""
+    key = freeze(key)
+    if not isinstance(key, tuple) or not key or not isinstance(key[0], str):
+        raise ValueError(f"malformed tuple request {key!r}")
+    kind = key[0]
+    if kind == "triple":
+        if len(key) != 5 or not isinstance(key[1], str):
+            raise ValueError(f"malformed triple request {key!r}")
+        key = ("triple", key[1], _size(key[2]), _size(key[3]),
+               tuple((str(k), freeze(v)) for k, v in key[4]))
+    elif kind == "binary":
+        if len(key) != 3:
+            raise ValueError(f"malformed binary triple request {key!r}")
+        key = ("binary", _size(key[1]), _size(key[2]))
+    elif kind in ("square", "wrap", "b2a"):
+        if len(key) != 2:
+            raise ValueError(f"malformed {kind} request {key!r}")
+        key = (kind, _size(key[1]))
+    elif kind == "trunc":
+        if len(key) != 3 or not isinstance(key[2], int) or key[2] < 1:
+            raise ValueError(f"malformed truncation pair request {key!r}")
+        key = ("trunc", _size(key[1]), key[2])
+    else:
+        raise ValueError(f"unknown tuple kind {kind!r}")
+    elements = sum(math.prod(shape) for _, shape in tuple_layout(key))
+    if elements > MAX_ELEMENTS:
+        raise ValueError(f"tuple request of {elements} elements is over the limit {MAX_ELEMENTS}")
+    return key
+
+
+def tuple_elements(key: tuple) -> int:
+    return sum(math.prod(shape) for _, shape in tuple_layout(key))
+
+
+# -- generation (dealer side) ------------------------------------------------------------------
+class Prefetcher:
+    """Buffers tuples per key; on a miss, asks ``produce`` for the batch it predicts.
+
+    The prediction: the keys that followed this key, in this context (the keys just before
+    it), the last time it occurred, up to the present, i.e. the rest of a repeating
+    training step. The first step is traced one key at a time.
+    """
+
+    def __init__(self, produce: Callable[[list[tuple]], list[list[torch.Tensor]]],
+                 lookahead: int = 4096, context: int = 8) -> None:
+        self.produce = produce
+        self.lookahead = lookahead
+        self.context = context
+        self.buffer: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
+        self.history: list[tuple] = []
+        self.last_seen: dict[tuple, int] = {}
+        self.batches = 0
+
+    def fetch(self, key: tuple) -> list[torch.Tensor]:
+        """This party's shares of the next tuple for ``key``."""
+        position = len(self.history)
+        self.history.append(key)
+        context = tuple(self.history[-self.context:])
+        previous = self.last_seen.get(context)
+        self.last_seen[context] = position
+        if not self.buffer[key]:
+            batch = [key] if previous is None else self.history[previous:position][: self.lookahead]
+            produced = self.produce(batch)
+            if len(produced) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} tuples came back with {len(produced)}")
+            for batch_key, shares in zip(batch, produced):
+                self.buffer[batch_key].append(shares)
+            self.batches += 1
+        return self.buffer[key].popleft()
+
+
+def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
+    """A CrypTen tuple provider that turns each request into a key for ``source.fetch``.
+
+    ``source`` has ``fetch(key) -> shares`` (in :func:`tuple_layout` order) and ``counters``.
+    """
+    from crypten.mpc.primitives import ArithmeticSharedTensor as AST
+    from crypten.mpc.primitives import BinarySharedTensor as BST
+
+    def wrap(layout: Sequence[tuple[str, tuple]], shares: Sequence[torch.Tensor], device: Any) -> list[Any]:
+        out = []
+        for (sharing, _), share in zip(layout, shares):
+            share = share.to(device) if device is not None else share
+            out.append(BST.from_shares(share) if sharing == "b" else AST.from_shares(share, precision=0))
+        return out
+
+    class KeyedProvider(crypten.mpc.provider.provider.TupleProvider):
+        NAME = name
+
+        def _get(self, key: tuple, device: Any) -> list[Any]:
+            source.counters.calls += 1
+            source.counters.tuples += tuple_elements(key)
+            return wrap(tuple_layout(key), source.fetch(key), device)
+
+        def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
+            if args:
+                raise NotImplementedError(f"positional arguments to a {op} triple are not supported: {args}")
+            key = ("triple", op, freeze(size0), freeze(size1), tuple(sorted((k, freeze(v)) for k, v in kwargs.items())))
+            return tuple(self._get(key, device))
+
+        def square(self, size, device=None):
+            return tuple(self._get(("square", freeze(size)), device))
+
+        def generate_binary_triple(self, size0, size1, device=None):
+            return tuple(self._get(("binary", freeze(size0), freeze(size1)), device))
+
+        def wrap_rng(self, size, device=None):
+            return tuple(self._get(("wrap", freeze(size)), device))
+
+        def B2A_rng(self, size, device=None):
+            return tuple(self._get(("b2a", freeze(size)), device))
+
+    return KeyedProvider()
+
+

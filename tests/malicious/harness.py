@@ -1,0 +1,78 @@
+"""Spawn N computing parties plus the malicious-suite dealer over the gloo transport."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import socket
+import traceback
+from typing import Any, Callable
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bool, kwargs: dict,
+             results: Any) -> None:
+    from parties.transport import PartyAddress, TransportOptions, open_transport
+    from protocols.malicious.dealer import run_dealer
+
+    names = tuple(f"party{i}" for i in range(parties)) + ("dealer",)
+    try:
+        address = PartyAddress(rank, parties + 1, names)
+        transport = open_transport(address, TransportOptions(master_port=port, timeout_s=60, connect_timeout_s=60))
+    except BaseException as error:
+        results.put((rank, "error", f"{error.__class__.__name__}: {error}"))
+        raise
+    try:
+        if rank == parties:
+            value = run_dealer(transport, parties, authenticated)
+        else:
+            value = fn(transport, rank, parties, **(kwargs if authenticated else {**kwargs, "authenticated": False}))
+        results.put((rank, "ok", value))
+    except BaseException as error:
+        results.put((rank, "error", f"{error.__class__.__name__}: {error}\n{traceback.format_exc()}"))
+        raise SystemExit(1)
+    finally:
+        transport.close()
+
+
+def spawn(fn: Callable, parties: int = 2, authenticated: bool = True, timeout_s: float = 240.0,
+          **kwargs: Any) -> tuple[dict[int, tuple[str, Any]], dict[int, int | None]]:
+    """Run ``fn(transport, rank, parties, **kwargs)`` in each party; the dealer is the extra
+    rank. Returns ({rank: (status, value)}, {rank: exit code})."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    processes = [context.Process(target=_process, args=(fn, rank, parties, port, authenticated, kwargs, results))
+                 for rank in range(parties + 1)]
+    for process in processes:
+        process.start()
+    collected: dict[int, tuple[str, Any]] = {}
+    try:
+        for _ in range(parties + 1):
+            rank, status, value = results.get(timeout=timeout_s)
+            collected[rank] = (status, value)
+    except queue.Empty:
+        pass
+    finally:
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+    return collected, {rank: p.exitcode for rank, p in enumerate(processes)}
+
+
+def run_ok(fn: Callable, parties: int = 2, **kwargs: Any) -> list[Any]:
+    """Like ``spawn`` but every process must succeed; the parties' values in rank order."""
+    collected, codes = spawn(fn, parties, **kwargs)
+    for rank in range(parties + 1):
+        status, value = collected.get(rank, ("missing", "no result (timed out?)"))
+        if status != "ok":
+            raise AssertionError(f"rank {rank} failed: {value}")
+    assert all(code == 0 for code in codes.values()), codes
+    return [collected[rank][1] for rank in range(parties)]

@@ -1,0 +1,42 @@
+"""``cotrain run protocol=malicious``: the default job's path end to end (small data)."""
+
+from __future__ import annotations
+
+import pytest
+
+from launch.cli import run
+from launch.local import LaunchError
+
+
+@pytest.mark.slow
+def test_malicious_logreg_job(job):
+    summary = job("protocol=malicious", "data.rows=200", "data.test_rows=300", "train.epochs=2",
+                  "train.reveal_to=[bank1]")
+    assert summary["protocol"] == "malicious"
+    assert summary["protocol_parts"]["triple_source"].startswith("authenticated dealer")
+    assert summary["secure"] is not None and summary["plaintext"] is not None
+    assert summary["auc_gap"] < 0.05
+    saved = {p["name"]: p["saved"] for p in summary["per_party"]}
+    assert "revealed" in saved["bank1"] and "revealed" not in saved["bank0"]
+    assert all("shares" in s for s in saved.values())
+
+
+@pytest.mark.slow
+def test_malicious_mlp_job(job):
+    summary = job("protocol=malicious", "model=mlp", "model.hidden=[4]", "data.rows=80", "data.test_rows=100",
+                  "train.epochs=1", "train.batch_size=64", "train.reveal_to=[bank0]")
+    assert summary["model"] == "mlp" and summary["secure"] is not None
+    assert "revealed" in summary["per_party"][0]["saved"]
+
+
+def test_vertical_split_is_refused_with_a_clear_error(tmp_path, capfd):
+    try:
+        code = run([f"output_dir={tmp_path}", "run_id=vertical", "protocol=malicious", "data.partition=vertical",
+                    "data.rows=50", "data.test_rows=50", "train.epochs=1", "transport.timeout_s=30",
+                    "launch.timeout_s=120"])
+    except LaunchError:
+        code = 1
+    assert code != 0
+    captured = capfd.readouterr()
+    assert "protocol=malicious supports data.partition=horizontal only" in captured.out + captured.err
+    assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("model*.pt"))

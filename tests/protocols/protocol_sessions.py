@@ -1,0 +1,110 @@
+"""Run a function in N real party processes (plus a dealer when the suite needs one)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import socket
+import time
+import traceback
+from typing import Any, Callable
+
+from protocols import ProtocolConfig
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _open(rank: int, world: int, names: tuple[str, ...], port: int, timeout_s: float = 30) -> Any:
+    from parties.transport import PartyAddress, TransportOptions, open_transport
+
+    return open_transport(PartyAddress(rank, world, names),
+                          TransportOptions(master_port=port, timeout_s=timeout_s, connect_timeout_s=30))
+
+
+def _party(fn: Callable, rank: int, parties: int, dealer: bool, port: int, protocol: ProtocolConfig,
+           results: Any, wire_timeout_s: float) -> None:
+    from mpc.group import PartyGroup
+    from mpc.session import MpcSession
+    from protocols import ProtocolSuite
+
+    names = tuple(f"party{i}" for i in range(parties)) + (("dealer",) if dealer else ())
+    try:
+        transport = _open(rank, len(names), names, port, wire_timeout_s)
+        try:
+            comm = PartyGroup(transport, parties) if dealer else transport
+            with MpcSession(comm, ProtocolSuite(protocol)) as crypten:
+                results.put((rank, "ok", fn(crypten, rank)))
+        finally:
+            transport.close()
+    except BaseException as error:  # report to the test instead of dying silently
+        results.put((rank, "error", f"{error.__class__.__name__}: {error}\n{traceback.format_exc()}"))
+
+
+def _dealer(dealer_fn: Callable, parties: int, port: int, results: Any, wire_timeout_s: float) -> None:
+    names = tuple(f"party{i}" for i in range(parties)) + ("dealer",)
+    try:
+        transport = _open(parties, parties + 1, names, port, wire_timeout_s)
+        try:
+            results.put((parties, "ok", dealer_fn(transport, parties)))
+        finally:
+            transport.close()
+    except BaseException as error:
+        results.put((parties, "error", f"{error.__class__.__name__}: {error}"))
+
+
+def default_dealer(transport: Any, parties: int) -> Any:
+    from protocols.dealer import run_dealer_server
+
+    return run_dealer_server(transport, parties)
+
+
+def run_parties(fn: Callable[[Any, int], Any], protocol: ProtocolConfig, parties: int = 2,
+                dealer_fn: Callable | None = None, timeout_s: float = 120.0,
+                wire_timeout_s: float = 30.0) -> dict[int, tuple[str, Any]]:
+    """``fn(crypten, rank)`` in each party; returns {rank: (status, value)} (the dealer's too)."""
+    from protocols.suite import needs_dealer
+
+    dealer = needs_dealer(protocol)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    processes = [context.Process(target=_party, args=(fn, rank, parties, dealer, port, protocol, results, wire_timeout_s))
+                 for rank in range(parties)]
+    if dealer:
+        processes.append(context.Process(target=_dealer, args=(dealer_fn or default_dealer, parties, port, results, wire_timeout_s)))
+    for process in processes:
+        process.start()
+    collected: dict[int, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(collected) < len(processes) and time.monotonic() < deadline:
+            try:
+                rank, status, value = results.get(timeout=1)
+            except queue.Empty:
+                # every process still owing a result has died: nothing more will come
+                if all(not p.is_alive() for i, p in enumerate(processes) if i not in collected):
+                    break
+                continue
+            collected[rank] = (status, value)
+    finally:
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return collected
+
+
+def party_values(collected: dict[int, tuple[str, Any]], parties: int) -> list[Any]:
+    """The parties' results; fails the test with the first party error."""
+    for rank in range(parties):
+        if rank not in collected:
+            raise AssertionError(f"party {rank} did not report (collected: {sorted(collected)})")
+        status, value = collected[rank]
+        if status != "ok":
+            raise AssertionError(f"party {rank} failed: {value}")
+    return [collected[rank][1] for rank in range(parties)]

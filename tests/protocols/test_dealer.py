@@ -1,0 +1,118 @@
+"""The dealer: tuples that reconstruct correctly, a session over it, and its failures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from protocols import ProtocolConfig
+from protocols.dealer import count_wraps, generate_tuple
+from protocols.tuples import check_key, tuple_layout
+from protocols.prg import CipherGenerator, new_seed
+from protocol_sessions import party_values, run_parties
+
+DEALER = ProtocolConfig(name="dealer", triple_source="dealer")
+
+
+def _open(shares, sharing):
+    total = shares[0].clone()
+    for share in shares[1:]:
+        total = total + share if sharing == "a" else total ^ share
+    return total
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_every_tuple_kind_reconstructs(parties):
+    rng = CipherGenerator(new_seed())
+    keys = [check_key(k) for k in [
+        ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
+        ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
+        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]]]]
+    for key in keys:
+        shares = generate_tuple(key, parties, rng)
+        layout = tuple_layout(key)
+        assert len(shares) == parties
+        for party in shares:
+            assert [tuple(s.shape) for s in party] == [shape for _, shape in layout]
+        values = [_open([p[i] for p in shares], sharing) for i, (sharing, _) in enumerate(layout)]
+        kind = key[0]
+        if kind == "triple":
+            op, kwargs = key[1], dict(key[4])
+            assert torch.equal(values[2], getattr(torch, op)(values[0], values[1], **kwargs))
+        elif kind == "square":
+            assert torch.equal(values[1], values[0] * values[0])
+        elif kind == "binary":
+            assert torch.equal(values[2], values[0] & values[1])
+        elif kind == "b2a":
+            assert torch.equal(values[0], values[1]) and set(values[0].tolist()) <= {0, 1}
+        elif kind == "trunc":
+            r, msb, low = values
+            assert torch.equal(msb, (r < 0).long()) and torch.equal(low, (r & ((1 << 63) - 1)) // 65536)
+        elif kind == "wrap":
+            assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
+        # no party's shares are the value itself
+        assert not any(torch.equal(shares[0][0], values[0]) for _ in [0])
+
+
+@pytest.mark.parametrize("bad", [["nope", [1]], ["triple", "exp", [2], [2], []], ["square", [-1]],
+                                 ["trunc", [2], 0], ["square", [1 << 20, 1 << 10]], "x", []])
+def test_malformed_requests_are_refused(bad):
+    with pytest.raises(ValueError):
+        check_key(bad)
+
+
+def _compute(crypten, rank):
+    torch.manual_seed(1)
+    a, b = torch.randn(8, 4), torch.randn(4, 3)
+    x, y = crypten.cryptensor(a), crypten.cryptensor(b)
+    out = {
+        "matmul": ((x @ y).get_plain_text() - a @ b).abs().max().item(),
+        "square": ((x * x).get_plain_text() - a * a).abs().max().item(),
+        "relu": ((x.relu()).get_plain_text() - a.relu()).abs().max().item(),
+        "sigmoid": ((x.sigmoid()).get_plain_text() - a.sigmoid()).abs().max().item(),
+    }
+    from protocols.suite import ProtocolSuite  # noqa: F401
+    source = crypten.mpc.get_default_provider()
+    out["provider"] = source.NAME
+    return out
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_session_over_a_dealer(parties):
+    collected = run_parties(_compute, DEALER, parties=parties)
+    for result in party_values(collected, parties):
+        assert result["provider"] == "COTRAIN_DEALER"
+        assert result["matmul"] < 1e-3 and result["square"] < 1e-3 and result["relu"] < 1e-3
+        assert result["sigmoid"] < 1e-2
+    status, stats = collected[parties]
+    assert status == "ok" and stats["tuples"] > 0 and stats["bytes_sent"] > 0
+
+
+def _dying_dealer(transport, parties):
+    transport.recv_obj(0)  # the first request, then the process dies without a word
+    os._exit(3)
+
+
+def _lying_dealer(transport, parties):
+    message = transport.recv_obj(0)
+    for party in range(parties):  # claims one element fewer than asked for
+        transport.send_obj({"keys": message["keys"], "elements": 1}, party)
+        transport.send(torch.zeros(1, dtype=torch.long), party)
+    transport.recv_obj(0)
+
+
+def _multiply(crypten, rank):
+    x = crypten.cryptensor(torch.ones(3))
+    return (x * x).get_plain_text().tolist()
+
+
+@pytest.mark.parametrize("dealer_fn,message", [(_dying_dealer, "failed or stopped answering"),
+                                               (_lying_dealer, "malformed batch")])
+def test_a_failing_dealer_stops_the_run_with_a_clear_error(dealer_fn, message):
+    collected = run_parties(_multiply, DEALER, parties=2, dealer_fn=dealer_fn, timeout_s=90, wire_timeout_s=8)
+    errors = [value for rank, (status, value) in collected.items() if rank < 2 and status == "error"]
+    assert errors, f"the parties should fail, got {collected}"
+    assert all(error.startswith("DealerError") for error in errors)
+    assert any(message in error for error in errors)

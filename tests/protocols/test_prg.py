@@ -1,0 +1,93 @@
+"""The cipher PRGs: known answers, uniformity, seed agreement between real parties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from protocols import ProtocolConfig
+from protocols.prg import CipherGenerator, CipherStream, new_seed
+from protocol_sessions import party_values, run_parties
+
+
+def test_aes_ctr_known_answer():
+    # AES-128 with the all-zero key on the all-zero block (FIPS-197 style known answer)
+    stream = CipherStream(bytes(16), "aes_ctr")
+    assert stream.read(16).tobytes().hex() == "66e94bd4ef8a2c3b884cfa59ca342b2e"
+
+
+@pytest.mark.parametrize("algorithm", ["aes_ctr", "chacha20"])
+def test_streams_are_deterministic_and_continue(algorithm):
+    seed = new_seed()
+    one, two = CipherStream(seed, algorithm), CipherStream(seed, algorithm)
+    whole = one.read(1000)
+    assert np.array_equal(np.concatenate([two.read(300), two.read(700)]), whole)
+    assert not np.array_equal(CipherStream(new_seed(), algorithm).read(1000), whole)
+
+
+def test_algorithms_differ_and_seed_length_is_checked():
+    seed = new_seed()
+    assert CipherStream(seed, "aes_ctr").read(64).tobytes() != CipherStream(seed, "chacha20").read(64).tobytes()
+    with pytest.raises(ValueError):
+        CipherStream(b"short", "aes_ctr")
+    with pytest.raises(ValueError):
+        CipherStream(seed, "rc4")
+
+
+@pytest.mark.parametrize("algorithm", ["aes_ctr", "chacha20"])
+def test_ring_elements_are_uniform(algorithm):
+    values = CipherGenerator(new_seed(), algorithm).ring((200_000,))
+    assert values.dtype == torch.long
+    bits = ((values.unsqueeze(1) >> torch.arange(64)) & 1).double().mean(0)
+    assert torch.all((bits - 0.5).abs() < 0.01)  # every bit, the sign bit included, is fair
+    small = CipherGenerator(new_seed(), algorithm).bits((10_000,), 5)
+    assert small.min() >= 0 and small.max() < 32 and len(small.unique()) == 32
+
+
+def test_generator_works_as_a_torch_generator():
+    generator = CipherGenerator(new_seed())
+    assert isinstance(generator, torch.Generator)
+    assert torch.rand(3, generator=generator).shape == (3,)  # public uses such as dropout
+
+
+def _seeds(crypten, rank):
+    from protocols.prg import CipherGenerator
+
+    gens = crypten.generators
+    cpu = torch.device("cpu")
+    assert all(isinstance(gens[key][cpu], CipherGenerator) for key in gens)
+    draws = {key: gens[key][cpu].ring((4,)).tolist() for key in ("prev", "next", "local", "global")}
+    zero = crypten.mpc.primitives.ArithmeticSharedTensor.PRZS((1000,)).share
+    total = crypten.communicator.get().all_reduce(zero.clone())
+    x = crypten.cryptensor(torch.arange(6.0))
+    return {"draws": draws, "zero_sum": int(total.abs().max()), "x": x.get_plain_text().tolist(),
+            "share": x.share.tolist()}
+
+
+def test_pairwise_seeds_between_three_parties():
+    protocol = ProtocolConfig(prg="chacha20")
+    p0, p1, p2 = party_values(run_parties(_seeds, protocol, parties=3), 3)
+    assert p0["zero_sum"] == p1["zero_sum"] == 0  # pseudo-random zero sharings are zero
+    assert p0["x"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    # each party's "next" seed is its successor's "prev" seed, and no one else's
+    assert p0["draws"]["next"] == p1["draws"]["prev"]
+    assert p1["draws"]["next"] == p2["draws"]["prev"]
+    assert p2["draws"]["next"] == p0["draws"]["prev"]
+    assert p0["draws"]["next"] not in [p2["draws"][key] for key in ("prev", "next", "local")]
+    assert p0["draws"]["global"] == p1["draws"]["global"] == p2["draws"]["global"]
+    assert len({str(p["draws"]["local"]) for p in (p0, p1, p2)}) == 3
+    assert p0["share"] != p1["share"]
+
+
+def test_benchmark_reports_rates(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "prg_bench.py"
+    spec = importlib.util.spec_from_file_location("prg_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rates = bench.main(["--mb", "4", "--repeat", "1"])
+    assert set(rates) == {"torch_mt19937", "aes_ctr", "chacha20"} and all(r > 0 for r in rates.values())
+    assert "MB/s" in capsys.readouterr().out
