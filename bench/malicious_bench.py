@@ -84,7 +84,7 @@ def _crypten_run(parties: int, rows: int, epochs: int, batch: int, directory: Pa
 
     out = directory / "crypten"
     try:
-        code = run([f"output_dir={out}", "run_id=bench", f"num_parties={parties}", "protocol=dealer",
+        code = run([f"output_dir={out}", "run_id=bench", f"num_parties={parties}", "protocol=dealer", "transport=gloo",
                     f"data.rows={rows}", f"train.epochs={epochs}", f"train.batch_size={batch}",
                     "launch.timeout_s=1200"])
     except Exception as error:  # report, keep our own table

@@ -15,8 +15,11 @@ e.g. dropout masks) is agreed by every party contributing 128 bits that are XORe
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
+import os
 import secrets
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,12 +29,27 @@ from protocols.parts import ProtocolPart, metered
 from protocols.registry import register_part
 
 SEED_BYTES = 16
+log = logging.getLogger("cotrain.protocols")
 ALGORITHMS = ("aes_ctr", "chacha20")
 GENERATOR_KEYS = ("prev", "next", "local", "global")
 
 
+TEST_SEED_VARIABLE = "COTRAIN_INSECURE_TEST_SEED"
+
+
 def new_seed() -> bytes:
     return secrets.token_bytes(SEED_BYTES)
+
+
+def _seed_drawer(rank: int) -> Callable[[], bytes]:
+    """``new_seed``, unless a test asks for reproducible seeds (which makes every secret
+    predictable: the transport-equivalence test compares shares bit for bit)."""
+    test_seed = os.environ.get(TEST_SEED_VARIABLE)
+    if not test_seed:
+        return new_seed
+    log.warning("%s is set: PRG seeds are predictable; for tests only", TEST_SEED_VARIABLE)
+    counter = itertools.count()
+    return lambda: hashlib.sha256(f"{test_seed}:{rank}:{next(counter)}".encode()).digest()[:SEED_BYTES]
 
 
 class CipherStream:
@@ -152,11 +170,12 @@ def cipher_rng_functions(crypten: Any, originals: dict[str, Any]) -> dict[str, A
 def agree_seeds(comm: Any) -> dict[str, bytes]:
     """The four CrypTen seeds, agreed over the transport; pairwise ones travel to one peer."""
     rank, world = comm.get_rank(), comm.get_world_size()
-    local = new_seed()
+    draw = _seed_drawer(rank)
+    local = draw()
     if world < 2:
-        return {"prev": local, "next": local, "local": new_seed(), "global": new_seed()}
+        return {"prev": local, "next": local, "local": local, "global": draw()}
     next_rank, prev_rank = (rank + 1) % world, (rank - 1) % world
-    next_seed = new_seed()
+    next_seed = draw()
     # a chain, so blocking sends never wait on each other: 0 sends first, everyone else
     # receives from its predecessor before sending to its successor
     if rank == 0:
@@ -165,7 +184,7 @@ def agree_seeds(comm: Any) -> dict[str, bytes]:
     else:
         prev_seed = comm.recv_obj(prev_rank)
         comm.send_obj(next_seed, next_rank)
-    contributions = comm.all_gather(torch.frombuffer(bytearray(new_seed()), dtype=torch.uint8))
+    contributions = comm.all_gather(torch.frombuffer(bytearray(draw()), dtype=torch.uint8))
     global_seed = bytes(np.bitwise_xor.reduce(np.stack([c.numpy() for c in contributions]), axis=0))
     for name, seed in (("prev", prev_seed), ("global", global_seed)):
         if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:

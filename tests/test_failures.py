@@ -69,7 +69,7 @@ def test_vertical_rows_out_of_order_are_refused(tmp_path, capfd):
 
 
 def test_party_that_never_starts(tmp_path, capfd):
-    config = demo_config(tmp_path, "num_parties=3", "transport.connect_timeout_s=4")
+    config = demo_config(tmp_path, "num_parties=3", "transport=gloo", "transport.connect_timeout_s=4")
     config = dataclasses.replace(config, transport=dataclasses.replace(config.transport, master_port=free_port()))
     context = multiprocessing.get_context("spawn")
     started = time.monotonic()

@@ -79,9 +79,11 @@ def _compute(crypten, rank):
     return out
 
 
-@pytest.mark.parametrize("parties", [2, 3])
-def test_session_over_a_dealer(parties):
-    collected = run_parties(_compute, DEALER, parties=parties)
+@pytest.mark.parametrize("parties, truncation", [(2, "pairs"), (3, "pairs"), (3, "local")])
+def test_session_over_a_dealer(parties, truncation):
+    # with 3 parties, CrypTen's own (local) truncation uses the dealer's wrap tuples
+    protocol = ProtocolConfig(name="dealer", triple_source="dealer", truncation=truncation)
+    collected = run_parties(_compute, protocol, parties=parties)
     for result in party_values(collected, parties):
         assert result["provider"] == "COTRAIN_DEALER"
         assert result["matmul"] < 1e-3 and result["square"] < 1e-3 and result["relu"] < 1e-3
