@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -149,7 +148,7 @@ def run_crypten(spec: dict, rank: int) -> dict:
 
 def run_cotrain(spec: dict, rank: int) -> dict:
     """This project: our transport, MpcSession and the named protocol suite."""
-    from mpc.group import PartyGroup
+    from parties.transport.group import PartyGroup
     from mpc.session import MpcSession
     from parties.transport import PartyAddress, TransportOptions, open_transport
     from protocols import ProtocolConfig, ProtocolSuite
@@ -215,10 +214,6 @@ def main(argv: list[str]) -> int:
                "trace": traceback.format_exc()[-3000:]}
     (spec_path.parent / f"rank{rank}.json").write_text(json.dumps(out))
     return 0
-
-
-def summarize(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,33 @@ def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0,
 _UNIT_GEMM: dict[int, type] = {}
 
 
+class _WeightGradient:
+    """The backward of ``a @ b`` when only ``b`` needs a gradient: ``a^T @ grad``."""
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Any) -> tuple[Any]:
+        (a,) = ctx.saved_tensors
+        return (a.t().matmul(grad_output),)
+
+
+def _matmul(crypten: Any, a: Any, b: Any) -> Any:
+    """``a @ b``; when the input ``a`` needs no gradient (the first layer's features), the
+    autograd node skips CrypTen's input gradient: a matmul and 2 rounds per step, unused."""
+    if not (crypten.CrypTensor.AUTOGRAD_ENABLED and b.requires_grad and not a.requires_grad
+            and a.dim() == 2 and b.dim() == 2):
+        return a.matmul(b)
+    with crypten.no_grad():
+        product = a.matmul(b)
+    ctx = crypten.gradients.AutogradContext()
+    ctx.save_for_backward(a)
+    # the fields crypten's own autograd wrapper sets on a function's result
+    product.requires_grad = True
+    product.children = [b]
+    product.grad_fn = _WeightGradient
+    product.ctx = ctx
+    return product
+
+
 def _drop_unit_scalings(crypten: Any, secure: Any) -> None:
     """``nn.Linear`` arrives as ONNX Gemm with alpha = beta = 1, which CrypTen multiplies in
     (a public multiplication, hence a truncation: a round each way, per layer, with more than
@@ -66,7 +93,7 @@ def _drop_unit_scalings(crypten: Any, secure: Any) -> None:
                 a = a.t()
             if self.trans_b:
                 b = b.t()
-            return a.matmul(b).add(c)
+            return _matmul(crypten, a, b).add(c)
 
         unit = _UNIT_GEMM[id(gemm)] = type("UnitGemm", (gemm,), {"forward": forward})
     for module in secure.modules():

@@ -19,7 +19,7 @@ import torch
 
 from mpc.data.sharing import _read_and_announce
 from mpc.data.schema import check_horizontal
-from mpc.group import PartyGroup
+from parties.transport.group import PartyGroup
 from mpc.metrics import ClassWeights, evaluate
 from mpc.models import build_torch_model
 from mpc.training import EpochRecord

@@ -20,7 +20,7 @@ from parties.devices import party_device
 from parties.outputs import party_dir, save_model, write_json
 from parties.summary import build_summary, print_summary
 from parties.transport import PartyAddress, open_transport
-from mpc.group import PartyGroup
+from parties.transport.group import PartyGroup
 from protocols import ProtocolSuite
 from protocols.dealer import DEALER_NAME, run_dealer_server
 from protocols.suite import needs_dealer

@@ -2,7 +2,7 @@
 computing party only its own shares.
 
 The dealer is rank ``num_parties`` of the transport; the computing parties are ranks
-``0..num_parties-1`` and run their MPC among themselves (``mpc.group.PartyGroup``). The
+``0..num_parties-1`` and run their MPC among themselves (``parties.transport.group.PartyGroup``). The
 dealer sees tuples in the clear but no data: it never receives a share of anything secret.
 
 Flow: every party asks its provider for tuples in the same order (the MPC program is the
@@ -29,11 +29,11 @@ from typing import Any, Sequence
 
 import torch
 
-from protocols.parts import TripleSource, metered
+from protocols.parts import metered
 from protocols.prg import CipherGenerator, new_seed
 from protocols.registry import register_part
 from protocols.truncation import pair_values
-from protocols.tuples import Prefetcher, check_key, freeze, keyed_provider, tuple_elements, tuple_layout
+from protocols.tuples import KeyedTripleSource, Prefetcher, check_key, freeze, tuple_elements, tuple_layout
 
 log = logging.getLogger("cotrain.dealer")
 
@@ -177,28 +177,17 @@ class DealerServer:
 
 # -- the parties' side -------------------------------------------------------------------------
 @register_part("triple_source", "dealer")
-class DealerTripleSource(TripleSource):
+class DealerTripleSource(KeyedTripleSource):
     """Tuples from a dealer process (rank = number of parties)."""
 
     needs_dealer = True
+    provider_name = "COTRAIN_DEALER"
 
     def __init__(self) -> None:
         super().__init__()
         self.comm: Any = None
         self.prefetcher = Prefetcher(self._request)
         self.failed = False  # after a DealerError there is no dealer to say goodbye to
-
-    def install(self, crypten: Any) -> None:
-        from protocols.crypten_hooks import meter_online_tuple_use, use_provider
-
-        use_provider(crypten, "COTRAIN_DEALER", keyed_provider(crypten, "COTRAIN_DEALER", self))
-        meter_online_tuple_use(crypten, self.counters)
-
-    def uninstall(self, crypten: Any) -> None:
-        from protocols.crypten_hooks import drop_provider, unmeter_online_tuple_use
-
-        unmeter_online_tuple_use(crypten)
-        drop_provider(crypten, "COTRAIN_DEALER")
 
     def start(self, crypten: Any) -> None:
         self.comm = crypten.communicator.get()

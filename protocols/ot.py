@@ -33,10 +33,10 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocols.parts import TripleSource, metered
+from protocols.parts import metered
 from protocols.prg import CipherStream
 from protocols.registry import register_part
-from protocols.tuples import Prefetcher, freeze, keyed_provider, tuple_elements
+from protocols.tuples import KeyedTripleSource, Prefetcher, freeze, tuple_elements
 
 log = logging.getLogger("cotrain.ot")
 
@@ -436,7 +436,7 @@ def _tensor(array: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
 
 
 @register_part("triple_source", "ot")
-class OtTripleSource(TripleSource):
+class OtTripleSource(KeyedTripleSource):
     """Two-party tuples from OT extension: no dealer, no trusted party.
 
     Requests are batched like the dealer's (see ``protocols.tuples.Prefetcher``): after the
@@ -445,24 +445,13 @@ class OtTripleSource(TripleSource):
     """
 
     max_parties = 2
+    provider_name = "COTRAIN_OT"
 
     def __init__(self) -> None:
         super().__init__()
         self.engine: GilboaEngine | None = None
         self.prefetcher = Prefetcher(self.produce)
         self.seconds = 0.0
-
-    def install(self, crypten: Any) -> None:
-        from protocols.crypten_hooks import meter_online_tuple_use, use_provider
-
-        use_provider(crypten, "COTRAIN_OT", keyed_provider(crypten, "COTRAIN_OT", self))
-        meter_online_tuple_use(crypten, self.counters)
-
-    def uninstall(self, crypten: Any) -> None:
-        from protocols.crypten_hooks import drop_provider, unmeter_online_tuple_use
-
-        unmeter_online_tuple_use(crypten)
-        drop_provider(crypten, "COTRAIN_OT")
 
     def start(self, crypten: Any) -> None:
         comm = crypten.communicator.get()

@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from protocols.parts import TripleSource
+
 MAX_ELEMENTS = 1 << 28  # per tuple: a bound on what a party may ask for
 _CONV_OPS = ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
 _OPS = ("mul", "matmul") + _CONV_OPS
@@ -182,3 +184,24 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
     return KeyedProvider()
 
 
+
+
+class KeyedTripleSource(TripleSource):
+    """A triple source whose tuples CrypTen fetches by request key (dealer, OT).
+
+    Subclasses name their provider and implement ``fetch(key)``.
+    """
+
+    provider_name = ""
+
+    def install(self, crypten: Any) -> None:
+        from protocols.crypten_hooks import meter_online_tuple_use, use_provider
+
+        use_provider(crypten, self.provider_name, keyed_provider(crypten, self.provider_name, self))
+        meter_online_tuple_use(crypten, self.counters)
+
+    def uninstall(self, crypten: Any) -> None:
+        from protocols.crypten_hooks import drop_provider, unmeter_online_tuple_use
+
+        unmeter_online_tuple_use(crypten)
+        drop_provider(crypten, self.provider_name)

@@ -2,10 +2,10 @@
 
 Tolerances. Values are fixed-point with f = 16 fractional bits, so one unit in the last
 place is u = 2^-16. Encoding a value errs by at most u/2, and each truncation after a
-multiplication by at most u (one more u with more than two parties, whose truncation goes
-through a shared wrap count). The sigmoid is CrypTen's approximation, whose error eps_sigma
-on the logits that occur is measured in a secure session below; it dominates u by two
-orders of magnitude, and is the reason the bound is not u alone.
+multiplication by at most u (the truncation pairs are exact to 1 ulp). The sigmoid is a
+clipped polynomial approximation (mpc.training.secure_sigmoid), whose error eps_sigma on the
+logits that occur is measured in a secure session below; it dominates u by an order of
+magnitude, and is the reason the bound is not u alone.
 """
 
 from __future__ import annotations
@@ -56,14 +56,16 @@ def test_secure_training_matches_plaintext(job, parties, partition, model):
 
 
 def _sigmoid_error(crypten, rank):
+    from mpc.training import secure_sigmoid
+
     grid = torch.linspace(-12, 12, 4801)
-    approx = crypten.cryptensor(grid, src=0).sigmoid().get_plain_text()
+    approx = secure_sigmoid(crypten.cryptensor(grid, src=0)).get_plain_text()
     return (approx.double() - torch.sigmoid(grid.double())).abs().max().item()
 
 
 @pytest.fixture(scope="module")
 def eps_sigma() -> float:
-    """CrypTen's sigmoid error over logits in [-12, 12], measured under MPC."""
+    """The training loop's sigmoid error over logits in [-12, 12], measured under MPC."""
     return max(run_parties(_sigmoid_error, world=2))
 
 

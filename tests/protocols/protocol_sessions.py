@@ -27,7 +27,7 @@ def _open(rank: int, world: int, names: tuple[str, ...], port: int, timeout_s: f
 
 def _party(fn: Callable, rank: int, parties: int, dealer: bool, port: int, protocol: ProtocolConfig,
            results: Any, wire_timeout_s: float) -> None:
-    from mpc.group import PartyGroup
+    from parties.transport.group import PartyGroup
     from mpc.session import MpcSession
     from protocols import ProtocolSuite
 

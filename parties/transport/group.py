@@ -15,19 +15,9 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
+
+from parties.transport.base import reduce_tensors
 from torch.distributed import ReduceOp
-
-
-def _combine(tensors: Sequence[torch.Tensor], op: Any) -> torch.Tensor:
-    result = tensors[0].clone()
-    for tensor in tensors[1:]:
-        if op == ReduceOp.SUM:
-            result.add_(tensor)
-        elif op == ReduceOp.BXOR:
-            result.bitwise_xor_(tensor)
-        else:
-            raise ValueError(f"unsupported reduction {op}; CrypTen uses SUM and BXOR")
-    return result
 
 
 class PartyGroup:
@@ -99,7 +89,7 @@ class PartyGroup:
         tensors = list(input) if batched else [input]
         with self._one_round():
             received = self._exchange(tensors)
-        results = [_combine([received[r][k] for r in range(self.size)], op).to(tensors[k].device)
+        results = [reduce_tensors([received[r][k] for r in range(self.size)], op).to(tensors[k].device)
                    for k in range(len(tensors))]
         return results if batched else results[0]
 
@@ -115,7 +105,7 @@ class PartyGroup:
             for handle in [self.transport.irecv(t, src) for src in self._others() for t in received[src]]:
                 handle.wait()
             received[self.rank] = host
-        results = [_combine([received[r][k] for r in range(self.size)], op).to(tensors[k].device)
+        results = [reduce_tensors([received[r][k] for r in range(self.size)], op).to(tensors[k].device)
                    for k in range(len(tensors))]
         return results if batched else results[0]
 
