@@ -33,7 +33,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocols.parts import metered
+from protocols.parts import UnsupportedTuple, metered
 from protocols.prg import CipherStream
 from protocols.registry import register_part
 from protocols.tuples import KeyedTripleSource, Prefetcher, freeze, tuple_elements
@@ -494,7 +494,7 @@ class OtTripleSource(KeyedTripleSource):
         if kind == "triple":
             _, op, size0, size1, kwargs = key
             if kwargs or op not in ("mul", "matmul"):
-                raise NotImplementedError(f"protocol=ot makes mul and matmul triples only, not {op} {dict(kwargs)}")
+                raise UnsupportedTuple(f"protocol=ot makes mul and matmul triples only, not {op} {dict(kwargs)}")
             a, b = _random_words(size0), _random_words(size1)
             if op == "mul":
                 shape = np.broadcast_shapes(size0, size1)
@@ -503,7 +503,7 @@ class OtTripleSource(KeyedTripleSource):
                 return engine.plan_elementwise(a_full, b_full), lambda cross: [
                     _tensor(a, size0), _tensor(b, size1), _tensor(a_full * b_full + cross, shape)]
             if len(size0) != 2 or len(size1) != 2:
-                raise NotImplementedError(f"protocol=ot makes matmul triples for 2-d operands, not {size0} @ {size1}")
+                raise UnsupportedTuple(f"protocol=ot makes matmul triples for 2-d operands, not {size0} @ {size1}")
             shape = (size0[0], size1[1])
             if size1[1] <= size0[0]:  # fewer OTs with the right operand's bits
                 plan, transpose = engine.plan_matmul(a, b), False
@@ -544,7 +544,7 @@ class OtTripleSource(KeyedTripleSource):
 
             return engine.plan_bits_times_words(bits.astype(np.uint8), bits), assemble
         if kind == "wrap":
-            raise NotImplementedError("protocol=ot makes no wrap tuples; use truncation=pairs "
+            raise UnsupportedTuple("protocol=ot makes no wrap tuples; use truncation=pairs "
                                       "(or truncation=local with two parties)")
         raise ValueError(f"unknown tuple kind {kind!r}")
 

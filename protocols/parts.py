@@ -98,6 +98,10 @@ class ProtocolPart(ABC):
         return self.part_name
 
 
+class UnsupportedTuple(RuntimeError):
+    """The configured triple source cannot make the tuple CrypTen asked for."""
+
+
 class TripleSource(ProtocolPart):
     """Where Beaver triples and the other correlated tuples come from.
 
@@ -116,4 +120,4 @@ class TripleSource(ProtocolPart):
 
     def truncation_pair(self, size: Any, bits: int, device: Any = None) -> tuple[Any, Any, Any]:
         """Arithmetic sharings of (r, msb(r), (r mod 2^63) >> bits) for a uniform ring r."""
-        raise NotImplementedError(f"triple source {self.part_name!r} does not provide truncation pairs")
+        raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide truncation pairs")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from protocols.parts import TripleSource
+from protocols.parts import TripleSource, UnsupportedTuple
 
 MAX_ELEMENTS = 1 << 28  # per tuple: a bound on what a party may ask for
 _CONV_OPS = ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
@@ -165,7 +165,7 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
 
         def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
             if args:
-                raise NotImplementedError(f"positional arguments to a {op} triple are not supported: {args}")
+                raise UnsupportedTuple(f"positional arguments to a {op} triple are not supported: {args}")
             key = ("triple", op, freeze(size0), freeze(size1), tuple(sorted((k, freeze(v)) for k, v in kwargs.items())))
             return tuple(self._get(key, device))
 
