@@ -86,6 +86,17 @@ def _metric_line(label: str, metrics: dict | None) -> str:
             f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}")
 
 
+_PART_FIELDS = ("calls", "tuples", "offline_bytes", "offline_rounds", "online_bytes", "online_rounds")
+
+
+def _part_line(counted: dict) -> str:
+    if not all(field in counted for field in _PART_FIELDS):  # an engine with counters of its own
+        return "  ".join(f"{key} {value}" for key, value in counted.items())
+    return (f"{counted['calls']:>8} calls {counted['tuples']:>11} elements   "
+            f"{counted['offline_bytes'] / 1e6:8.2f} MB {counted['offline_rounds']:>6} rounds | "
+            f"{counted['online_bytes'] / 1e6:8.2f} MB {counted['online_rounds']:>6} rounds")
+
+
 def print_summary(summary: dict) -> None:
     lines = [
         "",
@@ -106,4 +117,9 @@ def print_summary(summary: dict) -> None:
                      f"{party['bytes_received'] / 1e6:8.2f} MB  rounds {party['rounds']}")
     lines.append(f"  evaluator per epoch: {summary['evaluator_bytes_per_epoch'] / 1e6:.2f} MB sent, "
                  f"{summary['evaluator_rounds_per_epoch']:.0f} rounds")
+    parts = summary["per_party"][0]["protocol_parts"] if summary["per_party"] else {}
+    if parts:
+        lines.append(f"  protocol parts at {summary['per_party'][0]['name']} (offline | online):")
+    for kind, counted in parts.items():
+        lines.append(f"    {kind:<14} {_part_line(counted)}")
     print("\n".join(lines), flush=True)
