@@ -22,13 +22,24 @@ Every party sends the same request (the program is the same everywhere); the dea
 refuses to answer requests that differ, naming the parties, so a party cannot steer
 another's preprocessing.
 
-Why no sacrifice check: triples come from this trusted dealer, and a party can only alter
-its own *share* of a tuple. Such an alteration changes the shared value without the
-matching change of the MAC (which needs alpha), so it is caught by the MAC check of the
-first opening that depends on it, exactly like an altered opening. SPDZ2k's sacrifice
-(one triple checked against another with a random public multiplier) is needed when the
-parties produce triples among themselves; with dealer-made triples it would add cost and
-no security. A dealer-free source must add it.
+The sacrifice (SPDZ2k, guarding against a faulty dealer): in the authenticated mode every
+``triple`` and ``matmul`` tuple comes with a companion sharing its b: (a, b, c) and
+(a', b, c') with a' uniform and c' = a' * b (resp. A' @ B), all authenticated. The parties
+draw a public t uniform in [0, 2^64) from the engine's commit-then-reveal coin toss (after
+the tuples are fixed), open rho = t*a - a' (uniform, so a stays hidden) and then
+sigma = t*c - c' - rho*b, and require sigma = 0 mod 2^128 (see ``Engine._sacrifice``).
+Both openings are recorded for the batched MAC check, which runs before any value is
+revealed, so a party cannot hide a dealer error by altering its share of sigma. If the
+dealer's c is off by e (nonzero mod 2^64, valuation v < 64) and c' by e', then
+sigma = t*e - e' mod 2^128, which is zero for at most one t mod 2^(128-v), i.e. for at most
+one of the 2^64 choices of t: the check misses with probability at most 2^-64 per batch
+(SPDZ2k's bound for s = 64 is 2^(-s + log2 s); ours is this or better because t is drawn
+after the dealer committed to its tuples and the modulus is 2^(k+s) = 2^128). Errors
+confined to the high limb are harmless by design (only values mod 2^64 are used). A party
+altering its own *share* of a tuple changes the value without the matching MAC change (that
+needs alpha) and is caught by the MAC check, exactly like an altered opening. One batch
+(one dealer answer) costs one coin toss, two openings and a one-byte verdict round
+(4 small rounds), the companion values and the local products t*c, rho*b.
 """
 
 from __future__ import annotations
@@ -55,15 +66,19 @@ class DealerProtocolError(RuntimeError):
     """A request to the dealer was malformed or the parties' requests differed."""
 
 
-def spec_shapes(spec: Sequence[Any]) -> list[tuple[int, ...]]:
-    """The shapes of the authenticated values one tuple carries, in wire order."""
+SACRIFICED = ("triple", "matmul")
+
+
+def spec_shapes(spec: Sequence[Any], sacrifice: bool = False) -> list[tuple[int, ...]]:
+    """The shapes of the authenticated values one tuple carries, in wire order (with
+    ``sacrifice``, a triple is followed by its companion's a' and c')."""
     kind = spec[0]
     if kind == "triple":
         shape = tuple(spec[1])
-        return [shape, shape, shape]
+        return [shape] * (5 if sacrifice else 3)
     if kind == "matmul":
         n, d, m = (int(v) for v in spec[1:4])
-        return [(n, d), (d, m), (n, m)]
+        return [(n, d), (d, m), (n, m)] + ([(n, d), (n, m)] if sacrifice else [])
     if kind == "trunc":
         shape = tuple(spec[1])
         return [shape, shape, shape]
@@ -95,15 +110,17 @@ def validate(specs: Any) -> list[list[Any]]:
     return specs
 
 
-def _clear_values(spec: Sequence[Any]) -> list[U128]:
+def _clear_values(spec: Sequence[Any], sacrifice: bool = False) -> list[U128]:
     kind = spec[0]
     shapes = spec_shapes(spec)
-    if kind == "triple":
+    if kind in SACRIFICED:
+        product = (lambda x, y: x * y) if kind == "triple" else ring.matmul
         a, b = U128.random(shapes[0]), U128.random(shapes[1])
-        return [a, b, a * b]
-    if kind == "matmul":
-        a, b = U128.random(shapes[0]), U128.random(shapes[1])
-        return [a, b, ring.matmul(a, b)]
+        values = [a, b, product(a, b)]
+        if sacrifice:
+            companion = U128.random(shapes[0])
+            values += [companion, product(companion, b)]
+        return values
     if kind == "trunc":
         r = U128.random(shapes[0])
         low63 = r.lo & np.uint64((1 << 63) - 1)
@@ -131,14 +148,25 @@ def share(value: U128, parties: int) -> list[U128]:
     return shares + [last]
 
 
-def deal(specs: Sequence[Sequence[Any]], alpha: U128, parties: int, authenticated: bool) -> list[np.ndarray]:
+def deal(specs: Sequence[Sequence[Any]], alpha: U128, parties: int, authenticated: bool,
+         sacrifice: bool = False, corrupt: tuple[int, int, int] | None = None) -> list[np.ndarray]:
     """Each party's wire buffer for ``specs``: per value its share, then its MAC share
     (if authenticated), then the clear value for the owner of an input/private mask.
-    Unauthenticated (semi-honest) tuples travel as their low 64 bits only."""
+    Unauthenticated (semi-honest) tuples travel as their low 64 bits only.
+
+    ``corrupt`` is a TEST-ONLY fault, (spec index, element, offset): that triple's or
+    matmul triple's c is made c + offset at that element (with a MAC consistent with the
+    wrong c), as a faulty dealer would; only the sacrifice can catch it."""
     buffers: list[list[np.ndarray]] = [[] for _ in range(parties)]
     limbs = 2 if authenticated else 1  # semi-honest: values mod 2^64 suffice
-    for spec in specs:
-        values = _clear_values(spec)
+    for index, spec in enumerate(specs):
+        values = _clear_values(spec, sacrifice)
+        if corrupt is not None and corrupt[0] == index:
+            c = values[2]
+            element = corrupt[1] % max(1, c.size)
+            delta = np.zeros(c.size, dtype=object)
+            delta[element] = corrupt[2]
+            values[2] = c + U128.from_ints([int(x) for x in delta], c.shape)
         for value in values:
             for rank, piece in enumerate(share(value, parties)):
                 buffers[rank].append(ring.to_wire(piece, limbs))
@@ -170,19 +198,31 @@ def recv_array(comm: Any, src: int, expected: int | None = None) -> np.ndarray:
     return comm.recv(torch.empty(size, dtype=torch.int64), src).numpy().view(np.uint64)
 
 
-def run_dealer(comm: Any, parties: int, authenticated: bool = True) -> dict:
-    """Serve tuples until every party says stop. Returns counts for the dealer's report."""
+def run_dealer(comm: Any, parties: int, authenticated: bool = True, sacrifice: bool | None = None,
+               fault: dict | None = None) -> dict:
+    """Serve tuples until every party says stop. Returns counts for the dealer's report.
+
+    ``sacrifice`` (default: on when authenticated) deals each triple and matmul triple
+    with its companion for the parties' sacrifice check. ``fault`` is TEST-ONLY (a faulty
+    dealer): ``{"corrupt": {n: offset, ...}, "seed": s}`` makes the n-th triple-kind tuple
+    served (counting from 0, triples and matmul triples together) carry c + offset at a
+    seeded random element."""
+    sacrifice = authenticated if sacrifice is None else bool(sacrifice) and authenticated
     alpha = U128.from_uint64(np.frombuffer(os.urandom(8), dtype=np.uint64).copy())  # in [0, 2^64)
-    for rank, piece in enumerate(share(alpha, parties)):  # plus the mode, so parties can refuse a mismatch
-        send_array(comm, np.concatenate([ring.to_wire(piece), np.array([int(authenticated)], np.uint64)]), rank)
-    served = {"requests": 0, "tuples": 0, "prefetched": 0}
+    for rank, piece in enumerate(share(alpha, parties)):  # plus the modes, so parties can refuse a mismatch
+        send_array(comm, np.concatenate([ring.to_wire(piece),
+                                         np.array([int(authenticated), int(sacrifice)], np.uint64)]), rank)
+    served = {"requests": 0, "tuples": 0, "prefetched": 0, "corrupted": 0}
+    faults = {int(n): int(o) for n, o in (fault or {}).get("corrupt", {}).items()}
+    fault_rng = np.random.default_rng((fault or {}).get("seed", 0))
+    triples_served = 0
     ahead: dict[str, Any] = {}  # the next answer to the request just served, made in the background
 
     def prepare(specs: list) -> None:
         ahead["specs"], ahead["buffers"] = specs, None
 
         def work() -> None:
-            ahead["buffers"] = deal(specs, alpha, parties, authenticated)
+            ahead["buffers"] = deal(specs, alpha, parties, authenticated, sacrifice)
 
         ahead["thread"] = threading.Thread(target=work, daemon=True)
         ahead["thread"].start()
@@ -208,7 +248,17 @@ def run_dealer(comm: Any, parties: int, authenticated: bool = True) -> dict:
                 buffers = ahead["buffers"]
                 served["prefetched"] += buffers is not None
             if buffers is None:
-                buffers = deal(specs, alpha, parties, authenticated)
+                buffers = deal(specs, alpha, parties, authenticated, sacrifice)
+            if faults:  # TEST-ONLY: re-deal this answer with one wrong c
+                kinds = [i for i, spec in enumerate(specs) if spec[0] in SACRIFICED]
+                for position, index in enumerate(kinds):
+                    if triples_served + position in faults:
+                        offset = faults.pop(triples_served + position)
+                        element = int(fault_rng.integers(0, 1 << 62))
+                        buffers = deal(specs, alpha, parties, authenticated, sacrifice, (index, element, offset))
+                        served["corrupted"] += 1
+                        break
+                triples_served += len(kinds)
         except DealerProtocolError as error:
             for rank in range(parties):
                 comm.send_obj({"error": str(error)}, rank)

@@ -16,6 +16,12 @@ is protected (an error confined to the high limb changes nothing that is used).
   the opening are used, the carry out of bit 62 is recovered exactly from bit 63 and the
   result is ``x >> 16`` or one more (probabilistic rounding, 1 ulp), with no rare large
   error and MACs consistent by linearity.
+* Triple sacrifice (on by default when authenticated; see ``_sacrifice`` and the dealer's
+  docstring): each dealer answer's triples and matmul triples come with companions sharing
+  b; before any of them is used the parties draw a public t by coin toss, open
+  rho = t*a - a' and sigma = t*c - c' - rho*b, and abort with ``CheatDetected('triple
+  sacrifice')`` unless sigma = 0 mod 2^128 (soundness error <= 2^-64 against a faulty
+  dealer; both openings are MAC-checked with the rest).
 * Every opened value is recorded. ``check()`` runs the batched MAC check: a public random
   linear combination (coins from a commit-then-reveal coin toss) of the opened values and
   of the MAC shares gives each party ``sigma_i = sum chi_j m_ij - alpha_i sum chi_j x_j``
@@ -149,6 +155,9 @@ class EngineStats:
     dealer_requests: int = 0
     dealer_seconds: float = 0.0
     check_seconds: float = 0.0
+    sacrifices: int = 0  # sacrifice batches run
+    sacrificed_tuples: int = 0  # triples and matmul triples checked
+    sacrifice_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -175,7 +184,8 @@ class Engine:
     computing parties and rank ``dealer`` the dealer process."""
 
     def __init__(self, comm: Any, parties: int, dealer: int, authenticated: bool = True,
-                 adversary: Any = None, check_buffer: int = CHECK_BUFFER_ELEMENTS) -> None:
+                 adversary: Any = None, check_buffer: int = CHECK_BUFFER_ELEMENTS,
+                 sacrifice: bool | None = None) -> None:
         self.comm = comm
         self.rank = comm.get_rank()
         self.parties = parties
@@ -196,16 +206,23 @@ class Engine:
         self._outstanding: deque = deque()  # (key, specs) requested from the dealer, not yet received
         self._prefetched: dict[Any, deque] = {}  # key -> answers received ahead of use
         self._recording: list | None = None
+        self._sacrifice_count = 0
+        # the triple sacrifice: on by default with MACs; the dealer's mode must match
+        self.sacrifice = authenticated if sacrifice is None else bool(sacrifice) and authenticated
         self.alpha = self._receive_key()
         if authenticated:
             self._setup_check_randomness()
 
     # -- setup ------------------------------------------------------------------------------
     def _receive_key(self) -> U128:
-        buffer = dealing.recv_array(self.comm, self.dealer, expected=3)
+        buffer = dealing.recv_array(self.comm, self.dealer, expected=4)
         if bool(buffer[2]) != self.authenticated:
             raise PreprocessingError(f"the dealer deals {'authenticated' if buffer[2] else 'unauthenticated'} "
                                      f"tuples but this party runs {'with' if self.authenticated else 'without'} MACs")
+        if bool(buffer[3]) != self.sacrifice:
+            mode = "with" if self.sacrifice else "without"
+            raise PreprocessingError(f"the dealer deals triples {'with' if buffer[3] else 'without'} companions "
+                                     f"but this party runs {mode} the sacrifice check")
         return ring.from_wire(buffer[:2], (1,))
 
     def _setup_check_randomness(self) -> None:
@@ -264,7 +281,7 @@ class Engine:
             return
         self._drain()
         self._request(specs)
-        self._queue.extend(self._receive(specs))
+        self._queue.extend(self._sacrifice(self._receive(specs)))
 
     def _request(self, specs: list) -> None:
         self.comm.send_obj({"specs": specs}, self.dealer)
@@ -296,7 +313,7 @@ class Engine:
         entries = []
         for spec in specs:
             values = []
-            for shape in dealing.spec_shapes(spec):
+            for shape in dealing.spec_shapes(spec, self.sacrifice):
                 v = take(shape)
                 m = take(shape) if self.authenticated else None  # MACs: always 2 limbs (authenticated)
                 values.append(AShare(v, m))
@@ -322,7 +339,7 @@ class Engine:
             if not self._prefetched.get(key):
                 self._drain()
             if self._prefetched.get(key):
-                self._queue.extend(self._prefetched[key].popleft())
+                self._queue.extend(self._sacrifice(self._prefetched[key].popleft()))
             else:
                 self.preprocess(plan)
             self._drain()
@@ -574,19 +591,7 @@ class Engine:
         failures: list[tuple[str, str, int | None]] = []
 
         # 1. coin toss: reveal this check's seed and commit to the next one
-        next_seed = secrets.token_bytes(32)
-        message = self._seed + _digest(b"coin", next_seed)
-        received = self._exchange_bytes(message, "coins")
-        seeds = [b""] * self.parties
-        seeds[self.rank] = self._seed
-        for src in self.others:
-            seed, commitment = received[src][:32], received[src][32:]
-            if not hmac.compare_digest(_digest(b"coin", seed), self._seed_commitments[src]):
-                failures.append(("coin-toss commitment", f"party {src} opened a seed it did not commit to", src))
-            seeds[src] = seed
-            self._seed_commitments[src] = commitment
-        self._seed = next_seed
-        coin = _digest(b"chi", self._check_count.to_bytes(8, "little"), *seeds)
+        coin = self._coin_toss(b"chi", self._check_count, failures)
 
         # 2. each party's share of the random linear combination of the MAC relations
         if self._opened:
@@ -636,6 +641,83 @@ class Engine:
         complaints = [src for src, v in verdicts.items() if v != b"\0"]
         if complaints:
             raise CheatDetected("verdict", f"party {complaints[0]} reported a failed check", None)
+
+    def _coin_toss(self, label: bytes, counter: int, failures: list) -> bytes:
+        """Commit-then-reveal coin toss (one round): every party reveals the seed it
+        committed to last time and commits to its next one; the coin hashes all seeds.
+        A seed that does not match its commitment is appended to ``failures``."""
+        next_seed = secrets.token_bytes(32)
+        message = self._seed + _digest(b"coin", next_seed)
+        received = self._exchange_bytes(message, "coins")
+        seeds = [b""] * self.parties
+        seeds[self.rank] = self._seed
+        for src in self.others:
+            seed, commitment = received[src][:32], received[src][32:]
+            if not hmac.compare_digest(_digest(b"coin", seed), self._seed_commitments[src]):
+                failures.append(("coin-toss commitment", f"party {src} opened a seed it did not commit to", src))
+            seeds[src] = seed
+            self._seed_commitments[src] = commitment
+        self._seed = next_seed
+        return _digest(label, counter.to_bytes(8, "little"), *seeds)
+
+    # -- the triple sacrifice ----------------------------------------------------------------------
+    def _sacrifice(self, entries: list) -> list:
+        """Check every triple and matmul triple of one dealer answer against its companion
+        and return the entries without the companions.
+
+        For (a, b, c) and its companion (a', b, c'): a public t uniform in [0, 2^64) from
+        the coin toss (drawn after the tuples were dealt), then one opening of
+        rho = t*a - a' for all tuples of the batch, one opening of
+        sigma = t*c - c' - rho*b (rho @ B for matmul triples), and a one-byte verdict round
+        so that every party aborts if any party saw sigma != 0 mod 2^128. Checked: c = a*b
+        (C = A @ B) mod 2^128 for the dealt values. Soundness against a faulty dealer: an
+        error e in c (nonzero mod 2^64) and e' in c' give sigma = t*e - e', which vanishes
+        mod 2^128 for at most one t mod 2^64, so a wrong triple passes with probability at
+        most 2^-64 (SPDZ2k's 2^(-s + log2 s) for s = 64 is the looser bound). rho is uniform
+        (a' is), so nothing about a leaks; sigma is 0 when honest. Both openings are
+        recorded for the batched MAC check that runs before any value is revealed, so a
+        party altering its share of rho or sigma (to hide a dealer error) is caught there.
+        Cost per batch: 4 small rounds (coin, rho, sigma, verdict) and the companions."""
+        if not self.sacrifice:
+            return entries
+        checked = [e for e in entries if e[0][0] in dealing.SACRIFICED]
+        if not checked:
+            return entries
+        start = time.perf_counter()
+        self._sacrifice_count += 1
+        self.stats.sacrifices += 1
+        self.stats.sacrificed_tuples += len(checked)
+        failures: list[tuple[str, str, int | None]] = []
+        coin = self._coin_toss(b"sacrifice", self._sacrifice_count, failures)
+        t = U128.from_uint64(_stream(coin, 1))
+        rhos = self.open([self.mul_public(a, t) - a2 for _, (a, _b, _c, a2, _c2), _ in checked], "sacrifice")
+        sigmas = []
+        for (spec, (a, b, c, a2, c2), _), rho in zip(checked, rhos):
+            if spec[0] == "triple":
+                rho_b = self.mul_public(b, rho)
+            else:
+                rho_b = AShare(ring.matmul(rho, b.v), ring.matmul(rho, b.m))
+            sigmas.append(self.mul_public(c, t) - c2 - rho_b)
+        opened = self.open(sigmas, "sacrifice")
+        bad = [i for i, sigma in enumerate(opened) if not sigma == U128.zeros(sigma.shape)]
+        if bad:
+            spec = checked[bad[0]][0]
+            failures.append(("triple sacrifice", f"{len(bad)} of the {len(checked)} dealt triples failed the "
+                             f"sacrifice (first: {spec[0]} {spec[1:]}): the dealer's c is not a*b", None))
+        verdicts = self._exchange_bytes(b"\1" if failures else b"\0", "sacrifice-verdict")
+        self.stats.sacrifice_seconds += time.perf_counter() - start
+        complaints = [src for src, v in verdicts.items() if v != b"\0"]
+        if failures or complaints:  # the run aborts: drop what was opened, as a failed check does
+            self._opened.clear()
+            self._senders = {r: hashlib.sha256() for r in range(self.parties)}
+            self._pending = 0
+        if failures:
+            check, detail, party = failures[0]
+            raise CheatDetected(check, detail, party)
+        if complaints:
+            raise CheatDetected("triple sacrifice", f"party {complaints[0]} saw a failed sacrifice check", None)
+        return [(spec, values[:3], clear) if spec[0] in dealing.SACRIFICED else (spec, values, clear)
+                for spec, values, clear in entries]
 
     def _zero_share(self) -> U128:
         """A fresh additive sharing of zero from the pairwise seeds."""

@@ -16,7 +16,7 @@ def free_port() -> int:
 
 
 def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bool, kwargs: dict,
-             results: Any) -> None:
+             results: Any, dealer_kwargs: dict | None = None) -> None:
     from parties.transport import PartyAddress, TransportOptions, open_transport
     from protocols.malicious.dealer import run_dealer
 
@@ -29,7 +29,7 @@ def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bo
         raise
     try:
         if rank == parties:
-            value = run_dealer(transport, parties, authenticated)
+            value = run_dealer(transport, parties, authenticated, **(dealer_kwargs or {}))
         else:
             value = fn(transport, rank, parties, **(kwargs if authenticated else {**kwargs, "authenticated": False}))
         results.put((rank, "ok", value))
@@ -41,13 +41,15 @@ def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bo
 
 
 def spawn(fn: Callable, parties: int = 2, authenticated: bool = True, timeout_s: float = 240.0,
-          **kwargs: Any) -> tuple[dict[int, tuple[str, Any]], dict[int, int | None]]:
+          dealer_kwargs: dict | None = None, **kwargs: Any) -> tuple[dict[int, tuple[str, Any]], dict[int, int | None]]:
     """Run ``fn(transport, rank, parties, **kwargs)`` in each party; the dealer is the extra
-    rank. Returns ({rank: (status, value)}, {rank: exit code})."""
+    rank (``dealer_kwargs`` go to ``run_dealer``, e.g. a test-only ``fault``). Returns
+    ({rank: (status, value)}, {rank: exit code})."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     port = free_port()
-    processes = [context.Process(target=_process, args=(fn, rank, parties, port, authenticated, kwargs, results))
+    processes = [context.Process(target=_process, args=(fn, rank, parties, port, authenticated, kwargs, results,
+                                                                  dealer_kwargs))
                  for rank in range(parties + 1)]
     for process in processes:
         process.start()

@@ -90,3 +90,27 @@ def detection_trials(transport: Any, rank: int, parties: int, trials: int, hones
         engine.adversary = None
         engine.close()
     return outcome
+
+
+def faulty_dealer_trials(transport: Any, rank: int, parties: int, trials: int) -> dict:
+    """Run ``trials`` fresh computations (tuples fetched on demand, one dealer answer per
+    tuple) against a dealer that makes some triples wrong. Per trial: the range of
+    triple-kind tuples this party received (so the test can tell which trials got a
+    corrupted one), and the outcome."""
+    engine = Engine(transport, parties, dealer=parties)
+    outcome = {"trials": []}
+    try:
+        for index in range(trials):
+            first = engine.stats.sacrificed_tuples
+            try:
+                result = _trial(engine, rank, parties, *trial_data(index))
+            except CheatDetected as error:
+                engine.discard_preprocessing()
+                outcome["trials"].append((index, first, engine.stats.sacrificed_tuples, "detected", error.check))
+                continue
+            error_size = float(np.abs(result - expected(index)).max())
+            outcome["trials"].append((index, first, engine.stats.sacrificed_tuples, "ok", error_size))
+    finally:
+        engine.close()
+    outcome["stats"] = engine.stats.as_dict()
+    return outcome
