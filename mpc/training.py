@@ -165,7 +165,7 @@ class SecureTrainer:
     def predict_for(self, features: Any, dst: int) -> torch.Tensor | None:
         """Logits revealed to party ``dst`` only."""
         with self.crypten.no_grad():
-            self.model.eval()
+            self.model.train(False)  # inference mode: no autograd bookkeeping
             logits = self.model(features)
             self.model.train()
         revealed = logits.get_plain_text(dst=dst)
