@@ -20,6 +20,18 @@ from parties.devices import party_device
 from parties.transport import PartyAddress, TransportOptions, open_transport
 
 
+def _ping_pong(transport, rank: int, peer: int, tensor: torch.Tensor) -> float:
+    """Seconds for ``tensor`` to go to the peer and come back."""
+    start = time.perf_counter()
+    if rank == 0:
+        transport.send(tensor, peer)
+        transport.recv(tensor, peer)
+    else:
+        transport.recv(tensor, peer)
+        transport.send(tensor, peer)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
@@ -37,29 +49,12 @@ def main() -> None:
     try:
         if peer is not None:
             tiny = torch.zeros(1, dtype=torch.int64, device=device)
-            trips = []
-            for _ in range(200):
-                start = time.perf_counter()
-                if rank == 0:
-                    transport.send(tiny, peer)
-                    transport.recv(tiny, peer)
-                else:
-                    transport.recv(tiny, peer)
-                    transport.send(tiny, peer)
-                trips.append(time.perf_counter() - start)
+            trips = [_ping_pong(transport, rank, peer, tiny) for _ in range(200)]
             lines.append(f"  round trip (8 B): {statistics.median(trips) * 1e6:8.1f} us")
             for size_mb in arguments.sizes_mb:
                 tensor = torch.ones(max(1, int(size_mb * 2**20 / 8)), dtype=torch.int64, device=device)
                 repeats = 5 if size_mb >= 1 else 100
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    if rank == 0:
-                        transport.send(tensor, peer)
-                        transport.recv(tensor, peer)
-                    else:
-                        transport.recv(tensor, peer)
-                        transport.send(tensor, peer)
-                seconds = (time.perf_counter() - start) / (2 * repeats)
+                seconds = sum(_ping_pong(transport, rank, peer, tensor) for _ in range(repeats)) / (2 * repeats)
                 lines.append(f"  one way {size_mb:>8g} MB: {tensor.numel() * 8 / seconds / 1e9:8.2f} GB/s")
         share = torch.randint(0, 2**62, (128, 64), device=device)
         transport.barrier()

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from launch_helpers import (COTRAIN, MPIRUN, REPO, assert_close_to_plaintext, finish, party_pid, start, stop_job,
-                            summary, tiny, unique_run_id, wait_for_training, wait_until_gone)
+from launch_helpers import (COTRAIN, MPIRUN, REPO, assert_close_to_plaintext, finish, kill_rank_mid_training,
+                            party_pid, start, stop_job, summary, tiny, unique_run_id, wait_for_training,
+                            wait_until_gone)
 
 COLLECTIVES = str(REPO / "tests" / "launch" / "mpi_collectives.py")
 PYTHON = str(Path(COTRAIN).parent / "python")
@@ -50,12 +51,7 @@ def test_mpirun_trains_like_plaintext(tmp_path: Path, parties: int) -> None:
 def test_killed_party_stops_the_mpirun_job(tmp_path: Path) -> None:
     run_id = unique_run_id("mpi-kill")
     job = start([MPIRUN, "-n", "3", COTRAIN, "run", *tiny(3, tmp_path, run_id, epochs=30)])
-    try:
-        wait_for_training(tmp_path, run_id, "bank1")
-        os.kill(party_pid(run_id, "PMI_RANK", 1), signal.SIGKILL)
-        code, output = finish(job, 60)
-    finally:
-        stop_job(job, run_id)
+    code, output = kill_rank_mid_training(job, tmp_path, run_id, "PMI_RANK", 60)
     assert code != 0, output[-3000:]
     assert "BAD TERMINATION" in output or "failed" in output, output[-3000:]
     assert not wait_until_gone(run_id), "orphan party processes were left behind"

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from launch_helpers import (TORCHRUN, assert_close_to_plaintext, finish, party_pid, start, stop_job, summary,
-                            tiny, unique_run_id, wait_for_training, wait_until_gone)
+from launch_helpers import (TORCHRUN, assert_close_to_plaintext, finish, kill_rank_mid_training, start, summary,
+                            tiny, unique_run_id, wait_until_gone)
 from mpc.data.synthetic import write_horizontal
 
 
@@ -50,12 +48,7 @@ def test_bad_data_file_stops_the_torchrun_job_with_a_clear_error(tmp_path: Path)
 def test_killed_party_stops_the_torchrun_job(tmp_path: Path) -> None:
     run_id = unique_run_id("torchrun-kill")
     job = start(torchrun(3, *tiny(3, tmp_path, run_id, epochs=30)))
-    try:
-        wait_for_training(tmp_path, run_id, "bank1")
-        os.kill(party_pid(run_id, "RANK", 1), signal.SIGKILL)
-        code, output = finish(job, 90)
-    finally:
-        stop_job(job, run_id)
+    code, output = kill_rank_mid_training(job, tmp_path, run_id, "RANK", 90)
     assert code != 0
     assert "ChildFailedError" in output or "failed" in output, output[-3000:]
     assert not wait_until_gone(run_id), "orphan party processes were left behind"
