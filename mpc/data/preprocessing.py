@@ -1,0 +1,52 @@
+"""The preprocessing a run agreed on: which columns became features, and how they were scaled.
+
+The secure run reveals these statistics (pooled, in a horizontal split; each party's own, in a
+vertical one); the plaintext reference, the saved model file and ``cotrain predict`` all apply
+exactly this record, so every score the project reports comes from one preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+@dataclass
+class Preprocessing:
+    """Feature columns in model order, with the float64 mean and std each is scaled by."""
+
+    features: list[str]
+    mean: list[float]
+    std: list[float]
+    label: str
+    id_column: str
+    dropped: list[str] = field(default_factory=list)  # constant columns, reported by name and left out
+
+    def __post_init__(self) -> None:
+        if not len(self.features) == len(self.mean) == len(self.std):
+            raise ValueError("preprocessing: features, mean and std must have one entry per feature")
+
+    def transform(self, frame: pd.DataFrame) -> torch.Tensor:
+        """Raw rows of ``frame`` (any column order) as standardised float64 features."""
+        missing = [name for name in self.features if name not in frame.columns]
+        if missing:
+            raise ValueError(f"the table lacks feature column {missing[0]!r} that the model was trained on")
+        values = frame[self.features].to_numpy(np.float64)
+        return torch.from_numpy((values - np.asarray(self.mean)) / np.asarray(self.std))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "Preprocessing":
+        return cls(
+            features=[str(name) for name in record["features"]],
+            mean=[float(v) for v in record["mean"]],
+            std=[float(v) for v in record["std"]],
+            label=str(record["label"]),
+            id_column=str(record["id_column"]),
+            dropped=[str(name) for name in record.get("dropped", [])],
+        )
