@@ -69,6 +69,15 @@ def _validate(config: RunConfig) -> None:
     require(config.data.partition in PARTITIONS,
             f"data.partition={config.data.partition} is not allowed; choose one of {', '.join(PARTITIONS)}")
     require(config.data.rows >= 10, f"data.rows={config.data.rows} is too small; it must be at least 10")
+    require(0 < config.data.overlap <= 1, f"data.overlap={config.data.overlap} must be in (0, 1]")
+    require(config.data.overlap == 1 or config.data.partition == "vertical",
+            f"data.overlap={config.data.overlap} applies to data.partition=vertical only")
+    require(config.data.overlap == 1 or config.psi.enabled,
+            f"data.overlap={config.data.overlap} gives the parties different ids in different orders; "
+            "set psi.enabled=true to align them by private set intersection")
+    require(not config.psi.enabled or config.data.partition == "vertical",
+            "psi.enabled=true applies to data.partition=vertical (a horizontal split has no common ids to find)")
+    require(config.psi.min_intersection >= 1, f"psi.min_intersection={config.psi.min_intersection} must be at least 1")
     require(config.data.test_rows >= 10, f"data.test_rows={config.data.test_rows} is too small; it must be at least 10")
     require(config.train.epochs >= 1, f"train.epochs={config.train.epochs} must be at least 1")
     require(config.train.batch_size >= 1, f"train.batch_size={config.train.batch_size} must be at least 1")

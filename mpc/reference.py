@@ -47,9 +47,20 @@ def pool_horizontal(config: DataConfig, train_paths: Sequence[str], test_paths: 
     return _pooled(x, train[config.label], tx, None if test is None else test[config.label])
 
 
-def pool_vertical(config: DataConfig, train_paths: Sequence[str], test_paths: Sequence[str]) -> PooledData:
+def common_id_rows(frames: Sequence[pd.DataFrame], id_column: str) -> list[pd.DataFrame]:
+    """Each table cut to the ids every table holds, in ascending id order: in plaintext, the
+    rows private set intersection lines up (psi.enabled)."""
+    common = set.intersection(*(set(frame[id_column].tolist()) for frame in frames))
+    return [frame[frame[id_column].isin(common)].sort_values(id_column, kind="stable").reset_index(drop=True)
+            for frame in frames]
+
+
+def pool_vertical(config: DataConfig, train_paths: Sequence[str], test_paths: Sequence[str],
+                  intersect: bool = False) -> PooledData:
     def columns(paths: Sequence[str]) -> tuple[list[np.ndarray], pd.Series]:
         frames = [read_table(path, f"party {i}") for i, path in enumerate(paths)]
+        if intersect:
+            frames = common_id_rows(frames, config.id_column)
         own = [f[[c for c in f.columns if c not in (config.label, config.id_column)]].to_numpy(np.float64) for f in frames]
         return own, frames[config.label_party][config.label]
 

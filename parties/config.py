@@ -7,6 +7,7 @@ from typing import Optional
 
 from mpc.data.config import DataConfig
 from mpc.models import ModelConfig
+from mpc.psi import PsiConfig
 from mpc.training import TrainConfig
 from parties.transport.base import TransportOptions
 from protocols.suite import ProtocolConfig
@@ -51,6 +52,7 @@ class RunConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    psi: PsiConfig = field(default_factory=PsiConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 

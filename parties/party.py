@@ -115,8 +115,11 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     device = party_device(config.device, rank)
     log.info("computing on %s", device)
     with MpcSession(transport, suite, device=device) as crypten:
-        share = share_horizontal if config.data.partition == "horizontal" else share_vertical
-        train, test, _ = share(crypten, config.data, spec.data, spec.test_data or None, names[rank], device)
+        if config.data.partition == "horizontal":
+            train, test, _ = share_horizontal(crypten, config.data, spec.data, spec.test_data or None, names[rank], device)
+        else:
+            train, test, _ = share_vertical(crypten, config.data, spec.data, spec.test_data or None, names[rank], device,
+                                            psi=config.psi)
         weights = ClassWeights.balanced(train.rows, train.positive_count)
         torch_model = build_torch_model(config.model, len(train.feature_names), config.seed)
         secure_model = encrypt_model(crypten, torch_model, len(train.feature_names), device=device)

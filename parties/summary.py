@@ -22,8 +22,10 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: Clas
     test_paths = [spec.test_data for spec in config.parties]
     if not config.train.plaintext_reference or not readable(train_paths):
         return None
-    pool = pool_horizontal if config.data.partition == "horizontal" else pool_vertical
-    data = pool(config.data, train_paths, test_paths)
+    if config.data.partition == "horizontal":
+        data = pool_horizontal(config.data, train_paths, test_paths)
+    else:
+        data = pool_vertical(config.data, train_paths, test_paths, intersect=config.psi.enabled)
     if data.test_features is None:
         return None
     _, curve = train_plaintext(torch_model, data, config.train, weights, config.seed)

@@ -22,6 +22,7 @@ import torch
 from mpc.data.config import DataConfig
 from mpc.data.schema import TableMeta, check_horizontal, check_vertical
 from mpc.data.tables import DataError, read_table
+from mpc.psi import PsiConfig, align_by_psi
 
 
 @dataclass
@@ -175,19 +176,28 @@ def _check_alignment(comm: Any, frame: pd.DataFrame, config: DataConfig, party: 
         if not hmac.compare_digest(message["digest"], reference):
             raise DataError(
                 f"party {rank}: the {config.id_column!r} column of its {what} table does not match "
-                f"party {config.label_party}'s (different ids or a different order); align the rows first"
+                f"party {config.label_party}'s (different ids or a different order); align the rows first, "
+                "or set psi.enabled=true to train on the ids every party holds"
             )
 
 
 def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, test_path: str | None,
-                   party: str, device: Any = "cpu") -> tuple[SharedDataset, SharedDataset | None, list[Scaling]]:
+                   party: str, device: Any = "cpu", psi: PsiConfig | None = None,
+                   ) -> tuple[SharedDataset, SharedDataset | None, list[Scaling]]:
+    """Each party shares its own columns. With ``psi.enabled`` the rows are first cut down
+    to the ids every party holds (private set intersection); without, they must already be
+    aligned, which a keyed digest of the id column checks."""
     comm = crypten.communicator.get()
     rank = comm.get_rank()
+    psi = psi or PsiConfig()
     if not 0 <= config.label_party < comm.get_world_size():
         raise DataError(f"data.label_party={config.label_party} is not a party rank (0..{comm.get_world_size() - 1})")
     frame, metas = _read_and_announce(comm, train_path, party, True, config.label)
+    if psi.enabled:
+        frame, metas = align_by_psi(comm, frame, metas, config, psi, party, "training")
     columns = [list(c) for c in check_vertical(metas, config.label, config.label_party, config.id_column)]
-    _check_alignment(comm, frame, config, party, "training")
+    if not psi.enabled:
+        _check_alignment(comm, frame, config, party, "training")
     own = torch.tensor(frame[columns[rank]].to_numpy(np.float64))
     scaling = Scaling(own.mean(0).float(), own.std(0, unbiased=False).float())
     scaling.std[scaling.std < 1e-6] = 1.0
@@ -199,8 +209,11 @@ def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, tes
         if any(meta is None for meta in test_metas):
             missing = next(i for i, meta in enumerate(test_metas) if meta is None)
             raise DataError(f"party {missing}: has no held-out table, but a vertical split needs every party's columns")
+        if psi.enabled:
+            test_frame, test_metas = align_by_psi(comm, test_frame, test_metas, config, psi, party, "held-out")
         check_vertical(test_metas, config.label, config.label_party, config.id_column)
-        _check_alignment(comm, test_frame, config, party, "held-out")
+        if not psi.enabled:
+            _check_alignment(comm, test_frame, config, party, "held-out")
         test = _share_columns(crypten, test_frame, columns, scaling, config, False, device)
     return train, test, [scaling]
 
