@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mpc.data.chunked import read_in_chunks
+
 
 class DataError(ValueError):
     """A party's table cannot be used as it is."""
@@ -19,10 +21,7 @@ def read_table(path: str | Path, party: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{where}: file not found")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path)
+        frame = read_in_chunks(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{where}: the file is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
