@@ -47,7 +47,7 @@ def check_raw_range(values: np.ndarray, columns: Sequence[str], party: str, path
             party, path,
             f"column {columns[column]!r} has a value beyond the supported magnitude 2^40 (about 1.1e12) "
             f"at data row {row + 1}; rescale the column (e.g. to thousands) or drop it",
-            f"the cell holds {values[row, column]!r}")
+            f"the cell holds {float(values[row, column]):.17g}")
 
 
 def check_scaled_range(scaled: np.ndarray, columns: Sequence[str], party: str, path: Any) -> None:
