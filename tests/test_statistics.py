@@ -94,22 +94,32 @@ def test_revealed_statistics_match_float64(tmp_path, partition, parties):
     _assert_matches_float64(records[0], _float64_preprocessing(files, partition))
 
 
-def _lying_share_message(crypten, rank):
+def _lying_peer(crypten, rank):
+    """Rank 1 lies about the form of each message it sends; rank 0 reports what it refused."""
+    from mpc.data.exchange import exchange
+    from mpc.data.sharing import _announced_statistics
+
     comm = crypten.communicator.get()
-    if rank == 1:  # follows the protocol's order but sends a share of the wrong width
+    if rank == 1:
         comm.recv_obj(0)
-        comm.send_obj([b"\x00" * 8], 0)
+        comm.send_obj([b"\x00" * 8], 0)  # a secure-sum share of the wrong width
+        exchange(comm, {"mean": ["1e15"], "std": [1.0]})  # column statistics that are not numbers
         return None
-    try:
-        secure_sum(comm, [1.0])
-    except ValueError as error:
-        return str(error)
-    return "accepted"
+    refused = []
+    for attempt in (lambda: secure_sum(comm, [1.0]),
+                    lambda: _announced_statistics(comm, np.zeros(1), np.ones(1), [["a"], ["b"]], ["bank0", "bank1"])):
+        try:
+            attempt()
+        except ValueError as error:  # DataError is a ValueError
+            refused.append(str(error))
+    return refused
 
 
-def test_secure_sum_refuses_a_malformed_share():
-    message, _ = run_parties(_lying_share_message, world=2)
-    assert "party rank 1 sent a malformed message" in message
+def test_malformed_messages_from_a_peer_are_refused():
+    refused, _ = run_parties(_lying_peer, world=2)
+    assert len(refused) == 2
+    assert "party rank 1 sent a malformed message" in refused[0]
+    assert refused[1] == "bank1 announced malformed column statistics ('mean')"
 
 
 def _float64_pipeline(files, partition: str, model_dir: Path, eps: float) -> tuple[dict, dict]:
@@ -147,7 +157,7 @@ def test_real_table_trains_like_float64(tmp_path, job, eps_sigma, partition, par
     for metric in ("auc", "pr_auc", "accuracy", "loss"):
         for reported in (summary["secure"], summary["plaintext"]):
             assert abs(reported[metric] - expected[metric]) <= bounds[metric], (metric, reported, expected, bounds)
-    assert expected["auc"] > 0.8  # the tiny-variance and timestamp columns carry the signal
+    assert expected["auc"] > 0.75  # learnt from the tiny-variance and timestamp columns
     print(f"{partition}: secure {summary['secure']} float64 {expected} bounds {bounds}")
 
 
