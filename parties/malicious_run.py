@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mpc.data.sharing import _read_and_announce
+from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import check_horizontal
 from parties.transport.group import PartyGroup
 from mpc.metrics import ClassWeights, evaluate
@@ -47,15 +48,15 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     names = config.names()
     spec = config.parties[rank]
     group = PartyGroup(transport, parties)
-    frame, metas = _read_and_announce(group, spec.data, names[rank], True, config.data.label)
-    features = list(check_horizontal(metas, config.data.label))
+    frame, metas = _read_and_announce(group, spec.data, names[rank], True, config.data)
+    features = list(check_horizontal(metas, config.data.label, config.data.id_column))
     evaluator = config.train.evaluator
     test_x = test_y = None
     if rank == evaluator and spec.test_data:
-        test_frame, _ = _read_and_announce(group, spec.test_data, names[rank], False, config.data.label)
+        test_frame, _ = _read_and_announce(group, spec.test_data, names[rank], False, config.data)
         test_x, test_y = test_frame[features].to_numpy(np.float64), test_frame[config.data.label].to_numpy(np.float64)
     else:
-        _read_and_announce(group, None, names[rank], False, config.data.label)
+        _read_and_announce(group, None, names[rank], False, config.data)
     torch_model = build_torch_model(config.model, len(features), config.seed)
     initial = layers_from_torch(torch_model)
     unknown = [name for name in config.train.reveal_to if name not in names]
@@ -93,8 +94,11 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     write_json(directory / "party.json", report)
     if rank != evaluator:
         return None
+    # the reference applies the statistics this run revealed
+    preprocessing = Preprocessing(features, [float(v) for v in result.mean], [float(v) for v in result.std],
+                                  config.data.label, config.data.id_column)
     summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history, weights_holder["w"],
-                            torch_model, wall_s=time.perf_counter() - started, training_s=training_seconds)
+                            torch_model, preprocessing, wall_s=time.perf_counter() - started, training_s=training_seconds)
     write_json(Path(config.output_dir) / run_id / "summary.json", summary)
     print_summary(summary)
     return summary

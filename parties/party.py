@@ -116,10 +116,11 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     log.info("computing on %s", device)
     with MpcSession(transport, suite, device=device) as crypten:
         if config.data.partition == "horizontal":
-            train, test, _ = share_horizontal(crypten, config.data, spec.data, spec.test_data or None, names[rank], device)
+            train, test, preprocessing = share_horizontal(crypten, config.data, spec.data, spec.test_data or None,
+                                                          names[rank], device)
         else:
-            train, test, _ = share_vertical(crypten, config.data, spec.data, spec.test_data or None, names[rank], device,
-                                            psi=config.psi)
+            train, test, preprocessing = share_vertical(crypten, config.data, spec.data, spec.test_data or None,
+                                                        names[rank], device, psi=config.psi)
         weights = ClassWeights.balanced(train.rows, train.positive_count)
         torch_model = build_torch_model(config.model, len(train.feature_names), config.seed)
         secure_model = encrypt_model(crypten, torch_model, len(train.feature_names), device=device)
@@ -143,7 +144,7 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     write_json(directory / "party.json", party_report)
     if rank != config.train.evaluator:
         return None
-    summary = build_summary(config, run_id, suite, reports, history, weights, torch_model,
+    summary = build_summary(config, run_id, suite, reports, history, weights, torch_model, preprocessing,
                             wall_s=time.perf_counter() - started, training_s=training_seconds)
     write_json(Path(config.output_dir) / run_id / "summary.json", summary)
     print_summary(summary)

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from mpc.data.preprocessing import Preprocessing
 from mpc.metrics import ClassWeights
 from mpc.reference import pool_horizontal, pool_vertical, readable, train_plaintext
 from mpc.training import EpochRecord
@@ -16,16 +17,18 @@ from protocols import ProtocolSuite
 log = logging.getLogger("cotrain.summary")
 
 
-def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: ClassWeights) -> dict | None:
-    """Train the same model in float on the pooled files, where this process can read them all."""
+def plaintext_reference(config: RunConfig, preprocessing: Preprocessing, torch_model: nn.Module,
+                        weights: ClassWeights) -> dict | None:
+    """Train the same model in float on the pooled files, where this process can read them all,
+    scaled by the preprocessing the secure run agreed on."""
     train_paths = [spec.data for spec in config.parties]
     test_paths = [spec.test_data for spec in config.parties]
     if not config.train.plaintext_reference or not readable(train_paths):
         return None
     if config.data.partition == "horizontal":
-        data = pool_horizontal(config.data, train_paths, test_paths)
+        data = pool_horizontal(config.data, preprocessing, train_paths, test_paths)
     else:
-        data = pool_vertical(config.data, train_paths, test_paths, intersect=config.psi.enabled)
+        data = pool_vertical(config.data, preprocessing, train_paths, test_paths, intersect=config.psi.enabled)
     if data.test_features is None:
         return None
     _, curve = train_plaintext(torch_model, data, config.train, weights, config.seed)
@@ -34,14 +37,14 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: Clas
 
 def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports: Sequence[dict],
                   history: Sequence[EpochRecord], weights: ClassWeights, torch_model: nn.Module,
-                  wall_s: float, training_s: float) -> dict:
+                  preprocessing: Preprocessing, wall_s: float, training_s: float) -> dict:
     final = history[-1].metrics if history and history[-1].metrics else None
     secure = None
     if final is not None:
         secure = {**final.as_dict(),
                   "loss_curve": [r.metrics.loss for r in history],
                   "auc_curve": [r.metrics.auc for r in history]}
-    plaintext = plaintext_reference(config, torch_model, weights)
+    plaintext = plaintext_reference(config, preprocessing, torch_model, weights)
     epochs = max(len(history), 1)
     return {
         "run_id": run_id,

@@ -1,20 +1,15 @@
 """End-to-end secure training against the plaintext reference, over real party processes.
 
-Tolerances. Values are fixed-point with f = 16 fractional bits, so one unit in the last
-place is u = 2^-16. Encoding a value errs by at most u/2, and each truncation after a
-multiplication by at most u (the truncation pairs are exact to 1 ulp). The sigmoid is a
-clipped polynomial approximation (mpc.training.secure_sigmoid), whose error eps_sigma on the
-logits that occur is measured in a secure session below; it dominates u by an order of
-magnitude, and is the reason the bound is not u alone.
+Tolerances follow from 16-bit fixed point and the measured sigmoid error; they are derived
+in ``tests/fixed_point.py``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -22,10 +17,10 @@ from mpc.data.config import DataConfig
 from mpc.metrics import ClassWeights
 from mpc.models import ModelConfig, build_torch_model
 from mpc.reference import pool_horizontal, train_plaintext
-from mpc.training import TrainConfig, batch_slices, epoch_order
-from sessions import run_parties
+from mpc.training import TrainConfig
+from real_tables import float64_preprocessing
+from fixed_point import U, eps_sigma, logreg_weight_bound  # noqa: F401 (eps_sigma is a fixture)
 
-U = 2.0**-16
 SMALL = ["data.rows=300", "data.test_rows=600", "train.epochs=2", "train.batch_size=64"]
 
 
@@ -55,31 +50,10 @@ def test_secure_training_matches_plaintext(job, parties, partition, model):
     assert all(p[expected] > 0 for p in summary["parties"])
 
 
-def _sigmoid_error(crypten, rank):
-    from mpc.training import secure_sigmoid
-
-    grid = torch.linspace(-12, 12, 4801)
-    approx = secure_sigmoid(crypten.cryptensor(grid, src=0)).get_plain_text()
-    return (approx.double() - torch.sigmoid(grid.double())).abs().max().item()
-
-
-@pytest.fixture(scope="module")
-def eps_sigma() -> float:
-    """The training loop's sigmoid error over logits in [-12, 12], measured under MPC."""
-    return max(run_parties(_sigmoid_error, world=2))
-
-
 @pytest.mark.slow
 def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job, eps_sigma):
-    """Per step, the secure gradient differs from the float gradient at the secure weights by
-    e_t = X^T (w * delta) / B, where |delta_i| <= eps = eps_sigma + (|theta|_1 + 3) u / 4 + 2u
-    (the sigmoid, the logit's encoding and truncation error through sigmoid' <= 1/4, the
-    weighted-residual product and the division by B). By Cauchy-Schwarz over the batch,
-    |e_t| <= eps * sqrt(mean w_i^2) * sqrt(sum_j mean_i x_ij^2). A logistic-regression SGD
-    step is non-expansive when lr <= 2/L (L = the batch loss's smoothness, checked below), so
-    the final weight error is at most lr * sum_t |e_t| plus the weights' own encoding u/2.
-    """
-    # lr = 0.1 keeps every batch's step non-expansive (2/L >= 0.3 on this data; checked below)
+    """The secure weights lie within ``logreg_weight_bound`` (derived there) of float SGD's."""
+    # lr = 0.1 keeps every batch's step non-expansive (2/L >= 0.3 on this data; checked in the bound)
     summary = job("num_parties=2", "model=logreg", "train.reveal_to=[bank0]", "train.lr=0.1", *SMALL)
     directory = tmp_path / "outputs" / "test"
     secure_state = torch.load(directory / "bank0" / "model.pt")
@@ -87,26 +61,16 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job, eps
 
     config = TrainConfig(epochs=2, batch_size=64, lr=0.1)
     train_paths = [str(directory / "data" / f"bank{i}.csv") for i in range(2)]
-    data = pool_horizontal(DataConfig(), train_paths, [str(directory / "data" / "heldout.csv")])
+    pooled = pd.concat([pd.read_csv(path) for path in train_paths], ignore_index=True)
+    data = pool_horizontal(DataConfig(), float64_preprocessing(pooled, DataConfig()), train_paths,
+                           [str(directory / "data" / "heldout.csv")])
     rows = data.features.shape[0]
     weights = ClassWeights.balanced(rows, int(data.labels.sum()))
     model = build_torch_model(ModelConfig(kind="logreg"), data.features.shape[1], seed=0)
     plain_model, _ = train_plaintext(model, data, config, weights, seed=0)
     plain_theta = torch.cat([p.detach().reshape(-1) for p in plain_model.parameters()]).double()
 
-    bound = U / 2
-    theta_l1 = plain_theta.abs().sum().item() + 1.0
-    eps = eps_sigma + (theta_l1 + 3) * U / 4 + 2 * U
-    for epoch in range(config.epochs):
-        order = epoch_order(rows, 0, epoch)
-        x = torch.cat([data.features[order], torch.ones(rows, 1)], dim=1).double()
-        y = data.labels[order].double()
-        for batch in batch_slices(rows, config.batch_size):
-            xb, wb = x[batch], weights.per_row(y[batch]).reshape(-1)
-            smoothness = torch.linalg.eigvalsh(xb.T @ (wb[:, None] * xb)).max().item() / (4 * len(wb))
-            assert config.lr <= 2 / smoothness, "the non-expansive step condition must hold"
-            column_rms = xb.pow(2).mean(0).sum().sqrt().item()
-            bound += config.lr * eps * math.sqrt(wb.pow(2).mean().item()) * column_rms
+    bound = logreg_weight_bound(data, config, weights, plain_theta, eps_sigma, seed=0)
     error = (secure_theta - plain_theta).norm().item()
     assert error <= bound, (error, bound)
     # the held-out losses then differ by at most mean(w) * max|x| * |dtheta| (BCE is

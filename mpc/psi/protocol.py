@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mpc.data.exchange import exchange
 from mpc.data.tables import DataError
 from mpc.psi.group import BlindingKey, GroupError, hash_to_group, pack, unpack
 
@@ -66,7 +67,7 @@ def intersect(comm: Any, ids: np.ndarray, party: str, what: str, min_size: int =
     cannot take part) stops every party with that message before anything is blinded."""
     rank, world = comm.get_rank(), comm.get_world_size()
     problem = problem or duplicate_problem(ids, party, what)
-    sizes = tuple(m["size"] for m in _announce(comm, {"error": problem} if problem else {"size": len(ids)}))
+    sizes = tuple(m["size"] for m in exchange(comm, {"size": len(ids)}, PsiError(problem) if problem else None))
     key = BlindingKey()
     order = private_permutation(len(ids))
     elements = key.blind(hash_to_group(ids[order]))
@@ -95,16 +96,6 @@ def intersect(comm: Any, ids: np.ndarray, party: str, what: str, min_size: int =
             theirs = _positions({"rows": message.get("comparer")}, size, len(reshuffle), comm.peer(COMPARER), what)
             comm.send_obj({"rows": reshuffle[theirs].astype(np.int64).tobytes()}, COMPARER)
     return Intersection(rows=order[mine], size=size, set_sizes=sizes)
-
-
-def _announce(comm: Any, payload: dict) -> list[dict]:
-    """Every party's payload, in rank order; any ``error`` stops every party with it."""
-    gathered = [comm.broadcast_obj(payload if rank == comm.get_rank() else None, rank)
-                for rank in range(comm.get_world_size())]
-    for message in gathered:
-        if message.get("error"):
-            raise PsiError(str(message["error"]))
-    return gathered
 
 
 def _pass_along(comm: Any, blob: bytes, rank: int, world: int) -> bytes:
