@@ -68,22 +68,39 @@ def assert_absent(frames: list[bytes], ids: np.ndarray, values32: list[bytes]) -
             assert blob[at:at + 32] not in full, "an unblinded hash of an id is on the wire"
 
 
-@pytest.mark.slow
-def test_three_parties_100k_ids_exact_and_nothing_private_on_the_wire():
-    ids = party_ids(3, 100_000, 60_000, seed=13)
+def check_three_parties(per_party: int, common: int, timeout_s: float) -> None:
+    """Exact intersection, one order everywhere, and no id or unblinded hash on the wire."""
+    ids = party_ids(3, per_party, common, seed=13)
     expected = sorted(set.intersection(*(set(i.tolist()) for i in ids)))
-    results = run_psi(_intersect_and_record, 3, ids, True, timeout_s=900)
+    results = run_psi(_intersect_and_record, 3, ids, True, timeout_s=timeout_s)
     for aligned, size, _, _ in results:
-        assert size == len(expected) == 60_000
+        assert size == len(expected) == common
         assert sorted(aligned) == expected
     # one order for every party: row k of each party is the same customer
     assert results[0][0] == results[1][0] == results[2][0]
     everyone = np.unique(np.concatenate(ids))
     private_hashes = [value for result in results for value in result[3]]
-    assert len(private_hashes) == 2 * 3 * 40_000
-    for rank, (_, _, frames, _) in enumerate(results):
-        assert sum(map(len, frames)) > 2 * 100_000 * 32  # the ring really went through the recorder
+    assert len(private_hashes) == 2 * 3 * (per_party - common)
+    for _, _, frames, _ in results:
+        assert sum(map(len, frames)) > 2 * per_party * 32  # the ring really went through the recorder
         assert_absent(frames, everyone, private_hashes)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~60 s on 2 idle cores; the margin is for a busy machine
+def test_three_parties_100k_ids_exact_and_nothing_private_on_the_wire():
+    check_three_parties(100_000, 60_000, timeout_s=1500)
+
+
+def test_wire_check_finds_a_planted_id_or_hash():
+    ids = np.array([2**61 + 12345, 2**60 + 7], dtype=np.int64)
+    hashes = hash_to_group(ids)
+    noise = bytes(range(256)) * 8
+    for planted in (ids[0].astype("<i8").tobytes(), ids[1].astype(">i8").tobytes(), str(ids[0]).encode(), hashes[1]):
+        frame = noise[:101] + planted + noise[101:]  # at an offset that is no multiple of 8
+        with pytest.raises(AssertionError, match="on the wire"):
+            assert_absent([noise, frame], ids, hashes)
+    assert_absent([noise], ids, hashes)
 
 
 @pytest.mark.parametrize("world", [2, 5])
