@@ -36,7 +36,7 @@ def _party(rank: int, world: int, options: Any, program: Callable, args: tuple) 
         transport.close()
 
 
-def run_psi(program: Callable, world: int, *args: Any, timeout_s: float = 300.0, peer_timeout_s: float = 600.0,
+def run_psi(program: Callable, world: int, *args: Any, timeout_s: float = 900.0, peer_timeout_s: float = 600.0,
             allow_failures: bool = False) -> Any:
     """``program(transport, rank, *args)`` in each party; the results in rank order, or with
     ``allow_failures`` the raw rank -> (ok, value) map."""

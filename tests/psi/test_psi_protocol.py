@@ -138,7 +138,7 @@ def test_every_party_stops_with_a_message_naming_the_cause(case):
         ids = [ids[0], ids[1], np.setdiff1d(ids[2], ids[0])]
         expected = ("private set intersection (training tables): 0 ids are held by every party "
                     "(ids per party: party 0 (p0) 200, party 1 (p1) 200, party 2 (p2) 150)")
-    messages = run_psi(_intersect_or_fail, 3, ids, timeout_s=120)
+    messages = run_psi(_intersect_or_fail, 3, ids)
     assert all(message.split(": ", 1)[1].startswith(expected) for message in messages), messages
 
 
@@ -168,6 +168,6 @@ def _lie(transport, rank, ids_by_party, liar, what):
 ])
 def test_a_party_that_lies_is_named(liar, what, victim, expected):
     ids = party_ids(3, 200, 50, seed=8)
-    results = run_psi(_lie, 3, ids, liar, what, timeout_s=120, peer_timeout_s=8, allow_failures=True)
+    results = run_psi(_lie, 3, ids, liar, what, peer_timeout_s=30, allow_failures=True)
     ok, message = results[victim]
     assert ok and message.startswith(expected), message
