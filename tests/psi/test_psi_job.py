@@ -9,7 +9,7 @@ import pytest
 def test_vertical_demo_over_unaligned_ids_matches_plaintext_on_the_intersection(job):
     # 3 parties x 1,000 customers, 60 % held by all: 600 common rows (7 frauds in training, 5
     # held out), each party's in its own order
-    summary = job("data.partition=vertical", "data.overlap=0.6", "psi.enabled=true", "data.rows=1000",
+    summary = job("protocol=tfp", "data.partition=vertical", "data.overlap=0.6", "psi.enabled=true", "data.rows=1000",
                   "data.test_rows=1000", "train.epochs=2", "train.batch_size=128")
     assert [party["rows"] for party in summary["parties"]] == [600, 600, 600]
     secure, plain = summary["secure"], summary["plaintext"]
