@@ -5,8 +5,9 @@
 Each party runs in its own process over the default transport (ZeroMQ with CurveZMQ, fresh
 keys); a party's rate is its ids over the slowest party's wall time for the whole protocol
 (hashing, every blinding, the ring, the comparison), and over the most CPU time any party
-spent (the figure to compare on a busy machine, where wall time mostly measures waiting). The hash join is what a single trusted
-process would do with every party's ids in the clear: pandas' inner merge on id.
+spent (the figure to compare on a busy machine, where wall time mostly measures waiting).
+The hash join is what a single trusted process would do with every party's ids in the clear:
+pandas' inner merge on id.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def measure(parties: int = 3, per_party: int = 20_000, overlap: float = 0.6, tim
         raise RuntimeError(f"PSI found {psi['intersection']} common ids, the hash join {join['intersection']}")
     return {"parties": parties, "ids_per_party": per_party, "overlap": overlap,
             "psi_ids_per_s": per_party / psi["seconds"], "join_ids_per_s": per_party / join["seconds"],
-            "psi_ids_per_cpu_s": per_party / psi["cpu_seconds"], "join_ids_per_cpu_s": per_party / join["cpu_seconds"],
+            "psi_ids_per_cpu_s": per_party / psi["cpu_seconds"],
+            "join_ids_per_cpu_s": per_party / join["cpu_seconds"],
             "psi_s": psi["seconds"], "join_s": join["seconds"], "intersection": psi["intersection"],
             "psi_mb_sent_per_party": psi["mb_sent_per_party"]}
 
@@ -103,9 +105,11 @@ def lines(result: dict) -> list[str]:
     return [
         f"PSI, {result['parties']} parties x {result['ids_per_party']:,} ids ({result['overlap']:.0%} common, "
         f"{result['intersection']:,} found); ids per second per party, of wall time and of CPU time:",
-        f"  {'private set intersection':<26}{result['psi_ids_per_s']:>12,.0f} wall {result['psi_ids_per_cpu_s']:>12,.0f} cpu"
+        f"  {'private set intersection':<26}{result['psi_ids_per_s']:>12,.0f} wall "
+        f"{result['psi_ids_per_cpu_s']:>12,.0f} cpu"
         f"  ({result['psi_s']:.2f} s, {result['psi_mb_sent_per_party']:.1f} MB sent per party)",
-        f"  {'plain hash join (pandas)':<26}{result['join_ids_per_s']:>12,.0f} wall {result['join_ids_per_cpu_s']:>12,.0f} cpu"
+        f"  {'plain hash join (pandas)':<26}{result['join_ids_per_s']:>12,.0f} wall "
+        f"{result['join_ids_per_cpu_s']:>12,.0f} cpu"
         f"  ({result['join_s']:.4f} s; PSI takes {slower:,.0f}x the CPU)",
     ]
 

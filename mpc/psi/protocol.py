@@ -115,7 +115,8 @@ def _blind_from(key: BlindingKey, blob: Any, count: int, comm: Any, src: int, wh
     try:
         return key.blind(unpack(blob, count))
     except GroupError as error:
-        raise PsiError(f"private set intersection ({what} tables): {comm.peer(src)} sent a malformed list: {error}") from None
+        raise PsiError(f"private set intersection ({what} tables): {comm.peer(src)} sent a malformed list: "
+                       f"{error}") from None
 
 
 def _compare(comm: Any, own_list: list[bytes], sizes: tuple[int, ...], what: str,

@@ -37,4 +37,5 @@ def test_unaligned_demo_data_overlaps_as_asked(tmp_path):
     assert all((j["id"].to_numpy() == np.array(sorted(common))).all() for j in joined)
     assert LABEL in joined[0].columns and joined[0][LABEL].isin((0, 1)).all()
     held_out = [set(pd.read_csv(path)["id"]) for path in files.test]
-    assert len(set.intersection(*held_out)) == 60 and not set.union(*held_out) & set.union(*(set(t["id"]) for t in tables))
+    assert len(set.intersection(*held_out)) == 60
+    assert not set.union(*held_out) & set.union(*(set(t["id"]) for t in tables))
