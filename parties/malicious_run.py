@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from mpc.data.sharing import _read_and_announce
+from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import check_horizontal
 from parties.transport.group import PartyGroup
 from mpc.metrics import ClassWeights, evaluate
 from mpc.models import build_torch_model
 from mpc.training import EpochRecord
 from parties.config import RunConfig
-from mpc.data.preprocessing import Preprocessing
 from mpc.scoring import ModelRecord, save_model_file
 from parties.outputs import _atomic_save, write_json, write_predictions
 from parties.summary import build_summary, dealer_report, print_summary
@@ -52,15 +52,15 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     names = config.names()
     spec = config.parties[rank]
     group = PartyGroup(transport, parties)
-    frame, metas = _read_and_announce(group, spec.data, names[rank], True, config.data.label)
-    features = list(check_horizontal(metas, config.data.label))
+    frame, metas = _read_and_announce(group, spec.data, names[rank], True, config.data)
+    features = list(check_horizontal(metas, config.data.label, config.data.id_column))
     evaluator = config.train.evaluator
     test_x = test_y = None
     if rank == evaluator and spec.test_data:
-        test_frame, _ = _read_and_announce(group, spec.test_data, names[rank], False, config.data.label)
+        test_frame, _ = _read_and_announce(group, spec.test_data, names[rank], False, config.data)
         test_x, test_y = test_frame[features].to_numpy(np.float64), test_frame[config.data.label].to_numpy(np.float64)
     else:
-        _read_and_announce(group, None, names[rank], False, config.data.label)
+        _read_and_announce(group, None, names[rank], False, config.data)
     torch_model = build_torch_model(config.model, len(features), config.seed)
     initial = layers_from_torch(torch_model)
     unknown = [name for name in config.train.reveal_to if name not in names]

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -23,6 +24,7 @@ from mpc.metrics import ClassWeights
 from mpc.models import ModelConfig, build_torch_model
 from mpc.reference import pool_horizontal, train_plaintext
 from mpc.training import TrainConfig, batch_slices, epoch_order
+from real_tables import float64_preprocessing
 from sessions import run_parties
 
 U = 2.0**-16
@@ -87,7 +89,9 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job, eps
 
     config = TrainConfig(epochs=2, batch_size=64, lr=0.1)
     train_paths = [str(directory / "data" / f"bank{i}.csv") for i in range(2)]
-    data = pool_horizontal(DataConfig(), train_paths, [str(directory / "data" / "heldout.csv")])
+    pooled = pd.concat([pd.read_csv(path) for path in train_paths], ignore_index=True)
+    data = pool_horizontal(DataConfig(), float64_preprocessing(pooled, DataConfig()), train_paths,
+                           [str(directory / "data" / "heldout.csv")])
     rows = data.features.shape[0]
     weights = ClassWeights.balanced(rows, int(data.labels.sum()))
     model = build_torch_model(ModelConfig(kind="logreg"), data.features.shape[1], seed=0)
