@@ -51,13 +51,20 @@ def _configure_logging(level: str, rank: int, log_file: Path | None) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(level if rank == 0 else logging.WARNING)
     formatter = logging.Formatter("%(asctime)s %(name)s [%(party)s] %(levelname)s %(message)s")
-    console.setFormatter(formatter)
+    console.setFormatter(_OneLine(formatter._fmt))
     root.addHandler(console)
     if log_file is not None:
         file_handler = logging.FileHandler(log_file)
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
     logging.captureWarnings(True)
+
+
+class _OneLine(logging.Formatter):
+    """The console gets one line per record; tracebacks stay in the party's own log file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None}))
 
 
 class _PartyTag(logging.Filter):
