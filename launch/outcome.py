@@ -50,4 +50,5 @@ def record_failure(output_dir: str, run_id: str, reason: str, command_s: float) 
         if party.get("status") == "failed":
             reasons[party["name"]] = party["reason"]
     root.mkdir(parents=True, exist_ok=True)
-    write_json(_summary_path(output_dir, run_id), {**failed_summary(run_id, reason, reasons), "command_wall_s": command_s})
+    write_json(_summary_path(output_dir, run_id),
+               {**failed_summary(run_id, reason, reasons), "command_wall_s": command_s})

@@ -117,7 +117,8 @@ def _gap_lines(summary: dict) -> list[str]:
         return []
     lines = [_metric_line("gap (secure - plain)", {m: gaps[m]["gap"] for m in METRICS}, "{:+9.4f}")]
     if summary["logit_bound"] is None:
-        lines.append(f"    no tolerance derived for model={summary['model']} (mpc/tolerance.py: logistic regression only)")
+        lines.append(f"    no tolerance derived for model={summary['model']} "
+                     "(mpc/tolerance.py: logistic regression only)")
         return lines
     lines.append(_metric_line("tolerance", {m: gaps[m]["tolerance"] for m in METRICS}))
     failing = out_of_tolerance(gaps)
@@ -151,7 +152,8 @@ def print_summary(summary: dict) -> None:
     ]
     if summary["testing_only_protocol"]:
         lines.append("  WARNING: this protocol is for testing only (a trusted party sees every triple)")
-    lines.append(f"  held-out metrics:{'':9}" + "".join(f"{name:>11}" for name in ("AUC", "PR-AUC", "accuracy", "loss")))
+    header = "".join(f"{name:>11}" for name in ("AUC", "PR-AUC", "accuracy", "loss"))
+    lines.append(f"  held-out metrics:{'':9}{header}")
     lines.append(_metric_line("secure", summary["secure"]))
     lines.append(_metric_line("plaintext", summary["plaintext"]))
     lines += _gap_lines(summary)

@@ -17,7 +17,8 @@ GRID = torch.cat([DENSE, FAR, -FAR, torch.tensor([SIGMOID_CLIP, -SIGMOID_CLIP], 
 def _evaluated(crypten, rank):
     from mpc.training import secure_sigmoid
 
-    return secure_sigmoid(crypten.cryptensor(GRID.float(), src=0)).get_plain_text().tolist()  # plain values through the result queue
+    # plain values through the result queue
+    return secure_sigmoid(crypten.cryptensor(GRID.float(), src=0)).get_plain_text().tolist()
 
 
 def test_secure_sigmoid_as_evaluated_is_within_its_documented_error_everywhere():
