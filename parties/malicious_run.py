@@ -31,8 +31,8 @@ from parties.summary import build_summary, dealer_report, print_summary
 from protocols import ProtocolSuite
 from protocols.malicious.dealer import run_dealer
 from protocols.malicious.engine import Engine
-from protocols.malicious.train import (SIGMOID_MAX_ERROR, LocalData, MaliciousTrainConfig, check_model,
-                                       layers_from_torch, train_logreg)
+from protocols.malicious.train import (SIGMOID_FIXED_POINT_ERROR, SIGMOID_MAX_ERROR, LocalData,
+                                       MaliciousTrainConfig, check_model, layers_from_torch, train_logreg)
 
 log = logging.getLogger("cotrain.malicious")
 
@@ -109,7 +109,8 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     if history and history[-1].heldout_logits is not None:
         write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits)
     summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history, weights_holder["w"],
-                            torch_model, preprocessing, SIGMOID_MAX_ERROR, job_s=time.perf_counter() - started,
+                            torch_model, preprocessing, SIGMOID_MAX_ERROR + SIGMOID_FIXED_POINT_ERROR,
+                            job_s=time.perf_counter() - started,
                             training_s=training_seconds)
     write_json(Path(config.output_dir) / run_id / "summary.json", summary)
     print_summary(summary)

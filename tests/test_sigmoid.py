@@ -22,7 +22,7 @@ def _evaluated(crypten, rank):
 
 
 def test_secure_sigmoid_as_evaluated_is_within_its_documented_error_everywhere():
-    values = torch.tensor(run_parties(_evaluated, world=2)[0], dtype=torch.float64)
+    values = torch.tensor(run_parties(_evaluated, world=2, timeout_s=600)[0], dtype=torch.float64)
     # the grid's points are encoded to 16 fractional bits: compare at the encoded inputs
     encoded = torch.round(GRID.float().double() * 2**16) / 2**16
     error = (values - torch.sigmoid(encoded)).abs()
