@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     gaps = secure_gaps(paths, heldout, root / "outputs")
     print(f"\nreal table (breast cancer + timestamp, {PARTIES} parties), code at {Path(mpc.__file__).parent.parent}")
     print(f"  {'':<10}" + "".join(f"{m:>10}" for m in METRICS))
-    for row in ("secure", "plaintext", "gap"):
-        print(f"  {row:<10}" + "".join(f"{gaps[row][m]:>+10.4f}" for m in METRICS))
+    for row, sign in (("secure", ""), ("plaintext", ""), ("gap", "+")):
+        print(f"  {row:<10}" + "".join(f"{gaps[row][m]:>{sign}10.4f}" for m in METRICS))
     for key, found in stats.items():
         print(f"  revealed {key:<4} max relative error {found['max_relative_error']:.2e} ({found['column']!r})")
     print(json.dumps({"statistics": stats, **gaps}))

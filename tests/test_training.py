@@ -19,7 +19,7 @@ from mpc.models import ModelConfig, build_torch_model
 from mpc.reference import pool_horizontal, train_plaintext
 from mpc.training import TrainConfig
 from real_tables import float64_preprocessing
-from fixed_point import U, eps_sigma, logreg_weight_bound  # noqa: F401 (eps_sigma is a fixture)
+from fixed_point import U, eps_sigma, exact_scales, logreg_weight_bound  # noqa: F401 (eps_sigma is a fixture)
 
 SMALL = ["data.rows=300", "data.test_rows=600", "train.epochs=2", "train.batch_size=64"]
 
@@ -70,7 +70,7 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job, eps
     plain_model, _ = train_plaintext(model, data, config, weights, seed=0)
     plain_theta = torch.cat([p.detach().reshape(-1) for p in plain_model.parameters()]).double()
 
-    bound = logreg_weight_bound(data, config, weights, plain_theta, eps_sigma, seed=0)
+    bound = logreg_weight_bound(data, config, exact_scales(config, weights), plain_theta, eps_sigma, seed=0)
     error = (secure_theta - plain_theta).norm().item()
     assert error <= bound, (error, bound)
     # the held-out losses then differ by at most mean(w) * max|x| * |dtheta| (BCE is
