@@ -35,7 +35,7 @@ def _sigmoid_error(crypten, rank):
 @pytest.fixture(scope="session")
 def eps_sigma() -> float:
     """The training loop's sigmoid error over logits in [-12, 12], measured under MPC."""
-    return max(run_parties(_sigmoid_error, world=2))
+    return max(run_parties(_sigmoid_error, world=2, timeout_s=600))
 
 
 StepScales = Callable[[torch.Tensor, int], torch.Tensor]  # (batch labels, batch size) -> per-row step scale

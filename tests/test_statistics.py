@@ -87,7 +87,8 @@ def _assert_matches_float64(revealed: Preprocessing, expected: Preprocessing) ->
 def test_revealed_statistics_match_float64(tmp_path, partition, parties):
     write = write_horizontal if partition == "horizontal" else write_vertical
     files = write(tmp_path, parties=parties, rows=150, test_rows=100)
-    results = run_parties(functools.partial(_share, (files.train, files.test), partition), world=parties)
+    results = run_parties(functools.partial(_share, (files.train, files.test), partition), world=parties,
+                          timeout_s=600)
     records = [Preprocessing.from_dict(record) for record, _, _ in results]
     assert all(record == records[0] for record in records)  # every party holds the whole record
     assert all(names == records[0].features for _, names, _ in results)
@@ -118,7 +119,7 @@ def _lying_peer(crypten, rank):
 
 @pytest.mark.slow
 def test_malformed_messages_from_a_peer_are_refused():
-    refused, _ = run_parties(_lying_peer, world=2)
+    refused, _ = run_parties(_lying_peer, world=2, timeout_s=600)
     assert len(refused) == 2
     assert "party rank 1 sent a malformed message" in refused[0]
     assert refused[1] == "bank1 announced malformed column statistics ('mean')"
