@@ -29,35 +29,29 @@ RAW_LIMIT = 2.0**40
 SCALED_LIMIT = 2.0**12
 
 
-def _first_beyond(values: np.ndarray, limit: float) -> tuple[int, int] | None:
-    """(row, column) of the first value (in row order) whose magnitude exceeds ``limit``."""
-    rows, columns = np.nonzero(np.abs(values) > limit)
+def _stop_beyond(values: np.ndarray, limit: float, columns: Sequence[str], party: str, path: Any,
+                 problem: str, detail: str) -> None:
+    """Raise on the first value (in row order) whose magnitude exceeds ``limit``; the templates
+    get ``column`` and ``row`` (shared with the peers) and ``value`` (the owner's only)."""
+    rows, positions = np.nonzero(np.abs(values) > limit)
     if len(rows) == 0:
-        return None
-    first = int(np.argmin(rows * values.shape[1] + columns))
-    return int(rows[first]), int(columns[first])
+        return
+    first = int(np.argmin(rows * values.shape[1] + positions))
+    row, column = int(rows[first]), int(positions[first])
+    raise table_error(party, path, problem.format(column=columns[column], row=row + 1),
+                      detail.format(value=float(values[row, column])))
 
 
 def check_raw_range(values: np.ndarray, columns: Sequence[str], party: str, path: Any) -> None:
     """Stop on any raw value beyond RAW_LIMIT (the exact statistics' supported range)."""
-    found = _first_beyond(values, RAW_LIMIT)
-    if found is not None:
-        row, column = found
-        raise table_error(
-            party, path,
-            f"column {columns[column]!r} has a value beyond the supported magnitude 2^40 (about 1.1e12) "
-            f"at data row {row + 1}; rescale the column (e.g. to thousands) or drop it",
-            f"the cell holds {values[row, column]!r}")
+    _stop_beyond(values, RAW_LIMIT, columns, party, path,
+                 "column {column!r} has a value beyond the supported magnitude 2^40 (about 1.1e12) at data "
+                 "row {row}; rescale the column (e.g. to thousands) or drop it", "the cell holds {value:.17g}")
 
 
 def check_scaled_range(scaled: np.ndarray, columns: Sequence[str], party: str, path: Any) -> None:
     """Stop on any standardised value beyond SCALED_LIMIT (the ring's headroom for products)."""
-    found = _first_beyond(scaled, SCALED_LIMIT)
-    if found is not None:
-        row, column = found
-        raise table_error(
-            party, path,
-            f"column {columns[column]!r} at data row {row + 1} lies more than 2^12 standard deviations "
-            f"from the mean after scaling, beyond what fixed point can train on; remove the outlier "
-            f"or transform the column (e.g. a logarithm)",
-            f"scaled value {scaled[row, column]:.4g}")
+    _stop_beyond(scaled, SCALED_LIMIT, columns, party, path,
+                 "column {column!r} at data row {row} lies more than 2^12 standard deviations from the mean "
+                 "after scaling, beyond what fixed point can train on; remove the outlier or transform the "
+                 "column (e.g. a logarithm)", "scaled value {value:.4g}")
