@@ -23,6 +23,7 @@ from mpc.data.tables import read_table
 from mpc.scoring import ModelRecord, load_model_file, read_record, score_plain
 from parties.config import PartySpec, ScoreConfig
 from parties.outputs import write_predictions
+from protocols.suite import testing_only_parts
 
 SETTINGS = ("model", "shares", "data", "owner", "out")
 
@@ -91,6 +92,11 @@ def _predict_shared(settings: dict[str, str], overrides: list[str]) -> int:
                           f"num_parties={len(record.parties)}", *overrides])
     score = ScoreConfig(shares=str(shares), data=str(Path(settings["data"]).resolve()), owner=settings["owner"],
                         out=str(Path(settings["out"]).resolve()))
+    insecure = testing_only_parts(config.protocol)
+    if insecure and not config.protocol.allow_insecure:  # the owner's rows are its own data
+        raise ConfigError(f"protocol.{insecure[0]} is for testing only (a trusted party can see every secret) and "
+                          "is refused for scoring a party's rows; give protocol=dealer, or set "
+                          "protocol.allow_insecure=true to accept that")
     config = dataclasses.replace(config, parties=[PartySpec(name=name) for name in record.parties],
                                  output_dir=str(shares.parent), run_id=shares.name, score=score)
     launch_local(config)

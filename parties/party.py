@@ -17,6 +17,7 @@ from mpc.session import MpcSession
 from mpc.scoring import ModelRecord
 from mpc.training import SIGMOID_MAX_ERROR, SecureTrainer
 from parties.config import RunConfig
+from parties.hosts import check_host_boundary
 from parties.devices import party_device
 from parties.outputs import party_dir, save_model, write_json, write_predictions
 from parties.scoring import run_scoring
@@ -95,14 +96,16 @@ def run_party(config: RunConfig, rank: int) -> PartyOutcome:
     address = PartyAddress(rank=rank, world_size=len(names), names=names)
     transport = open_transport(address, config.transport)
     try:
+        hosts = check_host_boundary(transport, config.transport)  # before any share is sent
         # every rank adopts rank 0's run id, so mpirun/torchrun/per-host runs share one folder
         run_id = transport.broadcast_obj(config.run_id or new_run_id() if rank == 0 else None, 0)
         directory = party_dir(config.output_dir, run_id, name)
         scoring = bool(config.score.shares)
         _configure_logging(config.log_level, rank, directory / ("score.log" if scoring else "party.log"))
         _tag_records(name)
-        log.info("party %s (rank %d of %d) joined %s %s over %s", name, rank, config.num_parties,
-                 "scoring with the shares of run" if scoring else "run", run_id, config.transport.name)
+        log.info("party %s (rank %d of %d) joined %s %s over %s on %d host%s", name, rank, config.num_parties,
+                 "scoring with the shares of run" if scoring else "run", run_id, config.transport.name, hosts,
+                 "s" if hosts > 1 else "")
         try:
             if scoring:
                 return PartyOutcome(rank, name, directory, run_scoring(config, transport, rank, directory))
@@ -177,6 +180,7 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
             **transport.stats.as_dict(),
             "saved": saved,
             "protocol_parts": suite.counters(),
+            "insecure_test_seed": suite.insecure_test_seed,
         }
         reports = transport.gather_obj(party_report, config.train.evaluator)
     write_json(directory / "party.json", party_report)

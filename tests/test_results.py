@@ -64,7 +64,7 @@ def test_outputs_reveal_and_predict_plain_and_over_shares(tmp_path, job):
     # the secure path: bank2 owns the rows; the parties score them with their shares only
     shared_out = tmp_path / "shared.csv"
     code = main(["predict", f"shares={root}", f"data={heldout}", "owner=bank2", f"out={shared_out}",
-                 "transport.timeout_s=60", "transport.connect_timeout_s=60"])
+                 "protocol.allow_insecure=true", "transport.timeout_s=120", "transport.connect_timeout_s=120"])
     assert code == 0
     shared = torch.tensor(pd.read_csv(shared_out)["logit"].to_numpy())
     difference = (shared - plain).abs().max().item()
@@ -80,6 +80,7 @@ def test_a_failed_run_leaves_a_failed_summary_and_each_party_says_why(tmp_path, 
     pd.DataFrame({"amount": ["x", "2", "3", "4"], "is_fraud": [0, 1, 0, 1]}).to_csv(bad, index=False)
     output = tmp_path / "outputs"
     code = main(["run", f"output_dir={output}", "run_id=broken", "num_parties=2", "protocol=tfp",
+                 "protocol.allow_insecure=true",
                  f"parties=[{{name:alpha,data:{good}}},{{name:beta,data:{bad}}}]", "transport.timeout_s=60",
                  "transport.connect_timeout_s=60", "launch.timeout_s=300"])
     assert code == 1
