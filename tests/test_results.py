@@ -14,8 +14,9 @@ from launch.cli import main
 from mpc.scoring import load_model_file
 from mpc.tolerance import ULP, forward_error_bound
 
-SMALL = ["num_parties=3", "protocol=tfp", "data.rows=100", "data.test_rows=300", "train.epochs=1",
-         "train.batch_size=100", "train.reveal_to=[bank1]"]
+# the default suite (a dealer process; nothing testing-only), for training and for scoring
+SMALL = ["num_parties=3", "data.rows=100", "data.test_rows=300", "train.epochs=1", "train.batch_size=100",
+         "train.reveal_to=[bank1]"]
 
 
 def _outputs_and_reveal(summary: dict, root: Path) -> None:
@@ -25,13 +26,18 @@ def _outputs_and_reveal(summary: dict, root: Path) -> None:
     for metrics in (summary["secure"], summary["plaintext"]):
         assert set(metrics) >= {"auc", "pr_auc", "accuracy", "loss"}
     assert summary["status"] == "ok" and summary["command_wall_s"] >= summary["job_wall_s"] > 0
-    assert summary["testing_only_protocol"] is True
+    assert summary["protocol"] == "dealer" and summary["testing_only_protocol"] is False
+    assert summary["insecure_test_seed"] == []
+    dealer = summary["per_party"][-1]  # the dealer's traffic is in the table and the total
+    assert dealer["name"] == "dealer" and dealer["bytes_sent"] > 0
+    assert summary["total_bytes_sent"] == sum(party["bytes_sent"] for party in summary["per_party"])
     for rank in range(3):
         party = root / f"bank{rank}"
         assert (party / "model_shares.pt").is_file() and (party / "party.log").is_file()
         assert (party / "model.json").is_file() and (party / "model.pt").is_file() == (rank == 1)
         assert json.loads((party / "party.json").read_text())["name"] == f"bank{rank}"
-    assert "for testing only" in (root / "bank0" / "party.log").read_text()
+    log = (root / "bank0" / "party.log").read_text()
+    assert "for testing only" not in log and "on 1 host" in log
     shares = [torch.load(root / f"bank{rank}" / "model_shares.pt", weights_only=True) for rank in range(3)]
     revealed = torch.load(root / "bank1" / "model.pt", weights_only=True)["state_dict"]
     for name, total in zip(revealed, (sum(s[k] for s in shares) for k in shares[0])):
@@ -64,7 +70,7 @@ def test_outputs_reveal_and_predict_plain_and_over_shares(tmp_path, job):
     # the secure path: bank2 owns the rows; the parties score them with their shares only
     shared_out = tmp_path / "shared.csv"
     code = main(["predict", f"shares={root}", f"data={heldout}", "owner=bank2", f"out={shared_out}",
-                 "protocol.allow_insecure=true", "transport.timeout_s=120", "transport.connect_timeout_s=120"])
+                 "transport.timeout_s=120", "transport.connect_timeout_s=120"])
     assert code == 0
     shared = torch.tensor(pd.read_csv(shared_out)["logit"].to_numpy())
     difference = (shared - plain).abs().max().item()

@@ -18,14 +18,9 @@ from mpc.tolerance import training_weight_bound
 from mpc.training import SIGMOID_MAX_ERROR, TrainConfig
 from real_tables import float64_preprocessing
 
-<<<<<<< HEAD
-SMALL = ["data.rows=300", "data.test_rows=600", "train.epochs=2", "train.batch_size=64"]
-=======
-U = 2.0**-16
 # protocol=tfp: no dealer process to start; these tests are about the training, and
-# test_outputs_and_reveal runs the default (secure) suite
+# tests/test_results.py runs the default (secure) suite
 SMALL = ["protocol=tfp", "data.rows=300", "data.test_rows=600", "train.epochs=2", "train.batch_size=64"]
->>>>>>> main
 
 
 @pytest.mark.slow
@@ -59,8 +54,7 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job):
     """The secure weights lie within mpc.tolerance's bound (derived from 16 fractional bits and
     the sigmoid's documented error as evaluated) of the float run's, and the summary's four
     metric gaps within the tolerances derived from it."""
-    summary = job("num_parties=2", "model=logreg", "train.reveal_to=[bank0]", "train.lr=0.1", "protocol=tfp",
-                  *SMALL)
+    summary = job("num_parties=2", "model=logreg", "train.reveal_to=[bank0]", "train.lr=0.1", *SMALL)
     directory = tmp_path / "outputs" / "test"
     secure_state = torch.load(directory / "bank0" / "model.pt", weights_only=True)["state_dict"]
     secure_theta = torch.cat([secure_state["0.weight"].reshape(-1), secure_state["0.bias"]]).double()
@@ -78,7 +72,6 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job):
 
     bound = training_weight_bound(data.features, data.labels, model, config, weights, 0, SIGMOID_MAX_ERROR)
     error = (secure_theta - plain_theta).norm().item()
-<<<<<<< HEAD
     assert error <= bound.weight_error, (error, bound)
     gaps = summary["gaps"]
     assert set(gaps) == {"auc", "pr_auc", "accuracy", "loss"}
@@ -86,39 +79,3 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job):
         assert entry["gap"] == summary["secure"][metric] - summary["plaintext"][metric]  # signed
         assert entry["within_tolerance"] is True and abs(entry["gap"]) <= entry["tolerance"], (metric, entry)
     print(f"weight error {error:.2e} <= bound {bound.weight_error:.2e}; logits within {summary['logit_bound']:.2e}")
-=======
-    assert error <= bound, (error, bound)
-    # the held-out losses then differ by at most mean(w) * max|x| * |dtheta| (BCE is
-    # 1-Lipschitz in the logit per unit weight)
-    test_x = torch.cat([data.test_features, torch.ones(len(data.test_features), 1)], dim=1).double()
-    loss_bound = weights.per_row(data.test_labels).mean().item() * test_x.norm(dim=1).max().item() * bound
-    assert abs(summary["secure"]["loss"] - summary["plaintext"]["loss"]) <= loss_bound
-    print(f"eps_sigma={eps_sigma:.2e} weight error {error:.2e} <= bound {bound:.2e}")
-
-
-@pytest.mark.slow
-def test_outputs_and_reveal(tmp_path, job):
-    """The default suite (a dealer process; nothing testing-only) and what each party writes."""
-    summary = job("num_parties=3", "train.reveal_to=[bank1]", "data.rows=100", "data.test_rows=300",
-                  "train.epochs=1", "train.batch_size=100")
-    root = tmp_path / "outputs" / "test"
-    for required in ("run_id", "num_parties", "parties", "transport", "protocol", "model", "epochs",
-                     "secure", "plaintext", "wall_s", "per_party"):
-        assert required in summary
-    for metrics in (summary["secure"], summary["plaintext"]):
-        assert set(metrics) >= {"auc", "pr_auc", "accuracy", "loss"}
-    assert summary["protocol"] == "dealer" and summary["testing_only_protocol"] is False
-    assert summary["insecure_test_seed"] == []
-    for rank in range(3):
-        party = root / f"bank{rank}"
-        assert (party / "model_shares.pt").is_file() and (party / "party.log").is_file()
-        assert (party / "model.pt").is_file() == (rank == 1)
-        assert json.loads((party / "party.json").read_text())["name"] == f"bank{rank}"
-    log = (root / "bank0" / "party.log").read_text()
-    assert "for testing only" not in log and "on 1 host" in log
-    shares = [torch.load(root / f"bank{rank}" / "model_shares.pt") for rank in range(3)]
-    revealed = torch.load(root / "bank1" / "model.pt")
-    for name, total in zip(revealed, (sum(s[k] for s in shares) for k in shares[0])):
-        decoded = total.double() / 2**16  # shares add up (mod 2^64) to the encoded weights
-        assert torch.allclose(decoded, revealed[name].double(), atol=U)
->>>>>>> main
