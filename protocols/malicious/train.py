@@ -18,7 +18,7 @@ Same semantics as the semi-honest CrypTen path (``mpc.training``, horizontal spl
    as one unit, twice its value, an error of up to 1.9 at |z| = 12). Its largest error
    on [-12, 12] is ``SIGMOID_MAX_ERROR`` (0.103, the fit's) plus the fixed point's
    ``SIGMOID_FIXED_POINT_ERROR`` (a bound, 1.3e-3); tested as evaluated in
-   ``tests/malicious/test_sigmoid.py``. It is valid on [-12, 12] only: outside, it follows
+   ``tests/malicious/test_malicious_sigmoid.py``. It is valid on [-12, 12] only: outside, it follows
    the diverging polynomial (1.36 at z = 13, 2.58 at 15, 146 at 30: errors 0.36, 1.58,
    145), and the ring overflows beyond |z| of about 650. On the default job the training logits
    reach about +-15 in early steps and the held-out AUC matches the exact sigmoid's
