@@ -27,8 +27,9 @@ from real_tables import (CONFIG, ID, OVERRIDES, float64_preprocessing, parties_o
 from sessions import run_parties
 
 TRAIN = TrainConfig(epochs=2, batch_size=64, lr=0.1)
-TRAIN_OVERRIDES = ["protocol=tfp", "model=logreg", "train.epochs=2", "train.batch_size=64", "train.lr=0.1",
-                   "train.reveal_to=[bank0]"]
+# protocol=tfp on the parties' own files needs protocol.allow_insecure (testing only)
+TRAIN_OVERRIDES = ["protocol=tfp", "protocol.allow_insecure=true", "model=logreg", "train.epochs=2",
+                   "train.batch_size=64", "train.lr=0.1", "train.reveal_to=[bank0]"]
 
 
 def test_ring_encoding_is_exact():
@@ -169,7 +170,8 @@ def test_out_of_range_cell_stops_every_party_and_stays_private(tmp_path, capfd):
     frame = pd.read_csv(files.train[1])
     frame.loc[4, "amount"] = 1e15
     frame.to_csv(files.train[1], index=False)
-    config = load_config([f"output_dir={tmp_path}", "num_parties=3", "protocol=tfp", parties_override(files),
+    config = load_config([f"output_dir={tmp_path}", "num_parties=3", "protocol=tfp", "protocol.allow_insecure=true",
+                          parties_override(files),
                           *OVERRIDES, "transport.connect_timeout_s=60", "transport.timeout_s=60"])
     started = time.monotonic()
     with pytest.raises(LaunchError):
