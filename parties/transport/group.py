@@ -100,7 +100,7 @@ class PartyGroup:
             if self.rank != dst:
                 for handle in [self.transport.isend(t, dst) for t in host]:
                     handle.wait()
-                return input
+                return None
             received = {src: [torch.empty_like(t) for t in host] for src in self._others()}
             for handle in [self.transport.irecv(t, src) for src in self._others() for t in received[src]]:
                 handle.wait()
@@ -121,15 +121,15 @@ class PartyGroup:
                 for handle in [self.transport.irecv(t, src) for t in host]:
                     handle.wait()
                 for target, value in zip(tensors, host):
-                    target.copy_(value)
+                    target.detach().copy_(value)  # through the data: the target may require grad
         return tensors if batched else tensors[0]
 
-    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
         host = tensor.detach().cpu().contiguous()
         with self._one_round():
             if self.rank != dst:
                 self.transport.isend(host, dst).wait()
-                return None
+                return [None]
             result = [host.clone() if r == dst else torch.empty_like(host) for r in range(self.size)]
             for handle in [self.transport.irecv(result[r], r) for r in self._others()]:
                 handle.wait()

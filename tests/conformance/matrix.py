@@ -27,7 +27,7 @@ def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="", help="comma-separated cell names (transport/suite/Np); default all")
     parser.add_argument("--files", default=",".join(FILES), help="comma-separated upstream test modules")
-    parser.add_argument("-k", dest="match", default="", help="run only test ids containing this")
+    parser.add_argument("-k", dest="match", default="", help="run only test ids containing one of these (comma-separated)")
     parser.add_argument("--json", default="", help="where to write the record")
     parser.add_argument("--test-timeout", type=float, default=300.0, help="seconds per test, all ranks")
     return parser.parse_args()

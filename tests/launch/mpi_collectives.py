@@ -83,6 +83,8 @@ def main() -> None:
         reduced = transport.reduce(mine, 0)
         if rank == 0:
             assert torch.equal(reduced, wrapped_sum([values(r, shape) for r in every])), "reduce"
+        else:
+            assert reduced is None, "reduce at a non-destination"
         shared = values(rank, shape) if rank == 1 else torch.zeros(shape, dtype=torch.int64, device=DEVICE)
         transport.broadcast(shared, 1)
         assert torch.equal(shared, values(1, shape)), "broadcast"
@@ -96,7 +98,7 @@ def main() -> None:
         if rank == 2 % world:
             assert all(torch.equal(g, values(r, shape)) for r, g in zip(every, gathered)), "gather"
         else:
-            assert gathered is None
+            assert gathered == [None], "gather at a non-destination"
         assert all(torch.equal(g, values(r, shape)) for r, g in zip(every, transport.all_gather(mine))), "all_gather"
         pieces = [values(r, shape, salt=6) for r in every] if rank == 0 else []
         piece = transport.scatter(pieces, 0, size=shape, device=DEVICE)
