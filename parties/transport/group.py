@@ -138,7 +138,9 @@ class PartyGroup:
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         with self._one_round():
             received = self._exchange([tensor])
-        return [received[r][0].to(tensor.device) for r in range(self.size)]
+        # our own entry is a copy: the caller may change its tensor afterwards
+        return [received[r][0].clone() if r == self.rank else received[r][0].to(tensor.device)
+                for r in range(self.size)]
 
     def scatter(self, scatter_list: list[torch.Tensor], src: int, size: Any = None, device: Any = None) -> torch.Tensor:
         with self._one_round():
