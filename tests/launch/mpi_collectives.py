@@ -107,6 +107,11 @@ def main() -> None:
         assert transport.broadcast_obj({"run": "x", "n": [1, 2]} if rank == 0 else None, 0) == {"run": "x", "n": [1, 2]}
         reports = transport.gather_obj({"rank": rank}, 0)
         assert rank != 0 or reports == [{"rank": r} for r in every], "gather_obj"
+        carried = transport.broadcast_obj({"w": [values(1, shape)]} if rank == 1 else None, 1)
+        assert torch.equal(carried["w"][0], values(1, shape).cpu()), "tensors inside objects"
+        parameter = torch.nn.Parameter(torch.full((3,), float(rank)))
+        transport.broadcast(parameter, 0)  # through the data, like CrypTen's tests syncing weights
+        assert torch.equal(parameter.detach(), torch.zeros(3)) and parameter.grad_fn is None, "broadcast into a parameter"
         transport.barrier()
         stats = transport.stats
         assert stats.bytes_sent > 0 and stats.rounds > 10, stats

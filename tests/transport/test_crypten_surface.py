@@ -74,6 +74,7 @@ def _gloo_options() -> TransportOptions:
     return TransportOptions(name="gloo", master_port=free_ports(1)[0], timeout_s=30, connect_timeout_s=30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport, world_size, grouped", [("zmq", 2, False), ("gloo", 3, False), ("zmq", 3, True)])
 def test_crypten_communicator_surface(transport: str, world_size: int, grouped: bool) -> None:
     options = zmq_options(world_size) if transport == "zmq" else _gloo_options()
