@@ -50,6 +50,9 @@ RSS = "replicated secret sharing (cfg.mpc.protocol=replicated): cotrain does not
 PICKLES = ("pickled objects: sends torch.nn.Module objects, which only pickles carry, and raw pickles "
            "through torch.distributed; cotrain never unpickles what a peer sends")
 SKIPPED_CLASSES = {"TestTTP": TTP, "TestRSS": RSS}
+TORCH_DISTRIBUTED = ("calls torch.distributed directly, not CrypTen's communicator: only the gloo transport "
+                     "initializes torch.distributed")
+TORCH_DISTRIBUTED_TESTS = ("test_privacy_models.TestPrivacyModels.test_dp_split_mpc",)
 SKIPPED_TESTS = {
     "test_communicator.TestCommunicatorMultiProcess.test_send_recv_obj": PICKLES,
     "test_communicator.TestCommunicatorMultiProcess.test_broadcast_obj": PICKLES,
@@ -129,7 +132,8 @@ def select(cell: Cell, files: Iterable[str] = FILES, match: str = "") -> Selecti
                 if patterns and not any(pattern in test_id for pattern in patterns):
                     continue
                 reason = SKIPPED_CLASSES.get(cls.__name__) or SKIPPED_TESTS.get(test_id) or (
-                    TWO_PARTY if cell.parties != 2 and test_id in TWO_PARTY_TESTS else "")
+                    TWO_PARTY if cell.parties != 2 and test_id in TWO_PARTY_TESTS else "") or (
+                    TORCH_DISTRIBUTED if cell.transport != "gloo" and test_id in TORCH_DISTRIBUTED_TESTS else "")
                 if reason:
                     selection.skipped[test_id] = reason
                 else:

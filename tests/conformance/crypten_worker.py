@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import traceback
+import types
 import unittest
 import warnings
 from pathlib import Path
@@ -65,7 +66,9 @@ def _patch_upstream_harness(world_size: int) -> None:
     class asks for; here the process is a party of a cell whose size is fixed, and there
     are no children to terminate on tearDown.
     """
+    import crypten.communicator
     import crypten.debug
+    import test.multiprocess_test_case as upstream_harness
     from test.multiprocess_test_case import MultiProcessTestCase
 
     def setUp(self: Any, world_size_asked: int = 0) -> None:
@@ -76,6 +79,10 @@ def _patch_upstream_harness(world_size: int) -> None:
 
     MultiProcessTestCase.setUp = setUp
     MultiProcessTestCase.tearDown = unittest.TestCase.tearDown
+    # get_random_linear syncs a layer's weights from party 0 "if torch.distributed is
+    # initialized", upstream's way of asking whether the parties are connected; over zmq and
+    # MPI torch.distributed is never initialized, so ask CrypTen's communicator instead
+    upstream_harness.dist = types.SimpleNamespace(is_initialized=crypten.communicator.is_initialized)
 
 
 _classes: dict[str, type] = {}
