@@ -95,7 +95,7 @@ def _ext(header: list, payload: bytes, code: int = TENSOR_EXT) -> bytes:
     (_ext(["int64", [-1]], b""), "malformed header"),              # negative size
     (_ext(["int64"], b""), "malformed header"),                     # no shape
     (_ext(["int64", [1]], b"\0" * 8, code=2), "unknown extension type 2"),
-])
+], ids=["short", "long", "dtype", "negative-size", "no-shape", "extension-code"])
 def test_malformed_tensor_in_object_is_refused(message: bytes, complaint: str) -> None:
     with pytest.raises(WireError, match=complaint) as raised:
         unpack_object(message, "party 1 (p1)", 1 << 20)
