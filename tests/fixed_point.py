@@ -10,6 +10,7 @@ is measured in a secure session; it dominates u by an order of magnitude.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -34,20 +35,61 @@ def _sigmoid_error(crypten, rank):
 @pytest.fixture(scope="session")
 def eps_sigma() -> float:
     """The training loop's sigmoid error over logits in [-12, 12], measured under MPC."""
-    return max(run_parties(_sigmoid_error, world=2))
+    return max(run_parties(_sigmoid_error, world=2, timeout_s=600))
 
 
-def logreg_weight_bound(data: PooledData, config: TrainConfig, weights: ClassWeights, plain_theta: torch.Tensor,
+StepScales = Callable[[torch.Tensor, int], torch.Tensor]  # (batch labels, batch size) -> per-row step scale
+
+
+def exact_scales(config: TrainConfig, weights: ClassWeights) -> StepScales:
+    """lr * w(y) / B per row, as float SGD on the class-weighted mean loss takes it."""
+    return lambda labels, batch: config.lr * weights.per_row(labels).reshape(-1).double() / batch
+
+
+def encoded_scales(config: TrainConfig, weights: ClassWeights) -> StepScales:
+    """The step scales as the secure trainer holds them (``SecureTrainer.step_scales``): the
+    public constants lr*w_neg/B and lr*(w_pos - w_neg)/B encoded by CrypTen (truncated to
+    multiples of u), then labels * the second plus the first."""
+    def encode(value: float) -> float:
+        return math.trunc(value / U) * U
+
+    def scales(labels: torch.Tensor, batch: int) -> torch.Tensor:
+        negative = encode(config.lr * weights.negative / batch)
+        difference = encode(config.lr * (weights.positive - weights.negative) / batch)
+        return negative + difference * labels.reshape(-1).double()
+    return scales
+
+
+def logreg_sgd(data: PooledData, config: TrainConfig, scales: StepScales, seed: int) -> torch.Tensor:
+    """Float64 logistic-regression SGD (weights then bias) from zero-free initial weights of
+    ``build_torch_model``'s logreg, each step theta -= X^T (s * (sigmoid(X theta) - y))."""
+    from mpc.models import ModelConfig, build_torch_model
+
+    model = build_torch_model(ModelConfig(kind="logreg"), data.features.shape[1], seed)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+    rows = data.features.shape[0]
+    for epoch in range(config.epochs):
+        order = epoch_order(rows, seed, epoch)
+        x = torch.cat([data.features[order], torch.ones(rows, 1)], dim=1).double()
+        y = data.labels[order].double().reshape(-1)
+        for batch in batch_slices(rows, config.batch_size):
+            residual = torch.sigmoid(x[batch] @ theta) - y[batch]
+            theta = theta - x[batch].T @ (scales(y[batch], len(residual)) * residual)
+    return theta
+
+
+def logreg_weight_bound(data: PooledData, config: TrainConfig, scales: StepScales, plain_theta: torch.Tensor,
                         eps_sigma: float, seed: int) -> float:
-    """A bound on |theta_secure - theta_float| after logistic-regression SGD on ``data``.
+    """A bound on |theta_secure - theta_float| after logistic-regression SGD on ``data``, each
+    step theta -= X^T (s * (sigmoid(X theta) - y)) with per-row step scales s.
 
-    Per step, the secure gradient differs from the float gradient at the secure weights by
-    e_t = X^T (w * delta) / B, where |delta_i| <= eps = eps_sigma + (|theta|_1 + 3) u / 4 + 2u
+    Per step, the secure update differs from the float update at the secure weights by
+    e_t = X^T (s * delta), where |delta_i| <= eps = eps_sigma + (|theta|_1 + 3) u / 4 + 2u
     (the sigmoid, the logit's encoding and truncation error through sigmoid' <= 1/4, the
-    weighted-residual product and the division by B). By Cauchy-Schwarz over the batch,
-    |e_t| <= eps * sqrt(mean w_i^2) * sqrt(sum_j mean_i x_ij^2). A logistic-regression SGD
-    step is non-expansive when lr <= 2/L (L = the batch loss's smoothness, asserted here), so
-    the final weight error is at most lr * sum_t |e_t| plus the weights' own encoding u/2.
+    scaled-residual product and its truncation). By Cauchy-Schwarz over the batch,
+    |e_t| <= eps * |s|_2 * sqrt(sum_i |x_i|^2). A logistic-regression SGD step is
+    non-expansive when its smoothness lambda_max(X^T diag(s) X) / 4 is at most 2 (asserted
+    here), so the final weight error is at most sum_t |e_t| plus the weights' encoding u/2.
     """
     rows = data.features.shape[0]
     bound = U / 2
@@ -58,11 +100,10 @@ def logreg_weight_bound(data: PooledData, config: TrainConfig, weights: ClassWei
         x = torch.cat([data.features[order], torch.ones(rows, 1)], dim=1).double()
         y = data.labels[order].double()
         for batch in batch_slices(rows, config.batch_size):
-            xb, wb = x[batch], weights.per_row(y[batch]).reshape(-1)
-            smoothness = torch.linalg.eigvalsh(xb.T @ (wb[:, None] * xb)).max().item() / (4 * len(wb))
-            assert config.lr <= 2 / smoothness, "the non-expansive step condition must hold"
-            column_rms = xb.pow(2).mean(0).sum().sqrt().item()
-            bound += config.lr * eps * math.sqrt(wb.pow(2).mean().item()) * column_rms
+            xb, sb = x[batch], scales(y[batch], len(y[batch]))
+            smoothness = torch.linalg.eigvalsh(xb.T @ (sb[:, None] * xb)).max().item() / 4
+            assert smoothness <= 2, "the non-expansive step condition must hold"
+            bound += eps * sb.norm().item() * xb.pow(2).sum().sqrt().item()
     return bound
 
 

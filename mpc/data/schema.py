@@ -77,7 +77,8 @@ def check_vertical(metas: Sequence[TableMeta], label: str, label_party: int, id_
             )
         has_label = label in meta.columns
         if index == label_party and not has_label:
-            raise DataError(f"{meta.party}: holds the label (data.label_party={label_party}) but has no label column {label!r} (data.label)")
+            raise DataError(f"{meta.party}: holds the label (data.label_party={label_party}) but has no "
+                            f"label column {label!r} (data.label)")
         if index != label_party and has_label:
             raise DataError(f"{meta.party}: has a {label!r} column, but data.label_party={label_party} names another party")
         own = tuple(c for c in meta.columns if c not in (id_column, label))

@@ -118,7 +118,8 @@ def share_horizontal(crypten: Any, config: DataConfig, train_path: str | None, t
     frame, metas = _read_and_announce(comm, train_path, party, True, config)
     columns = list(check_horizontal(metas, config.label, config.id_column))
     total = sum(meta.rows for meta in metas)
-    stats = pooled_statistics(comm, frame[columns].to_numpy(np.float64), frame[config.label].to_numpy(np.float64), total)
+    stats = pooled_statistics(comm, frame[columns].to_numpy(np.float64), frame[config.label].to_numpy(np.float64),
+                              total)
     preprocessing = _record(columns, stats.mean, stats.std, config)
     train = _share_rows(crypten, metas, preprocessing, frame, train_path, party, stats.positives, device)
 
@@ -240,8 +241,8 @@ def _share_columns(crypten: Any, frame: pd.DataFrame, columns: list[list[str]], 
     labels = None
     if rank == label_holder:
         labels = torch.tensor(frame[config.label].to_numpy(np.float64))
-    y = crypten.cryptensor((labels.reshape(-1, 1) if labels is not None else torch.zeros(rows, 1, dtype=torch.float64)).to(device),
-                           src=label_holder, device=device)
+    column = labels.reshape(-1, 1) if labels is not None else torch.zeros(rows, 1, dtype=torch.float64)
+    y = crypten.cryptensor(column.to(device), src=label_holder, device=device)
     positives = -1
     if positives_from_label_holder:
         positives = int(comm.broadcast_obj(int(labels.sum().item()) if labels is not None else None, label_holder))
