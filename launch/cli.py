@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from typing import Sequence
 
+from launch.audit import audit
 from launch.config import ConfigError, default_party_specs, load_config
 from launch.demo_data import with_demo_data, with_shared_demo_data
 from launch.launchers import resolve
@@ -22,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a model across parties",
                               description="Hydra overrides, e.g. num_parties=4 model=mlp train.epochs=3")
     run.add_argument("overrides", nargs="*", help="key=value settings (see conf/config.yaml)")
+    check = commands.add_parser("audit", help="verify a run's audit logs",
+                                description="check every party's hash chain and that the parties' logs agree")
+    check.add_argument("run_dir", help="the run's folder, outputs/<run id>")
     return parser
 
 
@@ -44,6 +48,8 @@ def run(overrides: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
+    if arguments.command == "audit":
+        return audit(arguments.run_dir)
     try:
         return run(arguments.overrides)
     except ConfigError as error:

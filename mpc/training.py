@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mpc import release
 from mpc.metrics import ClassWeights, Metrics, evaluate
 
 
@@ -168,14 +169,13 @@ class SecureTrainer:
             self.model.train(False)  # inference mode: no autograd bookkeeping
             logits = self.model(features)
             self.model.train()
-        revealed = logits.get_plain_text(dst=dst)
-        return revealed if self.rank == dst else None
+        return release.open(logits, "heldout_predictions", to=dst)
 
     def fit(self, train: Any, test: Any | None,
             on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
         self.model.train()
         evaluator = self.config.evaluator
-        test_labels = test.labels.get_plain_text(dst=evaluator) if test is not None else None
+        test_labels = release.open(test.labels, "heldout_labels", to=evaluator) if test is not None else None
         history: list[EpochRecord] = []
         sizes = {rows.stop - rows.start for rows in batch_slices(train.rows, self.config.batch_size)}
         row_scales = {size: self.step_scales(train.labels, size) for size in sorted(sizes)}

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from mpc import release
+
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +46,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     _atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
     saved = {"shares": str(directory / "model_shares.pt")}
     recipients = [names.index(name) for name in reveal_to]
-    revealed = {name: {dst: param.get_plain_text(dst=dst) for dst in recipients}
+    revealed = {name: {dst: release.open(param, "model", to=dst) for dst in recipients}
                 for name, param in secure_params.items()}
     if rank in recipients:
         plain = {name: values[rank] for name, values in revealed.items()}

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpc import release
+from mpc.audit import AUDIT_FILE, AuditLog
 from mpc.data.sharing import share_horizontal, share_vertical
 from mpc.metrics import ClassWeights
 from mpc.models import build_torch_model, encrypt_model
+from mpc.release import ReleaseGate, ReleasePolicy
 from mpc.session import MpcSession
 from mpc.training import SecureTrainer
 from parties.config import RunConfig
@@ -114,7 +117,9 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     started = time.perf_counter()
     device = party_device(config.device, rank)
     log.info("computing on %s", device)
-    with MpcSession(transport, suite, device=device) as crypten:
+    policy = ReleasePolicy(config.release, names, config.train.evaluator, config.train.reveal_to)
+    gate = ReleaseGate(policy, rank, AuditLog(directory / AUDIT_FILE))
+    with MpcSession(transport, suite, device=device) as crypten, release.enforced(gate):
         share = share_horizontal if config.data.partition == "horizontal" else share_vertical
         train, test, _ = share(crypten, config.data, spec.data, spec.test_data or None, names[rank], device)
         weights = ClassWeights.balanced(train.rows, train.positive_count)

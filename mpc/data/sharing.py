@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mpc import release
 from mpc.data.config import DataConfig
 from mpc.data.schema import TableMeta, check_horizontal, check_vertical
 from mpc.data.tables import DataError, read_table
@@ -103,11 +104,11 @@ def _joint_scaling(crypten: Any, local: torch.Tensor | None, width: int, total_r
                  for owner in range(world))
     mean, mean_square = pooled[:width], pooled[width:2 * width]
     variance = mean_square - mean * mean
-    revealed = crypten.cat([mean, variance, pooled[2 * width:]]).get_plain_text().double()
-    mean_plain, var_plain = revealed[:width], revealed[width:2 * width].clamp(min=0)
+    revealed = release.open(crypten.cat([mean, variance]), "scaling_statistics").double()
+    mean_plain, var_plain = revealed[:width], revealed[width:].clamp(min=0)
     std = var_plain.sqrt()
     std[std < 1e-6] = 1.0  # a constant column stays as it is
-    positives = int(round(revealed[-1].item() * total_rows))
+    positives = int(round(release.open(pooled[2 * width:], "positive_count").item() * total_rows))
     return Scaling(mean_plain.float(), std.float()), positives
 
 
@@ -221,7 +222,8 @@ def _share_columns(crypten: Any, frame: pd.DataFrame, columns: list[list[str]], 
                            src=label_holder, device=device)
     positives = -1
     if positives_from_label_holder:
-        positives = int(comm.broadcast_obj(int(labels.sum().item()) if labels is not None else None, label_holder))
+        positives = int(release.publish(comm, int(labels.sum().item()) if labels is not None else None,
+                                        "positive_count", label_holder))
     names = [name for group in columns for name in group]
     contributed = [{"rows": rows, "columns": len(group)} for group in columns]
     return SharedDataset(x, y, names, rows, contributed, positives)
