@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mpc.data.config import PARTITIONS
+from mpc.dp import config_problem as dp_problem
 from mpc.models import MODEL_KINDS
 from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
@@ -95,6 +96,8 @@ def _validate(config: RunConfig) -> None:
     require(rank is None or 0 <= rank < config.num_parties + dealer,
             f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
             f"{', the last being the dealer' if dealer else ''})")
+    dp_error = dp_problem(config.train.dp, config.model.kind, config.protocol.name)
+    require(dp_error is None, dp_error or "")
     _validate_release(config)
 
 

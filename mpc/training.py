@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from mpc import release
+from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.metrics import ClassWeights, Metrics, evaluate
 
 
@@ -30,6 +31,7 @@ class TrainConfig:
     reveal_to: list[str] = field(default_factory=list)
     plaintext_reference: bool = True
     evaluator: int = 0  # the party that receives held-out predictions and prints metrics
+    dp: DpConfig = field(default_factory=DpConfig)  # differentially private SGD (mpc/dp.py)
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> torch.Tensor:
@@ -49,6 +51,7 @@ class EpochRecord:
     bytes_received: int
     rounds: int
     metrics: Metrics | None = None
+    epsilon: float | None = None  # privacy spent so far, under DP-SGD
 
     def as_dict(self) -> dict:
         record = {k: v for k, v in self.__dict__.items() if k != "metrics"}
@@ -133,6 +136,9 @@ class SecureTrainer:
         self.stats = stats
         self.show_progress = show_progress
         self.rank = crypten.communicator.get().get_rank()
+        self.private: PrivateSgd | None = None  # DP-SGD's state, set up by fit when train.dp is on
+        self.heldout_logits: torch.Tensor | None = None  # the last revealed held-out logits (evaluator)
+        self.heldout_labels: torch.Tensor | None = None
 
     def step_scales(self, labels: Any, batch_size: int) -> Any:
         """lr * w(y) / batch for each row: the public-constant part of the loss gradient.
@@ -145,16 +151,24 @@ class SecureTrainer:
         positive, negative = self.weights.positive * scale, self.weights.negative * scale
         return labels * (positive - negative) + negative
 
-    def step(self, features: Any, labels: Any, scales: Any | None = None) -> None:
-        """One SGD step; ``scales`` are this batch's rows of :meth:`step_scales`."""
+    def step(self, features: Any, labels: Any, scales: Any | None = None, clip: RowClip | None = None) -> None:
+        """One SGD step; ``scales`` are this batch's rows of :meth:`step_scales`. Under DP-SGD
+        ``scales`` are the class weights alone, ``clip`` clips each row's gradient and scales it
+        to an update, and features None is an empty sample (noise only)."""
         crypten = self.crypten
-        if scales is None:
-            scales = self.step_scales(labels, labels.size(0))
         self.model.zero_grad()
-        logits = self.model(features)
-        with crypten.no_grad():
-            gradient = scales * (secure_sigmoid(logits) - labels)
-        logits.backward(gradient)
+        if features is not None:
+            if scales is None:
+                scales = self.step_scales(labels, labels.size(0))
+            logits = self.model(features)
+            with crypten.no_grad():
+                gradient = scales * (secure_sigmoid(logits) - labels)
+                if clip is not None:
+                    gradient = clip.apply(gradient)
+            logits.backward(gradient)
+        if self.private is not None:
+            with crypten.no_grad():
+                self.private.add_noise(self.model.parameters())
         # plain SGD, as the plaintext reference: the gradients already carry lr. (CrypTen's
         # update_parameters also zeroes gradients above 100, a guard against the wrap errors
         # of its local truncation, at a comparison per parameter tensor per step.)
@@ -176,9 +190,14 @@ class SecureTrainer:
         self.model.train()
         evaluator = self.config.evaluator
         test_labels = release.open(test.labels, "heldout_labels", to=evaluator) if test is not None else None
+        self.heldout_labels = test_labels
         history: list[EpochRecord] = []
         sizes = {rows.stop - rows.start for rows in batch_slices(train.rows, self.config.batch_size)}
         row_scales = {size: self.step_scales(train.labels, size) for size in sorted(sizes)}
+        if self.config.dp.enabled:
+            self.private = PrivateSgd(self.crypten, self.config.dp, train.features, self.config.lr,
+                                      self.config.batch_size, self.config.epochs)
+            dp_scales = self.step_scales(train.labels, self.config.lr)  # w(y): lr / batch_size = 1
         for epoch in range(self.config.epochs):
             start = time.perf_counter()
             before = (self.stats.bytes_sent, self.stats.bytes_received, self.stats.rounds)
@@ -186,24 +205,32 @@ class SecureTrainer:
             features, labels = train.features[order], train.labels[order]
             slices = batch_slices(train.rows, self.config.batch_size)
             scales = {size: values[order] for size, values in row_scales.items()}
-            progress = tqdm(slices, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
+            if self.private is not None:
+                steps = self.private.epoch_steps(train, dp_scales, epoch)
+            else:
+                steps = ((features[rows], labels[rows], scales[rows.stop - rows.start][rows], None) for rows in slices)
+            progress = tqdm(steps, total=len(slices), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)
-            for rows in progress:
-                self.step(features[rows], labels[rows], scales[rows.stop - rows.start][rows])
+            for batch in progress:
+                self.step(*batch)
             record = EpochRecord(
                 epoch=epoch + 1,
                 seconds=time.perf_counter() - start,
                 bytes_sent=self.stats.bytes_sent - before[0],
                 bytes_received=self.stats.bytes_received - before[1],
                 rounds=self.stats.rounds - before[2],
+                epsilon=self.private.end_epoch() if self.private is not None else None,
             )
             if test is not None:
                 logits = self.predict_for(test.features, evaluator)
                 if logits is not None:
+                    self.heldout_logits = logits
                     record.metrics = evaluate(logits, test_labels, self.weights)
                     progress.set_postfix(heldout_loss=f"{record.metrics.loss:.4f}", auc=f"{record.metrics.auc:.4f}")
             progress.close()
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
+            if self.private is not None and self.private.exhausted:
+                break  # the privacy budget is spent
         return history

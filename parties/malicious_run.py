@@ -25,7 +25,7 @@ from mpc.models import build_torch_model
 from mpc.training import EpochRecord
 from parties.config import RunConfig
 from parties.outputs import _atomic_save, write_json
-from parties.summary import build_summary, print_summary
+from parties.summary import build_summary, plaintext_reference, print_summary
 from protocols import ProtocolSuite
 from protocols.malicious.dealer import run_dealer
 from protocols.malicious.engine import Engine
@@ -94,7 +94,8 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     if rank != evaluator:
         return None
     summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history, weights_holder["w"],
-                            torch_model, wall_s=time.perf_counter() - started, training_s=training_seconds)
+                            plaintext_reference(config, torch_model, weights_holder["w"]),
+                            wall_s=time.perf_counter() - started, training_s=training_seconds)
     write_json(Path(config.output_dir) / run_id / "summary.json", summary)
     print_summary(summary)
     return summary

@@ -21,7 +21,8 @@ from mpc.training import SecureTrainer
 from parties.config import RunConfig
 from parties.devices import party_device
 from parties.outputs import party_dir, save_model, write_json
-from parties.summary import build_summary, print_summary
+from parties.report import write_report
+from parties.summary import build_summary, plaintext_reference, print_summary
 from parties.transport import PartyAddress, open_transport
 from parties.transport.group import PartyGroup
 from protocols import ProtocolSuite
@@ -145,8 +146,13 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     write_json(directory / "party.json", party_report)
     if rank != config.train.evaluator:
         return None
-    summary = build_summary(config, run_id, suite, reports, history, weights, torch_model,
+    reference = plaintext_reference(config, torch_model, weights)
+    summary = build_summary(config, run_id, suite, reports, history, weights, reference,
                             wall_s=time.perf_counter() - started, training_s=training_seconds)
-    write_json(Path(config.output_dir) / run_id / "summary.json", summary)
+    if trainer.private is not None:
+        summary["privacy"] = trainer.private.report()
+    run_dir = Path(config.output_dir) / run_id
+    summary["report"] = str(write_report(run_dir, summary, trainer.heldout_logits, trainer.heldout_labels, reference))
+    write_json(run_dir / "summary.json", summary)
     print_summary(summary)
     return summary

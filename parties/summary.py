@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
-from mpc.metrics import ClassWeights
+from mpc.metrics import ClassWeights, Metrics
 from mpc.reference import pool_horizontal, pool_vertical, readable, train_plaintext
 from mpc.training import EpochRecord
 from parties.config import RunConfig
@@ -16,7 +18,20 @@ from protocols import ProtocolSuite
 log = logging.getLogger("cotrain.summary")
 
 
-def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: ClassWeights) -> dict | None:
+@dataclass
+class PlaintextReference:
+    """The float model's held-out metrics per epoch and its final held-out scores."""
+
+    curve: list[Metrics]
+    heldout_logits: torch.Tensor
+    heldout_labels: torch.Tensor
+
+    def as_dict(self) -> dict:
+        return {**self.curve[-1].as_dict(), "loss_curve": [m.loss for m in self.curve],
+                "auc_curve": [m.auc for m in self.curve]}
+
+
+def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: ClassWeights) -> PlaintextReference | None:
     """Train the same model in float on the pooled files, where this process can read them all."""
     train_paths = [spec.data for spec in config.parties]
     test_paths = [spec.test_data for spec in config.parties]
@@ -26,12 +41,14 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: Clas
     data = pool(config.data, train_paths, test_paths)
     if data.test_features is None:
         return None
-    _, curve = train_plaintext(torch_model, data, config.train, weights, config.seed)
-    return {**curve[-1].as_dict(), "loss_curve": [m.loss for m in curve], "auc_curve": [m.auc for m in curve]}
+    model, curve = train_plaintext(torch_model, data, config.train, weights, config.seed)
+    with torch.no_grad():
+        logits = model(data.test_features)
+    return PlaintextReference(curve, logits, data.test_labels)
 
 
 def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports: Sequence[dict],
-                  history: Sequence[EpochRecord], weights: ClassWeights, torch_model: nn.Module,
+                  history: Sequence[EpochRecord], weights: ClassWeights, reference: PlaintextReference | None,
                   wall_s: float, training_s: float) -> dict:
     final = history[-1].metrics if history and history[-1].metrics else None
     secure = None
@@ -39,7 +56,7 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
         secure = {**final.as_dict(),
                   "loss_curve": [r.metrics.loss for r in history],
                   "auc_curve": [r.metrics.auc for r in history]}
-    plaintext = plaintext_reference(config, torch_model, weights)
+    plaintext = reference.as_dict() if reference is not None else None
     epochs = max(len(history), 1)
     return {
         "run_id": run_id,
@@ -122,4 +139,11 @@ def print_summary(summary: dict) -> None:
         lines.append(f"  protocol parts at {summary['per_party'][0]['name']} (offline | online):")
     for kind, counted in parts.items():
         lines.append(f"    {kind:<14} {_part_line(counted)}")
+    if summary.get("privacy"):
+        privacy = summary["privacy"]
+        lines.append(f"  DP-SGD: epsilon {privacy['epsilon_spent']:.3f} of {privacy['epsilon_target']:g} spent "
+                     f"(delta {privacy['delta']:g}, noise multiplier {privacy['noise_multiplier']:.3f}, "
+                     f"{privacy['steps_taken']} of {privacy['steps_planned']} steps)")
+    if summary.get("report"):
+        lines.append(f"  report: {summary['report']}")
     print("\n".join(lines), flush=True)
