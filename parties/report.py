@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
@@ -66,13 +67,15 @@ def _per_epoch(path: Path, summary: dict) -> Path:
                 values = run[key]
                 axis.plot(range(1, len(values) + 1), values, marker="o", **style)
         axis.set(title=title, xlabel="epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend()
         axis.grid(alpha=0.3)
     if privacy:
         spent = privacy["epsilon_per_epoch"]
         axes[2].plot(range(1, len(spent) + 1), spent, marker="o", color="tab:green", label="epsilon spent")
         axes[2].axhline(privacy["epsilon_target"], color="tab:red", linestyle=":", label="budget")
-        axes[2].set(title=f"privacy (delta {privacy['delta']:g})", xlabel="epoch")
+        axes[2].set(title=f"privacy (delta {privacy['delta']:g})", xlabel="epoch", ylim=(0, None))
+        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[2].legend()
         axes[2].grid(alpha=0.3)
     figure.tight_layout()
@@ -88,11 +91,12 @@ def _traffic(path: Path, summary: dict) -> Path:
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.bar(epochs, megabytes, color="tab:blue", alpha=0.7, label="MB sent")
     axis.set(title="evaluator's traffic per epoch", xlabel="epoch", ylabel="MB sent")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     other = axis.twinx()
     other.plot(epochs, rounds, color="tab:red", marker="o", label="rounds")
     other.set_ylabel("rounds")
     other.set_ylim(bottom=0)
-    figure.legend(loc="upper right", bbox_to_anchor=(0.88, 0.88))
+    figure.legend(loc="lower right", bbox_to_anchor=(0.86, 0.18))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
