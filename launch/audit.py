@@ -8,7 +8,7 @@ from pathlib import Path
 from mpc.audit import AUDIT_FILE, verify_run
 
 
-def run_parties(run_dir: Path) -> list[str]:
+def party_names(run_dir: Path) -> list[str]:
     """The run's parties: from summary.json where rank 0 wrote one, else every folder with a log."""
     summary = run_dir / "summary.json"
     if summary.is_file():
@@ -22,7 +22,7 @@ def audit(run_dir: str) -> int:
     if not directory.is_dir():
         print(f"cotrain audit: {directory} is not a run folder")
         return 1
-    parties = run_parties(directory)
+    parties = party_names(directory)
     if not parties:
         print(f"cotrain audit: no audit logs under {directory}")
         return 1

@@ -25,6 +25,7 @@ from mpc.models import build_torch_model
 from mpc.training import EpochRecord
 from parties.config import RunConfig
 from parties.outputs import _atomic_save, write_json
+from parties.report import write_report
 from parties.summary import build_summary, plaintext_reference, print_summary
 from protocols import ProtocolSuite
 from protocols.malicious.dealer import run_dealer
@@ -93,10 +94,13 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     write_json(directory / "party.json", report)
     if rank != evaluator:
         return None
+    reference = plaintext_reference(config, torch_model, weights_holder["w"])
     summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history, weights_holder["w"],
-                            plaintext_reference(config, torch_model, weights_holder["w"]),
-                            wall_s=time.perf_counter() - started, training_s=training_seconds)
-    write_json(Path(config.output_dir) / run_id / "summary.json", summary)
+                            reference, wall_s=time.perf_counter() - started, training_s=training_seconds)
+    run_dir = Path(config.output_dir) / run_id
+    # the engine keeps its held-out scores to itself: the curves show the reference's alone
+    summary["report"] = str(write_report(run_dir, summary, None, None, reference))
+    write_json(run_dir / "summary.json", summary)
     print_summary(summary)
     return summary
 
