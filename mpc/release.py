@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -20,8 +20,8 @@ from mpc.audit import AuditLog, value_digest
 
 # the values the engine opens, and what each is
 RELEASABLE = {
-    "scaling_statistics": "pooled column means and variances (horizontal split)",
-    "positive_count": "the pooled count of positive labels (class weights)",
+    "scaling_statistics": "pooled column sums (with the positive count) and squared deviations (horizontal split)",
+    "positive_count": "the label holder's count of positive labels (vertical split: class weights)",
     "heldout_labels": "the held-out labels, for the evaluator's metrics",
     "heldout_predictions": "the held-out logits after each epoch",
     "model": "the trained weights",
@@ -126,6 +126,13 @@ class ReleaseGate:
         self._record(what, recipients, tuple(value.size()), plain if learns else None)
         return plain if learns else None
 
+    def open_with(self, opener: Callable[[], Sequence[float]], what: str) -> Sequence[float]:
+        """Values that a protocol of its own (an exact secure sum) opens to every party."""
+        self.policy.check(what, list(self.policy.names))
+        values = opener()
+        self._record(what, list(self.policy.names), (len(values),), torch.tensor(values, dtype=torch.float64))
+        return values
+
     def publish(self, comm: Any, value: int | float | None, what: str, src: int) -> float:
         """A plain number party ``src`` holds, announced to every party."""
         self.policy.check(what, list(self.policy.names))
@@ -159,6 +166,11 @@ def open(value: Any, what: str, to: int | None = None) -> torch.Tensor | None:  
     return _current(what).open(value, what, to)
 
 
+def open_with(opener: Callable[[], Sequence[float]], what: str) -> Sequence[float]:
+    """Open to every party by ``opener`` through the gate in force; see :meth:`ReleaseGate.open_with`."""
+    return _current(what).open_with(opener, what)
+
+
 def publish(comm: Any, value: int | float | None, what: str, src: int) -> float:
     """Announce a plain number through the gate in force; see :meth:`ReleaseGate.publish`."""
     return _current(what).publish(comm, value, what, src)
@@ -167,9 +179,8 @@ def publish(comm: Any, value: int | float | None, what: str, src: int) -> float:
 def required_openings(partition: str, has_heldout: bool, reveal_to: Sequence[str],
                       evaluator: str, names: Sequence[str]) -> list[tuple[str, list[str]]]:
     """What a job with these settings opens, and to whom: checked before any party starts."""
-    needed = [("positive_count", list(names))]
-    if partition == "horizontal":
-        needed.insert(0, ("scaling_statistics", list(names)))
+    # a horizontal split's positive count comes with its scaling statistics
+    needed = [("scaling_statistics" if partition == "horizontal" else "positive_count", list(names))]
     if has_heldout:
         needed += [("heldout_labels", [evaluator]), ("heldout_predictions", [evaluator])]
     if reveal_to:

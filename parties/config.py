@@ -39,6 +39,16 @@ class LaunchConfig:
 
 
 @dataclass
+class ScoreConfig:
+    """Set by ``cotrain predict shares=...``: the parties score rows instead of training."""
+
+    shares: str = ""  # outputs/<run id>: each party's folder holds model_shares.pt and model.json
+    data: str = ""  # the owner's raw rows; only the owner reads it
+    owner: str = ""  # the party whose rows are scored and who alone receives the scores
+    out: str = ""  # where the owner writes the scores (CSV)
+
+
+@dataclass
 class RunConfig:
     num_parties: int = 3
     seed: int = 0
@@ -54,6 +64,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     release: list[ReleaseRule] = field(default_factory=default_release)
 
     def names(self) -> tuple[str, ...]:

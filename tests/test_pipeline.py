@@ -41,7 +41,7 @@ def test_audit_verifies_a_real_run(run, capsys):
     assert "every chain is intact and the logs agree" in capsys.readouterr().out
     entries = [json.loads(line) for line in _lines(run_dir / "bank1" / "audit.jsonl")]
     opened = [(e["what"], tuple(e["to"]), e["step"]) for e in entries]
-    assert opened[:3] == [("scaling_statistics", ("bank0", "bank1"), 1), ("positive_count", ("bank0", "bank1"), 1),
+    assert opened[:3] == [("scaling_statistics", ("bank0", "bank1"), 1), ("scaling_statistics", ("bank0", "bank1"), 2),
                           ("heldout_labels", ("bank0",), 1)]
     assert [o for o in opened if o[0] == "heldout_predictions"] == [("heldout_predictions", ("bank0",), 1),
                                                                     ("heldout_predictions", ("bank0",), 2)]
