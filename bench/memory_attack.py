@@ -106,6 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=3)
     parser.add_argument("--mib", type=int, default=400, help="bytes each client tries to push, in MiB")
+    parser.add_argument("--announce", type=int, default=(1 << 31) - 1,
+                        help="the frame size each client announces (default: 2 GiB - 1)")
     arguments = parser.parse_args()
     ports = free_ports(2)
     with tempfile.TemporaryDirectory() as key_dir:
@@ -113,13 +115,15 @@ def main() -> None:
         try:
             victim = processes[0].pid
             before = memory_kib(victim)
-            sent = curve_flood("127.0.0.1", ports[0], arguments.connections, arguments.mib << 20)
+            sent = curve_flood("127.0.0.1", ports[0], arguments.connections, arguments.mib << 20,
+                               arguments.announce)
             after = memory_kib(victim)
         finally:
             stop.set()
             for process in processes:
                 process.join(30)
-    print(f"{arguments.connections} unauthenticated connections, each trying {arguments.mib} MiB")
+    print(f"{arguments.connections} unauthenticated connections, each announcing a frame of "
+          f"{arguments.announce} bytes and trying to push {arguments.mib} MiB")
     print(f"bytes the party accepted per connection: {', '.join(f'{s / 2**20:.1f} MiB' for s in sent)}")
     print(f"party 0 RSS before: {before['VmRSS'] / 1024:.0f} MiB; peak after: {after['VmHWM'] / 1024:.0f} MiB "
           f"(growth {(after['VmHWM'] - before['VmRSS']) / 1024:.0f} MiB)")

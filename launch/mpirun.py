@@ -31,8 +31,10 @@ def launch_mpirun(config: RunConfig, overrides: Sequence[str], run_id: str) -> N
     """Run every party under mpirun; raise LaunchError when the job fails or runs too long."""
     kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("run_id", "num_parties")]
     processes = config.num_parties + int(needs_dealer(config.protocol))  # a dealer is one more rank
-    command = [mpirun_executable(), "-n", str(processes), sys.executable, "-m", "launch", "run",
-               *kept, f"run_id={run_id}", f"num_parties={config.num_parties}"]
+    # MPICH would SIGKILL every rank the moment one dies, naming only a PID; without its
+    # clean-up the survivors name the dead party themselves and exit (parties.transport.peer_watch)
+    command = [mpirun_executable(), "-disable-auto-cleanup", "-n", str(processes), sys.executable, "-m", "launch",
+               "run", *kept, f"run_id={run_id}", f"num_parties={config.num_parties}"]
     environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
         completed = subprocess.run(command, env=environment, timeout=config.launch.timeout_s, check=False)

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from parties.config import RunConfig
 from parties.party import run_party
+from protocols.dealer import DEALER_NAME
+
+
+def _show_name(name: str) -> None:
+    """``ps``/``top``/``pgrep`` show which party a process is (Linux; elsewhere nothing)."""
+    try:
+        Path("/proc/self/comm").write_text(f"cotrain:{name}"[:15])
+    except OSError:
+        pass
 
 
 def party_main(config: RunConfig, rank: int) -> None:
-    name = config.parties[rank].name if rank < len(config.parties) else f"rank {rank}"
+    name = config.parties[rank].name if rank < len(config.parties) else DEALER_NAME
+    _show_name(name)
     try:
         run_party(config, rank)
     except KeyboardInterrupt:
