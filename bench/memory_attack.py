@@ -80,7 +80,7 @@ def idle_session(key_dir: str, ports: list[int]) -> tuple[list[Any], Any]:
     from parties.transport.keys import generate_party_keys
 
     generate_party_keys(key_dir, ["p0", "p1"])
-    options = replace(TransportOptions(name="zmq", key_dir=key_dir, timeout_s=600),
+    options = replace(TransportOptions(name="zmq", key_dir=key_dir, timeout_s=60),
                       peers={f"p{rank}": f"tcp://127.0.0.1:{port}" for rank, port in enumerate(ports)})
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Queue(), context.Event()

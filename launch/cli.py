@@ -12,7 +12,7 @@ from launch.demo_data import with_demo_data, with_shared_demo_data
 from launch.launchers import resolve
 from launch.local import LaunchError, launch_local
 from launch.mpirun import launch_mpirun
-from parties.entry import party_main
+from parties.entry import exit_now, party_main
 from parties.party import new_run_id
 
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except LaunchError as error:
         print(f"cotrain: {error}", file=sys.stderr)
-        return 1
+        exit_now(1)  # the parties are gone; tearing torch down would only delay the exit code
 
 
 if __name__ == "__main__":

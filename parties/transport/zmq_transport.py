@@ -58,8 +58,11 @@ QUEUE_MESSAGES = 16
 STASH_MESSAGES = 4096
 STASH_MESSAGE_SIZES = 2
 DISCONNECT_GRACE_S = 1.0  # after a peer's connection drops, how long its last messages get to arrive
-_SLICE_S = 0.25  # waits check the watch at least this often
+CORRUPTION_WINDOW_S = 5.0  # a peer coming back this soon after a frame failed authentication sent it
+_SLICE_S = 0.25
+_SETTLE_S = 0.3  # waits check the watch at least this often
 _BYE = "bye"
+GOODBYE_LINGER_S = 5.0
 
 
 def party_endpoints(address: PartyAddress, options: TransportOptions) -> list[str]:
@@ -370,9 +373,10 @@ class ZmqTransport(PointToPointTransport):
         if watch.handshake_failures:
             rank, reason = next(iter(watch.handshake_failures.items()))
             raise TransportError(f"{me}: {self.peer(rank)} {reason}")
-        if watch.reauthenticated:
-            rank = next(iter(watch.reauthenticated))
-            if watch.corrupted_frames:
+        for rank, when in list(watch.reauthenticated.items()):
+            if time.monotonic() - when < _SETTLE_S:
+                continue  # the monitor's report of why the connection dropped may still be on its way
+            if abs(when - watch.last_cryptographic_failure) < CORRUPTION_WINDOW_S:
                 raise WireError(f"{me}: a frame from {self.peer(rank)} failed CurveZMQ's authentication check "
                                 f"(altered in flight), so its connection was dropped while {in_flight} "
                                 "was in flight")
@@ -473,7 +477,8 @@ class ZmqTransport(PointToPointTransport):
             except (TransportError, WireError) as error:
                 log.warning("closing after the session ended: %s", error)
                 failing = True
-        self._shutdown(linger_s=0 if failing else self.options.timeout_s)
+        # after the goodbyes only ours may still be on its way: a peer waits for it
+        self._shutdown(linger_s=0 if failing else min(self.options.timeout_s, GOODBYE_LINGER_S))
 
     def _say_goodbye(self) -> None:
         """Send every peer our goodbye and wait for theirs, so no goodbye is left undelivered

@@ -2,10 +2,10 @@
 
 Two jobs:
 
-* **Guard the listening ROUTER against strangers.** Every accepted TCP connection counts as
-  unauthenticated until its handshake succeeds. At most ``MAX_UNAUTHENTICATED`` may be
-  open at once, and new ones are admitted at ``ACCEPT_RATE`` per second (bursts of
-  ``ACCEPT_BURST``); a connection over either limit is shut down as soon as it is accepted.
+* **Guard the listening ROUTER against strangers.** At most ``MAX_UNAUTHENTICATED``
+  connections beyond one per peer may be open at once, and new ones are admitted at
+  ``ACCEPT_RATE`` per second (bursts of ``ACCEPT_BURST``); a connection over either limit is
+  shut down as soon as it is accepted.
   With ZMQ_MAXMSGSIZE (no frame over the transport's frame limit is read, handshake
   commands included) and ZMQ_HANDSHAKE_IVL (a handshake must finish in time), strangers can
   make the party hold at most ``MAX_UNAUTHENTICATED`` x (frame limit + ZeroMQ's 8 KiB read
@@ -14,8 +14,8 @@ Two jobs:
 * **Notice peers going away**, by rank: each DEALER's DISCONNECTED event (the peer closed the
   connection, died, dropped a frame it could not authenticate, or stopped answering
   heartbeats), its failed handshakes, a peer that had to authenticate again mid-session
-  (its connection to us dropped), and frames that failed CurveZMQ's authentication on an
-  established connection. The transport reads these whenever it waits.
+  (its connection to us dropped), and when a frame last failed CurveZMQ's authentication.
+  The transport reads these whenever it waits.
 """
 
 from __future__ import annotations
@@ -95,11 +95,11 @@ class ConnectionWatch:
         self.lost: dict[int, float] = {}  # rank -> when its connection dropped
         self.handshake_failures: dict[int, str] = {}
         self.reauthenticated: dict[int, float] = {}
-        self.corrupted_frames = 0
-        self.counts = {"accepted": 0, "authenticated": 0, "dropped": 0, "failed": 0}
+        self.last_cryptographic_failure = float("-inf")
+        self.counts = {"accepted": 0, "dropped": 0, "failed": 0}
         self._established: set[int] = set()
-        self._unauthenticated: dict[int, str] = {}  # fd -> client address
-        self._authenticated: set[int] = set()
+        self._open: dict[int, str] = {}  # accepted connections still open: descriptor -> client address
+        self._peers = len(dealers)
         self._session_started = False
         self._tokens, self._refilled = float(ACCEPT_BURST), time.monotonic()
         self._throttled = _ThrottledLog()
@@ -131,9 +131,8 @@ class ConnectionWatch:
             except zmq.ZMQError:
                 pass
         if self.counts["dropped"] or self.counts["failed"]:
-            log.warning("connections from outside the session: %d accepted, %d dropped over the limits, "
-                        "%d failed the handshake", self.counts["accepted"] - self.counts["authenticated"],
-                        self.counts["dropped"], self.counts["failed"])
+            log.warning("connections: %d accepted, %d dropped over the limits, %d failed the handshake",
+                        self.counts["accepted"], self.counts["dropped"], self.counts["failed"])
 
     # -- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -170,24 +169,20 @@ class ConnectionWatch:
             self.handshake_failures.setdefault(
                 rank, "failed the CurveZMQ handshake (its key does not match the one listed)")
 
-    def _router_event(self, event: int, fd: int) -> None:
+    def _router_event(self, event: int, value: int) -> None:
+        # ACCEPTED and DISCONNECTED carry the connection's descriptor; a failed handshake
+        # carries only its reason (and a success nothing), so the limit counts every open
+        # connection beyond one per peer
         if event == zmq.EVENT_ACCEPTED:
-            self._admit(fd)
-        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            if self._unauthenticated.pop(fd, None) is not None:
-                self.counts["authenticated"] += 1
-            self._authenticated.add(fd)
+            self._admit(value)
         elif event == zmq.EVENT_DISCONNECTED:
-            self._unauthenticated.pop(fd, None)
-            self._authenticated.discard(fd)
+            self._open.pop(value, None)
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == CRYPTOGRAPHIC:
+            self.last_cryptographic_failure = time.monotonic()
+            log.error("dropped a connection whose frame failed CurveZMQ's authentication check")
         elif event & _HANDSHAKE_FAILED:
-            if fd in self._authenticated:  # after the handshake: a frame failed authentication
-                self.corrupted_frames += 1
-                log.error("dropped a connection whose frame failed CurveZMQ's authentication check")
-            else:
-                self.counts["failed"] += 1
-                address = self._unauthenticated.get(fd) or _client_address(fd)
-                self._throttled.warning("a connection from %s failed the handshake", address)
+            self.counts["failed"] += 1
+            self._throttled.warning("a connection failed the handshake (ZeroMQ reason %#x)", value)
 
     def _admit(self, fd: int) -> None:
         self.counts["accepted"] += 1
@@ -195,13 +190,13 @@ class ConnectionWatch:
         self._tokens = min(float(ACCEPT_BURST), self._tokens + (now - self._refilled) * ACCEPT_RATE)
         self._refilled = now
         address = _client_address(fd)
-        if len(self._unauthenticated) >= MAX_UNAUTHENTICATED or self._tokens < 1:
+        strangers = len(self._open) - self._peers
+        if strangers >= MAX_UNAUTHENTICATED or self._tokens < 1:
             self.counts["dropped"] += 1
-            reason = (f"{len(self._unauthenticated)} unauthenticated connections already open"
-                      if len(self._unauthenticated) >= MAX_UNAUTHENTICATED
-                      else f"more than {ACCEPT_RATE:g} new connections per second")
+            reason = (f"{strangers} connections beyond one per party already open"
+                      if strangers >= MAX_UNAUTHENTICATED else f"more than {ACCEPT_RATE:g} new connections per second")
             self._throttled.warning("dropped a connection from %s before its handshake: %s", address, reason)
             _shut_down(fd)
             return
         self._tokens -= 1
-        self._unauthenticated[fd] = address
+        self._open[fd] = address
