@@ -1,10 +1,11 @@
 """Naming a dead peer where the wire cannot: gloo and MPI.
 
 gloo reports a dead peer as an address (and only to the parties talking to it right then);
-MPICH's mpirun kills every other rank with SIGKILL and names only a PID; torchrun stops the
-survivors with SIGTERM. So each party learns its peers' process ids and hosts once (over
+MPICH's mpirun kills every other rank with SIGKILL and names only a PID (without its
+auto clean-up it signals them with SIGUSR1 instead, which Python takes as the end); torchrun
+stops the survivors with SIGTERM. So each party learns its peers' process ids and hosts once (over
 the transport itself, as an int64 tensor, nothing pickled) and a thread checks the peers on
-its own host every ``CHECK_S``: when one is gone, or when a launcher's SIGTERM arrives, the
+its own host every ``CHECK_S``: when one is gone, or when a launcher's signal arrives, the
 party prints one line naming the dead party and the operation in flight, and exits with
 status 1 without waiting for the blocked collective. Peers on other hosts are not watched
 (ZeroMQ's heartbeats cover that case).
@@ -31,7 +32,9 @@ import torch
 from parties.transport.base import TransportError
 
 CHECK_S = 0.05
-NAMING_WAIT_S = 1.0  # after a SIGTERM, how long to look for the peer whose death caused it
+NAMING_WAIT_S = 1.0  # after a launcher's signal, how long to look for the peer whose death caused it
+# torchrun stops the survivors with SIGTERM; MPICH's mpirun tells them of a failed rank with SIGUSR1
+LAUNCHER_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def _host_id() -> int:
@@ -64,17 +67,18 @@ class PeerWatch:
         self._stop = threading.Event()
         self._wakeup: socket.socket | None = None
         if threading.current_thread() is threading.main_thread():
-            self._catch_sigterm()
+            self._catch_signals()
         self._thread = threading.Thread(target=self._run, name="cotrain-peer-watch", daemon=True)
         self._thread.start()
 
-    def _catch_sigterm(self) -> None:
-        """A launcher's SIGTERM wakes the watch (the main thread may be blocked in C)."""
+    def _catch_signals(self) -> None:
+        """A launcher's signal wakes the watch (the main thread may be blocked in C)."""
         reader, writer = socket.socketpair()
         reader.setblocking(False)
         writer.setblocking(False)
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, lambda *_: None)  # the watch reports and exits
+        for number in LAUNCHER_SIGNALS:
+            signal.signal(number, lambda *_: None)  # the watch reports and exits
         self._wakeup, self._writer = reader, writer
 
     def stop(self, after_transport_error: bool = False) -> None:
@@ -86,13 +90,14 @@ class PeerWatch:
                 time.sleep(CHECK_S / 4)
             if dead:
                 self._stop.set()
-                self._report(dead, terminated=False)
+                self._report(dead, terminated="")
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
         if self._wakeup is not None and threading.current_thread() is threading.main_thread():
             signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for number in LAUNCHER_SIGNALS:
+                signal.signal(number, signal.SIG_DFL)
             self._wakeup.close()
             self._writer.close()
             self._wakeup = None
@@ -102,11 +107,12 @@ class PeerWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            terminated = False
+            terminated = ""
             if self._wakeup is not None:
                 readable, _, _ = select.select([self._wakeup], [], [], CHECK_S)
                 if readable:
-                    terminated = signal.SIGTERM in self._wakeup.recv(64)
+                    received = self._wakeup.recv(64)
+                    terminated = next((number.name for number in LAUNCHER_SIGNALS if number in received), "")
             else:
                 time.sleep(CHECK_S)
             if self._stop.is_set():
@@ -120,7 +126,7 @@ class PeerWatch:
             if dead or terminated:
                 self._report(dead, terminated)
 
-    def _report(self, dead: list[int], terminated: bool) -> None:
+    def _report(self, dead: list[int], terminated: str) -> None:
         transport = self._transport
         me = transport.peer(transport.get_rank())
         operation = getattr(transport, "in_flight", None) or "no operation"
@@ -128,7 +134,7 @@ class PeerWatch:
             names = ", ".join(transport.peer(rank) for rank in dead)
             message = f"{me}: {names} is gone (its process exited or was killed) while {operation} was in flight"
         else:
-            message = f"{me}: stopped by the launcher (SIGTERM) while {operation} was in flight"
+            message = f"{me}: stopped by the launcher ({terminated}) while {operation} was in flight"
         print(f"cotrain: party {transport.get_name()} failed: TransportError: {message}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)  # the main thread may be blocked in a collective that never returns

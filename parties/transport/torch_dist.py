@@ -24,14 +24,18 @@ from parties.transport.peer_watch import PeerWatch, failing_on_transport_error
 class _StagedRequest:
     """A pending gloo request that copies a host buffer back to the caller's device."""
 
-    def __init__(self, work: Any, host: torch.Tensor, target: torch.Tensor, describe: str) -> None:
+    def __init__(self, work: Any, host: torch.Tensor, target: torch.Tensor, describe: str,
+                 transport: "TorchDistributedTransport") -> None:
         self._work, self._host, self._target, self._describe = work, host, target, describe
+        self._transport = transport
 
     def wait(self) -> None:
+        self._transport.in_flight = self._describe
         try:
             self._work.wait()
         except RuntimeError as error:
             raise TransportError(f"{self._describe} failed: {error}") from None
+        self._transport.in_flight = None
         if self._host is not self._target:
             self._target.copy_(self._host)
 
@@ -136,14 +140,14 @@ class TorchDistributedTransport(Transport):
         with self._operation(f"isend to {self.peer(dst)}"):
             work = dist.isend(host, dst)
         self._count(tensor, sent_copies=1)
-        return _StagedRequest(work, host, host, f"isend to {self.peer(dst)}")
+        return _StagedRequest(work, host, host, f"isend to {self.peer(dst)}", self)
 
     def irecv(self, tensor: torch.Tensor, src: int | None = None) -> _StagedRequest:
         host = _on_host(tensor)
         with self._operation(f"irecv from {self.peer(src)}"):
             work = dist.irecv(host, src)
         self._count(tensor, received_copies=1)
-        return _StagedRequest(work, host, tensor, f"irecv from {self.peer(src)}")
+        return _StagedRequest(work, host, tensor, f"irecv from {self.peer(src)}", self)
 
     # -- collectives ----------------------------------------------------------------------
     def scatter(self, scatter_list: list[torch.Tensor], src: int, size: Any = None,

@@ -163,9 +163,11 @@ class ConnectionWatch:
         elif event == zmq.EVENT_DISCONNECTED:
             if rank in self._established:
                 self.lost.setdefault(rank, time.monotonic())
+        elif self._session_started:
+            return  # a failed reconnection: the lost connection is what counts
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self.handshake_failures.setdefault(rank, "refused our CurveZMQ key")
-        elif event & _HANDSHAKE_FAILED:
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             self.handshake_failures.setdefault(
                 rank, "failed the CurveZMQ handshake (its key does not match the one listed)")
 

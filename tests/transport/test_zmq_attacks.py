@@ -77,7 +77,11 @@ class _BitFlipProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self._target))
+            try:
+                server = socket.create_connection(("127.0.0.1", self._target))
+            except OSError:  # the party is not listening yet: its peer will retry
+                client.close()
+                continue
             threading.Thread(target=self._forward, args=(client, server, True), daemon=True).start()
             threading.Thread(target=self._forward, args=(server, client, False), daemon=True).start()
 
