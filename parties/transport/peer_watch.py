@@ -78,17 +78,26 @@ class PeerWatch:
         writer.setblocking(False)
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         for number in LAUNCHER_SIGNALS:
-            signal.signal(number, lambda *_: None)  # the watch reports and exits
+            signal.signal(number, self._on_signal)
         self._wakeup, self._writer = reader, writer
+
+    def _on_signal(self, number: int, _frame: Any) -> None:
+        """The main thread's side: it gets here first whenever it is between calls into C, and
+        must report before its next MPI call (MPICH aborts the job from inside one)."""
+        self._report(self._dead_soon(), signal.Signals(number).name)
+
+    def _dead_soon(self) -> list[int]:
+        """The peers found dead now, or within NAMING_WAIT_S."""
+        deadline = time.monotonic() + NAMING_WAIT_S
+        while not (dead := self._dead()) and time.monotonic() < deadline:
+            time.sleep(CHECK_S / 4)
+        return dead
 
     def stop(self, after_transport_error: bool = False) -> None:
         """Stop watching; after a transport error, first name the peer behind it if its process
         is gone (a gloo error names only an address)."""
         if after_transport_error:
-            deadline = time.monotonic() + NAMING_WAIT_S
-            while not (dead := self._dead()) and time.monotonic() < deadline:
-                time.sleep(CHECK_S / 4)
-            if dead:
+            if dead := self._dead_soon():
                 self._stop.set()
                 self._report(dead, terminated="")
         self._stop.set()
@@ -117,12 +126,7 @@ class PeerWatch:
                 time.sleep(CHECK_S)
             if self._stop.is_set():
                 return
-            dead = self._dead()
-            if terminated:
-                deadline = time.monotonic() + NAMING_WAIT_S
-                while not dead and time.monotonic() < deadline:
-                    time.sleep(CHECK_S / 4)
-                    dead = self._dead()
+            dead = self._dead_soon() if terminated else self._dead()
             if dead or terminated:
                 self._report(dead, terminated)
 
@@ -132,7 +136,8 @@ class PeerWatch:
         operation = getattr(transport, "in_flight", None) or "no operation"
         if dead:
             names = ", ".join(transport.peer(rank) for rank in dead)
-            message = f"{me}: {names} is gone (its process exited or was killed) while {operation} was in flight"
+            verb = "is" if len(dead) == 1 else "are"
+            message = f"{me}: {names} {verb} gone (the process exited or was killed) while {operation} was in flight"
         else:
             message = f"{me}: stopped by the launcher ({terminated}) while {operation} was in flight"
         print(f"cotrain: party {transport.get_name()} failed: TransportError: {message}", file=sys.stderr, flush=True)

@@ -58,9 +58,8 @@ QUEUE_MESSAGES = 16
 STASH_MESSAGES = 4096
 STASH_MESSAGE_SIZES = 2
 DISCONNECT_GRACE_S = 1.0  # after a peer's connection drops, how long its last messages get to arrive
-CORRUPTION_WINDOW_S = 5.0  # a peer coming back this soon after a frame failed authentication sent it
 _SLICE_S = 0.25
-_SETTLE_S = 0.3  # waits check the watch at least this often
+_SETTLE_S = 1.0  # waits check the watch at least this often
 _BYE = "bye"
 GOODBYE_LINGER_S = 5.0
 
@@ -376,7 +375,7 @@ class ZmqTransport(PointToPointTransport):
         for rank, when in list(watch.reauthenticated.items()):
             if time.monotonic() - when < _SETTLE_S:
                 continue  # the monitor's report of why the connection dropped may still be on its way
-            if abs(when - watch.last_cryptographic_failure) < CORRUPTION_WINDOW_S:
+            if watch.last_cryptographic_failure > watch.session_start:
                 raise WireError(f"{me}: a frame from {self.peer(rank)} failed CurveZMQ's authentication check "
                                 f"(altered in flight), so its connection was dropped while {in_flight} "
                                 "was in flight")

@@ -101,6 +101,7 @@ class ConnectionWatch:
         self._open: dict[int, str] = {}  # accepted connections still open: descriptor -> client address
         self._peers = len(dealers)
         self._session_started = False
+        self.session_start = float("inf")
         self._tokens, self._refilled = float(ACCEPT_BURST), time.monotonic()
         self._throttled = _ThrottledLog()
         self._stop = threading.Event()
@@ -115,6 +116,7 @@ class ConnectionWatch:
     def session_started(self) -> None:
         """From now on a peer authenticating again means its connection dropped mid-session."""
         self._session_started = True
+        self.session_start = time.monotonic()
 
     def authenticated(self, rank: int) -> None:
         """Called by the ZAP handler for every accepted CurveZMQ handshake."""
