@@ -461,8 +461,7 @@ class ZmqTransport(PointToPointTransport):
 
     # -- shutdown ---------------------------------------------------------------------------
     def close(self) -> None:
-        """Say goodbye and send what is queued (waiting up to timeout_s for slow peers), then
-        release everything.
+        """Exchange goodbyes with every peer (waiting up to timeout_s), then release everything.
 
         A party closing because of an error says no goodbye, so its peers report it at once;
         nothing queued is worth waiting for then.
