@@ -33,6 +33,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launch.processes import descendants
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LAUNCHERS = ("local", "mpirun", "torchrun", "host")
@@ -52,34 +54,6 @@ class Trial:
     @property
     def ok(self) -> bool:
         return bool(self.exit_codes) and all(self.exit_codes) and not self.unnamed and not self.orphans
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            found += [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    except OSError:
-        pass
-    return found
-
-
-def descendants(roots: list[int]) -> dict[int, str]:
-    """Every live process below ``roots`` (roots included), with its name (``comm``)."""
-    seen: dict[int, str] = {}
-    stack = list(roots)
-    while stack:
-        pid = stack.pop()
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        name, _, rest = stat.partition("(")[2].rpartition(")")
-        if rest.split()[0] == "Z" or pid in seen:
-            continue
-        seen[pid] = name
-        stack += _children(pid)
-    return seen
 
 
 def _tiny(output_dir: Path, run_id: str) -> list[str]:
