@@ -76,7 +76,7 @@ def run_setting(rate: str, rtt_ms: float, arguments: argparse.Namespace) -> dict
             run_id = f"wan-{uuid.uuid4().hex[:8]}"
             overrides = [f"data.rows={arguments.rows}", "data.test_rows=300", f"train.epochs={arguments.epochs}",
                          f"train.batch_size={arguments.batch_size}", f"model={arguments.model}",
-                         "transport.timeout_s=300", "log_level=WARNING"]
+                         "transport.timeout_s=300", "log_level=WARNING", "protocol=tfp"]  # one process per namespace
             summary, _ = run_lab_job(lab, arguments.transport, Path(scratch), run_id, overrides, timeout_s=1800)
     epochs = summary["per_epoch"]
     return {

@@ -14,7 +14,8 @@ from mpc.data.config import PARTITIONS
 from mpc.models import MODEL_KINDS
 from parties.config import PartySpec, RunConfig
 from parties.transport import transport_names
-from protocols.suite import check_party_count, needs_dealer
+from protocols.prg import InsecureSeedRefused, insecure_test_seed
+from protocols.suite import check_party_count, needs_dealer, testing_only_parts
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("transport", "protocol", "model", "data", "train", "launch")
@@ -89,11 +90,27 @@ def _validate(config: RunConfig) -> None:
         check_party_count(config.protocol, config.num_parties)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    _refuse_insecure(config)
     dealer = needs_dealer(config.protocol)  # the dealer process is rank num_parties
     rank = config.party.rank
     require(rank is None or 0 <= rank < config.num_parties + dealer,
             f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
             f"{', the last being the dealer' if dealer else ''})")
+
+
+def _refuse_insecure(config: RunConfig) -> None:
+    """The parties' own data never meets a testing-only part without protocol.allow_insecure=true,
+    and the test suite's predictable PRG seeds are refused outside the test suite."""
+    try:
+        insecure_test_seed()
+    except InsecureSeedRefused as error:
+        raise ConfigError(str(error)) from None
+    user_data = any(spec.data or spec.test_data for spec in config.parties)
+    insecure = testing_only_parts(config.protocol)
+    if user_data and insecure and not config.protocol.allow_insecure:
+        raise ConfigError(f"protocol.{insecure[0]} is for testing only (a trusted party can see every secret) and is refused "
+                          "with the parties' own data files; use protocol=dealer, ot or malicious, or set "
+                          "protocol.allow_insecure=true to accept that")
 
 
 def default_party_specs(count: int) -> list[PartySpec]:

@@ -88,7 +88,8 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     saved = _save(result, torch_model, directory, rank)
     report = {"name": names[rank], "rank": rank, "contributed": {"rows": len(frame), "columns": len(features)},
               **transport.stats.as_dict(), "saved": saved,
-              "protocol_parts": {"engine": result.stats}}
+              "protocol_parts": {"engine": result.stats},
+              "insecure_test_seed": False}  # this engine draws from the OS CSPRNG only
     reports = group.gather_obj(report, evaluator)
     write_json(directory / "party.json", report)
     if rank != evaluator:

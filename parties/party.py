@@ -16,6 +16,7 @@ from mpc.models import build_torch_model, encrypt_model
 from mpc.session import MpcSession
 from mpc.training import SecureTrainer
 from parties.config import RunConfig
+from parties.hosts import check_host_boundary
 from parties.devices import party_device
 from parties.outputs import party_dir, save_model, write_json
 from parties.summary import build_summary, print_summary
@@ -86,13 +87,14 @@ def run_party(config: RunConfig, rank: int) -> PartyOutcome:
     address = PartyAddress(rank=rank, world_size=len(names), names=names)
     transport = open_transport(address, config.transport)
     try:
+        hosts = check_host_boundary(transport, config.transport)  # before any share is sent
         # every rank adopts rank 0's run id, so mpirun/torchrun/per-host runs share one folder
         run_id = transport.broadcast_obj(config.run_id or new_run_id() if rank == 0 else None, 0)
         directory = party_dir(config.output_dir, run_id, name)
         _configure_logging(config.log_level, rank, directory / "party.log")
         _tag_records(name)
-        log.info("party %s (rank %d of %d) joined run %s over %s", name, rank, config.num_parties,
-                 run_id, config.transport.name)
+        log.info("party %s (rank %d of %d) joined run %s over %s on %d host%s", name, rank, config.num_parties,
+                 run_id, config.transport.name, hosts, "s" if hosts > 1 else "")
         if is_malicious(config.protocol):  # protocol=malicious: its own authenticated engine and dealer
             from parties.malicious_run import run_malicious
 
@@ -135,6 +137,7 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
             **transport.stats.as_dict(),
             "saved": saved,
             "protocol_parts": suite.counters(),
+            "insecure_test_seed": suite.insecure_test_seed,
         }
         reports = transport.gather_obj(party_report, config.train.evaluator)
     write_json(directory / "party.json", party_report)

@@ -49,6 +49,8 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
         "protocol": config.protocol.name,
         "protocol_parts": suite.describe(),
         "testing_only_protocol": suite.testing_only,
+        # parties whose PRG seeds came from COTRAIN_INSECURE_TEST_SEED (tests only): empty in real runs
+        "insecure_test_seed": [r["name"] for r in reports if r["insecure_test_seed"]],
         "model": config.model.kind,
         "partition": config.data.partition,
         "epochs": config.train.epochs,
@@ -106,6 +108,9 @@ def print_summary(summary: dict) -> None:
     ]
     if summary["testing_only_protocol"]:
         lines.append("  WARNING: this protocol is for testing only (a trusted party sees every triple)")
+    if summary["insecure_test_seed"]:
+        lines.append(f"  WARNING: COTRAIN_INSECURE_TEST_SEED made the PRG seeds of {', '.join(summary['insecure_test_seed'])} "
+                     "predictable (tests only): every secret of this run is predictable")
     lines.append("  held-out metrics:")
     lines.append(_metric_line("secure", summary["secure"]))
     lines.append(_metric_line("plaintext", summary["plaintext"]))

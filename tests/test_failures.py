@@ -18,7 +18,7 @@ from launch.demo_data import with_demo_data
 from launch.local import LaunchError, free_port, launch_local
 from parties.entry import party_main
 
-FAST = ["data.rows=60", "data.test_rows=200", "train.epochs=1", "train.batch_size=60",
+FAST = ["protocol=tfp", "data.rows=60", "data.test_rows=200", "train.epochs=1", "train.batch_size=60",
         "transport.connect_timeout_s=20", "transport.timeout_s=20", "launch.grace_s=20"]
 
 

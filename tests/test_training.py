@@ -26,7 +26,9 @@ from mpc.training import TrainConfig, batch_slices, epoch_order
 from sessions import run_parties
 
 U = 2.0**-16
-SMALL = ["data.rows=300", "data.test_rows=600", "train.epochs=2", "train.batch_size=64"]
+# protocol=tfp: no dealer process to start; these tests are about the training, and
+# test_outputs_and_reveal runs the default (secure) suite
+SMALL = ["protocol=tfp", "data.rows=300", "data.test_rows=600", "train.epochs=2", "train.batch_size=64"]
 
 
 @pytest.mark.slow
@@ -119,6 +121,7 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job, eps
 
 @pytest.mark.slow
 def test_outputs_and_reveal(tmp_path, job):
+    """The default suite (a dealer process; nothing testing-only) and what each party writes."""
     summary = job("num_parties=3", "train.reveal_to=[bank1]", "data.rows=100", "data.test_rows=300",
                   "train.epochs=1", "train.batch_size=100")
     root = tmp_path / "outputs" / "test"
@@ -127,13 +130,15 @@ def test_outputs_and_reveal(tmp_path, job):
         assert required in summary
     for metrics in (summary["secure"], summary["plaintext"]):
         assert set(metrics) >= {"auc", "pr_auc", "accuracy", "loss"}
-    assert summary["testing_only_protocol"] is True
+    assert summary["protocol"] == "dealer" and summary["testing_only_protocol"] is False
+    assert summary["insecure_test_seed"] == []
     for rank in range(3):
         party = root / f"bank{rank}"
         assert (party / "model_shares.pt").is_file() and (party / "party.log").is_file()
         assert (party / "model.pt").is_file() == (rank == 1)
         assert json.loads((party / "party.json").read_text())["name"] == f"bank{rank}"
-    assert "for testing only" in (root / "bank0" / "party.log").read_text()
+    log = (root / "bank0" / "party.log").read_text()
+    assert "for testing only" not in log and "on 1 host" in log
     shares = [torch.load(root / f"bank{rank}" / "model_shares.pt") for rank in range(3)]
     revealed = torch.load(root / "bank1" / "model.pt")
     for name, total in zip(revealed, (sum(s[k] for s in shares) for k in shares[0])):

@@ -18,7 +18,7 @@ def test_every_kind_has_its_builtin_parts():
 
     assert set(PART_KINDS) == {"triple_source", "prg", "truncation", "comparison", "check"}
     assert {"tfp", "dealer", "ot"} <= set(part_names("triple_source"))
-    assert {"aes_ctr", "chacha20", "torch"} <= set(part_names("prg"))
+    assert set(part_names("prg")) == {"aes_ctr", "chacha20"}  # no non-cryptographic generator
     assert {"pairs", "local"} <= set(part_names("truncation"))
     assert "crypten" in part_names("comparison") and "none" in part_names("check")
 

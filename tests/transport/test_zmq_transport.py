@@ -394,7 +394,7 @@ def _crypten(rank: int, options: TransportOptions) -> dict[str, list[float]]:
 
     t = _open(rank, 3, options)
     x, y = _mpc_inputs()
-    with MpcSession(t, ProtocolSuite(ProtocolConfig())) as crypten:
+    with MpcSession(t, ProtocolSuite(ProtocolConfig(name="tfp", triple_source="tfp"))) as crypten:
         secret_x, secret_y = crypten.cryptensor(x, src=0), crypten.cryptensor(y, src=1)
         result = {
             "mul": (secret_x * secret_y).get_plain_text(),
