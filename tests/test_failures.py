@@ -98,7 +98,8 @@ def test_a_killed_party_is_named_by_every_survivor(launcher: str) -> None:
     else:  # gloo and MPI: the peer watch races the launcher's own stop (see the kill-trials bench)
         assert len(trial.unnamed) < 3 or re.search(r"first to end: [^)]*bank1", trial.output), trial.output[-3000:]
     assert not trial.orphans, trial.orphans
-    assert trial.seconds < 10, (trial.seconds, trial.output[-3000:])
+    # the bound is 10 s (bench/kill_trials.py measures it); twice that leaves room for a loaded CI machine
+    assert trial.seconds < 20, (trial.seconds, trial.output[-3000:])
 
 
 @pytest.mark.slow
