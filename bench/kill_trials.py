@@ -163,14 +163,18 @@ def main() -> None:
     for launcher in arguments.launchers.split(","):
         trials = []
         for index in range(arguments.trials):
-            trial = kill_trial(launcher, rng)
+            try:
+                trial = kill_trial(launcher, rng)
+            except RuntimeError as error:  # the job never reached training (a loaded machine): no trial
+                print(f"{launcher} trial {index + 1}: not run: {str(error).splitlines()[0]}", flush=True)
+                continue
             trials.append(trial)
             print(f"{launcher} trial {index + 1}: killed {trial.victim}, all gone after {trial.seconds:.2f} s, "
                   f"exit codes {trial.exit_codes}, unnamed by {trial.unnamed or 'nobody'}, "
                   f"orphans {trial.orphans or 'none'}", flush=True)
             if not trial.ok:
                 print(trial.output[-3000:], flush=True)
-        times = [trial.seconds for trial in trials]
+        times = [trial.seconds for trial in trials] or [float("nan")]
         rows.append((launcher, min(times), statistics.median(times), max(times),
                      sum(trial.ok for trial in trials), len(trials)))
     print(f"\n{'launcher':<10} {'min s':>7} {'median s':>9} {'max s':>7}  named, non-zero, no orphans")
