@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mpc.data.config import PARTITIONS
+from mpc.dp import config_problem as dp_problem
 from mpc.models import MODEL_KINDS
+from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
@@ -70,6 +72,15 @@ def _validate(config: RunConfig) -> None:
     require(config.data.partition in PARTITIONS,
             f"data.partition={config.data.partition} is not allowed; choose one of {', '.join(PARTITIONS)}")
     require(config.data.rows >= 10, f"data.rows={config.data.rows} is too small; it must be at least 10")
+    require(0 < config.data.overlap <= 1, f"data.overlap={config.data.overlap} must be in (0, 1]")
+    require(config.data.overlap == 1 or config.data.partition == "vertical",
+            f"data.overlap={config.data.overlap} applies to data.partition=vertical only")
+    require(config.data.overlap == 1 or config.psi.enabled,
+            f"data.overlap={config.data.overlap} gives the parties different ids in different orders; "
+            "set psi.enabled=true to align them by private set intersection")
+    require(not config.psi.enabled or config.data.partition == "vertical",
+            "psi.enabled=true applies to data.partition=vertical (a horizontal split has no common ids to find)")
+    require(config.psi.min_intersection >= 1, f"psi.min_intersection={config.psi.min_intersection} must be at least 1")
     require(config.data.test_rows >= 10, f"data.test_rows={config.data.test_rows} is too small; it must be at least 10")
     require(config.train.epochs >= 1, f"train.epochs={config.train.epochs} must be at least 1")
     require(config.train.batch_size >= 1, f"train.batch_size={config.train.batch_size} must be at least 1")
@@ -96,6 +107,25 @@ def _validate(config: RunConfig) -> None:
     require(rank is None or 0 <= rank < config.num_parties + dealer,
             f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
             f"{', the last being the dealer' if dealer else ''})")
+    dp_error = dp_problem(config.train.dp, config.model.kind, config.protocol.name)
+    require(dp_error is None, dp_error or "")
+    _validate_release(config)
+
+
+def _validate_release(config: RunConfig) -> None:
+    """The release policy names known values and parties, and allows what this job opens."""
+    names = config.names() or tuple(spec.name for spec in default_party_specs(config.num_parties))
+    unknown = [name for name in config.train.reveal_to if name not in names]
+    if unknown:
+        raise ConfigError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
+    try:
+        policy = ReleasePolicy(config.release, names, config.train.evaluator, config.train.reveal_to)
+        has_heldout = not config.parties or any(spec.test_data for spec in config.parties)
+        for what, recipients in required_openings(config.data.partition, has_heldout, config.train.reveal_to,
+                                                  names[config.train.evaluator], names):
+            policy.check(what, recipients)
+    except (ValueError, ReleaseRefused) as error:
+        raise ConfigError(f"release: {error}") from None
 
 
 def _refuse_insecure(config: RunConfig) -> None:

@@ -2,66 +2,99 @@
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
+from mpc.data.preprocessing import Preprocessing
 from mpc.metrics import ClassWeights
 from mpc.reference import pool_horizontal, pool_vertical, readable, train_plaintext
+from mpc.tolerance import METRICS, compare, logit_bounds, metric_tolerances, out_of_tolerance, training_weight_bound
 from mpc.training import EpochRecord
 from parties.config import RunConfig
 from protocols import ProtocolSuite
+from protocols.dealer import DEALER_NAME
 
-log = logging.getLogger("cotrain.summary")
+@dataclass
+class Reference:
+    """The plaintext reference's held-out results and how far the secure ones may lie from them."""
+
+    metrics: dict
+    logit_bound: float | None  # the largest over the held-out rows; None: no bound for this model
+    tolerances: dict[str, float] | None
+    heldout_logits: torch.Tensor | None = None  # the float model's final held-out scores, for the report
+    heldout_labels: torch.Tensor | None = None
 
 
-def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: ClassWeights) -> dict | None:
-    """Train the same model in float on the pooled files, where this process can read them all."""
+def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: ClassWeights,
+                        preprocessing: Preprocessing, sigmoid_error: float) -> Reference | None:
+    """Train the same model in float on the pooled files, where this process can read them all,
+    with the preprocessing the secure run revealed; derive the metric tolerances (mpc.tolerance)."""
     train_paths = [spec.data for spec in config.parties]
     test_paths = [spec.test_data for spec in config.parties]
     if not config.train.plaintext_reference or not readable(train_paths):
         return None
-    pool = pool_horizontal if config.data.partition == "horizontal" else pool_vertical
-    data = pool(config.data, train_paths, test_paths)
+    if config.data.partition == "horizontal":
+        data = pool_horizontal(config.data, preprocessing, train_paths, test_paths)
+    else:
+        data = pool_vertical(config.data, preprocessing, train_paths, test_paths, intersect=config.psi.enabled)
     if data.test_features is None:
         return None
-    _, curve = train_plaintext(torch_model, data, config.train, weights, config.seed)
-    return {**curve[-1].as_dict(), "loss_curve": [m.loss for m in curve], "auc_curve": [m.auc for m in curve]}
+    trained, curve = train_plaintext(torch_model, data, config.train, weights, config.seed)
+    metrics = {**curve[-1].as_dict(), "loss_curve": [m.loss for m in curve], "auc_curve": [m.auc for m in curve]}
+    with torch.no_grad():
+        plain_logits = trained(data.test_features)
+    training = training_weight_bound(data.features, data.labels, torch_model, config.train, weights,
+                                     config.seed, sigmoid_error)
+    if training is None:
+        return Reference(metrics, None, None, plain_logits, data.test_labels)
+    delta = logit_bounds(data.test_features, trained, training)
+    return Reference(metrics, delta.max().item(), metric_tolerances(plain_logits, data.test_labels, weights, delta),
+                     plain_logits, data.test_labels)
 
 
 def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports: Sequence[dict],
                   history: Sequence[EpochRecord], weights: ClassWeights, torch_model: nn.Module,
-                  wall_s: float, training_s: float) -> dict:
+                  preprocessing: Preprocessing, sigmoid_error: float, job_s: float, training_s: float,
+                  reference: Reference | None = None) -> dict:
+    """``reference``: the plaintext reference where the caller trained it already (else trained here)."""
     final = history[-1].metrics if history and history[-1].metrics else None
     secure = None
     if final is not None:
         secure = {**final.as_dict(),
                   "loss_curve": [r.metrics.loss for r in history],
                   "auc_curve": [r.metrics.auc for r in history]}
-    plaintext = plaintext_reference(config, torch_model, weights)
+    if reference is None:
+        reference = plaintext_reference(config, torch_model, weights, preprocessing, sigmoid_error)
+    plaintext = None if reference is None else reference.metrics
     epochs = max(len(history), 1)
     return {
+        "status": "ok",
         "run_id": run_id,
         "num_parties": config.num_parties,
-        "parties": [{"name": r["name"], "rank": r["rank"], **r["contributed"]} for r in reports],
+        "parties": [{"name": r["name"], "rank": r["rank"], **r["contributed"]} for r in reports if "contributed" in r],
         "transport": config.transport.name,
         "protocol": config.protocol.name,
         "protocol_parts": suite.describe(),
         "testing_only_protocol": suite.testing_only,
         # parties whose PRG seeds came from COTRAIN_INSECURE_TEST_SEED (tests only): empty in real runs
-        "insecure_test_seed": [r["name"] for r in reports if r["insecure_test_seed"]],
+        "insecure_test_seed": [r["name"] for r in reports if r.get("insecure_test_seed")],
         "model": config.model.kind,
         "partition": config.data.partition,
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
         "lr": config.train.lr,
         "seed": config.seed,
+        "preprocessing": preprocessing.as_dict(),
         "class_weights": {"negative": weights.negative, "positive": weights.positive},
         "secure": secure,
         "plaintext": plaintext,
-        "auc_gap": None if not (secure and plaintext) else abs(secure["auc"] - plaintext["auc"]),
-        "wall_s": wall_s,
+        # secure - plaintext per metric, with the tolerance derived in mpc.tolerance
+        "gaps": None if not (secure and plaintext) else compare(secure, plaintext, reference.tolerances),
+        "logit_bound": None if reference is None else reference.logit_bound,
+        "job_wall_s": job_s,
         "training_s": training_s,
         "per_epoch": [r.as_dict() for r in history],
         "per_party": [
@@ -76,16 +109,37 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
             }
             for r in reports
         ],
+        "total_bytes_sent": sum(r["bytes_sent"] for r in reports),
         "evaluator_bytes_per_epoch": sum(r.bytes_sent for r in history) / epochs,
         "evaluator_rounds_per_epoch": sum(r.rounds for r in history) / epochs,
     }
 
 
-def _metric_line(label: str, metrics: dict | None) -> str:
+def _metric_line(label: str, metrics: dict | None, fmt: str = "{:9.4f}") -> str:
     if metrics is None:
-        return f"  {label:<10} (not available)"
-    return (f"  {label:<10} AUC {metrics['auc']:.4f}   PR-AUC {metrics['pr_auc']:.4f}   "
-            f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}")
+        return f"    {label:<22} (not available)"
+    return f"    {label:<22}" + "".join(f"{fmt.format(metrics[m]):>11}" for m in METRICS)
+
+
+def _gap_lines(summary: dict) -> list[str]:
+    gaps = summary["gaps"]
+    if gaps is None:
+        return []
+    lines = [_metric_line("gap (secure - plain)", {m: gaps[m]["gap"] for m in METRICS}, "{:+9.4f}")]
+    if summary["logit_bound"] is None:
+        lines.append(f"    no tolerance derived for model={summary['model']} "
+                     "(mpc/tolerance.py: logistic regression only)")
+        return lines
+    lines.append(_metric_line("tolerance", {m: gaps[m]["tolerance"] for m in METRICS}))
+    failing = out_of_tolerance(gaps)
+    if failing:
+        lines.append("  !!! OUT OF TOLERANCE: " + ", ".join(
+            f"{m} (gap {gaps[m]['gap']:+.4f}, allowed {gaps[m]['tolerance']:.4f})" for m in failing)
+            + " -- the secure model is not the plaintext one")
+    else:
+        lines.append(f"  all four metrics within the fixed-point tolerance "
+                     f"(held-out logits within {summary['logit_bound']:.2e} of plaintext at most)")
+    return lines
 
 
 _PART_FIELDS = ("calls", "tuples", "offline_bytes", "offline_rounds", "online_bytes", "online_rounds")
@@ -111,15 +165,16 @@ def print_summary(summary: dict) -> None:
     if summary["insecure_test_seed"]:
         lines.append(f"  WARNING: COTRAIN_INSECURE_TEST_SEED made the PRG seeds of {', '.join(summary['insecure_test_seed'])} "
                      "predictable (tests only): every secret of this run is predictable")
-    lines.append("  held-out metrics:")
+    header = "".join(f"{name:>11}" for name in ("AUC", "PR-AUC", "accuracy", "loss"))
+    lines.append(f"  held-out metrics:{'':9}{header}")
     lines.append(_metric_line("secure", summary["secure"]))
     lines.append(_metric_line("plaintext", summary["plaintext"]))
-    if summary["auc_gap"] is not None:
-        lines.append(f"  AUC gap secure vs plaintext: {summary['auc_gap']:.4f}")
-    lines.append(f"  wall time {summary['wall_s']:.1f} s (training {summary['training_s']:.1f} s)")
+    lines += _gap_lines(summary)
+    lines.append(f"  job wall time {summary['job_wall_s']:.1f} s (training {summary['training_s']:.1f} s)")
     for party in summary["per_party"]:
         lines.append(f"  {party['name']:<8} sent {party['bytes_sent'] / 1e6:8.2f} MB  received "
                      f"{party['bytes_received'] / 1e6:8.2f} MB  rounds {party['rounds']}")
+    lines.append(f"  total    sent {summary['total_bytes_sent'] / 1e6:8.2f} MB")
     lines.append(f"  evaluator per epoch: {summary['evaluator_bytes_per_epoch'] / 1e6:.2f} MB sent, "
                  f"{summary['evaluator_rounds_per_epoch']:.0f} rounds")
     parts = summary["per_party"][0]["protocol_parts"] if summary["per_party"] else {}
@@ -128,3 +183,15 @@ def print_summary(summary: dict) -> None:
     for kind, counted in parts.items():
         lines.append(f"    {kind:<14} {_part_line(counted)}")
     print("\n".join(lines), flush=True)
+
+
+def dealer_report(transport: Any, rank: int, served: dict) -> dict:
+    """The dealer's line in the per-party table: its traffic and what it served."""
+    return {"name": DEALER_NAME, "rank": rank, **transport.stats.as_dict(), "saved": {},
+            "protocol_parts": {"dealer": served}}
+
+
+def failed_summary(run_id: str, reason: str, parties: dict[str, str] | None = None) -> dict:
+    """What a failed run leaves: ``status: failed``, the reason, and each party's own reason
+    where the writer can read it (a local launch reads every party's folder)."""
+    return {"status": "failed", "run_id": run_id, "reason": reason, "party_reasons": parties or {}}

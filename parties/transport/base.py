@@ -180,15 +180,19 @@ class Transport(ABC):
 
     @abstractmethod
     def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
-        """Combine every party's tensor (or list, if ``batched``) at ``dst``."""
+        """Combine every party's tensor (or list, if ``batched``) at ``dst``; None elsewhere.
+
+        Like CrypTen's communicator: a party other than ``dst`` must not mistake its own
+        input (a share, when CrypTen reveals to ``dst``) for the result.
+        """
 
     @abstractmethod
     def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
         """Combine every party's tensor (or list, if ``batched``) at every party."""
 
     @abstractmethod
-    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
-        """Every party's tensor at ``dst`` in rank order; None elsewhere."""
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
+        """Every party's tensor at ``dst`` in rank order; ``[None]`` elsewhere (as CrypTen)."""
 
     @abstractmethod
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -196,7 +200,11 @@ class Transport(ABC):
 
     @abstractmethod
     def broadcast(self, input: Any, src: int, group: Any = None, batched: bool = False) -> Any:
-        """Party ``src``'s tensor (or list, if ``batched``) at every party."""
+        """Party ``src``'s tensor (or list, if ``batched``) at every party, written in place.
+
+        Receivers' tensors are overwritten through their data, as CrypTen's communicator does,
+        so a parameter that requires grad can be the target.
+        """
 
     @abstractmethod
     def barrier(self) -> None:
