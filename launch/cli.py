@@ -18,7 +18,7 @@ from launch.outcome import record_failure, record_success
 from launch.predict import predict
 from mpc.data.tables import DataError
 from mpc.scoring import ModelFileError
-from parties.entry import exit_now, party_main
+from parties.entry import party_main
 from parties.party import new_run_id
 
 
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except LaunchError as error:
         print(f"cotrain: {error}", file=sys.stderr)
-        exit_now(1)  # the parties are gone; tearing torch down would only delay the exit code
+        return 1
 
 
 if __name__ == "__main__":
