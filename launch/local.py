@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import socket
 import tempfile
 import time
@@ -67,15 +68,23 @@ def _wait(processes: list[BaseProcess], timeout_s: float, grace_s: float) -> Non
         failed = [p for p in processes if p.exitcode not in (None, 0)]
         if failed:
             _let_others_stop(processes, grace_s)
-            names = ", ".join(f"{p.name} (exit code {p.exitcode})" for p in failed)
-            raise LaunchError(f"party {names} failed; the other parties were stopped")
+            raise LaunchError(f"{_describe(failed)}; the other parties were stopped")
         if time.monotonic() > deadline:
             raise LaunchError(f"the job ran past launch.timeout_s={timeout_s:g}; all parties were stopped")
         time.sleep(0.1)
     failed = [p for p in processes if p.exitcode != 0]
     if failed:
-        names = ", ".join(f"{p.name} (exit code {p.exitcode})" for p in failed)
-        raise LaunchError(f"party {names} failed")
+        raise LaunchError(_describe(failed))
+
+
+def _describe(failed: list[BaseProcess]) -> str:
+    """Which parties failed first, and how: an exit code, or the signal that killed them."""
+    parts = []
+    for process in failed:
+        code = process.exitcode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"failed (exit code {code})"
+        parts.append(f"party {process.name} {how}")
+    return ", ".join(parts)
 
 
 def _let_others_stop(processes: list[BaseProcess], grace_s: float) -> None:

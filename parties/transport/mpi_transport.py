@@ -21,6 +21,7 @@ import torch
 from torch.distributed import ReduceOp
 
 from parties.transport.base import PartyAddress, Transport, TransportError, TransportOptions
+from parties.transport.peer_watch import PeerWatch, failing_on_transport_error
 
 _TAG = 7  # one tag for all point-to-point traffic: MPI keeps per-(source, tag) order
 _SPIN_S = 2e-3  # poll (yielding the core) this long, then nap from _FIRST_NAP_S up to _MAX_NAP_S
@@ -109,6 +110,8 @@ class MpiTransport(Transport):
             torch.float32: (MPI.FLOAT, np.float32),
             torch.float64: (MPI.DOUBLE, np.float64),
         }
+        self.in_flight: str | None = None  # read by the peer watch
+        self._watch = PeerWatch(self)
 
     # -- helpers ----------------------------------------------------------------------------
     def _complete(self, request: Any, what: str) -> None:
@@ -123,6 +126,7 @@ class MpiTransport(Transport):
         start = time.monotonic()
         deadline = start + self.options.timeout_s
         nap = _FIRST_NAP_S
+        self.in_flight = what
         while not request.Test():
             now = time.monotonic()
             if now - start < _SPIN_S:
@@ -135,6 +139,7 @@ class MpiTransport(Transport):
                 )
             time.sleep(nap)
             nap = min(nap * 2, _MAX_NAP_S)
+        self.in_flight = None
 
     def _typed(self, array: torch.Tensor, op: Any) -> list:
         """``[numpy view, MPI type]`` for a reduction; integers as unsigned for defined wrap-around."""
@@ -315,9 +320,14 @@ class MpiTransport(Transport):
         """
         if self._closed:
             return
-        self._closed = True
-        if sys.exc_info()[1] is not None:
-            self._abort_at_exit = True
+        try:
+            if sys.exc_info()[1] is None:
+                self.barrier()  # a normal end: the peer watch stops only once every rank got this far
+        finally:
+            self._closed = True
+            self._abort_at_exit = sys.exc_info()[1] is not None
+            self._watch.stop(after_transport_error=failing_on_transport_error())
+        if self._abort_at_exit:
             return
         try:
             self._comm.Free()

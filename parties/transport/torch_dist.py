@@ -6,8 +6,9 @@ staged through host memory because gloo moves only CPU tensors point to point.
 
 from __future__ import annotations
 
-import time
 import os
+import sys
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Iterator
@@ -17,19 +18,24 @@ import torch.distributed as dist
 from torch.distributed import ReduceOp
 
 from parties.transport.base import PartyAddress, Transport, TransportError, TransportOptions
+from parties.transport.peer_watch import PeerWatch, failing_on_transport_error
 
 
 class _StagedRequest:
     """A pending gloo request that copies a host buffer back to the caller's device."""
 
-    def __init__(self, work: Any, host: torch.Tensor, target: torch.Tensor, describe: str) -> None:
+    def __init__(self, work: Any, host: torch.Tensor, target: torch.Tensor, describe: str,
+                 transport: "TorchDistributedTransport") -> None:
         self._work, self._host, self._target, self._describe = work, host, target, describe
+        self._transport = transport
 
     def wait(self) -> None:
+        self._transport.in_flight = self._describe
         try:
             self._work.wait()
         except RuntimeError as error:
             raise TransportError(f"{self._describe} failed: {error}") from None
+        self._transport.in_flight = None
         if self._host is not self._target:
             self._target.copy_(self._host)
 
@@ -68,6 +74,8 @@ class TorchDistributedTransport(Transport):
                 f"{self.peer(self.rank)} could not form the {backend} group: {str(error).splitlines()[0]}"
             ) from None
         self._group = dist.group.WORLD
+        self.in_flight: str | None = None  # read by the peer watch
+        self._watch = PeerWatch(self)
 
     def _join_store(self, backend: str) -> dist.TCPStore:
         """Rendezvous at rank 0's store; each party signs in so a missing one can be named."""
@@ -104,15 +112,15 @@ class TorchDistributedTransport(Transport):
 
     @contextmanager
     def _operation(self, what: str) -> Iterator[None]:
+        self.in_flight = what
         with self.stats.timed():
             try:
                 yield
             except (RuntimeError, dist.DistError) as error:
                 first_line = str(error).splitlines()[0] if str(error) else error.__class__.__name__
-                raise TransportError(
-                    f"{self.peer(self.rank)}: {what} failed within "
-                    f"transport.timeout_s={self.options.timeout_s:g} ({first_line})"
-                ) from None
+                when = f" within transport.timeout_s={self.options.timeout_s:g}" if "timed out" in first_line.lower() else ""
+                raise TransportError(f"{self.peer(self.rank)}: {what} failed{when} (gloo: {first_line})") from None
+        self.in_flight = None
 
     # -- point to point -------------------------------------------------------------------
     def send(self, tensor: torch.Tensor, dst: int) -> None:
@@ -132,14 +140,14 @@ class TorchDistributedTransport(Transport):
         with self._operation(f"isend to {self.peer(dst)}"):
             work = dist.isend(host, dst)
         self._count(tensor, sent_copies=1)
-        return _StagedRequest(work, host, host, f"isend to {self.peer(dst)}")
+        return _StagedRequest(work, host, host, f"isend to {self.peer(dst)}", self)
 
     def irecv(self, tensor: torch.Tensor, src: int | None = None) -> _StagedRequest:
         host = _on_host(tensor)
         with self._operation(f"irecv from {self.peer(src)}"):
             work = dist.irecv(host, src)
         self._count(tensor, received_copies=1)
-        return _StagedRequest(work, host, tensor, f"irecv from {self.peer(src)}")
+        return _StagedRequest(work, host, tensor, f"irecv from {self.peer(src)}", self)
 
     # -- collectives ----------------------------------------------------------------------
     def scatter(self, scatter_list: list[torch.Tensor], src: int, size: Any = None,
@@ -239,5 +247,13 @@ class TorchDistributedTransport(Transport):
         self.stats.add(rounds=1)
 
     def close(self) -> None:
-        if dist.is_initialized():
+        """A normal end passes a closing barrier before the peer watch stops, so a peer that
+        exits right after is no failure; after an error, leave at once."""
+        if not dist.is_initialized():
+            return
+        try:
+            if sys.exc_info()[1] is None:
+                self.barrier()
+        finally:
+            self._watch.stop(after_transport_error=failing_on_transport_error())
             dist.destroy_process_group()

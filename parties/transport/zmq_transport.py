@@ -1,16 +1,34 @@
 """ZeroMQ transport: a ROUTER each party binds, a DEALER to every peer, CurveZMQ by default.
 
-A message is a msgpack header frame and a raw payload frame. Large payloads leave zero-copy
-(ZeroMQ reads the tensor's memory; the send handle waits until it has) and arrive zero-copy
-(the received frame becomes the tensor); a small payload rides inside the header instead,
-because one frame costs less than two. Every DEALER carries its party's rank as routing
-identity; with CurveZMQ the ZAP handler maps each accepted public key to a rank too, so a
-message is accepted only when the key, the identity and the header agree.
+Every ZeroMQ message is one frame of at most ``FRAME_LIMIT`` bytes, and ZeroMQ itself
+refuses to read a bigger one (ZMQ_MAXMSGSIZE), during the CurveZMQ handshake too, so no
+connection can make a party buffer more than that before it is authenticated (see
+``zmq_watch`` for the limits on how many may try at once). A tensor message is a msgpack
+header carrying a small payload inline, or announcing the payload's size, followed by the
+payload in chunks of ``CHUNK_BYTES``; the receiver reassembles them into a buffer of the
+announced size (at most ``transport.max_message_bytes``), allocated only once the header
+has arrived on an authenticated connection.
+
+No call blocks on a full queue: queues hold ``QUEUE_MESSAGES`` frames each way per peer
+(ZMQ_SNDHWM/RCVHWM), chunks that do not fit wait in the sender's outbox, and every wait
+(for a message, or for a send to be handed over) keeps pushing outboxes and taking in
+arrivals, so two parties sending each other large messages always make progress whatever
+the queue sizes. Messages that arrive before they are asked for wait in a stash bounded
+per peer (``STASH_MESSAGES`` messages, ``STASH_MESSAGE_SIZES`` x max_message_bytes bytes).
+
+Every DEALER carries its party's rank as routing identity; with CurveZMQ the ZAP handler
+maps each accepted public key to a rank too, so a message is accepted only when the key,
+the identity and the header agree. Heartbeats (ZMQ_HEARTBEAT_*) and the socket monitors
+find a peer that died or went silent within seconds; a party that ends normally says
+``bye`` first, so any other disconnection is a failure, reported naming the peer and the
+operation in flight.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import sys
 import time
 from typing import Any
 
@@ -19,21 +37,31 @@ import numpy as np
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 from parties.transport.base import PartyAddress, TransportError, TransportOptions
 from parties.transport.keys import KeyFileError, fingerprint, load_key_pair, load_public_key
 from parties.transport.p2p import DONE, ZERO_COPY_BYTES, PointToPointTransport, Waitable, flat_bytes
 from parties.transport.wire import WireError
+from parties.transport.zmq_watch import ConnectionWatch
 
 log = logging.getLogger(__name__)
 
 INLINE = "data"  # header key carrying a small payload
-MAX_HEADER_BYTES = ZERO_COPY_BYTES + (1 << 16)
-_HANDSHAKE_FAILURES = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
+SIZE = "bytes"  # header key announcing a payload that follows in chunks
+INLINE_BYTES = ZERO_COPY_BYTES  # smaller payloads ride inside the header
+MAX_HEADER_BYTES = INLINE_BYTES + (1 << 16)
+CHUNK_BYTES = 256 << 10
+FRAME_LIMIT = CHUNK_BYTES + 4096  # the largest frame ZeroMQ reads from anyone (room for CurveZMQ's box)
+# Frames queued per peer each way. Any value works (no call blocks on a full queue, see
+# above); 16 x 256 KiB keeps a 1 Gbit/s link busy for tens of milliseconds.
+QUEUE_MESSAGES = 16
+STASH_MESSAGES = 4096
+STASH_MESSAGE_SIZES = 2
+DISCONNECT_GRACE_S = 1.0  # after a peer's connection drops, how long its last messages get to arrive
+_SLICE_S = 0.25
+_SETTLE_S = 1.0  # waits check the watch at least this often
+_BYE = "bye"
+GOODBYE_LINGER_S = 5.0
 
 
 def party_endpoints(address: PartyAddress, options: TransportOptions) -> list[str]:
@@ -57,9 +85,12 @@ class _PartyAuthenticator(ThreadAuthenticator):
     def __init__(self, context: zmq.Context, ranks_by_key: dict[bytes, int]) -> None:
         super().__init__(context, log=logging.getLogger(f"{__name__}.zap"))
         self._ranks_by_key = ranks_by_key
+        self.watch: ConnectionWatch | None = None
 
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self._ranks_by_key:
+            if self.watch is not None:
+                self.watch.authenticated(self._ranks_by_key[key])
             return True
         log.warning("refused a CurveZMQ connection: public key %s belongs to no party", fingerprint(key))
         return False
@@ -68,25 +99,38 @@ class _PartyAuthenticator(ThreadAuthenticator):
         return str(self._ranks_by_key[z85.encode(client_public_key)])
 
 
-class _TrackedSend:
-    """A zero-copy send: done once ZeroMQ has released the tensor's memory."""
+class _Assembly:
+    """A chunked payload arriving into a buffer of the size its header announced."""
 
-    def __init__(self, tracker: zmq.MessageTracker, transport: "ZmqTransport", dst: int, op: str) -> None:
-        self._tracker, self._transport, self._dst, self._op = tracker, transport, dst, op
+    def __init__(self, header: dict, size: int, header_bytes: int) -> None:
+        self.header, self.size, self.wire_bytes = header, size, header_bytes
+        self.buffer = np.empty(size, dtype=np.uint8)
+        self.filled = 0
+
+    def add(self, chunk: memoryview, sender: str) -> bool:
+        """Copy in one chunk; True once the payload is complete."""
+        end = self.filled + len(chunk)
+        if end > self.size:
+            raise WireError(f"{sender} sent {end - self.size} bytes more than the {self.size} it announced "
+                            f"for {self.header.get('op')!r} (message {self.header.get('seq')})")
+        self.buffer[self.filled:end] = np.frombuffer(chunk, dtype=np.uint8)
+        self.filled = end
+        self.wire_bytes += len(chunk)
+        return end == self.size
+
+
+class _Send:
+    """A send: done once every frame of the message has been handed to ZeroMQ (copied)."""
+
+    def __init__(self, transport: "ZmqTransport", dst: int, op: str, frames_up_to: int) -> None:
+        self._transport, self._dst, self._op, self._frames_up_to = transport, dst, op, frames_up_to
 
     def wait(self) -> None:
-        try:
-            self._tracker.wait(self._transport.options.timeout_s)
-        except zmq.NotDone:
-            self._transport._broken = True
-            raise TransportError(
-                f"{self._transport.peer(self._transport.rank)}: {self._op} to "
-                f"{self._transport.peer(self._dst)} was not taken within "
-                f"transport.timeout_s={self._transport.options.timeout_s:g}"
-            ) from None
+        self._transport._flush(self._dst, self._frames_up_to, self._op)
 
     def is_completed(self) -> bool:
-        return self._tracker.done
+        self._transport._push(self._dst)
+        return self._transport._handed[self._dst] >= self._frames_up_to
 
 
 class ZmqTransport(PointToPointTransport):
@@ -96,14 +140,21 @@ class ZmqTransport(PointToPointTransport):
         super().__init__(address, options)
         self._context = zmq.Context(io_threads=1)
         self._auth: _PartyAuthenticator | None = None
+        self._watch: ConnectionWatch | None = None
         self._closed = False
         self._broken = False  # a peer failed or misbehaved: close without draining
         self._dealers: dict[int, zmq.Socket] = {}
-        self._monitors: dict[zmq.Socket, int] = {}
         self._identities = {str(rank).encode(): rank for rank in self._others()}
         self._wait_ms = -1  # the ROUTER's receive timeout as last set
-        self._arrived = [0] * self.world_size  # next sequence number due from each peer
-        self._stash: list[dict[int, tuple[Any, int, memoryview]]] = [{} for _ in range(self.world_size)]
+        size = self.world_size
+        self._outbox: list[collections.deque] = [collections.deque() for _ in range(size)]
+        self._queued, self._handed = [0] * size, [0] * size  # frames per peer, ever
+        self._arrived = [0] * size  # next sequence number due from each peer
+        self._last_arrival = [0.0] * size
+        self._partial: list[_Assembly | None] = [None] * size
+        self._stash: list[dict[int, tuple[Any, int, memoryview]]] = [{} for _ in range(size)]
+        self._stash_bytes = [0] * size
+        self._bye: dict[int, int] = {}  # peer -> the sequence number of its goodbye
         try:
             endpoints = party_endpoints(address, options)
             keys = self._keys() if options.encrypt else None
@@ -113,14 +164,21 @@ class ZmqTransport(PointToPointTransport):
                     "AUTHENTICATED; anyone who can reach %s can read and inject shares !!!",
                     endpoints[self.rank],
                 )
-            self._router = self._bind(endpoints[self.rank], keys)
+            self._router = self._router_socket(keys)
             for rank in self._others():
-                self._dealers[rank] = self._connect(rank, endpoints[rank], keys)
+                self._dealers[rank] = self._dealer_socket(rank, keys)
+            self._watch = ConnectionWatch(self._context, self._router, self._dealers)
+            if self._auth is not None:
+                self._auth.watch = self._watch
+            self._watch.start()
+            self._bind(endpoints[self.rank])
+            for rank in self._others():
+                self._dealers[rank].connect(endpoints[rank])
             self._handshake(options.connect_timeout_s)
+            self._watch.session_started()
         except BaseException:
             self._shutdown(linger_s=0)  # nothing queued is worth waiting for
             raise
-        self._stop_monitors()
 
     # -- setup ------------------------------------------------------------------------------
     def _keys(self) -> dict[str, Any]:
@@ -147,27 +205,37 @@ class ZmqTransport(PointToPointTransport):
         self._auth.configure_curve_callback("*", self._auth)
         return {"public": public, "secret": secret, "peers": peers}
 
-    def _bind(self, endpoint: str, keys: dict[str, Any] | None) -> zmq.Socket:
+    def _limit(self, sock: zmq.Socket) -> None:
+        """Frame size, queue lengths and heartbeats, the same on every socket."""
+        sock.setsockopt(zmq.MAXMSGSIZE, FRAME_LIMIT)
+        sock.setsockopt(zmq.SNDHWM, QUEUE_MESSAGES)
+        sock.setsockopt(zmq.RCVHWM, QUEUE_MESSAGES)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(self.options.heartbeat_s * 1000)))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(self.options.heartbeat_timeout_s * 1000)))
+        sock.setsockopt(zmq.HEARTBEAT_TTL, max(100, int(self.options.heartbeat_timeout_s * 1000)))
+
+    def _router_socket(self, keys: dict[str, Any] | None) -> zmq.Socket:
         router = self._context.socket(zmq.ROUTER)
-        router.setsockopt(zmq.MAXMSGSIZE, self.options.max_message_bytes)  # zmq refuses bigger frames unread
-        router.setsockopt(zmq.RCVHWM, 0)  # lockstep protocols bound the backlog; a limit could deadlock
+        self._limit(router)
+        # a stranger's handshake must finish in time, or its connection (and memory) is released
+        router.setsockopt(zmq.HANDSHAKE_IVL, int(min(self.options.connect_timeout_s, 10.0) * 1000))
         router.setsockopt(zmq.LINGER, 0)
         if keys:
             router.curve_server = True
             router.curve_publickey = keys["public"].encode()
             router.curve_secretkey = keys["secret"].encode()
-        try:
-            router.bind(endpoint)
-        except zmq.ZMQError as error:
-            router.close(linger=0)
-            raise TransportError(f"{self.peer(self.rank)} cannot listen on {endpoint}: {error}") from None
         return router
 
-    def _connect(self, rank: int, endpoint: str, keys: dict[str, Any] | None) -> zmq.Socket:
+    def _bind(self, endpoint: str) -> None:
+        try:
+            self._router.bind(endpoint)
+        except zmq.ZMQError as error:
+            raise TransportError(f"{self.peer(self.rank)} cannot listen on {endpoint}: {error}") from None
+
+    def _dealer_socket(self, rank: int, keys: dict[str, Any] | None) -> zmq.Socket:
         dealer = self._context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.ROUTING_ID, str(self.rank).encode())
-        dealer.setsockopt(zmq.SNDHWM, 0)
-        dealer.setsockopt(zmq.SNDTIMEO, int(self.options.timeout_s * 1000))
+        self._limit(dealer)
         # ZeroMQ retries the connection itself, doubling the wait up to one second
         dealer.setsockopt(zmq.RECONNECT_IVL, max(1, int(self.options.connect_retry_s * 1000)))
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -175,62 +243,110 @@ class ZmqTransport(PointToPointTransport):
             dealer.curve_serverkey = keys["peers"][rank].encode()
             dealer.curve_publickey = keys["public"].encode()
             dealer.curve_secretkey = keys["secret"].encode()
-            self._monitors[dealer.get_monitor_socket(_HANDSHAKE_FAILURES)] = rank
-        dealer.connect(endpoint)
         return dealer
 
-    # -- frames -----------------------------------------------------------------------------
+    # -- sending ----------------------------------------------------------------------------
     def _send_frame(self, dst: int, header: dict, buffer: np.ndarray) -> Waitable:
-        dealer = self._dealers[dst]
-        try:
-            if buffer.nbytes < ZERO_COPY_BYTES:
-                # small: the bytes ride inside the header, one frame, no tracking
-                header[INLINE] = buffer.tobytes()
-                head = msgpack.packb(header, use_bin_type=True)
-                dealer.send(head)
-                self.stats.add(sent=len(head), rounds=0)
-                return DONE
+        if buffer.nbytes < INLINE_BYTES:
+            # small: the bytes ride inside the header, one frame
+            header[INLINE] = buffer.tobytes()
             head = msgpack.packb(header, use_bin_type=True)
-            dealer.send(head, zmq.SNDMORE)
-            buffer = flat_bytes(buffer)
-            tracker = dealer.send(buffer, copy=False, track=True)
-        except zmq.Again:
-            self._broken = True
-            raise TransportError(
-                f"{self.peer(self.rank)}: {header['op']} to {self.peer(dst)} could not be queued "
-                f"within transport.timeout_s={self.options.timeout_s:g}"
-            ) from None
-        self.stats.add(sent=len(head) + buffer.nbytes, rounds=0)
-        return _TrackedSend(tracker, self, dst, header["op"])
+            self.stats.add(sent=len(head), rounds=0)
+            if not self._outbox[dst]:  # the common case: straight into ZeroMQ's queue
+                try:
+                    self._dealers[dst].send(head, zmq.NOBLOCK)
+                    self._queued[dst] += 1
+                    self._handed[dst] += 1
+                    return DONE
+                except zmq.Again:
+                    pass
+            frames = [head]
+        else:
+            flat = memoryview(flat_bytes(buffer))
+            header[SIZE] = flat.nbytes
+            head = msgpack.packb(header, use_bin_type=True)
+            frames = [head, *(flat[start:start + CHUNK_BYTES] for start in range(0, flat.nbytes, CHUNK_BYTES))]
+            self.stats.add(sent=len(head) + flat.nbytes, rounds=0)
+        self._outbox[dst].extend(frames)
+        self._queued[dst] += len(frames)
+        self._push(dst)
+        return _Send(self, dst, header["op"], self._queued[dst])
 
+    def _push(self, dst: int) -> None:
+        """Hand ``dst``'s waiting frames to ZeroMQ (which copies them) until its queue is full."""
+        outbox, dealer = self._outbox[dst], self._dealers[dst]
+        while outbox:
+            try:
+                dealer.send(outbox[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            outbox.popleft()
+            self._handed[dst] += 1
+
+    def _flush(self, dst: int, frames_up_to: int, op: str) -> None:
+        """Wait until ``dst``'s frames up to ``frames_up_to`` are with ZeroMQ."""
+        deadline = time.monotonic() + self.options.timeout_s
+        try:
+            while self._handed[dst] < frames_up_to:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransportError(
+                        f"{self.peer(self.rank)}: {op} to {self.peer(dst)} was not taken within "
+                        f"transport.timeout_s={self.options.timeout_s:g}")
+                self._pump(min(remaining, _SLICE_S), f"{op} to {self.peer(dst)}")
+        except (TransportError, WireError):
+            self._broken = True
+            raise
+
+    # -- receiving --------------------------------------------------------------------------
     def _recv_frame(self, src: int, expect: dict, timeout_s: float) -> tuple[Any, memoryview]:
         stash = self._stash[src]
         seq = expect["seq"]
         deadline = time.monotonic() + timeout_s
-        while seq not in stash:
-            remaining = deadline - time.monotonic()
-            frames = self._next_message(remaining) if remaining > 0 else None
-            if frames is None:
-                self._broken = True
-                raise TransportError(
-                    f"{self.peer(self.rank)}: no message from {self.peer(src)} within "
-                    f"{timeout_s:g} s while {expect['op']} (message {seq}) was in flight; "
-                    "that party died, stalled or never connected"
-                )
-            try:
-                self._accept(frames)
-            except WireError:
-                self._broken = True
-                raise
+        try:
+            while seq not in stash:
+                if src in self._bye and seq >= self._bye[src]:
+                    raise TransportError(f"{self.peer(self.rank)}: {self.peer(src)} ended its session "
+                                         f"before sending {expect['op']} (message {seq})")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransportError(
+                        f"{self.peer(self.rank)}: no message from {self.peer(src)} within "
+                        f"{timeout_s:g} s while {expect['op']} (message {seq}) was in flight; "
+                        "that party stalled or never connected")
+                self._pump(min(remaining, _SLICE_S),
+                           f"{expect['op']} (message {seq} from {self.peer(src)})")
+        except (TransportError, WireError):
+            self._broken = True
+            raise
         header, wire_bytes, payload = stash.pop(seq)
+        self._stash_bytes[src] -= len(payload)
         # counted when taken, not on arrival, so a stats reset splits traffic where the caller did
         self.stats.add(received=wire_bytes, rounds=0)
         return header, payload
 
+    def _pump(self, timeout_s: float, in_flight: str) -> None:
+        """One turn of the wait: take in what arrives, push what waits, check on the peers."""
+        busy = [dst for dst in self._others() if self._outbox[dst]]
+        if not busy:
+            frames = self._next_message(timeout_s)
+            if frames is not None:
+                self._accept(frames)
+        else:
+            poller = zmq.Poller()
+            poller.register(self._router, zmq.POLLIN)
+            for dst in busy:
+                poller.register(self._dealers[dst], zmq.POLLOUT)
+            ready = dict(poller.poll(max(1, int(timeout_s * 1000))))
+            for dst in busy:
+                if self._dealers[dst] in ready:
+                    self._push(dst)
+            if self._router in ready:
+                self._drain()
+        self._check_peers(in_flight)
+
     def _next_message(self, timeout_s: float) -> list[zmq.Frame] | None:
         """The next message at our ROUTER, or None after ``timeout_s``."""
-        if self._monitors:
-            return self._next_message_watching_handshakes(timeout_s)
         wait_ms = max(1, int(timeout_s * 1000))
         if wait_ms != self._wait_ms:  # usually unchanged; skipping the call saves microseconds
             self._router.setsockopt(zmq.RCVTIMEO, wait_ms)
@@ -240,46 +356,97 @@ class ZmqTransport(PointToPointTransport):
         except zmq.Again:
             return None
 
-    def _next_message_watching_handshakes(self, timeout_s: float) -> list[zmq.Frame] | None:
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        for monitor in self._monitors:
-            poller.register(monitor, zmq.POLLIN)
-        ready = dict(poller.poll(max(1, int(timeout_s * 1000))))
-        for monitor, rank in self._monitors.items():
-            if monitor in ready:
-                event = recv_monitor_message(monitor)
-                reason = "refused our CurveZMQ key" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH \
-                    else "failed the CurveZMQ handshake (its key does not match the one listed)"
-                raise TransportError(f"{self.peer(self.rank)}: {self.peer(rank)} {reason}")
-        return self._router.recv_multipart(copy=False) if self._router in ready else None
+    def _drain(self) -> None:
+        """Take in every message already waiting at the ROUTER."""
+        while True:
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._accept(frames)
+
+    def _check_peers(self, in_flight: str) -> None:
+        """Raise if a peer failed a handshake, dropped a frame, or went away without its goodbye."""
+        watch = self._watch
+        me = self.peer(self.rank)
+        if watch.handshake_failures:
+            rank, reason = next(iter(watch.handshake_failures.items()))
+            raise TransportError(f"{me}: {self.peer(rank)} {reason}")
+        for rank, when in list(watch.reauthenticated.items()):
+            if time.monotonic() - when < _SETTLE_S:
+                continue  # the monitor's report of why the connection dropped may still be on its way
+            if watch.last_cryptographic_failure > watch.session_start:
+                raise WireError(f"{me}: a frame from {self.peer(rank)} failed CurveZMQ's authentication check "
+                                f"(altered in flight), so its connection was dropped while {in_flight} "
+                                "was in flight")
+            raise TransportError(f"{me}: {self.peer(rank)}'s connection dropped and came back while "
+                                 f"{in_flight} was in flight; messages may have been lost")
+        for rank, since in list(watch.lost.items()):
+            if rank in self._bye or time.monotonic() - max(since, self._last_arrival[rank]) < DISCONNECT_GRACE_S:
+                continue
+            self._drain()  # its goodbye may be waiting behind a long computation of ours
+            if rank in self._bye or time.monotonic() - max(since, self._last_arrival[rank]) < DISCONNECT_GRACE_S:
+                continue
+            raise TransportError(
+                f"{me}: {self.peer(rank)} went away without ending its session (it died, failed, or "
+                f"stopped answering heartbeats for {self.options.heartbeat_timeout_s:g} s) while {in_flight} "
+                "was in flight")
 
     def _accept(self, frames: list[zmq.Frame]) -> None:
-        """File an arrived message under its sender and number, checking both first."""
+        """File an arrived frame under its sender: a header, or the next chunk of a payload."""
         src = self._identities.get(frames[0].bytes)
         if src is None:
             log.warning("dropped a message from an unknown connection (identity %r)", frames[0].bytes[:16])
             return
-        count = len(frames)
-        if count not in (2, 3):
-            raise WireError(f"{self.peer(src)} sent {count - 1} frames; a message is a header and maybe a payload")
-        if self.options.encrypt and frames[1].get("User-Id") != str(src):
-            raise WireError(f"a connection authenticated as party {frames[1].get('User-Id')} "
+        if len(frames) != 2:
+            raise WireError(f"{self.peer(src)} sent {len(frames) - 1} frames; every message is one frame")
+        frame = frames[1]
+        if self.options.encrypt and frame.get("User-Id") != str(src):
+            raise WireError(f"a connection authenticated as party {frame.get('User-Id')} "
                             f"claimed to be {self.peer(src)}")
-        header = self._decode_header(frames[1].bytes, src)
+        self._last_arrival[src] = time.monotonic()
+        assembly = self._partial[src]
+        if assembly is not None:
+            if assembly.add(frame.buffer, self.peer(src)):
+                self._partial[src] = None
+                self._file(src, assembly.header, assembly.wire_bytes, memoryview(assembly.buffer))
+            return
+        if src in self._bye:
+            raise WireError(f"{self.peer(src)} sent a message after its goodbye")
+        header = self._decode_header(frame.bytes, src)
         expected = self._arrived[src]
         if header.get("seq") != expected:
             raise WireError(f"{self.peer(src)} sent message number {header.get('seq')!r}; expected {expected}")
-        inline = header.pop(INLINE, None)
-        if count == 2 and (type(inline) is not bytes or len(inline) >= ZERO_COPY_BYTES):
-            raise WireError(f"{self.peer(src)} sent a one-frame message without a small inline payload")
-        if count == 3 and inline is not None:
-            raise WireError(f"{self.peer(src)} sent a payload both inline and as a frame")
-        # a payload frame is ours alone: its (writable) memory may become a tensor
-        payload = memoryview(inline) if count == 2 else frames[2].buffer
-        wire_bytes = len(frames[1]) + (len(frames[2]) if count == 3 else 0)
         self._arrived[src] = expected + 1
-        self._stash[src][expected] = (header, wire_bytes, payload)
+        if header.get("op") == _BYE:
+            self._bye[src] = expected
+            return
+        inline, size = header.pop(INLINE, None), header.pop(SIZE, None)
+        if size is None and type(inline) is bytes and len(inline) < INLINE_BYTES:
+            self._file(src, header, len(frame), memoryview(inline))
+        elif inline is None and type(size) is int and INLINE_BYTES <= size <= self.options.max_message_bytes:
+            self._check_stash(src, size)
+            self._partial[src] = _Assembly(header, size, len(frame))
+        else:
+            raise WireError(f"{self.peer(src)} sent a message whose payload is neither a small inline one nor "
+                            f"an announced size of {INLINE_BYTES}..{self.options.max_message_bytes} bytes")
+
+    def _check_stash(self, src: int, incoming: int) -> None:
+        """A peer may run ahead of what we asked for, but only so far."""
+        count = len(self._stash[src]) + 1
+        held = self._stash_bytes[src] + incoming
+        limit = STASH_MESSAGE_SIZES * self.options.max_message_bytes
+        if count > STASH_MESSAGES or held > limit:
+            raise WireError(
+                f"{self.peer(src)} sent {count} messages ({held} bytes) that no operation has asked for yet; "
+                f"the limit is {STASH_MESSAGES} messages and {limit} bytes")
+
+    def _file(self, src: int, header: dict, wire_bytes: int, payload: memoryview) -> None:
+        if len(payload) < INLINE_BYTES:
+            self._check_stash(src, len(payload))
+        # a reassembled payload is ours alone: its (writable) memory may become a tensor
+        self._stash[src][header["seq"]] = (header, wire_bytes, payload)
+        self._stash_bytes[src] += len(payload)
 
     def _decode_header(self, data: bytes, src: int) -> dict:
         if len(data) > MAX_HEADER_BYTES:
@@ -292,28 +459,49 @@ class ZmqTransport(PointToPointTransport):
             raise WireError(f"{self.peer(src)} sent a malformed header: not a map")
         return header
 
-    def _stop_monitors(self) -> None:
-        """Handshake failures matter only while connecting."""
-        for dealer in self._dealers.values():
-            if self._monitors:
-                dealer.disable_monitor()
-        for monitor in self._monitors:
-            monitor.close(linger=0)
-        self._monitors.clear()
-
     # -- shutdown ---------------------------------------------------------------------------
     def close(self) -> None:
-        """Send what is queued (waiting up to timeout_s for slow peers), then release everything.
+        """Exchange goodbyes with every peer (waiting up to timeout_s), then release everything.
 
-        After a failure nothing queued is worth waiting for: the session is over.
+        A party closing because of an error says no goodbye, so its peers report it at once;
+        nothing queued is worth waiting for then.
         """
-        self._shutdown(linger_s=0 if self._broken else self.options.timeout_s)
+        if self._closed:
+            return
+        failing = self._broken or sys.exc_info()[1] is not None
+        if not failing:
+            try:
+                self._say_goodbye()
+            except (TransportError, WireError) as error:
+                log.warning("closing after the session ended: %s", error)
+                failing = True
+        # after the goodbyes only ours may still be on its way: a peer waits for it
+        self._shutdown(linger_s=0 if failing else min(self.options.timeout_s, GOODBYE_LINGER_S))
+
+    def _say_goodbye(self) -> None:
+        """Send every peer our goodbye and wait for theirs, so no goodbye is left undelivered
+        to a party that already left (and the last to close does not linger for nothing)."""
+        for dst in self._others():
+            header = {"op": _BYE, "seq": self._take_seq(self._send_seq, dst), "sender": self.rank}
+            self._outbox[dst].append(msgpack.packb(header, use_bin_type=True))
+            self._queued[dst] += 1
+            self._push(dst)
+        for dst in self._others():
+            self._flush(dst, self._queued[dst], _BYE)
+        deadline = time.monotonic() + self.options.timeout_s
+        while waiting := [src for src in self._others() if src not in self._bye]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(f"{', '.join(self.peer(src) for src in waiting)} did not end the session "
+                                     f"within transport.timeout_s={self.options.timeout_s:g}")
+            self._pump(min(remaining, _SLICE_S), "the goodbye")
 
     def _shutdown(self, linger_s: float) -> None:
         if self._closed:
             return
         self._closed = True
-        self._stop_monitors()
+        if self._watch is not None:
+            self._watch.stop()
         for dealer in self._dealers.values():
             dealer.close(linger=int(linger_s * 1000))
         if hasattr(self, "_router"):

@@ -122,14 +122,3 @@ def assert_close_to_plaintext(result: dict, parties: int, transport: str) -> Non
     assert result["num_parties"] == parties and result["transport"] == transport
     assert result["secure"] is not None and result["plaintext"] is not None, result
     assert abs(result["secure"]["auc"] - result["plaintext"]["auc"]) <= 0.01, (result["secure"], result["plaintext"])
-
-
-def kill_rank_mid_training(job: subprocess.Popen, output_dir: Path, run_id: str, rank_variable: str,
-                           timeout_s: float) -> tuple[int, str]:
-    """Kill party 1 once it is training; the job's exit code and output (stopped either way)."""
-    try:
-        wait_for_training(output_dir, run_id, "bank1")
-        os.kill(party_pid(run_id, rank_variable, 1), signal.SIGKILL)
-        return finish(job, timeout_s)
-    finally:
-        stop_job(job, run_id)

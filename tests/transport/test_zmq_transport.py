@@ -174,7 +174,7 @@ def _collectives(rank: int, world_size: int, options: TransportOptions) -> dict[
 @pytest.fixture(scope="module", params=[2, 3], ids=["2_parties", "3_parties"])
 def collective_outcomes(request: pytest.FixtureRequest, key_dir: str) -> list[dict[str, str]]:
     world_size = request.param
-    results = run_parties(_collectives, world_size, world_size, zmq_options(world_size, key_dir))
+    results = run_parties(_collectives, world_size, world_size, zmq_options(world_size, key_dir), timeout_s=150)
     return values(results, world_size)
 
 
