@@ -115,7 +115,7 @@ def _table(summary: dict) -> str:
                   f"batch {summary['batch_size']}, lr {summary['lr']}"),
         ("protocol", summary["protocol"] + (" (testing only)" if summary["testing_only_protocol"] else "")),
         ("transport", summary["transport"]),
-        ("wall time", f"{summary['wall_s']:.1f} s (training {summary['training_s']:.1f} s)"),
+        ("job wall time", f"{summary['job_wall_s']:.1f} s (training {summary['training_s']:.1f} s)"),
         ("per epoch (evaluator)", f"{summary['evaluator_bytes_per_epoch'] / 1e6:.2f} MB sent, "
                                   f"{summary['evaluator_rounds_per_epoch']:.0f} rounds"),
     ]
