@@ -84,7 +84,7 @@ def run_setting(rate: str, rtt_ms: float, arguments: argparse.Namespace) -> dict
         "epoch_s": statistics.mean(e["seconds"] for e in epochs),
         "rounds": statistics.mean(e["rounds"] for e in epochs),
         "MB": statistics.mean(e["bytes_sent"] for e in epochs) / 1e6,
-        "auc_gap": summary["auc_gap"],
+        "auc_gap": summary["gaps"]["auc"]["gap"],
     }
 
 

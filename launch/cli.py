@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Sequence
 
+from launch.audit import audit
 from launch.config import ConfigError, default_party_specs, load_config
 from launch.demo_data import with_demo_data, with_shared_demo_data
 from launch.launchers import resolve
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         description="model=<model.pt> data=<csv> out=<csv> (plaintext, revealed model) or "
                     "shares=outputs/<run id> data=<csv> owner=<party> out=<csv> (under MPC, from the shares)")
     score.add_argument("settings", nargs="*", help="key=value settings")
+    check = commands.add_parser("audit", help="verify a run's audit logs",
+                                description="check every party's hash chain and that the parties' logs agree")
+    check.add_argument("run_dir", help="the run's folder, outputs/<run id>")
     return parser
 
 
@@ -62,6 +66,8 @@ def run(overrides: Sequence[str], started: float | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     arguments = _parser().parse_args(argv)
+    if arguments.command == "audit":
+        return audit(arguments.run_dir)
     try:
         if arguments.command == "predict":
             return predict(arguments.settings)

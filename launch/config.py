@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mpc.data.config import PARTITIONS
+from mpc.dp import config_problem as dp_problem
 from mpc.models import MODEL_KINDS
+from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
@@ -105,6 +107,25 @@ def _validate(config: RunConfig) -> None:
     require(rank is None or 0 <= rank < config.num_parties + dealer,
             f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
             f"{', the last being the dealer' if dealer else ''})")
+    dp_error = dp_problem(config.train.dp, config.model.kind, config.protocol.name)
+    require(dp_error is None, dp_error or "")
+    _validate_release(config)
+
+
+def _validate_release(config: RunConfig) -> None:
+    """The release policy names known values and parties, and allows what this job opens."""
+    names = config.names() or tuple(spec.name for spec in default_party_specs(config.num_parties))
+    unknown = [name for name in config.train.reveal_to if name not in names]
+    if unknown:
+        raise ConfigError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
+    try:
+        policy = ReleasePolicy(config.release, names, config.train.evaluator, config.train.reveal_to)
+        has_heldout = not config.parties or any(spec.test_data for spec in config.parties)
+        for what, recipients in required_openings(config.data.partition, has_heldout, config.train.reveal_to,
+                                                  names[config.train.evaluator], names):
+            policy.check(what, recipients)
+    except (ValueError, ReleaseRefused) as error:
+        raise ConfigError(f"release: {error}") from None
 
 
 def _refuse_insecure(config: RunConfig) -> None:

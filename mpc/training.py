@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mpc import release
+from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.metrics import ClassWeights, Metrics, evaluate
 
 
@@ -29,6 +31,7 @@ class TrainConfig:
     reveal_to: list[str] = field(default_factory=list)
     plaintext_reference: bool = True
     evaluator: int = 0  # the party that receives held-out predictions and prints metrics
+    dp: DpConfig = field(default_factory=DpConfig)  # differentially private SGD (mpc/dp.py)
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> torch.Tensor:
@@ -49,6 +52,7 @@ class EpochRecord:
     rounds: int
     metrics: Metrics | None = None
     heldout_logits: torch.Tensor | None = None  # at the evaluator: what the metrics were computed from
+    epsilon: float | None = None  # privacy spent so far, under DP-SGD
 
     def as_dict(self) -> dict:
         record = {k: v for k, v in self.__dict__.items() if k not in ("metrics", "heldout_logits")}
@@ -138,6 +142,9 @@ class SecureTrainer:
         self.stats = stats
         self.show_progress = show_progress
         self.rank = crypten.communicator.get().get_rank()
+        self.private: PrivateSgd | None = None  # DP-SGD's state, set up by fit when train.dp is on
+        self.heldout_logits: torch.Tensor | None = None  # the last revealed held-out logits (evaluator)
+        self.heldout_labels: torch.Tensor | None = None
 
     def step_scales(self, labels: Any, batch_size: int) -> Any:
         """lr * w(y) / batch for each row: the public-constant part of the loss gradient.
@@ -150,16 +157,24 @@ class SecureTrainer:
         positive, negative = self.weights.positive * scale, self.weights.negative * scale
         return labels * (positive - negative) + negative
 
-    def step(self, features: Any, labels: Any, scales: Any | None = None) -> None:
-        """One SGD step; ``scales`` are this batch's rows of :meth:`step_scales`."""
+    def step(self, features: Any, labels: Any, scales: Any | None = None, clip: RowClip | None = None) -> None:
+        """One SGD step; ``scales`` are this batch's rows of :meth:`step_scales`. Under DP-SGD
+        ``scales`` are the class weights alone, ``clip`` clips each row's gradient and scales it
+        to an update, and features None is an empty sample (noise only)."""
         crypten = self.crypten
-        if scales is None:
-            scales = self.step_scales(labels, labels.size(0))
         self.model.zero_grad()
-        logits = self.model(features)
-        with crypten.no_grad():
-            gradient = scales * (secure_sigmoid(logits) - labels)
-        logits.backward(gradient)
+        if features is not None:
+            if scales is None:
+                scales = self.step_scales(labels, labels.size(0))
+            logits = self.model(features)
+            with crypten.no_grad():
+                gradient = scales * (secure_sigmoid(logits) - labels)
+                if clip is not None:
+                    gradient = clip.apply(gradient)
+            logits.backward(gradient)
+        if self.private is not None:
+            with crypten.no_grad():
+                self.private.add_noise(self.model.parameters())
         # plain SGD, as the plaintext reference: the gradients already carry lr. (CrypTen's
         # update_parameters also zeroes gradients above 100, a guard against the wrap errors
         # of its local truncation, at a comparison per parameter tensor per step.)
@@ -174,17 +189,21 @@ class SecureTrainer:
             self.model.train(False)  # inference mode: no autograd bookkeeping
             logits = self.model(features)
             self.model.train()
-        revealed = logits.get_plain_text(dst=dst)
-        return revealed if self.rank == dst else None
+        return release.open(logits, "heldout_predictions", to=dst)
 
     def fit(self, train: Any, test: Any | None,
             on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
         self.model.train()
         evaluator = self.config.evaluator
-        test_labels = test.labels.get_plain_text(dst=evaluator) if test is not None else None
+        test_labels = release.open(test.labels, "heldout_labels", to=evaluator) if test is not None else None
+        self.heldout_labels = test_labels
         history: list[EpochRecord] = []
         sizes = {rows.stop - rows.start for rows in batch_slices(train.rows, self.config.batch_size)}
         row_scales = {size: self.step_scales(train.labels, size) for size in sorted(sizes)}
+        if self.config.dp.enabled:
+            self.private = PrivateSgd(self.crypten, self.config.dp, train.features, self.config.lr,
+                                      self.config.batch_size, self.config.epochs)
+            dp_scales = self.step_scales(train.labels, self.config.lr)  # w(y): lr / batch_size = 1
         for epoch in range(self.config.epochs):
             start = time.perf_counter()
             before = (self.stats.bytes_sent, self.stats.bytes_received, self.stats.rounds)
@@ -192,20 +211,26 @@ class SecureTrainer:
             features, labels = train.features[order], train.labels[order]
             slices = batch_slices(train.rows, self.config.batch_size)
             scales = {size: values[order] for size, values in row_scales.items()}
-            progress = tqdm(slices, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
+            if self.private is not None:
+                steps = self.private.epoch_steps(train, dp_scales, epoch)
+            else:
+                steps = ((features[rows], labels[rows], scales[rows.stop - rows.start][rows], None) for rows in slices)
+            progress = tqdm(steps, total=len(slices), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)
-            for rows in progress:
-                self.step(features[rows], labels[rows], scales[rows.stop - rows.start][rows])
+            for batch in progress:
+                self.step(*batch)
             record = EpochRecord(
                 epoch=epoch + 1,
                 seconds=time.perf_counter() - start,
                 bytes_sent=self.stats.bytes_sent - before[0],
                 bytes_received=self.stats.bytes_received - before[1],
                 rounds=self.stats.rounds - before[2],
+                epsilon=self.private.end_epoch() if self.private is not None else None,
             )
             if test is not None:
                 logits = self.predict_for(test.features, evaluator)
                 if logits is not None:
+                    self.heldout_logits = logits
                     record.metrics = evaluate(logits, test_labels, self.weights)
                     record.heldout_logits = logits
                     progress.set_postfix(heldout_loss=f"{record.metrics.loss:.4f}", auc=f"{record.metrics.auc:.4f}")
@@ -213,4 +238,6 @@ class SecureTrainer:
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
+            if self.private is not None and self.private.exhausted:
+                break  # the privacy budget is spent
         return history

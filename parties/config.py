@@ -8,6 +8,7 @@ from typing import Optional
 from mpc.data.config import DataConfig
 from mpc.models import ModelConfig
 from mpc.psi import PsiConfig
+from mpc.release import ReleaseRule, default_release
 from mpc.training import TrainConfig
 from parties.transport.base import TransportOptions
 from protocols.suite import ProtocolConfig
@@ -66,6 +67,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    release: list[ReleaseRule] = field(default_factory=default_release)
 
     def names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.parties)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from mpc import release
 from mpc.scoring import ModelRecord, predictions_frame, save_model_file
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     write_json(directory / "model.json", record.as_dict())
     saved = {"shares": str(directory / "model_shares.pt")}
     recipients = [names.index(name) for name in reveal_to]
-    revealed = {name: {dst: param.get_plain_text(dst=dst) for dst in recipients}
+    revealed = {name: {dst: release.open(param, "model", to=dst) for dst in recipients}
                 for name, param in secure_params.items()}
     if rank in recipients:
         plain = {name: values[rank] for name, values in revealed.items()}

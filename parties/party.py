@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpc import release
+from mpc.audit import AUDIT_FILE, AuditLog
 from mpc.data.sharing import share_horizontal, share_vertical
 from mpc.metrics import ClassWeights
 from mpc.models import build_torch_model, encrypt_model
+from mpc.release import ReleaseGate, ReleasePolicy
 from mpc.session import MpcSession
 from mpc.scoring import ModelRecord
 from mpc.training import SIGMOID_MAX_ERROR, SecureTrainer
@@ -21,7 +24,8 @@ from parties.hosts import check_host_boundary
 from parties.devices import party_device
 from parties.outputs import party_dir, save_model, write_json, write_predictions
 from parties.scoring import run_scoring
-from parties.summary import build_summary, dealer_report, failed_summary, print_summary
+from parties.report import write_report
+from parties.summary import plaintext_reference, build_summary, dealer_report, failed_summary, print_summary
 from parties.transport import PartyAddress, open_transport
 from parties.transport.group import PartyGroup
 from protocols import ProtocolSuite
@@ -154,7 +158,9 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     started = time.perf_counter()
     device = party_device(config.device, rank)
     log.info("computing on %s", device)
-    with MpcSession(transport, suite, device=device) as crypten:
+    policy = ReleasePolicy(config.release, names, config.train.evaluator, config.train.reveal_to)
+    gate = ReleaseGate(policy, rank, AuditLog(directory / AUDIT_FILE))
+    with MpcSession(transport, suite, device=device) as crypten, release.enforced(gate):
         if config.data.partition == "horizontal":
             train, test, preprocessing = share_horizontal(crypten, config.data, spec.data, spec.test_data or None,
                                                           names[rank], device)
@@ -194,8 +200,14 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
         reports.append(dealer_transport.recv_obj(config.num_parties))
     if history and history[-1].heldout_logits is not None:
         write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits)
+    reference = plaintext_reference(config, torch_model, weights, preprocessing, SIGMOID_MAX_ERROR)
     summary = build_summary(config, run_id, suite, reports, history, weights, torch_model, preprocessing,
-                            SIGMOID_MAX_ERROR, job_s=time.perf_counter() - started, training_s=training_seconds)
-    write_json(Path(config.output_dir) / run_id / "summary.json", summary)
+                            SIGMOID_MAX_ERROR, job_s=time.perf_counter() - started, training_s=training_seconds,
+                            reference=reference)
+    if trainer.private is not None:
+        summary["privacy"] = trainer.private.report()
+    run_dir = Path(config.output_dir) / run_id
+    summary["report"] = str(write_report(run_dir, summary, trainer.heldout_logits, trainer.heldout_labels, reference))
+    write_json(run_dir / "summary.json", summary)
     print_summary(summary)
     return summary

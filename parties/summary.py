@@ -24,6 +24,8 @@ class Reference:
     metrics: dict
     logit_bound: float | None  # the largest over the held-out rows; None: no bound for this model
     tolerances: dict[str, float] | None
+    heldout_logits: torch.Tensor | None = None  # the float model's final held-out scores, for the report
+    heldout_labels: torch.Tensor | None = None
 
 
 def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: ClassWeights,
@@ -42,26 +44,31 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: Clas
         return None
     trained, curve = train_plaintext(torch_model, data, config.train, weights, config.seed)
     metrics = {**curve[-1].as_dict(), "loss_curve": [m.loss for m in curve], "auc_curve": [m.auc for m in curve]}
-    training = training_weight_bound(data.features, data.labels, torch_model, config.train, weights,
-                                     config.seed, sigmoid_error)
-    if training is None:
-        return Reference(metrics, None, None)
-    delta = logit_bounds(data.test_features, trained, training)
     with torch.no_grad():
         plain_logits = trained(data.test_features)
-    return Reference(metrics, delta.max().item(), metric_tolerances(plain_logits, data.test_labels, weights, delta))
+    # DP-SGD's joint noise is known to no party, so the float run cannot replay it: no bound
+    training = None if config.train.dp.enabled else training_weight_bound(
+        data.features, data.labels, torch_model, config.train, weights, config.seed, sigmoid_error)
+    if training is None:
+        return Reference(metrics, None, None, plain_logits, data.test_labels)
+    delta = logit_bounds(data.test_features, trained, training)
+    return Reference(metrics, delta.max().item(), metric_tolerances(plain_logits, data.test_labels, weights, delta),
+                     plain_logits, data.test_labels)
 
 
 def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports: Sequence[dict],
                   history: Sequence[EpochRecord], weights: ClassWeights, torch_model: nn.Module,
-                  preprocessing: Preprocessing, sigmoid_error: float, job_s: float, training_s: float) -> dict:
+                  preprocessing: Preprocessing, sigmoid_error: float, job_s: float, training_s: float,
+                  reference: Reference | None = None) -> dict:
+    """``reference``: the plaintext reference where the caller trained it already (else trained here)."""
     final = history[-1].metrics if history and history[-1].metrics else None
     secure = None
     if final is not None:
         secure = {**final.as_dict(),
                   "loss_curve": [r.metrics.loss for r in history],
                   "auc_curve": [r.metrics.auc for r in history]}
-    reference = plaintext_reference(config, torch_model, weights, preprocessing, sigmoid_error)
+    if reference is None:
+        reference = plaintext_reference(config, torch_model, weights, preprocessing, sigmoid_error)
     plaintext = None if reference is None else reference.metrics
     epochs = max(len(history), 1)
     return {
@@ -121,8 +128,9 @@ def _gap_lines(summary: dict) -> list[str]:
         return []
     lines = [_metric_line("gap (secure - plain)", {m: gaps[m]["gap"] for m in METRICS}, "{:+9.4f}")]
     if summary["logit_bound"] is None:
-        lines.append(f"    no tolerance derived for model={summary['model']} "
-                     "(mpc/tolerance.py: logistic regression only)")
+        reason = ("the secure run adds DP noise the plaintext reference cannot replay" if summary.get("privacy")
+                  else f"model={summary['model']} (mpc/tolerance.py: logistic regression only)")
+        lines.append(f"    no tolerance derived: {reason}")
         return lines
     lines.append(_metric_line("tolerance", {m: gaps[m]["tolerance"] for m in METRICS}))
     failing = out_of_tolerance(gaps)

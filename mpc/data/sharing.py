@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mpc import release
 from mpc.data.config import DataConfig
 from mpc.data.exchange import checked_by_all, exchange
 from mpc.data.guards import check_raw_range, check_scaled_range
@@ -245,6 +246,7 @@ def _share_columns(crypten: Any, frame: pd.DataFrame, columns: list[list[str]], 
     y = crypten.cryptensor(column.to(device), src=label_holder, device=device)
     positives = -1
     if positives_from_label_holder:
-        positives = int(comm.broadcast_obj(int(labels.sum().item()) if labels is not None else None, label_holder))
+        positives = int(release.publish(comm, int(labels.sum().item()) if labels is not None else None,
+                                        "positive_count", label_holder))
     contributed = [{"rows": rows, "columns": len(group)} for group in columns]
     return SharedDataset(x, y, list(preprocessing.features), rows, contributed, positives)

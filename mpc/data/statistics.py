@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mpc import release
 from mpc.data.exchange import exchange
 
 RING_BITS = 256
@@ -122,9 +123,10 @@ def _squared_deviations(values: np.ndarray, mean: np.ndarray) -> np.ndarray:
 def pooled_statistics(comm: Any, values: np.ndarray, labels: np.ndarray, total_rows: int) -> ColumnStatistics:
     """Pooled column statistics of every party's ``values`` (rows x columns, float64)."""
     width = values.shape[1]
-    sums = secure_sum(comm, [*values.sum(0), float(labels.sum())])
+    # the column sums and the positive count, then the squared deviations: the scaling statistics
+    sums = release.open_with(lambda: secure_sum(comm, [*values.sum(0), float(labels.sum())]), "scaling_statistics")
     mean = np.asarray(sums[:width]) / total_rows
-    squares = secure_sum(comm, list(_squared_deviations(values, mean)))
+    squares = release.open_with(lambda: secure_sum(comm, list(_squared_deviations(values, mean))), "scaling_statistics")
     std = np.sqrt(np.maximum(np.asarray(squares), 0.0) / total_rows)
     return ColumnStatistics(mean, std, int(round(sums[width])))
 
