@@ -41,5 +41,5 @@ def test_bad_data_file_stops_the_torchrun_job_with_a_clear_error(tmp_path: Path)
     code, output = finish(start(torchrun(3, *tiny(3, tmp_path, run_id), f"parties=[{parties}]",
                                          "protocol.allow_insecure=true")), 180)
     assert code != 0
-    assert "label column 'is_fraud' must hold only 0 and 1" in output, output[-3000:]
+    assert "label column 'is_fraud' (data.label) must hold only 0 and 1, data row 5" in output, output[-3000:]
     assert not wait_until_gone(run_id), "orphan party processes were left behind"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from launch.cli import run
@@ -40,4 +42,6 @@ def test_vertical_split_is_refused_with_a_clear_error(tmp_path, capfd):
     assert code != 0
     captured = capfd.readouterr()
     assert "protocol=malicious supports data.partition=horizontal only" in captured.out + captured.err
-    assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("model*.pt"))
+    assert not list(tmp_path.rglob("model*.pt"))
+    summaries = [json.loads(path.read_text()) for path in tmp_path.rglob("summary.json")]
+    assert summaries and all(summary["status"] == "failed" for summary in summaries)
