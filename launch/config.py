@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mpc.data.config import PARTITIONS
-from mpc.models import MODEL_KINDS
+from mpc.losses import TASKS, expected_outputs
+from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, output_width
 from parties.config import PartySpec, RunConfig
 from parties.transport import transport_names
 from protocols.suite import check_party_count, needs_dealer
@@ -64,8 +65,10 @@ def _validate(config: RunConfig) -> None:
 
     require(MIN_PARTIES <= config.num_parties <= MAX_PARTIES,
             f"num_parties={config.num_parties} is out of range; allowed values are {MIN_PARTIES}..{MAX_PARTIES}")
-    require(config.model.kind in MODEL_KINDS, f"model.kind={config.model.kind} is unknown; allowed: {', '.join(MODEL_KINDS)}")
-    require(all(h > 0 for h in config.model.hidden), f"model.hidden={config.model.hidden} must list positive sizes")
+    require(config.data.task in TASKS, f"data.task={config.data.task} is not a task; choose one of {', '.join(TASKS)}")
+    require(config.data.task != "multiclass" or config.data.classes >= 2,
+            f"data.classes={config.data.classes}: a multiclass task needs at least 2 classes")
+    _check_model(config)
     require(config.data.partition in PARTITIONS,
             f"data.partition={config.data.partition} is not allowed; choose one of {', '.join(PARTITIONS)}")
     require(config.data.rows >= 10, f"data.rows={config.data.rows} is too small; it must be at least 10")
@@ -94,6 +97,19 @@ def _validate(config: RunConfig) -> None:
     require(rank is None or 0 <= rank < config.num_parties + dealer,
             f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
             f"{', the last being the dealer' if dealer else ''})")
+
+
+def _check_model(config: RunConfig) -> None:
+    """Build the model once here, so a bad class, argument, layer or output width stops the run
+    before any party starts (the parties build it again with the agreed feature count)."""
+    try:
+        model = build_torch_model(config.model, PLACEHOLDER_FEATURES, config.seed)
+        width, wanted = output_width(model, PLACEHOLDER_FEATURES), expected_outputs(config.data.task, config.data.classes)
+    except ModelError as error:
+        raise ConfigError(str(error)) from None
+    if width != wanted:
+        raise ConfigError(f"model._target_={config.model['_target_']} gives {width} outputs per row; "
+                          f"data.task={config.data.task} needs {wanted}")
 
 
 def default_party_specs(count: int) -> list[PartySpec]:

@@ -1,9 +1,9 @@
-"""Secure SGD: forward, class-weighted BCE gradient, backward and update, all under MPC.
+"""Secure training: forward, the loss's closed-form output gradient, backward and the
+optimizer's update, all under MPC (``mpc.losses``, ``mpc.optim``).
 
-The loss gradient with respect to the logits has a closed form,
-``w(y) * (sigmoid(z) - y) / batch``, so the loss itself (a logarithm) is never computed
-under MPC; CrypTen's autograd carries that gradient back through the network. The
-held-out loss and metrics are computed by the evaluator from revealed predictions.
+The loss itself (a logarithm) is never computed under MPC; CrypTen's autograd carries the
+output gradient back through the network. The held-out loss and metrics are computed by the
+evaluator from revealed predictions.
 """
 
 from __future__ import annotations
@@ -16,16 +16,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mpc.metrics import ClassWeights, Metrics, evaluate
+from mpc.optim import secure_optimizer
 
 
 @dataclass
 class TrainConfig:
-    """``train.*``: the SGD schedule and who receives the trained model."""
+    """``train.*``: the optimizer and its schedule, and who receives the trained model."""
 
     epochs: int = 5
     batch_size: int = 128
     lr: float = 0.5
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant, step (lr * lr_gamma every lr_step epochs) or cosine
+    lr_step: int = 1
+    lr_gamma: float = 0.1
     reveal_to: list[str] = field(default_factory=list)
     plaintext_reference: bool = True
     evaluator: int = 0  # the party that receives held-out predictions and prints metrics
@@ -47,7 +53,7 @@ class EpochRecord:
     bytes_sent: int
     bytes_received: int
     rounds: int
-    metrics: Metrics | None = None
+    metrics: Any = None  # the task's metrics (mpc.metrics)
 
     def as_dict(self) -> dict:
         record = {k: v for k, v in self.__dict__.items() if k != "metrics"}
@@ -122,53 +128,39 @@ def secure_sigmoid(logits: Any) -> Any:
 class SecureTrainer:
     """Trains one CrypTen model on a secret-shared dataset; every party runs the same loop."""
 
-    def __init__(self, crypten: Any, model: Any, config: TrainConfig, weights: ClassWeights,
-                 seed: int, stats: Any, show_progress: bool) -> None:
+    def __init__(self, crypten: Any, model: Any, config: TrainConfig, loss: Any, seed: int, stats: Any,
+                 show_progress: bool) -> None:
         self.crypten = crypten
         self.model = model
         self.config = config
-        self.weights = weights
+        self.loss = loss
+        self.optimizer = secure_optimizer(list(model.parameters()), config)
         self.seed = seed
         self.stats = stats
         self.show_progress = show_progress
         self.rank = crypten.communicator.get().get_rank()
 
-    def step_scales(self, labels: Any, batch_size: int) -> Any:
-        """lr * w(y) / batch for each row: the public-constant part of the loss gradient.
-
-        It depends on the labels alone, so it is computed once for all rows (one truncation)
-        rather than in every step; since backpropagation is linear in the output gradient,
-        folding lr in makes every parameter gradient an update, with no truncation per step.
-        """
-        scale = self.config.lr / batch_size
-        positive, negative = self.weights.positive * scale, self.weights.negative * scale
-        return labels * (positive - negative) + negative
-
-    def step(self, features: Any, labels: Any, scales: Any | None = None) -> None:
-        """One SGD step; ``scales`` are this batch's rows of :meth:`step_scales`."""
-        crypten = self.crypten
-        if scales is None:
-            scales = self.step_scales(labels, labels.size(0))
+    def step(self, features: Any, targets: Any, scales: Any, epoch: int = 0) -> None:
+        """One step; ``scales`` are this batch's :meth:`Loss.row_scales`, with the optimizer's
+        gradient factor for ``epoch`` folded in."""
         self.model.zero_grad()
-        logits = self.model(features)
-        with crypten.no_grad():
-            gradient = scales * (secure_sigmoid(logits) - labels)
-        logits.backward(gradient)
-        # plain SGD, as the plaintext reference: the gradients already carry lr. (CrypTen's
-        # update_parameters also zeroes gradients above 100, a guard against the wrap errors
-        # of its local truncation, at a comparison per parameter tensor per step.)
-        with crypten.no_grad():
-            for parameter in self.model.parameters():
-                if parameter.grad is not None:
-                    parameter.sub_(parameter.grad)
+        outputs = self.model(features)
+        with self.crypten.no_grad():
+            gradient = self.loss.output_gradient(self.crypten, outputs, targets, scales)
+        outputs.backward(gradient)
+        # the update as torch.optim's (CrypTen's update_parameters also zeroes gradients above
+        # 100, a guard against the wrap errors of its local truncation, at a comparison per
+        # parameter tensor per step)
+        with self.crypten.no_grad():
+            self.optimizer.step(epoch)
 
     def predict_for(self, features: Any, dst: int) -> torch.Tensor | None:
-        """Logits revealed to party ``dst`` only."""
+        """Outputs revealed to party ``dst`` only."""
         with self.crypten.no_grad():
             self.model.train(False)  # inference mode: no autograd bookkeeping
-            logits = self.model(features)
+            outputs = self.model(features)
             self.model.train()
-        revealed = logits.get_plain_text(dst=dst)
+        revealed = outputs.get_plain_text(dst=dst)
         return revealed if self.rank == dst else None
 
     def fit(self, train: Any, test: Any | None,
@@ -177,19 +169,26 @@ class SecureTrainer:
         evaluator = self.config.evaluator
         test_labels = test.labels.get_plain_text(dst=evaluator) if test is not None else None
         history: list[EpochRecord] = []
-        sizes = {rows.stop - rows.start for rows in batch_slices(train.rows, self.config.batch_size)}
-        row_scales = {size: self.step_scales(train.labels, size) for size in sorted(sizes)}
+        slices = batch_slices(train.rows, self.config.batch_size)
+        sizes = sorted({rows.stop - rows.start for rows in slices})
+        targets = self.loss.targets(self.crypten, train.labels)
+        factor, row_scales = None, {}
         for epoch in range(self.config.epochs):
             start = time.perf_counter()
             before = (self.stats.bytes_sent, self.stats.bytes_received, self.stats.rounds)
+            if self.optimizer.gradient_factor(epoch) != factor:  # a schedule changed the folded lr
+                factor = self.optimizer.gradient_factor(epoch)
+                row_scales = {size: self.loss.row_scales(train.labels, size, factor) for size in sizes}
             order = epoch_order(train.rows, self.seed, epoch)
-            features, labels = train.features[order], train.labels[order]
-            slices = batch_slices(train.rows, self.config.batch_size)
-            scales = {size: values[order] for size, values in row_scales.items()}
+            features, batch_targets = train.features[order], targets[order]
+            scales = {size: values if isinstance(values, float) else values[order] for size, values in row_scales.items()}
             progress = tqdm(slices, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)
             for rows in progress:
-                self.step(features[rows], labels[rows], scales[rows.stop - rows.start][rows])
+                batch_scales = scales[rows.stop - rows.start]
+                if not isinstance(batch_scales, float):
+                    batch_scales = batch_scales[rows]
+                self.step(features[rows], batch_targets[rows], batch_scales, epoch)
             record = EpochRecord(
                 epoch=epoch + 1,
                 seconds=time.perf_counter() - start,
@@ -198,10 +197,10 @@ class SecureTrainer:
                 rounds=self.stats.rounds - before[2],
             )
             if test is not None:
-                logits = self.predict_for(test.features, evaluator)
-                if logits is not None:
-                    record.metrics = evaluate(logits, test_labels, self.weights)
-                    progress.set_postfix(heldout_loss=f"{record.metrics.loss:.4f}", auc=f"{record.metrics.auc:.4f}")
+                outputs = self.predict_for(test.features, evaluator)
+                if outputs is not None:
+                    record.metrics = self.loss.evaluate(outputs, test_labels)
+                    progress.set_postfix(heldout_loss=f"{record.metrics.loss:.4f}")
             progress.close()
             history.append(record)
             if on_epoch is not None:

@@ -21,7 +21,8 @@ from mpc.data.sharing import _read_and_announce
 from mpc.data.schema import check_horizontal
 from parties.transport.group import PartyGroup
 from mpc.metrics import ClassWeights, evaluate
-from mpc.models import build_torch_model
+from mpc.losses import WeightedBinaryCrossEntropy
+from mpc.models import build_torch_model, model_target
 from mpc.training import EpochRecord
 from parties.config import RunConfig
 from parties.outputs import _atomic_save, write_json
@@ -34,10 +35,20 @@ from protocols.malicious.train import LocalData, MaliciousTrainConfig, check_mod
 log = logging.getLogger("cotrain.malicious")
 
 
+_BUILT_IN = {"mpc.zoo.LogisticRegression": "logreg", "mpc.zoo.MLP": "mlp"}  # the engine's names
+
+
 def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
     """The dealer serves tuples; a party trains. Returns the summary at the evaluator."""
     parties = config.num_parties
-    check_model(config.model.kind)  # every rank, the dealer too, refuses before any traffic
+    # every rank, the dealer too, refuses before any traffic
+    check_model(_BUILT_IN.get(model_target(config.model), model_target(config.model)))
+    if config.data.task != "binary":
+        raise ValueError(f"protocol=malicious trains data.task=binary only, not {config.data.task}")
+    plain_sgd = (config.train.optimizer, config.train.momentum, config.train.weight_decay, config.train.schedule)
+    if plain_sgd != ("sgd", 0.0, 0.0, "constant"):
+        raise ValueError("protocol=malicious trains with train.optimizer=sgd at a constant rate, "
+                         "without momentum or weight decay")
     if config.data.partition != "horizontal":
         raise ValueError("protocol=malicious supports data.partition=horizontal only (for now)")
     if rank == parties:
@@ -93,7 +104,8 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     write_json(directory / "party.json", report)
     if rank != evaluator:
         return None
-    summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history, weights_holder["w"],
+    summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history,
+                            WeightedBinaryCrossEntropy(weights_holder["w"]),
                             torch_model, wall_s=time.perf_counter() - started, training_s=training_seconds)
     write_json(Path(config.output_dir) / run_id / "summary.json", summary)
     print_summary(summary)

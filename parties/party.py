@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mpc.data.sharing import share_horizontal, share_vertical
-from mpc.metrics import ClassWeights
-from mpc.models import build_torch_model, encrypt_model
+from mpc.losses import expected_outputs, task_loss
+from mpc.models import ModelError, build_torch_model, encrypt_model, model_target, output_width
 from mpc.session import MpcSession
 from mpc.training import SecureTrainer
 from parties.config import RunConfig
@@ -117,13 +117,18 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     with MpcSession(transport, suite, device=device) as crypten:
         share = share_horizontal if config.data.partition == "horizontal" else share_vertical
         train, test, _ = share(crypten, config.data, spec.data, spec.test_data or None, names[rank], device)
-        weights = ClassWeights.balanced(train.rows, train.positive_count)
-        torch_model = build_torch_model(config.model, len(train.feature_names), config.seed)
-        secure_model = encrypt_model(crypten, torch_model, len(train.feature_names), device=device)
-        log.info("shared %d rows x %d features; training %s for %d epochs", train.rows,
-                 len(train.feature_names), config.model.kind, config.train.epochs)
+        loss = task_loss(config.data.task, config.data.classes, train.rows, train.positive_count)
+        features = len(train.feature_names)
+        torch_model = build_torch_model(config.model, features, config.seed)
+        if output_width(torch_model, features) != expected_outputs(config.data.task, config.data.classes):
+            raise ModelError(f"model._target_={model_target(config.model)} gives {output_width(torch_model, features)} "
+                             f"outputs per row on {features} features; data.task={config.data.task} needs "
+                             f"{expected_outputs(config.data.task, config.data.classes)}")
+        secure_model = encrypt_model(crypten, torch_model, features, device=device)
+        log.info("shared %d rows x %d features; training %s for %d epochs", train.rows, features,
+                 model_target(config.model), config.train.epochs)
         training_start = time.perf_counter()
-        trainer = SecureTrainer(crypten, secure_model, config.train, weights, config.seed,
+        trainer = SecureTrainer(crypten, secure_model, config.train, loss, config.seed,
                                 transport.stats, show_progress=rank == config.train.evaluator)
         history = trainer.fit(train, test)
         training_seconds = time.perf_counter() - training_start
@@ -140,7 +145,7 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     write_json(directory / "party.json", party_report)
     if rank != config.train.evaluator:
         return None
-    summary = build_summary(config, run_id, suite, reports, history, weights, torch_model,
+    summary = build_summary(config, run_id, suite, reports, history, loss, torch_model,
                             wall_s=time.perf_counter() - started, training_s=training_seconds)
     write_json(Path(config.output_dir) / run_id / "summary.json", summary)
     print_summary(summary)

@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from mpc.metrics import ClassWeights
+from mpc.losses import Loss
+from mpc.models import model_target
 from mpc.reference import pool_horizontal, pool_vertical, readable, train_plaintext
 from mpc.training import EpochRecord
 from parties.config import RunConfig
@@ -16,7 +17,15 @@ from protocols import ProtocolSuite
 log = logging.getLogger("cotrain.summary")
 
 
-def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: ClassWeights) -> dict | None:
+def _with_curves(final: dict, curve: Sequence[dict]) -> dict:
+    """The final metrics with the loss curve (and the AUC curve, for a binary task)."""
+    curves = {"loss_curve": [m["loss"] for m in curve]}
+    if "auc" in final:
+        curves["auc_curve"] = [m["auc"] for m in curve]
+    return {**final, **curves}
+
+
+def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss) -> dict | None:
     """Train the same model in float on the pooled files, where this process can read them all."""
     train_paths = [spec.data for spec in config.parties]
     test_paths = [spec.test_data for spec in config.parties]
@@ -26,20 +35,18 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: Clas
     data = pool(config.data, train_paths, test_paths)
     if data.test_features is None:
         return None
-    _, curve = train_plaintext(torch_model, data, config.train, weights, config.seed)
-    return {**curve[-1].as_dict(), "loss_curve": [m.loss for m in curve], "auc_curve": [m.auc for m in curve]}
+    _, curve = train_plaintext(torch_model, data, config.train, loss, config.seed)
+    return _with_curves(curve[-1].as_dict(), [m.as_dict() for m in curve])
 
 
 def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports: Sequence[dict],
-                  history: Sequence[EpochRecord], weights: ClassWeights, torch_model: nn.Module,
+                  history: Sequence[EpochRecord], loss: Loss, torch_model: nn.Module,
                   wall_s: float, training_s: float) -> dict:
     final = history[-1].metrics if history and history[-1].metrics else None
     secure = None
     if final is not None:
-        secure = {**final.as_dict(),
-                  "loss_curve": [r.metrics.loss for r in history],
-                  "auc_curve": [r.metrics.auc for r in history]}
-    plaintext = plaintext_reference(config, torch_model, weights)
+        secure = _with_curves(final.as_dict(), [r.metrics.as_dict() for r in history])
+    plaintext = plaintext_reference(config, torch_model, loss)
     epochs = max(len(history), 1)
     return {
         "run_id": run_id,
@@ -49,16 +56,18 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
         "protocol": config.protocol.name,
         "protocol_parts": suite.describe(),
         "testing_only_protocol": suite.testing_only,
-        "model": config.model.kind,
+        "model": model_target(config.model),
+        "task": config.data.task,
         "partition": config.data.partition,
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
         "lr": config.train.lr,
         "seed": config.seed,
-        "class_weights": {"negative": weights.negative, "positive": weights.positive},
+        "class_weights": ({"negative": loss.weights.negative, "positive": loss.weights.positive}
+                          if loss.task == "binary" else None),
         "secure": secure,
         "plaintext": plaintext,
-        "auc_gap": None if not (secure and plaintext) else abs(secure["auc"] - plaintext["auc"]),
+        "auc_gap": None if not (secure and plaintext and "auc" in secure) else abs(secure["auc"] - plaintext["auc"]),
         "wall_s": wall_s,
         "training_s": training_s,
         "per_epoch": [r.as_dict() for r in history],
@@ -82,8 +91,11 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
 def _metric_line(label: str, metrics: dict | None) -> str:
     if metrics is None:
         return f"  {label:<10} (not available)"
-    return (f"  {label:<10} AUC {metrics['auc']:.4f}   PR-AUC {metrics['pr_auc']:.4f}   "
-            f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}")
+    shown = [(key, value) for key, value in metrics.items() if not key.endswith("_curve")]
+    return f"  {label:<10} " + "   ".join(f"{_METRIC_NAMES.get(key, key)} {value:.4f}" for key, value in shown)
+
+
+_METRIC_NAMES = {"auc": "AUC", "pr_auc": "PR-AUC", "macro_f1": "macro-F1", "rmse": "RMSE", "r2": "R^2"}
 
 
 _PART_FIELDS = ("calls", "tuples", "offline_bytes", "offline_rounds", "online_bytes", "online_rounds")

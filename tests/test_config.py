@@ -10,8 +10,8 @@ from launch.config import ConfigError, load_config
 
 def test_defaults():
     config = load_config()
-    assert (config.num_parties, config.model.kind, config.transport.name, config.protocol.name) == (
-        3, "logreg", "zmq", "tfp")
+    assert (config.num_parties, config.model["_target_"], config.transport.name, config.protocol.name) == (
+        3, "mpc.zoo.LogisticRegression", "zmq", "tfp")
     assert config.data.partition == "horizontal"
 
 
@@ -19,7 +19,8 @@ def test_documented_overrides():
     config = load_config(["num_parties=5", "model=mlp", "data.partition=vertical", "data.rows=123",
                           "train.epochs=2", "train.batch_size=32", "train.lr=0.1", "seed=9",
                           "transport=gloo", "protocol=tfp"])
-    assert (config.num_parties, config.model.kind, config.data.partition, config.data.rows) == (5, "mlp", "vertical", 123)
+    assert (config.num_parties, config.model["_target_"], config.data.partition, config.data.rows) == (
+        5, "mpc.zoo.MLP", "vertical", 123)
     assert (config.train.epochs, config.train.batch_size, config.train.lr, config.seed) == (2, 32, 0.1, 9)
 
 
@@ -28,7 +29,7 @@ def test_documented_overrides():
     [
         ("num_parties=6", "num_parties=6 is out of range; allowed values are 2..5"),
         ("num_parties=1", "num_parties=1 is out of range"),
-        ("model=cnn", "model=cnn is not available; choose one of logreg, mlp"),
+        ("model=cnn", "model=cnn is not available; choose one of custom, logreg, mlp"),
         ("transport=carrier-pigeon", "transport=carrier-pigeon is not available; choose one of"),
         ("protocol=magic", "protocol=magic is not available; choose one of"),
         ("data.partition=diagonal", "data.partition=diagonal is not allowed; choose one of horizontal, vertical"),

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from mpc.data.config import DataConfig
+from mpc.data.labels import check_labels
 from mpc.data.schema import TableMeta, check_horizontal, check_vertical
 from mpc.data.tables import DataError, read_table
 
@@ -56,7 +57,7 @@ def _exchange(comm: Any, payload: dict) -> list[dict]:
 
 
 def _read_and_announce(comm: Any, path: str | Path | None, party: str, required: bool,
-                       label: str) -> tuple[pd.DataFrame | None, list[TableMeta | None]]:
+                       label: str, task: str = "binary", classes: int = 2) -> tuple[pd.DataFrame | None, list[TableMeta | None]]:
     """Read and check this party's table; every party learns whether all of them succeeded
     before anything is shared, so one bad table stops everyone at once."""
     try:
@@ -64,7 +65,7 @@ def _read_and_announce(comm: Any, path: str | Path | None, party: str, required:
         if required and frame is None:
             raise DataError(f"{party}: no data file configured (party data path is empty)")
         if frame is not None and label in frame.columns:
-            _check_binary(frame[label], party, path, label)
+            check_labels(frame[label], party, path, label, task, classes)
         message = {"meta": TableMeta.of(party, frame).to_wire() if frame is not None else None}
     except DataError as error:
         frame, message = None, {"error": str(error)}
@@ -114,7 +115,7 @@ def _joint_scaling(crypten: Any, local: torch.Tensor | None, width: int, total_r
 def share_horizontal(crypten: Any, config: DataConfig, train_path: str | None, test_path: str | None,
                      party: str, device: Any = "cpu") -> tuple[SharedDataset, SharedDataset | None, Scaling]:
     comm = crypten.communicator.get()
-    frame, metas = _read_and_announce(comm, train_path, party, True, config.label)
+    frame, metas = _read_and_announce(comm, train_path, party, True, config.label, config.task, config.classes)
     features = list(check_horizontal(metas, config.label))
     total = sum(meta.rows for meta in metas)
     local_x = torch.tensor(frame[features].to_numpy(np.float64)) if frame is not None else None
@@ -122,7 +123,7 @@ def share_horizontal(crypten: Any, config: DataConfig, train_path: str | None, t
     scaling, positives = _joint_scaling(crypten, local_x, len(features), total, local_y, device)
     train = _share_rows(crypten, metas, features, scaling, local_x, local_y, positives, device)
 
-    test_frame, test_metas = _read_and_announce(comm, test_path, party, False, config.label)
+    test_frame, test_metas = _read_and_announce(comm, test_path, party, False, config.label, config.task, config.classes)
     present = [meta for meta in test_metas if meta is not None]
     test = None
     if present:
@@ -145,15 +146,6 @@ def _share_rows(crypten: Any, metas: list[TableMeta | None], features: list[str]
     y = _share_from_each(crypten, y_pieces, [(n, 1) for n in rows], 0, device)
     contributed = [{"rows": n, "columns": len(features)} for n in rows]
     return SharedDataset(x, y, features, sum(rows), contributed, positives)
-
-
-def _check_binary(labels: pd.Series, party: str, path: Any, label: str) -> None:
-    if not labels.isin((0, 1)).all():
-        bad = labels[~labels.isin((0, 1))]
-        raise DataError(
-            f"{party}: {path}: label column {label!r} must hold only 0 and 1, "
-            f"found {bad.tolist()[0]!r} at data row {int(bad.index[0]) + 1}"
-        )
 
 
 def ids_digest(ids: np.ndarray, key: bytes) -> bytes:
@@ -185,7 +177,7 @@ def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, tes
     rank = comm.get_rank()
     if not 0 <= config.label_party < comm.get_world_size():
         raise DataError(f"data.label_party={config.label_party} is not a party rank (0..{comm.get_world_size() - 1})")
-    frame, metas = _read_and_announce(comm, train_path, party, True, config.label)
+    frame, metas = _read_and_announce(comm, train_path, party, True, config.label, config.task, config.classes)
     columns = [list(c) for c in check_vertical(metas, config.label, config.label_party, config.id_column)]
     _check_alignment(comm, frame, config, party, "training")
     own = torch.tensor(frame[columns[rank]].to_numpy(np.float64))
@@ -193,7 +185,7 @@ def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, tes
     scaling.std[scaling.std < 1e-6] = 1.0
     train = _share_columns(crypten, frame, columns, scaling, config, True, device)
 
-    test_frame, test_metas = _read_and_announce(comm, test_path, party, False, config.label)
+    test_frame, test_metas = _read_and_announce(comm, test_path, party, False, config.label, config.task, config.classes)
     test = None
     if any(meta is not None for meta in test_metas):
         if any(meta is None for meta in test_metas):

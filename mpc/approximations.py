@@ -1,0 +1,88 @@
+"""Secure softmax pieces, each an approximation on a stated input range, evaluated in the ring.
+
+Their errors, as measured under MPC over the whole range (tests/test_losses.py), are listed
+in the README; every constant used here is far above the ring's resolution u = 2^-16.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+# exp on [-EXP_FLOOR, 0]: below, exp(x) < 1.2e-7, under one ulp, so inputs are clipped there.
+EXP_FLOOR = 16.0
+EXP_SQUARINGS = 4  # exp(x) = p(x / 16)^16, p a degree-5 fit of exp on [-1, 0]
+EXP_DEGREE = 5
+# fit_exp_coefficients() rounded to float32: the monomial coefficients a_0..a_5 of p
+EXP_COEFFICIENTS = (9.999995708e-01, 9.999686241e-01, 4.996269468e-01, 1.650295408e-01,
+                    3.835800453e-02, 5.107315618e-03)
+RECIPROCAL_TARGET = 2.0**-20  # Newton iterates until the relative error is below this
+
+
+def fit_exp_coefficients() -> np.ndarray:
+    """Least-squares fit of exp on [-1, 0] at Chebyshev points (near minimax), degree 5."""
+    y = (np.cos(np.linspace(0.0, np.pi, 2001)) - 1.0) / 2.0
+    return np.polynomial.polynomial.polyfit(y, np.exp(y), EXP_DEGREE)
+
+
+def clip_below(crypten: Any, x: Any, floor: float) -> Any:
+    """max(x, floor) with one comparison; the indicator is an integer sharing (no truncation)."""
+    below = (x - floor).lt(0)
+    return x + below * (floor - x)
+
+
+def secure_exp_nonpositive(crypten: Any, x: Any) -> Any:
+    """exp(x) for x <= 0: clip at -16, y = x / 16 in [-1, 0], p(y) by powers, 4 squarings."""
+    y = clip_below(crypten, x, -EXP_FLOOR).div(2**EXP_SQUARINGS)
+    y2 = y.square()
+    level = crypten.stack([y, y2]) * crypten.stack([y2, y2])
+    y3, y4 = level[0], level[1]
+    y5 = y2 * y3
+    powers = crypten.stack([y, y2, y3, y4, y5])
+    coefficients = torch.tensor(EXP_COEFFICIENTS[1:], dtype=torch.float32, device=powers.device)
+    result = (powers * coefficients.reshape(-1, *([1] * x.dim()))).sum(0) + EXP_COEFFICIENTS[0]
+    for _ in range(EXP_SQUARINGS):
+        result = result.square()
+    return result
+
+
+def reciprocal_iterations(low: float, high: float) -> tuple[float, float, int]:
+    """For x in [low, high]: the linear start y0 = a - b x with the smallest worst relative error
+    E = |1 - x y0| (equal at both ends and the middle), and the Newton steps that bring E^(2^n)
+    below RECIPROCAL_TARGET."""
+    b = 8.0 / ((low + high) ** 2 + 4.0 * low * high)
+    error = 1.0 - b * low * high
+    steps = max(1, math.ceil(math.log2(math.log(RECIPROCAL_TARGET) / math.log(error))))
+    return b * (low + high), b, steps
+
+
+def secure_reciprocal(x: Any, low: float, high: float) -> Any:
+    """1/x for x in [low, high] by Newton's iteration y <- y (2 - x y) from a linear start."""
+    a, b, steps = reciprocal_iterations(low, high)
+    y = x * -b + a
+    for _ in range(steps):
+        y = y * (2 - x * y)
+    return y
+
+
+def row_max(x: Any) -> Any:
+    """The maximum of each row by a tree of pairwise maxima: ceil(log2 K) comparisons deep."""
+    while x.size(1) > 1:
+        half = x.size(1) // 2
+        first, second = x[:, :half], x[:, half:2 * half]
+        larger = first + (second - first).relu()
+        x = larger if x.size(1) % 2 == 0 else larger.cat([x[:, 2 * half:]], dim=1)
+    return x
+
+
+def secure_softmax(crypten: Any, logits: Any) -> Any:
+    """Row-wise softmax of a rows x K tensor: subtract the row maximum (so every exponent is
+    <= 0 and the row sum lies in [1, K]), exponentiate, multiply by the sum's reciprocal."""
+    classes = logits.size(1)
+    shifted = logits - row_max(logits)
+    powers = secure_exp_nonpositive(crypten, shifted)
+    total = powers.sum(1, keepdim=True)
+    return powers * secure_reciprocal(total, 1.0, float(classes))
