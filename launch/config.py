@@ -37,12 +37,20 @@ def _check_group_choices(overrides: Sequence[str]) -> None:
             raise ConfigError(f"{key}={value} is not available; choose one of {', '.join(group_options(key))}")
 
 
+def _model_arguments_may_be_new(overrides: Sequence[str]) -> list[str]:
+    """``model.hidden=64`` adds an argument the model's YAML does not list (Hydra's ``++``)."""
+    return [f"++{o}" if o.startswith("model.") else o for o in overrides]
+
+
 def load_config(overrides: Sequence[str] = ()) -> RunConfig:
     """Compose ``conf/config.yaml`` with command-line overrides into a checked RunConfig."""
     _check_group_choices(overrides)
+    overrides = _model_arguments_may_be_new(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose(config_name="config", overrides=list(overrides))
+        if OmegaConf.is_missing(composed.model, "_target_"):
+            raise ConfigError("model=custom needs the model class by import path: model._target_=my_module.MyNet")
         typed = OmegaConf.merge(OmegaConf.structured(RunConfig), composed)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None

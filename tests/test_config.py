@@ -50,4 +50,4 @@ def test_bad_values_give_one_line_errors(override, message):
 def test_cli_reports_bad_setting_and_exits_2(capsys):
     assert main(["run", "model=cnn"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "cotrain: model=cnn is not available; choose one of logreg, mlp"
+    assert err == "cotrain: model=cnn is not available; choose one of custom, logreg, mlp"
