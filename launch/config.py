@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -12,6 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mpc.data.config import PARTITIONS
 from mpc.losses import TASKS, expected_outputs
+from mpc.optim import ADAM_MIN_EPS, OPTIMIZERS, SCHEDULES
 from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, output_width
 from parties.config import PartySpec, RunConfig
 from parties.transport import transport_names
@@ -77,6 +78,7 @@ def _validate(config: RunConfig) -> None:
     require(config.data.task != "multiclass" or config.data.classes >= 2,
             f"data.classes={config.data.classes}: a multiclass task needs at least 2 classes")
     _check_model(config)
+    _check_optimizer(config.train)
     require(config.data.partition in PARTITIONS,
             f"data.partition={config.data.partition} is not allowed; choose one of {', '.join(PARTITIONS)}")
     require(config.data.rows >= 10, f"data.rows={config.data.rows} is too small; it must be at least 10")
@@ -118,6 +120,21 @@ def _check_model(config: RunConfig) -> None:
     if width != wanted:
         raise ConfigError(f"model._target_={config.model['_target_']} gives {width} outputs per row; "
                           f"data.task={config.data.task} needs {wanted}")
+
+
+def _check_optimizer(train: Any) -> None:
+    if train.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={train.optimizer} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    if train.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule={train.schedule} is unknown; choose one of {', '.join(SCHEDULES)}")
+    if not (0 <= train.momentum < 1 and train.weight_decay >= 0 and train.lr_step >= 1 and 0 < train.lr_gamma <= 1):
+        raise ConfigError("train.momentum must be in [0, 1), train.weight_decay >= 0, train.lr_step >= 1 "
+                          "and train.lr_gamma in (0, 1]")
+    if len(train.betas) != 2 or not all(0 <= beta < 1 for beta in train.betas):
+        raise ConfigError(f"train.betas={train.betas} must be two numbers in [0, 1)")
+    if train.optimizer != "sgd" and train.eps < ADAM_MIN_EPS:
+        raise ConfigError(f"train.eps={train.eps} is below {ADAM_MIN_EPS} (fixed point would let one-ulp "
+                          "gradients take full steps)")
 
 
 def default_party_specs(count: int) -> list[PartySpec]:

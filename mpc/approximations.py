@@ -93,3 +93,61 @@ def secure_softmax(crypten: Any, logits: Any) -> Any:
     powers = secure_exp_nonpositive(crypten, shifted)
     total = powers.sum(1, keepdim=True)
     return powers * secure_reciprocal(total, 1.0, float(classes))
+
+
+# Wide-range square root and reciprocal (Adam's denominator). One batched comparison against
+# public powers of the base finds each element's binade [b^k, b^(k+1)); the binade's
+# indicator selects public powers of two (integer multiples of u, so no truncation), which
+# bring the element into [1, b), where Newton's iteration runs from a fitted linear start.
+INV_SQRT_START = (1.06, 0.15)  # y0 = 1.06 - 0.15 x: |1 - sqrt(x) y0| <= 0.09 on [1, 4]
+INV_SQRT_STEPS = 3  # then 0.0118, 2.1e-4, 6.5e-8 (exact arithmetic)
+SQRT_EXPONENTS = range(-8, 16)  # x in [0, 4^16); below 4^-8 (one ulp) counts as the lowest binade
+RECIPROCAL_EXPONENTS = range(-2, 17)  # denominators in [2^-2, 2^17)
+_SHIFT = 4**8  # 4^-k < u for k > 8: such x are first divided by 4^8 (a truncation)
+# Measured in the ring (tests/test_optim.py), with margin: sqrt relative error 4.8e-5 for x in
+# [1, 1e9]; below 1 the input's own ulp dominates (sqrt(u/2) scale): 7.6e-4 absolute; the
+# quotient n/d for |n| <= d, d in [0.25, 1e5]: 5.6e-5 absolute.
+SQRT_MAX_RELATIVE_ERROR = 1e-4
+SQRT_MAX_ABSOLUTE_ERROR = 1.5e-3
+DIVIDE_MAX_ERROR = 1e-4
+
+
+def _binades(crypten: Any, x: Any, base: int, exponents: range) -> tuple[Any, list[int]]:
+    """Integer sharings, one per binade, of [x in [b^k, b^(k+1))] for k in ``exponents``
+    (x below the first binade counts as in it), and the list of those k."""
+    shape = (-1, *([1] * x.dim()))
+    thresholds = torch.tensor([float(base) ** k for k in exponents[1:]], dtype=torch.float32, device=x.device)
+    above = (crypten.stack([x] * len(thresholds)) - thresholds.reshape(shape)).ge(0)
+    inside = [1 - above[0], *[above[j] - above[j + 1] for j in range(len(thresholds) - 1)], above[-1]]
+    return crypten.stack(inside), list(exponents)
+
+
+def _select(crypten: Any, indicators: Any, values: list[float]) -> Any:
+    """sum_j indicator_j * value_j for public values that are multiples of u, exactly."""
+    units = torch.tensor([round(value * 2**16) for value in values], dtype=torch.long, device=indicators.device)
+    selected = (indicators * units.reshape(-1, *([1] * (indicators.dim() - 1)))).sum(0)
+    selected.encoder = crypten.encoder.FixedPointEncoder()  # those integers count units of u
+    return selected
+
+
+def secure_sqrt(crypten: Any, x: Any) -> Any:
+    """sqrt(x) for x in [0, 4^16): x = 4^k m with m in [1, 4), sqrt(x) = 2^k m / sqrt(m)."""
+    inside, exponents = _binades(crypten, x, 4, SQRT_EXPONENTS)
+    near = _select(crypten, inside, [4.0**-k if k <= 8 else 0.0 for k in exponents])
+    far = _select(crypten, inside, [4.0 ** -(k - 8) if k > 8 else 0.0 for k in exponents])
+    root = _select(crypten, inside, [2.0**k for k in exponents])
+    mantissa = (crypten.stack([x, x.div(_SHIFT)]) * crypten.stack([near, far])).sum(0)
+    a, b = INV_SQRT_START
+    y = mantissa * -b + a
+    for _ in range(INV_SQRT_STEPS):
+        y = y * (3 - mantissa * y.square()) / 2
+    return mantissa * y * root
+
+
+def secure_divide(crypten: Any, numerator: Any, denominator: Any) -> Any:
+    """numerator / denominator for denominators in [1/4, 2^17): d = 2^k m with m in [1, 2);
+    the numerator is scaled by 2^-k too, so a small quotient keeps its digits."""
+    inside, exponents = _binades(crypten, denominator, 2, RECIPROCAL_EXPONENTS)
+    scale = _select(crypten, inside, [2.0**-k for k in exponents])
+    both = crypten.stack([denominator, numerator]) * crypten.stack([scale, scale])
+    return both[1] * secure_reciprocal(both[0], 1.0, 2.0)

@@ -29,6 +29,8 @@ class TrainConfig:
     optimizer: str = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    eps: float = 1e-3  # adam, adamw: at least mpc.optim.ADAM_MIN_EPS
     schedule: str = "constant"  # constant, step (lr * lr_gamma every lr_step epochs) or cosine
     lr_step: int = 1
     lr_gamma: float = 0.1
@@ -134,7 +136,7 @@ class SecureTrainer:
         self.model = model
         self.config = config
         self.loss = loss
-        self.optimizer = secure_optimizer(list(model.parameters()), config)
+        self.optimizer = secure_optimizer(crypten, list(model.parameters()), config)
         self.seed = seed
         self.stats = stats
         self.show_progress = show_progress

@@ -177,7 +177,7 @@ def _write_tables(directory: Path, task: str, seed: int = 5) -> list[str]:
     for name, rows in (("alpha", 150), ("beta", 150), ("heldout", 300)):
         x = generator.normal(size=(rows, 3))
         frame = pd.DataFrame({"spend": x[:, 0] * 30 + 200, "tiny": x[:, 1] * 1e-4,
-                              "clock": 1e5 + x[:, 2] * 50, "flag": np.ones(rows)})
+                              "clock": 2e3 + x[:, 2] * 5, "flag": np.ones(rows)})
         score = np.stack([x[:, 0] - x[:, 1], x[:, 2] - 0.5 * x[:, 0], 0.3 * x[:, 1]], axis=1)
         if task == "multiclass":
             frame["y"] = np.argmax(score + generator.gumbel(size=score.shape) * 0.5, axis=1)
