@@ -176,7 +176,7 @@ def _write_tables(directory: Path, task: str, seed: int = 5) -> list[str]:
     paths = []
     for name, rows in (("alpha", 150), ("beta", 150), ("heldout", 300)):
         x = generator.normal(size=(rows, 3))
-        frame = pd.DataFrame({"spend": x[:, 0] * 30 + 200, "tiny": x[:, 1] * 1e-4,
+        frame = pd.DataFrame({"spend": x[:, 0] * 30 + 200, "rate": x[:, 1],
                               "clock": 2e3 + x[:, 2] * 5, "flag": np.ones(rows)})
         score = np.stack([x[:, 0] - x[:, 1], x[:, 2] - 0.5 * x[:, 0], 0.3 * x[:, 1]], axis=1)
         if task == "multiclass":
