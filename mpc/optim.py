@@ -19,6 +19,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 # but one ulp under MPC would take a full step.
 ADAM_GRADIENT_SCALE = 2**8
 ADAM_MIN_EPS = 1e-3
+_PRECISE = 2**8
 SCHEDULES = ("constant", "step", "cosine")
 
 
@@ -92,7 +93,9 @@ class SecureAdam:
         if decay and not self.decoupled:
             flat = flat + values * decay
         gradient = flat * ADAM_GRADIENT_SCALE
-        fresh = crypten.stack([gradient, gradient.square()]) * torch.tensor([[1 - beta1], [1 - beta2]])
+        # 1 - beta2 = 0.001 is 65.5 units of u: applied as (c 2^8) / 2^8, it keeps its digits
+        weights = torch.tensor([[(1 - beta1) * _PRECISE], [(1 - beta2) * _PRECISE]])
+        fresh = (crypten.stack([gradient, gradient.square()]) * weights).div(_PRECISE)
         if self.moments is None:
             moments = fresh
         else:

@@ -145,10 +145,13 @@ def test_secure_sgd_with_momentum_follows_torch():
                                                ("adamw", {"weight_decay": 0.1})])
 def test_secure_adam_step_follows_torch(optimizer, extra):
     """Each secure Adam step against the float step from the same (revealed) weights and
-    moments: a gradient error dg moves m/(sqrt(v) + eps) by at most dg (1 + r) / (sqrt(v) + eps)
-    (r = |m| / (sqrt(v) + eps); bias correction does not enlarge it), plus the measured errors
-    of the secure square root and division, plus the truncations of the update (2u)."""
-    from mpc.approximations import DIVIDE_MAX_ERROR, SQRT_MAX_RELATIVE_ERROR
+    moments. With den = sqrt(v) + eps and r = |m| / den (bias-corrected), the step
+    m / den is off by at most dm / den + r dden / den + the division's error (max(1, r) times
+    its bound for |n| <= d), where dm <= dg + the stored moment's truncation, and dden <= dg
+    + the square root's error (relative above one scaled unit, absolute below) + the effect
+    of the second moment's truncations (a few units of the scaled v, times 1/(1 - beta2^t));
+    plus the update's own truncations (2u)."""
+    from mpc.approximations import DIVIDE_MAX_ERROR, SQRT_MAX_ABSOLUTE_ERROR, SQRT_MAX_RELATIVE_ERROR
     from mpc.optim import ADAM_GRADIENT_SCALE, lr_at
 
     config = TrainConfig(epochs=STEPS, lr=0.05, optimizer=optimizer, **extra)
@@ -167,8 +170,18 @@ def test_secure_adam_step_follows_torch(optimizer, extra):
         ratio = m_hat.abs() / denominator
         expected = theta - lr * (m_hat / denominator) - (lr * decay * theta if optimizer == "adamw" else 0)
         dg = _gradient_error(x, theta) * (1 + decay)
-        bound = lr * (dg * (1 + ratio) / denominator + ratio * SQRT_MAX_RELATIVE_ERROR + DIVIDE_MAX_ERROR) + 2 * U
-        assert ((torch.tensor(weights).double() - expected).abs() <= bound).all(), step
+        scale, correction = ADAM_GRADIENT_SCALE, 1 / (1 - beta2 ** (step + 1))
+        v_scaled = v_hat * scale**2
+        truncated = 4 * U * correction + U  # in units of the scaled v
+        dv_root = torch.minimum(torch.full_like(v_scaled, truncated**0.5), truncated / (2 * v_scaled.sqrt())) / scale
+        root_error = torch.where(v_scaled >= 1, SQRT_MAX_RELATIVE_ERROR * v_hat.sqrt(),
+                                 torch.full_like(v_hat, SQRT_MAX_ABSOLUTE_ERROR / scale))
+        dm = dg + 2 * U / scale / (1 - beta1 ** (step + 1))
+        step_error = (dm / denominator + ratio * (dg + dv_root + root_error) / denominator
+                      + DIVIDE_MAX_ERROR * ratio.clamp(min=1))
+        bound = lr * step_error + 2 * U
+        difference = (torch.tensor(weights).double() - expected).abs()
+        assert (difference <= bound).all(), (step, difference.tolist(), bound.tolist())
         # continue from the secure state, as the secure run does
         theta = torch.tensor(weights).double()
         scaled = torch.tensor(moments).double()
