@@ -221,8 +221,7 @@ def test_custom_linear_model_matches_plaintext(tmp_path, task, protocol, softmax
     summary = run_job(tmp_path / "outputs", "num_parties=2", parties, f"protocol={protocol}", "data.label=y",
                       f"data.task={task}", f"data.classes={max(classes, 2)}", "model=custom",
                       "model._target_=test_custom_models.LinearHead", f"model.out_features={classes}",
-                      "train.epochs=2", "train.batch_size=50", "train.lr=0.1", "train.reveal_to=[alpha]",
-                      *(["protocol.allow_insecure=true"] if protocol == "tfp" else []))
+                      "train.epochs=2", "train.batch_size=50", "train.lr=0.1", "train.reveal_to=[alpha]")
     assert summary["task"] == task and summary["model"] == "test_custom_models.LinearHead"
     secure_state = torch.load(tmp_path / "outputs" / "test" / "alpha" / "model.pt")
     secure_theta = torch.cat([secure_state["linear.weight"], secure_state["linear.bias"][:, None]], 1).double()
