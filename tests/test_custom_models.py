@@ -211,6 +211,7 @@ def _weight_bound(data, config: TrainConfig, task: str, theta_l1: float, eps_f: 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the module's softmax measurement runs in the first one's setup
 @pytest.mark.parametrize("task, protocol", [("multiclass", "tfp"), ("multiclass", "dealer"),
                                             ("regression", "tfp"), ("regression", "dealer")])
 def test_custom_linear_model_matches_plaintext(tmp_path, task, protocol, softmax_error):

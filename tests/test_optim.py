@@ -1,8 +1,8 @@
 """Secure optimizers against torch.optim, and Adam's square root and division in the ring.
 
 Tolerance for the optimizer runs (u = 2^-16), a linear model with squared error: at the
-same weights the secure gradient is off by at most g_err = 2 max|x| ((|theta|_1 + 3) u + 2u) + u
-(the outputs' encoding and truncation, the product, the division by B); a weight error e
+same weights the secure gradient is off by at most g_err (_gradient_error: the outputs'
+encoding and truncation, and one truncation per row summed over the batch); a weight error e
 adds L e sqrt(P) more (L the loss's smoothness, P the parameter count). SGD with momentum
 carries these through its buffer exactly; Adam's step m / (sqrt(v) + eps) moves by at most
 dg (1 + r) / (sqrt(v) + eps) for a gradient error dg (r = |m| / (sqrt(v) + eps)), plus the
@@ -103,8 +103,12 @@ def _plain_steps(config: TrainConfig) -> tuple[list[torch.Tensor], list[tuple]]:
 
 
 def _gradient_error(x: torch.Tensor, theta: torch.Tensor) -> float:
+    """Per element: each row's output error e_z = (|theta|_1 + 3) u and its label's u/2 are
+    scaled by 2/B, then the product is truncated (u per row); the batch sum over B rows of
+    |x| <= a turns that into a (2 (e_z + u/2) + B u), plus the sum's own truncation u."""
     features = torch.cat([x, torch.ones(ROWS, 1)], 1).double()
-    return 2 * features.abs().max().item() * ((theta.abs().sum().item() + 4) * U + 2 * U) + U
+    output_error = (theta.abs().sum().item() + 3) * U
+    return features.abs().max().item() * (2 * (output_error + U / 2) + ROWS * U) + U
 
 
 def _float_gradient(theta: torch.Tensor) -> torch.Tensor:
