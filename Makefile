@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 CRYPTEN := crypten==0.4.1
 
-.PHONY: demo test install clean gpu-check wan-bench bench
+.PHONY: demo test install clean gpu-check wan-bench bench conformance
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: $(STAMP)
 # by side (< 15 min on 2 cores): prints a table, writes bench/results/<date>.json.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# CrypTen's own upstream tests over every transport x suite x party count: a table of
+# passed/failed/skipped per cell, every skip with its reason (long: hours on 2 busy cores;
+# narrow it with ARGS, e.g. ARGS='--cells zmq/tfp/2p --files test_mpc').
+conformance: $(STAMP)
+	$(BIN)/python tests/conformance/matrix.py $(ARGS)
 
 # On a GPU machine: GPU-marked tests plus a short CPU-vs-CUDA benchmark (< 5 min).
 gpu-check: $(STAMP)

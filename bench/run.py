@@ -349,6 +349,23 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def psi_section(ids: int, deadline: float, timeout_s: float) -> dict:
+    """Private set intersection against a plain hash join (bench/psi_bench.py), printed below the table."""
+    from bench.psi_bench import lines, measure
+
+    print()
+    if time.monotonic() > deadline:
+        print("PSI: n/a: skipped, over the bench's time budget")
+        return {"na": "skipped, over the bench's time budget"}
+    try:
+        result = measure(per_party=ids, timeout_s=max(timeout_s, 300.0))
+    except Exception as error:  # one failed section must not lose the table above
+        print(f"PSI: n/a: {type(error).__name__}: {error}")
+        return {"na": str(error)}
+    print("\n".join(lines(result)), flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: W2, W5, W6 on the GPU")
@@ -363,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=0, help="repeats per workload (default: 3, 1 for W2b and W7)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--profile", default="", help="write a cProfile of rank 0 of each secure system here (prefix)")
+    parser.add_argument("--psi-ids", type=int, default=20_000,
+                        help="ids per party for the PSI row (3 parties, 60%% common); 0 skips it")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -460,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                "total_s": time.perf_counter() - started}
     print()
     print(table(results))
+    if args.psi_ids and not cuda:
+        results["psi"] = psi_section(args.psi_ids, deadline, args.timeout)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H%M%SZ')}{'-cuda' if cuda else ''}.json"

@@ -11,12 +11,15 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mpc.data.config import PARTITIONS
+from mpc.dp import config_problem as dp_problem
 from mpc.losses import TASKS, expected_outputs
 from mpc.optim import ADAM_MIN_EPS, OPTIMIZERS, SCHEDULES
-from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, output_width
+from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, model_kind, output_width
+from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
 from parties.transport import transport_names
-from protocols.suite import check_party_count, needs_dealer
+from protocols.prg import InsecureSeedRefused, insecure_test_seed
+from protocols.suite import check_party_count, needs_dealer, testing_only_parts
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("transport", "protocol", "model", "data", "train", "launch")
@@ -82,6 +85,15 @@ def _validate(config: RunConfig) -> None:
     require(config.data.partition in PARTITIONS,
             f"data.partition={config.data.partition} is not allowed; choose one of {', '.join(PARTITIONS)}")
     require(config.data.rows >= 10, f"data.rows={config.data.rows} is too small; it must be at least 10")
+    require(0 < config.data.overlap <= 1, f"data.overlap={config.data.overlap} must be in (0, 1]")
+    require(config.data.overlap == 1 or config.data.partition == "vertical",
+            f"data.overlap={config.data.overlap} applies to data.partition=vertical only")
+    require(config.data.overlap == 1 or config.psi.enabled,
+            f"data.overlap={config.data.overlap} gives the parties different ids in different orders; "
+            "set psi.enabled=true to align them by private set intersection")
+    require(not config.psi.enabled or config.data.partition == "vertical",
+            "psi.enabled=true applies to data.partition=vertical (a horizontal split has no common ids to find)")
+    require(config.psi.min_intersection >= 1, f"psi.min_intersection={config.psi.min_intersection} must be at least 1")
     require(config.data.test_rows >= 10, f"data.test_rows={config.data.test_rows} is too small; it must be at least 10")
     require(config.train.epochs >= 1, f"train.epochs={config.train.epochs} must be at least 1")
     require(config.train.batch_size >= 1, f"train.batch_size={config.train.batch_size} must be at least 1")
@@ -102,11 +114,53 @@ def _validate(config: RunConfig) -> None:
         check_party_count(config.protocol, config.num_parties)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    _refuse_insecure(config)
     dealer = needs_dealer(config.protocol)  # the dealer process is rank num_parties
     rank = config.party.rank
     require(rank is None or 0 <= rank < config.num_parties + dealer,
             f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
             f"{', the last being the dealer' if dealer else ''})")
+    dp_error = dp_problem(config.train.dp, model_kind(config.model), config.protocol.name)
+    require(dp_error is None, dp_error or "")
+    require(not config.train.dp.enabled or config.data.task == "binary",
+            f"train.dp needs data.task=binary (its clipped gradient is the logistic loss's); data.task={config.data.task}")
+    plain_sgd = (config.train.optimizer == "sgd" and config.train.momentum == 0 and config.train.weight_decay == 0
+                 and config.train.schedule == "constant")
+    require(not config.train.dp.enabled or plain_sgd,
+            "train.dp needs plain SGD (train.optimizer=sgd, momentum=0, weight_decay=0, schedule=constant): "
+            "its noise is calibrated to one clipped update per step")
+    _validate_release(config)
+
+
+def _validate_release(config: RunConfig) -> None:
+    """The release policy names known values and parties, and allows what this job opens."""
+    names = config.names() or tuple(spec.name for spec in default_party_specs(config.num_parties))
+    unknown = [name for name in config.train.reveal_to if name not in names]
+    if unknown:
+        raise ConfigError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
+    try:
+        policy = ReleasePolicy(config.release, names, config.train.evaluator, config.train.reveal_to)
+        has_heldout = not config.parties or any(spec.test_data for spec in config.parties)
+        for what, recipients in required_openings(config.data.partition, has_heldout, config.train.reveal_to,
+                                                  names[config.train.evaluator], names):
+            policy.check(what, recipients)
+    except (ValueError, ReleaseRefused) as error:
+        raise ConfigError(f"release: {error}") from None
+
+
+def _refuse_insecure(config: RunConfig) -> None:
+    """The parties' own data never meets a testing-only part without protocol.allow_insecure=true,
+    and the test suite's predictable PRG seeds are refused outside the test suite."""
+    try:
+        insecure_test_seed()
+    except InsecureSeedRefused as error:
+        raise ConfigError(str(error)) from None
+    user_data = any(spec.data or spec.test_data for spec in config.parties)
+    insecure = testing_only_parts(config.protocol)
+    if user_data and insecure and not config.protocol.allow_insecure:
+        raise ConfigError(f"protocol.{insecure[0]} is for testing only (a trusted party can see every secret) and is refused "
+                          "with the parties' own data files; use protocol=dealer, ot or malicious, or set "
+                          "protocol.allow_insecure=true to accept that")
 
 
 def _check_model(config: RunConfig) -> None:

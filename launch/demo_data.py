@@ -1,6 +1,6 @@
 """The embedded default: generated bank tables when the config names no files.
 
-The tables are a pure function of (partition, parties, rows, test rows, seed). A local launch
+The tables are a pure function of (partition, parties, rows, test rows, seed, overlap). A local launch
 writes them once under ``<output_dir>/<run id>/data``. Under mpirun, torchrun or one command
 per host every party process generates them itself, into a folder named by those inputs
 (``<output_dir>/demo-data/<key>``), so every rank finds its own file, the evaluator can also
@@ -24,8 +24,10 @@ def _needs_demo_data(config: RunConfig) -> bool:
 
 
 def _generate(config: RunConfig, directory: Path) -> GeneratedFiles:
-    writer = write_horizontal if config.data.partition == "horizontal" else write_vertical
-    return writer(directory, config.num_parties, config.data.rows, config.data.test_rows, config.seed)
+    d = config.data
+    if d.partition == "horizontal":
+        return write_horizontal(directory, config.num_parties, d.rows, d.test_rows, config.seed)
+    return write_vertical(directory, config.num_parties, d.rows, d.test_rows, config.seed, overlap=d.overlap)
 
 
 def _with_files(config: RunConfig, files: GeneratedFiles) -> RunConfig:
@@ -48,7 +50,8 @@ def with_demo_data(config: RunConfig, run_id: str) -> RunConfig:
 
 def demo_data_key(config: RunConfig) -> str:
     d = config.data
-    return f"{d.partition}-{config.num_parties}p-{d.rows}x{d.test_rows}-seed{config.seed}"
+    overlap = "" if d.overlap == 1 else f"-overlap{d.overlap:g}"
+    return f"{d.partition}-{config.num_parties}p-{d.rows}x{d.test_rows}-seed{config.seed}{overlap}"
 
 
 def with_shared_demo_data(config: RunConfig) -> RunConfig:

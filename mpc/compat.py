@@ -77,12 +77,14 @@ def _allow_crypten_types_in_torch_load() -> None:
 
     Rather than fall back to the full unpickler, the classes crypten saves (shared tensors,
     their encoder and ptype, the tuple-cache containers) are allow-listed, so crypten.load
-    and the provider's tuple cache keep torch's restricted loader.
+    and the provider's tuple cache keep torch's restricted loader. A module's state dict
+    holds its encrypted parameters as clones, which record ``AutogradClone`` as the
+    function that made them.
     """
     import collections
 
     from crypten.encoder import FixedPointEncoder
-    from crypten.gradients import AutogradContext
+    from crypten.gradients import AutogradClone, AutogradContext
     from crypten.mpc.mpc import MPCTensor
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
     from crypten.mpc.primitives.binary import BinarySharedTensor
@@ -95,12 +97,31 @@ def _allow_crypten_types_in_torch_load() -> None:
             BinarySharedTensor,
             FixedPointEncoder,
             AutogradContext,
+            AutogradClone,
             ptype,
             collections.defaultdict,
             frozenset,
             torch.Size,
         ]
     )
+
+
+def _convert_onnx_identity(crypten_module: Any) -> None:
+    """Newer TorchScript exporters emit ONNX ``Identity`` nodes (e.g. for a parameter a
+    graph uses twice); crypten's converter has no module for them."""
+    module = crypten_module.nn.module
+
+    class Identity(module.Module):
+        """Passes its input through unchanged (ONNX ``Identity``)."""
+
+        def forward(self, input: Any) -> Any:
+            return input
+
+        @staticmethod
+        def from_onnx(attributes: Any = None) -> "Identity":
+            return Identity()
+
+    crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN.setdefault("Identity", Identity)
 
 
 def apply() -> None:
@@ -113,6 +134,7 @@ def apply() -> None:
 
     _fix_fixed_point_decode(crypten)
     _use_torchscript_onnx_exporter(crypten)
+    _convert_onnx_identity(crypten)
     _allow_crypten_types_in_torch_load()
     _applied = True
 

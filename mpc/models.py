@@ -22,7 +22,8 @@ _CONVERTED_ELSEWHERE = ("Identity",)
 _NOT_LAYERS = ("Module",)
 
 
-DEFAULT_MODEL = {"_target_": "mpc.zoo.LogisticRegression"}
+LOGISTIC_REGRESSION = "mpc.zoo.LogisticRegression"
+DEFAULT_MODEL = {"_target_": LOGISTIC_REGRESSION}
 # a stand-in feature count for checking a model before the parties agree on the real one
 PLACEHOLDER_FEATURES = 8
 
@@ -47,6 +48,13 @@ def model_target(spec: Mapping[str, Any]) -> str:
         raise ModelError("model._target_ must name the model class by import path, e.g. "
                          "model._target_=my_bank.models.FraudNet")
     return target
+
+
+def model_kind(spec: Mapping[str, Any]) -> str:
+    """``logreg`` for the zoo's logistic regression (DP-SGD and the derived tolerances know its
+    closed form), otherwise the model's import path."""
+    target = model_target(spec)
+    return "logreg" if target == LOGISTIC_REGRESSION else target
 
 
 def build_torch_model(spec: Mapping[str, Any], features: int, seed: int) -> nn.Module:

@@ -1,5 +1,8 @@
 """The plaintext reference: the same model, initial weights, batches and scaling, in float.
 
+The scaling is the ``Preprocessing`` record the secure run agreed on (the statistics it
+revealed, the columns it dropped), applied as it is: nothing is recomputed here.
+
 It needs every party's table, so it only runs where all files are readable (local
 launches and tests); its metrics sit beside the secure ones in the summary.
 """
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from mpc.data.config import DataConfig
+from mpc.data.preprocessing import Preprocessing
 from mpc.data.tables import read_table
 from mpc.losses import Loss
 from mpc.optim import lr_at, plaintext_optimizer
@@ -31,42 +35,45 @@ class PooledData:
     test_labels: torch.Tensor | None
 
 
-def _standardise(train: np.ndarray, *others: np.ndarray | None) -> list[np.ndarray | None]:
-    mean, std = train.mean(0), train.std(0)
-    std[std < 1e-6] = 1.0
-    return [(train - mean) / std, *[None if o is None else (o - mean) / std for o in others]]
-
-
-def pool_horizontal(config: DataConfig, train_paths: Sequence[str], test_paths: Sequence[str]) -> PooledData:
-    frames = [read_table(path, f"party {i}") for i, path in enumerate(train_paths)]
+def pool_horizontal(config: DataConfig, preprocessing: Preprocessing, train_paths: Sequence[str],
+                    test_paths: Sequence[str]) -> PooledData:
+    """Every party's rows stacked, scaled by ``preprocessing`` (the statistics the secure run revealed)."""
+    train = pd.concat([read_table(path, f"party {i}") for i, path in enumerate(train_paths)], ignore_index=True)
     tests = [read_table(path, f"party {i}") for i, path in enumerate(test_paths) if path]
-    features = [c for c in frames[0].columns if c not in (config.label, config.id_column)]
-    train = pd.concat(frames, ignore_index=True)
     test = pd.concat(tests, ignore_index=True) if tests else None
-    x, tx = _standardise(train[features].to_numpy(np.float64), None if test is None else test[features].to_numpy(np.float64))
-    return _pooled(x, train[config.label], tx, None if test is None else test[config.label])
+    return _pooled(preprocessing, train[config.label], train, None if test is None else test[config.label], test)
 
 
-def pool_vertical(config: DataConfig, train_paths: Sequence[str], test_paths: Sequence[str]) -> PooledData:
-    def columns(paths: Sequence[str]) -> tuple[list[np.ndarray], pd.Series]:
+def common_id_rows(frames: Sequence[pd.DataFrame], id_column: str) -> list[pd.DataFrame]:
+    """Each table cut to the ids every table holds, in ascending id order: in plaintext, the
+    rows private set intersection lines up (psi.enabled)."""
+    common = set.intersection(*(set(frame[id_column].tolist()) for frame in frames))
+    return [frame[frame[id_column].isin(common)].sort_values(id_column, kind="stable").reset_index(drop=True)
+            for frame in frames]
+
+
+def pool_vertical(config: DataConfig, preprocessing: Preprocessing, train_paths: Sequence[str],
+                  test_paths: Sequence[str], intersect: bool = False) -> PooledData:
+    """Every party's columns side by side (rows aligned by the run, or with ``intersect`` by a
+    plaintext join on the id column), scaled by ``preprocessing``."""
+    def joined(paths: Sequence[str]) -> tuple[pd.DataFrame, pd.Series]:
         frames = [read_table(path, f"party {i}") for i, path in enumerate(paths)]
-        own = [f[[c for c in f.columns if c not in (config.label, config.id_column)]].to_numpy(np.float64) for f in frames]
-        return own, frames[config.label_party][config.label]
+        if intersect:
+            frames = common_id_rows(frames, config.id_column)
+        return pd.concat(frames, axis=1), frames[config.label_party][config.label]
 
-    train_parts, labels = columns(train_paths)
+    train, labels = joined(train_paths)
     has_test = all(test_paths) and len(test_paths) == len(train_paths)
-    test_parts, test_labels = columns(test_paths) if has_test else ([None] * len(train_parts), None)
-    scaled = [_standardise(part, test) for part, test in zip(train_parts, test_parts)]
-    x = np.concatenate([s[0] for s in scaled], axis=1)
-    tx = np.concatenate([s[1] for s in scaled], axis=1) if has_test else None
-    return _pooled(x, labels, tx, test_labels)
+    test, test_labels = joined(test_paths) if has_test else (None, None)
+    return _pooled(preprocessing, labels, train, test_labels, test)
 
 
-def _pooled(x: np.ndarray, y: pd.Series, tx: np.ndarray | None, ty: pd.Series | None) -> PooledData:
+def _pooled(preprocessing: Preprocessing, y: pd.Series, x: pd.DataFrame, ty: pd.Series | None,
+            tx: pd.DataFrame | None) -> PooledData:
     as_column = lambda s: torch.tensor(s.to_numpy(np.float64), dtype=torch.float32).reshape(-1, 1)  # noqa: E731
     return PooledData(
-        torch.tensor(x, dtype=torch.float32), as_column(y),
-        None if tx is None else torch.tensor(tx, dtype=torch.float32), None if ty is None else as_column(ty),
+        preprocessing.transform(x).float(), as_column(y),
+        None if tx is None else preprocessing.transform(tx).float(), None if ty is None else as_column(ty),
     )
 
 

@@ -2,8 +2,8 @@
 
 CrypTen finds its communicator through the module global
 ``crypten.communicator.DistributedCommunicator`` at call time; the session puts a small
-adapter there whose instance is our transport, so MPCTensor, crypten.nn and the providers
-run over it unchanged.
+adapter there whose instance is our transport (with CrypTen's call accounting, see
+``mpc.communicator``), so MPCTensor, crypten.nn and the providers run over it unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mpc.communicator import CrypTenCommunicator
 from mpc.compat import load_crypten
 from protocols import ProtocolSuite
 
@@ -31,7 +32,7 @@ def _communicator_adapter(transport: Any) -> type:
 
         @classmethod
         def initialize(cls, rank: int = 0, world_size: int = 1, init_ttp: bool = False) -> None:
-            cls.instance = transport
+            cls.instance = CrypTenCommunicator(transport)
 
         @classmethod
         def get(cls) -> Any:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from mpc import release
+from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.optim import secure_optimizer
 
 
@@ -37,6 +39,7 @@ class TrainConfig:
     reveal_to: list[str] = field(default_factory=list)
     plaintext_reference: bool = True
     evaluator: int = 0  # the party that receives held-out predictions and prints metrics
+    dp: DpConfig = field(default_factory=DpConfig)  # differentially private SGD (mpc/dp.py)
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> torch.Tensor:
@@ -56,9 +59,11 @@ class EpochRecord:
     bytes_received: int
     rounds: int
     metrics: Any = None  # the task's metrics (mpc.metrics)
+    heldout_logits: torch.Tensor | None = None  # at the evaluator: the outputs the metrics were computed from
+    epsilon: float | None = None  # privacy spent so far, under DP-SGD
 
     def as_dict(self) -> dict:
-        record = {k: v for k, v in self.__dict__.items() if k != "metrics"}
+        record = {k: v for k, v in self.__dict__.items() if k not in ("metrics", "heldout_logits")}
         record["metrics"] = self.metrics.as_dict() if self.metrics else None
         return record
 
@@ -70,6 +75,11 @@ class EpochRecord:
 # batched comparison: 8, the clip: 1, scaling: 1, four levels of products: 8, the series: 1)
 # where CrypTen's takes 37.
 SIGMOID_CLIP = 7.0
+# The largest error as evaluated in the ring, over the whole real line (asserted under MPC on a
+# grid out to +-1e4 in tests/test_sigmoid.py; mpc.tolerance builds on it): the fit's 4.6e-4,
+# plus x / CLIP through a rounded 1/7 (relative error <= 3.1e-5, plus 1 ulp) times the
+# series' slope <= CLIP / 4, about 8e-5, plus rounding in the recurrence (measured 5.45e-4 in all).
+SIGMOID_MAX_ERROR = 6.0e-4
 SIGMOID_DEGREE = 15
 # fit_sigmoid_coefficients() rounded to float32; fitting takes ~0.3 s, so it is not redone per run
 SIGMOID_COEFFICIENTS = (6.131813526e-01, -1.570855677e-01, 6.077003479e-02, -2.489833906e-02,
@@ -104,7 +114,7 @@ def fit_sigmoid_coefficients() -> np.ndarray:
 
 
 def secure_sigmoid(logits: Any) -> Any:
-    """sigmoid(x) under MPC in 19 rounds (2 parties), within 4.6e-4 + fixed-point error of
+    """sigmoid(x) under MPC in 19 rounds (2 parties), within SIGMOID_MAX_ERROR (6.0e-4) of
     the true value for every x."""
     import crypten
 
@@ -141,19 +151,31 @@ class SecureTrainer:
         self.stats = stats
         self.show_progress = show_progress
         self.rank = crypten.communicator.get().get_rank()
+        self.private: PrivateSgd | None = None  # DP-SGD's state, set up by fit when train.dp is on
+        self.heldout_logits: torch.Tensor | None = None  # the last revealed held-out outputs (evaluator)
+        self.heldout_labels: torch.Tensor | None = None
 
-    def step(self, features: Any, targets: Any, scales: Any, epoch: int = 0) -> None:
+    def step(self, features: Any, targets: Any, scales: Any, epoch: int = 0, clip: RowClip | None = None) -> None:
         """One step; ``scales`` are this batch's :meth:`Loss.row_scales`, with the optimizer's
-        gradient factor for ``epoch`` folded in."""
+        gradient factor for ``epoch`` folded in. Under DP-SGD (binary logistic regression, plain
+        SGD) ``scales`` are the class weights alone, ``clip`` clips each row's gradient and scales
+        it to an update, and features None is an empty sample (noise only)."""
+        crypten = self.crypten
         self.model.zero_grad()
-        outputs = self.model(features)
-        with self.crypten.no_grad():
-            gradient = self.loss.output_gradient(self.crypten, outputs, targets, scales)
-        outputs.backward(gradient)
+        if features is not None:
+            outputs = self.model(features)
+            with crypten.no_grad():
+                gradient = self.loss.output_gradient(crypten, outputs, targets, scales)
+                if clip is not None:
+                    gradient = clip.apply(gradient)
+            outputs.backward(gradient)
+        if self.private is not None:
+            with crypten.no_grad():
+                self.private.add_noise(self.model.parameters())
         # the update as torch.optim's (CrypTen's update_parameters also zeroes gradients above
         # 100, a guard against the wrap errors of its local truncation, at a comparison per
         # parameter tensor per step)
-        with self.crypten.no_grad():
+        with crypten.no_grad():
             self.optimizer.step(epoch)
 
     def predict_for(self, features: Any, dst: int) -> torch.Tensor | None:
@@ -162,49 +184,66 @@ class SecureTrainer:
             self.model.train(False)  # inference mode: no autograd bookkeeping
             outputs = self.model(features)
             self.model.train()
-        revealed = outputs.get_plain_text(dst=dst)
-        return revealed if self.rank == dst else None
+        return release.open(outputs, "heldout_predictions", to=dst)
+
+    def _epoch_steps(self, train: Any, targets: Any, row_scales: dict, epoch: int) -> Iterator[tuple]:
+        order = epoch_order(train.rows, self.seed, epoch)
+        features, batch_targets = train.features[order], targets[order]
+        scales = {size: values if isinstance(values, float) else values[order] for size, values in row_scales.items()}
+        for rows in batch_slices(train.rows, self.config.batch_size):
+            batch_scales = scales[rows.stop - rows.start]
+            if not isinstance(batch_scales, float):
+                batch_scales = batch_scales[rows]
+            yield features[rows], batch_targets[rows], batch_scales, epoch
 
     def fit(self, train: Any, test: Any | None,
             on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
         self.model.train()
         evaluator = self.config.evaluator
-        test_labels = test.labels.get_plain_text(dst=evaluator) if test is not None else None
+        test_labels = release.open(test.labels, "heldout_labels", to=evaluator) if test is not None else None
+        self.heldout_labels = test_labels
         history: list[EpochRecord] = []
         slices = batch_slices(train.rows, self.config.batch_size)
         sizes = sorted({rows.stop - rows.start for rows in slices})
         targets = self.loss.targets(self.crypten, train.labels)
         factor, row_scales = None, {}
+        if self.config.dp.enabled:
+            self.private = PrivateSgd(self.crypten, self.config.dp, train.features, self.config.lr,
+                                      self.config.batch_size, self.config.epochs)
+            dp_scales = self.loss.row_scales(train.labels, self.config.lr, self.config.lr)  # w(y)
         for epoch in range(self.config.epochs):
             start = time.perf_counter()
             before = (self.stats.bytes_sent, self.stats.bytes_received, self.stats.rounds)
-            if self.optimizer.gradient_factor(epoch) != factor:  # a schedule changed the folded lr
-                factor = self.optimizer.gradient_factor(epoch)
-                row_scales = {size: self.loss.row_scales(train.labels, size, factor) for size in sizes}
-            order = epoch_order(train.rows, self.seed, epoch)
-            features, batch_targets = train.features[order], targets[order]
-            scales = {size: values if isinstance(values, float) else values[order] for size, values in row_scales.items()}
-            progress = tqdm(slices, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
+            if self.private is not None:
+                steps = ((x, y, w, epoch, clip) for x, y, w, clip in self.private.epoch_steps(train, dp_scales, epoch))
+            else:
+                if self.optimizer.gradient_factor(epoch) != factor:  # a schedule changed the folded lr
+                    factor = self.optimizer.gradient_factor(epoch)
+                    row_scales = {size: self.loss.row_scales(train.labels, size, factor) for size in sizes}
+                steps = self._epoch_steps(train, targets, row_scales, epoch)
+            progress = tqdm(steps, total=len(slices), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)
-            for rows in progress:
-                batch_scales = scales[rows.stop - rows.start]
-                if not isinstance(batch_scales, float):
-                    batch_scales = batch_scales[rows]
-                self.step(features[rows], batch_targets[rows], batch_scales, epoch)
+            for batch in progress:
+                self.step(*batch)
             record = EpochRecord(
                 epoch=epoch + 1,
                 seconds=time.perf_counter() - start,
                 bytes_sent=self.stats.bytes_sent - before[0],
                 bytes_received=self.stats.bytes_received - before[1],
                 rounds=self.stats.rounds - before[2],
+                epsilon=self.private.end_epoch() if self.private is not None else None,
             )
             if test is not None:
                 outputs = self.predict_for(test.features, evaluator)
                 if outputs is not None:
+                    self.heldout_logits = outputs
                     record.metrics = self.loss.evaluate(outputs, test_labels)
+                    record.heldout_logits = outputs
                     progress.set_postfix(heldout_loss=f"{record.metrics.loss:.4f}")
             progress.close()
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
+            if self.private is not None and self.private.exhausted:
+                break  # the privacy budget is spent
         return history

@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional
 
 from mpc.data.config import DataConfig
 from mpc.models import DEFAULT_MODEL
+from mpc.psi import PsiConfig
+from mpc.release import ReleaseRule, default_release
 from mpc.training import TrainConfig
 from parties.transport.base import TransportOptions
 from protocols.suite import ProtocolConfig
@@ -38,6 +40,16 @@ class LaunchConfig:
 
 
 @dataclass
+class ScoreConfig:
+    """Set by ``cotrain predict shares=...``: the parties score rows instead of training."""
+
+    shares: str = ""  # outputs/<run id>: each party's folder holds model_shares.pt and model.json
+    data: str = ""  # the owner's raw rows; only the owner reads it
+    owner: str = ""  # the party whose rows are scored and who alone receives the scores
+    out: str = ""  # where the owner writes the scores (CSV)
+
+
+@dataclass
 class RunConfig:
     num_parties: int = 3
     seed: int = 0
@@ -51,8 +63,11 @@ class RunConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     model: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))  # _target_ and its arguments
     data: DataConfig = field(default_factory=DataConfig)
+    psi: PsiConfig = field(default_factory=PsiConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    release: list[ReleaseRule] = field(default_factory=default_release)
 
     def names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.parties)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mpc.data.sharing import _read_and_announce
+from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import check_horizontal
 from parties.transport.group import PartyGroup
 from mpc.metrics import ClassWeights, evaluate
@@ -25,12 +26,14 @@ from mpc.losses import WeightedBinaryCrossEntropy
 from mpc.models import build_torch_model, model_target
 from mpc.training import EpochRecord
 from parties.config import RunConfig
-from parties.outputs import _atomic_save, write_json
-from parties.summary import build_summary, print_summary
+from mpc.scoring import ModelRecord, save_model_file
+from parties.outputs import _atomic_save, write_json, write_predictions
+from parties.summary import build_summary, dealer_report, print_summary
 from protocols import ProtocolSuite
 from protocols.malicious.dealer import run_dealer
 from protocols.malicious.engine import Engine
-from protocols.malicious.train import LocalData, MaliciousTrainConfig, check_model, layers_from_torch, train_logreg
+from protocols.malicious.train import (SIGMOID_FIXED_POINT_ERROR, SIGMOID_MAX_ERROR, LocalData,
+                                       MaliciousTrainConfig, check_model, layers_from_torch, train_logreg)
 
 log = logging.getLogger("cotrain.malicious")
 
@@ -52,21 +55,23 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     if config.data.partition != "horizontal":
         raise ValueError("protocol=malicious supports data.partition=horizontal only (for now)")
     if rank == parties:
-        write_json(directory / "dealer.json", run_dealer(transport, parties))
+        served = run_dealer(transport, parties)
+        write_json(directory / "dealer.json", served)
+        transport.send_obj(dealer_report(transport, rank, served), config.train.evaluator)
         return None
     started = time.perf_counter()
     names = config.names()
     spec = config.parties[rank]
     group = PartyGroup(transport, parties)
-    frame, metas = _read_and_announce(group, spec.data, names[rank], True, config.data.label)
-    features = list(check_horizontal(metas, config.data.label))
+    frame, metas = _read_and_announce(group, spec.data, names[rank], True, config.data)
+    features = list(check_horizontal(metas, config.data.label, config.data.id_column))
     evaluator = config.train.evaluator
     test_x = test_y = None
     if rank == evaluator and spec.test_data:
-        test_frame, _ = _read_and_announce(group, spec.test_data, names[rank], False, config.data.label)
+        test_frame, _ = _read_and_announce(group, spec.test_data, names[rank], False, config.data)
         test_x, test_y = test_frame[features].to_numpy(np.float64), test_frame[config.data.label].to_numpy(np.float64)
     else:
-        _read_and_announce(group, None, names[rank], False, config.data.label)
+        _read_and_announce(group, None, names[rank], False, config.data)
     torch_model = build_torch_model(config.model, len(features), config.seed)
     initial = layers_from_torch(torch_model)
     unknown = [name for name in config.train.reveal_to if name not in names]
@@ -84,7 +89,8 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
             metrics = evaluate(torch.tensor(record.test_logits, dtype=torch.float32),
                                torch.tensor(test_y, dtype=torch.float32).reshape(-1, 1), weights_holder["w"])
             log.info("epoch %d: held-out AUC %.4f, loss %.4f", record.epoch, metrics.auc, metrics.loss)
-        history.append(EpochRecord(record.epoch, record.seconds, record.bytes_sent, 0, record.rounds, metrics))
+        logits = None if record.test_logits is None else torch.tensor(record.test_logits, dtype=torch.float64)
+        history.append(EpochRecord(record.epoch, record.seconds, record.bytes_sent, 0, record.rounds, metrics, logits))
 
     engine = Engine(transport, parties, dealer=parties)
     try:
@@ -95,18 +101,29 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     finally:
         engine.close()
     training_seconds = result.seconds
+    # the statistics the run revealed: the plaintext reference and the model file use them
+    preprocessing = Preprocessing(features, [float(v) for v in result.mean], [float(v) for v in result.std],
+                                  config.data.label, config.data.id_column)
+    record = ModelRecord(dict(config.model), config.data.task, len(features), preprocessing,
+                         config.protocol.name, list(names))
     # every check has passed: only now is anything written
-    saved = _save(result, torch_model, directory, rank)
-    report = {"name": names[rank], "rank": rank, "contributed": {"rows": len(frame), "columns": len(features)},
+    saved = _save(result, torch_model, record, directory, rank)
+    report = {"name": names[rank], "rank": rank, "status": "ok",
+              "contributed": {"rows": len(frame), "columns": len(features)},
               **transport.stats.as_dict(), "saved": saved,
-              "protocol_parts": {"engine": result.stats}}
+              "protocol_parts": {"engine": result.stats},
+              "insecure_test_seed": False}  # this engine draws from the OS CSPRNG only
     reports = group.gather_obj(report, evaluator)
     write_json(directory / "party.json", report)
     if rank != evaluator:
         return None
+    reports.append(transport.recv_obj(parties))  # the dealer's traffic
+    if history and history[-1].heldout_logits is not None:
+        write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)
     summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history,
-                            WeightedBinaryCrossEntropy(weights_holder["w"]),
-                            torch_model, wall_s=time.perf_counter() - started, training_s=training_seconds)
+                            WeightedBinaryCrossEntropy(weights_holder["w"]), torch_model, preprocessing,
+                            SIGMOID_MAX_ERROR + SIGMOID_FIXED_POINT_ERROR, job_s=time.perf_counter() - started,
+                            training_s=training_seconds)
     write_json(Path(config.output_dir) / run_id / "summary.json", summary)
     print_summary(summary)
     return summary
@@ -130,7 +147,7 @@ def _train(engine: Engine, local: LocalData, initial: np.ndarray, config: Malici
     return result
 
 
-def _save(result: Any, torch_model: torch.nn.Module, directory: Path, rank: int) -> dict:
+def _save(result: Any, torch_model: torch.nn.Module, record: ModelRecord, directory: Path, rank: int) -> dict:
     layers = result.weights if isinstance(result.weights, list) else [result.weights]
     shares = {}
     for index, layer in enumerate(layers):
@@ -151,6 +168,6 @@ def _save(result: Any, torch_model: torch.nn.Module, directory: Path, rank: int)
         expected = torch_model.state_dict()
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
             raise RuntimeError("the revealed parameters do not match the torch model's layout")
-        _atomic_save(lambda p: torch.save(state, p), directory / "model.pt")
+        _atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
         saved["revealed"] = str(directory / "model.pt")
     return saved

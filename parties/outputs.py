@@ -10,6 +10,9 @@ from typing import Any
 
 import torch
 
+from mpc import release
+from mpc.scoring import ModelRecord, predictions_frame, save_model_file
+
 log = logging.getLogger(__name__)
 
 
@@ -30,9 +33,10 @@ def write_json(path: Path, payload: dict) -> None:
     _atomic_save(lambda p: p.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"), path)
 
 
-def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, reveal_to: list[str],
-               names: tuple[str, ...], rank: int, directory: Path) -> dict:
-    """Keep this party's shares; reveal the weights only to the parties named in reveal_to.
+def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, record: ModelRecord,
+               reveal_to: list[str], names: tuple[str, ...], rank: int, directory: Path) -> dict:
+    """Keep this party's shares (and the record that scoring them needs, as JSON); reveal the
+    weights, with the record, only to the parties named in reveal_to.
 
     Returns what this party saved, for the summary.
     """
@@ -42,16 +46,23 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     secure_params = dict(secure_model.named_parameters())
     shares = {name: param.share.clone() for name, param in secure_params.items()}
     _atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
+    write_json(directory / "model.json", record.as_dict())
     saved = {"shares": str(directory / "model_shares.pt")}
     recipients = [names.index(name) for name in reveal_to]
-    revealed = {name: {dst: param.get_plain_text(dst=dst) for dst in recipients}
+    revealed = {name: {dst: release.open(param, "model", to=dst) for dst in recipients}
                 for name, param in secure_params.items()}
     if rank in recipients:
         plain = {name: values[rank] for name, values in revealed.items()}
         state = _match_torch_state(torch_model, plain)
-        _atomic_save(lambda p: torch.save(state, p), directory / "model.pt")
+        _atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
         saved["revealed"] = str(directory / "model.pt")
     return saved
+
+
+def write_predictions(path: Path, outputs: torch.Tensor, task: str, ids: Any = None) -> None:
+    """Scores as CSV (``mpc.scoring.predictions_frame``), written atomically."""
+    frame = predictions_frame(outputs, ids, task)
+    _atomic_save(lambda p: frame.to_csv(p, index=False, float_format="%.9g"), path)
 
 
 def _match_torch_state(torch_model: torch.nn.Module, plain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,15 +10,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpc import release
+from mpc.audit import AUDIT_FILE, AuditLog
 from mpc.data.sharing import share_horizontal, share_vertical
 from mpc.losses import expected_outputs, task_loss
 from mpc.models import ModelError, build_torch_model, encrypt_model, model_target, output_width
+from mpc.release import ReleaseGate, ReleasePolicy
 from mpc.session import MpcSession
-from mpc.training import SecureTrainer
+from mpc.scoring import ModelRecord
+from mpc.training import SIGMOID_MAX_ERROR, SecureTrainer
 from parties.config import RunConfig
+from parties.hosts import check_host_boundary
 from parties.devices import party_device
-from parties.outputs import party_dir, save_model, write_json
-from parties.summary import build_summary, print_summary
+from parties.outputs import party_dir, save_model, write_json, write_predictions
+from parties.scoring import run_scoring
+from parties.report import write_report
+from parties.summary import plaintext_reference, build_summary, dealer_report, failed_summary, print_summary
 from parties.transport import PartyAddress, open_transport
 from parties.transport.group import PartyGroup
 from protocols import ProtocolSuite
@@ -49,13 +56,20 @@ def _configure_logging(level: str, rank: int, log_file: Path | None) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(level if rank == 0 else logging.WARNING)
     formatter = logging.Formatter("%(asctime)s %(name)s [%(party)s] %(levelname)s %(message)s")
-    console.setFormatter(formatter)
+    console.setFormatter(_OneLine(formatter._fmt))
     root.addHandler(console)
     if log_file is not None:
         file_handler = logging.FileHandler(log_file)
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
     logging.captureWarnings(True)
+
+
+class _OneLine(logging.Formatter):
+    """The console gets one line per record; tracebacks stay in the party's own log file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None}))
 
 
 class _PartyTag(logging.Filter):
@@ -75,7 +89,7 @@ def _tag_records(name: str) -> None:
 
 
 def run_party(config: RunConfig, rank: int) -> PartyOutcome:
-    """Run this party's side of the whole job; raises on any failure."""
+    """Run this party's side of the whole job; raises on any failure, after recording why."""
     # a suite with a dealer adds one process, rank num_parties, to the transport's world;
     # MPC runs among the parties only (a PartyGroup view of the transport)
     dealer = needs_dealer(config.protocol)
@@ -86,67 +100,118 @@ def run_party(config: RunConfig, rank: int) -> PartyOutcome:
     address = PartyAddress(rank=rank, world_size=len(names), names=names)
     transport = open_transport(address, config.transport)
     try:
+        hosts = check_host_boundary(transport, config.transport)  # before any share is sent
         # every rank adopts rank 0's run id, so mpirun/torchrun/per-host runs share one folder
         run_id = transport.broadcast_obj(config.run_id or new_run_id() if rank == 0 else None, 0)
         directory = party_dir(config.output_dir, run_id, name)
-        _configure_logging(config.log_level, rank, directory / "party.log")
+        scoring = bool(config.score.shares)
+        _configure_logging(config.log_level, rank, directory / ("score.log" if scoring else "party.log"))
         _tag_records(name)
-        log.info("party %s (rank %d of %d) joined run %s over %s", name, rank, config.num_parties,
-                 run_id, config.transport.name)
-        if is_malicious(config.protocol):  # protocol=malicious: its own authenticated engine and dealer
-            from parties.malicious_run import run_malicious
-
-            return PartyOutcome(rank, name, directory, run_malicious(config, transport, rank, run_id, directory))
-        if rank == config.num_parties:
-            write_json(directory / "dealer.json", run_dealer_server(transport, config.num_parties))
-            return PartyOutcome(rank, name, directory, None)
-        mpc_transport = PartyGroup(transport, config.num_parties) if dealer else transport
-        summary = _train(config, mpc_transport, rank, run_id, directory)
-        return PartyOutcome(rank, name, directory, summary)
+        log.info("party %s (rank %d of %d) joined %s %s over %s on %d host%s", name, rank, config.num_parties,
+                 "scoring with the shares of run" if scoring else "run", run_id, config.transport.name, hosts,
+                 "s" if hosts > 1 else "")
+        try:
+            if scoring:
+                return PartyOutcome(rank, name, directory, run_scoring(config, transport, rank, directory))
+            return PartyOutcome(rank, name, directory, _run(config, transport, rank, run_id, directory))
+        except Exception as error:
+            _record_failure(config, rank, name, run_id, directory, error, write_files=not scoring)
+            raise
     finally:
         transport.close()
 
 
-def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
+def _record_failure(config: RunConfig, rank: int, name: str, run_id: str, directory: Path,
+                    error: Exception, write_files: bool) -> None:
+    """Say in this party's own log why it aborted (CheatDetected, a peer's failure, bad data,
+    ...); leave party.json, and at rank 0 summary.json, with ``status: failed``."""
+    reason = f"{error.__class__.__name__}: {error}"
+    log.error("aborted: %s", reason, exc_info=True)
+    if not write_files:
+        return
+    write_json(directory / "party.json", {"name": name, "rank": rank, "status": "failed", "reason": reason})
+    if rank == 0:  # a local launch replaces it with every party's reason
+        write_json(Path(config.output_dir) / run_id / "summary.json", failed_summary(run_id, f"{name}: {reason}"))
+
+
+def _run(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
+    if is_malicious(config.protocol):  # protocol=malicious: its own authenticated engine and dealer
+        from parties.malicious_run import run_malicious
+
+        return run_malicious(config, transport, rank, run_id, directory)
+    if rank == config.num_parties:
+        served = run_dealer_server(transport, config.num_parties)
+        write_json(directory / "dealer.json", served)
+        # the dealer's own traffic, for the evaluator's per-party table and totals
+        transport.send_obj(dealer_report(transport, rank, served), config.train.evaluator)
+        return None
+    dealer = needs_dealer(config.protocol)
+    mpc_transport = PartyGroup(transport, config.num_parties) if dealer else transport
+    return _train(config, mpc_transport, rank, run_id, directory, transport if dealer else None)
+
+
+def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path,
+           dealer_transport: Any | None) -> dict | None:
     names = config.names()
     spec = config.parties[rank]
     suite = ProtocolSuite(config.protocol)
     started = time.perf_counter()
     device = party_device(config.device, rank)
     log.info("computing on %s", device)
-    with MpcSession(transport, suite, device=device) as crypten:
-        share = share_horizontal if config.data.partition == "horizontal" else share_vertical
-        train, test, _ = share(crypten, config.data, spec.data, spec.test_data or None, names[rank], device)
+    policy = ReleasePolicy(config.release, names, config.train.evaluator, config.train.reveal_to)
+    gate = ReleaseGate(policy, rank, AuditLog(directory / AUDIT_FILE))
+    with MpcSession(transport, suite, device=device) as crypten, release.enforced(gate):
+        if config.data.partition == "horizontal":
+            train, test, preprocessing = share_horizontal(crypten, config.data, spec.data, spec.test_data or None,
+                                                          names[rank], device)
+        else:
+            train, test, preprocessing = share_vertical(crypten, config.data, spec.data, spec.test_data or None,
+                                                        names[rank], device, psi=config.psi)
         loss = task_loss(config.data.task, config.data.classes, train.rows, train.positive_count)
-        features = len(train.feature_names)
-        torch_model = build_torch_model(config.model, features, config.seed)
-        if output_width(torch_model, features) != expected_outputs(config.data.task, config.data.classes):
-            raise ModelError(f"model._target_={model_target(config.model)} gives {output_width(torch_model, features)} "
-                             f"outputs per row on {features} features; data.task={config.data.task} needs "
+        width = len(train.feature_names)
+        torch_model = build_torch_model(config.model, width, config.seed)
+        if output_width(torch_model, width) != expected_outputs(config.data.task, config.data.classes):
+            raise ModelError(f"model._target_={model_target(config.model)} gives {output_width(torch_model, width)} "
+                             f"outputs per row on {width} features; data.task={config.data.task} needs "
                              f"{expected_outputs(config.data.task, config.data.classes)}")
-        secure_model = encrypt_model(crypten, torch_model, features, device=device)
-        log.info("shared %d rows x %d features; training %s for %d epochs", train.rows, features,
+        secure_model = encrypt_model(crypten, torch_model, width, device=device)
+        log.info("shared %d rows x %d features; training %s for %d epochs", train.rows, width,
                  model_target(config.model), config.train.epochs)
         training_start = time.perf_counter()
         trainer = SecureTrainer(crypten, secure_model, config.train, loss, config.seed,
                                 transport.stats, show_progress=rank == config.train.evaluator)
         history = trainer.fit(train, test)
         training_seconds = time.perf_counter() - training_start
-        saved = save_model(crypten, secure_model, torch_model, list(config.train.reveal_to), names, rank, directory)
+        record = ModelRecord(dict(config.model), config.data.task, width, preprocessing,
+                             config.protocol.name, list(names))
+        saved = save_model(crypten, secure_model, torch_model, record, list(config.train.reveal_to), names, rank,
+                           directory)
         party_report = {
             "name": names[rank],
             "rank": rank,
+            "status": "ok",
             "contributed": train.contributed[rank],
             **transport.stats.as_dict(),
             "saved": saved,
             "protocol_parts": suite.counters(),
+            "insecure_test_seed": suite.insecure_test_seed,
         }
         reports = transport.gather_obj(party_report, config.train.evaluator)
     write_json(directory / "party.json", party_report)
     if rank != config.train.evaluator:
         return None
-    summary = build_summary(config, run_id, suite, reports, history, loss, torch_model,
-                            wall_s=time.perf_counter() - started, training_s=training_seconds)
-    write_json(Path(config.output_dir) / run_id / "summary.json", summary)
+    if dealer_transport is not None:
+        reports.append(dealer_transport.recv_obj(config.num_parties))
+    if history and history[-1].heldout_logits is not None:
+        write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)
+    reference = plaintext_reference(config, torch_model, loss, preprocessing, SIGMOID_MAX_ERROR)
+    summary = build_summary(config, run_id, suite, reports, history, loss, torch_model, preprocessing,
+                            SIGMOID_MAX_ERROR, job_s=time.perf_counter() - started, training_s=training_seconds,
+                            reference=reference)
+    if trainer.private is not None:
+        summary["privacy"] = trainer.private.report()
+    run_dir = Path(config.output_dir) / run_id
+    summary["report"] = str(write_report(run_dir, summary, trainer.heldout_logits, trainer.heldout_labels, reference))
+    write_json(run_dir / "summary.json", summary)
     print_summary(summary)
     return summary

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
+from mpc.data.preprocessing import Preprocessing
 from mpc.losses import Loss
-from mpc.models import model_target
+from mpc.models import model_kind
 from mpc.reference import pool_horizontal, pool_vertical, readable, train_plaintext
+from mpc.tolerance import METRICS, compare, logit_bounds, metric_tolerances, out_of_tolerance, training_weight_bound
 from mpc.training import EpochRecord
 from parties.config import RunConfig
 from protocols import ProtocolSuite
+from protocols.dealer import DEALER_NAME
 
-log = logging.getLogger("cotrain.summary")
+@dataclass
+class Reference:
+    """The plaintext reference's held-out results and how far the secure ones may lie from them."""
+
+    metrics: dict
+    logit_bound: float | None  # the largest over the held-out rows; None: no bound for this model
+    tolerances: dict[str, float] | None
+    heldout_logits: torch.Tensor | None = None  # the float model's final held-out scores, for the report
+    heldout_labels: torch.Tensor | None = None
 
 
 def _with_curves(final: dict, curve: Sequence[dict]) -> dict:
@@ -25,50 +37,88 @@ def _with_curves(final: dict, curve: Sequence[dict]) -> dict:
     return {**final, **curves}
 
 
-def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss) -> dict | None:
-    """Train the same model in float on the pooled files, where this process can read them all."""
+def metric_names(metrics: dict) -> list[str]:
+    """The task's metrics in a metrics record (its curves left out)."""
+    return [key for key in metrics if not key.endswith("_curve")]
+
+
+def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss,
+                        preprocessing: Preprocessing, sigmoid_error: float) -> Reference | None:
+    """Train the same model in float on the pooled files, where this process can read them all,
+    with the preprocessing the secure run revealed; derive the metric tolerances (mpc.tolerance)
+    where they are known: a binary logistic regression trained by plain SGD."""
     train_paths = [spec.data for spec in config.parties]
     test_paths = [spec.test_data for spec in config.parties]
     if not config.train.plaintext_reference or not readable(train_paths):
         return None
-    pool = pool_horizontal if config.data.partition == "horizontal" else pool_vertical
-    data = pool(config.data, train_paths, test_paths)
+    if config.data.partition == "horizontal":
+        data = pool_horizontal(config.data, preprocessing, train_paths, test_paths)
+    else:
+        data = pool_vertical(config.data, preprocessing, train_paths, test_paths, intersect=config.psi.enabled)
     if data.test_features is None:
         return None
-    _, curve = train_plaintext(torch_model, data, config.train, loss, config.seed)
-    return _with_curves(curve[-1].as_dict(), [m.as_dict() for m in curve])
+    trained, curve = train_plaintext(torch_model, data, config.train, loss, config.seed)
+    metrics = _with_curves(curve[-1].as_dict(), [m.as_dict() for m in curve])
+    with torch.no_grad():
+        plain_logits = trained(data.test_features)
+    if not (loss.task == "binary" and _plain_sgd(config.train)):
+        return Reference(metrics, None, None, plain_logits, data.test_labels)
+    training = training_weight_bound(data.features, data.labels, torch_model, config.train, loss.weights,
+                                     config.seed, sigmoid_error)
+    if training is None:
+        return Reference(metrics, None, None, plain_logits, data.test_labels)
+    delta = logit_bounds(data.test_features, trained, training)
+    return Reference(metrics, delta.max().item(), metric_tolerances(plain_logits, data.test_labels, loss.weights, delta),
+                     plain_logits, data.test_labels)
+
+
+def _plain_sgd(train: Any) -> bool:
+    """The derived tolerances follow plain SGD's steps (mpc.tolerance)."""
+    return (train.optimizer == "sgd" and train.momentum == 0 and train.weight_decay == 0
+            and train.schedule == "constant")
 
 
 def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports: Sequence[dict],
                   history: Sequence[EpochRecord], loss: Loss, torch_model: nn.Module,
-                  wall_s: float, training_s: float) -> dict:
+                  preprocessing: Preprocessing, sigmoid_error: float, job_s: float, training_s: float,
+                  reference: Reference | None = None) -> dict:
+    """``reference``: the plaintext reference where the caller trained it already (else trained here)."""
     final = history[-1].metrics if history and history[-1].metrics else None
     secure = None
     if final is not None:
         secure = _with_curves(final.as_dict(), [r.metrics.as_dict() for r in history])
-    plaintext = plaintext_reference(config, torch_model, loss)
+    if reference is None:
+        reference = plaintext_reference(config, torch_model, loss, preprocessing, sigmoid_error)
+    plaintext = None if reference is None else reference.metrics
     epochs = max(len(history), 1)
     return {
+        "status": "ok",
         "run_id": run_id,
         "num_parties": config.num_parties,
-        "parties": [{"name": r["name"], "rank": r["rank"], **r["contributed"]} for r in reports],
+        "parties": [{"name": r["name"], "rank": r["rank"], **r["contributed"]} for r in reports if "contributed" in r],
         "transport": config.transport.name,
         "protocol": config.protocol.name,
         "protocol_parts": suite.describe(),
         "testing_only_protocol": suite.testing_only,
-        "model": model_target(config.model),
+        # parties whose PRG seeds came from COTRAIN_INSECURE_TEST_SEED (tests only): empty in real runs
+        "insecure_test_seed": [r["name"] for r in reports if r.get("insecure_test_seed")],
+        "model": model_kind(config.model),
         "task": config.data.task,
         "partition": config.data.partition,
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
         "lr": config.train.lr,
         "seed": config.seed,
+        "preprocessing": preprocessing.as_dict(),
         "class_weights": ({"negative": loss.weights.negative, "positive": loss.weights.positive}
                           if loss.task == "binary" else None),
         "secure": secure,
         "plaintext": plaintext,
-        "auc_gap": None if not (secure and plaintext and "auc" in secure) else abs(secure["auc"] - plaintext["auc"]),
-        "wall_s": wall_s,
+        # secure - plaintext per metric, with the tolerance derived in mpc.tolerance (None: not derived)
+        "gaps": None if not (secure and plaintext) else compare(secure, plaintext, reference.tolerances,
+                                                                metric_names(secure)),
+        "logit_bound": None if reference is None else reference.logit_bound,
+        "job_wall_s": job_s,
         "training_s": training_s,
         "per_epoch": [r.as_dict() for r in history],
         "per_party": [
@@ -83,19 +133,44 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
             }
             for r in reports
         ],
+        "total_bytes_sent": sum(r["bytes_sent"] for r in reports),
         "evaluator_bytes_per_epoch": sum(r.bytes_sent for r in history) / epochs,
         "evaluator_rounds_per_epoch": sum(r.rounds for r in history) / epochs,
     }
 
 
-def _metric_line(label: str, metrics: dict | None) -> str:
+def _metric_line(label: str, metrics: dict | None, fmt: str = "{:9.4f}") -> str:
     if metrics is None:
-        return f"  {label:<10} (not available)"
-    shown = [(key, value) for key, value in metrics.items() if not key.endswith("_curve")]
-    return f"  {label:<10} " + "   ".join(f"{_METRIC_NAMES.get(key, key)} {value:.4f}" for key, value in shown)
+        return f"    {label:<22} (not available)"
+    return f"    {label:<22}" + "".join(f"{fmt.format(value):>11}" for value in metrics.values())
 
 
-_METRIC_NAMES = {"auc": "AUC", "pr_auc": "PR-AUC", "macro_f1": "macro-F1", "rmse": "RMSE", "r2": "R^2"}
+def _gap_lines(summary: dict) -> list[str]:
+    gaps = summary["gaps"]
+    if gaps is None:
+        return []
+    lines = [_metric_line("gap (secure - plain)", {m: entry["gap"] for m, entry in gaps.items()}, "{:+9.4f}")]
+    if summary["logit_bound"] is None:
+        lines.append(f"    no tolerance derived for model={summary['model']}, task={summary['task']} "
+                     "(mpc/tolerance.py: binary logistic regression with plain SGD only)")
+        return lines
+    lines.append(_metric_line("tolerance", {m: entry["tolerance"] for m, entry in gaps.items()}))
+    failing = out_of_tolerance(gaps)
+    if failing:
+        lines.append("  !!! OUT OF TOLERANCE: " + ", ".join(
+            f"{m} (gap {gaps[m]['gap']:+.4f}, allowed {gaps[m]['tolerance']:.4f})" for m in failing)
+            + " -- the secure model is not the plaintext one")
+    else:
+        lines.append(f"  all four metrics within the fixed-point tolerance "
+                     f"(held-out logits within {summary['logit_bound']:.2e} of plaintext at most)")
+    return lines
+
+
+def _only(metrics: dict | None, names: Sequence[str]) -> dict | None:
+    return None if metrics is None else {name: metrics[name] for name in names}
+
+
+METRIC_TITLES = {"auc": "AUC", "pr_auc": "PR-AUC", "macro_f1": "macro-F1", "rmse": "RMSE", "r2": "R^2"}
 
 
 _PART_FIELDS = ("calls", "tuples", "offline_bytes", "offline_rounds", "online_bytes", "online_rounds")
@@ -118,15 +193,21 @@ def print_summary(summary: dict) -> None:
     ]
     if summary["testing_only_protocol"]:
         lines.append("  WARNING: this protocol is for testing only (a trusted party sees every triple)")
-    lines.append("  held-out metrics:")
-    lines.append(_metric_line("secure", summary["secure"]))
-    lines.append(_metric_line("plaintext", summary["plaintext"]))
-    if summary["auc_gap"] is not None:
-        lines.append(f"  AUC gap secure vs plaintext: {summary['auc_gap']:.4f}")
-    lines.append(f"  wall time {summary['wall_s']:.1f} s (training {summary['training_s']:.1f} s)")
+    if summary["insecure_test_seed"]:
+        lines.append(f"  WARNING: COTRAIN_INSECURE_TEST_SEED made the PRG seeds of {', '.join(summary['insecure_test_seed'])} "
+                     "predictable (tests only): every secret of this run is predictable")
+    shown = summary["secure"] or summary["plaintext"]
+    names = metric_names(shown) if shown else list(METRICS)
+    header = "".join(f"{METRIC_TITLES.get(name, name):>11}" for name in names)
+    lines.append(f"  held-out metrics:{'':9}{header}")
+    lines.append(_metric_line("secure", _only(summary["secure"], names)))
+    lines.append(_metric_line("plaintext", _only(summary["plaintext"], names)))
+    lines += _gap_lines(summary)
+    lines.append(f"  job wall time {summary['job_wall_s']:.1f} s (training {summary['training_s']:.1f} s)")
     for party in summary["per_party"]:
         lines.append(f"  {party['name']:<8} sent {party['bytes_sent'] / 1e6:8.2f} MB  received "
                      f"{party['bytes_received'] / 1e6:8.2f} MB  rounds {party['rounds']}")
+    lines.append(f"  total    sent {summary['total_bytes_sent'] / 1e6:8.2f} MB")
     lines.append(f"  evaluator per epoch: {summary['evaluator_bytes_per_epoch'] / 1e6:.2f} MB sent, "
                  f"{summary['evaluator_rounds_per_epoch']:.0f} rounds")
     parts = summary["per_party"][0]["protocol_parts"] if summary["per_party"] else {}
@@ -135,3 +216,15 @@ def print_summary(summary: dict) -> None:
     for kind, counted in parts.items():
         lines.append(f"    {kind:<14} {_part_line(counted)}")
     print("\n".join(lines), flush=True)
+
+
+def dealer_report(transport: Any, rank: int, served: dict) -> dict:
+    """The dealer's line in the per-party table: its traffic and what it served."""
+    return {"name": DEALER_NAME, "rank": rank, **transport.stats.as_dict(), "saved": {},
+            "protocol_parts": {"dealer": served}}
+
+
+def failed_summary(run_id: str, reason: str, parties: dict[str, str] | None = None) -> dict:
+    """What a failed run leaves: ``status: failed``, the reason, and each party's own reason
+    where the writer can read it (a local launch reads every party's folder)."""
+    return {"status": "failed", "run_id": run_id, "reason": reason, "party_reasons": parties or {}}

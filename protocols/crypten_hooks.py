@@ -213,7 +213,7 @@ def install_prg(crypten: Any, prg: Any) -> None:
     originals = {name: getattr(rng, name) for name in _RNG_FUNCTIONS}
     from protocols.prg import cipher_rng_functions
 
-    replacements = cipher_rng_functions(crypten, originals)
+    replacements = cipher_rng_functions(crypten)
     for module_name in _RNG_USERS:
         module = importlib.import_module(module_name)
         for name in _RNG_FUNCTIONS:

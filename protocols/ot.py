@@ -1,8 +1,8 @@
 """Dealer-free two-party preprocessing from oblivious transfer.
 
-* Base OTs: 128 Chou-Orlandi style OTs over Curve25519. The scalar multiplications are
-  ``cryptography``'s X25519; the one point addition the protocol needs is done here in
-  affine Montgomery coordinates (x-only X25519 cannot add points).
+* Base OTs: 128 Chou-Orlandi OTs in edwards25519's prime-order subgroup, every group
+  operation libsodium's constant-time code (PyNaCl), keys hashed with SHA-256 over the
+  whole OT transcript.
 * OT extension: IKNP (semi-honest), with AES-CTR to stretch the base seeds and a fixed-key
   AES hash (tweaked, with the orthomorphism sigma) to break the correlation; everything
   runs on numpy arrays, millions of OTs per call.
@@ -30,8 +30,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from nacl.bindings import (crypto_core_ed25519_add, crypto_core_ed25519_is_valid_point,
+                           crypto_core_ed25519_scalar_reduce, crypto_core_ed25519_sub,
+                           crypto_scalarmult_ed25519_base_noclamp, crypto_scalarmult_ed25519_noclamp)
+from nacl.exceptions import CryptoError
 
 from protocols.parts import UnsupportedTuple, metered
 from protocols.prg import CipherStream
@@ -41,107 +44,79 @@ from protocols.tuples import KeyedTripleSource, Prefetcher, freeze, tuple_elemen
 log = logging.getLogger("cotrain.ot")
 
 KAPPA = 128
-_P = 2**255 - 19
-_A = 486662
-_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+_BASE_OT_TAG = b"cotrain-base-ot-ed25519"
+POINT_BYTES = 32
 
 
 class OtError(RuntimeError):
     """The OT peer sent something malformed."""
 
 
-# -- Curve25519 in affine Montgomery form (only what the base OT needs) ------------------------
-def _sqrt(value: int) -> int:
-    root = pow(value, (_P + 3) // 8, _P)
-    if root * root % _P != value % _P:
-        root = root * _SQRT_M1 % _P
-    if root * root % _P != value % _P:
-        raise OtError("not a point on Curve25519")
-    return root
+# -- base OTs on libsodium's edwards25519 ---------------------------------------------------------
+# Chou-Orlandi's "simplest OT" in the prime-order subgroup of edwards25519. Every operation
+# on a secret (scalar multiplication, point addition, scalar reduction) is libsodium's
+# constant-time code; the receiver computes both candidate messages for every OT and picks
+# one with a byte mask, so nothing here branches or indexes on a choice bit.
+def _random_scalar() -> bytes:
+    """A uniform scalar mod the group order (64 random bytes reduced)."""
+    return crypto_core_ed25519_scalar_reduce(secrets.token_bytes(64))
 
 
-def lift_x(u: int) -> tuple[int, int]:
-    """A point with Montgomery u-coordinate ``u`` (either of the two)."""
-    return u, _sqrt((u * u * u + _A * u * u + u) % _P)
+def _multiply(scalar: bytes, point: bytes) -> bytes:
+    """scalar * point; libsodium refuses points off the prime-order subgroup and the identity."""
+    try:
+        return crypto_scalarmult_ed25519_noclamp(scalar, point)
+    except CryptoError:
+        raise OtError("the OT peer sent a point that is not a valid edwards25519 group element") from None
 
 
-def point_add(p: tuple[int, int], q: tuple[int, int]) -> tuple[int, int]:
-    (u1, v1), (u2, v2) = p, q
-    if u1 == u2:
-        raise OtError("degenerate point addition")
-    slope = (v2 - v1) * pow(u2 - u1, _P - 2, _P) % _P
-    u3 = (slope * slope - _A - u1 - u2) % _P
-    return u3, (slope * (u1 - u3) - v1) % _P
+def _kdf(index: int, sender_point: bytes, receiver_point: bytes, shared: bytes) -> bytes:
+    """The 128-bit key of OT ``index``, bound to both messages of that OT."""
+    return hashlib.sha256(_BASE_OT_TAG + index.to_bytes(4, "little") + sender_point + receiver_point
+                          + shared).digest()[:16]
 
 
-def point_neg(p: tuple[int, int]) -> tuple[int, int]:
-    return p[0], (-p[1]) % _P
-
-
-def _encode(point: tuple[int, int]) -> bytes:
-    return point[0].to_bytes(32, "little") + point[1].to_bytes(32, "little")
-
-
-def _on_curve(data: Any) -> tuple[int, int]:
-    """A point the peer sent (64 bytes: u, v little-endian), checked to be on the curve."""
-    if not isinstance(data, bytes) or len(data) != 64:
-        raise OtError("the OT peer sent a malformed curve point")
-    u, v = int.from_bytes(data[:32], "little"), int.from_bytes(data[32:], "little")
-    if u >= _P or v >= _P:
-        raise OtError("the OT peer sent a malformed curve point")
-    if (v * v - (u * u * u + _A * u * u + u)) % _P:
-        raise OtError("the OT peer sent a point that is not on Curve25519")
-    return u, v
-
-
-def _u_bytes(u: int) -> bytes:
-    return u.to_bytes(32, "little")
-
-
-def _public_u(private: X25519PrivateKey) -> int:
-    return int.from_bytes(private.public_key().public_bytes_raw(), "little")
-
-
-def _dh(private: X25519PrivateKey, u: int) -> bytes:
-    return private.exchange(X25519PublicKey.from_public_bytes(_u_bytes(u)))
-
-
-def _kdf(tag: bytes, index: int, shared: bytes) -> bytes:
-    return hashlib.sha256(tag + index.to_bytes(4, "little") + shared).digest()[:16]
+def _checked_points(data: Any, count: int, what: str) -> list[bytes]:
+    if not isinstance(data, bytes) or len(data) != count * POINT_BYTES:
+        raise OtError(f"the OT peer sent a malformed base-OT {what} (expected {count} points)")
+    return [data[i * POINT_BYTES: (i + 1) * POINT_BYTES] for i in range(count)]
 
 
 def base_ot_send(comm: Any, peer: int, count: int = KAPPA) -> list[tuple[bytes, bytes]]:
-    """Sender side of ``count`` random base OTs: both 128-bit keys of each."""
-    a = X25519PrivateKey.generate()
-    big_a = lift_x(_public_u(a))
-    comm.send_obj(_encode(big_a), peer)
-    points = comm.recv_obj(peer)
-    if not isinstance(points, list) or len(points) != count:
-        raise OtError("the OT peer sent a malformed base-OT message")
-    tag = b"cotrain-base-ot" + _u_bytes(big_a[0])
+    """Sender side of ``count`` random base OTs: both 128-bit keys of each.
+
+    Sends A = aG; receives B_i = b_i G + c_i A; key 0 is H(a B_i), key 1 is H(a (B_i - A)).
+    """
+    a = _random_scalar()
+    big_a = crypto_scalarmult_ed25519_base_noclamp(a)
+    comm.send_obj(big_a, peer)
     keys = []
-    for index, point in enumerate(points):
-        b = _on_curve(point)
-        k0 = _kdf(tag, index, _dh(a, b[0]))
-        k1 = _kdf(tag, index, _dh(a, point_add(b, point_neg(big_a))[0]))
-        keys.append((k0, k1))
+    for index, point in enumerate(_checked_points(comm.recv_obj(peer), count, "receiver message")):
+        k0 = _kdf(index, big_a, point, _multiply(a, point))
+        try:
+            b_minus_a = crypto_core_ed25519_sub(point, big_a)
+        except CryptoError:
+            raise OtError("the OT peer sent a point that is not on edwards25519") from None
+        keys.append((k0, _kdf(index, big_a, point, _multiply(a, b_minus_a))))
     return keys
 
 
-def base_ot_receive(comm: Any, peer: int, choices: Sequence[int]) -> list[bytes]:
-    """Receiver side: the key of each OT that ``choices`` selects."""
-    big_a = _on_curve(comm.recv_obj(peer))
-    secrets_b, points = [], []
-    for choice in choices:
-        b = X25519PrivateKey.generate()
-        point = lift_x(_public_u(b))
-        if choice:
-            point = point_add(big_a, point)
-        secrets_b.append(b)
-        points.append(_encode(point))
-    comm.send_obj(points, peer)
-    tag = b"cotrain-base-ot" + _u_bytes(big_a[0])
-    return [_kdf(tag, index, _dh(b, big_a[0])) for index, b in enumerate(secrets_b)]
+def base_ot_receive(comm: Any, peer: int, choices: np.ndarray) -> list[bytes]:
+    """Receiver side: the key of each OT that ``choices`` (0/1 per OT) selects."""
+    big_a = _checked_points(comm.recv_obj(peer), 1, "sender message")[0]
+    if not crypto_core_ed25519_is_valid_point(big_a):
+        raise OtError("the OT peer sent a point that is not a valid edwards25519 group element")
+    scalars = [_random_scalar() for _ in range(len(choices))]
+    unchosen = [crypto_scalarmult_ed25519_base_noclamp(b) for b in scalars]  # b G
+    shifted = [crypto_core_ed25519_add(point, big_a) for point in unchosen]  # b G + A
+    # B = bG ^ ((bG ^ (bG + A)) & mask), mask = 0xff where the choice is 1: no branch on it
+    plain = np.frombuffer(b"".join(unchosen), dtype=np.uint8).reshape(-1, POINT_BYTES)
+    plus = np.frombuffer(b"".join(shifted), dtype=np.uint8).reshape(-1, POINT_BYTES)
+    mask = (np.uint8(0) - np.asarray(choices, dtype=np.uint8))[:, None]
+    message = (plain ^ ((plain ^ plus) & mask)).tobytes()
+    comm.send_obj(message, peer)
+    points = _checked_points(message, len(choices), "receiver message")
+    return [_kdf(index, big_a, point, _multiply(b, big_a)) for index, (b, point) in enumerate(zip(scalars, points))]
 
 
 # -- the correlation-robust hash ----------------------------------------------------------------
@@ -236,9 +211,9 @@ class OtChannel:
         s_choices = np.frombuffer(secrets.token_bytes(KAPPA), dtype=np.uint8) & 1
         if self.rank < peer:
             receiver_keys = base_ot_send(comm, peer)
-            sender_keys = base_ot_receive(comm, peer, s_choices.tolist())
+            sender_keys = base_ot_receive(comm, peer, s_choices)
         else:
-            sender_keys = base_ot_receive(comm, peer, s_choices.tolist())
+            sender_keys = base_ot_receive(comm, peer, s_choices)
             receiver_keys = base_ot_send(comm, peer)
         self.sender = ExtensionSender(s_choices, sender_keys)
         self.receiver = ExtensionReceiver(receiver_keys)
@@ -549,4 +524,4 @@ class OtTripleSource(KeyedTripleSource):
         raise ValueError(f"unknown tuple kind {kind!r}")
 
     def describe(self) -> str:
-        return "ot (two-party: X25519 base OTs, IKNP extension, Gilboa multiplication)"
+        return "ot (two-party: edwards25519 base OTs, IKNP extension, Gilboa multiplication)"

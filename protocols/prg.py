@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import secrets
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -35,21 +36,44 @@ GENERATOR_KEYS = ("prev", "next", "local", "global")
 
 
 TEST_SEED_VARIABLE = "COTRAIN_INSECURE_TEST_SEED"
+# Set by tests/conftest.py to that file's own path. The test seed is honoured only when this
+# names the conftest.py of the source tree this module was imported from, so an installed
+# cotrain (which ships no tests/) can never honour it, and a stray COTRAIN_INSECURE_TEST_SEED
+# in a production environment stops the run instead of making its secrets predictable.
+TEST_SUITE_VARIABLE = "COTRAIN_TEST_SUITE"
+_TEST_SUITE_CONFTEST = Path(__file__).resolve().parents[1] / "tests" / "conftest.py"
+
+
+class InsecureSeedRefused(ValueError):
+    """COTRAIN_INSECURE_TEST_SEED is set outside cotrain's own test suite."""
+
+
+def insecure_test_seed() -> str | None:
+    """The test-only seed, if the test suite set it; raises if it is set anywhere else."""
+    seed = os.environ.get(TEST_SEED_VARIABLE)
+    if not seed:
+        return None
+    marker = os.environ.get(TEST_SUITE_VARIABLE, "")
+    if not marker or Path(marker).resolve() != _TEST_SUITE_CONFTEST or not _TEST_SUITE_CONFTEST.is_file():
+        raise InsecureSeedRefused(
+            f"{TEST_SEED_VARIABLE} is set, which would make every secret predictable; it is honoured only "
+            f"inside cotrain's own test suite (tests/conftest.py sets {TEST_SUITE_VARIABLE}): unset it")
+    return seed
 
 
 def new_seed() -> bytes:
     return secrets.token_bytes(SEED_BYTES)
 
 
-def _seed_drawer(rank: int) -> Callable[[], bytes]:
-    """``new_seed``, unless a test asks for reproducible seeds (which makes every secret
-    predictable: the transport-equivalence test compares shares bit for bit)."""
-    test_seed = os.environ.get(TEST_SEED_VARIABLE)
-    if not test_seed:
-        return new_seed
+def _seed_drawer(rank: int) -> tuple[Callable[[], bytes], bool]:
+    """``new_seed``, unless the test suite asks for reproducible seeds (which makes every secret
+    predictable: the transport-equivalence test compares shares bit for bit); and whether it did."""
+    test_seed = insecure_test_seed()
+    if test_seed is None:
+        return new_seed, False
     log.warning("%s is set: PRG seeds are predictable; for tests only", TEST_SEED_VARIABLE)
     counter = itertools.count()
-    return lambda: hashlib.sha256(f"{test_seed}:{rank}:{next(counter)}".encode()).digest()[:SEED_BYTES]
+    return lambda: hashlib.sha256(f"{test_seed}:{rank}:{next(counter)}".encode()).digest()[:SEED_BYTES], True
 
 
 class CipherStream:
@@ -130,14 +154,6 @@ class CipherGenerator(torch.Generator):
         return values if device is None or torch.device(device).type == "cpu" else values.to(device)
 
 
-def _generator_for(crypten: Any, generator: Any, kwargs: dict) -> Any:
-    if generator is not None:
-        return generator
-    device = kwargs.get("device") or torch.device("cpu")
-    device = torch.device(device) if isinstance(device, str) else device
-    return crypten.generators["local"].get(device) or crypten.generators["local"][torch.device("cpu")]
-
-
 def _wrap_device(values: torch.Tensor) -> torch.Tensor:
     if values.is_cuda:
         from crypten.cuda import CUDALongTensor
@@ -146,31 +162,45 @@ def _wrap_device(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def cipher_rng_functions(crypten: Any, originals: dict[str, Any]) -> dict[str, Any]:
-    """Replacements for ``crypten.common.rng``'s two samplers that use cipher generators."""
-    original_ring = originals["generate_random_ring_element"]
-    original_kbit = originals["generate_kbit_random_tensor"]
+class NonCryptographicGenerator(RuntimeError):
+    """A sampler that masks secrets was handed a generator that is not a cipher stream."""
+
+
+def _cipher_generator(crypten: Any, generator: Any, kwargs: dict) -> CipherGenerator:
+    """The generator a sampler was handed, or this party's local one for the device."""
+    if generator is None:
+        device = kwargs.get("device") or torch.device("cpu")
+        device = torch.device(device) if isinstance(device, str) else device
+        local = crypten.generators["local"]
+        generator = local.get(device, local.get(torch.device("cpu")))
+    if not isinstance(generator, CipherGenerator):
+        # never fall back to torch's MT19937: its output is predictable from 624 draws
+        handed = "no generator" if generator is None else f"a {type(generator).__name__}"
+        raise NonCryptographicGenerator(
+            f"a CrypTen sampler was handed {handed}, not a cipher PRG generator; every value that "
+            "masks a secret must come from the cipher PRG (seeded when the secure session starts)")
+    return generator
+
+
+def cipher_rng_functions(crypten: Any) -> dict[str, Any]:
+    """Replacements for ``crypten.common.rng``'s two samplers that draw only from cipher generators."""
 
     def generate_random_ring_element(size, ring_size=(2**64), generator=None, **kwargs):
-        gen = _generator_for(crypten, generator, kwargs)
-        if not isinstance(gen, CipherGenerator) or ring_size != 2**64:
-            return original_ring(size, ring_size=ring_size, generator=gen, **kwargs)
-        return _wrap_device(gen.ring(size, kwargs.get("device")))
+        if ring_size != 2**64:
+            raise ValueError(f"ring_size={ring_size}: cotrain's PRG draws elements of Z_2^64 only")
+        return _wrap_device(_cipher_generator(crypten, generator, kwargs).ring(size, kwargs.get("device")))
 
     def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
-        gen = _generator_for(crypten, generator, kwargs)
-        if not isinstance(gen, CipherGenerator):
-            return original_kbit(size, bitlength=bitlength, generator=gen, **kwargs)
+        gen = _cipher_generator(crypten, generator, kwargs)
         return _wrap_device(gen.bits(size, 64 if bitlength is None else bitlength, kwargs.get("device")))
 
     return {"generate_random_ring_element": generate_random_ring_element,
             "generate_kbit_random_tensor": generate_kbit_random_tensor}
 
 
-def agree_seeds(comm: Any) -> dict[str, bytes]:
+def agree_seeds(comm: Any, draw: Callable[[], bytes] = new_seed) -> dict[str, bytes]:
     """The four CrypTen seeds, agreed over the transport; pairwise ones travel to one peer."""
     rank, world = comm.get_rank(), comm.get_world_size()
-    draw = _seed_drawer(rank)
     local = draw()
     if world < 2:
         return {"prev": local, "next": local, "local": local, "global": draw()}
@@ -196,6 +226,7 @@ class CipherPrg(ProtocolPart):
     """Base of the cipher PRG parts: seeds agreed at ``crypten.init``, generators installed."""
 
     algorithm = "aes_ctr"
+    insecure_test_seed = False  # set when the test suite's reproducible seeds were used
 
     def install(self, crypten: Any) -> None:
         from protocols import crypten_hooks
@@ -209,8 +240,9 @@ class CipherPrg(ProtocolPart):
 
     def setup_generators(self, crypten: Any, devices: Sequence[torch.device]) -> None:
         comm = crypten.communicator.get()
+        draw, self.insecure_test_seed = _seed_drawer(comm.get_rank())
         with metered(self.counters, "offline"):
-            seeds = agree_seeds(comm)
+            seeds = agree_seeds(comm, draw)
         for key in GENERATOR_KEYS:
             generator = CipherGenerator(seeds[key], self.algorithm, self.counters)
             for device in devices:
@@ -231,16 +263,3 @@ class AesCtrPrg(CipherPrg):
 @register_part("prg", "chacha20")
 class ChaCha20Prg(CipherPrg):
     algorithm = "chacha20"
-
-
-@register_part("prg", "torch")
-class TorchPrg(ProtocolPart):
-    """CrypTen's own MT19937 generators with 64-bit seeds. For comparison only."""
-
-    testing_only = True
-
-    def install(self, crypten: Any) -> None:
-        pass
-
-    def describe(self) -> str:
-        return "torch (CrypTen's MT19937 generators, NOT cryptographic)"

@@ -23,8 +23,8 @@ _LAZY_PARTS = {("triple_source", "dealer"): "protocols.dealer", ("triple_source"
 class ProtocolConfig:
     """``protocol.*``: the suite's name and its parts (``conf/protocol/<name>.yaml``)."""
 
-    name: str = "tfp"
-    triple_source: str = "tfp"
+    name: str = "dealer"
+    triple_source: str = "dealer"
     prg: str = "aes_ctr"
     truncation: str = "pairs"
     comparison: str = "crypten"
@@ -33,6 +33,8 @@ class ProtocolConfig:
     # register themselves (``protocol.plugins=[my_parts]``)
     plugins: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    # a testing-only part (tfp: party 0 sees every secret) with the parties' own data files
+    allow_insecure: bool = False
 
 
 def load_plugins(config: ProtocolConfig) -> None:
@@ -71,6 +73,13 @@ def check_party_count(config: ProtocolConfig, num_parties: int) -> None:
                              f"num_parties={num_parties} needs another suite (e.g. protocol=dealer)")
 
 
+def testing_only_parts(config: ProtocolConfig) -> list[str]:
+    """``kind=name`` of each part that is for testing only (a trusted party sees secrets)."""
+    load_plugins(config)
+    return [f"{kind}={getattr(config, kind)}" for kind in PART_KINDS
+            if _load(kind, getattr(config, kind)).testing_only]
+
+
 class ProtocolSuite:
     """The parts of one suite, instantiated from the registry and installed into CrypTen.
 
@@ -91,6 +100,11 @@ class ProtocolSuite:
     @property
     def testing_only(self) -> bool:
         return any(part.testing_only for part in self.parts.values())
+
+    @property
+    def insecure_test_seed(self) -> bool:
+        """Whether the PRG used the test suite's reproducible seeds (every secret predictable)."""
+        return bool(getattr(self.parts["prg"], "insecure_test_seed", False))
 
     @property
     def triple_source(self) -> Any:

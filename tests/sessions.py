@@ -25,9 +25,9 @@ def _party(fn: Callable, rank: int, world: int, port: int, options: dict, result
 
     try:
         address = PartyAddress(rank, world, tuple(f"party{i}" for i in range(world)))
-        transport = open_transport(address, TransportOptions(master_port=port, **options))
-        try:
-            with MpcSession(transport, ProtocolSuite(ProtocolConfig())) as crypten:
+        transport = open_transport(address, TransportOptions(**{"name": "gloo", "master_port": port, **options}))
+        try:  # tfp: no dealer process, and these sessions test the engine, not the triple source
+            with MpcSession(transport, ProtocolSuite(ProtocolConfig(name="tfp", triple_source="tfp"))) as crypten:
                 results.put((rank, "ok", fn(crypten, rank)))
         finally:
             transport.close()

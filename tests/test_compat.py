@@ -119,3 +119,33 @@ def test_tuple_cache_round_trips_through_torch_load():
 
     for values in run_parties(_tuple_cache_round_trip, world=2):
         assert values == pytest.approx([2.25, 4.0], abs=2**-14)
+
+
+def test_onnx_identity_converts_to_a_pass_through():
+    from onnx import TensorProto, helper
+
+    crypten = load_crypten()
+    nodes = [helper.make_node("Identity", ["input"], ["kept"]), helper.make_node("Relu", ["kept"], ["output"])]
+    graph = helper.make_graph(nodes, "identity", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [2, 3])])
+    converted = crypten.nn.from_onnx(io.BytesIO(helper.make_model(graph).SerializeToString()))
+    values = torch.tensor([[-1.0, 2.0, 3.5], [4.0, -5.0, 0.0]])
+    assert torch.equal(converted(values), torch.relu(values))
+
+
+def _module_state_dict_round_trip(crypten, rank):
+    torch.manual_seed(3)  # the same plaintext weights at every party
+    module = crypten.nn.Linear(4, 2).encrypt()
+    buffer = io.BytesIO()
+    crypten.save(module.state_dict(), buffer)
+    buffer.seek(0)
+    restored = crypten.nn.Linear(4, 2).encrypt()
+    restored.load_state_dict(crypten.load(buffer))  # torch's restricted loader, no full unpickler
+    return [(name, param.get_plain_text().tolist()) for name, param in restored.named_parameters()] == \
+        [(name, param.get_plain_text().tolist()) for name, param in module.named_parameters()]
+
+
+def test_encrypted_module_state_dict_round_trips_through_crypten_load():
+    from sessions import run_parties
+
+    assert run_parties(_module_state_dict_round_trip, world=2) == [True, True]

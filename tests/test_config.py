@@ -11,7 +11,9 @@ from launch.config import ConfigError, load_config
 def test_defaults():
     config = load_config()
     assert (config.num_parties, config.model["_target_"], config.transport.name, config.protocol.name) == (
-        3, "mpc.zoo.LogisticRegression", "zmq", "tfp")
+        3, "mpc.zoo.LogisticRegression", "zmq", "dealer")
+    assert config.protocol.triple_source == "dealer" and not config.protocol.allow_insecure
+    assert not config.transport.allow_plaintext
     assert config.data.partition == "horizontal"
 
 
@@ -51,3 +53,35 @@ def test_cli_reports_bad_setting_and_exits_2(capsys):
     assert main(["run", "model=cnn"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "cotrain: model=cnn is not available; choose one of custom, logreg, mlp"
+
+
+USER_DATA = "parties=[{name:alpha,data:/data/alpha.csv},{name:beta,data:/data/beta.csv}]"
+
+
+def test_tfp_is_refused_with_the_parties_own_data():
+    with pytest.raises(ConfigError) as error:
+        load_config(["num_parties=2", "protocol=tfp", USER_DATA])
+    message = str(error.value)
+    assert "protocol.triple_source=tfp is for testing only" in message and "protocol.allow_insecure=true" in message
+    assert "\n" not in message
+    # an explicit choice lets it run, and demo data (no parties given) never needed one
+    assert load_config(["num_parties=2", "protocol=tfp", "protocol.allow_insecure=true", USER_DATA]).protocol.name == "tfp"
+    assert load_config(["protocol=tfp"]).protocol.name == "tfp"
+    assert load_config(["num_parties=2", USER_DATA]).protocol.name == "dealer"
+
+
+def test_insecure_test_seed_only_inside_the_test_suite(monkeypatch, tmp_path):
+    from protocols.prg import TEST_SEED_VARIABLE, TEST_SUITE_VARIABLE, insecure_test_seed
+
+    monkeypatch.setenv(TEST_SEED_VARIABLE, "7")
+    assert insecure_test_seed() == "7"  # tests/conftest.py set the marker for this process
+    elsewhere = tmp_path / "conftest.py"
+    elsewhere.write_text("")
+    for marker in (None, str(elsewhere)):  # no marker, or one that is not this tree's tests/conftest.py
+        if marker is None:
+            monkeypatch.delenv(TEST_SUITE_VARIABLE)
+        else:
+            monkeypatch.setenv(TEST_SUITE_VARIABLE, marker)
+        with pytest.raises(ConfigError, match=f"{TEST_SEED_VARIABLE} is set, which would make every secret "
+                                              "predictable; it is honoured only inside cotrain's own test suite"):
+            load_config()

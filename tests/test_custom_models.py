@@ -28,6 +28,7 @@ from torch import nn
 from launch.api import ModelNotImportable, import_path, train
 from launch.config import ConfigError, load_config
 from mpc.data.config import DataConfig
+from mpc.data.preprocessing import Preprocessing
 from mpc.data.labels import check_labels
 from mpc.data.tables import DataError
 from mpc.losses import task_loss
@@ -113,10 +114,10 @@ def test_python_entry_point_needs_an_importable_model():
 def test_labels_are_checked_per_task():
     check_labels(pd.Series([0, 2, 1]), "bank0", "a.csv", "y", "multiclass", 3)
     check_labels(pd.Series([-3.5, 1e3]), "bank0", "a.csv", "y", "regression", 2)
-    with pytest.raises(DataError, match=r"bank0: a.csv: label column 'y' must hold only the class numbers 0..2 "
-                                        r"\(data.classes=3\), found 3 at data row 2"):
+    with pytest.raises(DataError, match=r"bank0: a.csv: label column 'y' \(data.label\) must hold only the class "
+                                        r"numbers 0..2 \(data.classes=3\), data row 2 does not \(it holds 3\)"):
         check_labels(pd.Series([0, 3]), "bank0", "a.csv", "y", "multiclass", 3)
-    with pytest.raises(DataError, match="must hold only 0 and 1, found 0.5 at data row 1"):
+    with pytest.raises(DataError, match=r"must hold only 0 and 1, data row 1 does not \(it holds 0.5\)"):
         check_labels(pd.Series([0.5, 1]), "bank0", "a.csv", "y", "binary", 2)
     with pytest.raises(DataError, match="numbers of magnitude below 1048576"):
         check_labels(pd.Series([0.0, 2e7]), "bank0", "a.csv", "y", "regression", 2)
@@ -222,12 +223,14 @@ def test_custom_linear_model_matches_plaintext(tmp_path, task, protocol, softmax
     summary = run_job(tmp_path / "outputs", "num_parties=2", parties, f"protocol={protocol}", "data.label=y",
                       f"data.task={task}", f"data.classes={max(classes, 2)}", "model=custom",
                       "model._target_=test_custom_models.LinearHead", f"model.out_features={classes}",
-                      "train.epochs=2", "train.batch_size=50", "train.lr=0.1", "train.reveal_to=[alpha]")
+                      "train.epochs=2", "train.batch_size=50", "train.lr=0.1", "train.reveal_to=[alpha]",
+                      *(["protocol.allow_insecure=true"] if protocol == "tfp" else []))
     assert summary["task"] == task and summary["model"] == "test_custom_models.LinearHead"
-    secure_state = torch.load(tmp_path / "outputs" / "test" / "alpha" / "model.pt")
+    secure_state = torch.load(tmp_path / "outputs" / "test" / "alpha" / "model.pt")["state_dict"]
     secure_theta = torch.cat([secure_state["linear.weight"], secure_state["linear.bias"][:, None]], 1).double()
 
-    data = pool_horizontal(DataConfig(label="y", task=task, classes=3), paths[:2], [paths[2]])
+    preprocessing = Preprocessing.from_dict(summary["preprocessing"])
+    data = pool_horizontal(DataConfig(label="y", task=task, classes=3), preprocessing, paths[:2], [paths[2]])
     loss = task_loss(task, 3, data.features.shape[0], 0)
     model = build_torch_model({"_target_": "test_custom_models.LinearHead", "out_features": classes},
                               data.features.shape[1], seed=0)
@@ -243,6 +246,10 @@ def test_custom_linear_model_matches_plaintext(tmp_path, task, protocol, softmax
     test_x = torch.cat([data.test_features, torch.ones(len(data.test_features), 1)], dim=1).double()
     dz = bound * test_x.norm(dim=1).max().item() + (theta_l1 + 3) * U
     secure, plain = summary["secure"], summary["plaintext"]
+    # the signed gaps of the task's metrics; tolerances are derived for binary logistic regression only
+    assert {m: g["gap"] for m, g in summary["gaps"].items()} == {m: secure[m] - plain[m] for m in summary["gaps"]}
+    assert set(summary["gaps"]) == ({"rmse", "r2", "loss"} if task == "regression" else {"accuracy", "macro_f1", "loss"})
+    assert all(g["tolerance"] is None and g["within_tolerance"] is None for g in summary["gaps"].values())
     if task == "regression":
         assert abs(secure["rmse"] - plain["rmse"]) <= dz
         assert abs(secure["loss"] - plain["loss"]) <= dz * (secure["rmse"] + plain["rmse"])
@@ -266,6 +273,6 @@ def test_python_entry_point_trains_a_user_network(tmp_path):
     assert summary["model"] == "test_custom_models.FraudNet" and summary["task"] == "binary"
     assert (tmp_path / summary["run_id"] / "summary.json").is_file()
     secure, plain = summary["secure"], summary["plaintext"]
-    assert summary["auc_gap"] <= 0.01, (secure, plain)
+    assert abs(summary["gaps"]["auc"]["gap"]) <= 0.01, (secure, plain)
     for metric in ("pr_auc", "accuracy", "loss"):
         assert abs(secure[metric] - plain[metric]) <= 0.02, metric

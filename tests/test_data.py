@@ -30,7 +30,7 @@ def test_reads_csv_and_parquet(tmp_path):
     [
         ("", "the file is empty"),
         ("a,b,is_fraud\n", "header but no rows"),
-        ("a,b,is_fraud\n1,2,0\n3,x,1\n", "column 'b' has a non-numeric value 'x' at data row 2"),
+        ("a,b,is_fraud\n1,2,0\n3,x,1\n", "column 'b' has a non-numeric value at data row 2 (the cell holds 'x')"),
         ("a,b,is_fraud\n1,,0\n", "column 'b' has a missing or infinite value at data row 1"),
         ("a,b,is_fraud\n1,2,0\n1,nan,0\n", "column 'b' has a missing or infinite value at data row 2"),
         ('a,b\n1,2\n"3,4\n', "cannot be parsed"),
@@ -42,10 +42,14 @@ def test_bad_tables_name_party_file_and_column(tmp_path, content, message):
         read_table(path, "bank2")
     assert str(error.value).startswith(f"bank2: {path}")
     assert message in str(error.value)
+    # what the other parties receive names the party and the problem, never the path or a cell
+    public = error.value.public
+    assert public.startswith("bank2: ") and str(path) not in public and "'x'" not in public
+    assert message.split(" (")[0] in public
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DataError, match=r"bank1: .*nope.csv: file not found"):
+    with pytest.raises(DataError, match=r"bank1: .*nope.csv: data file not found"):
         read_table(tmp_path / "nope.csv", "bank1")
 
 
@@ -55,25 +59,25 @@ def meta(party: str, columns: list[str], rows: int = 10, kinds: list[str] | None
 
 def test_horizontal_schema_agreement_and_mismatches():
     columns = ["id", "amount", "hour", "is_fraud"]
-    assert check_horizontal([meta("a", columns), meta("b", columns)], "is_fraud") == ("amount", "hour")
+    assert check_horizontal([meta("a", columns), meta("b", columns)], "is_fraud", "id") == ("amount", "hour")
     with pytest.raises(DataError, match="schema mismatch: b lacks column 'hour'"):
-        check_horizontal([meta("a", columns), meta("b", ["id", "amount", "is_fraud"])], "is_fraud")
+        check_horizontal([meta("a", columns), meta("b", ["id", "amount", "is_fraud"])], "is_fraud", "id")
     with pytest.raises(DataError, match="schema mismatch: b has unexpected column 'extra'"):
-        check_horizontal([meta("a", columns), meta("b", columns + ["extra"])], "is_fraud")
-    with pytest.raises(DataError, match="a: label column 'is_fraud' is missing"):
-        check_horizontal([meta("a", columns[:-1]), meta("b", columns[:-1])], "is_fraud")
+        check_horizontal([meta("a", columns), meta("b", columns + ["extra"])], "is_fraud", "id")
+    with pytest.raises(DataError, match=r"a: label column 'is_fraud' \(data.label\) is missing"):
+        check_horizontal([meta("a", columns[:-1]), meta("b", columns[:-1])], "is_fraud", "id")
 
 
 def test_vertical_schema_checks():
     good = [meta("a", ["id", "x", "is_fraud"]), meta("b", ["id", "y"])]
     assert check_vertical(good, "is_fraud", 0, "id") == [("x",), ("y",)]
-    with pytest.raises(DataError, match="b: id column 'id' is missing"):
+    with pytest.raises(DataError, match=r"b: id column 'id' \(data.id_column\) is missing"):
         check_vertical([good[0], meta("b", ["y"])], "is_fraud", 0, "id")
     with pytest.raises(DataError, match="b has 9 rows, a has 10"):
         check_vertical([good[0], meta("b", ["id", "y"], rows=9)], "is_fraud", 0, "id")
     with pytest.raises(DataError, match="column 'x' is held by both a and b"):
         check_vertical([good[0], meta("b", ["id", "x"])], "is_fraud", 0, "id")
-    with pytest.raises(DataError, match="a: holds the label .* but has no 'is_fraud' column"):
+    with pytest.raises(DataError, match=r"a: holds the label .* but has no label column 'is_fraud' \(data.label\)"):
         check_vertical([meta("a", ["id", "x"]), meta("b", ["id", "y", "is_fraud"])], "is_fraud", 0, "id")
 
 

@@ -15,7 +15,7 @@ from launch.demo_data import with_demo_data
 from launch.local import LaunchError, free_port, launch_local
 from parties.entry import party_main
 
-FAST = ["data.rows=60", "data.test_rows=200", "train.epochs=1", "train.batch_size=60",
+FAST = ["protocol=tfp", "data.rows=60", "data.test_rows=200", "train.epochs=1", "train.batch_size=60",
         "transport.connect_timeout_s=20", "transport.timeout_s=20", "launch.grace_s=20"]
 
 
@@ -31,23 +31,23 @@ def corrupt(config, rank: int, edit) -> None:
 
 
 @pytest.mark.parametrize(
-    "edit, expected",
+    "edit, problem",
     [
-        (lambda f, p: p.unlink(), "bank1: {path}: file not found"),
+        (lambda f, p: p.unlink(), "data file not found"),
         (lambda f, p: f.drop(columns=["hour"]).to_csv(p, index=False), "schema mismatch: bank1 lacks column 'hour'"),
         (lambda f, p: f.rename(columns={"hour": "hr"}).to_csv(p, index=False), "schema mismatch: bank1 lacks column 'hour'"),
         (lambda f, p: f.assign(amount=f["amount"].astype(object).where(f.index != 3, "12,5x")).to_csv(p, index=False),
-         "bank1: {path}: column 'amount' has a non-numeric value '12,5x' at data row 4"),
+         "column 'amount' has a non-numeric value at data row 4"),
         (lambda f, p: f.assign(hour=f["hour"].where(f.index != 7)).to_csv(p, index=False),
-         "bank1: {path}: column 'hour' has a missing or infinite value at data row 8"),
-        (lambda f, p: f.iloc[:0].to_csv(p, index=False), "bank1: {path}: the table has a header but no rows"),
-        (lambda f, p: p.write_text(""), "bank1: {path}: the file is empty"),
+         "column 'hour' has a missing or infinite value at data row 8"),
+        (lambda f, p: f.iloc[:0].to_csv(p, index=False), "the table has a header but no rows"),
+        (lambda f, p: p.write_text(""), "the file is empty"),
         (lambda f, p: f.assign(is_fraud=2).to_csv(p, index=False),
-         "bank1: {path}: label column 'is_fraud' must hold only 0 and 1, found 2 at data row 1"),
+         "label column 'is_fraud' (data.label) must hold only 0 and 1, data row 1 does not"),
     ],
     ids=["missing-file", "missing-column", "wrong-column", "non-numeric", "nan", "no-rows", "empty-file", "bad-label"],
 )
-def test_bad_table_at_one_party_stops_all(tmp_path, capfd, edit, expected):
+def test_bad_table_at_one_party_stops_all(tmp_path, capfd, edit, problem):
     config = demo_config(tmp_path, "num_parties=3")
     corrupt(config, 1, edit)
     started = time.monotonic()
@@ -55,9 +55,15 @@ def test_bad_table_at_one_party_stops_all(tmp_path, capfd, edit, expected):
         launch_local(config)
     assert time.monotonic() - started < 60
     err = capfd.readouterr().err
-    message = expected.format(path=config.parties[1].data)
-    for name in ("bank0", "bank1", "bank2"):  # every party reports the same cause
-        assert f"cotrain: party {name} failed: DataError: {message}" in err, err
+    path = config.parties[1].data
+    # every party reports the same cause; only bank1 itself names its file (and the cell)
+    owner = problem if problem.startswith("schema") else f"bank1: {path}: {problem}"
+    assert f"cotrain: party bank1 failed: DataError: {owner}" in err, err
+    for name in ("bank0", "bank2"):
+        line = next(line for line in err.splitlines() if line.startswith(f"cotrain: party {name} failed:"))
+        expected = problem if problem.startswith("schema") else f"bank1: {problem}"
+        assert line == f"cotrain: party {name} failed: DataError: {expected}", err
+        assert path not in line and "12,5x" not in line
 
 
 def test_vertical_rows_out_of_order_are_refused(tmp_path, capfd):
@@ -65,7 +71,10 @@ def test_vertical_rows_out_of_order_are_refused(tmp_path, capfd):
     corrupt(config, 1, lambda f, p: f.iloc[::-1].to_csv(p, index=False))
     with pytest.raises(LaunchError):
         launch_local(config)
-    assert "party 1: the 'id' column of its training table does not match party 0's" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    problem = "the 'id' column (data.id_column) of its training table does not match bank0's"
+    assert f"cotrain: party bank0 failed: DataError: bank1: {problem}" in err, err
+    assert f"cotrain: party bank1 failed: DataError: bank1: {config.parties[1].data}: {problem}" in err, err
 
 
 def test_party_that_never_starts(tmp_path, capfd):

@@ -18,3 +18,7 @@ class DataConfig:
     id_column: str = "id"
     label_party: int = 0  # vertical: the party that holds the label
     directory: str = ""  # demo data is generated here when empty paths are given
+    # demo data, vertical split: the share of each party's customers that every party holds;
+    # below 1 each party also has customers of its own and its rows are in its own order
+    # (psi.enabled=true finds the common ones)
+    overlap: float = 1.0

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mpc.data.tables import DataError
+from mpc.data.tables import table_error
 
 # regression labels enter the ring as they are (not scaled): keep them well inside fixed point
 REGRESSION_LABEL_LIMIT = 2.0**20
@@ -25,5 +25,5 @@ def check_labels(labels: pd.Series, party: str, path: Any, label: str, task: str
         allowed = "only 0 and 1" if task == "binary" else f"only the class numbers 0..{count - 1} (data.classes={count})"
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{party}: {path}: label column {label!r} must hold {allowed}, "
-                        f"found {labels.tolist()[row]!r} at data row {row + 1}")
+        raise table_error(party, path, f"label column {label!r} (data.label) must hold {allowed}, "
+                                       f"data row {row + 1} does not", f"it holds {labels.tolist()[row]!r}")

@@ -8,6 +8,7 @@ exactly this record, so every score the project reports comes from one preproces
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,12 @@ class Preprocessing:
             raise ValueError(f"the table lacks feature column {missing[0]!r} that the model was trained on")
         values = frame[self.features].to_numpy(np.float64)
         return torch.from_numpy((values - np.asarray(self.mean)) / np.asarray(self.std))
+
+    def subset(self, names: Sequence[str]) -> "Preprocessing":
+        """The same record restricted to ``names`` (a vertical party's own columns)."""
+        index = [self.features.index(name) for name in names]
+        return Preprocessing([self.features[i] for i in index], [self.mean[i] for i in index],
+                             [self.std[i] for i in index], self.label, self.id_column, list(self.dropped))
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -37,11 +37,11 @@ class TableMeta:
         )
 
 
-def check_horizontal(metas: Sequence[TableMeta], label: str) -> tuple[str, ...]:
-    """Every party must hold the same columns; returns the feature columns (label excluded)."""
+def check_horizontal(metas: Sequence[TableMeta], label: str, id_column: str) -> tuple[str, ...]:
+    """Every party must hold the same columns; returns the feature columns (label and id excluded)."""
     reference = metas[0]
     if label not in reference.columns:
-        raise DataError(f"{reference.party}: label column {label!r} is missing from its table")
+        raise DataError(f"{reference.party}: label column {label!r} (data.label) is missing from its table")
     for meta in metas[1:]:
         missing = [c for c in reference.columns if c not in meta.columns]
         extra = [c for c in meta.columns if c not in reference.columns]
@@ -59,7 +59,7 @@ def check_horizontal(metas: Sequence[TableMeta], label: str) -> tuple[str, ...]:
                     f"schema mismatch: {meta.party} column {column!r} is {mine}, "
                     f"{reference.party} has {theirs}"
                 )
-    return tuple(c for c in reference.columns if c not in (label, "id"))
+    return tuple(c for c in reference.columns if c not in (label, id_column))
 
 
 def check_vertical(metas: Sequence[TableMeta], label: str, label_party: int, id_column: str) -> list[tuple[str, ...]]:
@@ -68,7 +68,8 @@ def check_vertical(metas: Sequence[TableMeta], label: str, label_party: int, id_
     owner: dict[str, str] = {}
     for index, meta in enumerate(metas):
         if id_column not in meta.columns:
-            raise DataError(f"{meta.party}: id column {id_column!r} is missing (vertical partition aligns rows by it)")
+            raise DataError(f"{meta.party}: id column {id_column!r} (data.id_column) is missing "
+                            f"(vertical partition aligns rows by it)")
         if meta.rows != metas[0].rows:
             raise DataError(
                 f"schema mismatch: {meta.party} has {meta.rows} rows, {metas[0].party} has "
@@ -76,7 +77,8 @@ def check_vertical(metas: Sequence[TableMeta], label: str, label_party: int, id_
             )
         has_label = label in meta.columns
         if index == label_party and not has_label:
-            raise DataError(f"{meta.party}: holds the label (data.label_party={label_party}) but has no {label!r} column")
+            raise DataError(f"{meta.party}: holds the label (data.label_party={label_party}) but has no "
+                            f"label column {label!r} (data.label)")
         if index != label_party and has_label:
             raise DataError(f"{meta.party}: has a {label!r} column, but data.label_party={label_party} names another party")
         own = tuple(c for c in meta.columns if c not in (id_column, label))

@@ -132,16 +132,30 @@ def vertical_columns(parties: int) -> list[list[str]]:
     return [list(FEATURES[party::parties]) for party in range(parties)]
 
 
-def write_vertical(directory: Path, parties: int, rows: int, test_rows: int, seed: int) -> GeneratedFiles:
-    """The same customers at every party, each party holding some columns; ids align rows."""
+def write_vertical(directory: Path, parties: int, rows: int, test_rows: int, seed: int,
+                   overlap: float = 1.0) -> GeneratedFiles:
+    """Each party holds some columns of ``rows`` customers; party 0 also holds the label.
+
+    With ``overlap`` 1 every party has the same customers in the same order. Below 1, a share
+    ``overlap`` of each party's customers are held by every party, the rest by that party
+    alone, and each party's rows are in an order of its own: only private set intersection
+    of the ids lines them up.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    full = generate_transactions(0, rows, seed)
-    held_out = generate_transactions(0, test_rows, seed + 1, first_id=rows)
     train, test = [], []
-    for party, columns in enumerate(vertical_columns(parties)):
-        keep = [ID, *columns, *([LABEL] if party == 0 else [])]
-        for table, suffix, paths in ((full, "", train), (held_out, "_heldout", test)):
+    first_id = 0
+    for count, suffix, paths, table_seed in ((rows, "", train, seed), (test_rows, "_heldout", test, seed + 1)):
+        shared = count if overlap == 1 else int(round(count * overlap))
+        customers = shared + parties * (count - shared)
+        full = generate_transactions(0, customers, table_seed, first_id=first_id)
+        first_id += customers
+        for party, columns in enumerate(vertical_columns(parties)):
+            keep = [ID, *columns, *([LABEL] if party == 0 else [])]
+            own = np.arange(shared + party * (count - shared), shared + (party + 1) * (count - shared))
+            held = np.concatenate([np.arange(shared), own])
+            if overlap != 1:
+                held = np.random.default_rng([table_seed, party, 7]).permutation(held)
             path = directory / f"party{party}{suffix}.csv"
-            table[keep].to_csv(path, index=False)
+            full.iloc[held][keep].to_csv(path, index=False)
             paths.append(path)
     return GeneratedFiles(train=train, test=test)

@@ -27,7 +27,7 @@ class TransportError(RuntimeError):
 class TransportOptions:
     """Settings every transport understands (``transport.*`` in the config)."""
 
-    name: str = "gloo"
+    name: str = "zmq"
     timeout_s: float = 120.0
     connect_timeout_s: float = 60.0
     max_message_bytes: int = 1 << 31
@@ -39,6 +39,8 @@ class TransportOptions:
     key_dir: str = ""
     public_keys: dict[str, str] = field(default_factory=dict)
     connect_retry_s: float = 0.05  # first reconnect wait; doubles up to 1 s
+    # let shares cross a host boundary unencrypted (gloo, mpi, zmq with encrypt=false)
+    allow_plaintext: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,15 +177,19 @@ class Transport(ABC):
 
     @abstractmethod
     def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
-        """Combine every party's tensor (or list, if ``batched``) at ``dst``."""
+        """Combine every party's tensor (or list, if ``batched``) at ``dst``; None elsewhere.
+
+        Like CrypTen's communicator: a party other than ``dst`` must not mistake its own
+        input (a share, when CrypTen reveals to ``dst``) for the result.
+        """
 
     @abstractmethod
     def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
         """Combine every party's tensor (or list, if ``batched``) at every party."""
 
     @abstractmethod
-    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
-        """Every party's tensor at ``dst`` in rank order; None elsewhere."""
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
+        """Every party's tensor at ``dst`` in rank order; ``[None]`` elsewhere (as CrypTen)."""
 
     @abstractmethod
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -191,7 +197,11 @@ class Transport(ABC):
 
     @abstractmethod
     def broadcast(self, input: Any, src: int, group: Any = None, batched: bool = False) -> Any:
-        """Party ``src``'s tensor (or list, if ``batched``) at every party."""
+        """Party ``src``'s tensor (or list, if ``batched``) at every party, written in place.
+
+        Receivers' tensors are overwritten through their data, as CrypTen's communicator does,
+        so a parameter that requires grad can be the target.
+        """
 
     @abstractmethod
     def barrier(self) -> None:

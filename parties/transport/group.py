@@ -100,7 +100,7 @@ class PartyGroup:
             if self.rank != dst:
                 for handle in [self.transport.isend(t, dst) for t in host]:
                     handle.wait()
-                return input
+                return None
             received = {src: [torch.empty_like(t) for t in host] for src in self._others()}
             for handle in [self.transport.irecv(t, src) for src in self._others() for t in received[src]]:
                 handle.wait()
@@ -121,15 +121,15 @@ class PartyGroup:
                 for handle in [self.transport.irecv(t, src) for t in host]:
                     handle.wait()
                 for target, value in zip(tensors, host):
-                    target.copy_(value)
+                    target.detach().copy_(value)  # through the data: the target may require grad
         return tensors if batched else tensors[0]
 
-    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
         host = tensor.detach().cpu().contiguous()
         with self._one_round():
             if self.rank != dst:
                 self.transport.isend(host, dst).wait()
-                return None
+                return [None]
             result = [host.clone() if r == dst else torch.empty_like(host) for r in range(self.size)]
             for handle in [self.transport.irecv(result[r], r) for r in self._others()]:
                 handle.wait()
@@ -138,7 +138,9 @@ class PartyGroup:
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         with self._one_round():
             received = self._exchange([tensor])
-        return [received[r][0].to(tensor.device) for r in range(self.size)]
+        # our own entry is a copy: the caller may change its tensor afterwards
+        return [received[r][0].clone() if r == self.rank else received[r][0].to(tensor.device)
+                for r in range(self.size)]
 
     def scatter(self, scatter_list: list[torch.Tensor], src: int, size: Any = None, device: Any = None) -> torch.Tensor:
         with self._one_round():

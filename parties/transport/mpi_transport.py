@@ -220,7 +220,8 @@ class MpiTransport(Transport):
             self._run(lambda: self._comm.Ibcast(self._bytes(flat), root=src), f"broadcast from {self.peer(src)}")
             if not own:
                 for i, piece in zip(indices, self._split(flat, hosts)):
-                    tensors[i].copy_(piece.to(tensors[i].device))
+                    # through the data: the target may be a parameter that requires grad
+                    tensors[i].detach().copy_(piece.to(tensors[i].device))
             self._count(hosts, sent_copies=self.world_size - 1 if own else 0, received_copies=0 if own else 1)
         return tensors if batched else tensors[0]
 
@@ -245,10 +246,10 @@ class MpiTransport(Transport):
                                                      root=dst), f"reduce at {self.peer(dst)}")
                 own = self.rank == dst
                 self._count(hosts, sent_copies=0 if own else 1, received_copies=self.world_size - 1 if own else 0)
-                if not own:
-                    out = flat  # only the root holds the sum; others keep their own input
             for i, piece in zip(indices, self._split(out, hosts)):
                 results[i] = piece.to(tensors[i].device)
+        if dst is not None and self.rank != dst:
+            return None  # only the root holds the result
         return results if batched else results[0]
 
     def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
@@ -257,7 +258,7 @@ class MpiTransport(Transport):
     def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
         return self._reduction(input, op, batched, None)
 
-    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
         host = _on_host(tensor)
         own = self.rank == dst
         out = torch.empty((self.world_size, *host.shape), dtype=host.dtype) if own else None
@@ -265,7 +266,7 @@ class MpiTransport(Transport):
         self._run(lambda: self._comm.Igather(self._bytes(host), receive, root=dst), f"gather at {self.peer(dst)}")
         if not own:
             self._count(host, sent_copies=1)
-            return None
+            return [None]
         self._count(host, received_copies=self.world_size - 1)
         return [piece.to(tensor.device) for piece in out.unbind(0)]
 

@@ -210,6 +210,7 @@ class PointToPointTransport(Transport):
         payload, sizes = self._take(op, src, targets, seq, None)
         offset = 0
         for target, size in zip(targets, sizes):
+            target = target.detach()  # write through the data: the target may require grad
             staged = target.device.type != "cpu" or not target.is_contiguous()
             host = torch.empty(target.shape, dtype=target.dtype) if staged else target
             if size:
@@ -306,7 +307,7 @@ class PointToPointTransport(Transport):
         with self._operation():
             if self.rank != dst:
                 self._send_tensors("reduce", dst, tensors).wait()
-                return input
+                return None
             received = {src: self._receive("reduce", src, tensors) for src in self._others()}
             received[self.rank] = tensors
             results = self._combine(received, len(tensors), op)
@@ -323,11 +324,11 @@ class PointToPointTransport(Transport):
         ranks = range(self.world_size)
         return [reduce_tensors([received[rank][k] for rank in ranks], op) for k in range(count)]
 
-    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
         with self._operation():
             if self.rank != dst:
                 self._send_tensors("gather", dst, [tensor]).wait()
-                return None
+                return [None]
             return [tensor.clone() if src == dst else self._receive("gather", src, [tensor])[0]
                     for src in range(self.world_size)]
 

@@ -168,6 +168,8 @@ class TorchDistributedTransport(Transport):
                 work.wait()
         own = self.rank == dst
         self._count(tensors, sent_copies=0 if own else 1, received_copies=self.world_size - 1 if own else 0)
+        if not own:
+            return None
         results = [result.to(tensor.device) for result, tensor in zip(results, tensors)]
         return results if batched else results[0]
 
@@ -195,7 +197,7 @@ class TorchDistributedTransport(Transport):
         results = [result.to(tensor.device) for result, tensor in zip(results, tensors)]
         return results if batched else results[0]
 
-    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
         host = _on_host(tensor)
         if self.rank == dst:
             result = [torch.empty_like(host) for _ in range(self.world_size)]
@@ -206,7 +208,7 @@ class TorchDistributedTransport(Transport):
         with self._operation(f"gather at {self.peer(dst)}"):
             dist.gather(host, [], dst)
         self._count(tensor, sent_copies=1)
-        return None
+        return [None]
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         host = _on_host(tensor)
@@ -226,7 +228,7 @@ class TorchDistributedTransport(Transport):
                 work.wait()
         for host, tensor in zip(hosts, tensors):
             if host.data_ptr() != tensor.data_ptr():
-                tensor.copy_(host)
+                tensor.detach().copy_(host)  # through the data: the target may require grad
         own = self.rank == src
         self._count(tensors, sent_copies=self.world_size - 1 if own else 0, received_copies=0 if own else 1)
         return tensors if batched else tensors[0]

@@ -1,12 +1,14 @@
 """Explicit wire formats: msgpack for objects and headers, raw buffers for tensors.
 
 Nothing received from a peer is unpickled. Objects are limited to msgpack's types
-(None, bool, int, float, str, bytes, list, dict); tensors travel as a header naming dtype
-and shape plus their raw bytes.
+(None, bool, int, float, str, bytes, list, dict) and tensors; tensors travel as a header
+naming dtype and shape plus their raw bytes (inside an object: a msgpack extension,
+``TENSOR_EXT``, holding that header and those bytes).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -45,20 +47,52 @@ def dtype_from_name(name: Any, peer: str) -> torch.dtype:
     return WIRE_DTYPES[name]
 
 
+TENSOR_EXT = 1  # msgpack extension code of a tensor inside an object
+
+
 def _to_plain(obj: Any) -> Any:
-    """torch.Size and tuples become lists; anything msgpack cannot carry is refused."""
+    """torch.Size and tuples become lists, tensors extensions; anything else msgpack cannot
+    carry is refused."""
     if isinstance(obj, (torch.Size, tuple)):
         return [_to_plain(item) for item in obj]
     if isinstance(obj, list):
         return [_to_plain(item) for item in obj]
     if isinstance(obj, dict):
         return {key: _to_plain(value) for key, value in obj.items()}
+    if torch.is_tensor(obj):
+        return _tensor_ext(obj)
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         return obj
     raise TypeError(
         f"cannot send object of type {type(obj).__name__}: only msgpack types "
-        "(None, bool, int, float, str, bytes, list, dict) travel between parties"
+        "(None, bool, int, float, str, bytes, list, dict) and tensors travel between parties"
     )
+
+
+def _tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
+    """[dtype, shape] as msgpack, then the raw bytes (C order; on the host)."""
+    host = tensor.detach().cpu().contiguous()
+    header = msgpack.packb([dtype_name(host.dtype), list(host.shape)])
+    return msgpack.ExtType(TENSOR_EXT, header + host.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _tensor_from_ext(peer: str, code: int, data: bytes) -> torch.Tensor:
+    if code != TENSOR_EXT:
+        raise WireError(f"{peer} sent an object with unknown extension type {code}")
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(data))
+    unpacker.feed(data)
+    header = next(unpacker, None)
+    if (type(header) is not list or len(header) != 2 or type(header[1]) is not list
+            or not all(type(size) is int and size >= 0 for size in header[1])):
+        raise WireError(f"{peer} sent a tensor with a malformed header {str(header)[:100]}")
+    dtype = dtype_from_name(header[0], peer)
+    payload = data[unpacker.tell():]
+    count = math.prod(header[1])
+    if len(payload) != count * dtype.itemsize:
+        raise WireError(f"{peer} sent a {header[0]} tensor of shape {header[1]} in {len(payload)} bytes")
+    if not count:
+        return torch.empty(header[1], dtype=dtype)
+    return torch.frombuffer(bytearray(payload), dtype=dtype).reshape(header[1])
 
 
 def pack_object(obj: Any) -> bytes:
@@ -69,7 +103,8 @@ def unpack_object(data: bytes, peer: str, max_bytes: int) -> Any:
     if len(data) > max_bytes:
         raise WireError(f"{peer} sent an object of {len(data)} bytes, over the limit {max_bytes}")
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False,
+                               ext_hook=lambda code, payload: _tensor_from_ext(peer, code, payload))
     except (msgpack.UnpackException, ValueError) as error:
         raise WireError(f"{peer} sent a malformed object: {error}") from None
 

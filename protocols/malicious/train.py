@@ -11,12 +11,18 @@ Same semantics as the semi-honest CrypTen path (``mpc.training``, horizontal spl
 3. SGD with the public per-epoch row order, ``g = w(y) * (sigmoid(z) - y)``, update
    ``W -= lr / batch * X^T g``. ``w(y)`` (the balanced class weight) is computed once.
 4. The sigmoid is the degree-5 odd polynomial fitted by least squares to the logistic
-   function on [-12, 12] (``SIGMOID_COEFFICIENTS``): additions, three multiplication
-   rounds and truncations only. Its largest error on [-12, 12] is ``SIGMOID_MAX_ERROR``
-   (0.103, reached already inside [-4, 4]); outside that range it diverges (1.36 at z = 13,
-   2.58 at 15), and fixed-point range limits it to |z| < ~60. On the default job the
-   training logits reach about +-15 in early steps and the held-out AUC matches the exact
-   sigmoid's within 0.01 (0.838 vs 0.835 in float).
+   function on [-12, 12] (``SIGMOID_COEFFICIENTS``): additions, four multiplication
+   rounds and truncations only. It is evaluated in t = z / 16 (an exact shift), with the
+   coefficients rescaled to t (``SIGMOID_SCALED``: about 2.4, -7.4 and 8.3, where the
+   z^5 coefficient, 7.9e-6, lies below the ring's resolution 2^-16 and would be encoded
+   as one unit, twice its value, an error of up to 1.9 at |z| = 12). Its largest error
+   on [-12, 12] is ``SIGMOID_MAX_ERROR`` (0.103, the fit's) plus the fixed point's
+   ``SIGMOID_FIXED_POINT_ERROR`` (a bound, 1.3e-3); tested as evaluated in
+   ``tests/malicious/test_malicious_sigmoid.py``. It is valid on [-12, 12] only: outside, it follows
+   the diverging polynomial (1.36 at z = 13, 2.58 at 15, 146 at 30: errors 0.36, 1.58,
+   145), and the ring overflows beyond |z| of about 650. On the default job the training logits
+   reach about +-15 in early steps and the held-out AUC matches the exact sigmoid's
+   within 0.01 (0.838 vs 0.835 in float).
 5. After each epoch (and before anything is revealed or returned) every opening made so far
    is MAC-checked; held-out logits go to the evaluator only; the trained weight shares are
    themselves verified (opened under a random authenticated mask, then MAC-checked) and
@@ -56,6 +62,14 @@ def _fit_sigmoid() -> tuple[np.ndarray, float]:
 
 
 SIGMOID_COEFFICIENTS, SIGMOID_MAX_ERROR = _fit_sigmoid()  # for z, z^3, z^5
+# evaluated in t = z / 2^SIGMOID_SHIFT, so that every coefficient lies well above 2^-16
+SIGMOID_SHIFT = 4
+SIGMOID_SCALED = SIGMOID_COEFFICIENTS * (2.0 ** SIGMOID_SHIFT) ** np.arange(1, SIGMOID_DEGREE + 1, 2)
+# Fixed point on [-12, 12] (|t| <= 3/4): t is within 1 ulp (one truncation), t^k within
+# (k + 1) ulps (each product's truncation, and the factors' errors times |t| <= 1), each
+# encoded coefficient within 1/2 ulp (times |t|^k <= 1), and the sum's truncation 1 ulp.
+SIGMOID_FIXED_POINT_ERROR = (float(np.abs(SIGMOID_SCALED) @ (np.arange(1, SIGMOID_DEGREE + 1, 2) + 1.0))
+                             + 0.5 * len(SIGMOID_SCALED) + 1) * 2.0 ** -16
 
 
 def sigmoid_poly_plain(z: np.ndarray) -> np.ndarray:
@@ -125,11 +139,13 @@ def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def sigmoid(engine: Engine, z: AShare) -> AShare:
-    z2 = engine.mul(z, z)
-    z3, z4 = engine.mul_many([(z2, z), (z2, z2)])
-    z5 = engine.mul(z4, z)
-    c1, c3, c5 = (int(v) for v in encode(SIGMOID_COEFFICIENTS))
-    acc = engine.mul_int(z, c1) + engine.mul_int(z3, c3) + engine.mul_int(z5, c5)
+    """The polynomial of point 4 in t = z / 16, valid for z in [-12, 12]."""
+    t = engine.trunc(engine.mul_int(z, 1 << (16 - SIGMOID_SHIFT)))  # z / 16, within 1 ulp
+    t2 = engine.mul(t, t)
+    t3, t4 = engine.mul_many([(t2, t), (t2, t2)])
+    t5 = engine.mul(t4, t)
+    a1, a3, a5 = (int(v) for v in encode(SIGMOID_SCALED))
+    acc = engine.mul_int(t, a1) + engine.mul_int(t3, a3) + engine.mul_int(t5, a5)
     return engine.add_const(engine.trunc(acc), 0.5)
 
 

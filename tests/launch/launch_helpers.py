@@ -26,7 +26,7 @@ def tiny(parties: int, output_dir: Path, run_id: str, epochs: int = 1, rows: int
     """A small job: a few seconds of secure training per epoch on two cores."""
     return [f"num_parties={parties}", f"data.rows={rows}", "data.test_rows=300", f"train.epochs={epochs}",
             "train.batch_size=75", f"output_dir={output_dir}", f"run_id={run_id}",
-            "transport.timeout_s=30", "transport.connect_timeout_s=60"]
+            "transport.timeout_s=30", "transport.connect_timeout_s=60", "protocol=tfp"]
 
 
 def job_env(**extra: str) -> dict:

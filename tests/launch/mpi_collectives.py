@@ -83,6 +83,8 @@ def main() -> None:
         reduced = transport.reduce(mine, 0)
         if rank == 0:
             assert torch.equal(reduced, wrapped_sum([values(r, shape) for r in every])), "reduce"
+        else:
+            assert reduced is None, "reduce at a non-destination"
         shared = values(rank, shape) if rank == 1 else torch.zeros(shape, dtype=torch.int64, device=DEVICE)
         transport.broadcast(shared, 1)
         assert torch.equal(shared, values(1, shape)), "broadcast"
@@ -96,7 +98,7 @@ def main() -> None:
         if rank == 2 % world:
             assert all(torch.equal(g, values(r, shape)) for r, g in zip(every, gathered)), "gather"
         else:
-            assert gathered is None
+            assert gathered == [None], "gather at a non-destination"
         assert all(torch.equal(g, values(r, shape)) for r, g in zip(every, transport.all_gather(mine))), "all_gather"
         pieces = [values(r, shape, salt=6) for r in every] if rank == 0 else []
         piece = transport.scatter(pieces, 0, size=shape, device=DEVICE)
@@ -105,6 +107,11 @@ def main() -> None:
         assert transport.broadcast_obj({"run": "x", "n": [1, 2]} if rank == 0 else None, 0) == {"run": "x", "n": [1, 2]}
         reports = transport.gather_obj({"rank": rank}, 0)
         assert rank != 0 or reports == [{"rank": r} for r in every], "gather_obj"
+        carried = transport.broadcast_obj({"w": [values(1, shape)]} if rank == 1 else None, 1)
+        assert torch.equal(carried["w"][0], values(1, shape).cpu()), "tensors inside objects"
+        parameter = torch.nn.Parameter(torch.full((3,), float(rank)))
+        transport.broadcast(parameter, 0)  # through the data, like CrypTen's tests syncing weights
+        assert torch.equal(parameter.detach(), torch.zeros(3)) and parameter.grad_fn is None, "broadcast into a parameter"
         transport.barrier()
         stats = transport.stats
         assert stats.bytes_sent > 0 and stats.rounds > 10, stats

@@ -14,6 +14,7 @@ from parties.devices import local_rank, party_device
 MPICH = {"PMI_RANK": "1", "PMI_SIZE": "3", "MPI_LOCALRANKID": "1"}
 OPENMPI = {"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "31000"}
+TFP = ["protocol=tfp"]  # one process per party, no dealer rank: these tests are about the launchers
 
 
 def test_detects_each_launcher() -> None:
@@ -26,22 +27,22 @@ def test_detects_each_launcher() -> None:
 
 
 def test_mpirun_rank_and_world_size_come_from_mpi() -> None:
-    config, rank, info = resolve(load_config([]), [], MPICH)
+    config, rank, info = resolve(load_config(TFP), TFP, MPICH)
     assert (rank, config.num_parties, config.transport.name, info.kind) == (1, 3, "mpi", "mpirun")
-    config, rank, _ = resolve(load_config([]), [], OPENMPI)  # world size adopted when not set
+    config, rank, _ = resolve(load_config(TFP), TFP, OPENMPI)  # world size adopted when not set
     assert (rank, config.num_parties, len(config.parties)) == (2, 4, 4)
 
 
 def test_explicit_num_parties_must_match_the_launcher() -> None:
     with pytest.raises(ConfigError, match="mpirun started 3 processes but num_parties=2"):
-        resolve(load_config(["num_parties=2"]), ["num_parties=2"], MPICH)
+        resolve(load_config([*TFP, "num_parties=2"]), [*TFP, "num_parties=2"], MPICH)
 
 
 def test_torchrun_supplies_the_rendezvous_address() -> None:
-    config, rank, _ = resolve(load_config(["launch=torchrun"]), ["launch=torchrun"], TORCHRUN)
+    config, rank, _ = resolve(load_config([*TFP, "launch=torchrun"]), [*TFP, "launch=torchrun"], TORCHRUN)
     assert (rank, config.num_parties, config.transport.name) == (1, 2, "gloo")
     assert (config.transport.master_addr, config.transport.master_port) == ("10.0.0.5", 31000)
-    given = ["launch=torchrun", "transport.master_port=32000"]
+    given = [*TFP, "launch=torchrun", "transport.master_port=32000"]
     assert resolve(load_config(given), given, TORCHRUN)[0].transport.master_port == 32000
 
 
@@ -109,5 +110,5 @@ def test_a_dealer_suite_is_one_more_process() -> None:
 
 
 def test_without_a_transport_the_launcher_picks_its_own() -> None:
-    assert resolve(load_config([]), [], TORCHRUN)[0].transport.name == "gloo"
-    assert resolve(load_config(["transport=zmq"]), ["transport=zmq"], MPICH)[0].transport.name == "zmq"
+    assert resolve(load_config(TFP), TFP, TORCHRUN)[0].transport.name == "gloo"
+    assert resolve(load_config([*TFP, "transport=zmq"]), [*TFP, "transport=zmq"], MPICH)[0].transport.name == "zmq"

@@ -38,7 +38,8 @@ def test_bad_data_file_stops_the_torchrun_job_with_a_clear_error(tmp_path: Path)
         f"{{name:bank{rank},data:{path}" + (f",test_data:{files.test[0]}}}" if rank == 0 else "}")
         for rank, path in enumerate(files.train))
     run_id = unique_run_id("torchrun-bad")
-    code, output = finish(start(torchrun(3, *tiny(3, tmp_path, run_id), f"parties=[{parties}]")), 180)
+    code, output = finish(start(torchrun(3, *tiny(3, tmp_path, run_id), f"parties=[{parties}]",
+                                         "protocol.allow_insecure=true")), 180)
     assert code != 0
     assert "label column 'is_fraud' must hold only 0 and 1" in output, output[-3000:]
     assert not wait_until_gone(run_id), "orphan party processes were left behind"

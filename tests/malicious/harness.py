@@ -23,7 +23,7 @@ def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bo
     names = tuple(f"party{i}" for i in range(parties)) + ("dealer",)
     try:
         address = PartyAddress(rank, parties + 1, names)
-        transport = open_transport(address, TransportOptions(master_port=port, timeout_s=60, connect_timeout_s=60))
+        transport = open_transport(address, TransportOptions(name="gloo", master_port=port, timeout_s=60, connect_timeout_s=60))
     except BaseException as error:
         results.put((rank, "error", f"{error.__class__.__name__}: {error}"))
         raise

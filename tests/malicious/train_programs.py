@@ -47,3 +47,15 @@ def train_party(transport: Any, rank: int, parties: int, rows: int, width: int, 
     return {"weights": result.revealed.tolist(), "seconds": result.seconds, "stats": result.stats,
             "bytes": transport.stats.bytes_sent, "history": [(h.seconds, h.rounds, h.bytes_sent) for h in result.history],
             "test_logits": None if result.history[-1].test_logits is None else result.history[-1].test_logits.tolist()}
+
+
+def sigmoid_party(transport: Any, rank: int, parties: int, grid: list[float]) -> list[float]:
+    """The training sigmoid as evaluated: authenticated shares of ``grid`` (party 0's input)."""
+    from protocols.malicious.train import sigmoid
+
+    engine = Engine(transport, parties, dealer=parties)
+    try:
+        z = engine.input(np.asarray(grid)[:, None] if rank == 0 else None, (len(grid), 1), 0)
+        return engine.reveal(sigmoid(engine, z)).reshape(-1).tolist()
+    finally:
+        engine.close()

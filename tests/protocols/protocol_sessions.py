@@ -22,7 +22,7 @@ def _open(rank: int, world: int, names: tuple[str, ...], port: int, timeout_s: f
     from parties.transport import PartyAddress, TransportOptions, open_transport
 
     return open_transport(PartyAddress(rank, world, names),
-                          TransportOptions(master_port=port, timeout_s=timeout_s, connect_timeout_s=30))
+                          TransportOptions(name="gloo", master_port=port, timeout_s=timeout_s, connect_timeout_s=30))
 
 
 def _party(fn: Callable, rank: int, parties: int, dealer: bool, port: int, protocol: ProtocolConfig,

@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.ot import GilboaEngine, OtChannel, _matmul_u64, base_ot_receive, base_ot_send
+from nacl.bindings import (crypto_core_ed25519_add, crypto_core_ed25519_scalar_reduce,
+                           crypto_scalarmult_ed25519_base_noclamp, crypto_scalarmult_ed25519_noclamp)
+
+from protocols.ot import GilboaEngine, OtChannel, OtError, _matmul_u64, base_ot_receive, base_ot_send
 from protocol_sessions import party_values, run_parties
 
 
@@ -22,6 +25,13 @@ class _Handle:
     def wait(self):
         if self.action:
             self.action()
+
+
+_PEER_FAILED = object()  # put into the queues when a party raises, so its peer stops waiting
+
+
+class PeerFailed(ConnectionError):
+    pass
 
 
 class PipeComm:
@@ -36,11 +46,17 @@ class PipeComm:
     def get_world_size(self):
         return 2
 
+    def _get(self, peer):
+        item = self.queues[(peer, self.rank)].get(timeout=60)
+        if item is _PEER_FAILED:
+            raise PeerFailed(f"party {peer} failed")
+        return item
+
     def send_obj(self, obj, peer):
         self.queues[(self.rank, peer)].put(obj)
 
     def recv_obj(self, peer):
-        return self.queues[(peer, self.rank)].get(timeout=60)
+        return self._get(peer)
 
     def isend(self, tensor, peer):
         self.sent += tensor.numel() * tensor.element_size()
@@ -48,28 +64,58 @@ class PipeComm:
         return _Handle()
 
     def irecv(self, tensor, peer):
-        return _Handle(lambda: tensor.copy_(self.queues[(peer, self.rank)].get(timeout=60)))
+        return _Handle(lambda: tensor.copy_(self._get(peer)))
 
 
-def run_pair(fn):
-    """``fn(rank, comm)`` for both ranks at once; returns their results."""
+class LyingComm(PipeComm):
+    """A party that lies in its object message number ``index``: it sends ``lie(message, last
+    message received)`` instead."""
+
+    def __init__(self, rank, queues, index, lie):
+        super().__init__(rank, queues)
+        self.index, self.lie, self.objects_sent, self.last_received = index, lie, 0, None
+
+    def send_obj(self, obj, peer):
+        if self.objects_sent == self.index:
+            obj = self.lie(obj, self.last_received)
+        self.objects_sent += 1
+        super().send_obj(obj, peer)
+
+    def recv_obj(self, peer):
+        self.last_received = super().recv_obj(peer)
+        return self.last_received
+
+
+def outcomes(fn, liar=None, comm_class=PipeComm):
+    """``fn(rank, comm)`` for both ranks at once (threads ``party0``, ``party1``); each rank's
+    result or exception. ``liar(rank, queues)`` makes party 0's comm (a :class:`LyingComm`)."""
     queues = {(0, 1): queue.Queue(), (1, 0): queue.Queue()}
-    results, errors = {}, []
+    results = {}
 
     def party(rank):
+        comm = liar(rank, queues) if liar is not None and rank == 0 else comm_class(rank, queues)
         try:
-            results[rank] = fn(rank, PipeComm(rank, queues))
-        except BaseException as error:  # surface in the test thread
-            errors.append(error)
+            results[rank] = fn(rank, comm)
+        except BaseException as error:  # surface in the test thread; free the peer at once
+            results[rank] = error
+            for channel in queues.values():
+                channel.put(_PEER_FAILED)
 
-    threads = [threading.Thread(target=party, args=(rank,)) for rank in (0, 1)]
+    threads = [threading.Thread(target=party, args=(rank,), name=f"party{rank}") for rank in (0, 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
-    if errors:
-        raise errors[0]
     return results[0], results[1]
+
+
+def run_pair(fn):
+    """``fn(rank, comm)`` for both ranks at once; returns their results."""
+    results = outcomes(fn)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def _words(shape, seed):
@@ -77,15 +123,90 @@ def _words(shape, seed):
     return rng.integers(0, 2**64 - 1, size=shape, dtype=np.uint64, endpoint=True)
 
 
-def test_base_ots_deliver_exactly_the_chosen_key():
-    choices = [0, 1] * 16
-
+@pytest.mark.parametrize("choices", [[0] * 32, [1] * 32, [0, 1] * 16], ids=["all-0", "all-1", "mixed"])
+def test_base_ots_deliver_exactly_the_chosen_key(choices):
     def party(rank, comm):
-        return base_ot_send(comm, 1, 32) if rank == 0 else base_ot_receive(comm, 0, choices)
+        return base_ot_send(comm, 1, 32) if rank == 0 else base_ot_receive(comm, 0, np.array(choices))
 
     pairs, chosen = run_pair(party)
     assert all(key == pair[c] and key != pair[1 - c] for key, pair, c in zip(chosen, pairs, choices))
     assert len({k for pair in pairs for k in pair}) == 64
+
+
+def test_base_ot_messages_are_the_construction(monkeypatch):
+    """A = aG, B_i = b_i G + c_i A, key_c = SHA-256(tag, i, A, B_i, shared)[:16] with shared =
+    a (B_i - c A) = b_i A: recomputed here from the scalars each party drew, for both choice bits."""
+    import hashlib
+
+    from protocols import ot
+
+    drawn = {}
+    real_scalar = ot._random_scalar
+
+    def recorded_scalar():
+        scalar = real_scalar()
+        drawn.setdefault(threading.current_thread().name, []).append(scalar)
+        return scalar
+
+    monkeypatch.setattr(ot, "_random_scalar", recorded_scalar)
+    choices = np.array([0, 1] * 8)
+    sent = {}
+
+    class Recording(PipeComm):
+        def send_obj(self, obj, peer):
+            sent.setdefault(self.rank, []).append(obj)
+            super().send_obj(obj, peer)
+
+    keys, chosen = outcomes(lambda rank, comm: base_ot_send(comm, 1, 16) if rank == 0
+                            else base_ot_receive(comm, 0, choices), comm_class=Recording)
+    (a,), scalars = drawn["party0"], drawn["party1"]
+    (big_a,), (message,) = sent[0], sent[1]
+    assert big_a == crypto_scalarmult_ed25519_base_noclamp(a)
+    for index, (b, choice) in enumerate(zip(scalars, choices)):
+        point = message[32 * index: 32 * index + 32]
+        b_g = crypto_scalarmult_ed25519_base_noclamp(b)
+        assert point == (crypto_core_ed25519_add(b_g, big_a) if choice else b_g)
+        shared = crypto_scalarmult_ed25519_noclamp(b, big_a)
+        key = hashlib.sha256(b"cotrain-base-ot-ed25519" + index.to_bytes(4, "little") + big_a + point
+                             + shared).digest()[:16]
+        assert chosen[index] == keys[index][choice] == key != keys[index][1 - choice]
+
+
+def _tuple_products(rank, comm):
+    x = _words(500, 10 + rank)
+    return x, GilboaEngine(OtChannel(comm, 1 - rank)).cross_elementwise(x, _words(500, 20 + rank))
+
+
+def _other_group_element(message, received):
+    return crypto_scalarmult_ed25519_base_noclamp(crypto_core_ed25519_scalar_reduce(bytes(range(64))))
+
+
+# Party 0 is base-OT sender first (its object message 0 is A), then receiver (message 1 is the
+# 128 points B_i). A malformed or invalid point stops the honest party at once with OtError;
+# a well-formed lie (another valid group element) passes the base OTs but desynchronises the
+# IKNP keys, and every product of the extension comes out wrong (garbage, not a near miss).
+LIES = {
+    "A-not-a-point": (0, lambda m, r: b"\xff" * 32, "OtError"),
+    "A-small-order": (0, lambda m, r: (1).to_bytes(32, "little"), "OtError"),
+    "A-truncated": (0, lambda m, r: m[:16], "OtError"),
+    "A-another-element": (0, _other_group_element, "garbage"),
+    "B-not-a-point": (1, lambda m, r: b"\xff" * 32 + m[32:], "OtError"),
+    "B-equals-A": (1, lambda m, r: r + m[32:], "OtError"),  # B - A is the identity
+    "B-one-short": (1, lambda m, r: m[:-32], "OtError"),
+    "B-another-element": (1, lambda m, r: _other_group_element(m, r) + m[32:], "garbage"),
+}
+
+
+@pytest.mark.parametrize("lie", LIES)
+def test_a_lie_in_a_base_ot_message_is_refused_or_gives_garbage(lie):
+    index, rewrite, expected = LIES[lie]
+    liar, honest = outcomes(_tuple_products, lambda rank, queues: LyingComm(rank, queues, index, rewrite))
+    if expected == "OtError":
+        assert isinstance(honest, OtError), honest
+        return
+    (x0, z0), (x1, z1) = liar, honest
+    exact = x0 * _words(500, 21) + x1 * _words(500, 20)
+    assert np.mean(z0 + z1 != exact) > 0.99
 
 
 def test_gilboa_products_are_exact():

@@ -66,7 +66,7 @@ def _seeds(crypten, rank):
 
 
 def test_pairwise_seeds_between_three_parties():
-    protocol = ProtocolConfig(prg="chacha20")
+    protocol = ProtocolConfig(name="tfp", triple_source="tfp", prg="chacha20")
     p0, p1, p2 = party_values(run_parties(_seeds, protocol, parties=3), 3)
     assert p0["zero_sum"] == p1["zero_sum"] == 0  # pseudo-random zero sharings are zero
     assert p0["x"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
@@ -91,3 +91,22 @@ def test_benchmark_reports_rates(capsys):
     rates = bench.main(["--mb", "4", "--repeat", "1"])
     assert set(rates) == {"torch_mt19937", "aes_ctr", "chacha20"} and all(r > 0 for r in rates.values())
     assert "MB/s" in capsys.readouterr().out
+
+
+def test_samplers_never_fall_back_to_torch_generators():
+    from mpc.compat import load_crypten
+    from protocols.prg import NonCryptographicGenerator, cipher_rng_functions
+
+    crypten = load_crypten()
+    samplers = cipher_rng_functions(crypten)
+    ring, kbit = samplers["generate_random_ring_element"], samplers["generate_kbit_random_tensor"]
+    cipher = CipherGenerator(new_seed())
+    assert ring((5,), generator=cipher).shape == (5,) and kbit((5,), bitlength=3, generator=cipher).max() < 8
+    for sampler in (ring, kbit):
+        with pytest.raises(NonCryptographicGenerator, match="not a cipher PRG generator"):
+            sampler((5,), generator=torch.Generator())
+        # before crypten.init the local generators are CrypTen's MT19937 ones: refused too
+        with pytest.raises(NonCryptographicGenerator):
+            sampler((5,))
+    with pytest.raises(ValueError, match="Z_2\\^64 only"):
+        ring((5,), ring_size=2**32, generator=cipher)

@@ -12,13 +12,14 @@ import torch
 
 from sessions import run_job
 
-TIMING_AND_WIRE = {"wall_s", "training_s", "transport", "per_party", "per_epoch", "run_id",
-                   "evaluator_bytes_per_epoch"}  # gloo counts its ring all-reduce, zmq real frames
+TIMING_AND_WIRE = {"job_wall_s", "command_wall_s", "training_s", "transport", "per_party", "per_epoch", "run_id",
+                   "evaluator_bytes_per_epoch", "total_bytes_sent"}  # gloo counts its ring all-reduce, zmq real frames
 
 
 def run(tmp_path, monkeypatch, transport, *overrides):
     monkeypatch.setenv("COTRAIN_INSECURE_TEST_SEED", "7")
-    summary = run_job(tmp_path / transport, f"transport={transport}", *overrides)
+    summary = run_job(tmp_path / transport, f"transport={transport}", "protocol=tfp", *overrides)
+    assert summary["insecure_test_seed"] == [party["name"] for party in summary["parties"]]
     root = tmp_path / transport / "test"
     shares = [torch.load(root / party["name"] / "model_shares.pt") for party in summary["parties"]]
     return summary, shares

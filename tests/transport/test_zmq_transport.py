@@ -81,7 +81,7 @@ def _collectives(rank: int, world_size: int, options: TransportOptions) -> dict[
         if rank == 0:
             check(f"gather_{key}", gathered, all_inputs)
         else:
-            outcome[f"gather_{key}"] = "" if gathered is None else f"non-destination got {gathered}"
+            outcome[f"gather_{key}"] = "" if gathered == [None] else f"non-destination got {gathered}"
         ops = [ReduceOp.BXOR] if dtype == torch.bool else [ReduceOp.SUM, ReduceOp.BXOR]
         for op in ops if not dtype.is_floating_point else [ReduceOp.SUM]:
             name = f"{key}_{'sum' if op == ReduceOp.SUM else 'xor'}"
@@ -89,6 +89,8 @@ def _collectives(rank: int, world_size: int, options: TransportOptions) -> dict[
             reduced = t.reduce(mine, 1, op=op)
             if rank == 1:
                 check(f"reduce_{name}", reduced, reduce_tensors(all_inputs, op))
+            else:
+                outcome[f"reduce_{name}"] = "" if reduced is None else f"non-destination got {reduced}"
 
     # lists travel as one message per peer
     shapes = [(2, 5), (7,), ()]
@@ -394,7 +396,7 @@ def _crypten(rank: int, options: TransportOptions) -> dict[str, list[float]]:
 
     t = _open(rank, 3, options)
     x, y = _mpc_inputs()
-    with MpcSession(t, ProtocolSuite(ProtocolConfig())) as crypten:
+    with MpcSession(t, ProtocolSuite(ProtocolConfig(name="tfp", triple_source="tfp"))) as crypten:
         secret_x, secret_y = crypten.cryptensor(x, src=0), crypten.cryptensor(y, src=1)
         result = {
             "mul": (secret_x * secret_y).get_plain_text(),

@@ -1,0 +1,66 @@
+"""One party's side of secure scoring (``cotrain predict shares=...``): the parties of a finished
+run load their own model shares, the row owner secret-shares its rows, and only the scores
+are revealed, to the owner. The model and the rows stay secret.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mpc.data.tables import DataError, read_table
+from mpc.models import encrypt_model
+from mpc.scoring import load_shares, read_record, score_shared
+from mpc.session import MpcSession
+from parties.config import RunConfig
+from parties.devices import party_device
+from parties.outputs import write_predictions
+from parties.transport.group import PartyGroup
+from protocols import ProtocolSuite
+from protocols.dealer import run_dealer_server
+from protocols.suite import needs_dealer
+
+log = logging.getLogger("cotrain.scoring")
+
+
+def run_scoring(config: RunConfig, transport: Any, rank: int, directory: Path) -> dict | None:
+    """Returns, at the owner, what was scored; ``directory`` is this party's folder of the run."""
+    parties = config.num_parties
+    if rank == parties:  # the suite's dealer serves tuples for the scoring as for training
+        run_dealer_server(transport, parties)
+        return None
+    names = config.names()
+    owner = names.index(config.score.owner)
+    group = PartyGroup(transport, parties) if needs_dealer(config.protocol) else transport
+    record = read_record(directory / "model.json")
+    shares = torch.load(directory / "model_shares.pt", weights_only=True)
+    rows = ids = None
+    message: dict = {}
+    if rank == owner:
+        try:
+            frame = read_table(config.score.data, names[rank])
+            rows = record.preprocessing.transform(frame)
+            ids = frame[record.preprocessing.id_column] if record.preprocessing.id_column in frame.columns else None
+            message = {"rows": int(rows.shape[0])}
+        except (DataError, ValueError) as error:
+            log.error("cannot score %s: %s", config.score.data, error)  # the detail stays here
+            message = {"error": f"{names[rank]}: the rows to score do not fit the model ({error.__class__.__name__}; "
+                                "see its score.log)"}
+    message = group.broadcast_obj(message if rank == owner else None, owner)  # the row count only
+    if "error" in message:
+        raise DataError(message["error"])
+    device = party_device(config.device, rank)
+    with MpcSession(group, ProtocolSuite(config.protocol), device=device) as crypten:
+        secure_model = encrypt_model(crypten, record.torch_model(), record.input_width, device=device)
+        load_shares(secure_model, shares)
+        logits = score_shared(crypten, secure_model, rows, (message["rows"], record.input_width), owner,
+                              device)
+    if rank != owner:
+        log.info("scored %d rows of %s; the scores went to %s only", message["rows"], names[owner], names[owner])
+        return None
+    write_predictions(Path(config.score.out), logits, record.task, ids)
+    log.info("scored %d rows; wrote %s", message["rows"], config.score.out)
+    return {"rows": message["rows"], "out": config.score.out}

@@ -1,0 +1,94 @@
+"""``make conformance``: CrypTen's upstream tests in every cell, and a table of the outcomes.
+
+    python tests/conformance/matrix.py [--cells zmq/tfp/2p,...] [--files test_mpc,...] [-k substring]
+
+Prints passed / failed / skipped per cell (transport x suite x parties), every skip with its
+reason, and every failure with its first lines; writes the whole record as JSON
+(``--json``, default ``outputs/conformance/<time>.json``). Exits non-zero if any test failed.
+Workers' logs go to ``outputs/conformance/logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from crypten_suite import FILES, REPO, Cell, all_cells, run_cell  # noqa: E402
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default="", help="comma-separated cell names (transport/suite/Np); default all")
+    parser.add_argument("--files", default=",".join(FILES), help="comma-separated upstream test modules")
+    parser.add_argument("-k", dest="match", default="", help="run only test ids containing one of these (comma-separated)")
+    parser.add_argument("--json", default="", help="where to write the record")
+    parser.add_argument("--test-timeout", type=float, default=300.0, help="seconds per test, all ranks")
+    return parser.parse_args()
+
+
+def _first_lines(text: str, count: int = 3) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    tail = [line for line in lines if "Error" in line or "assert" in line.lower()][-count:]
+    return " | ".join(tail or lines[-count:])
+
+
+def print_report(record: dict) -> None:
+    header = f"{'cell':<18}{'passed':>8}{'failed':>8}{'skipped':>9}{'seconds':>9}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for name, cell in record["cells"].items():
+        counts = collections.Counter(result["outcome"] for result in cell["results"].values())
+        skipped = counts["skipped"] + len(cell["skipped"])
+        print(f"{name:<18}{counts['passed']:>8}{counts['failed']:>8}{skipped:>9}{cell['seconds']:>9.0f}")
+    reasons: dict[str, set] = collections.defaultdict(set)
+    for name, cell in record["cells"].items():
+        for test_id, reason in cell["skipped"].items():
+            reasons[reason].add(test_id.rsplit(".", 1)[0] if "TestTTP" in test_id or "TestRSS" in test_id else test_id)
+        for test_id, result in cell["results"].items():
+            if result["outcome"] == "skipped":
+                reasons[f"upstream: {result['detail']}"].add(test_id)
+    print("\nskipped, by reason:")
+    for reason, tests in sorted(reasons.items()):
+        print(f"- {reason}\n    {', '.join(sorted(tests))}")
+    failures = [(name, test_id, result["detail"]) for name, cell in record["cells"].items()
+                for test_id, result in cell["results"].items() if result["outcome"] == "failed"]
+    print(f"\nfailed: {len(failures)}")
+    for name, test_id, detail in failures:
+        print(f"- {name} {test_id}: {_first_lines(detail)[:400]}")
+
+
+def main() -> int:
+    args = _parse()
+    cells = all_cells()
+    if args.cells:
+        wanted = set(args.cells.split(","))
+        cells = [cell for cell in cells if cell.name in wanted]
+    files = [name for name in args.files.split(",") if name]
+    out_dir = REPO / "outputs" / "conformance"
+    record = {"files": files, "cells": {}}
+    for cell in cells:
+        start = time.monotonic()
+        print(f"{cell.name}: running ...", flush=True)
+        results, skipped = run_cell(cell, out_dir / "logs", files, args.match, args.test_timeout)
+        counts = collections.Counter(result.outcome for result in results.values())
+        print(f"{cell.name}: {dict(counts)}, {len(skipped)} skipped by rule, "
+              f"{time.monotonic() - start:.0f} s", flush=True)
+        record["cells"][cell.name] = {"seconds": time.monotonic() - start, "skipped": skipped,
+                                      "results": {test_id: asdict(result) for test_id, result in results.items()}}
+        path = Path(args.json) if args.json else out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+    print_report(record)
+    failed = any(result["outcome"] == "failed" for cell in record["cells"].values()
+                 for result in cell["results"].values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
