@@ -122,16 +122,17 @@ def crypten_ops() -> SystemOps:
 
 
 def cotrain_ops() -> SystemOps:
+    from mpc.losses import WeightedBinaryCrossEntropy
     from mpc.metrics import ClassWeights
     from mpc.training import SecureTrainer, TrainConfig, secure_sigmoid
 
     def make_epoch(crypten, model, negative, positive, lr, x, y, slices):
-        trainer = SecureTrainer(crypten, model, TrainConfig(lr=lr), ClassWeights(negative=negative, positive=positive),
-                                seed=0, stats=None, show_progress=False)
+        loss = WeightedBinaryCrossEntropy(ClassWeights(negative=negative, positive=positive))
+        trainer = SecureTrainer(crypten, model, TrainConfig(lr=lr), loss, seed=0, stats=None, show_progress=False)
         sizes = sorted({rows.stop - rows.start for rows in slices})
 
         def run() -> None:  # as SecureTrainer.fit: the per-row scales once, then the steps
-            scales = {size: trainer.step_scales(y, size) for size in sizes}
+            scales = {size: loss.row_scales(y, size, lr) for size in sizes}
             for rows in slices:
                 trainer.step(x[rows], y[rows], scales[rows.stop - rows.start][rows])
 

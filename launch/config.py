@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -12,7 +12,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mpc.data.config import PARTITIONS
 from mpc.dp import config_problem as dp_problem
-from mpc.models import MODEL_KINDS
+from mpc.losses import TASKS, expected_outputs
+from mpc.optim import ADAM_MIN_EPS, OPTIMIZERS, SCHEDULES
+from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, model_kind, output_width
 from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
 from parties.transport import transport_names
@@ -39,12 +41,20 @@ def _check_group_choices(overrides: Sequence[str]) -> None:
             raise ConfigError(f"{key}={value} is not available; choose one of {', '.join(group_options(key))}")
 
 
+def _model_arguments_may_be_new(overrides: Sequence[str]) -> list[str]:
+    """``model.hidden=64`` adds an argument the model's YAML does not list (Hydra's ``++``)."""
+    return [f"++{o}" if o.startswith("model.") else o for o in overrides]
+
+
 def load_config(overrides: Sequence[str] = ()) -> RunConfig:
     """Compose ``conf/config.yaml`` with command-line overrides into a checked RunConfig."""
     _check_group_choices(overrides)
+    overrides = _model_arguments_may_be_new(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose(config_name="config", overrides=list(overrides))
+        if OmegaConf.is_missing(composed.model, "_target_"):
+            raise ConfigError("model=custom needs the model class by import path: model._target_=my_module.MyNet")
         typed = OmegaConf.merge(OmegaConf.structured(RunConfig), composed)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
@@ -67,8 +77,11 @@ def _validate(config: RunConfig) -> None:
 
     require(MIN_PARTIES <= config.num_parties <= MAX_PARTIES,
             f"num_parties={config.num_parties} is out of range; allowed values are {MIN_PARTIES}..{MAX_PARTIES}")
-    require(config.model.kind in MODEL_KINDS, f"model.kind={config.model.kind} is unknown; allowed: {', '.join(MODEL_KINDS)}")
-    require(all(h > 0 for h in config.model.hidden), f"model.hidden={config.model.hidden} must list positive sizes")
+    require(config.data.task in TASKS, f"data.task={config.data.task} is not a task; choose one of {', '.join(TASKS)}")
+    require(config.data.task != "multiclass" or config.data.classes >= 2,
+            f"data.classes={config.data.classes}: a multiclass task needs at least 2 classes")
+    _check_model(config)
+    _check_optimizer(config.train)
     require(config.data.partition in PARTITIONS,
             f"data.partition={config.data.partition} is not allowed; choose one of {', '.join(PARTITIONS)}")
     require(config.data.rows >= 10, f"data.rows={config.data.rows} is too small; it must be at least 10")
@@ -107,8 +120,15 @@ def _validate(config: RunConfig) -> None:
     require(rank is None or 0 <= rank < config.num_parties + dealer,
             f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
             f"{', the last being the dealer' if dealer else ''})")
-    dp_error = dp_problem(config.train.dp, config.model.kind, config.protocol.name)
+    dp_error = dp_problem(config.train.dp, model_kind(config.model), config.protocol.name)
     require(dp_error is None, dp_error or "")
+    require(not config.train.dp.enabled or config.data.task == "binary",
+            f"train.dp needs data.task=binary (its clipped gradient is the logistic loss's); data.task={config.data.task}")
+    plain_sgd = (config.train.optimizer == "sgd" and config.train.momentum == 0 and config.train.weight_decay == 0
+                 and config.train.schedule == "constant")
+    require(not config.train.dp.enabled or plain_sgd,
+            "train.dp needs plain SGD (train.optimizer=sgd, momentum=0, weight_decay=0, schedule=constant): "
+            "its noise is calibrated to one clipped update per step")
     _validate_release(config)
 
 
@@ -141,6 +161,34 @@ def _refuse_insecure(config: RunConfig) -> None:
         raise ConfigError(f"protocol.{insecure[0]} is for testing only (a trusted party can see every secret) and is refused "
                           "with the parties' own data files; use protocol=dealer, ot or malicious, or set "
                           "protocol.allow_insecure=true to accept that")
+
+
+def _check_model(config: RunConfig) -> None:
+    """Build the model once here, so a bad class, argument, layer or output width stops the run
+    before any party starts (the parties build it again with the agreed feature count)."""
+    try:
+        model = build_torch_model(config.model, PLACEHOLDER_FEATURES, config.seed)
+        width, wanted = output_width(model, PLACEHOLDER_FEATURES), expected_outputs(config.data.task, config.data.classes)
+    except ModelError as error:
+        raise ConfigError(str(error)) from None
+    if width != wanted:
+        raise ConfigError(f"model._target_={config.model['_target_']} gives {width} outputs per row; "
+                          f"data.task={config.data.task} needs {wanted}")
+
+
+def _check_optimizer(train: Any) -> None:
+    if train.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={train.optimizer} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    if train.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule={train.schedule} is unknown; choose one of {', '.join(SCHEDULES)}")
+    if not (0 <= train.momentum < 1 and train.weight_decay >= 0 and train.lr_step >= 1 and 0 < train.lr_gamma <= 1):
+        raise ConfigError("train.momentum must be in [0, 1), train.weight_decay >= 0, train.lr_step >= 1 "
+                          "and train.lr_gamma in (0, 1]")
+    if len(train.betas) != 2 or not all(0 <= beta < 1 for beta in train.betas):
+        raise ConfigError(f"train.betas={train.betas} must be two numbers in [0, 1)")
+    if train.optimizer != "sgd" and train.eps < ADAM_MIN_EPS:
+        raise ConfigError(f"train.eps={train.eps} is below {ADAM_MIN_EPS} (fixed point would let one-ulp "
+                          "gradients take full steps)")
 
 
 def default_party_specs(count: int) -> list[PartySpec]:

@@ -65,7 +65,8 @@ def _predict_plain(settings: dict[str, str]) -> int:
     frame = read_table(settings["data"], "predict")
     logits = score_plain(model, record.preprocessing, frame)
     id_column = record.preprocessing.id_column
-    write_predictions(Path(settings["out"]), logits, frame[id_column] if id_column in frame.columns else None)
+    write_predictions(Path(settings["out"]), logits, record.task,
+                      frame[id_column] if id_column in frame.columns else None)
     print(f"cotrain predict: scored {len(logits)} rows with {settings['model']}; wrote {settings['out']}")
     return 0
 

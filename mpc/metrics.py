@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, r2_score, roc_auc_score
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,40 @@ def evaluate(logits: torch.Tensor, labels: torch.Tensor, weights: ClassWeights) 
         accuracy=float(((scores > 0.5) == (truth > 0.5)).mean()),
         loss=weighted_bce(logits, labels, weights),
     )
+
+
+@dataclass(frozen=True)
+class MulticlassMetrics:
+    accuracy: float
+    macro_f1: float
+    loss: float  # softmax cross-entropy
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_multiclass(logits: torch.Tensor, labels: torch.Tensor) -> MulticlassMetrics:
+    logits, truth = logits.double(), labels.reshape(-1).long()
+    predicted = logits.argmax(1)
+    return MulticlassMetrics(
+        accuracy=float((predicted == truth).double().mean()),
+        macro_f1=float(f1_score(truth.numpy(), predicted.numpy(), average="macro",
+                                labels=list(range(logits.shape[1])), zero_division=0)),
+        loss=float(F.cross_entropy(logits, truth)),
+    )
+
+
+@dataclass(frozen=True)
+class RegressionMetrics:
+    rmse: float
+    r2: float
+    loss: float  # mean squared error
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_regression(outputs: torch.Tensor, labels: torch.Tensor) -> RegressionMetrics:
+    outputs, truth = outputs.reshape(-1).double(), labels.reshape(-1).double()
+    mse = float(F.mse_loss(outputs, truth))
+    return RegressionMetrics(rmse=mse**0.5, r2=float(r2_score(truth.numpy(), outputs.numpy())), loss=mse)

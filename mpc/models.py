@@ -1,42 +1,118 @@
-"""Models are ordinary ``torch.nn`` definitions; CrypTen converts them for secure training."""
+"""Models are ordinary ``torch.nn`` modules named by import path; CrypTen converts them.
+
+A model is any ``torch.nn.Module`` built from supported layers, given in config as
+``model._target_`` (Hydra instantiation) with its arguments; the engine adds ``in_features``.
+"""
 
 from __future__ import annotations
 
+import importlib
 import warnings
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torch import nn
 
-MODEL_KINDS = ("logreg", "mlp")
+# torch.nn layers that CrypTen's ONNX converter turns into secure layers: those whose name
+# crypten.nn also defines (losses and containers-only aside), plus layers that export to no
+# operation at all. A layer outside this list is refused before any party starts.
+_CONVERTED_ELSEWHERE = ("Identity",)
+_NOT_LAYERS = ("Module",)
 
 
-@dataclass
-class ModelConfig:
-    """``model.*``: which network, and the MLP's hidden layer sizes."""
-
-    kind: str = "logreg"
-    hidden: list[int] = field(default_factory=lambda: [16, 8])
+LOGISTIC_REGRESSION = "mpc.zoo.LogisticRegression"
+DEFAULT_MODEL = {"_target_": LOGISTIC_REGRESSION}
+# a stand-in feature count for checking a model before the parties agree on the real one
+PLACEHOLDER_FEATURES = 8
 
 
-def build_torch_model(config: ModelConfig, features: int, seed: int) -> nn.Module:
-    """The plaintext network with its initial weights drawn from ``seed`` (public)."""
-    if config.kind not in MODEL_KINDS:
-        raise ValueError(f"model={config.kind!r} is not a model; choose one of {', '.join(MODEL_KINDS)}")
+class ModelError(ValueError):
+    """The model setting cannot be trained here; the message names the layer or setting."""
+
+
+def supported_layers() -> tuple[str, ...]:
+    """Names of the ``torch.nn`` layers a model may be built from, sorted."""
+    from mpc.compat import load_crypten
+
+    names = {name for name in load_crypten().nn.__all__
+             if isinstance(getattr(nn, name, None), type) and issubclass(getattr(nn, name), nn.Module)
+             and not issubclass(getattr(nn, name), nn.modules.loss._Loss) and name not in _NOT_LAYERS}
+    return tuple(sorted(names | set(_CONVERTED_ELSEWHERE)))
+
+
+def model_target(spec: Mapping[str, Any]) -> str:
+    target = spec.get("_target_")
+    if not isinstance(target, str) or not target:
+        raise ModelError("model._target_ must name the model class by import path, e.g. "
+                         "model._target_=my_bank.models.FraudNet")
+    return target
+
+
+def model_kind(spec: Mapping[str, Any]) -> str:
+    """``logreg`` for the zoo's logistic regression (DP-SGD and the derived tolerances know its
+    closed form), otherwise the model's import path."""
+    target = model_target(spec)
+    return "logreg" if target == LOGISTIC_REGRESSION else target
+
+
+def build_torch_model(spec: Mapping[str, Any], features: int, seed: int) -> nn.Module:
+    """The plaintext network, ``spec['_target_'](in_features=features, **arguments)``
+    (Hydra instantiation), with its initial weights drawn from ``seed`` (public)."""
+    target = model_target(spec)
+    if "in_features" in spec:
+        raise ModelError("model.in_features is set by the engine from the agreed feature count; remove it")
+    _import_target(target)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        if config.kind == "logreg":
-            return nn.Sequential(nn.Linear(features, 1))
-        layers: list[nn.Module] = []
-        width = features
-        for hidden in config.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        return nn.Sequential(*layers, nn.Linear(width, 1))
+        model = instantiate(dict(spec), in_features=features, _convert_="all")
+    except InstantiationException as error:
+        raise ModelError(f"model._target_={target}: {_first_line(error)}") from None
     finally:
         torch.random.set_rng_state(generator_state)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model._target_={target} built a {type(model).__name__}, not a torch.nn.Module")
+    check_layers(model, target)
+    return model
+
+
+def _import_target(target: str) -> None:
+    module, _, name = target.rpartition(".")
+    try:
+        found = hasattr(importlib.import_module(module), name) if module else False
+    except ImportError as error:
+        raise ModelError(f"model._target_={target}: cannot import {module!r} ({error}); the model's module "
+                         "must be importable in every party process (a file on PYTHONPATH, not __main__ "
+                         "or a notebook cell)") from None
+    if not found:
+        raise ModelError(f"model._target_={target}: {module or target!r} defines no {name or target!r}")
+
+
+def _first_line(error: Exception) -> str:
+    cause = error.__cause__ or error
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+
+
+def check_layers(model: nn.Module, target: str) -> None:
+    """Refuse a model with a layer the secure engine cannot convert, naming it."""
+    allowed = supported_layers()
+    for name, module in model.named_modules():
+        kind = type(module)
+        if kind.__module__.startswith("torch.nn") and kind.__name__ not in allowed:
+            raise ModelError(f"model._target_={target}: layer {name or '(the model)'} is {kind.__name__}, "
+                             f"which secure training does not support; supported layers: {', '.join(allowed)}")
+
+
+def output_width(model: nn.Module, features: int) -> int:
+    """The number of outputs per row, from one plaintext forward pass on a zero row."""
+    with torch.no_grad():
+        outputs = model(torch.zeros(1, features))
+    if outputs.dim() != 2 or outputs.shape[0] != 1:
+        raise ModelError(f"the model maps a batch of shape (1, {features}) to shape {tuple(outputs.shape)}; "
+                         "it must return one row of outputs per input row")
+    return int(outputs.shape[1])
 
 
 def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0, device: Any = "cpu") -> Any:

@@ -12,18 +12,18 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mpc.data.config import DataConfig
 from mpc.data.preprocessing import Preprocessing
 from mpc.data.tables import read_table
-from mpc.metrics import ClassWeights, Metrics, evaluate
+from mpc.losses import Loss
+from mpc.optim import lr_at, plaintext_optimizer
 from mpc.training import TrainConfig, batch_slices, epoch_order
 
 
@@ -77,25 +77,26 @@ def _pooled(preprocessing: Preprocessing, y: pd.Series, x: pd.DataFrame, ty: pd.
     )
 
 
-def train_plaintext(model: nn.Module, data: PooledData, config: TrainConfig, weights: ClassWeights,
-                    seed: int) -> tuple[nn.Module, list[Metrics]]:
-    """SGD in float on the pooled rows; returns the model and held-out metrics per epoch."""
+def train_plaintext(model: nn.Module, data: PooledData, config: TrainConfig, loss: Loss,
+                    seed: int) -> tuple[nn.Module, list[Any]]:
+    """The same loss, optimizer and schedule in float (torch.optim) on the pooled rows;
+    returns the model and the held-out metrics per epoch."""
     model = copy.deepcopy(model)
-    optimiser = torch.optim.SGD(model.parameters(), lr=config.lr)
+    optimiser = plaintext_optimizer(model.parameters(), config)
     rows = data.features.shape[0]
-    curve: list[Metrics] = []
+    curve: list[Any] = []
     for epoch in range(config.epochs):
+        for group in optimiser.param_groups:
+            group["lr"] = lr_at(config, epoch)
         order = epoch_order(rows, seed, epoch)
         features, labels = data.features[order], data.labels[order]
         for batch in batch_slices(rows, config.batch_size):
             optimiser.zero_grad()
-            logits = model(features[batch])
-            target = labels[batch]
-            F.binary_cross_entropy_with_logits(logits, target, weight=weights.per_row(target)).backward()
+            loss.plaintext(model(features[batch]), labels[batch]).backward()
             optimiser.step()
         if data.test_features is not None:
             with torch.no_grad():
-                curve.append(evaluate(model(data.test_features), data.test_labels, weights))
+                curve.append(loss.evaluate(model(data.test_features), data.test_labels))
     return model, curve
 
 

@@ -2,8 +2,8 @@
 MPC from the parties' shares, where neither the model nor the rows are revealed.
 
 Both paths start from the same record, saved by every party next to its shares
-(``model.json``) and inside the revealed ``model.pt``: the model definition (kind, hidden
-sizes, input width) and the run's :class:`~mpc.data.preprocessing.Preprocessing`. Files hold
+(``model.json``) and inside the revealed ``model.pt``: the model definition (its ``_target_``
+and arguments, the input width, the task) and the run's :class:`~mpc.data.preprocessing.Preprocessing`. Files hold
 plain types and tensors only (``torch.load(weights_only=True)``, JSON); nothing is pickled.
 """
 
@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from mpc.data.preprocessing import Preprocessing
-from mpc.models import ModelConfig, build_torch_model
+from mpc.models import build_torch_model, model_kind
 
-MODEL_FORMAT = "cotrain-model/1"
+MODEL_FORMAT = "cotrain-model/2"
 
 
 class ModelFileError(ValueError):
@@ -30,10 +30,10 @@ class ModelFileError(ValueError):
 
 @dataclass
 class ModelRecord:
-    """What scoring needs besides the weights: the network's shape and the preprocessing."""
+    """What scoring needs besides the weights: the network's definition and the preprocessing."""
 
-    kind: str
-    hidden: list[int]
+    model: dict  # model._target_ and its arguments (mpc.models)
+    task: str  # binary, multiclass or regression: what the outputs mean
     input_width: int
     preprocessing: Preprocessing
     protocol: str  # the run's protocol suite: secure scoring uses the same one
@@ -41,7 +41,7 @@ class ModelRecord:
 
     def as_dict(self) -> dict:
         return {"format": MODEL_FORMAT,
-                "model": {"kind": self.kind, "hidden": list(self.hidden), "input_width": self.input_width},
+                "model": {"definition": dict(self.model), "task": self.task, "input_width": self.input_width},
                 "preprocessing": self.preprocessing.as_dict(), "protocol": self.protocol,
                 "parties": list(self.parties)}
 
@@ -50,14 +50,17 @@ class ModelRecord:
         if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"{source} is not a cotrain model file (format {MODEL_FORMAT})")
         model = record["model"]
-        return cls(kind=str(model["kind"]), hidden=[int(h) for h in model["hidden"]],
-                   input_width=int(model["input_width"]),
+        return cls(model=dict(model["definition"]), task=str(model["task"]), input_width=int(model["input_width"]),
                    preprocessing=Preprocessing.from_dict(record["preprocessing"]),
                    protocol=str(record["protocol"]), parties=[str(p) for p in record["parties"]])
 
+    @property
+    def kind(self) -> str:
+        return model_kind(self.model)
+
     def torch_model(self) -> nn.Module:
         """The network with placeholder weights (the caller loads the trained ones)."""
-        return build_torch_model(ModelConfig(kind=self.kind, hidden=list(self.hidden)), self.input_width, seed=0)
+        return build_torch_model(self.model, self.input_width, seed=0)
 
 
 def save_model_file(path: Path, record: ModelRecord, state: dict[str, torch.Tensor]) -> None:
@@ -84,10 +87,15 @@ def read_record(path: Path) -> ModelRecord:
     return ModelRecord.from_dict(json.loads(path.read_text()), str(path))
 
 
+def _per_row(outputs: torch.Tensor) -> torch.Tensor:
+    """One value per row for a one-output model (binary, regression), else rows x outputs."""
+    return outputs.reshape(-1) if outputs.dim() < 2 or outputs.shape[1] == 1 else outputs
+
+
 def score_plain(model: nn.Module, preprocessing: Preprocessing, frame: pd.DataFrame) -> torch.Tensor:
-    """Logits of raw rows, scaled exactly as in training (float32, as the model was trained)."""
+    """Outputs for raw rows, scaled exactly as in training (float32, as the model was trained)."""
     with torch.no_grad():
-        return model(preprocessing.transform(frame).float()).reshape(-1)
+        return _per_row(model(preprocessing.transform(frame).float()))
 
 
 def load_shares(secure_model: Any, shares: dict[str, torch.Tensor]) -> None:
@@ -101,7 +109,7 @@ def load_shares(secure_model: Any, shares: dict[str, torch.Tensor]) -> None:
 
 def score_shared(crypten: Any, secure_model: Any, rows: torch.Tensor | None, shape: tuple[int, int],
                  owner: int, device: Any = "cpu") -> torch.Tensor | None:
-    """Logits of ``owner``'s rows (standardised, ``shape``) under MPC, revealed to ``owner`` only."""
+    """Outputs for ``owner``'s rows (standardised, ``shape``) under MPC, revealed to ``owner`` only."""
     rank = crypten.communicator.get().get_rank()
     values = rows.float() if rank == owner else torch.zeros(shape)
     features = crypten.cryptensor(values.to(device), src=owner, device=device)
@@ -109,13 +117,23 @@ def score_shared(crypten: Any, secure_model: Any, rows: torch.Tensor | None, sha
         secure_model.train(False)
         logits = secure_model(features)
     revealed = logits.get_plain_text(dst=owner)
-    return revealed.reshape(-1).cpu() if rank == owner else None
+    return _per_row(revealed).cpu() if rank == owner else None
 
 
-def predictions_frame(logits: torch.Tensor, ids: pd.Series | None) -> pd.DataFrame:
-    """The scores file: the id column where the rows had one, the logit and the probability."""
-    logits = logits.double().reshape(-1)
-    frame = pd.DataFrame({"logit": logits.numpy(), "score": torch.sigmoid(logits).numpy()})
+def predictions_frame(outputs: torch.Tensor, ids: pd.Series | None, task: str) -> pd.DataFrame:
+    """The scores file: the id column where the rows had one, then per task the logit and the
+    probability (binary), the predicted class and each class's probability (multiclass), or
+    the prediction (regression)."""
+    outputs = outputs.double()
+    if task == "binary":
+        logits = outputs.reshape(-1)
+        frame = pd.DataFrame({"logit": logits.numpy(), "score": torch.sigmoid(logits).numpy()})
+    elif task == "multiclass":
+        probabilities = torch.softmax(outputs, dim=1)
+        frame = pd.DataFrame({"class": outputs.argmax(1).numpy(),
+                              **{f"score_{k}": probabilities[:, k].numpy() for k in range(outputs.shape[1])}})
+    else:
+        frame = pd.DataFrame({"prediction": outputs.reshape(-1).numpy()})
     if ids is not None:
         frame.insert(0, ids.name, ids.to_numpy())
     return frame

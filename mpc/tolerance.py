@@ -180,10 +180,12 @@ def metric_tolerances(plain_logits: torch.Tensor, labels: torch.Tensor, weights:
     }
 
 
-def compare(secure: dict, plaintext: dict, tolerances: dict[str, float] | None) -> dict[str, dict]:
-    """Signed gaps (secure - plaintext) and, where a bound exists, the verdict per metric."""
+def compare(secure: dict, plaintext: dict, tolerances: dict[str, float] | None,
+            metrics: Sequence[str] = METRICS) -> dict[str, dict]:
+    """Signed gaps (secure - plaintext) and, where a bound exists, the verdict per metric
+    (``metrics``: the task's; the bounds are derived for the binary ones)."""
     verdicts = {}
-    for metric in METRICS:
+    for metric in metrics:
         gap = secure[metric] - plaintext[metric]
         tolerance = None if tolerances is None else tolerances[metric]
         verdicts[metric] = {"gap": gap, "tolerance": tolerance,

@@ -1,16 +1,16 @@
-"""Secure SGD: forward, class-weighted BCE gradient, backward and update, all under MPC.
+"""Secure training: forward, the loss's closed-form output gradient, backward and the
+optimizer's update, all under MPC (``mpc.losses``, ``mpc.optim``).
 
-The loss gradient with respect to the logits has a closed form,
-``w(y) * (sigmoid(z) - y) / batch``, so the loss itself (a logarithm) is never computed
-under MPC; CrypTen's autograd carries that gradient back through the network. The
-held-out loss and metrics are computed by the evaluator from revealed predictions.
+The loss itself (a logarithm) is never computed under MPC; CrypTen's autograd carries the
+output gradient back through the network. The held-out loss and metrics are computed by the
+evaluator from revealed predictions.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -18,16 +18,24 @@ from tqdm import tqdm
 
 from mpc import release
 from mpc.dp import DpConfig, PrivateSgd, RowClip
-from mpc.metrics import ClassWeights, Metrics, evaluate
+from mpc.optim import secure_optimizer
 
 
 @dataclass
 class TrainConfig:
-    """``train.*``: the SGD schedule and who receives the trained model."""
+    """``train.*``: the optimizer and its schedule, and who receives the trained model."""
 
     epochs: int = 5
     batch_size: int = 128
     lr: float = 0.5
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    eps: float = 1e-3  # adam, adamw: at least mpc.optim.ADAM_MIN_EPS
+    schedule: str = "constant"  # constant, step (lr * lr_gamma every lr_step epochs) or cosine
+    lr_step: int = 1
+    lr_gamma: float = 0.1
     reveal_to: list[str] = field(default_factory=list)
     plaintext_reference: bool = True
     evaluator: int = 0  # the party that receives held-out predictions and prints metrics
@@ -50,8 +58,8 @@ class EpochRecord:
     bytes_sent: int
     bytes_received: int
     rounds: int
-    metrics: Metrics | None = None
-    heldout_logits: torch.Tensor | None = None  # at the evaluator: what the metrics were computed from
+    metrics: Any = None  # the task's metrics (mpc.metrics)
+    heldout_logits: torch.Tensor | None = None  # at the evaluator: the outputs the metrics were computed from
     epsilon: float | None = None  # privacy spent so far, under DP-SGD
 
     def as_dict(self) -> dict:
@@ -132,64 +140,61 @@ def secure_sigmoid(logits: Any) -> Any:
 class SecureTrainer:
     """Trains one CrypTen model on a secret-shared dataset; every party runs the same loop."""
 
-    def __init__(self, crypten: Any, model: Any, config: TrainConfig, weights: ClassWeights,
-                 seed: int, stats: Any, show_progress: bool) -> None:
+    def __init__(self, crypten: Any, model: Any, config: TrainConfig, loss: Any, seed: int, stats: Any,
+                 show_progress: bool) -> None:
         self.crypten = crypten
         self.model = model
         self.config = config
-        self.weights = weights
+        self.loss = loss
+        self.optimizer = secure_optimizer(crypten, list(model.parameters()), config)
         self.seed = seed
         self.stats = stats
         self.show_progress = show_progress
         self.rank = crypten.communicator.get().get_rank()
         self.private: PrivateSgd | None = None  # DP-SGD's state, set up by fit when train.dp is on
-        self.heldout_logits: torch.Tensor | None = None  # the last revealed held-out logits (evaluator)
+        self.heldout_logits: torch.Tensor | None = None  # the last revealed held-out outputs (evaluator)
         self.heldout_labels: torch.Tensor | None = None
 
-    def step_scales(self, labels: Any, batch_size: int) -> Any:
-        """lr * w(y) / batch for each row: the public-constant part of the loss gradient.
-
-        It depends on the labels alone, so it is computed once for all rows (one truncation)
-        rather than in every step; since backpropagation is linear in the output gradient,
-        folding lr in makes every parameter gradient an update, with no truncation per step.
-        """
-        scale = self.config.lr / batch_size
-        positive, negative = self.weights.positive * scale, self.weights.negative * scale
-        return labels * (positive - negative) + negative
-
-    def step(self, features: Any, labels: Any, scales: Any | None = None, clip: RowClip | None = None) -> None:
-        """One SGD step; ``scales`` are this batch's rows of :meth:`step_scales`. Under DP-SGD
-        ``scales`` are the class weights alone, ``clip`` clips each row's gradient and scales it
-        to an update, and features None is an empty sample (noise only)."""
+    def step(self, features: Any, targets: Any, scales: Any, epoch: int = 0, clip: RowClip | None = None) -> None:
+        """One step; ``scales`` are this batch's :meth:`Loss.row_scales`, with the optimizer's
+        gradient factor for ``epoch`` folded in. Under DP-SGD (binary logistic regression, plain
+        SGD) ``scales`` are the class weights alone, ``clip`` clips each row's gradient and scales
+        it to an update, and features None is an empty sample (noise only)."""
         crypten = self.crypten
         self.model.zero_grad()
         if features is not None:
-            if scales is None:
-                scales = self.step_scales(labels, labels.size(0))
-            logits = self.model(features)
+            outputs = self.model(features)
             with crypten.no_grad():
-                gradient = scales * (secure_sigmoid(logits) - labels)
+                gradient = self.loss.output_gradient(crypten, outputs, targets, scales)
                 if clip is not None:
                     gradient = clip.apply(gradient)
-            logits.backward(gradient)
+            outputs.backward(gradient)
         if self.private is not None:
             with crypten.no_grad():
                 self.private.add_noise(self.model.parameters())
-        # plain SGD, as the plaintext reference: the gradients already carry lr. (CrypTen's
-        # update_parameters also zeroes gradients above 100, a guard against the wrap errors
-        # of its local truncation, at a comparison per parameter tensor per step.)
+        # the update as torch.optim's (CrypTen's update_parameters also zeroes gradients above
+        # 100, a guard against the wrap errors of its local truncation, at a comparison per
+        # parameter tensor per step)
         with crypten.no_grad():
-            for parameter in self.model.parameters():
-                if parameter.grad is not None:
-                    parameter.sub_(parameter.grad)
+            self.optimizer.step(epoch)
 
     def predict_for(self, features: Any, dst: int) -> torch.Tensor | None:
-        """Logits revealed to party ``dst`` only."""
+        """Outputs revealed to party ``dst`` only."""
         with self.crypten.no_grad():
             self.model.train(False)  # inference mode: no autograd bookkeeping
-            logits = self.model(features)
+            outputs = self.model(features)
             self.model.train()
-        return release.open(logits, "heldout_predictions", to=dst)
+        return release.open(outputs, "heldout_predictions", to=dst)
+
+    def _epoch_steps(self, train: Any, targets: Any, row_scales: dict, epoch: int) -> Iterator[tuple]:
+        order = epoch_order(train.rows, self.seed, epoch)
+        features, batch_targets = train.features[order], targets[order]
+        scales = {size: values if isinstance(values, float) else values[order] for size, values in row_scales.items()}
+        for rows in batch_slices(train.rows, self.config.batch_size):
+            batch_scales = scales[rows.stop - rows.start]
+            if not isinstance(batch_scales, float):
+                batch_scales = batch_scales[rows]
+            yield features[rows], batch_targets[rows], batch_scales, epoch
 
     def fit(self, train: Any, test: Any | None,
             on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
@@ -198,23 +203,24 @@ class SecureTrainer:
         test_labels = release.open(test.labels, "heldout_labels", to=evaluator) if test is not None else None
         self.heldout_labels = test_labels
         history: list[EpochRecord] = []
-        sizes = {rows.stop - rows.start for rows in batch_slices(train.rows, self.config.batch_size)}
-        row_scales = {size: self.step_scales(train.labels, size) for size in sorted(sizes)}
+        slices = batch_slices(train.rows, self.config.batch_size)
+        sizes = sorted({rows.stop - rows.start for rows in slices})
+        targets = self.loss.targets(self.crypten, train.labels)
+        factor, row_scales = None, {}
         if self.config.dp.enabled:
             self.private = PrivateSgd(self.crypten, self.config.dp, train.features, self.config.lr,
                                       self.config.batch_size, self.config.epochs)
-            dp_scales = self.step_scales(train.labels, self.config.lr)  # w(y): lr / batch_size = 1
+            dp_scales = self.loss.row_scales(train.labels, self.config.lr, self.config.lr)  # w(y)
         for epoch in range(self.config.epochs):
             start = time.perf_counter()
             before = (self.stats.bytes_sent, self.stats.bytes_received, self.stats.rounds)
-            order = epoch_order(train.rows, self.seed, epoch)
-            features, labels = train.features[order], train.labels[order]
-            slices = batch_slices(train.rows, self.config.batch_size)
-            scales = {size: values[order] for size, values in row_scales.items()}
             if self.private is not None:
-                steps = self.private.epoch_steps(train, dp_scales, epoch)
+                steps = ((x, y, w, epoch, clip) for x, y, w, clip in self.private.epoch_steps(train, dp_scales, epoch))
             else:
-                steps = ((features[rows], labels[rows], scales[rows.stop - rows.start][rows], None) for rows in slices)
+                if self.optimizer.gradient_factor(epoch) != factor:  # a schedule changed the folded lr
+                    factor = self.optimizer.gradient_factor(epoch)
+                    row_scales = {size: self.loss.row_scales(train.labels, size, factor) for size in sizes}
+                steps = self._epoch_steps(train, targets, row_scales, epoch)
             progress = tqdm(steps, total=len(slices), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)
             for batch in progress:
@@ -228,12 +234,12 @@ class SecureTrainer:
                 epsilon=self.private.end_epoch() if self.private is not None else None,
             )
             if test is not None:
-                logits = self.predict_for(test.features, evaluator)
-                if logits is not None:
-                    self.heldout_logits = logits
-                    record.metrics = evaluate(logits, test_labels, self.weights)
-                    record.heldout_logits = logits
-                    progress.set_postfix(heldout_loss=f"{record.metrics.loss:.4f}", auc=f"{record.metrics.auc:.4f}")
+                outputs = self.predict_for(test.features, evaluator)
+                if outputs is not None:
+                    self.heldout_logits = outputs
+                    record.metrics = self.loss.evaluate(outputs, test_labels)
+                    record.heldout_logits = outputs
+                    progress.set_postfix(heldout_loss=f"{record.metrics.loss:.4f}")
             progress.close()
             history.append(record)
             if on_epoch is not None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from mpc.data.config import DataConfig
-from mpc.models import ModelConfig
+from mpc.models import DEFAULT_MODEL
 from mpc.psi import PsiConfig
 from mpc.release import ReleaseRule, default_release
 from mpc.training import TrainConfig
@@ -61,7 +61,7 @@ class RunConfig:
     party: PartyConfig = field(default_factory=PartyConfig)
     transport: TransportOptions = field(default_factory=TransportOptions)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))  # _target_ and its arguments
     data: DataConfig = field(default_factory=DataConfig)
     psi: PsiConfig = field(default_factory=PsiConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -22,7 +22,8 @@ from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import check_horizontal
 from parties.transport.group import PartyGroup
 from mpc.metrics import ClassWeights, evaluate
-from mpc.models import build_torch_model
+from mpc.losses import WeightedBinaryCrossEntropy
+from mpc.models import build_torch_model, model_target
 from mpc.training import EpochRecord
 from parties.config import RunConfig
 from mpc.scoring import ModelRecord, save_model_file
@@ -37,10 +38,20 @@ from protocols.malicious.train import (SIGMOID_FIXED_POINT_ERROR, SIGMOID_MAX_ER
 log = logging.getLogger("cotrain.malicious")
 
 
+_BUILT_IN = {"mpc.zoo.LogisticRegression": "logreg", "mpc.zoo.MLP": "mlp"}  # the engine's names
+
+
 def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
     """The dealer serves tuples; a party trains. Returns the summary at the evaluator."""
     parties = config.num_parties
-    check_model(config.model.kind)  # every rank, the dealer too, refuses before any traffic
+    # every rank, the dealer too, refuses before any traffic
+    check_model(_BUILT_IN.get(model_target(config.model), model_target(config.model)))
+    if config.data.task != "binary":
+        raise ValueError(f"protocol=malicious trains data.task=binary only, not {config.data.task}")
+    plain_sgd = (config.train.optimizer, config.train.momentum, config.train.weight_decay, config.train.schedule)
+    if plain_sgd != ("sgd", 0.0, 0.0, "constant"):
+        raise ValueError("protocol=malicious trains with train.optimizer=sgd at a constant rate, "
+                         "without momentum or weight decay")
     if config.data.partition != "horizontal":
         raise ValueError("protocol=malicious supports data.partition=horizontal only (for now)")
     if rank == parties:
@@ -93,7 +104,7 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     # the statistics the run revealed: the plaintext reference and the model file use them
     preprocessing = Preprocessing(features, [float(v) for v in result.mean], [float(v) for v in result.std],
                                   config.data.label, config.data.id_column)
-    record = ModelRecord(config.model.kind, list(config.model.hidden), len(features), preprocessing,
+    record = ModelRecord(dict(config.model), config.data.task, len(features), preprocessing,
                          config.protocol.name, list(names))
     # every check has passed: only now is anything written
     saved = _save(result, torch_model, record, directory, rank)
@@ -108,10 +119,10 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
         return None
     reports.append(transport.recv_obj(parties))  # the dealer's traffic
     if history and history[-1].heldout_logits is not None:
-        write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits)
-    summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history, weights_holder["w"],
-                            torch_model, preprocessing, SIGMOID_MAX_ERROR + SIGMOID_FIXED_POINT_ERROR,
-                            job_s=time.perf_counter() - started,
+        write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)
+    summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history,
+                            WeightedBinaryCrossEntropy(weights_holder["w"]), torch_model, preprocessing,
+                            SIGMOID_MAX_ERROR + SIGMOID_FIXED_POINT_ERROR, job_s=time.perf_counter() - started,
                             training_s=training_seconds)
     write_json(Path(config.output_dir) / run_id / "summary.json", summary)
     print_summary(summary)

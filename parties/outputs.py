@@ -59,9 +59,9 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     return saved
 
 
-def write_predictions(path: Path, logits: torch.Tensor, ids: Any = None) -> None:
+def write_predictions(path: Path, outputs: torch.Tensor, task: str, ids: Any = None) -> None:
     """Scores as CSV (``mpc.scoring.predictions_frame``), written atomically."""
-    frame = predictions_frame(logits, ids)
+    frame = predictions_frame(outputs, ids, task)
     _atomic_save(lambda p: frame.to_csv(p, index=False, float_format="%.9g"), path)
 
 

@@ -13,8 +13,8 @@ from typing import Any
 from mpc import release
 from mpc.audit import AUDIT_FILE, AuditLog
 from mpc.data.sharing import share_horizontal, share_vertical
-from mpc.metrics import ClassWeights
-from mpc.models import build_torch_model, encrypt_model
+from mpc.losses import expected_outputs, task_loss
+from mpc.models import ModelError, build_torch_model, encrypt_model, model_target, output_width
 from mpc.release import ReleaseGate, ReleasePolicy
 from mpc.session import MpcSession
 from mpc.scoring import ModelRecord
@@ -167,18 +167,22 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
         else:
             train, test, preprocessing = share_vertical(crypten, config.data, spec.data, spec.test_data or None,
                                                         names[rank], device, psi=config.psi)
-        weights = ClassWeights.balanced(train.rows, train.positive_count)
+        loss = task_loss(config.data.task, config.data.classes, train.rows, train.positive_count)
         width = len(train.feature_names)
         torch_model = build_torch_model(config.model, width, config.seed)
+        if output_width(torch_model, width) != expected_outputs(config.data.task, config.data.classes):
+            raise ModelError(f"model._target_={model_target(config.model)} gives {output_width(torch_model, width)} "
+                             f"outputs per row on {width} features; data.task={config.data.task} needs "
+                             f"{expected_outputs(config.data.task, config.data.classes)}")
         secure_model = encrypt_model(crypten, torch_model, width, device=device)
-        log.info("shared %d rows x %d features; training %s for %d epochs", train.rows,
-                 width, config.model.kind, config.train.epochs)
+        log.info("shared %d rows x %d features; training %s for %d epochs", train.rows, width,
+                 model_target(config.model), config.train.epochs)
         training_start = time.perf_counter()
-        trainer = SecureTrainer(crypten, secure_model, config.train, weights, config.seed,
+        trainer = SecureTrainer(crypten, secure_model, config.train, loss, config.seed,
                                 transport.stats, show_progress=rank == config.train.evaluator)
         history = trainer.fit(train, test)
         training_seconds = time.perf_counter() - training_start
-        record = ModelRecord(config.model.kind, list(config.model.hidden), width, preprocessing,
+        record = ModelRecord(dict(config.model), config.data.task, width, preprocessing,
                              config.protocol.name, list(names))
         saved = save_model(crypten, secure_model, torch_model, record, list(config.train.reveal_to), names, rank,
                            directory)
@@ -199,9 +203,9 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     if dealer_transport is not None:
         reports.append(dealer_transport.recv_obj(config.num_parties))
     if history and history[-1].heldout_logits is not None:
-        write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits)
-    reference = plaintext_reference(config, torch_model, weights, preprocessing, SIGMOID_MAX_ERROR)
-    summary = build_summary(config, run_id, suite, reports, history, weights, torch_model, preprocessing,
+        write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)
+    reference = plaintext_reference(config, torch_model, loss, preprocessing, SIGMOID_MAX_ERROR)
+    summary = build_summary(config, run_id, suite, reports, history, loss, torch_model, preprocessing,
                             SIGMOID_MAX_ERROR, job_s=time.perf_counter() - started, training_s=training_seconds,
                             reference=reference)
     if trainer.private is not None:

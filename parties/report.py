@@ -22,6 +22,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from parties.summary import METRIC_TITLES, metric_names  # noqa: E402
+
 SECURE_STYLE = {"color": "tab:blue", "label": "secure (MPC)"}
 PLAIN_STYLE = {"color": "tab:orange", "label": "plaintext reference", "linestyle": "--"}
 
@@ -59,9 +61,11 @@ def _precision_recall(truth: Any, scores: Any) -> tuple[Any, Any]:
 
 def _per_epoch(path: Path, summary: dict) -> Path:
     privacy = summary.get("privacy")
-    panels = 3 if privacy else 2
-    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4))
-    for key, axis, title in (("loss_curve", axes[0], "held-out loss"), ("auc_curve", axes[1], "held-out AUC")):
+    curves = [("loss_curve", "held-out loss")] + ([("auc_curve", "held-out AUC")] if summary["task"] == "binary" else [])
+    panels = len(curves) + bool(privacy)
+    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4), squeeze=False)
+    axes = axes[0]
+    for (key, title), axis in zip(curves, axes):
         for style, run in ((SECURE_STYLE, summary["secure"]), (PLAIN_STYLE, summary["plaintext"])):
             if run:
                 values = run[key]
@@ -72,12 +76,12 @@ def _per_epoch(path: Path, summary: dict) -> Path:
         axis.grid(alpha=0.3)
     if privacy:
         spent = privacy["epsilon_per_epoch"]
-        axes[2].plot(range(1, len(spent) + 1), spent, marker="o", color="tab:green", label="epsilon spent")
-        axes[2].axhline(privacy["epsilon_target"], color="tab:red", linestyle=":", label="budget")
-        axes[2].set(title=f"privacy (delta {privacy['delta']:g})", xlabel="epoch", ylim=(0, None))
-        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes[2].legend()
-        axes[2].grid(alpha=0.3)
+        axes[-1].plot(range(1, len(spent) + 1), spent, marker="o", color="tab:green", label="epsilon spent")
+        axes[-1].axhline(privacy["epsilon_target"], color="tab:red", linestyle=":", label="budget")
+        axes[-1].set(title=f"privacy (delta {privacy['delta']:g})", xlabel="epoch", ylim=(0, None))
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[-1].legend()
+        axes[-1].grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -125,11 +129,13 @@ def _table(summary: dict) -> str:
                                 f"delta {privacy['delta']:g}, clip {privacy['clip']:g}, "
                                 f"noise multiplier {privacy['noise_multiplier']:.3f}"))
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    shown = summary["secure"] or summary["plaintext"]
+    names = metric_names(shown) if shown else []
     metrics = "".join(
-        f"<tr><th>{label}</th>" + "".join(f"<td>{_metric_cell(run, key)}</td>" for key in ("auc", "pr_auc", "accuracy", "loss"))
+        f"<tr><th>{label}</th>" + "".join(f"<td>{_metric_cell(run, key)}</td>" for key in names)
         + "</tr>" for label, run in (("secure", summary["secure"]), ("plaintext", summary["plaintext"])))
-    return (f"<table>{rows}</table><h2>Held-out metrics</h2><table><tr><th></th><th>AUC</th><th>PR-AUC</th>"
-            f"<th>accuracy</th><th>loss</th></tr>{metrics}</table>")
+    header = "".join(f"<th>{html.escape(METRIC_TITLES.get(name, name))}</th>" for name in names)
+    return (f"<table>{rows}</table><h2>Held-out metrics</h2><table><tr><th></th>{header}</tr>{metrics}</table>")
 
 
 def _page(summary: dict, images: Sequence[Path]) -> str:
@@ -152,10 +158,11 @@ def write_report(run_dir: Path, summary: dict, secure_logits: torch.Tensor | Non
     ``reference`` is the plaintext reference (held-out logits and labels), if there is one.
     """
     runs = []
-    if secure_logits is not None and secure_labels is not None:
-        runs.append((SECURE_STYLE, _scores(secure_logits, secure_labels)))
-    if reference is not None:
-        runs.append((PLAIN_STYLE, _scores(reference.heldout_logits, reference.heldout_labels)))
+    if summary["task"] == "binary":  # ROC and precision-recall are binary pictures
+        if secure_logits is not None and secure_labels is not None:
+            runs.append((SECURE_STYLE, _scores(secure_logits, secure_labels)))
+        if reference is not None:
+            runs.append((PLAIN_STYLE, _scores(reference.heldout_logits, reference.heldout_labels)))
     images = []
     if runs:
         images.append(_curves(run_dir / "roc.png", _roc, "ROC (held-out)", "false positive rate",

@@ -61,6 +61,6 @@ def run_scoring(config: RunConfig, transport: Any, rank: int, directory: Path) -
     if rank != owner:
         log.info("scored %d rows of %s; the scores went to %s only", message["rows"], names[owner], names[owner])
         return None
-    write_predictions(Path(config.score.out), logits, ids)
+    write_predictions(Path(config.score.out), logits, record.task, ids)
     log.info("scored %d rows; wrote %s", message["rows"], config.score.out)
     return {"rows": message["rows"], "out": config.score.out}

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from mpc.data.preprocessing import Preprocessing
-from mpc.metrics import ClassWeights
+from mpc.losses import Loss
+from mpc.models import model_kind
 from mpc.reference import pool_horizontal, pool_vertical, readable, train_plaintext
 from mpc.tolerance import METRICS, compare, logit_bounds, metric_tolerances, out_of_tolerance, training_weight_bound
 from mpc.training import EpochRecord
@@ -28,10 +29,24 @@ class Reference:
     heldout_labels: torch.Tensor | None = None
 
 
-def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: ClassWeights,
+def _with_curves(final: dict, curve: Sequence[dict]) -> dict:
+    """The final metrics with the loss curve (and the AUC curve, for a binary task)."""
+    curves = {"loss_curve": [m["loss"] for m in curve]}
+    if "auc" in final:
+        curves["auc_curve"] = [m["auc"] for m in curve]
+    return {**final, **curves}
+
+
+def metric_names(metrics: dict) -> list[str]:
+    """The task's metrics in a metrics record (its curves left out)."""
+    return [key for key in metrics if not key.endswith("_curve")]
+
+
+def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss,
                         preprocessing: Preprocessing, sigmoid_error: float) -> Reference | None:
     """Train the same model in float on the pooled files, where this process can read them all,
-    with the preprocessing the secure run revealed; derive the metric tolerances (mpc.tolerance)."""
+    with the preprocessing the secure run revealed; derive the metric tolerances (mpc.tolerance)
+    where they are known: a binary logistic regression trained by plain SGD."""
     train_paths = [spec.data for spec in config.parties]
     test_paths = [spec.test_data for spec in config.parties]
     if not config.train.plaintext_reference or not readable(train_paths):
@@ -42,33 +57,39 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, weights: Clas
         data = pool_vertical(config.data, preprocessing, train_paths, test_paths, intersect=config.psi.enabled)
     if data.test_features is None:
         return None
-    trained, curve = train_plaintext(torch_model, data, config.train, weights, config.seed)
-    metrics = {**curve[-1].as_dict(), "loss_curve": [m.loss for m in curve], "auc_curve": [m.auc for m in curve]}
+    trained, curve = train_plaintext(torch_model, data, config.train, loss, config.seed)
+    metrics = _with_curves(curve[-1].as_dict(), [m.as_dict() for m in curve])
     with torch.no_grad():
         plain_logits = trained(data.test_features)
     # DP-SGD's joint noise is known to no party, so the float run cannot replay it: no bound
-    training = None if config.train.dp.enabled else training_weight_bound(
-        data.features, data.labels, torch_model, config.train, weights, config.seed, sigmoid_error)
+    if config.train.dp.enabled or not (loss.task == "binary" and _plain_sgd(config.train)):
+        return Reference(metrics, None, None, plain_logits, data.test_labels)
+    training = training_weight_bound(data.features, data.labels, torch_model, config.train, loss.weights,
+                                     config.seed, sigmoid_error)
     if training is None:
         return Reference(metrics, None, None, plain_logits, data.test_labels)
     delta = logit_bounds(data.test_features, trained, training)
-    return Reference(metrics, delta.max().item(), metric_tolerances(plain_logits, data.test_labels, weights, delta),
+    return Reference(metrics, delta.max().item(), metric_tolerances(plain_logits, data.test_labels, loss.weights, delta),
                      plain_logits, data.test_labels)
 
 
+def _plain_sgd(train: Any) -> bool:
+    """The derived tolerances follow plain SGD's steps (mpc.tolerance)."""
+    return (train.optimizer == "sgd" and train.momentum == 0 and train.weight_decay == 0
+            and train.schedule == "constant")
+
+
 def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports: Sequence[dict],
-                  history: Sequence[EpochRecord], weights: ClassWeights, torch_model: nn.Module,
+                  history: Sequence[EpochRecord], loss: Loss, torch_model: nn.Module,
                   preprocessing: Preprocessing, sigmoid_error: float, job_s: float, training_s: float,
                   reference: Reference | None = None) -> dict:
     """``reference``: the plaintext reference where the caller trained it already (else trained here)."""
     final = history[-1].metrics if history and history[-1].metrics else None
     secure = None
     if final is not None:
-        secure = {**final.as_dict(),
-                  "loss_curve": [r.metrics.loss for r in history],
-                  "auc_curve": [r.metrics.auc for r in history]}
+        secure = _with_curves(final.as_dict(), [r.metrics.as_dict() for r in history])
     if reference is None:
-        reference = plaintext_reference(config, torch_model, weights, preprocessing, sigmoid_error)
+        reference = plaintext_reference(config, torch_model, loss, preprocessing, sigmoid_error)
     plaintext = None if reference is None else reference.metrics
     epochs = max(len(history), 1)
     return {
@@ -82,18 +103,21 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
         "testing_only_protocol": suite.testing_only,
         # parties whose PRG seeds came from COTRAIN_INSECURE_TEST_SEED (tests only): empty in real runs
         "insecure_test_seed": [r["name"] for r in reports if r.get("insecure_test_seed")],
-        "model": config.model.kind,
+        "model": model_kind(config.model),
+        "task": config.data.task,
         "partition": config.data.partition,
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
         "lr": config.train.lr,
         "seed": config.seed,
         "preprocessing": preprocessing.as_dict(),
-        "class_weights": {"negative": weights.negative, "positive": weights.positive},
+        "class_weights": ({"negative": loss.weights.negative, "positive": loss.weights.positive}
+                          if loss.task == "binary" else None),
         "secure": secure,
         "plaintext": plaintext,
-        # secure - plaintext per metric, with the tolerance derived in mpc.tolerance
-        "gaps": None if not (secure and plaintext) else compare(secure, plaintext, reference.tolerances),
+        # secure - plaintext per metric, with the tolerance derived in mpc.tolerance (None: not derived)
+        "gaps": None if not (secure and plaintext) else compare(secure, plaintext, reference.tolerances,
+                                                                metric_names(secure)),
         "logit_bound": None if reference is None else reference.logit_bound,
         "job_wall_s": job_s,
         "training_s": training_s,
@@ -119,20 +143,21 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
 def _metric_line(label: str, metrics: dict | None, fmt: str = "{:9.4f}") -> str:
     if metrics is None:
         return f"    {label:<22} (not available)"
-    return f"    {label:<22}" + "".join(f"{fmt.format(metrics[m]):>11}" for m in METRICS)
+    return f"    {label:<22}" + "".join(f"{fmt.format(value):>11}" for value in metrics.values())
 
 
 def _gap_lines(summary: dict) -> list[str]:
     gaps = summary["gaps"]
     if gaps is None:
         return []
-    lines = [_metric_line("gap (secure - plain)", {m: gaps[m]["gap"] for m in METRICS}, "{:+9.4f}")]
+    lines = [_metric_line("gap (secure - plain)", {m: entry["gap"] for m, entry in gaps.items()}, "{:+9.4f}")]
     if summary["logit_bound"] is None:
         reason = ("the secure run adds DP noise the plaintext reference cannot replay" if summary.get("privacy")
-                  else f"model={summary['model']} (mpc/tolerance.py: logistic regression only)")
+                  else f"model={summary['model']}, task={summary['task']} "
+                       "(mpc/tolerance.py: binary logistic regression with plain SGD only)")
         lines.append(f"    no tolerance derived: {reason}")
         return lines
-    lines.append(_metric_line("tolerance", {m: gaps[m]["tolerance"] for m in METRICS}))
+    lines.append(_metric_line("tolerance", {m: entry["tolerance"] for m, entry in gaps.items()}))
     failing = out_of_tolerance(gaps)
     if failing:
         lines.append("  !!! OUT OF TOLERANCE: " + ", ".join(
@@ -142,6 +167,13 @@ def _gap_lines(summary: dict) -> list[str]:
         lines.append(f"  all four metrics within the fixed-point tolerance "
                      f"(held-out logits within {summary['logit_bound']:.2e} of plaintext at most)")
     return lines
+
+
+def _only(metrics: dict | None, names: Sequence[str]) -> dict | None:
+    return None if metrics is None else {name: metrics[name] for name in names}
+
+
+METRIC_TITLES = {"auc": "AUC", "pr_auc": "PR-AUC", "macro_f1": "macro-F1", "rmse": "RMSE", "r2": "R^2"}
 
 
 _PART_FIELDS = ("calls", "tuples", "offline_bytes", "offline_rounds", "online_bytes", "online_rounds")
@@ -167,10 +199,12 @@ def print_summary(summary: dict) -> None:
     if summary["insecure_test_seed"]:
         lines.append(f"  WARNING: COTRAIN_INSECURE_TEST_SEED made the PRG seeds of {', '.join(summary['insecure_test_seed'])} "
                      "predictable (tests only): every secret of this run is predictable")
-    header = "".join(f"{name:>11}" for name in ("AUC", "PR-AUC", "accuracy", "loss"))
+    shown = summary["secure"] or summary["plaintext"]
+    names = metric_names(shown) if shown else list(METRICS)
+    header = "".join(f"{METRIC_TITLES.get(name, name):>11}" for name in names)
     lines.append(f"  held-out metrics:{'':9}{header}")
-    lines.append(_metric_line("secure", summary["secure"]))
-    lines.append(_metric_line("plaintext", summary["plaintext"]))
+    lines.append(_metric_line("secure", _only(summary["secure"], names)))
+    lines.append(_metric_line("plaintext", _only(summary["plaintext"], names)))
     lines += _gap_lines(summary)
     lines.append(f"  job wall time {summary['job_wall_s']:.1f} s (training {summary['training_s']:.1f} s)")
     for party in summary["per_party"]:

@@ -47,7 +47,7 @@ def exact_scales(config: TrainConfig, weights: ClassWeights) -> StepScales:
 
 
 def encoded_scales(config: TrainConfig, weights: ClassWeights) -> StepScales:
-    """The step scales as the secure trainer holds them (``SecureTrainer.step_scales``): the
+    """The step scales as the secure trainer holds them (``WeightedBinaryCrossEntropy.row_scales``): the
     public constants lr*w_neg/B and lr*(w_pos - w_neg)/B encoded by CrypTen (truncated to
     multiples of u), then labels * the second plus the first."""
     def encode(value: float) -> float:
@@ -63,9 +63,9 @@ def encoded_scales(config: TrainConfig, weights: ClassWeights) -> StepScales:
 def logreg_sgd(data: PooledData, config: TrainConfig, scales: StepScales, seed: int) -> torch.Tensor:
     """Float64 logistic-regression SGD (weights then bias) from zero-free initial weights of
     ``build_torch_model``'s logreg, each step theta -= X^T (s * (sigmoid(X theta) - y))."""
-    from mpc.models import ModelConfig, build_torch_model
+    from mpc.models import DEFAULT_MODEL, build_torch_model
 
-    model = build_torch_model(ModelConfig(kind="logreg"), data.features.shape[1], seed)
+    model = build_torch_model(DEFAULT_MODEL, data.features.shape[1], seed)
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
     rows = data.features.shape[0]
     for epoch in range(config.epochs):

@@ -10,8 +10,8 @@ from launch.config import ConfigError, load_config
 
 def test_defaults():
     config = load_config()
-    assert (config.num_parties, config.model.kind, config.transport.name, config.protocol.name) == (
-        3, "logreg", "zmq", "dealer")
+    assert (config.num_parties, config.model["_target_"], config.transport.name, config.protocol.name) == (
+        3, "mpc.zoo.LogisticRegression", "zmq", "dealer")
     assert config.protocol.triple_source == "dealer" and not config.protocol.allow_insecure
     assert not config.transport.allow_plaintext
     assert config.data.partition == "horizontal"
@@ -21,7 +21,8 @@ def test_documented_overrides():
     config = load_config(["num_parties=5", "model=mlp", "data.partition=vertical", "data.rows=123",
                           "train.epochs=2", "train.batch_size=32", "train.lr=0.1", "seed=9",
                           "transport=gloo", "protocol=tfp"])
-    assert (config.num_parties, config.model.kind, config.data.partition, config.data.rows) == (5, "mlp", "vertical", 123)
+    assert (config.num_parties, config.model["_target_"], config.data.partition, config.data.rows) == (
+        5, "mpc.zoo.MLP", "vertical", 123)
     assert (config.train.epochs, config.train.batch_size, config.train.lr, config.seed) == (2, 32, 0.1, 9)
 
 
@@ -30,7 +31,7 @@ def test_documented_overrides():
     [
         ("num_parties=6", "num_parties=6 is out of range; allowed values are 2..5"),
         ("num_parties=1", "num_parties=1 is out of range"),
-        ("model=cnn", "model=cnn is not available; choose one of logreg, mlp"),
+        ("model=cnn", "model=cnn is not available; choose one of custom, logreg, mlp"),
         ("transport=carrier-pigeon", "transport=carrier-pigeon is not available; choose one of"),
         ("protocol=magic", "protocol=magic is not available; choose one of"),
         ("data.partition=diagonal", "data.partition=diagonal is not allowed; choose one of horizontal, vertical"),
@@ -51,7 +52,7 @@ def test_bad_values_give_one_line_errors(override, message):
 def test_cli_reports_bad_setting_and_exits_2(capsys):
     assert main(["run", "model=cnn"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "cotrain: model=cnn is not available; choose one of logreg, mlp"
+    assert err == "cotrain: model=cnn is not available; choose one of custom, logreg, mlp"
 
 
 USER_DATA = "parties=[{name:alpha,data:/data/alpha.csv},{name:beta,data:/data/beta.csv}]"

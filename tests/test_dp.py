@@ -69,7 +69,8 @@ def _secure_session(crypten, rank):
     """Everything that needs MPC, in one session of three parties."""
     from mpc.dp import clip_bounds, joint_gaussian
     from mpc.metrics import ClassWeights
-    from mpc.models import ModelConfig, build_torch_model, encrypt_model
+    from mpc.losses import WeightedBinaryCrossEntropy
+    from mpc.models import DEFAULT_MODEL, build_torch_model, encrypt_model
     from mpc.training import SecureTrainer, TrainConfig
     from protocols.prg import CipherStream, new_seed
 
@@ -82,16 +83,17 @@ def _secure_session(crypten, rank):
     x = _features(256, 8)
     y = (torch.arange(256) % 3 == 0).double()
     weights = ClassWeights.balanced(256, int(y.sum()))
-    model = build_torch_model(ModelConfig("logreg"), 8, seed=1)
+    model = build_torch_model(DEFAULT_MODEL, 8, seed=1)
     lr, clip = 0.5, 0.5
     secure_model = encrypt_model(crypten, model, 8)
-    trainer = SecureTrainer(crypten, secure_model, TrainConfig(lr=lr, batch_size=256), weights, 0, None, False)
+    loss = WeightedBinaryCrossEntropy(weights)
+    trainer = SecureTrainer(crypten, secure_model, TrainConfig(lr=lr, batch_size=256), loss, 0, None, False)
     features = crypten.cryptensor(x.float(), src=0)
     labels = crypten.cryptensor(y.float().reshape(-1, 1), src=0)
     bounds = clip_bounds(features, clip)
     results["bounds"] = bounds.get_plain_text().double().reshape(-1)
     before = [p.get_plain_text().double().reshape(-1) for p in secure_model.parameters()]
-    trainer.step(features, labels, trainer.step_scales(labels, lr), RowClip(bounds, lr / 256))
+    trainer.step(features, labels, loss.row_scales(labels, lr, lr), clip=RowClip(bounds, lr / 256))
     after = [p.get_plain_text().double().reshape(-1) for p in secure_model.parameters()]
     results["update"] = torch.cat([b - a for a, b in zip(after, before)])
     results["start"] = torch.cat(before)

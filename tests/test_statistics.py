@@ -136,7 +136,7 @@ def _float64_pipeline(files, partition: str, model_dir: Path, eps: float) -> tup
     scales = encoded_scales(TRAIN, weights)
     theta = logreg_sgd(data, TRAIN, scales, seed=0)
     weight_bound = logreg_weight_bound(data, TRAIN, scales, theta, eps, seed=0)
-    secure_state = torch.load(model_dir / "model.pt")
+    secure_state = torch.load(model_dir / "model.pt", weights_only=True)["state_dict"]
     secure_theta = torch.cat([secure_state["0.weight"].reshape(-1), secure_state["0.bias"]]).double()
     assert (secure_theta - theta).norm().item() <= weight_bound
     test_x = torch.cat([data.test_features, torch.ones(len(data.test_features), 1)], dim=1).double()

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from mpc.data.config import DataConfig
+from mpc.losses import WeightedBinaryCrossEntropy
 from mpc.metrics import ClassWeights
-from mpc.models import ModelConfig, build_torch_model
+from mpc.models import DEFAULT_MODEL, build_torch_model
 from mpc.reference import pool_horizontal, train_plaintext
 from mpc.tolerance import training_weight_bound
 from mpc.training import SIGMOID_MAX_ERROR, TrainConfig
@@ -66,8 +67,8 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job):
                            [str(directory / "data" / "heldout.csv")])
     rows = data.features.shape[0]
     weights = ClassWeights.balanced(rows, int(data.labels.sum()))
-    model = build_torch_model(ModelConfig(kind="logreg"), data.features.shape[1], seed=0)
-    plain_model, _ = train_plaintext(model, data, config, weights, seed=0)
+    model = build_torch_model(DEFAULT_MODEL, data.features.shape[1], seed=0)
+    plain_model, _ = train_plaintext(model, data, config, WeightedBinaryCrossEntropy(weights), seed=0)
     plain_theta = torch.cat([p.detach().reshape(-1) for p in plain_model.parameters()]).double()
 
     bound = training_weight_bound(data.features, data.labels, model, config, weights, 0, SIGMOID_MAX_ERROR)

@@ -13,6 +13,8 @@ class DataConfig:
     rows: int = 2000  # demo data: training rows per bank (horizontal) or customers (vertical)
     test_rows: int = 3000
     label: str = "is_fraud"
+    task: str = "binary"  # binary (labels 0/1), multiclass (0..classes-1) or regression (floats)
+    classes: int = 2  # multiclass: the number of classes (the model's output width)
     id_column: str = "id"
     label_party: int = 0  # vertical: the party that holds the label
     directory: str = ""  # demo data is generated here when empty paths are given

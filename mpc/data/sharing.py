@@ -28,6 +28,7 @@ from mpc import release
 from mpc.data.config import DataConfig
 from mpc.data.exchange import checked_by_all, exchange
 from mpc.data.guards import check_raw_range, check_scaled_range
+from mpc.data.labels import check_labels
 from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import TableMeta, check_horizontal, check_vertical
 from mpc.data.statistics import CONSTANT_RELATIVE_STD, constant_columns, local_statistics, pooled_statistics
@@ -59,7 +60,7 @@ def _read_and_announce(comm: Any, path: str | Path | None, party: str, required:
             raise DataError(f"{party}: no data file configured (party data path is empty)")
         if frame is not None:
             if config.label in frame.columns:
-                _check_binary(frame[config.label], party, path, config.label)
+                check_labels(frame[config.label], party, path, config.label, config.task, config.classes)
             own = [c for c in frame.columns if c not in (config.label, config.id_column)]
             check_raw_range(frame[own].to_numpy(np.float64), own, party, path)
         failure = None
@@ -68,13 +69,6 @@ def _read_and_announce(comm: Any, path: str | Path | None, party: str, required:
     message = {"meta": TableMeta.of(party, frame).to_wire() if frame is not None else None}
     messages = exchange(comm, message, failure)
     return frame, [TableMeta.from_wire(m["meta"]) if m["meta"] else None for m in messages]
-
-
-def _check_binary(labels: pd.Series, party: str, path: Any, label: str) -> None:
-    if not labels.isin((0, 1)).all():
-        bad = labels[~labels.isin((0, 1))]
-        raise table_error(party, path, f"label column {label!r} (data.label) must hold only 0 and 1, "
-                                       f"data row {int(bad.index[0]) + 1} does not", f"it holds {bad.tolist()[0]!r}")
 
 
 def _record(columns: Sequence[str], mean: np.ndarray, std: np.ndarray, config: DataConfig) -> Preprocessing:
