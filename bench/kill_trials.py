@@ -33,6 +33,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.memory_attack import free_ports
 from launch.processes import descendants
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,18 +62,6 @@ def _tiny(output_dir: Path, run_id: str) -> list[str]:
             "train.batch_size=50", f"output_dir={output_dir}", f"run_id={run_id}", "transport.connect_timeout_s=120"]
 
 
-def _free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def commands(launcher: str, work: Path, run_id: str) -> list[list[str]]:
     """The command lines that start one job (several for one command per host)."""
     cotrain = str(BIN / "cotrain")
@@ -89,7 +78,7 @@ def commands(launcher: str, work: Path, run_id: str) -> list[list[str]]:
 
         names = [f"bank{rank}" for rank in range(PARTIES)] + ["dealer"]
         generate_party_keys(work / "keys", names)
-        peers = ",".join(f'{name}:"tcp://127.0.0.1:{port}"' for name, port in zip(names, _free_ports(len(names))))
+        peers = ",".join(f'{name}:"tcp://127.0.0.1:{port}"' for name, port in zip(names, free_ports(len(names))))
         return [[cotrain, "run", "launch=host", f"party.rank={rank}", "transport=zmq",
                  f"transport.key_dir={work / 'keys'}", f"++transport.peers={{{peers}}}", *tiny]
                 for rank in range(len(names))]

@@ -78,7 +78,7 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, ModelRecord]:
     record = ModelRecord.from_dict(payload, f"model={path}")
     model = record.torch_model()
     model.load_state_dict(payload["state_dict"])
-    return model.eval(), record
+    return model.train(False), record  # inference mode
 
 
 def read_record(path: Path) -> ModelRecord:
