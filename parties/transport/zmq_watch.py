@@ -124,14 +124,16 @@ class ConnectionWatch:
             self.reauthenticated.setdefault(rank, time.monotonic())
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self._stop.set()
-            self._thread.join()
+        # stop the monitors while the thread still drains their pipes: libzmq's stop event
+        # blocks on a full pipe whose reader has gone, and close() would then hang
         for sock in self._sockets:
             try:
                 sock.disable_monitor()
             except zmq.ZMQError:
                 pass
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
         if self.counts["dropped"] or self.counts["failed"]:
             log.warning("connections: %d accepted, %d dropped over the limits, %d failed the handshake",
                         self.counts["accepted"], self.counts["dropped"], self.counts["failed"])
