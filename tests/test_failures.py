@@ -65,7 +65,7 @@ def test_bad_table_at_one_party_stops_all(tmp_path, capfd, edit, problem):
     for name in ("bank0", "bank2"):
         line = next(line for line in err.splitlines() if line.startswith(f"cotrain: party {name} failed:"))
         expected = problem if problem.startswith("schema") else f"bank1: {problem}"
-        assert line == f"cotrain: party {name} failed: DataError: {expected}", err
+        assert line.startswith(f"cotrain: party {name} failed: DataError: {expected}"), err
         assert path not in line and "12,5x" not in line
 
 
