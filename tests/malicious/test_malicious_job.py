@@ -28,7 +28,7 @@ def test_malicious_logreg_job(job):
 def test_malicious_mlp_job(job):
     summary = job("protocol=malicious", "model=mlp", "model.hidden=[4]", "data.rows=80", "data.test_rows=100",
                   "train.epochs=1", "train.batch_size=64", "train.reveal_to=[bank0]")
-    assert summary["model"] == "mlp" and summary["secure"] is not None
+    assert summary["model"] == "mpc.zoo.MLP" and summary["secure"] is not None
     assert "revealed" in summary["per_party"][0]["saved"]
 
 
