@@ -253,7 +253,8 @@ class TorchDistributedTransport(Transport):
             return
         try:
             if sys.exc_info()[1] is None:
-                self.barrier()
+                with self._operation("the closing barrier"):  # bookkeeping, not a protocol round
+                    dist.barrier()
         finally:
             self._watch.stop(after_transport_error=failing_on_transport_error())
             dist.destroy_process_group()
