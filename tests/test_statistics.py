@@ -57,11 +57,18 @@ def test_range_guards_name_party_file_column_and_row_but_share_no_value():
         check_scaled_range(np.array([[5000.0]]), ["a"], "bank1", "f.csv")
 
 
-def _share(paths: tuple[list[str], list[str]], partition: str, crypten, rank):
+def _share(paths: tuple[list[str], list[str]], partition: str, audit_dir: str, crypten, rank):
+    from mpc import release
+    from mpc.audit import AuditLog
     from mpc.data.sharing import share_horizontal, share_vertical
 
+    names = tuple(f"bank{r}" for r in range(len(paths[0])))
+    # the default policy, as a party runs under it: the statistics are opened through the gate
+    gate = release.ReleaseGate(release.ReleasePolicy(release.default_release(), names, 0, []), rank,
+                               AuditLog(Path(audit_dir) / f"{names[rank]}.jsonl"))
     share = share_horizontal if partition == "horizontal" else share_vertical
-    train, test, preprocessing = share(crypten, CONFIG, paths[0][rank], paths[1][rank] or None, f"bank{rank}")
+    with release.enforced(gate):
+        train, test, preprocessing = share(crypten, CONFIG, paths[0][rank], paths[1][rank] or None, names[rank])
     return preprocessing.as_dict(), train.feature_names, test is not None
 
 
@@ -88,8 +95,8 @@ def _assert_matches_float64(revealed: Preprocessing, expected: Preprocessing) ->
 def test_revealed_statistics_match_float64(tmp_path, partition, parties):
     write = write_horizontal if partition == "horizontal" else write_vertical
     files = write(tmp_path, parties=parties, rows=150, test_rows=100)
-    results = run_parties(functools.partial(_share, (files.train, files.test), partition), world=parties,
-                          timeout_s=600)
+    share = functools.partial(_share, (files.train, files.test), partition, str(tmp_path))
+    results = run_parties(share, world=parties, timeout_s=600)
     records = [Preprocessing.from_dict(record) for record, _, _ in results]
     assert all(record == records[0] for record in records)  # every party holds the whole record
     assert all(names == records[0].features for _, names, _ in results)
