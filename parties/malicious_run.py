@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpc.data.sharing import _read_and_announce
+from mpc.data.sharing import read_and_announce
 from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import check_horizontal
 from parties.transport.group import PartyGroup
@@ -27,7 +27,7 @@ from mpc.models import build_torch_model, model_target
 from mpc.training import EpochRecord
 from parties.config import RunConfig
 from mpc.scoring import ModelRecord, save_model_file
-from parties.outputs import _atomic_save, write_json, write_predictions
+from parties.outputs import atomic_save, write_json, write_predictions
 from parties.summary import build_summary, dealer_report, print_summary
 from protocols import ProtocolSuite
 from protocols.malicious.dealer import run_dealer
@@ -63,15 +63,15 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     names = config.names()
     spec = config.parties[rank]
     group = PartyGroup(transport, parties)
-    frame, metas = _read_and_announce(group, spec.data, names[rank], True, config.data)
+    frame, metas = read_and_announce(group, spec.data, names[rank], True, config.data)
     features = list(check_horizontal(metas, config.data.label, config.data.id_column))
     evaluator = config.train.evaluator
     test_x = test_y = None
     if rank == evaluator and spec.test_data:
-        test_frame, _ = _read_and_announce(group, spec.test_data, names[rank], False, config.data)
+        test_frame, _ = read_and_announce(group, spec.test_data, names[rank], False, config.data)
         test_x, test_y = test_frame[features].to_numpy(np.float64), test_frame[config.data.label].to_numpy(np.float64)
     else:
-        _read_and_announce(group, None, names[rank], False, config.data)
+        read_and_announce(group, None, names[rank], False, config.data)
     torch_model = build_torch_model(config.model, len(features), config.seed)
     initial = layers_from_torch(torch_model)
     unknown = [name for name in config.train.reveal_to if name not in names]
@@ -153,7 +153,7 @@ def _save(result: Any, torch_model: torch.nn.Module, record: ModelRecord, direct
     for index, layer in enumerate(layers):
         shares.update({f"layer{index}_value_lo": layer.v.lo, f"layer{index}_value_hi": layer.v.hi,
                        f"layer{index}_mac_lo": layer.m.lo, f"layer{index}_mac_hi": layer.m.hi})
-    _atomic_save(lambda p: np.savez(p.open("wb"), **shares), directory / "model_shares.npz")
+    atomic_save(lambda p: np.savez(p.open("wb"), **shares), directory / "model_shares.npz")
     saved = {"shares": str(directory / "model_shares.npz")}
     if result.revealed is not None:
         plain = np.asarray(result.revealed, np.float64)
@@ -168,6 +168,6 @@ def _save(result: Any, torch_model: torch.nn.Module, record: ModelRecord, direct
         expected = torch_model.state_dict()
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
             raise RuntimeError("the revealed parameters do not match the torch model's layout")
-        _atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
+        atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
         saved["revealed"] = str(directory / "model.pt")
     return saved

@@ -205,15 +205,13 @@ def uninstall_comparison(crypten: Any) -> None:
 
 
 # -- randomness -----------------------------------------------------------------------------
-def install_prg(crypten: Any, prg: Any) -> None:
-    """Cipher generators in ``crypten.generators``, seeded by ``prg`` when crypten.init runs."""
+def install_prg(crypten: Any, prg: Any, replacements: dict[str, Callable]) -> None:
+    """CrypTen's two samplers replaced by ``replacements`` (by name) wherever a module imported
+    them, and ``crypten.generators`` filled by ``prg.setup_generators`` when crypten.init runs."""
     import importlib
 
     rng = importlib.import_module("crypten.common.rng")
     originals = {name: getattr(rng, name) for name in _RNG_FUNCTIONS}
-    from protocols.prg import cipher_rng_functions
-
-    replacements = cipher_rng_functions(crypten)
     for module_name in _RNG_USERS:
         module = importlib.import_module(module_name)
         for name in _RNG_FUNCTIONS:
