@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,13 +18,18 @@ from mpc.optim import ADAM_MIN_EPS, OPTIMIZERS, SCHEDULES
 from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, model_kind, output_width
 from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
+from parties.malicious_run import config_problem as malicious_problem
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
+from protocols.dealer import DEALER_NAME
+from protocols.malicious.parts import is_malicious
 from protocols.suite import check_party_count, needs_dealer, testing_only_parts
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("transport", "protocol", "model", "data", "train", "launch")
 MIN_PARTIES, MAX_PARTIES = 2, 5
+LAUNCH_MODES = ("local", "mpirun", "torchrun", "host")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -59,7 +65,7 @@ def load_config(overrides: Sequence[str] = ()) -> RunConfig:
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
     config: RunConfig = OmegaConf.to_object(typed)
-    _validate(config)
+    validate(config)
     return config
 
 
@@ -70,7 +76,10 @@ def _one_line(error: Exception) -> str:
     return f"invalid setting {key}: {message}" if key else message
 
 
-def _validate(config: RunConfig) -> None:
+def validate(config: RunConfig) -> None:
+    """Check every setting against every other; raises ConfigError naming the first bad one.
+    Runs before any party starts (and again when a launcher changes the party count)."""
+
     def require(condition: bool, message: str) -> None:
         if not condition:
             raise ConfigError(message)
@@ -102,7 +111,13 @@ def _validate(config: RunConfig) -> None:
             f"train.evaluator={config.train.evaluator} is not a party rank (0..{config.num_parties - 1})")
     require(config.transport.name in transport_names(),
             f"transport.name={config.transport.name} is unknown; choose one of {', '.join(transport_names())}")
-    require(config.device == "cpu" or config.device.startswith("cuda"), f"device={config.device}: use cpu or cuda")
+    require(re.fullmatch(r"cpu|cuda(:\d+)?", config.device) is not None,
+            f"device={config.device}: use cpu, cuda (one GPU per party) or cuda:<index>")
+    require(config.log_level in LOG_LEVELS, f"log_level={config.log_level} is unknown; choose one of {', '.join(LOG_LEVELS)}")
+    require(config.launch.mode in LAUNCH_MODES,
+            f"launch.mode={config.launch.mode} is unknown; choose one of {', '.join(LAUNCH_MODES)}")
+    require(config.data.partition != "vertical" or 0 <= config.data.label_party < config.num_parties,
+            f"data.label_party={config.data.label_party} is not a party rank (0..{config.num_parties - 1})")
     require(config.transport.timeout_s > 0 and config.transport.connect_timeout_s > 0,
             "transport.timeout_s and transport.connect_timeout_s must be positive")
     if config.parties:
@@ -120,6 +135,10 @@ def _validate(config: RunConfig) -> None:
     require(rank is None or 0 <= rank < config.num_parties + dealer,
             f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
             f"{', the last being the dealer' if dealer else ''})")
+    _check_peer_addresses(config, dealer)
+    if is_malicious(config.protocol):
+        malicious_error = malicious_problem(config)
+        require(malicious_error is None, malicious_error or "")
     dp_error = dp_problem(config.train.dp, model_kind(config.model), config.protocol.name)
     require(dp_error is None, dp_error or "")
     require(not config.train.dp.enabled or config.data.task == "binary",
@@ -146,6 +165,18 @@ def _validate_release(config: RunConfig) -> None:
             policy.check(what, recipients)
     except (ValueError, ReleaseRefused) as error:
         raise ConfigError(f"release: {error}") from None
+
+
+def _check_peer_addresses(config: RunConfig, dealer: bool) -> None:
+    """Where parties are started elsewhere (one command per host, a launcher), zmq reads every
+    party's address from transport.peers when it is given (a local launch picks its own)."""
+    if config.transport.name != "zmq" or (config.party.rank is None and config.launch.mode == "local"):
+        return
+    names = list(config.names() or (spec.name for spec in default_party_specs(config.num_parties)))
+    names += [DEALER_NAME] if dealer else []
+    missing = [name for name in names if name not in config.transport.peers]
+    if config.transport.peers and missing:
+        raise ConfigError(f"transport.peers has no address for {', '.join(missing)}")
 
 
 def _refuse_insecure(config: RunConfig) -> None:

@@ -33,7 +33,8 @@ from protocols import ProtocolSuite
 from protocols.malicious.dealer import run_dealer
 from protocols.malicious.engine import Engine
 from protocols.malicious.train import (SIGMOID_FIXED_POINT_ERROR, SIGMOID_MAX_ERROR, LocalData,
-                                       MaliciousTrainConfig, check_model, layers_from_torch, train_logreg)
+                                       MaliciousTrainConfig, UnsupportedModel, check_model, layers_from_torch,
+                                       train_logreg)
 
 log = logging.getLogger("cotrain.malicious")
 
@@ -41,19 +42,27 @@ log = logging.getLogger("cotrain.malicious")
 _BUILT_IN = {"mpc.zoo.LogisticRegression": "logreg", "mpc.zoo.MLP": "mlp"}  # the engine's names
 
 
+def config_problem(config: RunConfig) -> str | None:
+    """Why this engine cannot run ``config`` (None: it can); checked before any party starts."""
+    target = model_target(config.model)
+    try:
+        check_model(_BUILT_IN.get(target, target))
+    except UnsupportedModel as error:
+        return str(error)
+    if config.data.task != "binary":
+        return f"protocol=malicious trains data.task=binary only, not {config.data.task}"
+    plain_sgd = (config.train.optimizer, config.train.momentum, config.train.weight_decay, config.train.schedule)
+    if plain_sgd != ("sgd", 0.0, 0.0, "constant"):
+        return ("protocol=malicious trains with train.optimizer=sgd at a constant rate, "
+                "without momentum or weight decay")
+    if config.data.partition != "horizontal":
+        return "protocol=malicious supports data.partition=horizontal only (for now)"
+    return None
+
+
 def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
     """The dealer serves tuples; a party trains. Returns the summary at the evaluator."""
     parties = config.num_parties
-    # every rank, the dealer too, refuses before any traffic
-    check_model(_BUILT_IN.get(model_target(config.model), model_target(config.model)))
-    if config.data.task != "binary":
-        raise ValueError(f"protocol=malicious trains data.task=binary only, not {config.data.task}")
-    plain_sgd = (config.train.optimizer, config.train.momentum, config.train.weight_decay, config.train.schedule)
-    if plain_sgd != ("sgd", 0.0, 0.0, "constant"):
-        raise ValueError("protocol=malicious trains with train.optimizer=sgd at a constant rate, "
-                         "without momentum or weight decay")
-    if config.data.partition != "horizontal":
-        raise ValueError("protocol=malicious supports data.partition=horizontal only (for now)")
     if rank == parties:
         served = run_dealer(transport, parties)
         write_json(directory / "dealer.json", served)
@@ -74,9 +83,6 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
         read_and_announce(group, None, names[rank], False, config.data)
     torch_model = build_torch_model(config.model, len(features), config.seed)
     initial = layers_from_torch(torch_model)
-    unknown = [name for name in config.train.reveal_to if name not in names]
-    if unknown:
-        raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
     train_config = MaliciousTrainConfig(epochs=config.train.epochs, batch_size=config.train.batch_size,
                                         lr=config.train.lr, seed=config.seed, evaluator=evaluator,
                                         reveal_to=[names.index(name) for name in config.train.reveal_to])
