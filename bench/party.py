@@ -152,7 +152,8 @@ def run_cotrain(spec: dict, rank: int) -> dict:
     from mpc.session import MpcSession
     from parties.transport import PartyAddress, TransportOptions, open_transport
     from protocols import ProtocolConfig, ProtocolSuite
-    from protocols.dealer import DEALER_NAME, run_dealer_server
+    from parties.dealer import DEALER_NAME
+    from protocols.dealer import run_dealer_server
     from protocols.suite import check_party_count, needs_dealer
 
     protocol = ProtocolConfig(**spec["protocol"])

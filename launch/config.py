@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,12 +19,12 @@ from mpc.optim import ADAM_MIN_EPS, OPTIMIZERS, SCHEDULES
 from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, model_kind, output_width
 from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
+from parties.dealer import has_dealer, process_names, world_size
 from parties.malicious_run import config_problem as malicious_problem
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
-from protocols.dealer import DEALER_NAME
 from protocols.malicious.parts import is_malicious
-from protocols.suite import check_party_count, needs_dealer, testing_only_parts
+from protocols.suite import check_party_count, testing_only_parts
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("transport", "protocol", "model", "data", "train", "launch")
@@ -130,12 +131,12 @@ def validate(config: RunConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _refuse_insecure(config)
-    dealer = needs_dealer(config.protocol)  # the dealer process is rank num_parties
+    dealer = has_dealer(config.protocol)
     rank = config.party.rank
-    require(rank is None or 0 <= rank < config.num_parties + dealer,
-            f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
+    require(rank is None or 0 <= rank < world_size(config),
+            f"party.rank={rank} is not a party rank (0..{world_size(config) - 1}"
             f"{', the last being the dealer' if dealer else ''})")
-    _check_peer_addresses(config, dealer)
+    _check_peer_addresses(config)
     if is_malicious(config.protocol):
         malicious_error = malicious_problem(config)
         require(malicious_error is None, malicious_error or "")
@@ -167,13 +168,12 @@ def _validate_release(config: RunConfig) -> None:
         raise ConfigError(f"release: {error}") from None
 
 
-def _check_peer_addresses(config: RunConfig, dealer: bool) -> None:
+def _check_peer_addresses(config: RunConfig) -> None:
     """Where parties are started elsewhere (one command per host, a launcher), zmq reads every
     party's address from transport.peers when it is given (a local launch picks its own)."""
     if config.transport.name != "zmq" or (config.party.rank is None and config.launch.mode == "local"):
         return
-    names = list(config.names() or (spec.name for spec in default_party_specs(config.num_parties)))
-    names += [DEALER_NAME] if dealer else []
+    names = process_names(config if config.parties else replace(config, parties=default_party_specs(config.num_parties)))
     missing = [name for name in names if name not in config.transport.peers]
     if config.transport.peers and missing:
         raise ConfigError(f"transport.peers has no address for {', '.join(missing)}")

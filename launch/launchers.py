@@ -17,7 +17,8 @@ from typing import Mapping, Optional, Sequence
 
 from launch.config import ConfigError, default_party_specs, validate
 from parties.config import RunConfig
-from protocols.suite import check_party_count, needs_dealer
+from parties.dealer import has_dealer, world_size
+from protocols.suite import check_party_count
 
 _MPI_VARIABLES = (
     # (rank, size, local rank)
@@ -93,8 +94,8 @@ def resolve(config: RunConfig, overrides: Sequence[str],
         return config, None, info
     if mode in ("mpirun", "torchrun") and info.kind != mode:
         raise ConfigError(f"launch={mode} but this process was started by {info.kind}")
-    dealer = int(needs_dealer(config.protocol))  # a dealer suite adds one process: rank num_parties
-    expected = config.num_parties + dealer
+    dealer = int(has_dealer(config.protocol))
+    expected = world_size(config)
     if info.world_size is not None and info.world_size != expected:
         with_dealer = " plus the dealer" if dealer else ""
         if _given(overrides, "num_parties") or (config.parties and len(config.parties) + dealer != info.world_size):

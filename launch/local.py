@@ -12,10 +12,9 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 
 from parties.config import RunConfig
+from parties.dealer import process_names
 from parties.entry import party_main
 from parties.transport.keys import generate_party_keys
-from protocols.dealer import DEALER_NAME
-from protocols.suite import needs_dealer
 
 log = logging.getLogger("cotrain.launch")
 
@@ -43,17 +42,15 @@ def _local_addresses(config: RunConfig, names: list[str], key_dir: str) -> RunCo
 
 def launch_local(config: RunConfig) -> None:
     """Start every party, wait for all of them, stop the rest as soon as one fails."""
-    names = [spec.name for spec in config.parties] + ([DEALER_NAME] if needs_dealer(config.protocol) else [])
+    names = list(process_names(config))
     with tempfile.TemporaryDirectory(prefix="cotrain-keys-") as key_dir:  # removed, keys and all, at the end
         _run_processes(_local_addresses(config, names, key_dir))
 
 
 def _run_processes(config: RunConfig) -> None:
     context = multiprocessing.get_context("spawn")  # never fork: CUDA may be initialised
-    processes = [context.Process(target=party_main, args=(config, rank), name=spec.name, daemon=False)
-                 for rank, spec in enumerate(config.parties)]
-    if needs_dealer(config.protocol):  # the suite's dealer: one more process, rank num_parties
-        processes.append(context.Process(target=party_main, args=(config, len(processes)), name="dealer", daemon=False))
+    processes = [context.Process(target=party_main, args=(config, rank), name=name, daemon=False)
+                 for rank, name in enumerate(process_names(config))]  # the dealer too, where there is one
     for process in processes:
         process.start()
     try:

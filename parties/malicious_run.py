@@ -20,17 +20,16 @@ import torch
 from mpc.data.sharing import read_and_announce
 from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import check_horizontal
-from parties.transport.group import PartyGroup
 from mpc.metrics import ClassWeights, evaluate
 from mpc.losses import WeightedBinaryCrossEntropy
 from mpc.models import build_torch_model, model_target
 from mpc.training import EpochRecord
 from parties.config import RunConfig
+from parties.dealer import dealer_rank, party_world, receive_dealer_report
 from mpc.scoring import ModelRecord, save_model_file
 from parties.outputs import atomic_save, write_json, write_predictions
-from parties.summary import build_summary, dealer_report, print_summary
+from parties.summary import build_summary, print_summary
 from protocols import ProtocolSuite
-from protocols.malicious.dealer import run_dealer
 from protocols.malicious.engine import Engine
 from protocols.malicious.train import (SIGMOID_FIXED_POINT_ERROR, SIGMOID_MAX_ERROR, LocalData,
                                        MaliciousTrainConfig, UnsupportedModel, check_model, layers_from_torch,
@@ -61,17 +60,12 @@ def config_problem(config: RunConfig) -> str | None:
 
 
 def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
-    """The dealer serves tuples; a party trains. Returns the summary at the evaluator."""
+    """A party trains (the dealer runs ``parties.dealer``). Returns the summary at the evaluator."""
     parties = config.num_parties
-    if rank == parties:
-        served = run_dealer(transport, parties)
-        write_json(directory / "dealer.json", served)
-        transport.send_obj(dealer_report(transport, rank, served), config.train.evaluator)
-        return None
     started = time.perf_counter()
     names = config.names()
     spec = config.parties[rank]
-    group = PartyGroup(transport, parties)
+    group = party_world(config, transport)
     frame, metas = read_and_announce(group, spec.data, names[rank], True, config.data)
     features = list(check_horizontal(metas, config.data.label, config.data.id_column))
     evaluator = config.train.evaluator
@@ -98,7 +92,7 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
         logits = None if record.test_logits is None else torch.tensor(record.test_logits, dtype=torch.float64)
         history.append(EpochRecord(record.epoch, record.seconds, record.bytes_sent, 0, record.rounds, metrics, logits))
 
-    engine = Engine(transport, parties, dealer=parties)
+    engine = Engine(transport, parties, dealer=dealer_rank(config))
     try:
         local = LocalData(frame[features].to_numpy(np.float64), frame[config.data.label].to_numpy(np.float64),
                           test_x, test_y)
@@ -123,7 +117,7 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     write_json(directory / "party.json", report)
     if rank != evaluator:
         return None
-    reports.append(transport.recv_obj(parties))  # the dealer's traffic
+    reports.append(receive_dealer_report(config, transport))
     if history and history[-1].heldout_logits is not None:
         write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)
     summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history,
