@@ -118,7 +118,7 @@ def run_crypten(spec: dict, rank: int) -> dict:
     """Plain CrypTen 0.4.1 as users run it: crypten.init() over RENDEZVOUS env vars, TFP."""
     os.environ.update(RENDEZVOUS=f"tcp://127.0.0.1:{spec['port']}", WORLD_SIZE=str(spec["parties"]),
                       RANK=str(rank), DISTRIBUTED_BACKEND="gloo")
-    from mpc.compat import load_crypten
+    from protocols.crypten_hooks import load_crypten
 
     crypten = load_crypten()
     crypten.cfg.communicator.verbose = True  # CrypTen counts bytes and rounds only when verbose

@@ -131,7 +131,7 @@ def validate(config: RunConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _refuse_insecure(config)
-    dealer = has_dealer(config.protocol)
+    dealer = has_dealer(config)
     rank = config.party.rank
     require(rank is None or 0 <= rank < world_size(config),
             f"party.rank={rank} is not a party rank (0..{world_size(config) - 1}"

@@ -94,7 +94,7 @@ def resolve(config: RunConfig, overrides: Sequence[str],
         return config, None, info
     if mode in ("mpirun", "torchrun") and info.kind != mode:
         raise ConfigError(f"launch={mode} but this process was started by {info.kind}")
-    dealer = int(has_dealer(config.protocol))
+    dealer = int(has_dealer(config))
     expected = world_size(config)
     if info.world_size is not None and info.world_size != expected:
         with_dealer = " plus the dealer" if dealer else ""

@@ -17,26 +17,25 @@ from typing import Any
 from parties.config import RunConfig
 from parties.outputs import write_json
 from parties.transport.group import PartyGroup
-from protocols import ProtocolConfig
 from protocols.registry import part_class
 from protocols.suite import needs_dealer
 
 DEALER_NAME = "dealer"
 
 
-def has_dealer(protocol: ProtocolConfig) -> bool:
-    """Whether this suite's runs have a dealer process."""
-    return needs_dealer(protocol)
+def has_dealer(config: RunConfig) -> bool:
+    """Whether this run has a dealer process (its suite's triple source needs one)."""
+    return needs_dealer(config.protocol)
 
 
 def world_size(config: RunConfig) -> int:
     """Processes in the run: the parties, and the dealer where the suite has one."""
-    return config.num_parties + int(has_dealer(config.protocol))
+    return config.num_parties + int(has_dealer(config))
 
 
 def process_names(config: RunConfig) -> tuple[str, ...]:
     """Every process's name by rank; the dealer's comes last."""
-    return config.names() + ((DEALER_NAME,) if has_dealer(config.protocol) else ())
+    return config.names() + ((DEALER_NAME,) if has_dealer(config) else ())
 
 
 def dealer_rank(config: RunConfig) -> int:
@@ -45,12 +44,12 @@ def dealer_rank(config: RunConfig) -> int:
 
 
 def is_dealer(config: RunConfig, rank: int) -> bool:
-    return rank == dealer_rank(config) and has_dealer(config.protocol)
+    return rank == dealer_rank(config) and has_dealer(config)
 
 
 def party_world(config: RunConfig, transport: Any) -> Any:
     """The parties' own communicator: the transport without the dealer's rank."""
-    return PartyGroup(transport, config.num_parties) if has_dealer(config.protocol) else transport
+    return PartyGroup(transport, config.num_parties) if has_dealer(config) else transport
 
 
 def serve(config: RunConfig, transport: Any) -> dict:
