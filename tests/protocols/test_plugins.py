@@ -29,6 +29,7 @@ def _compare(crypten, rank):
     return {"signs": signs.tolist(), "plugin_calls": list(plugin_comparison.CALLS)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suite", ["tfp", "dealer"])
 def test_the_plugins_part_runs_in_every_party(suite):
     protocol = ProtocolConfig(name=suite, triple_source=suite, plugins=["plugin_comparison"], comparison="plugin_sign")
