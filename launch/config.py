@@ -114,7 +114,8 @@ def validate(config: RunConfig) -> None:
             f"transport.name={config.transport.name} is unknown; choose one of {', '.join(transport_names())}")
     require(re.fullmatch(r"cpu|cuda(:\d+)?", config.device) is not None,
             f"device={config.device}: use cpu, cuda (one GPU per party) or cuda:<index>")
-    require(config.log_level in LOG_LEVELS, f"log_level={config.log_level} is unknown; choose one of {', '.join(LOG_LEVELS)}")
+    require(config.log_level in LOG_LEVELS,
+            f"log_level={config.log_level} is unknown; choose one of {', '.join(LOG_LEVELS)}")
     require(config.launch.mode in LAUNCH_MODES,
             f"launch.mode={config.launch.mode} is unknown; choose one of {', '.join(LAUNCH_MODES)}")
     require(config.data.partition != "vertical" or 0 <= config.data.label_party < config.num_parties,
@@ -173,7 +174,8 @@ def _check_peer_addresses(config: RunConfig) -> None:
     party's address from transport.peers when it is given (a local launch picks its own)."""
     if config.transport.name != "zmq" or (config.party.rank is None and config.launch.mode == "local"):
         return
-    names = process_names(config if config.parties else replace(config, parties=default_party_specs(config.num_parties)))
+    named = config if config.parties else replace(config, parties=default_party_specs(config.num_parties))
+    names = process_names(named)
     missing = [name for name in names if name not in config.transport.peers]
     if config.transport.peers and missing:
         raise ConfigError(f"transport.peers has no address for {', '.join(missing)}")

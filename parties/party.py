@@ -20,7 +20,7 @@ from mpc.session import MpcSession
 from mpc.scoring import ModelRecord
 from mpc.training import SIGMOID_MAX_ERROR, SecureTrainer
 from parties.config import RunConfig
-from parties.dealer import is_dealer, party_world, process_names, receive_dealer_report, run_dealer
+from parties.dealer import has_dealer, is_dealer, party_world, process_names, receive_dealer_report, run_dealer
 from parties.hosts import check_host_boundary
 from parties.devices import party_device
 from parties.outputs import party_dir, save_model, write_json, write_predictions
@@ -191,7 +191,7 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     write_json(directory / "party.json", party_report)
     if rank != config.train.evaluator:
         return None
-    if whole_world is not transport:  # the suite has a dealer
+    if has_dealer(config):
         reports.append(receive_dealer_report(config, whole_world))
     if history and history[-1].heldout_logits is not None:
         write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)

@@ -18,7 +18,8 @@ SUITES = sorted(path.stem for path in (Path(__file__).resolve().parents[2] / "co
 @pytest.mark.parametrize("suite", SUITES)
 def test_every_suite_takes_a_plugins_part(suite):
     config = load_config([f"protocol={suite}", "num_parties=2", *PLUGIN])
-    assert ProtocolSuite(config.protocol).parts["comparison"].describe() == "plugin_sign (a plugin from tests/protocols)"
+    comparison = ProtocolSuite(config.protocol).parts["comparison"]
+    assert comparison.describe() == "plugin_sign (a plugin from tests/protocols)"
 
 
 def _compare(crypten, rank):
