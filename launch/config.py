@@ -122,6 +122,11 @@ def validate(config: RunConfig) -> None:
             f"data.label_party={config.data.label_party} is not a party rank (0..{config.num_parties - 1})")
     require(config.transport.timeout_s > 0 and config.transport.connect_timeout_s > 0,
             "transport.timeout_s and transport.connect_timeout_s must be positive")
+    require(config.transport.max_message_bytes > 0, f"transport.max_message_bytes={config.transport.max_message_bytes} "
+            "must be positive (every message is refused otherwise)")
+    require(config.transport.heartbeat_s > 0 and config.transport.heartbeat_timeout_s > 0
+            and config.transport.connect_retry_s > 0,
+            "transport.heartbeat_s, transport.heartbeat_timeout_s and transport.connect_retry_s must be positive")
     if config.parties:
         require(len(config.parties) == config.num_parties,
                 f"parties lists {len(config.parties)} parties but num_parties={config.num_parties}")

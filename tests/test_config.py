@@ -140,6 +140,7 @@ def _refused_before_any_party_starts(tmp_path, capsys, *overrides: str) -> str:
     (["launch=host", "party.rank=0", "++transport.peers={bank0:'tcp://127.0.0.1:5000'}"],
      "transport.peers has no address for bank1, bank2, dealer"),
     (["protocol.plugins=[no_such_module]"], "protocol.plugins: cannot import 'no_such_module'"),
+    (["transport.max_message_bytes=0"], "transport.max_message_bytes=0 must be positive"),
 ])
 def test_settings_once_checked_inside_the_parties_are_refused_first(tmp_path, capsys, overrides, message):
     assert message in _refused_before_any_party_starts(tmp_path, capsys, *overrides)
