@@ -1,9 +1,8 @@
-"""Local launches: one spawned process per party on this machine."""
+"""Local launches: one process per party on this machine (forked from a pre-imported server)."""
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import signal
 import socket
 import tempfile
@@ -11,6 +10,7 @@ import time
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 
+from launch.party_processes import party_context, start_party
 from parties.config import RunConfig
 from parties.dealer import process_names
 from parties.entry import party_main
@@ -48,12 +48,12 @@ def launch_local(config: RunConfig) -> None:
 
 
 def _run_processes(config: RunConfig) -> None:
-    context = multiprocessing.get_context("spawn")  # never fork: CUDA may be initialised
-    processes = [context.Process(target=party_main, args=(config, rank), name=name, daemon=False)
-                 for rank, name in enumerate(process_names(config))]  # the dealer too, where there is one
-    for process in processes:
-        process.start()
+    context = party_context()
+    names = process_names(config)  # the dealer too, where the suite has one
+    processes: list[BaseProcess] = []
     try:
+        for rank, name in enumerate(names):
+            processes.append(start_party(context, party_main, (config, rank), name))
         _wait(processes, config.launch.timeout_s, config.launch.grace_s)
     finally:
         _stop(processes)
