@@ -48,15 +48,20 @@ def _check_group_choices(overrides: Sequence[str]) -> None:
             raise ConfigError(f"{key}={value} is not available; choose one of {', '.join(group_options(key))}")
 
 
-def _model_arguments_may_be_new(overrides: Sequence[str]) -> list[str]:
-    """``model.hidden=64`` adds an argument the model's YAML does not list (Hydra's ``++``)."""
-    return [f"++{o}" if o.startswith("model.") else o for o in overrides]
+# settings whose keys the YAML cannot list: the model's arguments, and maps keyed by party name
+_OPEN_KEYS = ("model.", "transport.peers", "transport.public_keys")
+
+
+def _open_keys_may_be_new(overrides: Sequence[str]) -> list[str]:
+    """``model.hidden=64`` adds an argument the model's YAML does not list, and
+    ``transport.peers={bank0: ...}`` party names its empty map does not (Hydra's ``++``)."""
+    return [f"++{o}" if o.startswith(_OPEN_KEYS) else o for o in overrides]
 
 
 def load_config(overrides: Sequence[str] = ()) -> RunConfig:
     """Compose ``conf/config.yaml`` with command-line overrides into a checked RunConfig."""
     _check_group_choices(overrides)
-    overrides = _model_arguments_may_be_new(overrides)
+    overrides = _open_keys_may_be_new(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose(config_name="config", overrides=list(overrides))

@@ -137,7 +137,7 @@ def _refused_before_any_party_starts(tmp_path, capsys, *overrides: str) -> str:
     (["log_level=LOUD"], "log_level=LOUD is unknown"),
     (["launch.mode=ship"], "launch.mode=ship is unknown"),
     (["data.partition=vertical", "data.label_party=3"], "data.label_party=3 is not a party rank (0..2)"),
-    (["launch=host", "party.rank=0", "++transport.peers={bank0:'tcp://127.0.0.1:5000'}"],
+    (["launch=host", "party.rank=0", "transport.peers={bank0:'tcp://127.0.0.1:5000'}"],
      "transport.peers has no address for bank1, bank2, dealer"),
     (["protocol.plugins=[no_such_module]"], "protocol.plugins: cannot import 'no_such_module'"),
     (["transport.max_message_bytes=0"], "transport.max_message_bytes=0 must be positive"),
@@ -163,3 +163,9 @@ def test_every_triple_source_is_offered_including_those_not_imported_yet():
     offered = str(error.value).partition("choose one of ")[2].split(", ")
     assert offered == part_names("triple_source")
     assert {"tfp", "dealer", "ot", "authenticated_dealer"} <= set(offered)
+
+
+def test_peers_and_public_keys_take_party_names_as_documented():
+    peers = "{bank0:'tcp://10.0.0.1:5000',bank1:'tcp://10.0.0.2:5000',bank2:'tcp://10.0.0.3:5000',dealer:'tcp://10.0.0.4:5000'}"
+    config = load_config(["launch=host", "party.rank=1", f"transport.peers={peers}", "transport.public_keys={bank0:abc}"])
+    assert config.transport.peers["dealer"] == "tcp://10.0.0.4:5000" and config.transport.public_keys == {"bank0": "abc"}
