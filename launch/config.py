@@ -23,6 +23,7 @@ from parties.dealer import has_dealer, process_names, world_size
 from parties.malicious_run import config_problem as malicious_problem
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
+from protocols.registry import part_class
 from protocols.malicious.parts import is_malicious
 from protocols.suite import check_party_count, testing_only_parts
 
@@ -143,6 +144,9 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(str(error)) from None
     _refuse_insecure(config)
     dealer = has_dealer(config)
+    source = config.protocol.triple_source
+    require(not dealer or callable(getattr(part_class("triple_source", source), "serve_dealer", None)),
+            f"protocol.triple_source={source} needs a dealer process but gives no serve_dealer for it to run")
     rank = config.party.rank
     require(rank is None or 0 <= rank < world_size(config),
             f"party.rank={rank} is not a party rank (0..{world_size(config) - 1}"

@@ -30,3 +30,18 @@ def test_every_triple_source_that_needs_a_dealer_says_what_it_runs():
     needing = [name for name in part_names("triple_source") if part_class("triple_source", name).needs_dealer]
     assert {"dealer", "authenticated_dealer"} <= set(needing)
     assert all(callable(getattr(part_class("triple_source", name), "serve_dealer", None)) for name in needing)
+
+
+def test_a_source_that_needs_a_dealer_but_gives_none_to_run_is_refused():
+    from launch.config import ConfigError
+    from protocols import TripleSource, register_part
+
+    @register_part("triple_source", "dealer_without_a_server")
+    class DealerWithoutAServer(TripleSource):
+        needs_dealer = True
+
+        def install(self, crypten):
+            pass
+
+    with pytest.raises(ConfigError, match="dealer_without_a_server needs a dealer process but gives no serve_dealer"):
+        load_config(["protocol.triple_source=dealer_without_a_server"])
