@@ -15,6 +15,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
+from protocols.crypten_hooks import drop_unit_scalings, load_crypten
+
 # torch.nn layers that CrypTen's ONNX converter turns into secure layers: those whose name
 # crypten.nn also defines (losses and containers-only aside), plus layers that export to no
 # operation at all. A layer outside this list is refused before any party starts.
@@ -34,8 +36,6 @@ class ModelError(ValueError):
 
 def supported_layers() -> tuple[str, ...]:
     """Names of the ``torch.nn`` layers a model may be built from, sorted."""
-    from mpc.compat import load_crypten
-
     names = {name for name in load_crypten().nn.__all__
              if isinstance(getattr(nn, name, None), type) and issubclass(getattr(nn, name), nn.Module)
              and not issubclass(getattr(nn, name), nn.modules.loss._Loss) and name not in _NOT_LAYERS}
@@ -121,57 +121,6 @@ def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0,
         # the ONNX importer wraps read-only numpy buffers; the tensors are copied at encrypt()
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         secure = crypten.nn.from_pytorch(model, torch.zeros(1, features))
-    _drop_unit_scalings(crypten, secure)
+    drop_unit_scalings(crypten, secure)  # nn.Linear without CrypTen's unit-scaling truncations
     secure.encrypt(src=owner)
     return secure.to(device)
-
-
-_UNIT_GEMM: dict[int, type] = {}
-
-
-class _WeightGradient:
-    """The backward of ``a @ b`` when only ``b`` needs a gradient: ``a^T @ grad``."""
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Any) -> tuple[Any]:
-        (a,) = ctx.saved_tensors
-        return (a.t().matmul(grad_output),)
-
-
-def _matmul(crypten: Any, a: Any, b: Any) -> Any:
-    """``a @ b``; when the input ``a`` needs no gradient (the first layer's features), the
-    autograd node skips CrypTen's input gradient: a matmul and 2 rounds per step, unused."""
-    if not (crypten.CrypTensor.AUTOGRAD_ENABLED and b.requires_grad and not a.requires_grad
-            and a.dim() == 2 and b.dim() == 2):
-        return a.matmul(b)
-    with crypten.no_grad():
-        product = a.matmul(b)
-    ctx = crypten.gradients.AutogradContext()
-    ctx.save_for_backward(a)
-    # the fields crypten's own autograd wrapper sets on a function's result
-    product.requires_grad = True
-    product.children = [b]
-    product.grad_fn = _WeightGradient
-    product.ctx = ctx
-    return product
-
-
-def _drop_unit_scalings(crypten: Any, secure: Any) -> None:
-    """``nn.Linear`` arrives as ONNX Gemm with alpha = beta = 1, which CrypTen multiplies in
-    (a public multiplication, hence a truncation: a round each way, per layer, with more than
-    local truncation). Such layers become a plain ``a @ b + c``; the arithmetic is the same."""
-    gemm = crypten.nn.Gemm
-    unit = _UNIT_GEMM.get(id(gemm))
-    if unit is None:
-        def forward(self: Any, x: Any) -> Any:
-            a, b, c = tuple(x)
-            if self.trans_a:
-                a = a.t()
-            if self.trans_b:
-                b = b.t()
-            return _matmul(crypten, a, b).add(c)
-
-        unit = _UNIT_GEMM[id(gemm)] = type("UnitGemm", (gemm,), {"forward": forward})
-    for module in secure.modules():
-        if type(module) is gemm and module.alpha == 1.0 and module.beta == 1.0:
-            module.__class__ = unit

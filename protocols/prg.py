@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from protocols import crypten_hooks
 from protocols.parts import ProtocolPart, metered
 from protocols.registry import register_part
 
@@ -229,13 +230,9 @@ class CipherPrg(ProtocolPart):
     insecure_test_seed = False  # set when the test suite's reproducible seeds were used
 
     def install(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
-        crypten_hooks.install_prg(crypten, self)
+        crypten_hooks.install_prg(crypten, self, cipher_rng_functions(crypten))
 
     def uninstall(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.uninstall_prg(crypten)
 
     def setup_generators(self, crypten: Any, devices: Sequence[torch.device]) -> None:
@@ -247,9 +244,6 @@ class CipherPrg(ProtocolPart):
             generator = CipherGenerator(seeds[key], self.algorithm, self.counters)
             for device in devices:
                 crypten.generators[key][device] = generator
-
-    def make_generator(self, seed: bytes) -> CipherGenerator:
-        return CipherGenerator(seed, self.algorithm, self.counters)
 
     def describe(self) -> str:
         return f"{self.part_name} ({self.algorithm}, 128-bit pairwise seeds)"
