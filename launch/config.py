@@ -19,6 +19,7 @@ from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
+from protocols.malicious.parts import is_malicious
 from protocols.suite import check_party_count, needs_dealer, testing_only_parts
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -129,6 +130,7 @@ def _validate(config: RunConfig) -> None:
     require(not config.train.dp.enabled or plain_sgd,
             "train.dp needs plain SGD (train.optimizer=sgd, momentum=0, weight_decay=0, schedule=constant): "
             "its noise is calibrated to one clipped update per step")
+    _check_checkpoints(config)
     _validate_release(config)
 
 
@@ -146,6 +148,19 @@ def _validate_release(config: RunConfig) -> None:
             policy.check(what, recipients)
     except (ValueError, ReleaseRefused) as error:
         raise ConfigError(f"release: {error}") from None
+
+
+def _check_checkpoints(config: RunConfig) -> None:
+    train = config.train
+    if train.checkpoint_every < 0:
+        raise ConfigError(f"train.checkpoint_every={train.checkpoint_every} must be 0 (never) or a number of epochs")
+    if not (train.checkpoint_every or train.resume):
+        return
+    if train.dp.enabled or is_malicious(config.protocol):
+        what = "train.dp (its noise keys and privacy accountant)" if train.dp.enabled else "protocol=malicious"
+        raise ConfigError(f"train.checkpoint_every and train.resume are not available with {what}")
+    if train.resume and not Path(train.resume).is_dir():
+        raise ConfigError(f"train.resume={train.resume} is not a folder; give a run folder, outputs/<run id>")
 
 
 def _refuse_insecure(config: RunConfig) -> None:
