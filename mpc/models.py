@@ -15,6 +15,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
+from mpc.layers import TRANSFORMER_LAYERS, check_transformer_layer, export_copy, register_layers
+
 # torch.nn layers that CrypTen's ONNX converter turns into secure layers: those whose name
 # crypten.nn also defines (losses and containers-only aside), plus layers that export to no
 # operation at all. A layer outside this list is refused before any party starts.
@@ -39,7 +41,7 @@ def supported_layers() -> tuple[str, ...]:
     names = {name for name in load_crypten().nn.__all__
              if isinstance(getattr(nn, name, None), type) and issubclass(getattr(nn, name), nn.Module)
              and not issubclass(getattr(nn, name), nn.modules.loss._Loss) and name not in _NOT_LAYERS}
-    return tuple(sorted(names | set(_CONVERTED_ELSEWHERE)))
+    return tuple(sorted(names | set(_CONVERTED_ELSEWHERE) | set(TRANSFORMER_LAYERS)))
 
 
 def model_target(spec: Mapping[str, Any]) -> str:
@@ -98,11 +100,19 @@ def _first_line(error: Exception) -> str:
 def check_layers(model: nn.Module, target: str) -> None:
     """Refuse a model with a layer the secure engine cannot convert, naming it."""
     allowed = supported_layers()
+    inside_attention: list[str] = []  # MultiheadAttention's own projection layers are part of it
     for name, module in model.named_modules():
         kind = type(module)
+        if any(name.startswith(prefix + ".") for prefix in inside_attention):
+            continue
         if kind.__module__.startswith("torch.nn") and kind.__name__ not in allowed:
             raise ModelError(f"model._target_={target}: layer {name or '(the model)'} is {kind.__name__}, "
                              f"which secure training does not support; supported layers: {', '.join(allowed)}")
+        problem = check_transformer_layer(module)
+        if problem:
+            raise ModelError(f"model._target_={target}: layer {name or '(the model)'}: {problem}")
+        if isinstance(module, nn.MultiheadAttention):
+            inside_attention.append(name)
 
 
 def output_width(model: nn.Module, features: int) -> int:
@@ -120,10 +130,35 @@ def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0,
     with warnings.catch_warnings():
         # the ONNX importer wraps read-only numpy buffers; the tensors are copied at encrypt()
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        secure = crypten.nn.from_pytorch(model, torch.zeros(1, features))
+        register_layers(crypten)
+        secure = crypten.nn.from_pytorch(_with_distinct_values(export_copy(model)), torch.zeros(1, features))
+    _load_weights(secure, model)
     _drop_unit_scalings(crypten, secure)
     secure.encrypt(src=owner)
     return secure.to(device)
+
+
+def _with_distinct_values(model: nn.Module) -> nn.Module:
+    """The ONNX exporter merges parameters of equal values (LayerNorm's ones, zero biases) into
+    one, which would then be trained as one. The copy that is exported gets values all
+    different; :func:`_load_weights` puts the real ones in afterwards."""
+    start = 0
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.arange(start, start + parameter.numel(), dtype=parameter.dtype).view_as(parameter))
+            start += parameter.numel()
+    return model
+
+
+def _load_weights(secure: Any, model: nn.Module) -> None:
+    """The torch model's weights, by name, into the converted (not yet encrypted) model."""
+    state = dict(model.named_parameters())
+    converted = dict(secure.named_parameters())
+    names = {name: name.removesuffix(".data") for name in converted}
+    if sorted(names.values()) != sorted(state):
+        raise ModelError(f"the converted model's parameters {sorted(names.values())} are not the model's {sorted(state)}")
+    for name, parameter in converted.items():
+        parameter.data.copy_(state[names[name]].detach())
 
 
 _UNIT_GEMM: dict[int, type] = {}
