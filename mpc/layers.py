@@ -103,6 +103,18 @@ def softmax_last(crypten: Any, scores: Any) -> Any:
     return _with_backward(crypten, output, [scores], backward)
 
 
+def scale_precisely(crypten: Any, x: Any, factor: float) -> Any:
+    """x times a public factor that is no multiple of u, applied as (factor 2^8) / 2^8 both
+    ways: in the backward pass too, where autograd's order (divide, then multiply) would
+    multiply the division's rounding by factor 2^8."""
+    def scaled(value: Any) -> Any:
+        return (value * (factor * _PRECISE)).div(_PRECISE)
+
+    with crypten.no_grad():
+        output = scaled(x)
+    return _with_backward(crypten, output, [x], lambda grad: (scaled(grad),))
+
+
 def self_attention(crypten: Any, x: Any, in_weight: Any, in_bias: Any, out_weight: Any, out_bias: Any,
                    heads: int, dropout: float, training: bool) -> Any:
     """Multi-head self-attention of a (batch, sequence, embedding) input, as
@@ -114,7 +126,7 @@ def self_attention(crypten: Any, x: Any, in_weight: Any, in_bias: Any, out_weigh
     def split(part: int) -> Any:  # (batch, heads, sequence, depth); narrow, as indexing drops autograd
         return packed.narrow(2, part * width, width).reshape(batch, length, heads, depth).permute((0, 2, 1, 3))
 
-    query = (split(0) * (_PRECISE / math.sqrt(depth))).div(_PRECISE)
+    query = scale_precisely(crypten, split(0), 1 / math.sqrt(depth))
     weights = softmax_last(crypten, query.matmul(split(1).transpose(-2, -1)))
     if training and dropout > 0:
         weights = weights.dropout(dropout, training=True)
