@@ -43,6 +43,29 @@ class Sequences(nn.Module):
         return out.reshape(-1, LENGTH * WIDTH)
 
 
+class EncoderClassifier(nn.Module):
+    """A user's model: features projected to tokens, a transformer encoder, a pooled head."""
+
+    def __init__(self, in_features: int, layers: int = 2, approximate: str = "none", out_features: int = 1) -> None:
+        super().__init__()
+        self.embed = nn.Linear(in_features, LENGTH * WIDTH)
+        block = nn.TransformerEncoderLayer(WIDTH, HEADS, HIDDEN, dropout=0.1, activation=nn.GELU(approximate=approximate),
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(block, layers, norm=nn.LayerNorm(WIDTH), enable_nested_tensor=False)
+        self.head = nn.Linear(WIDTH, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x).view(-1, LENGTH, WIDTH)).mean(1))
+
+
+def test_a_transformer_model_is_accepted_and_a_variant_refused_before_any_party_starts():
+    from launch.config import ConfigError, load_config
+
+    load_config(["model=custom", "model._target_=test_layers.EncoderClassifier", "model.layers=1"])
+    with pytest.raises(ConfigError, match="layer encoder.layers.0.activation: GELU is supported in its exact form"):
+        load_config(["model=custom", "model._target_=test_layers.EncoderClassifier", "model.approximate=tanh"])
+
+
 def _layers() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     layers = {"layernorm": nn.LayerNorm(WIDTH), "gelu": nn.GELU(),
@@ -78,6 +101,13 @@ def _secure_layers(crypten, rank):
         outputs.backward(crypten.cryptensor(grad, src=0))
         results[name] = [outputs.get_plain_text().tolist(), inputs.grad.get_plain_text().tolist(),
                          *(p.grad.get_plain_text().tolist() for p in secure.parameters())]
+    # the attention softmax alone, on scores far from 0 (the row maximum is subtracted first)
+    from mpc.layers import softmax_last
+
+    scores = crypten.cryptensor(_scores(), src=0, requires_grad=True)
+    weights = softmax_last(crypten, scores)
+    weights.backward(crypten.cryptensor(_scores_gradient(), src=0))
+    results["softmax"] = [weights.get_plain_text().tolist(), scores.grad.get_plain_text().tolist()]
     grid = torch.linspace(-40, 40, 16001)
     value, derivative = secure_gelu(crypten, crypten.cryptensor(grid, src=0))
     # over [4^-8, 4^16), against 1/sqrt of v as the ring holds it (v's own truncation is the
@@ -92,6 +122,15 @@ def _secure_layers(crypten, rank):
         "inverse sqrt (relative)": (product - 1).abs().max().item(),
     }
     return results
+
+
+def _scores() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(BATCH, HEADS, LENGTH, LENGTH, generator=generator) * 6 + 3000
+
+
+def _scores_gradient() -> torch.Tensor:
+    return torch.randn(BATCH, HEADS, LENGTH, LENGTH, generator=torch.Generator().manual_seed(3))
 
 
 def _gelu_derivative(x: torch.Tensor) -> torch.Tensor:
@@ -232,6 +271,23 @@ def test_layer_matches_torch_within_its_derived_bound(secure, name):
         error = (torch.tensor(measured, dtype=torch.float64) - value).abs()
         bound = bound.reshape(error.shape)
         print(f"{name} {label}: largest error {error.max():.2e}, largest bound {bound.max():.2e}")
+        assert (error <= bound).all(), f"{label}: error exceeds its bound by {(error - bound).max():.2e}"
+
+
+@pytest.mark.slow
+def test_attention_softmax_matches_torch_within_its_derived_bound(secure):
+    errors = Errors()
+    scores = _scores().double().requires_grad_(True)
+    # backward: g s, then s times (g - sum g s): two products on the scores' gradient
+    erring = errors.tap(scores + errors.symbol(scores, U), 0.0, 2 * U)
+    weights = _Softmax.apply(erring, errors.symbol(scores, SOFTMAX_MAX_ERROR))
+    grad = _scores_gradient().double()
+    (gradient,) = torch.autograd.grad((weights * (grad + errors.symbol(grad, U))).sum(), scores, create_graph=True)
+    assert torch.allclose(weights, torch.softmax(scores, -1), atol=1e-12)
+    for label, value, bound, measured in zip(("output", "gradient"), (weights, gradient), errors.bounds([weights, gradient]),
+                                             secure["softmax"]):
+        error = (torch.tensor(measured, dtype=torch.float64) - value.detach()).abs()
+        print(f"softmax {label}: largest error {error.max():.2e}, largest bound {bound.max():.2e}")
         assert (error <= bound).all(), f"{label}: error exceeds its bound by {(error - bound).max():.2e}"
 
 
