@@ -181,6 +181,12 @@ def register_layers(crypten: Any) -> None:
 
 
 # -- the float stand-ins that export as cotrain ops ------------------------------------------
+def _typed_like(x: Any, node: Any) -> Any:
+    """Each cotrain op's output has its input's shape and type (the exporter cannot infer it)."""
+    node.setType(x.type())
+    return node
+
+
 class _LayerNormOp(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -188,7 +194,7 @@ class _LayerNormOp(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g: Any, x: Any, weight: Any, bias: Any, eps: float) -> Any:
-        return g.op("cotrain::CotrainLayerNorm", x, weight, bias, epsilon_f=eps)
+        return _typed_like(x, g.op("cotrain::CotrainLayerNorm", x, weight, bias, epsilon_f=eps))
 
 
 class _GeluOp(torch.autograd.Function):
@@ -198,7 +204,7 @@ class _GeluOp(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g: Any, x: Any) -> Any:
-        return g.op("cotrain::CotrainGelu", x)
+        return _typed_like(x, g.op("cotrain::CotrainGelu", x))
 
 
 class _SelfAttentionOp(torch.autograd.Function):
@@ -213,8 +219,8 @@ class _SelfAttentionOp(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any, in_weight: Any, in_bias: Any, out_weight: Any, out_bias: Any, heads: int,
                  dropout: float) -> Any:
-        return g.op("cotrain::CotrainSelfAttention", x, in_weight, in_bias, out_weight, out_bias,
-                    heads_i=heads, dropout_f=dropout)
+        return _typed_like(x, g.op("cotrain::CotrainSelfAttention", x, in_weight, in_bias, out_weight, out_bias,
+                                   heads_i=heads, dropout_f=dropout))
 
 
 class _ExportLayerNorm(nn.Module):

@@ -44,7 +44,7 @@ class Sequences(nn.Module):
 
 
 class EncoderClassifier(nn.Module):
-    """A user's model: features projected to tokens, a transformer encoder, a pooled head."""
+    """A user's model: features projected to tokens, a transformer encoder, a linear head."""
 
     def __init__(self, in_features: int, layers: int = 2, approximate: str = "none", out_features: int = 1) -> None:
         super().__init__()
@@ -52,10 +52,10 @@ class EncoderClassifier(nn.Module):
         block = nn.TransformerEncoderLayer(WIDTH, HEADS, HIDDEN, dropout=0.1, activation=nn.GELU(approximate=approximate),
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(block, layers, norm=nn.LayerNorm(WIDTH), enable_nested_tensor=False)
-        self.head = nn.Linear(WIDTH, out_features)
+        self.head = nn.Linear(LENGTH * WIDTH, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(self.embed(x).view(-1, LENGTH, WIDTH)).mean(1))
+        return self.head(self.encoder(self.embed(x).view(-1, LENGTH, WIDTH)).reshape(-1, LENGTH * WIDTH))
 
 
 def test_a_transformer_model_is_accepted_and_a_variant_refused_before_any_party_starts():
