@@ -49,7 +49,7 @@ def _resume_in_session(directory, crypten, rank):
 
     party = f"party{rank}"
     checkpoint_path(directory, party).parent.mkdir(parents=True, exist_ok=True)
-    config = TrainConfig(epochs=2, batch_size=16, lr=0.05, optimizer="adam")
+    config = TrainConfig(epochs=2, batch_size=24, lr=0.05, optimizer="adam")
     crypten._setup_prng()
     straight = _train(crypten, config)
     crypten._setup_prng()
@@ -72,12 +72,13 @@ def _resume_in_session(directory, crypten, rank):
                            for k in straight["generators"])}
 
 
+@pytest.mark.slow
 def test_two_epochs_equal_one_epoch_and_a_resumed_one_bit_for_bit(tmp_path, monkeypatch):
     monkeypatch.setenv("COTRAIN_INSECURE_TEST_SEED", "7")
     for party in run_parties(partial(_resume_in_session, tmp_path), world=2,
                              timeout_s=300):
         assert "checkpoints do not belong together (epochs done per rank: [1, 2]" in party.pop("refused")
-        assert party == {"parameters": True, "moments": True, "steps": (6, 6), "streams": True}
+        assert party == {"parameters": True, "moments": True, "steps": (4, 4), "streams": True}
 
 
 def _settings(*overrides: str) -> dict[str, str]:
