@@ -125,8 +125,8 @@ def output_width(model: nn.Module, features: int) -> int:
     return int(outputs.shape[1])
 
 
-def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0, device: Any = "cpu") -> Any:
-    """Convert through CrypTen's ONNX importer and secret-share the initial weights."""
+def convert_model(crypten: Any, model: nn.Module, features: int) -> Any:
+    """The CrypTen model (not yet encrypted) of ``model``, through CrypTen's ONNX importer."""
     with warnings.catch_warnings():
         # the ONNX importer wraps read-only numpy buffers; the tensors are copied at encrypt()
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -134,31 +134,43 @@ def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0,
         secure = crypten.nn.from_pytorch(_with_distinct_values(export_copy(model)), torch.zeros(1, features))
     _load_weights(secure, model)
     _drop_unit_scalings(crypten, secure)
+    return secure
+
+
+def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0, device: Any = "cpu") -> Any:
+    """Convert (:func:`convert_model`) and secret-share the initial weights."""
+    secure = convert_model(crypten, model, features)
     secure.encrypt(src=owner)
     return secure.to(device)
 
 
+def _exported_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The values the ONNX export turns into initializers: parameters and floating-point buffers."""
+    return list(model.parameters()) + [buffer for buffer in model.buffers() if buffer.is_floating_point()]
+
+
 def _with_distinct_values(model: nn.Module) -> nn.Module:
-    """The ONNX exporter merges parameters of equal values (LayerNorm's ones, zero biases) into
-    one, which would then be trained as one. The copy that is exported gets values all
-    different; :func:`_load_weights` puts the real ones in afterwards."""
+    """The ONNX exporter merges initializers of equal values (LayerNorm's ones, zero biases,
+    two BatchNorms' running variances) into one, which would then be trained as one. The copy
+    that is exported gets values all different; :func:`_load_weights` puts the real ones in."""
     start = 0
     with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.arange(start, start + parameter.numel(), dtype=parameter.dtype).view_as(parameter))
-            start += parameter.numel()
+        for tensor in _exported_tensors(model):
+            tensor.copy_(torch.arange(start, start + tensor.numel(), dtype=tensor.dtype).view_as(tensor))
+            start += tensor.numel()
     return model
 
 
 def _load_weights(secure: Any, model: nn.Module) -> None:
-    """The torch model's weights, by name, into the converted (not yet encrypted) model."""
-    state = dict(model.named_parameters())
-    converted = dict(secure.named_parameters())
-    names = {name: name.removesuffix(".data") for name in converted}
-    if sorted(names.values()) != sorted(state):
-        raise ModelError(f"the converted model's parameters {sorted(names.values())} are not the model's {sorted(state)}")
-    for name, parameter in converted.items():
-        parameter.data.copy_(state[names[name]].detach())
+    """The torch model's weights and buffers, by name, into the converted (not yet encrypted) model."""
+    state = model.state_dict()
+    converted = {name.removesuffix(".data"): tensor for name, tensor in secure.named_parameters()}
+    converted.update({name.removesuffix(".data"): tensor for name, tensor in secure.named_buffers()})
+    unknown = sorted(set(converted) - set(state))
+    if unknown:
+        raise ModelError(f"the converted model holds {unknown[0]!r}, which the torch model's state does not name")
+    for name, tensor in converted.items():
+        tensor.data.copy_(state[name].detach())
 
 
 _UNIT_GEMM: dict[int, type] = {}

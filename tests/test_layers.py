@@ -66,6 +66,23 @@ def test_a_transformer_model_is_accepted_and_a_variant_refused_before_any_party_
         load_config(["model=custom", "model._target_=test_layers.EncoderClassifier", "model.approximate=tanh"])
 
 
+def test_parameters_of_equal_value_stay_distinct_parameters():
+    """The ONNX exporter would merge the two LayerNorms' ones and zeros (and both zero biases)
+    into shared parameters, trained as one."""
+    from mpc.compat import load_crypten
+    from mpc.models import convert_model
+
+    model = EncoderClassifier(LENGTH * WIDTH, layers=2)
+    with torch.no_grad():
+        model.head.bias.zero_()
+        model.embed.bias.zero_()
+    converted = {name.removesuffix(".data"): p for name, p in convert_model(load_crypten(), model, LENGTH * WIDTH)
+                 .named_parameters()}
+    state = dict(model.named_parameters())
+    assert converted.keys() == state.keys()
+    assert all(torch.equal(converted[name], state[name].detach()) for name in state)
+
+
 def _layers() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     layers = {"layernorm": nn.LayerNorm(WIDTH), "gelu": nn.GELU(),
