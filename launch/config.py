@@ -164,6 +164,7 @@ def validate(config: RunConfig) -> None:
     require(not config.train.dp.enabled or plain_sgd,
             "train.dp needs plain SGD (train.optimizer=sgd, momentum=0, weight_decay=0, schedule=constant): "
             "its noise is calibrated to one clipped update per step")
+    _check_checkpoints(config)
     _validate_release(config)
 
 
@@ -193,6 +194,19 @@ def _check_peer_addresses(config: RunConfig) -> None:
     missing = [name for name in names if name not in config.transport.peers]
     if config.transport.peers and missing:
         raise ConfigError(f"transport.peers has no address for {', '.join(missing)}")
+
+
+def _check_checkpoints(config: RunConfig) -> None:
+    train = config.train
+    if train.checkpoint_every < 0:
+        raise ConfigError(f"train.checkpoint_every={train.checkpoint_every} must be 0 (never) or a number of epochs")
+    if not (train.checkpoint_every or train.resume):
+        return
+    if train.dp.enabled or is_malicious(config.protocol):
+        what = "train.dp (its noise keys and privacy accountant)" if train.dp.enabled else "protocol=malicious"
+        raise ConfigError(f"train.checkpoint_every and train.resume are not available with {what}")
+    if train.resume and not Path(train.resume).is_dir():
+        raise ConfigError(f"train.resume={train.resume} is not a folder; give a run folder, outputs/<run id>")
 
 
 def _refuse_insecure(config: RunConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 from mpc import release
 from mpc.audit import AUDIT_FILE, AuditLog
+from mpc.checkpoint import agree_on_resume, checkpoint_path, load_checkpoint, run_settings, save_checkpoint
 from mpc.data.sharing import share_horizontal, share_vertical
 from mpc.losses import expected_outputs, task_loss
 from mpc.models import ModelError, build_torch_model, encrypt_model, model_target, output_width
@@ -171,7 +173,21 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
         training_start = time.perf_counter()
         trainer = SecureTrainer(crypten, secure_model, config.train, loss, config.seed,
                                 transport.stats, show_progress=rank == config.train.evaluator)
-        history = trainer.fit(train, test)
+        settings = run_settings(dataclasses.asdict(config))
+        resume = None
+        if config.train.resume:
+            resume = load_checkpoint(config.train.resume, names[rank], rank, config.num_parties, settings,
+                                     config.train.epochs)
+            agree_on_resume(crypten, resume["epoch"], settings)
+            log.info("resuming after epoch %d from this party's checkpoint in %s", resume["epoch"], config.train.resume)
+
+        def checkpoint(record: Any) -> None:
+            every = config.train.checkpoint_every
+            if every and (record.epoch % every == 0 or record.epoch == config.train.epochs):
+                save_checkpoint(checkpoint_path(directory.parent, names[rank]), names[rank], rank,
+                                config.num_parties, settings, trainer.state_dict(record.epoch))
+
+        history = trainer.fit(train, test, on_epoch=checkpoint, resume=resume)
         training_seconds = time.perf_counter() - training_start
         record = ModelRecord(dict(config.model), config.data.task, width, preprocessing,
                              config.protocol.name, list(names))
@@ -201,6 +217,8 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
                             reference=reference)
     if trainer.private is not None:
         summary["privacy"] = trainer.private.report()
+    if resume is not None:
+        summary["resumed"] = {"from": config.train.resume, "after_epoch": resume["epoch"]}
     run_dir = Path(config.output_dir) / run_id
     summary["report"] = str(write_report(run_dir, summary, trainer.heldout_logits, trainer.heldout_labels, reference))
     write_json(run_dir / "summary.json", summary)
