@@ -129,12 +129,11 @@ def cotrain_ops() -> SystemOps:
     def make_epoch(crypten, model, negative, positive, lr, x, y, slices):
         loss = WeightedBinaryCrossEntropy(ClassWeights(negative=negative, positive=positive))
         trainer = SecureTrainer(crypten, model, TrainConfig(lr=lr), loss, seed=0, stats=None, show_progress=False)
-        sizes = sorted({rows.stop - rows.start for rows in slices})
 
         def run() -> None:  # as SecureTrainer.fit: the per-row scales once, then the steps
-            scales = {size: loss.row_scales(y, size, lr) for size in sizes}
+            scales = loss.row_scales(y)
             for rows in slices:
-                trainer.step(x[rows], y[rows], scales[rows.stop - rows.start][rows])
+                trainer.step(x[rows], y[rows], scales[rows])
 
         return run
 

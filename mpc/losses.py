@@ -39,11 +39,11 @@ class WeightedBinaryCrossEntropy:
     def targets(self, crypten: Any, labels: Any) -> Any:
         return labels
 
-    def row_scales(self, labels: Any, batch_size: int, factor: float) -> Any:
-        """factor * w(y) / B per row: it depends on the labels alone, so it is computed once
-        per epoch for all rows (one truncation) rather than in every step."""
-        scale = factor / batch_size
-        positive, negative = self.weights.positive * scale, self.weights.negative * scale
+    def row_scales(self, labels: Any) -> Any:
+        """w(y) per row, computed once for all rows (one truncation). The learning rate and
+        1/B are applied to the summed gradient instead (:func:`mpc.training.scale_precisely`):
+        lr w / B is a few dozen units of u, so encoded per row it would be off by percents."""
+        positive, negative = self.weights.positive, self.weights.negative
         return labels * (positive - negative) + negative
 
     def output_gradient(self, crypten: Any, outputs: Any, targets: Any, scales: Any) -> Any:
@@ -67,11 +67,11 @@ class SoftmaxCrossEntropy:
             classes = torch.arange(self.classes, dtype=torch.float32, device=labels.device)
             return labels.expand(labels.size(0), self.classes).eq(classes)
 
-    def row_scales(self, labels: Any, batch_size: int, factor: float) -> float:
-        return factor / batch_size
+    def row_scales(self, labels: Any) -> float:
+        return 1.0
 
     def output_gradient(self, crypten: Any, outputs: Any, targets: Any, scales: float) -> Any:
-        return (secure_softmax(crypten, outputs) - targets) * scales
+        return secure_softmax(crypten, outputs) - targets
 
     def plaintext(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, labels.reshape(-1).long())
@@ -87,11 +87,11 @@ class MeanSquaredError:
     def targets(self, crypten: Any, labels: Any) -> Any:
         return labels
 
-    def row_scales(self, labels: Any, batch_size: int, factor: float) -> float:
-        return 2.0 * factor / batch_size
+    def row_scales(self, labels: Any) -> float:
+        return 2.0
 
     def output_gradient(self, crypten: Any, outputs: Any, targets: Any, scales: float) -> Any:
-        return (outputs - targets) * scales
+        return (outputs - targets) * 2  # an integer: no truncation
 
     def plaintext(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(outputs, labels)

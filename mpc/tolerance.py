@@ -13,15 +13,19 @@ measured under MPC in the tests (``tests/test_sigmoid.py``). From these:
    ReLU is 1-Lipschitz, so it passes the error on unchanged.
 
 2. **Training** (:func:`training_weight_bound`, logistic regression). A secure SGD step
-   computes ``theta - X^T v`` with v_i = s_i r_i, r_i = sigmoid(z_i) - y_i and
-   s_i = lr w(y_i) / B. Against the float step at the same weights it errs by
-   * deterministic parts, per row |dv_i| <= |ds_i| |r_i| + s_i (eps_sigma + ((|theta|_1 / 2
-     + 1) u) / 4): s_i is encoded once (|ds_i| <= u, 2u for positives: two encoded
-     constants), the sigmoid errs by eps_sigma, and the logit's encoding and truncation
-     reach r_i through sigmoid' <= 1/4; taken at their worst, sum_i |x_i|_2 |dv_i|;
-   * random parts: the truncation of each s_i r_i (one ulp per row) and of each gradient
-     entry (one ulp per parameter). Truncation pairs round stochastically, so these errors
-     are independent, zero-mean and at most u.
+   computes ``theta - c X^T v`` with v_i = w_i r_i, r_i = sigmoid(z_i) - y_i, the class
+   weight w_i = w(y_i) and the public c = lr / B applied to the summed gradient to 20
+   significant bits (``mpc.training.scale_precisely``). Against the float step at the same
+   weights it errs by
+   * deterministic parts, per row |dv_i| <= |dw_i| (|r_i| + eps_sigma) + w_i (eps_sigma +
+     ((|theta|_1 / 2 + 1) u) / 4): w_i is two encoded constants and a truncation (|dw_i| <=
+     2u), the sigmoid errs by eps_sigma, and the logit's encoding and truncation reach r_i
+     through sigmoid' <= 1/4; taken at their worst, c sum_i |x_i|_2 |dv_i|, plus c's own
+     rounding, 2^-20 of the update;
+   * random parts: the truncation of each w_i r_i (one ulp per row) and of each gradient
+     entry (one ulp per parameter), both times c, and the truncation of c X^T v (one ulp per
+     parameter). Truncation pairs round stochastically, so these errors are independent,
+     zero-mean and at most u.
    Both travel through the later steps, whose Jacobians J_t = I - X^T diag(s_i sigmoid'(z_i)) X
    are taken along the float run (replayed in float64 here: to first order in the error,
    the curvature between the two runs' logits is the float run's). So the weight error is
@@ -58,7 +62,7 @@ import torch
 from torch import nn
 
 from mpc.metrics import ClassWeights
-from mpc.training import TrainConfig, batch_slices, epoch_order
+from mpc.training import PRECISE_FACTOR_BITS, TrainConfig, batch_slices, epoch_order
 
 FRACTIONAL_BITS = 16
 ULP = 2.0 ** -FRACTIONAL_BITS
@@ -109,13 +113,14 @@ def training_weight_bound(features: torch.Tensor, labels: torch.Tensor, initial:
         x_all, y_all = design[order], labels[order]
         for batch in batch_slices(rows, config.batch_size):
             x, y = x_all[batch], y_all[batch]
-            step_scale = config.lr * weights.per_row(y) / len(y)
+            factor, row_weights = config.lr / len(y), weights.per_row(y)
+            step_scale = factor * row_weights
             logits = x @ theta
             residual = torch.sigmoid(logits) - y
             curvature = torch.sigmoid(logits) * torch.sigmoid(-logits)
             jacobian = identity - x.T @ ((step_scale * curvature)[:, None] * x)
-            steps.append((jacobian, _deterministic_step_error(x, y, theta, step_scale, residual, sigmoid_error),
-                          torch.cat([x.T, identity], dim=1)))
+            steps.append((jacobian, _deterministic_step_error(x, theta, factor, row_weights, residual, sigmoid_error),
+                          torch.cat([factor * x.T, factor * identity, identity], dim=1)))
             theta = theta - x.T @ (step_scale * residual)
     deterministic, random_square = 0.0, 0.0
     later = identity  # J_T ... J_(t+1), built from the last step backwards
@@ -128,16 +133,16 @@ def training_weight_bound(features: torch.Tensor, labels: torch.Tensor, initial:
     return TrainingBound(deterministic + spread * math.sqrt(random_square), parameters)
 
 
-def _deterministic_step_error(x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, step_scale: torch.Tensor,
+def _deterministic_step_error(x: torch.Tensor, theta: torch.Tensor, factor: float, row_weights: torch.Tensor,
                               residual: torch.Tensor, sigmoid_error: float) -> float:
-    """Part 2's deterministic error of one step, and the float32 reference's rounding."""
+    """Part 2's deterministic error of one step (``factor`` = lr / B, ``row_weights`` = w(y_i)),
+    and the float32 reference's rounding."""
     logit_error = ULP * (theta.abs().sum().item() / 2 + 1)
-    scale_error = ULP * (1 + y)
-    row_error = scale_error * (residual.abs() + sigmoid_error) + step_scale * (sigmoid_error + logit_error / 4)
-    secure = (x.norm(dim=1) * row_error).sum().item()
+    row_error = 2 * ULP * (residual.abs() + sigmoid_error) + row_weights * (sigmoid_error + logit_error / 4)
+    update = factor * (x.abs().T @ (row_weights * residual.abs())).norm().item()
+    secure = factor * (x.norm(dim=1) * row_error).sum().item() + 2.0 ** -PRECISE_FACTOR_BITS * update
     # float32: each entry of X^T v sums len(v) products; theta itself is rounded per step
-    update = (x.abs().T @ (step_scale * residual.abs())).norm().item()
-    reference = FLOAT32_EPS * (theta.norm().item() + (len(step_scale) + 2) * update)
+    reference = FLOAT32_EPS * (theta.norm().item() + (len(row_weights) + 2) * update)
     return secure + reference
 
 

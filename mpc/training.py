@@ -8,6 +8,7 @@ evaluator from revealed predictions.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -117,6 +118,20 @@ def fit_sigmoid_coefficients() -> np.ndarray:
     return coefficients
 
 
+# significant bits a public factor keeps in scale_precisely: |x| < 2^26 then stays inside
+# the truncation's 2^62 range (x carries 16 fractional bits)
+PRECISE_FACTOR_BITS = 20
+
+
+def scale_precisely(x: Any, factor: float) -> Any:
+    """``x * factor`` for a public ``factor`` kept to PRECISE_FACTOR_BITS significant bits:
+    the shares times the integer round(factor 2^k) (exact), then one division by 2^k (a
+    single truncation). Encoded as a 16-bit constant, a factor of 8e-4 would be 51 units of
+    u, off by up to 1 %."""
+    exponent = max(0, PRECISE_FACTOR_BITS - 1 - math.floor(math.log2(factor)))
+    return (x * round(factor * 2**exponent)).div(2**exponent)
+
+
 def secure_sigmoid(logits: Any) -> Any:
     """sigmoid(x) under MPC in 19 rounds (2 parties), within SIGMOID_MAX_ERROR (6.0e-4) of
     the true value for every x."""
@@ -160,10 +175,10 @@ class SecureTrainer:
         self.heldout_labels: torch.Tensor | None = None
 
     def step(self, features: Any, targets: Any, scales: Any, epoch: int = 0, clip: RowClip | None = None) -> None:
-        """One step; ``scales`` are this batch's :meth:`Loss.row_scales`, with the optimizer's
-        gradient factor for ``epoch`` folded in. Under DP-SGD (binary logistic regression, plain
-        SGD) ``scales`` are the class weights alone, ``clip`` clips each row's gradient and scales
-        it to an update, and features None is an empty sample (noise only)."""
+        """One step; ``scales`` are this batch's :meth:`Loss.row_scales`. The summed gradient
+        is then scaled by the optimizer's factor for ``epoch`` over the batch size. Under DP-SGD
+        (binary logistic regression, plain SGD) ``clip`` clips each row's gradient and scales it
+        to an update instead, and features None is an empty sample (noise only)."""
         crypten = self.crypten
         self.model.zero_grad()
         if features is not None:
@@ -173,6 +188,9 @@ class SecureTrainer:
                 if clip is not None:
                     gradient = clip.apply(gradient)
             outputs.backward(gradient)
+            if clip is None:
+                with crypten.no_grad():
+                    self._scale_gradients(self.optimizer.gradient_factor(epoch) / features.size(0))
         if self.private is not None:
             with crypten.no_grad():
                 self.private.add_noise(self.model.parameters())
@@ -182,6 +200,16 @@ class SecureTrainer:
         with crypten.no_grad():
             self.optimizer.step(epoch)
 
+    def _scale_gradients(self, factor: float) -> None:
+        """Every parameter's gradient times ``factor``, all in one truncation."""
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        flat = scale_precisely(self.crypten.cat([p.grad.flatten() for p in parameters]), factor)
+        offset = 0
+        for parameter in parameters:
+            size = parameter.grad.numel()
+            parameter.grad = flat[offset:offset + size].reshape(parameter.grad.size())
+            offset += size
+
     def predict_for(self, features: Any, dst: int) -> torch.Tensor | None:
         """Outputs revealed to party ``dst`` only."""
         with self.crypten.no_grad():
@@ -190,15 +218,12 @@ class SecureTrainer:
             self.model.train()
         return release.open(outputs, "heldout_predictions", to=dst)
 
-    def _epoch_steps(self, train: Any, targets: Any, row_scales: dict, epoch: int) -> Iterator[tuple]:
+    def _epoch_steps(self, train: Any, targets: Any, row_scales: Any, epoch: int) -> Iterator[tuple]:
         order = epoch_order(train.rows, self.seed, epoch)
         features, batch_targets = train.features[order], targets[order]
-        scales = {size: values if isinstance(values, float) else values[order] for size, values in row_scales.items()}
+        scales = row_scales if isinstance(row_scales, float) else row_scales[order]
         for rows in batch_slices(train.rows, self.config.batch_size):
-            batch_scales = scales[rows.stop - rows.start]
-            if not isinstance(batch_scales, float):
-                batch_scales = batch_scales[rows]
-            yield features[rows], batch_targets[rows], batch_scales, epoch
+            yield features[rows], batch_targets[rows], scales if isinstance(scales, float) else scales[rows], epoch
 
     def state_dict(self, epochs_done: int) -> dict[str, Any]:
         """This party's part of the training state after ``epochs_done`` epochs: its shares of
@@ -225,24 +250,19 @@ class SecureTrainer:
         self.heldout_labels = test_labels
         history: list[EpochRecord] = []
         slices = batch_slices(train.rows, self.config.batch_size)
-        sizes = sorted({rows.stop - rows.start for rows in slices})
         targets = self.loss.targets(self.crypten, train.labels)
+        row_scales = self.loss.row_scales(train.labels)
         if self.config.dp.enabled:
             self.private = PrivateSgd(self.crypten, self.config.dp, train.features, self.config.lr,
                                       self.config.batch_size, self.config.epochs)
-            dp_scales = self.loss.row_scales(train.labels, self.config.lr, self.config.lr)  # w(y)
         # everything above draws the same randomness in a resumed run as in the run it continues
         first = self.load_state_dict(resume) if resume is not None else 0
         for epoch in range(first, self.config.epochs):
             start = time.perf_counter()
             before = (self.stats.bytes_sent, self.stats.bytes_received, self.stats.rounds)
             if self.private is not None:
-                steps = ((x, y, w, epoch, clip) for x, y, w, clip in self.private.epoch_steps(train, dp_scales, epoch))
+                steps = ((x, y, w, epoch, clip) for x, y, w, clip in self.private.epoch_steps(train, row_scales, epoch))
             else:
-                # the scales carry the epoch's learning rate (a schedule may change it); made
-                # afresh each epoch, so that an epoch's randomness starts where a checkpoint left it
-                factor = self.optimizer.gradient_factor(epoch)
-                row_scales = {size: self.loss.row_scales(train.labels, size, factor) for size in sizes}
                 steps = self._epoch_steps(train, targets, row_scales, epoch)
             progress = tqdm(steps, total=len(slices), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)

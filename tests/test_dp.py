@@ -93,7 +93,7 @@ def _secure_session(crypten, rank):
     bounds = clip_bounds(features, clip)
     results["bounds"] = bounds.get_plain_text().double().reshape(-1)
     before = [p.get_plain_text().double().reshape(-1) for p in secure_model.parameters()]
-    trainer.step(features, labels, loss.row_scales(labels, lr, lr), clip=RowClip(bounds, lr / 256))
+    trainer.step(features, labels, loss.row_scales(labels), clip=RowClip(bounds, lr / 256))
     after = [p.get_plain_text().double().reshape(-1) for p in secure_model.parameters()]
     results["update"] = torch.cat([b - a for a, b in zip(after, before)])
     results["start"] = torch.cat(before)

@@ -71,8 +71,7 @@ def _secure_steps(config: TrainConfig, crypten, rank):
     features, labels = crypten.cryptensor(x, src=0), crypten.cryptensor(y, src=0)
     trajectory = []
     for epoch in range(STEPS):
-        scales = loss.row_scales(labels, ROWS, trainer.optimizer.gradient_factor(epoch))
-        trainer.step(features, labels, scales, epoch)
+        trainer.step(features, labels, loss.row_scales(labels), epoch)
         weights = torch.cat([p.get_plain_text().reshape(-1) for p in secure.parameters()])
         moments = [m.get_plain_text() for m in trainer.optimizer.state()]
         trajectory.append([weights.tolist(), *(m.tolist() for m in moments)])
