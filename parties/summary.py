@@ -62,9 +62,10 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss,
     with torch.no_grad():
         plain_logits = trained(data.test_features)
     # DP-SGD's joint noise is known to no party, and psi.reveal=size's row order (the
-    # blinded values') to no process, so the float run cannot replay either: no bound
-    unreplayable = config.train.dp.enabled or _blinded_row_order(config)
-    if unreplayable or not (loss.task == "binary" and _plain_sgd(config.train)):
+    # blinded values') to no process, so the float run cannot replay either: no bound. (The
+    # order changes nothing where every step takes every row.)
+    order_unknown = _blinded_row_order(config) and config.train.batch_size < data.features.shape[0]
+    if config.train.dp.enabled or order_unknown or not (loss.task == "binary" and _plain_sgd(config.train)):
         return Reference(metrics, None, None, plain_logits, data.test_labels)
     training = training_weight_bound(data.features, data.labels, torch_model, config.train, loss.weights,
                                      config.seed, sigmoid_error)

@@ -21,7 +21,8 @@ def _align_in_both_modes(transport, rank, ids_by_party):
     for reveal in ("ids", "size"):
         table, _ = align_by_psi(transport, frame, [], DataConfig(), PsiConfig(enabled=True, reveal=reveal),
                                 f"p{rank}", "training")
-        aligned[reveal] = (table["id"].tolist(), table["row"].tolist())
+        assert ("id" in table.columns) == (reveal == "ids")  # size: the aligned table lists no ids
+        aligned[reveal] = (ids[table["row"].to_numpy()].tolist(), table["row"].tolist())
     return aligned, transport.frames, private_hashes(ids_by_party, rank, True)
 
 
@@ -34,8 +35,7 @@ def test_three_parties_5k_ids_both_modes_align_and_nothing_private_on_the_wire()
     for rank, (aligned, _, _) in enumerate(results):
         for reveal, (aligned_ids, rows) in aligned.items():
             assert sorted(aligned_ids) == expected, reveal
-            # the result is this party's own rows, nothing else
-            assert (ids[rank][rows] == np.array(aligned_ids)).all()
+            assert len(set(rows)) == len(rows) <= len(ids[rank])  # its own rows, each once
     for reveal in ("ids", "size"):
         # one order for every party: row k of each party is the same customer
         assert results[0][0][reveal][0] == results[1][0][reveal][0] == results[2][0][reveal][0]
