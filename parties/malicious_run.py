@@ -36,7 +36,7 @@ from protocols import ProtocolSuite
 from protocols.malicious.dealer import run_dealer
 from protocols.malicious.engine import Engine
 from protocols.malicious.train import (SIGMOID_FIXED_POINT_ERROR, SIGMOID_MAX_ERROR, LocalData,
-                                       MaliciousTrainConfig, check_model, layers_from_torch, train_logreg)
+                                       MaliciousTrainConfig, Reveal, check_model, layers_from_torch, train_logreg)
 
 log = logging.getLogger("cotrain.malicious")
 
@@ -157,7 +157,7 @@ def _train(engine: Engine, local: LocalData, initial: np.ndarray, config: Malici
     return result
 
 
-def _gated(engine: Engine) -> Any:
+def _gated(engine: Engine) -> Reveal:
     """The engine's MAC-checked reveal, through the release gate in force."""
     def reveal(value: Any, what: str, to: int | None) -> np.ndarray | None:
         return release.open_with(lambda: engine.reveal(value, to), what, to=to, shape=value.shape)
