@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import queue
-import socket
 import traceback
 from typing import Any, Callable
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from launch.local import free_port
+from launch.party_processes import party_context, start_party
 
 
 def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bool, kwargs: dict,
@@ -45,14 +40,11 @@ def spawn(fn: Callable, parties: int = 2, authenticated: bool = True, timeout_s:
     """Run ``fn(transport, rank, parties, **kwargs)`` in each party; the dealer is the extra
     rank (``dealer_kwargs`` go to ``run_dealer``, e.g. a test-only ``fault``). Returns
     ({rank: (status, value)}, {rank: exit code})."""
-    context = multiprocessing.get_context("spawn")
+    context = party_context()
     results = context.Queue()
     port = free_port()
-    processes = [context.Process(target=_process, args=(fn, rank, parties, port, authenticated, kwargs, results,
-                                                                  dealer_kwargs))
-                 for rank in range(parties + 1)]
-    for process in processes:
-        process.start()
+    processes = [start_party(context, _process, (fn, rank, parties, port, authenticated, kwargs, results, dealer_kwargs),
+                             f"party{rank}") for rank in range(parties + 1)]
     collected: dict[int, tuple[str, Any]] = {}
     try:
         for _ in range(parties + 1):
