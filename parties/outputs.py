@@ -33,7 +33,7 @@ def release_gate(config: RunConfig, rank: int, directory: Path) -> ReleaseGate:
     return ReleaseGate(policy, rank, AuditLog(directory / AUDIT_FILE))
 
 
-def _atomic_save(write: Any, path: Path) -> None:
+def atomic_save(write: Any, path: Path) -> None:
     """Write to a temporary name, then rename: a crash never leaves half a file behind."""
     temporary = path.with_name(path.name + ".partial")
     write(temporary)
@@ -41,7 +41,7 @@ def _atomic_save(write: Any, path: Path) -> None:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    _atomic_save(lambda p: p.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"), path)
+    atomic_save(lambda p: p.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"), path)
 
 
 def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, record: ModelRecord,
@@ -56,7 +56,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
         raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
     secure_params = dict(secure_model.named_parameters())
     shares = {name: param.share.clone() for name, param in secure_params.items()}
-    _atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
+    atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
     write_json(directory / "model.json", record.as_dict())
     saved = {"shares": str(directory / "model_shares.pt")}
     recipients = [names.index(name) for name in reveal_to]
@@ -65,7 +65,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     if rank in recipients:
         plain = {name: values[rank] for name, values in revealed.items()}
         state = _match_torch_state(torch_model, plain)
-        _atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
+        atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
         saved["revealed"] = str(directory / "model.pt")
     return saved
 
@@ -73,7 +73,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
 def write_predictions(path: Path, outputs: torch.Tensor, task: str, ids: Any = None) -> None:
     """Scores as CSV (``mpc.scoring.predictions_frame``), written atomically."""
     frame = predictions_frame(outputs, ids, task)
-    _atomic_save(lambda p: frame.to_csv(p, index=False, float_format="%.9g"), path)
+    atomic_save(lambda p: frame.to_csv(p, index=False, float_format="%.9g"), path)
 
 
 def _match_torch_state(torch_model: torch.nn.Module, plain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

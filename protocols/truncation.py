@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
+from protocols import crypten_hooks
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -81,17 +82,11 @@ def simulate_local(shares: Sequence[torch.Tensor], divisor: int) -> list[torch.T
     return [torch.div(s, divisor, rounding_mode="trunc") for s in shares]
 
 
-def largest_power_of_two_factor(divisor: int) -> int:
-    return (divisor & -divisor).bit_length() - 1
-
-
 @register_part("truncation", "local")
 class LocalTruncation(ProtocolPart):
     """CrypTen's truncation, counted: local with 2 parties (rare large errors), wraps with more."""
 
     def install(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.install_division(crypten, self._divide, self.counters, replaces_beaver_truncate=False)
         self._original = crypten_hooks.original_division(crypten)
 
@@ -99,8 +94,6 @@ class LocalTruncation(ProtocolPart):
         return self._original(x, divisor)
 
     def uninstall(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.uninstall_division(crypten)
 
     def describe(self) -> str:
@@ -114,14 +107,10 @@ class PairTruncation(ProtocolPart):
     suite: Any = None
 
     def install(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         self._crypten = crypten
         crypten_hooks.install_division(crypten, self._divide, self.counters)
 
     def uninstall(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.uninstall_division(crypten)
 
     def _source(self) -> Any:
