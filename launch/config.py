@@ -16,6 +16,7 @@ from mpc.data.config import PARTITIONS
 from mpc.dp import config_problem as dp_problem
 from mpc.losses import TASKS, expected_outputs
 from mpc.optim import ADAM_MIN_EPS, OPTIMIZERS, SCHEDULES
+from mpc.psi.config import REVEAL_MODES
 from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, model_kind, output_width
 from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
@@ -110,6 +111,8 @@ def validate(config: RunConfig) -> None:
     require(not config.psi.enabled or config.data.partition == "vertical",
             "psi.enabled=true applies to data.partition=vertical (a horizontal split has no common ids to find)")
     require(config.psi.min_intersection >= 1, f"psi.min_intersection={config.psi.min_intersection} must be at least 1")
+    require(config.psi.reveal in REVEAL_MODES,
+            f"psi.reveal={config.psi.reveal} is not a mode; choose one of {', '.join(REVEAL_MODES)}")
     require(config.data.test_rows >= 10, f"data.test_rows={config.data.test_rows} is too small; it must be at least 10")
     require(config.train.epochs >= 1, f"train.epochs={config.train.epochs} must be at least 1")
     require(config.train.batch_size >= 1, f"train.batch_size={config.train.batch_size} must be at least 1")

@@ -20,6 +20,7 @@ from typing import Sequence
 from launch.config import ConfigError, load_config
 from launch.local import launch_local
 from mpc.data.tables import read_table
+from mpc.release import ReleasePolicy, ReleaseRefused
 from mpc.scoring import ModelRecord, load_model_file, read_record, score_plain
 from parties.config import PartySpec, ScoreConfig
 from parties.outputs import write_predictions
@@ -100,6 +101,11 @@ def _predict_shared(settings: dict[str, str], overrides: list[str]) -> int:
                           "protocol.allow_insecure=true to accept that")
     config = dataclasses.replace(config, parties=[PartySpec(name=name) for name in record.parties],
                                  output_dir=str(shares.parent), run_id=shares.name, score=score)
+    try:  # refused here, before any party starts, as the engine's gate would refuse it
+        ReleasePolicy(config.release, record.parties, config.train.evaluator, config.train.reveal_to,
+                      score_owner=score.owner).check("scores", [score.owner])
+    except (ValueError, ReleaseRefused) as error:
+        raise ConfigError(f"release: {error}") from None
     launch_local(config)
     print(f"cotrain predict: the parties of run {shares.name} scored {settings['owner']}'s rows under MPC; "
           f"{settings['owner']} wrote {settings['out']}")

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from mpc.audit import AuditLog, value_digest
@@ -25,12 +26,14 @@ RELEASABLE = {
     "heldout_labels": "the held-out labels, for the evaluator's metrics",
     "heldout_predictions": "the held-out logits after each epoch",
     "model": "the trained weights",
+    "scores": "the scores of rows scored over the model's shares (cotrain predict shares=...)",
 }
 # names a release line may use besides party names
 ROLES = {
     "all": "every party",
     "evaluator": "the party named by train.evaluator",
     "reveal_to": "the parties listed in train.reveal_to",
+    "score_owner": "the party whose rows cotrain predict shares=... scores (its owner=)",
 }
 
 
@@ -44,13 +47,15 @@ class ReleaseRule:
 
 def default_release() -> list[ReleaseRule]:
     """What the default job opens: the scaling statistics and the positive count to all, the
-    held-out labels and predictions to the evaluator, the model to train.reveal_to."""
+    held-out labels and predictions to the evaluator, the model to train.reveal_to; and what
+    scoring over the shares opens: the scores, to the owner of the rows."""
     return [
         ReleaseRule("scaling_statistics", ["all"]),
         ReleaseRule("positive_count", ["all"]),
         ReleaseRule("heldout_labels", ["evaluator"]),
         ReleaseRule("heldout_predictions", ["evaluator"]),
         ReleaseRule("model", ["reveal_to"]),
+        ReleaseRule("scores", ["score_owner"]),
     ]
 
 
@@ -62,10 +67,11 @@ class ReleasePolicy:
     """The ``release:`` lines with the roles resolved to party names."""
 
     def __init__(self, rules: Sequence[ReleaseRule], names: Sequence[str], evaluator: int,
-                 reveal_to: Sequence[str]) -> None:
+                 reveal_to: Sequence[str], score_owner: str | None = None) -> None:
         self.rules = list(rules)
         self.names = tuple(names)
-        self._roles = {"all": set(names), "evaluator": {names[evaluator]}, "reveal_to": set(reveal_to)}
+        self._roles = {"all": set(names), "evaluator": {names[evaluator]}, "reveal_to": set(reveal_to),
+                       "score_owner": {score_owner} if score_owner else set()}
         self.validate()
 
     def validate(self) -> None:
@@ -126,11 +132,16 @@ class ReleaseGate:
         self._record(what, recipients, tuple(value.size()), plain if learns else None)
         return plain if learns else None
 
-    def open_with(self, opener: Callable[[], Sequence[float]], what: str) -> Sequence[float]:
-        """Values that a protocol of its own (an exact secure sum) opens to every party."""
-        self.policy.check(what, list(self.policy.names))
+    def open_with(self, opener: Callable[[], Any], what: str, to: int | None = None,
+                  shape: Sequence[int] | None = None) -> Any:
+        """Values that a protocol of its own opens (an exact secure sum; the malicious engine's
+        MAC-checked reveal): to every party, or to party ``to`` only, where ``opener`` returns
+        None at the others, which record ``shape``."""
+        recipients = list(self.policy.names) if to is None else [self.policy.names[to]]
+        self.policy.check(what, recipients)
         values = opener()
-        self._record(what, list(self.policy.names), (len(values),), torch.tensor(values, dtype=torch.float64))
+        plain = torch.as_tensor(np.asarray(values, dtype=np.float64)) if to is None or to == self.rank else None
+        self._record(what, recipients, tuple(plain.shape) if shape is None else tuple(shape), plain)
         return values
 
     def publish(self, comm: Any, value: int | float | None, what: str, src: int) -> float:
@@ -166,9 +177,10 @@ def open(value: Any, what: str, to: int | None = None) -> torch.Tensor | None:  
     return _current(what).open(value, what, to)
 
 
-def open_with(opener: Callable[[], Sequence[float]], what: str) -> Sequence[float]:
-    """Open to every party by ``opener`` through the gate in force; see :meth:`ReleaseGate.open_with`."""
-    return _current(what).open_with(opener, what)
+def open_with(opener: Callable[[], Any], what: str, to: int | None = None,
+              shape: Sequence[int] | None = None) -> Any:
+    """Open by ``opener`` through the gate in force; see :meth:`ReleaseGate.open_with`."""
+    return _current(what).open_with(opener, what, to, shape)
 
 
 def publish(comm: Any, value: int | float | None, what: str, src: int) -> float:

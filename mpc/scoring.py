@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mpc import release
 from mpc.data.preprocessing import Preprocessing
 from mpc.models import build_torch_model, model_kind
 
@@ -109,14 +110,15 @@ def load_shares(secure_model: Any, shares: dict[str, torch.Tensor]) -> None:
 
 def score_shared(crypten: Any, secure_model: Any, rows: torch.Tensor | None, shape: tuple[int, int],
                  owner: int, device: Any = "cpu") -> torch.Tensor | None:
-    """Outputs for ``owner``'s rows (standardised, ``shape``) under MPC, revealed to ``owner`` only."""
+    """Outputs for ``owner``'s rows (standardised, ``shape``) under MPC, revealed to ``owner``
+    only, through the release gate in force (``scores``)."""
     rank = crypten.communicator.get().get_rank()
     values = rows.float() if rank == owner else torch.zeros(shape)
     features = crypten.cryptensor(values.to(device), src=owner, device=device)
     with crypten.no_grad():
         secure_model.train(False)
         logits = secure_model(features)
-    revealed = logits.get_plain_text(dst=owner)
+    revealed = release.open(logits, "scores", to=owner)
     return _per_row(revealed).cpu() if rank == owner else None
 
 

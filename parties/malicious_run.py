@@ -4,7 +4,8 @@
 The dealer is rank ``num_parties`` (the launcher starts it, as for ``protocol=dealer``).
 Any failed malicious-security check raises ``CheatDetected`` on every party: the party
 exits non-zero and nothing of the run is saved (the outputs are written only after the
-final check has passed).
+final check has passed). Every value the engine reveals goes through the party's release
+gate and into its audit log, as in the semi-honest run; the evaluator writes report.html.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mpc import release
 from mpc.data.sharing import read_and_announce
 from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import check_horizontal
@@ -27,13 +29,14 @@ from mpc.training import EpochRecord
 from parties.config import RunConfig
 from parties.dealer import dealer_rank, party_world, receive_dealer_report
 from mpc.scoring import ModelRecord, save_model_file
-from parties.outputs import atomic_save, write_json, write_predictions
-from parties.summary import build_summary, print_summary
+from parties.outputs import atomic_save, release_gate, write_json, write_predictions
+from parties.report import write_report
+from parties.summary import build_summary, plaintext_reference, print_summary
 from protocols import ProtocolSuite
 from protocols.malicious.engine import Engine
 from protocols.malicious.train import (SIGMOID_FIXED_POINT_ERROR, SIGMOID_MAX_ERROR, LocalData,
-                                       MaliciousTrainConfig, UnsupportedModel, check_model, layers_from_torch,
-                                       train_logreg)
+                                       MaliciousTrainConfig, Reveal, UnsupportedModel, check_model,
+                                       layers_from_torch, train_logreg)
 
 log = logging.getLogger("cotrain.malicious")
 
@@ -97,7 +100,8 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
         local = LocalData(frame[features].to_numpy(np.float64), frame[config.data.label].to_numpy(np.float64),
                           test_x, test_y)
         # the class weights are known once the pooled positive count is revealed (inside training)
-        result = _train(engine, local, initial, train_config, on_epoch, weights_holder)
+        with release.enforced(release_gate(config, rank, directory)):
+            result = _train(engine, local, initial, train_config, on_epoch, weights_holder)
     finally:
         engine.close()
     training_seconds = result.seconds
@@ -120,11 +124,17 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     reports.append(receive_dealer_report(config, transport))
     if history and history[-1].heldout_logits is not None:
         write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)
-    summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history,
-                            WeightedBinaryCrossEntropy(weights_holder["w"]), torch_model, preprocessing,
-                            SIGMOID_MAX_ERROR + SIGMOID_FIXED_POINT_ERROR, job_s=time.perf_counter() - started,
-                            training_s=training_seconds)
-    write_json(Path(config.output_dir) / run_id / "summary.json", summary)
+    loss = WeightedBinaryCrossEntropy(weights_holder["w"])
+    sigmoid_error = SIGMOID_MAX_ERROR + SIGMOID_FIXED_POINT_ERROR
+    reference = plaintext_reference(config, torch_model, loss, preprocessing, sigmoid_error)
+    summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history, loss, torch_model,
+                            preprocessing, sigmoid_error, job_s=time.perf_counter() - started,
+                            training_s=training_seconds, reference=reference)
+    run_dir = Path(config.output_dir) / run_id
+    labels = None if test_y is None else torch.tensor(test_y, dtype=torch.float64)
+    logits = history[-1].heldout_logits if history else None
+    summary["report"] = str(write_report(run_dir, summary, logits, labels, reference))
+    write_json(run_dir / "summary.json", summary)
     print_summary(summary)
     return summary
 
@@ -141,10 +151,17 @@ def _train(engine: Engine, local: LocalData, initial: np.ndarray, config: Malici
     def scaled(rows: int, positives: int) -> None:
         engine_state.update(rows=rows, positives=positives)
 
-    result = train_logreg(engine, local, initial, config, on_epoch=hook, on_scaling=scaled)
+    result = train_logreg(engine, local, initial, config, on_epoch=hook, on_scaling=scaled, reveal=_gated(engine))
     if "w" not in holder:
         holder["w"] = ClassWeights.balanced(result.rows, result.positives)
     return result
+
+
+def _gated(engine: Engine) -> Reveal:
+    """The engine's MAC-checked reveal, through the release gate in force."""
+    def reveal(value: Any, what: str, to: int | None) -> np.ndarray | None:
+        return release.open_with(lambda: engine.reveal(value, to), what, to=to, shape=value.shape)
+    return reveal
 
 
 def _save(result: Any, torch_model: torch.nn.Module, record: ModelRecord, directory: Path, rank: int) -> dict:

@@ -11,7 +11,10 @@ from typing import Any
 import torch
 
 from mpc import release
+from mpc.audit import AUDIT_FILE, AuditLog
+from mpc.release import ReleaseGate, ReleasePolicy
 from mpc.scoring import ModelRecord, predictions_frame, save_model_file
+from parties.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,14 @@ def party_dir(output_dir: str, run_id: str, party: str) -> Path:
     path = Path(output_dir) / run_id / party
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def release_gate(config: RunConfig, rank: int, directory: Path) -> ReleaseGate:
+    """This party's release gate for the run's ``release:`` policy, logging every opening to
+    its ``audit.jsonl`` (a scoring run continues the training run's chain)."""
+    policy = ReleasePolicy(config.release, config.names(), config.train.evaluator, config.train.reveal_to,
+                           score_owner=config.score.owner or None)
+    return ReleaseGate(policy, rank, AuditLog(directory / AUDIT_FILE))
 
 
 def atomic_save(write: Any, path: Path) -> None:

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mpc import release
-from mpc.audit import AUDIT_FILE, AuditLog
 from mpc.checkpoint import agree_on_resume, checkpoint_path, load_checkpoint, run_settings, save_checkpoint
 from mpc.data.sharing import share_horizontal, share_vertical
 from mpc.losses import expected_outputs, task_loss
 from mpc.models import ModelError, build_torch_model, encrypt_model, model_target, output_width
-from mpc.release import ReleaseGate, ReleasePolicy
 from mpc.session import MpcSession
 from mpc.scoring import ModelRecord
 from mpc.training import SIGMOID_MAX_ERROR, SecureTrainer
@@ -25,7 +23,7 @@ from parties.config import RunConfig
 from parties.dealer import has_dealer, is_dealer, party_world, process_names, receive_dealer_report, run_dealer
 from parties.hosts import check_host_boundary
 from parties.devices import party_device
-from parties.outputs import party_dir, save_model, write_json, write_predictions
+from parties.outputs import party_dir, release_gate, save_model, write_json, write_predictions
 from parties.scoring import run_scoring
 from parties.report import write_report
 from parties.summary import plaintext_reference, build_summary, failed_summary, print_summary
@@ -151,8 +149,7 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     started = time.perf_counter()
     device = party_device(config.device, rank)
     log.info("computing on %s", device)
-    policy = ReleasePolicy(config.release, names, config.train.evaluator, config.train.reveal_to)
-    gate = ReleaseGate(policy, rank, AuditLog(directory / AUDIT_FILE))
+    gate = release_gate(config, rank, directory)
     with MpcSession(transport, suite, device=device) as crypten, release.enforced(gate):
         if config.data.partition == "horizontal":
             train, test, preprocessing = share_horizontal(crypten, config.data, spec.data, spec.test_data or None,

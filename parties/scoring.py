@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from mpc import release
 from mpc.data.tables import DataError, read_table
 from mpc.models import encrypt_model
 from mpc.scoring import load_shares, read_record, score_shared
@@ -18,7 +19,7 @@ from mpc.session import MpcSession
 from parties.config import RunConfig
 from parties.dealer import is_dealer, party_world, serve
 from parties.devices import party_device
-from parties.outputs import write_predictions
+from parties.outputs import release_gate, write_predictions
 from protocols import ProtocolSuite
 
 log = logging.getLogger("cotrain.scoring")
@@ -50,7 +51,8 @@ def run_scoring(config: RunConfig, transport: Any, rank: int, directory: Path) -
     if "error" in message:
         raise DataError(message["error"])
     device = party_device(config.device, rank)
-    with MpcSession(group, ProtocolSuite(config.protocol), device=device) as crypten:
+    gate = release_gate(config, rank, directory)  # the scores' opening joins the run's audit chain
+    with MpcSession(group, ProtocolSuite(config.protocol), device=device) as crypten, release.enforced(gate):
         secure_model = encrypt_model(crypten, record.torch_model(), record.input_width, device=device)
         load_shares(secure_model, shares)
         logits = score_shared(crypten, secure_model, rows, (message["rows"], record.input_width), owner,

@@ -60,8 +60,11 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss,
     metrics = _with_curves(curve[-1].as_dict(), [m.as_dict() for m in curve])
     with torch.no_grad():
         plain_logits = trained(data.test_features)
-    # DP-SGD's joint noise is known to no party, so the float run cannot replay it: no bound
-    if config.train.dp.enabled or not (loss.task == "binary" and _plain_sgd(config.train)):
+    # DP-SGD's joint noise is known to no party, and psi.reveal=size's row order (the
+    # blinded values') to no process, so the float run cannot replay either: no bound. (The
+    # order changes nothing where every step takes every row.)
+    order_unknown = _blinded_row_order(config) and config.train.batch_size < data.features.shape[0]
+    if config.train.dp.enabled or order_unknown or not (loss.task == "binary" and _plain_sgd(config.train)):
         return Reference(metrics, None, None, plain_logits, data.test_labels)
     training = training_weight_bound(data.features, data.labels, torch_model, config.train, loss.weights,
                                      config.seed, sigmoid_error)
@@ -70,6 +73,12 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss,
     delta = logit_bounds(data.test_features, trained, training)
     return Reference(metrics, delta.max().item(), metric_tolerances(plain_logits, data.test_labels, loss.weights, delta),
                      plain_logits, data.test_labels)
+
+
+def _blinded_row_order(config: RunConfig) -> bool:
+    """The secure rows come in the order of the ids' blinded values (psi.reveal=size), which
+    the plaintext reference, joining on the ids in the clear, sorts by id instead."""
+    return config.psi.enabled and config.psi.reveal == "size"
 
 
 def _plain_sgd(train: Any) -> bool:
@@ -105,6 +114,7 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
         "model": model_kind(config.model),
         "task": config.data.task,
         "partition": config.data.partition,
+        "psi_reveal": config.psi.reveal if config.psi.enabled else None,
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
         "lr": config.train.lr,
@@ -151,9 +161,14 @@ def _gap_lines(summary: dict) -> list[str]:
         return []
     lines = [_metric_line("gap (secure - plain)", {m: entry["gap"] for m, entry in gaps.items()}, "{:+9.4f}")]
     if summary["logit_bound"] is None:
-        reason = ("the secure run adds DP noise the plaintext reference cannot replay" if summary.get("privacy")
-                  else f"model={summary['model']}, task={summary['task']} "
-                       "(mpc/tolerance.py: binary logistic regression with plain SGD only)")
+        if summary.get("privacy"):
+            reason = "the secure run adds DP noise the plaintext reference cannot replay"
+        elif summary.get("psi_reveal") == "size":
+            reason = ("psi.reveal=size: the secure rows come in the blinded ids' order, the plaintext "
+                      "reference's in id order, so their batches differ")
+        else:
+            reason = (f"model={summary['model']}, task={summary['task']} "
+                      "(mpc/tolerance.py: binary logistic regression with plain SGD only)")
         lines.append(f"    no tolerance derived: {reason}")
         return lines
     lines.append(_metric_line("tolerance", {m: entry["tolerance"] for m, entry in gaps.items()}))

@@ -31,7 +31,8 @@ def _gate_session(crypten, rank, directory):
     with release.enforced(ReleaseGate(policy, rank, AuditLog(log))):
         opened = release.open(value, "model", to=0)
         for label, what, to in (("model to bank1", "model", 1), ("unnamed value", "gradients", None),
-                                ("predictions to all", "heldout_predictions", None)):
+                                ("predictions to all", "heldout_predictions", None),
+                                ("scores outside scoring", "scores", 1)):
             try:
                 release.open(value, what, to=to)
             except ReleaseRefused as error:
@@ -53,6 +54,9 @@ def test_the_gate_refuses_what_the_policy_does_not_name(tmp_path):
         assert refusals["predictions to all"] == (
             "opening 'heldout_predictions' to bank1 is refused by the release policy: "
             "release[3] {what: heldout_predictions, to: [evaluator]} allows bank0")
+        assert refusals["scores outside scoring"] == (
+            "opening 'scores' to bank1 is refused by the release policy: "
+            "release[5] {what: scores, to: [score_owner]} allows nobody")
         # only the allowed opening reached the log; the refused ones never ran
         assert [(e["what"], e["to"]) for e in party["log"]] == [("model", ["bank0"])]
     assert bank0["log"][0]["digest"] and bank1["log"][0]["digest"] is None

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from launch.cli import main
+from launch.config import ConfigError
+from launch.predict import predict
 from mpc.scoring import load_model_file
 from mpc.tolerance import ULP, forward_error_bound
 
@@ -77,6 +79,17 @@ def test_outputs_reveal_and_predict_plain_and_over_shares(tmp_path, job):
     assert difference <= bound, (difference, bound)
     print(f"predict vs held-out logits {(plain - revealed).abs().max().item():.2e}, "
           f"secure vs plain {difference:.2e} (bound {bound:.2e})")
+    # the scores went through the release gate: one more entry in every party's chain, the
+    # digest at the owner only, and the logs still agree
+    assert main(["audit", str(root)]) == 0
+    last = {rank: json.loads((root / f"bank{rank}" / "audit.jsonl").read_text().splitlines()[-1])
+            for rank in range(3)}
+    assert all((e["what"], e["to"], e["shape"]) == ("scores", ["bank2"], [300, 1]) for e in last.values())
+    assert [e["digest"] is not None for e in last.values()] == [False, False, True]
+    # a policy that does not give the scores to the owner stops before any party starts
+    with pytest.raises(ConfigError, match=r"release: opening 'scores' to bank2 is refused by the release policy: "
+                                          r"release\[5\] \{what: scores, to: \[bank0\]\} allows bank0"):
+        predict([f"shares={root}", f"data={heldout}", "owner=bank2", f"out={shared_out}", "release.5.to=[bank0]"])
 
 
 def test_a_failed_run_leaves_a_failed_summary_and_each_party_says_why(tmp_path, capfd):

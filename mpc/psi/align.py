@@ -35,16 +35,20 @@ def integer_ids(frame: pd.DataFrame, id_column: str, party: str, what: str) -> n
 
 def align_by_psi(comm: Any, frame: pd.DataFrame, metas: Sequence[TableMeta], data: DataConfig,
                  psi: PsiConfig, party: str, what: str) -> tuple[pd.DataFrame, list[TableMeta]]:
-    """This party's rows of the ids every party holds, in ascending id order (every party
-    knows those ids, so the order needs no further message), and the metas with that count."""
+    """This party's rows of the ids every party holds, and the metas with that count. The
+    order is one for every party without a further message: with ``psi.reveal=ids``
+    ascending id, with ``psi.reveal=size`` the order of the fully blinded values the
+    comparer sent the positions in, which no id decides (and without the id column)."""
     ids, problem = np.empty(0, dtype=np.int64), ""
     try:
         ids = integer_ids(frame, data.id_column, party, what)
     except DataError as error:
         problem = str(error)
     found = intersect(comm, ids, party, what, psi.min_intersection, problem)
-    rows = found.rows[np.argsort(ids[found.rows], kind="stable")]
     log.info("private set intersection of the %s tables: %d of this party's %d rows are held by all %d parties",
              what, found.size, len(ids), len(found.set_sizes))
-    aligned = frame.iloc[rows].reset_index(drop=True)
-    return aligned, [dataclasses.replace(meta, rows=found.size) for meta in metas]
+    if psi.reveal == "size":  # the aligned table keeps no id column: nothing after this lists the common ids
+        aligned = frame.iloc[found.rows].drop(columns=[data.id_column])
+    else:
+        aligned = frame.iloc[found.rows[np.argsort(ids[found.rows], kind="stable")]]
+    return aligned.reset_index(drop=True), [dataclasses.replace(meta, rows=found.size) for meta in metas]

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# psi.reveal: in which order the aligned rows come, and so what the order itself tells
+REVEAL_MODES = {
+    "ids": "rows in ascending id order",
+    "size": "rows in the order of the ids' values blinded by every party's key (no id decides it)",
+}
+
 
 @dataclass
 class PsiConfig:
@@ -13,4 +19,5 @@ class PsiConfig:
     # refuse to train on fewer common ids than this (a tiny intersection says too much about
     # the customers in it, and trains nothing)
     min_intersection: int = 10
-
+    # ids: the aligned rows in ascending id order; size: in the blinded values' order
+    reveal: str = "ids"

@@ -11,9 +11,15 @@
    its rows in the intersection (its own go through its last hop, which undoes the shuffle).
 
 Every message carries blinded values or positions in a private order; no party's id leaves
-it unblinded, and no key leaves its party. Every party learns the set sizes and the
-intersection; the comparer also sees how large the intersection of each subset of parties
-is (which finished values occur in which lists), never which ids those are.
+it unblinded, and no key leaves its party. Every party learns the set sizes, the
+intersection's size and which of its own rows are in it (the positions it receives), and
+nothing about another party's ids beyond those; the comparer also sees how large the
+intersection of each subset of parties is (which finished values occur in which lists),
+never which ids those are. The positions come in the order of the finished values, which
+no party can compute alone.
+
+Each step that checks what a peer sent (every hop, the positions) ends with one status
+round, so a failure at one party stops every party at once with its message.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -32,6 +38,7 @@ from mpc.psi.group import BlindingKey, GroupError, hash_to_group, pack, unpack
 log = logging.getLogger("cotrain.psi")
 
 COMPARER = 0
+T = TypeVar("T")
 
 
 class PsiError(DataError):
@@ -63,39 +70,75 @@ def duplicate_problem(ids: np.ndarray, party: str, what: str) -> str:
 
 def intersect(comm: Any, ids: np.ndarray, party: str, what: str, min_size: int = 1,
               problem: str = "") -> Intersection:
-    """The rows of ``ids`` that every party holds. A non-empty ``problem`` (this party's table
-    cannot take part) stops every party with that message before anything is blinded."""
+    """The rows of ``ids`` that every party holds, in the order of their finished (fully
+    blinded) values. A non-empty ``problem`` (this party's table cannot take part) stops every
+    party with that message before anything is blinded; a check that fails later (a malformed
+    list, impossible positions) stops every party at the end of that step, naming the party
+    that found it and the party at fault."""
     rank, world = comm.get_rank(), comm.get_world_size()
     problem = problem or duplicate_problem(ids, party, what)
-    sizes = tuple(m["size"] for m in exchange(comm, {"size": len(ids)}, PsiError(problem) if problem else None))
+    sizes = tuple(m["size"] for m in _stop_together(comm, PsiError(problem) if problem else None, {"size": len(ids)}))
     key = BlindingKey()
     order = private_permutation(len(ids))
     elements = key.blind(hash_to_group(ids[order]))
+    predecessor = (rank - 1) % world
     for hop in range(1, world):
         owner = (rank - hop) % world
         received = _pass_along(comm, pack(elements), rank, world)
-        elements = _blind_from(key, received, sizes[owner], comm, (rank - 1) % world, what)
+        elements = _together(comm, lambda: _blind_from(key, received, sizes[owner], comm.peer(predecessor),
+                                                       party, what))
+    last_hop = (COMPARER - 1) % world  # the last hop of the comparer's own list (rank n-1)
     reshuffle = None
-    if rank == (COMPARER - 1) % world:  # the last hop of the comparer's own list (rank n-1)
+    if rank == last_hop:
         reshuffle = private_permutation(len(elements))
         elements = [elements[i] for i in reshuffle]
-    last_hop = (COMPARER - 1) % world
     if rank == COMPARER:
-        size, positions = _compare(comm, elements, sizes, what, min_size)
+        size, positions = _compare(comm, elements, sizes, party, what, min_size)
         for dst in range(world):
             if dst != COMPARER:
                 extra = {"comparer": positions[COMPARER].tobytes()} if dst == last_hop else {}
                 comm.send_obj({"rows": positions[dst].tobytes(), **extra}, dst)
-        mine = _positions(comm.recv_obj(last_hop), size, sizes[COMPARER], comm.peer(last_hop), what)
-    else:
-        comm.send_obj(pack(elements), COMPARER)
-        size = _outcome(comm)
-        message = comm.recv_obj(COMPARER)
-        mine = _positions(message, size, sizes[rank], comm.peer(COMPARER), what)
-        if reshuffle is not None:
-            theirs = _positions({"rows": message.get("comparer")}, size, len(reshuffle), comm.peer(COMPARER), what)
-            comm.send_obj({"rows": reshuffle[theirs].astype(np.int64).tobytes()}, COMPARER)
+        _together(comm, lambda: None)
+        back = comm.recv_obj(last_hop)
+        mine = _together(comm, lambda: _positions(back, size, sizes[COMPARER], comm.peer(last_hop), party, what))
+        return Intersection(rows=order[mine], size=size, set_sizes=sizes)
+    comm.send_obj(pack(elements), COMPARER)
+    size = _outcome(comm)
+    message = comm.recv_obj(COMPARER)
+
+    def received_positions() -> tuple[np.ndarray, np.ndarray | None]:
+        mine = _positions(message, size, sizes[rank], comm.peer(COMPARER), party, what)
+        if reshuffle is None:
+            return mine, None
+        theirs = {"rows": message.get("comparer")} if isinstance(message, dict) else None
+        return mine, _positions(theirs, size, len(reshuffle), comm.peer(COMPARER), party, what)
+
+    mine, theirs = _together(comm, received_positions)
+    if reshuffle is not None:  # the comparer's positions, with this party's shuffle undone
+        comm.send_obj({"rows": reshuffle[theirs].astype(np.int64).tobytes()}, COMPARER)
+    _together(comm, lambda: None)
     return Intersection(rows=order[mine], size=size, set_sizes=sizes)
+
+
+def _stop_together(comm: Any, failure: PsiError | None, payload: dict | None = None) -> list[dict]:
+    """Every party's payload; if any party failed, every party raises its error (the public
+    part: the party and the cause, never an id or a path) at once, not at its timeout."""
+    try:
+        return exchange(comm, payload or {}, failure)
+    except PsiError:
+        raise
+    except DataError as error:
+        raise PsiError(str(error)) from None
+
+
+def _together(comm: Any, step: Callable[[], T]) -> T:
+    """This party's ``step``, then one status round: no party goes on after any has failed."""
+    try:
+        result, failure = step(), None
+    except PsiError as error:
+        result, failure = None, error
+    _stop_together(comm, failure)
+    return result
 
 
 def _pass_along(comm: Any, blob: bytes, rank: int, world: int) -> bytes:
@@ -111,15 +154,15 @@ def _pass_along(comm: Any, blob: bytes, rank: int, world: int) -> bytes:
     return received
 
 
-def _blind_from(key: BlindingKey, blob: Any, count: int, comm: Any, src: int, what: str) -> list[bytes]:
+def _blind_from(key: BlindingKey, blob: Any, count: int, sender: str, party: str, what: str) -> list[bytes]:
     try:
         return key.blind(unpack(blob, count))
     except GroupError as error:
-        raise PsiError(f"private set intersection ({what} tables): {comm.peer(src)} sent a malformed list: "
+        raise PsiError(f"{party}: private set intersection ({what} tables): {sender} sent a malformed list: "
                        f"{error}") from None
 
 
-def _compare(comm: Any, own_list: list[bytes], sizes: tuple[int, ...], what: str,
+def _compare(comm: Any, own_list: list[bytes], sizes: tuple[int, ...], party: str, what: str,
              min_size: int) -> tuple[int, dict[int, np.ndarray]]:
     """At the comparer: every party's finished list in, the common values' positions out."""
     world = comm.get_world_size()
@@ -130,7 +173,8 @@ def _compare(comm: Any, own_list: list[bytes], sizes: tuple[int, ...], what: str
             lists[owner] = unpack(blob, sizes[owner])
         except GroupError as error:
             sender = comm.peer((owner - 1) % world)
-            problem = problem or f"private set intersection ({what} tables): {sender} sent a malformed list: {error}"
+            problem = problem or (f"{party}: private set intersection ({what} tables): {sender} sent a malformed "
+                                  f"list: {error}")
     if not problem:
         common = set(lists[0]).intersection(*(lists[owner] for owner in range(1, world)))
         if len(common) < min_size:
@@ -155,7 +199,7 @@ def _outcome(comm: Any) -> int:
     return int(message["size"])
 
 
-def _positions(message: Any, size: int, bound: int, peer: str, what: str) -> np.ndarray:
+def _positions(message: Any, size: int, bound: int, peer: str, party: str, what: str) -> np.ndarray:
     """Positions sent by ``peer``: ``size`` distinct indices into a list of ``bound``."""
     blob = message.get("rows") if isinstance(message, dict) else None
     problem = ""
@@ -168,5 +212,5 @@ def _positions(message: Any, size: int, bound: int, peer: str, what: str) -> np.
         elif len(np.unique(positions)) != size:
             problem = "a position twice"
     if problem:
-        raise PsiError(f"private set intersection ({what} tables): {peer} sent {problem}")
+        raise PsiError(f"{party}: private set intersection ({what} tables): {peer} sent {problem}")
     return positions

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -79,6 +79,8 @@ def sigmoid_poly_plain(z: np.ndarray) -> np.ndarray:
 
 
 MODELS = ("logreg", "mlp")
+# opens a value (what: its name in the release policy) to every party (to=None) or one
+Reveal = Callable[[AShare, str, Optional[int]], Optional[np.ndarray]]
 
 
 class UnsupportedModel(ValueError):
@@ -185,10 +187,14 @@ def layers_from_torch(model: Any) -> list[np.ndarray]:
 def train_logreg(engine: Engine, local: LocalData, initial: np.ndarray | Sequence[np.ndarray],
                  config: MaliciousTrainConfig,
                  on_epoch: Callable[[EpochResult], None] | None = None,
-                 on_scaling: Callable[[int, int], None] | None = None) -> TrainResult:
+                 on_scaling: Callable[[int, int], None] | None = None,
+                 reveal: Reveal | None = None) -> TrainResult:
     """Every party runs this with its own ``local`` rows; ``initial`` is the public initial
     model: a logistic regression's features + 1 weights (bias last), or an MLP's layer
-    matrices (``as_layers``; ReLU between layers, through authenticated comparisons)."""
+    matrices (``as_layers``; ReLU between layers, through authenticated comparisons).
+    ``reveal(value, what, to)`` makes every opening of a value (a party passes its release
+    gate); without it, ``engine.reveal``."""
+    reveal = reveal or (lambda value, what, to: engine.reveal(value, to))
     started = time.perf_counter()
     rank = engine.rank
     initial_layers = as_layers(initial)
@@ -214,7 +220,7 @@ def train_logreg(engine: Engine, local: LocalData, initial: np.ndarray | Sequenc
     for owner in sorted(rows):
         share = engine.input(stats[None, :] if owner == rank else None, (1, 2 * width + 1), owner)
         pooled = share if pooled is None else pooled + share
-    revealed = engine.reveal(pooled)[0]
+    revealed = reveal(pooled, "scaling_statistics", None)[0]
     mean, mean_square = revealed[:width], revealed[width:2 * width]
     std = np.sqrt(np.clip(mean_square - mean ** 2, 0, None))
     std[std < 1e-6] = 1.0
@@ -254,7 +260,7 @@ def train_logreg(engine: Engine, local: LocalData, initial: np.ndarray | Sequenc
         if test is not None:
             with engine.planned(("eval", test.shape[0])):
                 logits = _forward(engine, test, weights)[0]
-                record.test_logits = engine.reveal(logits, to=config.evaluator)
+                record.test_logits = reveal(logits, "heldout_predictions", config.evaluator)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -263,7 +269,7 @@ def train_logreg(engine: Engine, local: LocalData, initial: np.ndarray | Sequenc
     engine.verify(flat)  # the kept shares themselves are checked, revealed or not
     final = None
     for receiver in config.reveal_to:
-        plain = engine.reveal(flat, to=receiver)
+        plain = reveal(flat, "model", receiver)
         if rank == receiver:
             final = plain.reshape(-1)
     return TrainResult(weights if len(weights) > 1 else weights[0], final, history, total, positives, mean, std, time.perf_counter() - started,

@@ -3,93 +3,51 @@ clear errors, and parties that lie."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-
 import numpy as np
+import pandas as pd
 import pytest
 
+from mpc.data.config import DataConfig
+from mpc.psi import PsiConfig, align_by_psi
 from mpc.psi.group import BlindingKey, hash_to_group
-from mpc.psi.protocol import intersect
-from psi_parties import run_psi
+from psi_parties import assert_absent, intersect_and_record, party_ids, private_hashes, run_psi
 
-ID_SPACE = 2**62  # wide random ids: an 8-byte window of random bytes matches one by chance ~never
-
-
-def party_ids(world: int, per_party: int, common: int, seed: int) -> list[np.ndarray]:
-    """``common`` ids every party holds plus ``per_party - common`` of its own, shuffled."""
-    rng = np.random.default_rng(seed)
-    universe = np.unique(rng.integers(0, ID_SPACE, size=common + world * (per_party - common) + 1000))
-    universe = rng.permutation(universe)[:common + world * (per_party - common)]
-    shared, own = universe[:common], universe[common:].reshape(world, per_party - common)
-    return [rng.permutation(np.concatenate([shared, own[rank]])) for rank in range(world)]
-
-
-def _intersect_and_record(transport, rank, ids_by_party, check_hashes):
+def _align_in_both_modes(transport, rank, ids_by_party):
+    """align_by_psi with psi.reveal=ids, then size, over one transport: each party's aligned
+    rows (id and row number) per mode, and every frame it sent."""
     ids = ids_by_party[rank]
-    found = intersect(transport, ids, f"p{rank}", "training")
-    others = set().union(*map(set, ids_by_party)) - set.intersection(*map(set, ids_by_party))
-    own_private = np.array(sorted(others & set(ids.tolist())), dtype=np.int64)
-    hashes = _sha_and_group(own_private) if check_hashes else []
-    return ids[found.rows].tolist(), found.size, transport.frames, hashes
-
-
-def _sha_and_group(ids: np.ndarray) -> list[bytes]:
-    """What an unblinded id could look like on the wire: its group element and its SHA-256."""
-    encoded = ids.astype("<i8").tobytes()
-    digests = [hashlib.sha256(b"cotrain/psi/v1/id" + encoded[i:i + 8]).digest() for i in range(0, len(encoded), 8)]
-    return hash_to_group(ids) + digests
-
-
-def _windows(blob: bytes, order: str) -> np.ndarray:
-    """Every 8-byte window of ``blob`` (all offsets) as integers of the given byte order."""
-    return np.concatenate([np.frombuffer(blob, dtype=f"{order}u8", count=(len(blob) - offset) // 8, offset=offset)
-                           for offset in range(8)])
-
-
-def assert_absent(frames: list[bytes], ids: np.ndarray, values32: list[bytes]) -> None:
-    """No id (as 8 bytes either way round, or in decimal) and no 32-byte value in any frame."""
-    blob = b"|".join(frames)
-    for order in "<>":
-        hits = np.isin(_windows(blob, order), ids.astype(np.uint64))
-        assert not hits.any(), f"a raw id ({order}) is on the wire"
-    decimals = {int(run) for run in re.findall(rb"\d{12,}", blob)}
-    assert not decimals & set(ids.tolist()), "an id in decimal is on the wire"
-    if values32:
-        prefixes = np.frombuffer(b"".join(v[:8] for v in values32), dtype="<u8")
-        windows = _windows(blob, "<")
-        suspects = np.flatnonzero(np.isin(windows, prefixes))
-        full = set(values32)
-        per_offset = [(len(blob) - offset) // 8 for offset in range(8)]
-        starts = np.cumsum([0, *per_offset])
-        for index in suspects:
-            offset = int(np.searchsorted(starts, index, side="right") - 1)
-            at = offset + 8 * int(index - starts[offset])
-            assert blob[at:at + 32] not in full, "an unblinded hash of an id is on the wire"
-
-
-def check_three_parties(per_party: int, common: int, timeout_s: float) -> None:
-    """Exact intersection, one order everywhere, and no id or unblinded hash on the wire."""
-    ids = party_ids(3, per_party, common, seed=13)
-    expected = sorted(set.intersection(*(set(i.tolist()) for i in ids)))
-    results = run_psi(_intersect_and_record, 3, ids, True, timeout_s=timeout_s)
-    for aligned, size, _, _ in results:
-        assert size == len(expected) == common
-        assert sorted(aligned) == expected
-    # one order for every party: row k of each party is the same customer
-    assert results[0][0] == results[1][0] == results[2][0]
-    everyone = np.unique(np.concatenate(ids))
-    private_hashes = [value for result in results for value in result[3]]
-    assert len(private_hashes) == 2 * 3 * (per_party - common)
-    for _, _, frames, _ in results:
-        assert sum(map(len, frames)) > 2 * per_party * 32  # the ring really went through the recorder
-        assert_absent(frames, everyone, private_hashes)
+    frame = pd.DataFrame({"id": ids, "row": np.arange(len(ids))})
+    aligned = {}
+    for reveal in ("ids", "size"):
+        table, _ = align_by_psi(transport, frame, [], DataConfig(), PsiConfig(enabled=True, reveal=reveal),
+                                f"p{rank}", "training")
+        assert ("id" in table.columns) == (reveal == "ids")  # size: the aligned table lists no ids
+        aligned[reveal] = (ids[table["row"].to_numpy()].tolist(), table["row"].tolist())
+    return aligned, transport.frames, private_hashes(ids_by_party, rank, True)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~60 s on 2 idle cores; the margin is for a busy machine
-def test_three_parties_100k_ids_exact_and_nothing_private_on_the_wire():
-    check_three_parties(100_000, 60_000, timeout_s=1500)
+def test_three_parties_5k_ids_both_modes_align_and_nothing_private_on_the_wire():
+    # 3 x 5,000 ids, 60 % common (3 x 100,000: bench/psi_bench.py --check-wire)
+    ids = party_ids(3, 5_000, 3_000, seed=13)
+    expected = sorted(set.intersection(*(set(i.tolist()) for i in ids)))
+    results = run_psi(_align_in_both_modes, 3, ids, timeout_s=600)
+    for rank, (aligned, _, _) in enumerate(results):
+        for reveal, (aligned_ids, rows) in aligned.items():
+            assert sorted(aligned_ids) == expected, reveal
+            assert len(set(rows)) == len(rows) <= len(ids[rank])  # its own rows, each once
+    for reveal in ("ids", "size"):
+        # one order for every party: row k of each party is the same customer
+        assert results[0][0][reveal][0] == results[1][0][reveal][0] == results[2][0][reveal][0]
+    assert results[0][0]["ids"][0] == expected
+    # size: the order of the blinded values, which no id decides (3,000 ids sorted by chance: never)
+    assert results[0][0]["size"][0] != expected
+    everyone = np.unique(np.concatenate(ids))
+    hashes = [value for result in results for value in result[2]]
+    assert len(hashes) == 2 * 3 * 2_000
+    for _, frames, _ in results:
+        assert sum(map(len, frames)) > 2 * 2 * 5_000 * 32  # both rings really went through the recorder
+        assert_absent(frames, everyone, hashes)
 
 
 def test_wire_check_finds_a_planted_id_or_hash():
@@ -107,7 +65,7 @@ def test_wire_check_finds_a_planted_id_or_hash():
 def test_two_and_five_parties(world):
     ids = party_ids(world, 400, 150, seed=world)
     expected = sorted(set.intersection(*(set(i.tolist()) for i in ids)))
-    results = run_psi(_intersect_and_record, world, ids, False)
+    results = run_psi(intersect_and_record, world, ids, False)
     assert all(size == 150 and sorted(aligned) == expected for aligned, size, _, _ in results)
     assert all(result[0] == results[0][0] for result in results)
 
@@ -120,54 +78,73 @@ def test_group_is_commutative_and_keys_differ():
     assert first.blind(points) != second.blind(points)
 
 
-def _intersect_or_fail(transport, rank, ids_by_party):
+def _align_or_fail(transport, rank, tables):
+    """Each party's outcome of aligning its own table: its error, or 'finished'."""
     try:
-        intersect(transport, ids_by_party[rank], f"p{rank}", "training", min_size=1)
-    except Exception as error:  # every party should stop with the same clear message
+        align_by_psi(transport, tables[rank], [], DataConfig(), PsiConfig(enabled=True), f"p{rank}", "training")
+    except Exception as error:
         return f"{type(error).__name__}: {error}"
     return "finished"
 
 
-@pytest.mark.parametrize("case", ["duplicate", "disjoint"])
-def test_every_party_stops_with_a_message_naming_the_cause(case):
+def _tables(ids_by_party):
+    return [pd.DataFrame({"id": ids, "x": np.arange(len(ids)) + 0.25}) for ids in ids_by_party]
+
+
+@pytest.mark.parametrize("case", ["duplicate", "non-integer", "disjoint"])
+def test_every_party_stops_at_once_with_a_message_naming_the_party_and_cause(case):
     ids = party_ids(3, 200, 50, seed=5)
+    tables = _tables(ids)
     if case == "duplicate":
-        ids[1] = np.concatenate([ids[1], ids[1][:3]])
-        expected = "p1: 3 ids occur more than once in its training table's id column"
+        tables[1] = _tables([np.concatenate([ids[1], ids[1][:3]])])[0]
+        expected = "PsiError: p1: 3 ids occur more than once in its training table's id column"
+    elif case == "non-integer":
+        tables[1]["id"] = tables[1]["id"].astype(np.float64)
+        tables[1].loc[6, "id"] = 1234.5
+        expected = "PsiError: p1: id column 'id' of its training table holds a non-integer id at data row 7"
     else:
-        ids = [ids[0], ids[1], np.setdiff1d(ids[2], ids[0])]
-        expected = ("private set intersection (training tables): 0 ids are held by every party "
+        tables[2] = _tables([np.setdiff1d(ids[2], ids[0])])[0]
+        expected = ("PsiError: private set intersection (training tables): 0 ids are held by every party "
                     "(ids per party: party 0 (p0) 200, party 1 (p1) 200, party 2 (p2) 150)")
-    messages = run_psi(_intersect_or_fail, 3, ids)
-    assert all(message.split(": ", 1)[1].startswith(expected) for message in messages), messages
+    # a party still waiting for a peer after 60 s would end with a timeout instead
+    messages = run_psi(_align_or_fail, 3, tables, peer_timeout_s=60)
+    assert all(message.startswith(expected) for message in messages), messages
+    assert not any("1234" in message for message in messages)  # no id value travels
 
 
-def _lie(transport, rank, ids_by_party, liar, what):
-    """``liar`` alters its first message of kind ``what``; the result is each party's outcome."""
+def _lie(transport, rank, tables, liar, what, target):
+    """``liar`` alters its first message of kind ``what`` (to ``target``, for positions); the
+    result is each party's outcome."""
     send_obj, lied = transport.send_obj, []
 
     def altered_send_obj(obj, dst, group=None):
         if rank == liar and not lied:
             if what == "list" and isinstance(obj, bytes):
                 obj, lied[:] = bytes(32) + obj[32:], [True]  # u = 0: a point of small order
-            if what == "positions" and isinstance(obj, dict) and dst == 1:
+            if what == "positions" and isinstance(obj, dict) and "rows" in obj and dst == target:
                 rows = np.frombuffer(obj["rows"], dtype=np.int64).copy()
                 rows[0] = 10**6
                 obj, lied[:] = {**obj, "rows": rows.tobytes()}, [True]
         return send_obj(obj, dst, group)
 
     transport.send_obj = altered_send_obj
-    return _intersect_or_fail(transport, rank, ids_by_party)
+    return _align_or_fail(transport, rank, tables)
 
 
-@pytest.mark.parametrize("liar, what, victim, expected", [
-    (1, "list", 2, "PsiError: private set intersection (training tables): party 1 (p1) sent a malformed list: "
-                   "not a group element of prime order"),
-    (0, "positions", 1, "PsiError: private set intersection (training tables): party 0 (p0) sent a position "
+@pytest.mark.parametrize("liar, what, target, expected", [
+    # mid-ring: party 2 finds party 1's list malformed
+    (1, "list", None, "PsiError: p2: private set intersection (training tables): party 1 (p1) sent a malformed "
+                      "list: not a group element of prime order"),
+    # the comparer's positions to party 1
+    (0, "positions", 1, "PsiError: p1: private set intersection (training tables): party 0 (p0) sent a position "
+                        "outside 0..199"),
+    # the last hop's positions of the comparer's own rows
+    (2, "positions", 0, "PsiError: p0: private set intersection (training tables): party 2 (p2) sent a position "
                         "outside 0..199"),
 ])
-def test_a_party_that_lies_is_named(liar, what, victim, expected):
-    ids = party_ids(3, 200, 50, seed=8)
-    results = run_psi(_lie, 3, ids, liar, what, peer_timeout_s=30, allow_failures=True)
-    ok, message = results[victim]
-    assert ok and message.startswith(expected), message
+def test_a_party_that_lies_is_named_to_every_party_at_once(liar, what, target, expected):
+    tables = _tables(party_ids(3, 200, 50, seed=8))
+    # every party, not only the one that caught the lie, stops with its message well before
+    # the transport's 60 s timeout
+    messages = run_psi(_lie, 3, tables, liar, what, target, peer_timeout_s=60)
+    assert all(message.startswith(expected) for message in messages), messages

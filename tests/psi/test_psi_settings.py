@@ -14,6 +14,8 @@ from mpc.reference import common_id_rows
 def test_psi_settings_load_and_bad_values_name_the_setting():
     config = load_config(["data.partition=vertical", "data.overlap=0.6", "psi.enabled=true", "psi.min_intersection=50"])
     assert (config.psi.enabled, config.psi.min_intersection, config.data.overlap) == (True, 50, 0.6)
+    assert config.psi.reveal == "ids" and load_config(["data.partition=vertical", "psi.enabled=true",
+                                                       "psi.reveal=size"]).psi.reveal == "size"
     for overrides, message in [
         (["data.partition=vertical", "data.overlap=0.6"], "data.overlap=0.6 gives the parties different ids"),
         (["data.overlap=0.6", "psi.enabled=true"], "data.overlap=0.6 applies to data.partition=vertical only"),
@@ -21,6 +23,8 @@ def test_psi_settings_load_and_bad_values_name_the_setting():
         (["data.partition=vertical", "data.overlap=0", "psi.enabled=true"], "data.overlap=0.0 must be in (0, 1]"),
         (["data.partition=vertical", "psi.enabled=true", "psi.min_intersection=0"],
          "psi.min_intersection=0 must be at least 1"),
+        (["data.partition=vertical", "psi.enabled=true", "psi.reveal=ids_and_rows"],
+         "psi.reveal=ids_and_rows is not a mode; choose one of ids, size"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
             load_config(overrides)
