@@ -30,7 +30,7 @@ from mpc.scoring import ModelRecord, save_model_file
 from parties.outputs import _atomic_save, write_json, write_predictions
 from parties.summary import build_summary, dealer_report, print_summary
 from protocols import ProtocolSuite
-from protocols.malicious.dealer import run_dealer
+from protocols.malicious.dealer import Dealer, run_dealer
 from protocols.malicious.engine import Engine
 from protocols.malicious.train import (SIGMOID_FIXED_POINT_ERROR, SIGMOID_MAX_ERROR, LocalData,
                                        MaliciousTrainConfig, check_model, layers_from_torch, train_logreg)
@@ -55,7 +55,7 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     if config.data.partition != "horizontal":
         raise ValueError("protocol=malicious supports data.partition=horizontal only (for now)")
     if rank == parties:
-        served = run_dealer(transport, parties)
+        served = run_dealer(transport, Dealer(parties))
         write_json(directory / "dealer.json", served)
         transport.send_obj(dealer_report(transport, rank, served), config.train.evaluator)
         return None
