@@ -22,7 +22,7 @@ Every party sends the same request (the program is the same everywhere); the dea
 refuses to answer requests that differ, naming the parties, so a party cannot steer
 another's preprocessing.
 
-Nothing the dealer deals is trusted (``Engine._check_tuples``, on by default when
+Nothing the dealer deals is trusted (``Engine._check_tuples``, whenever tuples are
 authenticated). Every tuple with a structure comes with a companion, and the parties check
 each dealer answer before any of its tuples is used:
 
@@ -126,32 +126,30 @@ def share(value: U128, parties: int) -> list[U128]:
 
 
 class Dealer:
-    """Makes tuples in clear and deals them as authenticated shares.
+    """Makes tuples in clear and deals them as shares: authenticated (with MACs, and each
+    tuple with its companion for the parties' checks) or, for the semi-honest comparison
+    in ``bench/malicious_bench.py``, plain. The MAC key is drawn here, from the OS CSPRNG."""
 
-    ``checked`` (default: on when authenticated) adds each tuple's companion for the
-    parties' checks. The MAC key is drawn here, from the operating system's CSPRNG."""
-
-    def __init__(self, parties: int, authenticated: bool = True, checked: bool | None = None) -> None:
+    def __init__(self, parties: int, authenticated: bool = True) -> None:
         self.parties = parties
         self.authenticated = authenticated
-        self.checked = authenticated if checked is None else bool(checked) and authenticated
         self.alpha = U128.from_uint64(np.frombuffer(os.urandom(8), dtype=np.uint64).copy())  # in [0, 2^64)
 
     def key_buffers(self) -> list[np.ndarray]:
-        """Each party's share of alpha, plus the modes, so parties can refuse a mismatch."""
-        modes = np.array([int(self.authenticated), int(self.checked)], np.uint64)
-        return [np.concatenate([ring.to_wire(piece), modes]) for piece in share(self.alpha, self.parties)]
+        """Each party's share of alpha, plus the mode, so parties can refuse a mismatch."""
+        mode = np.array([int(self.authenticated)], np.uint64)
+        return [np.concatenate([ring.to_wire(piece), mode]) for piece in share(self.alpha, self.parties)]
 
     def tuple_values(self, spec: Sequence[Any]) -> tuple[list[U128], list[U128]]:
         """The clear values of one tuple (with its companion when checked), and what its
         owner gets in clear (input and private masks: the mask and its companion)."""
         kind = spec[0]
-        shapes = spec_shapes(spec, self.checked)
+        shapes = spec_shapes(spec, self.authenticated)
         if kind in ("triple", "matmul"):
             product = (lambda x, y: x * y) if kind == "triple" else ring.matmul
             a, b = U128.random(shapes[0]), U128.random(shapes[1])
             values = [a, b, product(a, b)]
-            if self.checked:
+            if self.authenticated:
                 companion = U128.random(shapes[0])
                 values += [companion, product(companion, b)]
             return values, []
@@ -159,7 +157,7 @@ class Dealer:
             bits = U128.from_uint64(np.frombuffer(os.urandom(int(np.prod(shapes[1], dtype=np.int64))), np.uint8)
                                     .reshape(shapes[1]).astype(np.uint64) & np.uint64(1))
             values = [U128.random(shapes[0]), bits]
-            if self.checked:
+            if self.authenticated:
                 companion = U128.random(shapes[1])
                 values += [companion, companion * bits]
             return values, []

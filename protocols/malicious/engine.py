@@ -16,7 +16,7 @@ is protected (an error confined to the high limb changes nothing that is used).
   its bit 63; only the low 64 bits of the opening are used, the carry out of bit 62 is
   recovered exactly from bit 63 and the result is ``x >> 16`` or one more (probabilistic
   rounding, 1 ulp), with no rare large error and MACs consistent by linearity.
-* Nothing the dealer deals is trusted (on by default when authenticated; see
+* Nothing the dealer deals is trusted (whenever MACs are on; see
   ``_check_tuples`` and the dealer's docstring): each dealer answer is checked before any
   of its tuples is used. Triples, matmul triples and the random bits of truncation pairs
   and comparison masks are sacrificed against companions; input and private-reveal masks
@@ -199,15 +199,13 @@ class Engine:
     computing parties and rank ``dealer`` the dealer process."""
 
     def __init__(self, comm: Any, parties: int, dealer: int, authenticated: bool = True,
-                 adversary: Any = None, check_buffer: int = CHECK_BUFFER_ELEMENTS,
-                 check_tuples: bool | None = None) -> None:
+                 check_buffer: int = CHECK_BUFFER_ELEMENTS) -> None:
         self.comm = comm
         self.rank = comm.get_rank()
         self.parties = parties
         self.dealer = dealer
         self.authenticated = authenticated
         self._limbs = 2 if authenticated else 1  # semi-honest: only values mod 2^64 travel
-        self.adversary = adversary
         self.check_buffer = check_buffer
         self.others = [r for r in range(parties) if r != self.rank]
         self.stats = EngineStats()
@@ -222,22 +220,17 @@ class Engine:
         self._prefetched: dict[Any, deque] = {}  # key -> answers received ahead of use
         self._recording: list | None = None
         self._tuple_check_count = 0
-        # the checks of dealt tuples: on by default with MACs; the dealer's mode must match
-        self.check_tuples = authenticated if check_tuples is None else bool(check_tuples) and authenticated
+        self.check_tuples = authenticated  # dealt tuples are checked whenever MACs are
         self.alpha = self._receive_key()
         if authenticated:
             self._setup_check_randomness()
 
     # -- setup ------------------------------------------------------------------------------
     def _receive_key(self) -> U128:
-        buffer = dealing.recv_array(self.comm, self.dealer, expected=4)
+        buffer = dealing.recv_array(self.comm, self.dealer, expected=3)
         if bool(buffer[2]) != self.authenticated:
             raise PreprocessingError(f"the dealer deals {'authenticated' if buffer[2] else 'unauthenticated'} "
                                      f"tuples but this party runs {'with' if self.authenticated else 'without'} MACs")
-        if bool(buffer[3]) != self.check_tuples:
-            mode = "with" if self.check_tuples else "without"
-            raise PreprocessingError(f"the dealer deals tuples {'with' if buffer[3] else 'without'} companions "
-                                     f"but this party runs {mode} the checks of dealt tuples")
         return ring.from_wire(buffer[:2], (1,))
 
     def _setup_check_randomness(self) -> None:
@@ -257,8 +250,6 @@ class Engine:
         per recipient is given) and receive ``size`` limbs from each. One round."""
         self.stats.rounds += 1
         requests, buffers = [], {}
-        if self.adversary is not None and not isinstance(payload, dict):
-            payload = self.adversary.alter(kind, payload)
         for dst in self.others:
             data = payload[dst] if isinstance(payload, dict) else payload
             requests.append(self.comm.isend(_as_tensor(data), dst))
@@ -334,8 +325,6 @@ class Engine:
                 values.append(AShare(v, m))
             owner = dealing.clear_owner(spec)
             clear = [take(value.shape) for value in values] if owner == self.rank else None
-            if self.adversary is not None:
-                values = self.adversary.tuple_received(spec[0], values)
             entries.append((spec, values, clear))
         if offset != buffer.size:
             raise PreprocessingError("the dealer sent more tuples than were asked for")
@@ -447,24 +436,13 @@ class Engine:
             if values is None or tuple(np.shape(values)) != shape:
                 raise ValueError(f"party {owner} must input values of shape {shape}")
             epsilon = U128.from_int64(encode(values)) - clear
-            wire = ring.to_wire(epsilon, self._limbs)
-            payload = {dst: wire for dst in self.others}
-        else:
-            payload = {dst: np.zeros(0, np.uint64) for dst in self.others}
+            wire = _as_tensor(ring.to_wire(epsilon, self._limbs))
+            for request in [self.comm.isend(wire, dst) for dst in self.others]:
+                request.wait()
         self.stats.rounds += 1
-        requests, buffer = [], None
-        for dst in self.others:
-            data = payload[dst]
-            if self.adversary is not None and self.rank == owner:
-                data = self.adversary.equivocate("input", data, dst == self.others[-1])
-            if data.size:
-                requests.append(self.comm.isend(_as_tensor(data), dst))
         if self.rank != owner:
             buffer = torch.empty(count, dtype=torch.int64)
-            requests.append(self.comm.irecv(buffer, owner))
-        for request in requests:
-            request.wait()
-        if self.rank != owner:
+            self.comm.irecv(buffer, owner).wait()
             data = buffer.numpy().view(np.uint64)
             if self.authenticated:
                 self._senders[owner].update(b"input" + data.tobytes())

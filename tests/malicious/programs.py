@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.malicious.adversary import Adversary
+from adversary import Adversary, TamperingEngine
 from protocols.malicious.engine import CheatDetected, Engine
 
 N, D = 4, 3
@@ -64,7 +64,7 @@ def plan(trial_index: int, parties: int) -> tuple[int, Adversary]:
 def detection_trials(transport: Any, rank: int, parties: int, trials: int, honest_every: int) -> dict:
     """Run ``trials`` fresh computations in one set of processes. Every ``honest_every``-th
     is honest (and must be right); in the others one party cheats once."""
-    engine = Engine(transport, parties, dealer=parties)
+    engine = TamperingEngine(transport, parties, dealer=parties)
     outcome = {"detected": [], "undetected": [], "honest_errors": [], "honest": 0, "checks": {}}
     try:
         for index in range(trials):

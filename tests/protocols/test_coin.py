@@ -1,6 +1,7 @@
 """Public randomness is commit-then-reveal: the last party to speak cannot choose it.
 
-Three real party processes (gloo), one session of five tosses: two honest ones (every party
+Three real party processes (gloo, inside a session, whose global seed is itself tossed
+this way), five tosses: two honest ones (every party
 gets the same 32 bytes, fresh each time); one where party 2 commits, then reads every
 other party's opening before sending its own and opens a different contribution chosen to
 bias the value; one where party 2 sends different commitments to different peers; and a
@@ -9,22 +10,18 @@ last honest one. Every honest party must refuse both cheats, naming party 2.
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
 import secrets
-import traceback
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from protocol_sessions import free_port
+from sessions import run_parties
 from protocols.coin import CoinTossError, commitment, exchange, joint_random, joint_value
 
 PARTIES = 3
 LABEL = b"test coin"
-NAMES = tuple(f"party{i}" for i in range(PARTIES))
 
 
 def _send_all(comm: Any, data: bytes) -> None:
@@ -77,50 +74,24 @@ def equivocator(comm: Any) -> bytes:
 SCRIPT = (None, None, "last_speaker", "equivocator", None)
 
 
-def _party(rank: int, port: int, results: Any) -> None:
-    from parties.transport import PartyAddress, TransportOptions, open_transport
-
-    transport = open_transport(PartyAddress(rank, PARTIES, NAMES),
-                               TransportOptions(name="gloo", master_port=port, timeout_s=60, connect_timeout_s=60))
+def _tosses(crypten: Any, rank: int) -> list[tuple[str, Any]]:
+    """The script's five tosses over the session's transport, party 2 cheating in two."""
+    comm = crypten.communicator.get()
     outcomes = []
-    try:
-        for cheat in SCRIPT:
-            if cheat and rank == PARTIES - 1:
-                outcomes.append(("cheated", {"last_speaker": last_speaker, "equivocator": equivocator}[cheat](transport)))
-                continue
-            try:
-                outcomes.append(("ok", joint_random(transport, LABEL)))
-            except CoinTossError as error:
-                outcomes.append(("refused", str(error)))
-        results.put((rank, "ok", outcomes))
-    except BaseException as error:
-        results.put((rank, "error", f"{error.__class__.__name__}: {error}\n{traceback.format_exc()}"))
-    finally:
-        transport.close()
+    for cheat in SCRIPT:
+        if cheat and rank == PARTIES - 1:
+            outcomes.append(("cheated", {"last_speaker": last_speaker, "equivocator": equivocator}[cheat](comm)))
+            continue
+        try:
+            outcomes.append(("ok", joint_random(comm, LABEL)))
+        except CoinTossError as error:
+            outcomes.append(("refused", str(error)))
+    return outcomes
 
 
 @pytest.fixture(scope="module")
 def tosses() -> list[list[tuple[str, Any]]]:
-    context = multiprocessing.get_context("spawn")
-    results, port = context.Queue(), free_port()
-    processes = [context.Process(target=_party, args=(rank, port, results)) for rank in range(PARTIES)]
-    for process in processes:
-        process.start()
-    collected = {}
-    try:
-        for _ in range(PARTIES):
-            rank, status, value = results.get(timeout=180)
-            collected[rank] = (status, value)
-    except queue.Empty:
-        pass
-    finally:
-        for process in processes:
-            process.join(30)
-            if process.is_alive():
-                process.kill()
-    for rank in range(PARTIES):
-        assert collected.get(rank, ("missing",))[0] == "ok", collected.get(rank)
-    return [collected[rank][1] for rank in range(PARTIES)]
+    return run_parties(_tosses, world=PARTIES)
 
 
 def test_honest_parties_agree_on_fresh_values(tosses):
