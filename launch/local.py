@@ -1,9 +1,8 @@
-"""Local launches: one spawned process per party on this machine."""
+"""Local launches: one process per party on this machine (forked from a pre-imported server)."""
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import signal
 import socket
 import tempfile
@@ -11,6 +10,7 @@ import time
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 
+from launch.party_processes import party_context, start_party
 from parties.config import RunConfig
 from parties.entry import party_main
 from parties.transport.keys import generate_party_keys
@@ -49,14 +49,14 @@ def launch_local(config: RunConfig) -> None:
 
 
 def _run_processes(config: RunConfig) -> None:
-    context = multiprocessing.get_context("spawn")  # never fork: CUDA may be initialised
-    processes = [context.Process(target=party_main, args=(config, rank), name=spec.name, daemon=False)
-                 for rank, spec in enumerate(config.parties)]
+    context = party_context()
+    names = [spec.name for spec in config.parties]
     if needs_dealer(config.protocol):  # the suite's dealer: one more process, rank num_parties
-        processes.append(context.Process(target=party_main, args=(config, len(processes)), name="dealer", daemon=False))
-    for process in processes:
-        process.start()
+        names.append("dealer")
+    processes: list[BaseProcess] = []
     try:
+        for rank, name in enumerate(names):
+            processes.append(start_party(context, party_main, (config, rank), name))
         _wait(processes, config.launch.timeout_s, config.launch.grace_s)
     finally:
         _stop(processes)

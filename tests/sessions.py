@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import queue
-import socket
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from launch.local import free_port
+from launch.party_processes import party_context, start_party
 from parties.transport import PartyAddress, TransportOptions, open_transport
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _party(fn: Callable, rank: int, world: int, port: int, options: dict, results: Any) -> None:
@@ -38,13 +32,11 @@ def _party(fn: Callable, rank: int, world: int, port: int, options: dict, result
 def run_parties(fn: Callable[[Any, int], Any], world: int = 2, timeout_s: float = 120.0,
                 **options: Any) -> list[Any]:
     """``fn(crypten, rank)`` in each party; returns the results in rank order."""
-    context = multiprocessing.get_context("spawn")
+    context = party_context()
     results = context.Queue()
     port = free_port()
-    processes = [context.Process(target=_party, args=(fn, rank, world, port, options, results))
+    processes = [start_party(context, _party, (fn, rank, world, port, options, results), f"party{rank}")
                  for rank in range(world)]
-    for process in processes:
-        process.start()
     collected: dict[int, Any] = {}
     try:
         for _ in range(world):

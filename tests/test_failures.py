@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
+
 import random
 import re
 import time
@@ -16,6 +16,7 @@ from bench.kill_trials import LAUNCHERS, kill_trial
 from launch.config import load_config
 from launch.demo_data import with_demo_data
 from launch.local import LaunchError, free_port, launch_local
+from launch.party_processes import party_context, start_party
 from parties.entry import party_main
 
 FAST = ["protocol=tfp", "data.rows=60", "data.test_rows=200", "train.epochs=1", "train.batch_size=60",
@@ -83,11 +84,9 @@ def test_vertical_rows_out_of_order_are_refused(tmp_path, capfd):
 def test_party_that_never_starts(tmp_path, capfd):
     config = demo_config(tmp_path, "num_parties=3", "transport=gloo", "transport.connect_timeout_s=4")
     config = dataclasses.replace(config, transport=dataclasses.replace(config.transport, master_port=free_port()))
-    context = multiprocessing.get_context("spawn")
+    context = party_context()
     started = time.monotonic()
-    present = [context.Process(target=party_main, args=(config, rank)) for rank in (0, 1)]
-    for process in present:
-        process.start()
+    present = [start_party(context, party_main, (config, rank), f"bank{rank}") for rank in (0, 1)]
     for process in present:
         process.join(60)
     assert [p.exitcode for p in present] == [1, 1]

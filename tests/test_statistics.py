@@ -11,17 +11,18 @@ import pandas as pd
 import pytest
 import torch
 
-from fixed_point import (eps_sigma, encoded_scales, logit_errors, logreg_sgd, logreg_weight_bound,  # noqa: F401
-                         metric_bounds)
 from launch.config import load_config
 from launch.local import LaunchError, launch_local
 from mpc.data.guards import check_raw_range, check_scaled_range
 from mpc.data.preprocessing import Preprocessing
 from mpc.data.statistics import constant_columns, decode, encode, secure_sum
 from mpc.data.tables import DataError
+from mpc.losses import WeightedBinaryCrossEntropy
 from mpc.metrics import ClassWeights, evaluate
-from mpc.reference import pool_horizontal, pool_vertical
-from mpc.training import TrainConfig
+from mpc.models import DEFAULT_MODEL, build_torch_model
+from mpc.reference import pool_horizontal, pool_vertical, train_plaintext
+from mpc.tolerance import logit_bounds, metric_tolerances, training_weight_bound
+from mpc.training import SIGMOID_MAX_ERROR, TrainConfig
 from real_tables import (CONFIG, ID, OVERRIDES, float64_preprocessing, parties_override, write_horizontal,
                          write_vertical)
 from sessions import run_parties
@@ -133,30 +134,29 @@ def test_malformed_messages_from_a_peer_are_refused():
     assert refused[1] == "bank1 announced malformed column statistics ('mean')"
 
 
-def _float64_pipeline(files, partition: str, model_dir: Path, eps: float) -> tuple[dict, dict]:
-    """Held-out metrics of the same pipeline in float64 (scaling computed from the raw files,
-    logistic-regression SGD with the step scales the secure trainer encodes), and the bound on
-    each metric's distance to the secure run's."""
+def _float64_pipeline(files, partition: str, model_dir: Path) -> tuple[dict, dict]:
+    """Held-out metrics of the same pipeline trained in float (scaling computed in float64 from
+    the raw files), and mpc.tolerance's bound on each metric's distance to the secure run's."""
     pool = pool_horizontal if partition == "horizontal" else pool_vertical
     data = pool(CONFIG, _float64_preprocessing(files, partition), files.train, files.test)
     weights = ClassWeights.balanced(len(data.labels), int(data.labels.sum()))
-    scales = encoded_scales(TRAIN, weights)
-    theta = logreg_sgd(data, TRAIN, scales, seed=0)
-    weight_bound = logreg_weight_bound(data, TRAIN, scales, theta, eps, seed=0)
+    initial = build_torch_model(DEFAULT_MODEL, data.features.shape[1], seed=0)
+    plain, _ = train_plaintext(initial, data, TRAIN, WeightedBinaryCrossEntropy(weights), seed=0)
+    bound = training_weight_bound(data.features, data.labels, initial, TRAIN, weights, 0, SIGMOID_MAX_ERROR)
     secure_state = torch.load(model_dir / "model.pt", weights_only=True)["state_dict"]
     secure_theta = torch.cat([secure_state["0.weight"].reshape(-1), secure_state["0.bias"]]).double()
-    assert (secure_theta - theta).norm().item() <= weight_bound
-    test_x = torch.cat([data.test_features, torch.ones(len(data.test_features), 1)], dim=1).double()
-    logits = test_x @ theta
-    errors = logit_errors(data.test_features, theta, weight_bound)
+    plain_theta = torch.cat([p.detach().reshape(-1) for p in plain.parameters()]).double()
+    assert (secure_theta - plain_theta).norm().item() <= bound.weight_error
     labels = data.test_labels.reshape(-1).double()
-    bounds = metric_bounds(logits.numpy(), labels.numpy(), errors, weights)
-    return evaluate(logits, labels, weights).as_dict(), bounds
+    with torch.no_grad():
+        logits = plain(data.test_features).reshape(-1).double()
+    tolerances = metric_tolerances(logits, labels, weights, logit_bounds(data.test_features, plain, bound))
+    return evaluate(logits, labels, weights).as_dict(), tolerances
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("partition, parties", [("horizontal", 3), ("vertical", 2)])
-def test_real_table_trains_like_float64(tmp_path, job, eps_sigma, partition, parties):
+def test_real_table_trains_like_float64(tmp_path, job, partition, parties):
     """Timestamps, tiny-variance and 1e12 columns, a constant and a renamed id column: the
     secure run matches the same pipeline in float64 on all four metrics within the bounds
     that follow from fixed point."""
@@ -164,7 +164,7 @@ def test_real_table_trains_like_float64(tmp_path, job, eps_sigma, partition, par
     files = write(tmp_path / "tables", parties=parties, rows=200, test_rows=300)
     summary = job(f"num_parties={parties}", f"data.partition={partition}", parties_override(files),
                   *OVERRIDES, *TRAIN_OVERRIDES)
-    expected, bounds = _float64_pipeline(files, partition, tmp_path / "outputs" / "test" / "bank0", eps_sigma)
+    expected, bounds = _float64_pipeline(files, partition, tmp_path / "outputs" / "test" / "bank0")
     for metric in ("auc", "pr_auc", "accuracy", "loss"):
         assert abs(summary["secure"][metric] - expected[metric]) <= bounds[metric], (metric, summary, expected, bounds)
     assert expected["auc"] > 0.75  # learnt from the tiny-variance and timestamp columns

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import queue
-import socket
 import traceback
 from typing import Any, Callable
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from launch.local import free_port
+from launch.party_processes import party_context, start_party
 
 
 def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bool, kwargs: dict,
@@ -47,14 +42,12 @@ def spawn(fn: Callable, parties: int = 2, authenticated: bool = True, timeout_s:
     rank, serving ``dealer_type(parties, authenticated, **dealer_kwargs)`` (default: the
     production ``Dealer``; tests pass faulty ones). Returns
     ({rank: (status, value)}, {rank: exit code})."""
-    context = multiprocessing.get_context("spawn")
+    context = party_context()
     results = context.Queue()
     port = free_port()
-    processes = [context.Process(target=_process, args=(fn, rank, parties, port, authenticated, kwargs, results,
-                                                                  dealer_type, dealer_kwargs))
+    processes = [start_party(context, _process, (fn, rank, parties, port, authenticated, kwargs, results,
+                                                 dealer_type, dealer_kwargs), f"party{rank}")
                  for rank in range(parties + 1)]
-    for process in processes:
-        process.start()
     collected: dict[int, tuple[str, Any]] = {}
     try:
         for _ in range(parties + 1):

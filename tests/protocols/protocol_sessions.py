@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import queue
-import socket
 import time
 import traceback
 from typing import Any, Callable
 
+from launch.local import free_port
+from launch.party_processes import party_context, start_party
 from protocols import ProtocolConfig
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _open(rank: int, world: int, names: tuple[str, ...], port: int, timeout_s: float = 30) -> Any:
@@ -69,15 +63,14 @@ def run_parties(fn: Callable[[Any, int], Any], protocol: ProtocolConfig, parties
     from protocols.suite import needs_dealer
 
     dealer = needs_dealer(protocol)
-    context = multiprocessing.get_context("spawn")
+    context = party_context()
     results = context.Queue()
     port = free_port()
-    processes = [context.Process(target=_party, args=(fn, rank, parties, dealer, port, protocol, results, wire_timeout_s))
-                 for rank in range(parties)]
+    processes = [start_party(context, _party, (fn, rank, parties, dealer, port, protocol, results, wire_timeout_s),
+                             f"party{rank}") for rank in range(parties)]
     if dealer:
-        processes.append(context.Process(target=_dealer, args=(dealer_fn or default_dealer, parties, port, results, wire_timeout_s)))
-    for process in processes:
-        process.start()
+        processes.append(start_party(context, _dealer, (dealer_fn or default_dealer, parties, port, results,
+                                                        wire_timeout_s), "dealer"))
     collected: dict[int, tuple[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import queue
 import socket
 import time
@@ -10,9 +9,8 @@ import traceback
 from dataclasses import replace
 from typing import Any, Callable
 
+from launch.party_processes import party_context, start_party
 from parties.transport import PartyAddress, TransportOptions
-
-CONTEXT = multiprocessing.get_context("spawn")
 
 
 def free_ports(count: int) -> list[int]:
@@ -53,17 +51,15 @@ def _child(function: Callable[..., Any], rank: int, args: tuple, results: Any) -
 
 def run_parties(function: Callable[..., Any], world_size: int, *args: Any,
                 timeout_s: float = 60.0, ranks: list[int] | None = None) -> dict[int, tuple[bool, Any]]:
-    """Run ``function(rank, *args)`` in one spawned process per rank.
+    """Run ``function(rank, *args)`` in one party process per rank.
 
     Returns rank → (ok, value) where value is the result, or (error type, message, traceback).
     A rank that reports nothing within ``timeout_s`` is killed and missing from the result.
     """
     ranks = list(range(world_size)) if ranks is None else ranks
-    results = CONTEXT.Queue()
-    processes = [CONTEXT.Process(target=_child, args=(function, rank, args, results), daemon=True)
-                 for rank in ranks]
-    for process in processes:
-        process.start()
+    context = party_context()
+    results = context.Queue()
+    processes = [start_party(context, _child, (function, rank, args, results), f"p{rank}") for rank in ranks]
     collected: dict[int, tuple[bool, Any]] = {}
     deadline = time.monotonic() + timeout_s
     while len(collected) < len(ranks) and time.monotonic() < deadline:

@@ -336,9 +336,9 @@ def test_refusals_logged_by_fingerprint(caplog: pytest.LogCaptureFixture) -> Non
 def _dies(rank: int, options: TransportOptions) -> tuple[str, str, float]:
     t = _open(rank, 2, options)
     t.barrier()
-    if rank == 1:
+    if rank == 1:  # let its last barrier message leave first, while party 0 is inside all_reduce
+        time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.2)
     start = time.perf_counter()
     try:
         t.all_reduce(torch.ones(4))

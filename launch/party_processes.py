@@ -1,0 +1,58 @@
+"""Party processes forked from one pre-imported server, so torch and CrypTen load once per launcher.
+
+Spawning re-imports torch, CrypTen and the engine in every party (seconds of CPU each, the
+largest part of a small job on two cores). A forkserver imports them once, before any thread
+or CUDA context exists, and forks each party from that clean state; forking the launcher
+itself is never safe (it may hold CUDA or threads). A forked party takes the launcher's
+current environment and standard streams, as a spawned one would, rather than the
+forkserver's from the moment it started.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from multiprocessing import reduction
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any, Callable
+
+# what every party process imports: the party entry point pulls in torch, CrypTen and the engine
+PRELOAD = ["parties.entry"]
+
+
+def party_context() -> BaseContext:
+    """The multiprocessing context that starts party processes."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+class LauncherState:
+    """The launcher's environment and stdout/stderr, re-created in a party when it unpickles
+    this (duplicated descriptors travel with the start request)."""
+
+    def __reduce__(self) -> tuple[Callable, tuple]:
+        return _adopt, (dict(os.environ), reduction.DupFd(1), reduction.DupFd(2))
+
+
+def _adopt(environment: dict[str, str], stdout: Any, stderr: Any) -> None:
+    os.environ.clear()
+    os.environ.update(environment)
+    for target, inherited in ((1, stdout), (2, stderr)):
+        descriptor = inherited.detach()
+        os.dup2(descriptor, target)
+        os.close(descriptor)
+
+
+def start_party(context: BaseContext, target: Callable[..., Any], args: tuple, name: str) -> BaseProcess:
+    """Start ``target(*args)`` in a party process that runs with the launcher's environment
+    and streams as they are now."""
+    process = context.Process(target=_as_launcher, args=(LauncherState(), target, *args), name=name, daemon=False)
+    process.start()
+    return process
+
+
+def _as_launcher(adopted: None, target: Callable[..., Any], *args: Any) -> Any:
+    # ``adopted``: the LauncherState, already applied while this process unpickled its arguments
+    return target(*args)
