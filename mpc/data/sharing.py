@@ -33,6 +33,7 @@ from mpc.data.schema import TableMeta, check_horizontal, check_vertical
 from mpc.data.statistics import CONSTANT_RELATIVE_STD, constant_columns, local_statistics, pooled_statistics
 from mpc.data.tables import DataError, read_table, table_error
 from mpc.psi import PsiConfig, align_by_psi
+from protocols.coin import joint_random
 
 log = logging.getLogger("cotrain.data")
 

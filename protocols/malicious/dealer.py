@@ -11,6 +11,8 @@ MACs (alpha * value mod 2^128):
 * ``trunc``   (shape):       u uniform and 64 random bits per element (shape + (64,)), each an
                              authenticated 0/1 value; the parties build the truncation pair
                              from them (r = sum 2^i b_i + 2^64 u, see ``Engine.trunc``).
+                             Unauthenticated (nothing is checked): the pair itself, r uniform,
+                             (r mod 2^63) >> 16 and bit 63 of r.
 * ``bits``    (shape, l):    the same with l bits (1..64): masks for comparisons
                              (r = sum 2^i b_i + 2^l u, see ``Engine.ltz``).
 * ``input``   (shape, owner): r uniform; the owner also gets r in clear (input masks).
@@ -58,7 +60,7 @@ log = logging.getLogger("cotrain.malicious.dealer")
 FRACTIONAL_BITS = 16
 TRUNC_BITS = 64
 KINDS = ("triple", "matmul", "trunc", "bits", "input", "private", "random")
-MAX_ELEMENTS = 1 << 26
+MAX_ELEMENTS = 1 << 27  # per request, companions and truncation bits included (W6 asks for ~47M)
 SACRIFICED = ("triple", "matmul", "trunc", "bits")  # checked against a companion by the sacrifice
 MASKS = ("input", "private")  # checked by their owner against a companion mask
 USED = {"triple": 3, "matmul": 3, "trunc": 2, "bits": 2, "input": 1, "private": 1, "random": 1}  # before companions
@@ -78,6 +80,8 @@ def spec_shapes(spec: Sequence[Any], checked: bool = False) -> list[tuple[int, .
     if kind == "matmul":
         n, d, m = (int(v) for v in spec[1:4])
         return [(n, d), (d, m), (n, m)] + ([(n, d), (n, m)] if checked else [])
+    if kind == "trunc" and not checked:  # the pair itself: r, (r mod 2^63) >> 16, bit 63 of r
+        return [tuple(spec[1])] * 3
     if kind in ("trunc", "bits"):
         shape = tuple(spec[1])
         bits = shape + (bit_count(spec),)
@@ -101,14 +105,16 @@ def clear_owner(spec: Sequence[Any]) -> int | None:
     return int(spec[2]) if spec[0] in MASKS else None
 
 
-def validate(specs: Any) -> list[list[Any]]:
+def validate(specs: Any, checked: bool) -> list[list[Any]]:
+    """``specs`` if they are well formed and, as dealt (``checked``: with companions), within
+    the size limit."""
     if not isinstance(specs, list):
         raise DealerProtocolError("a request must be a list of tuple specs")
     total = 0
     for spec in specs:
         if not isinstance(spec, list) or not spec or spec[0] not in KINDS:
             raise DealerProtocolError(f"bad tuple spec {spec!r}")
-        for shape in spec_shapes(spec):
+        for shape in spec_shapes(spec, checked):
             if not all(isinstance(s, int) and 0 <= s for s in shape):
                 raise DealerProtocolError(f"bad shape in {spec!r}")
             total += int(np.prod(shape, dtype=np.int64))
@@ -153,6 +159,10 @@ class Dealer:
                 companion = U128.random(shapes[0])
                 values += [companion, product(companion, b)]
             return values, []
+        if kind == "trunc" and not self.authenticated:  # nothing is checked: deal the pair itself
+            r = U128.random(shapes[0])
+            low63 = r.lo & np.uint64((1 << 63) - 1)
+            return [r, U128.from_uint64(low63 >> np.uint64(FRACTIONAL_BITS)), U128.from_uint64(r.lo >> np.uint64(63))], []
         if kind in ("trunc", "bits"):
             bits = U128.from_uint64(np.frombuffer(os.urandom(int(np.prod(shapes[1], dtype=np.int64))), np.uint8)
                                     .reshape(shapes[1]).astype(np.uint64) & np.uint64(1))
@@ -240,7 +250,7 @@ def run_dealer(comm: Any, dealer: Dealer) -> dict:
             if differing:
                 raise DealerProtocolError(f"the parties' tuple requests differ (parties {differing} "
                                           "disagree with party 0); refusing to deal")
-            specs = validate(reference)
+            specs = validate(reference, dealer.authenticated)
             buffers = None
             if ahead.get("specs") == specs:  # a training step asks for the same tuples each time
                 ahead["thread"].join()

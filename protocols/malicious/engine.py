@@ -538,7 +538,10 @@ class Engine:
         return r, bits
 
     def _truncation_pair(self, shape: tuple[int, ...]) -> tuple[AShare, AShare, AShare]:
-        """r, (r mod 2^63) >> 16 and bit 63 of r, from 64 checked random bits."""
+        """r, (r mod 2^63) >> 16 and bit 63 of r: from 64 checked random bits, or as dealt
+        when nothing is checked (the semi-honest mode)."""
+        if not self.check_tuples:
+            return tuple(self._next(["trunc", shape])[0])
         r, bits = self._random_bits("trunc", shape, dealing.TRUNC_BITS)
         powers = U128.from_uint64(np.uint64(1) << np.arange(63 - FRACTIONAL_BITS, dtype=np.uint64))
         low = self.mul_public(bits[..., FRACTIONAL_BITS:63], powers).sum(-1)

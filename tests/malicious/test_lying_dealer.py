@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import spawn  # noqa: E402
+from harness import run_ok  # noqa: E402
 from lying_dealer import LyingDealer  # noqa: E402
 from programs import lying_dealer_trials  # noqa: E402
 
@@ -31,13 +31,8 @@ CHECKS = {"triple": ("triple sacrifice", "Beaver triple"), "matmul": ("triple sa
 
 @pytest.fixture(scope="module")
 def outcome():
-    collected, codes = spawn(lying_dealer_trials, parties=PARTIES, kinds=KINDS, trials=TRIALS, timeout_s=300,
-                             dealer_type=LyingDealer, dealer_kwargs={"plan": [(k, TRIALS) for k in KINDS], "seed": 7})
-    for rank in range(PARTIES + 1):
-        status, value = collected.get(rank, ("missing", "no result"))
-        assert status == "ok", f"rank {rank}: {value}"
-    assert all(code == 0 for code in codes.values()), codes
-    return [collected[rank][1] for rank in range(PARTIES)]
+    return run_ok(lying_dealer_trials, parties=PARTIES, kinds=KINDS, trials=TRIALS, timeout_s=300,
+                  dealer_type=LyingDealer, dealer_kwargs={"plan": [(k, TRIALS) for k in KINDS], "seed": 7})
 
 
 def test_every_lie_is_caught_by_every_party_naming_check_and_kind(outcome):
