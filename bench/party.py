@@ -118,7 +118,7 @@ def run_crypten(spec: dict, rank: int) -> dict:
     """Plain CrypTen 0.4.1 as users run it: crypten.init() over RENDEZVOUS env vars, TFP."""
     os.environ.update(RENDEZVOUS=f"tcp://127.0.0.1:{spec['port']}", WORLD_SIZE=str(spec["parties"]),
                       RANK=str(rank), DISTRIBUTED_BACKEND="gloo")
-    from mpc.compat import load_crypten
+    from protocols.crypten_hooks import load_crypten
 
     crypten = load_crypten()
     crypten.cfg.communicator.verbose = True  # CrypTen counts bytes and rounds only when verbose
@@ -152,7 +152,8 @@ def run_cotrain(spec: dict, rank: int) -> dict:
     from mpc.session import MpcSession
     from parties.transport import PartyAddress, TransportOptions, open_transport
     from protocols import ProtocolConfig, ProtocolSuite
-    from protocols.dealer import DEALER_NAME, run_dealer_server
+    from parties.dealer import DEALER_NAME
+    from protocols.dealer import run_dealer_server
     from protocols.suite import check_party_count, needs_dealer
 
     protocol = ProtocolConfig(**spec["protocol"])

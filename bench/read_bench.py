@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _READERS = {
     "whole file": "frame = pd.read_parquet(path) if path.endswith('.parquet') else pd.read_csv(path)\n"
-                  "_check_numeric(frame, 'bench')",
+                  "check_numeric(frame, 'bench')",
     "chunked": "frame = read_table(path, 'bench')",
 }
 # everything imported first, then the kernel's high-water mark reset (Linux: clear_refs 5),
@@ -33,7 +33,7 @@ _READERS = {
 _MEASURE = """import sys
 sys.path.insert(0, {root!r})
 import pandas as pd
-from mpc.data.tables import _check_numeric, read_table
+from mpc.data.tables import check_numeric, read_table
 
 def status(field):
     line = next(l for l in open('/proc/self/status') if l.startswith(field + ':'))

@@ -97,7 +97,7 @@ class Launch:
         self.processes: list[subprocess.Popen] = []
         if spec.get("transport") == "zmq":
             from parties.transport.keys import generate_party_keys
-            from protocols.dealer import DEALER_NAME
+            from parties.dealer import DEALER_NAME
 
             names = [f"p{i}" for i in range(spec["parties"])] + ([DEALER_NAME] if world > spec["parties"] else [])
             generate_party_keys(self.folder / "keys", names)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,13 +19,19 @@ from mpc.optim import ADAM_MIN_EPS, OPTIMIZERS, SCHEDULES
 from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, model_kind, output_width
 from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
+from parties.dealer import has_dealer, process_names, world_size
+from parties.malicious_run import config_problem as malicious_problem
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
-from protocols.suite import check_party_count, needs_dealer, testing_only_parts
+from protocols.registry import part_class
+from protocols.malicious.parts import is_malicious
+from protocols.suite import check_party_count, testing_only_parts
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("transport", "protocol", "model", "data", "train", "launch")
 MIN_PARTIES, MAX_PARTIES = 2, 5
+LAUNCH_MODES = ("local", "mpirun", "torchrun", "host")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -41,15 +49,20 @@ def _check_group_choices(overrides: Sequence[str]) -> None:
             raise ConfigError(f"{key}={value} is not available; choose one of {', '.join(group_options(key))}")
 
 
-def _model_arguments_may_be_new(overrides: Sequence[str]) -> list[str]:
-    """``model.hidden=64`` adds an argument the model's YAML does not list (Hydra's ``++``)."""
-    return [f"++{o}" if o.startswith("model.") else o for o in overrides]
+# settings whose keys the YAML cannot list: the model's arguments, and maps keyed by party name
+_OPEN_KEYS = ("model.", "transport.peers", "transport.public_keys")
+
+
+def _open_keys_may_be_new(overrides: Sequence[str]) -> list[str]:
+    """``model.hidden=64`` adds an argument the model's YAML does not list, and
+    ``transport.peers={bank0: ...}`` party names its empty map does not (Hydra's ``++``)."""
+    return [f"++{o}" if o.startswith(_OPEN_KEYS) else o for o in overrides]
 
 
 def load_config(overrides: Sequence[str] = ()) -> RunConfig:
     """Compose ``conf/config.yaml`` with command-line overrides into a checked RunConfig."""
     _check_group_choices(overrides)
-    overrides = _model_arguments_may_be_new(overrides)
+    overrides = _open_keys_may_be_new(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose(config_name="config", overrides=list(overrides))
@@ -59,7 +72,7 @@ def load_config(overrides: Sequence[str] = ()) -> RunConfig:
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
     config: RunConfig = OmegaConf.to_object(typed)
-    _validate(config)
+    validate(config)
     return config
 
 
@@ -70,7 +83,10 @@ def _one_line(error: Exception) -> str:
     return f"invalid setting {key}: {message}" if key else message
 
 
-def _validate(config: RunConfig) -> None:
+def validate(config: RunConfig) -> None:
+    """Check every setting against every other; raises ConfigError naming the first bad one.
+    Runs before any party starts (and again when a launcher changes the party count)."""
+
     def require(condition: bool, message: str) -> None:
         if not condition:
             raise ConfigError(message)
@@ -102,9 +118,21 @@ def _validate(config: RunConfig) -> None:
             f"train.evaluator={config.train.evaluator} is not a party rank (0..{config.num_parties - 1})")
     require(config.transport.name in transport_names(),
             f"transport.name={config.transport.name} is unknown; choose one of {', '.join(transport_names())}")
-    require(config.device == "cpu" or config.device.startswith("cuda"), f"device={config.device}: use cpu or cuda")
+    require(re.fullmatch(r"cpu|cuda(:\d+)?", config.device) is not None,
+            f"device={config.device}: use cpu, cuda (one GPU per party) or cuda:<index>")
+    require(config.log_level in LOG_LEVELS,
+            f"log_level={config.log_level} is unknown; choose one of {', '.join(LOG_LEVELS)}")
+    require(config.launch.mode in LAUNCH_MODES,
+            f"launch.mode={config.launch.mode} is unknown; choose one of {', '.join(LAUNCH_MODES)}")
+    require(config.data.partition != "vertical" or 0 <= config.data.label_party < config.num_parties,
+            f"data.label_party={config.data.label_party} is not a party rank (0..{config.num_parties - 1})")
     require(config.transport.timeout_s > 0 and config.transport.connect_timeout_s > 0,
             "transport.timeout_s and transport.connect_timeout_s must be positive")
+    require(config.transport.max_message_bytes > 0, f"transport.max_message_bytes={config.transport.max_message_bytes} "
+            "must be positive (every message is refused otherwise)")
+    require(config.transport.heartbeat_s > 0 and config.transport.heartbeat_timeout_s > 0
+            and config.transport.connect_retry_s > 0,
+            "transport.heartbeat_s, transport.heartbeat_timeout_s and transport.connect_retry_s must be positive")
     if config.parties:
         require(len(config.parties) == config.num_parties,
                 f"parties lists {len(config.parties)} parties but num_parties={config.num_parties}")
@@ -115,11 +143,18 @@ def _validate(config: RunConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _refuse_insecure(config)
-    dealer = needs_dealer(config.protocol)  # the dealer process is rank num_parties
+    dealer = has_dealer(config)
+    source = config.protocol.triple_source
+    require(not dealer or callable(getattr(part_class("triple_source", source), "serve_dealer", None)),
+            f"protocol.triple_source={source} needs a dealer process but gives no serve_dealer for it to run")
     rank = config.party.rank
-    require(rank is None or 0 <= rank < config.num_parties + dealer,
-            f"party.rank={rank} is not a party rank (0..{config.num_parties - 1 + dealer}"
+    require(rank is None or 0 <= rank < world_size(config),
+            f"party.rank={rank} is not a party rank (0..{world_size(config) - 1}"
             f"{', the last being the dealer' if dealer else ''})")
+    _check_peer_addresses(config)
+    if is_malicious(config.protocol):
+        malicious_error = malicious_problem(config)
+        require(malicious_error is None, malicious_error or "")
     dp_error = dp_problem(config.train.dp, model_kind(config.model), config.protocol.name)
     require(dp_error is None, dp_error or "")
     require(not config.train.dp.enabled or config.data.task == "binary",
@@ -129,6 +164,7 @@ def _validate(config: RunConfig) -> None:
     require(not config.train.dp.enabled or plain_sgd,
             "train.dp needs plain SGD (train.optimizer=sgd, momentum=0, weight_decay=0, schedule=constant): "
             "its noise is calibrated to one clipped update per step")
+    _check_checkpoints(config)
     _validate_release(config)
 
 
@@ -146,6 +182,31 @@ def _validate_release(config: RunConfig) -> None:
             policy.check(what, recipients)
     except (ValueError, ReleaseRefused) as error:
         raise ConfigError(f"release: {error}") from None
+
+
+def _check_peer_addresses(config: RunConfig) -> None:
+    """Where parties are started elsewhere (one command per host, a launcher), zmq reads every
+    party's address from transport.peers when it is given (a local launch picks its own)."""
+    if config.transport.name != "zmq" or (config.party.rank is None and config.launch.mode == "local"):
+        return
+    named = config if config.parties else replace(config, parties=default_party_specs(config.num_parties))
+    names = process_names(named)
+    missing = [name for name in names if name not in config.transport.peers]
+    if config.transport.peers and missing:
+        raise ConfigError(f"transport.peers has no address for {', '.join(missing)}")
+
+
+def _check_checkpoints(config: RunConfig) -> None:
+    train = config.train
+    if train.checkpoint_every < 0:
+        raise ConfigError(f"train.checkpoint_every={train.checkpoint_every} must be 0 (never) or a number of epochs")
+    if not (train.checkpoint_every or train.resume):
+        return
+    if train.dp.enabled or is_malicious(config.protocol):
+        what = "train.dp (its noise keys and privacy accountant)" if train.dp.enabled else "protocol=malicious"
+        raise ConfigError(f"train.checkpoint_every and train.resume are not available with {what}")
+    if train.resume and not Path(train.resume).is_dir():
+        raise ConfigError(f"train.resume={train.resume} is not a folder; give a run folder, outputs/<run id>")
 
 
 def _refuse_insecure(config: RunConfig) -> None:

@@ -15,9 +15,10 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from launch.config import ConfigError, default_party_specs
+from launch.config import ConfigError, default_party_specs, validate
 from parties.config import RunConfig
-from protocols.suite import check_party_count, needs_dealer
+from parties.dealer import has_dealer, world_size
+from protocols.suite import check_party_count
 
 _MPI_VARIABLES = (
     # (rank, size, local rank)
@@ -27,7 +28,6 @@ _MPI_VARIABLES = (
 )
 
 
-MODES = ("local", "mpirun", "torchrun", "host")
 LAUNCHER_TRANSPORTS = {"mpirun": "mpi", "torchrun": "gloo"}
 
 
@@ -75,8 +75,6 @@ def resolve(config: RunConfig, overrides: Sequence[str],
     """
     info = detect(environ)
     mode = config.launch.mode
-    if mode not in MODES:
-        raise ConfigError(f"launch.mode={mode} is unknown; choose one of {', '.join(MODES)}")
     if info.kind in LAUNCHER_TRANSPORTS and not _given(overrides, "transport") \
             and not _given(overrides, "transport.name") and mode == "local":
         # no transport chosen: use the launcher's own wire (MPI under mpirun; gloo through
@@ -96,8 +94,8 @@ def resolve(config: RunConfig, overrides: Sequence[str],
         return config, None, info
     if mode in ("mpirun", "torchrun") and info.kind != mode:
         raise ConfigError(f"launch={mode} but this process was started by {info.kind}")
-    dealer = int(needs_dealer(config.protocol))  # a dealer suite adds one process: rank num_parties
-    expected = config.num_parties + dealer
+    dealer = int(has_dealer(config))
+    expected = world_size(config)
     if info.world_size is not None and info.world_size != expected:
         with_dealer = " plus the dealer" if dealer else ""
         if _given(overrides, "num_parties") or (config.parties and len(config.parties) + dealer != info.world_size):
@@ -113,6 +111,7 @@ def resolve(config: RunConfig, overrides: Sequence[str],
         except ValueError as error:
             raise ConfigError(f"{info.kind} started {info.world_size} processes: {error}") from None
         config = dataclasses.replace(config, num_parties=parties, parties=default_party_specs(parties))
+        validate(config)  # every setting that depends on the party count, against the real count
     if info.rank is None or not 0 <= info.rank < expected:
         raise ConfigError(f"{info.kind} gave this process rank {info.rank}, not a party rank "
                           f"(0..{expected - 1})")

@@ -12,10 +12,9 @@ from multiprocessing.process import BaseProcess
 
 from launch.party_processes import party_context, start_party
 from parties.config import RunConfig
+from parties.dealer import process_names
 from parties.entry import party_main
 from parties.transport.keys import generate_party_keys
-from protocols.dealer import DEALER_NAME
-from protocols.suite import needs_dealer
 
 log = logging.getLogger("cotrain.launch")
 
@@ -43,16 +42,14 @@ def _local_addresses(config: RunConfig, names: list[str], key_dir: str) -> RunCo
 
 def launch_local(config: RunConfig) -> None:
     """Start every party, wait for all of them, stop the rest as soon as one fails."""
-    names = [spec.name for spec in config.parties] + ([DEALER_NAME] if needs_dealer(config.protocol) else [])
+    names = list(process_names(config))
     with tempfile.TemporaryDirectory(prefix="cotrain-keys-") as key_dir:  # removed, keys and all, at the end
         _run_processes(_local_addresses(config, names, key_dir))
 
 
 def _run_processes(config: RunConfig) -> None:
     context = party_context()
-    names = [spec.name for spec in config.parties]
-    if needs_dealer(config.protocol):  # the suite's dealer: one more process, rank num_parties
-        names.append("dealer")
+    names = process_names(config)  # the dealer too, where the suite has one
     processes: list[BaseProcess] = []
     try:
         for rank, name in enumerate(names):

@@ -18,7 +18,7 @@ from typing import Sequence
 from launch.local import LaunchError
 from launch.processes import descendants
 from parties.config import RunConfig
-from protocols.suite import needs_dealer
+from parties.dealer import world_size
 
 
 def mpirun_executable() -> str:
@@ -32,7 +32,7 @@ def mpirun_executable() -> str:
 def launch_mpirun(config: RunConfig, overrides: Sequence[str], run_id: str) -> None:
     """Run every party under mpirun; raise LaunchError when the job fails or runs too long."""
     kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("run_id", "num_parties")]
-    processes = config.num_parties + int(needs_dealer(config.protocol))  # a dealer is one more rank
+    processes = world_size(config)  # the dealer too, where the suite has one
     # MPICH would SIGKILL every rank the moment one dies, naming only a PID; without its
     # clean-up the survivors name the dead party themselves and exit (parties.transport.peer_watch)
     command = [mpirun_executable(), "-disable-auto-cleanup", "-n", str(processes), sys.executable, "-m", "launch",

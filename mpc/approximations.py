@@ -108,6 +108,10 @@ _SHIFT = 4**8  # 4^-k < u for k > 8: such x are first divided by 4^8 (a truncati
 # [1, 1e9]; below 1 the input's own ulp dominates (sqrt(u/2) scale): 7.6e-4 absolute; the
 # quotient n/d for |n| <= d, d in [0.25, 1e5]: 5.6e-5 absolute.
 SQRT_MAX_RELATIVE_ERROR = 1e-4
+# secure_inverse_sqrt over [4^-8, 4^16) against 1/sqrt of the value the ring holds: measured
+# 5e-5 (tests/test_layers.py); LayerNorm's variances below 4^-8 (= 1.5e-5, one ulp) hold too
+# few digits for a relative error to mean anything
+INVERSE_SQRT_MAX_RELATIVE_ERROR = 1e-4
 SQRT_MAX_ABSOLUTE_ERROR = 1.5e-3
 DIVIDE_MAX_ERROR = 1e-4
 
@@ -130,18 +134,37 @@ def _select(crypten: Any, indicators: Any, values: list[float]) -> Any:
     return selected
 
 
-def secure_sqrt(crypten: Any, x: Any) -> Any:
-    """sqrt(x) for x in [0, 4^16): x = 4^k m with m in [1, 4), sqrt(x) = 2^k m / sqrt(m)."""
+def _sqrt_mantissa(crypten: Any, x: Any) -> tuple[Any, Any, list[int]]:
+    """x = 4^k m with m in [1, 4), for x in [0, 4^16): m, and the binade indicators with their k."""
     inside, exponents = _binades(crypten, x, 4, SQRT_EXPONENTS)
     near = _select(crypten, inside, [4.0**-k if k <= 8 else 0.0 for k in exponents])
     far = _select(crypten, inside, [4.0 ** -(k - 8) if k > 8 else 0.0 for k in exponents])
-    root = _select(crypten, inside, [2.0**k for k in exponents])
     mantissa = (crypten.stack([x, x.div(_SHIFT)]) * crypten.stack([near, far])).sum(0)
+    return mantissa, inside, exponents
+
+
+def _inverse_sqrt_newton(mantissa: Any) -> Any:
+    """1/sqrt(m) for m in [1, 4): Newton's iteration from a fitted linear start."""
     a, b = INV_SQRT_START
     y = mantissa * -b + a
     for _ in range(INV_SQRT_STEPS):
         y = y * (3 - mantissa * y.square()) / 2
-    return mantissa * y * root
+    return y
+
+
+def secure_sqrt(crypten: Any, x: Any) -> Any:
+    """sqrt(x) for x in [0, 4^16): x = 4^k m with m in [1, 4), sqrt(x) = 2^k m / sqrt(m)."""
+    mantissa, inside, exponents = _sqrt_mantissa(crypten, x)
+    root = _select(crypten, inside, [2.0**k for k in exponents])
+    return mantissa * _inverse_sqrt_newton(mantissa) * root
+
+
+def secure_inverse_sqrt(crypten: Any, x: Any) -> tuple[Any, Any]:
+    """1/sqrt(x) for x in [4^-8, 4^16) as a product ``scale * y``: scale = 2^-k exactly (a
+    multiple of u) and y = 1/sqrt(m) in (1/2, 1]. A caller multiplies its numerator by the
+    scale first, so that a small result keeps its digits."""
+    mantissa, inside, exponents = _sqrt_mantissa(crypten, x)
+    return _select(crypten, inside, [2.0**-k for k in exponents]), _inverse_sqrt_newton(mantissa)
 
 
 def secure_divide(crypten: Any, numerator: Any, denominator: Any) -> Any:
@@ -151,3 +174,90 @@ def secure_divide(crypten: Any, numerator: Any, denominator: Any) -> Any:
     scale = _select(crypten, inside, [2.0**-k for k in exponents])
     both = crypten.stack([denominator, numerator]) * crypten.stack([scale, scale])
     return both[1] * secure_reciprocal(both[0], 1.0, 2.0)
+
+
+# Odd Chebyshev series in t in [-1, 1], evaluated by T(P + j) = 2 T(P) T(j) - T(P - j) from the
+# highest power of two P reached so far: degree 15 in 4 levels of products, 23 or 31 in 5.
+def odd_chebyshev_terms(crypten: Any, t: Any, degree: int) -> Any:
+    """The stack T_1(t), T_3(t), ..., T_degree(t) (odd degree >= 3)."""
+    terms = {1: t, 2: t.square() * 2 - 1}
+    power = 2
+    while max(k for k in terms if k % 2) < degree:
+        odd = [j for j in range(1, power, 2) if power + j <= degree]
+        double = 2 * power + 1 <= degree  # the next level needs T(2P)
+        left = [terms[power]] * (len(odd) + double)
+        right = [terms[j] for j in odd] + ([terms[power]] if double else [])
+        level = crypten.stack(left) * crypten.stack(right)
+        for i, j in enumerate(odd):
+            terms[power + j] = level[i] * 2 - terms[power - j]
+        if double:
+            terms[2 * power] = level[-1] * 2 - 1
+        power *= 2
+    return crypten.stack([terms[k] for k in range(1, degree + 1, 2)])
+
+
+def fit_odd_chebyshev(function: Any, degree: int) -> np.ndarray:
+    """Coefficients of T_1, T_3, ..., T_degree for an odd ``function`` of t on [-1, 1]: Lawson's
+    iteration towards the minimax fit."""
+    t = np.cos(np.linspace(0.0, np.pi, 6001))
+    target = function(t)
+    basis = np.stack([np.polynomial.chebyshev.chebval(t, [0] * k + [1]) for k in range(1, degree + 1, 2)], axis=1)
+    weights = np.ones_like(t)
+    for _ in range(300):
+        root = np.sqrt(weights)
+        coefficients = np.linalg.lstsq(basis * root[:, None], target * root, rcond=None)[0]
+        weights = weights * np.abs(basis @ coefficients - target)
+        weights /= weights.sum()
+    return coefficients
+
+
+# GELU(x) = x Phi(x). Inside [-GELU_CLIP, GELU_CLIP], Phi(x) - 1/2 and GELU'(x) - 1/2 =
+# Phi(x) + x phi(x) - 1/2 (both odd in x) are degree-23 Chebyshev series in t = x / CLIP,
+# fitted to 7.5e-7 and 1.3e-5; outside, one batched comparison makes GELU x or 0 and GELU'
+# 1 or 0, which errs by at most CLIP Phi(-CLIP) = 1.4e-6 and CLIP phi(CLIP) + Phi(-CLIP) = 7.7e-6.
+GELU_CLIP = 5.0
+GELU_DEGREE = 23
+# fit_gelu_coefficients() rounded to 10 digits: rows Phi, GELU'
+GELU_COEFFICIENTS = (
+    (6.234577655e-01, -1.760245509e-01, 7.617494816e-02, -3.371905105e-02, 1.411472272e-02, -5.457414859e-03,
+     1.936314671e-03, -6.303995000e-04, 1.888179712e-04, -5.222197759e-05, 1.338846297e-05, -3.350875487e-06),
+    (6.507648255e-01, -2.441016038e-01, 1.552968070e-01, -9.943857556e-02, 5.739605117e-02, -2.917702731e-02,
+     1.307617513e-02, -5.206636812e-03, 1.858665957e-03, -6.000474658e-04, 1.765357110e-04, -5.058684670e-05),
+)
+# The smallest coefficients are below u (3.4e-6): the series is summed with coefficients times
+# 2^8, then divided by 2^8, so each keeps three digits; t = x / CLIP likewise (1/5 is no
+# multiple of u).
+_SERIES_SCALE = 2**8
+# Measured in the ring (2 parties, tests/test_layers.py) over x in [-40, 40]: 1.06e-4 and
+# 9.2e-5 (the product x Phi's truncation and the tails included), with margin.
+GELU_MAX_ERROR = 1.5e-4
+GELU_DERIVATIVE_MAX_ERROR = 1.5e-4
+
+
+def fit_gelu_coefficients() -> np.ndarray:
+    """Rows: the odd series of Phi(CLIP t) - 1/2 and of GELU'(CLIP t) - 1/2 on [-1, 1]."""
+    def normal_cdf(x: np.ndarray) -> np.ndarray:
+        return 0.5 * (1.0 + torch.special.erf(torch.from_numpy(x / math.sqrt(2.0))).numpy())
+
+    def density(x: np.ndarray) -> np.ndarray:
+        return np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+    clip = GELU_CLIP
+    return np.stack([fit_odd_chebyshev(lambda t: normal_cdf(clip * t) - 0.5, GELU_DEGREE),
+                     fit_odd_chebyshev(lambda t: normal_cdf(clip * t) + clip * t * density(clip * t) - 0.5,
+                                       GELU_DEGREE)])
+
+
+def secure_gelu(crypten: Any, x: Any) -> tuple[Any, Any]:
+    """GELU(x) and GELU'(x) under MPC, for every x (the derivative for the backward pass)."""
+    clip = GELU_CLIP
+    outside = crypten.stack([clip - x, x + clip]).lt(0)  # [x > clip, x < -clip], integer sharings
+    pull = outside * crypten.stack([clip - x, -clip - x])
+    t = ((x + pull[0] + pull[1]) * (_SERIES_SCALE / clip)).div(_SERIES_SCALE)
+    terms = odd_chebyshev_terms(crypten, t, GELU_DEGREE)
+    coefficients = torch.tensor(GELU_COEFFICIENTS, dtype=torch.float32, device=terms.device) * _SERIES_SCALE
+    series = (crypten.stack([terms, terms]) * coefficients.reshape(2, -1, *([1] * x.dim()))).sum(1)
+    series = series.div(_SERIES_SCALE) + 0.5  # [Phi(t clip), GELU'(t clip)] inside the clip
+    inside = 1 - outside[0] - outside[1]
+    factors = crypten.stack([inside, inside]) * series + crypten.stack([outside[0], outside[0]])
+    return x * factors[0], factors[1]

@@ -33,7 +33,7 @@ def value_digest(value: torch.Tensor) -> str:
     return hashlib.sha256(header + plain.numpy().tobytes()).hexdigest()
 
 
-def _entry_hash(entry: dict) -> str:
+def entry_hash(entry: dict) -> str:
     body = {key: value for key, value in entry.items() if key != "hash"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -56,7 +56,7 @@ class AuditLog:
             "digest": digest, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "prev": self._last,
         }
-        entry["hash"] = _entry_hash(entry)
+        entry["hash"] = entry_hash(entry)
         with self.path.open("a", encoding="utf-8") as log_file:
             log_file.write(json.dumps(entry, sort_keys=True) + "\n")
             log_file.flush()
@@ -89,7 +89,7 @@ def chain_problem(party: str, entries: Sequence[dict]) -> str | None:
         where = f"{party}: entry {number} ({_describe(entry)})"
         if entry.get("prev") != previous:
             return f"{where}: does not follow entry {number - 1} (an entry was dropped, inserted or reordered)"
-        if entry.get("hash") != _entry_hash(entry):
+        if entry.get("hash") != entry_hash(entry):
             return f"{where}: its hash does not match its content (the entry was edited)"
         if entry.get("seq") != number - 1:
             return f"{where}: sequence number {entry.get('seq')!r}, expected {number - 1}"

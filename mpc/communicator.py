@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from mpc.compat import load_crypten
+from protocols.crypten_hooks import load_crypten
 
 load_crypten()  # crypten imports only with the compatibility fixes in place
 _crypten_communicator = importlib.import_module("crypten.communicator.communicator")

@@ -15,6 +15,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
+from mpc.layers import TRANSFORMER_LAYERS, check_transformer_layer, export_copy, register_layers
+from protocols.crypten_hooks import drop_unit_scalings, load_crypten
+
 # torch.nn layers that CrypTen's ONNX converter turns into secure layers: those whose name
 # crypten.nn also defines (losses and containers-only aside), plus layers that export to no
 # operation at all. A layer outside this list is refused before any party starts.
@@ -34,12 +37,10 @@ class ModelError(ValueError):
 
 def supported_layers() -> tuple[str, ...]:
     """Names of the ``torch.nn`` layers a model may be built from, sorted."""
-    from mpc.compat import load_crypten
-
     names = {name for name in load_crypten().nn.__all__
              if isinstance(getattr(nn, name, None), type) and issubclass(getattr(nn, name), nn.Module)
              and not issubclass(getattr(nn, name), nn.modules.loss._Loss) and name not in _NOT_LAYERS}
-    return tuple(sorted(names | set(_CONVERTED_ELSEWHERE)))
+    return tuple(sorted(names | set(_CONVERTED_ELSEWHERE) | set(TRANSFORMER_LAYERS)))
 
 
 def model_target(spec: Mapping[str, Any]) -> str:
@@ -98,11 +99,19 @@ def _first_line(error: Exception) -> str:
 def check_layers(model: nn.Module, target: str) -> None:
     """Refuse a model with a layer the secure engine cannot convert, naming it."""
     allowed = supported_layers()
+    inside_attention: list[str] = []  # MultiheadAttention's own projection layers are part of it
     for name, module in model.named_modules():
         kind = type(module)
+        if any(name.startswith(prefix + ".") for prefix in inside_attention):
+            continue
         if kind.__module__.startswith("torch.nn") and kind.__name__ not in allowed:
             raise ModelError(f"model._target_={target}: layer {name or '(the model)'} is {kind.__name__}, "
                              f"which secure training does not support; supported layers: {', '.join(allowed)}")
+        problem = check_transformer_layer(module)
+        if problem:
+            raise ModelError(f"model._target_={target}: layer {name or '(the model)'}: {problem}")
+        if isinstance(module, nn.MultiheadAttention):
+            inside_attention.append(name)
 
 
 def output_width(model: nn.Module, features: int) -> int:
@@ -115,63 +124,49 @@ def output_width(model: nn.Module, features: int) -> int:
     return int(outputs.shape[1])
 
 
-def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0, device: Any = "cpu") -> Any:
-    """Convert through CrypTen's ONNX importer and secret-share the initial weights."""
+def convert_model(crypten: Any, model: nn.Module, features: int) -> Any:
+    """The CrypTen model (not yet encrypted) of ``model``, through CrypTen's ONNX importer."""
     with warnings.catch_warnings():
         # the ONNX importer wraps read-only numpy buffers; the tensors are copied at encrypt()
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        secure = crypten.nn.from_pytorch(model, torch.zeros(1, features))
-    _drop_unit_scalings(crypten, secure)
+        register_layers(crypten)
+        secure = crypten.nn.from_pytorch(_with_distinct_values(export_copy(model)), torch.zeros(1, features))
+    _load_weights(secure, model)
+    drop_unit_scalings(crypten, secure)  # nn.Linear without CrypTen's unit-scaling truncations
+    return secure
+
+
+def encrypt_model(crypten: Any, model: nn.Module, features: int, owner: int = 0, device: Any = "cpu") -> Any:
+    """Convert (:func:`convert_model`) and secret-share the initial weights."""
+    secure = convert_model(crypten, model, features)
     secure.encrypt(src=owner)
     return secure.to(device)
 
 
-_UNIT_GEMM: dict[int, type] = {}
+def _exported_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The values the ONNX export turns into initializers: parameters and floating-point buffers."""
+    return list(model.parameters()) + [buffer for buffer in model.buffers() if buffer.is_floating_point()]
 
 
-class _WeightGradient:
-    """The backward of ``a @ b`` when only ``b`` needs a gradient: ``a^T @ grad``."""
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Any) -> tuple[Any]:
-        (a,) = ctx.saved_tensors
-        return (a.t().matmul(grad_output),)
-
-
-def _matmul(crypten: Any, a: Any, b: Any) -> Any:
-    """``a @ b``; when the input ``a`` needs no gradient (the first layer's features), the
-    autograd node skips CrypTen's input gradient: a matmul and 2 rounds per step, unused."""
-    if not (crypten.CrypTensor.AUTOGRAD_ENABLED and b.requires_grad and not a.requires_grad
-            and a.dim() == 2 and b.dim() == 2):
-        return a.matmul(b)
-    with crypten.no_grad():
-        product = a.matmul(b)
-    ctx = crypten.gradients.AutogradContext()
-    ctx.save_for_backward(a)
-    # the fields crypten's own autograd wrapper sets on a function's result
-    product.requires_grad = True
-    product.children = [b]
-    product.grad_fn = _WeightGradient
-    product.ctx = ctx
-    return product
+def _with_distinct_values(model: nn.Module) -> nn.Module:
+    """The ONNX exporter merges initializers of equal values (LayerNorm's ones, zero biases,
+    two BatchNorms' running variances) into one, which would then be trained as one. The copy
+    that is exported gets values all different; :func:`_load_weights` puts the real ones in."""
+    start = 0
+    with torch.no_grad():
+        for tensor in _exported_tensors(model):
+            tensor.copy_(torch.arange(start, start + tensor.numel(), dtype=tensor.dtype).view_as(tensor))
+            start += tensor.numel()
+    return model
 
 
-def _drop_unit_scalings(crypten: Any, secure: Any) -> None:
-    """``nn.Linear`` arrives as ONNX Gemm with alpha = beta = 1, which CrypTen multiplies in
-    (a public multiplication, hence a truncation: a round each way, per layer, with more than
-    local truncation). Such layers become a plain ``a @ b + c``; the arithmetic is the same."""
-    gemm = crypten.nn.Gemm
-    unit = _UNIT_GEMM.get(id(gemm))
-    if unit is None:
-        def forward(self: Any, x: Any) -> Any:
-            a, b, c = tuple(x)
-            if self.trans_a:
-                a = a.t()
-            if self.trans_b:
-                b = b.t()
-            return _matmul(crypten, a, b).add(c)
-
-        unit = _UNIT_GEMM[id(gemm)] = type("UnitGemm", (gemm,), {"forward": forward})
-    for module in secure.modules():
-        if type(module) is gemm and module.alpha == 1.0 and module.beta == 1.0:
-            module.__class__ = unit
+def _load_weights(secure: Any, model: nn.Module) -> None:
+    """The torch model's weights and buffers, by name, into the converted (not yet encrypted) model."""
+    state = model.state_dict()
+    converted = {name.removesuffix(".data"): tensor for name, tensor in secure.named_parameters()}
+    converted.update({name.removesuffix(".data"): tensor for name, tensor in secure.named_buffers()})
+    unknown = sorted(set(converted) - set(state))
+    if unknown:
+        raise ModelError(f"the converted model holds {unknown[0]!r}, which the torch model's state does not name")
+    for name, tensor in converted.items():
+        tensor.data.copy_(state[name].detach())

@@ -66,6 +66,14 @@ class SecureSGD:
     def state(self) -> list[Any]:
         return list(self.buffers or [])
 
+    def state_dict(self) -> dict[str, Any]:
+        """This party's shares of the momentum buffers (none before the first step)."""
+        return {f"buffer.{i}": buffer.share.clone() for i, buffer in enumerate(self.buffers or [])}
+
+    def load_state_dict(self, crypten: Any, state: dict[str, Any]) -> None:
+        count = sum(key.startswith("buffer.") for key in state)
+        self.buffers = [_from_shares(crypten, state[f"buffer.{i}"], self.parameters[i]) for i in range(count)] or None
+
 
 class SecureAdam:
     """Adam (``decoupled=False``, weight decay added to the gradient) or AdamW (decoupled
@@ -115,6 +123,23 @@ class SecureAdam:
 
     def state(self) -> list[Any]:
         return [self.moments] if self.moments is not None else []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step count and this party's shares of the moments."""
+        state: dict[str, Any] = {"steps": self.steps}
+        if self.moments is not None:
+            state["moments"] = self.moments.share.clone()
+        return state
+
+    def load_state_dict(self, crypten: Any, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        moments = state.get("moments")
+        self.moments = None if moments is None else _from_shares(crypten, moments, self.parameters[0])
+
+
+def _from_shares(crypten: Any, share: torch.Tensor, like: Any) -> Any:
+    """An MPCTensor of this party's ``share`` on ``like``'s device."""
+    return crypten.mpc.MPCTensor.from_shares(share.to(like.share.device))
 
 
 def secure_optimizer(crypten: Any, parameters: list[Any], config: Any) -> SecureSGD | SecureAdam:

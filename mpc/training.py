@@ -19,6 +19,8 @@ from tqdm import tqdm
 from mpc import release
 from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.optim import secure_optimizer
+from mpc.scoring import load_shares
+from protocols.prg import generator_positions, seek_generators
 
 
 @dataclass
@@ -37,6 +39,8 @@ class TrainConfig:
     lr_step: int = 1
     lr_gamma: float = 0.1
     reveal_to: list[str] = field(default_factory=list)
+    checkpoint_every: int = 0  # save this party's shares of the training state every n epochs (0: never)
+    resume: str = ""  # a run folder (outputs/<run id>) whose checkpoints this run continues
     plaintext_reference: bool = True
     evaluator: int = 0  # the party that receives held-out predictions and prints metrics
     dp: DpConfig = field(default_factory=DpConfig)  # differentially private SGD (mpc/dp.py)
@@ -196,8 +200,25 @@ class SecureTrainer:
                 batch_scales = batch_scales[rows]
             yield features[rows], batch_targets[rows], batch_scales, epoch
 
-    def fit(self, train: Any, test: Any | None,
-            on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
+    def state_dict(self, epochs_done: int) -> dict[str, Any]:
+        """This party's part of the training state after ``epochs_done`` epochs: its shares of
+        the weights and the optimizer state, and its PRG streams' positions."""
+        return {"epoch": epochs_done,
+                "parameters": {name: p.share.clone() for name, p in self.model.named_parameters()},
+                "optimizer": self.optimizer.state_dict(),
+                "generators": generator_positions(self.crypten)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Continue from :meth:`state_dict`'s output; returns the epochs done."""
+        load_shares(self.model, state["parameters"])
+        self.optimizer.load_state_dict(self.crypten, state["optimizer"])
+        seek_generators(self.crypten, state["generators"])
+        return int(state["epoch"])
+
+    def fit(self, train: Any, test: Any | None, on_epoch: Callable[[EpochRecord], None] | None = None,
+            resume: dict[str, Any] | None = None) -> list[EpochRecord]:
+        """Train for the remaining epochs; ``resume`` is a :meth:`state_dict` to continue from.
+        ``on_epoch`` runs after each epoch's held-out evaluation (where checkpoints are taken)."""
         self.model.train()
         evaluator = self.config.evaluator
         test_labels = release.open(test.labels, "heldout_labels", to=evaluator) if test is not None else None
@@ -206,20 +227,22 @@ class SecureTrainer:
         slices = batch_slices(train.rows, self.config.batch_size)
         sizes = sorted({rows.stop - rows.start for rows in slices})
         targets = self.loss.targets(self.crypten, train.labels)
-        factor, row_scales = None, {}
         if self.config.dp.enabled:
             self.private = PrivateSgd(self.crypten, self.config.dp, train.features, self.config.lr,
                                       self.config.batch_size, self.config.epochs)
             dp_scales = self.loss.row_scales(train.labels, self.config.lr, self.config.lr)  # w(y)
-        for epoch in range(self.config.epochs):
+        # everything above draws the same randomness in a resumed run as in the run it continues
+        first = self.load_state_dict(resume) if resume is not None else 0
+        for epoch in range(first, self.config.epochs):
             start = time.perf_counter()
             before = (self.stats.bytes_sent, self.stats.bytes_received, self.stats.rounds)
             if self.private is not None:
                 steps = ((x, y, w, epoch, clip) for x, y, w, clip in self.private.epoch_steps(train, dp_scales, epoch))
             else:
-                if self.optimizer.gradient_factor(epoch) != factor:  # a schedule changed the folded lr
-                    factor = self.optimizer.gradient_factor(epoch)
-                    row_scales = {size: self.loss.row_scales(train.labels, size, factor) for size in sizes}
+                # the scales carry the epoch's learning rate (a schedule may change it); made
+                # afresh each epoch, so that an epoch's randomness starts where a checkpoint left it
+                factor = self.optimizer.gradient_factor(epoch)
+                row_scales = {size: self.loss.row_scales(train.labels, size, factor) for size in sizes}
                 steps = self._epoch_steps(train, targets, row_scales, epoch)
             progress = tqdm(steps, total=len(slices), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)

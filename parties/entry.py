@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from parties.config import RunConfig
+from parties.dealer import process_names
 from parties.party import run_party
-from protocols.dealer import DEALER_NAME
 
 
 def _show_name(name: str) -> None:
@@ -21,7 +21,7 @@ def _show_name(name: str) -> None:
 
 
 def party_main(config: RunConfig, rank: int) -> None:
-    name = config.parties[rank].name if rank < len(config.parties) else DEALER_NAME
+    name = process_names(config)[rank]
     _show_name(name)
     try:
         run_party(config, rank)

@@ -17,23 +17,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpc.data.sharing import _read_and_announce
+from mpc.data.sharing import read_and_announce
 from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import check_horizontal
-from parties.transport.group import PartyGroup
 from mpc.metrics import ClassWeights, evaluate
 from mpc.losses import WeightedBinaryCrossEntropy
 from mpc.models import build_torch_model, model_target
 from mpc.training import EpochRecord
 from parties.config import RunConfig
+from parties.dealer import dealer_rank, party_world, receive_dealer_report
 from mpc.scoring import ModelRecord, save_model_file
-from parties.outputs import _atomic_save, write_json, write_predictions
-from parties.summary import build_summary, dealer_report, print_summary
+from parties.outputs import atomic_save, write_json, write_predictions
+from parties.summary import build_summary, print_summary
 from protocols import ProtocolSuite
-from protocols.malicious.dealer import Dealer, run_dealer
 from protocols.malicious.engine import Engine
 from protocols.malicious.train import (SIGMOID_FIXED_POINT_ERROR, SIGMOID_MAX_ERROR, LocalData,
-                                       MaliciousTrainConfig, check_model, layers_from_torch, train_logreg)
+                                       MaliciousTrainConfig, UnsupportedModel, check_model, layers_from_torch,
+                                       train_logreg)
 
 log = logging.getLogger("cotrain.malicious")
 
@@ -41,42 +41,42 @@ log = logging.getLogger("cotrain.malicious")
 _BUILT_IN = {"mpc.zoo.LogisticRegression": "logreg", "mpc.zoo.MLP": "mlp"}  # the engine's names
 
 
-def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
-    """The dealer serves tuples; a party trains. Returns the summary at the evaluator."""
-    parties = config.num_parties
-    # every rank, the dealer too, refuses before any traffic
-    check_model(_BUILT_IN.get(model_target(config.model), model_target(config.model)))
+def config_problem(config: RunConfig) -> str | None:
+    """Why this engine cannot run ``config`` (None: it can); checked before any party starts."""
+    target = model_target(config.model)
+    try:
+        check_model(_BUILT_IN.get(target, target))
+    except UnsupportedModel as error:
+        return str(error)
     if config.data.task != "binary":
-        raise ValueError(f"protocol=malicious trains data.task=binary only, not {config.data.task}")
+        return f"protocol=malicious trains data.task=binary only, not {config.data.task}"
     plain_sgd = (config.train.optimizer, config.train.momentum, config.train.weight_decay, config.train.schedule)
     if plain_sgd != ("sgd", 0.0, 0.0, "constant"):
-        raise ValueError("protocol=malicious trains with train.optimizer=sgd at a constant rate, "
-                         "without momentum or weight decay")
+        return ("protocol=malicious trains with train.optimizer=sgd at a constant rate, "
+                "without momentum or weight decay")
     if config.data.partition != "horizontal":
-        raise ValueError("protocol=malicious supports data.partition=horizontal only (for now)")
-    if rank == parties:
-        served = run_dealer(transport, Dealer(parties))
-        write_json(directory / "dealer.json", served)
-        transport.send_obj(dealer_report(transport, rank, served), config.train.evaluator)
-        return None
+        return "protocol=malicious supports data.partition=horizontal only (for now)"
+    return None
+
+
+def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
+    """A party trains (the dealer runs ``parties.dealer``). Returns the summary at the evaluator."""
+    parties = config.num_parties
     started = time.perf_counter()
     names = config.names()
     spec = config.parties[rank]
-    group = PartyGroup(transport, parties)
-    frame, metas = _read_and_announce(group, spec.data, names[rank], True, config.data)
+    group = party_world(config, transport)
+    frame, metas = read_and_announce(group, spec.data, names[rank], True, config.data)
     features = list(check_horizontal(metas, config.data.label, config.data.id_column))
     evaluator = config.train.evaluator
     test_x = test_y = None
     if rank == evaluator and spec.test_data:
-        test_frame, _ = _read_and_announce(group, spec.test_data, names[rank], False, config.data)
+        test_frame, _ = read_and_announce(group, spec.test_data, names[rank], False, config.data)
         test_x, test_y = test_frame[features].to_numpy(np.float64), test_frame[config.data.label].to_numpy(np.float64)
     else:
-        _read_and_announce(group, None, names[rank], False, config.data)
+        read_and_announce(group, None, names[rank], False, config.data)
     torch_model = build_torch_model(config.model, len(features), config.seed)
     initial = layers_from_torch(torch_model)
-    unknown = [name for name in config.train.reveal_to if name not in names]
-    if unknown:
-        raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
     train_config = MaliciousTrainConfig(epochs=config.train.epochs, batch_size=config.train.batch_size,
                                         lr=config.train.lr, seed=config.seed, evaluator=evaluator,
                                         reveal_to=[names.index(name) for name in config.train.reveal_to])
@@ -92,7 +92,7 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
         logits = None if record.test_logits is None else torch.tensor(record.test_logits, dtype=torch.float64)
         history.append(EpochRecord(record.epoch, record.seconds, record.bytes_sent, 0, record.rounds, metrics, logits))
 
-    engine = Engine(transport, parties, dealer=parties)
+    engine = Engine(transport, parties, dealer=dealer_rank(config))
     try:
         local = LocalData(frame[features].to_numpy(np.float64), frame[config.data.label].to_numpy(np.float64),
                           test_x, test_y)
@@ -117,7 +117,7 @@ def run_malicious(config: RunConfig, transport: Any, rank: int, run_id: str, dir
     write_json(directory / "party.json", report)
     if rank != evaluator:
         return None
-    reports.append(transport.recv_obj(parties))  # the dealer's traffic
+    reports.append(receive_dealer_report(config, transport))
     if history and history[-1].heldout_logits is not None:
         write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)
     summary = build_summary(config, run_id, ProtocolSuite(config.protocol), reports, history,
@@ -153,7 +153,7 @@ def _save(result: Any, torch_model: torch.nn.Module, record: ModelRecord, direct
     for index, layer in enumerate(layers):
         shares.update({f"layer{index}_value_lo": layer.v.lo, f"layer{index}_value_hi": layer.v.hi,
                        f"layer{index}_mac_lo": layer.m.lo, f"layer{index}_mac_hi": layer.m.hi})
-    _atomic_save(lambda p: np.savez(p.open("wb"), **shares), directory / "model_shares.npz")
+    atomic_save(lambda p: np.savez(p.open("wb"), **shares), directory / "model_shares.npz")
     saved = {"shares": str(directory / "model_shares.npz")}
     if result.revealed is not None:
         plain = np.asarray(result.revealed, np.float64)
@@ -168,6 +168,6 @@ def _save(result: Any, torch_model: torch.nn.Module, record: ModelRecord, direct
         expected = torch_model.state_dict()
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
             raise RuntimeError("the revealed parameters do not match the torch model's layout")
-        _atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
+        atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
         saved["revealed"] = str(directory / "model.pt")
     return saved

@@ -22,7 +22,7 @@ def party_dir(output_dir: str, run_id: str, party: str) -> Path:
     return path
 
 
-def _atomic_save(write: Any, path: Path) -> None:
+def atomic_save(write: Any, path: Path) -> None:
     """Write to a temporary name, then rename: a crash never leaves half a file behind."""
     temporary = path.with_name(path.name + ".partial")
     write(temporary)
@@ -30,7 +30,7 @@ def _atomic_save(write: Any, path: Path) -> None:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    _atomic_save(lambda p: p.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"), path)
+    atomic_save(lambda p: p.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"), path)
 
 
 def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, record: ModelRecord,
@@ -45,7 +45,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
         raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
     secure_params = dict(secure_model.named_parameters())
     shares = {name: param.share.clone() for name, param in secure_params.items()}
-    _atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
+    atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
     write_json(directory / "model.json", record.as_dict())
     saved = {"shares": str(directory / "model_shares.pt")}
     recipients = [names.index(name) for name in reveal_to]
@@ -54,7 +54,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     if rank in recipients:
         plain = {name: values[rank] for name, values in revealed.items()}
         state = _match_torch_state(torch_model, plain)
-        _atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
+        atomic_save(lambda p: save_model_file(p, record, state), directory / "model.pt")
         saved["revealed"] = str(directory / "model.pt")
     return saved
 
@@ -62,7 +62,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
 def write_predictions(path: Path, outputs: torch.Tensor, task: str, ids: Any = None) -> None:
     """Scores as CSV (``mpc.scoring.predictions_frame``), written atomically."""
     frame = predictions_frame(outputs, ids, task)
-    _atomic_save(lambda p: frame.to_csv(p, index=False, float_format="%.9g"), path)
+    atomic_save(lambda p: frame.to_csv(p, index=False, float_format="%.9g"), path)
 
 
 def _match_torch_state(torch_model: torch.nn.Module, plain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

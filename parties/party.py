@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 from mpc import release
 from mpc.audit import AUDIT_FILE, AuditLog
+from mpc.checkpoint import agree_on_resume, checkpoint_path, load_checkpoint, run_settings, save_checkpoint
 from mpc.data.sharing import share_horizontal, share_vertical
 from mpc.losses import expected_outputs, task_loss
 from mpc.models import ModelError, build_torch_model, encrypt_model, model_target, output_width
@@ -20,17 +22,15 @@ from mpc.session import MpcSession
 from mpc.scoring import ModelRecord
 from mpc.training import SIGMOID_MAX_ERROR, SecureTrainer
 from parties.config import RunConfig
+from parties.dealer import has_dealer, is_dealer, party_world, process_names, receive_dealer_report, run_dealer
 from parties.hosts import check_host_boundary
 from parties.devices import party_device
 from parties.outputs import party_dir, save_model, write_json, write_predictions
 from parties.scoring import run_scoring
 from parties.report import write_report
-from parties.summary import plaintext_reference, build_summary, dealer_report, failed_summary, print_summary
+from parties.summary import plaintext_reference, build_summary, failed_summary, print_summary
 from parties.transport import PartyAddress, open_transport
-from parties.transport.group import PartyGroup
 from protocols import ProtocolSuite
-from protocols.dealer import DEALER_NAME, run_dealer_server
-from protocols.suite import needs_dealer
 from protocols.malicious.parts import is_malicious
 
 log = logging.getLogger("cotrain.party")
@@ -90,10 +90,7 @@ def _tag_records(name: str) -> None:
 
 def run_party(config: RunConfig, rank: int) -> PartyOutcome:
     """Run this party's side of the whole job; raises on any failure, after recording why."""
-    # a suite with a dealer adds one process, rank num_parties, to the transport's world;
-    # MPC runs among the parties only (a PartyGroup view of the transport)
-    dealer = needs_dealer(config.protocol)
-    names = config.names() + ((DEALER_NAME,) if dealer else ())
+    names = process_names(config)  # with the dealer's, where the suite has one (parties.dealer)
     name = names[rank]
     _configure_logging(config.log_level, rank, None)
     _tag_records(name)
@@ -135,23 +132,19 @@ def _record_failure(config: RunConfig, rank: int, name: str, run_id: str, direct
 
 
 def _run(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path) -> dict | None:
-    if is_malicious(config.protocol):  # protocol=malicious: its own authenticated engine and dealer
+    if is_dealer(config, rank):
+        run_dealer(config, transport, directory)
+        return None
+    if is_malicious(config.protocol):  # protocol=malicious: its own authenticated engine
         from parties.malicious_run import run_malicious
 
         return run_malicious(config, transport, rank, run_id, directory)
-    if rank == config.num_parties:
-        served = run_dealer_server(transport, config.num_parties)
-        write_json(directory / "dealer.json", served)
-        # the dealer's own traffic, for the evaluator's per-party table and totals
-        transport.send_obj(dealer_report(transport, rank, served), config.train.evaluator)
-        return None
-    dealer = needs_dealer(config.protocol)
-    mpc_transport = PartyGroup(transport, config.num_parties) if dealer else transport
-    return _train(config, mpc_transport, rank, run_id, directory, transport if dealer else None)
+    return _train(config, party_world(config, transport), rank, run_id, directory, transport)
 
 
 def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory: Path,
-           dealer_transport: Any | None) -> dict | None:
+           whole_world: Any) -> dict | None:
+    """``transport``: the parties' own communicator; ``whole_world``: the transport, dealer included."""
     names = config.names()
     spec = config.parties[rank]
     suite = ProtocolSuite(config.protocol)
@@ -180,7 +173,21 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
         training_start = time.perf_counter()
         trainer = SecureTrainer(crypten, secure_model, config.train, loss, config.seed,
                                 transport.stats, show_progress=rank == config.train.evaluator)
-        history = trainer.fit(train, test)
+        settings = run_settings(dataclasses.asdict(config))
+        resume = None
+        if config.train.resume:
+            resume = load_checkpoint(config.train.resume, names[rank], rank, config.num_parties, settings,
+                                     config.train.epochs)
+            agree_on_resume(crypten, resume["epoch"], settings)
+            log.info("resuming after epoch %d from this party's checkpoint in %s", resume["epoch"], config.train.resume)
+
+        def checkpoint(record: Any) -> None:
+            every = config.train.checkpoint_every
+            if every and (record.epoch % every == 0 or record.epoch == config.train.epochs):
+                save_checkpoint(checkpoint_path(directory.parent, names[rank]), names[rank], rank,
+                                config.num_parties, settings, trainer.state_dict(record.epoch))
+
+        history = trainer.fit(train, test, on_epoch=checkpoint, resume=resume)
         training_seconds = time.perf_counter() - training_start
         record = ModelRecord(dict(config.model), config.data.task, width, preprocessing,
                              config.protocol.name, list(names))
@@ -200,8 +207,8 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     write_json(directory / "party.json", party_report)
     if rank != config.train.evaluator:
         return None
-    if dealer_transport is not None:
-        reports.append(dealer_transport.recv_obj(config.num_parties))
+    if has_dealer(config):
+        reports.append(receive_dealer_report(config, whole_world))
     if history and history[-1].heldout_logits is not None:
         write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)
     reference = plaintext_reference(config, torch_model, loss, preprocessing, SIGMOID_MAX_ERROR)
@@ -210,6 +217,8 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
                             reference=reference)
     if trainer.private is not None:
         summary["privacy"] = trainer.private.report()
+    if resume is not None:
+        summary["resumed"] = {"from": config.train.resume, "after_epoch": resume["epoch"]}
     run_dir = Path(config.output_dir) / run_id
     summary["report"] = str(write_report(run_dir, summary, trainer.heldout_logits, trainer.heldout_labels, reference))
     write_json(run_dir / "summary.json", summary)

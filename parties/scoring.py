@@ -16,25 +16,22 @@ from mpc.models import encrypt_model
 from mpc.scoring import load_shares, read_record, score_shared
 from mpc.session import MpcSession
 from parties.config import RunConfig
+from parties.dealer import is_dealer, party_world, serve
 from parties.devices import party_device
 from parties.outputs import write_predictions
-from parties.transport.group import PartyGroup
 from protocols import ProtocolSuite
-from protocols.dealer import run_dealer_server
-from protocols.suite import needs_dealer
 
 log = logging.getLogger("cotrain.scoring")
 
 
 def run_scoring(config: RunConfig, transport: Any, rank: int, directory: Path) -> dict | None:
     """Returns, at the owner, what was scored; ``directory`` is this party's folder of the run."""
-    parties = config.num_parties
-    if rank == parties:  # the suite's dealer serves tuples for the scoring as for training
-        run_dealer_server(transport, parties)
+    if is_dealer(config, rank):  # the suite's dealer serves tuples for the scoring as for training
+        serve(config, transport)
         return None
     names = config.names()
     owner = names.index(config.score.owner)
-    group = PartyGroup(transport, parties) if needs_dealer(config.protocol) else transport
+    group = party_world(config, transport)
     record = read_record(directory / "model.json")
     shares = torch.load(directory / "model_shares.pt", weights_only=True)
     rows = ids = None

@@ -16,7 +16,6 @@ from mpc.tolerance import METRICS, compare, logit_bounds, metric_tolerances, out
 from mpc.training import EpochRecord
 from parties.config import RunConfig
 from protocols import ProtocolSuite
-from protocols.dealer import DEALER_NAME
 
 @dataclass
 class Reference:
@@ -219,12 +218,6 @@ def print_summary(summary: dict) -> None:
     for kind, counted in parts.items():
         lines.append(f"    {kind:<14} {_part_line(counted)}")
     print("\n".join(lines), flush=True)
-
-
-def dealer_report(transport: Any, rank: int, served: dict) -> dict:
-    """The dealer's line in the per-party table: its traffic and what it served."""
-    return {"name": DEALER_NAME, "rank": rank, **transport.stats.as_dict(), "saved": {},
-            "protocol_parts": {"dealer": served}}
 
 
 def failed_summary(run_id: str, reason: str, parties: dict[str, str] | None = None) -> dict:

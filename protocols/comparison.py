@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from protocols import crypten_hooks
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -16,16 +17,12 @@ from protocols.registry import register_part
 @register_part("comparison", "crypten")
 class CryptenComparison(ProtocolPart):
     def install(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.install_comparison(crypten, self.less_than_zero, self.counters)
 
     def less_than_zero(self, x: Any, crypten_ltz: Callable[[Any], Any]) -> Any:
         return crypten_ltz(x)
 
     def uninstall(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.uninstall_comparison(crypten)
 
     def describe(self) -> str:

@@ -1,25 +1,35 @@
-"""The one place that wires protocol parts into CrypTen's extension points.
+"""The one module that changes CrypTen's internals: compatibility fixes, the session's swaps,
+the model converter's swap, and every extension point the protocol parts plug into.
 
-CrypTen's extension points and what plugs into each:
+* **Compatibility** (crypten 0.4.1 on torch 2.9-2.13, applied once by :func:`load_crypten`,
+  before crypten's own import-time code runs): the moved ONNX registration module, the
+  TorchScript exporter for ``from_pytorch``, ONNX ``Identity`` nodes, ``torch.load``'s
+  ``weights_only`` default, and ``FixedPointEncoder.decode``.
+* **The session** (:func:`install_session`): ``crypten.communicator.DistributedCommunicator``
+  (looked up at call time) becomes an adapter whose instance is the party's transport, and
+  ``crypten.cfg`` reads through a cache.
+* **Models** (:func:`drop_unit_scalings`): converted ``Gemm`` layers with unit scalings
+  become a plain ``a @ b + c``.
+* **Protocol parts**: the provider table in ``crypten.mpc`` (chosen by ``cfg.mpc.provider``)
+  for triple sources; ``cfg.mpc.protocol``, looked up in
+  ``crypten.mpc.primitives.arithmetic``'s globals, for the metered Beaver functions; the
+  hard-wired ``beaver.AND`` (binary AND), ``beaver.B2A_single_bit`` (B2A),
+  ``MPCTensor._ltz`` and ``converters._A2B`` (comparison and A2B),
+  ``ArithmeticSharedTensor.div_`` and ``beaver.truncate`` (truncation); and randomness:
+  ``crypten._setup_prng``, ``crypten.generators`` and the samplers of ``crypten.common.rng``
+  wherever a module imported them by name.
 
-* the provider table in ``crypten.mpc`` (chosen by ``cfg.mpc.provider``): triple sources;
-* ``cfg.mpc.protocol``, looked up in ``crypten.mpc.primitives.arithmetic``'s globals: a
-  namespace with the Beaver functions, metered for the triple source's online cost;
-* hard-wired functions, replaced here and restored on uninstall: ``beaver.AND`` (binary
-  AND), ``beaver.B2A_single_bit`` (B2A), ``MPCTensor._ltz`` and ``converters._A2B``
-  (comparison and A2B), ``ArithmeticSharedTensor.div_`` and
-  ``beaver.truncate`` (truncation);
-* randomness: ``crypten._setup_prng`` and ``crypten.generators``, and the samplers of
-  ``crypten.common.rng`` wherever a module imported them by name.
-
-No other module touches CrypTen's internals for protocol purposes (``mpc.compat`` only
-fixes CrypTen's bugs).
+Everything but the compatibility fixes is undone on uninstall. No other module assigns to
+anything of CrypTen's.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import io
 import math
+import sys
 import types
 from typing import Any, Callable
 
@@ -63,6 +73,286 @@ def restore(owner: str) -> None:
             delattr(target, name)
         else:
             setattr(target, name, previous)
+
+
+# -- compatibility with current torch, and crypten's bugs -----------------------------------
+_ONNX_REGISTRATION = "torch.onnx._internal.registration"
+_ONNX_REGISTRATION_NOW = "torch.onnx._internal.torchscript_exporter.registration"
+_applied = False
+
+
+def _alias_moved_onnx_registration() -> None:
+    """crypten imports the TorchScript ONNX registry from its pre-2.9 location."""
+    try:
+        importlib.import_module(_ONNX_REGISTRATION)
+    except ModuleNotFoundError:
+        sys.modules[_ONNX_REGISTRATION] = importlib.import_module(_ONNX_REGISTRATION_NOW)
+
+
+def decode_fixed_point(tensor: torch.Tensor, scale: int) -> torch.Tensor:
+    """Exact fixed-point decode: floor quotient plus the non-negative remainder.
+
+    crypten divides negatives by ``scale - 1``, which is off by one for some values and
+    drifts for large ones. Quotient and remainder are exact integers; they are combined in
+    float64 (the quotient of an int64 by 2^16 fits its 53-bit mantissa up to 2^53) and
+    rounded once to the default float dtype.
+    """
+    quotient = tensor.div(scale, rounding_mode="floor")
+    remainder = tensor - quotient * scale
+    exact = quotient.double() + remainder.double() / scale
+    return exact.to(torch.get_default_dtype())
+
+
+def _fix_fixed_point_decode(crypten_module: Any) -> None:
+    encoder_cls = crypten_module.encoder.FixedPointEncoder
+
+    def decode(self, tensor):
+        if tensor is None:
+            return None
+        if self._scale > 1:
+            return decode_fixed_point(tensor, self._scale)
+        return tensor
+
+    encoder_cls.decode = decode
+
+
+def _use_torchscript_onnx_exporter(crypten_module: Any) -> None:
+    """torch >= 2.9 exports with dynamo by default; crypten's converter needs TorchScript."""
+    converter = crypten_module.nn.onnx_converter
+    original_kwargs = dict(
+        do_constant_folding=False,
+        export_params=True,
+        input_names=["input"],
+        output_names=["output"],
+        opset_version=converter._OPSET_VERSION,
+    )
+
+    def export(f: io.BytesIO, pytorch_model: torch.nn.Module, dummy_input: Any) -> io.BytesIO:
+        torch.onnx.export(pytorch_model, dummy_input, f, dynamo=False, **original_kwargs)
+        return f
+
+    converter._export_pytorch_model = export
+
+
+def _allow_crypten_types_in_torch_load() -> None:
+    """torch >= 2.6 loads with ``weights_only=True``, which rejects crypten's own classes.
+
+    Rather than fall back to the full unpickler, the classes crypten saves (shared tensors,
+    their encoder and ptype, the tuple-cache containers) are allow-listed, so crypten.load
+    and the provider's tuple cache keep torch's restricted loader. A module's state dict
+    holds its encrypted parameters as clones, which record ``AutogradClone`` as the
+    function that made them.
+    """
+    import collections
+
+    from crypten.encoder import FixedPointEncoder
+    from crypten.gradients import AutogradClone, AutogradContext
+    from crypten.mpc.mpc import MPCTensor
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+    from crypten.mpc.primitives.binary import BinarySharedTensor
+    from crypten.mpc.ptype import ptype
+
+    torch.serialization.add_safe_globals(
+        [
+            MPCTensor,
+            ArithmeticSharedTensor,
+            BinarySharedTensor,
+            FixedPointEncoder,
+            AutogradContext,
+            AutogradClone,
+            ptype,
+            collections.defaultdict,
+            frozenset,
+            torch.Size,
+        ]
+    )
+
+
+def _convert_onnx_identity(crypten_module: Any) -> None:
+    """Newer TorchScript exporters emit ONNX ``Identity`` nodes (e.g. for a parameter a
+    graph uses twice); crypten's converter has no module for them."""
+    module = crypten_module.nn.module
+
+    class Identity(module.Module):
+        """Passes its input through unchanged (ONNX ``Identity``)."""
+
+        def forward(self, input: Any) -> Any:
+            return input
+
+        @staticmethod
+        def from_onnx(attributes: Any = None) -> "Identity":
+            return Identity()
+
+    crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN.setdefault("Identity", Identity)
+
+
+def apply() -> None:
+    """Install every fix once; safe to call repeatedly."""
+    global _applied
+    if _applied:
+        return
+    _alias_moved_onnx_registration()
+    import crypten
+
+    _fix_fixed_point_decode(crypten)
+    _use_torchscript_onnx_exporter(crypten)
+    _convert_onnx_identity(crypten)
+    _allow_crypten_types_in_torch_load()
+    _applied = True
+
+
+def load_crypten() -> Any:
+    """Return the crypten module with every compatibility fix applied."""
+    apply()
+    import crypten
+
+    return crypten
+
+
+# -- the session: the transport as CrypTen's communicator, a cached config ------------------
+def _communicator_adapter(make_communicator: Callable[[], Any]) -> type:
+    """A class with CrypTen's communicator class methods, its instance made by ``make_communicator``."""
+
+    class InstalledTransport:
+        instance: Any = None  # set by crypten.init() through initialize()
+
+        @classmethod
+        def is_initialized(cls) -> bool:
+            return cls.instance is not None
+
+        @classmethod
+        def initialize(cls, rank: int = 0, world_size: int = 1, init_ttp: bool = False) -> None:
+            cls.instance = make_communicator()
+
+        @classmethod
+        def get(cls) -> Any:
+            return cls.instance
+
+        @classmethod
+        def shutdown(cls) -> None:
+            cls.instance = None
+
+    return InstalledTransport
+
+
+class _ConfigView:
+    """A caching view of one node of crypten's OmegaConf config tree.
+
+    crypten reads ``cfg.<group>.<key>`` through OmegaConf on almost every tensor operation
+    (tens of microseconds a lookup: a sixth of a training step's CPU time). Reads are cached
+    here; writes go to the OmegaConf node and drop the cached value.
+    """
+
+    __slots__ = ("_node", "_cache")
+
+    def __init__(self, node: Any) -> None:
+        object.__setattr__(self, "_node", node)
+        object.__setattr__(self, "_cache", {})
+
+    def __getattr__(self, name: str) -> Any:
+        cache = object.__getattribute__(self, "_cache")
+        try:
+            return cache[name]
+        except KeyError:
+            pass
+        value = getattr(object.__getattribute__(self, "_node"), name)
+        if hasattr(value, "_get_node"):  # an OmegaConf container
+            value = _ConfigView(value)
+        cache[name] = value
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_node"), name, value)
+        object.__getattribute__(self, "_cache").pop(name, None)
+
+
+def _fast_config_class(base: type) -> type:
+    """``base`` (crypten's CrypTenConfig) reading through a :class:`_ConfigView` of whatever
+    tree it holds now; ``temp_override`` and ``load_config`` swap the tree, and the view
+    follows."""
+
+    def __getattribute__(self: Any, name: str) -> Any:
+        if name.startswith("_") or name in _CONFIG_ATTRIBUTES:
+            return object.__getattribute__(self, name)
+        state = object.__getattribute__(self, "__dict__")
+        config = state["config"]
+        view = state.get("_view")
+        if view is None or view[0] is not config:
+            view = state["_view"] = (config, _ConfigView(config))
+        result = view[1]
+        for key in name.split("."):
+            result = getattr(result, key)
+        return result
+
+    return type("FastCrypTenConfig", (base,), {"__getattribute__": __getattribute__})
+
+
+_CONFIG_ATTRIBUTES = {"config", "load_config", "set_config", "temp_override", "save_config",
+                      "__dict__", "__class__"}
+
+
+def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
+    """CrypTen's communicator becomes ``make_communicator()`` at ``crypten.init``; its config
+    reads through a cache."""
+    _patch("session", crypten.communicator, "DistributedCommunicator", _communicator_adapter(make_communicator))
+    _patch("session", crypten.cfg, "__class__", _fast_config_class(type(crypten.cfg)))
+
+
+def uninstall_session(crypten: Any) -> None:
+    restore("session")
+    vars(crypten.cfg).pop("_view", None)
+
+
+# -- models: unit-scaled Gemm layers -------------------------------------------------------
+_UNIT_GEMM: dict[int, type] = {}
+
+
+class _WeightGradient:
+    """The backward of ``a @ b`` when only ``b`` needs a gradient: ``a^T @ grad``."""
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Any) -> tuple[Any]:
+        (a,) = ctx.saved_tensors
+        return (a.t().matmul(grad_output),)
+
+
+def _matmul(crypten: Any, a: Any, b: Any) -> Any:
+    """``a @ b``; when the input ``a`` needs no gradient (the first layer's features), the
+    autograd node skips CrypTen's input gradient: a matmul and 2 rounds per step, unused."""
+    if not (crypten.CrypTensor.AUTOGRAD_ENABLED and b.requires_grad and not a.requires_grad
+            and a.dim() == 2 and b.dim() == 2):
+        return a.matmul(b)
+    with crypten.no_grad():
+        product = a.matmul(b)
+    ctx = crypten.gradients.AutogradContext()
+    ctx.save_for_backward(a)
+    # the fields crypten's own autograd wrapper sets on a function's result
+    product.requires_grad = True
+    product.children = [b]
+    product.grad_fn = _WeightGradient
+    product.ctx = ctx
+    return product
+
+
+def drop_unit_scalings(crypten: Any, secure: Any) -> None:
+    """``nn.Linear`` arrives as ONNX Gemm with alpha = beta = 1, which CrypTen multiplies in
+    (a public multiplication, hence a truncation: a round each way, per layer, with more than
+    local truncation). Such layers become a plain ``a @ b + c``; the arithmetic is the same."""
+    gemm = crypten.nn.Gemm
+    unit = _UNIT_GEMM.get(id(gemm))
+    if unit is None:
+        def forward(self: Any, x: Any) -> Any:
+            a, b, c = tuple(x)
+            if self.trans_a:
+                a = a.t()
+            if self.trans_b:
+                b = b.t()
+            return _matmul(crypten, a, b).add(c)
+
+        unit = _UNIT_GEMM[id(gemm)] = type("UnitGemm", (gemm,), {"forward": forward})
+    for module in secure.modules():
+        if type(module) is gemm and module.alpha == 1.0 and module.beta == 1.0:
+            module.__class__ = unit
 
 
 def _modules(crypten: Any) -> types.SimpleNamespace:
@@ -205,15 +495,11 @@ def uninstall_comparison(crypten: Any) -> None:
 
 
 # -- randomness -----------------------------------------------------------------------------
-def install_prg(crypten: Any, prg: Any) -> None:
-    """Cipher generators in ``crypten.generators``, seeded by ``prg`` when crypten.init runs."""
-    import importlib
-
+def install_prg(crypten: Any, prg: Any, replacements: dict[str, Callable]) -> None:
+    """CrypTen's two samplers replaced by ``replacements`` (by name) wherever a module imported
+    them, and ``crypten.generators`` filled by ``prg.setup_generators`` when crypten.init runs."""
     rng = importlib.import_module("crypten.common.rng")
     originals = {name: getattr(rng, name) for name in _RNG_FUNCTIONS}
-    from protocols.prg import cipher_rng_functions
-
-    replacements = cipher_rng_functions(crypten)
     for module_name in _RNG_USERS:
         module = importlib.import_module(module_name)
         for name in _RNG_FUNCTIONS:

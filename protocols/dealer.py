@@ -37,9 +37,6 @@ from protocols.tuples import KeyedTripleSource, Prefetcher, check_key, freeze, t
 
 log = logging.getLogger("cotrain.dealer")
 
-DEALER_NAME = "dealer"
-
-
 class DealerError(RuntimeError):
     """The dealer failed, stopped answering, or sent something malformed."""
 
@@ -182,6 +179,10 @@ class DealerTripleSource(KeyedTripleSource):
 
     needs_dealer = True
     provider_name = "COTRAIN_DEALER"
+
+    @staticmethod
+    def serve_dealer(comm: Any, parties: int) -> dict:
+        return run_dealer_server(comm, parties)
 
     def __init__(self) -> None:
         super().__init__()

@@ -401,7 +401,7 @@ def _random_words(shape: Sequence[int]) -> np.ndarray:
     return np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint64).reshape(tuple(shape)).copy()
 
 
-def _matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b over Z_2^64 (torch's int64 matmul wraps)."""
     return (torch.from_numpy(a.view(np.int64)) @ torch.from_numpy(b.view(np.int64))).numpy().view(np.uint64)
 
@@ -485,7 +485,7 @@ class OtTripleSource(KeyedTripleSource):
             else:  # (A @ B)^T = B^T @ A^T
                 plan, transpose = engine.plan_matmul(np.ascontiguousarray(b.T), np.ascontiguousarray(a.T)), True
             return plan, lambda cross: [_tensor(a, size0), _tensor(b, size1),
-                                        _tensor(_matmul_u64(a, b) + (cross.T if transpose else cross), shape)]
+                                        _tensor(matmul_u64(a, b) + (cross.T if transpose else cross), shape)]
         if kind == "square":
             size = key[1]
             r = _random_words(size).reshape(-1)

@@ -107,8 +107,9 @@ class TripleSource(ProtocolPart):
 
     A source installs a CrypTen tuple provider (``generate_additive_triple``, ``square``,
     ``generate_binary_triple``, ``wrap_rng``, ``B2A_rng``) and may offer
-    :meth:`truncation_pair` for the ``pairs`` truncation. ``needs_dealer`` asks the
-    launcher for a dealer process; ``max_parties`` limits the party count.
+    :meth:`truncation_pair` for the ``pairs`` truncation. ``needs_dealer`` asks for a dealer
+    process, which runs the source's ``serve_dealer(comm, parties) -> dict`` (see
+    ``parties.dealer``); ``max_parties`` limits the party count.
     """
 
     needs_dealer: bool = False

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from protocols import crypten_hooks
 from protocols.coin import joint_random
 from protocols.parts import ProtocolPart, metered
 from protocols.registry import register_part
@@ -84,17 +85,31 @@ class CipherStream:
     def __init__(self, seed: bytes, algorithm: str = "aes_ctr") -> None:
         if len(seed) != SEED_BYTES:
             raise ValueError(f"a PRG seed is {SEED_BYTES} bytes, got {len(seed)}")
-        if algorithm == "aes_ctr":
-            cipher = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16))
-        elif algorithm == "chacha20":
-            key = hashlib.sha256(b"cotrain-chacha20-key" + seed).digest()
-            cipher = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None)
-        else:
+        if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown PRG algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         self.algorithm = algorithm
-        self._encryptor = cipher.encryptor()
+        self._seed = seed
+        self._encryptor = self._cipher(0).encryptor()
         self._zeros = bytearray(0)
         self.bytes_drawn = 0
+
+    def _cipher(self, block: int) -> Cipher:
+        """The cipher whose keystream starts at keystream block ``block``."""
+        if self.algorithm == "aes_ctr":
+            return Cipher(algorithms.AES(self._seed), modes.CTR(block.to_bytes(16, "big")))
+        key = hashlib.sha256(b"cotrain-chacha20-key" + self._seed).digest()
+        # the 16-byte nonce starts with the little-endian block counter
+        return Cipher(algorithms.ChaCha20(key, block.to_bytes(8, "little") + b"\x00" * 8), mode=None)
+
+    def seek(self, position: int) -> None:
+        """Skip ahead to keystream byte ``position`` (a stream never rewinds: reused keystream
+        would mask two values with the same bytes)."""
+        if position < self.bytes_drawn:
+            raise ValueError(f"a PRG stream at byte {self.bytes_drawn} cannot go back to byte {position}")
+        block_bytes = 16 if self.algorithm == "aes_ctr" else 64
+        self._encryptor = self._cipher(position // block_bytes).encryptor()
+        self.bytes_drawn = position - position % block_bytes
+        self.read(position % block_bytes)
 
     def read(self, nbytes: int) -> np.ndarray:
         """The next ``nbytes`` of keystream as a fresh uint8 array."""
@@ -229,13 +244,9 @@ class CipherPrg(ProtocolPart):
     insecure_test_seed = False  # set when the test suite's reproducible seeds were used
 
     def install(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
-        crypten_hooks.install_prg(crypten, self)
+        crypten_hooks.install_prg(crypten, self, cipher_rng_functions(crypten))
 
     def uninstall(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.uninstall_prg(crypten)
 
     def setup_generators(self, crypten: Any, devices: Sequence[torch.device]) -> None:
@@ -247,9 +258,6 @@ class CipherPrg(ProtocolPart):
             generator = CipherGenerator(seeds[key], self.algorithm, self.counters)
             for device in devices:
                 crypten.generators[key][device] = generator
-
-    def make_generator(self, seed: bytes) -> CipherGenerator:
-        return CipherGenerator(seed, self.algorithm, self.counters)
 
     def describe(self) -> str:
         return f"{self.part_name} ({self.algorithm}, 128-bit pairwise seeds)"
@@ -263,3 +271,24 @@ class AesCtrPrg(CipherPrg):
 @register_part("prg", "chacha20")
 class ChaCha20Prg(CipherPrg):
     algorithm = "chacha20"
+
+
+def generator_positions(crypten: Any) -> dict[str, torch.Tensor]:
+    """Where each of this party's generators stands: keystream bytes drawn, and the state of
+    the MT19937 it hands torch's samplers (public randomness such as dropout masks)."""
+    positions = {}
+    for key in GENERATOR_KEYS:
+        generator = crypten.generators[key][torch.device("cpu")]
+        positions[f"{key}.position"] = torch.tensor(generator.stream.bytes_drawn, dtype=torch.int64)
+        positions[f"{key}.torch_state"] = generator.get_state()
+    return positions
+
+
+def seek_generators(crypten: Any, positions: dict[str, torch.Tensor]) -> None:
+    """Move this party's generators forward to ``positions`` (from :func:`generator_positions`).
+    Only the positions travel: the keys are this session's, so under the test suite's seeds
+    the streams continue exactly, and otherwise they skip fresh keystream."""
+    for key in GENERATOR_KEYS:
+        generator = crypten.generators[key][torch.device("cpu")]
+        generator.stream.seek(int(positions[f"{key}.position"]))
+        generator.set_state(positions[f"{key}.torch_state"])

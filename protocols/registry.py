@@ -7,11 +7,17 @@ registry, never a hard-coded class.
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, TypeVar
 
 PART_KINDS = ("triple_source", "prg", "truncation", "comparison", "check")
 
 _PARTS: dict[str, dict[str, type]] = {kind: {} for kind in PART_KINDS}
+# built-in parts whose modules pull in heavier dependencies: imported when first asked for,
+# listed among the choices all the same
+_IMPORTED_ON_DEMAND = {("triple_source", "dealer"): "protocols.dealer", ("triple_source", "ot"): "protocols.ot",
+                       ("triple_source", "authenticated_dealer"): "protocols.malicious.parts",
+                       ("check", "spdz2k_mac"): "protocols.malicious.parts"}
 PartClass = TypeVar("PartClass", bound=type)
 
 
@@ -32,10 +38,14 @@ def register_part(kind: str, name: str) -> Callable[[PartClass], PartClass]:
 
 
 def part_names(kind: str) -> list[str]:
-    return sorted(_PARTS[kind])
+    """Every part of ``kind`` a config may name: the registered ones and the built-ins not yet imported."""
+    return sorted(set(_PARTS[kind]) | {name for (of_kind, name) in _IMPORTED_ON_DEMAND if of_kind == kind})
 
 
 def part_class(kind: str, name: str) -> type:
+    module = _IMPORTED_ON_DEMAND.get((kind, name))
+    if module is not None:
+        importlib.import_module(module)
     try:
         return _PARTS[kind][name]
     except KeyError:

@@ -13,11 +13,6 @@ import protocols.truncation  # noqa: F401
 from protocols.parts import ProtocolPart
 from protocols.registry import PART_KINDS, part_class
 
-# imported on demand: they pull in heavier dependencies
-_LAZY_PARTS = {("triple_source", "dealer"): "protocols.dealer", ("triple_source", "ot"): "protocols.ot",
-               ("triple_source", "authenticated_dealer"): "protocols.malicious.parts",
-               ("check", "spdz2k_mac"): "protocols.malicious.parts"}
-
 
 @dataclass
 class ProtocolConfig:
@@ -32,7 +27,6 @@ class ProtocolConfig:
     # modules imported before the parts are looked up: where a researcher's own parts
     # register themselves (``protocol.plugins=[my_parts]``)
     plugins: list[str] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
     # a testing-only part (tfp: party 0 sees every secret) with the parties' own data files
     allow_insecure: bool = False
 
@@ -47,26 +41,17 @@ def load_plugins(config: ProtocolConfig) -> None:
             raise ValueError(f"protocol.plugins: cannot import {module!r}: {error}") from None
 
 
-def _load(kind: str, name: str) -> type:
-    module = _LAZY_PARTS.get((kind, name))
-    if module is not None:
-        import importlib
-
-        importlib.import_module(module)
-    return part_class(kind, name)
-
-
 def needs_dealer(config: ProtocolConfig) -> bool:
     """Whether this suite's triple source needs a dealer process (rank = num_parties)."""
     load_plugins(config)
-    return bool(getattr(_load("triple_source", config.triple_source), "needs_dealer", False))
+    return bool(getattr(part_class("triple_source", config.triple_source), "needs_dealer", False))
 
 
 def check_party_count(config: ProtocolConfig, num_parties: int) -> None:
     """Raise ValueError naming the part if the suite cannot serve ``num_parties`` parties."""
     load_plugins(config)
     for kind in PART_KINDS:
-        part = _load(kind, getattr(config, kind))
+        part = part_class(kind, getattr(config, kind))
         limit = getattr(part, "max_parties", None)
         if limit is not None and num_parties > limit:
             raise ValueError(f"protocol.{kind}={part.part_name} is a {limit}-party protocol; "
@@ -77,7 +62,7 @@ def testing_only_parts(config: ProtocolConfig) -> list[str]:
     """``kind=name`` of each part that is for testing only (a trusted party sees secrets)."""
     load_plugins(config)
     return [f"{kind}={getattr(config, kind)}" for kind in PART_KINDS
-            if _load(kind, getattr(config, kind)).testing_only]
+            if part_class(kind, getattr(config, kind)).testing_only]
 
 
 class ProtocolSuite:
@@ -92,7 +77,7 @@ class ProtocolSuite:
         load_plugins(config)
         self.parts: dict[str, ProtocolPart] = {}
         for kind in ("prg", "triple_source", "truncation", "comparison", "check"):
-            part = _load(kind, getattr(config, kind))()
+            part = part_class(kind, getattr(config, kind))()
             part.suite = self
             self.parts[kind] = part
         assert set(self.parts) == set(PART_KINDS)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from protocols import crypten_hooks
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -66,17 +67,11 @@ def finish(opened: torch.Tensor, msb_share: torch.Tensor, low_div_share: torch.T
     return result
 
 
-def largest_power_of_two_factor(divisor: int) -> int:
-    return (divisor & -divisor).bit_length() - 1
-
-
 @register_part("truncation", "local")
 class LocalTruncation(ProtocolPart):
     """CrypTen's truncation, counted: local with 2 parties (rare large errors), wraps with more."""
 
     def install(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.install_division(crypten, self._divide, self.counters, replaces_beaver_truncate=False)
         self._original = crypten_hooks.original_division(crypten)
 
@@ -84,8 +79,6 @@ class LocalTruncation(ProtocolPart):
         return self._original(x, divisor)
 
     def uninstall(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.uninstall_division(crypten)
 
     def describe(self) -> str:
@@ -99,14 +92,10 @@ class PairTruncation(ProtocolPart):
     suite: Any = None
 
     def install(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         self._crypten = crypten
         crypten_hooks.install_division(crypten, self._divide, self.counters)
 
     def uninstall(self, crypten: Any) -> None:
-        from protocols import crypten_hooks
-
         crypten_hooks.uninstall_division(crypten)
 
     def _source(self) -> Any:

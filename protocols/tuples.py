@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from protocols.crypten_hooks import drop_provider, meter_online_tuple_use, unmeter_online_tuple_use, use_provider
 from protocols.parts import TripleSource, UnsupportedTuple
 
 MAX_ELEMENTS = 1 << 28  # per tuple: a bound on what a party may ask for
@@ -195,13 +196,9 @@ class KeyedTripleSource(TripleSource):
     provider_name = ""
 
     def install(self, crypten: Any) -> None:
-        from protocols.crypten_hooks import meter_online_tuple_use, use_provider
-
         use_provider(crypten, self.provider_name, keyed_provider(crypten, self.provider_name, self))
         meter_online_tuple_use(crypten, self.counters)
 
     def uninstall(self, crypten: Any) -> None:
-        from protocols.crypten_hooks import drop_provider, unmeter_online_tuple_use
-
         unmeter_online_tuple_use(crypten)
         drop_provider(crypten, self.provider_name)

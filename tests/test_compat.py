@@ -1,4 +1,4 @@
-"""Each crypten 0.4.1 fix in mpc/compat.py, pinned with the inputs that fail without it."""
+"""Each crypten 0.4.1 fix in protocols/crypten_hooks.py, pinned with the inputs that fail without it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpc.compat import decode_fixed_point, load_crypten
+from protocols.crypten_hooks import decode_fixed_point, load_crypten
 
 SCALE = 2**16
 

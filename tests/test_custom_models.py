@@ -67,7 +67,7 @@ class LinearHead(nn.Module):
 class GeluNet(nn.Module):
     def __init__(self, in_features: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(in_features, 4), nn.GELU(), nn.Linear(4, 1))
+        self.layers = nn.Sequential(nn.Linear(in_features, 4), nn.GELU(approximate="tanh"), nn.Linear(4, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -85,7 +85,7 @@ def test_builtin_models_are_two_configs_of_the_same_path():
 
 @pytest.mark.parametrize("overrides, message", [
     (["model=custom", "model._target_=test_custom_models.GeluNet"],
-     "layer layers.1 is GELU, which secure training does not support; supported layers: AdaptiveAvgPool2d"),
+     "layer layers.1: GELU is supported in its exact form (approximate='none')"),
     (["model=custom", "model._target_=nowhere.Net"], "cannot import 'nowhere'"),
     (["model=custom", "model._target_=test_custom_models.Missing"], "defines no 'Missing'"),
     (["model=custom", "model._target_=test_custom_models.FraudNet", "model.width=3"],

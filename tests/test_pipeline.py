@@ -69,14 +69,14 @@ def _edit_step(lines: list[str]) -> list[str]:
 
 def _rechain(lines: list[str]) -> list[str]:
     """Edit entry 3's recipients and recompute every hash after it: an intact, false chain."""
-    from mpc.audit import GENESIS, _entry_hash
+    from mpc.audit import GENESIS, entry_hash
 
     entries = [json.loads(line) for line in lines]
     entries[2]["to"] = ["bank0", "bank1"]
     previous = GENESIS
     for entry in entries:
         entry["prev"] = previous
-        entry["hash"] = previous = _entry_hash(entry)
+        entry["hash"] = previous = entry_hash(entry)
     return [json.dumps(entry, sort_keys=True) for entry in entries]
 
 

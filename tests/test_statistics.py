@@ -108,7 +108,7 @@ def test_revealed_statistics_match_float64(tmp_path, partition, parties):
 def _lying_peer(crypten, rank):
     """Rank 1 lies about the form of each message it sends; rank 0 reports what it refused."""
     from mpc.data.exchange import exchange
-    from mpc.data.sharing import _announced_statistics
+    from mpc.data.sharing import announced_statistics
 
     comm = crypten.communicator.get()
     if rank == 1:
@@ -118,7 +118,7 @@ def _lying_peer(crypten, rank):
         return None
     refused = []
     for attempt in (lambda: secure_sum(comm, [1.0]),
-                    lambda: _announced_statistics(comm, np.zeros(1), np.ones(1), [["a"], ["b"]], ["bank0", "bank1"])):
+                    lambda: announced_statistics(comm, np.zeros(1), np.ones(1), [["a"], ["b"]], ["bank0", "bank1"])):
         try:
             attempt()
         except ValueError as error:  # DataError is a ValueError

@@ -17,7 +17,6 @@ class DataConfig:
     classes: int = 2  # multiclass: the number of classes (the model's output width)
     id_column: str = "id"
     label_party: int = 0  # vertical: the party that holds the label
-    directory: str = ""  # demo data is generated here when empty paths are given
     # demo data, vertical split: the share of each party's customers that every party holds;
     # below 1 each party also has customers of its own and its rows are in its own order
     # (psi.enabled=true finds the common ones)

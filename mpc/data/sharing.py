@@ -50,7 +50,7 @@ class SharedDataset:
     positive_count: int  # pooled count of label 1 (the class weight needs it); -1 if not agreed
 
 
-def _read_and_announce(comm: Any, path: str | Path | None, party: str, required: bool,
+def read_and_announce(comm: Any, path: str | Path | None, party: str, required: bool,
                        config: DataConfig) -> tuple[pd.DataFrame | None, list[TableMeta | None]]:
     """Read and check this party's table; every party learns whether all of them succeeded
     before anything is shared, so one bad table stops everyone at once."""
@@ -110,7 +110,7 @@ def _share_from_each(crypten: Any, pieces: list[torch.Tensor | None], shapes: li
 def share_horizontal(crypten: Any, config: DataConfig, train_path: str | None, test_path: str | None,
                      party: str, device: Any = "cpu") -> tuple[SharedDataset, SharedDataset | None, Preprocessing]:
     comm = crypten.communicator.get()
-    frame, metas = _read_and_announce(comm, train_path, party, True, config)
+    frame, metas = read_and_announce(comm, train_path, party, True, config)
     columns = list(check_horizontal(metas, config.label, config.id_column))
     total = sum(meta.rows for meta in metas)
     stats = pooled_statistics(comm, frame[columns].to_numpy(np.float64), frame[config.label].to_numpy(np.float64),
@@ -118,7 +118,7 @@ def share_horizontal(crypten: Any, config: DataConfig, train_path: str | None, t
     preprocessing = _record(columns, stats.mean, stats.std, config)
     train = _share_rows(crypten, metas, preprocessing, frame, train_path, party, stats.positives, device)
 
-    test_frame, test_metas = _read_and_announce(comm, test_path, party, False, config)
+    test_frame, test_metas = read_and_announce(comm, test_path, party, False, config)
     present = [meta for meta in test_metas if meta is not None]
     test = None
     if present:
@@ -168,7 +168,7 @@ def _check_alignment(comm: Any, frame: pd.DataFrame, config: DataConfig, names: 
             raise DataError(f"{names[rank]}: {problem}")
 
 
-def _announced_statistics(comm: Any, mean: np.ndarray, std: np.ndarray,
+def announced_statistics(comm: Any, mean: np.ndarray, std: np.ndarray,
                           columns: list[list[str]], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Every party's column means and stds (aggregates), in feature order."""
     messages = exchange(comm, {"mean": [float(v) for v in mean], "std": [float(v) for v in std]})
@@ -194,7 +194,7 @@ def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, tes
     psi = psi or PsiConfig()
     if not 0 <= config.label_party < comm.get_world_size():
         raise DataError(f"data.label_party={config.label_party} is not a party rank (0..{comm.get_world_size() - 1})")
-    frame, metas = _read_and_announce(comm, train_path, party, True, config)
+    frame, metas = read_and_announce(comm, train_path, party, True, config)
     if psi.enabled:
         frame, metas = align_by_psi(comm, frame, metas, config, psi, party, "training")
     columns = [list(c) for c in check_vertical(metas, config.label, config.label_party, config.id_column)]
@@ -202,12 +202,12 @@ def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, tes
     if not psi.enabled:
         _check_alignment(comm, frame, config, names, train_path, "training")
     mean, std = local_statistics(frame[columns[rank]].to_numpy(np.float64))
-    all_mean, all_std = _announced_statistics(comm, mean, std, columns, names)
+    all_mean, all_std = announced_statistics(comm, mean, std, columns, names)
     preprocessing = _record([name for group in columns for name in group], all_mean, all_std, config)
     kept = [[name for name in group if name in preprocessing.features] for group in columns]
     train = _share_columns(crypten, frame, kept, preprocessing, config, train_path, party, True, device)
 
-    test_frame, test_metas = _read_and_announce(comm, test_path, party, False, config)
+    test_frame, test_metas = read_and_announce(comm, test_path, party, False, config)
     test = None
     if any(meta is not None for meta in test_metas):
         if any(meta is None for meta in test_metas):

@@ -44,11 +44,11 @@ def read_table(path: str | Path, party: str) -> pd.DataFrame:
         raise table_error(party, path, "the file cannot be parsed", str(error).splitlines()[0]) from None
     if frame.empty:
         raise table_error(party, path, "the table has a header but no rows")
-    _check_numeric(frame, party, path)
+    check_numeric(frame, party, path)
     return frame
 
 
-def _check_numeric(frame: pd.DataFrame, party: str, path: Path) -> None:
+def check_numeric(frame: pd.DataFrame, party: str, path: Path) -> None:
     for column in frame.columns:
         values = frame[column]
         if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):

@@ -79,7 +79,7 @@ def _name(address: PartyAddress, rank: int) -> str:
     return address.names[rank] if rank < len(address.names) else str(rank)
 
 
-class _PartyAuthenticator(ThreadAuthenticator):
+class PartyAuthenticator(ThreadAuthenticator):
     """ZAP handler accepting exactly the listed parties' keys; the User-Id is the rank."""
 
     def __init__(self, context: zmq.Context, ranks_by_key: dict[bytes, int]) -> None:
@@ -139,7 +139,7 @@ class ZmqTransport(PointToPointTransport):
     def __init__(self, address: PartyAddress, options: TransportOptions) -> None:
         super().__init__(address, options)
         self._context = zmq.Context(io_threads=1)
-        self._auth: _PartyAuthenticator | None = None
+        self._auth: PartyAuthenticator | None = None
         self._watch: ConnectionWatch | None = None
         self._closed = False
         self._broken = False  # a peer failed or misbehaved: close without draining
@@ -200,7 +200,7 @@ class ZmqTransport(PointToPointTransport):
             raise TransportError(f"{self.peer(self.rank)}: {error}") from None
         for rank, key in peers.items():
             log.info("expecting %s with CurveZMQ key %s", self.peer(rank), fingerprint(key))
-        self._auth = _PartyAuthenticator(self._context, {key.encode(): rank for rank, key in peers.items()})
+        self._auth = PartyAuthenticator(self._context, {key.encode(): rank for rank, key in peers.items()})
         self._auth.start()
         self._auth.configure_curve_callback("*", self._auth)
         return {"public": public, "secret": secret, "peers": peers}

@@ -36,6 +36,12 @@ class AuthenticatedDealer(TripleSource):
 
     needs_dealer = True
 
+    @staticmethod
+    def serve_dealer(comm: Any, parties: int) -> dict:
+        from protocols.malicious.dealer import Dealer, run_dealer
+
+        return run_dealer(comm, Dealer(parties))
+
     def install(self, crypten: Any) -> None:
         _refuse(f"triple_source={TRIPLE_SOURCE}")
 

@@ -36,10 +36,6 @@ MOD = 1 << 128
 MASK64_INT = (1 << 64) - 1
 
 
-def _u64(value: int | np.ndarray) -> np.ndarray:
-    return np.asarray(value, dtype=np.uint64)
-
-
 @dataclass
 class U128:
     lo: np.ndarray

@@ -336,13 +336,5 @@ def train_logreg_plain(features: np.ndarray, labels: np.ndarray, initial: np.nda
     return np.concatenate([w.reshape(-1) for w in weights]), mean, std
 
 
-def forward_plain(weights: Sequence[np.ndarray], design: np.ndarray) -> np.ndarray:
-    """Logits of the plaintext model on rows that already carry the ones column."""
-    activation = design
-    for layer in weights[:-1]:
-        activation = np.concatenate([np.maximum(activation @ layer, 0), np.ones((len(design), 1))], axis=1)
-    return activation @ weights[-1]
-
-
 def lr_scale(config: MaliciousTrainConfig, batch: int) -> float:
     return config.lr / batch

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 def load_crypten_tests() -> Any:
     """CrypTen's upstream test package (the wheel installs it as top-level ``test``, which the
     standard library's regression-test package would otherwise shadow)."""
-    from mpc.compat import load_crypten
+    from protocols.crypten_hooks import load_crypten
 
     crypten = load_crypten()
     package = Path(crypten.__file__).resolve().parent.parent / "test"

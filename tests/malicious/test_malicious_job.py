@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-
-from launch.cli import run
-from launch.local import LaunchError
 
 
 @pytest.mark.slow
@@ -31,17 +26,3 @@ def test_malicious_mlp_job(job):
     assert summary["model"] == "mpc.zoo.MLP" and summary["secure"] is not None
     assert "revealed" in summary["per_party"][0]["saved"]
 
-
-def test_vertical_split_is_refused_with_a_clear_error(tmp_path, capfd):
-    try:
-        code = run([f"output_dir={tmp_path}", "run_id=vertical", "protocol=malicious", "data.partition=vertical",
-                    "data.rows=50", "data.test_rows=50", "train.epochs=1", "transport.timeout_s=30",
-                    "launch.timeout_s=120"])
-    except LaunchError:
-        code = 1
-    assert code != 0
-    captured = capfd.readouterr()
-    assert "protocol=malicious supports data.partition=horizontal only" in captured.out + captured.err
-    assert not list(tmp_path.rglob("model*.pt"))
-    summaries = [json.loads(path.read_text()) for path in tmp_path.rglob("summary.json")]
-    assert summaries and all(summary["status"] == "failed" for summary in summaries)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -112,9 +113,13 @@ def _multiply(crypten, rank):
 
 @pytest.mark.parametrize("dealer_fn,message", [(_dying_dealer, "failed or stopped answering"),
                                                (_lying_dealer, "malformed batch")])
-def test_a_failing_dealer_stops_the_run_with_a_clear_error(dealer_fn, message):
+def test_a_failing_dealer_stops_the_run_with_a_clear_error(dealer_fn, message, capfd):
     collected = run_parties(_multiply, DEALER, parties=2, dealer_fn=dealer_fn, timeout_s=90, wire_timeout_s=8)
     errors = [value for rank, (status, value) in collected.items() if rank < 2 and status == "error"]
-    assert errors, f"the parties should fail, got {collected}"
+    # a dead dealer is named either by the wire (DealerError) or, when it wins the race, by the
+    # gloo peer watch, which prints its verdict and ends the party at once
+    watched = [line for line in capfd.readouterr().err.splitlines()
+               if re.match(r"cotrain: party party\d failed: TransportError: .*party 2 \(dealer\) (is|are) gone", line)]
+    assert errors or (dealer_fn is _dying_dealer and watched), f"the parties should fail, got {collected}"
     assert all(error.startswith("DealerError") for error in errors)
-    assert any(message in error for error in errors)
+    assert watched or any(message in error for error in errors)

@@ -14,7 +14,7 @@ from protocols import ProtocolConfig
 from nacl.bindings import (crypto_core_ed25519_add, crypto_core_ed25519_scalar_reduce,
                            crypto_scalarmult_ed25519_base_noclamp, crypto_scalarmult_ed25519_noclamp)
 
-from protocols.ot import GilboaEngine, OtChannel, OtError, _matmul_u64, base_ot_receive, base_ot_send
+from protocols.ot import GilboaEngine, OtChannel, OtError, matmul_u64, base_ot_receive, base_ot_send
 from protocol_sessions import party_values, run_parties
 
 
@@ -222,7 +222,7 @@ def test_gilboa_products_are_exact():
                 "bits": engine.cross_bits_times_words((x[rank] & np.uint64(1)).astype(np.uint8), y[rank])}
 
     p0, p1 = run_pair(party)
-    assert np.array_equal(p0["matmul"] + p1["matmul"], _matmul_u64(a[0], b[1]) + _matmul_u64(a[1], b[0]))
+    assert np.array_equal(p0["matmul"] + p1["matmul"], matmul_u64(a[0], b[1]) + matmul_u64(a[1], b[0]))
     assert np.array_equal(p0["elementwise"] + p1["elementwise"], x[0] * y[1] + x[1] * y[0])
     assert np.array_equal(p0["one_way"] + p1["one_way"], x[0] * y[1])
     assert np.array_equal(p0["and"] ^ p1["and"], (x[0] & y[1]) ^ (x[1] & y[0]))

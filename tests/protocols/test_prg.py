@@ -94,7 +94,7 @@ def test_benchmark_reports_rates(capsys):
 
 
 def test_samplers_never_fall_back_to_torch_generators():
-    from mpc.compat import load_crypten
+    from protocols.crypten_hooks import load_crypten
     from protocols.prg import NonCryptographicGenerator, cipher_rng_functions
 
     crypten = load_crypten()

@@ -317,13 +317,13 @@ def test_unknown_key_refused(key_dir: str, tmp_path: Path) -> None:
 
 
 def test_refusals_logged_by_fingerprint(caplog: pytest.LogCaptureFixture) -> None:
-    from parties.transport.zmq_transport import _PartyAuthenticator
+    from parties.transport.zmq_transport import PartyAuthenticator
 
     known, _ = zmq.curve_keypair()
     stranger, secret = zmq.curve_keypair()
     context = zmq.Context()
     try:
-        authenticator = _PartyAuthenticator(context, {known: 1})
+        authenticator = PartyAuthenticator(context, {known: 1})
         with caplog.at_level(logging.WARNING):
             assert authenticator.callback("*", known) and not authenticator.callback("*", stranger)
     finally:
