@@ -228,12 +228,14 @@ def run_dealer(comm: Any, dealer: Dealer) -> dict:
     ahead: dict[str, Any] = {}  # the next answer to the request just served, made in the background
 
     def prepare(specs: list) -> None:
-        ahead["specs"], ahead["buffers"] = specs, None
+        if "thread" in ahead:  # one answer in the making at a time; an unused one is dropped
+            ahead["thread"].join()
+        slot: dict[str, Any] = {"buffers": None}  # this answer's own, so a late thread cannot overwrite another's
 
         def work() -> None:
-            ahead["buffers"] = dealer.deal(specs)
+            slot["buffers"] = dealer.deal(specs)
 
-        ahead["thread"] = threading.Thread(target=work, daemon=True)
+        ahead.update(specs=specs, slot=slot, thread=threading.Thread(target=work, daemon=True))
         ahead["thread"].start()
 
     while True:
@@ -254,7 +256,8 @@ def run_dealer(comm: Any, dealer: Dealer) -> dict:
             buffers = None
             if ahead.get("specs") == specs:  # a training step asks for the same tuples each time
                 ahead["thread"].join()
-                buffers = ahead["buffers"]
+                buffers = ahead.pop("slot")["buffers"]  # each answer is dealt once
+                del ahead["specs"]
                 served["prefetched"] += buffers is not None
             if buffers is None:
                 buffers = dealer.deal(specs)
