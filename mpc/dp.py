@@ -28,15 +28,14 @@ accountant's figure holds against whoever sees the released model without that s
 
 from __future__ import annotations
 
-import hashlib
 import math
-import secrets
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
+from protocols.coin import joint_random
 from protocols.prg import CipherStream, new_seed
 
 @dataclass
@@ -239,10 +238,8 @@ def joint_gaussian(crypten: Any, shape: tuple[int, ...], std: float, stream: Cip
 
 
 def agree_sampling_seed(comm: Any) -> int:
-    """A seed every party contributes 128 random bits to, so none chooses the batches."""
-    contributions = [comm.broadcast_obj(secrets.token_bytes(16) if rank == comm.get_rank() else None, rank)
-                     for rank in range(comm.get_world_size())]
-    return int.from_bytes(hashlib.sha256(b"".join(contributions)).digest()[:16], "big")
+    """A seed every party contributes to by commit-then-reveal, so none chooses the batches."""
+    return int.from_bytes(joint_random(comm, b"DP-SGD sampling seed")[:16], "big")
 
 
 class PrivateSgd:

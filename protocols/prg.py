@@ -9,7 +9,8 @@ elements costs one cipher call, not n Python operations.
 Seeds: ``prev``/``next`` are pairwise. Each party draws the seed it shares with its next
 party from ``secrets`` and sends it to that party only (over the authenticated transport);
 ``local`` never leaves the party; ``global`` (public randomness all parties must share,
-e.g. dropout masks) is agreed by every party contributing 128 bits that are XORed together.
+e.g. dropout masks) is agreed by commit-then-reveal (``protocols.coin``), so the last party
+to speak cannot choose it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from protocols import crypten_hooks
+from protocols.coin import joint_random
 from protocols.parts import ProtocolPart, metered
 from protocols.registry import register_part
 
@@ -229,11 +231,9 @@ def agree_seeds(comm: Any, draw: Callable[[], bytes] = new_seed) -> dict[str, by
     else:
         prev_seed = comm.recv_obj(prev_rank)
         comm.send_obj(next_seed, next_rank)
-    contributions = comm.all_gather(torch.frombuffer(bytearray(draw()), dtype=torch.uint8))
-    global_seed = bytes(np.bitwise_xor.reduce(np.stack([c.numpy() for c in contributions]), axis=0))
-    for name, seed in (("prev", prev_seed), ("global", global_seed)):
-        if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
-            raise ValueError(f"the {name} PRG seed from a peer is malformed")
+    global_seed = joint_random(comm, b"global PRG seed", draw())[:SEED_BYTES]  # commit, then reveal
+    if not isinstance(prev_seed, bytes) or len(prev_seed) != SEED_BYTES:
+        raise ValueError("the prev PRG seed from a peer is malformed")
     return {"prev": prev_seed, "next": next_seed, "local": local, "global": global_seed}
 
 

@@ -19,7 +19,7 @@ floor((r mod 2^63) / d). With x' = x + K (K a multiple of d near 2^62, so 0 <= x
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -65,21 +65,6 @@ def finish(opened: torch.Tensor, msb_share: torch.Tensor, low_div_share: torch.T
     if leader:
         result = result + q0 - offset_multiple(divisor)
     return result
-
-
-def simulate_pairs(shares: Sequence[torch.Tensor], divisor: int, r: torch.Tensor,
-                   r_shares: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
-    """All parties' side of ``pairs`` in one process (for tests and benchmarks).
-
-    ``r_shares[i]`` is party i's (r, msb, low_div) shares of the pair for ``r``.
-    """
-    opened = sum(opening_mask(s, rs[0], divisor, i == 0) for i, (s, rs) in enumerate(zip(shares, r_shares)))
-    return [finish(opened, rs[1], rs[2], divisor, i == 0) for i, rs in enumerate(r_shares)]
-
-
-def simulate_local(shares: Sequence[torch.Tensor], divisor: int) -> list[torch.Tensor]:
-    """CrypTen's two-party local truncation, for comparison."""
-    return [torch.div(s, divisor, rounding_mode="trunc") for s in shares]
 
 
 @register_part("truncation", "local")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +33,7 @@ from mpc.data.schema import TableMeta, check_horizontal, check_vertical
 from mpc.data.statistics import CONSTANT_RELATIVE_STD, constant_columns, local_statistics, pooled_statistics
 from mpc.data.tables import DataError, read_table, table_error
 from mpc.psi import PsiConfig, align_by_psi
+from protocols.coin import joint_random
 
 log = logging.getLogger("cotrain.data")
 
@@ -149,9 +149,8 @@ def ids_digest(ids: np.ndarray, key: bytes) -> bytes:
 
 
 def _agree_digest_key(comm: Any) -> bytes:
-    """A fresh key that every party helped choose, so none can fix it in advance."""
-    contributions = exchange(comm, {"nonce": secrets.token_bytes(32)})
-    return hashlib.sha256(b"".join(bytes(m["nonce"]) for m in contributions)).digest()
+    """A fresh key that every party helped choose (commit, then reveal), so none can fix it."""
+    return joint_random(comm, b"id digest key")
 
 
 def _check_alignment(comm: Any, frame: pd.DataFrame, config: DataConfig, names: Sequence[str], path: Any,

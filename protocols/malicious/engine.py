@@ -11,17 +11,17 @@ is protected (an error confined to the high limb changes nothing that is used).
   0's value share and, times the party's key share, to every MAC share).
 * Multiplication and matrix products use dealer-made authenticated Beaver triples; the
   masked differences are opened in full (128 bits, uniform, so nothing leaks).
-* Truncation by 16 bits opens ``x + 2^62 + r`` against an authenticated pair
-  ``(r, (r mod 2^63) >> 16)`` plus the authenticated bit 63 of r; only the low 64 bits of
-  the opening are used, the carry out of bit 62 is recovered exactly from bit 63 and the
-  result is ``x >> 16`` or one more (probabilistic rounding, 1 ulp), with no rare large
-  error and MACs consistent by linearity.
-* Triple sacrifice (on by default when authenticated; see ``_sacrifice`` and the dealer's
-  docstring): each dealer answer's triples and matmul triples come with companions sharing
-  b; before any of them is used the parties draw a public t by coin toss, open
-  rho = t*a - a' and sigma = t*c - c' - rho*b, and abort with ``CheatDetected('triple
-  sacrifice')`` unless sigma = 0 mod 2^128 (soundness error <= 2^-64 against a faulty
-  dealer; both openings are MAC-checked with the rest).
+* Truncation by 16 bits opens ``x + 2^62 + r`` against a pair the parties build from 64
+  checked random bits: r = sum 2^i b_i + 2^64 u, its shifted part (r mod 2^63) >> 16 and
+  its bit 63; only the low 64 bits of the opening are used, the carry out of bit 62 is
+  recovered exactly from bit 63 and the result is ``x >> 16`` or one more (probabilistic
+  rounding, 1 ulp), with no rare large error and MACs consistent by linearity.
+* Nothing the dealer deals is trusted (whenever MACs are on; see
+  ``_check_tuples`` and the dealer's docstring): each dealer answer is checked before any
+  of its tuples is used. Triples, matmul triples and the random bits of truncation pairs
+  and comparison masks are sacrificed against companions; input and private-reveal masks
+  are checked by their owner against a companion mask. A failure raises
+  ``CheatDetected`` naming the check and the tuple kind on every party.
 * Every opened value is recorded. ``check()`` runs the batched MAC check: a public random
   linear combination (coins from a commit-then-reveal coin toss) of the opened values and
   of the MAC shares gives each party ``sigma_i = sum chi_j m_ij - alpha_i sum chi_j x_j``
@@ -63,6 +63,21 @@ FRACTIONAL_BITS = dealing.FRACTIONAL_BITS
 SCALE = 1 << FRACTIONAL_BITS
 COMPARE_BITS = 32  # comparisons need |x| < 2^31 in raw fixed point (|value| < 32768)
 CHECK_BUFFER_ELEMENTS = 1 << 21  # run the MAC check once this many opened values are pending
+
+# per checked tuple kind: the check that guards it and what a failure means
+_TUPLE_CHECKS = {
+    "triple": ("triple sacrifice", "a Beaver triple from the dealer failed the sacrifice: its c is not a*b"),
+    "matmul": ("triple sacrifice", "a matmul triple from the dealer failed the sacrifice: its C is not A @ B"),
+    "trunc": ("bit sacrifice", "a truncation pair from the dealer failed the sacrifice: one of its random "
+                               "bits is not 0 or 1 (or its companion is wrong)"),
+    "bits": ("bit sacrifice", "a comparison mask from the dealer failed the sacrifice: one of its random "
+                              "bits is not 0 or 1 (or its companion is wrong)"),
+    "input": ("mask check", "an input mask from the dealer is wrong: the owner's clear value does not "
+                            "match the shared one"),
+    "private": ("mask check", "a private-reveal mask from the dealer is wrong: the owner's clear value does "
+                              "not match the shared one"),
+}
+_CHECK_ORDER = list(_TUPLE_CHECKS.values())  # a verdict byte is 1 + the index of the failure
 
 
 class CheatDetected(RuntimeError):
@@ -155,9 +170,9 @@ class EngineStats:
     dealer_requests: int = 0
     dealer_seconds: float = 0.0
     check_seconds: float = 0.0
-    sacrifices: int = 0  # sacrifice batches run
-    sacrificed_tuples: int = 0  # triples and matmul triples checked
-    sacrifice_seconds: float = 0.0
+    tuple_checks: int = 0  # dealer answers checked
+    checked_tuples: int = 0  # tuples checked (every kind but ``random``)
+    tuple_check_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -184,15 +199,13 @@ class Engine:
     computing parties and rank ``dealer`` the dealer process."""
 
     def __init__(self, comm: Any, parties: int, dealer: int, authenticated: bool = True,
-                 adversary: Any = None, check_buffer: int = CHECK_BUFFER_ELEMENTS,
-                 sacrifice: bool | None = None) -> None:
+                 check_buffer: int = CHECK_BUFFER_ELEMENTS) -> None:
         self.comm = comm
         self.rank = comm.get_rank()
         self.parties = parties
         self.dealer = dealer
         self.authenticated = authenticated
         self._limbs = 2 if authenticated else 1  # semi-honest: only values mod 2^64 travel
-        self.adversary = adversary
         self.check_buffer = check_buffer
         self.others = [r for r in range(parties) if r != self.rank]
         self.stats = EngineStats()
@@ -206,23 +219,18 @@ class Engine:
         self._outstanding: deque = deque()  # (key, specs) requested from the dealer, not yet received
         self._prefetched: dict[Any, deque] = {}  # key -> answers received ahead of use
         self._recording: list | None = None
-        self._sacrifice_count = 0
-        # the triple sacrifice: on by default with MACs; the dealer's mode must match
-        self.sacrifice = authenticated if sacrifice is None else bool(sacrifice) and authenticated
+        self._tuple_check_count = 0
+        self.check_tuples = authenticated  # dealt tuples are checked whenever MACs are
         self.alpha = self._receive_key()
         if authenticated:
             self._setup_check_randomness()
 
     # -- setup ------------------------------------------------------------------------------
     def _receive_key(self) -> U128:
-        buffer = dealing.recv_array(self.comm, self.dealer, expected=4)
+        buffer = dealing.recv_array(self.comm, self.dealer, expected=3)
         if bool(buffer[2]) != self.authenticated:
             raise PreprocessingError(f"the dealer deals {'authenticated' if buffer[2] else 'unauthenticated'} "
                                      f"tuples but this party runs {'with' if self.authenticated else 'without'} MACs")
-        if bool(buffer[3]) != self.sacrifice:
-            mode = "with" if self.sacrifice else "without"
-            raise PreprocessingError(f"the dealer deals triples {'with' if buffer[3] else 'without'} companions "
-                                     f"but this party runs {mode} the sacrifice check")
         return ring.from_wire(buffer[:2], (1,))
 
     def _setup_check_randomness(self) -> None:
@@ -242,8 +250,6 @@ class Engine:
         per recipient is given) and receive ``size`` limbs from each. One round."""
         self.stats.rounds += 1
         requests, buffers = [], {}
-        if self.adversary is not None and not isinstance(payload, dict):
-            payload = self.adversary.alter(kind, payload)
         for dst in self.others:
             data = payload[dst] if isinstance(payload, dict) else payload
             requests.append(self.comm.isend(_as_tensor(data), dst))
@@ -281,7 +287,7 @@ class Engine:
             return
         self._drain()
         self._request(specs)
-        self._queue.extend(self._sacrifice(self._receive(specs)))
+        self._queue.extend(self._check_tuples(self._receive(specs)))
 
     def _request(self, specs: list) -> None:
         self.comm.send_obj({"specs": specs}, self.dealer)
@@ -313,14 +319,12 @@ class Engine:
         entries = []
         for spec in specs:
             values = []
-            for shape in dealing.spec_shapes(spec, self.sacrifice):
+            for shape in dealing.spec_shapes(spec, self.check_tuples):
                 v = take(shape)
                 m = take(shape) if self.authenticated else None  # MACs: always 2 limbs (authenticated)
                 values.append(AShare(v, m))
             owner = dealing.clear_owner(spec)
-            clear = take(values[0].shape) if owner == self.rank else None
-            if self.adversary is not None:
-                values = self.adversary.tuple_received(spec[0], values)
+            clear = [take(value.shape) for value in values] if owner == self.rank else None
             entries.append((spec, values, clear))
         if offset != buffer.size:
             raise PreprocessingError("the dealer sent more tuples than were asked for")
@@ -339,7 +343,7 @@ class Engine:
             if not self._prefetched.get(key):
                 self._drain()
             if self._prefetched.get(key):
-                self._queue.extend(self._sacrifice(self._prefetched[key].popleft()))
+                self._queue.extend(self._check_tuples(self._prefetched[key].popleft()))
             else:
                 self.preprocess(plan)
             self._drain()
@@ -355,6 +359,8 @@ class Engine:
             self._recording = None
 
     def _next(self, spec: list[Any]) -> tuple[list[AShare], U128 | None]:
+        """The next checked tuple, which must be ``spec``: its values, and at an input or
+        private mask's owner the mask in clear."""
         if self._recording is not None:
             self._recording.append(spec)
         if not self._queue:
@@ -363,7 +369,7 @@ class Engine:
         if [got[0], *[tuple(x) if isinstance(x, (list, tuple)) else x for x in got[1:]]] != \
                 [spec[0], *[tuple(x) if isinstance(x, (list, tuple)) else x for x in spec[1:]]]:
             raise PreprocessingError(f"preprocessing out of step: the program needs {spec}, the next tuple is {got}")
-        return values, clear
+        return values, None if clear is None else clear[0]
 
     def discard_preprocessing(self) -> None:
         """Drop queued tuples (after an abort, before starting over)."""
@@ -430,24 +436,13 @@ class Engine:
             if values is None or tuple(np.shape(values)) != shape:
                 raise ValueError(f"party {owner} must input values of shape {shape}")
             epsilon = U128.from_int64(encode(values)) - clear
-            wire = ring.to_wire(epsilon, self._limbs)
-            payload = {dst: wire for dst in self.others}
-        else:
-            payload = {dst: np.zeros(0, np.uint64) for dst in self.others}
+            wire = _as_tensor(ring.to_wire(epsilon, self._limbs))
+            for request in [self.comm.isend(wire, dst) for dst in self.others]:
+                request.wait()
         self.stats.rounds += 1
-        requests, buffer = [], None
-        for dst in self.others:
-            data = payload[dst]
-            if self.adversary is not None and self.rank == owner:
-                data = self.adversary.equivocate("input", data, dst == self.others[-1])
-            if data.size:
-                requests.append(self.comm.isend(_as_tensor(data), dst))
         if self.rank != owner:
             buffer = torch.empty(count, dtype=torch.int64)
-            requests.append(self.comm.irecv(buffer, owner))
-        for request in requests:
-            request.wait()
-        if self.rank != owner:
+            self.comm.irecv(buffer, owner).wait()
             data = buffer.numpy().view(np.uint64)
             if self.authenticated:
                 self._senders[owner].update(b"input" + data.tobytes())
@@ -459,9 +454,9 @@ class Engine:
         MAC check of everything opened so far."""
         if to is None:
             masked = x
-            if self.authenticated:
-                (t,), _ = self._next(["mask", x.shape])
-                masked = x + t
+            if self.authenticated:  # 2^64 u hides the high limb, which is not the value's
+                (u,), _ = self._next(["random", x.shape])
+                masked = x + self.mul_public(u, U128.scalar(1 << 64))
             (opened,) = self.open([masked], "reveal")
             self.check()
             return decode(opened.low_int64())
@@ -521,7 +516,7 @@ class Engine:
 
     def trunc(self, x: AShare) -> AShare:
         """Divide by 2^16 (probabilistic rounding, within 1 ulp) for |x| < 2^62."""
-        (r, low, top), _ = self._next(["trunc", x.shape])
+        r, low, top = self._truncation_pair(x.shape)
         shifted = self.add_public(x, U128.scalar(1 << 62))
         (c,) = self.open([shifted + r], "trunc")
         low64 = c.lo
@@ -532,6 +527,25 @@ class Engine:
             - U128.scalar(1 << (62 - FRACTIONAL_BITS))
         sign = U128.from_int64((1 - 2 * c63) << (63 - FRACTIONAL_BITS))
         return self.add_public(self.mul_public(top, sign) - low, public)
+
+    def _random_bits(self, kind: str, shape: tuple[int, ...], count: int) -> tuple[AShare, AShare]:
+        """r uniform in Z_2^128 and its low ``count`` bits (shape + (count,)), made from a
+        checked ``trunc`` or ``bits`` tuple: r = sum 2^i b_i + 2^count u."""
+        spec = [kind, shape] if kind == "trunc" else [kind, shape, count]
+        (u, bits), _ = self._next(spec)
+        powers = U128.from_uint64(np.uint64(1) << np.arange(count, dtype=np.uint64))
+        r = self.mul_public(bits, powers).sum(-1) + self.mul_public(u, U128.from_ints(1 << count))
+        return r, bits
+
+    def _truncation_pair(self, shape: tuple[int, ...]) -> tuple[AShare, AShare, AShare]:
+        """r, (r mod 2^63) >> 16 and bit 63 of r: from 64 checked random bits, or as dealt
+        when nothing is checked (the semi-honest mode)."""
+        if not self.check_tuples:
+            return tuple(self._next(["trunc", shape])[0])
+        r, bits = self._random_bits("trunc", shape, dealing.TRUNC_BITS)
+        powers = U128.from_uint64(np.uint64(1) << np.arange(63 - FRACTIONAL_BITS, dtype=np.uint64))
+        low = self.mul_public(bits[..., FRACTIONAL_BITS:63], powers).sum(-1)
+        return r, low, bits[..., 63]
 
     # -- comparison ----------------------------------------------------------------------------------
     def xor_public(self, x: AShare, c: np.ndarray) -> AShare:
@@ -549,7 +563,7 @@ class Engine:
         comparison of public bits with shared bits finds the highest differing bit with a
         log-depth suffix OR (a OR b = a + b - ab, Beaver products on bits): for 32 bits,
         8 rounds and 156 bit products per element."""
-        (r, r_bits), _ = self._next(["bits", x.shape, bits])
+        r, r_bits = self._random_bits("bits", x.shape, bits)
         (c,) = self.open([self.add_public(x, U128.scalar(1 << (bits - 1))) + r], "compare")
         positions = np.arange(bits, dtype=np.uint64)
         c_bits = ((c.lo[..., None] >> positions) & np.uint64(1)).astype(np.int64)
@@ -660,53 +674,103 @@ class Engine:
         self._seed = next_seed
         return _digest(label, counter.to_bytes(8, "little"), *seeds)
 
-    # -- the triple sacrifice ----------------------------------------------------------------------
-    def _sacrifice(self, entries: list) -> list:
-        """Check every triple and matmul triple of one dealer answer against its companion
-        and return the entries without the companions.
+    # -- the checks of dealt tuples ---------------------------------------------------------------------
+    def _check_tuples(self, entries: list) -> list:
+        """Check every tuple of one dealer answer (but ``random``, which has no structure)
+        and return the entries without their companions.
 
-        For (a, b, c) and its companion (a', b, c'): a public t uniform in [0, 2^64) from
-        the coin toss (drawn after the tuples were dealt), then one opening of
-        rho = t*a - a' for all tuples of the batch, one opening of
-        sigma = t*c - c' - rho*b (rho @ B for matmul triples), and a one-byte verdict round
-        so that every party aborts if any party saw sigma != 0 mod 2^128. Checked: c = a*b
-        (C = A @ B) mod 2^128 for the dealt values. Soundness against a faulty dealer: an
-        error e in c (nonzero mod 2^64) and e' in c' give sigma = t*e - e', which vanishes
-        mod 2^128 for at most one t mod 2^64, so a wrong triple passes with probability at
-        most 2^-64 (SPDZ2k's 2^(-s + log2 s) for s = 64 is the looser bound). rho is uniform
-        (a' is), so nothing about a leaks; sigma is 0 when honest. Both openings are
-        recorded for the batched MAC check that runs before any value is revealed, so a
-        party altering its share of rho or sigma (to hide a dealer error) is caught there.
-        Cost per batch: 4 small rounds (coin, rho, sigma, verdict) and the companions."""
-        if not self.sacrifice:
+        A public t uniform in [0, 2^64) and coefficients chi (uniform in [0, 2^64)) come from
+        one coin toss, drawn after the tuples were dealt. Then, in one opening round:
+
+        * sacrificed kinds: rho = t*a - a' per element, for a triple (a, b, c) with its
+          companion (a', b, c'), a matmul triple (the same with A, B, C), and each dealt bit
+          b taken as the triple (b, b, b). Then sigma = t*c - c' - rho*b (rho @ B) is zero
+          for honest tuples; per kind, the parties open one random combination
+          sum chi_j sigma_j and require 0 mod 2^128.
+        * input and private masks: one opening of sum_k chi_k r_k + s per mask (s its
+          companion, uniform, so the r_k stay hidden); the owner compares it with the same
+          combination of the clear values it got.
+
+        A one-byte verdict round then names the first failed kind to every party, so every
+        party raises ``CheatDetected`` naming the check and the tuple kind before any of the
+        answer's tuples is used.
+
+        Soundness against a faulty dealer: a triple whose c is off by e (nonzero mod 2^64)
+        and c' by e' gives sigma = t*e - e', zero mod 2^128 for at most one t in [0, 2^64);
+        a dealt "bit" b that is not 0 or 1 mod 2^64 has b*b - b nonzero mod 2^64 (one of b,
+        b - 1 is odd), so it fails the same way. A nonzero sigma of 2-adic valuation w
+        survives the combination with probability at most 2^-(128-w) (<= 2^-64 for
+        w <= 64), and w = 64 + j needs t to hit a class of probability <= 2^-(1+j): in all
+        a wrong tuple passes with probability below 2^-58. A wrong clear mask (off by a
+        nonzero value mod 2^64) passes the owner's comparison for at most one chi_k in
+        [0, 2^64): 2^-64. Every opening here is recorded for the batched MAC check that runs
+        before any value is revealed, so a party cannot hide a dealer's error by altering
+        its share; it can only make the check fail (abort).
+
+        Cost per dealer answer: 3 rounds (coin, openings, verdict) plus one for the sigma
+        combinations when a sacrificed kind is present; one opened element per triple
+        element, matmul a-element and dealt bit, one per mask and one per sacrificed kind;
+        the dealer sends each tuple's companion."""
+        if not self.check_tuples:
             return entries
-        checked = [e for e in entries if e[0][0] in dealing.SACRIFICED]
+        checked = [e for e in entries if e[0][0] in dealing.SACRIFICED + dealing.MASKS]
         if not checked:
             return entries
         start = time.perf_counter()
-        self._sacrifice_count += 1
-        self.stats.sacrifices += 1
-        self.stats.sacrificed_tuples += len(checked)
+        self._tuple_check_count += 1
+        self.stats.tuple_checks += 1
+        self.stats.checked_tuples += len(checked)
         failures: list[tuple[str, str, int | None]] = []
-        coin = self._coin_toss(b"sacrifice", self._sacrifice_count, failures)
+        coin = self._coin_toss(b"tuples", self._tuple_check_count, failures)
         t = U128.from_uint64(_stream(coin, 1))
-        rhos = self.open([self.mul_public(a, t) - a2 for _, (a, _b, _c, a2, _c2), _ in checked], "sacrifice")
-        sigmas = []
-        for (spec, (a, b, c, a2, c2), _), rho in zip(checked, rhos):
-            if spec[0] == "triple":
-                rho_b = self.mul_public(b, rho)
+
+        def chi(index: int, shape: tuple[int, ...]) -> U128:
+            seed = _digest(coin, index.to_bytes(8, "little"))
+            return U128.from_uint64(_stream(seed, int(np.prod(shape, dtype=np.int64))).reshape(shape))
+
+        first = []
+        for index, (spec, values, _) in enumerate(checked):
+            if spec[0] in dealing.MASKS:
+                mask, companion = values
+                first.append(self.mul_public(mask, chi(index, mask.shape)).reshape(-1).sum(0, keepdims=True) + companion)
             else:
+                a = values[1] if spec[0] in ("trunc", "bits") else values[0]
+                first.append(self.mul_public(a, t) - values[-2])
+        opened = self.open(first, "tuple-check")
+
+        sigmas: dict[str, AShare] = {}
+        for index, ((spec, values, clear), rho) in enumerate(zip(checked, opened)):
+            kind = spec[0]
+            if kind in dealing.MASKS:
+                if clear is not None:
+                    mask_clear, companion_clear = clear
+                    expected = ring.sum_axis((mask_clear * chi(index, mask_clear.shape)).reshape(-1), 0).reshape(1)
+                    if not rho == expected + companion_clear:
+                        failures.append(_TUPLE_CHECKS[kind] + (None,))
+                continue
+            if kind in ("trunc", "bits"):  # each bit b is the triple (b, b, b)
+                _, b, _, c2 = values
+                c = b
+            else:
+                _, b, c, _, c2 = values
+            if kind == "matmul":
                 rho_b = AShare(ring.matmul(rho, b.v), ring.matmul(rho, b.m))
-            sigmas.append(self.mul_public(c, t) - c2 - rho_b)
-        opened = self.open(sigmas, "sacrifice")
-        bad = [i for i, sigma in enumerate(opened) if not sigma == U128.zeros(sigma.shape)]
-        if bad:
-            spec = checked[bad[0]][0]
-            failures.append(("triple sacrifice", f"{len(bad)} of the {len(checked)} dealt triples failed the "
-                             f"sacrifice (first: {spec[0]} {spec[1:]}): the dealer's c is not a*b", None))
-        verdicts = self._exchange_bytes(b"\1" if failures else b"\0", "sacrifice-verdict")
-        self.stats.sacrifice_seconds += time.perf_counter() - start
-        complaints = [src for src, v in verdicts.items() if v != b"\0"]
+            else:
+                rho_b = self.mul_public(b, rho)
+            sigma = self.mul_public(c, t) - c2 - rho_b
+            combined = self.mul_public(sigma, chi(index, sigma.shape)).reshape(-1).sum(0, keepdims=True)
+            sigmas[kind] = combined if kind not in sigmas else sigmas[kind] + combined
+        if sigmas:
+            for kind, total in zip(sigmas, self.open(list(sigmas.values()), "tuple-check")):
+                if not total == U128.zeros((1,)):
+                    failures.append(_TUPLE_CHECKS[kind] + (None,))
+
+        verdict = b"\0"
+        if failures:  # which kind failed, so every party can name it (255: another check)
+            verdict = bytes([1 + _CHECK_ORDER.index(failures[0][:2])]) if failures[0][:2] in _CHECK_ORDER else b"\xff"
+        verdicts = self._exchange_bytes(verdict, "tuple-verdict")
+        self.stats.tuple_check_seconds += time.perf_counter() - start
+        complaints = [(src, v[0]) for src, v in sorted(verdicts.items()) if v != b"\0" and src != self.rank]
         if failures or complaints:  # the run aborts: drop what was opened, as a failed check does
             self._opened.clear()
             self._senders = {r: hashlib.sha256() for r in range(self.parties)}
@@ -715,8 +779,12 @@ class Engine:
             check, detail, party = failures[0]
             raise CheatDetected(check, detail, party)
         if complaints:
-            raise CheatDetected("triple sacrifice", f"party {complaints[0]} saw a failed sacrifice check", None)
-        return [(spec, values[:3], clear) if spec[0] in dealing.SACRIFICED else (spec, values, clear)
+            src, code = complaints[0]
+            if not 1 <= code <= len(_CHECK_ORDER):
+                raise CheatDetected("verdict", f"party {src} reported a failed check of the dealt tuples", None)
+            check, detail = _CHECK_ORDER[code - 1]
+            raise CheatDetected(check, f"{detail} (found by party {src})", None)
+        return [(spec, values[:dealing.USED[spec[0]]], None if clear is None else clear[:1])
                 for spec, values, clear in entries]
 
     def _zero_share(self) -> U128:

@@ -30,23 +30,23 @@ def _refuse(part: str) -> None:
 
 @register_part("triple_source", TRIPLE_SOURCE)
 class AuthenticatedDealer(TripleSource):
-    """A trusted dealer process making SPDZ2k-authenticated tuples (values and MAC shares
-    mod 2^128, MAC key alpha in [0, 2^64) shared among the parties); each triple and matmul
-    triple comes with a companion for the parties' sacrifice check (see ``dealer``)."""
+    """A dealer process making SPDZ2k-authenticated tuples (values and MAC shares mod
+    2^128, MAC key alpha in [0, 2^64) shared among the parties); every tuple comes with a
+    companion for the parties' check of it (see ``dealer``)."""
 
     needs_dealer = True
 
     @staticmethod
     def serve_dealer(comm: Any, parties: int) -> dict:
-        from protocols.malicious.dealer import run_dealer
+        from protocols.malicious.dealer import Dealer, run_dealer
 
-        return run_dealer(comm, parties)
+        return run_dealer(comm, Dealer(parties))
 
     def install(self, crypten: Any) -> None:
         _refuse(f"triple_source={TRIPLE_SOURCE}")
 
     def describe(self) -> str:
-        return "authenticated dealer (SPDZ2k tuples, k=64, s=64; triples sacrificed)"
+        return "authenticated dealer (SPDZ2k tuples, k=64, s=64; every tuple checked before use)"
 
 
 @register_part("check", CHECK)

@@ -11,9 +11,9 @@ from launch.party_processes import party_context, start_party
 
 
 def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bool, kwargs: dict,
-             results: Any, dealer_kwargs: dict | None = None) -> None:
+             results: Any, dealer_type: Any = None, dealer_kwargs: dict | None = None) -> None:
     from parties.transport import PartyAddress, TransportOptions, open_transport
-    from protocols.malicious.dealer import run_dealer
+    from protocols.malicious.dealer import Dealer, run_dealer
 
     names = tuple(f"party{i}" for i in range(parties)) + ("dealer",)
     try:
@@ -24,7 +24,7 @@ def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bo
         raise
     try:
         if rank == parties:
-            value = run_dealer(transport, parties, authenticated, **(dealer_kwargs or {}))
+            value = run_dealer(transport, (dealer_type or Dealer)(parties, authenticated, **(dealer_kwargs or {})))
         else:
             value = fn(transport, rank, parties, **(kwargs if authenticated else {**kwargs, "authenticated": False}))
         results.put((rank, "ok", value))
@@ -36,15 +36,18 @@ def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bo
 
 
 def spawn(fn: Callable, parties: int = 2, authenticated: bool = True, timeout_s: float = 240.0,
-          dealer_kwargs: dict | None = None, **kwargs: Any) -> tuple[dict[int, tuple[str, Any]], dict[int, int | None]]:
+          dealer_type: Any = None, dealer_kwargs: dict | None = None,
+          **kwargs: Any) -> tuple[dict[int, tuple[str, Any]], dict[int, int | None]]:
     """Run ``fn(transport, rank, parties, **kwargs)`` in each party; the dealer is the extra
-    rank (``dealer_kwargs`` go to ``run_dealer``, e.g. a test-only ``fault``). Returns
+    rank, serving ``dealer_type(parties, authenticated, **dealer_kwargs)`` (default: the
+    production ``Dealer``; tests pass faulty ones). Returns
     ({rank: (status, value)}, {rank: exit code})."""
     context = party_context()
     results = context.Queue()
     port = free_port()
-    processes = [start_party(context, _process, (fn, rank, parties, port, authenticated, kwargs, results, dealer_kwargs),
-                             f"party{rank}") for rank in range(parties + 1)]
+    processes = [start_party(context, _process, (fn, rank, parties, port, authenticated, kwargs, results,
+                                                 dealer_type, dealer_kwargs), f"party{rank}")
+                 for rank in range(parties + 1)]
     collected: dict[int, tuple[str, Any]] = {}
     try:
         for _ in range(parties + 1):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import numpy as np
 
-from protocols.malicious.adversary import Adversary
+from adversary import Adversary, TamperingEngine
 from protocols.malicious.engine import CheatDetected, Engine
 
 N, D = 4, 3
@@ -63,7 +64,7 @@ def plan(trial_index: int, parties: int) -> tuple[int, Adversary]:
 def detection_trials(transport: Any, rank: int, parties: int, trials: int, honest_every: int) -> dict:
     """Run ``trials`` fresh computations in one set of processes. Every ``honest_every``-th
     is honest (and must be right); in the others one party cheats once."""
-    engine = Engine(transport, parties, dealer=parties)
+    engine = TamperingEngine(transport, parties, dealer=parties)
     outcome = {"detected": [], "undetected": [], "honest_errors": [], "honest": 0, "checks": {}}
     try:
         for index in range(trials):
@@ -92,25 +93,60 @@ def detection_trials(transport: Any, rank: int, parties: int, trials: int, hones
     return outcome
 
 
-def faulty_dealer_trials(transport: Any, rank: int, parties: int, trials: int) -> dict:
-    """Run ``trials`` fresh computations (tuples fetched on demand, one dealer answer per
-    tuple) against a dealer that makes some triples wrong. Per trial: the range of
-    triple-kind tuples this party received (so the test can tell which trials got a
-    corrupted one), and the outcome."""
+def _uses(kind: str, engine: Engine, rank: int, parties: int, x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """A tiny computation whose first tuple of ``kind`` comes after tuples of other kinds
+    (except for ``input``), fetched on demand (one dealer answer per tuple)."""
+    xs = engine.input(x if rank == 0 else None, x.shape, 0)
+    if kind == "input":
+        return engine.reveal(xs)
+    if kind == "private":
+        return engine.reveal(xs, to=parties - 1)
+    if kind == "bits":
+        return engine.reveal(engine.mul_int(engine.ltz(xs), 1 << 16))  # the 0/1 integers in fixed point
+    if kind == "trunc":
+        return engine.reveal(engine.mul_const(xs, 0.75))
+    ys = engine.input(y if rank == 1 else None, y.shape, 1)
+    if kind == "triple":
+        return engine.reveal(engine.mul(xs, ys))
+    return engine.reveal(engine.matmul(xs, ys.T))
+
+
+def expected_use(kind: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return {"input": x, "private": x, "bits": (x < 0).astype(np.float64), "trunc": 0.75 * x,
+            "triple": x * y, "matmul": x @ y.T}[kind]
+
+
+def use_data(trial: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(500 + trial)
+    return rng.uniform(-50, 50, (3, 4)), rng.uniform(-50, 50, (3, 4))
+
+
+def lying_dealer_trials(transport: Any, rank: int, parties: int, kinds: list[str], trials: int) -> dict:
+    """For each kind, ``trials`` tiny computations that use it (the dealer lies about that
+    kind in each of them), then one honest computation per kind. Per trial: the check that
+    stopped it and its message, or the revealed value (a miss)."""
+    started = time.perf_counter()
     engine = Engine(transport, parties, dealer=parties)
-    outcome = {"trials": []}
+    outcome: dict = {"lied": [], "honest": []}
     try:
-        for index in range(trials):
-            first = engine.stats.sacrificed_tuples
-            try:
-                result = _trial(engine, rank, parties, *trial_data(index))
-            except CheatDetected as error:
-                engine.discard_preprocessing()
-                outcome["trials"].append((index, first, engine.stats.sacrificed_tuples, "detected", error.check))
-                continue
-            error_size = float(np.abs(result - expected(index)).max())
-            outcome["trials"].append((index, first, engine.stats.sacrificed_tuples, "ok", error_size))
+        for kind in kinds + ["honest"]:
+            for index in range(trials if kind != "honest" else len(kinds)):
+                used = kind if kind != "honest" else kinds[index]
+                x, y = use_data(index)
+                try:
+                    result = _uses(used, engine, rank, parties, x, y)
+                except CheatDetected as error:
+                    engine.discard_preprocessing()
+                    (outcome["lied"] if kind != "honest" else outcome["honest"]).append(
+                        (used, "detected", error.check, str(error)))
+                    continue
+                if kind == "honest":
+                    error_size = None if result is None else float(np.abs(result - expected_use(used, x, y)).max())
+                    outcome["honest"].append((used, "ok", error_size, None))
+                else:
+                    outcome["lied"].append((used, "missed", None, None if result is None else result.tolist()))
     finally:
         engine.close()
     outcome["stats"] = engine.stats.as_dict()
+    outcome["seconds"] = time.perf_counter() - started
     return outcome

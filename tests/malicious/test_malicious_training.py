@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import run_ok, spawn  # noqa: E402
 from train_programs import make_data, train_party  # noqa: E402
 
-from protocols.malicious.adversary import Adversary  # noqa: E402
+from adversary import Adversary  # noqa: E402
 from protocols.malicious.train import (SIGMOID_MAX_ERROR, MaliciousTrainConfig, UnsupportedModel,  # noqa: E402
                                        check_model, sigmoid_poly_plain, train_logreg_plain)
 

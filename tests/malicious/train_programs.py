@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from adversary import TamperingEngine
 from protocols.malicious.engine import Engine
 from protocols.malicious.train import LocalData, MaliciousTrainConfig, train_logreg
 
@@ -37,8 +38,8 @@ def train_party(transport: Any, rank: int, parties: int, rows: int, width: int, 
     if hidden:
         initial = mlp_layers(width, hidden)
     test_x = make_data(1, test_rows, width, seed=99)[0][0] if test_rows and rank == 0 else None
-    engine = Engine(transport, parties, dealer=parties, authenticated=authenticated,
-                    adversary=adversary if rank == cheater else None)
+    engine = TamperingEngine(transport, parties, dealer=parties, authenticated=authenticated)
+    engine.adversary = adversary if rank == cheater else None
     config = MaliciousTrainConfig(epochs=epochs, batch_size=batch, lr=0.5, reveal_to=list(range(parties)))
     try:
         result = train_logreg(engine, LocalData(xs[rank], ys[rank], test_x, None), initial, config)

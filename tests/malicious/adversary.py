@@ -1,7 +1,6 @@
-"""TEST-ONLY: a party that deviates from the protocol once, at a chosen step.
-
-The engine calls these hooks only when it was built with an ``Adversary``; production
-code never builds one. Targets:
+"""A party that deviates from the protocol once, at a chosen step: ``TamperingEngine`` is
+the production ``Engine`` with an ``Adversary`` acting on what it sends and receives.
+Targets:
 
 * ``mul``, ``matmul``, ``trunc``, ``compare``, ``reveal``: alter this party's share in the
   n-th opening of that kind (the same altered share goes to every peer); ``mul`` includes
@@ -23,9 +22,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
+
+from protocols.malicious.engine import AShare, Engine
 
 TARGETS = ("mul", "matmul", "trunc", "compare", "reveal", "open", "input", "tuple:triple", "tuple:matmul",
            "tuple:trunc", "tuple:bits")
@@ -46,7 +48,7 @@ class Adversary:
             raise ValueError(f"unknown adversary target {self.target!r}; choose one of {TARGETS}")
         self.rng = random.Random(self.seed)
 
-    def _due(self, kind: str) -> bool:
+    def due(self, kind: str) -> bool:
         if kind != self.target or self.fired:
             return False
         due = self.count == self.at
@@ -58,7 +60,7 @@ class Adversary:
     def _offset(self) -> np.uint64:
         return np.uint64(self.rng.getrandbits(64) | 1)
 
-    def _alter_limbs(self, payload: np.ndarray) -> np.ndarray:
+    def alter_limbs(self, payload: np.ndarray) -> np.ndarray:
         """``payload`` is lo limbs then hi limbs: change one low limb."""
         altered = payload.copy()
         index = self.rng.randrange(max(1, payload.size // 2))
@@ -67,24 +69,17 @@ class Adversary:
 
     # -- hooks called by the engine ------------------------------------------------------------
     def alter(self, kind: str, payload: np.ndarray) -> np.ndarray:
-        if not self._due(kind):
+        if not self.due(kind):
             return payload
         self.log.append((kind, self.count - 1))
         if kind == "open":  # a MAC-check opening: flip one bit of sigma (bytes 0..15)
             altered = payload.copy()
             altered[self.rng.randrange(2)] ^= np.uint64(1 << self.rng.randrange(64))
             return altered
-        return self._alter_limbs(payload)
-
-    def equivocate(self, kind: str, payload: np.ndarray, last: bool) -> np.ndarray:
-        """Called per recipient; the last recipient of the n-th input gets another message."""
-        if not last or not self._due(kind):
-            return payload
-        self.log.append((kind, self.count - 1))
-        return self._alter_limbs(payload)
+        return self.alter_limbs(payload)
 
     def tuple_received(self, kind: str, values: list[Any]) -> list[Any]:
-        if not self._due(f"tuple:{kind}"):
+        if not self.due(f"tuple:{kind}"):
             return values
         which = self.rng.randrange(len(values))
         self.log.append((f"tuple:{kind}", self.count - 1, which, self.mac))
@@ -94,3 +89,52 @@ class Adversary:
         delta[self.rng.randrange(delta.size)] = self._offset()
         limbs.lo += delta.reshape(limbs.lo.shape)
         return values
+
+
+class _EquivocatingTransport:
+    """The engine's transport, except that one send to ``target`` carries altered limbs."""
+
+    def __init__(self, transport: Any, adversary: Adversary) -> None:
+        self._transport = transport
+        self._adversary = adversary
+        self.target: int | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def isend(self, tensor: torch.Tensor, dst: int) -> Any:
+        if dst == self.target:
+            self.target = None
+            limbs = self._adversary.alter_limbs(tensor.numpy().view(np.uint64))
+            tensor = torch.from_numpy(limbs.view(np.int64))
+        return self._transport.isend(tensor, dst)
+
+
+class TamperingEngine(Engine):
+    """An ``Engine`` whose ``adversary`` (None: honest) alters this party's messages and
+    the tuples it receives."""
+
+    adversary: Adversary | None = None
+
+    def _exchange(self, payload: Any, size: int, kind: str, record: bool = True) -> dict[int, np.ndarray]:
+        if self.adversary is not None and not isinstance(payload, dict):
+            payload = self.adversary.alter(kind, payload)
+        return super()._exchange(payload, size, kind, record)
+
+    def _receive(self, specs: list) -> list:
+        entries = super()._receive(specs)
+        if self.adversary is None:
+            return entries
+        return [(spec, self.adversary.tuple_received(spec[0], values), clear) for spec, values, clear in entries]
+
+    def input(self, values: np.ndarray | None, shape: Sequence[int], owner: int) -> AShare:
+        if self.adversary is None or self.rank != owner or not self.adversary.due("input"):
+            return super().input(values, shape, owner)
+        self.adversary.log.append(("input", self.adversary.count - 1))
+        transport = self.comm
+        self.comm = _EquivocatingTransport(transport, self.adversary)
+        self.comm.target = self.others[-1]  # the last peer gets another masked input
+        try:
+            return super().input(values, shape, owner)
+        finally:
+            self.comm = transport
