@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from parties.config import RunConfig
+from parties.failure_line import print_failure
 from parties.dealer import process_names
 from parties.party import run_party
 
@@ -29,7 +30,7 @@ def party_main(config: RunConfig, rank: int) -> None:
         sys.exit(130)
     except Exception as error:  # the process boundary: report, never hang or half-succeed
         logging.getLogger("cotrain.party").debug("party %s failed", name, exc_info=True)
-        print(f"cotrain: party {name} failed: {error.__class__.__name__}: {error}", file=sys.stderr, flush=True)
+        print_failure(name, error.__class__.__name__, str(error))
         exit_now(1)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from parties.failure_line import print_failure
 from parties.transport.base import TransportError
 
 CHECK_S = 0.05
@@ -140,6 +141,6 @@ class PeerWatch:
             message = f"{me}: {names} {verb} gone (the process exited or was killed) while {operation} was in flight"
         else:
             message = f"{me}: stopped by the launcher ({terminated}) while {operation} was in flight"
-        print(f"cotrain: party {transport.get_name()} failed: TransportError: {message}", file=sys.stderr, flush=True)
+        print_failure(transport.get_name(), "TransportError", message)
         sys.stdout.flush()
         os._exit(1)  # the main thread may be blocked in a collective that never returns
