@@ -13,7 +13,7 @@ pandas' inner merge on id.
 ``--check-wire`` instead runs 3 parties over transports that record every frame they send
 and checks the intersection is exact and that no id, raw or in decimal, and no unblinded
 hash of a non-shared id is in any frame (``tests/psi/psi_parties.py``; the test suite runs
-the same check on 3 x 5,000 ids, this one on as many as asked: 3 x 100,000 by the issue).
+the same check on 3 x 100,000 ids, this one on as many as asked).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 from mpc.data.config import DataConfig
 from mpc.psi import PsiConfig, align_by_psi
 from mpc.psi.group import BlindingKey, hash_to_group
-from psi_parties import assert_absent, intersect_and_record, party_ids, private_hashes, run_psi
+from psi_parties import assert_absent, check_wire, intersect_and_record, party_ids, private_hashes, run_psi
 
 def _align_in_both_modes(transport, rank, ids_by_party):
     """align_by_psi with psi.reveal=ids, then size, over one transport: each party's aligned
@@ -28,7 +28,7 @@ def _align_in_both_modes(transport, rank, ids_by_party):
 
 @pytest.mark.slow
 def test_three_parties_5k_ids_both_modes_align_and_nothing_private_on_the_wire():
-    # 3 x 5,000 ids, 60 % common (3 x 100,000: bench/psi_bench.py --check-wire)
+    # 3 x 5,000 ids, 60 % common, in both reveal modes (one mode at 3 x 100,000: the next test)
     ids = party_ids(3, 5_000, 3_000, seed=13)
     expected = sorted(set.intersection(*(set(i.tolist()) for i in ids)))
     results = run_psi(_align_in_both_modes, 3, ids, timeout_s=600)
@@ -48,6 +48,12 @@ def test_three_parties_5k_ids_both_modes_align_and_nothing_private_on_the_wire()
     for _, frames, _ in results:
         assert sum(map(len, frames)) > 2 * 2 * 5_000 * 32  # both rings really went through the recorder
         assert_absent(frames, everyone, hashes)
+
+
+@pytest.mark.slow
+def test_three_parties_100k_ids_exact_and_nothing_private_on_the_wire():
+    """The issue's size: 3 x 100,000 ids, 60 % common (about a minute on 2 idle cores)."""
+    assert check_wire(100_000, 60_000, timeout_s=1200) > 3 * 2 * 100_000 * 32
 
 
 def test_wire_check_finds_a_planted_id_or_hash():
