@@ -18,6 +18,7 @@ from mpc.reference import pool_horizontal, train_plaintext
 from mpc.tolerance import training_weight_bound
 from mpc.training import SIGMOID_MAX_ERROR, TrainConfig
 from real_tables import float64_preprocessing
+from sessions import run_parties
 
 # protocol=tfp: no dealer process to start; these tests are about the training, and
 # tests/test_results.py runs the default (secure) suite
@@ -85,3 +86,33 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job):
         assert entry["gap"] == summary["secure"][metric] - summary["plaintext"][metric]  # signed
         assert entry["within_tolerance"] is True and abs(entry["gap"]) <= entry["tolerance"], (metric, entry)
     print(f"weight error {error:.2e} <= bound {bound.weight_error:.2e}; logits within {summary['logit_bound']:.2e}")
+
+
+def _scaled(crypten, rank):
+    from mpc.training import scale_precisely
+
+    # gradients the size a batch sum reaches, times lr / B for B = 128 and 1000 and lr = 1e-3
+    values = torch.linspace(-3000.0, 3000.0, 6001, dtype=torch.float64)
+    shared = crypten.cryptensor(values.float(), src=0)
+    out = {}
+    for factor in (0.1 / 128, 0.5 / 1000, 1e-3 / 64):
+        precise = scale_precisely(shared, factor).get_plain_text().double()
+        encoded = (shared * factor).get_plain_text().double()  # the 16-bit constant it replaces
+        exact = shared.get_plain_text().double() * factor
+        out[factor] = ((precise - exact).abs().max().item(), (encoded - exact).abs().max().item(),
+                       exact.abs().max().item())
+    return out
+
+
+@pytest.mark.slow
+def test_public_factors_keep_twenty_significant_bits_in_the_ring():
+    """scale_precisely errs by at most one truncation (u) plus 2^-20 of the value, over the
+    whole range a summed gradient reaches; a factor encoded as a 16-bit constant errs by far more."""
+    from mpc.tolerance import ULP
+    from mpc.training import PRECISE_FACTOR_BITS
+
+    results = run_parties(_scaled, world=2, timeout_s=600)
+    for factor, (precise, encoded, largest) in results[0].items():
+        assert precise <= ULP + 2.0**-PRECISE_FACTOR_BITS * largest, (factor, precise)
+        assert encoded > 10 * precise, (factor, encoded, precise)
+        print(f"factor {factor:.3e}: precise within {precise:.2e}, as a 16-bit constant {encoded:.2e}")
