@@ -261,3 +261,19 @@ def secure_gelu(crypten: Any, x: Any) -> tuple[Any, Any]:
     inside = 1 - outside[0] - outside[1]
     factors = crypten.stack([inside, inside]) * series + crypten.stack([outside[0], outside[0]])
     return x * factors[0], factors[1]
+
+
+# significant bits a public factor keeps in multiply_precisely: |x| < 2^26 then stays inside
+# the truncation's 2^62 range (x carries 16 fractional bits)
+PRECISE_FACTOR_BITS = 20
+
+
+def multiply_precisely(x: Any, factor: float) -> Any:
+    """``x * factor`` for a public ``factor`` kept to PRECISE_FACTOR_BITS significant bits:
+    the shares times the integer round(factor 2^k) (exact), then one division by 2^k (a
+    single truncation). Encoded as a 16-bit constant, a factor of 8e-4 would be 51 units of
+    u, off by up to 1 %."""
+    if factor == 0:
+        return x * 0
+    exponent = max(0, PRECISE_FACTOR_BITS - 1 - math.floor(math.log2(abs(factor))))
+    return (x * round(factor * 2**exponent)).div(2**exponent)

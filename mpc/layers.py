@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpc.approximations import secure_gelu, secure_inverse_sqrt, secure_softmax
+from mpc.approximations import multiply_precisely, secure_gelu, secure_inverse_sqrt, secure_softmax
 
 # the layers this module makes secure, by torch.nn class name
 TRANSFORMER_LAYERS = ("GELU", "LayerNorm", "MultiheadAttention", "TransformerEncoder", "TransformerEncoderLayer")
-_PRECISE = 2**8  # public factors that are no multiple of u are applied as (c 2^8) / 2^8
 
 
 class LayerError(ValueError):
@@ -104,15 +103,11 @@ def softmax_last(crypten: Any, scores: Any) -> Any:
 
 
 def scale_precisely(crypten: Any, x: Any, factor: float) -> Any:
-    """x times a public factor that is no multiple of u, applied as (factor 2^8) / 2^8 both
-    ways: in the backward pass too, where autograd's order (divide, then multiply) would
-    multiply the division's rounding by factor 2^8."""
-    def scaled(value: Any) -> Any:
-        return (value * (factor * _PRECISE)).div(_PRECISE)
-
+    """x times a public factor that is no multiple of u (:func:`multiply_precisely`), both
+    ways: autograd's own order in the backward pass would multiply a rounding by the factor."""
     with crypten.no_grad():
-        output = scaled(x)
-    return _with_backward(crypten, output, [x], lambda grad: (scaled(grad),))
+        output = multiply_precisely(x, factor)
+    return _with_backward(crypten, output, [x], lambda grad: (multiply_precisely(grad, factor),))
 
 
 def self_attention(crypten: Any, x: Any, in_weight: Any, in_bias: Any, out_weight: Any, out_bias: Any,

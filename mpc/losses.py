@@ -41,7 +41,7 @@ class WeightedBinaryCrossEntropy:
 
     def row_scales(self, labels: Any) -> Any:
         """w(y) per row, computed once for all rows (one truncation). The learning rate and
-        1/B are applied to the summed gradient instead (:func:`mpc.training.scale_precisely`):
+        1/B are applied to the summed gradient instead (:func:`mpc.approximations.multiply_precisely`):
         lr w / B is a few dozen units of u, so encoded per row it would be off by percents."""
         positive, negative = self.weights.positive, self.weights.negative
         return labels * (positive - negative) + negative

@@ -15,7 +15,7 @@ measured under MPC in the tests (``tests/test_sigmoid.py``). From these:
 2. **Training** (:func:`training_weight_bound`, logistic regression). A secure SGD step
    computes ``theta - c X^T v`` with v_i = w_i r_i, r_i = sigmoid(z_i) - y_i, the class
    weight w_i = w(y_i) and the public c = lr / B applied to the summed gradient to 20
-   significant bits (``mpc.training.scale_precisely``). Against the float step at the same
+   significant bits (``mpc.approximations.multiply_precisely``). Against the float step at the same
    weights it errs by
    * deterministic parts, per row |dv_i| <= |dw_i| (|r_i| + eps_sigma) + w_i (eps_sigma +
      ((|theta|_1 / 2 + 1) u) / 4): w_i is two encoded constants and a truncation (|dw_i| <=
@@ -62,7 +62,8 @@ import torch
 from torch import nn
 
 from mpc.metrics import ClassWeights
-from mpc.training import PRECISE_FACTOR_BITS, TrainConfig, batch_slices, epoch_order
+from mpc.approximations import PRECISE_FACTOR_BITS
+from mpc.training import TrainConfig, batch_slices, epoch_order
 
 FRACTIONAL_BITS = 16
 ULP = 2.0 ** -FRACTIONAL_BITS

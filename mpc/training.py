@@ -8,7 +8,6 @@ evaluator from revealed predictions.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -18,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from mpc import release
+from mpc.approximations import multiply_precisely
 from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.optim import secure_optimizer
 from mpc.scoring import load_shares
@@ -118,20 +118,6 @@ def fit_sigmoid_coefficients() -> np.ndarray:
     return coefficients
 
 
-# significant bits a public factor keeps in scale_precisely: |x| < 2^26 then stays inside
-# the truncation's 2^62 range (x carries 16 fractional bits)
-PRECISE_FACTOR_BITS = 20
-
-
-def scale_precisely(x: Any, factor: float) -> Any:
-    """``x * factor`` for a public ``factor`` kept to PRECISE_FACTOR_BITS significant bits:
-    the shares times the integer round(factor 2^k) (exact), then one division by 2^k (a
-    single truncation). Encoded as a 16-bit constant, a factor of 8e-4 would be 51 units of
-    u, off by up to 1 %."""
-    exponent = max(0, PRECISE_FACTOR_BITS - 1 - math.floor(math.log2(factor)))
-    return (x * round(factor * 2**exponent)).div(2**exponent)
-
-
 def secure_sigmoid(logits: Any) -> Any:
     """sigmoid(x) under MPC in 19 rounds (2 parties), within SIGMOID_MAX_ERROR (6.0e-4) of
     the true value for every x."""
@@ -203,7 +189,7 @@ class SecureTrainer:
     def _scale_gradients(self, factor: float) -> None:
         """Every parameter's gradient times ``factor``, all in one truncation."""
         parameters = [p for p in self.model.parameters() if p.grad is not None]
-        flat = scale_precisely(self.crypten.cat([p.grad.flatten() for p in parameters]), factor)
+        flat = multiply_precisely(self.crypten.cat([p.grad.flatten() for p in parameters]), factor)
         offset = 0
         for parameter in parameters:
             size = parameter.grad.numel()

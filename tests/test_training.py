@@ -89,14 +89,14 @@ def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job):
 
 
 def _scaled(crypten, rank):
-    from mpc.training import scale_precisely
+    from mpc.approximations import multiply_precisely
 
     # gradients the size a batch sum reaches, times lr / B for B = 128 and 1000 and lr = 1e-3
     values = torch.linspace(-3000.0, 3000.0, 6001, dtype=torch.float64)
     shared = crypten.cryptensor(values.float(), src=0)
     out = {}
     for factor in (0.1 / 128, 0.5 / 1000, 1e-3 / 64):
-        precise = scale_precisely(shared, factor).get_plain_text().double()
+        precise = multiply_precisely(shared, factor).get_plain_text().double()
         encoded = (shared * factor).get_plain_text().double()  # the 16-bit constant it replaces
         exact = shared.get_plain_text().double() * factor
         out[factor] = ((precise - exact).abs().max().item(), (encoded - exact).abs().max().item(),
@@ -106,10 +106,10 @@ def _scaled(crypten, rank):
 
 @pytest.mark.slow
 def test_public_factors_keep_twenty_significant_bits_in_the_ring():
-    """scale_precisely errs by at most one truncation (u) plus 2^-20 of the value, over the
+    """multiply_precisely errs by at most one truncation (u) plus 2^-20 of the value, over the
     whole range a summed gradient reaches; a factor encoded as a 16-bit constant errs by far more."""
     from mpc.tolerance import ULP
-    from mpc.training import PRECISE_FACTOR_BITS
+    from mpc.approximations import PRECISE_FACTOR_BITS
 
     results = run_parties(_scaled, world=2, timeout_s=600)
     for factor, (precise, encoded, largest) in results[0].items():
