@@ -9,6 +9,7 @@ evaluator from revealed predictions.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -66,6 +67,7 @@ class EpochRecord:
     metrics: Any = None  # the task's metrics (mpc.metrics)
     heldout_logits: torch.Tensor | None = None  # at the evaluator: the outputs the metrics were computed from
     epsilon: float | None = None  # privacy spent so far, under DP-SGD
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)  # PhaseMeter.totals: where the traffic went
 
     def as_dict(self) -> dict:
         record = {k: v for k, v in self.__dict__.items() if k not in ("metrics", "heldout_logits")}
@@ -142,6 +144,30 @@ def secure_sigmoid(logits: Any) -> Any:
     return (series * coefficients).sum(0) + 0.5
 
 
+class PhaseMeter:
+    """Bytes (sent + received) and rounds per phase of training, from the party's counters:
+    where each row's traffic goes (forward, loss gradient, backward, update, evaluation)."""
+
+    def __init__(self, stats: Any) -> None:
+        self.stats = stats
+        self.totals: dict[str, dict[str, int]] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        before = (self.stats.bytes_sent + self.stats.bytes_received, self.stats.rounds)
+        try:
+            yield
+        finally:
+            entry = self.totals.setdefault(name, {"bytes": 0, "rounds": 0})
+            entry["bytes"] += self.stats.bytes_sent + self.stats.bytes_received - before[0]
+            entry["rounds"] += self.stats.rounds - before[1]
+
+    def take(self) -> dict[str, dict[str, int]]:
+        """The totals since the last take."""
+        totals, self.totals = self.totals, {}
+        return totals
+
+
 class SecureTrainer:
     """Trains one CrypTen model on a secret-shared dataset; every party runs the same loop."""
 
@@ -154,6 +180,7 @@ class SecureTrainer:
         self.optimizer = secure_optimizer(crypten, list(model.parameters()), config)
         self.seed = seed
         self.stats = stats
+        self.meter = PhaseMeter(stats)
         self.show_progress = show_progress
         self.rank = crypten.communicator.get().get_rank()
         self.private: PrivateSgd | None = None  # DP-SGD's state, set up by fit when train.dp is on
@@ -166,24 +193,27 @@ class SecureTrainer:
         (binary logistic regression, plain SGD) ``clip`` clips each row's gradient and scales it
         to an update instead, and features None is an empty sample (noise only)."""
         crypten = self.crypten
+        meter = self.meter
         self.model.zero_grad()
         if features is not None:
-            outputs = self.model(features)
-            with crypten.no_grad():
+            with meter.phase("forward"):
+                outputs = self.model(features)
+            with crypten.no_grad(), meter.phase("loss_gradient"):
                 gradient = self.loss.output_gradient(crypten, outputs, targets, scales)
                 if clip is not None:
                     gradient = clip.apply(gradient)
-            outputs.backward(gradient)
+            with meter.phase("backward"):
+                outputs.backward(gradient)
             if clip is None:
-                with crypten.no_grad():
+                with crypten.no_grad(), meter.phase("update"):
                     self._scale_gradients(self.optimizer.gradient_factor(epoch) / features.size(0))
         if self.private is not None:
-            with crypten.no_grad():
+            with crypten.no_grad(), meter.phase("dp_noise"):
                 self.private.add_noise(self.model.parameters())
         # the update as torch.optim's (CrypTen's update_parameters also zeroes gradients above
         # 100, a guard against the wrap errors of its local truncation, at a comparison per
         # parameter tensor per step)
-        with crypten.no_grad():
+        with crypten.no_grad(), meter.phase("update"):
             self.optimizer.step(epoch)
 
     def _scale_gradients(self, factor: float) -> None:
@@ -246,6 +276,7 @@ class SecureTrainer:
         for epoch in range(first, self.config.epochs):
             start = time.perf_counter()
             before = (self.stats.bytes_sent, self.stats.bytes_received, self.stats.rounds)
+            self.meter.take()
             if self.private is not None:
                 steps = ((x, y, w, epoch, clip) for x, y, w, clip in self.private.epoch_steps(train, row_scales, epoch))
             else:
@@ -263,13 +294,15 @@ class SecureTrainer:
                 epsilon=self.private.end_epoch() if self.private is not None else None,
             )
             if test is not None:
-                outputs = self.predict_for(test.features, evaluator)
+                with self.meter.phase("evaluation"):
+                    outputs = self.predict_for(test.features, evaluator)
                 if outputs is not None:
                     self.heldout_logits = outputs
                     record.metrics = self.loss.evaluate(outputs, test_labels)
                     record.heldout_logits = outputs
                     progress.set_postfix(heldout_loss=f"{record.metrics.loss:.4f}")
             progress.close()
+            record.phases = self.meter.take()
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)

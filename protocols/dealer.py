@@ -5,6 +5,11 @@ The dealer is rank ``num_parties`` of the transport; the computing parties are r
 ``0..num_parties-1`` and run their MPC among themselves (``parties.transport.group.PartyGroup``). The
 dealer sees tuples in the clear but no data: it never receives a share of anything secret.
 
+Seeds, not shares: at the start the dealer sends each party but the last a PRG seed; that
+party's share of every tuple is the next draw of its seeded stream, which it expands itself,
+and only the last party's shares (the value minus the others') travel. The dealer sends
+1/n of the tuple bytes it would send as full shares.
+
 Flow: every party asks its provider for tuples in the same order (the MPC program is the
 same everywhere). A party keeps a buffer of tuples; on a miss, all parties compute the same
 prediction of what comes next (the keys that followed this key the last time it was asked
@@ -30,7 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from protocols.parts import metered
-from protocols.prg import CipherGenerator, new_seed
+from protocols.prg import SEED_BYTES, CipherGenerator, new_seed
 from protocols.registry import register_part
 from protocols.truncation import pair_values
 from protocols.tuples import KeyedTripleSource, Prefetcher, check_key, freeze, tuple_elements, tuple_layout
@@ -41,8 +46,9 @@ class DealerError(RuntimeError):
     """The dealer failed, stopped answering, or sent something malformed."""
 
 
-def _split(value: torch.Tensor, kind: str, parties: int, rng: CipherGenerator) -> list[torch.Tensor]:
-    shares = [rng.ring(value.shape) for _ in range(parties - 1)]
+def _split(value: torch.Tensor, kind: str, streams: Sequence[CipherGenerator]) -> list[torch.Tensor]:
+    """Shares of ``value``: each seeded party's from its own stream, the last party's the rest."""
+    shares = [stream.ring(value.shape) for stream in streams]
     last = value.clone()
     for share in shares:
         last = last - share if kind == "a" else last ^ share
@@ -60,32 +66,51 @@ def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
     return wraps
 
 
-def generate_tuple(key: tuple, parties: int, rng: CipherGenerator) -> list[list[torch.Tensor]]:
-    """Every party's shares of one tuple: ``result[party][component]``."""
+def tuple_values(key: tuple, rng: CipherGenerator) -> list[tuple[str, torch.Tensor]]:
+    """The plaintext components of one tuple, each with its sharing ('a' or 'b'); empty for
+    ``wrap``, whose values depend on the parties' own random shares (drawn in :func:`deal`)."""
     kind = key[0]
     if kind == "triple":
         _, op, size0, size1, kwargs = key
         a, b = rng.ring(size0), rng.ring(size1)
-        values = [("a", a), ("a", b), ("a", getattr(torch, op)(a, b, **dict(kwargs)))]
-    elif kind == "square":
+        return [("a", a), ("a", b), ("a", getattr(torch, op)(a, b, **dict(kwargs)))]
+    if kind == "square":
         r = rng.ring(key[1])
-        values = [("a", r), ("a", r * r)]
-    elif kind == "binary":
+        return [("a", r), ("a", r * r)]
+    if kind == "binary":
         a, b = rng.ring(key[1]), rng.ring(key[2])
-        values = [("b", a), ("b", b), ("b", a & b)]
-    elif kind == "b2a":
+        return [("b", a), ("b", b), ("b", a & b)]
+    if kind == "b2a":
         r = rng.bits(key[1], 1)
-        values = [("a", r), ("b", r)]
-    elif kind == "trunc":
-        values = [("a", v) for v in pair_values(rng.ring(key[1]), key[2])]
-    elif kind == "wrap":
-        r = [rng.ring(key[1]) for _ in range(parties)]
-        theta = _split(count_wraps(r), "a", parties, rng)
-        return [[r[p], theta[p]] for p in range(parties)]
-    else:
-        raise ValueError(f"unknown tuple kind {kind!r}")
-    split = [_split(value, sharing, parties, rng) for sharing, value in values]
-    return [[component[p] for component in split] for p in range(parties)]
+        return [("a", r), ("b", r)]
+    if kind == "trunc":
+        return [("a", v) for v in pair_values(rng.ring(key[1]), key[2])]
+    if kind == "wrap":
+        return []
+    raise ValueError(f"unknown tuple kind {kind!r}")
+
+
+def deal(key: tuple, values: list[tuple[str, torch.Tensor]], rng: CipherGenerator,
+         streams: Sequence[CipherGenerator]) -> list[list[torch.Tensor]]:
+    """Every party's shares of one tuple, ``result[party][component]``. Party p < n-1 draws
+    its shares from ``streams[p]``, which it expands itself from the seed the dealer gave it
+    (:func:`seeded_shares`); only the last party's shares travel."""
+    if key[0] == "wrap":
+        r = [stream.ring(key[1]) for stream in streams] + [rng.ring(key[1])]
+        theta = _split(count_wraps(r), "a", streams)
+        return [[r[p], theta[p]] for p in range(len(r))]
+    split = [_split(value, sharing, streams) for sharing, value in values]
+    return [[component[p] for component in split] for p in range(len(streams) + 1)]
+
+
+def seeded_shares(key: tuple, stream: CipherGenerator) -> list[torch.Tensor]:
+    """A seeded party's shares of one tuple: the draws :func:`deal` made for it, in order."""
+    return [stream.ring(shape) for _, shape in tuple_layout(key)]
+
+
+def generate_tuple(key: tuple, rng: CipherGenerator, streams: Sequence[CipherGenerator]) -> list[list[torch.Tensor]]:
+    """Every party's shares of one fresh tuple (the dealer's two steps in one)."""
+    return deal(key, tuple_values(key, rng), rng, streams)
 
 
 class DealerServer:
@@ -95,6 +120,9 @@ class DealerServer:
         self.comm = comm
         self.parties = parties
         self.rng = CipherGenerator(new_seed())
+        # one stream per seeded party (all but the last): the dealer sends each its seed once
+        self.seeds = [new_seed() for _ in range(parties - 1)]
+        self.streams = [CipherGenerator(seed) for seed in self.seeds]
         self.pool: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         self.pool_batches = pool_batches
         self.lock = threading.Condition()
@@ -105,6 +133,8 @@ class DealerServer:
         self.worker = threading.Thread(target=self._pregenerate, name="dealer-pregenerate", daemon=True)
 
     def serve(self) -> dict:
+        for party, seed in enumerate(self.seeds):
+            self.comm.send_obj({"op": "seed", "seed": seed}, party)
         self.worker.start()
         try:
             while True:
@@ -123,26 +153,28 @@ class DealerServer:
 
     def _answer(self, keys: list[tuple]) -> None:
         self.stats["requests"] += 1
-        per_party: list[list[torch.Tensor]] = [[] for _ in range(self.parties)]
+        corrections: list[torch.Tensor] = []  # the last party's shares; the others expand seeds
         for key in keys:
             with self.lock:
-                item = self.pool[key].popleft() if self.pool[key] else None
-            if item is None:
-                start = time.perf_counter()
-                item = generate_tuple(key, self.parties, self.rng)
-                self.stats["generation_s"] += time.perf_counter() - start
+                values = self.pool[key].popleft() if self.pool[key] else None
+            start = time.perf_counter()
+            if values is None:
+                values = tuple_values(key, self.rng)
                 self.stats["inline"] += 1
             else:
                 self.stats["pregenerated"] += 1
-            for party in range(self.parties):
-                per_party[party].extend(share.reshape(-1) for share in item[party])
+            # dealt in answer order, the order in which the seeded parties expand their streams
+            item = deal(key, values, self.rng, self.streams)
+            self.stats["generation_s"] += time.perf_counter() - start
+            corrections.extend(share.reshape(-1) for share in item[-1])
             self.stats["tuples"] += 1
             self.stats["elements"] += tuple_elements(key)
         with self.lock:  # the same batch is the best guess for the next request
             self.wanted = keys
             self.lock.notify_all()
         for party in range(self.parties):
-            payload = torch.cat(per_party[party]) if per_party[party] else torch.empty(0, dtype=torch.long)
+            payload = (torch.cat(corrections) if corrections and party == self.parties - 1
+                       else torch.empty(0, dtype=torch.long))
             self.comm.send_obj({"keys": keys, "elements": int(payload.numel())}, party)
             if payload.numel():
                 self.comm.send(payload, party)
@@ -158,9 +190,9 @@ class DealerServer:
                     return
                 key = self._next_missing()
             start = time.perf_counter()
-            item = generate_tuple(key, self.parties, rng)
+            values = tuple_values(key, rng)
             with self.lock:
-                self.pool[key].append(item)
+                self.pool[key].append(values)
                 self.stats["generation_s"] += time.perf_counter() - start
 
     def _next_missing(self) -> tuple | None:
@@ -194,6 +226,23 @@ class DealerTripleSource(KeyedTripleSource):
         self.comm = crypten.communicator.get()
         self.dealer = self.comm.get_world_size()
         self.rank = self.comm.get_rank()
+        self.stream = self._receive_seed() if self.rank < self.dealer - 1 else None
+
+    def _receive_seed(self) -> CipherGenerator:
+        """The seed this party expands its shares of every tuple from (all but the last party)."""
+        dealer = f"the dealer (rank {self.dealer})"
+        try:
+            message = self.comm.recv_obj(self.dealer)
+        except Exception as error:
+            self.failed = True
+            raise DealerError(f"{dealer} failed before sending this party's seed: "
+                              f"{error.__class__.__name__}: {error}") from None
+        seed = message.get("seed") if isinstance(message, dict) and message.get("op") == "seed" else None
+        if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+            self.failed = True
+            raise DealerError(f"{dealer} sent a malformed seed message: expected {SEED_BYTES} bytes, "
+                              f"got {type(seed).__name__ if seed is not None else str(message)[:100]}")
+        return CipherGenerator(seed)
 
     def stop(self, crypten: Any) -> None:
         if self.comm is None or self.rank != 0 or self.failed:
@@ -234,7 +283,7 @@ class DealerTripleSource(KeyedTripleSource):
             header = self.comm.recv_obj(self.dealer)
         except Exception as error:
             raise DealerError(f"{dealer} failed or stopped answering: {error.__class__.__name__}: {error}") from None
-        expected = sum(tuple_elements(key) for key in keys)
+        expected = 0 if self.stream is not None else sum(tuple_elements(key) for key in keys)
         if (not isinstance(header, dict) or freeze(header.get("keys")) != tuple(keys)
                 or header.get("elements") != expected):
             raise DealerError(f"{dealer} sent a malformed batch: expected {len(keys)} tuples of "
@@ -246,6 +295,8 @@ class DealerTripleSource(KeyedTripleSource):
             raise DealerError(f"{dealer} failed while sending tuples: {error.__class__.__name__}: {error}") from None
         if payload.dtype != torch.long or payload.numel() != expected:
             raise DealerError(f"{dealer} sent {payload.numel()} {payload.dtype} elements; expected {expected} int64")
+        if self.stream is not None:
+            return [seeded_shares(key, self.stream) for key in keys]
         batch, offset = [], 0
         for key in keys:
             shares = []
@@ -257,7 +308,7 @@ class DealerTripleSource(KeyedTripleSource):
         return batch
 
     def describe(self) -> str:
-        return "dealer (a separate dealer process makes every tuple)"
+        return "dealer (a separate dealer process makes every tuple; all but the last party expand theirs from a seed)"
 
 
 def run_dealer_server(comm: Any, parties: int) -> dict:

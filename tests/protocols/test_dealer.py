@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.dealer import count_wraps, generate_tuple
+from protocols.dealer import count_wraps, generate_tuple, seeded_shares
 from protocols.tuples import check_key, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
 from protocol_sessions import party_values, run_parties
@@ -27,14 +27,19 @@ def _open(shares, sharing):
 @pytest.mark.parametrize("parties", [2, 3])
 def test_every_tuple_kind_reconstructs(parties):
     rng = CipherGenerator(new_seed())
+    seeds = [new_seed() for _ in range(parties - 1)]
+    streams = [CipherGenerator(seed) for seed in seeds]
+    expanded = [CipherGenerator(seed) for seed in seeds]  # the seeded parties' own copies
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
         ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]]]]
     for key in keys:
-        shares = generate_tuple(key, parties, rng)
+        shares = generate_tuple(key, rng, streams)
         layout = tuple_layout(key)
         assert len(shares) == parties
+        for party, stream in enumerate(expanded):  # what the dealer dealt a seeded party is what it expands
+            assert all(torch.equal(a, b) for a, b in zip(shares[party], seeded_shares(key, stream)))
         for party in shares:
             assert [tuple(s.shape) for s in party] == [shape for _, shape in layout]
         values = [_open([p[i] for p in shares], sharing) for i, (sharing, _) in enumerate(layout)]
@@ -94,15 +99,27 @@ def test_session_over_a_dealer(parties, truncation):
 
 
 def _dying_dealer(transport, parties):
+    _send_seeds(transport, parties)
     transport.recv_obj(0)  # the first request, then the process dies without a word
     os._exit(3)
 
 
+def _send_seeds(transport, parties):
+    for party in range(parties - 1):
+        transport.send_obj({"op": "seed", "seed": new_seed()}, party)
+
+
 def _lying_dealer(transport, parties):
+    _send_seeds(transport, parties)
     message = transport.recv_obj(0)
     for party in range(parties):  # claims one element fewer than asked for
         transport.send_obj({"keys": message["keys"], "elements": 1}, party)
         transport.send(torch.zeros(1, dtype=torch.long), party)
+    transport.recv_obj(0)
+
+
+def _short_seed_dealer(transport, parties):
+    transport.send_obj({"op": "seed", "seed": new_seed()[:8]}, 0)
     transport.recv_obj(0)
 
 
@@ -112,7 +129,8 @@ def _multiply(crypten, rank):
 
 
 @pytest.mark.parametrize("dealer_fn,message", [(_dying_dealer, "failed or stopped answering"),
-                                               (_lying_dealer, "malformed batch")])
+                                               (_lying_dealer, "malformed batch"),
+                                               (_short_seed_dealer, "malformed seed")])
 def test_a_failing_dealer_stops_the_run_with_a_clear_error(dealer_fn, message, capfd):
     collected = run_parties(_multiply, DEALER, parties=2, dealer_fn=dealer_fn, timeout_s=90, wire_timeout_s=8)
     errors = [value for rank, (status, value) in collected.items() if rank < 2 and status == "error"]
