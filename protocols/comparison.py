@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
+
 from protocols import crypten_hooks
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
@@ -27,3 +29,96 @@ class CryptenComparison(ProtocolPart):
 
     def describe(self) -> str:
         return "crypten (A2B adder + sign bit + B2A)"
+
+
+# -- packed: the sign bit alone, from the parties' shares, with bit-packed AND gates ----------
+_POSITIONS = torch.arange(64)
+
+
+def _unpack(words: torch.Tensor) -> torch.Tensor:
+    """(N,) int64 -> (N, 64) of 0/1, bit j in column j (XOR sharings stay XOR sharings)."""
+    return (words.unsqueeze(-1) >> _POSITIONS.to(words.device)) & 1
+
+
+def _pack(bits: torch.Tensor) -> torch.Tensor:
+    """(k,) of 0/1 -> ceil(k/64) int64 words, bit j of the sequence at bit j % 64 of word j // 64."""
+    padded = torch.nn.functional.pad(bits, (0, -bits.numel() % 64)).reshape(-1, 64)
+    return (padded << _POSITIONS.to(bits.device)).sum(-1)
+
+
+def _and(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """This party's XOR share of x & y for XOR-shared int64 words (a Beaver AND, one round)."""
+    from crypten.mpc.primitives import BinarySharedTensor as BST
+
+    return (BST.from_shares(x) & BST.from_shares(y)).share
+
+
+def _and_bits(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x & y for XOR-shared 0/1 vectors, 64 bits to a word on the wire."""
+    return _unpack(_and(_pack(x), _pack(y))).reshape(-1)[: x.numel()]
+
+
+def _two_operands(share: torch.Tensor, rank: int, parties: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """XOR sharings of words a, b with a + b = the shared value mod 2^64: party i's share is
+    operand i (held by i alone), and carry-save adders, a + b + c = (a^b^c) + (maj(a,b,c) << 1)
+    with maj = ((a^c) & (b^c)) ^ c, take three operands to two, one AND per level."""
+    operands = [share if party == rank else torch.zeros_like(share) for party in range(parties)]
+    while len(operands) > 2:
+        groups = len(operands) // 3
+        a, b, c = (torch.stack(operands[k:3 * groups:3]) for k in range(3))
+        majority = _and(a ^ c, b ^ c) ^ c
+        operands = list(a ^ b ^ c) + list(majority << 1) + operands[3 * groups:]
+    return operands[0], operands[1]
+
+
+def sign_bit(share: torch.Tensor, rank: int, parties: int) -> torch.Tensor:
+    """This party's XOR share of msb(x) (1 where x < 0), x the value the parties' ``share``s
+    sum to. msb(a + b) = a_63 ^ b_63 ^ (the carry into bit 63), and that carry is the
+    generate bit of bits 0..62 under the prefix operator (G, P) = (G_hi ^ P_hi G_lo, P_hi P_lo):
+    six levels of 64, 32, ..., 2 bits per element, packed 64 to a word (crypten's adder ANDs
+    whole words, 13 per adder, n - 1 adders)."""
+    flat = share.reshape(-1)
+    a, b = _two_operands(flat, rank, parties)
+    generate, propagate = _unpack(_and(a, b)), _unpack(a ^ b)
+    top = propagate[:, 63].clone()
+    # bit 63 passes the carry through: g = 0, p = 1 (a public 1: party 0's share)
+    generate[:, 63] = 0
+    propagate[:, 63] = 1 if rank == 0 else 0
+    while generate.size(1) > 1:
+        low_g, high_g = generate[:, 0::2], generate[:, 1::2]
+        low_p, high_p = propagate[:, 0::2], propagate[:, 1::2]
+        columns = high_p.size(1)
+        both = _and_bits(torch.cat([high_p, high_p], 1).reshape(-1), torch.cat([low_g, low_p], 1).reshape(-1))
+        both = both.reshape(-1, 2 * columns)
+        generate, propagate = high_g ^ both[:, :columns], both[:, columns:]
+    return (top ^ generate[:, 0]).reshape(share.shape)
+
+
+@register_part("comparison", "packed")
+class PackedComparison(ProtocolPart):
+    """x < 0 as the sign bit alone: carry-save adders to two operands, then the carry into
+    the top bit by a prefix tree of bit-packed AND gates, then B2A of that bit."""
+
+    def install(self, crypten: Any) -> None:
+        crypten_hooks.install_comparison(crypten, self.less_than_zero, self.counters)
+        self._crypten = crypten
+
+    def less_than_zero(self, x: Any, crypten_ltz: Callable[[Any], Any]) -> Any:
+        from crypten.mpc.primitives import BinarySharedTensor as BST
+        from crypten.mpc.primitives import beaver
+        from crypten.mpc.ptype import ptype as Ptype
+
+        if x.ptype != Ptype.arithmetic:
+            return crypten_ltz(x)
+        comm = self._crypten.communicator.get()
+        bit = sign_bit(x._tensor.share, comm.get_rank(), comm.get_world_size())
+        result = x.shallow_copy()
+        result._tensor = beaver.B2A_single_bit(BST.from_shares(bit))
+        result.encoder._scale = 1
+        return result
+
+    def uninstall(self, crypten: Any) -> None:
+        crypten_hooks.uninstall_comparison(crypten)
+
+    def describe(self) -> str:
+        return "packed (sign bit by carry-save adders and a bit-packed prefix tree, then B2A)"
