@@ -126,7 +126,7 @@ def _binades(crypten: Any, x: Any, base: int, exponents: range) -> tuple[Any, li
     return crypten.stack(inside), list(exponents)
 
 
-def _select(crypten: Any, indicators: Any, values: list[float]) -> Any:
+def select_constants(crypten: Any, indicators: Any, values: list[float]) -> Any:
     """sum_j indicator_j * value_j for public values that are multiples of u, exactly."""
     units = torch.tensor([round(value * 2**16) for value in values], dtype=torch.long, device=indicators.device)
     selected = (indicators * units.reshape(-1, *([1] * (indicators.dim() - 1)))).sum(0)
@@ -137,8 +137,8 @@ def _select(crypten: Any, indicators: Any, values: list[float]) -> Any:
 def _sqrt_mantissa(crypten: Any, x: Any) -> tuple[Any, Any, list[int]]:
     """x = 4^k m with m in [1, 4), for x in [0, 4^16): m, and the binade indicators with their k."""
     inside, exponents = _binades(crypten, x, 4, SQRT_EXPONENTS)
-    near = _select(crypten, inside, [4.0**-k if k <= 8 else 0.0 for k in exponents])
-    far = _select(crypten, inside, [4.0 ** -(k - 8) if k > 8 else 0.0 for k in exponents])
+    near = select_constants(crypten, inside, [4.0**-k if k <= 8 else 0.0 for k in exponents])
+    far = select_constants(crypten, inside, [4.0 ** -(k - 8) if k > 8 else 0.0 for k in exponents])
     mantissa = (crypten.stack([x, x.div(_SHIFT)]) * crypten.stack([near, far])).sum(0)
     return mantissa, inside, exponents
 
@@ -155,7 +155,7 @@ def _inverse_sqrt_newton(mantissa: Any) -> Any:
 def secure_sqrt(crypten: Any, x: Any) -> Any:
     """sqrt(x) for x in [0, 4^16): x = 4^k m with m in [1, 4), sqrt(x) = 2^k m / sqrt(m)."""
     mantissa, inside, exponents = _sqrt_mantissa(crypten, x)
-    root = _select(crypten, inside, [2.0**k for k in exponents])
+    root = select_constants(crypten, inside, [2.0**k for k in exponents])
     return mantissa * _inverse_sqrt_newton(mantissa) * root
 
 
@@ -164,14 +164,14 @@ def secure_inverse_sqrt(crypten: Any, x: Any) -> tuple[Any, Any]:
     multiple of u) and y = 1/sqrt(m) in (1/2, 1]. A caller multiplies its numerator by the
     scale first, so that a small result keeps its digits."""
     mantissa, inside, exponents = _sqrt_mantissa(crypten, x)
-    return _select(crypten, inside, [2.0**-k for k in exponents]), _inverse_sqrt_newton(mantissa)
+    return select_constants(crypten, inside, [2.0**-k for k in exponents]), _inverse_sqrt_newton(mantissa)
 
 
 def secure_divide(crypten: Any, numerator: Any, denominator: Any) -> Any:
     """numerator / denominator for denominators in [1/4, 2^17): d = 2^k m with m in [1, 2);
     the numerator is scaled by 2^-k too, so a small quotient keeps its digits."""
     inside, exponents = _binades(crypten, denominator, 2, RECIPROCAL_EXPONENTS)
-    scale = _select(crypten, inside, [2.0**-k for k in exponents])
+    scale = select_constants(crypten, inside, [2.0**-k for k in exponents])
     both = crypten.stack([denominator, numerator]) * crypten.stack([scale, scale])
     return both[1] * secure_reciprocal(both[0], 1.0, 2.0)
 

@@ -75,26 +75,43 @@ class EpochRecord:
         return record
 
 
-# The sigmoid: clip to [-CLIP, CLIP], then an odd Chebyshev series of degree 15 in x / CLIP,
-# fitted (minimax) so that the largest error over the whole real line, clipped tails included,
-# is 4.6e-4 in exact arithmetic; CrypTen's default (exp by 9 squarings, 3 Newton steps of the
-# reciprocal) errs by 2.1e-3 on [-12, 12]. It takes 19 rounds with one-round truncation (one
-# batched comparison: 8, the clip: 1, scaling: 1, four levels of products: 8, the series: 1)
-# where CrypTen's takes 37.
+# The sigmoid: clip to [-CLIP, CLIP], then an odd polynomial of degree 15 in t = x / CLIP,
+# fitted (minimax, as Chebyshev series c_1 T_1 + c_3 T_3 + ... + c_15 T_15) so that the largest
+# error over the whole real line, clipped tails included, is 4.6e-4 in exact arithmetic;
+# CrypTen's default (exp by 9 squarings, 3 Newton steps of the reciprocal) errs by 2.1e-3 on
+# [-12, 12]. It is evaluated as t g(s), s = T_2(t) = 2t^2 - 1 and g a Chebyshev series of
+# degree 7 in s, split as A(s) + T_4(s) B(s) with A, B of degree 3: six products (two of them
+# squares) where the series in t takes ten, and each of A, B one truncation.
 SIGMOID_CLIP = 7.0
 # The largest error as evaluated in the ring, over the whole real line (asserted under MPC on a
 # grid out to +-1e4 in tests/test_sigmoid.py; mpc.tolerance builds on it): the fit's 4.6e-4,
-# plus x / CLIP through a rounded 1/7 (relative error <= 3.1e-5, plus 1 ulp) times the
-# series' slope <= CLIP / 4, about 8e-5, plus rounding in the recurrence (measured 5.45e-4 in all).
+# plus x / CLIP within 1 ulp times the polynomial's slope <= CLIP / 4, plus rounding in the
+# products and in A and B (measured 4.9e-4 in all).
 SIGMOID_MAX_ERROR = 6.0e-4
 SIGMOID_DEGREE = 15
 # fit_sigmoid_coefficients() rounded to float32; fitting takes ~0.3 s, so it is not redone per run
 SIGMOID_COEFFICIENTS = (6.131813526e-01, -1.570855677e-01, 6.077003479e-02, -2.489833906e-02,
                         1.051900350e-02, -4.216844682e-03, 2.025658032e-03, -7.508440758e-04)
+# A's and B's coefficients are applied as integers times 2^SIGMOID_WEIGHT_BITS (the smallest,
+# 3.0e-3, would keep under 8 bits at 2^-16), then divided once
+SIGMOID_WEIGHT_BITS = 20
 
 
 def sigmoid_coefficients() -> torch.Tensor:
     return torch.tensor(SIGMOID_COEFFICIENTS, dtype=torch.float32)
+
+
+def sigmoid_split_coefficients() -> tuple[np.ndarray, np.ndarray]:
+    """The same polynomial as t (A(s) + T_4(s) B(s)), s = 2t^2 - 1: the coefficients of T_0..T_3
+    (in s) of A and of B. With g = sum_j d_j T_j(s) (the unique degree-7 g with t g(s) equal to
+    the series), T_4+j = 2 T_4 T_j - T_4-j gives A_j = d_j - d_8-j, B_0 = d_4, B_j = 2 d_4+j."""
+    t = np.cos(np.linspace(0.0, np.pi, 257))
+    series = np.polynomial.chebyshev.chebval(t, np.insert(np.array(SIGMOID_COEFFICIENTS), np.arange(8), 0.0))
+    s = 2 * t * t - 1
+    basis = np.stack([t * np.polynomial.chebyshev.chebval(s, [0] * j + [1]) for j in range(8)], axis=1)
+    d = np.linalg.lstsq(basis, series, rcond=None)[0]
+    return (np.array([d[0], d[1] - d[7], d[2] - d[6], d[3] - d[5]]),
+            np.array([d[4], 2 * d[5], 2 * d[6], 2 * d[7]]))
 
 
 def fit_sigmoid_coefficients() -> np.ndarray:
@@ -120,28 +137,36 @@ def fit_sigmoid_coefficients() -> np.ndarray:
     return coefficients
 
 
+def _sigmoid_weights(device: Any) -> tuple[torch.Tensor, np.ndarray]:
+    """A's and B's coefficients of T_1..T_3 as integers times 2^SIGMOID_WEIGHT_BITS (rows A, B),
+    and their constant terms."""
+    a, b = sigmoid_split_coefficients()
+    weights = np.round(np.stack([a[1:], b[1:]]) * 2**SIGMOID_WEIGHT_BITS).astype(np.int64)
+    return torch.from_numpy(weights).to(device), np.array([a[0], b[0]])
+
+
 def secure_sigmoid(logits: Any) -> Any:
-    """sigmoid(x) under MPC in 19 rounds (2 parties), within SIGMOID_MAX_ERROR (6.0e-4) of
-    the true value for every x."""
+    """sigmoid(x) under MPC, within SIGMOID_MAX_ERROR (6.0e-4) of the true value for every x."""
     import crypten
+
+    from mpc.approximations import select_constants
 
     clip = SIGMOID_CLIP
     # [x > clip, x < -clip] in one comparison; the indicators are integer (scale 1) sharings,
-    # so multiplying by them needs no truncation
+    # so products with them need no truncation. clip(x) = x + clip (o_hi - o_lo) - (o_hi + o_lo) x
     outside = crypten.stack([clip - logits, logits + clip]).lt(0)
-    pull = outside * crypten.stack([clip - logits, -clip - logits])
-    t = (logits + pull[0] + pull[1]).div(clip)  # in [-1, 1]
-    # odd Chebyshev polynomials T1..T15 by T(m+n) = 2 T(m) T(n) - T(|m-n|), 4 levels of products
-    t2 = t.square() * 2 - 1
-    level = crypten.stack([t, t2]) * crypten.stack([t2, t2])
-    t3, t4 = level[0] * 2 - t, level[1] * 2 - 1
-    level = crypten.stack([t4, t4, t4]) * crypten.stack([t, t3, t4])
-    t5, t7, t8 = level[0] * 2 - t3, level[1] * 2 - t, level[2] * 2 - 1
-    level = crypten.stack([t8, t8, t8, t8]) * crypten.stack([t, t3, t5, t7])
-    t9, t11, t13, t15 = level[0] * 2 - t7, level[1] * 2 - t5, level[2] * 2 - t3, level[3] * 2 - t
-    series = crypten.stack([t, t3, t5, t7, t9, t11, t13, t15])
-    coefficients = sigmoid_coefficients().to(series.device).reshape(-1, *([1] * logits.dim()))
-    return (series * coefficients).sum(0) + 0.5
+    t = (logits + select_constants(crypten, outside, [clip, -clip]) - (outside[0] + outside[1]) * logits).div(clip)
+    s = t.square() * 2 - 1
+    s2 = s.square() * 2 - 1
+    level = crypten.stack([s, s2]) * crypten.stack([s2, s2])
+    s3, s4 = level[0] * 2 - s, level[1] * 2 - 1
+    weights, constants = _sigmoid_weights(s.device)
+    terms = crypten.stack([s, s2, s3])
+    halves = crypten.stack([terms, terms])
+    halves.share = halves.share * weights.reshape(2, 3, *([1] * logits.dim()))  # exact: integers times shares
+    halves = halves.sum(1).div(2**SIGMOID_WEIGHT_BITS)
+    g = halves[0] + constants[0] + s4 * (halves[1] + constants[1])
+    return t * g + 0.5
 
 
 class PhaseMeter:
