@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,8 @@ def _match_torch_state(torch_model: torch.nn.Module, plain: dict[str, torch.Tens
     if len(values) != len(state) or any(v.shape != t.shape for v, t in zip(values, state.values())):
         raise RuntimeError("the revealed parameters do not match the torch model's layout")
     return {name: value.clone() for name, value in zip(state, values)}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

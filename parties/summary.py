@@ -138,6 +138,7 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
                 "bytes_received": r["bytes_received"],
                 "rounds": r["rounds"],
                 "comm_seconds": r["seconds"],
+                "peak_rss_bytes": r.get("peak_rss_bytes"),  # None from an engine that does not measure it
                 "protocol_parts": r["protocol_parts"],
                 "saved": r["saved"],
             }

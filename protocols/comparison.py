@@ -1,8 +1,10 @@
 """Secure comparison (``x < 0``), the core of ReLU, sigmoid's sign split and max.
 
 ``crypten`` is CrypTen's: convert to a binary sharing (A2B, a log-depth adder of binary
-AND triples), take the sign bit and convert it back (B2A with one B2A tuple). The part
-counts each comparison and charges its traffic; a new comparison registers here by name.
+AND triples), take the sign bit and convert it back (B2A with one B2A tuple). ``packed``
+computes the sign bit alone, with AND gates and B2A openings packed 64 bits to a word: for
+3 parties about 9 words on the wire per compared element where ``crypten`` opens 53. The
+part counts each comparison and charges its traffic; a new comparison registers here by name.
 """
 
 from __future__ import annotations
@@ -97,15 +99,13 @@ def sign_bit(share: torch.Tensor, rank: int, parties: int) -> torch.Tensor:
 @register_part("comparison", "packed")
 class PackedComparison(ProtocolPart):
     """x < 0 as the sign bit alone: carry-save adders to two operands, then the carry into
-    the top bit by a prefix tree of bit-packed AND gates, then B2A of that bit."""
+    the top bit by a prefix tree of bit-packed AND gates, then B2A of the bits, also packed."""
 
     def install(self, crypten: Any) -> None:
         crypten_hooks.install_comparison(crypten, self.less_than_zero, self.counters)
         self._crypten = crypten
 
     def less_than_zero(self, x: Any, crypten_ltz: Callable[[Any], Any]) -> Any:
-        from crypten.mpc.primitives import BinarySharedTensor as BST
-        from crypten.mpc.primitives import beaver
         from crypten.mpc.ptype import ptype as Ptype
 
         if x.ptype != Ptype.arithmetic:
@@ -113,9 +113,20 @@ class PackedComparison(ProtocolPart):
         comm = self._crypten.communicator.get()
         bit = sign_bit(x._tensor.share, comm.get_rank(), comm.get_world_size())
         result = x.shallow_copy()
-        result._tensor = beaver.B2A_single_bit(BST.from_shares(bit))
+        result._tensor = self._to_arithmetic(bit, comm)
         result.encoder._scale = 1
         return result
+
+    def _to_arithmetic(self, bit: torch.Tensor, comm: Any) -> Any:
+        """B2A of XOR-shared bits with B2A tuples (r as an arithmetic and an XOR sharing):
+        open z = bit ^ r, 64 to a word, then bit = r + z - 2 r z."""
+        from torch.distributed import ReduceOp
+
+        r_arithmetic, r_binary = self._crypten.mpc.get_default_provider().B2A_rng(bit.size(), device=bit.device)
+        masked = (bit ^ (r_binary.share & 1)).reshape(-1)  # bit 0 of each share: an XOR sharing of r
+        opened = comm.all_reduce(_pack(masked), op=ReduceOp.BXOR)
+        z = _unpack(opened).reshape(-1)[: masked.numel()].reshape(bit.shape)
+        return r_arithmetic * (1 - 2 * z) + z
 
     def uninstall(self, crypten: Any) -> None:
         crypten_hooks.uninstall_comparison(crypten)

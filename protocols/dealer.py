@@ -5,10 +5,11 @@ The dealer is rank ``num_parties`` of the transport; the computing parties are r
 ``0..num_parties-1`` and run their MPC among themselves (``parties.transport.group.PartyGroup``). The
 dealer sees tuples in the clear but no data: it never receives a share of anything secret.
 
-Seeds, not shares: at the start the dealer sends each party but the last a PRG seed; that
-party's share of every tuple is the next draw of its seeded stream, which it expands itself,
-and only the last party's shares (the value minus the others') travel. The dealer sends
-1/n of the tuple bytes it would send as full shares.
+Seeds, not shares: at the start the dealer sends each party a PRG seed. In each batch one
+party, in turn, is the correction party: every other party's share of each tuple is the next
+draw of its seeded stream, which it expands itself, and only the correction party's shares
+(the value minus the others') travel. The dealer sends 1/n of the tuple bytes it would send
+as full shares, and each party receives 1/n of them.
 
 Flow: every party asks its provider for tuples in the same order (the MPC program is the
 same everywhere). A party keeps a buffer of tuples; on a miss, all parties compute the same
@@ -46,13 +47,15 @@ class DealerError(RuntimeError):
     """The dealer failed, stopped answering, or sent something malformed."""
 
 
-def _split(value: torch.Tensor, kind: str, streams: Sequence[CipherGenerator]) -> list[torch.Tensor]:
-    """Shares of ``value``: each seeded party's from its own stream, the last party's the rest."""
-    shares = [stream.ring(value.shape) for stream in streams]
-    last = value.clone()
+def _split(value: torch.Tensor, kind: str, streams: Sequence[CipherGenerator | None]) -> list[torch.Tensor]:
+    """Shares of ``value``: each seeded party's from its own stream, the correction party's
+    (the one whose stream is None) the value minus the others'."""
+    shares = [None if stream is None else stream.ring(value.shape) for stream in streams]
+    rest = value.clone()
     for share in shares:
-        last = last - share if kind == "a" else last ^ share
-    return shares + [last]
+        if share is not None:
+            rest = rest - share if kind == "a" else rest ^ share
+    return [rest if share is None else share for share in shares]
 
 
 def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -91,16 +94,21 @@ def tuple_values(key: tuple, rng: CipherGenerator) -> list[tuple[str, torch.Tens
 
 
 def deal(key: tuple, values: list[tuple[str, torch.Tensor]], rng: CipherGenerator,
-         streams: Sequence[CipherGenerator]) -> list[list[torch.Tensor]]:
-    """Every party's shares of one tuple, ``result[party][component]``. Party p < n-1 draws
-    its shares from ``streams[p]``, which it expands itself from the seed the dealer gave it
-    (:func:`seeded_shares`); only the last party's shares travel."""
+         streams: Sequence[CipherGenerator | None]) -> list[list[torch.Tensor]]:
+    """Every party's shares of one tuple, ``result[party][component]``. A party with a stream
+    draws its shares from it, which it expands itself from the seed the dealer gave it
+    (:func:`seeded_shares`); only the correction party's shares (stream None) travel."""
     if key[0] == "wrap":
-        r = [stream.ring(key[1]) for stream in streams] + [rng.ring(key[1])]
+        r = [rng.ring(key[1]) if stream is None else stream.ring(key[1]) for stream in streams]
         theta = _split(count_wraps(r), "a", streams)
         return [[r[p], theta[p]] for p in range(len(r))]
     split = [_split(value, sharing, streams) for sharing, value in values]
-    return [[component[p] for component in split] for p in range(len(streams) + 1)]
+    return [[component[p] for component in split] for p in range(len(streams))]
+
+
+def correction_party(batch: int, parties: int) -> int:
+    """The party whose shares of batch ``batch`` travel: each in turn, so each receives 1/n."""
+    return batch % parties
 
 
 def seeded_shares(key: tuple, stream: CipherGenerator) -> list[torch.Tensor]:
@@ -108,7 +116,8 @@ def seeded_shares(key: tuple, stream: CipherGenerator) -> list[torch.Tensor]:
     return [stream.ring(shape) for _, shape in tuple_layout(key)]
 
 
-def generate_tuple(key: tuple, rng: CipherGenerator, streams: Sequence[CipherGenerator]) -> list[list[torch.Tensor]]:
+def generate_tuple(key: tuple, rng: CipherGenerator,
+                   streams: Sequence[CipherGenerator | None]) -> list[list[torch.Tensor]]:
     """Every party's shares of one fresh tuple (the dealer's two steps in one)."""
     return deal(key, tuple_values(key, rng), rng, streams)
 
@@ -120,8 +129,8 @@ class DealerServer:
         self.comm = comm
         self.parties = parties
         self.rng = CipherGenerator(new_seed())
-        # one stream per seeded party (all but the last): the dealer sends each its seed once
-        self.seeds = [new_seed() for _ in range(parties - 1)]
+        # one stream per party: the dealer sends each its seed once
+        self.seeds = [new_seed() for _ in range(parties)]
         self.streams = [CipherGenerator(seed) for seed in self.seeds]
         self.pool: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         self.pool_batches = pool_batches
@@ -152,8 +161,10 @@ class DealerServer:
             self.worker.join(30)
 
     def _answer(self, keys: list[tuple]) -> None:
+        correction = correction_party(self.stats["requests"], self.parties)
+        streams = [None if party == correction else stream for party, stream in enumerate(self.streams)]
         self.stats["requests"] += 1
-        corrections: list[torch.Tensor] = []  # the last party's shares; the others expand seeds
+        corrections: list[torch.Tensor] = []  # the correction party's shares; the others expand seeds
         for key in keys:
             with self.lock:
                 values = self.pool[key].popleft() if self.pool[key] else None
@@ -164,16 +175,16 @@ class DealerServer:
             else:
                 self.stats["pregenerated"] += 1
             # dealt in answer order, the order in which the seeded parties expand their streams
-            item = deal(key, values, self.rng, self.streams)
+            item = deal(key, values, self.rng, streams)
             self.stats["generation_s"] += time.perf_counter() - start
-            corrections.extend(share.reshape(-1) for share in item[-1])
+            corrections.extend(share.reshape(-1) for share in item[correction])
             self.stats["tuples"] += 1
             self.stats["elements"] += tuple_elements(key)
         with self.lock:  # the same batch is the best guess for the next request
             self.wanted = keys
             self.lock.notify_all()
         for party in range(self.parties):
-            payload = (torch.cat(corrections) if corrections and party == self.parties - 1
+            payload = (torch.cat(corrections) if corrections and party == correction
                        else torch.empty(0, dtype=torch.long))
             self.comm.send_obj({"keys": keys, "elements": int(payload.numel())}, party)
             if payload.numel():
@@ -226,10 +237,12 @@ class DealerTripleSource(KeyedTripleSource):
         self.comm = crypten.communicator.get()
         self.dealer = self.comm.get_world_size()
         self.rank = self.comm.get_rank()
-        self.stream = self._receive_seed() if self.rank < self.dealer - 1 else None
+        self.stream = self._receive_seed()
+        self.batches = 0  # batches received so far: says whose turn it is to take the corrections
 
     def _receive_seed(self) -> CipherGenerator:
-        """The seed this party expands its shares of every tuple from (all but the last party)."""
+        """The seed this party expands its shares of every tuple from (but those of the batches
+        where it is the correction party)."""
         dealer = f"the dealer (rank {self.dealer})"
         try:
             message = self.comm.recv_obj(self.dealer)
@@ -283,7 +296,9 @@ class DealerTripleSource(KeyedTripleSource):
             header = self.comm.recv_obj(self.dealer)
         except Exception as error:
             raise DealerError(f"{dealer} failed or stopped answering: {error.__class__.__name__}: {error}") from None
-        expected = 0 if self.stream is not None else sum(tuple_elements(key) for key in keys)
+        seeded = correction_party(self.batches, self.dealer) != self.rank
+        self.batches += 1
+        expected = 0 if seeded else sum(tuple_elements(key) for key in keys)
         if (not isinstance(header, dict) or freeze(header.get("keys")) != tuple(keys)
                 or header.get("elements") != expected):
             raise DealerError(f"{dealer} sent a malformed batch: expected {len(keys)} tuples of "
@@ -295,7 +310,7 @@ class DealerTripleSource(KeyedTripleSource):
             raise DealerError(f"{dealer} failed while sending tuples: {error.__class__.__name__}: {error}") from None
         if payload.dtype != torch.long or payload.numel() != expected:
             raise DealerError(f"{dealer} sent {payload.numel()} {payload.dtype} elements; expected {expected} int64")
-        if self.stream is not None:
+        if seeded:
             return [seeded_shares(key, self.stream) for key in keys]
         batch, offset = [], 0
         for key in keys:
@@ -308,7 +323,7 @@ class DealerTripleSource(KeyedTripleSource):
         return batch
 
     def describe(self) -> str:
-        return "dealer (a separate dealer process makes every tuple; all but the last party expand theirs from a seed)"
+        return "dealer (a separate dealer process makes every tuple; all but one party expand theirs from a seed)"
 
 
 def run_dealer_server(comm: Any, parties: int) -> dict:

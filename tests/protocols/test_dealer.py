@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.dealer import count_wraps, generate_tuple, seeded_shares
+from protocols.dealer import correction_party, count_wraps, generate_tuple, seeded_shares
 from protocols.tuples import check_key, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
 from protocol_sessions import party_values, run_parties
@@ -27,19 +27,21 @@ def _open(shares, sharing):
 @pytest.mark.parametrize("parties", [2, 3])
 def test_every_tuple_kind_reconstructs(parties):
     rng = CipherGenerator(new_seed())
-    seeds = [new_seed() for _ in range(parties - 1)]
-    streams = [CipherGenerator(seed) for seed in seeds]
-    expanded = [CipherGenerator(seed) for seed in seeds]  # the seeded parties' own copies
+    seeds = [new_seed() for _ in range(parties)]
+    dealt = [CipherGenerator(seed) for seed in seeds]
+    expanded = [CipherGenerator(seed) for seed in seeds]  # the parties' own copies
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
         ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]]]]
-    for key in keys:
-        shares = generate_tuple(key, rng, streams)
+    for turn, key in enumerate(keys):
+        correction = correction_party(turn, parties)
+        shares = generate_tuple(key, rng, [None if p == correction else s for p, s in enumerate(dealt)])
         layout = tuple_layout(key)
         assert len(shares) == parties
         for party, stream in enumerate(expanded):  # what the dealer dealt a seeded party is what it expands
-            assert all(torch.equal(a, b) for a, b in zip(shares[party], seeded_shares(key, stream)))
+            if party != correction:
+                assert all(torch.equal(a, b) for a, b in zip(shares[party], seeded_shares(key, stream)))
         for party in shares:
             assert [tuple(s.shape) for s in party] == [shape for _, shape in layout]
         values = [_open([p[i] for p in shares], sharing) for i, (sharing, _) in enumerate(layout)]
@@ -105,7 +107,7 @@ def _dying_dealer(transport, parties):
 
 
 def _send_seeds(transport, parties):
-    for party in range(parties - 1):
+    for party in range(parties):
         transport.send_obj({"op": "seed", "seed": new_seed()}, party)
 
 
