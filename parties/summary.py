@@ -147,7 +147,24 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
         "total_bytes_sent": sum(r["bytes_sent"] for r in reports),
         "evaluator_bytes_per_epoch": sum(r.bytes_sent for r in history) / epochs,
         "evaluator_rounds_per_epoch": sum(r.rounds for r in history) / epochs,
+        # the evaluator's bytes sent + received per training row per epoch, by phase of the step
+        "evaluator_bytes_per_row": phase_bytes_per_row(history, _training_rows(config, reports)),
     }
+
+
+def _training_rows(config: RunConfig, reports: Sequence[dict]) -> int:
+    """Rows trained on: the parties' rows added up (horizontal) or any party's (vertical)."""
+    rows = [r["contributed"]["rows"] for r in reports if "contributed" in r]
+    return (sum(rows) if config.data.partition == "horizontal" else max(rows)) if rows else 0
+
+
+def phase_bytes_per_row(history: Sequence[EpochRecord], rows: int) -> dict[str, float]:
+    """Each phase's bytes (sent + received) per training row, averaged over the epochs."""
+    totals: dict[str, float] = {}
+    for record in history:
+        for phase, counted in record.phases.items():
+            totals[phase] = totals.get(phase, 0.0) + counted["bytes"]
+    return {phase: total / (max(len(history), 1) * max(rows, 1)) for phase, total in totals.items()}
 
 
 def _metric_line(label: str, metrics: dict | None, fmt: str = "{:9.4f}") -> str:
@@ -228,6 +245,10 @@ def print_summary(summary: dict) -> None:
     lines.append(f"  total    sent {summary['total_bytes_sent'] / 1e6:8.2f} MB")
     lines.append(f"  evaluator per epoch: {summary['evaluator_bytes_per_epoch'] / 1e6:.2f} MB sent, "
                  f"{summary['evaluator_rounds_per_epoch']:.0f} rounds")
+    per_row = summary.get("evaluator_bytes_per_row")
+    if per_row:
+        lines.append(f"  evaluator bytes per training row per epoch (sent + received): {sum(per_row.values()):.0f} ("
+                     + ", ".join(f"{phase.replace('_', ' ')} {value:.0f}" for phase, value in per_row.items()) + ")")
     parts = summary["per_party"][0]["protocol_parts"] if summary["per_party"] else {}
     if parts:
         lines.append(f"  protocol parts at {summary['per_party'][0]['name']} (offline | online):")
