@@ -5,19 +5,20 @@ The dealer is rank ``num_parties`` of the transport; the computing parties are r
 ``0..num_parties-1`` and run their MPC among themselves (``parties.transport.group.PartyGroup``). The
 dealer sees tuples in the clear but no data: it never receives a share of anything secret.
 
-Seeds, not shares: at the start the dealer sends each party a PRG seed. In each batch one
-party, in turn, is the correction party: every other party's share of each tuple is the next
-draw of its seeded stream, which it expands itself, and only the correction party's shares
-(the value minus the others') travel. The dealer sends 1/n of the tuple bytes it would send
-as full shares, and each party receives 1/n of them.
+Seeds, not shares: at the start the dealer sends each party a PRG seed, and each batch of
+tuples is drawn from its own stretch of every party's keystream. A tuple's uniformly random
+components (a triple's a and b, a truncation pair's r) are whatever the parties' draws add
+up to; the others (c = a b, msb(r), ...) are drawn too, except at the batch's correction
+party (each party in turn), which receives its shares of them from the dealer: the value
+minus the others' draws. Only those corrections travel: one element of a triple's three.
 
 Flow: every party asks its provider for tuples in the same order (the MPC program is the
 same everywhere). A party keeps a buffer of tuples; on a miss, all parties compute the same
 prediction of what comes next (the keys that followed this key the last time it was asked
 for, i.e. the rest of a training step) and party 0 asks the dealer for that whole batch.
 The dealer answers each party with one message. The dealer learns the batch the first time
-(the first step is traced) and from then on a background thread generates the next batch
-before it is asked for, so a step normally costs one round trip to the dealer and no
+(the first step is traced) and from then on a background thread deals the next batch
+(the same keys, at the next stretch of the keystreams) before it is asked for, so a step normally costs one round trip to the dealer and no
 waiting for generation.
 
 A dealer that dies, stalls or sends anything but exactly the shares that were asked for
@@ -26,7 +27,6 @@ stops the run with a :class:`DealerError` naming the dealer.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import threading
@@ -47,17 +47,6 @@ class DealerError(RuntimeError):
     """The dealer failed, stopped answering, or sent something malformed."""
 
 
-def _split(value: torch.Tensor, kind: str, streams: Sequence[CipherGenerator | None]) -> list[torch.Tensor]:
-    """Shares of ``value``: each seeded party's from its own stream, the correction party's
-    (the one whose stream is None) the value minus the others'."""
-    shares = [None if stream is None else stream.ring(value.shape) for stream in streams]
-    rest = value.clone()
-    for share in shares:
-        if share is not None:
-            rest = rest - share if kind == "a" else rest ^ share
-    return [rest if share is None else share for share in shares]
-
-
 def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
     """How often the signed int64 running sum of ``shares`` overflows (+1 up, -1 down)."""
     total, wraps = shares[0], torch.zeros_like(shares[0])
@@ -69,73 +58,120 @@ def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
     return wraps
 
 
-def tuple_values(key: tuple, rng: CipherGenerator) -> list[tuple[str, torch.Tensor]]:
-    """The plaintext components of one tuple, each with its sharing ('a' or 'b'); empty for
-    ``wrap``, whose values depend on the parties' own random shares (drawn in :func:`deal`)."""
-    kind = key[0]
-    if kind == "triple":
-        _, op, size0, size1, kwargs = key
-        a, b = rng.ring(size0), rng.ring(size1)
-        return [("a", a), ("a", b), ("a", getattr(torch, op)(a, b, **dict(kwargs)))]
-    if kind == "square":
-        r = rng.ring(key[1])
-        return [("a", r), ("a", r * r)]
-    if kind == "binary":
-        a, b = rng.ring(key[1]), rng.ring(key[2])
-        return [("b", a), ("b", b), ("b", a & b)]
-    if kind == "b2a":
-        r = rng.bits(key[1], 1)
-        return [("a", r), ("b", r)]
-    if kind == "trunc":
-        return [("a", v) for v in pair_values(rng.ring(key[1]), key[2])]
-    if kind == "wrap":
-        return []
-    raise ValueError(f"unknown tuple kind {kind!r}")
+# Per tuple kind, which components are uniformly random: every party's share of those comes
+# from its own seeded stream and the value is what the shares add up to; the others follow
+# from them, and only their corrections travel. (b2a's bit is not uniform as a word.)
+RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "binary": (True, True, False),
+                     "b2a": (False, False), "trunc": (True, False, False), "wrap": (True, False)}
+# each batch's shares come from its own stretch of every party's keystream: 2^40 bytes apart,
+# so the dealer can make a predicted batch ahead of time (a batch never draws that much)
+BATCH_STRIDE = 1 << 40
+_FIRST_POSITION = 64  # past the draw CipherGenerator makes for its torch seed
 
 
-def deal(key: tuple, values: list[tuple[str, torch.Tensor]], rng: CipherGenerator,
-         streams: Sequence[CipherGenerator | None]) -> list[list[torch.Tensor]]:
-    """Every party's shares of one tuple, ``result[party][component]``. A party with a stream
-    draws its shares from it, which it expands itself from the seed the dealer gave it
-    (:func:`seeded_shares`); only the correction party's shares (stream None) travel."""
-    if key[0] == "wrap":
-        r = [rng.ring(key[1]) if stream is None else stream.ring(key[1]) for stream in streams]
-        theta = _split(count_wraps(r), "a", streams)
-        return [[r[p], theta[p]] for p in range(len(r))]
-    split = [_split(value, sharing, streams) for sharing, value in values]
-    return [[component[p] for component in split] for p in range(len(streams))]
+def batch_stream(seed: bytes, batch: int) -> CipherGenerator:
+    """A party's stream for batch ``batch``, at the same keystream position at the dealer and the party."""
+    stream = CipherGenerator(seed)
+    stream.stream.seek(_FIRST_POSITION + batch * BATCH_STRIDE)
+    return stream
 
 
 def correction_party(batch: int, parties: int) -> int:
-    """The party whose shares of batch ``batch`` travel: each in turn, so each receives 1/n."""
+    """The party whose corrections for batch ``batch`` travel: each in turn, so each receives 1/n."""
     return batch % parties
 
 
-def seeded_shares(key: tuple, stream: CipherGenerator) -> list[torch.Tensor]:
-    """A seeded party's shares of one tuple: the draws :func:`deal` made for it, in order."""
-    return [stream.ring(shape) for _, shape in tuple_layout(key)]
+def _combine(shares: Sequence[torch.Tensor], sharing: str) -> torch.Tensor:
+    total = shares[0].clone()
+    for share in shares[1:]:
+        total = total + share if sharing == "a" else total ^ share
+    return total
 
 
-def generate_tuple(key: tuple, rng: CipherGenerator,
-                   streams: Sequence[CipherGenerator | None]) -> list[list[torch.Tensor]]:
-    """Every party's shares of one fresh tuple (the dealer's two steps in one)."""
-    return deal(key, tuple_values(key, rng), rng, streams)
+def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.Tensor | None]:
+    """Every component's value given the random ones' (None where random; wrap's r is the
+    list of the parties' own r)."""
+    kind = key[0]
+    if kind == "triple":
+        _, op, _, _, kwargs = key
+        return [None, None, getattr(torch, op)(random[0], random[1], **dict(kwargs))]
+    if kind == "square":
+        return [None, random[0] * random[0]]
+    if kind == "binary":
+        return [None, None, random[0] & random[1]]
+    if kind == "b2a":
+        r = rng.bits(key[1], 1)
+        return [r, r.clone()]
+    if kind == "trunc":
+        return [None, *pair_values(random[0], key[2])[1:]]
+    if kind == "wrap":
+        return [None, count_wraps(random[0])]
+    raise ValueError(f"unknown tuple kind {kind!r}")
+
+
+def deal(key: tuple, streams: Sequence[CipherGenerator], correction: int, rng: CipherGenerator) -> list[list[torch.Tensor]]:
+    """Every party's shares of one tuple, ``result[party][component]``: each party's the next
+    draws of its stream (:func:`expand`), except the correction party's shares of the
+    components that are not random, which are the value minus the others' shares."""
+    layout = tuple_layout(key)
+    randoms = RANDOM_COMPONENTS[key[0]]
+    shares: list[list[Any]] = [[stream.ring(shape) if randoms[j] or party != correction else None
+                                for j, (_, shape) in enumerate(layout)] for party, stream in enumerate(streams)]
+    random = [[shares[p][j] for p in range(len(streams))] if sharing == "r"
+              else _combine([shares[p][j] for p in range(len(streams))], sharing) if randoms[j] else None
+              for j, (sharing, _) in enumerate(layout)]
+    for j, value in enumerate(_derived(key, random, rng)):
+        if value is not None:
+            others = [shares[p][j] for p in range(len(streams)) if p != correction]
+            shares[correction][j] = _combine([value, *others], "b") if layout[j][0] == "b" else value - _combine(others, "a")
+    return shares
+
+
+def correction_elements(key: tuple) -> int:
+    """Elements of one tuple the correction party receives."""
+    return sum(math.prod(shape) for (_, shape), random in zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]])
+               if not random)
+
+
+def expand(keys: Sequence[tuple], stream: CipherGenerator, payload: torch.Tensor | None) -> list[list[torch.Tensor]]:
+    """A party's shares of a batch: the draws :func:`deal` made for it, in order; the
+    correction party (``payload`` not None) takes the non-random components from the payload."""
+    batch, offset = [], 0
+    for key in keys:
+        shares = []
+        for (_, shape), random in zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]]):
+            if payload is None or random:
+                shares.append(stream.ring(shape))
+            else:
+                count = math.prod(shape)
+                shares.append(payload[offset: offset + count].reshape(shape))
+                offset += count
+        batch.append(shares)
+    return batch
+
+
+def deal_batch(keys: Sequence[tuple], seeds: Sequence[bytes], batch: int, rng: CipherGenerator) -> torch.Tensor:
+    """The correction party's payload for batch ``batch``: its shares of every non-random component."""
+    streams = [batch_stream(seed, batch) for seed in seeds]
+    correction = correction_party(batch, len(seeds))
+    payload: list[torch.Tensor] = []
+    for key in keys:
+        shares = deal(key, streams, correction, rng)[correction]
+        payload.extend(share.reshape(-1) for share, random in zip(shares, RANDOM_COMPONENTS[key[0]]) if not random)
+    return torch.cat(payload) if payload else torch.empty(0, dtype=torch.long)
 
 
 class DealerServer:
     """The dealer process's loop: answer party 0's batch requests until told to stop."""
 
-    def __init__(self, comm: Any, parties: int, pool_batches: int = 2) -> None:
+    def __init__(self, comm: Any, parties: int) -> None:
         self.comm = comm
         self.parties = parties
         self.rng = CipherGenerator(new_seed())
-        # one stream per party: the dealer sends each its seed once
-        self.seeds = [new_seed() for _ in range(parties)]
-        self.streams = [CipherGenerator(seed) for seed in self.seeds]
-        self.pool: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
-        self.pool_batches = pool_batches
+        self.seeds = [new_seed() for _ in range(parties)]  # one per party, sent to it once
         self.lock = threading.Condition()
-        self.wanted: list[tuple] = []
+        self.wanted: tuple[int, list[tuple]] | None = None  # the predicted next batch: its number and keys
+        self.ready: tuple[int, list[tuple], torch.Tensor] | None = None  # ... and its payload, made ahead
         self.stopped = False
         self.stats = {"requests": 0, "tuples": 0, "elements": 0, "pregenerated": 0, "inline": 0,
                       "bytes_sent": 0, "generation_s": 0.0}
@@ -161,58 +197,46 @@ class DealerServer:
             self.worker.join(30)
 
     def _answer(self, keys: list[tuple]) -> None:
-        correction = correction_party(self.stats["requests"], self.parties)
-        streams = [None if party == correction else stream for party, stream in enumerate(self.streams)]
+        batch = self.stats["requests"]
+        correction = correction_party(batch, self.parties)
         self.stats["requests"] += 1
-        corrections: list[torch.Tensor] = []  # the correction party's shares; the others expand seeds
-        for key in keys:
-            with self.lock:
-                values = self.pool[key].popleft() if self.pool[key] else None
+        with self.lock:
+            ready, self.ready = self.ready, None
+        if ready is not None and ready[0] == batch and ready[1] == keys:
+            payload = ready[2]
+            self.stats["pregenerated"] += 1
+        else:
             start = time.perf_counter()
-            if values is None:
-                values = tuple_values(key, self.rng)
-                self.stats["inline"] += 1
-            else:
-                self.stats["pregenerated"] += 1
-            # dealt in answer order, the order in which the seeded parties expand their streams
-            item = deal(key, values, self.rng, streams)
+            payload = deal_batch(keys, self.seeds, batch, self.rng)
             self.stats["generation_s"] += time.perf_counter() - start
-            corrections.extend(share.reshape(-1) for share in item[correction])
-            self.stats["tuples"] += 1
-            self.stats["elements"] += tuple_elements(key)
-        with self.lock:  # the same batch is the best guess for the next request
-            self.wanted = keys
+            self.stats["inline"] += 1
+        self.stats["tuples"] += len(keys)
+        self.stats["elements"] += sum(tuple_elements(key) for key in keys)
+        with self.lock:  # the same keys are the best guess for the next batch
+            self.wanted = (batch + 1, keys)
             self.lock.notify_all()
         for party in range(self.parties):
-            payload = (torch.cat(corrections) if corrections and party == correction
-                       else torch.empty(0, dtype=torch.long))
-            self.comm.send_obj({"keys": keys, "elements": int(payload.numel())}, party)
-            if payload.numel():
-                self.comm.send(payload, party)
-            self.stats["bytes_sent"] += payload.numel() * 8
+            sent = payload if party == correction else torch.empty(0, dtype=torch.long)
+            self.comm.send_obj({"keys": keys, "elements": int(sent.numel())}, party)
+            if sent.numel():
+                self.comm.send(sent, party)
+            self.stats["bytes_sent"] += sent.numel() * 8
 
     def _pregenerate(self) -> None:
         rng = CipherGenerator(new_seed())
         while True:
             with self.lock:
-                while not self.stopped and self._next_missing() is None:
+                while not self.stopped and (self.wanted is None or self.ready is not None
+                                            and self.ready[0] == self.wanted[0]):
                     self.lock.wait(0.5)
                 if self.stopped:
                     return
-                key = self._next_missing()
+                batch, keys = self.wanted
             start = time.perf_counter()
-            values = tuple_values(key, rng)
+            payload = deal_batch(keys, self.seeds, batch, rng)
             with self.lock:
-                self.pool[key].append(values)
+                self.ready = (batch, keys, payload)
                 self.stats["generation_s"] += time.perf_counter() - start
-
-    def _next_missing(self) -> tuple | None:
-        """A key of the wanted batch with fewer pooled tuples than ``pool_batches`` batches need."""
-        needed = collections.Counter(self.wanted)
-        for key, count in needed.items():
-            if len(self.pool[key]) < count * self.pool_batches:
-                return key
-        return None
 
 
 # -- the parties' side -------------------------------------------------------------------------
@@ -237,12 +261,12 @@ class DealerTripleSource(KeyedTripleSource):
         self.comm = crypten.communicator.get()
         self.dealer = self.comm.get_world_size()
         self.rank = self.comm.get_rank()
-        self.stream = self._receive_seed()
+        self.seed = self._receive_seed()
         self.batches = 0  # batches received so far: says whose turn it is to take the corrections
 
-    def _receive_seed(self) -> CipherGenerator:
-        """The seed this party expands its shares of every tuple from (but those of the batches
-        where it is the correction party)."""
+    def _receive_seed(self) -> bytes:
+        """The seed this party expands its shares of every tuple from (but the corrections of
+        the batches where it is the correction party)."""
         dealer = f"the dealer (rank {self.dealer})"
         try:
             message = self.comm.recv_obj(self.dealer)
@@ -255,7 +279,7 @@ class DealerTripleSource(KeyedTripleSource):
             self.failed = True
             raise DealerError(f"{dealer} sent a malformed seed message: expected {SEED_BYTES} bytes, "
                               f"got {type(seed).__name__ if seed is not None else str(message)[:100]}")
-        return CipherGenerator(seed)
+        return seed
 
     def stop(self, crypten: Any) -> None:
         if self.comm is None or self.rank != 0 or self.failed:
@@ -296,9 +320,10 @@ class DealerTripleSource(KeyedTripleSource):
             header = self.comm.recv_obj(self.dealer)
         except Exception as error:
             raise DealerError(f"{dealer} failed or stopped answering: {error.__class__.__name__}: {error}") from None
-        seeded = correction_party(self.batches, self.dealer) != self.rank
+        batch = self.batches
         self.batches += 1
-        expected = 0 if seeded else sum(tuple_elements(key) for key in keys)
+        corrects = correction_party(batch, self.dealer) == self.rank
+        expected = sum(correction_elements(key) for key in keys) if corrects else 0
         if (not isinstance(header, dict) or freeze(header.get("keys")) != tuple(keys)
                 or header.get("elements") != expected):
             raise DealerError(f"{dealer} sent a malformed batch: expected {len(keys)} tuples of "
@@ -310,20 +335,10 @@ class DealerTripleSource(KeyedTripleSource):
             raise DealerError(f"{dealer} failed while sending tuples: {error.__class__.__name__}: {error}") from None
         if payload.dtype != torch.long or payload.numel() != expected:
             raise DealerError(f"{dealer} sent {payload.numel()} {payload.dtype} elements; expected {expected} int64")
-        if seeded:
-            return [seeded_shares(key, self.stream) for key in keys]
-        batch, offset = [], 0
-        for key in keys:
-            shares = []
-            for _, shape in tuple_layout(key):
-                count = math.prod(shape)
-                shares.append(payload[offset: offset + count].reshape(shape))
-                offset += count
-            batch.append(shares)
-        return batch
+        return expand(keys, batch_stream(self.seed, batch), payload if corrects else None)
 
     def describe(self) -> str:
-        return "dealer (a separate dealer process makes every tuple; all but one party expand theirs from a seed)"
+        return "dealer (a separate dealer process makes every tuple; the parties expand their shares from seeds)"
 
 
 def run_dealer_server(comm: Any, parties: int) -> dict:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.dealer import correction_party, count_wraps, generate_tuple, seeded_shares
-from protocols.tuples import check_key, tuple_layout
+from protocols.dealer import (batch_stream, correction_elements, correction_party, count_wraps, deal_batch,
+                              expand)
+from protocols.tuples import check_key, tuple_elements, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
 from protocol_sessions import party_values, run_parties
 
@@ -25,43 +26,51 @@ def _open(shares, sharing):
 
 
 @pytest.mark.parametrize("parties", [2, 3])
-def test_every_tuple_kind_reconstructs(parties):
+def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(parties):
     rng = CipherGenerator(new_seed())
     seeds = [new_seed() for _ in range(parties)]
-    dealt = [CipherGenerator(seed) for seed in seeds]
-    expanded = [CipherGenerator(seed) for seed in seeds]  # the parties' own copies
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
         ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]]]]
-    for turn, key in enumerate(keys):
-        correction = correction_party(turn, parties)
-        shares = generate_tuple(key, rng, [None if p == correction else s for p, s in enumerate(dealt)])
-        layout = tuple_layout(key)
-        assert len(shares) == parties
-        for party, stream in enumerate(expanded):  # what the dealer dealt a seeded party is what it expands
-            if party != correction:
-                assert all(torch.equal(a, b) for a, b in zip(shares[party], seeded_shares(key, stream)))
-        for party in shares:
-            assert [tuple(s.shape) for s in party] == [shape for _, shape in layout]
-        values = [_open([p[i] for p in shares], sharing) for i, (sharing, _) in enumerate(layout)]
-        kind = key[0]
-        if kind == "triple":
-            op, kwargs = key[1], dict(key[4])
-            assert torch.equal(values[2], getattr(torch, op)(values[0], values[1], **kwargs))
-        elif kind == "square":
-            assert torch.equal(values[1], values[0] * values[0])
-        elif kind == "binary":
-            assert torch.equal(values[2], values[0] & values[1])
-        elif kind == "b2a":
-            assert torch.equal(values[0], values[1]) and set(values[0].tolist()) <= {0, 1}
-        elif kind == "trunc":
-            r, msb, low = values
-            assert torch.equal(msb, (r < 0).long()) and torch.equal(low, (r & ((1 << 63) - 1)) // 65536)
-        elif kind == "wrap":
-            assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
-        # no party's shares are the value itself
-        assert not any(torch.equal(shares[0][0], values[0]) for _ in [0])
+    for batch in range(parties):  # every party takes the corrections once
+        correction = correction_party(batch, parties)
+        payload = deal_batch(keys, seeds, batch, rng)
+        # what travels: the corrections of the non-random components, to one party
+        assert payload.numel() == sum(correction_elements(key) for key in keys)
+        assert correction_elements(keys[0]) == 12 and tuple_elements(keys[0]) == 36
+        dealt = [expand(keys, batch_stream(seed, batch), payload if party == correction else None)
+                 for party, seed in enumerate(seeds)]
+        for index, key in enumerate(keys):
+            shares = [dealt[party][index] for party in range(parties)]
+            layout = tuple_layout(key)
+            for party in shares:
+                assert [tuple(s.shape) for s in party] == [shape for _, shape in layout]
+            values = [_open([p[i] for p in shares], sharing) for i, (sharing, _) in enumerate(layout)]
+            kind = key[0]
+            if kind == "triple":
+                op, kwargs = key[1], dict(key[4])
+                assert torch.equal(values[2], getattr(torch, op)(values[0], values[1], **kwargs))
+            elif kind == "square":
+                assert torch.equal(values[1], values[0] * values[0])
+            elif kind == "binary":
+                assert torch.equal(values[2], values[0] & values[1])
+            elif kind == "b2a":
+                assert torch.equal(values[0], values[1]) and set(values[0].tolist()) <= {0, 1}
+            elif kind == "trunc":
+                r, msb, low = values
+                assert torch.equal(msb, (r < 0).long()) and torch.equal(low, (r & ((1 << 63) - 1)) // 65536)
+            elif kind == "wrap":
+                assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
+            # no party's share is the value itself
+            assert not any(torch.equal(party[0], values[0]) for party in shares)
+
+
+def test_batches_draw_from_disjoint_stretches_of_a_stream():
+    seed = new_seed()
+    first, second = batch_stream(seed, 0).ring(1000), batch_stream(seed, 1).ring(1000)
+    assert torch.equal(batch_stream(seed, 1).ring(1000), second)  # the party and the dealer agree
+    assert not (first.unsqueeze(1) == second.unsqueeze(0)).any()
 
 
 @pytest.mark.parametrize("bad", [["nope", [1]], ["triple", "exp", [2], [2], []], ["square", [-1]],
