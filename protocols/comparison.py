@@ -2,8 +2,9 @@
 
 ``crypten`` is CrypTen's: convert to a binary sharing (A2B, a log-depth adder of binary
 AND triples), take the sign bit and convert it back (B2A with one B2A tuple). ``packed``
-computes the sign bit alone, with AND gates and B2A openings packed 64 bits to a word: for
-3 parties about 9 words on the wire per compared element where ``crypten`` opens 53. The
+opens x + r against a preprocessed sign mask and computes the sign bit alone, with AND
+gates and B2A openings packed 64 bits to a word: about 5 words on the wire per compared
+element where ``crypten`` opens 27 per adder (n - 1 adders for n parties). The
 part counts each comparison and charges its traffic; a new comparison registers here by name.
 """
 
@@ -60,28 +61,11 @@ def _and_bits(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _unpack(_and(_pack(x), _pack(y))).reshape(-1)[: x.numel()]
 
 
-def _two_operands(share: torch.Tensor, rank: int, parties: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """XOR sharings of words a, b with a + b = the shared value mod 2^64: party i's share is
-    operand i (held by i alone), and carry-save adders, a + b + c = (a^b^c) + (maj(a,b,c) << 1)
-    with maj = ((a^c) & (b^c)) ^ c, take three operands to two, one AND per level."""
-    operands = [share if party == rank else torch.zeros_like(share) for party in range(parties)]
-    while len(operands) > 2:
-        groups = len(operands) // 3
-        a, b, c = (torch.stack(operands[k:3 * groups:3]) for k in range(3))
-        majority = _and(a ^ c, b ^ c) ^ c
-        operands = list(a ^ b ^ c) + list(majority << 1) + operands[3 * groups:]
-    return operands[0], operands[1]
-
-
-def sign_bit(share: torch.Tensor, rank: int, parties: int) -> torch.Tensor:
-    """This party's XOR share of msb(x) (1 where x < 0), x the value the parties' ``share``s
-    sum to. msb(a + b) = a_63 ^ b_63 ^ (the carry into bit 63), and that carry is the
-    generate bit of bits 0..62 under the prefix operator (G, P) = (G_hi ^ P_hi G_lo, P_hi P_lo):
-    six levels of 64, 32, ..., 2 bits per element, packed 64 to a word (crypten's adder ANDs
-    whole words, 13 per adder, n - 1 adders)."""
-    flat = share.reshape(-1)
-    a, b = _two_operands(flat, rank, parties)
-    generate, propagate = _unpack(_and(a, b)), _unpack(a ^ b)
+def _sum_sign(generate: torch.Tensor, propagate: torch.Tensor, rank: int) -> torch.Tensor:
+    """msb(a + b) from the XOR-shared bits g = a & b and p = a ^ b, (N, 64) each: a_63 ^ b_63
+    ^ (the carry into bit 63), that carry being the generate bit of bits 0..62 under the
+    prefix operator (G, P) = (G_hi ^ P_hi G_lo, P_hi P_lo): six levels of 64, 32, ..., 2 bits
+    per element, packed 64 to a word (crypten's adder ANDs whole words, 13 per adder)."""
     top = propagate[:, 63].clone()
     # bit 63 passes the carry through: g = 0, p = 1 (a public 1: party 0's share)
     generate[:, 63] = 0
@@ -93,13 +77,24 @@ def sign_bit(share: torch.Tensor, rank: int, parties: int) -> torch.Tensor:
         both = _and_bits(torch.cat([high_p, high_p], 1).reshape(-1), torch.cat([low_g, low_p], 1).reshape(-1))
         both = both.reshape(-1, 2 * columns)
         generate, propagate = high_g ^ both[:, :columns], both[:, columns:]
-    return (top ^ generate[:, 0]).reshape(share.shape)
+    return top ^ generate[:, 0]
+
+
+def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, rank: int) -> torch.Tensor:
+    """This party's XOR share of msb(x) from the opened c = x + r and an XOR sharing of the
+    word -r: x = c + (-r), whose generate and propagate bits need no AND (c is public)."""
+    public, shared = _unpack(opened.reshape(-1)), _unpack(negated_mask.reshape(-1))
+    propagate = shared ^ public if rank == 0 else shared
+    return _sum_sign(public & shared, propagate, rank).reshape(opened.shape)
 
 
 @register_part("comparison", "packed")
 class PackedComparison(ProtocolPart):
-    """x < 0 as the sign bit alone: carry-save adders to two operands, then the carry into
-    the top bit by a prefix tree of bit-packed AND gates, then B2A of the bits, also packed."""
+    """x < 0 as the sign bit alone: x + r opened against a sign mask from the triple source,
+    then the carry into the top bit by a prefix tree of bit-packed AND gates, then B2A of
+    the bits, also packed. Needs a source with sign masks (dealer, tfp)."""
+
+    suite: Any = None
 
     def install(self, crypten: Any) -> None:
         crypten_hooks.install_comparison(crypten, self.less_than_zero, self.counters)
@@ -111,11 +106,17 @@ class PackedComparison(ProtocolPart):
         if x.ptype != Ptype.arithmetic:
             return crypten_ltz(x)
         comm = self._crypten.communicator.get()
-        bit = sign_bit(x._tensor.share, comm.get_rank(), comm.get_world_size())
+        bit = self._sign(x._tensor.share, comm)
         result = x.shallow_copy()
         result._tensor = self._to_arithmetic(bit, comm)
         result.encoder._scale = 1
         return result
+
+    def _sign(self, share: torch.Tensor, comm: Any) -> torch.Tensor:
+        """Open x + r against a sign mask from the triple source (r, and -r as an XOR-shared
+        word; sources without them raise UnsupportedTuple) and run the tree on it."""
+        r, negated = self.suite.parts["triple_source"].sign_mask(share.size(), device=share.device)
+        return masked_sign_bit(comm.all_reduce(share + r.share), negated.share, comm.get_rank())
 
     def _to_arithmetic(self, bit: torch.Tensor, comm: Any) -> Any:
         """B2A of XOR-shared bits with B2A tuples (r as an arithmetic and an XOR sharing):

@@ -62,7 +62,8 @@ def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
 # from its own seeded stream and the value is what the shares add up to; the others follow
 # from them, and only their corrections travel. (b2a's bit is not uniform as a word.)
 RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "binary": (True, True, False),
-                     "b2a": (False, False), "trunc": (True, False, False), "wrap": (True, False)}
+                     "b2a": (False, False), "trunc": (True, False, False), "wrap": (True, False),
+                     "signmask": (True, False)}
 # each batch's shares come from its own stretch of every party's keystream: 2^40 bytes apart,
 # so the dealer can make a predicted batch ahead of time (a batch never draws that much)
 BATCH_STRIDE = 1 << 40
@@ -106,6 +107,8 @@ def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.
         return [None, *pair_values(random[0], key[2])[1:]]
     if kind == "wrap":
         return [None, count_wraps(random[0])]
+    if kind == "signmask":
+        return [None, -random[0]]
     raise ValueError(f"unknown tuple kind {kind!r}")
 
 
@@ -297,6 +300,16 @@ class DealerTripleSource(KeyedTripleSource):
         self.counters.tuples += tuple_elements(key)
         shares = self.fetch(key)
         return tuple(AST.from_shares(s.to(device) if device is not None else s, precision=0) for s in shares)
+
+    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any]:
+        from crypten.mpc.primitives import ArithmeticSharedTensor as AST
+        from crypten.mpc.primitives import BinarySharedTensor as BST
+
+        key = ("signmask", freeze(size))
+        self.counters.calls += 1
+        self.counters.tuples += tuple_elements(key)
+        r, negated = (s.to(device) if device is not None else s for s in self.fetch(key))
+        return AST.from_shares(r, precision=0), BST.from_shares(negated)
 
     def fetch(self, key: tuple) -> list[torch.Tensor]:
         """This party's shares of the next tuple for ``key`` (batched by the prefetcher)."""

@@ -119,6 +119,10 @@ class TripleSource(ProtocolPart):
         """Whether :meth:`truncation_pair` can make pairs for this divisor."""
         return True
 
+    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any]:
+        """An arithmetic sharing of a uniform ring r and an XOR sharing of the word -r."""
+        raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide sign masks")
+
     def truncation_pair(self, size: Any, bits: int, device: Any = None) -> tuple[Any, Any, Any]:
         """Arithmetic sharings of (r, msb(r), (r mod 2^63) >> bits) for a uniform ring r."""
         raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide truncation pairs")

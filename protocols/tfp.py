@@ -66,5 +66,14 @@ class TrustedFirstParty(TripleSource):
         stacked = AST(torch.stack(pair_values(r, divisor)), precision=0, src=0)
         return stacked[0], stacked[1], stacked[2]
 
+    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any]:
+        from crypten.common.rng import generate_random_ring_element
+
+        self.counters.calls += 1
+        self.counters.tuples += 2 * int(torch.Size(size).numel())
+        r = generate_random_ring_element(size, device=device)
+        mpc = self._crypten.mpc.primitives
+        return mpc.ArithmeticSharedTensor(r, precision=0, src=0), mpc.BinarySharedTensor(-r, src=0)
+
     def describe(self) -> str:
         return "tfp (trusted first party, TESTING ONLY)"

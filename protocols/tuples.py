@@ -1,8 +1,8 @@
 """Tuple requests as keys, a prefetcher that batches them, and a CrypTen provider over both.
 
 A key names one correlated tuple: ``("triple", op, size0, size1, kwargs)``, ``("square",
-size)``, ``("binary", size0, size1)``, ``("b2a", size)``, ``("wrap", size)`` or ``("trunc",
-size, divisor)``; :func:`tuple_layout` says what shares it consists of. Triple sources that
+size)``, ``("binary", size0, size1)``, ``("b2a", size)``, ``("wrap", size)``, ``("trunc",
+size, divisor)`` or ``("signmask", size)`` (r, and -r as a word); :func:`tuple_layout` says what shares it consists of. Triple sources that
 make tuples in batches (the dealer, OT) get CrypTen's requests as keys through
 :func:`keyed_provider` and batch them with a :class:`Prefetcher`: every party asks for the
 same keys in the same order, so all parties predict the same batch without talking.
@@ -62,7 +62,7 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
         return [("b", size0), ("b", size1), ("b", tuple(np.broadcast_shapes(size0, size1)))]
     if kind == "wrap":
         return [("r", key[1]), ("a", key[1])]
-    if kind == "b2a":
+    if kind in ("b2a", "signmask"):
         return [("a", key[1]), ("b", key[1])]
     if kind == "trunc":
         return [("a", key[1])] * 3
@@ -84,7 +84,7 @@ def check_key(key: Any) -> tuple:
         if len(key) != 3:
             raise ValueError(f"malformed binary triple request {key!r}")
         key = ("binary", _size(key[1]), _size(key[2]))
-    elif kind in ("square", "wrap", "b2a"):
+    elif kind in ("square", "wrap", "b2a", "signmask"):
         if len(key) != 2:
             raise ValueError(f"malformed {kind} request {key!r}")
         key = (kind, _size(key[1]))

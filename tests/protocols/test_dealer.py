@@ -32,7 +32,7 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
-        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]]]]
+        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]]]]
     for batch in range(parties):  # every party takes the corrections once
         correction = correction_party(batch, parties)
         payload = deal_batch(keys, seeds, batch, rng)
@@ -62,6 +62,8 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
                 assert torch.equal(msb, (r < 0).long()) and torch.equal(low, (r & ((1 << 63) - 1)) // 65536)
             elif kind == "wrap":
                 assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
+            elif kind == "signmask":
+                assert torch.equal(values[1], -values[0])
             # no party's share is the value itself
             assert not any(torch.equal(party[0], values[0]) for party in shares)
 

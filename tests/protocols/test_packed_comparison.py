@@ -1,5 +1,5 @@
-"""The packed comparison against the exact sign, over the whole ring and for every party count
-whose carry-save reduction differs (2: none, 3: one level, 5: three levels)."""
+"""The packed comparison against the exact sign, over the whole ring, with sign masks from the
+dealer and from the trusted first party, for 2, 3 and 5 parties."""
 
 from __future__ import annotations
 
