@@ -180,14 +180,19 @@ def _accumulate(out: np.ndarray, request: Cot, first: int, values: np.ndarray) -
     if group == 1:
         out[first: first + len(values)] = values
         return
-    rows = np.arange(first, first + len(values))
     if request.binary:
-        values = values << (rows % group).astype(np.uint64)[:, None]
-    starts = np.flatnonzero(rows % group == 0)
-    if not len(starts) or starts[0] != 0:
-        starts = np.concatenate(([0], starts))
-    sums = (np.bitwise_xor if request.binary else np.add).reduceat(values, starts, axis=0)
-    target = out[first // group: first // group + len(starts)]
+        shifts = (np.arange(first, first + len(values)) % group).astype(np.uint64)
+        values = values << shifts[:, None]
+    reduce = np.bitwise_xor.reduce if request.binary else (lambda v, axis: v.sum(axis=axis, dtype=np.uint64))
+    # a partial group up to the first boundary, whole groups, a partial group at the end
+    head = min((-first) % group, len(values))
+    whole = (len(values) - head) // group
+    tail = head + whole * group
+    pieces = ([reduce(values[:head], axis=0)[None]] if head else []) + (
+        [reduce(values[head:tail].reshape(whole, group, -1), axis=1)] if whole else []) + (
+        [reduce(values[tail:], axis=0)[None]] if tail < len(values) else [])
+    sums = np.concatenate(pieces)
+    target = out[first // group: first // group + len(sums)]
     if request.binary:
         target ^= sums
     else:
