@@ -50,7 +50,7 @@ def transpose_bits(columns: np.ndarray, count: int) -> np.ndarray:
     """
     if columns.shape[0] != KAPPA or columns.shape[1] % 8 or count > 8 * columns.shape[1]:
         raise ValueError(f"cannot transpose bit columns of shape {columns.shape} into {count} rows")
-    words = np.ascontiguousarray(columns).view(np.uint64)
+    words = columns.view(np.uint64)  # each column (row of the array) contiguous; rows may be padded apart
     out = np.empty((8 * columns.shape[1], 16), dtype=np.uint8)
     _transpose_words(words, out)
     return out[:count]

@@ -72,10 +72,11 @@ def _padded(count: int) -> int:
 
 
 def _read_columns(streams: Sequence[CipherStream], width: int) -> np.ndarray:
-    columns = np.empty((len(streams), width), dtype=np.uint8)
+    """``width`` keystream bytes of each stream, one row each (written in place, no copy)."""
+    columns = np.empty((len(streams), width + 16), dtype=np.uint8)
     for row, stream in zip(columns, streams):
-        row[:] = stream.read(width)
-    return columns
+        stream.read_into(row, width)
+    return columns[:, :width]
 
 
 # -- IKNP extension: one direction -----------------------------------------------------------------
