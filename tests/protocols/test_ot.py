@@ -372,3 +372,16 @@ def test_ot_says_it_is_two_party():
     check_party_count(ProtocolConfig(triple_source="ot"), 2)
     with pytest.raises(ValueError, match="2-party protocol"):
         check_party_count(ProtocolConfig(triple_source="ot"), 3)
+
+
+@pytest.mark.parametrize("count", [1, 63, 64, 1000])
+def test_bit_transposition_matches_unpacking(count):
+    """Row t of the transposed matrix holds bit t of every column (as packbits writes it),
+    also from keystream columns read in place with padding between them."""
+    from protocols.bitmatrix import transpose_bits
+
+    width = (count + 63) // 64 * 8
+    padded = np.random.default_rng(count).integers(0, 256, size=(128, width + 16), dtype=np.uint8)
+    columns = padded[:, :width]
+    expected = np.packbits(np.unpackbits(columns, axis=1, bitorder="little")[:, :count].T, axis=1, bitorder="little")
+    assert np.array_equal(transpose_bits(columns, count), expected)
