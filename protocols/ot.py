@@ -429,7 +429,7 @@ class OtTripleSource(KeyedTripleSource):
         self.seconds = 0.0
 
     def start(self, crypten: Any) -> None:
-        comm = crypten.communicator.get()
+        comm = self.comm
         if comm.get_world_size() != 2:
             raise ValueError(f"protocol=ot is a two-party protocol; this session has {comm.get_world_size()} "
                              "parties (use protocol=dealer for more)")

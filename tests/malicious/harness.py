@@ -13,7 +13,8 @@ from launch.party_processes import party_context, start_party
 def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bool, kwargs: dict,
              results: Any, dealer_type: Any = None, dealer_kwargs: dict | None = None) -> None:
     from parties.transport import PartyAddress, TransportOptions, open_transport
-    from protocols.malicious.dealer import Dealer, run_dealer
+    from parties.dealer import serve_tuples
+    from protocols.malicious.dealer import Dealer
 
     names = tuple(f"party{i}" for i in range(parties)) + ("dealer",)
     try:
@@ -24,7 +25,7 @@ def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bo
         raise
     try:
         if rank == parties:
-            value = run_dealer(transport, (dealer_type or Dealer)(parties, authenticated, **(dealer_kwargs or {})))
+            value = serve_tuples(transport, parties, (dealer_type or Dealer)(parties, authenticated, **(dealer_kwargs or {})))
         else:
             value = fn(transport, rank, parties, **(kwargs if authenticated else {**kwargs, "authenticated": False}))
         results.put((rank, "ok", value))
