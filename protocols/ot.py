@@ -57,7 +57,7 @@ class OtError(RuntimeError):
 # on a secret (scalar multiplication, point addition, scalar reduction) is libsodium's
 # constant-time code; the receiver computes both candidate messages for every OT and picks
 # one with a byte mask, so nothing here branches or indexes on a choice bit.
-def _random_scalar() -> bytes:
+def random_scalar() -> bytes:
     """A uniform scalar mod the group order (64 random bytes reduced)."""
     return crypto_core_ed25519_scalar_reduce(secrets.token_bytes(64))
 
@@ -87,7 +87,7 @@ def base_ot_send(comm: Any, peer: int, count: int = KAPPA) -> list[tuple[bytes, 
 
     Sends A = aG; receives B_i = b_i G + c_i A; key 0 is H(a B_i), key 1 is H(a (B_i - A)).
     """
-    a = _random_scalar()
+    a = random_scalar()
     big_a = crypto_scalarmult_ed25519_base_noclamp(a)
     comm.send_obj(big_a, peer)
     keys = []
@@ -106,7 +106,7 @@ def base_ot_receive(comm: Any, peer: int, choices: np.ndarray) -> list[bytes]:
     big_a = _checked_points(comm.recv_obj(peer), 1, "sender message")[0]
     if not crypto_core_ed25519_is_valid_point(big_a):
         raise OtError("the OT peer sent a point that is not a valid edwards25519 group element")
-    scalars = [_random_scalar() for _ in range(len(choices))]
+    scalars = [random_scalar() for _ in range(len(choices))]
     unchosen = [crypto_scalarmult_ed25519_base_noclamp(b) for b in scalars]  # b G
     shifted = [crypto_core_ed25519_add(point, big_a) for point in unchosen]  # b G + A
     # B = bG ^ ((bG ^ (bG + A)) & mask), mask = 0xff where the choice is 1: no branch on it
@@ -377,22 +377,6 @@ class GilboaEngine:
 
         cot = Cot(_bits(right).reshape(-1), _bits(left).reshape(-1, 1).astype(np.uint64), count * 64, 1, binary=True)
         return cot, finish
-
-    # one plan at a time
-    def cross_matmul(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_matmul(left, right)])[0]
-
-    def cross_elementwise(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_elementwise(left, right)])[0]
-
-    def one_way_elementwise(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_one_way(left, right)])[0]
-
-    def cross_bits_times_words(self, my_bits: np.ndarray, my_words: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_bits_times_words(my_bits, my_words)])[0]
-
-    def cross_and(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_and(left, right)])[0]
 
 
 # -- the triple source ---------------------------------------------------------------------------
