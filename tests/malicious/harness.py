@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 import traceback
 from typing import Any, Callable
 
@@ -50,12 +51,18 @@ def spawn(fn: Callable, parties: int = 2, authenticated: bool = True, timeout_s:
                                                  dealer_type, dealer_kwargs), f"party{rank}")
                  for rank in range(parties + 1)]
     collected: dict[int, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
     try:
-        for _ in range(parties + 1):
-            rank, status, value = results.get(timeout=timeout_s)
+        while len(collected) < parties + 1 and time.monotonic() < deadline:
+            try:
+                rank, status, value = results.get(timeout=1)
+            except queue.Empty:
+                # every process gone and nothing left to read: a process ended without a result
+                # (the peer watch ends one whose peers left before it said what it did)
+                if not any(process.is_alive() for process in processes):
+                    break
+                continue
             collected[rank] = (status, value)
-    except queue.Empty:
-        pass
     finally:
         for process in processes:
             process.join(30)
