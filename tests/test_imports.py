@@ -30,13 +30,19 @@ SOURCES = _sources(PACKAGES + ("bench", "tests"))  # benchmarks and tests keep t
 
 
 @functools.cache
+def _tree(module: str) -> ast.Module:
+    path = SOURCES[module]
+    return ast.parse(path.read_text(), str(path))
+
+
+@functools.cache
 def _imports(module: str) -> list[tuple[str, str | None, int]]:
     """(imported module, imported name or None, line) for every import in ``module``, at any
     depth (a function-level import still ties the two modules together)."""
     path = SOURCES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(_tree(module)):
         if isinstance(node, ast.Import):
             found += [(alias.name, None, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -51,11 +57,12 @@ def _imports(module: str) -> list[tuple[str, str | None, int]]:
     return found
 
 
+@functools.cache
 def _private_uses(module: str, source: str | None = None) -> list[tuple[str, str, int]]:
     """(other project module, private name, line) for every ``alias._name`` in ``module``
     (or in ``source``, read as ``module``) whose alias names another of the project's
     modules (``from protocols import ot`` ... ``ot._name``)."""
-    tree = ast.parse(SOURCES[module].read_text() if source is None else source)
+    tree = _tree(module) if source is None else ast.parse(source)
     aliases = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
