@@ -123,22 +123,6 @@ class GilboaEngine:
                   lambda a, b: _bit_rows(left, a, b).astype(np.uint64)[:, None], group=64, binary=True)
         return cot, lambda received, own: (received ^ own).reshape(-1)
 
-    # one plan at a time
-    def cross_matmul(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_matmul(left, right)])[0]
-
-    def cross_elementwise(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_elementwise(left, right)])[0]
-
-    def one_way_elementwise(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_one_way(left, right)])[0]
-
-    def cross_bits_times_words(self, my_bits: np.ndarray, my_words: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_bits_times_words(my_bits, my_words)])[0]
-
-    def cross_and(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_and(left, right)])[0]
-
 
 # -- the triple source ---------------------------------------------------------------------------
 def _random_words(shape: Sequence[int]) -> np.ndarray:
@@ -174,7 +158,7 @@ class OtTripleSource(KeyedTripleSource):
         self.seconds = 0.0
 
     def start(self, crypten: Any) -> None:
-        comm = crypten.communicator.get()
+        comm = self.comm
         if comm.get_world_size() != 2:
             raise ValueError(f"protocol=ot is a two-party protocol; this session has {comm.get_world_size()} "
                              "parties (use protocol=dealer for more)")

@@ -119,6 +119,11 @@ def run_pair(fn):
     return results
 
 
+def _one(engine, plan, *operands):
+    """One kind of product alone: a single plan through one OT extension run."""
+    return engine.run([getattr(engine, plan)(*operands)])[0]
+
+
 def _words(shape, seed):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 2**64 - 1, size=shape, dtype=np.uint64, endpoint=True)
@@ -142,14 +147,14 @@ def test_base_ot_messages_are_the_construction(monkeypatch):
     from protocols import base_ot
 
     drawn = {}
-    real_scalar = base_ot._random_scalar
+    real_scalar = base_ot.random_scalar
 
     def recorded_scalar():
         scalar = real_scalar()
         drawn.setdefault(threading.current_thread().name, []).append(scalar)
         return scalar
 
-    monkeypatch.setattr(base_ot, "_random_scalar", recorded_scalar)
+    monkeypatch.setattr(base_ot, "random_scalar", recorded_scalar)
     choices = np.array([0, 1] * 8)
     sent = {}
 
@@ -175,7 +180,7 @@ def test_base_ot_messages_are_the_construction(monkeypatch):
 
 def _tuple_products(rank, comm):
     x = _words(500, 10 + rank)
-    return x, GilboaEngine(OtChannel(comm, 1 - rank)).cross_elementwise(x, _words(500, 20 + rank))
+    return x, _one(GilboaEngine(OtChannel(comm, 1 - rank)), "plan_elementwise", x, _words(500, 20 + rank))
 
 
 def _other_group_element(message, received):
@@ -216,11 +221,11 @@ def test_gilboa_products_are_exact():
 
     def party(rank, comm):
         engine = GilboaEngine(OtChannel(comm, 1 - rank))
-        return {"matmul": engine.cross_matmul(a[rank], b[rank]),
-                "elementwise": engine.cross_elementwise(x[rank], y[rank]),
-                "one_way": engine.one_way_elementwise(x[rank], y[rank]),
-                "and": engine.cross_and(x[rank], y[rank]),
-                "bits": engine.cross_bits_times_words((x[rank] & np.uint64(1)).astype(np.uint8), y[rank])}
+        return {"matmul": _one(engine, "plan_matmul", a[rank], b[rank]),
+                "elementwise": _one(engine, "plan_elementwise", x[rank], y[rank]),
+                "one_way": _one(engine, "plan_one_way", x[rank], y[rank]),
+                "and": _one(engine, "plan_and", x[rank], y[rank]),
+                "bits": _one(engine, "plan_bits_times_words", (x[rank] & np.uint64(1)).astype(np.uint8), y[rank])}
 
     p0, p1 = run_pair(party)
     assert np.array_equal(p0["matmul"] + p1["matmul"], matmul_u64(a[0], b[1]) + matmul_u64(a[1], b[0]))
@@ -239,7 +244,7 @@ def test_each_side_sees_only_uniformly_masked_messages(fill):
 
     def party(rank, comm):
         channel = OtChannel(comm, 1 - rank, record=True)
-        GilboaEngine(channel).cross_elementwise(value, value)
+        _one(GilboaEngine(channel), "plan_elementwise", value, value)
         return [view for _, view in channel.views]
 
     for views in run_pair(party):
@@ -261,7 +266,7 @@ def test_bytes_per_triple():
     def party(rank, comm):
         engine = GilboaEngine(OtChannel(comm, 1 - rank))
         before = comm.sent
-        engine.cross_elementwise(x[rank], y[rank])  # both cross terms of `count` triples
+        _one(engine, "plan_elementwise", x[rank], y[rank])  # both cross terms of `count` triples
         return comm.sent - before
 
     for sent in run_pair(party):
