@@ -29,7 +29,6 @@ from parties.report import write_report
 from parties.summary import plaintext_reference, build_summary, failed_summary, print_summary
 from parties.transport import PartyAddress, open_transport
 from protocols import ProtocolSuite
-from protocols.malicious.parts import is_malicious
 
 log = logging.getLogger("cotrain.party")
 
@@ -133,10 +132,6 @@ def _run(config: RunConfig, transport: Any, rank: int, run_id: str, directory: P
     if is_dealer(config, rank):
         run_dealer(config, transport, directory)
         return None
-    if is_malicious(config.protocol):  # protocol=malicious: its own authenticated engine
-        from parties.malicious_run import run_malicious
-
-        return run_malicious(config, transport, rank, run_id, directory)
     return _train(config, party_world(config, transport), rank, run_id, directory, transport)
 
 
