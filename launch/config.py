@@ -202,7 +202,8 @@ def _check_checkpoints(config: RunConfig) -> None:
     if not (train.checkpoint_every or train.resume):
         return
     if train.dp.enabled or is_malicious(config.protocol):
-        what = "train.dp (its noise keys and privacy accountant)" if train.dp.enabled else "protocol=malicious"
+        what = ("train.dp (its noise keys and privacy accountant)" if train.dp.enabled
+                else "protocol=malicious (the MAC key of its shares is dealt afresh each run)")
         raise ConfigError(f"train.checkpoint_every and train.resume are not available with {what}")
     if train.resume and not Path(train.resume).is_dir():
         raise ConfigError(f"train.resume={train.resume} is not a folder; give a run folder, outputs/<run id>")

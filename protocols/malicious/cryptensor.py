@@ -14,7 +14,9 @@ session's :class:`~protocols.malicious.engine.Engine` (:func:`set_engine`); shap
 * ``div`` by a public integer ``d``: by a truncation of 2^k when d = 2^k (exact to 1 ulp),
   otherwise ``x round(2^k / d)`` truncated by 2^k with k = 16 + ceil(log2 d), a relative
   error of at most 2^-17 on top of the ulp.
-* ``_ltz`` is the engine's authenticated comparison (|raw value| < 2^31, i.e. |x| < 32768).
+* ``_ltz`` is the engine's authenticated comparison on ``COMPARISON_BITS`` bits: any |x| < 2^31
+  (the range where CrypTen's own products stay in the ring), so no comparison the models,
+  the sigmoid or Adam's binades make can fall outside it.
 * ``get_plain_text`` is the engine's reveal: every value opened so far is MAC-checked first.
 
 The released torch tensor types are not involved: nothing here returns a share in clear.
@@ -35,6 +37,7 @@ from protocols.malicious.engine import FRACTIONAL_BITS, AShare, Engine, encode
 from protocols.malicious.ring import U128
 
 TENSOR_TYPE = "authenticated"
+COMPARISON_BITS = FRACTIONAL_BITS + 32  # |raw value| < 2^47
 
 _engine: Engine | None = None
 
@@ -292,7 +295,7 @@ class AuthenticatedTensor(CrypTensor):
         return self._new(product, min(both, FRACTIONAL_BITS))
 
     def _ltz(self) -> "AuthenticatedTensor":
-        return self._new(current_engine().ltz(self._tensor), 0)
+        return self._new(current_engine().ltz(self._tensor, COMPARISON_BITS), 0)
 
     # -- output --------------------------------------------------------------------------------------
     def get_plain_text(self, dst: int | None = None) -> torch.Tensor | None:

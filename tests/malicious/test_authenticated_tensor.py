@@ -35,7 +35,7 @@ def bounds(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, float]:
         "div_large": enc / 2**8 + U,
         "matmul": 4 * ((ax + aw) * enc + enc**2) + U, "matmul_vector": 4 * ((ax + aw) * enc + enc**2) + U,
         "sum": 12 * enc, "sum_dim": 3 * enc, "sum_keepdim": 4 * enc, "mean": enc + 4 * enc / 4 + U,
-        "cat": enc, "stack": enc, "lt": 0.0, "ge": 0.0, "indicator_mul": enc,
+        "cat": enc, "stack": enc, "lt": 0.0, "ge": 0.0, "indicator_mul": enc, "compare_large": 0.0,
         "sigmoid": SIGMOID_MAX_ERROR,
     }
 
