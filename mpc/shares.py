@@ -2,7 +2,8 @@
 ``MPCTensor`` (semi-honest suites) or the malicious suite's authenticated tensor
 (``protocols.malicious.cryptensor``). Both hold this party's share as one torch tensor
 (``.share``) and rebuild a secret from it (``from_shares``); a type may also batch the
-preprocessing of a repeating block (``planned``) and check kept shares (``verify``)."""
+preprocessing of a repeating block (``planned``), check kept shares (``verify``) and check
+that every party holds the same public facts (``agree``)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,11 @@ def verify(secrets: Sequence[Any]) -> None:
     check = getattr(type(secrets[0]), "verify", None) if secrets else None
     if check is not None:
         check(list(secrets))
+
+
+def agree(like: Any, what: str, data: bytes) -> None:
+    """Where ``like``'s share type protects against lying parties: stop unless every party
+    holds the same public ``data`` (settled in the clear outside the MPC engine)."""
+    check = getattr(type(like), "agree", None)
+    if check is not None:
+        check(what, data)

@@ -24,6 +24,7 @@ The released torch tensor types are not involved: nothing here returns a share i
 
 from __future__ import annotations
 
+import hashlib
 import math
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -33,7 +34,7 @@ import torch
 from crypten.cryptensor import CrypTensor
 from crypten.encoder import FixedPointEncoder
 
-from protocols.malicious.engine import FRACTIONAL_BITS, AShare, Engine, encode
+from protocols.malicious.engine import FRACTIONAL_BITS, AShare, CheatDetected, Engine, encode
 from protocols.malicious.ring import U128
 
 TENSOR_TYPE = "authenticated"
@@ -323,6 +324,21 @@ class AuthenticatedTensor(CrypTensor):
     def verify(tensors: Sequence["AuthenticatedTensor"]) -> None:
         """MAC-check kept shares without revealing them (``Engine.verify``)."""
         current_engine().verify(*[t._tensor for t in tensors])
+
+    @staticmethod
+    def agree(what: str, data: bytes) -> None:
+        """Every party must hold the same public ``data`` (what the parties settled in the
+        clear, outside the engine: the schema, the scaling statistics, the row counts). Its
+        digest goes through the engine's recorded exchange and a MAC check follows, so a party
+        telling its peers different things stops every party there; a party holding other
+        data than the rest stops every party that sees it."""
+        engine = current_engine()
+        digest = np.frombuffer(hashlib.sha256(data).digest(), np.int64).tolist()
+        views = engine.exchange_public(digest)
+        engine.check()
+        differ = [rank for rank, view in sorted(views.items()) if view != digest]
+        if differ:
+            raise CheatDetected("public agreement", f"party {differ[0]} holds a different {what}", differ[0])
 
     def __repr__(self) -> str:
         shape = "empty" if self._tensor is None else tuple(self._tensor.shape)

@@ -103,3 +103,17 @@ def tampered_reveal(transport: Any, rank: int, parties: int, cheater: int) -> st
         except CheatDetected as error:
             return f"detected: {error.check}"
     return "missed"
+
+
+def disagreement(transport: Any, rank: int, parties: int, liar: int) -> str:
+    """``liar`` holds other public facts (e.g. scaling statistics) than the rest; every party
+    must stop at the agreement."""
+    from protocols.malicious.cryptensor import AuthenticatedTensor
+
+    with malicious_session(transport, parties):
+        try:
+            AuthenticatedTensor.agree("statistics", b"mean 0.5" if rank != liar else b"mean 0.7")
+        except CheatDetected as error:
+            return f"detected: {error.check}"
+        AuthenticatedTensor.agree("statistics", b"the same everywhere")
+    return "missed"

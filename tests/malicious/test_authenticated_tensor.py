@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import run_ok  # noqa: E402
-from tensor_programs import inputs, plain_operations, run_operations, tampered_reveal  # noqa: E402
+from tensor_programs import disagreement, inputs, plain_operations, run_operations, tampered_reveal  # noqa: E402
 
 from mpc.training import SIGMOID_MAX_ERROR  # noqa: E402
 
@@ -69,3 +69,8 @@ def test_operations_match_float(parties):
 def test_tampered_share_detected_at_reveal(parties, cheater):
     verdicts = run_ok(tampered_reveal, parties=parties, cheater=cheater, timeout_s=300)
     assert verdicts == ["detected: MAC check"] * parties
+
+
+@pytest.mark.slow
+def test_a_party_holding_other_public_facts_stops_every_party():
+    assert run_ok(disagreement, parties=3, liar=1, timeout_s=300) == ["detected: public agreement"] * 3
