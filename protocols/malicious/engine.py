@@ -512,18 +512,21 @@ class Engine:
         z = self.add_public(AShare(z_v, z_m), ring.matmul(d, e))
         return self.trunc(z) if truncate else z
 
-    def trunc(self, x: AShare) -> AShare:
-        """Divide by 2^16 (probabilistic rounding, within 1 ulp) for |x| < 2^62."""
-        r, low, top = self._truncation_pair(x.shape)
+    def trunc(self, x: AShare, bits: int = FRACTIONAL_BITS) -> AShare:
+        """Divide by 2^bits (probabilistic rounding, within 1 ulp) for |x| < 2^62; any
+        ``bits`` in 1..62 when dealt bits are checked, 16 otherwise (the dealt pair's)."""
+        if not 1 <= bits <= 62 or (bits != FRACTIONAL_BITS and not self.check_tuples):
+            raise ValueError(f"cannot truncate by 2^{bits} (1..62 with checked tuples, else 16 only)")
+        r, low, top = self._truncation_pair(x.shape, bits)
         shifted = self.add_public(x, U128.scalar(1 << 62))
         (c,) = self.open([shifted + r], "trunc")
         low64 = c.lo
         c63 = (low64 >> np.uint64(63)).astype(np.int64)
-        c_rest = (low64 & np.uint64((1 << 63) - 1)) >> np.uint64(FRACTIONAL_BITS)
+        c_rest = (low64 & np.uint64((1 << 63) - 1)) >> np.uint64(bits)
         # carry w = c63 xor top = c63 + (1 - 2 c63) * top;  y >> f = (c' >> f) + 2^(63-f) w - R
-        public = U128.from_uint64(c_rest) + U128.from_int64(c63 << (63 - FRACTIONAL_BITS)) \
-            - U128.scalar(1 << (62 - FRACTIONAL_BITS))
-        sign = U128.from_int64((1 - 2 * c63) << (63 - FRACTIONAL_BITS))
+        public = U128.from_uint64(c_rest) + U128.from_int64(c63 << (63 - bits)) \
+            - U128.scalar(1 << (62 - bits))
+        sign = U128.from_int64((1 - 2 * c63) << (63 - bits))
         return self.add_public(self.mul_public(top, sign) - low, public)
 
     def _random_bits(self, kind: str, shape: tuple[int, ...], count: int) -> tuple[AShare, AShare]:
@@ -535,14 +538,14 @@ class Engine:
         r = self.mul_public(bits, powers).sum(-1) + self.mul_public(u, U128.from_ints(1 << count))
         return r, bits
 
-    def _truncation_pair(self, shape: tuple[int, ...]) -> tuple[AShare, AShare, AShare]:
-        """r, (r mod 2^63) >> 16 and bit 63 of r: from 64 checked random bits, or as dealt
-        when nothing is checked (the semi-honest mode)."""
+    def _truncation_pair(self, shape: tuple[int, ...], shift: int) -> tuple[AShare, AShare, AShare]:
+        """r, (r mod 2^63) >> shift and bit 63 of r: from 64 checked random bits, or as dealt
+        when nothing is checked (the semi-honest mode, shift 16)."""
         if not self.check_tuples:
             return tuple(self._next(["trunc", shape])[0])
         r, bits = self._random_bits("trunc", shape, dealing.TRUNC_BITS)
-        powers = U128.from_uint64(np.uint64(1) << np.arange(63 - FRACTIONAL_BITS, dtype=np.uint64))
-        low = self.mul_public(bits[..., FRACTIONAL_BITS:63], powers).sum(-1)
+        powers = U128.from_uint64(np.uint64(1) << np.arange(63 - shift, dtype=np.uint64))
+        low = self.mul_public(bits[..., shift:63], powers).sum(-1)
         return r, low, bits[..., 63]
 
     # -- comparison ----------------------------------------------------------------------------------
