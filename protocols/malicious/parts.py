@@ -55,9 +55,8 @@ class AuthenticatedDealer(TripleSource):
         from protocols.malicious.cryptensor import set_engine
         from protocols.malicious.engine import Engine
 
-        comm = crypten.communicator.get()
-        parties = comm.get_world_size()
-        self.engine = Engine(comm, parties, dealer=parties)  # the dealer is the rank after the parties
+        parties = self.comm.get_world_size()
+        self.engine = Engine(self.comm, parties, dealer=parties)  # the dealer is the rank after the parties
         set_engine(self.engine)
 
     def stop(self, crypten: Any) -> None:
