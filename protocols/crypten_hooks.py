@@ -189,10 +189,12 @@ def _convert_onnx_identity(crypten_module: Any) -> None:
 def _batchnorm_with_one_output(crypten_module: Any) -> None:
     """Models are exported in eval mode, where ONNX ``BatchNormalization`` has one output; in
     training, crypten's module returns the training graph's tuple (output and the running
-    statistics, which it already updated in place), which the next layer cannot take. The
-    converter looks the class up by op name in ``crypten.nn.module``, so it is replaced there."""
-    module = crypten_module.nn.module
-    crypten_batchnorm = module.BatchNormalization
+    statistics, which it already updated in place), which the next layer cannot take. Only the
+    converter's choice of class changes: ``crypten.nn.module.BatchNormalization`` keeps
+    crypten's tuple, which its own callers (and its upstream tests) expect."""
+    converter = crypten_module.nn.onnx_converter
+    crypten_batchnorm = crypten_module.nn.module.BatchNormalization
+    operator_class = converter._get_operator_class
 
     class BatchNormalization(crypten_batchnorm):
         """crypten's batch normalization, returning only the normalized output."""
@@ -206,7 +208,12 @@ def _batchnorm_with_one_output(crypten_module: Any) -> None:
             base = crypten_batchnorm.from_onnx(attributes)
             return BatchNormalization(eps=base.eps, momentum=base.momentum)
 
-    module.BatchNormalization = BatchNormalization
+    def converted_class(node_op_type: str, attributes: Any) -> type:
+        if node_op_type == "BatchNormalization":
+            return BatchNormalization
+        return operator_class(node_op_type, attributes)
+
+    converter._get_operator_class = converted_class
 
 
 def apply() -> None:

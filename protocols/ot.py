@@ -406,6 +406,32 @@ def matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (torch.from_numpy(a.view(np.int64)) @ torch.from_numpy(b.view(np.int64))).numpy().view(np.uint64)
 
 
+# CrypTen's Beaver products: c = op(a, b), bilinear in (a, b)
+BILINEAR_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
+
+
+def _apply(op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """op(a, b) over Z_2^64 (torch's int64 products wrap)."""
+    return getattr(torch, op)(torch.from_numpy(a.view(np.int64)), torch.from_numpy(b.view(np.int64)),
+                              **kwargs).numpy().view(np.uint64)
+
+
+def _plan_bilinear(engine: GilboaEngine, op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> tuple[Plan, Any]:
+    """A triple of any bilinear ``op`` (convolutions, batched matmul) from one matrix product:
+    op(a, b) = sum_j b_j op(a, e_j), so with M_i's rows op(a_i, e_j) (local), the cross terms
+    op(a_0, b_1) + op(a_1, b_0) are M_0^T b_1 + M_1^T b_0. The basis runs over the smaller
+    operand (the sizes are public, so both parties choose alike): its 64 bits per element are
+    the OT choices."""
+    on_right = b.size <= a.size
+    small = b if on_right else a
+    basis = np.eye(small.size, dtype=np.uint64).reshape(small.size, *small.shape)
+    images = np.stack([_apply(op, kwargs, a, unit) if on_right else _apply(op, kwargs, unit, b) for unit in basis])
+    product = _apply(op, kwargs, a, b)
+    plan = engine.plan_matmul(np.ascontiguousarray(images.reshape(small.size, -1).T), small.reshape(-1, 1))
+    return plan, lambda cross: [_tensor(a, a.shape), _tensor(b, b.shape),
+                                _tensor(product + cross.reshape(product.shape), product.shape)]
+
+
 def _tensor(array: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array).view(np.int64).reshape(tuple(shape)).copy())
 
@@ -468,8 +494,16 @@ class OtTripleSource(KeyedTripleSource):
         engine, kind = self.engine, key[0]
         if kind == "triple":
             _, op, size0, size1, kwargs = key
-            if kwargs or op not in ("mul", "matmul"):
-                raise UnsupportedTuple(f"protocol=ot makes mul and matmul triples only, not {op} {dict(kwargs)}")
+            if op not in BILINEAR_OPS or (op == "mul" and kwargs):
+                raise UnsupportedTuple(f"protocol=ot makes no {op} {dict(kwargs)} triples")
+            if op == "matmul" and len(size0) > 2 and len(size1) == 2:  # a batch of rows times one matrix
+                plan, assemble = self._plan(("triple", op, (int(math.prod(size0[:-1])), size0[-1]), size1, ()))
+
+                def batched(cross: np.ndarray) -> list[torch.Tensor]:
+                    a, b, c = assemble(cross)
+                    return [a.reshape(size0), b, c.reshape(*size0[:-1], size1[1])]
+
+                return plan, batched
             a, b = _random_words(size0), _random_words(size1)
             if op == "mul":
                 shape = np.broadcast_shapes(size0, size1)
@@ -477,8 +511,8 @@ class OtTripleSource(KeyedTripleSource):
                 b_full = np.broadcast_to(b, shape).reshape(-1).copy()
                 return engine.plan_elementwise(a_full, b_full), lambda cross: [
                     _tensor(a, size0), _tensor(b, size1), _tensor(a_full * b_full + cross, shape)]
-            if len(size0) != 2 or len(size1) != 2:
-                raise UnsupportedTuple(f"protocol=ot makes matmul triples for 2-d operands, not {size0} @ {size1}")
+            if op != "matmul" or len(size0) != 2 or len(size1) != 2:
+                return _plan_bilinear(engine, op, dict(kwargs), a, b)
             shape = (size0[0], size1[1])
             if size1[1] <= size0[0]:  # fewer OTs with the right operand's bits
                 plan, transpose = engine.plan_matmul(a, b), False
