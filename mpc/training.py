@@ -19,6 +19,7 @@ from tqdm import tqdm
 from mpc import release
 from mpc.approximations import multiply_precisely
 from mpc.dp import DpConfig, PrivateSgd, RowClip
+from mpc.models import secure_state
 from mpc.optim import secure_optimizer
 from mpc.scoring import load_shares
 from protocols.prg import generator_positions, seek_generators
@@ -151,8 +152,7 @@ class SecureTrainer:
         self.model = model
         self.config = config
         self.loss = loss
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = secure_optimizer(crypten, self.trainable, config)
+        self.optimizer = secure_optimizer(crypten, list(model.parameters()), config)
         self.seed = seed
         self.stats = stats
         self.show_progress = show_progress
@@ -180,7 +180,7 @@ class SecureTrainer:
                     self._scale_gradients(self.optimizer.gradient_factor(epoch) / features.size(0))
         if self.private is not None:
             with crypten.no_grad():
-                self.private.add_noise(self.trainable)
+                self.private.add_noise(self.model.parameters())
         # the update as torch.optim's (CrypTen's update_parameters also zeroes gradients above
         # 100, a guard against the wrap errors of its local truncation, at a comparison per
         # parameter tensor per step)
@@ -189,7 +189,7 @@ class SecureTrainer:
 
     def _scale_gradients(self, factor: float) -> None:
         """Every parameter's gradient times ``factor``, all in one truncation."""
-        parameters = [p for p in self.trainable if p.grad is not None]
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
         flat = multiply_precisely(self.crypten.cat([p.grad.flatten() for p in parameters]), factor)
         offset = 0
         for parameter in parameters:
@@ -216,7 +216,7 @@ class SecureTrainer:
         """This party's part of the training state after ``epochs_done`` epochs: its shares of
         the weights and the optimizer state, and its PRG streams' positions."""
         return {"epoch": epochs_done,
-                "parameters": {name: p.share.clone() for name, p in self.model.named_parameters()},
+                "parameters": {name: p.share.clone() for name, p in secure_state(self.model).items()},
                 "optimizer": self.optimizer.state_dict(),
                 "generators": generator_positions(self.crypten)}
 

@@ -13,6 +13,7 @@ import torch
 from mpc import release
 from mpc.audit import AUDIT_FILE, AuditLog
 from mpc.release import ReleaseGate, ReleasePolicy
+from mpc.models import secure_state
 from mpc.scoring import ModelRecord, predictions_frame, save_model_file
 from parties.config import RunConfig
 
@@ -54,7 +55,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     unknown = [name for name in reveal_to if name not in names]
     if unknown:
         raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
-    secure_params = dict(secure_model.named_parameters())
+    secure_params = secure_state(secure_model)
     shares = {name: param.share.clone() for name, param in secure_params.items()}
     atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
     write_json(directory / "model.json", record.as_dict())

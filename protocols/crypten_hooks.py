@@ -186,36 +186,6 @@ def _convert_onnx_identity(crypten_module: Any) -> None:
     crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN.setdefault("Identity", Identity)
 
 
-def _batchnorm_with_one_output(crypten_module: Any) -> None:
-    """Models are exported in eval mode, where ONNX ``BatchNormalization`` has one output; in
-    training, crypten's module returns the training graph's tuple (output and the running
-    statistics, which it already updated in place), which the next layer cannot take. Only the
-    converter's choice of class changes: ``crypten.nn.module.BatchNormalization`` keeps
-    crypten's tuple, which its own callers (and its upstream tests) expect."""
-    converter = crypten_module.nn.onnx_converter
-    crypten_batchnorm = crypten_module.nn.module.BatchNormalization
-    operator_class = converter._get_operator_class
-
-    class BatchNormalization(crypten_batchnorm):
-        """crypten's batch normalization, returning only the normalized output."""
-
-        def forward(self, x: Any) -> Any:
-            output = super().forward(x)
-            return output[0] if isinstance(output, tuple) else output
-
-        @staticmethod
-        def from_onnx(attributes: Any = None) -> "BatchNormalization":
-            base = crypten_batchnorm.from_onnx(attributes)
-            return BatchNormalization(eps=base.eps, momentum=base.momentum)
-
-    def converted_class(node_op_type: str, attributes: Any) -> type:
-        if node_op_type == "BatchNormalization":
-            return BatchNormalization
-        return operator_class(node_op_type, attributes)
-
-    converter._get_operator_class = converted_class
-
-
 def apply() -> None:
     """Install every fix once; safe to call repeatedly."""
     global _applied
@@ -227,7 +197,6 @@ def apply() -> None:
     _fix_fixed_point_decode(crypten)
     _use_torchscript_onnx_exporter(crypten)
     _convert_onnx_identity(crypten)
-    _batchnorm_with_one_output(crypten)
     _allow_crypten_types_in_torch_load()
     _applied = True
 

@@ -150,14 +150,3 @@ def test_encrypted_module_state_dict_round_trips_through_crypten_load():
 
     assert run_parties(_module_state_dict_round_trip, world=2) == [True, True]
 
-
-def test_only_converted_graphs_get_the_one_output_batchnorm():
-    """The converter builds cotrain's one-output class; crypten's own class keeps the training
-    tuple its callers (and upstream's test_batchnorm_module) take apart."""
-    crypten = load_crypten()
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).eval()
-    converted = crypten.nn.from_pytorch(model, torch.zeros(2, 3))
-    crypten_class = crypten.nn.module.BatchNormalization
-    batchnorms = [module for module in converted.modules() if isinstance(module, crypten_class)]
-    assert len(batchnorms) == 1 and type(batchnorms[0]) is not crypten_class
-    assert crypten_class.__module__ == "crypten.nn.module"
