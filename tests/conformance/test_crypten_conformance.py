@@ -4,7 +4,7 @@ The full matrix (every transport x suite x party count, every runnable upstream 
 ``make conformance`` (tests/conformance/matrix.py). Here, one cell per transport covers the
 communicator surface, the dealer's party group, a three-party world, the OT suite, a
 crypten.nn test that broadcasts into parameters (it failed with the dealer before), and
-crypten's BatchNormalization, which must keep its training tuple beside cotrain's converter.
+crypten's own BatchNormalization (its training tuple), which a converter change once replaced.
 """
 
 from __future__ import annotations
