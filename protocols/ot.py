@@ -417,7 +417,7 @@ def _apply(op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _plan_bilinear(engine: GilboaEngine, op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> tuple[Plan, Any]:
-    """A triple of any bilinear ``op`` (convolutions, batched matmul) from one matrix product:
+    """A triple of any bilinear ``op`` (convolutions, products of a vector) from one matrix product:
     op(a, b) = sum_j b_j op(a, e_j), so with M_i's rows op(a_i, e_j) (local), the cross terms
     op(a_0, b_1) + op(a_1, b_0) are M_0^T b_1 + M_1^T b_0. The basis runs over the smaller
     operand (the sizes are public, so both parties choose alike): its 64 bits per element are
@@ -482,12 +482,45 @@ class OtTripleSource(KeyedTripleSource):
     def produce(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
         """Every tuple of ``keys`` from one OT extension run."""
         start = time.perf_counter()
-        planned = [self._plan(key) for key in keys]
+        planned = [self._plans(key) for key in keys]
         with metered(self.counters, "offline"):
-            results = self.engine.run([plan for plan, _ in planned])
-        out = [assemble(result) for (_, assemble), result in zip(planned, results)]
+            results = self.engine.run([plan for plans, _ in planned for plan in plans])
+        out, start_index = [], 0
+        for plans, assemble in planned:
+            out.append(assemble(results[start_index:start_index + len(plans)]))
+            start_index += len(plans)
         self.seconds += time.perf_counter() - start
         return out
+
+    def _plans(self, key: tuple) -> tuple[list[Plan], Any]:
+        """The OT plans for one tuple, and how to turn their results into this party's shares."""
+        if key[0] == "triple" and key[1] == "matmul" and min(len(key[2]), len(key[3])) >= 2 and len(key[3]) > 2:
+            return self._plan_batched_matmul(key[2], key[3])
+        plan, assemble = self._plan(key)
+        return [plan], lambda results: assemble(results[0])
+
+    def _plan_batched_matmul(self, size0: tuple, size1: tuple) -> tuple[list[Plan], Any]:
+        """A batch of matrix products (both operands batched, with broadcasting): one 2-d
+        plan per product of the batch."""
+        batch = np.broadcast_shapes(size0[:-2], size1[:-2])
+        a, b = _random_words(size0), _random_words(size1)
+        a_full = np.broadcast_to(a, batch + size0[-2:]).reshape(-1, *size0[-2:])
+        b_full = np.broadcast_to(b, batch + size1[-2:]).reshape(-1, *size1[-2:])
+        pairs = [self._plan_matmul(x.copy(), y.copy()) for x, y in zip(a_full, b_full)]  # broadcast views are read-only
+
+        def assemble(results: list[np.ndarray]) -> list[torch.Tensor]:
+            c = np.stack([product(cross) for (_, product), cross in zip(pairs, results)])
+            return [_tensor(a, size0), _tensor(b, size1), _tensor(c, batch + (size0[-2], size1[-1]))]
+
+        return [plan for plan, _ in pairs], assemble
+
+    def _plan_matmul(self, a: np.ndarray, b: np.ndarray) -> tuple[Plan, Any]:
+        """The plan of a 2-d product and how its result gives this party's share of a @ b."""
+        if b.shape[1] <= a.shape[0]:  # fewer OTs with the right operand's bits
+            return self.engine.plan_matmul(a, b), lambda cross: matmul_u64(a, b) + cross
+        # (A @ B)^T = B^T @ A^T
+        plan = self.engine.plan_matmul(np.ascontiguousarray(b.T), np.ascontiguousarray(a.T))
+        return plan, lambda cross: matmul_u64(a, b) + cross.T
 
     def _plan(self, key: tuple) -> tuple[Plan, Any]:
         """The OT plan for one tuple and how to turn its result into this party's shares."""
@@ -513,13 +546,9 @@ class OtTripleSource(KeyedTripleSource):
                     _tensor(a, size0), _tensor(b, size1), _tensor(a_full * b_full + cross, shape)]
             if op != "matmul" or len(size0) != 2 or len(size1) != 2:
                 return _plan_bilinear(engine, op, dict(kwargs), a, b)
-            shape = (size0[0], size1[1])
-            if size1[1] <= size0[0]:  # fewer OTs with the right operand's bits
-                plan, transpose = engine.plan_matmul(a, b), False
-            else:  # (A @ B)^T = B^T @ A^T
-                plan, transpose = engine.plan_matmul(np.ascontiguousarray(b.T), np.ascontiguousarray(a.T)), True
+            plan, product = self._plan_matmul(a, b)
             return plan, lambda cross: [_tensor(a, size0), _tensor(b, size1),
-                                        _tensor(matmul_u64(a, b) + (cross.T if transpose else cross), shape)]
+                                        _tensor(product(cross), (size0[0], size1[1]))]
         if kind == "square":
             size = key[1]
             r = _random_words(size).reshape(-1)

@@ -237,6 +237,7 @@ BILINEAR_KEYS = [("triple", "conv2d", (2, 3, 5, 4), (4, 3, 2, 2), CONV),
                  ("triple", "conv1d", (1, 4, 6), (2, 2, 3), (("groups", 2),)),
                  ("triple", "matmul", (6, 4, 2, 10), (10, 3), ()),
                  ("triple", "matmul", (2, 4, 3), (2, 3, 4), ()),
+                 ("triple", "matmul", (2, 1, 4, 3), (3, 3, 2), ()),
                  ("triple", "matmul", (5,), (5, 3), ())]
 
 
