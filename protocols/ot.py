@@ -410,6 +410,10 @@ def matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 BILINEAR_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
 
 
+# a bilinear triple's correlations (operand elements x 64 bits x output elements): 256 MiB
+MAX_BILINEAR_WORDS = 1 << 25
+
+
 def _apply(op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """op(a, b) over Z_2^64 (torch's int64 products wrap)."""
     return getattr(torch, op)(torch.from_numpy(a.view(np.int64)), torch.from_numpy(b.view(np.int64)),
@@ -424,9 +428,13 @@ def _plan_bilinear(engine: GilboaEngine, op: str, kwargs: dict, a: np.ndarray, b
     the OT choices."""
     on_right = b.size <= a.size
     small = b if on_right else a
+    product = _apply(op, kwargs, a, b)
+    words = small.size * 64 * product.size  # the correlations of the matrix product
+    if words > MAX_BILINEAR_WORDS:
+        raise UnsupportedTuple(f"protocol=ot makes {op} triples of up to {MAX_BILINEAR_WORDS} correlation words; "
+                               f"{tuple(a.shape)} with {tuple(b.shape)} needs {words} (use protocol=dealer)")
     basis = np.eye(small.size, dtype=np.uint64).reshape(small.size, *small.shape)
     images = np.stack([_apply(op, kwargs, a, unit) if on_right else _apply(op, kwargs, unit, b) for unit in basis])
-    product = _apply(op, kwargs, a, b)
     plan = engine.plan_matmul(np.ascontiguousarray(images.reshape(small.size, -1).T), small.reshape(-1, 1))
     return plan, lambda cross: [_tensor(a, a.shape), _tensor(b, b.shape),
                                 _tensor(product + cross.reshape(product.shape), product.shape)]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
+from protocols.parts import UnsupportedTuple
 from nacl.bindings import (crypto_core_ed25519_add, crypto_core_ed25519_scalar_reduce,
                            crypto_scalarmult_ed25519_base_noclamp, crypto_scalarmult_ed25519_noclamp)
 
@@ -255,6 +256,12 @@ def test_convolution_and_batched_matmul_triples_are_exact():
         assert (a.shape, b.shape) == (size0, size1)
         assert torch.equal(c, getattr(torch, op)(a, b, **dict(kwargs))), key
         assert not torch.equal(shares0[2], c)  # a share is not the product
+
+
+def test_a_convolution_triple_too_large_for_ot_is_refused_by_name():
+    key = ("triple", "conv2d", (8, 16, 28, 28), (16, 16, 5, 5), ())
+    with pytest.raises(UnsupportedTuple, match=r"conv2d triples of up to \d+ correlation words.*protocol=dealer"):
+        OtTripleSource()._plan(key)
 
 
 @pytest.mark.parametrize("fill", [0, 2**64 - 1])
