@@ -148,8 +148,8 @@ def validate(config: RunConfig) -> None:
     _refuse_insecure(config)
     dealer = has_dealer(config)
     source = config.protocol.triple_source
-    require(not dealer or callable(getattr(part_class("triple_source", source), "serve_dealer", None)),
-            f"protocol.triple_source={source} needs a dealer process but gives no serve_dealer for it to run")
+    require(not dealer or callable(getattr(part_class("triple_source", source), "make_dealer", None)),
+            f"protocol.triple_source={source} needs a dealer process but gives no make_dealer for it to run")
     rank = config.party.rank
     require(rank is None or 0 <= rank < world_size(config),
             f"party.rank={rank} is not a party rank (0..{world_size(config) - 1}"

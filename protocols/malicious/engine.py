@@ -53,6 +53,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from protocols.dealer_wire import DealerLink
 from protocols.malicious import dealer as dealing
 from protocols.malicious import ring
 from protocols.malicious.ring import U128
@@ -92,7 +93,8 @@ class CheatDetected(RuntimeError):
 
 
 class PreprocessingError(RuntimeError):
-    """The dealer failed or the tuples ran out of step with the program."""
+    """The dealer's mode or the tuples are out of step with the program (a dealer that fails
+    or frames its answers wrongly raises ``protocols.dealer_wire.DealerError``)."""
 
 
 @dataclass
@@ -203,7 +205,7 @@ class Engine:
         self.comm = comm
         self.rank = comm.get_rank()
         self.parties = parties
-        self.dealer = dealer
+        self.dealer = DealerLink(comm, dealer)
         self.authenticated = authenticated
         self._limbs = 2 if authenticated else 1  # semi-honest: only values mod 2^64 travel
         self.check_buffer = check_buffer
@@ -227,7 +229,9 @@ class Engine:
 
     # -- setup ------------------------------------------------------------------------------
     def _receive_key(self) -> U128:
-        buffer = dealing.recv_array(self.comm, self.dealer, expected=3)
+        buffer = self.dealer.hello(dealing.Dealer.kind).numpy().view(np.uint64)
+        if buffer.size != 3:
+            raise PreprocessingError(f"the dealer's greeting has {buffer.size} limbs, not 3 (a key share and the mode)")
         if bool(buffer[2]) != self.authenticated:
             raise PreprocessingError(f"the dealer deals {'authenticated' if buffer[2] else 'unauthenticated'} "
                                      f"tuples but this party runs {'with' if self.authenticated else 'without'} MACs")
@@ -290,7 +294,7 @@ class Engine:
         self._queue.extend(self._check_tuples(self._receive(specs)))
 
     def _request(self, specs: list) -> None:
-        self.comm.send_obj({"specs": specs}, self.dealer)
+        self.dealer.request(specs)
 
     def _drain(self) -> None:
         """Receive every answer still on its way (before any new request: the dealer answers
@@ -301,17 +305,13 @@ class Engine:
 
     def _receive(self, specs: list) -> list:
         start = time.perf_counter()
-        reply = self.comm.recv_obj(self.dealer)
-        if not isinstance(reply, dict) or reply.get("error") or not reply.get("ok"):
-            raise PreprocessingError(f"the dealer refused the request: {reply.get('error') if isinstance(reply, dict) else reply!r}")
-        buffer = dealing.recv_array(self.comm, self.dealer)
+        limbs = dealing.answer_limbs(specs, self.rank, self.authenticated)
+        buffer = self.dealer.answer(len(specs), limbs).numpy().view(np.uint64)
         offset = 0
 
         def take(shape: tuple[int, ...]) -> U128:
             nonlocal offset
             count = self._limbs * int(np.prod(shape, dtype=np.int64))
-            if offset + count > buffer.size:
-                raise PreprocessingError("the dealer sent fewer tuples than were asked for")
             value = ring.from_wire(buffer[offset:offset + count], shape, self._limbs)
             offset += count
             return value
@@ -326,8 +326,6 @@ class Engine:
             owner = dealing.clear_owner(spec)
             clear = [take(value.shape) for value in values] if owner == self.rank else None
             entries.append((spec, values, clear))
-        if offset != buffer.size:
-            raise PreprocessingError("the dealer sent more tuples than were asked for")
         self.stats.dealer_requests += 1
         self.stats.dealer_seconds += time.perf_counter() - start
         return entries
@@ -381,7 +379,7 @@ class Engine:
             self._closed = True
             self._drain()  # answers to requests made ahead of use are received, then dropped
             self._prefetched.clear()
-            self.comm.send_obj({"stop": True}, self.dealer)
+            self.dealer.stop()
 
     # -- linear operations ---------------------------------------------------------------------
     def add_public(self, x: AShare, c: U128) -> AShare:

@@ -37,10 +37,10 @@ class AuthenticatedDealer(TripleSource):
     needs_dealer = True
 
     @staticmethod
-    def serve_dealer(comm: Any, parties: int) -> dict:
-        from protocols.malicious.dealer import Dealer, run_dealer
+    def make_dealer(parties: int) -> Any:
+        from protocols.malicious.dealer import Dealer
 
-        return run_dealer(comm, Dealer(parties))
+        return Dealer(parties)
 
     def install(self, crypten: Any) -> None:
         _refuse(f"triple_source={TRIPLE_SOURCE}")
