@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
+from protocols.parts import UnsupportedTuple
 from nacl.bindings import (crypto_core_ed25519_add, crypto_core_ed25519_scalar_reduce,
                            crypto_scalarmult_ed25519_base_noclamp, crypto_scalarmult_ed25519_noclamp)
 
 from protocols.base_ot import OtError, base_ot_receive, base_ot_send
-from protocols.ot import GilboaEngine, matmul_u64
+from protocols.ot import GilboaEngine, OtTripleSource, matmul_u64
 from protocols.ot_extension import OtChannel
 from protocol_sessions import party_values, run_parties
 
@@ -234,6 +235,38 @@ def test_gilboa_products_are_exact():
     assert np.array_equal(p0["and"] ^ p1["and"], (x[0] & y[1]) ^ (x[1] & y[0]))
     bit = [v & np.uint64(1) for v in x]
     assert np.array_equal(p0["bits"] + p1["bits"], bit[0] * y[1] + bit[1] * y[0])
+
+
+CONV = (("dilation", (1, 1)), ("groups", 1), ("padding", (1, 0)), ("stride", (2, 1)))
+BILINEAR_KEYS = [("triple", "conv2d", (2, 3, 5, 4), (4, 3, 2, 2), CONV),
+                 ("triple", "conv_transpose1d", (2, 3, 5), (3, 2, 3), (("stride", (2,)),)),
+                 ("triple", "conv1d", (1, 4, 6), (2, 2, 3), (("groups", 2),)),
+                 ("triple", "matmul", (6, 4, 2, 10), (10, 3), ()),
+                 ("triple", "matmul", (2, 4, 3), (2, 3, 4), ()),
+                 ("triple", "matmul", (2, 1, 4, 3), (3, 3, 2), ()),
+                 ("triple", "matmul", (5,), (5, 3), ())]
+
+
+def test_convolution_and_batched_matmul_triples_are_exact():
+    """c = op(a, b) over the ring, for CrypTen's other Beaver products (its nn layers ask for them)."""
+
+    def party(rank, comm):
+        source = OtTripleSource()
+        source.engine = GilboaEngine(OtChannel(comm, 1 - rank))
+        return source.produce(BILINEAR_KEYS)
+
+    for key, shares0, shares1 in zip(BILINEAR_KEYS, *run_pair(party)):
+        _, op, size0, size1, kwargs = key
+        a, b, c = (x + y for x, y in zip(shares0, shares1))  # int64 addition wraps as the ring
+        assert (a.shape, b.shape) == (size0, size1)
+        assert torch.equal(c, getattr(torch, op)(a, b, **dict(kwargs))), key
+        assert not torch.equal(shares0[2], c)  # a share is not the product
+
+
+def test_a_convolution_triple_too_large_for_ot_is_refused_by_name():
+    key = ("triple", "conv2d", (8, 16, 28, 28), (16, 16, 5, 5), ())
+    with pytest.raises(UnsupportedTuple, match=r"conv2d triples of up to \d+ correlation words.*protocol=dealer"):
+        OtTripleSource()._plan(key)
 
 
 @pytest.mark.parametrize("fill", [0, 2**64 - 1])
