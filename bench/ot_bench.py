@@ -87,19 +87,19 @@ def _party(rank: int, connection: Any, triples: int, repeat: int, results: Any) 
     words = lambda *shape: rng.integers(0, 2**64 - 1, size=shape, dtype=np.uint64, endpoint=True)  # noqa: E731
     start = time.perf_counter()
     engine = GilboaEngine(OtChannel(comm, 1 - rank))
-    engine.cross_elementwise(words(1000), words(1000))  # warm up (compiles what is compiled)
+    engine.run([engine.plan_elementwise(words(1000), words(1000))])  # warm up (compiles what is compiled)
     setup = time.perf_counter() - start
     x, y = words(triples), words(triples)
     times, cpu, sent = [], [], comm.sent
     for _ in range(repeat):
         start, start_cpu = time.perf_counter(), time.process_time()
-        engine.cross_elementwise(x, y)
+        engine.run([engine.plan_elementwise(x, y)])
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     per_triple = (comm.sent - sent) / repeat / triples
     m, k, n = MATMUL
     start = time.perf_counter()
-    engine.cross_matmul(words(m, k), words(k, n))
+    engine.run([engine.plan_matmul(words(m, k), words(k, n))])
     results.put((rank, {"setup_s": setup, "best_s": min(times), "cpu_s": min(cpu), "sent_per_triple": per_triple,
                         "matmul_s": time.perf_counter() - start}))
 

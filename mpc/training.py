@@ -23,6 +23,7 @@ from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.models import secure_state
 from mpc.optim import secure_optimizer
 from mpc.scoring import load_shares
+from mpc.shares import planned
 from protocols.prg import generator_positions, seek_generators
 
 
@@ -254,11 +255,11 @@ class SecureTrainer:
 
     def predict_for(self, features: Any, dst: int) -> torch.Tensor | None:
         """Outputs revealed to party ``dst`` only."""
-        with self.crypten.no_grad():
+        with self.crypten.no_grad(), planned(features, ("predict", features.size(0))):
             self.model.train(False)  # inference mode: no autograd bookkeeping
             outputs = self.model(features)
             self.model.train()
-        return release.open(outputs, "heldout_predictions", to=dst)
+            return release.open(outputs, "heldout_predictions", to=dst)
 
     def _epoch_steps(self, train: Any, targets: Any, row_scales: Any, epoch: int) -> Iterator[tuple]:
         order = epoch_order(train.rows, self.seed, epoch)
@@ -310,7 +311,8 @@ class SecureTrainer:
             progress = tqdm(steps, total=len(slices), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)
             for batch in progress:
-                self.step(*batch)
+                with planned(train.features, ("step", batch[0].size(0) if batch[0] is not None else 0)):
+                    self.step(*batch)
             record = EpochRecord(
                 epoch=epoch + 1,
                 seconds=time.perf_counter() - start,

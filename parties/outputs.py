@@ -16,6 +16,7 @@ from mpc.audit import AUDIT_FILE, AuditLog
 from mpc.release import ReleaseGate, ReleasePolicy
 from mpc.models import secure_state
 from mpc.scoring import ModelRecord, predictions_frame, save_model_file
+from mpc.shares import verify
 from parties.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     if unknown:
         raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
     secure_params = secure_state(secure_model)
+    verify(list(secure_params.values()))  # a share kept on disk is checked like a revealed value
     shares = {name: param.share.clone() for name, param in secure_params.items()}
     atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
     write_json(directory / "model.json", record.as_dict())

@@ -27,7 +27,7 @@ class OtError(RuntimeError):
     """The OT peer sent something malformed."""
 
 
-def _random_scalar() -> bytes:
+def random_scalar() -> bytes:
     """A uniform scalar mod the group order (64 random bytes reduced)."""
     return crypto_core_ed25519_scalar_reduce(secrets.token_bytes(64))
 
@@ -57,7 +57,7 @@ def base_ot_send(comm: Any, peer: int, count: int = KAPPA) -> list[tuple[bytes, 
 
     Sends A = aG; receives B_i = b_i G + c_i A; key 0 is H(a B_i), key 1 is H(a (B_i - A)).
     """
-    a = _random_scalar()
+    a = random_scalar()
     big_a = crypto_scalarmult_ed25519_base_noclamp(a)
     comm.send_obj(big_a, peer)
     keys = []
@@ -76,7 +76,7 @@ def base_ot_receive(comm: Any, peer: int, choices: np.ndarray) -> list[bytes]:
     big_a = _checked_points(comm.recv_obj(peer), 1, "sender message")[0]
     if not crypto_core_ed25519_is_valid_point(big_a):
         raise OtError("the OT peer sent a point that is not a valid edwards25519 group element")
-    scalars = [_random_scalar() for _ in range(len(choices))]
+    scalars = [random_scalar() for _ in range(len(choices))]
     unchosen = [crypto_scalarmult_ed25519_base_noclamp(b) for b in scalars]  # b G
     shifted = [crypto_core_ed25519_add(point, big_a) for point in unchosen]  # b G + A
     # B = bG ^ ((bG ^ (bG + A)) & mask), mask = 0xff where the choice is 1: no branch on it

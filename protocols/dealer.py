@@ -1,25 +1,28 @@
-"""A dealer party: a separate process that makes every correlated tuple and sends each
-computing party only its own shares.
+"""The semi-honest dealer (``triple_source=dealer``): a separate process makes every
+correlated tuple and sends each computing party only its own shares.
 
-The dealer is rank ``num_parties`` of the transport; the computing parties are ranks
-``0..num_parties-1`` and run their MPC among themselves (``parties.transport.group.PartyGroup``). The
-dealer sees tuples in the clear but no data: it never receives a share of anything secret.
+The dealer is rank ``num_parties`` of the transport (``parties.dealer``: its role, its
+serving loop); the computing parties are ranks ``0..num_parties-1`` and run their MPC among
+themselves. The dealer sees tuples in the clear but no data: it never receives a share of
+anything secret. Both speak the one dealer wire protocol (``protocols.dealer_wire``); this
+module holds what is particular to this dealer: its tuples (:class:`SemiHonestMaker`) and
+the parties' triple source.
 
-Seeds, not shares: at the start the dealer sends each party a PRG seed, and each batch of
-tuples is drawn from its own stretch of every party's keystream. A tuple's uniformly random
-components (a triple's a and b, a truncation pair's r) are whatever the parties' draws add
-up to; the others (c = a b, msb(r), ...) are drawn too, except at the batch's correction
-party (each party in turn), which receives its shares of them from the dealer: the value
-minus the others' draws. Only those corrections travel: one element of a triple's three.
+Seeds, not shares: the dealer's greeting gives each party a PRG seed, and each answer draws
+from its own stretch of every party's keystream (at a position the answer's first word
+names). A tuple's uniformly random components (a triple's a and b, a truncation pair's r)
+are whatever the parties' draws add up to; the others (c = a b, msb(r), ...) are drawn too,
+except at the tuple's correction party (tuple i of a request: party i mod n), which
+receives its shares of them: the value minus the others' draws. Only those corrections
+travel: one element of a triple's three.
 
 Flow: every party asks its provider for tuples in the same order (the MPC program is the
 same everywhere). A party keeps a buffer of tuples; on a miss, all parties compute the same
 prediction of what comes next (the keys that followed this key the last time it was asked
-for, i.e. the rest of a training step) and party 0 asks the dealer for that whole batch.
-The dealer answers each party with one message. The dealer learns the batch the first time
-(the first step is traced) and from then on a background thread deals the next batch
-(the same keys, at the next stretch of the keystreams) before it is asked for, so a step normally costs one round trip to the dealer and no
-waiting for generation.
+for, i.e. the rest of a training step) and ask the dealer for that whole batch, which
+answers each party with one message. From the second repetition of a step on, the dealer
+makes the next step's answer in the background while the parties compute, so a step
+normally costs one round trip to the dealer and no waiting for generation.
 
 A dealer that dies, stalls or sends anything but exactly the shares that were asked for
 stops the run with a :class:`DealerError` naming the dealer.
@@ -29,12 +32,11 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
 from typing import Any, Sequence
 
 import torch
 
+from protocols.dealer_wire import DealerError, DealerLink
 from protocols.parts import metered
 from protocols.prg import SEED_BYTES, CipherGenerator, new_seed
 from protocols.registry import register_part
@@ -42,9 +44,6 @@ from protocols.truncation import pair_values
 from protocols.tuples import KeyedTripleSource, Prefetcher, check_key, freeze, tuple_elements, tuple_layout
 
 log = logging.getLogger("cotrain.dealer")
-
-class DealerError(RuntimeError):
-    """The dealer failed, stopped answering, or sent something malformed."""
 
 
 def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -64,22 +63,23 @@ def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
 RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "binary": (True, True, False),
                      "b2a": (False, False), "trunc": (True, False, False), "wrap": (True, False),
                      "signmask": (True, False)}
-# each batch's shares come from its own stretch of every party's keystream: 2^40 bytes apart,
-# so the dealer can make a predicted batch ahead of time (a batch never draws that much)
+# each answer's shares come from its own stretch of every party's keystream, 2^40 bytes long
+# (an answer never draws that much), at a position the dealer picks at random per answer
 BATCH_STRIDE = 1 << 40
+POSITION_BITS = 62  # AES-CTR's 128-bit counter holds 2^62 stretches of 2^36 blocks
 _FIRST_POSITION = 64  # past the draw CipherGenerator makes for its torch seed
 
 
-def batch_stream(seed: bytes, batch: int) -> CipherGenerator:
-    """A party's stream for batch ``batch``, at the same keystream position at the dealer and the party."""
+def batch_stream(seed: bytes, position: int) -> CipherGenerator:
+    """A party's stream for the answer at ``position``, the same at the dealer and the party."""
     stream = CipherGenerator(seed)
-    stream.stream.seek(_FIRST_POSITION + batch * BATCH_STRIDE)
+    stream.stream.seek(_FIRST_POSITION + position * BATCH_STRIDE)
     return stream
 
 
-def correction_party(batch: int, parties: int) -> int:
-    """The party whose corrections for batch ``batch`` travel: each in turn, so each receives 1/n."""
-    return batch % parties
+def correction_party(index: int, parties: int) -> int:
+    """The party that receives the corrections of a request's tuple ``index``: each in turn."""
+    return index % parties
 
 
 def _combine(shares: Sequence[torch.Tensor], sharing: str) -> torch.Tensor:
@@ -131,115 +131,71 @@ def deal(key: tuple, streams: Sequence[CipherGenerator], correction: int, rng: C
 
 
 def correction_elements(key: tuple) -> int:
-    """Elements of one tuple the correction party receives."""
+    """Elements of one tuple its correction party receives."""
     return sum(math.prod(shape) for (_, shape), random in zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]])
                if not random)
 
 
-def expand(keys: Sequence[tuple], stream: CipherGenerator, payload: torch.Tensor | None) -> list[list[torch.Tensor]]:
-    """A party's shares of a batch: the draws :func:`deal` made for it, in order; the
-    correction party (``payload`` not None) takes the non-random components from the payload."""
-    batch, offset = [], 0
-    for key in keys:
+def answer_elements(keys: Sequence[tuple], party: int, parties: int) -> int:
+    """What ``party`` receives for a request: the position word, then its corrections."""
+    return 1 + sum(correction_elements(key) for index, key in enumerate(keys)
+                   if correction_party(index, parties) == party)
+
+
+def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int, parties: int) -> list[list[torch.Tensor]]:
+    """A party's shares of a request from its seed and its answer (the position word, then the
+    corrections of the tuples it is the correction party of), in the order :func:`deal` drew."""
+    stream = batch_stream(seed, int(answer[0]))
+    batch, offset = [], 1
+    for index, key in enumerate(keys):
+        corrects = correction_party(index, parties) == party
         shares = []
         for (_, shape), random in zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]]):
-            if payload is None or random:
+            if random or not corrects:
                 shares.append(stream.ring(shape))
             else:
                 count = math.prod(shape)
-                shares.append(payload[offset: offset + count].reshape(shape))
+                shares.append(answer[offset: offset + count].reshape(shape))
                 offset += count
         batch.append(shares)
     return batch
 
 
-def deal_batch(keys: Sequence[tuple], seeds: Sequence[bytes], batch: int, rng: CipherGenerator) -> torch.Tensor:
-    """The correction party's payload for batch ``batch``: its shares of every non-random component."""
-    streams = [batch_stream(seed, batch) for seed in seeds]
-    correction = correction_party(batch, len(seeds))
-    payload: list[torch.Tensor] = []
-    for key in keys:
+def deal_answers(keys: Sequence[tuple], seeds: Sequence[bytes], position: int, rng: CipherGenerator) -> list[torch.Tensor]:
+    """Each party's answer for a request: the position word, then its corrections."""
+    streams = [batch_stream(seed, position) for seed in seeds]
+    answers: list[list[torch.Tensor]] = [[torch.tensor([position], dtype=torch.int64)] for _ in seeds]
+    for index, key in enumerate(keys):
+        correction = correction_party(index, len(seeds))
         shares = deal(key, streams, correction, rng)[correction]
-        payload.extend(share.reshape(-1) for share, random in zip(shares, RANDOM_COMPONENTS[key[0]]) if not random)
-    return torch.cat(payload) if payload else torch.empty(0, dtype=torch.long)
+        answers[correction].extend(share.reshape(-1) for share, random in zip(shares, RANDOM_COMPONENTS[key[0]])
+                                   if not random)
+    return [torch.cat(answer) for answer in answers]
 
 
-class DealerServer:
-    """The dealer process's loop: answer party 0's batch requests until told to stop."""
+class SemiHonestMaker:
+    """The dealer's tuples for ``triple_source=dealer``: keys as in ``protocols.tuples``,
+    each party's shares of a request flattened into one int64 buffer in request order."""
 
-    def __init__(self, comm: Any, parties: int) -> None:
-        self.comm = comm
+    kind = "dealer"
+
+    def __init__(self, parties: int) -> None:
         self.parties = parties
         self.rng = CipherGenerator(new_seed())
-        self.seeds = [new_seed() for _ in range(parties)]  # one per party, sent to it once
-        self.lock = threading.Condition()
-        self.wanted: tuple[int, list[tuple]] | None = None  # the predicted next batch: its number and keys
-        self.ready: tuple[int, list[tuple], torch.Tensor] | None = None  # ... and its payload, made ahead
-        self.stopped = False
-        self.stats = {"requests": 0, "tuples": 0, "elements": 0, "pregenerated": 0, "inline": 0,
-                      "bytes_sent": 0, "generation_s": 0.0}
-        self.worker = threading.Thread(target=self._pregenerate, name="dealer-pregenerate", daemon=True)
+        self.seeds = [new_seed() for _ in range(parties)]
 
-    def serve(self) -> dict:
-        for party, seed in enumerate(self.seeds):
-            self.comm.send_obj({"op": "seed", "seed": seed}, party)
-        self.worker.start()
-        try:
-            while True:
-                message = self.comm.recv_obj(0)
-                if not isinstance(message, dict) or message.get("op") not in ("tuples", "stop"):
-                    raise DealerError(f"party 0 sent the dealer a malformed message {message!r:.200}")
-                if message["op"] == "stop":
-                    return dict(self.stats)
-                keys = [check_key(key) for key in message.get("keys", [])]
-                self._answer(keys)
-        finally:
-            with self.lock:
-                self.stopped = True
-                self.lock.notify_all()
-            self.worker.join(30)
+    def greeting(self) -> list[torch.Tensor]:
+        """Each party's seed."""
+        return [torch.frombuffer(bytearray(seed), dtype=torch.int64) for seed in self.seeds]
 
-    def _answer(self, keys: list[tuple]) -> None:
-        batch = self.stats["requests"]
-        correction = correction_party(batch, self.parties)
-        self.stats["requests"] += 1
-        with self.lock:
-            ready, self.ready = self.ready, None
-        if ready is not None and ready[0] == batch and ready[1] == keys:
-            payload = ready[2]
-            self.stats["pregenerated"] += 1
-        else:
-            start = time.perf_counter()
-            payload = deal_batch(keys, self.seeds, batch, self.rng)
-            self.stats["generation_s"] += time.perf_counter() - start
-            self.stats["inline"] += 1
-        self.stats["tuples"] += len(keys)
-        self.stats["elements"] += sum(tuple_elements(key) for key in keys)
-        with self.lock:  # the same keys are the best guess for the next batch
-            self.wanted = (batch + 1, keys)
-            self.lock.notify_all()
-        for party in range(self.parties):
-            sent = payload if party == correction else torch.empty(0, dtype=torch.long)
-            self.comm.send_obj({"keys": keys, "elements": int(sent.numel())}, party)
-            if sent.numel():
-                self.comm.send(sent, party)
-            self.stats["bytes_sent"] += sent.numel() * 8
+    def validate(self, items: Any) -> list[tuple]:
+        if not isinstance(items, list):
+            raise ValueError("a request is a list of tuple keys")
+        return [check_key(key) for key in items]
 
-    def _pregenerate(self) -> None:
-        rng = CipherGenerator(new_seed())
-        while True:
-            with self.lock:
-                while not self.stopped and (self.wanted is None or self.ready is not None
-                                            and self.ready[0] == self.wanted[0]):
-                    self.lock.wait(0.5)
-                if self.stopped:
-                    return
-                batch, keys = self.wanted
-            start = time.perf_counter()
-            payload = deal_batch(keys, self.seeds, batch, rng)
-            with self.lock:
-                self.ready = (batch, keys, payload)
-                self.stats["generation_s"] += time.perf_counter() - start
+    def deal(self, items: Sequence[tuple]) -> list[torch.Tensor]:
+        position = int(self.rng.bits(1, POSITION_BITS)[0])  # a fresh stretch of every keystream
+        return deal_answers(items, self.seeds, position, self.rng)
 
 
 # -- the parties' side -------------------------------------------------------------------------
@@ -251,45 +207,31 @@ class DealerTripleSource(KeyedTripleSource):
     provider_name = "COTRAIN_DEALER"
 
     @staticmethod
-    def serve_dealer(comm: Any, parties: int) -> dict:
-        return run_dealer_server(comm, parties)
+    def make_dealer(parties: int) -> SemiHonestMaker:
+        return SemiHonestMaker(parties)
 
     def __init__(self) -> None:
         super().__init__()
-        self.comm: Any = None
+        self.link: DealerLink | None = None
         self.prefetcher = Prefetcher(self._request)
         self.failed = False  # after a DealerError there is no dealer to say goodbye to
 
     def start(self, crypten: Any) -> None:
-        self.comm = crypten.communicator.get()
-        self.dealer = self.comm.get_world_size()
-        self.rank = self.comm.get_rank()
-        self.seed = self._receive_seed()
-        self.batches = 0  # batches received so far: says whose turn it is to take the corrections
-
-    def _receive_seed(self) -> bytes:
-        """The seed this party expands its shares of every tuple from (but the corrections of
-        the batches where it is the correction party)."""
-        dealer = f"the dealer (rank {self.dealer})"
-        try:
-            message = self.comm.recv_obj(self.dealer)
-        except Exception as error:
+        # the parties' world ends where the dealer's rank begins
+        self.link = DealerLink(self.comm, self.comm.get_world_size())
+        with metered(self.counters, "offline"):
+            greeting = self.link.hello(SemiHonestMaker.kind)
+        self.seed = greeting.numpy().tobytes()
+        if len(self.seed) != SEED_BYTES:
             self.failed = True
-            raise DealerError(f"{dealer} failed before sending this party's seed: "
-                              f"{error.__class__.__name__}: {error}") from None
-        seed = message.get("seed") if isinstance(message, dict) and message.get("op") == "seed" else None
-        if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
-            self.failed = True
-            raise DealerError(f"{dealer} sent a malformed seed message: expected {SEED_BYTES} bytes, "
-                              f"got {type(seed).__name__ if seed is not None else str(message)[:100]}")
-        return seed
+            raise DealerError(f"the dealer sent a malformed seed: {len(self.seed)} bytes, expected {SEED_BYTES}")
 
     def stop(self, crypten: Any) -> None:
-        if self.comm is None or self.rank != 0 or self.failed:
+        if self.link is None or self.failed:
             return
         try:
-            self.comm.send_obj({"op": "stop"}, self.dealer)
-        except Exception as error:  # the run is ending anyway; say why the dealer may linger
+            self.link.stop()
+        except DealerError as error:  # the run is ending anyway; say why the dealer may linger
             log.warning("could not tell the dealer to stop: %s", error)
 
     def truncation_pair(self, size: Any, divisor: int, device: Any = None) -> tuple[Any, Any, Any]:
@@ -313,7 +255,7 @@ class DealerTripleSource(KeyedTripleSource):
 
     def fetch(self, key: tuple) -> list[torch.Tensor]:
         """This party's shares of the next tuple for ``key`` (batched by the prefetcher)."""
-        if self.comm is None:
+        if self.link is None:
             raise DealerError("the dealer triple source was used before the secure session started")
         return self.prefetcher.fetch(key)
 
@@ -326,38 +268,13 @@ class DealerTripleSource(KeyedTripleSource):
             raise
 
     def _receive_batch(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
-        dealer = f"the dealer (rank {self.dealer})"
-        try:
-            if self.rank == 0:
-                self.comm.send_obj({"op": "tuples", "keys": keys}, self.dealer)
-            header = self.comm.recv_obj(self.dealer)
-        except Exception as error:
-            raise DealerError(f"{dealer} failed or stopped answering: {error.__class__.__name__}: {error}") from None
-        batch = self.batches
-        self.batches += 1
-        corrects = correction_party(batch, self.dealer) == self.rank
-        expected = sum(correction_elements(key) for key in keys) if corrects else 0
-        if (not isinstance(header, dict) or freeze(header.get("keys")) != tuple(keys)
-                or header.get("elements") != expected):
-            raise DealerError(f"{dealer} sent a malformed batch: expected {len(keys)} tuples of "
-                              f"{expected} elements, got {str(header)[:200]}")
-        try:
-            payload = (self.comm.recv(torch.empty(expected, dtype=torch.long), self.dealer) if expected
-                       else torch.empty(0, dtype=torch.long))
-        except Exception as error:
-            raise DealerError(f"{dealer} failed while sending tuples: {error.__class__.__name__}: {error}") from None
-        if payload.dtype != torch.long or payload.numel() != expected:
-            raise DealerError(f"{dealer} sent {payload.numel()} {payload.dtype} elements; expected {expected} int64")
-        return expand(keys, batch_stream(self.seed, batch), payload if corrects else None)
+        rank, parties = self.comm.get_rank(), self.comm.get_world_size()
+        self.link.request(keys)
+        answer = self.link.answer(len(keys), answer_elements(keys, rank, parties))
+        if not 0 <= int(answer[0]) < 1 << POSITION_BITS:
+            raise DealerError(f"the dealer sent a malformed answer: keystream position {int(answer[0])}")
+        return expand(keys, self.seed, answer, rank, parties)
 
     def describe(self) -> str:
         return "dealer (a separate dealer process makes every tuple; the parties expand their shares from seeds)"
 
-
-def run_dealer_server(comm: Any, parties: int) -> dict:
-    """The dealer process's work, given its transport: serve until party 0 says stop."""
-    server = DealerServer(comm, parties)
-    log.info("dealer serving %d parties", parties)
-    stats = server.serve()
-    log.info("dealer done: %s", stats)
-    return stats

@@ -123,22 +123,6 @@ class GilboaEngine:
                   lambda a, b: _bit_rows(left, a, b).astype(np.uint64)[:, None], group=64, binary=True)
         return cot, lambda received, own: (received ^ own).reshape(-1)
 
-    # one plan at a time
-    def cross_matmul(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_matmul(left, right)])[0]
-
-    def cross_elementwise(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_elementwise(left, right)])[0]
-
-    def one_way_elementwise(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_one_way(left, right)])[0]
-
-    def cross_bits_times_words(self, my_bits: np.ndarray, my_words: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_bits_times_words(my_bits, my_words)])[0]
-
-    def cross_and(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.run([self.plan_and(left, right)])[0]
-
 
 # -- the triple source ---------------------------------------------------------------------------
 def _random_words(shape: Sequence[int]) -> np.ndarray:
@@ -149,6 +133,40 @@ def _random_words(shape: Sequence[int]) -> np.ndarray:
 def matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b over Z_2^64 (torch's int64 matmul wraps)."""
     return (torch.from_numpy(a.view(np.int64)) @ torch.from_numpy(b.view(np.int64))).numpy().view(np.uint64)
+
+
+# CrypTen's Beaver products: c = op(a, b), bilinear in (a, b)
+BILINEAR_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
+
+
+# a bilinear triple's correlations (operand elements x 64 bits x output elements): 256 MiB
+MAX_BILINEAR_WORDS = 1 << 25
+
+
+def _apply(op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """op(a, b) over Z_2^64 (torch's int64 products wrap)."""
+    return getattr(torch, op)(torch.from_numpy(a.view(np.int64)), torch.from_numpy(b.view(np.int64)),
+                              **kwargs).numpy().view(np.uint64)
+
+
+def _plan_bilinear(engine: GilboaEngine, op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> tuple[Plan, Any]:
+    """A triple of any bilinear ``op`` (convolutions, products of a vector) from one matrix product:
+    op(a, b) = sum_j b_j op(a, e_j), so with M_i's rows op(a_i, e_j) (local), the cross terms
+    op(a_0, b_1) + op(a_1, b_0) are M_0^T b_1 + M_1^T b_0. The basis runs over the smaller
+    operand (the sizes are public, so both parties choose alike): its 64 bits per element are
+    the OT choices."""
+    on_right = b.size <= a.size
+    small = b if on_right else a
+    product = _apply(op, kwargs, a, b)
+    words = small.size * 64 * product.size  # the correlations of the matrix product
+    if words > MAX_BILINEAR_WORDS:
+        raise UnsupportedTuple(f"protocol=ot makes {op} triples of up to {MAX_BILINEAR_WORDS} correlation words; "
+                               f"{tuple(a.shape)} with {tuple(b.shape)} needs {words} (use protocol=dealer)")
+    basis = np.eye(small.size, dtype=np.uint64).reshape(small.size, *small.shape)
+    images = np.stack([_apply(op, kwargs, a, unit) if on_right else _apply(op, kwargs, unit, b) for unit in basis])
+    plan = engine.plan_matmul(np.ascontiguousarray(images.reshape(small.size, -1).T), small.reshape(-1, 1))
+    return plan, lambda cross: [_tensor(a, a.shape), _tensor(b, b.shape),
+                                _tensor(product + cross.reshape(product.shape), product.shape)]
 
 
 def _tensor(array: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
@@ -174,7 +192,7 @@ class OtTripleSource(KeyedTripleSource):
         self.seconds = 0.0
 
     def start(self, crypten: Any) -> None:
-        comm = crypten.communicator.get()
+        comm = self.comm
         if comm.get_world_size() != 2:
             raise ValueError(f"protocol=ot is a two-party protocol; this session has {comm.get_world_size()} "
                              "parties (use protocol=dealer for more)")
@@ -201,20 +219,61 @@ class OtTripleSource(KeyedTripleSource):
     def produce(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
         """Every tuple of ``keys`` from one OT extension run."""
         start = time.perf_counter()
-        planned = [self._plan(key) for key in keys]
+        planned = [self._plans(key) for key in keys]
         with metered(self.counters, "offline"):
-            results = self.engine.run([plan for plan, _ in planned])
-        out = [assemble(result) for (_, assemble), result in zip(planned, results)]
+            results = self.engine.run([plan for plans, _ in planned for plan in plans])
+        out, start_index = [], 0
+        for plans, assemble in planned:
+            out.append(assemble(results[start_index:start_index + len(plans)]))
+            start_index += len(plans)
         self.seconds += time.perf_counter() - start
         return out
+
+    def _plans(self, key: tuple) -> tuple[list[Plan], Any]:
+        """The OT plans for one tuple, and how to turn their results into this party's shares."""
+        if key[0] == "triple" and key[1] == "matmul" and min(len(key[2]), len(key[3])) >= 2 and len(key[3]) > 2:
+            return self._plan_batched_matmul(key[2], key[3])
+        plan, assemble = self._plan(key)
+        return [plan], lambda results: assemble(results[0])
+
+    def _plan_batched_matmul(self, size0: tuple, size1: tuple) -> tuple[list[Plan], Any]:
+        """A batch of matrix products (both operands batched, with broadcasting): one 2-d
+        plan per product of the batch."""
+        batch = np.broadcast_shapes(size0[:-2], size1[:-2])
+        a, b = _random_words(size0), _random_words(size1)
+        a_full = np.broadcast_to(a, batch + size0[-2:]).reshape(-1, *size0[-2:])
+        b_full = np.broadcast_to(b, batch + size1[-2:]).reshape(-1, *size1[-2:])
+        pairs = [self._plan_matmul(x.copy(), y.copy()) for x, y in zip(a_full, b_full)]  # broadcast views are read-only
+
+        def assemble(results: list[np.ndarray]) -> list[torch.Tensor]:
+            c = np.stack([product(cross) for (_, product), cross in zip(pairs, results)])
+            return [_tensor(a, size0), _tensor(b, size1), _tensor(c, batch + (size0[-2], size1[-1]))]
+
+        return [plan for plan, _ in pairs], assemble
+
+    def _plan_matmul(self, a: np.ndarray, b: np.ndarray) -> tuple[Plan, Any]:
+        """The plan of a 2-d product and how its result gives this party's share of a @ b."""
+        if b.shape[1] <= a.shape[0]:  # fewer OTs with the right operand's bits
+            return self.engine.plan_matmul(a, b), lambda cross: matmul_u64(a, b) + cross
+        # (A @ B)^T = B^T @ A^T
+        plan = self.engine.plan_matmul(np.ascontiguousarray(b.T), np.ascontiguousarray(a.T))
+        return plan, lambda cross: matmul_u64(a, b) + cross.T
 
     def _plan(self, key: tuple) -> tuple[Plan, Any]:
         """The OT plan for one tuple and how to turn its result into this party's shares."""
         engine, kind = self.engine, key[0]
         if kind == "triple":
             _, op, size0, size1, kwargs = key
-            if kwargs or op not in ("mul", "matmul"):
-                raise UnsupportedTuple(f"protocol=ot makes mul and matmul triples only, not {op} {dict(kwargs)}")
+            if op not in BILINEAR_OPS or (op == "mul" and kwargs):
+                raise UnsupportedTuple(f"protocol=ot makes no {op} {dict(kwargs)} triples")
+            if op == "matmul" and len(size0) > 2 and len(size1) == 2:  # a batch of rows times one matrix
+                plan, assemble = self._plan(("triple", op, (int(math.prod(size0[:-1])), size0[-1]), size1, ()))
+
+                def batched(cross: np.ndarray) -> list[torch.Tensor]:
+                    a, b, c = assemble(cross)
+                    return [a.reshape(size0), b, c.reshape(*size0[:-1], size1[1])]
+
+                return plan, batched
             a, b = _random_words(size0), _random_words(size1)
             if op == "mul":
                 shape = np.broadcast_shapes(size0, size1)
@@ -222,15 +281,11 @@ class OtTripleSource(KeyedTripleSource):
                 b_full = np.broadcast_to(b, shape).reshape(-1).copy()
                 return engine.plan_elementwise(a_full, b_full), lambda cross: [
                     _tensor(a, size0), _tensor(b, size1), _tensor(a_full * b_full + cross, shape)]
-            if len(size0) != 2 or len(size1) != 2:
-                raise UnsupportedTuple(f"protocol=ot makes matmul triples for 2-d operands, not {size0} @ {size1}")
-            shape = (size0[0], size1[1])
-            if size1[1] <= size0[0]:  # fewer OTs with the right operand's bits
-                plan, transpose = engine.plan_matmul(a, b), False
-            else:  # (A @ B)^T = B^T @ A^T
-                plan, transpose = engine.plan_matmul(np.ascontiguousarray(b.T), np.ascontiguousarray(a.T)), True
+            if op != "matmul" or len(size0) != 2 or len(size1) != 2:
+                return _plan_bilinear(engine, op, dict(kwargs), a, b)
+            plan, product = self._plan_matmul(a, b)
             return plan, lambda cross: [_tensor(a, size0), _tensor(b, size1),
-                                        _tensor(matmul_u64(a, b) + (cross.T if transpose else cross), shape)]
+                                        _tensor(product(cross), (size0[0], size1[1]))]
         if kind == "square":
             size = key[1]
             r = _random_words(size).reshape(-1)

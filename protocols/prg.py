@@ -257,10 +257,9 @@ class CipherPrg(ProtocolPart):
         crypten_hooks.uninstall_prg(crypten)
 
     def setup_generators(self, crypten: Any, devices: Sequence[torch.device]) -> None:
-        comm = crypten.communicator.get()
-        draw, self.insecure_test_seed = _seed_drawer(comm.get_rank())
+        draw, self.insecure_test_seed = _seed_drawer(self.comm.get_rank())
         with metered(self.counters, "offline"):
-            seeds = agree_seeds(comm, draw)
+            seeds = agree_seeds(self.comm, draw)
         for key in GENERATOR_KEYS:
             generator = CipherGenerator(seeds[key], self.algorithm, self.counters)
             for device in devices:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.dealer import (batch_stream, correction_elements, correction_party, count_wraps, deal_batch,
+from protocols.dealer import (answer_elements, batch_stream, correction_elements, count_wraps, deal_answers,
                               expand)
+from protocols.dealer_wire import DealerEnd, DealerError, check_header
 from protocols.tuples import check_key, tuple_elements, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
 from protocol_sessions import party_values, run_parties
@@ -33,14 +34,12 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
         ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]]]]
-    for batch in range(parties):  # every party takes the corrections once
-        correction = correction_party(batch, parties)
-        payload = deal_batch(keys, seeds, batch, rng)
-        # what travels: the corrections of the non-random components, to one party
-        assert payload.numel() == sum(correction_elements(key) for key in keys)
+    for position in (0, 5, (1 << 62) - 1):
+        answers = deal_answers(keys, seeds, position, rng)
+        # what travels: the position, then the corrections of the non-random components
+        assert [a.numel() for a in answers] == [answer_elements(keys, p, parties) for p in range(parties)]
         assert correction_elements(keys[0]) == 12 and tuple_elements(keys[0]) == 36
-        dealt = [expand(keys, batch_stream(seed, batch), payload if party == correction else None)
-                 for party, seed in enumerate(seeds)]
+        dealt = [expand(keys, seed, answers[party], party, parties) for party, seed in enumerate(seeds)]
         for index, key in enumerate(keys):
             shares = [dealt[party][index] for party in range(parties)]
             layout = tuple_layout(key)
@@ -68,7 +67,7 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
             assert not any(torch.equal(party[0], values[0]) for party in shares)
 
 
-def test_batches_draw_from_disjoint_stretches_of_a_stream():
+def test_answers_draw_from_disjoint_stretches_of_a_stream():
     seed = new_seed()
     first, second = batch_stream(seed, 0).ring(1000), batch_stream(seed, 1).ring(1000)
     assert torch.equal(batch_stream(seed, 1).ring(1000), second)  # the party and the dealer agree
@@ -112,28 +111,17 @@ def test_session_over_a_dealer(parties, truncation):
 
 
 def _dying_dealer(transport, parties):
-    _send_seeds(transport, parties)
-    transport.recv_obj(0)  # the first request, then the process dies without a word
+    DealerEnd(transport, parties).hello("dealer", [torch.zeros(2, dtype=torch.long)] * parties)  # 16-byte seeds
+    [transport.recv_obj(rank) for rank in range(parties)]  # the first request, then the process dies without a word
     os._exit(3)
 
 
-def _send_seeds(transport, parties):
-    for party in range(parties):
-        transport.send_obj({"op": "seed", "seed": new_seed()}, party)
-
-
 def _lying_dealer(transport, parties):
-    _send_seeds(transport, parties)
-    message = transport.recv_obj(0)
-    for party in range(parties):  # claims one element fewer than asked for
-        transport.send_obj({"keys": message["keys"], "elements": 1}, party)
-        transport.send(torch.zeros(1, dtype=torch.long), party)
-    transport.recv_obj(0)
-
-
-def _short_seed_dealer(transport, parties):
-    transport.send_obj({"op": "seed", "seed": new_seed()[:8]}, 0)
-    transport.recv_obj(0)
+    wire = DealerEnd(transport, parties)
+    wire.hello("dealer", [torch.zeros(2, dtype=torch.long)] * parties)  # 16-byte seeds
+    items = wire.request()
+    wire.answer(len(items), [torch.zeros(1, dtype=torch.long)] * parties)  # one element, fewer than asked for
+    wire.request()
 
 
 def _multiply(crypten, rank):
@@ -142,8 +130,7 @@ def _multiply(crypten, rank):
 
 
 @pytest.mark.parametrize("dealer_fn,message", [(_dying_dealer, "failed or stopped answering"),
-                                               (_lying_dealer, "malformed batch"),
-                                               (_short_seed_dealer, "malformed seed")])
+                                               (_lying_dealer, "sent a malformed answer")])
 def test_a_failing_dealer_stops_the_run_with_a_clear_error(dealer_fn, message, capfd):
     collected = run_parties(_multiply, DEALER, parties=2, dealer_fn=dealer_fn, timeout_s=90, wire_timeout_s=8)
     errors = [value for rank, (status, value) in collected.items() if rank < 2 and status == "error"]
@@ -154,3 +141,26 @@ def test_a_failing_dealer_stops_the_run_with_a_clear_error(dealer_fn, message, c
     assert errors or (dealer_fn is _dying_dealer and watched), f"the parties should fail, got {collected}"
     assert all(error.startswith("DealerError") for error in errors)
     assert watched or any(message in error for error in errors)
+
+
+@pytest.mark.parametrize("header, message", [
+    ("tuples", "sent a malformed answer: expected answer (items 2, elements 6), got tuples"),
+    ({"op": "answer", "items": 2, "elements": 5}, "expected answer (items 2, elements 6)"),  # fewer elements
+    ({"op": "answer", "items": 1, "elements": 6}, "expected answer (items 2, elements 6)"),  # fewer tuples
+    ({"op": "answer", "items": 2}, "expected answer (items 2, elements 6)"),  # no size
+    ({"op": "answer", "items": 2, "elements": -6}, "expected answer (items 2, elements 6)"),
+    ({"op": "hello", "dealer": "dealer", "elements": 0}, "expected answer"),  # out of order
+    ({"op": "refused", "error": "the parties' requests differ"}, "refused the request: the parties' requests differ"),
+])
+def test_every_malformed_answer_header_is_refused(header, message):
+    with pytest.raises(DealerError, match=re.escape(message)):
+        check_header(header, "answer", "the dealer (rank 2)", items=2, elements=6)
+    assert check_header({"op": "answer", "items": 2, "elements": 6}, "answer", "the dealer", items=2, elements=6) == 6
+
+
+@pytest.mark.parametrize("header", [{"op": "hello", "dealer": "authenticated_dealer", "elements": 3},
+                                    {"op": "hello", "dealer": "dealer", "elements": 1 << 40},
+                                    {"op": "refused", "error": "no"}])
+def test_a_hello_from_another_kind_of_dealer_or_of_absurd_size_is_refused(header):
+    with pytest.raises(DealerError, match="sent a malformed hello"):
+        check_header(header, "hello", "the dealer (rank 2)", dealer="dealer")

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
+from protocols.parts import UnsupportedTuple
 from nacl.bindings import (crypto_core_ed25519_add, crypto_core_ed25519_scalar_reduce,
                            crypto_scalarmult_ed25519_base_noclamp, crypto_scalarmult_ed25519_noclamp)
 
 from protocols.base_ot import OtError, base_ot_receive, base_ot_send
-from protocols.ot import GilboaEngine, matmul_u64
+from protocols.ot import GilboaEngine, OtTripleSource, matmul_u64
 from protocols.ot_extension import OtChannel
 from protocol_sessions import party_values, run_parties
 
@@ -119,6 +120,11 @@ def run_pair(fn):
     return results
 
 
+def _one(engine, plan, *operands):
+    """One kind of product alone: a single plan through one OT extension run."""
+    return engine.run([getattr(engine, plan)(*operands)])[0]
+
+
 def _words(shape, seed):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 2**64 - 1, size=shape, dtype=np.uint64, endpoint=True)
@@ -142,14 +148,14 @@ def test_base_ot_messages_are_the_construction(monkeypatch):
     from protocols import base_ot
 
     drawn = {}
-    real_scalar = base_ot._random_scalar
+    real_scalar = base_ot.random_scalar
 
     def recorded_scalar():
         scalar = real_scalar()
         drawn.setdefault(threading.current_thread().name, []).append(scalar)
         return scalar
 
-    monkeypatch.setattr(base_ot, "_random_scalar", recorded_scalar)
+    monkeypatch.setattr(base_ot, "random_scalar", recorded_scalar)
     choices = np.array([0, 1] * 8)
     sent = {}
 
@@ -175,7 +181,7 @@ def test_base_ot_messages_are_the_construction(monkeypatch):
 
 def _tuple_products(rank, comm):
     x = _words(500, 10 + rank)
-    return x, GilboaEngine(OtChannel(comm, 1 - rank)).cross_elementwise(x, _words(500, 20 + rank))
+    return x, _one(GilboaEngine(OtChannel(comm, 1 - rank)), "plan_elementwise", x, _words(500, 20 + rank))
 
 
 def _other_group_element(message, received):
@@ -216,11 +222,11 @@ def test_gilboa_products_are_exact():
 
     def party(rank, comm):
         engine = GilboaEngine(OtChannel(comm, 1 - rank))
-        return {"matmul": engine.cross_matmul(a[rank], b[rank]),
-                "elementwise": engine.cross_elementwise(x[rank], y[rank]),
-                "one_way": engine.one_way_elementwise(x[rank], y[rank]),
-                "and": engine.cross_and(x[rank], y[rank]),
-                "bits": engine.cross_bits_times_words((x[rank] & np.uint64(1)).astype(np.uint8), y[rank])}
+        return {"matmul": _one(engine, "plan_matmul", a[rank], b[rank]),
+                "elementwise": _one(engine, "plan_elementwise", x[rank], y[rank]),
+                "one_way": _one(engine, "plan_one_way", x[rank], y[rank]),
+                "and": _one(engine, "plan_and", x[rank], y[rank]),
+                "bits": _one(engine, "plan_bits_times_words", (x[rank] & np.uint64(1)).astype(np.uint8), y[rank])}
 
     p0, p1 = run_pair(party)
     assert np.array_equal(p0["matmul"] + p1["matmul"], matmul_u64(a[0], b[1]) + matmul_u64(a[1], b[0]))
@@ -231,6 +237,38 @@ def test_gilboa_products_are_exact():
     assert np.array_equal(p0["bits"] + p1["bits"], bit[0] * y[1] + bit[1] * y[0])
 
 
+CONV = (("dilation", (1, 1)), ("groups", 1), ("padding", (1, 0)), ("stride", (2, 1)))
+BILINEAR_KEYS = [("triple", "conv2d", (2, 3, 5, 4), (4, 3, 2, 2), CONV),
+                 ("triple", "conv_transpose1d", (2, 3, 5), (3, 2, 3), (("stride", (2,)),)),
+                 ("triple", "conv1d", (1, 4, 6), (2, 2, 3), (("groups", 2),)),
+                 ("triple", "matmul", (6, 4, 2, 10), (10, 3), ()),
+                 ("triple", "matmul", (2, 4, 3), (2, 3, 4), ()),
+                 ("triple", "matmul", (2, 1, 4, 3), (3, 3, 2), ()),
+                 ("triple", "matmul", (5,), (5, 3), ())]
+
+
+def test_convolution_and_batched_matmul_triples_are_exact():
+    """c = op(a, b) over the ring, for CrypTen's other Beaver products (its nn layers ask for them)."""
+
+    def party(rank, comm):
+        source = OtTripleSource()
+        source.engine = GilboaEngine(OtChannel(comm, 1 - rank))
+        return source.produce(BILINEAR_KEYS)
+
+    for key, shares0, shares1 in zip(BILINEAR_KEYS, *run_pair(party)):
+        _, op, size0, size1, kwargs = key
+        a, b, c = (x + y for x, y in zip(shares0, shares1))  # int64 addition wraps as the ring
+        assert (a.shape, b.shape) == (size0, size1)
+        assert torch.equal(c, getattr(torch, op)(a, b, **dict(kwargs))), key
+        assert not torch.equal(shares0[2], c)  # a share is not the product
+
+
+def test_a_convolution_triple_too_large_for_ot_is_refused_by_name():
+    key = ("triple", "conv2d", (8, 16, 28, 28), (16, 16, 5, 5), ())
+    with pytest.raises(UnsupportedTuple, match=r"conv2d triples of up to \d+ correlation words.*protocol=dealer"):
+        OtTripleSource()._plan(key)
+
+
 @pytest.mark.parametrize("fill", [0, 2**64 - 1])
 def test_each_side_sees_only_uniformly_masked_messages(fill):
     """Even for constant inputs (all-zero or all-one bits), every received view is uniform."""
@@ -239,7 +277,7 @@ def test_each_side_sees_only_uniformly_masked_messages(fill):
 
     def party(rank, comm):
         channel = OtChannel(comm, 1 - rank, record=True)
-        GilboaEngine(channel).cross_elementwise(value, value)
+        _one(GilboaEngine(channel), "plan_elementwise", value, value)
         return [view for _, view in channel.views]
 
     for views in run_pair(party):
@@ -261,7 +299,7 @@ def test_bytes_per_triple():
     def party(rank, comm):
         engine = GilboaEngine(OtChannel(comm, 1 - rank))
         before = comm.sent
-        engine.cross_elementwise(x[rank], y[rank])  # both cross terms of `count` triples
+        _one(engine, "plan_elementwise", x[rank], y[rank])  # both cross terms of `count` triples
         return comm.sent - before
 
     for sent in run_pair(party):
