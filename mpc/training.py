@@ -163,10 +163,9 @@ def secure_sigmoid(logits: Any) -> Any:
     level = crypten.stack([s, s2]) * crypten.stack([s2, s2])
     s3, s4 = level[0] * 2 - s, level[1] * 2 - 1
     weights, constants = _sigmoid_weights(s.device)
-    terms = crypten.stack([s, s2, s3])
-    halves = crypten.stack([terms, terms])
-    halves.share = halves.share * weights.reshape(2, 3, *([1] * logits.dim()))  # exact: integers times shares
-    halves = halves.sum(1).div(2**SIGMOID_WEIGHT_BITS)
+    # shares times Python integers are exact (no truncation), under every share type
+    halves = crypten.stack([s * int(row[0]) + s2 * int(row[1]) + s3 * int(row[2]) for row in weights])
+    halves = halves.div(2**SIGMOID_WEIGHT_BITS)
     g = halves[0] + constants[0] + s4 * (halves[1] + constants[1])
     return t * g + 0.5
 
