@@ -89,11 +89,11 @@ def test_bad_sequence_settings_stop_before_any_party_starts(overrides, message):
 @pytest.mark.slow
 def test_fine_tuning_under_mpc_matches_plaintext_fine_tuning(job, monkeypatch, tmp_path):
     monkeypatch.setenv("COTRAIN_INSECURE_TEST_SEED", "11")
-    summary = job("job=sequence", "num_parties=2", "protocol=tfp", "transport=gloo", "data.rows=24",
+    summary = job("job=sequence", "num_parties=2", "protocol=tfp", "transport=gloo", "data.rows=32",
                   "data.test_rows=40", "model.d_model=8", "model.heads=2", "model.layers=1", "model.feedforward=8",
-                  "pretrain.epochs=1", "pretrain.batch_size=24", "train.epochs=1", "train.batch_size=24")
+                  "pretrain.epochs=1", "pretrain.batch_size=32", "train.epochs=1", "train.batch_size=32")
     # the owner shared none of its own rows; the other bank's rows are the fine-tuning set
-    assert [(party["name"], party["rows"]) for party in summary["parties"]] == [("bank0", 0), ("bank1", 24)]
+    assert [(party["name"], party["rows"]) for party in summary["parties"]] == [("bank0", 0), ("bank1", 32)]
     assert summary["task"] == "binary" and summary["model"] == "mpc.zoo.SequenceClassifier"
     assert summary["plaintext"] is not None and summary["secure"] is not None
     gaps = summary["gaps"]
