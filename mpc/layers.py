@@ -171,7 +171,20 @@ def register_layers(crypten: Any) -> None:
         def from_onnx(attributes: dict | None = None) -> Any:
             return CotrainSelfAttention(int(attributes["heads"]), float(attributes["dropout"]))
 
-    for cls in (CotrainLayerNorm, CotrainGelu, CotrainSelfAttention):
+    class CotrainDropout(Module):
+        def __init__(self, p: float, channels: bool) -> None:
+            super().__init__()
+            self.p, self.channels = p, channels
+
+        def forward(self, x: Any) -> Any:
+            drop = x._feature_dropout if self.channels else x.dropout
+            return drop(self.p, training=self.training)
+
+        @staticmethod
+        def from_onnx(attributes: dict | None = None) -> Any:
+            return CotrainDropout(float(attributes["p"]), bool(attributes["channels"]))
+
+    for cls in (CotrainLayerNorm, CotrainGelu, CotrainSelfAttention, CotrainDropout):
         table[cls.__name__] = cls
 
 
@@ -200,6 +213,16 @@ class _GeluOp(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any) -> Any:
         return _typed_like(x, g.op("cotrain::CotrainGelu", x))
+
+
+class _DropoutOp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float, channels: bool) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, p: float, channels: bool) -> Any:
+        return _typed_like(x, g.op("cotrain::CotrainDropout", x, p_f=p, channels_i=int(channels)))
 
 
 class _SelfAttentionOp(torch.autograd.Function):
@@ -235,6 +258,18 @@ class _ExportGelu(nn.Module):
         return _GeluOp.apply(x)
 
 
+class _ExportDropout(nn.Module):
+    """Dropout, which an eval-mode export would leave out, as an op that drops under MPC in
+    training (``Dropout2d``/``3d`` drop whole channels)."""
+
+    def __init__(self, layer: nn.modules.dropout._DropoutNd) -> None:
+        super().__init__()
+        self.p, self.channels = layer.p, not isinstance(layer, nn.Dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _DropoutOp.apply(x, float(self.p), self.channels)
+
+
 class _ExportAttention(nn.Module):
     """``nn.MultiheadAttention`` called as self-attention without masks."""
 
@@ -262,10 +297,10 @@ class _ExportEncoderLayer(nn.Module):
     def __init__(self, layer: nn.TransformerEncoderLayer) -> None:
         super().__init__()
         self.self_attn = _export_module(layer.self_attn)
-        self.linear1, self.dropout, self.linear2 = layer.linear1, layer.dropout, layer.linear2
+        self.linear1, self.dropout, self.linear2 = layer.linear1, _export_module(layer.dropout), layer.linear2
         self.norm_first = layer.norm_first
         self.norm1, self.norm2 = _export_module(layer.norm1), _export_module(layer.norm2)
-        self.dropout1, self.dropout2 = layer.dropout1, layer.dropout2
+        self.dropout1, self.dropout2 = _export_module(layer.dropout1), _export_module(layer.dropout2)
         activation = layer.activation
         if activation is F.relu or isinstance(activation, nn.ReLU):
             self.activation: nn.Module = nn.ReLU()
@@ -326,7 +361,8 @@ def check_transformer_layer(module: nn.Module) -> str | None:
 def _export_module(module: nn.Module) -> nn.Module:
     for kind, stand_in in ((nn.LayerNorm, _ExportLayerNorm), (nn.GELU, _ExportGelu),
                            (nn.MultiheadAttention, _ExportAttention), (nn.TransformerEncoderLayer, _ExportEncoderLayer),
-                           (nn.TransformerEncoder, _ExportEncoder)):
+                           (nn.TransformerEncoder, _ExportEncoder),
+                           ((nn.Dropout, nn.Dropout2d, nn.Dropout3d), _ExportDropout)):
         if isinstance(module, kind):
             return stand_in(module)
     for name, child in module.named_children():

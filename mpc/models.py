@@ -6,6 +6,7 @@ A model is any ``torch.nn.Module`` built from supported layers, given in config 
 
 from __future__ import annotations
 
+import copy
 import importlib
 import warnings
 from typing import Any, Mapping
@@ -115,9 +116,10 @@ def check_layers(model: nn.Module, target: str) -> None:
 
 
 def output_width(model: nn.Module, features: int) -> int:
-    """The number of outputs per row, from one plaintext forward pass on a zero row."""
+    """The number of outputs per row, from one plaintext forward pass on a zero row (in eval
+    mode, on a copy: BatchNorm refuses one row in training and would update its statistics)."""
     with torch.no_grad():
-        outputs = model(torch.zeros(1, features))
+        outputs = copy.deepcopy(model).eval()(torch.zeros(1, features))
     if outputs.dim() != 2 or outputs.shape[0] != 1:
         raise ModelError(f"the model maps a batch of shape (1, {features}) to shape {tuple(outputs.shape)}; "
                          "it must return one row of outputs per input row")
@@ -168,5 +170,9 @@ def _load_weights(secure: Any, model: nn.Module) -> None:
     unknown = sorted(set(converted) - set(state))
     if unknown:
         raise ModelError(f"the converted model holds {unknown[0]!r}, which the torch model's state does not name")
+    trainable = {name for name, _ in model.named_parameters()}
     for name, tensor in converted.items():
         tensor.data.copy_(state[name].detach())
+        # the graph holds buffers (BatchNorm's running statistics) as parameters: the
+        # optimizer must leave them alone, as torch.optim does
+        tensor.requires_grad = name in trainable

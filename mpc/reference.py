@@ -111,8 +111,9 @@ def train_plaintext(model: nn.Module, data: PooledData, config: TrainConfig, los
             loss.plaintext(model(features[batch]), labels[batch]).backward()
             optimiser.step()
         if data.test_features is not None:
-            with torch.no_grad():
-                curve.append(loss.evaluate(model(data.test_features), data.test_labels))
+            with torch.no_grad():  # in eval mode, as the secure evaluation (BatchNorm, Dropout)
+                curve.append(loss.evaluate(model.eval()(data.test_features), data.test_labels))
+            model.train()
     return model, curve
 
 

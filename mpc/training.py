@@ -151,7 +151,8 @@ class SecureTrainer:
         self.model = model
         self.config = config
         self.loss = loss
-        self.optimizer = secure_optimizer(crypten, list(model.parameters()), config)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = secure_optimizer(crypten, self.trainable, config)
         self.seed = seed
         self.stats = stats
         self.show_progress = show_progress
@@ -179,7 +180,7 @@ class SecureTrainer:
                     self._scale_gradients(self.optimizer.gradient_factor(epoch) / features.size(0))
         if self.private is not None:
             with crypten.no_grad():
-                self.private.add_noise(self.model.parameters())
+                self.private.add_noise(self.trainable)
         # the update as torch.optim's (CrypTen's update_parameters also zeroes gradients above
         # 100, a guard against the wrap errors of its local truncation, at a comparison per
         # parameter tensor per step)
@@ -188,7 +189,7 @@ class SecureTrainer:
 
     def _scale_gradients(self, factor: float) -> None:
         """Every parameter's gradient times ``factor``, all in one truncation."""
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        parameters = [p for p in self.trainable if p.grad is not None]
         flat = multiply_precisely(self.crypten.cat([p.grad.flatten() for p in parameters]), factor)
         offset = 0
         for parameter in parameters:

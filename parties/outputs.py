@@ -77,9 +77,13 @@ def write_predictions(path: Path, outputs: torch.Tensor, task: str, ids: Any = N
 
 
 def _match_torch_state(torch_model: torch.nn.Module, plain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CrypTen's converted model renames parameters; map them back by order and shape."""
-    state = torch_model.state_dict()
-    values = list(plain.values())
-    if len(values) != len(state) or any(v.shape != t.shape for v, t in zip(values, state.values())):
-        raise RuntimeError("the revealed parameters do not match the torch model's layout")
-    return {name: value.clone() for name, value in zip(state, values)}
+    """The torch model's state with the revealed tensors put in by name (CrypTen's converted
+    model names them as torch does, plus ``.data``); buffers CrypTen does not keep (BatchNorm's
+    batch count) stay as the torch model has them."""
+    state = {name: tensor.clone() for name, tensor in torch_model.state_dict().items()}
+    for name, value in plain.items():
+        key = name.removesuffix(".data")
+        if key not in state or state[key].shape != value.shape:
+            raise RuntimeError(f"the revealed parameter {key!r} does not match the torch model's layout")
+        state[key] = value.clone()
+    return state

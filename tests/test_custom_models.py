@@ -16,8 +16,10 @@ difference dz on the held-out rows (the weights' error plus the forward pass's (
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,7 @@ from mpc.losses import task_loss
 from mpc.models import build_torch_model
 from mpc.optim import lr_at
 from mpc.reference import pool_horizontal, train_plaintext
+from mpc.scoring import load_model_file, score_plain
 from mpc.training import TrainConfig, batch_slices, epoch_order
 from sessions import run_job, run_parties
 
@@ -62,6 +65,18 @@ class LinearHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
+
+
+class BatchNormNet(nn.Module):
+    """A network with BatchNorm: its running statistics are buffers, not parameters."""
+
+    def __init__(self, in_features: int, hidden: int = 6) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                    nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
 
 
 class GeluNet(nn.Module):
@@ -276,3 +291,41 @@ def test_python_entry_point_trains_a_user_network(tmp_path):
     assert abs(summary["gaps"]["auc"]["gap"]) <= 0.01, (secure, plain)
     for metric in ("pr_auc", "accuracy", "loss"):
         assert abs(secure[metric] - plain[metric]) <= 0.02, metric
+
+
+def _inverse_square_root(values: torch.Tensor, crypten: Any, rank: int) -> list[float]:
+    return crypten.cryptensor(values, src=0).inv_sqrt().get_plain_text().tolist()
+
+
+@pytest.mark.slow
+def test_a_revealed_batchnorm_model_is_the_model_that_was_evaluated(tmp_path):
+    """The revealed file holds every parameter and running statistic by name, and scores the
+    held-out rows as the secure evaluation did. Secure evaluation normalises with CrypTen's
+    Newton inverse square root of the running variance; its error is measured as it runs
+    in the ring on these variances, so the bound on each logit is first order in it plus the
+    fixed point's u per operation."""
+    summary = train(BatchNormNet, overrides=[f"output_dir={tmp_path}", "num_parties=2", "data.rows=300",
+                                             "data.test_rows=300", "train.epochs=1", "train.batch_size=100",
+                                             "train.reveal_to=[bank0]", "transport.timeout_s=60",
+                                             "launch.timeout_s=600"])
+    run = tmp_path / summary["run_id"]
+    model, record = load_model_file(run / "bank0" / "model.pt")  # strict: every name of the torch state
+    state = model.state_dict()
+    assert not torch.equal(state["layers.1.running_mean"], torch.zeros(6))  # trained, not the initial ones
+    heldout = pd.read_csv(run / "data" / "heldout.csv")
+    revealed = score_plain(model, record.preprocessing, heldout).double()
+    secure = torch.tensor(pd.read_csv(run / "bank0" / "heldout_predictions.csv")["logit"].to_numpy())
+
+    variance = state["layers.1.running_var"] + model.layers[1].eps
+    ring_inverse = torch.tensor(run_parties(functools.partial(_inverse_square_root, variance), world=2,
+                                            timeout_s=300)[0], dtype=torch.float64)
+    inverse_error = (ring_inverse - variance.double().rsqrt()).abs()
+    hidden = model.layers[0](record.preprocessing.transform(heldout).float()).double()
+    spread = (hidden - state["layers.1.running_mean"].double()).abs().max(0).values
+    head = model.layers[3].weight.double().abs().reshape(-1) * state["layers.1.weight"].double().abs()
+    features = hidden.shape[1]
+    theta_l1 = sum(p.double().abs().sum().item() for p in model.parameters())
+    bound = (head * spread * inverse_error).sum().item() + 4 * (theta_l1 + features + 3) * U
+    assert (revealed - secure).abs().max().item() <= bound, ((revealed - secure).abs().max().item(), bound)
+    gaps = {metric: entry["gap"] for metric, entry in summary["gaps"].items()}
+    print(f"batchnorm: max logit difference {(revealed - secure).abs().max().item():.2e} <= {bound:.2e}; gaps {gaps}")

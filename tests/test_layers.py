@@ -326,3 +326,53 @@ def test_gelu_series_fit_phi_and_its_derivative_inside_the_clip():
 def test_unsupported_variants_are_refused_by_name(layer, message):
     from mpc.layers import check_transformer_layer
     assert message in check_transformer_layer(layer)
+
+
+class Channels(nn.Module):
+    """Rows viewed as 4 channels of 4 x 4 (for Dropout2d), or left as they are."""
+
+    def __init__(self, in_features: int, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer, self.channels = layer, isinstance(layer, nn.Dropout2d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.view(-1, 4, 4, 4)).reshape(-1, 64) if self.channels else self.layer(x)
+
+
+def _secure_dropout(crypten, rank):
+    from mpc.models import encrypt_model
+
+    x = torch.linspace(-3, 3, 8 * 64).reshape(8, 64)
+    results = {}
+    for name, layer in {"dropout": nn.Dropout(0.25), "dropout2d": nn.Dropout2d(0.5)}.items():
+        secure = encrypt_model(crypten, Channels(64, layer), 64)
+        secure.train()
+        inputs = crypten.cryptensor(x, src=0, requires_grad=True)
+        outputs = secure(inputs)
+        outputs.backward(crypten.cryptensor(torch.ones(8, 64), src=0))
+        secure.eval()
+        results[name] = [outputs.get_plain_text(), inputs.grad.get_plain_text(), secure(inputs).get_plain_text()]
+    return results
+
+
+@pytest.mark.slow
+def test_dropout_drops_under_mpc_in_training_only():
+    """An eval-mode export would leave Dropout out: in training it must drop (each element, or
+    each channel for Dropout2d) and scale the rest by 1/(1-p), in the backward pass too."""
+    x = torch.linspace(-3, 3, 8 * 64).reshape(8, 64).double()
+    results = run_parties(_secure_dropout, world=2, timeout_s=300)
+    assert all(torch.equal(a, b) for name in results[0] for a, b in zip(results[0][name], results[1][name]))
+    for name, p in (("dropout", 0.25), ("dropout2d", 0.5)):
+        outputs, gradient, evaluated = (t.double() for t in results[0][name])
+        kept = gradient != 0
+        # u for encoding x, u for 1/(1-p) times |x| <= 3, u for the truncation
+        assert (outputs[kept] - x[kept] / (1 - p)).abs().max().item() <= 6 * U
+        assert (outputs[~kept].abs().max().item() if (~kept).any() else 0.0) == 0.0
+        assert (gradient[kept] - 1 / (1 - p)).abs().max().item() <= 2 * U
+        assert (evaluated - x).abs().max().item() <= U
+        units = kept.numel() if name == "dropout" else 8 * 4
+        dropped = int((~kept).sum()) // (1 if name == "dropout" else 16)
+        assert abs(dropped - p * units) <= 5 * math.sqrt(units * p * (1 - p)), (name, dropped, units)
+        if name == "dropout2d":  # whole channels
+            per_channel = kept.view(8, 4, 16)
+            assert torch.equal(per_channel.all(-1), per_channel.any(-1))
