@@ -153,7 +153,8 @@ def run_cotrain(spec: dict, rank: int) -> dict:
     from parties.transport import PartyAddress, TransportOptions, open_transport
     from protocols import ProtocolConfig, ProtocolSuite
     from parties.dealer import DEALER_NAME
-    from protocols.dealer import run_dealer_server
+    from parties.dealer import serve_tuples
+    from protocols.registry import part_class
     from protocols.suite import check_party_count, needs_dealer
 
     protocol = ProtocolConfig(**spec["protocol"])
@@ -166,7 +167,7 @@ def run_cotrain(spec: dict, rank: int) -> dict:
     transport = open_transport(PartyAddress(rank, len(names), names), options)
     try:
         if rank == parties:
-            run_dealer_server(transport, parties)
+            serve_tuples(transport, parties, part_class("triple_source", protocol.triple_source).make_dealer(parties))
             return {}
         comm = PartyGroup(transport, parties) if dealer else transport
         from bench.workloads import cotrain_ops

@@ -21,7 +21,6 @@ from mpc.models import PLACEHOLDER_FEATURES, ModelError, build_torch_model, mode
 from mpc.release import ReleasePolicy, ReleaseRefused, required_openings
 from parties.config import PartySpec, RunConfig
 from parties.dealer import has_dealer, process_names, world_size
-from parties.malicious_run import config_problem as malicious_problem
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
 from protocols.registry import part_class
@@ -149,16 +148,13 @@ def validate(config: RunConfig) -> None:
     _refuse_insecure(config)
     dealer = has_dealer(config)
     source = config.protocol.triple_source
-    require(not dealer or callable(getattr(part_class("triple_source", source), "serve_dealer", None)),
-            f"protocol.triple_source={source} needs a dealer process but gives no serve_dealer for it to run")
+    require(not dealer or callable(getattr(part_class("triple_source", source), "make_dealer", None)),
+            f"protocol.triple_source={source} needs a dealer process but gives no make_dealer for it to run")
     rank = config.party.rank
     require(rank is None or 0 <= rank < world_size(config),
             f"party.rank={rank} is not a party rank (0..{world_size(config) - 1}"
             f"{', the last being the dealer' if dealer else ''})")
     _check_peer_addresses(config)
-    if is_malicious(config.protocol):
-        malicious_error = malicious_problem(config)
-        require(malicious_error is None, malicious_error or "")
     dp_error = dp_problem(config.train.dp, model_kind(config.model), config.protocol.name)
     require(dp_error is None, dp_error or "")
     require(not config.train.dp.enabled or config.data.task == "binary",
@@ -230,7 +226,8 @@ def _check_checkpoints(config: RunConfig) -> None:
     if not (train.checkpoint_every or train.resume):
         return
     if train.dp.enabled or is_malicious(config.protocol):
-        what = "train.dp (its noise keys and privacy accountant)" if train.dp.enabled else "protocol=malicious"
+        what = ("train.dp (its noise keys and privacy accountant)" if train.dp.enabled
+                else "protocol=malicious (the MAC key of its shares is dealt afresh each run)")
         raise ConfigError(f"train.checkpoint_every and train.resume are not available with {what}")
     if train.resume and not Path(train.resume).is_dir():
         raise ConfigError(f"train.resume={train.resume} is not a folder; give a run folder, outputs/<run id>")

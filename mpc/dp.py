@@ -68,7 +68,8 @@ def config_problem(config: DpConfig, model_kind: str, protocol: str) -> str | No
         return (f"train.dp needs model=logreg (per-example clipping uses the logistic regression's "
                 f"closed-form gradient); model={model_kind}")
     if protocol == "malicious":
-        return "train.dp is not available with protocol=malicious (its engine has its own training loop)"
+        return ("train.dp is not available with protocol=malicious (each party's noise would enter as a "
+                "share without a MAC)")
     return None
 
 

@@ -82,6 +82,50 @@ def layer_norm(crypten: Any, x: Any, weight: Any, bias: Any, eps: float) -> Any:
     return _with_backward(crypten, output, [x, weight, bias], backward)
 
 
+def _mean_over(x: Any, dims: list[int]) -> Any:
+    """The mean over ``dims``, kept as size-1 dimensions (one division by the count)."""
+    count = 1
+    for dim in dims:
+        x, count = x.sum(dim, keepdim=True), count * x.size(dim)
+    return x.div(count)
+
+
+def batch_norm(crypten: Any, x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, training: bool,
+               eps: float, momentum: float) -> Any:
+    """BatchNorm over every dimension but the channels (dim 1), as torch's: in training on the
+    batch's statistics, with the full gradient (through the mean and the variance), the running
+    statistics updated in place (the variance unbiased); in eval on the running statistics.
+    The inverse square root as in :func:`layer_norm`."""
+    dims = [0, *range(2, x.dim())]
+    channel_shape = [1, x.size(1)] + [1] * (x.dim() - 2)
+    weight_c, bias_c = weight.reshape(channel_shape), bias.reshape(channel_shape)
+    with crypten.no_grad():
+        if training:
+            mean = _mean_over(x, dims)
+            centred = x - mean
+            variance = _mean_over(centred.square(), dims)
+            count = x.nelement() // x.size(1)
+            running_mean.set(running_mean * (1 - momentum) + mean.reshape(-1) * momentum)
+            running_var.set(running_var * (1 - momentum) + variance.reshape(-1) * (momentum * count / max(count - 1, 1)))
+        else:
+            centred, variance = x - running_mean.reshape(channel_shape), running_var.reshape(channel_shape)
+        scale, root = secure_inverse_sqrt(crypten, variance + eps)
+        normalised = (centred * scale) * root
+        output = normalised * weight_c + bias_c
+
+    def backward(grad: Any) -> tuple:
+        weighted = grad * weight_c
+        if training:  # d/dx = (g' - mean(g') - x^ mean(g' x^)) / sigma with g' = g * weight
+            weighted = weighted - _mean_over(weighted, dims) - normalised * _mean_over(weighted * normalised, dims)
+        grad_x = (weighted * scale) * root
+        by_normalised, by_bias = grad * normalised, grad
+        for dim in reversed(dims):
+            by_normalised, by_bias = by_normalised.sum(dim), by_bias.sum(dim)
+        return grad_x, by_normalised, by_bias
+
+    return _with_backward(crypten, output, [x, weight, bias], backward)
+
+
 def gelu(crypten: Any, x: Any) -> Any:
     """GELU (the exact, erf form) with its derivative from the same Chebyshev terms."""
     with crypten.no_grad():
@@ -171,6 +215,18 @@ def register_layers(crypten: Any) -> None:
         def from_onnx(attributes: dict | None = None) -> Any:
             return CotrainSelfAttention(int(attributes["heads"]), float(attributes["dropout"]))
 
+    class CotrainBatchNorm(Module):
+        def __init__(self, eps: float, momentum: float) -> None:
+            super().__init__()
+            self.eps, self.momentum = eps, momentum
+
+        def forward(self, inputs: Any) -> Any:
+            return batch_norm(crypten, *inputs, training=self.training, eps=self.eps, momentum=self.momentum)
+
+        @staticmethod
+        def from_onnx(attributes: dict | None = None) -> Any:
+            return CotrainBatchNorm(float(attributes["epsilon"]), float(attributes["momentum"]))
+
     class CotrainDropout(Module):
         def __init__(self, p: float, channels: bool) -> None:
             super().__init__()
@@ -184,7 +240,7 @@ def register_layers(crypten: Any) -> None:
         def from_onnx(attributes: dict | None = None) -> Any:
             return CotrainDropout(float(attributes["p"]), bool(attributes["channels"]))
 
-    for cls in (CotrainLayerNorm, CotrainGelu, CotrainSelfAttention, CotrainDropout):
+    for cls in (CotrainLayerNorm, CotrainGelu, CotrainSelfAttention, CotrainBatchNorm, CotrainDropout):
         table[cls.__name__] = cls
 
 
@@ -213,6 +269,19 @@ class _GeluOp(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any) -> Any:
         return _typed_like(x, g.op("cotrain::CotrainGelu", x))
+
+
+class _BatchNormOp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor,
+                running_var: torch.Tensor, eps: float, momentum: float) -> torch.Tensor:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, eps: float,
+                 momentum: float) -> Any:
+        return _typed_like(x, g.op("cotrain::CotrainBatchNorm", x, weight, bias, running_mean, running_var,
+                                   epsilon_f=eps, momentum_f=momentum))
 
 
 class _DropoutOp(torch.autograd.Function):
@@ -256,6 +325,22 @@ class _ExportGelu(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _GeluOp.apply(x)
+
+
+class _ExportBatchNorm(nn.Module):
+    """BatchNorm with the running statistics as inputs of one op (CrypTen's own returns the
+    training graph's tuple, normalises with an inverse square root that diverges past about
+    500, and leaves the mean and variance out of the gradient)."""
+
+    def __init__(self, layer: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps, self.momentum = layer.weight, layer.bias, layer.eps, layer.momentum
+        self.register_buffer("running_mean", layer.running_mean)
+        self.register_buffer("running_var", layer.running_var)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _BatchNormOp.apply(x, self.weight, self.bias, self.running_mean, self.running_var, float(self.eps),
+                                  float(self.momentum))
 
 
 class _ExportDropout(nn.Module):
@@ -342,9 +427,12 @@ class _ExportEncoder(nn.Module):
         return self.norm(src) if self.norm is not None else src
 
 
-def check_transformer_layer(module: nn.Module) -> str | None:
-    """Why ``module`` (one of TRANSFORMER_LAYERS) cannot be made secure, or None."""
-    if isinstance(module, nn.LayerNorm):
+def check_layer_variant(module: nn.Module) -> str | None:
+    """Why ``module`` (a layer cotrain makes secure itself) cannot be made secure, or None."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if not module.affine or not module.track_running_stats or module.momentum is None:
+            return "BatchNorm is supported with affine=True, track_running_stats=True and a momentum (not None)"
+    elif isinstance(module, nn.LayerNorm):
         if len(module.normalized_shape) != 1 or module.weight is None or module.bias is None:
             return "LayerNorm is supported over the last dimension with elementwise_affine=True and bias=True"
     elif isinstance(module, nn.GELU):
@@ -362,7 +450,8 @@ def _export_module(module: nn.Module) -> nn.Module:
     for kind, stand_in in ((nn.LayerNorm, _ExportLayerNorm), (nn.GELU, _ExportGelu),
                            (nn.MultiheadAttention, _ExportAttention), (nn.TransformerEncoderLayer, _ExportEncoderLayer),
                            (nn.TransformerEncoder, _ExportEncoder),
-                           ((nn.Dropout, nn.Dropout2d, nn.Dropout3d), _ExportDropout)):
+                           ((nn.Dropout, nn.Dropout2d, nn.Dropout3d), _ExportDropout),
+                           ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _ExportBatchNorm)):
         if isinstance(module, kind):
             return stand_in(module)
     for name, child in module.named_children():

@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from mpc.layers import TRANSFORMER_LAYERS, check_transformer_layer, export_copy, register_layers
+from mpc.layers import TRANSFORMER_LAYERS, check_layer_variant, export_copy, register_layers
 from protocols.crypten_hooks import drop_unit_scalings, load_crypten
 
 # torch.nn layers that CrypTen's ONNX converter turns into secure layers: those whose name
@@ -108,7 +108,7 @@ def check_layers(model: nn.Module, target: str) -> None:
         if kind.__module__.startswith("torch.nn") and kind.__name__ not in allowed:
             raise ModelError(f"model._target_={target}: layer {name or '(the model)'} is {kind.__name__}, "
                              f"which secure training does not support; supported layers: {', '.join(allowed)}")
-        problem = check_transformer_layer(module)
+        problem = check_layer_variant(module)
         if problem:
             raise ModelError(f"model._target_={target}: layer {name or '(the model)'}: {problem}")
         if isinstance(module, nn.MultiheadAttention):
@@ -170,9 +170,24 @@ def _load_weights(secure: Any, model: nn.Module) -> None:
     unknown = sorted(set(converted) - set(state))
     if unknown:
         raise ModelError(f"the converted model holds {unknown[0]!r}, which the torch model's state does not name")
-    trainable = {name for name, _ in model.named_parameters()}
     for name, tensor in converted.items():
         tensor.data.copy_(state[name].detach())
-        # the graph holds buffers (BatchNorm's running statistics) as parameters: the
-        # optimizer must leave them alone, as torch.optim does
-        tensor.requires_grad = name in trainable
+    _buffers_as_buffers(secure, {name for name, _ in model.named_buffers()})
+
+
+def _buffers_as_buffers(secure: Any, buffer_names: set[str]) -> None:
+    """The converter holds every initializer as a parameter (of a node ``<name>`` with the
+    attribute ``data``); the torch model's buffers (BatchNorm's running statistics) become
+    buffers again, so that no optimizer steps them and ``train()`` does not mark them."""
+    nodes = dict(secure.named_modules())
+    for name in buffer_names:
+        node = nodes.get(name)
+        if node is not None and "data" in node._parameters:
+            node.register_buffer("data", node._parameters.pop("data"))
+
+
+def secure_state(secure: Any) -> dict[str, Any]:
+    """The encrypted model's state, as torch's ``state_dict``: parameters and secret buffers."""
+    state = dict(secure.named_parameters())
+    state.update((name, buffer) for name, buffer in secure.named_buffers() if hasattr(buffer, "share"))
+    return state

@@ -1,6 +1,6 @@
 """Secure optimizers: the update rules of ``torch.optim`` on secret-shared parameters.
 
-Every optimizer state tensor (momentum buffers, moments) is an MPCTensor like the parameters,
+Every optimizer state tensor (momentum buffers, moments) is a secret like the parameters,
 so no party ever holds it in the clear. The learning-rate schedule is public (it depends on
 the epoch only) and the plaintext reference applies the same one to ``torch.optim``.
 """
@@ -11,6 +11,8 @@ import math
 from typing import Any
 
 import torch
+
+from mpc.shares import from_share
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 # Adam works on gradients times 2^8 (an integer multiplication, exact), so that the second
@@ -72,7 +74,7 @@ class SecureSGD:
 
     def load_state_dict(self, crypten: Any, state: dict[str, Any]) -> None:
         count = sum(key.startswith("buffer.") for key in state)
-        self.buffers = [_from_shares(crypten, state[f"buffer.{i}"], self.parameters[i]) for i in range(count)] or None
+        self.buffers = [from_share(state[f"buffer.{i}"], self.parameters[i]) for i in range(count)] or None
 
 
 class SecureAdam:
@@ -134,12 +136,7 @@ class SecureAdam:
     def load_state_dict(self, crypten: Any, state: dict[str, Any]) -> None:
         self.steps = int(state["steps"])
         moments = state.get("moments")
-        self.moments = None if moments is None else _from_shares(crypten, moments, self.parameters[0])
-
-
-def _from_shares(crypten: Any, share: torch.Tensor, like: Any) -> Any:
-    """An MPCTensor of this party's ``share`` on ``like``'s device."""
-    return crypten.mpc.MPCTensor.from_shares(share.to(like.share.device))
+        self.moments = None if moments is None else from_share(moments, self.parameters[0])
 
 
 def secure_optimizer(crypten: Any, parameters: list[Any], config: Any) -> SecureSGD | SecureAdam:

@@ -20,7 +20,7 @@ from torch import nn
 
 from mpc import release
 from mpc.data.preprocessing import Preprocessing
-from mpc.models import build_torch_model, model_kind
+from mpc.models import build_torch_model, model_kind, secure_state
 
 MODEL_FORMAT = "cotrain-model/2"
 
@@ -101,7 +101,7 @@ def score_plain(model: nn.Module, preprocessing: Preprocessing, frame: pd.DataFr
 
 def load_shares(secure_model: Any, shares: dict[str, torch.Tensor]) -> None:
     """Put this party's saved shares into a freshly converted (same-layout) secure model."""
-    parameters = dict(secure_model.named_parameters())
+    parameters = secure_state(secure_model)
     if set(parameters) != set(shares) or any(parameters[k].share.shape != shares[k].shape for k in shares):
         raise ModelFileError("the saved shares do not match the model definition in model.json")
     for name, parameter in parameters.items():

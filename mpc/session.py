@@ -31,7 +31,7 @@ class MpcSession:
     def __enter__(self) -> Any:
         crypten = self.crypten
         install_session(crypten, lambda: CrypTenCommunicator(self.transport))
-        self.suite.install(crypten)
+        self.suite.install(crypten, self.transport)
         crypten.init(device=self.device if self.device.type == "cuda" else None)
         self.suite.start(crypten)
         log.debug("secure session started for rank %d", self.transport.get_rank())

@@ -19,8 +19,10 @@ from tqdm import tqdm
 from mpc import release
 from mpc.approximations import multiply_precisely
 from mpc.dp import DpConfig, PrivateSgd, RowClip
+from mpc.models import secure_state
 from mpc.optim import secure_optimizer
 from mpc.scoring import load_shares
+from mpc.shares import planned
 from protocols.prg import generator_positions, seek_generators
 
 
@@ -151,8 +153,7 @@ class SecureTrainer:
         self.model = model
         self.config = config
         self.loss = loss
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = secure_optimizer(crypten, self.trainable, config)
+        self.optimizer = secure_optimizer(crypten, list(model.parameters()), config)
         self.seed = seed
         self.stats = stats
         self.show_progress = show_progress
@@ -180,7 +181,7 @@ class SecureTrainer:
                     self._scale_gradients(self.optimizer.gradient_factor(epoch) / features.size(0))
         if self.private is not None:
             with crypten.no_grad():
-                self.private.add_noise(self.trainable)
+                self.private.add_noise(self.model.parameters())
         # the update as torch.optim's (CrypTen's update_parameters also zeroes gradients above
         # 100, a guard against the wrap errors of its local truncation, at a comparison per
         # parameter tensor per step)
@@ -189,7 +190,7 @@ class SecureTrainer:
 
     def _scale_gradients(self, factor: float) -> None:
         """Every parameter's gradient times ``factor``, all in one truncation."""
-        parameters = [p for p in self.trainable if p.grad is not None]
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
         flat = multiply_precisely(self.crypten.cat([p.grad.flatten() for p in parameters]), factor)
         offset = 0
         for parameter in parameters:
@@ -199,11 +200,11 @@ class SecureTrainer:
 
     def predict_for(self, features: Any, dst: int) -> torch.Tensor | None:
         """Outputs revealed to party ``dst`` only."""
-        with self.crypten.no_grad():
+        with self.crypten.no_grad(), planned(features, ("predict", features.size(0))):
             self.model.train(False)  # inference mode: no autograd bookkeeping
             outputs = self.model(features)
             self.model.train()
-        return release.open(outputs, "heldout_predictions", to=dst)
+            return release.open(outputs, "heldout_predictions", to=dst)
 
     def _epoch_steps(self, train: Any, targets: Any, row_scales: Any, epoch: int) -> Iterator[tuple]:
         order = epoch_order(train.rows, self.seed, epoch)
@@ -216,7 +217,7 @@ class SecureTrainer:
         """This party's part of the training state after ``epochs_done`` epochs: its shares of
         the weights and the optimizer state, and its PRG streams' positions."""
         return {"epoch": epochs_done,
-                "parameters": {name: p.share.clone() for name, p in self.model.named_parameters()},
+                "parameters": {name: p.share.clone() for name, p in secure_state(self.model).items()},
                 "optimizer": self.optimizer.state_dict(),
                 "generators": generator_positions(self.crypten)}
 
@@ -254,7 +255,8 @@ class SecureTrainer:
             progress = tqdm(steps, total=len(slices), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)
             for batch in progress:
-                self.step(*batch)
+                with planned(train.features, ("step", batch[0].size(0) if batch[0] is not None else 0)):
+                    self.step(*batch)
             record = EpochRecord(
                 epoch=epoch + 1,
                 seconds=time.perf_counter() - start,

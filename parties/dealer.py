@@ -5,22 +5,28 @@ A suite whose triple source ``needs_dealer`` adds one process to the run: rank
 too: the local launcher spawns it, mpirun and torchrun count it in their world size, and on
 separate hosts it is one more ``cotrain run launch=host party.rank=<num_parties>``. The
 parties compute among themselves (a :class:`PartyGroup` of the transport); the dealer
-answers them over the same transport with its suite's request protocol (the triple
-source's ``serve_dealer``) and ends by sending its traffic to the evaluator.
+answers them over the same transport (:func:`serve_tuples`, the one serving loop, speaking
+the one wire protocol of ``protocols.dealer_wire``, with the tuples made by the suite's own
+maker, the triple source's ``make_dealer``) and ends by sending its traffic to the evaluator.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from parties.config import RunConfig
 from parties.outputs import write_json
 from parties.transport.group import PartyGroup
+from protocols.dealer_wire import DealerEnd, DealerError, TupleMaker
 from protocols.registry import part_class
 from protocols.suite import needs_dealer
 
 DEALER_NAME = "dealer"
+log = logging.getLogger("cotrain.dealer")
 
 
 def has_dealer(config: RunConfig) -> bool:
@@ -52,10 +58,79 @@ def party_world(config: RunConfig, transport: Any) -> Any:
     return PartyGroup(transport, config.num_parties) if has_dealer(config) else transport
 
 
+class _AnswerAhead:
+    """One answer made in a background thread while the parties compute: a training step
+    asks for the same tuples every time, so once a request repeats, the next one's answer
+    (fresh tuples, each dealt once) is made before it is asked for."""
+
+    def __init__(self, maker: TupleMaker) -> None:
+        self.maker = maker
+        self.items: Any = None
+        self.buffers: list | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, items: Any) -> None:
+        self.wait()
+        self.items, self.buffers = items, None
+        self.thread = threading.Thread(target=self._make, args=(items,), name="dealer-ahead", daemon=True)
+        self.thread.start()
+
+    def _make(self, items: Any) -> None:
+        self.buffers = self.maker.deal(items)
+
+    def wait(self) -> None:
+        """Let a running answer finish (the maker is never used by two threads at once)."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def take(self, items: Any) -> list | None:
+        """The answer made ahead for ``items``, once; None if there is none for them."""
+        self.wait()
+        if self.buffers is None or items != self.items:
+            return None
+        buffers, self.items, self.buffers = self.buffers, None, None
+        return buffers
+
+
+def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
+    """The dealer's serving loop, for every kind of dealer: greet every party, then answer
+    each request (the same from every party) with ``maker``'s tuples until every party says
+    stop. Returns what was served."""
+    wire = DealerEnd(transport, parties)
+    wire.hello(maker.kind, maker.greeting())
+    served = {"requests": 0, "tuples": 0, "elements": 0, "made_ahead": 0, "inline_dealing_s": 0.0}
+    ahead, previous = _AnswerAhead(maker), None
+    log.info("%s dealer serving %d parties", maker.kind, parties)
+    while (items := wire.request()) is not None:
+        try:
+            items = maker.validate(items)
+        except ValueError as error:
+            wire.refuse(f"a malformed request: {error}")
+            raise DealerError(f"a party sent a malformed request: {error}") from None
+        buffers = ahead.take(items)
+        served["made_ahead"] += buffers is not None
+        if buffers is None:
+            start = time.perf_counter()
+            buffers = maker.deal(items)
+            served["inline_dealing_s"] += time.perf_counter() - start
+        wire.answer(len(items), buffers)
+        served["requests"] += 1
+        served["tuples"] += len(items)
+        served["elements"] += sum(int(buffer.numel()) for buffer in buffers)
+        if items == previous:
+            ahead.start(items)
+        previous = items
+    # an answer still being made ahead is dropped: its daemon thread ends with the process
+    served["bytes_sent"] = wire.bytes_sent
+    log.info("dealer done: %s", served)
+    return served
+
+
 def serve(config: RunConfig, transport: Any) -> dict:
     """Answer the parties' requests until they are done; returns what was served."""
     source = part_class("triple_source", config.protocol.triple_source)
-    return source.serve_dealer(transport, config.num_parties)
+    return serve_tuples(transport, config.num_parties, source.make_dealer(config.num_parties))
 
 
 def run_dealer(config: RunConfig, transport: Any, directory: Path) -> None:

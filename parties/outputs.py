@@ -13,7 +13,9 @@ import torch
 from mpc import release
 from mpc.audit import AUDIT_FILE, AuditLog
 from mpc.release import ReleaseGate, ReleasePolicy
+from mpc.models import secure_state
 from mpc.scoring import ModelRecord, predictions_frame, save_model_file
+from mpc.shares import verify
 from parties.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     unknown = [name for name in reveal_to if name not in names]
     if unknown:
         raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
-    secure_params = dict(secure_model.named_parameters())
+    secure_params = secure_state(secure_model)
+    verify(list(secure_params.values()))  # a share kept on disk is checked like a revealed value
     shares = {name: param.share.clone() for name, param in secure_params.items()}
     atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
     write_json(directory / "model.json", record.as_dict())

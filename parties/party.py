@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import secrets
 import sys
@@ -19,6 +20,7 @@ from mpc.losses import expected_outputs, task_loss
 from mpc.pretrain import pretrain_on_file
 from mpc.models import ModelError, build_torch_model, encrypt_model, model_target, output_width
 from mpc.session import MpcSession
+from mpc.shares import agree
 from mpc.scoring import ModelRecord
 from mpc.training import SIGMOID_MAX_ERROR, SecureTrainer
 from parties.config import RunConfig
@@ -31,7 +33,6 @@ from parties.report import write_report
 from parties.summary import plaintext_reference, build_summary, failed_summary, print_summary
 from parties.transport import PartyAddress, open_transport
 from protocols import ProtocolSuite
-from protocols.malicious.parts import is_malicious
 
 log = logging.getLogger("cotrain.party")
 
@@ -135,10 +136,6 @@ def _run(config: RunConfig, transport: Any, rank: int, run_id: str, directory: P
     if is_dealer(config, rank):
         run_dealer(config, transport, directory)
         return None
-    if is_malicious(config.protocol):  # protocol=malicious: its own authenticated engine
-        from parties.malicious_run import run_malicious
-
-        return run_malicious(config, transport, rank, run_id, directory)
     return _train(config, party_world(config, transport), rank, run_id, directory, transport)
 
 
@@ -162,6 +159,9 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
         else:
             train, test, preprocessing = share_vertical(crypten, config.data, spec.data, spec.test_data or None,
                                                         names[rank], device, psi=config.psi)
+        settled = {"preprocessing": dataclasses.asdict(preprocessing), "rows": train.rows,
+                   "positives": train.positive_count, "test_rows": test.rows if test is not None else 0}
+        agree(train.features, "schema, row counts or scaling statistics", json.dumps(settled, sort_keys=True).encode())
         loss = task_loss(config.data.task, config.data.classes, train.rows, train.positive_count)
         width = len(train.feature_names)
         torch_model = build_torch_model(config.model, width, config.seed)

@@ -207,29 +207,6 @@ def _reduce_over_one_axis(crypten_module: Any) -> None:
         table[op] = OneAxis
 
 
-def _batchnorm_with_one_output(crypten_module: Any) -> None:
-    """Models are exported in eval mode, where ONNX ``BatchNormalization`` has one output; in
-    training, crypten's module returns the training graph's tuple (output and the running
-    statistics, which it already updated in place), which the next layer cannot take. The
-    converter looks the class up by op name in ``crypten.nn.module``, so it is replaced there."""
-    module = crypten_module.nn.module
-    crypten_batchnorm = module.BatchNormalization
-
-    class BatchNormalization(crypten_batchnorm):
-        """crypten's batch normalization, returning only the normalized output."""
-
-        def forward(self, x: Any) -> Any:
-            output = super().forward(x)
-            return output[0] if isinstance(output, tuple) else output
-
-        @staticmethod
-        def from_onnx(attributes: Any = None) -> "BatchNormalization":
-            base = crypten_batchnorm.from_onnx(attributes)
-            return BatchNormalization(eps=base.eps, momentum=base.momentum)
-
-    module.BatchNormalization = BatchNormalization
-
-
 def apply() -> None:
     """Install every fix once; safe to call repeatedly."""
     global _applied
@@ -242,7 +219,6 @@ def apply() -> None:
     _use_torchscript_onnx_exporter(crypten)
     _convert_onnx_identity(crypten)
     _reduce_over_one_axis(crypten)
-    _batchnorm_with_one_output(crypten)
     _allow_crypten_types_in_torch_load()
     _applied = True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
 
@@ -19,9 +19,11 @@ class PartCounters:
     offline_rounds: int = 0
     online_bytes: int = 0
     online_rounds: int = 0
+    # the wire counters (``stats``) of the transport the part talks over, read by ``metered``
+    wire: Any = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "wire"}
 
     def add(self, phase: str, nbytes: int, rounds: int) -> None:
         if phase not in ("offline", "online"):
@@ -33,14 +35,9 @@ class PartCounters:
 _meter = threading.local()
 
 
-def _comm_totals() -> tuple[int, int]:
-    """Bytes (sent + received) and rounds this party's communicator has counted so far."""
-    try:
-        import crypten.communicator as comm
-
-        stats = getattr(comm.get(), "stats", None) if comm.is_initialized() else None
-    except Exception:  # crypten not loaded or no communicator yet
-        stats = None
+def _wire_totals(stats: Any) -> tuple[int, int]:
+    """Bytes (sent + received) and rounds a transport has counted so far (none before a
+    part is given its transport)."""
     if stats is None:
         return 0, 0
     return stats.bytes_sent + stats.bytes_received, stats.rounds
@@ -56,14 +53,14 @@ def metered(counters: PartCounters, phase: str) -> Iterator[None]:
     stack = getattr(_meter, "stack", None)
     if stack is None:
         stack = _meter.stack = []
-    start_bytes, start_rounds = _comm_totals()
+    start_bytes, start_rounds = _wire_totals(counters.wire)
     frame = [0, 0]  # bytes, rounds charged to nested blocks
     stack.append(frame)
     try:
         yield
     finally:
         stack.pop()
-        end_bytes, end_rounds = _comm_totals()
+        end_bytes, end_rounds = _wire_totals(counters.wire)
         total_bytes, total_rounds = end_bytes - start_bytes, end_rounds - start_rounds
         counters.add(phase, total_bytes - frame[0], total_rounds - frame[1])
         if stack:
@@ -72,7 +69,12 @@ def metered(counters: PartCounters, phase: str) -> Iterator[None]:
 
 
 class ProtocolPart(ABC):
-    """A named, swappable primitive. ``install`` wires it into CrypTen's extension points."""
+    """A named, swappable primitive. ``install`` wires it into CrypTen's extension points.
+
+    ``comm`` is the transport of the computing parties (ranks ``0..parties-1``; where the
+    suite has a dealer, it is rank ``parties`` of the same transport), given by the session
+    before ``install``: a part talks over it, never over CrypTen's global communicator.
+    """
 
     part_name: str = ""
     testing_only: bool = False
@@ -80,6 +82,12 @@ class ProtocolPart(ABC):
 
     def __init__(self) -> None:
         self.counters = PartCounters()
+        self.comm: Any = None
+
+    def connect(self, comm: Any) -> None:
+        """Talk over ``comm`` (and count its traffic) from now on."""
+        self.comm = comm
+        self.counters.wire = comm.stats
 
     @abstractmethod
     def install(self, crypten: Any) -> None:
@@ -108,8 +116,8 @@ class TripleSource(ProtocolPart):
     A source installs a CrypTen tuple provider (``generate_additive_triple``, ``square``,
     ``generate_binary_triple``, ``wrap_rng``, ``B2A_rng``) and may offer
     :meth:`truncation_pair` for the ``pairs`` truncation. ``needs_dealer`` asks for a dealer
-    process, which runs the source's ``serve_dealer(comm, parties) -> dict`` (see
-    ``parties.dealer``); ``max_parties`` limits the party count.
+    process, which serves the tuples of the source's ``make_dealer(parties)``, a
+    ``protocols.dealer_wire.TupleMaker`` (see ``parties.dealer``); ``max_parties`` limits the party count.
     """
 
     needs_dealer: bool = False

@@ -115,13 +115,20 @@ class CipherStream:
         """The next ``nbytes`` of keystream as a fresh uint8 array."""
         if nbytes <= 0:
             return np.empty(0, dtype=np.uint8)
+        out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
+        self.read_into(out, nbytes)
+        return out[:nbytes]
+
+    def read_into(self, out: np.ndarray, nbytes: int) -> None:
+        """The next ``nbytes`` of keystream into ``out[:nbytes]``; ``out`` (contiguous uint8)
+        has 15 bytes more, which the cipher may scribble on."""
+        if len(out) < nbytes + 15:
+            raise ValueError(f"a keystream read of {nbytes} bytes needs a buffer of {nbytes + 15}, got {len(out)}")
         if len(self._zeros) < nbytes:
             self._zeros = bytearray(max(nbytes, 2 * len(self._zeros)))
-        out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
         written = self._encryptor.update_into(memoryview(self._zeros)[:nbytes], out)
         assert written == nbytes
         self.bytes_drawn += nbytes
-        return out[:nbytes]
 
     def int64(self, count: int) -> np.ndarray:
         return self.read(8 * count).view(np.int64)
@@ -250,10 +257,9 @@ class CipherPrg(ProtocolPart):
         crypten_hooks.uninstall_prg(crypten)
 
     def setup_generators(self, crypten: Any, devices: Sequence[torch.device]) -> None:
-        comm = crypten.communicator.get()
-        draw, self.insecure_test_seed = _seed_drawer(comm.get_rank())
+        draw, self.insecure_test_seed = _seed_drawer(self.comm.get_rank())
         with metered(self.counters, "offline"):
-            seeds = agree_seeds(comm, draw)
+            seeds = agree_seeds(self.comm, draw)
         for key in GENERATOR_KEYS:
             generator = CipherGenerator(seeds[key], self.algorithm, self.counters)
             for device in devices:

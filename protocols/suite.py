@@ -99,8 +99,10 @@ class ProtocolSuite:
     def needs_dealer(self) -> bool:
         return bool(getattr(self.triple_source, "needs_dealer", False))
 
-    def install(self, crypten: Any) -> None:
+    def install(self, crypten: Any, comm: Any) -> None:
+        """Give every part the parties' transport ``comm``, then wire it into CrypTen."""
         for part in self.parts.values():
+            part.connect(comm)
             part.install(crypten)
 
     def start(self, crypten: Any) -> None:

@@ -89,10 +89,7 @@ class LocalTruncation(ProtocolPart):
 class PairTruncation(ProtocolPart):
     """Truncation with preprocessed pairs from the triple source: one round, at most 1 ulp off."""
 
-    suite: Any = None
-
     def install(self, crypten: Any) -> None:
-        self._crypten = crypten
         crypten_hooks.install_division(crypten, self._divide, self.counters)
 
     def uninstall(self, crypten: Any) -> None:
@@ -112,10 +109,9 @@ class PairTruncation(ProtocolPart):
             multiplier = round((1 << shift) / divisor)
             x.share = x.share * multiplier
             divisor = 1 << shift
-        comm = self._crypten.communicator.get()
-        leader = comm.get_rank() == 0
+        leader = self.comm.get_rank() == 0
         r, msb, low_div = source.truncation_pair(x.share.size(), divisor, device=x.share.device)
-        opened = comm.all_reduce(opening_mask(x.share, r.share, divisor, leader))
+        opened = self.comm.all_reduce(opening_mask(x.share, r.share, divisor, leader))
         x.share = finish(opened, msb.share, low_div.share, divisor, leader)
         return x
 

@@ -104,7 +104,7 @@ def tuple_elements(key: tuple) -> int:
     return sum(math.prod(shape) for _, shape in tuple_layout(key))
 
 
-# -- generation (dealer side) ------------------------------------------------------------------
+# -- batching (the parties' side) ---------------------------------------------------------------
 class Prefetcher:
     """Buffers tuples per key; on a miss, asks ``produce`` for the batch it predicts.
 
@@ -183,8 +183,6 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
             return tuple(self._get(("b2a", freeze(size)), device))
 
     return KeyedProvider()
-
-
 
 
 class KeyedTripleSource(TripleSource):

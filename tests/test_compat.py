@@ -149,3 +149,4 @@ def test_encrypted_module_state_dict_round_trips_through_crypten_load():
     from sessions import run_parties
 
     assert run_parties(_module_state_dict_round_trip, world=2) == [True, True]
+

@@ -29,7 +29,7 @@ def test_a_dealer_is_the_process_after_the_parties(suite, dealer):
 def test_every_triple_source_that_needs_a_dealer_says_what_it_runs():
     needing = [name for name in part_names("triple_source") if part_class("triple_source", name).needs_dealer]
     assert {"dealer", "authenticated_dealer"} <= set(needing)
-    assert all(callable(getattr(part_class("triple_source", name), "serve_dealer", None)) for name in needing)
+    assert all(callable(getattr(part_class("triple_source", name), "make_dealer", None)) for name in needing)
 
 
 def test_a_source_that_needs_a_dealer_but_gives_none_to_run_is_refused():
@@ -43,5 +43,5 @@ def test_a_source_that_needs_a_dealer_but_gives_none_to_run_is_refused():
         def install(self, crypten):
             pass
 
-    with pytest.raises(ConfigError, match="dealer_without_a_server needs a dealer process but gives no serve_dealer"):
+    with pytest.raises(ConfigError, match="dealer_without_a_server needs a dealer process but gives no make_dealer"):
         load_config(["protocol.triple_source=dealer_without_a_server"])

@@ -30,13 +30,19 @@ SOURCES = _sources(PACKAGES + ("bench", "tests"))  # benchmarks and tests keep t
 
 
 @functools.cache
+def _tree(module: str) -> ast.Module:
+    path = SOURCES[module]
+    return ast.parse(path.read_text(), str(path))
+
+
+@functools.cache
 def _imports(module: str) -> list[tuple[str, str | None, int]]:
     """(imported module, imported name or None, line) for every import in ``module``, at any
     depth (a function-level import still ties the two modules together)."""
     path = SOURCES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(_tree(module)):
         if isinstance(node, ast.Import):
             found += [(alias.name, None, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -49,6 +55,24 @@ def _imports(module: str) -> list[tuple[str, str | None, int]]:
                 found.append((submodule, None, node.lineno) if submodule in SOURCES
                              else (base, alias.name, node.lineno))
     return found
+
+
+@functools.cache
+def _private_uses(module: str, source: str | None = None) -> list[tuple[str, str, int]]:
+    """(other project module, private name, line) for every ``alias._name`` in ``module``
+    (or in ``source``, read as ``module``) whose alias names another of the project's
+    modules (``from protocols import ot`` ... ``ot._name``)."""
+    tree = _tree(module) if source is None else ast.parse(source)
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update({alias.asname: alias.name for alias in node.names if alias.asname and alias.name in SOURCES})
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            aliases.update({alias.asname or alias.name: f"{node.module}.{alias.name}" for alias in node.names
+                            if f"{node.module}.{alias.name}" in SOURCES})
+    return [(aliases[node.value.id], node.attr, node.lineno) for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+            and node.attr.startswith("_") and not node.attr.startswith("__") and aliases[node.value.id] != module]
 
 
 def _edges() -> dict[str, set[str]]:
@@ -113,7 +137,13 @@ def test_no_module_imports_a_private_name_of_another() -> None:
     offending = [f"{module}:{line} imports {name} from {target}"
                  for module in SOURCES for target, name, line in _imports(module)
                  if target in SOURCES and target != module and name is not None and name.startswith("_")]
+    offending += [f"{module}:{line} uses {target}.{name}" for module in SOURCES for target, name, line in _private_uses(module)]
     assert offending == []
+
+
+def test_the_private_name_scan_sees_attribute_uses() -> None:
+    source = "from protocols import ot\nimport protocols.prg as prg\not.random_scalar()\not._hidden\nprg._x = 1\n"
+    assert _private_uses("mpc.session", source) == [("protocols.ot", "_hidden", 4), ("protocols.prg", "_x", 5)]
 
 
 def test_layers_import_only_downwards() -> None:

@@ -88,11 +88,12 @@ def _layers() -> dict[str, nn.Module]:
     layers = {"layernorm": nn.LayerNorm(WIDTH), "gelu": nn.GELU(),
               "attention": nn.MultiheadAttention(WIDTH, HEADS, batch_first=True),
               "encoder": nn.TransformerEncoderLayer(WIDTH, HEADS, HIDDEN, dropout=0.0, activation="gelu",
-                                                    batch_first=True)}
+                                                    batch_first=True),
+              "batchnorm": nn.BatchNorm1d(LENGTH)}  # channels: the LENGTH tokens, over batch and width
     with torch.no_grad():  # LayerNorm's own initial weights are ones and zeros: make them general
         for layer in layers.values():
             for name, parameter in layer.named_parameters():
-                if "norm" in name or isinstance(layer, nn.LayerNorm):
+                if "norm" in name or isinstance(layer, (nn.LayerNorm, nn.BatchNorm1d)):
                     parameter.add_(torch.randn(parameter.shape) * 0.3)
     return {name: Sequences(LENGTH * WIDTH, layer) for name, layer in layers.items()}
 
@@ -118,6 +119,8 @@ def _secure_layers(crypten, rank):
         outputs.backward(crypten.cryptensor(grad, src=0))
         results[name] = [outputs.get_plain_text().tolist(), inputs.grad.get_plain_text().tolist(),
                          *(p.grad.get_plain_text().tolist() for p in secure.parameters())]
+        if name == "batchnorm":  # updated by the training forward pass
+            results["running statistics"] = [b.get_plain_text().tolist() for _, b in secure.named_buffers()]
     # the attention softmax alone, on scores far from 0 (the row maximum is subtracted first)
     from mpc.layers import softmax_last
 
@@ -203,16 +206,24 @@ def _linear(errors: Errors, x, weight, bias):
     return errors.tap(x @ weight.t(), U) + bias
 
 
-def _layer_norm(errors: Errors, x, weight, bias, eps):
+def _normalise(errors: Errors, x, weight, bias, eps, dims, shape):
     # backward: g w, its mean, g w x^, its mean, x^ times it (5 products before 1/sigma), then
     # the products by 2^-k and by the root
     x = errors.tap(x, 0.0, 2 * U)
-    centred = x - errors.tap(x.mean(-1, keepdim=True), U)
-    variance = errors.tap((centred * centred).mean(-1, keepdim=True), 2 * U) + eps
+    centred = x - errors.tap(x.mean(dims, keepdim=True), U)
+    variance = errors.tap((centred * centred).mean(dims, keepdim=True), 2 * U) + eps
     inverse = variance.rsqrt()
     inverse = errors.tap(inverse, (inverse * INVERSE_SQRT_MAX_RELATIVE_ERROR).detach())
     normalised = errors.tap(centred * inverse, 2 * U, 5 * U)
-    return errors.tap(normalised * weight, U) + bias
+    return errors.tap(normalised * weight.reshape(shape), U) + bias.reshape(shape)
+
+
+def _layer_norm(errors: Errors, x, weight, bias, eps):
+    return _normalise(errors, x, weight, bias, eps, (-1,), (-1,))
+
+
+def _batch_norm(errors: Errors, x, weight, bias, eps):
+    return _normalise(errors, x, weight, bias, eps, (0, 2), (1, -1, 1))
 
 
 def _gelu(errors: Errors, x):
@@ -240,6 +251,8 @@ def _reference(name: str, errors: Errors, x, p):
         return _layer_norm(errors, x, p[0], p[1], 1e-5)
     if name == "gelu":
         return _gelu(errors, x)
+    if name == "batchnorm":
+        return _batch_norm(errors, x, p[0], p[1], 1e-5)
     if name == "attention":
         return _attention(errors, x, *p)
     # post-norm encoder layer: x = norm1(x + attention(x)); norm2(x + linear2(gelu(linear1(x))))
@@ -280,7 +293,7 @@ def test_approximations_in_the_ring_over_their_ranges(secure):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["layernorm", "gelu", "attention", "encoder"])
+@pytest.mark.parametrize("name", ["layernorm", "gelu", "attention", "encoder", "batchnorm"])
 def test_layer_matches_torch_within_its_derived_bound(secure, name):
     values, bounds = _float_layer(name, _layers()[name])
     labels = ["output", "input gradient", *(n for n, _ in _layers()[name].named_parameters())]
@@ -289,6 +302,23 @@ def test_layer_matches_torch_within_its_derived_bound(secure, name):
         bound = bound.reshape(error.shape)
         print(f"{name} {label}: largest error {error.max():.2e}, largest bound {bound.max():.2e}")
         assert (error <= bound).all(), f"{label}: error exceeds its bound by {(error - bound).max():.2e}"
+
+
+@pytest.mark.slow
+def test_batchnorm_running_statistics_follow_torch(secure):
+    """After one training forward pass: (1 - m) r + m s, s the batch mean or the unbiased
+    variance; each product by a public factor is one truncation (u) plus the factor's encoding
+    (u/2 times the value), and the variance carries its own 2u."""
+    layer = _layers()["batchnorm"].double()
+    x = _inputs()[0].double().view(BATCH, LENGTH, WIDTH)
+    before = [layer.layer.running_mean.clone(), layer.layer.running_var.clone()]
+    layer(x.reshape(BATCH, -1))
+    for name, measured, old, new in zip(("mean", "variance"), secure["running statistics"], before,
+                                        [layer.layer.running_mean, layer.layer.running_var]):
+        batch_value = (new - 0.9 * old) / 0.1
+        bound = 2 * U + U / 2 * (old.abs() + batch_value.abs()) + 0.2 * 2 * U
+        error = (torch.tensor(measured, dtype=torch.float64) - new).abs()
+        assert (error <= bound).all(), (name, error.max().item(), bound.min().item())
 
 
 @pytest.mark.slow
@@ -322,10 +352,12 @@ def test_gelu_series_fit_phi_and_its_derivative_inside_the_clip():
     (nn.LayerNorm([2, 4]), "LayerNorm is supported over the last dimension"),
     (nn.GELU(approximate="tanh"), "GELU is supported in its exact form"),
     (nn.MultiheadAttention(4, 2, kdim=3), "MultiheadAttention is supported with kdim = vdim = embed_dim"),
+    (nn.BatchNorm1d(4, momentum=None), "BatchNorm is supported with affine=True"),
+    (nn.BatchNorm2d(4, affine=False), "BatchNorm is supported with affine=True"),
 ])
 def test_unsupported_variants_are_refused_by_name(layer, message):
-    from mpc.layers import check_transformer_layer
-    assert message in check_transformer_layer(layer)
+    from mpc.layers import check_layer_variant
+    assert message in check_layer_variant(layer)
 
 
 class Channels(nn.Module):

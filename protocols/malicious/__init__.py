@@ -7,8 +7,9 @@
 * ``engine``    authenticated shares, local linear ops, Beaver products, truncation,
                 comparison/ReLU, openings, the checks of dealt tuples and the batched,
                 hash-committed MAC check;
-* ``train``     logistic regression and MLP training on authenticated shares;
+* ``cryptensor`` the authenticated share as a CrypTen tensor type, so the one trainer
+                (``mpc.training``) and ``crypten.nn`` run on it;
 * ``parts``     the suite's entries in the protocol registry (``conf/protocol/malicious.yaml``);
 
-Nothing here imports CrypTen: the suite runs its own engine over the project's transport.
+Only ``cryptensor`` imports CrypTen; the engine runs over the project's transport.
 """

@@ -1,6 +1,8 @@
-"""The dealer of authenticated preprocessing, and the wire format of its tuples.
+"""The dealer of authenticated preprocessing: its tuples and their layout on the wire.
 
-The dealer is a separate process (rank ``parties`` of the transport). It draws the global
+The dealer is a separate process (rank ``parties`` of the transport), served by the one
+dealer loop (``parties.dealer.serve_tuples``) over the one dealer wire protocol
+(``protocols.dealer_wire``); a request's items are the tuple specs below. It draws the global
 MAC key alpha in [0, 2^64) and hands each party an additive share of it mod 2^128; it
 never sees a party's data or any share of one. On request it makes, in clear, each tuple
 the program needs and sends every party its additive shares of the values and of their
@@ -22,7 +24,7 @@ MACs (alpha * value mod 2^128):
 
 Every party sends the same request (the program is the same everywhere); the dealer
 refuses to answer requests that differ, naming the parties, so a party cannot steer
-another's preprocessing.
+another's preprocessing. Its greeting gives each party its share of alpha and the mode.
 
 Nothing the dealer deals is trusted (``Engine._check_tuples``, whenever tuples are
 authenticated). Every tuple with a structure comes with a companion, and the parties check
@@ -44,9 +46,7 @@ The soundness and cost are in ``Engine._check_tuples``. ``random`` has no struct
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -54,8 +54,6 @@ import torch
 
 from protocols.malicious import ring
 from protocols.malicious.ring import U128
-
-log = logging.getLogger("cotrain.malicious.dealer")
 
 FRACTIONAL_BITS = 16
 TRUNC_BITS = 64
@@ -66,8 +64,8 @@ MASKS = ("input", "private")  # checked by their owner against a companion mask
 USED = {"triple": 3, "matmul": 3, "trunc": 2, "bits": 2, "input": 1, "private": 1, "random": 1}  # before companions
 
 
-class DealerProtocolError(RuntimeError):
-    """A request to the dealer was malformed or the parties' requests differed."""
+class DealerProtocolError(ValueError):
+    """A request to the dealer was malformed."""
 
 
 def spec_shapes(spec: Sequence[Any], checked: bool = False) -> list[tuple[int, ...]]:
@@ -105,6 +103,19 @@ def clear_owner(spec: Sequence[Any]) -> int | None:
     return int(spec[2]) if spec[0] in MASKS else None
 
 
+def answer_limbs(specs: Sequence[Sequence[Any]], rank: int, authenticated: bool) -> int:
+    """How many uint64 limbs party ``rank``'s answer to ``specs`` carries (see ``Dealer.deal``)."""
+    limbs = 2 if authenticated else 1
+    total = 0
+    for spec in specs:
+        elements = [int(np.prod(shape, dtype=np.int64)) for shape in spec_shapes(spec, authenticated)]
+        per_value = limbs + 2 if authenticated else limbs  # the value's share and its MAC share
+        total += per_value * sum(elements)
+        if clear_owner(spec) == rank:
+            total += limbs * sum(elements)
+    return total
+
+
 def validate(specs: Any, checked: bool) -> list[list[Any]]:
     """``specs`` if they are well formed and, as dealt (``checked``: with companions), within
     the size limit."""
@@ -136,15 +147,20 @@ class Dealer:
     tuple with its companion for the parties' checks) or, for the semi-honest comparison
     in ``bench/malicious_bench.py``, plain. The MAC key is drawn here, from the OS CSPRNG."""
 
+    kind = "authenticated_dealer"
+
     def __init__(self, parties: int, authenticated: bool = True) -> None:
         self.parties = parties
         self.authenticated = authenticated
         self.alpha = U128.from_uint64(np.frombuffer(os.urandom(8), dtype=np.uint64).copy())  # in [0, 2^64)
 
-    def key_buffers(self) -> list[np.ndarray]:
+    def greeting(self) -> list[torch.Tensor]:
         """Each party's share of alpha, plus the mode, so parties can refuse a mismatch."""
         mode = np.array([int(self.authenticated)], np.uint64)
-        return [np.concatenate([ring.to_wire(piece), mode]) for piece in share(self.alpha, self.parties)]
+        return [_as_int64(np.concatenate([ring.to_wire(piece), mode])) for piece in share(self.alpha, self.parties)]
+
+    def validate(self, items: Any) -> list[list[Any]]:
+        return validate(items, self.authenticated)
 
     def tuple_values(self, spec: Sequence[Any]) -> tuple[list[U128], list[U128]]:
         """The clear values of one tuple (with its companion when checked), and what its
@@ -181,7 +197,7 @@ class Dealer:
             return [U128.random(shapes[0])], []
         raise DealerProtocolError(f"unknown tuple kind {kind!r}")
 
-    def deal(self, specs: Sequence[Sequence[Any]]) -> list[np.ndarray]:
+    def deal(self, specs: Sequence[Sequence[Any]]) -> list[torch.Tensor]:
         """Each party's wire buffer for ``specs``: per value its share, then its MAC share
         (if authenticated); after a tuple's values, the clear values its owner gets.
         Unauthenticated (semi-honest) tuples travel as their low 64 bits only."""
@@ -198,79 +214,10 @@ class Dealer:
             owner = clear_owner(spec)
             for value in clear:
                 buffers[owner].append(ring.to_wire(value, limbs))
-        return [np.concatenate(parts) if parts else np.zeros(0, np.uint64) for parts in buffers]
+        return [_as_int64(np.concatenate(parts) if parts else np.zeros(0, np.uint64)) for parts in buffers]
 
 
-def send_array(comm: Any, array: np.ndarray, dst: int) -> None:
-    comm.send(torch.tensor([array.size], dtype=torch.int64), dst)
-    if array.size:
-        comm.send(torch.from_numpy(np.ascontiguousarray(array).view(np.int64)), dst)
 
-
-def recv_array(comm: Any, src: int, expected: int | None = None) -> np.ndarray:
-    size = int(comm.recv(torch.empty(1, dtype=torch.int64), src).item())
-    if expected is not None and size != expected:
-        raise DealerProtocolError(f"{comm.peer(src)} sent {size} limbs where {expected} were expected")
-    if size < 0 or size > 8 * MAX_ELEMENTS:
-        raise DealerProtocolError(f"{comm.peer(src)} announced {size} limbs")
-    if not size:
-        return np.zeros(0, np.uint64)
-    return comm.recv(torch.empty(size, dtype=torch.int64), src).numpy().view(np.uint64)
-
-
-def run_dealer(comm: Any, dealer: Dealer) -> dict:
-    """Serve ``dealer``'s tuples until every party says stop. Returns counts for the
-    dealer's report."""
-    for rank, buffer in enumerate(dealer.key_buffers()):
-        send_array(comm, buffer, rank)
-    parties = dealer.parties
-    served = {"requests": 0, "tuples": 0, "prefetched": 0}
-    ahead: dict[str, Any] = {}  # the next answer to the request just served, made in the background
-
-    def prepare(specs: list) -> None:
-        if "thread" in ahead:  # one answer in the making at a time; an unused one is dropped
-            ahead["thread"].join()
-        slot: dict[str, Any] = {"buffers": None}  # this answer's own, so a late thread cannot overwrite another's
-
-        def work() -> None:
-            slot["buffers"] = dealer.deal(specs)
-
-        ahead.update(specs=specs, slot=slot, thread=threading.Thread(target=work, daemon=True))
-        ahead["thread"].start()
-
-    while True:
-        requests = [comm.recv_obj(rank) for rank in range(parties)]
-        if all(r.get("stop") for r in requests):
-            break
-        if any(r.get("stop") for r in requests):
-            stopped = [rank for rank, r in enumerate(requests) if r.get("stop")]
-            log.error("parties %s stopped while others asked for tuples", stopped)
-            break
-        reference = requests[0].get("specs")
-        differing = [rank for rank, r in enumerate(requests) if r.get("specs") != reference]
-        try:
-            if differing:
-                raise DealerProtocolError(f"the parties' tuple requests differ (parties {differing} "
-                                          "disagree with party 0); refusing to deal")
-            specs = validate(reference, dealer.authenticated)
-            buffers = None
-            if ahead.get("specs") == specs:  # a training step asks for the same tuples each time
-                ahead["thread"].join()
-                buffers = ahead.pop("slot")["buffers"]  # each answer is dealt once
-                del ahead["specs"]
-                served["prefetched"] += buffers is not None
-            if buffers is None:
-                buffers = dealer.deal(specs)
-        except DealerProtocolError as error:
-            for rank in range(parties):
-                comm.send_obj({"error": str(error)}, rank)
-            raise
-        for rank in range(parties):
-            comm.send_obj({"ok": True}, rank)
-            send_array(comm, buffers[rank], rank)
-        served["requests"] += 1
-        served["tuples"] += len(specs)
-        if specs == ahead.get("last"):  # a repeating request: make the next answer now
-            prepare(specs)  # fresh tuples (never reused), ready if the same request comes next
-        ahead["last"] = specs
-    return served
+def _as_int64(limbs: np.ndarray) -> torch.Tensor:
+    """uint64 limbs as the int64 buffer the wire carries (the same bits)."""
+    return torch.from_numpy(np.ascontiguousarray(limbs, dtype=np.uint64).view(np.int64))

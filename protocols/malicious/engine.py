@@ -53,6 +53,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from protocols.dealer_wire import DealerLink
 from protocols.malicious import dealer as dealing
 from protocols.malicious import ring
 from protocols.malicious.ring import U128
@@ -92,7 +93,8 @@ class CheatDetected(RuntimeError):
 
 
 class PreprocessingError(RuntimeError):
-    """The dealer failed or the tuples ran out of step with the program."""
+    """The dealer's mode or the tuples are out of step with the program (a dealer that fails
+    or frames its answers wrongly raises ``protocols.dealer_wire.DealerError``)."""
 
 
 @dataclass
@@ -203,7 +205,7 @@ class Engine:
         self.comm = comm
         self.rank = comm.get_rank()
         self.parties = parties
-        self.dealer = dealer
+        self.dealer = DealerLink(comm, dealer)
         self.authenticated = authenticated
         self._limbs = 2 if authenticated else 1  # semi-honest: only values mod 2^64 travel
         self.check_buffer = check_buffer
@@ -227,7 +229,9 @@ class Engine:
 
     # -- setup ------------------------------------------------------------------------------
     def _receive_key(self) -> U128:
-        buffer = dealing.recv_array(self.comm, self.dealer, expected=3)
+        buffer = self.dealer.hello(dealing.Dealer.kind).numpy().view(np.uint64)
+        if buffer.size != 3:
+            raise PreprocessingError(f"the dealer's greeting has {buffer.size} limbs, not 3 (a key share and the mode)")
         if bool(buffer[2]) != self.authenticated:
             raise PreprocessingError(f"the dealer deals {'authenticated' if buffer[2] else 'unauthenticated'} "
                                      f"tuples but this party runs {'with' if self.authenticated else 'without'} MACs")
@@ -290,7 +294,7 @@ class Engine:
         self._queue.extend(self._check_tuples(self._receive(specs)))
 
     def _request(self, specs: list) -> None:
-        self.comm.send_obj({"specs": specs}, self.dealer)
+        self.dealer.request(specs)
 
     def _drain(self) -> None:
         """Receive every answer still on its way (before any new request: the dealer answers
@@ -301,17 +305,13 @@ class Engine:
 
     def _receive(self, specs: list) -> list:
         start = time.perf_counter()
-        reply = self.comm.recv_obj(self.dealer)
-        if not isinstance(reply, dict) or reply.get("error") or not reply.get("ok"):
-            raise PreprocessingError(f"the dealer refused the request: {reply.get('error') if isinstance(reply, dict) else reply!r}")
-        buffer = dealing.recv_array(self.comm, self.dealer)
+        limbs = dealing.answer_limbs(specs, self.rank, self.authenticated)
+        buffer = self.dealer.answer(len(specs), limbs).numpy().view(np.uint64)
         offset = 0
 
         def take(shape: tuple[int, ...]) -> U128:
             nonlocal offset
             count = self._limbs * int(np.prod(shape, dtype=np.int64))
-            if offset + count > buffer.size:
-                raise PreprocessingError("the dealer sent fewer tuples than were asked for")
             value = ring.from_wire(buffer[offset:offset + count], shape, self._limbs)
             offset += count
             return value
@@ -326,8 +326,6 @@ class Engine:
             owner = dealing.clear_owner(spec)
             clear = [take(value.shape) for value in values] if owner == self.rank else None
             entries.append((spec, values, clear))
-        if offset != buffer.size:
-            raise PreprocessingError("the dealer sent more tuples than were asked for")
         self.stats.dealer_requests += 1
         self.stats.dealer_seconds += time.perf_counter() - start
         return entries
@@ -381,7 +379,7 @@ class Engine:
             self._closed = True
             self._drain()  # answers to requests made ahead of use are received, then dropped
             self._prefetched.clear()
-            self.comm.send_obj({"stop": True}, self.dealer)
+            self.dealer.stop()
 
     # -- linear operations ---------------------------------------------------------------------
     def add_public(self, x: AShare, c: U128) -> AShare:
@@ -514,18 +512,21 @@ class Engine:
         z = self.add_public(AShare(z_v, z_m), ring.matmul(d, e))
         return self.trunc(z) if truncate else z
 
-    def trunc(self, x: AShare) -> AShare:
-        """Divide by 2^16 (probabilistic rounding, within 1 ulp) for |x| < 2^62."""
-        r, low, top = self._truncation_pair(x.shape)
+    def trunc(self, x: AShare, bits: int = FRACTIONAL_BITS) -> AShare:
+        """Divide by 2^bits (probabilistic rounding, within 1 ulp) for |x| < 2^62; any
+        ``bits`` in 1..62 when dealt bits are checked, 16 otherwise (the dealt pair's)."""
+        if not 1 <= bits <= 62 or (bits != FRACTIONAL_BITS and not self.check_tuples):
+            raise ValueError(f"cannot truncate by 2^{bits} (1..62 with checked tuples, else 16 only)")
+        r, low, top = self._truncation_pair(x.shape, bits)
         shifted = self.add_public(x, U128.scalar(1 << 62))
         (c,) = self.open([shifted + r], "trunc")
         low64 = c.lo
         c63 = (low64 >> np.uint64(63)).astype(np.int64)
-        c_rest = (low64 & np.uint64((1 << 63) - 1)) >> np.uint64(FRACTIONAL_BITS)
+        c_rest = (low64 & np.uint64((1 << 63) - 1)) >> np.uint64(bits)
         # carry w = c63 xor top = c63 + (1 - 2 c63) * top;  y >> f = (c' >> f) + 2^(63-f) w - R
-        public = U128.from_uint64(c_rest) + U128.from_int64(c63 << (63 - FRACTIONAL_BITS)) \
-            - U128.scalar(1 << (62 - FRACTIONAL_BITS))
-        sign = U128.from_int64((1 - 2 * c63) << (63 - FRACTIONAL_BITS))
+        public = U128.from_uint64(c_rest) + U128.from_int64(c63 << (63 - bits)) \
+            - U128.scalar(1 << (62 - bits))
+        sign = U128.from_int64((1 - 2 * c63) << (63 - bits))
         return self.add_public(self.mul_public(top, sign) - low, public)
 
     def _random_bits(self, kind: str, shape: tuple[int, ...], count: int) -> tuple[AShare, AShare]:
@@ -537,14 +538,14 @@ class Engine:
         r = self.mul_public(bits, powers).sum(-1) + self.mul_public(u, U128.from_ints(1 << count))
         return r, bits
 
-    def _truncation_pair(self, shape: tuple[int, ...]) -> tuple[AShare, AShare, AShare]:
-        """r, (r mod 2^63) >> 16 and bit 63 of r: from 64 checked random bits, or as dealt
-        when nothing is checked (the semi-honest mode)."""
+    def _truncation_pair(self, shape: tuple[int, ...], shift: int) -> tuple[AShare, AShare, AShare]:
+        """r, (r mod 2^63) >> shift and bit 63 of r: from 64 checked random bits, or as dealt
+        when nothing is checked (the semi-honest mode, shift 16)."""
         if not self.check_tuples:
             return tuple(self._next(["trunc", shape])[0])
         r, bits = self._random_bits("trunc", shape, dealing.TRUNC_BITS)
-        powers = U128.from_uint64(np.uint64(1) << np.arange(63 - FRACTIONAL_BITS, dtype=np.uint64))
-        low = self.mul_public(bits[..., FRACTIONAL_BITS:63], powers).sum(-1)
+        powers = U128.from_uint64(np.uint64(1) << np.arange(63 - shift, dtype=np.uint64))
+        low = self.mul_public(bits[..., shift:63], powers).sum(-1)
         return r, low, bits[..., 63]
 
     # -- comparison ----------------------------------------------------------------------------------

@@ -1,18 +1,21 @@
 """``protocol=malicious`` in the protocol registry.
 
 The suite's parts name this package's engine: an authenticated dealer (a separate process,
-rank ``num_parties``) and SPDZ2k MAC checks. The suite does not run through CrypTen: a
-party whose protocol uses ``triple_source=authenticated_dealer`` trains with
-:mod:`protocols.malicious.train` (see ``parties/malicious_run.py``); installing these parts
-into CrypTen is refused.
+rank ``num_parties``) and SPDZ2k MAC checks. Installed into a CrypTen session, the triple
+source makes :class:`~protocols.malicious.cryptensor.AuthenticatedTensor` the session's
+default tensor type and starts the party's :class:`~protocols.malicious.engine.Engine`, so
+``crypten.cryptensor``, ``crypten.nn`` and the trainer compute on authenticated shares.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from protocols.parts import ProtocolPart, TripleSource
 from protocols.registry import register_part
+
+log = logging.getLogger("cotrain.malicious")
 
 TRIPLE_SOURCE = "authenticated_dealer"
 CHECK = "spdz2k_mac"
@@ -21,11 +24,6 @@ CHECK = "spdz2k_mac"
 def is_malicious(protocol: Any) -> bool:
     """Whether a ``protocol.*`` config selects this suite."""
     return getattr(protocol, "triple_source", None) == TRIPLE_SOURCE
-
-
-def _refuse(part: str) -> None:
-    raise RuntimeError(f"{part} belongs to protocol=malicious, which runs its own authenticated engine "
-                       "(protocols.malicious), not CrypTen; it cannot be installed into a CrypTen session")
 
 
 @register_part("triple_source", TRIPLE_SOURCE)
@@ -37,13 +35,46 @@ class AuthenticatedDealer(TripleSource):
     needs_dealer = True
 
     @staticmethod
-    def serve_dealer(comm: Any, parties: int) -> dict:
-        from protocols.malicious.dealer import Dealer, run_dealer
+    def make_dealer(parties: int) -> Any:
+        from protocols.malicious.dealer import Dealer
 
-        return run_dealer(comm, Dealer(parties))
+        return Dealer(parties)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine: Any = None
+        self._previous_type = "mpc"
 
     def install(self, crypten: Any) -> None:
-        _refuse(f"triple_source={TRIPLE_SOURCE}")
+        from protocols.malicious.cryptensor import TENSOR_TYPE
+
+        self._previous_type = crypten.get_default_cryptensor_type()
+        crypten.set_default_cryptensor_type(TENSOR_TYPE)
+
+    def start(self, crypten: Any) -> None:
+        from protocols.malicious.cryptensor import set_engine
+        from protocols.malicious.engine import Engine
+
+        parties = self.comm.get_world_size()
+        self.engine = Engine(self.comm, parties, dealer=parties)  # the dealer is the rank after the parties
+        set_engine(self.engine)
+
+    def stop(self, crypten: Any) -> None:
+        from protocols.malicious.cryptensor import set_engine
+
+        if self.engine is None:
+            return
+        set_engine(None)
+        try:
+            self.engine.close()
+        except Exception as error:  # the run is ending anyway; say why the dealer may linger
+            log.warning("could not tell the dealer to stop: %s", error)
+        stats = self.engine.stats
+        self.counters.tuples = stats.checked_tuples
+        self.counters.calls = stats.dealer_requests
+
+    def uninstall(self, crypten: Any) -> None:
+        crypten.set_default_cryptensor_type(self._previous_type)
 
     def describe(self) -> str:
         return "authenticated dealer (SPDZ2k tuples, k=64, s=64; every tuple checked before use)"
@@ -51,10 +82,11 @@ class AuthenticatedDealer(TripleSource):
 
 @register_part("check", CHECK)
 class Spdz2kMacCheck(ProtocolPart):
-    """Batched MAC check: random linear combination, hash-committed, before any reveal."""
+    """Batched MAC check: random linear combination, hash-committed, before any reveal.
+    It runs inside the engine the triple source starts; there is nothing to install."""
 
     def install(self, crypten: Any) -> None:
-        _refuse(f"check={CHECK}")
+        """The engine checks every opening itself."""
 
     def describe(self) -> str:
         return "SPDZ2k MAC check (commit, open, verify) before every reveal"

@@ -164,9 +164,11 @@ def main() -> None:
                 break
             try:
                 if rank == parties:
-                    from protocols.dealer import run_dealer_server
+                    from parties.dealer import serve_tuples
+                    from protocols.registry import part_class
 
-                    run_dealer_server(transport, parties)
+                    serve_tuples(transport, parties,
+                                 part_class("triple_source", suite_config.triple_source).make_dealer(parties))
                     reply = {"outcome": "passed", "detail": ""}
                 else:
                     reply = run_test(command["run"], comm, suite_config, rank, parties)

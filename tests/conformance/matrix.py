@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from crypten_suite import FILES, REPO, Cell, all_cells, run_cell  # noqa: E402
+from crypten_suite import FILES, REPO, Outcome, all_cells, run_cell  # noqa: E402
 
 
 def _parse() -> argparse.Namespace:
@@ -75,7 +75,10 @@ def main() -> int:
     for cell in cells:
         start = time.monotonic()
         print(f"{cell.name}: running ...", flush=True)
-        results, skipped = run_cell(cell, out_dir / "logs", files, args.match, args.test_timeout)
+        def progress(test_id: str, result: Outcome, cell_name: str = cell.name) -> None:
+            print(f"  {cell_name} {test_id}: {result.outcome} ({result.seconds:.0f} s)", flush=True)
+
+        results, skipped = run_cell(cell, out_dir / "logs", files, args.match, args.test_timeout, progress)
         counts = collections.Counter(result.outcome for result in results.values())
         print(f"{cell.name}: {dict(counts)}, {len(skipped)} skipped by rule, "
               f"{time.monotonic() - start:.0f} s", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 import traceback
 from typing import Any, Callable
 
@@ -13,7 +14,8 @@ from launch.party_processes import party_context, start_party
 def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bool, kwargs: dict,
              results: Any, dealer_type: Any = None, dealer_kwargs: dict | None = None) -> None:
     from parties.transport import PartyAddress, TransportOptions, open_transport
-    from protocols.malicious.dealer import Dealer, run_dealer
+    from parties.dealer import serve_tuples
+    from protocols.malicious.dealer import Dealer
 
     names = tuple(f"party{i}" for i in range(parties)) + ("dealer",)
     try:
@@ -24,7 +26,7 @@ def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bo
         raise
     try:
         if rank == parties:
-            value = run_dealer(transport, (dealer_type or Dealer)(parties, authenticated, **(dealer_kwargs or {})))
+            value = serve_tuples(transport, parties, (dealer_type or Dealer)(parties, authenticated, **(dealer_kwargs or {})))
         else:
             value = fn(transport, rank, parties, **(kwargs if authenticated else {**kwargs, "authenticated": False}))
         results.put((rank, "ok", value))
@@ -49,12 +51,18 @@ def spawn(fn: Callable, parties: int = 2, authenticated: bool = True, timeout_s:
                                                  dealer_type, dealer_kwargs), f"party{rank}")
                  for rank in range(parties + 1)]
     collected: dict[int, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
     try:
-        for _ in range(parties + 1):
-            rank, status, value = results.get(timeout=timeout_s)
+        while len(collected) < parties + 1 and time.monotonic() < deadline:
+            try:
+                rank, status, value = results.get(timeout=1)
+            except queue.Empty:
+                # every process gone and nothing left to read: a process ended without a result
+                # (the peer watch ends one whose peers left before it said what it did)
+                if not any(process.is_alive() for process in processes):
+                    break
+                continue
             collected[rank] = (status, value)
-    except queue.Empty:
-        pass
     finally:
         for process in processes:
             process.join(30)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from adversary import Adversary, TamperingEngine
+from protocols.dealer_wire import DealerError
 from protocols.malicious.engine import CheatDetected, Engine
 
 N, D = 4, 3
@@ -150,3 +151,14 @@ def lying_dealer_trials(transport: Any, rank: int, parties: int, kinds: list[str
     outcome["stats"] = engine.stats.as_dict()
     outcome["seconds"] = time.perf_counter() - started
     return outcome
+
+
+def steering_request(transport: Any, rank: int, parties: int) -> str:
+    """Every party asks the dealer for a triple, the last one for a different shape (as a
+    party steering the others' preprocessing would); what each party is told."""
+    engine = Engine(transport, parties, dealer=parties)
+    try:
+        engine.preprocess([["triple", [2, 2] if rank < parties - 1 else [3, 1]]])
+    except DealerError as error:
+        return str(error)
+    return "dealt"

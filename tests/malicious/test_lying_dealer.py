@@ -17,9 +17,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import run_ok  # noqa: E402
+from harness import run_ok, spawn  # noqa: E402
 from lying_dealer import LyingDealer  # noqa: E402
-from programs import lying_dealer_trials  # noqa: E402
+from programs import lying_dealer_trials, steering_request  # noqa: E402
 
 PARTIES = 3
 TRIALS = 20
@@ -63,3 +63,12 @@ def test_honest_dealer_passes_every_check(outcome):
                 assert error_size <= bounds[kind], (kind, error_size)
     assert [h[2] for h in outcome[0]["honest"] if h[0] == "private"] == [None]  # revealed to the last party only
     assert outcome[PARTIES - 1]["honest"][KINDS.index("private")][2] is not None
+
+
+def test_a_party_asking_for_other_tuples_than_its_peers_gets_none():
+    collected, _ = spawn(steering_request, parties=PARTIES, timeout_s=120)
+    for rank in range(PARTIES):
+        assert collected[rank] == ("ok", "the dealer (rank 3) refused the request: the parties' requests differ "
+                                         "(parties [2] disagree with party 0); refusing to deal"), collected[rank]
+    status, error = collected[PARTIES]
+    assert status == "error" and error.startswith("DealerError: the parties' requests differ (parties [2]")

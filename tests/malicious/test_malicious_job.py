@@ -1,18 +1,36 @@
-"""``cotrain run protocol=malicious``: the default job's path end to end (small data)."""
+"""``cotrain run protocol=malicious``: the same trainer, summary, outputs and release gate as
+every other suite, on authenticated shares (small data, end to end)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from launch.cli import main
+
+# A party's long ring computations (numpy on 128-bit limbs) can keep its heartbeat thread from
+# answering for seconds on a loaded 2-core machine: the zmq peer watch is given 30 s, not 5.
+MALICIOUS = ("protocol=malicious", "transport.heartbeat_timeout_s=30")
+
+
+def _within_tolerance(summary: dict, derived: bool) -> None:
+    """As for every suite (tests/test_training.py): logreg's four metrics within the tolerance
+    mpc.tolerance derives from the fixed point; the MLP has no derived bound (verdict None), so
+    its ranking is held to 0.01 AUC."""
+    assert summary["secure"] is not None and summary["plaintext"] is not None
+    gaps = summary["gaps"]
+    assert set(gaps) == {"auc", "pr_auc", "accuracy", "loss"}
+    assert all(gap["within_tolerance"] is (True if derived else None) for gap in gaps.values()), gaps
+    assert abs(gaps["auc"]["gap"]) <= 0.01, gaps
 
 
 @pytest.mark.slow
 def test_malicious_logreg_job(job, tmp_path):
-    summary = job("protocol=malicious", "data.rows=200", "data.test_rows=300", "train.epochs=2",
+    summary = job(*MALICIOUS, "data.rows=200", "data.test_rows=300", "train.epochs=2",
                   "train.reveal_to=[bank1]")
+    _within_tolerance(summary, derived=True)
     run_dir = tmp_path / "outputs" / "test"
     # every reveal went through the release gate: the parties' audit logs agree, entry by entry
     assert main(["audit", str(run_dir)]) == 0
@@ -20,30 +38,26 @@ def test_malicious_logreg_job(job, tmp_path):
             for name in ("bank0", "bank1", "bank2")}
     everyone = ["bank0", "bank1", "bank2"]
     assert [(e["what"], e["to"], e["step"]) for e in logs["bank0"]] == [
-        ("scaling_statistics", everyone, 1), ("heldout_predictions", ["bank0"], 1),
-        ("heldout_predictions", ["bank0"], 2), ("model", ["bank1"], 1)]
-    assert logs["bank0"][0]["shape"] == [1, 2 * len(summary["preprocessing"]["features"]) + 1]
-    assert logs["bank0"][1]["shape"] == [300, 1]
+        ("scaling_statistics", everyone, 1), ("scaling_statistics", everyone, 2), ("heldout_labels", ["bank0"], 1),
+        ("heldout_predictions", ["bank0"], 1), ("heldout_predictions", ["bank0"], 2), ("model", ["bank1"], 1),
+        ("model", ["bank1"], 2)]
+    assert logs["bank0"][3]["shape"] == [300, 1]
     # a value's digest only where the party learned it
-    assert [e["digest"] is not None for e in logs["bank1"]] == [True, False, False, True]
-    assert [e["digest"] is not None for e in logs["bank0"]] == [True, True, True, False]
-    assert summary["report"] == str(run_dir / "report.html")
-    assert all((run_dir / picture).is_file() for picture in ("roc.png", "precision_recall.png", "per_epoch.png",
-                                                              "traffic.png", "report.html"))
+    assert [e["digest"] is not None for e in logs["bank1"]] == [True, True, False, False, False, True, True]
     assert summary["protocol"] == "malicious"
     assert summary["protocol_parts"]["triple_source"].startswith("authenticated dealer")
-    assert summary["secure"] is not None and summary["plaintext"] is not None
-    assert abs(summary["gaps"]["auc"]["gap"]) < 0.05
     saved = {p["name"]: p["saved"] for p in summary["per_party"]}
     assert saved.pop("dealer") == {}  # the dealer's traffic is in the table; it saves nothing
     assert "revealed" in saved["bank1"] and "revealed" not in saved["bank0"]
-    assert all("shares" in s for s in saved.values())
+    # the shares kept on disk are authenticated: value and MAC limbs per parameter
+    shares = torch.load(run_dir / "bank0" / "model_shares.pt")
+    assert all(share.dtype == torch.int64 and share.shape[0] == 4 for share in shares.values())
 
 
 @pytest.mark.slow
 def test_malicious_mlp_job(job):
-    summary = job("protocol=malicious", "model=mlp", "model.hidden=[4]", "data.rows=80", "data.test_rows=100",
+    summary = job(*MALICIOUS, "model=mlp", "model.hidden=[4]", "data.rows=80", "data.test_rows=100",
                   "train.epochs=1", "train.batch_size=64", "train.reveal_to=[bank0]")
-    assert summary["model"] == "mpc.zoo.MLP" and summary["secure"] is not None
+    assert summary["model"] == "mpc.zoo.MLP"
+    _within_tolerance(summary, derived=False)
     assert "revealed" in summary["per_party"][0]["saved"]
-

@@ -1,62 +1,52 @@
-"""Party-side training programs for the malicious-suite tests."""
+"""Party-side training programs for the malicious-suite tests: SecureTrainer (the one trainer
+of every suite) on authenticated shares, optionally with one party deviating once."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
 
-from adversary import TamperingEngine
-from protocols.malicious.engine import Engine
-from protocols.malicious.train import LocalData, MaliciousTrainConfig, train_logreg
+from adversary import Adversary, TamperingEngine
+from mpc.data.sharing import SharedDataset
+from mpc.losses import task_loss
+from mpc.models import build_torch_model, encrypt_model
+from mpc.training import SecureTrainer, TrainConfig
+from protocols.malicious.cryptensor import current_engine
+from tensor_programs import malicious_session
 
 
-def make_data(parties: int, rows: int, width: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+def make_data(parties: int, rows: int, width: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Standardised-looking rows per party (each its own offset and spread) and 0/1 labels."""
     rng = np.random.default_rng(seed)
     truth = rng.normal(0, 1.5, width)
     xs, ys = [], []
     for party in range(parties):
-        x = rng.normal(party * 0.3, 1 + 0.5 * party, (rows, width)) * rng.uniform(0.5, 20, width) + rng.normal(0, 5, width)
-        z = ((x - x.mean(0)) / x.std(0)) @ truth - 1.0
-        y = (rng.uniform(size=rows) < 1 / (1 + np.exp(-z))).astype(np.float64)
+        x = rng.normal(party * 0.3, 1 + 0.3 * party, (rows, width))
+        y = (rng.uniform(size=rows) < 1 / (1 + np.exp(-(x @ truth - 1.0)))).astype(np.float64)
         xs.append(x)
         ys.append(y)
-    initial = rng.uniform(-0.3, 0.3, width + 1)
-    return xs, ys, initial
-
-
-def mlp_layers(width: int, hidden: tuple[int, ...], seed: int = 5) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    sizes = [width, *hidden, 1]
-    return [rng.uniform(-1, 1, (a + 1, b)) / np.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:])]
+    return xs, ys
 
 
 def train_party(transport: Any, rank: int, parties: int, rows: int, width: int, epochs: int, batch: int,
-                authenticated: bool = True, adversary: Any = None, cheater: int = -1,
-                test_rows: int = 0, hidden: tuple[int, ...] = ()) -> dict:
-    xs, ys, initial = make_data(parties, rows, width)
-    if hidden:
-        initial = mlp_layers(width, hidden)
-    test_x = make_data(1, test_rows, width, seed=99)[0][0] if test_rows and rank == 0 else None
-    engine = TamperingEngine(transport, parties, dealer=parties, authenticated=authenticated)
-    engine.adversary = adversary if rank == cheater else None
-    config = MaliciousTrainConfig(epochs=epochs, batch_size=batch, lr=0.5, reveal_to=list(range(parties)))
-    try:
-        result = train_logreg(engine, LocalData(xs[rank], ys[rank], test_x, None), initial, config)
-    finally:
-        engine.close()
-    return {"weights": result.revealed.tolist(), "seconds": result.seconds, "stats": result.stats,
-            "bytes": transport.stats.bytes_sent, "history": [(h.seconds, h.rounds, h.bytes_sent) for h in result.history],
-            "test_logits": None if result.history[-1].test_logits is None else result.history[-1].test_logits.tolist()}
-
-
-def sigmoid_party(transport: Any, rank: int, parties: int, grid: list[float]) -> list[float]:
-    """The training sigmoid as evaluated: authenticated shares of ``grid`` (party 0's input)."""
-    from protocols.malicious.train import sigmoid
-
-    engine = Engine(transport, parties, dealer=parties)
-    try:
-        z = engine.input(np.asarray(grid)[:, None] if rank == 0 else None, (len(grid), 1), 0)
-        return engine.reveal(sigmoid(engine, z)).reshape(-1).tolist()
-    finally:
-        engine.close()
+                adversary: Adversary | None = None, cheater: int = -1, hidden: tuple[int, ...] = ()) -> list[float]:
+    """Every party shares its rows and trains; the weights are revealed to all at the end."""
+    xs, ys = make_data(parties, rows, width)
+    with malicious_session(transport, parties) as crypten:
+        engine = current_engine()
+        engine.__class__ = TamperingEngine  # the production engine, with the adversary's hooks
+        engine.adversary = adversary if rank == cheater else None
+        features = crypten.cat([crypten.cryptensor(torch.tensor(x), src=owner) for owner, x in enumerate(xs)])
+        labels = crypten.cat([crypten.cryptensor(torch.tensor(y).reshape(-1, 1), src=owner)
+                              for owner, y in enumerate(ys)])
+        total = rows * parties
+        train = SharedDataset(features, labels, [f"x{i}" for i in range(width)], total, [], int(sum(y.sum() for y in ys)))
+        spec = {"_target_": "mpc.zoo.MLP", "hidden": list(hidden)} if hidden else {"_target_": "mpc.zoo.LogisticRegression"}
+        model = encrypt_model(crypten, build_torch_model(spec, width, seed=0), width)
+        loss = task_loss("binary", 2, total, train.positive_count)
+        trainer = SecureTrainer(crypten, model, TrainConfig(epochs=epochs, batch_size=batch, lr=0.5), loss, 0,
+                                transport.stats, show_progress=False)
+        trainer.fit(train, None)
+        return [float(v) for p in model.parameters() for v in p.get_plain_text().reshape(-1)]

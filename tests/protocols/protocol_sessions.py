@@ -51,9 +51,10 @@ def _dealer(dealer_fn: Callable, parties: int, port: int, results: Any, wire_tim
 
 
 def default_dealer(transport: Any, parties: int) -> Any:
-    from protocols.dealer import run_dealer_server
+    from parties.dealer import serve_tuples
+    from protocols.dealer import SemiHonestMaker
 
-    return run_dealer_server(transport, parties)
+    return serve_tuples(transport, parties, SemiHonestMaker(parties))
 
 
 def run_parties(fn: Callable[[Any, int], Any], protocol: ProtocolConfig, parties: int = 2,

@@ -10,6 +10,7 @@ import torch
 
 from protocols import ProtocolConfig
 from protocols.dealer import count_wraps, generate_tuple
+from protocols.dealer_wire import DealerEnd, DealerError, check_header
 from protocols.tuples import check_key, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
 from protocol_sessions import party_values, run_parties
@@ -94,16 +95,17 @@ def test_session_over_a_dealer(parties, truncation):
 
 
 def _dying_dealer(transport, parties):
-    transport.recv_obj(0)  # the first request, then the process dies without a word
+    DealerEnd(transport, parties).hello("dealer", [torch.empty(0, dtype=torch.long)] * parties)
+    [transport.recv_obj(rank) for rank in range(parties)]  # the first request, then the process dies without a word
     os._exit(3)
 
 
 def _lying_dealer(transport, parties):
-    message = transport.recv_obj(0)
-    for party in range(parties):  # claims one element fewer than asked for
-        transport.send_obj({"keys": message["keys"], "elements": 1}, party)
-        transport.send(torch.zeros(1, dtype=torch.long), party)
-    transport.recv_obj(0)
+    wire = DealerEnd(transport, parties)
+    wire.hello("dealer", [torch.empty(0, dtype=torch.long)] * parties)
+    items = wire.request()
+    wire.answer(len(items), [torch.zeros(1, dtype=torch.long)] * parties)  # one element, fewer than asked for
+    wire.request()
 
 
 def _multiply(crypten, rank):
@@ -112,7 +114,7 @@ def _multiply(crypten, rank):
 
 
 @pytest.mark.parametrize("dealer_fn,message", [(_dying_dealer, "failed or stopped answering"),
-                                               (_lying_dealer, "malformed batch")])
+                                               (_lying_dealer, "sent a malformed answer")])
 def test_a_failing_dealer_stops_the_run_with_a_clear_error(dealer_fn, message, capfd):
     collected = run_parties(_multiply, DEALER, parties=2, dealer_fn=dealer_fn, timeout_s=90, wire_timeout_s=8)
     errors = [value for rank, (status, value) in collected.items() if rank < 2 and status == "error"]
@@ -123,3 +125,26 @@ def test_a_failing_dealer_stops_the_run_with_a_clear_error(dealer_fn, message, c
     assert errors or (dealer_fn is _dying_dealer and watched), f"the parties should fail, got {collected}"
     assert all(error.startswith("DealerError") for error in errors)
     assert watched or any(message in error for error in errors)
+
+
+@pytest.mark.parametrize("header, message", [
+    ("tuples", "sent a malformed answer: expected answer (items 2, elements 6), got tuples"),
+    ({"op": "answer", "items": 2, "elements": 5}, "expected answer (items 2, elements 6)"),  # fewer elements
+    ({"op": "answer", "items": 1, "elements": 6}, "expected answer (items 2, elements 6)"),  # fewer tuples
+    ({"op": "answer", "items": 2}, "expected answer (items 2, elements 6)"),  # no size
+    ({"op": "answer", "items": 2, "elements": -6}, "expected answer (items 2, elements 6)"),
+    ({"op": "hello", "dealer": "dealer", "elements": 0}, "expected answer"),  # out of order
+    ({"op": "refused", "error": "the parties' requests differ"}, "refused the request: the parties' requests differ"),
+])
+def test_every_malformed_answer_header_is_refused(header, message):
+    with pytest.raises(DealerError, match=re.escape(message)):
+        check_header(header, "answer", "the dealer (rank 2)", items=2, elements=6)
+    assert check_header({"op": "answer", "items": 2, "elements": 6}, "answer", "the dealer", items=2, elements=6) == 6
+
+
+@pytest.mark.parametrize("header", [{"op": "hello", "dealer": "authenticated_dealer", "elements": 3},
+                                    {"op": "hello", "dealer": "dealer", "elements": 1 << 40},
+                                    {"op": "refused", "error": "no"}])
+def test_a_hello_from_another_kind_of_dealer_or_of_absurd_size_is_refused(header):
+    with pytest.raises(DealerError, match="sent a malformed hello"):
+        check_header(header, "hello", "the dealer (rank 2)", dealer="dealer")

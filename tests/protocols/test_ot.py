@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from protocols import ProtocolConfig
+from protocols.parts import UnsupportedTuple
 from nacl.bindings import (crypto_core_ed25519_add, crypto_core_ed25519_scalar_reduce,
                            crypto_scalarmult_ed25519_base_noclamp, crypto_scalarmult_ed25519_noclamp)
 
-from protocols.ot import GilboaEngine, OtChannel, OtError, matmul_u64, base_ot_receive, base_ot_send
+from protocols.base_ot import OtError, base_ot_receive, base_ot_send
+from protocols.ot import GilboaEngine, OtTripleSource, matmul_u64
+from protocols.ot_extension import OtChannel
 from protocol_sessions import party_values, run_parties
 
 
@@ -118,6 +120,11 @@ def run_pair(fn):
     return results
 
 
+def _one(engine, plan, *operands):
+    """One kind of product alone: a single plan through one OT extension run."""
+    return engine.run([getattr(engine, plan)(*operands)])[0]
+
+
 def _words(shape, seed):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 2**64 - 1, size=shape, dtype=np.uint64, endpoint=True)
@@ -138,17 +145,17 @@ def test_base_ot_messages_are_the_construction(monkeypatch):
     a (B_i - c A) = b_i A: recomputed here from the scalars each party drew, for both choice bits."""
     import hashlib
 
-    from protocols import ot
+    from protocols import base_ot
 
     drawn = {}
-    real_scalar = ot._random_scalar
+    real_scalar = base_ot.random_scalar
 
     def recorded_scalar():
         scalar = real_scalar()
         drawn.setdefault(threading.current_thread().name, []).append(scalar)
         return scalar
 
-    monkeypatch.setattr(ot, "_random_scalar", recorded_scalar)
+    monkeypatch.setattr(base_ot, "random_scalar", recorded_scalar)
     choices = np.array([0, 1] * 8)
     sent = {}
 
@@ -174,7 +181,7 @@ def test_base_ot_messages_are_the_construction(monkeypatch):
 
 def _tuple_products(rank, comm):
     x = _words(500, 10 + rank)
-    return x, GilboaEngine(OtChannel(comm, 1 - rank)).cross_elementwise(x, _words(500, 20 + rank))
+    return x, _one(GilboaEngine(OtChannel(comm, 1 - rank)), "plan_elementwise", x, _words(500, 20 + rank))
 
 
 def _other_group_element(message, received):
@@ -215,11 +222,11 @@ def test_gilboa_products_are_exact():
 
     def party(rank, comm):
         engine = GilboaEngine(OtChannel(comm, 1 - rank))
-        return {"matmul": engine.cross_matmul(a[rank], b[rank]),
-                "elementwise": engine.cross_elementwise(x[rank], y[rank]),
-                "one_way": engine.one_way_elementwise(x[rank], y[rank]),
-                "and": engine.cross_and(x[rank], y[rank]),
-                "bits": engine.cross_bits_times_words((x[rank] & np.uint64(1)).astype(np.uint8), y[rank])}
+        return {"matmul": _one(engine, "plan_matmul", a[rank], b[rank]),
+                "elementwise": _one(engine, "plan_elementwise", x[rank], y[rank]),
+                "one_way": _one(engine, "plan_one_way", x[rank], y[rank]),
+                "and": _one(engine, "plan_and", x[rank], y[rank]),
+                "bits": _one(engine, "plan_bits_times_words", (x[rank] & np.uint64(1)).astype(np.uint8), y[rank])}
 
     p0, p1 = run_pair(party)
     assert np.array_equal(p0["matmul"] + p1["matmul"], matmul_u64(a[0], b[1]) + matmul_u64(a[1], b[0]))
@@ -230,6 +237,38 @@ def test_gilboa_products_are_exact():
     assert np.array_equal(p0["bits"] + p1["bits"], bit[0] * y[1] + bit[1] * y[0])
 
 
+CONV = (("dilation", (1, 1)), ("groups", 1), ("padding", (1, 0)), ("stride", (2, 1)))
+BILINEAR_KEYS = [("triple", "conv2d", (2, 3, 5, 4), (4, 3, 2, 2), CONV),
+                 ("triple", "conv_transpose1d", (2, 3, 5), (3, 2, 3), (("stride", (2,)),)),
+                 ("triple", "conv1d", (1, 4, 6), (2, 2, 3), (("groups", 2),)),
+                 ("triple", "matmul", (6, 4, 2, 10), (10, 3), ()),
+                 ("triple", "matmul", (2, 4, 3), (2, 3, 4), ()),
+                 ("triple", "matmul", (2, 1, 4, 3), (3, 3, 2), ()),
+                 ("triple", "matmul", (5,), (5, 3), ())]
+
+
+def test_convolution_and_batched_matmul_triples_are_exact():
+    """c = op(a, b) over the ring, for CrypTen's other Beaver products (its nn layers ask for them)."""
+
+    def party(rank, comm):
+        source = OtTripleSource()
+        source.engine = GilboaEngine(OtChannel(comm, 1 - rank))
+        return source.produce(BILINEAR_KEYS)
+
+    for key, shares0, shares1 in zip(BILINEAR_KEYS, *run_pair(party)):
+        _, op, size0, size1, kwargs = key
+        a, b, c = (x + y for x, y in zip(shares0, shares1))  # int64 addition wraps as the ring
+        assert (a.shape, b.shape) == (size0, size1)
+        assert torch.equal(c, getattr(torch, op)(a, b, **dict(kwargs))), key
+        assert not torch.equal(shares0[2], c)  # a share is not the product
+
+
+def test_a_convolution_triple_too_large_for_ot_is_refused_by_name():
+    key = ("triple", "conv2d", (8, 16, 28, 28), (16, 16, 5, 5), ())
+    with pytest.raises(UnsupportedTuple, match=r"conv2d triples of up to \d+ correlation words.*protocol=dealer"):
+        OtTripleSource()._plan(key)
+
+
 @pytest.mark.parametrize("fill", [0, 2**64 - 1])
 def test_each_side_sees_only_uniformly_masked_messages(fill):
     """Even for constant inputs (all-zero or all-one bits), every received view is uniform."""
@@ -238,11 +277,12 @@ def test_each_side_sees_only_uniformly_masked_messages(fill):
 
     def party(rank, comm):
         channel = OtChannel(comm, 1 - rank, record=True)
-        GilboaEngine(channel).cross_elementwise(value, value)
+        _one(GilboaEngine(channel), "plan_elementwise", value, value)
         return [view for _, view in channel.views]
 
     for views in run_pair(party):
-        u_matrix, tau = views  # the peer's IKNP u columns, then its tau corrections
+        u_bytes, tau = views  # the peer's IKNP u columns, then its tau corrections
+        u_matrix = u_bytes.reshape(128, -1)
         for view in (u_matrix, tau):
             bits = np.unpackbits(np.ascontiguousarray(view).view(np.uint8))
             assert abs(bits.mean() - 0.5) < 0.01, f"a view is biased: {bits.mean():.4f}"
@@ -250,22 +290,94 @@ def test_each_side_sees_only_uniformly_masked_messages(fill):
         assert len(np.unique(u_matrix[:, :64], axis=0)) == u_matrix.shape[0]
 
 
-def test_throughput_and_bytes_per_triple(capsys):
-    count = 20_000
+def test_bytes_per_triple():
+    """Per party and elementwise triple: 64 OTs of 16 bytes of u plus 64 corrections of 8 bytes;
+    per exchange, two 16-byte headers."""
+    count = 3000
     x, y = [_words(count, s) for s in (1, 2)], [_words(count, s) for s in (3, 4)]
 
     def party(rank, comm):
         engine = GilboaEngine(OtChannel(comm, 1 - rank))
-        sent_before, start = comm.sent, time.perf_counter()
-        engine.cross_elementwise(x[rank], y[rank])  # both cross terms of `count` triples
-        return time.perf_counter() - start, comm.sent - sent_before
+        before = comm.sent
+        _one(engine, "plan_elementwise", x[rank], y[rank])  # both cross terms of `count` triples
+        return comm.sent - before
 
-    (t0, b0), (t1, b1) = run_pair(party)
-    seconds = max(t0, t1)
-    per_triple = (b0 + b1) / count
-    print(f"\nOT triples: {count / seconds:,.0f} triples/s (two parties in one process), "
-          f"{per_triple:,.0f} bytes/triple (both parties together)")
-    assert per_triple < 3200
+    for sent in run_pair(party):
+        assert sent == count * 64 * (16 + 8) + 2 * 16
+
+
+def test_many_requests_over_many_exchanges_are_exact(monkeypatch):
+    """Small exchanges split requests mid-group and mix kinds: every product still exact."""
+    from protocols import ot_extension
+
+    monkeypatch.setattr(ot_extension, "CHUNK_WORDS", 1000)
+    a, b = [_words((7, 5), s) for s in (1, 2)], [_words((5, 3), s) for s in (3, 4)]
+    x, y = [_words(37, s) for s in (5, 6)], [_words(37, s) for s in (7, 8)]
+
+    def party(rank, comm):
+        engine = GilboaEngine(OtChannel(comm, 1 - rank))
+        plans = [engine.plan_elementwise(x[rank], y[rank]), engine.plan_matmul(a[rank], b[rank]),
+                 engine.plan_and(x[rank], y[rank]), engine.plan_one_way(x[rank], y[rank]),
+                 engine.plan_bits_times_words((x[rank] & np.uint64(1)).astype(np.uint8), y[rank])]
+        return engine.run(plans), engine.channel.exchanges
+
+    (p0, exchanges), (p1, _) = run_pair(party)
+    assert exchanges > 10
+    bit = [v & np.uint64(1) for v in x]
+    assert np.array_equal(p0[0] + p1[0], x[0] * y[1] + x[1] * y[0])
+    assert np.array_equal(p0[1] + p1[1], matmul_u64(a[0], b[1]) + matmul_u64(a[1], b[0]))
+    assert np.array_equal(p0[2] ^ p1[2], (x[0] & y[1]) ^ (x[1] & y[0]))
+    assert np.array_equal(p0[3] + p1[3], x[0] * y[1])
+    assert np.array_equal(p0[4] + p1[4], bit[0] * y[1] + bit[1] * y[0])
+
+
+class TamperingComm(PipeComm):
+    """Party 0, rewriting its raw message number ``index`` (0: the first extension header,
+    1: its u columns, 2: the corrections header, 3: the corrections) with ``lie(tensor)``."""
+
+    def __init__(self, rank, queues, index, lie):
+        super().__init__(rank, queues)
+        self.index, self.lie, self.raw_sent = index, lie, 0
+
+    def isend(self, tensor, peer):
+        if self.raw_sent == self.index:
+            tensor = self.lie(tensor)
+        self.raw_sent += 1
+        return super().isend(tensor, peer)
+
+
+def _announcing(field, change):
+    def lie(header):
+        header = header.clone()
+        header[field] += change
+        return header
+    return lie
+
+
+HEADER_LIES = {
+    "u-one-byte-short": (0, _announcing(1, -1), "extension message: exchange 0 of"),
+    "u-one-byte-long": (0, _announcing(1, 1), "extension message: exchange 0 of"),
+    "corrections-short": (2, _announcing(1, -8), "correction message: exchange 0 of"),
+    "replayed-exchange": (2, _announcing(0, 1), "correction message: exchange 1 of"),
+}
+
+
+@pytest.mark.parametrize("lie", HEADER_LIES)
+def test_a_header_announcing_another_length_or_exchange_is_refused(lie):
+    index, rewrite, message = HEADER_LIES[lie]
+    _, honest = outcomes(_tuple_products, lambda rank, queues: TamperingComm(rank, queues, index, rewrite))
+    assert isinstance(honest, OtError), honest
+    assert "the OT peer sent a malformed" in str(honest) and message in str(honest)
+
+
+@pytest.mark.parametrize("index", [1, 3], ids=["u-columns", "corrections"])
+def test_garbage_of_the_right_length_gives_garbage_products(index):
+    """Semi-honest: random bytes in place of a message cannot be told from an honest one, and
+    every product built on them is wrong, not nearly right."""
+    garbage = lambda tensor: torch.randint(0, 256, tensor.shape, dtype=torch.uint8)  # noqa: E731
+    liar, honest = outcomes(_tuple_products, lambda rank, queues: TamperingComm(rank, queues, index, garbage))
+    (x0, z0), (x1, z1) = liar, honest
+    assert np.mean(z0 + z1 != x0 * _words(500, 21) + x1 * _words(500, 20)) > 0.99
 
 
 def _compute(crypten, rank):
@@ -298,3 +410,16 @@ def test_ot_says_it_is_two_party():
     check_party_count(ProtocolConfig(triple_source="ot"), 2)
     with pytest.raises(ValueError, match="2-party protocol"):
         check_party_count(ProtocolConfig(triple_source="ot"), 3)
+
+
+@pytest.mark.parametrize("count", [1, 63, 64, 1000])
+def test_bit_transposition_matches_unpacking(count):
+    """Row t of the transposed matrix holds bit t of every column (as packbits writes it),
+    also from keystream columns read in place with padding between them."""
+    from protocols.bitmatrix import transpose_bits
+
+    width = (count + 63) // 64 * 8
+    padded = np.random.default_rng(count).integers(0, 256, size=(128, width + 16), dtype=np.uint8)
+    columns = padded[:, :width]
+    expected = np.packbits(np.unpackbits(columns, axis=1, bitorder="little")[:, :count].T, axis=1, bitorder="little")
+    assert np.array_equal(transpose_bits(columns, count), expected)

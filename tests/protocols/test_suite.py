@@ -86,3 +86,29 @@ def test_training_matches_plaintext(job, protocol, parties, extra):
         assert parts["prg"]["offline_bytes"] > 0  # the seed agreement
         if protocol in ("dealer", "ot"):
             assert parts["triple_source"]["offline_bytes"] > 0
+
+
+def test_the_choices_offered_in_errors_are_every_built_in_part():
+    """In a fresh process, before any part module is imported, the error for an unknown name
+    offers exactly the parts that exist once every module of ``protocols`` is imported."""
+    import subprocess
+    import sys
+
+    program = """
+import importlib, pkgutil
+import protocols
+from protocols.registry import PART_KINDS, part_class, part_names
+offered = {}
+for kind in PART_KINDS:
+    try:
+        part_class(kind, "no-such-part")
+    except ValueError as error:
+        offered[kind] = str(error).rpartition("choose one of ")[2].split(", ")
+for module in pkgutil.walk_packages(protocols.__path__, "protocols."):
+    importlib.import_module(module.name)
+print(all(offered[kind] == part_names(kind) for kind in PART_KINDS), offered)
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300, check=True)
+    complete, _, offered = result.stdout.strip().partition(" ")
+    assert complete == "True", offered
+    assert "authenticated_dealer" in offered and "tfp" in offered

@@ -1,0 +1,152 @@
+"""OT triple throughput: elementwise and matmul triples' cross products, two party processes.
+
+    .venv/bin/python bench/ot_bench.py [--triples 200000] [--repeat 3] [--compare /path/to/other/checkout]
+
+Two processes (one per party, joined by a pipe) run the two-party OT suite's Gilboa
+products; prints elementwise triples per second per party (wall clock, and per second of
+the party's CPU time, which is what a busy machine still measures), bytes per triple, and the time
+of the W6-shaped matmul triple (512 x 32 @ 32 x 64), for this checkout and, with
+``--compare``, another one (e.g. the code before a change) side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MATMUL = (512, 32, 64)
+
+
+class _Handle:
+    def __init__(self, wait: Any = None) -> None:
+        self._wait = wait
+
+    def wait(self) -> None:
+        if self._wait is not None:
+            self._wait()
+
+
+class PipeComm:
+    """The transport surface the OT channel uses, over a multiprocessing pipe (sends in order
+    from one thread, so both parties can send large messages at once)."""
+
+    def __init__(self, rank: int, connection: Any) -> None:
+        self.rank, self.connection, self.sent = rank, connection, 0
+        self.outbox: queue.Queue = queue.Queue()
+        threading.Thread(target=self._sender, daemon=True).start()
+
+    def _sender(self) -> None:
+        while True:
+            data, done = self.outbox.get()
+            self.connection.send_bytes(data)
+            done.set()
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def get_world_size(self) -> int:
+        return 2
+
+    def send_obj(self, obj: bytes, peer: int) -> None:
+        self.isend(torch.frombuffer(bytearray(obj), dtype=torch.uint8), peer).wait()
+
+    def recv_obj(self, peer: int) -> bytes:
+        return self.connection.recv_bytes()
+
+    def isend(self, tensor: torch.Tensor, peer: int) -> _Handle:
+        data = tensor.contiguous().numpy().tobytes()
+        self.sent += len(data)
+        done = threading.Event()
+        self.outbox.put((data, done))
+        return _Handle(done.wait)
+
+    def irecv(self, tensor: torch.Tensor, peer: int) -> _Handle:
+        return _Handle(lambda: tensor.view(-1).view(torch.uint8).copy_(
+            torch.frombuffer(bytearray(self.connection.recv_bytes()), dtype=torch.uint8)))
+
+
+def _party(rank: int, connection: Any, triples: int, repeat: int, results: Any) -> None:
+    from protocols.ot import GilboaEngine, OtChannel
+
+    torch.set_num_threads(1)
+    comm = PipeComm(rank, connection)
+    rng = np.random.default_rng(rank)
+    words = lambda *shape: rng.integers(0, 2**64 - 1, size=shape, dtype=np.uint64, endpoint=True)  # noqa: E731
+    start = time.perf_counter()
+    engine = GilboaEngine(OtChannel(comm, 1 - rank))
+    engine.run([engine.plan_elementwise(words(1000), words(1000))])  # warm up (compiles what is compiled)
+    setup = time.perf_counter() - start
+    x, y = words(triples), words(triples)
+    times, cpu, sent = [], [], comm.sent
+    for _ in range(repeat):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        engine.run([engine.plan_elementwise(x, y)])
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    per_triple = (comm.sent - sent) / repeat / triples
+    m, k, n = MATMUL
+    start = time.perf_counter()
+    engine.run([engine.plan_matmul(words(m, k), words(k, n))])
+    results.put((rank, {"setup_s": setup, "best_s": min(times), "cpu_s": min(cpu), "sent_per_triple": per_triple,
+                        "matmul_s": time.perf_counter() - start}))
+
+
+def measure(triples: int, repeat: int) -> dict:
+    """Both parties in their own processes; the slower party's figures."""
+    context = multiprocessing.get_context("spawn")
+    ends, results = context.Pipe(), context.Queue()
+    processes = [context.Process(target=_party, args=(rank, ends[rank], triples, repeat, results)) for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    per_rank = dict(results.get(timeout=1800) for _ in processes)
+    for process in processes:
+        process.join(60)
+    slow = {key: max(r[key] for r in per_rank.values()) for key in per_rank[0]}
+    return {**slow, "triples_per_s": triples / slow["best_s"], "triples_per_cpu_s": triples / slow["cpu_s"]}
+
+
+def _measure_checkout(checkout: str, triples: int, repeat: int) -> dict:
+    environment = {**os.environ, "PYTHONPATH": checkout, "OMP_NUM_THREADS": "1"}
+    output = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--triples", str(triples),
+                             "--repeat", str(repeat), "--json"], env=environment, check=True,
+                            capture_output=True, text=True, cwd=checkout).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--triples", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--compare", default="", help="another checkout to measure the same way")
+    parser.add_argument("--json", action="store_true", help="print this checkout's figures as one JSON line")
+    args = parser.parse_args(argv)
+    if args.json:
+        sys.path.insert(0, os.getcwd())
+        print(json.dumps(measure(args.triples, args.repeat)))
+        return {}
+    checkouts = {"this": str(ROOT)} | ({"compare": str(Path(args.compare).resolve())} if args.compare else {})
+    figures = {name: _measure_checkout(path, args.triples, args.repeat) for name, path in checkouts.items()}
+    m, k, n = MATMUL
+    print(f"{'checkout':<10} {'triples/s/party':>16} {'per CPU second':>15} {'bytes/triple/party':>19} "
+          f"{'setup s':>8} {f'matmul {m}x{k}x{n} s':>20}")
+    for name, row in figures.items():
+        print(f"{name:<10} {row['triples_per_s']:>16,.0f} {row['triples_per_cpu_s']:>15,.0f} "
+              f"{row['sent_per_triple']:>19,.0f} {row['setup_s']:>8.2f} {row['matmul_s']:>20.2f}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

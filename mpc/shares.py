@@ -1,0 +1,41 @@
+"""What the engine does with a secret that depends on its share type: CrypTen's
+``MPCTensor`` (semi-honest suites) or the malicious suite's authenticated tensor
+(``protocols.malicious.cryptensor``). Both hold this party's share as one torch tensor
+(``.share``) and rebuild a secret from it (``from_shares``); a type may also batch the
+preprocessing of a repeating block (``planned``), check kept shares (``verify``) and check
+that every party holds the same public facts (``agree``)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, ContextManager, Sequence
+
+import torch
+
+
+def from_share(share: torch.Tensor, like: Any) -> Any:
+    """A secret of ``like``'s type from this party's ``share``, on ``like``'s device."""
+    return type(like).from_shares(share.to(like.device))
+
+
+def planned(like: Any, key: Any) -> ContextManager:
+    """Run a block whose preprocessing needs repeat each time ``key`` recurs (a training
+    step on a batch of one size) the way ``like``'s share type does it best."""
+    plan = getattr(type(like), "planned", None)
+    return plan(key) if plan is not None else nullcontext()
+
+
+def verify(secrets: Sequence[Any]) -> None:
+    """Check shares that are kept (saved, never revealed), where the share type can: under
+    protocol=malicious a tampered share stops every party here, before it is written."""
+    check = getattr(type(secrets[0]), "verify", None) if secrets else None
+    if check is not None:
+        check(list(secrets))
+
+
+def agree(like: Any, what: str, data: bytes) -> None:
+    """Where ``like``'s share type protects against lying parties: stop unless every party
+    holds the same public ``data`` (settled in the clear outside the MPC engine)."""
+    check = getattr(type(like), "agree", None)
+    if check is not None:
+        check(what, data)

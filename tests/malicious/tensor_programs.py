@@ -1,0 +1,119 @@
+"""Party-side programs for the authenticated tensor type's tests (importable by spawned processes)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from mpc.session import MpcSession
+from mpc.training import secure_sigmoid
+from parties.transport.group import PartyGroup
+from protocols import ProtocolSuite
+from protocols.malicious.engine import CheatDetected
+from protocols.suite import ProtocolConfig
+
+MALICIOUS = ProtocolConfig(name="malicious", triple_source="authenticated_dealer", check="spdz2k_mac")
+
+
+@contextmanager
+def malicious_session(transport: Any, parties: int) -> Iterator[Any]:
+    """CrypTen over the parties' own group, with protocol=malicious installed."""
+    with MpcSession(PartyGroup(transport, parties), ProtocolSuite(MALICIOUS)) as crypten:
+        yield crypten
+
+
+def inputs(parties: int) -> dict[str, np.ndarray]:
+    """Real-shaped operands: mixed magnitudes, a near-zero column, negatives."""
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-4, 4, (3, 4))
+    x[:, 1] *= 1e-3
+    return {"x": x, "y": rng.uniform(-4, 4, (3, 4)), "w": rng.uniform(-2, 2, (4, 2)),
+            "z": rng.uniform(-20, 20, (2, 5)), "owners": np.array([0, parties - 1, 1 % parties, 0])}
+
+
+def operations(crypten: Any, x: Any, y: Any, w: Any, z: Any) -> dict[str, Any]:
+    """Each operation the trainer and crypten.nn use, on authenticated tensors."""
+    return {
+        "add": x + y, "sub": x - y, "neg": -x, "add_public": x + 1.5, "rsub_public": 2 - x,
+        "mul": x * y, "square": y.square(), "mul_float": x * 0.3, "mul_int": x * 3,
+        "mul_tensor": x * torch.tensor([0.5, -1.25, 2.0, 3.0]),
+        "div_pow2": x.div(4), "div_int": x.div(7), "div_float": x.div(2.5), "div_large": (x * 2**19).div(2**27),
+        "matmul": x.matmul(w), "matmul_vector": x.matmul(w[:, 0]),
+        "sum": x.sum(), "sum_dim": x.sum(0), "sum_keepdim": x.sum(1, keepdim=True), "mean": x.mean(1),
+        "t": x.t(), "transpose": x.transpose(0, 1), "view": x.view(-1), "reshape": x.reshape(4, 3),
+        "getitem": x[1:, 2], "index": x[torch.tensor([2, 0])], "cat": crypten.cat([x, y], dim=1),
+        "stack": crypten.stack([x, y]), "expand": x[:1].expand(3, 4), "unsqueeze": x.unsqueeze(0),
+        "squeeze": x[:1].squeeze(0), "flatten": x.flatten(), "pad": x.pad((1, 0)),
+        "relu": x.relu(), "lt": x.lt(0), "ge": y.ge(0.5), "indicator_mul": x.lt(0) * y,
+        "compare_large": (z * 2000).ge(-1000), "sigmoid": secure_sigmoid(z),
+    }
+
+
+def plain_operations(x: np.ndarray, y: np.ndarray, w: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "add": x + y, "sub": x - y, "neg": -x, "add_public": x + 1.5, "rsub_public": 2 - x,
+        "mul": x * y, "square": y * y, "mul_float": x * 0.3, "mul_int": x * 3,
+        "mul_tensor": x * np.array([0.5, -1.25, 2.0, 3.0]),
+        "div_pow2": x / 4, "div_int": x / 7, "div_float": x / 2.5, "div_large": x / 2**8,
+        "matmul": x @ w, "matmul_vector": x @ w[:, 0],
+        "sum": x.sum(), "sum_dim": x.sum(0), "sum_keepdim": x.sum(1, keepdims=True), "mean": x.mean(1),
+        "t": x.T, "transpose": x.T, "view": x.reshape(-1), "reshape": x.reshape(4, 3),
+        "getitem": x[1:, 2], "index": x[[2, 0]], "cat": np.concatenate([x, y], 1),
+        "stack": np.stack([x, y]), "expand": np.broadcast_to(x[:1], (3, 4)), "unsqueeze": x[None],
+        "squeeze": x[0], "flatten": x.reshape(-1), "pad": np.pad(x, ((0, 0), (1, 0))),
+        "relu": np.maximum(x, 0), "lt": (x < 0) * 1.0, "ge": (y >= 0.5) * 1.0, "indicator_mul": (x < 0) * y,
+        "compare_large": (z * 2000 >= -1000) * 1.0, "sigmoid": 1 / (1 + np.exp(-z)),
+    }
+
+
+def run_operations(transport: Any, rank: int, parties: int) -> dict[str, list]:
+    """Every party shares its operands (owners from ``inputs``) and reveals every result."""
+    data = inputs(parties)
+    owners = [int(o) for o in data["owners"]]
+    with malicious_session(transport, parties) as crypten:
+        shared = [crypten.cryptensor(torch.tensor(data[name]), src=owner)
+                  for name, owner in zip(("x", "y", "w", "z"), owners)]
+        types = {type(t).__name__ for t in shared}
+        results = operations(crypten, *shared)
+        plain = {name: value.get_plain_text() for name, value in results.items()}
+        private = results["mul"].get_plain_text(dst=parties - 1)
+    out = {name: value.double().numpy().tolist() for name, value in plain.items()}
+    out["_types"] = sorted(types)
+    out["_private"] = None if private is None else private.double().numpy().tolist()
+    return out
+
+
+def tampered_reveal(transport: Any, rank: int, parties: int, cheater: int) -> str:
+    """``cheater`` adds 1 to its value share of a product before it is revealed; every
+    party must stop with CheatDetected at that reveal."""
+    data = inputs(parties)
+    with malicious_session(transport, parties) as crypten:
+        x = crypten.cryptensor(torch.tensor(data["x"]), src=0)
+        y = crypten.cryptensor(torch.tensor(data["y"]), src=parties - 1)
+        product = x * y
+        if rank == cheater:
+            share = product.share
+            share[0, 0, 0] += 1  # the value's low limb: one unit of u
+            product.share = share
+        try:
+            product.get_plain_text()
+        except CheatDetected as error:
+            return f"detected: {error.check}"
+    return "missed"
+
+
+def disagreement(transport: Any, rank: int, parties: int, liar: int) -> str:
+    """``liar`` holds other public facts (e.g. scaling statistics) than the rest; every party
+    must stop at the agreement."""
+    from protocols.malicious.cryptensor import AuthenticatedTensor
+
+    with malicious_session(transport, parties):
+        try:
+            AuthenticatedTensor.agree("statistics", b"mean 0.5" if rank != liar else b"mean 0.7")
+        except CheatDetected as error:
+            return f"detected: {error.check}"
+        AuthenticatedTensor.agree("statistics", b"the same everywhere")
+    return "missed"
