@@ -12,7 +12,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mpc.data.config import PARTITIONS
+from mpc.data.config import KINDS, PARTITIONS
 from mpc.dp import config_problem as dp_problem
 from mpc.losses import TASKS, expected_outputs
 from mpc.optim import ADAM_MIN_EPS, OPTIMIZERS, SCHEDULES
@@ -28,7 +28,7 @@ from protocols.malicious.parts import is_malicious
 from protocols.suite import check_party_count, testing_only_parts
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("transport", "protocol", "model", "data", "train", "launch")
+GROUPS = ("transport", "protocol", "model", "data", "train", "launch", "job")
 MIN_PARTIES, MAX_PARTIES = 2, 5
 LAUNCH_MODES = ("local", "mpirun", "torchrun", "host")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -96,6 +96,7 @@ def validate(config: RunConfig) -> None:
     require(config.data.task in TASKS, f"data.task={config.data.task} is not a task; choose one of {', '.join(TASKS)}")
     require(config.data.task != "multiclass" or config.data.classes >= 2,
             f"data.classes={config.data.classes}: a multiclass task needs at least 2 classes")
+    _check_sequences(config)
     _check_model(config)
     _check_optimizer(config.train)
     require(config.data.partition in PARTITIONS,
@@ -167,6 +168,29 @@ def validate(config: RunConfig) -> None:
     _validate_release(config)
 
 
+def _check_sequences(config: RunConfig) -> None:
+    """Sequence tables (data.kind=sequence) and pre-training by one party (pretrain.*)."""
+    data, pretrain = config.data, config.pretrain
+    if data.kind not in KINDS:
+        raise ConfigError(f"data.kind={data.kind} is not allowed; choose one of {', '.join(KINDS)}")
+    if data.kind == "sequence":
+        if data.partition != "horizontal":
+            raise ConfigError("data.kind=sequence needs data.partition=horizontal (each bank holds its own customers)")
+        if data.length < 1 or not data.vocabulary or min(data.vocabulary.values()) < 1:
+            raise ConfigError(f"data.kind=sequence needs data.length >= 1 and data.vocabulary mapping each token "
+                              f"field to its size >= 1 (got length {data.length}, vocabulary {dict(data.vocabulary)})")
+    if not pretrain.enabled:
+        return
+    if data.kind != "sequence":
+        raise ConfigError("pretrain.owner applies to data.kind=sequence (job=sequence)")
+    if pretrain.owner != config.train.evaluator:
+        raise ConfigError(f"pretrain.owner={pretrain.owner} must be the evaluator (train.evaluator="
+                          f"{config.train.evaluator}): the owner holds the held-out rows and the plaintext reference")
+    if pretrain.epochs < 1 or pretrain.batch_size < 1 or not 0 < pretrain.lr <= 10 or pretrain.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"pretrain.epochs and pretrain.batch_size must be at least 1, pretrain.lr in (0, 10] and "
+                          f"pretrain.optimizer one of {', '.join(OPTIMIZERS)}")
+
+
 def _validate_release(config: RunConfig) -> None:
     """The release policy names known values and parties, and allows what this job opens."""
     names = config.names() or tuple(spec.name for spec in default_party_specs(config.num_parties))
@@ -227,9 +251,12 @@ def _refuse_insecure(config: RunConfig) -> None:
 def _check_model(config: RunConfig) -> None:
     """Build the model once here, so a bad class, argument, layer or output width stops the run
     before any party starts (the parties build it again with the agreed feature count)."""
+    features = PLACEHOLDER_FEATURES
+    if config.data.kind == "sequence":  # the one-hot width is known before any table is read
+        features = config.data.length * sum(config.data.vocabulary.values())
     try:
-        model = build_torch_model(config.model, PLACEHOLDER_FEATURES, config.seed)
-        width, wanted = output_width(model, PLACEHOLDER_FEATURES), expected_outputs(config.data.task, config.data.classes)
+        model = build_torch_model(config.model, features, config.seed)
+        width, wanted = output_width(model, features), expected_outputs(config.data.task, config.data.classes)
     except ModelError as error:
         raise ConfigError(str(error)) from None
     if width != wanted:

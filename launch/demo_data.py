@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from mpc.data.synthetic import GeneratedFiles, write_horizontal, write_vertical
+from mpc.data.synthetic_sequences import write_sequences
 from parties.config import PartySpec, RunConfig
 
 
@@ -25,6 +26,8 @@ def _needs_demo_data(config: RunConfig) -> bool:
 
 def _generate(config: RunConfig, directory: Path) -> GeneratedFiles:
     d = config.data
+    if d.kind == "sequence":
+        return write_sequences(directory, config.num_parties, d.rows, d.test_rows, config.seed)
     if d.partition == "horizontal":
         return write_horizontal(directory, config.num_parties, d.rows, d.test_rows, config.seed)
     return write_vertical(directory, config.num_parties, d.rows, d.test_rows, config.seed, overlap=d.overlap)
@@ -51,7 +54,8 @@ def with_demo_data(config: RunConfig, run_id: str) -> RunConfig:
 def demo_data_key(config: RunConfig) -> str:
     d = config.data
     overlap = "" if d.overlap == 1 else f"-overlap{d.overlap:g}"
-    return f"{d.partition}-{config.num_parties}p-{d.rows}x{d.test_rows}-seed{config.seed}{overlap}"
+    kind = "" if d.kind == "table" else f"{d.kind}-"
+    return f"{kind}{d.partition}-{config.num_parties}p-{d.rows}x{d.test_rows}-seed{config.seed}{overlap}"
 
 
 def with_shared_demo_data(config: RunConfig) -> RunConfig:

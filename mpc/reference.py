@@ -21,6 +21,7 @@ from torch import nn
 
 from mpc.data.config import DataConfig
 from mpc.data.preprocessing import Preprocessing
+from mpc.data.sequences import encoded_table
 from mpc.data.tables import read_table
 from mpc.losses import Loss
 from mpc.optim import lr_at, plaintext_optimizer
@@ -42,6 +43,21 @@ def pool_horizontal(config: DataConfig, preprocessing: Preprocessing, train_path
     tests = [read_table(path, f"party {i}") for i, path in enumerate(test_paths) if path]
     test = pd.concat(tests, ignore_index=True) if tests else None
     return _pooled(preprocessing, train[config.label], train, None if test is None else test[config.label], test)
+
+
+def pool_sequences(config: DataConfig, train_paths: Sequence[str], test_paths: Sequence[str],
+                   withheld: int | None) -> PooledData:
+    """Every party's sequences one-hot encoded and stacked, but party ``withheld``'s training
+    rows (the model owner's, used for pre-training only), as the secure run shares them."""
+    def stacked(paths: Sequence[str], skip: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        parts = [encoded_table(path, f"party {i}", config) for i, path in enumerate(paths) if path and i != skip]
+        if not parts:
+            return None
+        return torch.cat([x for x, _ in parts]).float(), torch.cat([y for _, y in parts]).float()
+
+    features, labels = stacked(train_paths, withheld)
+    test = stacked(test_paths, None)
+    return PooledData(features, labels, *(test if test is not None else (None, None)))
 
 
 def common_id_rows(frames: Sequence[pd.DataFrame], id_column: str) -> list[pd.DataFrame]:

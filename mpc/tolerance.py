@@ -201,3 +201,24 @@ def compare(secure: dict, plaintext: dict, tolerances: dict[str, float] | None,
 
 def out_of_tolerance(gaps: dict[str, dict] | None) -> list[str]:
     return [metric for metric, entry in (gaps or {}).items() if entry["within_tolerance"] is False]
+
+
+# Fine-tuning a pre-trained network (the sequence job): the secure run may lose at most this
+# much AUC against the plaintext one (the acceptance bound the job is held to)
+FINE_TUNING_AUC_TOLERANCE = 0.02
+
+
+def fine_tuning_tolerances(plain_logits: torch.Tensor, labels: torch.Tensor, weights: ClassWeights,
+                           auc_tolerance: float = FINE_TUNING_AUC_TOLERANCE) -> tuple[float, dict[str, float]]:
+    """For a network without a derived training bound: the largest uniform logit error delta
+    under which the AUC can move by at most ``auc_tolerance`` (part 4, by bisection), and every
+    metric's tolerance at that delta. The secure held-out logits are then checked to lie
+    within delta of the plaintext ones, which makes every metric's tolerance hold."""
+    def auc_at(delta: float) -> float:
+        return metric_tolerances(plain_logits, labels, weights, torch.full((len(plain_logits),), delta))["auc"]
+
+    low, high = 0.0, float(plain_logits.abs().max().item()) * 2 + 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if auc_at(middle) <= auc_tolerance else (low, middle)
+    return low, metric_tolerances(plain_logits, labels, weights, torch.full((len(plain_logits),), low))

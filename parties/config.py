@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 
 from mpc.data.config import DataConfig
 from mpc.models import DEFAULT_MODEL
+from mpc.pretrain import PretrainConfig
 from mpc.psi import PsiConfig
 from mpc.release import ReleaseRule, default_release
 from mpc.training import TrainConfig
@@ -65,6 +66,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     psi: PsiConfig = field(default_factory=PsiConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     release: list[ReleaseRule] = field(default_factory=default_release)

@@ -14,8 +14,10 @@ from typing import Any
 
 from mpc import release
 from mpc.checkpoint import agree_on_resume, checkpoint_path, load_checkpoint, run_settings, save_checkpoint
+from mpc.data.sequences import share_sequences
 from mpc.data.sharing import share_horizontal, share_vertical
 from mpc.losses import expected_outputs, task_loss
+from mpc.pretrain import pretrain_on_file
 from mpc.models import ModelError, build_torch_model, encrypt_model, model_target, output_width
 from mpc.session import MpcSession
 from mpc.shares import agree
@@ -148,7 +150,10 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     log.info("computing on %s", device)
     gate = release_gate(config, rank, directory)
     with MpcSession(transport, suite, device=device) as crypten, release.enforced(gate):
-        if config.data.partition == "horizontal":
+        if config.data.kind == "sequence":
+            train, test, preprocessing = share_sequences(crypten, config.data, spec.data, spec.test_data or None,
+                                                         names[rank], device, withheld=config.pretrain.owner)
+        elif config.data.partition == "horizontal":
             train, test, preprocessing = share_horizontal(crypten, config.data, spec.data, spec.test_data or None,
                                                           names[rank], device)
         else:
@@ -164,7 +169,13 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
             raise ModelError(f"model._target_={model_target(config.model)} gives {output_width(torch_model, width)} "
                              f"outputs per row on {width} features; data.task={config.data.task} needs "
                              f"{expected_outputs(config.data.task, config.data.classes)}")
-        secure_model = encrypt_model(crypten, torch_model, width, device=device)
+        owner = config.pretrain.owner
+        initial_model = torch_model  # the weights the secure run starts from: the seed's, or the owner's
+        if owner is not None and rank == owner:
+            log.info("pre-training the model in plaintext on this party's own rows (pretrain.owner)")
+            initial_model = pretrain_on_file(torch_model, spec.data, names[rank], config.data, config.pretrain,
+                                             config.seed)
+        secure_model = encrypt_model(crypten, initial_model, width, owner=owner or 0, device=device)
         log.info("shared %d rows x %d features; training %s for %d epochs", train.rows, width,
                  model_target(config.model), config.train.epochs)
         training_start = time.perf_counter()
@@ -209,7 +220,7 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
         reports.append(receive_dealer_report(config, whole_world))
     if history and history[-1].heldout_logits is not None:
         write_predictions(directory / "heldout_predictions.csv", history[-1].heldout_logits, config.data.task)
-    reference = plaintext_reference(config, torch_model, loss, preprocessing, SIGMOID_MAX_ERROR)
+    reference = plaintext_reference(config, initial_model, loss, preprocessing, SIGMOID_MAX_ERROR)
     summary = build_summary(config, run_id, suite, reports, history, loss, torch_model, preprocessing,
                             SIGMOID_MAX_ERROR, job_s=time.perf_counter() - started, training_s=training_seconds,
                             reference=reference)

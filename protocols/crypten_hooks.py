@@ -186,6 +186,27 @@ def _convert_onnx_identity(crypten_module: Any) -> None:
     crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN.setdefault("Identity", Identity)
 
 
+def _reduce_over_one_axis(crypten_module: Any) -> None:
+    """ONNX ``ReduceMean``/``ReduceSum`` give their axes as a list; crypten's mean and sum
+    backward passes index the input's size with it and fail. One axis is given as an int."""
+    table = crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN
+    for op, base in (("ReduceMean", crypten_module.nn.Mean), ("ReduceSum", crypten_module.nn.Sum)):
+        if getattr(table.get(op), "one_axis_as_int", False):
+            continue
+
+        class OneAxis(base):  # type: ignore[misc, valid-type]
+            one_axis_as_int = True
+
+            @staticmethod
+            def from_onnx(attributes: Any = None, _base: type = base) -> Any:
+                module = _base.from_onnx(attributes)
+                if isinstance(module.dim, (list, tuple)) and len(module.dim) == 1:
+                    module.dim = int(module.dim[0])
+                return module
+
+        table[op] = OneAxis
+
+
 def apply() -> None:
     """Install every fix once; safe to call repeatedly."""
     global _applied
@@ -197,6 +218,7 @@ def apply() -> None:
     _fix_fixed_point_decode(crypten)
     _use_torchscript_onnx_exporter(crypten)
     _convert_onnx_identity(crypten)
+    _reduce_over_one_axis(crypten)
     _allow_crypten_types_in_torch_load()
     _applied = True
 

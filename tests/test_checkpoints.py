@@ -158,3 +158,26 @@ def test_a_prg_stream_seeks_forward_to_the_same_bytes_and_never_back(algorithm):
         assert stream.bytes_drawn == position and (stream.read(5000 - position) == whole[position:]).all()
     with pytest.raises(ValueError, match="cannot go back"):
         stream.seek(10)
+
+
+@pytest.mark.slow
+def test_cotrain_run_stopped_after_an_epoch_and_resumed_ends_as_the_uninterrupted_run(tmp_path, monkeypatch):
+    """Through ``cotrain run``: one epoch with a checkpoint, then a run resumed from it for
+    the second, against two epochs straight, under the test seed (protocol=tfp)."""
+    from sessions import run_job
+
+    monkeypatch.setenv("COTRAIN_INSECURE_TEST_SEED", "5")
+    settings = ("num_parties=2", "protocol=tfp", "transport=gloo", "model=mlp", "model.hidden=[4]",
+                "train.optimizer=adam", "train.lr=0.05", "data.rows=60", "data.test_rows=300", "train.batch_size=30",
+                "train.plaintext_reference=false")
+    straight = run_job(tmp_path / "straight", *settings, "train.epochs=2")
+    first = run_job(tmp_path / "first", *settings, "train.epochs=1", "train.checkpoint_every=1")
+    resumed = run_job(tmp_path / "resumed", *settings, "train.epochs=2", f"train.resume={tmp_path / 'first' / 'test'}")
+    assert resumed["resumed"] == {"from": str(tmp_path / "first" / "test"), "after_epoch": 1}
+    assert [e["epoch"] for e in first["per_epoch"]] == [1] and [e["epoch"] for e in resumed["per_epoch"]] == [2]
+    for party in ("bank0", "bank1"):
+        ends = [torch.load(tmp_path / run / "test" / party / "model_shares.pt", weights_only=True)
+                for run in ("straight", "resumed")]
+        assert ends[0].keys() == ends[1].keys() and all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+    for metric in ("auc", "pr_auc", "accuracy", "loss"):
+        assert resumed["secure"][metric] == straight["secure"][metric]

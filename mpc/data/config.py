@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Dict
 
 PARTITIONS = ("horizontal", "vertical")
+KINDS = ("table", "sequence")
 
 
 @dataclass
 class DataConfig:
+    kind: str = "table"  # table: numeric columns; sequence: token ids (mpc.data.sequences)
     partition: str = "horizontal"
     rows: int = 2000  # demo data: training rows per bank (horizontal) or customers (vertical)
     test_rows: int = 3000
@@ -21,3 +24,6 @@ class DataConfig:
     # below 1 each party also has customers of its own and its rows are in its own order
     # (psi.enabled=true finds the common ones)
     overlap: float = 1.0
+    # sequence tables: tokens per row and each token field's vocabulary size
+    length: int = 16
+    vocabulary: Dict[str, int] = field(default_factory=dict)

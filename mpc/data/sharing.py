@@ -94,7 +94,7 @@ def _scaled(preprocessing: Preprocessing, frame: pd.DataFrame | None, party: str
     return values
 
 
-def _share_from_each(crypten: Any, pieces: list[torch.Tensor | None], shapes: list[tuple[int, int]], dim: int,
+def share_from_each(crypten: Any, pieces: list[torch.Tensor | None], shapes: list[tuple[int, int]], dim: int,
                      device: Any) -> Any:
     """Party i contributes ``pieces[i]`` (only i has the values); concatenated along ``dim``."""
     rank = crypten.communicator.get().get_rank()
@@ -137,8 +137,8 @@ def _share_rows(crypten: Any, metas: list[TableMeta | None], preprocessing: Prep
     labels = None if frame is None else torch.tensor(frame[preprocessing.label].to_numpy(np.float64)).reshape(-1, 1)
     x_pieces = [scaled if owner == rank else None for owner in range(len(rows))]
     y_pieces = [labels if owner == rank else None for owner in range(len(rows))]
-    x = _share_from_each(crypten, x_pieces, [(n, width) for n in rows], 0, device)
-    y = _share_from_each(crypten, y_pieces, [(n, 1) for n in rows], 0, device)
+    x = share_from_each(crypten, x_pieces, [(n, width) for n in rows], 0, device)
+    y = share_from_each(crypten, y_pieces, [(n, 1) for n in rows], 0, device)
     contributed = [{"rows": n, "columns": width} for n in rows]
     return SharedDataset(x, y, list(preprocessing.features), sum(rows), contributed, positives)
 
@@ -230,7 +230,7 @@ def _share_columns(crypten: Any, frame: pd.DataFrame, columns: list[list[str]], 
     rows = len(frame)
     own = checked_by_all(comm, lambda: _scaled(preprocessing.subset(columns[rank]), frame, party, path))
     pieces = [own if owner == rank else None for owner in range(len(columns))]
-    x = _share_from_each(crypten, pieces, [(rows, len(c)) for c in columns], 1, device)
+    x = share_from_each(crypten, pieces, [(rows, len(c)) for c in columns], 1, device)
     label_holder = config.label_party
     labels = None
     if rank == label_holder:
