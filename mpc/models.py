@@ -119,7 +119,7 @@ def output_width(model: nn.Module, features: int) -> int:
     """The number of outputs per row, from one plaintext forward pass on a zero row (in eval
     mode, on a copy: BatchNorm refuses one row in training and would update its statistics)."""
     with torch.no_grad():
-        outputs = copy.deepcopy(model).eval()(torch.zeros(1, features))
+        outputs = copy.deepcopy(model).train(False)(torch.zeros(1, features))
     if outputs.dim() != 2 or outputs.shape[0] != 1:
         raise ModelError(f"the model maps a batch of shape (1, {features}) to shape {tuple(outputs.shape)}; "
                          "it must return one row of outputs per input row")

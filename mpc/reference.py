@@ -112,7 +112,7 @@ def train_plaintext(model: nn.Module, data: PooledData, config: TrainConfig, los
             optimiser.step()
         if data.test_features is not None:
             with torch.no_grad():  # in eval mode, as the secure evaluation (BatchNorm, Dropout)
-                curve.append(loss.evaluate(model.eval()(data.test_features), data.test_labels))
+                curve.append(loss.evaluate(model.train(False)(data.test_features), data.test_labels))
             model.train()
     return model, curve
 

@@ -87,6 +87,11 @@ _STRUCTURAL = ("__getitem__", "view", "reshape", "t", "transpose", "permute", "s
 
 
 @CrypTensor.register_cryptensor(TENSOR_TYPE)
+class UnsupportedOperation(TypeError):
+    """An operation the authenticated tensor does not offer (the message names it); use a
+    semi-honest suite for models that need it."""
+
+
 class AuthenticatedTensor(CrypTensor):
     """A SPDZ2k-authenticated secret (see the module's docstring)."""
 
@@ -196,7 +201,7 @@ class AuthenticatedTensor(CrypTensor):
 
     def pad(self, pad: Sequence[int], mode: str = "constant", value: float = 0) -> "AuthenticatedTensor":
         if mode != "constant" or value != 0:
-            raise NotImplementedError("authenticated tensors are padded with zeros only")
+            raise UnsupportedOperation("authenticated tensors are padded with zeros only")
         return self._new(_restructured(self._tensor, lambda limb: torch.nn.functional.pad(limb, tuple(pad))))
 
     @staticmethod
@@ -266,7 +271,7 @@ class AuthenticatedTensor(CrypTensor):
 
     def div(self, other: Any) -> "AuthenticatedTensor":
         if isinstance(other, CrypTensor):
-            raise NotImplementedError("division by a secret is not available on authenticated tensors")
+            raise UnsupportedOperation("division by a secret is not available on authenticated tensors")
         if isinstance(other, (int, float)) and float(other).is_integer() and other > 0:
             return self._divide(int(other))
         return self.mul(1.0 / _public(other) if torch.is_tensor(other) else 1.0 / other)
@@ -283,13 +288,13 @@ class AuthenticatedTensor(CrypTensor):
 
     def matmul(self, other: Any) -> "AuthenticatedTensor":
         if not isinstance(other, AuthenticatedTensor):
-            raise NotImplementedError("authenticated tensors multiply matrices with other authenticated tensors only")
+            raise UnsupportedOperation("authenticated tensors multiply matrices with other authenticated tensors only")
         if self.dim() == 1:
             return self.unsqueeze(0).matmul(other).squeeze(-2)
         if other.dim() == 1:
             return self.matmul(other.unsqueeze(-1)).squeeze(-1)
         if self.dim() != 2 or other.dim() != 2:
-            raise NotImplementedError(f"authenticated matmul takes matrices, not {tuple(self.size())} "
+            raise UnsupportedOperation(f"authenticated matmul takes matrices, not {tuple(self.size())} "
                                       f"by {tuple(other.size())}")
         both = self.fraction_bits + other.fraction_bits
         product = current_engine().matmul(self._tensor, other._tensor, truncate=both > FRACTIONAL_BITS)
