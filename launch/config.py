@@ -25,7 +25,7 @@ from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
 from protocols.registry import part_class
 from protocols.malicious.parts import is_malicious
-from protocols.suite import check_party_count, testing_only_parts
+from protocols.suite import check_party_count, check_parts_fit, testing_only_parts
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("transport", "protocol", "model", "data", "train", "launch", "job")
@@ -143,6 +143,7 @@ def validate(config: RunConfig) -> None:
         require(all(names) and len(set(names)) == len(names), f"parties: every party needs a unique name, got {names}")
     try:
         check_party_count(config.protocol, config.num_parties)
+        check_parts_fit(config.protocol)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _refuse_insecure(config)

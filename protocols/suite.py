@@ -10,7 +10,7 @@ import protocols.comparison  # noqa: F401
 import protocols.prg  # noqa: F401
 import protocols.tfp  # noqa: F401
 import protocols.truncation  # noqa: F401
-from protocols.parts import ProtocolPart
+from protocols.parts import ProtocolPart, TripleSource
 from protocols.registry import PART_KINDS, part_class
 
 
@@ -22,7 +22,7 @@ class ProtocolConfig:
     triple_source: str = "dealer"
     prg: str = "aes_ctr"
     truncation: str = "pairs"
-    comparison: str = "crypten"
+    comparison: str = "packed"
     check: str = "none"
     # modules imported before the parts are looked up: where a researcher's own parts
     # register themselves (``protocol.plugins=[my_parts]``)
@@ -56,6 +56,16 @@ def check_party_count(config: ProtocolConfig, num_parties: int) -> None:
         if limit is not None and num_parties > limit:
             raise ValueError(f"protocol.{kind}={part.part_name} is a {limit}-party protocol; "
                              f"num_parties={num_parties} needs another suite (e.g. protocol=dealer)")
+
+
+def check_parts_fit(config: ProtocolConfig) -> None:
+    """Raise ValueError naming the settings if one part needs a tuple the source does not deal."""
+    load_plugins(config)
+    source = part_class("triple_source", config.triple_source)
+    if config.comparison == "packed" and source.sign_mask is TripleSource.sign_mask:
+        raise ValueError(f"protocol.comparison=packed opens x + r against sign masks, which "
+                         f"protocol.triple_source={config.triple_source} does not deal; "
+                         "set protocol.comparison=crypten")
 
 
 def testing_only_parts(config: ProtocolConfig) -> list[str]:

@@ -31,8 +31,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from crypten.cryptensor import CrypTensor
-from crypten.encoder import FixedPointEncoder
+
+from protocols.crypten_hooks import load_crypten
+
+load_crypten()  # crypten imported with its compatibility fixes (its ONNX registry moved in torch)
+from crypten.cryptensor import CrypTensor  # noqa: E402
+from crypten.encoder import FixedPointEncoder  # noqa: E402
 
 from protocols.malicious.engine import FRACTIONAL_BITS, AShare, CheatDetected, Engine, encode
 from protocols.malicious.ring import U128
@@ -86,12 +90,12 @@ _STRUCTURAL = ("__getitem__", "view", "reshape", "t", "transpose", "permute", "s
                "flatten", "flip", "narrow", "index_select", "repeat", "roll", "unfold", "gather")
 
 
-@CrypTensor.register_cryptensor(TENSOR_TYPE)
 class UnsupportedOperation(TypeError):
     """An operation the authenticated tensor does not offer (the message names it); use a
     semi-honest suite for models that need it."""
 
 
+@CrypTensor.register_cryptensor(TENSOR_TYPE)
 class AuthenticatedTensor(CrypTensor):
     """A SPDZ2k-authenticated secret (see the module's docstring)."""
 

@@ -39,7 +39,7 @@ class ExampleTripleSource(TripleSource):
 def test_train_with_a_triple_source_defined_in_this_file(job):
     # 3. name it in the config; protocol.plugins makes every party process import this file
     summary = job("num_parties=2", "data.rows=300", "data.test_rows=400", "train.epochs=1",
-                  f"protocol.triple_source={NAME}", "protocol.truncation=local",
+                  f"protocol.triple_source={NAME}", "protocol.truncation=local", "protocol.comparison=crypten",
                   "protocol.plugins=[test_add_primitive]")
     assert summary["protocol_parts"]["triple_source"] == f"{NAME} (the README's example source)"
     for party in summary["per_party"]:

@@ -13,7 +13,7 @@ import torch
 from sessions import run_job
 
 TIMING_AND_WIRE = {"job_wall_s", "command_wall_s", "training_s", "transport", "per_party", "per_epoch", "run_id",
-                   "evaluator_bytes_per_epoch", "total_bytes_sent", "report"}  # gloo counts its ring all-reduce, zmq real frames
+                   "evaluator_bytes_per_epoch", "evaluator_bytes_per_row", "total_bytes_sent", "report"}  # gloo counts its ring all-reduce, zmq real frames
 
 
 def run(tmp_path, monkeypatch, transport, *overrides):
