@@ -143,7 +143,6 @@ def validate(config: RunConfig) -> None:
         require(all(names) and len(set(names)) == len(names), f"parties: every party needs a unique name, got {names}")
     try:
         check_party_count(config.protocol, config.num_parties)
-        check_parts_fit(config.protocol)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _refuse_insecure(config)
@@ -151,6 +150,10 @@ def validate(config: RunConfig) -> None:
     source = config.protocol.triple_source
     require(not dealer or callable(getattr(part_class("triple_source", source), "make_dealer", None)),
             f"protocol.triple_source={source} needs a dealer process but gives no make_dealer for it to run")
+    try:
+        check_parts_fit(config.protocol)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     rank = config.party.rank
     require(rank is None or 0 <= rank < world_size(config),
             f"party.rank={rank} is not a party rank (0..{world_size(config) - 1}"

@@ -47,3 +47,11 @@ def test_train_with_a_triple_source_defined_in_this_file(job):
         assert counters["calls"] > 0 and counters["tuples"] > 0  # 4. its own counters
         assert counters["online_bytes"] > 0 and counters["online_rounds"] > 0
     assert abs(summary["gaps"]["auc"]["gap"]) <= 0.01
+
+
+def test_a_source_without_sign_masks_is_refused_with_the_packed_comparison():
+    from launch.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=f"protocol.comparison=packed .* protocol.triple_source={NAME} does not deal; "
+                                          "set protocol.comparison=crypten"):
+        load_config([f"protocol.triple_source={NAME}", "protocol.truncation=local", "protocol.plugins=[test_add_primitive]"])
