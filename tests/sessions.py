@@ -62,3 +62,14 @@ def run_job(output_dir: Path, *overrides: str) -> dict:
                 "transport.timeout_s=60", "launch.timeout_s=600", *overrides]
     assert run(settings) == 0
     return json.loads((output_dir / "test" / "summary.json").read_text())
+
+
+def config_refusal(overrides: list[str]) -> str:
+    """The one-line ConfigError that ``load_config(overrides)`` stops with (a test fails if none)."""
+    import pytest
+
+    from launch.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides)
+    return str(error.value)

@@ -10,11 +10,11 @@ from pathlib import PurePosixPath
 import pytest
 import torch
 
-from launch.config import ConfigError, load_config
+from launch.config import load_config
 from mpc.checkpoint import (CheckpointError, agree_on_resume, checkpoint_path, load_checkpoint, run_settings,
                             save_checkpoint)
 from protocols.prg import CipherStream
-from sessions import run_parties
+from sessions import config_refusal, run_parties
 
 ROWS, FEATURES, CLASSES = 48, 5, 3
 
@@ -143,9 +143,7 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path):
     (["train.resume=/no/such/run"], "train.resume=/no/such/run is not a folder"),
 ])
 def test_bad_checkpoint_settings_stop_before_any_party_starts(overrides, message):
-    with pytest.raises(ConfigError) as error:
-        load_config(overrides)
-    assert message in str(error.value)
+    assert message in config_refusal(overrides)
 
 
 @pytest.mark.parametrize("algorithm", ["aes_ctr", "chacha20"])

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from launch.api import ModelNotImportable, import_path, train
-from launch.config import ConfigError, load_config
+from launch.config import load_config
 from mpc.approximations import INVERSE_SQRT_MAX_RELATIVE_ERROR
 from mpc.data.config import DataConfig
 from mpc.data.preprocessing import Preprocessing
@@ -38,7 +38,7 @@ from mpc.optim import lr_at
 from mpc.reference import pool_horizontal, train_plaintext
 from mpc.scoring import load_model_file, score_plain
 from mpc.training import TrainConfig, batch_slices, epoch_order
-from sessions import run_job, run_parties
+from sessions import config_refusal, run_job, run_parties
 
 U = 2.0**-16
 
@@ -110,9 +110,7 @@ def test_builtin_models_are_two_configs_of_the_same_path():
     (["data.task=ranking"], "data.task=ranking is not a task; choose one of binary, multiclass, regression"),
 ])
 def test_bad_models_stop_before_any_party_starts(overrides, message):
-    with pytest.raises(ConfigError) as error:
-        load_config(overrides)
-    assert message in str(error.value)
+    assert message in config_refusal(overrides)
 
 
 def test_python_entry_point_needs_an_importable_model():
