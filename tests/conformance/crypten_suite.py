@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -69,6 +70,8 @@ TWO_PARTY_TESTS = ("test_communicator.TestCommunicatorMultiProcess.test_gather",
 # a class per count (TestTFP is its two-party run, Test3PC its three-party run); upstream's
 # other files are two-party only, and run here at three parties too.
 PARTY_COUNT = {"test_mpc.TestTFP": 2, "test_mpc.Test3PC": 3}
+# after one rank failed, how long the others get to say so before the cell restarts
+FAILURE_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Outcome:
     outcome: str  # passed | failed | skipped
     detail: str = ""
     seconds: float = 0.0
+    cpu_s: float = 0.0  # CPU seconds, all ranks together (the load on a shared machine inflates seconds)
 
 
 @dataclass
@@ -153,7 +157,8 @@ class CellRun:
         self.wire_timeout_s = wire_timeout_s
         self.processes: list[subprocess.Popen] = []
         self.connections: dict[int, socket.socket] = {}
-        self.readers: dict[int, object] = {}
+        self.pending: dict[socket.socket, bytes] = {}  # bytes read past the last full line
+        self.starts = 0  # sets of workers started (one, plus one after each failure)
         self._keys = tempfile.TemporaryDirectory(prefix="cotrain-conformance-keys-")
 
     @property
@@ -193,19 +198,37 @@ class CellRun:
         try:
             while len(self.connections) < self.world:
                 connection, _ = listener.accept()
-                reader = connection.makefile("r", encoding="utf-8")
-                rank = json.loads(reader.readline())["rank"]
-                self.connections[rank], self.readers[rank] = connection, reader
+                self.pending[connection] = b""
+                rank = json.loads(self._line(connection, time.monotonic() + 180))["rank"]
+                self.connections[rank] = connection
         finally:
             listener.close()
+        self.starts += 1
 
-    def stop(self) -> None:
-        for connection in self.connections.values():
+    def _line(self, connection: socket.socket, deadline: float) -> str:
+        """The next line from a worker ("" if none came by ``deadline`` or it hung up)."""
+        while b"\n" not in self.pending[connection]:
+            connection.settimeout(max(0.01, deadline - time.monotonic()))
             try:
-                connection.sendall(b'{"stop": true}\n')
-            except OSError:
-                pass
-        deadline = time.monotonic() + 20
+                chunk = connection.recv(1 << 16)
+            except (TimeoutError, OSError):
+                return ""
+            if not chunk:
+                return ""
+            self.pending[connection] += chunk
+        line, _, self.pending[connection] = self.pending[connection].partition(b"\n")
+        return line.decode()
+
+    def stop(self, kill: bool = False) -> None:
+        """End the workers: asked to stop, or (``kill``, after a failure, when some may be
+        stuck waiting for a peer) at once."""
+        if not kill:
+            for connection in self.connections.values():
+                try:
+                    connection.sendall(b'{"stop": true}\n')
+                except OSError:
+                    pass
+        deadline = time.monotonic() + (0 if kill else 20)
         for process in self.processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
@@ -214,36 +237,46 @@ class CellRun:
                 process.wait()
         for connection in self.connections.values():
             connection.close()
-        self.processes, self.connections, self.readers = [], {}, {}
+        self.processes, self.connections, self.pending = [], {}, {}
 
     def run_one(self, test_id: str) -> Outcome:
+        """One test at every rank. Once a rank has failed, the others get ``FAILURE_GRACE_S``
+        to report (a peer of a failed rank would otherwise sit out its wire timeout)."""
         start = time.monotonic()
         message = (json.dumps({"run": test_id}) + "\n").encode()
         for connection in self.connections.values():
             connection.sendall(message)
         replies: dict[int, dict] = {}
         deadline = start + self.test_timeout_s
-        for rank, connection in self.connections.items():
-            connection.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                line = self.readers[rank].readline()
-            except (TimeoutError, OSError):
-                line = ""
-            if line:
-                replies[rank] = json.loads(line)
+        waiting = {connection: rank for rank, connection in self.connections.items()}
+        with selectors.DefaultSelector() as selector:
+            for connection in waiting:
+                selector.register(connection, selectors.EVENT_READ)
+            while waiting and time.monotonic() < deadline:
+                for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
+                    connection = key.fileobj
+                    line = self._line(connection, time.monotonic() + 10)
+                    selector.unregister(connection)
+                    rank = waiting.pop(connection)
+                    if line:
+                        replies[rank] = json.loads(line)
+                        if replies[rank]["outcome"] == "failed":
+                            deadline = min(deadline, time.monotonic() + FAILURE_GRACE_S)
         seconds = time.monotonic() - start
+        cpu = sum(reply.get("cpu_s", 0.0) for reply in replies.values())
         parties = [replies.get(rank) for rank in range(self.cell.parties)]
         failures = [f"rank {rank}: {reply['detail']}" for rank, reply in sorted(replies.items())
                     if reply["outcome"] == "failed"]
         missing = [rank for rank in range(self.world) if rank not in replies]
         if missing:
-            failures.append(f"ranks {missing} gave no outcome within {self.test_timeout_s:g} s")
+            failures.append(f"ranks {missing} gave no outcome within {min(seconds, self.test_timeout_s):.0f} s"
+                            + (" (stopped after another rank failed)" if failures else ""))
         if failures:
-            return Outcome("failed", "\n".join(failures), seconds)
+            return Outcome("failed", "\n".join(failures), seconds, cpu)
         skips = [reply["detail"] for reply in parties if reply["outcome"] == "skipped"]
         if skips:
-            return Outcome("skipped", skips[0], seconds)
-        return Outcome("passed", "", seconds)
+            return Outcome("skipped", skips[0], seconds, cpu)
+        return Outcome("passed", "", seconds, cpu)
 
     def run(self, tests: list[str], on_result: Callable[[str, Outcome], None] | None = None) -> dict[str, Outcome]:
         """Each test in turn; ``on_result`` hears every outcome as it comes (a run stopped
@@ -253,29 +286,42 @@ class CellRun:
             if not self.processes:
                 try:
                     self.start()
-                except (OSError, ValueError) as error:
-                    self.stop()
+                except (OSError, ValueError, KeyError) as error:
+                    self.stop(kill=True)
                     results[test_id] = Outcome("failed", f"the cell's processes did not start: {error}")
                     continue
             results[test_id] = self.run_one(test_id)
             if on_result:
                 on_result(test_id, results[test_id])
             if results[test_id].outcome == "failed":
-                self.stop()  # message streams may be out of step: start afresh
+                self.stop(kill=True)  # message streams may be out of step: start afresh
         self.stop()
         return results
 
 
 def _protocol(suite: str) -> dict:
-    return {"name": suite, "triple_source": suite}
+    """The suite as ``protocol=<suite>`` runs it: its parts from ``conf/protocol/<suite>.yaml``
+    (the dataclass defaults alone would, e.g., pair the OT source with the packed comparison,
+    whose sign masks it does not deal)."""
+    import yaml
+
+    return yaml.safe_load((REPO / "conf" / "protocol" / f"{suite}.yaml").read_text())
+
+
+@dataclass
+class CellResult:
+    results: dict[str, Outcome]  # per test run
+    skipped: dict[str, str]  # per test skipped here: the reason
+    starts: int  # sets of workers started: one, plus one after each failure
 
 
 def run_cell(cell: Cell, log_dir: Path, files: Iterable[str] = FILES, match: str = "",
              test_timeout_s: float = 300.0, on_result: Callable[[str, Outcome], None] | None = None,
-             ) -> tuple[dict[str, Outcome], dict[str, str]]:
-    """Run a cell's selection; returns (outcome per test run, reason per test skipped here)."""
+             ) -> CellResult:
+    """Run a cell's selection."""
     selection = select(cell, files, match)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{cell.name.replace('/', '-')}.log"
-    results = CellRun(cell, log_path, test_timeout_s).run(selection.run, on_result)
-    return results, selection.skipped
+    run = CellRun(cell, log_path, test_timeout_s)
+    results = run.run(selection.run, on_result)
+    return CellResult(results, selection.skipped, run.starts)

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sys
+import time
 import traceback
 import types
 import unittest
@@ -162,6 +163,7 @@ def main() -> None:
             command = json.loads(line)
             if "run" not in command:
                 break
+            cpu_start = time.process_time()
             try:
                 if rank == parties:
                     from parties.dealer import serve_tuples
@@ -174,7 +176,7 @@ def main() -> None:
                     reply = run_test(command["run"], comm, suite_config, rank, parties)
             except BaseException:
                 reply = {"outcome": "failed", "detail": traceback.format_exc()}
-            answer({"rank": rank, "test": command["run"], **reply})
+            answer({"rank": rank, "test": command["run"], "cpu_s": time.process_time() - cpu_start, **reply})
     finally:
         transport.close()
 

@@ -39,13 +39,27 @@ def _first_lines(text: str, count: int = 3) -> str:
     return " | ".join(tail or lines[-count:])
 
 
+def _file_of(test_id: str) -> str:
+    return test_id.split(".", 1)[0]
+
+
 def print_report(record: dict) -> None:
-    header = f"{'cell':<18}{'passed':>8}{'failed':>8}{'skipped':>9}{'seconds':>9}"
+    """Per cell and file: passed / failed / skipped, seconds of test time and CPU seconds (all
+    ranks; on a shared machine the seconds follow the load, the CPU seconds much less)."""
+    header = f"{'cell':<16}{'file':<22}{'passed':>7}{'failed':>7}{'skipped':>8}{'seconds':>9}{'cpu s':>8}"
     print("\n" + header + "\n" + "-" * len(header))
     for name, cell in record["cells"].items():
-        counts = collections.Counter(result["outcome"] for result in cell["results"].values())
-        skipped = counts["skipped"] + len(cell["skipped"])
-        print(f"{name:<18}{counts['passed']:>8}{counts['failed']:>8}{skipped:>9}{cell['seconds']:>9.0f}")
+        for module in record["files"]:
+            results = [r for test_id, r in cell["results"].items() if _file_of(test_id) == module]
+            rule_skips = sum(_file_of(test_id) == module for test_id in cell["skipped"])
+            if not results and not rule_skips:
+                continue
+            counts = collections.Counter(result["outcome"] for result in results)
+            seconds = sum(result["seconds"] for result in results)
+            cpu = sum(result.get("cpu_s", 0.0) for result in results)
+            print(f"{name:<16}{module:<22}{counts['passed']:>7}{counts['failed']:>7}"
+                  f"{counts['skipped'] + rule_skips:>8}{seconds:>9.0f}{cpu:>8.0f}")
+        print(f"{name:<16}{'(whole cell)':<22}{'':>22}{cell['seconds']:>9.0f}   workers started {cell['starts']}x")
     reasons: dict[str, set] = collections.defaultdict(set)
     for name, cell in record["cells"].items():
         for test_id, reason in cell["skipped"].items():
@@ -76,14 +90,15 @@ def main() -> int:
         start = time.monotonic()
         print(f"{cell.name}: running ...", flush=True)
         def progress(test_id: str, result: Outcome, cell_name: str = cell.name) -> None:
-            print(f"  {cell_name} {test_id}: {result.outcome} ({result.seconds:.0f} s)", flush=True)
+            print(f"  {cell_name} {test_id}: {result.outcome} ({result.seconds:.0f} s, cpu {result.cpu_s:.0f} s)",
+                  flush=True)
 
-        results, skipped = run_cell(cell, out_dir / "logs", files, args.match, args.test_timeout, progress)
-        counts = collections.Counter(result.outcome for result in results.values())
-        print(f"{cell.name}: {dict(counts)}, {len(skipped)} skipped by rule, "
+        ran = run_cell(cell, out_dir / "logs", files, args.match, args.test_timeout, progress)
+        counts = collections.Counter(result.outcome for result in ran.results.values())
+        print(f"{cell.name}: {dict(counts)}, {len(ran.skipped)} skipped by rule, "
               f"{time.monotonic() - start:.0f} s", flush=True)
-        record["cells"][cell.name] = {"seconds": time.monotonic() - start, "skipped": skipped,
-                                      "results": {test_id: asdict(result) for test_id, result in results.items()}}
+        record["cells"][cell.name] = {"seconds": time.monotonic() - start, "skipped": ran.skipped, "starts": ran.starts,
+                                      "results": {test_id: asdict(result) for test_id, result in ran.results.items()}}
         path = Path(args.json) if args.json else out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))

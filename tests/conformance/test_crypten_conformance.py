@@ -25,7 +25,8 @@ SELECTION = [
 @pytest.mark.slow
 @pytest.mark.parametrize("cell, files, match", SELECTION, ids=[cell.name for cell, _, _ in SELECTION])
 def test_crypten_upstream_tests_pass(tmp_path: Path, cell: Cell, files: list[str], match: str) -> None:
-    results, skipped = run_cell(cell, tmp_path, files, match)
+    record = run_cell(cell, tmp_path, files, match)
+    results, skipped = record.results, record.skipped
     failed = {test_id: result.detail for test_id, result in results.items() if result.outcome == "failed"}
     assert not failed, "\n\n".join(f"{test_id}:\n{detail}" for test_id, detail in failed.items())
     assert sum(result.outcome == "passed" for result in results.values()) >= 14
