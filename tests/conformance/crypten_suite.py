@@ -99,6 +99,7 @@ class Outcome:
     detail: str = ""
     seconds: float = 0.0
     cpu_s: float = 0.0  # CPU seconds, all ranks together (the load on a shared machine inflates seconds)
+    peak_rss_mb: float = 0.0  # the largest rank's peak memory so far in its process
 
 
 @dataclass
@@ -178,7 +179,7 @@ class CellRun:
             generate_party_keys(key_dir, names)
         ports = free_ports(len(names) + 1)
         return {"transport": self.cell.transport, "parties": self.cell.parties, "names": names,
-                "protocol": _protocol(self.cell.suite), "timeout_s": self.wire_timeout_s,
+                "protocol": protocol_settings(self.cell.suite), "timeout_s": self.wire_timeout_s,
                 "master_port": ports[-1], "peers": {n: f"tcp://127.0.0.1:{p}" for n, p in zip(names, ports)},
                 "key_dir": key_dir, "coordinator_port": listener_port}
 
@@ -264,6 +265,7 @@ class CellRun:
                             deadline = min(deadline, time.monotonic() + FAILURE_GRACE_S)
         seconds = time.monotonic() - start
         cpu = sum(reply.get("cpu_s", 0.0) for reply in replies.values())
+        rss = max((reply.get("peak_rss_mb", 0.0) for reply in replies.values()), default=0.0)
         parties = [replies.get(rank) for rank in range(self.cell.parties)]
         failures = [f"rank {rank}: {reply['detail']}" for rank, reply in sorted(replies.items())
                     if reply["outcome"] == "failed"]
@@ -272,11 +274,11 @@ class CellRun:
             failures.append(f"ranks {missing} gave no outcome within {min(seconds, self.test_timeout_s):.0f} s"
                             + (" (stopped after another rank failed)" if failures else ""))
         if failures:
-            return Outcome("failed", "\n".join(failures), seconds, cpu)
+            return Outcome("failed", "\n".join(failures), seconds, cpu, rss)
         skips = [reply["detail"] for reply in parties if reply["outcome"] == "skipped"]
         if skips:
-            return Outcome("skipped", skips[0], seconds, cpu)
-        return Outcome("passed", "", seconds, cpu)
+            return Outcome("skipped", skips[0], seconds, cpu, rss)
+        return Outcome("passed", "", seconds, cpu, rss)
 
     def run(self, tests: list[str], on_result: Callable[[str, Outcome], None] | None = None) -> dict[str, Outcome]:
         """Each test in turn; ``on_result`` hears every outcome as it comes (a run stopped
@@ -299,7 +301,7 @@ class CellRun:
         return results
 
 
-def _protocol(suite: str) -> dict:
+def protocol_settings(suite: str) -> dict:
     """The suite as ``protocol=<suite>`` runs it: its parts from ``conf/protocol/<suite>.yaml``
     (the dataclass defaults alone would, e.g., pair the OT source with the packed comparison,
     whose sign masks it does not deal)."""

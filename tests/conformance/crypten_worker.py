@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import json
 import os
+import resource
 import socket
 import sys
 import time
@@ -176,7 +177,8 @@ def main() -> None:
                     reply = run_test(command["run"], comm, suite_config, rank, parties)
             except BaseException:
                 reply = {"outcome": "failed", "detail": traceback.format_exc()}
-            answer({"rank": rank, "test": command["run"], "cpu_s": time.process_time() - cpu_start, **reply})
+            answer({"rank": rank, "test": command["run"], "cpu_s": time.process_time() - cpu_start,
+                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **reply})
     finally:
         transport.close()
 

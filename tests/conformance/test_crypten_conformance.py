@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from crypten_suite import Cell, run_cell
+from crypten_suite import SUITES, Cell, protocol_settings, run_cell
+from protocols import ProtocolConfig
+from protocols.suite import check_parts_fit
 
 SELECTION = [
     (Cell("zmq", "dealer", 3), ["test_communicator", "test_nn"], "TestCommunicator,test_nn.TestTFP.test_linear"),
@@ -33,3 +35,15 @@ def test_crypten_upstream_tests_pass(tmp_path: Path, cell: Cell, files: list[str
     # every skip says why: one of ours (pickles) or upstream's own decorator
     assert all(reason for reason in skipped.values())
     assert all(result.detail for result in results.values() if result.outcome == "skipped")
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_each_cell_runs_its_suite_as_configured(suite: str) -> None:
+    """A cell's parties get every part of conf/protocol/<suite>.yaml (the OT cells once ran the
+    packed comparison, the dataclass default, which the OT source cannot serve)."""
+    settings = protocol_settings(suite)
+    assert settings["name"] == settings["triple_source"] == suite
+    config = ProtocolConfig(**settings)
+    check_parts_fit(config)  # raises where a part needs tuples the source does not deal
+    if suite == "ot":
+        assert config.comparison == "crypten"
