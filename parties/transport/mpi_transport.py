@@ -22,6 +22,7 @@ from torch.distributed import ReduceOp
 
 from parties.transport.base import PartyAddress, Transport, TransportError, TransportOptions
 from parties.transport.peer_watch import PeerWatch, failing_on_transport_error
+from parties.transport.wire import byte_view
 
 _TAG = 7  # one tag for all point-to-point traffic: MPI keeps per-(source, tag) order
 _SPIN_S = 2e-3  # poll (yielding the core) this long, then nap from _FIRST_NAP_S up to _MAX_NAP_S
@@ -48,7 +49,7 @@ def _on_host(tensor: torch.Tensor) -> torch.Tensor:
 
 def _bytes_view(tensor: torch.Tensor) -> np.ndarray:
     """A writable uint8 numpy view of a contiguous CPU tensor's memory (any dtype)."""
-    return tensor.reshape(-1).view(torch.uint8).numpy()
+    return byte_view(tensor).numpy()
 
 
 class _Request:

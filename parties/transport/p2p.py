@@ -19,7 +19,7 @@ import torch
 from torch.distributed import ReduceOp
 
 from parties.transport.base import PartyAddress, Transport, TransportOptions, reduce_tensors
-from parties.transport.wire import WireError, dtype_name
+from parties.transport.wire import WireError, byte_view, dtype_name
 
 HEADER_KEYS = frozenset({"op", "seq", "sender", "dtype", "shape"})
 # from this size on, sharing a buffer with the wire beats copying it
@@ -214,7 +214,7 @@ class PointToPointTransport(Transport):
             staged = target.device.type != "cpu" or not target.is_contiguous()
             host = torch.empty(target.shape, dtype=target.dtype) if staged else target
             if size:
-                host.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(payload, np.uint8, size, offset)
+                byte_view(host).numpy()[:] = np.frombuffer(payload, np.uint8, size, offset)
             if host is not target:
                 target.copy_(host)
             offset += size

@@ -47,6 +47,16 @@ def dtype_from_name(name: Any, peer: str) -> torch.dtype:
     return WIRE_DTYPES[name]
 
 
+def byte_view(tensor: torch.Tensor) -> torch.Tensor:
+    """The memory of a contiguous CPU tensor as a 1-D uint8 tensor (writable, shared).
+
+    A contiguous tensor may still have stride 0 on its dimensions of size 1 (``expand`` makes
+    them, and ``contiguous()`` and ``empty_like`` keep them), where ``reshape(-1).view(uint8)``
+    refuses; its elements are consecutive all the same.
+    """
+    return tensor.as_strided((tensor.numel(),), (1,)).view(torch.uint8)
+
+
 TENSOR_EXT = 1  # msgpack extension code of a tensor inside an object
 
 
@@ -73,7 +83,7 @@ def _tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
     """[dtype, shape] as msgpack, then the raw bytes (C order; on the host)."""
     host = tensor.detach().cpu().contiguous()
     header = msgpack.packb([dtype_name(host.dtype), list(host.shape)])
-    return msgpack.ExtType(TENSOR_EXT, header + host.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return msgpack.ExtType(TENSOR_EXT, header + byte_view(host).numpy().tobytes())
 
 
 def _tensor_from_ext(peer: str, code: int, data: bytes) -> torch.Tensor:

@@ -61,6 +61,12 @@ def main() -> None:
         for request in requests:
             request.wait()
         assert torch.equal(got, values(prv, shape)), "isend/irecv"
+        # into an expanded tensor: stride 0 on its size-1 dimensions, and "contiguous"
+        single = torch.empty_like(torch.tensor(0).expand(1, 1))
+        requests = [transport.isend(torch.tensor(rank).expand(1, 1), nxt), transport.irecv(single, prv)]
+        for request in requests:
+            request.wait()
+        assert single.item() == prv, "irecv into an expanded tensor"
         if rank == 0:
             transport.send(values(0, (7,), torch.float32), 1)
         elif rank == 1:

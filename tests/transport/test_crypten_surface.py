@@ -64,6 +64,14 @@ def _surface(rank: int, world_size: int, options: TransportOptions, grouped: boo
             comm.broadcast(parameter, 0)  # like CrypTen's tests syncing a module's weights
             checks["broadcast_into_parameter"] = torch.equal(parameter.detach(), torch.zeros(3))
             checks["parameter_still_a_leaf"] = parameter.requires_grad and parameter.grad_fn is None
+            # an expanded share (CrypTen's broadcasting) has stride 0 on its size-1 dimensions
+            # and still counts as contiguous; empty_like keeps the stride 0
+            single = torch.tensor(rank + 1).expand(1, 1)
+            checks["all_reduce_expanded"] = torch.equal(comm.all_reduce(single),
+                                                        torch.full((1, 1), sum(range(1, size + 1))))
+            target = single.clone() if rank == 0 else torch.empty_like(single)
+            comm.broadcast(target, 0)
+            checks["broadcast_into_expanded"] = torch.equal(target, torch.ones(1, 1, dtype=torch.int64))
         transport.barrier()
     finally:
         transport.close()
