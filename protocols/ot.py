@@ -139,8 +139,13 @@ def matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 BILINEAR_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
 
 
-# a bilinear triple's correlations (operand elements x 64 bits x output elements): 256 MiB
-MAX_BILINEAR_WORDS = 1 << 25
+# A bilinear triple's correlations (operand elements x 64 bits x output elements) stream
+# through the extension in exchanges of CHUNK_WORDS, so they bound time and traffic (2 GiB
+# each way), not memory: CrypTen's test_nn image convolutions need up to 2.4e8 and peak at
+# 1.7 GiB per party. What is held at once is the basis and its images (elements x
+# (elements + output elements)): 512 MiB.
+MAX_BILINEAR_WORDS = 1 << 28
+MAX_BASIS_WORDS = 1 << 26
 
 
 def _apply(op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -159,9 +164,11 @@ def _plan_bilinear(engine: GilboaEngine, op: str, kwargs: dict, a: np.ndarray, b
     small = b if on_right else a
     product = _apply(op, kwargs, a, b)
     words = small.size * 64 * product.size  # the correlations of the matrix product
-    if words > MAX_BILINEAR_WORDS:
-        raise UnsupportedTuple(f"protocol=ot makes {op} triples of up to {MAX_BILINEAR_WORDS} correlation words; "
-                               f"{tuple(a.shape)} with {tuple(b.shape)} needs {words} (use protocol=dealer)")
+    held = small.size * (small.size + product.size)  # the basis and its images
+    if words > MAX_BILINEAR_WORDS or held > MAX_BASIS_WORDS:
+        raise UnsupportedTuple(f"protocol=ot makes {op} triples of up to {MAX_BILINEAR_WORDS} correlation words "
+                               f"and {MAX_BASIS_WORDS} basis words; {tuple(a.shape)} with {tuple(b.shape)} needs "
+                               f"{words} and {held} (use protocol=dealer)")
     basis = np.eye(small.size, dtype=np.uint64).reshape(small.size, *small.shape)
     images = np.stack([_apply(op, kwargs, a, unit) if on_right else _apply(op, kwargs, unit, b) for unit in basis])
     plan = engine.plan_matmul(np.ascontiguousarray(images.reshape(small.size, -1).T), small.reshape(-1, 1))

@@ -263,9 +263,12 @@ def test_convolution_and_batched_matmul_triples_are_exact():
         assert not torch.equal(shares0[2], c)  # a share is not the product
 
 
-def test_a_convolution_triple_too_large_for_ot_is_refused_by_name():
-    key = ("triple", "conv2d", (8, 16, 28, 28), (16, 16, 5, 5), ())
-    with pytest.raises(UnsupportedTuple, match=r"conv2d triples of up to \d+ correlation words.*protocol=dealer"):
+@pytest.mark.parametrize("key", [
+    ("triple", "conv2d", (8, 16, 28, 28), (16, 16, 5, 5), ()),  # too many correlations
+    ("triple", "conv1d", (1, 1, 16384), (1, 1, 16384), ()),  # few, but a basis of 16384^2 words
+])
+def test_a_convolution_triple_too_large_for_ot_is_refused_by_name(key):
+    with pytest.raises(UnsupportedTuple, match=rf"{key[1]} triples of up to \d+ correlation words.*protocol=dealer"):
         OtTripleSource()._plan(key)
 
 
