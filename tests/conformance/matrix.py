@@ -91,7 +91,8 @@ def main() -> int:
         print(f"{cell.name}: running ...", flush=True)
         def progress(test_id: str, result: Outcome, cell_name: str = cell.name) -> None:
             print(f"  {cell_name} {test_id}: {result.outcome} ({result.seconds:.0f} s, cpu {result.cpu_s:.0f} s, "
-                  f"peak rss {result.peak_rss_mb:.0f} MiB)", flush=True)
+                  f"peak rss {result.peak_rss_mb:.0f} MiB)"
+                  + (f"\n    {_first_lines(result.detail)[:400]}" if result.outcome == "failed" else ""), flush=True)
 
         ran = run_cell(cell, out_dir / "logs", files, args.match, args.test_timeout, progress)
         counts = collections.Counter(result.outcome for result in ran.results.values())
