@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent / "transport"))
 from helpers import free_ports  # noqa: E402  (the transport tests' port picker)
+from parties.transport import TransportOptions  # noqa: E402
 
 WORKER = HERE / "crypten_worker.py"
 PYTHON = sys.executable
@@ -72,6 +73,10 @@ TWO_PARTY_TESTS = ("test_communicator.TestCommunicatorMultiProcess.test_gather",
 PARTY_COUNT = {"test_mpc.TestTFP": 2, "test_mpc.Test3PC": 3}
 # after one rank failed, how long the others get to say so before the cell restarts
 FAILURE_GRACE_S = 5.0
+# How long a party waits for a message: a run's default (transport.timeout_s). With 30 s, a
+# dealer dealing 390,000-element tuples on loaded cores answered after the parties had given
+# up (test_max_min_pairwise at three parties); a failing rank ends its test at once anyway.
+WIRE_TIMEOUT_S = TransportOptions.timeout_s
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ class CellRun:
     """The worker processes of one cell, and the tests they run one by one."""
 
     def __init__(self, cell: Cell, log_path: Path, test_timeout_s: float = 300.0,
-                 wire_timeout_s: float = 30.0) -> None:
+                 wire_timeout_s: float = WIRE_TIMEOUT_S) -> None:
         self.cell = cell
         self.log_path = log_path
         self.test_timeout_s = test_timeout_s
