@@ -77,6 +77,10 @@ FAILURE_GRACE_S = 5.0
 # dealer dealing 390,000-element tuples on loaded cores answered after the parties had given
 # up (test_max_min_pairwise at three parties); a failing rank ends its test at once anyway.
 WIRE_TIMEOUT_S = TransportOptions.timeout_s
+# A whole test at every rank. Stalls end at the wire timeout and failures at once, so this
+# only has to outlast the slowest test on loaded cores (the OT suite's image convolutions in
+# test_nn.test_pytorch_modules: 808 s at load 20).
+TEST_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ def select(cell: Cell, files: Iterable[str] = FILES, match: str = "") -> Selecti
 class CellRun:
     """The worker processes of one cell, and the tests they run one by one."""
 
-    def __init__(self, cell: Cell, log_path: Path, test_timeout_s: float = 300.0,
+    def __init__(self, cell: Cell, log_path: Path, test_timeout_s: float = TEST_TIMEOUT_S,
                  wire_timeout_s: float = WIRE_TIMEOUT_S) -> None:
         self.cell = cell
         self.log_path = log_path
@@ -323,7 +327,7 @@ class CellResult:
 
 
 def run_cell(cell: Cell, log_dir: Path, files: Iterable[str] = FILES, match: str = "",
-             test_timeout_s: float = 300.0, on_result: Callable[[str, Outcome], None] | None = None,
+             test_timeout_s: float = TEST_TIMEOUT_S, on_result: Callable[[str, Outcome], None] | None = None,
              ) -> CellResult:
     """Run a cell's selection."""
     selection = select(cell, files, match)

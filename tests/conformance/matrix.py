@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from crypten_suite import FILES, REPO, Outcome, all_cells, run_cell  # noqa: E402
+from crypten_suite import FILES, REPO, TEST_TIMEOUT_S, Outcome, all_cells, run_cell  # noqa: E402
 
 
 def _parse() -> argparse.Namespace:
@@ -29,7 +29,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--files", default=",".join(FILES), help="comma-separated upstream test modules")
     parser.add_argument("-k", dest="match", default="", help="run only test ids containing one of these (comma-separated)")
     parser.add_argument("--json", default="", help="where to write the record")
-    parser.add_argument("--test-timeout", type=float, default=300.0, help="seconds per test, all ranks")
+    parser.add_argument("--test-timeout", type=float, default=TEST_TIMEOUT_S, help="seconds per test, all ranks")
     return parser.parse_args()
 
 
