@@ -179,6 +179,20 @@ class Launch:
         return results
 
 
+def variant_systems(systems: list[tuple[str, dict]], variants: list[str]) -> list[tuple[str, dict]]:
+    """For ``--variant kind=name``: a twin of each headline cotrain system with that protocol
+    part swapped, to measure a part against the default side by side."""
+    twins = []
+    for variant in variants:
+        kind, _, name = variant.partition("=")
+        if not name:
+            raise SystemExit(f"--variant {variant!r}: expected KIND=NAME, e.g. truncation=pairs")
+        for system, base in systems[:4]:
+            if base.get("system") == "cotrain":
+                twins.append((f"{system}[{variant}]", {**base, "protocol": {**base["protocol"], kind: name}}))
+    return twins
+
+
 def run_together(launches: list[Launch], phase_timeout_s: float, deadline: float) -> None:
     """Round-robin turns: each system runs one phase (a setup or one repeat) while the
     others wait, so load from elsewhere on the machine falls on all of them alike."""
@@ -378,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=780.0, help="seconds for the whole bench; later cells are skipped")
     parser.add_argument("--repeats", type=int, default=0, help="repeats per workload (default: 3, 1 for W2b and W7)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--variant", action="append", default=[],
+                        help="KIND=NAME: also run each headline cotrain system with that protocol part (repeatable)")
     parser.add_argument("--profile", default="", help="write a cProfile of rank 0 of each secure system here (prefix)")
     parser.add_argument("--psi-ids", type=int, default=20_000,
                         help="ids per party for the PSI row (3 parties, 60%% common); 0 skips it")
@@ -411,13 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.systems:
         wanted = args.systems.split(",")
         systems = [(n, s) for n, s in systems if any(w in n for w in wanted) or n == PLAIN]
+    twins = variant_systems(systems, args.variant)
 
     cells: dict[str, dict[str, dict]] = {name: {PLAIN: plaintext_cell(name, device, args.repeats)} for name in names}
     deadline = started + args.budget
     two_party = [w for w in names if WORKLOADS[w][1] == 2]
     secure = [(system, base) for system, base in systems if system != PLAIN]
-    # the headline comparison launches together; the other systems in groups of four
-    groups = [secure[:3]] + [secure[i:i + 4] for i in range(3, len(secure), 4)]
+    # the headline comparison (and its --variant twins) takes turns together; the other
+    # systems in groups of four
+    groups = [secure[:3] + twins] + [secure[i:i + 4] for i in range(3, len(secure), 4)]
     headline = {system for system, _ in groups[0]} if groups else set()
     for group in groups if two_party else []:
         t0 = time.perf_counter()
@@ -468,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells["W7"][system] = cell if "wall_s" in cell or not launch.error else {"na": launch.error}
             print(f"  W7 {system}: {time.perf_counter() - t0:.0f} s", flush=True)
     # plaintext is measured first; list it first
-    started_systems = [PLAIN] + [system for system, _ in secure]
+    started_systems = [PLAIN] + [system for system, _ in secure + twins]
     cells = {name: {system: cells[name][system] for system in started_systems if system in cells[name]}
              for name in names}
 
