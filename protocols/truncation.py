@@ -142,7 +142,8 @@ def wrap_bit_values(words: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], 
     return bits, bits[0] & bits[1]
 
 
-def top_bit_share(x_share: torch.Tensor, own_bit: torch.Tensor, leader: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def top_bit_share(x_share: torch.Tensor, own_bit: torch.Tensor,
+                  leader: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, msb(y), p): this party's share y of x + 2^62, its top bit and the bit it sends,
     msb(y) XOR its private tuple bit."""
     y = x_share + TOP_BIT_OFFSET if leader else x_share
