@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from protocols import crypten_hooks
+from protocols.bitpack import pack_bits, unpack_bits
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -169,21 +170,6 @@ def top_bit_finish(y: torch.Tensor, top: torch.Tensor, own_bit: torch.Tensor, an
     return result
 
 
-def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """0/1 int64 (any shape) -> int64 words, 64 bits to a word (8 bits to a byte)."""
-    flat = bits.reshape(-1).to(torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 64)).reshape(-1, 8)
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits.device)
-    return (flat * weights).sum(-1, dtype=torch.uint8).view(torch.int64)
-
-
-def unpack_bits(words: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`pack_bits`, shaped as ``like``."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=words.device)
-    bits = (words.contiguous().view(torch.uint8).unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(-1)[: like.numel()].reshape(like.shape).long()
-
-
 @register_part("truncation", "topbits")
 class TopBitTruncation(PairTruncation):
     """Two parties and a divisor 2^k: the wrap of the shares from their top bits, one round of
@@ -200,7 +186,7 @@ class TopBitTruncation(PairTruncation):
         rank = comm.get_rank()
         own_bit, and_share = source.wrap_bit_tuple(x.share.size(), device=x.share.device)
         y, top, sent = top_bit_share(x.share, own_bit, rank == 0)
-        packed = pack_bits(sent)
+        packed = pack_bits(sent.reshape(-1))
         slots = torch.zeros(2, packed.numel(), dtype=torch.int64, device=packed.device)
         slots[rank] = packed
         swapped = comm.all_reduce(slots, op=ReduceOp.BXOR)

@@ -9,8 +9,9 @@ import torch
 
 from protocols import ProtocolConfig
 from protocols.prg import CipherGenerator, new_seed
-from protocols.truncation import (finish, opening_mask, pack_bits, pair_values, top_bit_applies, top_bit_finish,
-                                  top_bit_share, unpack_bits, wrap_bit_values)
+from protocols.bitpack import pack_bits, unpack_bits
+from protocols.truncation import (finish, opening_mask, pair_values, top_bit_applies, top_bit_finish, top_bit_share,
+                                  wrap_bit_values)
 from protocol_sessions import party_values, run_parties
 
 ELEMENTS = 10_000_000
@@ -76,7 +77,7 @@ def simulate_top_bits(shares: Sequence[torch.Tensor], divisor: int, words: Seque
     ``words`` are the parties' tuple words, ``and_shares`` their shares of the bits' AND."""
     bits = wrap_bit_values(words)[0]
     sides = [top_bit_share(s, bit, i == 0) for i, (s, bit) in enumerate(zip(shares, bits))]
-    swapped = [unpack_bits(pack_bits(sent), sent) for _, _, sent in sides]
+    swapped = [unpack_bits(pack_bits(sent.reshape(-1)), sent) for _, _, sent in sides]
     return [top_bit_finish(y, top, bits[i], and_shares[i], sent, swapped[1 - i], divisor, i == 0)
             for i, (y, top, sent) in enumerate(sides)]
 
