@@ -125,7 +125,7 @@ class PairTruncation(ProtocolPart):
 # y0 + y1 = x' + w 2^64 with w = msb(y0) OR msb(y1) (both top bits clear: no wrap; either set:
 # the sum is at least 2^63 > x', so it wrapped). Then, for d = 2^k,
 #   floor(x'/d) = (y0 >> k) + (y1 >> k) - w 2^(64-k) + carry,   carry in {0, 1},
-# and the carry is dropped (floor(x/d) or one less). w needs the AND of two bits each held by
+# and 1 is added in place of the carry (floor(x/d) or one more, as with pairs). w needs the AND of two bits each held by
 # one party: with a wrap-bit tuple (a private random bit u_i per party, shares of u0 u1) the
 # parties swap p_i = msb(y_i) XOR u_i, which u_i hides, and share w linearly.
 TOP_BIT_OFFSET = 1 << 62
@@ -154,7 +154,7 @@ def top_bit_share(x_share: torch.Tensor, own_bit: torch.Tensor,
 
 def top_bit_finish(y: torch.Tensor, top: torch.Tensor, own_bit: torch.Tensor, and_share: torch.Tensor,
                    sent: torch.Tensor, received: torch.Tensor, divisor: int, leader: bool) -> torch.Tensor:
-    """This party's share of floor(x / d) (or one less) once the masked top bits are swapped.
+    """This party's share of floor(x / d) (or one more) once the masked top bits are swapped.
 
     With m_i = p_i + (1 - 2 p_i) u_i: m0 m1 = p0 p1 + p0 (1-2p1) u1 + p1 (1-2p0) u0
     + (1-2p0)(1-2p1) u0 u1, every term linear in one party's u or in the shared u0 u1."""
@@ -165,8 +165,8 @@ def top_bit_finish(y: torch.Tensor, top: torch.Tensor, own_bit: torch.Tensor, an
         wrap = wrap - sent * received
     high = (y >> k) & ((1 << (64 - k)) - 1)  # the unsigned word's quotient
     result = high - (wrap << (64 - k))
-    if leader:
-        result = result - (TOP_BIT_OFFSET >> k)
+    if leader:  # + 1: floor or one more, as pairs (so x >= 0 never truncates below 0)
+        result = result - (TOP_BIT_OFFSET >> k) + 1
     return result
 
 
