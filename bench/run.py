@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of W1-W6 phases for each system outside the headline group")
     parser.add_argument("--full", action="store_true",
                         help="3 repeats, no time share and W7 for every system (well over 15 minutes)")
-    parser.add_argument("--budget", type=float, default=780.0, help="seconds for the whole bench; later cells are skipped")
+    parser.add_argument("--budget", type=float, default=1200.0, help="seconds for the whole bench; later cells are skipped")
     parser.add_argument("--repeats", type=int, default=0, help="repeats per workload (default: 3, 1 for W2b and W7)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--profile", default="", help="write a cProfile of rank 0 of each secure system here (prefix)")
