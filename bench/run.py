@@ -332,8 +332,8 @@ def custom_model_cells(timeout_s: float) -> dict[str, dict]:
 W9_SYSTEM = ("zmq", "dealer")  # the sequence job's defaults
 
 
-def sequence_step_cells(timeout_s: float, deadline: float) -> tuple[dict[str, dict], dict[str, int]]:
-    """W9 per party (seconds, bytes, rounds) and rank 0's rounds by layer kind."""
+def sequence_step_cells(timeout_s: float, deadline: float) -> dict[str, dict]:
+    """W9 per party (seconds, bytes, rounds); bank0's cell has its rounds by layer kind too."""
     from protocols.suite import ProtocolConfig, needs_dealer
 
     transport, suite = W9_SYSTEM
@@ -344,7 +344,7 @@ def sequence_step_cells(timeout_s: float, deadline: float) -> tuple[dict[str, di
     launch = Launch(f"cotrain-{transport}-{suite}", spec, world)
     run_together([launch], timeout_s, deadline)
     per_rank = launch.finish()
-    cells, kinds = {}, {}
+    cells = {}
     for rank in range(3):
         entry = per_rank.get(rank, {}).get("results", {}).get("W9")
         name = f"{launch.name} bank{rank}"
@@ -354,13 +354,13 @@ def sequence_step_cells(timeout_s: float, deadline: float) -> tuple[dict[str, di
             continue
         sample = entry["samples"][0]
         cells[name] = {"wall_s": sample["wall"], "walls": [sample["wall"]], "cpu_s": sample["cpu"],
-                       "bytes": sample["bytes"], "rounds": sample["rounds"], "repeats": 1}
-        if rank == 0:
-            kinds = sample.get("rounds_by_kind", {})
-    return cells, kinds
+                       "bytes": sample["bytes"], "rounds": sample["rounds"], "repeats": 1,
+                       "rounds_by_kind": sample.get("rounds_by_kind", {})}
+    return cells
 
 
-def rounds_by_kind_line(kinds: dict[str, int]) -> str:
+def rounds_by_kind_line(cells: dict[str, dict]) -> str:
+    kinds = next((cell["rounds_by_kind"] for cell in cells.values() if "rounds_by_kind" in cell), {})
     total = sum(kinds.values())
     if not total:
         return "W9 rounds by layer kind: n/a"
@@ -560,34 +560,28 @@ def main(argv: list[str] | None = None) -> int:
     started_systems = [PLAIN] + [system for system, _ in secure]
     cells = {name: {system: cells[name][system] for system in started_systems if system in cells[name]}
              for name in names}
-    kinds: dict[str, int] = {}
     for name, measure in (("W8", lambda: custom_model_cells(max(args.timeout, 300.0))),
                           ("W9", lambda: sequence_step_cells(max(args.timeout, 600.0), deadline))):
-        if name not in names or cuda:
+        if name not in names:
             continue
         t0 = time.perf_counter()
         if time.monotonic() > deadline:
             cells[name]["cotrain"] = {"na": "n/a: skipped, over the bench's time budget"}
             continue
-        measured = measure()
-        if name == "W9":
-            measured, kinds = measured
-        cells[name].update(measured)
+        cells[name].update(measure())
         print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
     floors = {name: floor_for(name, cells[name], net) for name in names}
     results = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": args.device,
                "loopback": net, "cores": os.cpu_count(), "torch": torch.__version__, "cells": cells, "floors": floors,
                "total_s": time.perf_counter() - started}
-    if kinds:
-        results["w9_rounds_by_kind"] = kinds
     print()
     print(table(results))
-    if "W9" in names and not cuda:
+    if "W9" in names:
         from bench.sequence_step import configuration, sequence_job
 
         print(f"W9 configuration (conf/job/sequence.yaml): {configuration(sequence_job())}")
-        print(rounds_by_kind_line(kinds))
+        print(rounds_by_kind_line(cells["W9"]))
     if args.psi_ids and not cuda:
         results["psi"] = psi_section(args.psi_ids, deadline, args.timeout)
     out = Path(args.out)
