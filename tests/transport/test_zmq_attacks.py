@@ -186,7 +186,7 @@ def test_a_party_busy_past_the_heartbeat_timeout_keeps_its_connections(key_dir: 
     """ZeroMQ answers heartbeats only while it reads a connection; it stopped reading one whose
     incoming queue (then 16 frames) was full, so this run lost its connection after 1 s."""
     options = zmq_options(2, key_dir, timeout_s=SLOW_TIMEOUT_S, heartbeat_s=0.2, heartbeat_timeout_s=1.0)
-    for kind, message, _ in values(run_parties(_busy_while_a_large_message_waits, 2, options, 4.0, timeout_s=150), 2):
+    for kind, message, _ in values(run_parties(_busy_while_a_large_message_waits, 2, options, 3.0, timeout_s=150), 2):
         assert kind == "completed", message
 
 
