@@ -85,3 +85,23 @@ def run_layers(transport: Any, rank: int, parties: int) -> dict[str, Any]:
 
 def plain_layers() -> dict[str, np.ndarray]:
     return {name: plain(*(torch.tensor(v) for v in operands(name))).numpy() for name, (_, _, plain) in CASES.items()}
+
+
+def run_transformer_layers(transport: Any, rank: int, parties: int) -> dict[str, list]:
+    """tests/test_layers.py's attention and encoder layer (width 4, 2 heads, 3 tokens) on
+    authenticated shares: outputs, input gradients and parameter gradients."""
+    from mpc.models import encrypt_model
+    from test_layers import LENGTH, WIDTH, _inputs, _layers
+
+    x, grad = _inputs()
+    results = {}
+    with malicious_session(transport, parties) as crypten:
+        for name in ("attention", "encoder"):
+            secure = encrypt_model(crypten, _layers()[name], LENGTH * WIDTH)
+            secure.train()
+            inputs = crypten.cryptensor(x, src=0, requires_grad=True)
+            outputs = secure(inputs)
+            outputs.backward(crypten.cryptensor(grad, src=parties - 1))
+            results[name] = [outputs.get_plain_text().tolist(), inputs.grad.get_plain_text().tolist(),
+                             *(p.grad.get_plain_text().tolist() for p in secure.parameters())]
+    return results

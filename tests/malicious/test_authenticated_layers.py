@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import run_ok  # noqa: E402
-from layer_programs import CASES, operands, plain_layers, plain_pooling_gradient, pooling_gradient, run_layers  # noqa: E402
+from layer_programs import (CASES, operands, plain_layers, plain_pooling_gradient, pooling_gradient, run_layers,  # noqa: E402
+                            run_transformer_layers)
 
 U = 2.0**-16
 ENC = U / 2
@@ -75,3 +77,20 @@ def test_products_convolutions_and_pooling_match_torch(parties):
         overlap = 4  # a 3-window at stride 2 covers an input at most twice per axis
         assert np.abs(np.asarray(got["max_pool2d_backward"]) - gradient).max() <= overlap * ENC
     print(f"\nlargest errors ({parties} parties): {errors}")
+
+
+@pytest.mark.slow
+def test_attention_and_transformer_encoder_layer_match_torch_within_their_derived_bounds():
+    """The layer tests' self-attention and TransformerEncoderLayer (tests/test_layers.py: its
+    bounds propagate u from every encoding and truncation and each approximation's measured
+    error) on authenticated shares: attention's products are batched matrix products."""
+    from test_layers import _float_layer, _layers
+
+    (secure,) = run_ok(run_transformer_layers, parties=2, timeout_s=600)[:1]
+    for name in ("attention", "encoder"):
+        values, limits = _float_layer(name, _layers()[name])
+        labels = ["output", "input gradient", *(n for n, _ in _layers()[name].named_parameters())]
+        for label, value, bound, measured in zip(labels, values, limits, secure[name], strict=True):
+            error = (torch.tensor(measured, dtype=torch.float64) - value).abs()
+            bound = bound.reshape(error.shape)
+            assert (error <= bound).all(), f"{name} {label}: error exceeds its bound by {(error - bound).max():.2e}"
