@@ -64,26 +64,23 @@ def test_malicious_mlp_job(job):
     assert "revealed" in summary["per_party"][0]["saved"]
 
 
-class ConvAttentionNet(nn.Module):
-    """A user's network with every layer kind the authenticated tensor adds: the features as
-    two 4 x 4 channels through a convolution, average and max pooling, then as 4 tokens of
-    width 4 through a transformer block (its attention: batched matrix products), a 1-d
-    convolution over the tokens and a linear head."""
+class ConvNet(nn.Module):
+    """A user's network with the layer kinds the authenticated tensor adds to the MLP's: the
+    features as two 3 x 3 channels through a convolution, average pooling (padded) and max
+    pooling (ceil mode), then a 1-d convolution over the 4 pooled positions and a linear head."""
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
-        self.image = nn.Linear(in_features, 32)
-        self.conv = nn.Conv2d(2, 4, 3, padding=1)
-        self.mean_pool = nn.AvgPool2d(2, stride=1)
+        self.image = nn.Linear(in_features, 18)
+        self.conv = nn.Conv2d(2, 2, 2)
+        self.mean_pool = nn.AvgPool2d(2, stride=1, padding=1)
         self.max_pool = nn.MaxPool2d(2, stride=2, ceil_mode=True)
-        self.block = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, activation="gelu", batch_first=True)
-        self.mix = nn.Conv1d(4, 2, 2)
+        self.mix = nn.Conv1d(2, 2, 2)
         self.head = nn.Linear(6, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.conv(self.image(x).view(-1, 2, 4, 4)))
-        tokens = self.max_pool(self.mean_pool(h)).flatten(2).transpose(1, 2)  # (B, 4 tokens, 4)
-        return self.head(self.mix(self.block(tokens)).flatten(1))
+        h = torch.relu(self.conv(self.image(x).view(-1, 2, 3, 3)))  # (B, 2, 2, 2)
+        return self.head(self.mix(self.max_pool(self.mean_pool(h)).flatten(2)).flatten(1))
 
 
 @pytest.mark.slow
@@ -101,11 +98,13 @@ def test_malicious_vertical_logreg_job(job):
 
 
 @pytest.mark.slow
-def test_malicious_user_network_with_a_transformer_block_and_adam(job):
-    summary = job(*MALICIOUS, "num_parties=2", "model=custom", "model._target_=test_malicious_job.ConvAttentionNet",
-                  "data.rows=80", "data.test_rows=200", "train.epochs=1", "train.batch_size=40",
-                  "train.optimizer=adam", "train.lr=0.01")
-    assert summary["model"] == "test_malicious_job.ConvAttentionNet"
+def test_malicious_user_convolutional_network_with_adam(job):
+    """A user's model (model=custom) trained with Adam; a network has no derived bound, so its
+    ranking is held to 0.01 AUC and the other metrics to 0.02, as for every suite."""
+    summary = job(*MALICIOUS, "num_parties=2", "model=custom", "model._target_=test_malicious_job.ConvNet",
+                  "data.rows=80", "data.test_rows=100", "train.epochs=1", "train.batch_size=80",
+                  "train.optimizer=adam", "train.lr=0.01", "transport.timeout_s=300")
+    assert summary["model"] == "test_malicious_job.ConvNet"
     _within_tolerance(summary, derived=False)
     secure, plain = summary["secure"], summary["plaintext"]
     for metric in ("pr_auc", "accuracy", "loss"):
