@@ -106,10 +106,9 @@ class SecureAdam:
         # 1 - beta2 = 0.001 is 65.5 units of u: applied as (c 2^8) / 2^8, it keeps its digits
         weights = torch.tensor([[(1 - beta1) * _PRECISE], [(1 - beta2) * _PRECISE]])
         fresh = (crypten.stack([gradient, gradient.square()]) * weights).div(_PRECISE)
-        if self.moments is None:
-            moments = fresh
-        else:
-            moments = self.moments * torch.tensor([[beta1], [beta2]]) + fresh
+        if self.moments is None:  # zeros, so that every step runs the same operations (the
+            self.moments = fresh * 0  # malicious suite deals a step's tuples as one planned request)
+        moments = self.moments * torch.tensor([[beta1], [beta2]]) + fresh
         self.moments = moments
         self.steps += 1
         corrected = moments * torch.tensor([[1 / (1 - beta1**self.steps)], [1 / (1 - beta2**self.steps)]])

@@ -225,8 +225,8 @@ def _weight_bound(data, config: TrainConfig, task: str, theta_l1: float, eps_f: 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # the module's softmax measurement runs in the first one's setup
-@pytest.mark.parametrize("task, protocol", [("multiclass", "tfp"), ("multiclass", "dealer"),
-                                            ("regression", "tfp"), ("regression", "dealer")])
+@pytest.mark.parametrize("task, protocol", [("multiclass", "tfp"), ("multiclass", "dealer"), ("multiclass", "malicious"),
+                                            ("regression", "tfp"), ("regression", "dealer"), ("regression", "malicious")])
 def test_custom_linear_model_matches_plaintext(tmp_path, task, protocol, softmax_error):
     paths = _write_tables(tmp_path, task)
     classes = 3 if task == "multiclass" else 1
@@ -236,7 +236,9 @@ def test_custom_linear_model_matches_plaintext(tmp_path, task, protocol, softmax
                       f"data.task={task}", f"data.classes={max(classes, 2)}", "model=custom",
                       "model._target_=test_custom_models.LinearHead", f"model.out_features={classes}",
                       "train.epochs=2", "train.batch_size=50", "train.lr=0.1", "train.reveal_to=[alpha]",
-                      *(["protocol.allow_insecure=true"] if protocol == "tfp" else []))
+                      *(["protocol.allow_insecure=true"] if protocol == "tfp" else []),
+                      # a party's long ring computations can keep its heartbeat thread from answering
+                      *(["transport.heartbeat_timeout_s=30"] if protocol == "malicious" else []))
     assert summary["task"] == task and summary["model"] == "test_custom_models.LinearHead"
     secure_state = torch.load(tmp_path / "outputs" / "test" / "alpha" / "model.pt")["state_dict"]
     secure_theta = torch.cat([secure_state["linear.weight"], secure_state["linear.bias"][:, None]], 1).double()

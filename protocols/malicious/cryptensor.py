@@ -38,11 +38,15 @@ load_crypten()  # crypten imported with its compatibility fixes (its ONNX regist
 from crypten.cryptensor import CrypTensor  # noqa: E402
 from crypten.encoder import FixedPointEncoder  # noqa: E402
 
+from protocols.malicious import bilinear
 from protocols.malicious.engine import FRACTIONAL_BITS, AShare, CheatDetected, Engine, encode
 from protocols.malicious.ring import U128
 
 TENSOR_TYPE = "authenticated"
 COMPARISON_BITS = FRACTIONAL_BITS + 32  # |raw value| < 2^47
+# max pooling's padding: below any value a model compares (|x| < 2^31 raw fixed point is the
+# comparison's range; a difference with the padding must stay inside it)
+POOL_PAD = -(2.0**20)
 
 _engine: Engine | None = None
 
@@ -291,18 +295,149 @@ class AuthenticatedTensor(CrypTensor):
         return self._new(engine.trunc(scaled, bits))
 
     def matmul(self, other: Any) -> "AuthenticatedTensor":
+        """torch's matmul: matrices, vectors, and batches of matrices (broadcast leading
+        dimensions; a batch times a matrix is one matrix product)."""
         if not isinstance(other, AuthenticatedTensor):
             raise UnsupportedOperation("authenticated tensors multiply matrices with other authenticated tensors only")
         if self.dim() == 1:
             return self.unsqueeze(0).matmul(other).squeeze(-2)
         if other.dim() == 1:
             return self.matmul(other.unsqueeze(-1)).squeeze(-1)
-        if self.dim() != 2 or other.dim() != 2:
-            raise UnsupportedOperation(f"authenticated matmul takes matrices, not {tuple(self.size())} "
-                                      f"by {tuple(other.size())}")
+        if other.dim() == 2 and self.dim() > 2:  # rows of every batch element times one matrix
+            rows = self.reshape(-1, self.size(-1)).matmul(other)
+            return rows.reshape(*self.size()[:-1], other.size(-1))
+        (n, d), (d2, m) = self.size()[-2:], other.size()[-2:]
+        if d != d2:
+            raise ValueError(f"matmul shapes {tuple(self.size())} and {tuple(other.size())} do not match")
+        batch = tuple(torch.broadcast_shapes(self.size()[:-2], other.size()[:-2]))
+        count = int(np.prod(batch, dtype=np.int64))
+        x = self.expand(*batch, n, d).reshape(count, n, d)
+        y = other.expand(*batch, d, m).reshape(count, d, m)
+        spec = ["matmul", n, d, m] if not batch else ["bmatmul", count, n, d, m]
+        x_share, y_share = (x._tensor.reshape(n, d), y._tensor.reshape(d, m)) if not batch else (x._tensor, y._tensor)
+        return self._bilinear(other, spec, x_share, y_share).reshape(*batch, n, m)
+
+    def _bilinear(self, other: "AuthenticatedTensor", spec: list, x: AShare, y: AShare) -> "AuthenticatedTensor":
+        """f(x, y) for a triple kind's map f (``protocols.malicious.bilinear``), truncated
+        when both factors carry fractional bits."""
         both = self.fraction_bits + other.fraction_bits
-        product = current_engine().matmul(self._tensor, other._tensor, truncate=both > FRACTIONAL_BITS)
+        product = current_engine().bilinear(spec, x, y, truncate=both > FRACTIONAL_BITS)
         return self._new(product, min(both, FRACTIONAL_BITS))
+
+    # -- convolutions and pooling ---------------------------------------------------------------------
+    def conv2d(self, kernel: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+               groups: int = 1) -> "AuthenticatedTensor":
+        """torch's conv2d of an (N, C, H, W) input: with a shared kernel by a convolution
+        triple, with a public one locally (an integer kernel exactly, a real one encoded
+        and truncated)."""
+        if self.dim() != 4:
+            raise ValueError(f"conv2d takes an (N, C, H, W) input, not {tuple(self.size())}")
+        kernel_shape = tuple(kernel.size())
+        spec = ["conv", list(self.size()), list(kernel_shape), _pair(stride), _pair(padding), _pair(dilation),
+                int(groups)]
+        if isinstance(kernel, AuthenticatedTensor):
+            result = self._bilinear(kernel, spec, self._tensor, kernel._tensor)
+        elif isinstance(kernel, CrypTensor):
+            raise TypeError(f"cannot convolve an authenticated tensor with a {type(kernel).__name__}")
+        else:
+            result = self._public_bilinear(spec, kernel)
+        return result if bias is None else result + bias.reshape(-1, 1, 1)
+
+    def _public_bilinear(self, spec: list, public: Any) -> "AuthenticatedTensor":
+        """f(x, public) for a bilinear map f, locally: f is linear in x."""
+        engine = current_engine()
+        integer = _is_integer(public) or bool(torch.all(torch.as_tensor(public) == torch.round(torch.as_tensor(public))))
+        values = np.asarray(_public(public), np.float64)
+        factor = U128.from_int64(values.astype(np.int64) if integer else encode(values))
+        f = bilinear.product(spec)
+        share = AShare(f(self._tensor.v, factor), f(self._tensor.m, factor))
+        if integer:
+            return self._new(share)
+        if self.fraction_bits == FRACTIONAL_BITS:
+            return self._new(engine.trunc(share))
+        return self._new(share, FRACTIONAL_BITS)
+
+    def conv1d(self, kernel: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+               groups: int = 1) -> "AuthenticatedTensor":
+        """conv1d as a conv2d of height 1."""
+        result = self.unsqueeze(2).conv2d(kernel.unsqueeze(2), None, (1, _single(stride)), (0, _single(padding)),
+                                          (1, _single(dilation)), groups).squeeze(2)
+        return result if bias is None else result + bias.reshape(-1, 1)
+
+    def conv_transpose2d(self, kernel: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                         output_padding: Any = 0, groups: int = 1, dilation: Any = 1) -> "AuthenticatedTensor":
+        """torch's conv_transpose2d (the input gradient of conv2d), as the conv2d of the input
+        spread out by the stride (zeros between its elements, the borders padded or cropped)
+        with the kernel's channels swapped per group and its taps flipped."""
+        stride, padding, output_padding, dilation = (_pair(v) for v in (stride, padding, output_padding, dilation))
+        in_channels, per_group, kh, kw = kernel.size()
+        reach = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
+        borders = (reach[1], reach[1] + output_padding[1], reach[0], reach[0] + output_padding[0])
+        spread = self._new(_restructured(self._tensor, lambda limb: _spread(limb, stride, borders)))
+        swapped = kernel.reshape(groups, in_channels // groups, per_group, kh, kw).transpose(1, 2)
+        flipped = swapped.reshape(groups * per_group, in_channels // groups, kh, kw).flip((2, 3))
+        result = spread.conv2d(flipped, None, 1, 0, dilation, groups)
+        return result if bias is None else result + bias.reshape(-1, 1, 1)
+
+    def conv_transpose1d(self, kernel: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                         output_padding: Any = 0, groups: int = 1, dilation: Any = 1) -> "AuthenticatedTensor":
+        """conv_transpose1d as a conv_transpose2d of height 1."""
+        result = self.unsqueeze(2).conv_transpose2d(
+            kernel.unsqueeze(2), None, (1, _single(stride)), (0, _single(padding)), (0, _single(output_padding)),
+            groups, (1, _single(dilation))).squeeze(2)
+        return result if bias is None else result + bias.reshape(-1, 1)
+
+    def avg_pool2d(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                   ceil_mode: bool = False) -> "AuthenticatedTensor":
+        """Each window's sum (a convolution with a public kernel of ones, per channel: exact)
+        divided by the window's size, padding counted as torch's default does."""
+        if ceil_mode:
+            raise UnsupportedOperation("avg_pool2d with ceil_mode=True is not available (nor in CrypTen)")
+        kh, kw = _pair(kernel_size)
+        channels = self.size(1)
+        ones = torch.ones(channels, 1, kh, kw, dtype=torch.int64)
+        sums = self.conv2d(ones, None, _pair(kernel_size if stride is None else stride), padding, 1, channels)
+        return sums.div(kh * kw)
+
+    def max_pool2d(self, kernel_size: Any, padding: Any = 0, stride: Any = None, dilation: Any = 1,
+                   ceil_mode: bool = False, return_indices: bool = False) -> Any:
+        """Each window's maximum by a tree of comparisons, and (``return_indices``) its
+        position as a 0/1 sharing of shape (N, C, H', W', kh, kw): the first maximum, as
+        torch's. Padding never wins (it holds a value far below any input's)."""
+        windows, output_shape = self._pool_windows(kernel_size, padding, stride, dilation, ceil_mode)
+        largest, one_hot = _max_with_one_hot(windows)
+        largest = largest.reshape(*output_shape)
+        if not return_indices:
+            return largest
+        return largest, one_hot.reshape(*output_shape, *_pair(kernel_size))
+
+    def _pool_windows(self, kernel_size: Any, padding: Any, stride: Any, dilation: Any,
+                      ceil_mode: bool) -> tuple["AuthenticatedTensor", tuple[int, ...]]:
+        """The pooling windows, (N, C, H', W', kh * kw), of the input padded with POOL_PAD."""
+        geometry = _PoolGeometry(tuple(self.size()), kernel_size, padding, stride, dilation, ceil_mode)
+        engine = current_engine()
+        padded = _restructured(self._tensor, lambda limb: torch.nn.functional.pad(limb, geometry.borders))
+        pad_mask = torch.nn.functional.pad(torch.zeros(self.size()[-2:]), geometry.borders, value=1.0)
+        filled = engine.add_public(padded, self._encoded(pad_mask.numpy() * POOL_PAD))
+        windows = _restructured(filled, geometry.windows)
+        return self._new(windows), geometry.output_shape
+
+    def _max_pool2d_backward(self, indices: "AuthenticatedTensor", kernel_size: Any, padding: Any = None,
+                             stride: Any = None, dilation: Any = 1, ceil_mode: bool = False,
+                             output_size: Any = None) -> "AuthenticatedTensor":
+        """max_pool2d's input gradient: each output's gradient at its window's maximum, the
+        windows' contributions summed where they overlap (padding cropped)."""
+        geometry = _PoolGeometry(tuple(output_size), kernel_size, padding or 0, stride, dilation, ceil_mode)
+        kh, kw = _pair(kernel_size)
+        placed = self.reshape(*self.size(), 1, 1) * indices  # (N, C, H', W', kh, kw)
+        total = None
+        for a in range(kh):
+            for b in range(kw):
+                term = _restructured(placed[:, :, :, :, a, b]._tensor, lambda limb: geometry.place(limb, a, b))
+                total = term if total is None else total + term
+        top, bottom, left, right = geometry.borders[2], geometry.borders[3], geometry.borders[0], geometry.borders[1]
+        height, width = total.shape[2], total.shape[3]
+        return placed._new(total[:, :, top:height - bottom, left:width - right], self.fraction_bits)
 
     def _ltz(self) -> "AuthenticatedTensor":
         return self._new(current_engine().ltz(self._tensor, COMPARISON_BITS), 0)
@@ -392,3 +527,94 @@ def _fit(share: AShare, tensor: AuthenticatedTensor, public: Any) -> AShare:
 def _check_device(device: Any) -> None:
     if device is not None and torch.device(device).type != "cpu":
         raise ValueError(f"protocol=malicious computes on the CPU only, not on {device}")
+
+
+def _pair(value: Any) -> list[int]:
+    """A convolution's or pooling's int-or-pair argument as two ints."""
+    values = [value, value] if isinstance(value, int) else list(value)
+    if len(values) == 1:
+        values = values * 2
+    return [int(v) for v in values]
+
+
+def _single(value: Any) -> int:
+    """A conv1d argument (an int or a 1-tuple) as an int."""
+    return int(value) if isinstance(value, int) else int(value[0])
+
+
+def _spread(limb: torch.Tensor, stride: Sequence[int], borders: Sequence[int]) -> torch.Tensor:
+    """(N, C, H, W) with stride - 1 zeros between neighbours along H and W, then the borders
+    (left, right, top, bottom) padded with zeros, or cropped where negative."""
+    n, channels, height, width = limb.shape
+    out = limb.new_zeros(n, channels, (height - 1) * stride[0] + 1, (width - 1) * stride[1] + 1)
+    out[:, :, ::stride[0], ::stride[1]] = limb
+    return torch.nn.functional.pad(out, tuple(borders))
+
+
+class _PoolGeometry:
+    """Where the windows of a 2-d pooling lie in its padded (N, C, H, W) input (torch's
+    output size rule, ceil_mode included)."""
+
+    def __init__(self, input_shape: tuple[int, ...], kernel_size: Any, padding: Any, stride: Any, dilation: Any,
+                 ceil_mode: bool) -> None:
+        self.n, self.channels, height, width = input_shape
+        self.kernel = _pair(kernel_size)
+        self.stride = _pair(kernel_size if stride is None else stride)
+        self.dilation = _pair(dilation)
+        pad = _pair(padding)
+        self.out, ends = [], []
+        for size, k, s, p, d in zip((height, width), self.kernel, self.stride, pad, self.dilation):
+            span = d * (k - 1) + 1
+            count = (size + 2 * p - span + (s - 1 if ceil_mode else 0)) // s + 1
+            if ceil_mode and (count - 1) * s >= size + p:
+                count -= 1
+            self.out.append(count)
+            ends.append(max(p, (count - 1) * s + span - p - size))
+        self.borders = (pad[1], ends[1], pad[0], ends[0])  # left, right, top, bottom
+        self.padded = (height + pad[0] + ends[0], width + pad[1] + ends[1])
+        self.output_shape = (self.n, self.channels, *self.out)
+
+    def windows(self, limb: torch.Tensor) -> torch.Tensor:
+        """(N, C, H', W', kh * kw) from the padded input."""
+        spans = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation)]
+        patches = limb.unfold(2, spans[0], self.stride[0]).unfold(3, spans[1], self.stride[1])
+        patches = patches[:, :, :self.out[0], :self.out[1], ::self.dilation[0], ::self.dilation[1]]
+        return patches.reshape(*self.output_shape, -1)
+
+    def place(self, limb: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """Every window's tap (a, b), from (N, C, H', W'), at its place in the padded input."""
+        out = limb.new_zeros(self.n, self.channels, *self.padded)
+        top, left = a * self.dilation[0], b * self.dilation[1]
+        out[:, :, top:top + self.stride[0] * (self.out[0] - 1) + 1:self.stride[0],
+            left:left + self.stride[1] * (self.out[1] - 1) + 1:self.stride[1]] = limb
+        return out
+
+
+def _constant(values: np.ndarray) -> AuthenticatedTensor:
+    """Public integers as an integer (0 fractional bits) authenticated sharing, locally."""
+    engine = current_engine()
+    values = np.asarray(values, np.int64)
+    result = AuthenticatedTensor([])
+    result._tensor = engine.add_public(engine.zeros(values.shape), U128.from_int64(values))
+    result.fraction_bits = 0
+    return result
+
+
+def _max_with_one_hot(x: AuthenticatedTensor) -> tuple[AuthenticatedTensor, AuthenticatedTensor]:
+    """The maximum over the last dimension and its first position as a 0/1 sharing, by a
+    tree of pairwise comparisons (a later element wins only if strictly larger)."""
+    count = x.size(-1)
+    values = x
+    one_hot = _constant(np.broadcast_to(np.eye(count, dtype=np.int64), (*x.size(), count)))
+    while values.size(-1) > 1:
+        pairs = values.size(-1) // 2
+        first, second = values[..., 0:2 * pairs:2], values[..., 1:2 * pairs:2]
+        first_hot, second_hot = one_hot[..., 0:2 * pairs:2, :], one_hot[..., 1:2 * pairs:2, :]
+        later = (first - second)._ltz()  # [second > first]
+        larger = first + later * (second - first)
+        hot = first_hot + later.unsqueeze(-1) * (second_hot - first_hot)
+        if values.size(-1) % 2:
+            larger = AuthenticatedTensor.cat([larger, values[..., -1:]], dim=-1)
+            hot = AuthenticatedTensor.cat([hot, one_hot[..., -1:, :]], dim=-2)
+        values, one_hot = larger, hot
+    return values.squeeze(-1), one_hot.squeeze(-2)

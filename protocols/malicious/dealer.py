@@ -10,6 +10,8 @@ MACs (alpha * value mod 2^128):
 
 * ``triple``  (shape):       a, b uniform in Z_2^128, c = a*b.
 * ``matmul``  (n, d, m):     A (n x d), B (d x m) uniform, C = A @ B.
+* ``bmatmul``, ``conv``:      the same for a batched matrix product and a convolution
+                             (``bilinear`` describes every such kind and its spec).
 * ``trunc``   (shape):       u uniform and 64 random bits per element (shape + (64,)), each an
                              authenticated 0/1 value; the parties build the truncation pair
                              from them (r = sum 2^i b_i + 2^64 u, see ``Engine.trunc``).
@@ -30,8 +32,9 @@ Nothing the dealer deals is trusted (``Engine._check_tuples``, whenever tuples a
 authenticated). Every tuple with a structure comes with a companion, and the parties check
 each dealer answer before any of its tuples is used:
 
-* triples and matmul triples: the companion (a', c' = a' * b) shares b; the SPDZ2k
-  sacrifice with a public t drawn after dealing requires t*c - c' - (t*a - a')*b = 0.
+* triples of every bilinear kind (elementwise, matmul, batched matmul, convolution): the
+  companion (a', c' = f(a', b)) shares b; the SPDZ2k sacrifice with a public t drawn after
+  dealing requires t*c - c' - f(t*a - a', b) = 0.
 * the bits of ``trunc`` and ``bits``: a bit b is the triple (b, b, b) (b*b = b exactly for
   0 and 1, and for no other value mod 2^64), sacrificed the same way with its companion
   (a', c' = a' * b). The structured values (a truncation pair's r, its shifted part and its
@@ -52,16 +55,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from protocols.malicious import ring
+from protocols.malicious import bilinear, ring
 from protocols.malicious.ring import U128
 
 FRACTIONAL_BITS = 16
 TRUNC_BITS = 64
-KINDS = ("triple", "matmul", "trunc", "bits", "input", "private", "random")
+KINDS = (*bilinear.KINDS, "trunc", "bits", "input", "private", "random")
 MAX_ELEMENTS = 1 << 27  # per request, companions and truncation bits included (W6 asks for ~47M)
-SACRIFICED = ("triple", "matmul", "trunc", "bits")  # checked against a companion by the sacrifice
+SACRIFICED = (*bilinear.KINDS, "trunc", "bits")  # checked against a companion by the sacrifice
 MASKS = ("input", "private")  # checked by their owner against a companion mask
-USED = {"triple": 3, "matmul": 3, "trunc": 2, "bits": 2, "input": 1, "private": 1, "random": 1}  # before companions
+USED = {**{kind: 3 for kind in bilinear.KINDS}, "trunc": 2, "bits": 2, "input": 1, "private": 1, "random": 1}  # before companions
 
 
 class DealerProtocolError(ValueError):
@@ -72,12 +75,12 @@ def spec_shapes(spec: Sequence[Any], checked: bool = False) -> list[tuple[int, .
     """The shapes of the authenticated values one tuple carries, in wire order (with
     ``checked``, followed by its companion's)."""
     kind = spec[0]
-    if kind == "triple":
-        shape = tuple(spec[1])
-        return [shape] * (5 if checked else 3)
-    if kind == "matmul":
-        n, d, m = (int(v) for v in spec[1:4])
-        return [(n, d), (d, m), (n, m)] + ([(n, d), (n, m)] if checked else [])
+    if kind in bilinear.KINDS:
+        try:
+            a, b, c = bilinear.shapes(spec)
+        except bilinear.SpecError as error:
+            raise DealerProtocolError(str(error)) from None
+        return [a, b, c] + ([a, c] if checked else [])
     if kind == "trunc" and not checked:  # the pair itself: r, (r mod 2^63) >> 16, bit 63 of r
         return [tuple(spec[1])] * 3
     if kind in ("trunc", "bits"):
@@ -167,8 +170,8 @@ class Dealer:
         owner gets in clear (input and private masks: the mask and its companion)."""
         kind = spec[0]
         shapes = spec_shapes(spec, self.authenticated)
-        if kind in ("triple", "matmul"):
-            product = (lambda x, y: x * y) if kind == "triple" else ring.matmul
+        if kind in bilinear.KINDS:
+            product = bilinear.product(spec)
             a, b = U128.random(shapes[0]), U128.random(shapes[1])
             values = [a, b, product(a, b)]
             if self.authenticated:

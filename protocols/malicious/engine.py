@@ -18,8 +18,8 @@ is protected (an error confined to the high limb changes nothing that is used).
   rounding, 1 ulp), with no rare large error and MACs consistent by linearity.
 * Nothing the dealer deals is trusted (whenever MACs are on; see
   ``_check_tuples`` and the dealer's docstring): each dealer answer is checked before any
-  of its tuples is used. Triples, matmul triples and the random bits of truncation pairs
-  and comparison masks are sacrificed against companions; input and private-reveal masks
+  of its tuples is used. Triples (elementwise, matmul, batched matmul, convolution) and the
+  random bits of truncation pairs and comparison masks are sacrificed against companions; input and private-reveal masks
   are checked by their owner against a companion mask. A failure raises
   ``CheatDetected`` naming the check and the tuple kind on every party.
 * Every opened value is recorded. ``check()`` runs the batched MAC check: a public random
@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from protocols.dealer_wire import DealerLink
+from protocols.malicious import bilinear
 from protocols.malicious import dealer as dealing
 from protocols.malicious import ring
 from protocols.malicious.ring import U128
@@ -69,6 +70,10 @@ CHECK_BUFFER_ELEMENTS = 1 << 21  # run the MAC check once this many opened value
 _TUPLE_CHECKS = {
     "triple": ("triple sacrifice", "a Beaver triple from the dealer failed the sacrifice: its c is not a*b"),
     "matmul": ("triple sacrifice", "a matmul triple from the dealer failed the sacrifice: its C is not A @ B"),
+    "bmatmul": ("triple sacrifice", "a batched matmul triple from the dealer failed the sacrifice: its C is not "
+                                    "A @ B"),
+    "conv": ("triple sacrifice", "a convolution triple from the dealer failed the sacrifice: its C is not "
+                                 "conv(A, B)"),
     "trunc": ("bit sacrifice", "a truncation pair from the dealer failed the sacrifice: one of its random "
                                "bits is not 0 or 1 (or its companion is wrong)"),
     "bits": ("bit sacrifice", "a comparison mask from the dealer failed the sacrifice: one of its random "
@@ -505,12 +510,25 @@ class Engine:
         (n, k), (k2, m) = x.shape, y.shape
         if k != k2:
             raise ValueError(f"matmul shapes {x.shape} and {y.shape} do not match")
-        (a, b, c), _ = self._next(["matmul", n, k, m])
-        d, e = self.open([x - a, y - b], "matmul")
-        z_v = c.v + ring.matmul(d, b.v) + ring.matmul(a.v, e)
-        z_m = None if c.m is None else c.m + ring.matmul(d, b.m) + ring.matmul(a.m, e)
-        z = self.add_public(AShare(z_v, z_m), ring.matmul(d, e))
+        return self.bilinear(["matmul", n, k, m], x, y, truncate)
+
+    def bilinear(self, spec: list[Any], x: AShare, y: AShare, truncate: bool = True) -> AShare:
+        """f(x, y) for the bilinear map of a triple ``spec`` (``bilinear``: a matrix product,
+        batched or not, or a convolution), with an authenticated triple of that kind."""
+        (a, b, c), _ = self._next(spec)
+        if x.shape != a.shape or y.shape != b.shape:
+            raise ValueError(f"{spec[0]} operands of shapes {x.shape} and {y.shape} do not fit {spec}")
+        d, e = self.open([x - a, y - b], spec[0])
+        f = bilinear.product(spec)
+        z = c + self._public_product(spec, d, b) + AShare(f(a.v, e), None if a.m is None else f(a.m, e))
+        z = self.add_public(z, f(d, e))
         return self.trunc(z) if truncate else z
+
+    @staticmethod
+    def _public_product(spec: list[Any], public: U128, x: AShare) -> AShare:
+        """f(public, x) for a shared x (local: f is linear in x)."""
+        f = bilinear.product(spec)
+        return AShare(f(public, x.v), None if x.m is None else f(public, x.m))
 
     def trunc(self, x: AShare, bits: int = FRACTIONAL_BITS) -> AShare:
         """Divide by 2^bits (probabilistic rounding, within 1 ulp) for |x| < 2^62; any
@@ -684,8 +702,9 @@ class Engine:
         one coin toss, drawn after the tuples were dealt. Then, in one opening round:
 
         * sacrificed kinds: rho = t*a - a' per element, for a triple (a, b, c) with its
-          companion (a', b, c'), a matmul triple (the same with A, B, C), and each dealt bit
-          b taken as the triple (b, b, b). Then sigma = t*c - c' - rho*b (rho @ B) is zero
+          companion (a', b, c'), a triple of another bilinear map f (the same with A, B, C:
+          matmul, batched matmul, convolution), and each dealt bit b taken as the triple
+          (b, b, b). Then sigma = t*c - c' - f(rho, b) is zero
           for honest tuples; per kind, the parties open one random combination
           sum chi_j sigma_j and require 0 mod 2^128.
         * input and private masks: one opening of sum_k chi_k r_k + s per mask (s its
@@ -752,12 +771,10 @@ class Engine:
             if kind in ("trunc", "bits"):  # each bit b is the triple (b, b, b)
                 _, b, _, c2 = values
                 c = b
+                rho_b = self.mul_public(b, rho)
             else:
                 _, b, c, _, c2 = values
-            if kind == "matmul":
-                rho_b = AShare(ring.matmul(rho, b.v), ring.matmul(rho, b.m))
-            else:
-                rho_b = self.mul_public(b, rho)
+                rho_b = self._public_product(spec, rho, b)
             sigma = self.mul_public(c, t) - c2 - rho_b
             combined = self.mul_public(sigma, chi(index, sigma.shape)).reshape(-1).sum(0, keepdims=True)
             sigmas[kind] = combined if kind not in sigmas else sigmas[kind] + combined

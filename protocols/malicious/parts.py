@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from protocols.parts import ProtocolPart, TripleSource
+from protocols.parts import PartCounters, ProtocolPart, TripleSource
 from protocols.registry import register_part
 
 log = logging.getLogger("cotrain.malicious")
@@ -26,8 +26,30 @@ def is_malicious(protocol: Any) -> bool:
     return getattr(protocol, "triple_source", None) == TRIPLE_SOURCE
 
 
+class _EngineCounted:
+    """A part whose counters are the engine's statistics, read whenever they are asked for
+    (the party's report is made while the engine still runs, before the suite stops)."""
+
+    _counters: PartCounters
+
+    def engine_counts(self) -> tuple[int, int] | None:
+        """(calls, tuples) so far, or None before the engine starts."""
+        raise NotImplementedError
+
+    @property
+    def counters(self) -> PartCounters:
+        counts = self.engine_counts()
+        if counts is not None:
+            self._counters.calls, self._counters.tuples = counts
+        return self._counters
+
+    @counters.setter
+    def counters(self, value: PartCounters) -> None:
+        self._counters = value
+
+
 @register_part("triple_source", TRIPLE_SOURCE)
-class AuthenticatedDealer(TripleSource):
+class AuthenticatedDealer(_EngineCounted, TripleSource):
     """A dealer process making SPDZ2k-authenticated tuples (values and MAC shares mod
     2^128, MAC key alpha in [0, 2^64) shared among the parties); every tuple comes with a
     companion for the parties' check of it (see ``dealer``)."""
@@ -41,9 +63,13 @@ class AuthenticatedDealer(TripleSource):
         return Dealer(parties)
 
     def __init__(self) -> None:
-        super().__init__()
         self.engine: Any = None
+        super().__init__()
         self._previous_type = "mpc"
+
+    def engine_counts(self) -> tuple[int, int] | None:
+        """Dealer answers received, tuples checked."""
+        return None if self.engine is None else (self.engine.stats.dealer_requests, self.engine.stats.checked_tuples)
 
     def install(self, crypten: Any) -> None:
         from protocols.malicious.cryptensor import TENSOR_TYPE
@@ -69,9 +95,6 @@ class AuthenticatedDealer(TripleSource):
             self.engine.close()
         except Exception as error:  # the run is ending anyway; say why the dealer may linger
             log.warning("could not tell the dealer to stop: %s", error)
-        stats = self.engine.stats
-        self.counters.tuples = stats.checked_tuples
-        self.counters.calls = stats.dealer_requests
 
     def uninstall(self, crypten: Any) -> None:
         crypten.set_default_cryptensor_type(self._previous_type)
@@ -81,9 +104,14 @@ class AuthenticatedDealer(TripleSource):
 
 
 @register_part("check", CHECK)
-class Spdz2kMacCheck(ProtocolPart):
+class Spdz2kMacCheck(_EngineCounted, ProtocolPart):
     """Batched MAC check: random linear combination, hash-committed, before any reveal.
     It runs inside the engine the triple source starts; there is nothing to install."""
+
+    def engine_counts(self) -> tuple[int, int] | None:
+        """MAC checks run, opened values they covered."""
+        engine = getattr(self.suite.triple_source, "engine", None) if self.suite is not None else None
+        return None if engine is None else (engine.stats.checks, engine.stats.checked_elements)
 
     def install(self, crypten: Any) -> None:
         """The engine checks every opening itself."""

@@ -14,8 +14,9 @@ limb-wise schoolbook algorithm with explicit carries:
   products are exact there.
 * sums along an axis split the low limb into 32-bit halves (no overflow for fewer than
   2^32 terms) and recombine them with a carry into the high limb.
-* a matrix product is a broadcast elementwise product summed along the inner axis
-  (chunked over rows to bound memory).
+* a matrix product (batched over leading dimensions) is a broadcast elementwise product
+  summed along the inner axis (chunked to bound memory); a convolution is each group's
+  kernel matrix times the input's patches.
 
 Signed 64-bit values (CrypTen's ring and fixed-point encoding) enter by sign extension, so
 the low limb of any result is exactly the int64 arithmetic result. ``tests/malicious``
@@ -181,22 +182,51 @@ def sum_axis(x: U128, axis: int) -> U128:
 
 
 def matmul(a: U128, b: U128, chunk_elements: int = 1 << 21) -> U128:
-    """(n, d) @ (d, m) mod 2^128."""
-    n, d = a.shape
-    d2, m = b.shape
-    if d != d2:
+    """(..., n, d) @ (..., d, m) mod 2^128, the leading (batch) dimensions equal."""
+    *batch, n, d = a.shape
+    *batch2, d2, m = b.shape
+    if d != d2 or batch != batch2:
         raise ValueError(f"matmul shapes {a.shape} and {b.shape} do not match")
-    rows = max(1, chunk_elements // max(1, d * m))
-    out_lo = np.empty((n, m), np.uint64)
-    out_hi = np.empty((n, m), np.uint64)
-    bb = U128(b.lo[None, :, :], b.hi[None, :, :])
-    for start in range(0, n, rows):
-        block = a[start:start + rows]
-        prod = mul(U128(block.lo[:, :, None], block.hi[:, :, None]), bb)
-        total = sum_axis(prod, 1)
-        out_lo[start:start + rows] = total.lo
-        out_hi[start:start + rows] = total.hi
-    return U128(out_lo, out_hi)
+    count = int(np.prod(batch, dtype=np.int64))
+    a3, b3 = a.reshape(count, n, d), b.reshape(count, d, m)
+    out_lo = np.empty((count, n, m), np.uint64)
+    out_hi = np.empty((count, n, m), np.uint64)
+    # chunks of (batch, rows) with at most chunk_elements partial products each
+    rows = max(1, min(n, chunk_elements // max(1, d * m)))
+    batches = max(1, chunk_elements // max(1, n * d * m)) if rows == n else 1
+    for first in range(0, count, batches):
+        last = min(count, first + batches)
+        bb = U128(b3.lo[first:last, None, :, :], b3.hi[first:last, None, :, :])
+        for start in range(0, n, rows):
+            block = a3[first:last, start:start + rows]
+            total = sum_axis(mul(U128(block.lo[..., None], block.hi[..., None]), bb), -2)
+            out_lo[first:last, start:start + rows] = total.lo
+            out_hi[first:last, start:start + rows] = total.hi
+    return U128(out_lo.reshape(*batch, n, m), out_hi.reshape(*batch, n, m))
+
+
+def conv2d(x: U128, w: U128, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+           groups: int) -> U128:
+    """torch's conv2d (no bias) mod 2^128: x (N, C, H, W), w (O, C / groups, kh, kw), as a
+    product of each group's kernel matrix with the input's patches (zero padding)."""
+    n, channels, _, _ = x.shape
+    out_channels, per_group, kh, kw = w.shape
+    pad = ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1]))
+    lo, hi = np.pad(x.lo, pad), np.pad(x.hi, pad)
+    out_h = (lo.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (lo.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    rows = (np.arange(kh) * dilation[0])[:, None] + (np.arange(out_h) * stride[0])[None, :]  # (kh, out_h)
+    cols = (np.arange(kw) * dilation[1])[:, None] + (np.arange(out_w) * stride[1])[None, :]  # (kw, out_w)
+    index = (slice(None), slice(None), rows[:, :, None, None], cols[None, None, :, :])  # -> (N, C, kh, oh, kw, ow)
+    size = per_group * kh * kw
+
+    def patches(limb: np.ndarray) -> np.ndarray:
+        return limb[index].transpose(0, 1, 2, 4, 3, 5).reshape(n, groups, size, out_h * out_w)
+
+    kernel = w.reshape(1, groups, out_channels // groups, size)
+    kernel = U128(np.broadcast_to(kernel.lo, (n,) + kernel.shape[1:]), np.broadcast_to(kernel.hi, (n,) + kernel.shape[1:]))
+    out = matmul(kernel, U128(patches(lo), patches(hi)))
+    return out.reshape(n, out_channels, out_h, out_w)
 
 
 def concat(parts: Sequence[U128]) -> U128:

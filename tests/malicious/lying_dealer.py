@@ -6,7 +6,7 @@ Its ``plan`` is a list of (kind, count): it corrupts every tuple of the first ki
 until it has corrupted ``count`` of them, then moves to the next entry; after the plan it is
 honest. Each lie changes one element of one value by an offset that is nonzero mod 2^64:
 
-* ``triple``, ``matmul``: c (or, one time in four, the companion's c');
+* ``triple``, ``matmul``, ``bmatmul``, ``conv``: c (or, one time in four, the companion's c');
 * ``trunc``, ``bits``: one random bit is no longer 0 or 1 (or, one time in four, the
   companion's c' is wrong);
 * ``input``, ``private``: the mask the owner gets in clear (or, one time in three, the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
+from protocols.malicious import bilinear
 from protocols.malicious.dealer import Dealer
 from protocols.malicious.ring import U128
 
@@ -57,7 +58,7 @@ class LyingDealer(Dealer):
         return value + U128.from_ints(delta, value.shape)
 
     def _lie(self, kind: str, values: list[U128], clear: list[U128]) -> tuple[list[U128], list[U128]]:
-        if kind in ("triple", "matmul"):
+        if kind in bilinear.KINDS:
             index = 4 if self.rng.randrange(4) == 0 else 2
             values[index] = self._changed(values[index], self._offset())
         elif kind in ("trunc", "bits"):

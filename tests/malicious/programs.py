@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from adversary import Adversary, TamperingEngine
 from protocols.dealer_wire import DealerError
@@ -109,12 +110,19 @@ def _uses(kind: str, engine: Engine, rank: int, parties: int, x: np.ndarray, y: 
     ys = engine.input(y if rank == 1 else None, y.shape, 1)
     if kind == "triple":
         return engine.reveal(engine.mul(xs, ys))
+    if kind == "bmatmul":  # the rows of x times y's rows, one product per row
+        return engine.reveal(engine.bilinear(["bmatmul", 3, 1, 4, 1], xs.reshape(3, 1, 4), ys.reshape(3, 4, 1)))
+    if kind == "conv":  # x as one 3 x 4 image, y's first row as a 2 x 2 kernel
+        spec = ["conv", [1, 1, 3, 4], [1, 1, 2, 2], [1, 1], [0, 0], [1, 1], 1]
+        return engine.reveal(engine.bilinear(spec, xs.reshape(1, 1, 3, 4), ys[0].reshape(1, 1, 2, 2)))
     return engine.reveal(engine.matmul(xs, ys.T))
 
 
 def expected_use(kind: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    conv = torch.nn.functional.conv2d(torch.tensor(x).reshape(1, 1, 3, 4), torch.tensor(y[0]).reshape(1, 1, 2, 2))
     return {"input": x, "private": x, "bits": (x < 0).astype(np.float64), "trunc": 0.75 * x,
-            "triple": x * y, "matmul": x @ y.T}[kind]
+            "triple": x * y, "matmul": x @ y.T, "bmatmul": (x * y).sum(1).reshape(3, 1, 1),
+            "conv": conv.numpy()}[kind]
 
 
 def use_data(trial: int) -> tuple[np.ndarray, np.ndarray]:

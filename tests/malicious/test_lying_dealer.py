@@ -1,7 +1,8 @@
 """Nothing the dealer deals is trusted: a dealer lying about any one kind of tuple is caught.
 
 One set of processes (3 parties and a ``LyingDealer``, see ``lying_dealer.py``). For each
-kind the dealer deals (Beaver triples, matmul triples, truncation pairs, comparison bits,
+kind the dealer deals (Beaver triples, matmul, batched matmul and convolution triples,
+truncation pairs, comparison bits,
 input masks, private-reveal masks) it corrupts the first tuple of that kind in each of 20
 tiny computations, keeping MACs consistent; every party must stop each of them with
 ``CheatDetected`` naming the check and the tuple kind, before anything is revealed. Then
@@ -23,8 +24,9 @@ from programs import lying_dealer_trials, steering_request  # noqa: E402
 
 PARTIES = 3
 TRIALS = 20
-KINDS = ["triple", "matmul", "trunc", "bits", "input", "private"]
-CHECKS = {"triple": ("triple sacrifice", "Beaver triple"), "matmul": ("triple sacrifice", "matmul triple"),
+KINDS = ["triple", "matmul", "bmatmul", "conv", "trunc", "bits", "input", "private"]
+CHECKS = {"triple": ("triple sacrifice", "Beaver triple"), "matmul": ("triple sacrifice", "a matmul triple"),
+          "bmatmul": ("triple sacrifice", "batched matmul triple"), "conv": ("triple sacrifice", "convolution triple"),
           "trunc": ("bit sacrifice", "truncation pair"), "bits": ("bit sacrifice", "comparison mask"),
           "input": ("mask check", "input mask"), "private": ("mask check", "private-reveal mask")}
 
@@ -54,6 +56,7 @@ def test_honest_dealer_passes_every_check(outcome):
     # 0.75 * 2^-17 + 1 ulp; inputs and comparisons are exact
     ulp, half = 2.0 ** -16, 2.0 ** -17
     bounds = {"triple": 2 * 50 * half + half ** 2 + ulp, "matmul": 4 * (2 * 50 * half + half ** 2) + ulp,
+              "bmatmul": 4 * (2 * 50 * half + half ** 2) + ulp, "conv": 4 * (2 * 50 * half + half ** 2) + ulp,
               "trunc": 0.75 * half + ulp, "bits": 0.0, "input": half, "private": half}
     for result in outcome:
         assert [h[0] for h in result["honest"]] == KINDS
