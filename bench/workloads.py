@@ -124,16 +124,18 @@ def crypten_ops() -> SystemOps:
 def cotrain_ops() -> SystemOps:
     from mpc.losses import WeightedBinaryCrossEntropy
     from mpc.metrics import ClassWeights
+    from mpc.shares import planned
     from mpc.training import SecureTrainer, TrainConfig, secure_sigmoid
 
     def make_epoch(crypten, model, negative, positive, lr, x, y, slices):
         loss = WeightedBinaryCrossEntropy(ClassWeights(negative=negative, positive=positive))
         trainer = SecureTrainer(crypten, model, TrainConfig(lr=lr), loss, seed=0, stats=None, show_progress=False)
 
-        def run() -> None:  # as SecureTrainer.fit: the per-row scales once, then the steps
+        def run() -> None:  # as SecureTrainer.fit: the per-row scales once, then the planned steps
             scales = loss.row_scales(y)
             for rows in slices:
-                trainer.step(x[rows], y[rows], scales[rows])
+                with planned(x, ("step", rows.stop - rows.start)):
+                    trainer.step(x[rows], y[rows], scales[rows])
 
         return run
 

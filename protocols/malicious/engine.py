@@ -560,34 +560,44 @@ class Engine:
 
         With an authenticated random r (low ``bits`` bits also shared bit by bit), open
         c = x + 2^(bits-1) + r; then y = x + 2^(bits-1) is in [0, 2^bits) and its top bit,
-        [x >= 0], is c_top xor r_top xor [c mod 2^(bits-1) < r mod 2^(bits-1)]. The
-        comparison of public bits with shared bits finds the highest differing bit with a
-        log-depth suffix OR (a OR b = a + b - ab, Beaver products on bits): for 32 bits,
-        8 rounds and 156 bit products per element."""
+        [x >= 0], is c_top xor r_top xor [c mod 2^(bits-1) < r mod 2^(bits-1)] (the borrow,
+        ``_less_than_public``): for 48 bits, 7 rounds and 92 bit products per element."""
         r, r_bits = self._random_bits("bits", x.shape, bits)
         (c,) = self.open([self.add_public(x, U128.scalar(1 << (bits - 1))) + r], "compare")
         positions = np.arange(bits, dtype=np.uint64)
         c_bits = ((c.lo[..., None] >> positions) & np.uint64(1)).astype(np.int64)
         low = bits - 1
-        differ = self.xor_public(r_bits[..., :low], c_bits[..., :low])  # e_i = c_i xor r_i
-        suffix, step = differ, 1  # suffix[i] = OR of e_j for j >= i
-        while step < low:
-            head, tail = suffix[..., :low - step], suffix[..., step:]
-            (both,) = self.mul_many([(head, tail)], truncate=False)
-            suffix = cat([head + tail - both, suffix[..., low - step:]], axis=-1)
-            step *= 2
-        shifted = cat([suffix[..., 1:], self.zeros(suffix.shape[:-1] + (1,))], axis=-1)
-        first = suffix - shifted  # 1 at the highest differing bit only
-        # r_low > c_low iff r has the 1 at the highest differing bit. Taken as products with
-        # r's bits (not as first * (1 - c), public) so that every computed value reaches an
-        # opening: a tampered product can never be cancelled by a public zero coefficient.
-        (chosen,) = self.mul_many([(first, r_bits[..., :low])], truncate=False)
-        borrow = chosen.sum(-1)
+        borrow = self._less_than_public(c_bits[..., :low], r_bits[..., :low])
         top = r_bits[..., low]
         (both,) = self.mul_many([(top, borrow)], truncate=False)
         top_xor_borrow = top + borrow - both - both
         nonnegative = self.xor_public(top_xor_borrow, c_bits[..., low])
         return self.add_public(-nonnegative, U128.scalar(1))
+
+    def _less_than_public(self, c_bits: np.ndarray, r_bits: AShare) -> AShare:
+        """[c < r] for public bits c and shared bits r (last axis, least significant first).
+
+        Per bit, lt = [c_i < r_i] = (1 - c_i) r_i and eq = [c_i = r_i] = 1 - (c_i xor r_i) are
+        linear. Adjacent segments, H above L, combine as lt = lt_H + eq_H lt_L (the two
+        cases exclude each other) and eq = eq_H eq_L: one round of products per level, about
+        2l products in ceil(log2 l) rounds for l bits (the last level needs no eq)."""
+        lt = self.mul_public(r_bits, U128.from_int64(1 - c_bits))
+        eq = self.add_public(-self.xor_public(r_bits, c_bits), U128.scalar(1))
+        while lt.shape[-1] > 1:
+            width = lt.shape[-1]
+            pairs = width // 2
+            lt_top, eq_top = lt[..., width - 1:], eq[..., width - 1:]
+            low, high = slice(0, 2 * pairs, 2), slice(1, 2 * pairs, 2)
+            if width == 2:
+                (carried,) = self.mul_many([(eq[..., high], lt[..., low])], truncate=False)
+                return (lt[..., high] + carried)[..., 0]
+            carried, both_equal = self.mul_many([(eq[..., high], lt[..., low]), (eq[..., high], eq[..., low])],
+                                                truncate=False)
+            lt, eq = lt[..., high] + carried, both_equal
+            if width % 2:  # the top segment has no partner at this level
+                lt = cat([lt, lt_top], axis=-1)
+                eq = cat([eq, eq_top], axis=-1)
+        return lt[..., 0]
 
     def relu(self, x: AShare) -> tuple[AShare, AShare]:
         """(max(x, 0), [x >= 0]); the second is ReLU's derivative as a 0/1 sharing."""
