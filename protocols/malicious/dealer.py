@@ -180,7 +180,7 @@ class Dealer:
             low63 = r.lo & np.uint64((1 << 63) - 1)
             return [r, U128.from_uint64(low63 >> np.uint64(FRACTIONAL_BITS)), U128.from_uint64(r.lo >> np.uint64(63))], []
         if kind in ("trunc", "bits"):
-            bits = U128.from_uint64(np.frombuffer(os.urandom(int(np.prod(shapes[1], dtype=np.int64))), np.uint8)
+            bits = U128.from_uint64(ring.random_bytes(int(np.prod(shapes[1], dtype=np.int64)))
                                     .reshape(shapes[1]).astype(np.uint64) & np.uint64(1))
             values = [U128.random(shapes[0]), bits]
             if self.authenticated:

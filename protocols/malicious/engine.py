@@ -47,7 +47,7 @@ import secrets
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -175,9 +175,11 @@ class EngineStats:
     tuple_checks: int = 0  # dealer answers checked
     checked_tuples: int = 0  # tuples checked (every kind but ``random``)
     tuple_check_seconds: float = 0.0
+    opened_by_kind: dict = field(default_factory=dict)  # opened elements per kind of opening
+    dealt_by_kind: dict = field(default_factory=dict)  # authenticated values received per tuple kind
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "opened_by_kind": dict(self.opened_by_kind), "dealt_by_kind": dict(self.dealt_by_kind)}
 
 
 def _digest(*parts: bytes) -> bytes:
@@ -193,6 +195,15 @@ def _stream(seed: bytes, count: int) -> np.ndarray:
     if count == 0:
         return np.zeros(0, np.uint64)
     return np.frombuffer(hashlib.shake_256(seed).digest(8 * count), dtype=np.uint64).copy()
+
+
+def _tree_products(width: int) -> list[int]:
+    """Per level of ``Engine._less_than_public`` over ``width`` bits, its products per element."""
+    counts = []
+    while width > 1:
+        counts.append(1 if width == 2 else 2 * (width // 2))
+        width = (width + 1) // 2
+    return counts
 
 
 class Engine:
@@ -320,6 +331,7 @@ class Engine:
         for spec in specs:
             values = []
             for shape in dealing.spec_shapes(spec, self.check_tuples):
+                self.stats.dealt_by_kind[spec[0]] = self.stats.dealt_by_kind.get(spec[0], 0) + int(np.prod(shape))
                 v = take(shape)
                 m = take(shape) if self.authenticated else None  # MACs: always 2 limbs (authenticated)
                 values.append(AShare(v, m))
@@ -369,6 +381,12 @@ class Engine:
             raise PreprocessingError(f"preprocessing out of step: the program needs {spec}, the next tuple is {got}")
         return values, None if clear is None else clear[0]
 
+    def _prefetch(self, specs: list[list[Any]]) -> None:
+        """The tuples an operation is about to take, in one dealer request and one check,
+        unless tuples are queued already (a planned block's, which include them)."""
+        if not self._queue:
+            self.preprocess(specs)
+
     def discard_preprocessing(self) -> None:
         """Drop queued tuples (after an abort, before starting over)."""
         self._queue.clear()
@@ -417,6 +435,7 @@ class Engine:
             self._opened.append((total, ring.concat([s.m for s in shares])))
             self._pending += total.size
         self.stats.opened_elements += total.size
+        self.stats.opened_by_kind[kind] = self.stats.opened_by_kind.get(kind, 0) + total.size
         return ring.split(total, [s.shape for s in shares])
 
     def maybe_check(self) -> None:
@@ -490,6 +509,8 @@ class Engine:
                 raise ValueError(f"mul needs equal shapes, got {x.shape} and {y.shape}")
         x = cat([p[0].reshape(-1) for p in pairs])
         y = cat([p[1].reshape(-1) for p in pairs])
+        if truncate:
+            self._prefetch([["triple", x.shape], ["trunc", x.shape]])
         (a, b, c), _ = self._next(["triple", x.shape])
         d, e = self.open([x - a, y - b], "mul")
         z = c + self.mul_public(b, d) + self.mul_public(a, e)
@@ -505,6 +526,8 @@ class Engine:
         (n, k), (k2, m) = x.shape, y.shape
         if k != k2:
             raise ValueError(f"matmul shapes {x.shape} and {y.shape} do not match")
+        if truncate:
+            self._prefetch([["matmul", n, k, m], ["trunc", (n, m)]])
         (a, b, c), _ = self._next(["matmul", n, k, m])
         d, e = self.open([x - a, y - b], "matmul")
         z_v = c.v + ring.matmul(d, b.v) + ring.matmul(a.v, e)
@@ -562,6 +585,9 @@ class Engine:
         c = x + 2^(bits-1) + r; then y = x + 2^(bits-1) is in [0, 2^bits) and its top bit,
         [x >= 0], is c_top xor r_top xor [c mod 2^(bits-1) < r mod 2^(bits-1)] (the borrow,
         ``_less_than_public``): for 48 bits, 7 rounds and 92 bit products per element."""
+        elements = int(np.prod(x.shape, dtype=np.int64))
+        products = [elements * count for count in _tree_products(bits - 1)] + [elements]
+        self._prefetch([["bits", x.shape, bits]] + [["triple", (count,)] for count in products])
         r, r_bits = self._random_bits("bits", x.shape, bits)
         (c,) = self.open([self.add_public(x, U128.scalar(1 << (bits - 1))) + r], "compare")
         positions = np.arange(bits, dtype=np.uint64)
