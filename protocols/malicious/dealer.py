@@ -207,13 +207,14 @@ class Dealer:
             values, clear = self.tuple_values(spec)
             for value in values:
                 for rank, piece in enumerate(share(value, self.parties)):
-                    buffers[rank].append(ring.to_wire(piece, limbs))
+                    buffers[rank].extend(ring.wire_parts(piece, limbs))
                 if self.authenticated:
                     for rank, piece in enumerate(share(value * self.alpha, self.parties)):
-                        buffers[rank].append(ring.to_wire(piece))
+                        buffers[rank].extend(ring.wire_parts(piece))
             owner = clear_owner(spec)
             for value in clear:
-                buffers[owner].append(ring.to_wire(value, limbs))
+                buffers[owner].extend(ring.wire_parts(value, limbs))
+        # one copy per party into its wire buffer
         return [_as_int64(np.concatenate(parts) if parts else np.zeros(0, np.uint64)) for parts in buffers]
 
 

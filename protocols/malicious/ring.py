@@ -229,12 +229,18 @@ def split(flat: U128, shapes: Sequence[tuple[int, ...]]) -> list[U128]:
     return out
 
 
+def wire_parts(x: U128, limbs: int = 2) -> list[np.ndarray]:
+    """``to_wire``'s pieces, not yet joined (views where the limbs are contiguous), for a
+    caller that joins many values into one buffer with a single copy."""
+    return [x.lo.ravel()] if limbs == 1 else [x.lo.ravel(), x.hi.ravel()]
+
+
 def to_wire(x: U128, limbs: int = 2) -> np.ndarray:
     """One contiguous uint64 buffer, lo limbs then hi limbs (``limbs=1``: the low limbs
     only, i.e. the value mod 2^64, for the semi-honest mode)."""
     if limbs == 1:
         return np.ascontiguousarray(x.lo.ravel())
-    return np.concatenate([x.lo.ravel(), x.hi.ravel()])
+    return np.concatenate(wire_parts(x, limbs))
 
 
 def from_wire(buffer: np.ndarray, shape: Sequence[int], limbs: int = 2) -> U128:
