@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--malicious-timeout", type=float, default=420.0,
                         help="seconds one phase of the malicious suite (and its dealer-suite twin) may take")
     parser.add_argument("--malicious-budget", type=float, default=900.0,
-                        help="seconds for the malicious section (W1-W6 at MALICIOUS_SIZES and its W7), on top of --budget")
+                        help="seconds for the malicious section's W1-W6 (at MALICIOUS_SIZES), on top of --budget; "
+                             "its W7 and the dealer suite's run after it, each within --malicious-timeout")
     parser.add_argument("--repeats", type=int, default=0, help="repeats per workload (default: 3, 1 for W2b and W7)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--profile", default="", help="write a cProfile of rank 0 of each secure system here (prefix)")
@@ -515,7 +516,6 @@ def main(argv: list[str] | None = None) -> int:
                           and d[1].get("transport") == base.get("transport")), None)
             for system, base in malicious}
     sections = {}
-    malicious_deadline = time.monotonic() + args.malicious_budget
     for system, base in malicious:
         if twin[system] is None or not two_party or cuda:
             for name in two_party:
@@ -540,11 +540,13 @@ def main(argv: list[str] | None = None) -> int:
                 cells["W7"][system] = {"na": "n/a: not run (W7 covers each transport with tfp and each "
                                              "suite on gloo; --full runs every pair)"}
                 continue
-            if time.monotonic() > (malicious_deadline if is_malicious(base) else deadline):
+            # the malicious suite's W7 and its dealer-suite twin run whenever its section ran
+            compared = is_malicious(base) or any(t is not None and t[0] == system for t in twin.values())
+            if not (compared and sections) and time.monotonic() > deadline:
                 cells["W7"][system] = {"na": "n/a: skipped, over the bench's time budget"}
                 continue
             if base["system"] == "cotrain":
-                timeout = args.malicious_timeout if is_malicious(base) else max(args.timeout, 150.0)
+                timeout = args.malicious_timeout if compared else max(args.timeout, 150.0)
                 cells["W7"][system] = demo_job(base["transport"], base["suite"], timeout)
             else:
                 launch = Launch(system, {**base, "parties": 3, "workloads": ["W7"], "device": device,
