@@ -368,6 +368,7 @@ def psi_section(ids: int, deadline: float, timeout_s: float) -> dict:
 
 
 def is_malicious(base: dict) -> bool:
+    """Whether a system is this project under a suite with MAC-checked (malicious) security."""
     from protocols.malicious.parts import is_malicious as selects_malicious
     from protocols.suite import ProtocolConfig
 
