@@ -281,7 +281,7 @@ def demo_job(transport: str, suite: str, timeout_s: float) -> dict:
         return {"wall_s": epoch["seconds"], "walls": [epoch["seconds"]], "cpu_s": cpu,
                 "bytes": epoch["bytes_sent"], "rounds": epoch["rounds"], "repeats": 1,
                 "auc": summary["secure"]["auc"], "plaintext_auc": summary["plaintext"]["auc"],
-                "job_wall_s": summary["wall_s"], "note": "cpu: whole job"}
+                "job_wall_s": summary["job_wall_s"], "note": "cpu: whole job"}
 
 
 # -- floor, table ------------------------------------------------------------------------------
