@@ -181,6 +181,20 @@ class Launch:
         return results
 
 
+def variant_systems(systems: list[tuple[str, dict]], variants: list[str]) -> list[tuple[str, dict]]:
+    """For ``--variant kind=name``: a twin of each headline cotrain system with that protocol
+    part swapped, to measure a part against the default side by side."""
+    twins = []
+    for variant in variants:
+        kind, _, name = variant.partition("=")
+        if not name:
+            raise SystemExit(f"--variant {variant!r}: expected KIND=NAME, e.g. truncation=pairs")
+        for system, base in systems[:4]:
+            if base.get("system") == "cotrain":
+                twins.append((f"{system}[{variant}]", {**base, "protocol": {**base["protocol"], kind: name}}))
+    return twins
+
+
 def run_together(launches: list[Launch], phase_timeout_s: float, deadline: float) -> None:
     """Round-robin turns: each system runs one phase (a setup or one repeat) while the
     others wait, so load from elsewhere on the machine falls on all of them alike."""
@@ -217,7 +231,9 @@ def combine(per_rank: dict[int, dict], parties: int, workload: str) -> dict:
 
 
 # -- plaintext ---------------------------------------------------------------------------------
-def plaintext_cell(name: str, device: str | None, repeats: int = 0) -> dict:
+def plaintext_cell(name: str, device: str | None, repeats: int = 0) -> dict | None:
+    """Plaintext torch's figures for workload ``name`` (None for W8, two secure runs compared)."""
+    from bench.sequence_step import plaintext_step
     from bench.workloads import demo_shaped_data, plaintext_epoch, training_data
 
     torch.set_num_threads(1)
@@ -237,6 +253,10 @@ def plaintext_cell(name: str, device: str | None, repeats: int = 0) -> dict:
     elif name == "W4":
         x = (torch.randn(100_000, generator=generator) * 4).to(target)
         run = lambda: torch.sigmoid(x)  # noqa: E731
+    elif name == "W8":
+        return None
+    elif name == "W9":
+        run = plaintext_step()
     else:
         data = demo_shaped_data() if name == "W7" else training_data()
         run, score = plaintext_epoch("mlp" if name == "W6" else "logreg", data, 128 if name == "W7" else BATCH, LR, target)
@@ -257,31 +277,111 @@ def plaintext_cell(name: str, device: str | None, repeats: int = 0) -> dict:
     return cell
 
 
-# -- W7 through `cotrain run` --------------------------------------------------------------------
+# -- W7 and W8 through `cotrain run` -------------------------------------------------------------
 def demo_job(transport: str, suite: str, timeout_s: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix="cotrain-bench-w7-") as folder:
-        command = [sys.executable, "-m", "launch", "run", "train.epochs=1", f"transport={transport}",
-                   f"protocol={suite}", f"output_dir={folder}", "run_id=bench", "log_level=WARNING"]
-        if transport == "zmq":
-            command.append("transport.encrypt=true")
-        cpu0 = _cpu_children()
-        try:
-            completed = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"na": f"n/a: timed out after {timeout_s:g} s"}
-        cpu = _cpu_children() - cpu0
-        summary_path = Path(folder) / "bench" / "summary.json"
-        if completed.returncode != 0 or not summary_path.exists():
-            lines = completed.stderr.decode(errors="replace").strip().splitlines()
-            reason = next((l for l in reversed(lines) if l.startswith("cotrain:")), lines[-1] if lines else "")
-            return {"na": f"n/a: {reason}"[:160]}
-        summary = json.loads(summary_path.read_text())
-        epoch = summary["per_epoch"][0]
-        return {"wall_s": epoch["seconds"], "walls": [epoch["seconds"]], "cpu_s": cpu,
-                "bytes": epoch["bytes_sent"], "rounds": epoch["rounds"], "repeats": 1,
-                "auc": summary["secure"]["auc"], "plaintext_auc": summary["plaintext"]["auc"],
-                "job_wall_s": summary["job_wall_s"], "note": "cpu: whole job"}
+    cpu0 = _cpu_children()
+    cell = demo_jobs([[f"transport={transport}", f"protocol={suite}"]], timeout_s)[0]
+    if "wall_s" in cell:
+        cell.update(cpu_s=_cpu_children() - cpu0, note="cpu: whole job")
+    return cell
+
+
+def demo_jobs(overrides: list[list[str]], timeout_s: float) -> list[dict]:
+    """``cotrain run train.epochs=1`` with each list of overrides, all started at once (so load
+    from elsewhere falls on them alike); one cell per job from its summary's first epoch."""
+    with tempfile.TemporaryDirectory(prefix="cotrain-bench-job-") as folder:
+        processes = []
+        for index, extra in enumerate(overrides):
+            command = [sys.executable, "-m", "launch", "run", "train.epochs=1", f"output_dir={folder}",
+                       f"run_id=bench{index}", "log_level=WARNING", *extra]
+            if "transport=zmq" in extra:
+                command.append("transport.encrypt=true")
+            processes.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}))
+        deadline = time.monotonic() + timeout_s
+        cells = []
+        for index, process in enumerate(processes):
+            try:
+                _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                cells.append({"na": f"n/a: timed out after {timeout_s:g} s"})
+                continue
+            cells.append(_job_cell(Path(folder) / f"bench{index}" / "summary.json", process.returncode, stderr))
+        return cells
+
+
+def _job_cell(summary_path: Path, returncode: int, stderr: bytes) -> dict:
+    if returncode != 0 or not summary_path.exists():
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        reason = next((l for l in reversed(lines) if l.startswith("cotrain:")), lines[-1] if lines else "")
+        return {"na": f"n/a: {reason}"[:160]}
+    summary = json.loads(summary_path.read_text())
+    epoch = summary["per_epoch"][0]
+    return {"wall_s": epoch["seconds"], "walls": [epoch["seconds"]], "cpu_s": float("nan"),
+            "bytes": epoch["bytes_sent"], "rounds": epoch["rounds"], "repeats": 1,
+            "auc": summary["secure"]["auc"], "plaintext_auc": summary["plaintext"]["auc"],
+            "job_wall_s": summary["job_wall_s"]}
+
+
+# the model of W8: the built-in MLP's config against the same network written as a user's module
+W8_SYSTEM = ("gloo", "tfp")
+W8_JOBS = {"model=mlp": ["model=mlp"],
+           "model=custom (bench.models.UserMLP)": ["model=custom", "model._target_=bench.models.UserMLP"]}
+
+
+def custom_model_cells(timeout_s: float) -> dict[str, dict]:
+    """W8: one epoch of the demo job with the built-in ``mlp`` config and with the same network
+    as a user's module by import path, run at the same time; the second's wall over the first's."""
+    transport, suite = W8_SYSTEM
+    names = [f"cotrain-{transport}-{suite} {label}" for label in W8_JOBS]
+    cells = demo_jobs([[f"transport={transport}", f"protocol={suite}", *extra] for extra in W8_JOBS.values()],
+                      timeout_s)
+    builtin, custom = cells
+    if "wall_s" in builtin and "wall_s" in custom:
+        custom["note"] = f"x{custom['wall_s'] / builtin['wall_s']:.2f} the built-in's wall (target <= 1.10)"
+    return dict(zip(names, cells))
+
+
+# -- W9: one step of the sequence transformer, per party -------------------------------------------
+W9_SYSTEM = ("zmq", "dealer")  # the sequence job's defaults
+
+
+def sequence_step_cells(timeout_s: float, deadline: float) -> dict[str, dict]:
+    """W9 per party (seconds, bytes, rounds); bank0's cell has its rounds by layer kind too."""
+    from protocols.suite import ProtocolConfig, needs_dealer
+
+    transport, suite = W9_SYSTEM
+    protocol = protocol_suites()[suite]
+    world = 3 + int(needs_dealer(ProtocolConfig(**protocol)))
+    spec = {"system": "cotrain", "transport": transport, "protocol": protocol, "suite": suite, "parties": 3,
+            "workloads": ["W9"], "rounds_by_kind": True, "port": free_port(world)}
+    launch = Launch(f"cotrain-{transport}-{suite}", spec, world)
+    run_together([launch], timeout_s, deadline)
+    per_rank = launch.finish()
+    cells = {}
+    for rank in range(3):
+        entry = per_rank.get(rank, {}).get("results", {}).get("W9")
+        name = f"{launch.name} bank{rank}"
+        if not entry or "samples" not in entry:
+            reason = (entry or {}).get("error") or per_rank.get(rank, {}).get("error") or launch.error or "no result"
+            cells[name] = {"na": reason if str(reason).startswith("n/a") else f"n/a: {reason}"[:160]}
+            continue
+        sample = entry["samples"][0]
+        cells[name] = {"wall_s": sample["wall"], "walls": [sample["wall"]], "cpu_s": sample["cpu"],
+                       "bytes": sample["bytes"], "rounds": sample["rounds"], "repeats": 1,
+                       "rounds_by_kind": sample.get("rounds_by_kind", {})}
+    return cells
+
+
+def rounds_by_kind_line(cells: dict[str, dict]) -> str:
+    kinds = next((cell["rounds_by_kind"] for cell in cells.values() if "rounds_by_kind" in cell), {})
+    total = sum(kinds.values())
+    if not total:
+        return "W9 rounds by layer kind: n/a"
+    shares = ", ".join(f"{kind} {count} ({100 * count / total:.0f} %)" for kind, count in kinds.items())
+    return f"W9 rounds of bank0's step by layer kind: {shares}; {total} in all"
 
 
 # -- floor, table ------------------------------------------------------------------------------
@@ -440,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of W1-W6 phases for each system outside the headline group")
     parser.add_argument("--full", action="store_true",
                         help="3 repeats, no time share and W7 for every system (well over 15 minutes)")
-    parser.add_argument("--budget", type=float, default=780.0, help="seconds for the whole bench; later cells are skipped")
+    parser.add_argument("--budget", type=float, default=1200.0, help="seconds for the whole bench; later cells are skipped")
     parser.add_argument("--malicious-timeout", type=float, default=420.0,
                         help="seconds one phase of the malicious suite (and its dealer-suite twin) may take")
     parser.add_argument("--malicious-budget", type=float, default=900.0,
@@ -448,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                              "its W7 and the dealer suite's run after it, each within --malicious-timeout")
     parser.add_argument("--repeats", type=int, default=0, help="repeats per workload (default: 3, 1 for W2b and W7)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--variant", action="append", default=[],
+                        help="KIND=NAME: also run each headline cotrain system with that protocol part (repeatable)")
     parser.add_argument("--profile", default="", help="write a cProfile of rank 0 of each secure system here (prefix)")
     parser.add_argument("--psi-ids", type=int, default=20_000,
                         help="ids per party for the PSI row (3 parties, 60%% common); 0 skips it")
@@ -481,8 +583,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.systems:
         wanted = args.systems.split(",")
         systems = [(n, s) for n, s in systems if any(w in n for w in wanted) or n == PLAIN]
+    twins = variant_systems(systems, args.variant)
 
-    cells: dict[str, dict[str, dict]] = {name: {PLAIN: plaintext_cell(name, device, args.repeats)} for name in names}
+    cells: dict[str, dict[str, dict]] = {}
+    for name in names:
+        plain = plaintext_cell(name, device, args.repeats)
+        cells[name] = {PLAIN: plain} if plain is not None else {}
     deadline = started + args.budget
     two_party = [w for w in names if WORKLOADS[w][1] == 2]
     secure = [(system, base) for system, base in systems if system != PLAIN]
@@ -490,8 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     malicious = [(system, base) for system, base in secure if is_malicious(base)][:1]
     secure = [(system, base) for system, base in secure if not is_malicious(base)] + malicious
     grouped = [(system, base) for system, base in secure if not is_malicious(base)]
-    # the headline comparison launches together; the other systems in groups of four
-    groups = [grouped[:3]] + [grouped[i:i + 4] for i in range(3, len(grouped), 4)]
+    # the headline comparison (and its --variant twins) takes turns together; the other
+    # systems in groups of four
+    groups = [grouped[:3] + twins] + [grouped[i:i + 4] for i in range(3, len(grouped), 4)]
     headline = {system for system, _ in groups[0]} if groups else set()
     for group in groups if two_party else []:
         t0 = time.perf_counter()
@@ -558,9 +665,19 @@ def main(argv: list[str] | None = None) -> int:
                 cells["W7"][system] = cell if "wall_s" in cell or not launch.error else {"na": launch.error}
             print(f"  W7 {system}: {time.perf_counter() - t0:.0f} s", flush=True)
     # plaintext is measured first; list it first
-    started_systems = [PLAIN] + [system for system, _ in secure]
+    started_systems = [PLAIN] + [system for system, _ in secure + twins]
     cells = {name: {system: cells[name][system] for system in started_systems if system in cells[name]}
              for name in names}
+    for name, measure in (("W8", lambda: custom_model_cells(max(args.timeout, 300.0))),
+                          ("W9", lambda: sequence_step_cells(max(args.timeout, 600.0), deadline))):
+        if name not in names:
+            continue
+        t0 = time.perf_counter()
+        if time.monotonic() > deadline:
+            cells[name]["cotrain"] = {"na": "n/a: skipped, over the bench's time budget"}
+            continue
+        cells[name].update(measure())
+        print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
     floors = {name: floor_for(name, cells[name], net) for name in names}
     results = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": args.device,
@@ -575,6 +692,11 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault("malicious", {})[system] = section
         print()
         print("\n".join(malicious_lines(section, system, dealer_system)))
+    if "W9" in names:
+        from bench.sequence_step import configuration, sequence_job
+
+        print(f"W9 configuration (conf/job/sequence.yaml): {configuration(sequence_job())}")
+        print(rounds_by_kind_line(cells["W9"]))
     if args.psi_ids and not cuda:
         results["psi"] = psi_section(args.psi_ids, deadline, args.timeout)
     out = Path(args.out)

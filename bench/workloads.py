@@ -24,6 +24,8 @@ WORKLOADS: dict[str, tuple[str, int, int]] = {
     "W5": ("logreg epoch 8192x32 b512", 2, 3),
     "W6": ("MLP 32-64-1 epoch b512", 2, 3),
     "W7": ("demo job epoch (3 parties)", 3, 1),
+    "W8": ("MLP epoch, your model vs built-in", 3, 1),
+    "W9": ("sequence fine-tuning step", 3, 1),
 }
 CUDA_WORKLOADS = ("W2a", "W2b", "W5", "W6")
 ROWS, FEATURES, BATCH, LR = 8192, 32, 512, 0.5
@@ -195,6 +197,10 @@ def secure_setup(name: str, crypten: Any, ops: SystemOps, device: Any,
     if name == "W4":
         x = share(torch.randn(size, generator=generator) * 4)
         return (lambda: ops.sigmoid(x)), None
+    if name == "W9":
+        from bench.sequence_step import secure_step
+
+        return secure_step(crypten), None
     if name in ("W5", "W6", "W7"):
         kind = "mlp" if name == "W6" else "logreg"
         if name == "W7":

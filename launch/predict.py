@@ -19,7 +19,7 @@ from typing import Sequence
 
 from launch.config import ConfigError, load_config
 from launch.local import launch_local
-from mpc.data.tables import read_table
+from mpc.data.tables import DataError, read_table
 from mpc.release import ReleasePolicy, ReleaseRefused
 from mpc.scoring import ModelRecord, load_model_file, read_record, score_plain
 from parties.config import PartySpec, ScoreConfig
@@ -64,7 +64,10 @@ def predict(arguments: Sequence[str]) -> int:
 def _predict_plain(settings: dict[str, str]) -> int:
     model, record = load_model_file(settings["model"])
     frame = read_table(settings["data"], "predict")
-    logits = score_plain(model, record.preprocessing, frame)
+    try:
+        logits = score_plain(model, record.preprocessing, frame)
+    except ValueError as error:  # a column the model needs is missing, or a token outside its vocabulary
+        raise DataError(f"data={settings['data']}: {error}") from None
     id_column = record.preprocessing.id_column
     write_predictions(Path(settings["out"]), logits, record.task,
                       frame[id_column] if id_column in frame.columns else None)

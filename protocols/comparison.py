@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from protocols import crypten_hooks
+from protocols.bitpack import pack_bits, unpack_bits, unpack_words
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -35,20 +36,6 @@ class CryptenComparison(ProtocolPart):
 
 
 # -- packed: the sign bit alone, from the parties' shares, with bit-packed AND gates ----------
-_POSITIONS = torch.arange(64)
-
-
-def _unpack(words: torch.Tensor) -> torch.Tensor:
-    """(N,) int64 -> (N, 64) of 0/1, bit j in column j (XOR sharings stay XOR sharings)."""
-    return (words.unsqueeze(-1) >> _POSITIONS.to(words.device)) & 1
-
-
-def _pack(bits: torch.Tensor) -> torch.Tensor:
-    """(k,) of 0/1 -> ceil(k/64) int64 words, bit j of the sequence at bit j % 64 of word j // 64."""
-    padded = torch.nn.functional.pad(bits, (0, -bits.numel() % 64)).reshape(-1, 64)
-    return (padded << _POSITIONS.to(bits.device)).sum(-1)
-
-
 def _and(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """This party's XOR share of x & y for XOR-shared int64 words (a Beaver AND, one round)."""
     from crypten.mpc.primitives import BinarySharedTensor as BST
@@ -58,7 +45,7 @@ def _and(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _and_bits(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x & y for XOR-shared 0/1 vectors, 64 bits to a word on the wire."""
-    return _unpack(_and(_pack(x), _pack(y))).reshape(-1)[: x.numel()]
+    return unpack_bits(_and(pack_bits(x), pack_bits(y)), x)
 
 
 def _sum_sign(generate: torch.Tensor, propagate: torch.Tensor, rank: int) -> torch.Tensor:
@@ -83,7 +70,7 @@ def _sum_sign(generate: torch.Tensor, propagate: torch.Tensor, rank: int) -> tor
 def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, rank: int) -> torch.Tensor:
     """This party's XOR share of msb(x) from the opened c = x + r and an XOR sharing of the
     word -r: x = c + (-r), whose generate and propagate bits need no AND (c is public)."""
-    public, shared = _unpack(opened.reshape(-1)), _unpack(negated_mask.reshape(-1))
+    public, shared = unpack_words(opened.reshape(-1)), unpack_words(negated_mask.reshape(-1))
     propagate = shared ^ public if rank == 0 else shared
     return _sum_sign(public & shared, propagate, rank).reshape(opened.shape)
 
@@ -125,8 +112,8 @@ class PackedComparison(ProtocolPart):
 
         r_arithmetic, r_binary = self._crypten.mpc.get_default_provider().B2A_rng(bit.size(), device=bit.device)
         masked = (bit ^ (r_binary.share & 1)).reshape(-1)  # bit 0 of each share: an XOR sharing of r
-        opened = comm.all_reduce(_pack(masked), op=ReduceOp.BXOR)
-        z = _unpack(opened).reshape(-1)[: masked.numel()].reshape(bit.shape)
+        opened = comm.all_reduce(pack_bits(masked), op=ReduceOp.BXOR)
+        z = unpack_bits(opened, bit)
         return r_arithmetic * (1 - 2 * z) + z
 
     def uninstall(self, crypten: Any) -> None:

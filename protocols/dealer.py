@@ -40,7 +40,7 @@ from protocols.dealer_wire import DealerError, DealerLink
 from protocols.parts import metered
 from protocols.prg import SEED_BYTES, CipherGenerator, new_seed
 from protocols.registry import register_part
-from protocols.truncation import pair_values
+from protocols.truncation import pair_values, wrap_bit_values
 from protocols.tuples import KeyedTripleSource, Prefetcher, check_key, freeze, tuple_elements, tuple_layout
 
 log = logging.getLogger("cotrain.dealer")
@@ -62,7 +62,7 @@ def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
 # from them, and only their corrections travel. (b2a's bit is not uniform as a word.)
 RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "binary": (True, True, False),
                      "b2a": (False, False), "trunc": (True, False, False), "wrap": (True, False),
-                     "signmask": (True, False)}
+                     "signmask": (True, False), "wrapbit": (True, False)}
 # each answer's shares come from its own stretch of every party's keystream, 2^40 bytes long
 # (an answer never draws that much), at a position the dealer picks at random per answer
 BATCH_STRIDE = 1 << 40
@@ -109,6 +109,8 @@ def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.
         return [None, count_wraps(random[0])]
     if kind == "signmask":
         return [None, -random[0]]
+    if kind == "wrapbit":
+        return [None, wrap_bit_values(random[0])[1]]
     raise ValueError(f"unknown tuple kind {kind!r}")
 
 
@@ -191,7 +193,10 @@ class SemiHonestMaker:
     def validate(self, items: Any) -> list[tuple]:
         if not isinstance(items, list):
             raise ValueError("a request is a list of tuple keys")
-        return [check_key(key) for key in items]
+        keys = [check_key(key) for key in items]
+        if self.parties != 2 and any(key[0] == "wrapbit" for key in keys):
+            raise ValueError(f"a wrap-bit tuple is for two parties, not {self.parties}")
+        return keys
 
     def deal(self, items: Sequence[tuple]) -> list[torch.Tensor]:
         position = int(self.rng.bits(1, POSITION_BITS)[0])  # a fresh stretch of every keystream
@@ -252,6 +257,13 @@ class DealerTripleSource(KeyedTripleSource):
         self.counters.tuples += tuple_elements(key)
         r, negated = (s.to(device) if device is not None else s for s in self.fetch(key))
         return AST.from_shares(r, precision=0), BST.from_shares(negated)
+
+    def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ("wrapbit", freeze(size))
+        self.counters.calls += 1
+        self.counters.tuples += tuple_elements(key)
+        word, and_share = (s.to(device) if device is not None else s for s in self.fetch(key))
+        return (word < 0).long(), and_share
 
     def fetch(self, key: tuple) -> list[torch.Tensor]:
         """This party's shares of the next tuple for ``key`` (batched by the prefetcher)."""

@@ -134,3 +134,12 @@ class TripleSource(ProtocolPart):
     def truncation_pair(self, size: Any, bits: int, device: Any = None) -> tuple[Any, Any, Any]:
         """Arithmetic sharings of (r, msb(r), (r mod 2^63) >> bits) for a uniform ring r."""
         raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide truncation pairs")
+
+    def deals_wrap_bits(self) -> bool:
+        """Whether this source overrides :meth:`wrap_bit_tuple`."""
+        return type(self).wrap_bit_tuple is not TripleSource.wrap_bit_tuple
+
+    def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[Any, Any]:
+        """Two parties: this party's private uniform bit u_i (0/1 int64) and its arithmetic
+        share of u0 u1, for the ``topbits`` truncation."""
+        raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide wrap-bit tuples")

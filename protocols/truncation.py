@@ -19,11 +19,12 @@ floor((r mod 2^63) / d). With x' = x + K (K a multiple of d near 2^62, so 0 <= x
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from protocols import crypten_hooks
+from protocols.bitpack import pack_bits, unpack_bits
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -117,3 +118,81 @@ class PairTruncation(ProtocolPart):
 
     def describe(self) -> str:
         return "pairs (preprocessed truncation pairs, exact to 1 ulp)"
+
+
+# -- topbits: two parties, a power-of-two divisor, one round of one bit per element -----------
+# With x' = x + 2^62 in [0, 2^63) and the two shares y0, y1 of x' read as unsigned words,
+# y0 + y1 = x' + w 2^64 with w = msb(y0) OR msb(y1) (both top bits clear: no wrap; either set:
+# the sum is at least 2^63 > x', so it wrapped). Then, for d = 2^k,
+#   floor(x'/d) = (y0 >> k) + (y1 >> k) - w 2^(64-k) + carry,   carry in {0, 1},
+# and 1 is added in place of the carry (floor(x/d) or one more, as with pairs). w needs the AND of two bits each held by
+# one party: with a wrap-bit tuple (a private random bit u_i per party, shares of u0 u1) the
+# parties swap p_i = msb(y_i) XOR u_i, which u_i hides, and share w linearly.
+TOP_BIT_OFFSET = 1 << 62
+
+
+def top_bit_applies(parties: int, divisor: int) -> bool:
+    """Whether ``topbits`` truncates this division itself (else it uses pairs)."""
+    return parties == 2 and divisor > 1 and divisor & (divisor - 1) == 0 and divisor <= TOP_BIT_OFFSET
+
+
+def wrap_bit_values(words: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The plaintext wrap-bit tuple from the two parties' uniform words: each party's private
+    bit (its word's top bit) and their AND."""
+    bits = [(word < 0).long() for word in words]
+    return bits, bits[0] & bits[1]
+
+
+def top_bit_share(x_share: torch.Tensor, own_bit: torch.Tensor,
+                  leader: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, msb(y), p): this party's share y of x + 2^62, its top bit and the bit it sends,
+    msb(y) XOR its private tuple bit."""
+    y = x_share + TOP_BIT_OFFSET if leader else x_share
+    top = (y < 0).long()
+    return y, top, top ^ own_bit
+
+
+def top_bit_finish(y: torch.Tensor, top: torch.Tensor, own_bit: torch.Tensor, and_share: torch.Tensor,
+                   sent: torch.Tensor, received: torch.Tensor, divisor: int, leader: bool) -> torch.Tensor:
+    """This party's share of floor(x / d) (or one more) once the masked top bits are swapped.
+
+    With m_i = p_i + (1 - 2 p_i) u_i: m0 m1 = p0 p1 + p0 (1-2p1) u1 + p1 (1-2p0) u0
+    + (1-2p0)(1-2p1) u0 u1, every term linear in one party's u or in the shared u0 u1."""
+    k = divisor.bit_length() - 1
+    both_signs = (1 - 2 * sent) * (1 - 2 * received)
+    wrap = top - received * (1 - 2 * sent) * own_bit - both_signs * and_share
+    if leader:
+        wrap = wrap - sent * received
+    high = (y >> k) & ((1 << (64 - k)) - 1)  # the unsigned word's quotient
+    result = high - (wrap << (64 - k))
+    if leader:  # + 1: floor or one more, as pairs (so x >= 0 never truncates below 0)
+        result = result - (TOP_BIT_OFFSET >> k) + 1
+    return result
+
+
+@register_part("truncation", "topbits")
+class TopBitTruncation(PairTruncation):
+    """Two parties and a divisor 2^k: the wrap of the shares from their top bits, one round of
+    one bit per element each way (the Beaver product's opening stays the only full-word
+    round); more parties, other divisors or a source without wrap-bit tuples (ot): pairs."""
+
+    def _divide(self, x: Any, divisor: int) -> Any:
+        comm = self.comm
+        source = self._source()
+        if not (top_bit_applies(comm.get_world_size(), divisor) and source.deals_wrap_bits()):
+            return super()._divide(x, divisor)
+        from torch.distributed import ReduceOp
+
+        rank = comm.get_rank()
+        own_bit, and_share = source.wrap_bit_tuple(x.share.size(), device=x.share.device)
+        y, top, sent = top_bit_share(x.share, own_bit, rank == 0)
+        packed = pack_bits(sent.reshape(-1))
+        slots = torch.zeros(2, packed.numel(), dtype=torch.int64, device=packed.device)
+        slots[rank] = packed
+        swapped = comm.all_reduce(slots, op=ReduceOp.BXOR)
+        received = unpack_bits(swapped[1 - rank], sent)
+        x.share = top_bit_finish(y, top, own_bit, and_share, sent, received, divisor, rank == 0)
+        return x
+
+    def describe(self) -> str:
+        return "topbits (2 parties, divisor 2^k: the shares' wrap from their top bits, 1 bit per element; else pairs)"

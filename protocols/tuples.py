@@ -2,7 +2,9 @@
 
 A key names one correlated tuple: ``("triple", op, size0, size1, kwargs)``, ``("square",
 size)``, ``("binary", size0, size1)``, ``("b2a", size)``, ``("wrap", size)``, ``("trunc",
-size, divisor)`` or ``("signmask", size)`` (r, and -r as a word); :func:`tuple_layout` says what shares it consists of. Triple sources that
+size, divisor)``, ``("signmask", size)`` (r, and -r as a word) or ``("wrapbit", size)`` (two
+parties: each party's own random word, whose top bit is its private bit, and shares of the
+AND of the two bits); :func:`tuple_layout` says what shares it consists of. Triple sources that
 make tuples in batches (the dealer, OT) get CrypTen's requests as keys through
 :func:`keyed_provider` and batch them with a :class:`Prefetcher`: every party asks for the
 same keys in the same order, so all parties predict the same batch without talking.
@@ -60,7 +62,7 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
     if kind == "binary":
         _, size0, size1 = key
         return [("b", size0), ("b", size1), ("b", tuple(np.broadcast_shapes(size0, size1)))]
-    if kind == "wrap":
+    if kind in ("wrap", "wrapbit"):
         return [("r", key[1]), ("a", key[1])]
     if kind in ("b2a", "signmask"):
         return [("a", key[1]), ("b", key[1])]
@@ -84,7 +86,7 @@ def check_key(key: Any) -> tuple:
         if len(key) != 3:
             raise ValueError(f"malformed binary triple request {key!r}")
         key = ("binary", _size(key[1]), _size(key[2]))
-    elif kind in ("square", "wrap", "b2a", "signmask"):
+    elif kind in ("square", "wrap", "b2a", "signmask", "wrapbit"):
         if len(key) != 2:
             raise ValueError(f"malformed {kind} request {key!r}")
         key = (kind, _size(key[1]))

@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
+from launch.cli import main
 from launch.config import load_config
 from sessions import config_refusal
 from mpc.data.config import DataConfig
-from mpc.data.sequences import feature_names, one_hot_rows, token_columns
+from mpc.data.sequences import feature_names, one_hot_rows, sequence_preprocessing, token_columns
+from mpc.scoring import ModelRecord, save_model_file
 from mpc.data.synthetic_sequences import LENGTH, VOCABULARY, generate_sequences
 from mpc.data.tables import DataError
 from mpc.metrics import ClassWeights
@@ -103,6 +105,46 @@ def test_fine_tuning_under_mpc_matches_plaintext_fine_tuning(job, monkeypatch, t
     assert summary["logit_gap"] <= summary["logit_bound"]
     # nobody received the weights (train.reveal_to is empty): shares only
     assert all("revealed" not in party["saved"] for party in summary["per_party"])
+    # the parties score the owner's held-out sequences again from their shares: the same weights,
+    # so the scores meet the job's own standard for its held-out logits
+    root = tmp_path / "outputs" / "test"
+    out = tmp_path / "scores.csv"
+    assert main(["predict", f"shares={root}", f"data={root / 'data' / 'heldout_sequences.csv'}", "owner=bank0",
+                 f"out={out}", "transport=gloo", "protocol.allow_insecure=true", "transport.timeout_s=120"]) == 0
+    scored = torch.tensor(pd.read_csv(out)["logit"].to_numpy())
+    heldout = torch.tensor(pd.read_csv(root / "bank0" / "heldout_predictions.csv")["logit"].to_numpy())
+    assert len(scored) == len(heldout) == 40
+    assert (scored - heldout).abs().max().item() <= summary["logit_bound"]
+
+
+SMALL_MODEL = {"_target_": "mpc.zoo.SequenceClassifier", "length": LENGTH, "d_model": 8, "heads": 2, "layers": 1,
+               "feedforward": 8}
+
+
+def test_predict_scores_a_sequence_table_as_the_run_encoded_it(tmp_path, capsys):
+    """The record of a sequence run names its features ``merchant_00=3``: predict one-hot encodes
+    the raw token columns exactly as the parties did, and refuses a token outside the vocabulary."""
+    config = DataConfig(kind="sequence", length=LENGTH, vocabulary=VOCABULARY)
+    width = LENGTH * sum(VOCABULARY.values())
+    record = ModelRecord(SMALL_MODEL, "binary", width, sequence_preprocessing(config), "dealer", ["bank0", "bank1"])
+    model = record.torch_model().train(False)
+    save_model_file(tmp_path / "model.pt", record, model.state_dict())
+    frame = generate_sequences(1, 20, seed=4)
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    assert main(["predict", f"model={tmp_path / 'model.pt'}", f"data={tmp_path / 'rows.csv'}",
+                 f"out={tmp_path / 'scores.csv'}"]) == 0
+    with torch.no_grad():
+        expected = model(one_hot_rows(frame, LENGTH, VOCABULARY, "bank1", None).float()).reshape(-1).double()
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert scores["id"].tolist() == frame["id"].tolist()
+    # the same float computation, written with 9 significant digits
+    assert torch.allclose(torch.tensor(scores["logit"].to_numpy()), expected, rtol=1e-8, atol=0)
+    frame.loc[6, "hour_03"] = VOCABULARY["hour"]
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    capsys.readouterr()
+    assert main(["predict", f"model={tmp_path / 'model.pt'}", f"data={tmp_path / 'rows.csv'}",
+                 f"out={tmp_path / 'scores.csv'}"]) != 0
+    assert "column 'hour_03' holds token ids 0..5 (the model's vocabulary), data row 7 does not" in capsys.readouterr().err
 
 
 def test_the_demo_vocabulary_is_the_generator_s():

@@ -31,11 +31,26 @@ class Preprocessing:
             raise ValueError("preprocessing: features, mean and std must have one entry per feature")
 
     def transform(self, frame: pd.DataFrame) -> torch.Tensor:
-        """Raw rows of ``frame`` (any column order) as standardised float64 features."""
-        missing = [name for name in self.features if name not in frame.columns]
-        if missing:
-            raise ValueError(f"the table lacks feature column {missing[0]!r} that the model was trained on")
-        values = frame[self.features].to_numpy(np.float64)
+        """Raw rows of ``frame`` (any column order) as standardised float64 features. A feature
+        named ``column=token`` that is no column of ``frame`` is the one-hot code of ``token`` in
+        token column ``column`` (a sequence run's, ``mpc.data.sequences.feature_names``)."""
+        columns, tokens = [], {}
+        for name in self.features:
+            column, equals, token = name.rpartition("=")
+            if name in frame.columns:
+                columns.append(frame[name].to_numpy(np.float64))
+            elif equals and column in frame.columns and token.isdigit():
+                columns.append((frame[column].to_numpy(np.float64) == int(token)).astype(np.float64))
+                tokens.setdefault(column, []).append(int(token))
+            else:
+                raise ValueError(f"the table lacks feature column {(column if equals else name)!r} that the model "
+                                 "was trained on")
+        for column, known in tokens.items():
+            outside = np.flatnonzero(~np.isin(frame[column].to_numpy(np.float64), known))
+            if len(outside):
+                raise ValueError(f"column {column!r} holds token ids {min(known):g}..{max(known):g} (the model's "
+                                 f"vocabulary), data row {outside[0] + 1} does not")
+        values = np.stack(columns, axis=1) if columns else np.empty((len(frame), 0))
         return torch.from_numpy((values - np.asarray(self.mean)) / np.asarray(self.std))
 
     def subset(self, names: Sequence[str]) -> "Preprocessing":

@@ -41,7 +41,7 @@ class TransportOptions:
     connect_retry_s: float = 0.05  # first reconnect wait; doubles up to 1 s
     # a peer that answers nothing for heartbeat_timeout_s is reported as gone (zmq)
     heartbeat_s: float = 1.0
-    heartbeat_timeout_s: float = 5.0
+    heartbeat_timeout_s: float = 30.0
     # let shares cross a host boundary unencrypted (gloo, mpi, zmq with encrypt=false)
     allow_plaintext: bool = False
 

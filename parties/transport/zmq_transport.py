@@ -9,12 +9,16 @@ payload in chunks of ``CHUNK_BYTES``; the receiver reassembles them into a buffe
 announced size (at most ``transport.max_message_bytes``), allocated only once the header
 has arrived on an authenticated connection.
 
-No call blocks on a full queue: queues hold ``QUEUE_MESSAGES`` frames each way per peer
-(ZMQ_SNDHWM/RCVHWM), chunks that do not fit wait in the sender's outbox, and every wait
+No call blocks on a full queue: a peer's outgoing queue holds ``QUEUE_MESSAGES`` frames
+(ZMQ_SNDHWM), chunks that do not fit wait in the sender's outbox, and every wait
 (for a message, or for a send to be handed over) keeps pushing outboxes and taking in
 arrivals, so two parties sending each other large messages always make progress whatever
 the queue sizes. Messages that arrive before they are asked for wait in a stash bounded
 per peer (``STASH_MESSAGES`` messages, ``STASH_MESSAGE_SIZES`` x max_message_bytes bytes).
+The incoming queue (ZMQ_RCVHWM, :func:`receive_queue_frames`) holds as many frames as that
+stash may: ZeroMQ answers heartbeats in its IO thread only while it reads a connection, and
+it stops reading one whose queue is full, so with a short queue a party computing for longer
+than ``heartbeat_timeout_s`` while a peer's large message waited for it lost that connection.
 
 Every DEALER carries its party's rank as routing identity; with CurveZMQ the ZAP handler
 maps each accepted public key to a rank too, so a message is accepted only when the key,
@@ -52,7 +56,7 @@ INLINE_BYTES = ZERO_COPY_BYTES  # smaller payloads ride inside the header
 MAX_HEADER_BYTES = INLINE_BYTES + (1 << 16)
 CHUNK_BYTES = 256 << 10
 FRAME_LIMIT = CHUNK_BYTES + 4096  # the largest frame ZeroMQ reads from anyone (room for CurveZMQ's box)
-# Frames queued per peer each way. Any value works (no call blocks on a full queue, see
+# Frames queued per peer for sending. Any value works (no call blocks on a full queue, see
 # above); 16 x 256 KiB keeps a 1 Gbit/s link busy for tens of milliseconds.
 QUEUE_MESSAGES = 16
 STASH_MESSAGES = 4096
@@ -62,6 +66,12 @@ _SLICE_S = 0.25
 _SETTLE_S = 1.0  # waits check the watch at least this often
 _BYE = "bye"
 GOODBYE_LINGER_S = 5.0
+
+
+def receive_queue_frames(max_message_bytes: int) -> int:
+    """Frames ZeroMQ may queue from one peer: what the early-message stash may hold, so that
+    only a peer past the stash's limit (refused when read) is ever left unread."""
+    return STASH_MESSAGES + STASH_MESSAGE_SIZES * -(-max_message_bytes // CHUNK_BYTES)
 
 
 def party_endpoints(address: PartyAddress, options: TransportOptions) -> list[str]:
@@ -209,7 +219,7 @@ class ZmqTransport(PointToPointTransport):
         """Frame size, queue lengths and heartbeats, the same on every socket."""
         sock.setsockopt(zmq.MAXMSGSIZE, FRAME_LIMIT)
         sock.setsockopt(zmq.SNDHWM, QUEUE_MESSAGES)
-        sock.setsockopt(zmq.RCVHWM, QUEUE_MESSAGES)
+        sock.setsockopt(zmq.RCVHWM, receive_queue_frames(self.options.max_message_bytes))
         sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(self.options.heartbeat_s * 1000)))
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(self.options.heartbeat_timeout_s * 1000)))
         sock.setsockopt(zmq.HEARTBEAT_TTL, max(100, int(self.options.heartbeat_timeout_s * 1000)))

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.dealer import (answer_elements, batch_stream, correction_elements, count_wraps, deal_answers,
-                              expand)
+from protocols.dealer import (SemiHonestMaker, answer_elements, batch_stream, correction_elements, count_wraps,
+                              deal_answers, expand)
 from protocols.dealer_wire import DealerEnd, DealerError, check_header
 from protocols.tuples import check_key, tuple_elements, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
+from protocols.truncation import wrap_bit_values
 from protocol_sessions import party_values, run_parties
 
 DEALER = ProtocolConfig(name="dealer", triple_source="dealer")
@@ -33,7 +34,8 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
-        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]]]]
+        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]]]
+        + ([["wrapbit", [7]]] if parties == 2 else [])]
     for position in (0, 5, (1 << 62) - 1):
         answers = deal_answers(keys, seeds, position, rng)
         # what travels: the position, then the corrections of the non-random components
@@ -63,6 +65,9 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
                 assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
             elif kind == "signmask":
                 assert torch.equal(values[1], -values[0])
+            elif kind == "wrapbit":  # each party's own word, whose top bit is its private bit
+                bits, both = wrap_bit_values([p[0] for p in shares])
+                assert torch.equal(values[1], both) and all(set(b.tolist()) <= {0, 1} for b in bits)
             # no party's share is the value itself
             assert not any(torch.equal(party[0], values[0]) for party in shares)
 
@@ -97,7 +102,14 @@ def _compute(crypten, rank):
     return out
 
 
-@pytest.mark.parametrize("parties, truncation", [(2, "pairs"), (3, "pairs"), (3, "local")])
+def test_a_wrap_bit_tuple_for_more_than_two_parties_is_refused():
+    assert SemiHonestMaker(2).validate([["wrapbit", [4]]]) == [("wrapbit", (4,))]
+    with pytest.raises(ValueError, match="a wrap-bit tuple is for two parties, not 3"):
+        SemiHonestMaker(3).validate([["triple", "mul", [2], [2], []], ["wrapbit", [4]]])
+
+
+# topbits with 3 parties truncates with pairs (their wraps are not one OR of top bits)
+@pytest.mark.parametrize("parties, truncation", [(2, "topbits"), (3, "topbits"), (3, "local")])
 def test_session_over_a_dealer(parties, truncation):
     # with 3 parties, CrypTen's own (local) truncation uses the dealer's wrap tuples
     protocol = ProtocolConfig(name="dealer", triple_source="dealer", truncation=truncation)

@@ -19,7 +19,7 @@ def test_every_kind_has_its_builtin_parts():
     assert set(PART_KINDS) == {"triple_source", "prg", "truncation", "comparison", "check"}
     assert {"tfp", "dealer", "ot"} <= set(part_names("triple_source"))
     assert set(part_names("prg")) == {"aes_ctr", "chacha20"}  # no non-cryptographic generator
-    assert {"pairs", "local"} <= set(part_names("truncation"))
+    assert {"pairs", "local", "topbits"} <= set(part_names("truncation"))
     assert "crypten" in part_names("comparison") and "none" in part_names("check")
 
 
@@ -48,7 +48,8 @@ def test_suite_from_config_names_one_part_per_kind():
 @pytest.mark.parametrize("name", ["tfp", "dealer", "ot"])
 def test_protocol_yaml_files_load(name):
     config = load_config([f"protocol={name}", "num_parties=2"])
-    assert config.protocol.triple_source == name and config.protocol.truncation == "pairs"
+    assert config.protocol.triple_source == name
+    assert config.protocol.truncation == ("pairs" if name == "ot" else "topbits")  # ot deals no wrap bits
 
 
 def test_ot_with_three_parties_is_a_config_error():

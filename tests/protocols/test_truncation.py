@@ -9,7 +9,9 @@ import torch
 
 from protocols import ProtocolConfig
 from protocols.prg import CipherGenerator, new_seed
-from protocols.truncation import finish, opening_mask, pair_values
+from protocols.bitpack import pack_bits, unpack_bits
+from protocols.truncation import (finish, opening_mask, pair_values, top_bit_applies, top_bit_finish, top_bit_share,
+                                  wrap_bit_values)
 from protocol_sessions import party_values, run_parties
 
 ELEMENTS = 10_000_000
@@ -58,7 +60,7 @@ def test_ten_million_products_within_one_ulp_where_local_truncation_fails():
 
 
 @pytest.mark.parametrize("divisor", [2, 3, 300, 1 << 16, (1 << 32) + 7])
-@pytest.mark.parametrize("parties", [2, 3])
+@pytest.mark.parametrize("parties", [2, 3, 5])
 def test_pairs_for_any_divisor_and_party_count(divisor, parties):
     rng = CipherGenerator(new_seed())
     x = rng.ring((200_000,)) >> 2  # |x| < 2^61 ... the whole range pairs allow
@@ -67,6 +69,64 @@ def test_pairs_for_any_divisor_and_party_count(divisor, parties):
     result = sum(simulate_pairs(shares, divisor, _pair_shares(r, divisor, parties, rng)))
     error = result - torch.div(x, divisor, rounding_mode="floor")
     assert int(error.min()) >= 0 and int(error.max()) <= 1
+
+
+def simulate_top_bits(shares: Sequence[torch.Tensor], divisor: int, words: Sequence[torch.Tensor],
+                      and_shares: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Both parties' side of ``topbits`` in one process, the masked top bits swapped packed;
+    ``words`` are the parties' tuple words, ``and_shares`` their shares of the bits' AND."""
+    bits = wrap_bit_values(words)[0]
+    sides = [top_bit_share(s, bit, i == 0) for i, (s, bit) in enumerate(zip(shares, bits))]
+    swapped = [unpack_bits(pack_bits(sent.reshape(-1)), sent) for _, _, sent in sides]
+    return [top_bit_finish(y, top, bits[i], and_shares[i], sent, swapped[1 - i], divisor, i == 0)
+            for i, (y, top, sent) in enumerate(sides)]
+
+
+@pytest.mark.parametrize("bits", [1, 16, 32, 62])
+def test_top_bits_within_one_ulp_over_the_whole_range(bits):
+    """Every |x| <= 2^62, 2 parties: floor(x / 2^k) or one more (as pairs: x >= 0 stays >= 0),
+    never a wrap's 2^(64-k)."""
+    rng, divisor = CipherGenerator(new_seed()), 1 << bits
+    x = rng.ring((1_000_000,)) >> 1  # |x| < 2^62 ... the whole range topbits allow
+    x[:5] = torch.tensor([0, -1, (1 << 62) - 1, -(1 << 62), 1 << 47])
+    shares = _share(x, 2, rng)
+    words = [rng.ring(x.shape), rng.ring(x.shape)]
+    and_shares = _share(wrap_bit_values(words)[1], 2, rng)
+    error = sum(simulate_top_bits(shares, divisor, words, and_shares)) - torch.div(x, divisor, rounding_mode="floor")
+    assert int(error.min()) >= 0 and int(error.max()) <= 1, "topbits must be floor or floor + 1"
+    assert int((error != 1).sum()) > 0 and int((error != 0).sum()) > 0  # both occur: the bound is tight
+
+
+def test_top_bits_only_where_they_are_exact():
+    # more parties (their wraps are not one OR), other divisors, and 2^63 (offset too small): pairs
+    assert top_bit_applies(2, 1 << 16) and top_bit_applies(2, 2) and top_bit_applies(2, 1 << 62)
+    assert not any([top_bit_applies(3, 1 << 16), top_bit_applies(5, 1 << 16), top_bit_applies(2, 3),
+                    top_bit_applies(2, 1), top_bit_applies(2, 1 << 63)])
+
+
+def test_bit_packing_round_trips_any_length():
+    rng = CipherGenerator(new_seed())
+    for count in (1, 63, 64, 65, 1000):
+        bits = (rng.ring((count,)) < 0).long()
+        assert pack_bits(bits).numel() == -(-count // 64) and torch.equal(unpack_bits(pack_bits(bits), bits), bits)
+
+
+def test_a_wrong_wrap_bit_tuple_moves_the_result_by_a_whole_wrap():
+    """A dealer that lies in a wrap-bit tuple's AND (semi-honest: not detected, see
+    SECURITY.md) shifts exactly the elements it lied about by 2^(64-k), where honest ones
+    stay within 1 ulp: the lie is a wrap's size, never a silent small drift."""
+    rng, divisor = CipherGenerator(new_seed()), 1 << 16
+    x = rng.ring((100_000,)) >> 17
+    shares, words = _share(x, 2, rng), [rng.ring(x.shape), rng.ring(x.shape)]
+    honest = wrap_bit_values(words)[1]
+    lied = torch.zeros_like(honest)
+    lied[::7] = 1
+    and_shares = _share(honest ^ lied, 2, rng)
+    error = sum(simulate_top_bits(shares, divisor, words, and_shares)) - torch.div(x, divisor, rounding_mode="floor")
+    # the lie flips m0 m1 where the parties' masked bits make it count: a whole wrap there
+    off = error.abs() > 1
+    assert bool(lied[off].eq(1).all()) and int(off.sum()) > 0
+    assert bool(((error[off] - 1).abs() == 1 << 48).logical_or((error[off]).abs() == 1 << 48).all())
 
 
 def _divide(crypten, rank):
@@ -81,9 +141,10 @@ def _divide(crypten, rank):
             "third": (third - values / 3).abs().max().item()}
 
 
+@pytest.mark.parametrize("truncation", ["pairs", "topbits"])
 @pytest.mark.parametrize("source", ["tfp", "dealer"])
-def test_pairs_in_a_session(source):
-    protocol = ProtocolConfig(name=source, triple_source=source, truncation="pairs")
+def test_truncation_in_a_session(source, truncation):
+    protocol = ProtocolConfig(name=source, triple_source=source, truncation=truncation)
     results = party_values(run_parties(_divide, protocol, parties=2), 2)
     ulp = 2 ** -16
     for result in results:

@@ -167,6 +167,29 @@ def test_a_dead_or_silent_peer_is_named_within_seconds(key_dir: str, how: str) -
         assert "stopped answering heartbeats for 2 s" in results[1][1][1]
 
 
+# -- a busy party is not a silent one -------------------------------------------------------------
+def _busy_while_a_large_message_waits(rank: int, options: TransportOptions, busy_s: float) -> tuple[str, str, float]:
+    t = open_transport(address(rank, 2), options)
+    t.barrier()
+    payload = 40 << 20  # 160 chunks: far more than ZeroMQ's outgoing queue holds
+    if rank == 0:
+        result = _outcome(lambda: (t.send(torch.ones(payload // 8, dtype=torch.int64), 1), t.recv(torch.empty(1), 1)))
+    else:
+        time.sleep(busy_s)  # computing, not reading the transport
+        result = _outcome(lambda: (t.recv(torch.empty(payload // 8, dtype=torch.int64), 0), t.send(torch.ones(1), 0)))
+    t.close()
+    return result
+
+
+@pytest.mark.slow
+def test_a_party_busy_past_the_heartbeat_timeout_keeps_its_connections(key_dir: str) -> None:
+    """ZeroMQ answers heartbeats only while it reads a connection; it stopped reading one whose
+    incoming queue (then 16 frames) was full, so this run lost its connection after 1 s."""
+    options = zmq_options(2, key_dir, timeout_s=SLOW_TIMEOUT_S, heartbeat_s=0.2, heartbeat_timeout_s=1.0)
+    for kind, message, _ in values(run_parties(_busy_while_a_large_message_waits, 2, options, 3.0, timeout_s=150), 2):
+        assert kind == "completed", message
+
+
 # -- a peer running far ahead --------------------------------------------------------------------
 def _floods(rank: int, options: TransportOptions) -> tuple[str, str, float] | None:
     t = open_transport(address(rank, 2), options)
