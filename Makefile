@@ -28,7 +28,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Every workload on plaintext torch, plain CrypTen and each transport x protocol suite, side
-# by side (< 20 min on 2 cores): prints a table, writes bench/results/<date>.json.
+# by side (< 20 min on 2 cores, plus <= 15 for protocol=malicious): prints a table, writes
+# bench/results/<date>.json.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

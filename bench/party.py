@@ -72,7 +72,7 @@ def run_workloads(spec: dict, crypten: Any, ops: Any, meter: Any, barrier: Any, 
         try:
             gate.enter()
             try:
-                run, score = secure_setup(name, crypten, ops, device)
+                run, score = secure_setup(name, crypten, ops, device, spec.get("sizes", {}).get(name))
                 barrier()
             finally:
                 gate.leave(f"{name} setup")

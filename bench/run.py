@@ -4,7 +4,9 @@ Systems, all in the same run: plaintext torch; plain CrypTen 0.4.1 (its own comm
 over gloo, TFP, ``crypten.init()`` with RENDEZVOUS variables, only our compat fixes); and
 this project for every registered transport x every ``conf/protocol/*.yaml`` suite. Each
 secure system is one launch of its party processes, which run all of W1-W6 in turn; W7 is
-``cotrain run train.epochs=1`` itself for this project.
+``cotrain run train.epochs=1`` itself for this project. The ``malicious`` suite runs on gloo
+in a section of its own, beside the ``dealer`` suite at the same sizes (``MALICIOUS_SIZES``)
+with a longer phase limit; its cells in the table name the size that ran and the ratio.
 
 Prints one table and writes ``bench/results/<UTC date-time>.json``. See bench/README.md.
 """
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.netfloor import measure_loopback  # noqa: E402
-from bench.workloads import BATCH, CUDA_WORKLOADS, LR, WORKLOADS  # noqa: E402
+from bench.workloads import BATCH, CUDA_WORKLOADS, LR, MALICIOUS_SIZES, SIZES, WORKLOADS  # noqa: E402
 
 PLAIN, CRYPTEN = "plaintext", "crypten-tfp"
 
@@ -465,6 +467,69 @@ def psi_section(ids: int, deadline: float, timeout_s: float) -> dict:
     return result
 
 
+def is_malicious(base: dict) -> bool:
+    """Whether a system is this project under a suite with MAC-checked (malicious) security."""
+    from protocols.malicious.parts import is_malicious as selects_malicious
+    from protocols.suite import ProtocolConfig
+
+    return base.get("system") == "cotrain" and selects_malicious(ProtocolConfig(**base["protocol"]))
+
+
+def launch_spec(base: dict, workloads: list[str], device: str | None) -> tuple[dict, int]:
+    """A two-party launch of ``base`` for ``workloads``: its spec and world size (with the dealer)."""
+    spec = {**base, "parties": 2, "workloads": workloads, "device": device}
+    world = 2
+    if base["system"] == "cotrain":
+        from protocols.suite import ProtocolConfig, needs_dealer
+
+        world += int(needs_dealer(ProtocolConfig(**base["protocol"])))
+    spec["port"] = free_port(world)
+    return spec, world
+
+
+def malicious_section(malicious: tuple[str, dict], dealer: tuple[str, dict], workloads: list[str],
+                      timeout_s: float, budget_s: float) -> dict[str, dict]:
+    """W1-W6 of the malicious suite and of the dealer suite launched together, at
+    ``MALICIOUS_SIZES``, one repeat each, ``timeout_s`` per phase: {workload: {system: cell}}."""
+    t0 = time.perf_counter()
+    sizes = {w: MALICIOUS_SIZES[w] for w in workloads}
+    launches = []
+    for system, base in (dealer, malicious):
+        spec, world = launch_spec(base, workloads, None)
+        spec.update(repeats={w: 1 for w in workloads}, sizes=sizes)
+        launches.append(Launch(system, spec, world))
+    run_together(launches, timeout_s, time.monotonic() + budget_s)
+    cells: dict[str, dict] = {name: {} for name in workloads}
+    for launch in launches:
+        per_rank = launch.finish()
+        for name in workloads:
+            cell = combine(per_rank, 2, name)
+            if launch.error and "wall_s" not in cell and cell.get("na") == "n/a: no result":
+                cell = {"na": launch.error}
+            cell["size"] = sizes[name]
+            cells[name][launch.name] = cell
+    print(f"  {malicious[0]} beside {dealer[0]} at the malicious sizes: {time.perf_counter() - t0:.0f} s", flush=True)
+    return cells
+
+
+def malicious_lines(section: dict[str, dict], malicious: str, dealer: str) -> list[str]:
+    """The malicious suite against the dealer suite, same run, same size."""
+    lines = [f"{malicious} against {dealer}, launched together, the same size (one repeat; W7: the demo job)",
+             f"{'workload':<9}{'size':>11}{'dealer s':>10}{'malicious s':>13}{'x time':>8}{'x cpu':>7}"
+             f"{'x bytes':>9}{'x rounds':>10}"]
+    for name, cells in section.items():
+        honest, checked = cells.get(dealer, {}), cells.get(malicious, {})
+        size = checked.get("size", "demo")
+        if "wall_s" not in honest or "wall_s" not in checked:
+            reason = checked.get("na") or honest.get("na") or "n/a"
+            lines.append(f"{name:<9}{size:>11}  {reason}")
+            continue
+        lines.append(f"{name:<9}{size:>11}{fmt(honest['wall_s']):>10}{fmt(checked['wall_s']):>13}"
+                     f"{checked['wall_s'] / honest['wall_s']:>8.1f}{checked['cpu_s'] / honest['cpu_s']:>7.1f}"
+                     f"{checked['bytes'] / max(honest['bytes'], 1):>9.0f}{checked['rounds'] / max(honest['rounds'], 1):>10.1f}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: W2, W5, W6 on the GPU")
@@ -476,6 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true",
                         help="3 repeats, no time share and W7 for every system (well over 15 minutes)")
     parser.add_argument("--budget", type=float, default=1200.0, help="seconds for the whole bench; later cells are skipped")
+    parser.add_argument("--malicious-timeout", type=float, default=420.0,
+                        help="seconds one phase of the malicious suite (and its dealer-suite twin) may take")
+    parser.add_argument("--malicious-budget", type=float, default=900.0,
+                        help="seconds for the malicious section's W1-W6 (at MALICIOUS_SIZES), on top of --budget; "
+                             "its W7 and the dealer suite's run after it, each within --malicious-timeout")
     parser.add_argument("--repeats", type=int, default=0, help="repeats per workload (default: 3, 1 for W2b and W7)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--variant", action="append", default=[],
@@ -522,22 +592,20 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + args.budget
     two_party = [w for w in names if WORKLOADS[w][1] == 2]
     secure = [(system, base) for system, base in systems if system != PLAIN]
+    # the malicious suite runs on the first transport only, in its own section (below)
+    malicious = [(system, base) for system, base in secure if is_malicious(base)][:1]
+    secure = [(system, base) for system, base in secure if not is_malicious(base)] + malicious
+    grouped = [(system, base) for system, base in secure if not is_malicious(base)]
     # the headline comparison (and its --variant twins) takes turns together; the other
     # systems in groups of four
-    groups = [secure[:3] + twins] + [secure[i:i + 4] for i in range(3, len(secure), 4)]
+    groups = [grouped[:3] + twins] + [grouped[i:i + 4] for i in range(3, len(grouped), 4)]
     headline = {system for system, _ in groups[0]} if groups else set()
     for group in groups if two_party else []:
         t0 = time.perf_counter()
         launches = []
         for system, base in group:
             full = args.full or system in headline
-            spec = {**base, "parties": 2, "workloads": two_party, "device": device}
-            world = 2
-            if base["system"] == "cotrain":
-                from protocols.suite import ProtocolConfig, needs_dealer
-
-                world += int(needs_dealer(ProtocolConfig(**base["protocol"])))
-            spec["port"] = free_port(world)
+            spec, world = launch_spec(base, two_party, device)
             if args.repeats or not full:
                 spec["repeats"] = {w: args.repeats or 1 for w in two_party}
             if args.profile:
@@ -552,6 +620,25 @@ def main(argv: list[str] | None = None) -> int:
                     cell = {"na": launch.error}
                 cells[name][launch.name] = cell
         print(f"  {', '.join(l.name for l in launches)}: {time.perf_counter() - t0:.0f} s", flush=True)
+    twin = {system: next((d for d in grouped if d[1].get("suite") == "dealer"
+                          and d[1].get("transport") == base.get("transport")), None)
+            for system, base in malicious}
+    sections = {}
+    for system, base in malicious:
+        if twin[system] is None or not two_party or cuda:
+            for name in two_party:
+                cells[name][system] = {"na": "n/a: no dealer suite on its transport to compare with" if not cuda
+                                       else "n/a: protocol=malicious computes on the CPU only"}
+            continue
+        sections[system] = malicious_section((system, base), twin[system], two_party, args.malicious_timeout,
+                                             args.malicious_budget)
+        for name in two_party:
+            cells[name][system] = dict(sections[system][name][system])
+            honest = sections[system][name][twin[system][0]]
+            if MALICIOUS_SIZES[name] != SIZES[name] and "wall_s" in cells[name][system]:
+                ratio = (f", x{cells[name][system]['wall_s'] / honest['wall_s']:.1f}" if "wall_s" in honest else "")
+                cells[name][system]["note"] = (f"size {MALICIOUS_SIZES[name]:,} (not {SIZES[name]:,}); dealer at that "
+                                               f"size {fmt(honest.get('wall_s', float('nan')))} s{ratio}")
     if "W7" in names:
         # W7 runs each transport with tfp and each suite on gloo (all of them with --full)
         for system, base in secure:
@@ -561,11 +648,14 @@ def main(argv: list[str] | None = None) -> int:
                 cells["W7"][system] = {"na": "n/a: not run (W7 covers each transport with tfp and each "
                                              "suite on gloo; --full runs every pair)"}
                 continue
-            if time.monotonic() > deadline:
+            # the malicious suite's W7 and its dealer-suite twin run whenever its section ran
+            compared = is_malicious(base) or any(t is not None and t[0] == system for t in twin.values())
+            if not (compared and sections) and time.monotonic() > deadline:
                 cells["W7"][system] = {"na": "n/a: skipped, over the bench's time budget"}
                 continue
             if base["system"] == "cotrain":
-                cells["W7"][system] = demo_job(base["transport"], base["suite"], max(args.timeout, 150.0))
+                timeout = args.malicious_timeout if compared else max(args.timeout, 150.0)
+                cells["W7"][system] = demo_job(base["transport"], base["suite"], timeout)
             else:
                 launch = Launch(system, {**base, "parties": 3, "workloads": ["W7"], "device": device,
                                          "port": free_port()}, 3)
@@ -595,6 +685,13 @@ def main(argv: list[str] | None = None) -> int:
                "total_s": time.perf_counter() - started}
     print()
     print(table(results))
+    for system, section in sections.items():
+        dealer_system = twin[system][0]
+        if "W7" in names:
+            section["W7"] = {dealer_system: cells["W7"].get(dealer_system, {}), system: cells["W7"].get(system, {})}
+        results.setdefault("malicious", {})[system] = section
+        print()
+        print("\n".join(malicious_lines(section, system, dealer_system)))
     if "W9" in names:
         from bench.sequence_step import configuration, sequence_job
 

@@ -29,6 +29,12 @@ WORKLOADS: dict[str, tuple[str, int, int]] = {
 }
 CUDA_WORKLOADS = ("W2a", "W2b", "W5", "W6")
 ROWS, FEATURES, BATCH, LR = 8192, 32, 512, 0.5
+# each workload's size: elements (W1, W3, W4), matrix side (W2a, W2b) or training rows (W5, W6)
+SIZES = {"W1": 1_000_000, "W2a": 256, "W2b": 1024, "W3": 100_000, "W4": 100_000, "W5": ROWS, "W6": ROWS}
+# protocol=malicious deals ~200 authenticated values per truncation and ~600 per comparison
+# (bench/README.md), so it runs these sizes where the full one would not fit a phase; the
+# dealer suite runs them too, beside it, for the ratio
+MALICIOUS_SIZES = {"W1": 20_000, "W2a": 128, "W2b": 256, "W3": 10_000, "W4": 2_000, "W5": ROWS, "W6": 1024}
 TEST_ROWS = 2048
 
 
@@ -126,16 +132,18 @@ def crypten_ops() -> SystemOps:
 def cotrain_ops() -> SystemOps:
     from mpc.losses import WeightedBinaryCrossEntropy
     from mpc.metrics import ClassWeights
+    from mpc.shares import planned
     from mpc.training import SecureTrainer, TrainConfig, secure_sigmoid
 
     def make_epoch(crypten, model, negative, positive, lr, x, y, slices):
         loss = WeightedBinaryCrossEntropy(ClassWeights(negative=negative, positive=positive))
         trainer = SecureTrainer(crypten, model, TrainConfig(lr=lr), loss, seed=0, stats=None, show_progress=False)
 
-        def run() -> None:  # as SecureTrainer.fit: the per-row scales once, then the steps
+        def run() -> None:  # as SecureTrainer.fit: the per-row scales once, then the planned steps
             scales = loss.row_scales(y)
             for rows in slices:
-                trainer.step(x[rows], y[rows], scales[rows])
+                with planned(x, ("step", rows.stop - rows.start)):
+                    trainer.step(x[rows], y[rows], scales[rows])
 
         return run
 
@@ -165,8 +173,11 @@ def encrypt(crypten: Any, model: nn.Module, features: int, device: Any) -> Any:
     return secure
 
 
-def secure_setup(name: str, crypten: Any, ops: SystemOps, device: Any) -> tuple[Callable[[], Any], Callable[[], float | None] | None]:
-    """Share the inputs of workload ``name``; returns (timed callable, post-run AUC or None)."""
+def secure_setup(name: str, crypten: Any, ops: SystemOps, device: Any,
+                 size: int | None = None) -> tuple[Callable[[], Any], Callable[[], float | None] | None]:
+    """Share the inputs of workload ``name`` at ``size`` (default ``SIZES[name]``; W7 has one
+    size); returns (timed callable, post-run AUC or None)."""
+    size = size or SIZES.get(name)
     rank = crypten.communicator.get().get_rank()
     cuda = device is not None and torch.device(device).type == "cuda"
 
@@ -175,17 +186,16 @@ def secure_setup(name: str, crypten: Any, ops: SystemOps, device: Any) -> tuple[
 
     generator = torch.Generator().manual_seed(11)
     if name == "W1":
-        x, y = share(torch.randn(1_000_000, generator=generator)), share(torch.randn(1_000_000, generator=generator))
+        x, y = share(torch.randn(size, generator=generator)), share(torch.randn(size, generator=generator))
         return (lambda: x * y), None
     if name in ("W2a", "W2b"):
-        n = 256 if name == "W2a" else 1024
-        a, b = share(torch.randn(n, n, generator=generator)), share(torch.randn(n, n, generator=generator))
+        a, b = share(torch.randn(size, size, generator=generator)), share(torch.randn(size, size, generator=generator))
         return (lambda: a.matmul(b)), None
     if name == "W3":
-        x = share(torch.randn(100_000, generator=generator))
+        x = share(torch.randn(size, generator=generator))
         return (lambda: x.relu()), None
     if name == "W4":
-        x = share(torch.randn(100_000, generator=generator) * 4)
+        x = share(torch.randn(size, generator=generator) * 4)
         return (lambda: ops.sigmoid(x)), None
     if name == "W9":
         from bench.sequence_step import secure_step
@@ -197,7 +207,7 @@ def secure_setup(name: str, crypten: Any, ops: SystemOps, device: Any) -> tuple[
             data = demo_shaped_data()
             batch = 128
         else:
-            data, batch = training_data(), BATCH
+            data, batch = training_data(rows=size), BATCH
         negative, positive = class_weights(data["y"])
         model = ops.encrypt(crypten, torch_model(kind, data["x"].shape[1]), data["x"].shape[1], device)
         x, y, test_x = share(data["x"]), share(data["y"]), share(data["test_x"])

@@ -183,7 +183,7 @@ class Dealer:
             low63 = r.lo & np.uint64((1 << 63) - 1)
             return [r, U128.from_uint64(low63 >> np.uint64(FRACTIONAL_BITS)), U128.from_uint64(r.lo >> np.uint64(63))], []
         if kind in ("trunc", "bits"):
-            bits = U128.from_uint64(np.frombuffer(os.urandom(int(np.prod(shapes[1], dtype=np.int64))), np.uint8)
+            bits = U128.from_uint64(ring.random_bytes(int(np.prod(shapes[1], dtype=np.int64)))
                                     .reshape(shapes[1]).astype(np.uint64) & np.uint64(1))
             values = [U128.random(shapes[0]), bits]
             if self.authenticated:
@@ -210,13 +210,14 @@ class Dealer:
             values, clear = self.tuple_values(spec)
             for value in values:
                 for rank, piece in enumerate(share(value, self.parties)):
-                    buffers[rank].append(ring.to_wire(piece, limbs))
+                    buffers[rank].extend(ring.wire_parts(piece, limbs))
                 if self.authenticated:
                     for rank, piece in enumerate(share(value * self.alpha, self.parties)):
-                        buffers[rank].append(ring.to_wire(piece))
+                        buffers[rank].extend(ring.wire_parts(piece))
             owner = clear_owner(spec)
             for value in clear:
-                buffers[owner].append(ring.to_wire(value, limbs))
+                buffers[owner].extend(ring.wire_parts(value, limbs))
+        # one copy per party into its wire buffer
         return [_as_int64(np.concatenate(parts) if parts else np.zeros(0, np.uint64)) for parts in buffers]
 
 

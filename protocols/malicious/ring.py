@@ -8,10 +8,12 @@ numpy's uint64 arithmetic on arrays wraps modulo 2^64, so every operation below 
 limb-wise schoolbook algorithm with explicit carries:
 
 * addition: ``lo = a.lo + b.lo``; the carry is ``lo < a.lo``; ``hi = a.hi + b.hi + carry``.
-* multiplication mod 2^128: the full 128-bit product of the two low limbs is built from
-  four 32x32-bit partial products (each fits in 64 bits, their middle sum fits too); the
-  cross terms ``a.lo*b.hi + a.hi*b.lo`` only reach the high limb, so wrapping 64-bit
-  products are exact there.
+* multiplication mod 2^128: the low limb is numpy's wrapping ``a.lo * b.lo``; the high limb
+  is the high half of that 64x64-bit product, built from four 32x32-bit partial products
+  (each fits in 64 bits, their middle sum fits too), plus the cross terms
+  ``a.lo*b.hi + a.hi*b.lo``, which only reach the high limb, so wrapping 64-bit products are
+  exact there. The high limb is one numba ufunc (compiled, so the partial products make no
+  temporary arrays; numpy's broadcasting applies as to any ufunc).
 * sums along an axis split the low limb into 32-bit halves (no overflow for fewer than
   2^32 terms) and recombine them with a carry into the high limb.
 * a matrix product (batched over leading dimensions) is a broadcast elementwise product
@@ -29,12 +31,27 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numba
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 MASK32 = np.uint64(0xFFFFFFFF)
 SHIFT32 = np.uint64(32)
 MOD = 1 << 128
 MASK64_INT = (1 << 64) - 1
+
+_keystream: tuple[int, object] | None = None  # (process id, AES-CTR encryptor)
+
+
+def random_bytes(count: int) -> np.ndarray:
+    """``count`` uniform bytes: AES-128-CTR keystream under a key from the OS CSPRNG (drawn
+    once per process, again in a forked child, which must not repeat its parent's stream).
+    os.urandom itself gives well under 100 MB/s here; the dealer draws gigabytes."""
+    global _keystream
+    if _keystream is None or _keystream[0] != os.getpid():
+        _keystream = (os.getpid(), Cipher(algorithms.AES(os.urandom(16)), modes.CTR(bytes(16))).encryptor())
+    return np.frombuffer(_keystream[1].update(bytes(count)), np.uint8)
+
 
 
 @dataclass
@@ -49,10 +66,10 @@ class U128:
 
     @staticmethod
     def random(shape: Sequence[int] | int) -> "U128":
-        """Uniform elements from the operating system's CSPRNG."""
+        """Uniform elements from a CSPRNG (``random_bytes``)."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         count = int(np.prod(shape, dtype=np.int64))
-        raw = np.frombuffer(os.urandom(16 * count), dtype=np.uint64)
+        raw = random_bytes(16 * count).view(np.uint64)
         return U128(raw[:count].reshape(shape).copy(), raw[count:].reshape(shape).copy())
 
     @staticmethod
@@ -152,22 +169,21 @@ class U128:
         return sum_axis(self, axis)
 
 
-def _mul_64x64(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Full 128-bit product of uint64 arrays, as (lo, hi)."""
-    a0, a1 = a & MASK32, a >> SHIFT32
-    b0, b1 = b & MASK32, b >> SHIFT32
+@numba.vectorize(["uint64(uint64, uint64, uint64, uint64)"], cache=True)
+def _product_high(a_lo, a_hi, b_lo, b_hi):  # pragma: no cover - compiled
+    """The high limb of (a_hi 2^64 + a_lo)(b_hi 2^64 + b_lo) mod 2^128."""
+    mask = numba.uint64(0xFFFFFFFF)
+    shift = numba.uint64(32)
+    a0, a1 = a_lo & mask, a_lo >> shift
+    b0, b1 = b_lo & mask, b_lo >> shift
     p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
-    mid = (p00 >> SHIFT32) + (p01 & MASK32) + (p10 & MASK32)
-    lo = (p00 & MASK32) | (mid << SHIFT32)
-    hi = p11 + (p01 >> SHIFT32) + (p10 >> SHIFT32) + (mid >> SHIFT32)
-    return lo, hi
+    mid = (p00 >> shift) + (p01 & mask) + (p10 & mask)
+    return p11 + (p01 >> shift) + (p10 >> shift) + (mid >> shift) + a_lo * b_hi + a_hi * b_lo
 
 
 def mul(a: U128, b: U128) -> U128:
     """Elementwise product mod 2^128 (numpy broadcasting applies)."""
-    lo, hi = _mul_64x64(a.lo, b.lo)
-    hi = hi + a.lo * b.hi + a.hi * b.lo
-    return U128(lo, hi)
+    return U128(a.lo * b.lo, _product_high(a.lo, a.hi, b.lo, b.hi))
 
 
 def sum_axis(x: U128, axis: int) -> U128:
@@ -243,12 +259,18 @@ def split(flat: U128, shapes: Sequence[tuple[int, ...]]) -> list[U128]:
     return out
 
 
+def wire_parts(x: U128, limbs: int = 2) -> list[np.ndarray]:
+    """``to_wire``'s pieces, not yet joined (views where the limbs are contiguous), for a
+    caller that joins many values into one buffer with a single copy."""
+    return [x.lo.ravel()] if limbs == 1 else [x.lo.ravel(), x.hi.ravel()]
+
+
 def to_wire(x: U128, limbs: int = 2) -> np.ndarray:
     """One contiguous uint64 buffer, lo limbs then hi limbs (``limbs=1``: the low limbs
     only, i.e. the value mod 2^64, for the semi-honest mode)."""
     if limbs == 1:
         return np.ascontiguousarray(x.lo.ravel())
-    return np.concatenate([x.lo.ravel(), x.hi.ravel()])
+    return np.concatenate(wire_parts(x, limbs))
 
 
 def from_wire(buffer: np.ndarray, shape: Sequence[int], limbs: int = 2) -> U128:

@@ -3,8 +3,10 @@
 It deals like the production ``Dealer`` and keeps every MAC consistent with what it deals
 (it knows alpha), so no MAC check can see its lies: only the checks of dealt tuples can.
 Its ``plan`` is a list of (kind, count): it corrupts every tuple of the first kind it deals
-until it has corrupted ``count`` of them, then moves to the next entry; after the plan it is
-honest. Each lie changes one element of one value by an offset that is nonzero mod 2^64:
+until it has corrupted ``count`` of them, then moves to the next entry, from the next answer
+on (one answer may hold several kinds, e.g. a product's triple and truncation pair; a lie
+about the next kind in the answer that already failed would go unnoticed by the plan's
+count); after the plan it is honest. Each lie changes one element of one value by an offset that is nonzero mod 2^64:
 
 * ``triple``, ``matmul``, ``bmatmul``, ``conv``: c (or, one time in four, the companion's c');
 * ``trunc``, ``bits``: one random bit is no longer 0 or 1 (or, one time in four, the
@@ -18,6 +20,8 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
+import torch
+
 from protocols.malicious import bilinear
 from protocols.malicious.dealer import Dealer
 from protocols.malicious.ring import U128
@@ -29,10 +33,15 @@ class LyingDealer(Dealer):
         super().__init__(parties, authenticated)
         self.plan = [list(step) for step in plan]
         self.rng = random.Random(seed)
+        self.lying_about: str | None = None  # the plan's kind when the answer being dealt began
+
+    def deal(self, specs: Sequence[Sequence[Any]]) -> list[torch.Tensor]:
+        self.lying_about = self.plan[0][0] if self.plan else None
+        return super().deal(specs)
 
     def tuple_values(self, spec: Sequence[Any]) -> tuple[list[U128], list[U128]]:
         values, clear = super().tuple_values(spec)
-        if not self.plan or spec[0] != self.plan[0][0]:
+        if not self.plan or spec[0] != self.plan[0][0] or spec[0] != self.lying_about:
             return values, clear
         self.plan[0][1] -= 1
         if not self.plan[0][1]:

@@ -84,3 +84,23 @@ def test_low_limb_wire():
     x = U128.random((3, 2))
     back = ring.from_wire(ring.to_wire(x, limbs=1), (3, 2), limbs=1)
     assert np.array_equal(back.lo, x.lo) and not back.hi.any()
+
+
+def _draw_in_child(queue) -> None:
+    queue.put(ring.random_bytes(64).tobytes())
+
+
+def test_random_bytes_differ_in_a_forked_child():
+    # the keystream is keyed once per process: a child forked after the parent drew must
+    # not repeat the parent's next bytes (or the dealer's shares would repeat)
+    import multiprocessing
+
+    ring.random_bytes(16)  # the parent's stream exists before the fork
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_draw_in_child, args=(queue,))
+    child.start()
+    drawn = queue.get(timeout=60)
+    child.join(60)
+    assert drawn != ring.random_bytes(64).tobytes()
+    assert len(set(ring.random_bytes(1 << 16).tobytes())) == 256  # every byte value turns up
