@@ -225,8 +225,8 @@ def _weight_bound(data, config: TrainConfig, task: str, theta_l1: float, eps_f: 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # the module's softmax measurement runs in the first one's setup
-@pytest.mark.parametrize("task, protocol", [("multiclass", "tfp"), ("multiclass", "dealer"), ("multiclass", "malicious"),
-                                            ("regression", "tfp"), ("regression", "dealer"), ("regression", "malicious")])
+@pytest.mark.parametrize("task, protocol", [(task, protocol) for task in ("multiclass", "regression")
+                                            for protocol in ("tfp", "dealer", "ot", "malicious")])
 def test_custom_linear_model_matches_plaintext(tmp_path, task, protocol, softmax_error):
     paths = _write_tables(tmp_path, task)
     classes = 3 if task == "multiclass" else 1
