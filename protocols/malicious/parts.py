@@ -10,6 +10,7 @@ default tensor type and starts the party's :class:`~protocols.malicious.engine.E
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from typing import Any
 
 from protocols.parts import PartCounters, ProtocolPart, TripleSource
@@ -26,15 +27,15 @@ def is_malicious(protocol: Any) -> bool:
     return getattr(protocol, "triple_source", None) == TRIPLE_SOURCE
 
 
-class _EngineCounted:
+class _EngineCounted(ABC):
     """A part whose counters are the engine's statistics, read whenever they are asked for
     (the party's report is made while the engine still runs, before the suite stops)."""
 
     _counters: PartCounters
 
+    @abstractmethod
     def engine_counts(self) -> tuple[int, int] | None:
         """(calls, tuples) so far, or None before the engine starts."""
-        raise NotImplementedError
 
     @property
     def counters(self) -> PartCounters:
