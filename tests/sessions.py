@@ -13,7 +13,10 @@ from launch.party_processes import party_context, start_party
 from parties.transport import PartyAddress, TransportOptions, open_transport
 
 
-def _party(fn: Callable, rank: int, world: int, port: int, options: dict, results: Any) -> None:
+_RESULT_WAIT_S = 120.0  # how long a party waits for the test to take its result
+
+
+def _party(fn: Callable, rank: int, world: int, port: int, options: dict, results: Any, taken: Any) -> None:
     from mpc.session import MpcSession
     from protocols import ProtocolConfig, ProtocolSuite
 
@@ -27,15 +30,18 @@ def _party(fn: Callable, rank: int, world: int, port: int, options: dict, result
             transport.close()
     except BaseException as error:  # report to the test instead of dying silently
         results.put((rank, "error", f"{error.__class__.__name__}: {error}\n{traceback.format_exc()}"))
+    # a tensor in the queue travels as a file descriptor this process hands out on request:
+    # stay until the test has taken every result
+    taken.wait(_RESULT_WAIT_S)
 
 
 def run_parties(fn: Callable[[Any, int], Any], world: int = 2, timeout_s: float = 120.0,
                 **options: Any) -> list[Any]:
     """``fn(crypten, rank)`` in each party; returns the results in rank order."""
     context = party_context()
-    results = context.Queue()
+    results, taken = context.Queue(), context.Event()
     port = free_port()
-    processes = [start_party(context, _party, (fn, rank, world, port, options, results), f"party{rank}")
+    processes = [start_party(context, _party, (fn, rank, world, port, options, results, taken), f"party{rank}")
                  for rank in range(world)]
     collected: dict[int, Any] = {}
     try:
@@ -47,6 +53,7 @@ def run_parties(fn: Callable[[Any, int], Any], world: int = 2, timeout_s: float 
     except queue.Empty:
         raise AssertionError(f"parties did not finish within {timeout_s} s") from None
     finally:
+        taken.set()
         for process in processes:
             process.join(10)
             if process.is_alive():

@@ -125,7 +125,9 @@ def _corrupted(rank: int, options: list[TransportOptions]) -> tuple[str, str, fl
 
 
 def test_a_bit_flipped_in_flight_is_named_at_once(key_dir: str) -> None:
-    options = zmq_options(2, key_dir, timeout_s=SLOW_TIMEOUT_S)
+    # the proxy keeps the sender's side open after the receiver drops its own, so the sender
+    # learns of the drop from its heartbeats: naming takes up to heartbeat_timeout_s
+    options = zmq_options(2, key_dir, timeout_s=SLOW_TIMEOUT_S, heartbeat_timeout_s=5.0)
     proxy = _BitFlipProxy(int(options.peers["p0"].rsplit(":", 1)[1]), at=1 << 20)
     through_proxy = replace(options, peers={**options.peers, "p0": f"tcp://127.0.0.1:{proxy.port}"})
     try:
