@@ -152,6 +152,15 @@ def top_bit_share(x_share: torch.Tensor, own_bit: torch.Tensor,
     return y, top, top ^ own_bit
 
 
+def rerandomized(share: torch.Tensor, common: Any, leader: bool) -> torch.Tensor:
+    """The share plus this party's half of a fresh sharing of zero from the stream the two
+    parties share (no traffic). Shares that are not uniform, such as both 0 after a product
+    with a public 0, fix the carry at 0, so the + 1 would land every time; with uniform shares
+    it lands with the carry's probability, as with pairs."""
+    mask = common.ring(share.size(), share.device)
+    return share + mask if leader else share - mask
+
+
 def top_bit_finish(y: torch.Tensor, top: torch.Tensor, own_bit: torch.Tensor, and_share: torch.Tensor,
                    sent: torch.Tensor, received: torch.Tensor, divisor: int, leader: bool) -> torch.Tensor:
     """This party's share of floor(x / d) (or one more) once the masked top bits are swapped.
@@ -176,6 +185,10 @@ class TopBitTruncation(PairTruncation):
     one bit per element each way (the Beaver product's opening stays the only full-word
     round); more parties, other divisors or a source without wrap-bit tuples (ot): pairs."""
 
+    def install(self, crypten: Any) -> None:
+        super().install(crypten)
+        self._generators = crypten.generators
+
     def _divide(self, x: Any, divisor: int) -> Any:
         comm = self.comm
         source = self._source()
@@ -184,8 +197,9 @@ class TopBitTruncation(PairTruncation):
         from torch.distributed import ReduceOp
 
         rank = comm.get_rank()
+        common = self._generators["next" if rank == 0 else "prev"][torch.device("cpu")]
         own_bit, and_share = source.wrap_bit_tuple(x.share.size(), device=x.share.device)
-        y, top, sent = top_bit_share(x.share, own_bit, rank == 0)
+        y, top, sent = top_bit_share(rerandomized(x.share, common, rank == 0), own_bit, rank == 0)
         packed = pack_bits(sent.reshape(-1))
         slots = torch.zeros(2, packed.numel(), dtype=torch.int64, device=packed.device)
         slots[rank] = packed
