@@ -21,7 +21,7 @@ class ProtocolConfig:
     name: str = "dealer"
     triple_source: str = "dealer"
     prg: str = "aes_ctr"
-    truncation: str = "pairs"
+    truncation: str = "topbits"
     comparison: str = "packed"
     check: str = "none"
     # modules imported before the parts are looked up: where a researcher's own parts
