@@ -195,6 +195,18 @@ def variant_systems(systems: list[tuple[str, dict]], variants: list[str]) -> lis
     return twins
 
 
+def launch_cells(launch: Launch, workloads: list[str]) -> dict[str, dict]:
+    """Each workload's cell from a finished launch (its error where it left no result)."""
+    per_rank = launch.finish()
+    cells = {}
+    for name in workloads:
+        cell = combine(per_rank, 2, name)
+        if launch.error and "wall_s" not in cell and cell.get("na") == "n/a: no result":
+            cell = {"na": launch.error}
+        cells[name] = cell
+    return cells
+
+
 def run_together(launches: list[Launch], phase_timeout_s: float, deadline: float) -> None:
     """Round-robin turns: each system runs one phase (a setup or one repeat) while the
     others wait, so load from elsewhere on the machine falls on all of them alike."""
@@ -501,13 +513,8 @@ def malicious_section(malicious: tuple[str, dict], dealer: tuple[str, dict], wor
     run_together(launches, timeout_s, time.monotonic() + budget_s)
     cells: dict[str, dict] = {name: {} for name in workloads}
     for launch in launches:
-        per_rank = launch.finish()
-        for name in workloads:
-            cell = combine(per_rank, 2, name)
-            if launch.error and "wall_s" not in cell and cell.get("na") == "n/a: no result":
-                cell = {"na": launch.error}
-            cell["size"] = sizes[name]
-            cells[name][launch.name] = cell
+        for name, cell in launch_cells(launch, workloads).items():
+            cells[name][launch.name] = {**cell, "size": sizes[name]}
     print(f"  {malicious[0]} beside {dealer[0]} at the malicious sizes: {time.perf_counter() - t0:.0f} s", flush=True)
     return cells
 
@@ -613,11 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             launches.append(Launch(system, spec, world, None if full else args.share))
         run_together(launches, args.timeout, deadline)
         for launch in launches:
-            per_rank = launch.finish()
-            for name in two_party:
-                cell = combine(per_rank, 2, name)
-                if launch.error and "wall_s" not in cell and cell.get("na") == "n/a: no result":
-                    cell = {"na": launch.error}
+            for name, cell in launch_cells(launch, two_party).items():
                 cells[name][launch.name] = cell
         print(f"  {', '.join(l.name for l in launches)}: {time.perf_counter() - t0:.0f} s", flush=True)
     twin = {system: next((d for d in grouped if d[1].get("suite") == "dealer"
