@@ -24,6 +24,7 @@ from parties.dealer import has_dealer, process_names, world_size
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
 from protocols.registry import part_class
+from protocols.malicious.dealer import MAX_ELEMENTS as MAX_ANSWER_ELEMENTS
 from protocols.malicious.parts import is_malicious
 from protocols.suite import check_party_count, check_parts_fit, testing_only_parts
 
@@ -154,6 +155,9 @@ def validate(config: RunConfig) -> None:
         check_parts_fit(config.protocol)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    require(1 <= config.protocol.answer_elements <= MAX_ANSWER_ELEMENTS,
+            f"protocol.answer_elements={config.protocol.answer_elements} must be in 1..{MAX_ANSWER_ELEMENTS} "
+            "(the most elements one dealer answer may deal)")
     rank = config.party.rank
     require(rank is None or 0 <= rank < world_size(config),
             f"party.rank={rank} is not a party rank (0..{world_size(config) - 1}"

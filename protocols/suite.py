@@ -10,6 +10,7 @@ import protocols.comparison  # noqa: F401
 import protocols.prg  # noqa: F401
 import protocols.tfp  # noqa: F401
 import protocols.truncation  # noqa: F401
+from protocols.malicious.dealer import ANSWER_ELEMENTS
 from protocols.parts import ProtocolPart, TripleSource
 from protocols.registry import PART_KINDS, part_class
 
@@ -29,6 +30,9 @@ class ProtocolConfig:
     plugins: list[str] = field(default_factory=list)
     # a testing-only part (tfp: party 0 sees every secret) with the parties' own data files
     allow_insecure: bool = False
+    # protocol=malicious: the most elements (companions and random bits included) one dealer
+    # answer deals; a training step's tuples come as several checked answers of this size
+    answer_elements: int = ANSWER_ELEMENTS
 
 
 def load_plugins(config: ProtocolConfig) -> None:

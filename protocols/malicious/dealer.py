@@ -61,7 +61,10 @@ from protocols.malicious.ring import U128
 FRACTIONAL_BITS = 16
 TRUNC_BITS = 64
 KINDS = (*bilinear.KINDS, "trunc", "bits", "input", "private", "random")
-MAX_ELEMENTS = 1 << 27  # per request, companions and truncation bits included (W6 asks for ~47M)
+# per answer, companions and random bits included: the dealer holds about 240 bytes per dealt
+# element while it makes an answer for 2 parties, so it refuses more than 2^24 (about 4 GB)
+MAX_ELEMENTS = 1 << 24
+ANSWER_ELEMENTS = 1 << 21  # what the parties ask for per answer unless configured (about 0.5 GB)
 SACRIFICED = (*bilinear.KINDS, "trunc", "bits")  # checked against a companion by the sacrifice
 MASKS = ("input", "private")  # checked by their owner against a companion mask
 USED = {**{kind: 3 for kind in bilinear.KINDS}, "trunc": 2, "bits": 2, "input": 1, "private": 1, "random": 1}  # before companions
@@ -133,7 +136,8 @@ def validate(specs: Any, checked: bool) -> list[list[Any]]:
                 raise DealerProtocolError(f"bad shape in {spec!r}")
             total += int(np.prod(shape, dtype=np.int64))
     if total > MAX_ELEMENTS:
-        raise DealerProtocolError(f"request for {total} elements is over the limit {MAX_ELEMENTS}")
+        raise DealerProtocolError(f"request for {total} elements is over the limit {MAX_ELEMENTS} "
+                                  "(protocol.answer_elements bounds what the parties ask for at once)")
     return specs
 
 

@@ -57,6 +57,7 @@ from protocols.dealer_wire import DealerLink
 from protocols.malicious import bilinear
 from protocols.malicious import dealer as dealing
 from protocols.malicious import ring
+from protocols.malicious.answers import Piece, cut
 from protocols.malicious.ring import U128
 
 log = logging.getLogger("cotrain.malicious")
@@ -65,6 +66,8 @@ FRACTIONAL_BITS = dealing.FRACTIONAL_BITS
 SCALE = 1 << FRACTIONAL_BITS
 COMPARE_BITS = 32  # comparisons need |x| < 2^31 in raw fixed point (|value| < 32768)
 CHECK_BUFFER_ELEMENTS = 1 << 21  # run the MAC check once this many opened values are pending
+_ON_DEMAND = object()  # the tag of answers asked for as the program needs them (not a planned block's)
+PHASES = ("dealer", "online", "tuple check", "MAC check")  # where the engine's traffic goes
 
 # per checked tuple kind: the check that guards it and what a failure means
 _TUPLE_CHECKS = {
@@ -182,9 +185,12 @@ class EngineStats:
     tuple_check_seconds: float = 0.0
     opened_by_kind: dict = field(default_factory=dict)  # opened elements per kind of opening
     dealt_by_kind: dict = field(default_factory=dict)  # authenticated values received per tuple kind
+    # per phase (``PHASES``): bytes sent and received, rounds (a dealer round trip is one)
+    traffic: dict = field(default_factory=lambda: {phase: {"bytes": 0, "rounds": 0} for phase in PHASES})
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "opened_by_kind": dict(self.opened_by_kind), "dealt_by_kind": dict(self.dealt_by_kind)}
+        return {**self.__dict__, "opened_by_kind": dict(self.opened_by_kind), "dealt_by_kind": dict(self.dealt_by_kind),
+                "traffic": {phase: dict(counts) for phase, counts in self.traffic.items()}}
 
 
 def _digest(*parts: bytes) -> bytes:
@@ -217,7 +223,7 @@ class Engine:
     computing parties and rank ``dealer`` the dealer process."""
 
     def __init__(self, comm: Any, parties: int, dealer: int, authenticated: bool = True,
-                 check_buffer: int = CHECK_BUFFER_ELEMENTS) -> None:
+                 check_buffer: int = CHECK_BUFFER_ELEMENTS, answer_elements: int = dealing.ANSWER_ELEMENTS) -> None:
         self.comm = comm
         self.rank = comm.get_rank()
         self.parties = parties
@@ -225,6 +231,7 @@ class Engine:
         self.authenticated = authenticated
         self._limbs = 2 if authenticated else 1  # semi-honest: only values mod 2^64 travel
         self.check_buffer = check_buffer
+        self.answer_elements = answer_elements
         self.others = [r for r in range(parties) if r != self.rank]
         self.stats = EngineStats()
         self._queue: deque = deque()
@@ -233,9 +240,14 @@ class Engine:
         self._check_count = 0
         self._senders = {r: hashlib.sha256() for r in range(parties)}
         self._closed = False
-        self._plans: dict[Any, list] = {}
-        self._outstanding: deque = deque()  # (key, specs) requested from the dealer, not yet received
-        self._prefetched: dict[Any, deque] = {}  # key -> answers received ahead of use
+        self._plans: dict[Any, list[list[Piece]]] = {}  # key -> its block's answers
+        self._answers: deque = deque()  # (tag, answer) due next, in order; tag: (plan key or _ON_DEMAND, index)
+        self._demands = 0
+        self._ahead: Any = None  # a planned block whose next run's first answer is to be asked for
+        self._pieces: list = []  # checked pieces of a cut tuple whose last piece is still due
+        self._outstanding: deque = deque()  # (tag, answer) requested from the dealer, not yet received
+        self._prefetched: dict[Any, deque] = {}  # tag -> answers received ahead of use
+        self._current_phase = "online"  # what the engine's traffic is charged to (``traffic``)
         self._recording: list | None = None
         self._tuple_check_count = 0
         self.check_tuples = authenticated  # dealt tuples are checked whenever MACs are
@@ -263,6 +275,28 @@ class Engine:
         # the lower rank's seed is the pair's seed
         self._pair_seeds = {r: (pair_seeds[r] if self.rank < r else received[r][4:].tobytes()) for r in self.others}
 
+    # -- what the traffic is for ---------------------------------------------------------------
+    @contextmanager
+    def _phase(self, phase: str) -> Iterator[None]:
+        """Charge the engine's traffic inside to ``phase`` (an inner phase takes its own)."""
+        outer, self._current_phase = self._current_phase, phase
+        try:
+            yield
+        finally:
+            self._current_phase = outer
+
+    @contextmanager
+    def _wire(self, rounds: int = 1) -> Iterator[None]:
+        """Charge the bytes the transport counts inside, and ``rounds``, to the current phase."""
+        stats = self.comm.stats
+        before = stats.bytes_sent + stats.bytes_received
+        try:
+            yield
+        finally:
+            counts = self.stats.traffic[self._current_phase]
+            counts["bytes"] += stats.bytes_sent + stats.bytes_received - before
+            counts["rounds"] += rounds
+
     # -- communication among the computing parties -------------------------------------------
     def _exchange(self, payload: np.ndarray | dict[int, np.ndarray], size: int, kind: str,
                   record: bool = True) -> dict[int, np.ndarray]:
@@ -270,14 +304,15 @@ class Engine:
         per recipient is given) and receive ``size`` limbs from each. One round."""
         self.stats.rounds += 1
         requests, buffers = [], {}
-        for dst in self.others:
-            data = payload[dst] if isinstance(payload, dict) else payload
-            requests.append(self.comm.isend(_as_tensor(data), dst))
-        for src in self.others:
-            buffers[src] = torch.empty(size, dtype=torch.int64)
-            requests.append(self.comm.irecv(buffers[src], src))
-        for request in requests:
-            request.wait()
+        with self._wire():
+            for dst in self.others:
+                data = payload[dst] if isinstance(payload, dict) else payload
+                requests.append(self.comm.isend(_as_tensor(data), dst))
+            for src in self.others:
+                buffers[src] = torch.empty(size, dtype=torch.int64)
+                requests.append(self.comm.irecv(buffers[src], src))
+            for request in requests:
+                request.wait()
         out = {src: buffer.numpy().view(np.uint64) for src, buffer in buffers.items()}
         if record and self.authenticated:
             for src, data in out.items():
@@ -301,28 +336,94 @@ class Engine:
     # -- preprocessing ---------------------------------------------------------------------------
     def preprocess(self, specs: Sequence[Sequence[Any]]) -> None:
         """Ask the dealer for the tuples ``specs`` (all parties ask for the same, in the
-        same order); they are queued and consumed in that order."""
+        same order); they come in answers of at most ``answer_elements`` dealt elements
+        (``answers.cut``), each checked as it arrives, and are consumed in that order. The
+        first answer is fetched now, the rest as the program reaches them."""
         specs = [list(s) for s in specs]
         if not specs:
             return
-        self._drain()
-        self._request(specs)
-        self._queue.extend(self._check_tuples(self._receive(specs)))
+        for answer in cut(specs, self.answer_elements, self.check_tuples):
+            self._demands += 1
+            self._answers.append(((_ON_DEMAND, self._demands), answer))
+        self._fetch()
+
+    def _fetch(self) -> None:
+        """Receive the next answer due (made ahead, or asked for now), ask for the one after
+        it so the dealer makes it while this one is checked and used, then check this one
+        and queue its tuples."""
+        tag, answer = self._answers.popleft()
+        specs = [piece.wire for piece in answer]
+        raw = self._prefetched[tag].popleft() if self._prefetched.get(tag) else None
+        if raw is None and self._outstanding and self._outstanding[0][0] == tag:
+            self._outstanding.popleft()
+            raw = self._receive(specs)
+        elif raw is None:
+            self._drain()
+            self._request(specs)
+            raw = self._receive(specs)
+        self._ask_ahead()
+        self._accept(answer, self._check_tuples(raw))
+
+    def _ask_ahead(self) -> None:
+        """Request the next answer due, or the first of a planned block's next run, unless
+        one is on its way already or was made ahead."""
+        if self._outstanding:
+            return
+        if self._answers:
+            tag, answer = self._answers[0]
+        elif self._ahead is not None:
+            tag, answer = (self._ahead, 0), self._plans[self._ahead][0]
+            self._ahead = None
+        else:
+            return
+        if not self._prefetched.get(tag):
+            self._request([piece.wire for piece in answer])
+            self._outstanding.append((tag, answer))
+
+    def _accept(self, answer: list[Piece], entries: list) -> None:
+        """Queue a checked answer's tuples; pieces of a cut tuple wait until the last one
+        arrives, then are joined into the tuple the program asked for."""
+        for piece, (_, values, clear) in zip(answer, entries):
+            if piece.whole:
+                self._queue.append((piece.spec, values, clear))
+                continue
+            self._pieces.append((values, clear))
+            if piece.last:
+                self._queue.append(self._join(piece.spec, self._pieces))
+                self._pieces = []
+
+    @staticmethod
+    def _join(spec: list[Any], pieces: list) -> tuple[list[Any], list[AShare], list[U128] | None]:
+        """A cut elementwise tuple from its pieces (each over a flat shape; a value's trailing
+        axes, such as a tuple's random bits, are kept)."""
+        shape = tuple(spec[1])
+        values = [cat([values[i] for values, _ in pieces]) for i in range(len(pieces[0][0]))]
+        values = [v.reshape(*shape, *v.shape[1:]) for v in values]
+        clear = None
+        if pieces[0][1] is not None:
+            clear = [ring.concat([c[0] for _, c in pieces]).reshape(*shape)]
+        return spec, values, clear
 
     def _request(self, specs: list) -> None:
-        self.dealer.request(specs)
+        with self._phase("dealer"), self._wire():
+            self.dealer.request(specs)
 
     def _drain(self) -> None:
         """Receive every answer still on its way (before any new request: the dealer answers
-        in order, and a party must never send while an answer to it is pending)."""
+        in order, and a party must never send while an answer to it is pending). An answer
+        for a planned block's next run is kept; one for discarded tuples (after an abort) is
+        dropped."""
         while self._outstanding:
-            key, specs = self._outstanding.popleft()
-            self._prefetched.setdefault(key, deque()).append(self._receive(specs))
+            tag, answer = self._outstanding.popleft()
+            raw = self._receive([piece.wire for piece in answer])
+            if tag[0] is not _ON_DEMAND:
+                self._prefetched.setdefault(tag, deque()).append(raw)
 
     def _receive(self, specs: list) -> list:
         start = time.perf_counter()
         limbs = dealing.answer_limbs(specs, self.rank, self.authenticated)
-        buffer = self.dealer.answer(len(specs), limbs).numpy().view(np.uint64)
+        with self._phase("dealer"), self._wire(rounds=0):
+            buffer = self.dealer.answer(len(specs), limbs).numpy().view(np.uint64)
         offset = 0
 
         def take(shape: tuple[int, ...]) -> U128:
@@ -350,26 +451,22 @@ class Engine:
     @contextmanager
     def planned(self, key: Any) -> Iterator[None]:
         """Run a block whose tuple needs are the same each time ``key`` recurs: the first
-        time they are recorded (and fetched on demand); later they come in one request,
-        and the request for the block's next run is sent as this one starts, so the dealer
-        makes those tuples while the parties compute (fresh tuples, each used once)."""
+        time they are recorded (and fetched on demand); later they come as the answers
+        ``answers.cut`` makes of them, each requested while the one before it is checked
+        and used, and the first answer of the block's next run is requested once this
+        run's last one has arrived, so the dealer makes tuples while the parties compute
+        (fresh tuples, each used once)."""
         plan = self._plans.get(key)
         if plan is not None:
-            if not self._prefetched.get(key):
-                self._drain()
-            if self._prefetched.get(key):
-                self._queue.extend(self._check_tuples(self._prefetched[key].popleft()))
-            else:
-                self.preprocess(plan)
-            self._drain()
-            self._request(plan)
-            self._outstanding.append((key, plan))
+            self._answers.extend(((key, index), answer) for index, answer in enumerate(plan))
+            self._ahead = key
+            self._fetch()
             yield
             return
         self._recording = []
         try:
             yield
-            self._plans[key] = self._recording
+            self._plans[key] = cut(self._recording, self.answer_elements, self.check_tuples)
         finally:
             self._recording = None
 
@@ -378,8 +475,11 @@ class Engine:
         private mask's owner the mask in clear."""
         if self._recording is not None:
             self._recording.append(spec)
-        if not self._queue:
-            self.preprocess([spec])
+        while not self._queue:
+            if self._answers:
+                self._fetch()
+            else:
+                self.preprocess([spec])
         got, values, clear = self._queue.popleft()
         if [got[0], *[tuple(x) if isinstance(x, (list, tuple)) else x for x in got[1:]]] != \
                 [spec[0], *[tuple(x) if isinstance(x, (list, tuple)) else x for x in spec[1:]]]:
@@ -388,13 +488,15 @@ class Engine:
 
     def _prefetch(self, specs: list[list[Any]]) -> None:
         """The tuples an operation is about to take, in one dealer request and one check,
-        unless tuples are queued already (a planned block's, which include them)."""
-        if not self._queue:
+        unless tuples are queued or due already (a planned block's, which include them)."""
+        if not self._queue and not self._answers:
             self.preprocess(specs)
 
     def discard_preprocessing(self) -> None:
-        """Drop queued tuples (after an abort, before starting over)."""
+        """Drop queued tuples and the answers still due (after an abort, before starting over)."""
         self._queue.clear()
+        self._answers.clear()
+        self._pieces = []
 
     def close(self) -> None:
         """Tell the dealer this party is done."""
@@ -430,6 +532,8 @@ class Engine:
     # -- openings --------------------------------------------------------------------------------
     def open(self, shares: Sequence[AShare], kind: str) -> list[U128]:
         """Open several values in one round; each is recorded for the next MAC check."""
+        if self._pending >= self.check_buffer:  # bounds the openings a party keeps for the check
+            self.check()
         flat_v = ring.concat([s.v for s in shares])
         wire = ring.to_wire(flat_v, self._limbs)
         received = self._exchange(wire, wire.size, kind)
@@ -459,12 +563,14 @@ class Engine:
                 raise ValueError(f"party {owner} must input values of shape {shape}")
             epsilon = U128.from_int64(encode(values)) - clear
             wire = _as_tensor(ring.to_wire(epsilon, self._limbs))
-            for request in [self.comm.isend(wire, dst) for dst in self.others]:
-                request.wait()
+            with self._wire():
+                for request in [self.comm.isend(wire, dst) for dst in self.others]:
+                    request.wait()
         self.stats.rounds += 1
         if self.rank != owner:
             buffer = torch.empty(count, dtype=torch.int64)
-            self.comm.irecv(buffer, owner).wait()
+            with self._wire():
+                self.comm.irecv(buffer, owner).wait()
             data = buffer.numpy().view(np.uint64)
             if self.authenticated:
                 self._senders[owner].update(b"input" + data.tobytes())
@@ -652,6 +758,10 @@ class Engine:
     # -- the MAC check ---------------------------------------------------------------------------------
     def check(self) -> None:
         """Batched MAC check of every value opened since the last one (4 rounds)."""
+        with self._phase("MAC check"):
+            self._check_macs()
+
+    def _check_macs(self) -> None:
         if not self.authenticated:
             return
         start = time.perf_counter()
@@ -731,6 +841,11 @@ class Engine:
 
     # -- the checks of dealt tuples ---------------------------------------------------------------------
     def _check_tuples(self, entries: list) -> list:
+        """``_check_dealt``, its traffic charged to the tuple check."""
+        with self._phase("tuple check"):
+            return self._check_dealt(entries)
+
+    def _check_dealt(self, entries: list) -> list:
         """Check every tuple of one dealer answer (but ``random``, which has no structure)
         and return the entries without their companions.
 

@@ -29,19 +29,31 @@ def is_malicious(protocol: Any) -> bool:
 
 class _EngineCounted(ABC):
     """A part whose counters are the engine's statistics, read whenever they are asked for
-    (the party's report is made while the engine still runs, before the suite stops)."""
+    (the party's report is made while the engine still runs, before the suite stops): its
+    calls and tuples, and the engine's traffic (bytes, rounds) of its offline and online
+    phases (``Engine.PHASES``)."""
 
     _counters: PartCounters
+    offline_phase: str
+    online_phase: str
 
     @abstractmethod
-    def engine_counts(self) -> tuple[int, int] | None:
-        """(calls, tuples) so far, or None before the engine starts."""
+    def counted_engine(self) -> Any:
+        """The engine whose statistics these are, or None before it starts."""
+
+    @abstractmethod
+    def calls_and_tuples(self, stats: Any) -> tuple[int, int]:
+        """This part's calls and tuples in the engine's ``stats``."""
 
     @property
     def counters(self) -> PartCounters:
-        counts = self.engine_counts()
-        if counts is not None:
-            self._counters.calls, self._counters.tuples = counts
+        engine = self.counted_engine()
+        if engine is not None:
+            counters, stats = self._counters, engine.stats
+            counters.calls, counters.tuples = self.calls_and_tuples(stats)
+            offline, online = stats.traffic[self.offline_phase], stats.traffic[self.online_phase]
+            counters.offline_bytes, counters.offline_rounds = offline["bytes"], offline["rounds"]
+            counters.online_bytes, counters.online_rounds = online["bytes"], online["rounds"]
         return self._counters
 
     @counters.setter
@@ -68,9 +80,14 @@ class AuthenticatedDealer(_EngineCounted, TripleSource):
         super().__init__()
         self._previous_type = "mpc"
 
-    def engine_counts(self) -> tuple[int, int] | None:
+    offline_phase, online_phase = "dealer", "online"  # the dealer's answers; openings that use tuples
+
+    def counted_engine(self) -> Any:
+        return self.engine
+
+    def calls_and_tuples(self, stats: Any) -> tuple[int, int]:
         """Dealer answers received, tuples checked."""
-        return None if self.engine is None else (self.engine.stats.dealer_requests, self.engine.stats.checked_tuples)
+        return stats.dealer_requests, stats.checked_tuples
 
     def install(self, crypten: Any) -> None:
         from protocols.malicious.cryptensor import TENSOR_TYPE
@@ -83,7 +100,8 @@ class AuthenticatedDealer(_EngineCounted, TripleSource):
         from protocols.malicious.engine import Engine
 
         parties = self.comm.get_world_size()
-        self.engine = Engine(self.comm, parties, dealer=parties)  # the dealer is the rank after the parties
+        self.engine = Engine(self.comm, parties, dealer=parties,  # the dealer is the rank after the parties
+                             answer_elements=self.suite.config.answer_elements)
         set_engine(self.engine)
 
     def stop(self, crypten: Any) -> None:
@@ -109,10 +127,14 @@ class Spdz2kMacCheck(_EngineCounted, ProtocolPart):
     """Batched MAC check: random linear combination, hash-committed, before any reveal.
     It runs inside the engine the triple source starts; there is nothing to install."""
 
-    def engine_counts(self) -> tuple[int, int] | None:
+    offline_phase, online_phase = "tuple check", "MAC check"  # checks of dealt tuples; of openings
+
+    def counted_engine(self) -> Any:
+        return getattr(self.suite.triple_source, "engine", None) if self.suite is not None else None
+
+    def calls_and_tuples(self, stats: Any) -> tuple[int, int]:
         """MAC checks run, opened values they covered."""
-        engine = getattr(self.suite.triple_source, "engine", None) if self.suite is not None else None
-        return None if engine is None else (engine.stats.checks, engine.stats.checked_elements)
+        return stats.checks, stats.checked_elements
 
     def install(self, crypten: Any) -> None:
         """The engine checks every opening itself."""
