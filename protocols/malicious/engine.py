@@ -257,7 +257,8 @@ class Engine:
 
     # -- setup ------------------------------------------------------------------------------
     def _receive_key(self) -> U128:
-        buffer = self.dealer.hello(dealing.Dealer.kind).numpy().view(np.uint64)
+        with self._phase("dealer"), self._wire():
+            buffer = self.dealer.hello(dealing.Dealer.kind).numpy().view(np.uint64)
         if buffer.size != 3:
             raise PreprocessingError(f"the dealer's greeting has {buffer.size} limbs, not 3 (a key share and the mode)")
         if bool(buffer[2]) != self.authenticated:

@@ -6,7 +6,8 @@ Its ``plan`` is a list of (kind, count): it corrupts every tuple of the first ki
 until it has corrupted ``count`` of them, then moves to the next entry, from the next answer
 on (one answer may hold several kinds, e.g. a product's triple and truncation pair; a lie
 about the next kind in the answer that already failed would go unnoticed by the plan's
-count); after the plan it is honest. Each lie changes one element of one value by an offset that is nonzero mod 2^64:
+count); after the plan it is honest. With ``skip``, the first ``skip`` tuples of the plan's first kind are dealt
+honestly (a lie in a later dealer answer). Each lie changes one element of one value by an offset that is nonzero mod 2^64:
 
 * ``triple``, ``matmul``, ``bmatmul``, ``conv``: c (or, one time in four, the companion's c');
 * ``trunc``, ``bits``: one random bit is no longer 0 or 1 (or, one time in four, the
@@ -29,8 +30,9 @@ from protocols.malicious.ring import U128
 
 class LyingDealer(Dealer):
     def __init__(self, parties: int, authenticated: bool = True, plan: Sequence[tuple[str, int]] = (),
-                 seed: int = 0) -> None:
+                 seed: int = 0, skip: int = 0) -> None:
         super().__init__(parties, authenticated)
+        self.skip = skip
         self.plan = [list(step) for step in plan]
         self.rng = random.Random(seed)
         self.lying_about: str | None = None  # the plan's kind when the answer being dealt began
@@ -42,6 +44,9 @@ class LyingDealer(Dealer):
     def tuple_values(self, spec: Sequence[Any]) -> tuple[list[U128], list[U128]]:
         values, clear = super().tuple_values(spec)
         if not self.plan or spec[0] != self.plan[0][0] or spec[0] != self.lying_about:
+            return values, clear
+        if self.skip:
+            self.skip -= 1
             return values, clear
         self.plan[0][1] -= 1
         if not self.plan[0][1]:

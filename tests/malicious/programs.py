@@ -170,3 +170,35 @@ def steering_request(transport: Any, rank: int, parties: int) -> str:
     except DealerError as error:
         return str(error)
     return "dealt"
+
+
+def cut_answers(transport: Any, rank: int, parties: int, limit: int) -> dict:
+    """``x * y`` (two 3 x 4 inputs, a truncated product, revealed) with dealer answers of at
+    most ``limit`` elements: first fetched on demand from a dealer lying in a later answer
+    (``LyingDealer`` with ``skip``), then honestly as a planned block, run twice (recorded,
+    then from its plan). The engine's traffic per phase, beside the transport's count of it."""
+    before = transport.stats.bytes_sent + transport.stats.bytes_received  # joining the transport
+    engine = Engine(transport, parties, dealer=parties, answer_elements=limit)
+    x, y = use_data(0)
+    outcome: dict = {"runs": []}
+    try:
+        try:
+            outcome["lied"] = ("missed", _uses("triple", engine, rank, parties, x, y).tolist())
+        except CheatDetected as error:
+            engine.discard_preprocessing()
+            outcome["lied"] = ("detected", error.check, str(error))
+        outcome["checked_until_caught"] = engine.stats.tuple_checks  # the failing answer's check included
+        for _ in range(2):
+            answers, checks = engine.stats.dealer_requests, engine.stats.tuple_checks
+            with engine.planned("product"):
+                result = _uses("triple", engine, rank, parties, x, y)
+            outcome["runs"].append({"error": float(np.abs(result - expected_use("triple", x, y)).max()),
+                                    "answers": engine.stats.dealer_requests - answers,
+                                    "checks": engine.stats.tuple_checks - checks})
+        outcome["traffic"] = engine.stats.as_dict()["traffic"]
+        outcome["rounds"] = engine.stats.rounds
+        outcome["dealer_answers"] = engine.stats.dealer_requests
+        outcome["transport_bytes"] = transport.stats.bytes_sent + transport.stats.bytes_received - before
+    finally:
+        engine.close()
+    return outcome

@@ -85,9 +85,12 @@ class ConvNet(nn.Module):
 
 @pytest.mark.slow
 def test_malicious_vertical_logreg_job(job):
-    """The vertical partition; the summary's per-part counters come from the engine."""
+    """The vertical partition, each step's tuples in several dealer answers (each checked);
+    the summary's per-part counters come from the engine: calls, tuples, and the bytes and
+    rounds of the dealer's answers and the openings that use them (triple source), of the
+    checks of dealt tuples and of the MAC checks (check)."""
     summary = job(*MALICIOUS, "num_parties=2", "data.partition=vertical", "data.rows=300", "data.test_rows=300",
-                  "train.epochs=2")
+                  "train.epochs=2", "protocol.answer_elements=20000")
     _within_tolerance(summary, derived=True)
     for party in summary["per_party"]:
         if party["name"] == "dealer":
@@ -95,6 +98,11 @@ def test_malicious_vertical_logreg_job(job):
         parts = party["protocol_parts"]
         assert parts["triple_source"]["calls"] > 0 and parts["triple_source"]["tuples"] > 0, parts
         assert parts["check"]["calls"] > 0 and parts["check"]["tuples"] > 0, parts
+        counted = [parts[kind][f"{phase}_{what}"] for kind in ("triple_source", "check")
+                   for phase in ("offline", "online") for what in ("bytes", "rounds")]
+        assert all(count > 0 for count in counted), parts
+        assert sum(parts[kind][f"{phase}_bytes"] for kind in ("triple_source", "check")
+                   for phase in ("offline", "online")) <= party["bytes_sent"] + party["bytes_received"], (parts, party)
 
 
 @pytest.mark.slow
