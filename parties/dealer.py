@@ -12,11 +12,9 @@ maker, the triple source's ``make_dealer``) and ends by sending its traffic to t
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -60,84 +58,39 @@ def party_world(config: RunConfig, transport: Any) -> Any:
     return PartyGroup(transport, config.num_parties) if has_dealer(config) else transport
 
 
-class AnswersAhead:
-    """Answers made in a background thread while the parties compute. A training step asks
-    for the same sequence of requests every time (one, or several bounded answers), so the
-    dealer learns which request followed which and, once a request recurs, makes the
-    answers expected after it (fresh tuples, each dealt once), up to ``depth`` ahead: the
-    memory of ``depth`` answers buys the parties' wait for each one."""
+class _AnswerAhead:
+    """One answer made in a background thread while the parties compute: a training step
+    asks for the same tuples every time, so once a request repeats, the next one's answer
+    (fresh tuples, each dealt once) is made before it is asked for."""
 
-    def __init__(self, maker: TupleMaker, depth: int = 2) -> None:
+    def __init__(self, maker: TupleMaker) -> None:
         self.maker = maker
-        self.depth = depth
-        self.previous: Any = None
-        self.inline_s = 0.0  # time spent making answers that were not made ahead
-        self.following: dict[str, Any] = {}  # a request -> the request that came after it last time
-        self.made: deque = deque()  # (items, buffers) made ahead, in the order expected
+        self.items: Any = None
+        self.buffers: list | None = None
         self.thread: threading.Thread | None = None
-        self.making = False  # whether the thread may still add an answer (set and cleared under ``ready``)
-        self.ready = threading.Condition()
 
-    def answer(self, items: Any) -> tuple[list, bool]:
-        """Each party's buffer for ``items`` (the request every party sent), and whether it
-        was made ahead; then the answers expected next are started."""
-        if self.previous is not None:
-            self.following[_request_key(self.previous)] = items
-        self.previous = items
-        buffers = self._take(items)
-        made_ahead = buffers is not None
-        if buffers is None:
-            start = time.perf_counter()
-            buffers = self.maker.deal(items)
-            self.inline_s += time.perf_counter() - start
-        self._fill(items)
-        return buffers, made_ahead
-
-    def _take(self, items: Any) -> list | None:
-        """The answer made ahead for ``items``, once; None if the next one made is not for
-        them (then whatever was made ahead is dropped)."""
-        with self.ready:
-            while not self.made and self.making:
-                self.ready.wait()
-            if self.made and self.made[0][0] == items:
-                return self.made.popleft()[1]
-        self._wait()
-        self.made.clear()
-        return None
-
-    def _fill(self, items: Any) -> None:
-        """Start making the answers expected after ``items`` (after those made already)."""
-        with self.ready:
-            if self.making:
-                return  # it goes on making the expected ones until ``depth`` are waiting
-            self.making = True
-        self._wait()
-        last = self.made[-1][0] if self.made else items
-        self.thread = threading.Thread(target=self._make, args=(last,), name="dealer-ahead", daemon=True)
+    def start(self, items: Any) -> None:
+        self.wait()
+        self.items, self.buffers = items, None
+        self.thread = threading.Thread(target=self._make, args=(items,), name="dealer-ahead", daemon=True)
         self.thread.start()
 
-    def _make(self, last: Any) -> None:
-        try:
-            while len(self.made) < self.depth and (expected := self.following.get(_request_key(last))) is not None:
-                buffers = self.maker.deal(expected)
-                with self.ready:
-                    self.made.append((expected, buffers))
-                    self.ready.notify_all()
-                last = expected
-        finally:  # a ``take`` waiting for an answer that will not come stops waiting
-            with self.ready:
-                self.making = False
-                self.ready.notify_all()
+    def _make(self, items: Any) -> None:
+        self.buffers = self.maker.deal(items)
 
-    def _wait(self) -> None:
+    def wait(self) -> None:
         """Let a running answer finish (the maker is never used by two threads at once)."""
         if self.thread is not None:
             self.thread.join()
             self.thread = None
 
-
-def _request_key(items: Any) -> str:
-    return json.dumps(items, separators=(",", ":"))
+    def take(self, items: Any) -> list | None:
+        """The answer made ahead for ``items``, once; None if there is none for them."""
+        self.wait()
+        if self.buffers is None or items != self.items:
+            return None
+        buffers, self.items, self.buffers = self.buffers, None, None
+        return buffers
 
 
 def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
@@ -146,8 +99,8 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
     stop. Returns what was served."""
     wire = DealerEnd(transport, parties)
     wire.hello(maker.kind, maker.greeting())
-    served = {"requests": 0, "tuples": 0, "elements": 0, "made_ahead": 0}
-    ahead = AnswersAhead(maker)
+    served = {"requests": 0, "tuples": 0, "elements": 0, "made_ahead": 0, "inline_dealing_s": 0.0}
+    ahead, previous = _AnswerAhead(maker), None
     log.info("%s dealer serving %d parties", maker.kind, parties)
     while (items := wire.request()) is not None:
         try:
@@ -155,13 +108,19 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
         except ValueError as error:
             wire.refuse(f"a malformed request: {error}")
             raise DealerError(f"a party sent a malformed request: {error}") from None
-        buffers, made_ahead = ahead.answer(items)
-        served["made_ahead"] += made_ahead
+        buffers = ahead.take(items)
+        served["made_ahead"] += buffers is not None
+        if buffers is None:
+            start = time.perf_counter()
+            buffers = maker.deal(items)
+            served["inline_dealing_s"] += time.perf_counter() - start
         wire.answer(len(items), buffers)
         served["requests"] += 1
         served["tuples"] += len(items)
         served["elements"] += sum(int(buffer.numel()) for buffer in buffers)
-    served["inline_dealing_s"] = ahead.inline_s
+        if items == previous:
+            ahead.start(items)
+        previous = items
     # an answer still being made ahead is dropped: its daemon thread ends with the process
     served["bytes_sent"] = wire.bytes_sent
     log.info("dealer done: %s", served)

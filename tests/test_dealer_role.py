@@ -45,21 +45,3 @@ def test_a_source_that_needs_a_dealer_but_gives_none_to_run_is_refused():
 
     with pytest.raises(ConfigError, match="dealer_without_a_server needs a dealer process but gives no make_dealer"):
         load_config(["protocol.triple_source=dealer_without_a_server"])
-
-
-def test_the_dealer_makes_the_answers_it_learned_come_next_and_each_only_once():
-    """Requests A, B repeat (a training step in two answers), then C breaks the pattern: once
-    A was followed by B and B by A, the answers expected next are made ahead (two at most);
-    one made for a request that does not come is dropped, never handed out."""
-    from protocols.malicious.dealer import Dealer, answer_limbs
-    from parties.dealer import AnswersAhead
-
-    a, b, c = [["triple", [3]]], [["bits", [2], 4]], [["random", [5]]]
-    ahead = AnswersAhead(Dealer(2), depth=2)
-    sequence = [a, b, a, b, a, c, a, b]
-    answers = [ahead.answer(items) for items in sequence]
-    assert [made for _, made in answers] == [False, False, False, True, True, False, False, False]
-    for items, (buffers, _) in zip(sequence, answers):
-        assert [int(buffer.numel()) for buffer in buffers] == [answer_limbs(items, rank, True) for rank in range(2)]
-    dealt = [buffers[0].numpy().tobytes() for buffers, _ in answers]
-    assert len(set(dealt)) == len(dealt)  # fresh tuples in every answer
