@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from protocols import crypten_hooks
-from protocols.bitpack import pack_bits, unpack_bits, unpack_words
+from protocols.bitpack import pack_bits, pack_fields, reverse_bit_indices, unpack_bits, unpack_fields
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -36,43 +36,61 @@ class CryptenComparison(ProtocolPart):
 
 
 # -- packed: the sign bit alone, from the parties' shares, with bit-packed AND gates ----------
-def _and(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+_TOP_BIT = -(1 << 63)  # bit 63 of an int64 word
+_LOW_BITS = (1 << 63) - 1
+
+
+def and_words(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """This party's XOR share of x & y for XOR-shared int64 words (a Beaver AND, one round)."""
     from crypten.mpc.primitives import BinarySharedTensor as BST
 
     return (BST.from_shares(x) & BST.from_shares(y)).share
 
 
-def _and_bits(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x & y for XOR-shared 0/1 vectors, 64 bits to a word on the wire."""
-    return unpack_bits(_and(pack_bits(x), pack_bits(y)), x)
+AndWords = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _sum_sign(generate: torch.Tensor, propagate: torch.Tensor, rank: int) -> torch.Tensor:
-    """msb(a + b) from the XOR-shared bits g = a & b and p = a ^ b, (N, 64) each: a_63 ^ b_63
-    ^ (the carry into bit 63), that carry being the generate bit of bits 0..62 under the
-    prefix operator (G, P) = (G_hi ^ P_hi G_lo, P_hi P_lo): six levels of 64, 32, ..., 2 bits
-    per element, packed 64 to a word (crypten's adder ANDs whole words, 13 per adder)."""
-    top = propagate[:, 63].clone()
-    # bit 63 passes the carry through: g = 0, p = 1 (a public 1: party 0's share)
-    generate[:, 63] = 0
-    propagate[:, 63] = 1 if rank == 0 else 0
-    while generate.size(1) > 1:
-        low_g, high_g = generate[:, 0::2], generate[:, 1::2]
-        low_p, high_p = propagate[:, 0::2], propagate[:, 1::2]
-        columns = high_p.size(1)
-        both = _and_bits(torch.cat([high_p, high_p], 1).reshape(-1), torch.cat([low_g, low_p], 1).reshape(-1))
-        both = both.reshape(-1, 2 * columns)
-        generate, propagate = high_g ^ both[:, :columns], both[:, columns:]
-    return top ^ generate[:, 0]
+def _and_fields(x: torch.Tensor, y: torch.Tensor, width: int, and_gate: AndWords) -> torch.Tensor:
+    """x & y for XOR-shared ``width``-bit fields, 64 / width of them to a word on the wire."""
+    return unpack_fields(and_gate(pack_fields(x, width), pack_fields(y, width)), width, x.numel())
 
 
-def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, rank: int) -> torch.Tensor:
-    """This party's XOR share of msb(x) from the opened c = x + r and an XOR sharing of the
-    word -r: x = c + (-r), whose generate and propagate bits need no AND (c is public)."""
-    public, shared = unpack_words(opened.reshape(-1)), unpack_words(negated_mask.reshape(-1))
+def carry_out(generate: torch.Tensor, propagate: torch.Tensor, and_gate: AndWords) -> torch.Tensor:
+    """The generate bit of a whole word under the prefix operator (G, P) = (G_hi ^ P_hi G_lo,
+    P_hi P_lo), for XOR-shared words g = a & b and p = a ^ b with their bits at the reversed
+    indices (:func:`reverse_bit_indices`).
+
+    In that order the pairs the operator joins, bits (2i, 2i + 1), sit at the same place in
+    the low and the high half of the word, and the joined groups come out in that order
+    again: each of six levels halves the words' width with shifts and masks, one AND round
+    each, the fields of all elements packed to whole words on the wire."""
+    width = 64
+    while width > 1:
+        width //= 2
+        low = (1 << width) - 1
+        high_g, low_g = (generate >> width) & low, generate & low
+        high_p, low_p = (propagate >> width) & low, propagate & low
+        if width == 1:  # the last level: G alone
+            return high_g ^ _and_fields(high_p, low_g, 1, and_gate)
+        both = _and_fields(high_p | (high_p << width), low_g | (low_p << width), 2 * width, and_gate)
+        generate, propagate = high_g ^ (both & low), (both >> width) & low
+    return generate
+
+
+def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, rank: int,
+                    and_gate: AndWords = and_words) -> torch.Tensor:
+    """This party's XOR share (0/1) of msb(x) from the opened c = x + r and an XOR sharing of
+    the word -r: x = c + (-r), whose generate and propagate words need no AND (c is public).
+    msb(x) = c_63 ^ (-r)_63 ^ (the carry into bit 63): bit 63 is made to pass the carry of
+    bits 0..62 through (g = 0, p = a public 1, party 0's share), so the carry is the whole
+    word's generate bit."""
+    public, shared = opened.reshape(-1), negated_mask.reshape(-1)
+    generate = public & shared & _LOW_BITS
     propagate = shared ^ public if rank == 0 else shared
-    return _sum_sign(public & shared, propagate, rank).reshape(opened.shape)
+    top = (propagate >> 63) & 1
+    propagate = (propagate & _LOW_BITS) | (_TOP_BIT if rank == 0 else 0)
+    carry = carry_out(reverse_bit_indices(generate), reverse_bit_indices(propagate), and_gate)
+    return (top ^ carry).reshape(opened.shape)
 
 
 @register_part("comparison", "packed")
