@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+EVEN_BITS = 0x5555555555555555
 # Index bits (a, b) exchanged, as (distance 2^a - 2^b, the positions with bit a clear and
 # bit b set): three such swaps reverse a position's 6-bit index
 _INDEX_SWAPS = tuple(((1 << a) - (1 << b), sum(1 << p for p in range(64) if not p >> a & 1 and p >> b & 1))
@@ -39,6 +40,12 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
 def unpack_bits(words: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`pack_bits` for bits shaped as ``like``."""
     return unpack_fields(words, 1, like.numel()).reshape(like.shape)
+
+
+def pair_products(words: torch.Tensor) -> torch.Tensor:
+    """Bit 2i + 1 AND bit 2i of each word, at bit 2i (odd bits 0): with a sign mask, they make
+    the packed comparison's first tree level local."""
+    return (words >> 1) & words & EVEN_BITS
 
 
 def reverse_bit_indices(words: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 A key names one correlated tuple: ``("triple", op, size0, size1, kwargs)``, ``("square",
 size)``, ``("binary", size0, size1)``, ``("b2a", size)``, ``("wrap", size)``, ``("trunc",
-size, divisor)``, ``("signmask", size)`` (r, and -r as a word) or ``("wrapbit", size)`` (two
+size, divisor)``, ``("signmask", size)`` (r, -r as a word, and
+the ANDs of that word's bit pairs) or ``("wrapbit", size)`` (two
 parties: each party's own random word, whose top bit is its private bit, and shares of the
 AND of the two bits); :func:`tuple_layout` says what shares it consists of. Triple sources that
 make tuples in batches (the dealer, OT) get CrypTen's requests as keys through
@@ -64,8 +65,10 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
         return [("b", size0), ("b", size1), ("b", tuple(np.broadcast_shapes(size0, size1)))]
     if kind in ("wrap", "wrapbit"):
         return [("r", key[1]), ("a", key[1])]
-    if kind in ("b2a", "signmask"):
+    if kind == "b2a":
         return [("a", key[1]), ("b", key[1])]
+    if kind == "signmask":
+        return [("a", key[1]), ("b", key[1]), ("b", key[1])]
     if kind == "trunc":
         return [("a", key[1])] * 3
     raise ValueError(f"unknown tuple kind {kind!r}")

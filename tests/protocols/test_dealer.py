@@ -11,6 +11,7 @@ import torch
 from protocols import ProtocolConfig
 from protocols.dealer import (SemiHonestMaker, answer_elements, batch_stream, correction_elements, count_wraps,
                               deal_answers, expand)
+from protocols.bitpack import pair_products
 from protocols.dealer_wire import DealerEnd, DealerError, check_header
 from protocols.tuples import check_key, tuple_elements, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
@@ -64,7 +65,7 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
             elif kind == "wrap":
                 assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
             elif kind == "signmask":
-                assert torch.equal(values[1], -values[0])
+                assert torch.equal(values[1], -values[0]) and torch.equal(values[2], pair_products(-values[0]))
             elif kind == "wrapbit":  # each party's own word, whose top bit is its private bit
                 bits, both = wrap_bit_values([p[0] for p in shares])
                 assert torch.equal(values[1], both) and all(set(b.tolist()) <= {0, 1} for b in bits)
