@@ -129,8 +129,9 @@ class PackedComparison(ProtocolPart):
         return result
 
     def _sign(self, share: torch.Tensor, comm: Any) -> torch.Tensor:
-        """Open x + r against a sign mask from the triple source (r, and -r as an XOR-shared
-        word; sources without them raise UnsupportedTuple) and run the tree on it."""
+        """Open x + r against a sign mask from the triple source (r; -r and its bit pairs'
+        ANDs as XOR-shared words; sources without them raise UnsupportedTuple) and run the
+        tree on it."""
         r, negated, pairs = self.suite.parts["triple_source"].sign_mask(share.size(), device=share.device)
         return masked_sign_bit(comm.all_reduce(share + r.share), negated.share, pairs.share, comm.get_rank())
 

@@ -129,7 +129,7 @@ class TripleSource(ProtocolPart):
 
     def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any, Any]:
         """An arithmetic sharing of a uniform ring r, an XOR sharing of the word s = -r and
-        one of its bit pairs' ANDs (``protocols.comparison.pair_products``)."""
+        one of its bit pairs' ANDs (``protocols.bitpack.pair_products``)."""
         raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide sign masks")
 
     def truncation_pair(self, size: Any, bits: int, device: Any = None) -> tuple[Any, Any, Any]:

@@ -2,10 +2,10 @@
 
 A key names one correlated tuple: ``("triple", op, size0, size1, kwargs)``, ``("square",
 size)``, ``("binary", size0, size1)``, ``("b2a", size)``, ``("wrap", size)``, ``("trunc",
-size, divisor)``, ``("signmask", size)`` (r, -r as a word, and
-the ANDs of that word's bit pairs) or ``("wrapbit", size)`` (two
-parties: each party's own random word, whose top bit is its private bit, and shares of the
-AND of the two bits); :func:`tuple_layout` says what shares it consists of. Triple sources that
+size, divisor)``, ``("signmask", size)`` (r, -r as a word and the ANDs of that word's bit
+pairs) or ``("wrapbit", size)`` (two parties: each party's own random word, whose top bit
+is its private bit, and shares of the AND of the two bits); :func:`tuple_layout` says what
+shares it consists of. Triple sources that
 make tuples in batches (the dealer, OT) get CrypTen's requests as keys through
 :func:`keyed_provider` and batch them with a :class:`Prefetcher`: every party asks for the
 same keys in the same order, so all parties predict the same batch without talking.
