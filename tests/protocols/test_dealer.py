@@ -177,3 +177,13 @@ def test_every_malformed_answer_header_is_refused(header, message):
 def test_a_hello_from_another_kind_of_dealer_or_of_absurd_size_is_refused(header):
     with pytest.raises(DealerError, match="sent a malformed hello"):
         check_header(header, "hello", "the dealer (rank 2)", dealer="dealer")
+
+
+@pytest.mark.parametrize("op, size0, size1, kwargs", [
+    ("mul", [4, 1], [1, 3], []), ("mul", [], [5], []), ("matmul", [512, 32], [32, 1], []),
+    ("matmul", [3, 4, 5], [5, 2], []), ("matmul", [5], [5, 2], []),
+    ("conv2d", [1, 2, 6, 6], [3, 2, 3, 3], [["padding", 1], ["stride", 2]])])
+def test_each_triple_product_has_the_shape_torch_gives_it(op, size0, size1, kwargs):
+    key = check_key(["triple", op, size0, size1, kwargs])
+    product = getattr(torch, op)(torch.zeros(size0), torch.zeros(size1), **dict(kwargs))
+    assert tuple_layout(key)[2][1] == tuple(product.shape)
