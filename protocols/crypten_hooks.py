@@ -350,11 +350,35 @@ _CONFIG_ATTRIBUTES = {"config", "load_config", "set_config", "temp_override", "s
                       "__dict__", "__class__"}
 
 
+def _empty_mpc_tensor(mpc_tensor: type, arithmetic: Any) -> Callable[..., None]:
+    """``MPCTensor.__init__`` that makes the placeholder ``MPCTensor([])`` without sharing.
+
+    ``shallow_copy``, ``clone`` and ``from_shares`` start from ``MPCTensor([])`` and then
+    replace its shares; crypten means to skip the sharing for it but tests ``tensor is []``,
+    which is never true, so each one encodes an empty tensor and draws a zero sharing (two
+    PRG reads), thousands of times a training step's worth."""
+    original = mpc_tensor.__init__
+
+    def __init__(self: Any, tensor: Any, *args: Any, **kwargs: Any) -> None:
+        if type(tensor) is list and not tensor and not args and not kwargs:
+            super(mpc_tensor, self).__init__(requires_grad=False)
+            self._tensor = torch.tensor([])
+            self.ptype = arithmetic
+            return
+        original(self, tensor, *args, **kwargs)
+
+    return __init__
+
+
 def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
     """CrypTen's communicator becomes ``make_communicator()`` at ``crypten.init``; its config
-    reads through a cache."""
+    reads through a cache; the placeholder ``MPCTensor([])`` is made without a sharing."""
     _patch("session", crypten.communicator, "DistributedCommunicator", _communicator_adapter(make_communicator))
     _patch("session", crypten.cfg, "__class__", _fast_config_class(type(crypten.cfg)))
+    from crypten.mpc.ptype import ptype
+
+    mpc_tensor = crypten.mpc.MPCTensor
+    _patch("session", mpc_tensor, "__init__", _empty_mpc_tensor(mpc_tensor, ptype.arithmetic))
 
 
 def uninstall_session(crypten: Any) -> None:
