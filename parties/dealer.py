@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from parties.config import RunConfig
-from parties.outputs import peak_rss_bytes, write_json
+from parties.outputs import process_usage, write_json
 from parties.transport.group import PartyGroup
 from protocols.dealer_wire import DealerEnd, DealerError, TupleMaker
 from protocols.registry import part_class
@@ -138,7 +138,7 @@ def run_dealer(config: RunConfig, transport: Any, directory: Path) -> None:
     served = serve(config, transport)
     write_json(directory / "dealer.json", served)
     report = {"name": DEALER_NAME, "rank": transport.get_rank(), **transport.stats.as_dict(), "saved": {},
-              "protocol_parts": {"dealer": served}, "peak_rss_bytes": peak_rss_bytes()}
+              "protocol_parts": {"dealer": served}, **process_usage()}
     transport.send_obj(report, config.train.evaluator)
 
 
