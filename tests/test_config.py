@@ -136,6 +136,8 @@ def _refused_before_any_party_starts(tmp_path, capsys, *overrides: str) -> str:
      "transport.peers has no address for bank1, bank2, dealer"),
     (["protocol.plugins=[no_such_module]"], "protocol.plugins: cannot import 'no_such_module'"),
     (["transport.max_message_bytes=0"], "transport.max_message_bytes=0 must be positive"),
+    (["protocol=malicious", "protocol.answer_elements=0"], "protocol.answer_elements=0 must be in 1..16777216"),
+    (["protocol=malicious", "protocol.answer_elements=16777217"], "protocol.answer_elements=16777217 must be in 1.."),
 ])
 def test_settings_once_checked_inside_the_parties_are_refused_first(tmp_path, capsys, overrides, message):
     assert message in _refused_before_any_party_starts(tmp_path, capsys, *overrides)
