@@ -1,38 +1,34 @@
-"""Party-side programs for the malicious suite's checkpoints (importable by spawned processes):
-SecureTrainer's state saved with its MACs and MAC key share, the dealer's key kept and taken
-back by the production ``parties.dealer.make_maker``, under a config from ``load_config``."""
+"""Party-side programs for the malicious suite's checkpoints and DP noise (importable by
+spawned processes): SecureTrainer's state saved with its MACs and MAC key share, the dealer's
+key kept and taken back by the production ``parties.dealer.make_maker``."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 import torch
 
-from launch.config import load_config
-from mpc.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, run_settings, save_checkpoint
+from mpc.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from mpc.data.sharing import SharedDataset
+from mpc.dp import joint_gaussian
 from mpc.losses import task_loss
 from mpc.models import build_torch_model, encrypt_model
 from mpc.training import SecureTrainer, TrainConfig
 from protocols.malicious.engine import CheatDetected
+from protocols.prg import CipherStream, new_seed
 from tensor_programs import malicious_session
 from train_programs import make_data
 
 ROWS, WIDTH = 8, 3  # per party: 2 steps of 8 rows per epoch
 
 
-def run_maker(parties: int, authenticated: bool, overrides: Sequence[str], directory: str) -> Any:
-    """The dealer process's maker, as ``cotrain run`` makes it for ``overrides``."""
+def run_maker(parties: int, authenticated: bool, config: Any, directory: str) -> Any:
+    """The dealer process's maker, as ``cotrain run`` makes it for the run ``config``."""
     from parties.dealer import make_maker
 
     Path(directory).mkdir(parents=True, exist_ok=True)  # the dealer's folder, as a run makes it
-    return make_maker(load_config(list(overrides)), Path(directory))
-
-
-def _settings(overrides: Sequence[str]) -> dict[str, str]:
-    return run_settings(dataclasses.asdict(load_config(list(overrides))))
+    return make_maker(config, Path(directory))
 
 
 def _trainer(crypten: Any, transport: Any, parties: int, epochs: int) -> tuple[SecureTrainer, SharedDataset]:
@@ -48,24 +44,26 @@ def _trainer(crypten: Any, transport: Any, parties: int, epochs: int) -> tuple[S
     return trainer, train
 
 
-def train_and_save(transport: Any, rank: int, parties: int, overrides: Sequence[str], run_dir: str) -> bool:
-    """One epoch, then this party's checkpoint in ``run_dir``."""
-    name, settings = f"party{rank}", _settings(overrides)
+def train_and_save(transport: Any, rank: int, parties: int, settings: Mapping[str, str], run_dir: str,
+                   draws: int, std: float) -> dict:
+    """One epoch, then this party's checkpoint in ``run_dir``; then ``draws`` values of DP-SGD's
+    joint noise, opened (MAC-checked), with this party's own draw."""
+    name = f"party{rank}"
     path = checkpoint_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with malicious_session(transport, parties) as crypten:
         trainer, train = _trainer(crypten, transport, parties, epochs=1)
         trainer.fit(train, None, on_epoch=lambda record: save_checkpoint(path, name, rank, parties, settings,
                                                                           trainer.state_dict(record.epoch)))
-    return True
+        noise, own = joint_gaussian(crypten, train.features, (draws,), std, CipherStream(new_seed()))
+        return {"noise": noise.get_plain_text().tolist(), "own": own.tolist()}
 
 
-def resume(transport: Any, rank: int, parties: int, overrides: Sequence[str], run_dir: str) -> dict:
+def resume(transport: Any, rank: int, parties: int, settings: Mapping[str, str], run_dir: str) -> dict:
     """Take this party's checkpoint back and train the second epoch: whether the state read back
     is the saved one, bit for bit, and the trained weights (revealed to all); or the error
     every party stopped with."""
-    name = f"party{rank}"
-    saved = load_checkpoint(run_dir, name, rank, parties, _settings(overrides), epochs=2)
+    saved = load_checkpoint(run_dir, f"party{rank}", rank, parties, settings, epochs=2)
     with malicious_session(transport, parties) as crypten:
         trainer, train = _trainer(crypten, transport, parties, epochs=2)
         try:

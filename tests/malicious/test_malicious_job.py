@@ -122,8 +122,8 @@ def test_malicious_vertical_user_network_job_within_the_network_standard(job, tm
     (mpc.tolerance.fine_tuning_tolerances). The job also checkpoints: every party's file and
     the dealer's (the MAC key a resumed run needs)."""
     summary = job(*MALICIOUS, "num_parties=2", "data.partition=vertical", "model=custom",
-                  "model._target_=test_malicious_job.WideAndDeep", "data.rows=200", "data.test_rows=300",
-                  "train.epochs=1", "train.batch_size=100", "train.checkpoint_every=1")
+                  "model._target_=test_malicious_job.WideAndDeep", "data.rows=300", "data.test_rows=300",
+                  "train.epochs=1", "train.batch_size=150", "train.checkpoint_every=1")
     assert summary["model"] == "test_malicious_job.WideAndDeep" and summary["partition"] == "vertical"
     run_dir = tmp_path / "outputs" / "test"
     logits = torch.tensor(pd.read_csv(run_dir / "bank0" / "heldout_predictions.csv")["logit"].to_numpy())
