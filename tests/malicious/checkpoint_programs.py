@@ -59,13 +59,22 @@ def train_and_save(transport: Any, rank: int, parties: int, settings: Mapping[st
         return {"noise": noise.get_plain_text().tolist(), "own": own.tolist()}
 
 
-def resume(transport: Any, rank: int, parties: int, settings: Mapping[str, str], run_dir: str) -> dict:
+def resume(transport: Any, rank: int, parties: int, settings: Mapping[str, str], run_dir: str,
+           tampered_dir: str | None = None) -> dict:
     """Take this party's checkpoint back and train the second epoch: whether the state read back
     is the saved one, bit for bit, and the trained weights (revealed to all); or the error
-    every party stopped with."""
+    every party stopped with. With ``tampered_dir``, that run folder's checkpoints are tried
+    first (one session for both: the error the tampered one stopped every party with, then
+    the good one, which the test suite may do after an abort and a run may not)."""
     saved = load_checkpoint(run_dir, f"party{rank}", rank, parties, settings, epochs=2)
+    tampered = None
     with malicious_session(transport, parties) as crypten:
         trainer, train = _trainer(crypten, transport, parties, epochs=2)
+        if tampered_dir is not None:
+            try:
+                trainer.load_state_dict(load_checkpoint(tampered_dir, f"party{rank}", rank, parties, settings, epochs=2))
+            except CheatDetected as error:
+                tampered = f"{type(error).__name__}: {error}"
         try:
             done = trainer.load_state_dict(saved)
         except (CheatDetected, CheckpointError) as error:
@@ -78,4 +87,4 @@ def resume(transport: Any, rank: int, parties: int, settings: Mapping[str, str],
                 and torch.equal(restored["mac_key"], saved["mac_key"]))
         trainer.fit(train, None, resume=saved)
         weights = [float(v) for p in trainer.model.parameters() for v in p.get_plain_text().reshape(-1)]
-    return {"restored": same, "epoch": done, "weights": weights}
+    return {"tampered": tampered, "restored": same, "epoch": done, "weights": weights}
