@@ -5,7 +5,7 @@ key kept and taken back by the production ``parties.dealer.make_maker``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -60,25 +60,22 @@ def train_and_save(transport: Any, rank: int, parties: int, settings: Mapping[st
 
 
 def resume(transport: Any, rank: int, parties: int, settings: Mapping[str, str], run_dir: str,
-           tampered_dir: str | None = None) -> dict:
+           refused_dirs: Sequence[str] = ()) -> dict:
     """Take this party's checkpoint back and train the second epoch: whether the state read back
-    is the saved one, bit for bit, and the trained weights (revealed to all); or the error
-    every party stopped with. With ``tampered_dir``, that run folder's checkpoints are tried
-    first (one session for both: the error the tampered one stopped every party with, then
-    the good one, which the test suite may do after an abort and a run may not)."""
-    saved = load_checkpoint(run_dir, f"party{rank}", rank, parties, settings, epochs=2)
-    tampered = None
+    is the saved one, bit for bit, and the trained weights (revealed to all). The run folders
+    ``refused_dirs`` are tried first, in one session with the good one: the error each stopped
+    every party with (the test suite may go on after an abort; a run may not)."""
+    refusals = []
     with malicious_session(transport, parties) as crypten:
         trainer, train = _trainer(crypten, transport, parties, epochs=2)
-        if tampered_dir is not None:
+        for folder in refused_dirs:
             try:
-                trainer.load_state_dict(load_checkpoint(tampered_dir, f"party{rank}", rank, parties, settings, epochs=2))
-            except CheatDetected as error:
-                tampered = f"{type(error).__name__}: {error}"
-        try:
-            done = trainer.load_state_dict(saved)
-        except (CheatDetected, CheckpointError) as error:
-            return {"refused": f"{type(error).__name__}: {error}"}
+                trainer.load_state_dict(load_checkpoint(folder, f"party{rank}", rank, parties, settings, epochs=2))
+                refusals.append("")
+            except (CheatDetected, CheckpointError) as error:
+                refusals.append(f"{type(error).__name__}: {error}")
+        saved = load_checkpoint(run_dir, f"party{rank}", rank, parties, settings, epochs=2)
+        done = trainer.load_state_dict(saved)
         restored = trainer.state_dict(done)
         same = (set(restored) == {"epoch", "parameters", "optimizer", "generators", "mac_key"}
                 and all(torch.equal(restored["parameters"][k], saved["parameters"][k]) for k in saved["parameters"])
@@ -87,4 +84,4 @@ def resume(transport: Any, rank: int, parties: int, settings: Mapping[str, str],
                 and torch.equal(restored["mac_key"], saved["mac_key"]))
         trainer.fit(train, None, resume=saved)
         weights = [float(v) for p in trainer.model.parameters() for v in p.get_plain_text().reshape(-1)]
-    return {"tampered": tampered, "restored": same, "epoch": done, "weights": weights}
+    return {"refusals": refusals, "restored": same, "epoch": done, "weights": weights}

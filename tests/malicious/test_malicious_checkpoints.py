@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from checkpoint_programs import resume, run_maker, train_and_save  # noqa: E402
-from harness import run_ok, spawn  # noqa: E402
+from harness import run_ok  # noqa: E402
 
 from launch.config import load_config  # noqa: E402
 from mpc.checkpoint import run_settings  # noqa: E402
@@ -44,13 +44,13 @@ def written(tmp_path_factory):
     return base, run, settings, results
 
 
-def _resume(base: Path, run: Path, settings: dict, dealer_resumes: bool,
-            tampered: Path | None = None) -> list[tuple[str, object]]:
-    dealer = _config(base, f"train.resume={run}") if dealer_resumes else _config(base)  # else a key of its own
-    collected, _ = spawn(resume, PARTIES, timeout_s=300, settings=settings, run_dir=str(run),
-                         tampered_dir=tampered and str(tampered), dealer_type=run_maker,
-                         dealer_kwargs={"config": dealer, "directory": str(base / "dealer")})
-    return [collected.get(rank, ("missing", "no result")) for rank in range(PARTIES)]
+def _altered(run: Path, to: Path, party: str, change) -> Path:
+    """A copy of the run folder with one party's checkpoint changed by ``change``."""
+    shutil.copytree(run, to)
+    checkpoint = torch.load(to / party / "checkpoint.pt", weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, to / party / "checkpoint.pt")
+    return to
 
 
 @pytest.mark.slow
@@ -84,23 +84,24 @@ def test_a_resumed_run_takes_back_the_authenticated_state_and_refuses_a_tampered
     for name in [f"party{rank}" for rank in range(PARTIES)] + ["dealer"]:
         assert stat.S_IMODE((run / name / "checkpoint.pt").stat().st_mode) == 0o600
 
-    # one party's share of a weight, one unit higher on disk: its MAC no longer matches
-    tampered = base / "tampered"
-    shutil.copytree(run, tampered)
-    path = tampered / "party1" / "checkpoint.pt"
-    checkpoint = torch.load(path, weights_only=True)
-    first = next(iter(checkpoint["parameters"]))
-    checkpoint["parameters"][first][0].view(-1)[0] += 1  # the low limb of its value share
-    torch.save(checkpoint, path)
+    def one_unit_more(checkpoint):  # one party's share of a weight, one unit higher: its MAC no longer matches
+        checkpoint["parameters"][next(iter(checkpoint["parameters"]))][0].view(-1)[0] += 1
 
-    resumed = [value for _, value in _resume(base, run, settings, dealer_resumes=True, tampered=tampered)]
-    for party in resumed:  # every party refused the tampered copy, naming where the shares came from
-        assert party["tampered"].startswith("CheatDetected"), party
-        assert "the shares read back from the checkpoints (train.resume) were altered" in party["tampered"]
+    def another_key(checkpoint):  # the share of another key (as a party of another run holds)
+        checkpoint["mac_key"][0] += 1
+
+    refused = [_altered(run, base / "foreign", "party0", another_key),
+               _altered(run, base / "tampered", "party1", one_unit_more)]
+    resuming = _config(base, f"train.resume={run}")
+    resumed = run_ok(resume, PARTIES, timeout_s=300, settings=settings, run_dir=str(run),
+                     refused_dirs=[str(folder) for folder in refused], dealer_type=run_maker,
+                     dealer_kwargs={"config": resuming, "directory": str(base / "dealer")})
+    for party in resumed:  # every party refused both copies, saying why
+        foreign, tampered = party["refusals"]
+        assert foreign.startswith("CheckpointError") and "the MAC key share in the checkpoint of rank(s) [0] is not " \
+            "the one the dealer holds" in foreign, foreign
+        assert tampered.startswith("CheatDetected") and \
+            "the shares read back from the checkpoints (train.resume) were altered" in tampered, tampered
+    # then took the run's own checkpoints back exactly, trained on and opened the same weights
     assert all(party["restored"] and party["epoch"] == 1 for party in resumed), resumed
-    assert resumed[0]["weights"] == resumed[1]["weights"]  # revealed after the MAC check
-
-    # a dealer that did not take the run's key back (another run's key): refused before any use
-    for status, value in _resume(base, run, settings, dealer_resumes=False):
-        assert status == "ok" and value["refused"].startswith("CheckpointError"), value
-        assert "the MAC key share in the checkpoint of rank(s) [0, 1] is not the one the dealer holds" in value["refused"]
+    assert resumed[0]["weights"] == resumed[1]["weights"]
