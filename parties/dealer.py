@@ -21,7 +21,7 @@ from typing import Any
 
 from mpc.checkpoint import CheckpointError, checkpoint_path, read_checkpoint, run_settings, save_checkpoint
 from parties.config import RunConfig
-from parties.outputs import peak_rss_bytes, write_json
+from parties.outputs import process_usage, write_json
 from parties.transport.group import PartyGroup
 from protocols.dealer_wire import DealerEnd, DealerError, TupleMaker
 from protocols.registry import part_class
@@ -162,7 +162,7 @@ def run_dealer(config: RunConfig, transport: Any, directory: Path) -> None:
     served = serve(config, transport, directory)
     write_json(directory / "dealer.json", served)
     report = {"name": DEALER_NAME, "rank": transport.get_rank(), **transport.stats.as_dict(), "saved": {},
-              "protocol_parts": {"dealer": served}, "peak_rss_bytes": peak_rss_bytes()}
+              "protocol_parts": {"dealer": served}, **process_usage()}
     transport.send_obj(report, config.train.evaluator)
 
 
