@@ -21,9 +21,9 @@ EXP_COEFFICIENTS = (9.999995708e-01, 9.999686241e-01, 4.996269468e-01, 1.6502954
                     3.835800453e-02, 5.107315618e-03)
 RECIPROCAL_TARGET = 2.0**-20  # Newton iterates until the relative error is below this
 # Largest absolute errors as evaluated in the ring (2 parties, tests/test_custom_models.py), with
-# margin: exp on [-24, 0] measured 5.5e-4 (the 4 squarings multiply the few ulps of p(y) by 16;
+# margin: exp on [-24, 0] measured 5.3e-4 (the 4 squarings multiply the few ulps of p(y) by 16;
 # CrypTen's exp errs by 3.8e-3 on [-16, 0]); 1/x on [1, K] measured 3.6e-5 for K = 2..100;
-# softmax of K = 2..10 logits spread over [-20, 20] measured 1.7e-4.
+# softmax of K = 2..10 logits spread over [-20, 20] measured 1.1e-4.
 EXP_MAX_ERROR = 1e-3
 RECIPROCAL_MAX_ERROR = 6e-5
 SOFTMAX_MAX_ERROR = 3e-4
@@ -243,10 +243,10 @@ GELU_COEFFICIENTS = (
      1.307617513e-02, -5.206636812e-03, 1.858665957e-03, -6.000474658e-04, 1.765357110e-04, -5.058684670e-05),
 )
 # The smallest coefficients are below u (3.4e-6): they are applied as integers times 2^24
-# (linear_combinations), so each keeps at least seven bits; t = x / CLIP likewise
+# (linear_combinations: the smallest is 56 units, 0.4 % off); t = x / CLIP likewise
 # (multiply_precisely: 1/5 is no multiple of u).
-# Measured in the ring (2 parties, tests/test_layers.py) over x in [-40, 40]: 1.06e-4 and
-# 9.2e-5 (the product x Phi's truncation and the tails included), with margin.
+# Measured in the ring (2 parties, tests/test_layers.py) over x in [-40, 40]: 9.2e-5 and
+# 9.1e-5 (the product x Phi's truncation and the tails included), with margin.
 GELU_MAX_ERROR = 1.5e-4
 GELU_DERIVATIVE_MAX_ERROR = 1.5e-4
 
