@@ -827,14 +827,12 @@ class Engine:
                     if not rho == expected + companion_clear:
                         failures.append(_TUPLE_CHECKS[kind] + (None,))
                 continue
-            if kind in ("trunc", "bits"):  # each bit b is the triple (b, b, b)
+            if kind in ("trunc", "bits"):  # each bit b is the triple (b, b, b): t*b - rho*b in one product
                 _, b, _, c2 = values
-                c = b
-                rho_b = self.mul_public(b, rho)
+                sigma = self.mul_public(b, t - rho) - c2
             else:
                 _, b, c, _, c2 = values
-                rho_b = self._public_product(spec, rho, b)
-            sigma = self.mul_public(c, t) - c2 - rho_b
+                sigma = self.mul_public(c, t) - c2 - self._public_product(spec, rho, b)
             combined = self.mul_public(sigma, chi(index, sigma.shape)).reshape(-1).sum(0, keepdims=True)
             sigmas[kind] = combined if kind not in sigmas else sigmas[kind] + combined
         if sigmas:
