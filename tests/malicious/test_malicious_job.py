@@ -11,12 +11,9 @@ import torch
 from torch import nn
 
 from launch.cli import main
-<<<<<<< HEAD
-from test_sequence_job import assert_matches_plaintext_fine_tuning
-=======
 from mpc.metrics import ClassWeights
 from mpc.tolerance import METRICS, fine_tuning_tolerances
->>>>>>> main
+from test_sequence_job import assert_matches_plaintext_fine_tuning
 
 # A party's long ring computations (numpy on 128-bit limbs) can keep its heartbeat thread from
 # answering for seconds on a loaded 2-core machine: the zmq peer watch is given 30 s, not 5.
