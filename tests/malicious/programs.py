@@ -187,7 +187,6 @@ def cut_answers(transport: Any, rank: int, parties: int, limit: int) -> dict:
         except CheatDetected as error:
             engine.discard_preprocessing()
             outcome["lied"] = ("detected", error.check, str(error))
-        outcome["checked_until_caught"] = engine.stats.tuple_checks  # the failing answer's check included
         for _ in range(2):
             answers, checks = engine.stats.dealer_requests, engine.stats.tuple_checks
             with engine.planned("product"):
