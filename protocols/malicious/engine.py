@@ -347,8 +347,9 @@ class Engine:
     def preprocess(self, specs: Sequence[Sequence[Any]]) -> None:
         """Ask the dealer for the tuples ``specs`` (all parties ask for the same, in the
         same order); they come in answers of at most ``answer_elements`` dealt elements
-        (``answers.cut``), each checked as it arrives, and are consumed in that order. The
-        first answer is fetched now, the rest as the program reaches them."""
+        (``answers.cut``), queued for the batch check of dealt tuples (``_accept``), and are
+        consumed in that order. The first answer is fetched now, the rest as the program
+        reaches them."""
         specs = [list(s) for s in specs]
         if not specs:
             return
@@ -359,8 +360,7 @@ class Engine:
 
     def _fetch(self) -> None:
         """Receive the next answer due (made ahead, or asked for now), ask for the one after
-        it so the dealer makes it while this one is checked and used, then check this one
-        and queue its tuples."""
+        it so the dealer makes it while this one is used, then queue this one's tuples."""
         tag, answer = self._answers.popleft()
         specs = [piece.wire for piece in answer]
         raw = self._prefetched[tag].popleft() if self._prefetched.get(tag) else None
@@ -477,8 +477,8 @@ class Engine:
     def planned(self, key: Any) -> Iterator[None]:
         """Run a block whose tuple needs are the same each time ``key`` recurs: the first
         time they are recorded (and fetched on demand); later they come as the answers
-        ``answers.cut`` makes of them, each requested while the one before it is checked
-        and used, and the first answer of the block's next run is requested once this
+        ``answers.cut`` makes of them, each requested while the one before it is
+        used, and the first answer of the block's next run is requested once this
         run's last one has arrived, so the dealer makes tuples while the parties compute
         (fresh tuples, each used once)."""
         plan = self._plans.get(key)
