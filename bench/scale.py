@@ -43,7 +43,7 @@ def rows_of(summary: dict) -> int:
 
 
 HEADER = (f"{'rows':>9} {'wall s':>8} {'train s':>8} {'us/row':>7}  per party: bytes sent+received "
-          "(per row per epoch), peak RSS")
+          "(per row per epoch), peak RSS, CPU seconds")
 
 
 def table_row(summary: dict, epochs: int) -> str:
@@ -52,7 +52,7 @@ def table_row(summary: dict, epochs: int) -> str:
     parties = "  ".join(
         f"{p['name']} {(p['bytes_sent'] + p['bytes_received']) / 1e6:8.1f} MB "
         f"({(p['bytes_sent'] + p['bytes_received']) / (rows * epochs):5.0f} B) "
-        f"{(p['peak_rss_bytes'] or 0) / 2**20:5.0f} MiB"
+        f"{(p['peak_rss_bytes'] or 0) / 2**20:5.0f} MiB {p['cpu_s'] or 0:6.1f} s"
         for p in summary["per_party"])
     return f"{rows:>9} {summary['job_wall_s']:8.1f} {summary['training_s']:8.1f} {per_row_us:7.1f}  {parties}"
 

@@ -24,7 +24,6 @@ from parties.dealer import has_dealer, process_names, world_size
 from parties.transport import transport_names
 from protocols.prg import InsecureSeedRefused, insecure_test_seed
 from protocols.registry import part_class
-from protocols.malicious.parts import is_malicious
 from protocols.suite import check_party_count, check_parts_fit, testing_only_parts
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -159,7 +158,7 @@ def validate(config: RunConfig) -> None:
             f"party.rank={rank} is not a party rank (0..{world_size(config) - 1}"
             f"{', the last being the dealer' if dealer else ''})")
     _check_peer_addresses(config)
-    dp_error = dp_problem(config.train.dp, model_kind(config.model), config.protocol.name)
+    dp_error = dp_problem(config.train.dp, model_kind(config.model))
     require(dp_error is None, dp_error or "")
     require(not config.train.dp.enabled or config.data.task == "binary",
             f"train.dp needs data.task=binary (its clipped gradient is the logistic loss's); data.task={config.data.task}")
@@ -229,10 +228,9 @@ def _check_checkpoints(config: RunConfig) -> None:
         raise ConfigError(f"train.checkpoint_every={train.checkpoint_every} must be 0 (never) or a number of epochs")
     if not (train.checkpoint_every or train.resume):
         return
-    if train.dp.enabled or is_malicious(config.protocol):
-        what = ("train.dp (its noise keys and privacy accountant)" if train.dp.enabled
-                else "protocol=malicious (the MAC key of its shares is dealt afresh each run)")
-        raise ConfigError(f"train.checkpoint_every and train.resume are not available with {what}")
+    if train.dp.enabled:
+        raise ConfigError("train.checkpoint_every and train.resume are not available with train.dp (its noise keys "
+                          "and privacy accountant)")
     if train.resume and not Path(train.resume).is_dir():
         raise ConfigError(f"train.resume={train.resume} is not a folder; give a run folder, outputs/<run id>")
 

@@ -6,9 +6,12 @@ import logging
 import signal
 import socket
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
+from typing import Iterator
 
 from launch.party_processes import party_context, start_party
 from parties.config import RunConfig
@@ -52,11 +55,34 @@ def _run_processes(config: RunConfig) -> None:
     names = process_names(config)  # the dealer too, where the suite has one
     processes: list[BaseProcess] = []
     try:
-        for rank, name in enumerate(names):
-            processes.append(start_party(context, party_main, (config, rank), name))
-        _wait(processes, config.launch.timeout_s, config.launch.grace_s)
+        with _stopped_by_signals():
+            for rank, name in enumerate(names):
+                processes.append(start_party(context, party_main, (config, rank), name))
+            _wait(processes, config.launch.timeout_s, config.launch.grace_s)
     finally:
         _stop(processes)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # Ctrl-C already unwinds through the stop
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM or SIGHUP to the launcher stop every party before it exits: by default they
+    would end the launcher alone and leave its parties running."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(number: int, _frame: object) -> None:
+        raise LaunchError(f"the launcher received {signal.Signals(number).name}; all parties were stopped")
+
+    previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _wait(processes: list[BaseProcess], timeout_s: float, grace_s: float) -> None:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import signal
+import threading
 from multiprocessing import reduction
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -30,19 +33,40 @@ def party_context() -> BaseContext:
 
 class LauncherState:
     """The launcher's environment and stdout/stderr, re-created in a party when it unpickles
-    this (duplicated descriptors travel with the start request)."""
+    this (duplicated descriptors travel with the start request), and its pid: the party ends
+    when the launcher does."""
 
     def __reduce__(self) -> tuple[Callable, tuple]:
-        return _adopt, (dict(os.environ), reduction.DupFd(1), reduction.DupFd(2))
+        return _adopt, (os.getpid(), dict(os.environ), reduction.DupFd(1), reduction.DupFd(2))
 
 
-def _adopt(environment: dict[str, str], stdout: Any, stderr: Any) -> None:
+def _adopt(launcher: int, environment: dict[str, str], stdout: Any, stderr: Any) -> None:
+    _end_with_the_launcher(launcher)
     os.environ.clear()
     os.environ.update(environment)
     for target, inherited in ((1, stdout), (2, stderr)):
         descriptor = inherited.detach()
         os.dup2(descriptor, target)
         os.close(descriptor)
+
+
+def _end_with_the_launcher(launcher: int) -> None:
+    """A launcher killed outright (SIGKILL: no chance to stop its parties) must not leave them
+    running. The forkserver outlives it (every party holds its liveness pipe), so each party
+    watches the launcher itself and ends when it does (Linux 5.3+; elsewhere the launcher's own
+    stop is all there is)."""
+    try:
+        launcher_handle = os.pidfd_open(launcher)
+    except ProcessLookupError:  # gone before this party started
+        os._exit(1)
+    except (AttributeError, OSError):
+        return
+
+    def watch() -> None:
+        select.select([launcher_handle], [], [])  # readable once the launcher has exited
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
 def start_party(context: BaseContext, target: Callable[..., Any], args: tuple, name: str) -> BaseProcess:

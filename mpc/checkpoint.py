@@ -3,9 +3,12 @@ resumes from them.
 
 A checkpoint holds this party's shares of the weights and of the optimizer state, the epochs
 done, the positions of its PRG streams (never their keys) and the settings of the run that
-wrote it. It is a ``torch.save`` of tensors, numbers and strings only, read back with
-``weights_only=True`` (no pickled objects), and written to a temporary name then renamed, so
-a crash while saving leaves the previous checkpoint whole.
+wrote it; under protocol=malicious the shares carry their MACs, and the checkpoint this
+party's share of the MAC key, while the dealer keeps the key's sharing in its own
+checkpoint, so that the resumed run is greeted with the same shares of the same key. It
+is a ``torch.save`` of tensors, numbers and strings only, read back with
+``weights_only=True`` (no pickled objects), readable by its owner only, and written to a
+temporary name then renamed, so a crash while saving leaves the previous checkpoint whole.
 """
 
 from __future__ import annotations
@@ -69,14 +72,28 @@ def save_checkpoint(path: Path, party: str, rank: int, num_parties: int, setting
     payload = {"format": FORMAT, "party": party, "rank": rank, "num_parties": num_parties,
                "settings": dict(settings), **state}
     temporary = path.with_name(path.name + ".partial")
-    torch.save(payload, temporary)
+    # secret shares (and the dealer's MAC key): created readable by the owner only
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
+        torch.save(payload, file)
     os.replace(temporary, path)
 
 
 def load_checkpoint(run_dir: str | Path, party: str, rank: int, num_parties: int,
                     settings: Mapping[str, str], epochs: int) -> dict[str, Any]:
     """This party's checkpoint from the run folder ``run_dir`` (``train.resume``), refused with
-    the setting that differs if it was written by another party, party count or configuration."""
+    the setting that differs if it was written by another party, party count or configuration,
+    or if it leaves no epoch to train."""
+    payload = read_checkpoint(run_dir, party, rank, num_parties, settings)
+    if payload["epoch"] >= epochs:
+        raise CheckpointError(f"train.resume={run_dir}: the checkpoint is after epoch {payload['epoch']}, so "
+                              f"train.epochs={epochs} leaves nothing to train; set train.epochs to the total wanted")
+    return payload
+
+
+def read_checkpoint(run_dir: str | Path, party: str, rank: int, num_parties: int,
+                    settings: Mapping[str, str]) -> dict[str, Any]:
+    """The checkpoint process ``party`` (rank ``rank``: a party, or the dealer) wrote in
+    ``run_dir``, refused as :func:`load_checkpoint` says, epochs aside."""
     path = checkpoint_path(run_dir, party)
     where = f"train.resume={run_dir}"
     if not path.is_file():
@@ -99,9 +116,6 @@ def load_checkpoint(run_dir: str | Path, party: str, rank: int, num_parties: int
         if saved.get(key) != settings.get(key):
             raise CheckpointError(f"{where}: the checkpoint's run had {key}={_shown(saved.get(key))}, this run has "
                                   f"{key}={_shown(settings.get(key))}; a run continues only under the same settings")
-    if payload["epoch"] >= epochs:
-        raise CheckpointError(f"{where}: the checkpoint is after epoch {payload['epoch']}, so train.epochs={epochs} "
-                              "leaves nothing to train; set train.epochs to the total wanted")
     return payload
 
 
@@ -119,3 +133,15 @@ def agree_on_resume(crypten: Any, epoch: int, settings: Mapping[str, str]) -> No
         raise CheckpointError(f"train.resume: the parties' checkpoints do not belong together (epochs done per "
                               f"rank: {epochs}; settings agree: {len({int(v[1]) for v in everyone}) == 1}); "
                               "resume from a run folder where every party saved the same epoch")
+
+
+def agree_on_mac_key(crypten: Any, saved: torch.Tensor | None, current: torch.Tensor) -> None:
+    """Under protocol=malicious: every party checks that the dealer greeted this run with the
+    share of the MAC key its checkpoint holds (the saved MACs hold only under that key), and
+    all stop, naming the parties whose share differs, if any does."""
+    mine = torch.tensor([int(saved is not None and torch.equal(saved, current))], dtype=torch.int64)
+    differ = [rank for rank, ok in enumerate(crypten.communicator.get().all_gather(mine)) if not int(ok[0])]
+    if differ:
+        raise CheckpointError(f"train.resume: the MAC key share in the checkpoint of rank(s) {differ} is not the one "
+                              "the dealer holds for that run: the dealer's checkpoint and the parties' come from "
+                              "different runs, or one was altered; resume from one run folder, as it was written")

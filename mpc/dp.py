@@ -19,6 +19,14 @@ draws cancel their part: against a coalition of t parties the noise left is
 ``s sqrt((n - t) / n)``, so the privacy budget below holds against outsiders and against
 any single party only up to that factor.
 
+Under protocol=malicious a share must carry its MAC, so each party's draw enters as its own
+authenticated input instead (one input round per party per parameter tensor and step,
+``mpc.shares.private_sum``); no party can alter or learn another's draw. A malicious party
+chooses its own draw as it chooses its own rows: it may leave its part out, which leaves
+the honest parties' ``s sqrt((n - t) / n)`` (the coalition figure above, now also against
+outsiders), or add a value of its choosing, which can spoil the model as a poisoned input
+can but teaches it nothing about the other parties' rows.
+
 Batches are Poisson samples (each row with probability ``q = batch_size / rows``) drawn from
 a seed every party contributes to, and the update divides by the expected batch size, as
 the accountant (Google's ``dp-accounting``, RDP) assumes. Which rows form a batch is public
@@ -35,6 +43,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
+from mpc.shares import private_sum
 from protocols.coin import joint_random
 from protocols.prg import CipherStream, new_seed
 
@@ -52,7 +61,7 @@ class DpConfig:
         return self.epsilon is not None
 
 
-def config_problem(config: DpConfig, model_kind: str, protocol: str) -> str | None:
+def config_problem(config: DpConfig, model_kind: str) -> str | None:
     """What is wrong with ``train.dp`` for this job, or None."""
     if not config.enabled:
         return None
@@ -67,9 +76,6 @@ def config_problem(config: DpConfig, model_kind: str, protocol: str) -> str | No
     if model_kind != "logreg":
         return (f"train.dp needs model=logreg (per-example clipping uses the logistic regression's "
                 f"closed-form gradient); model={model_kind}")
-    if protocol == "malicious":
-        return ("train.dp is not available with protocol=malicious (each party's noise would enter as a "
-                "share without a MAC)")
     return None
 
 
@@ -225,17 +231,18 @@ def gaussian_share(shape: tuple[int, ...], std: float, stream: CipherStream) -> 
     return torch.from_numpy(radius * np.cos(2.0 * np.pi * uniform[1]) * std).reshape(shape)
 
 
-def joint_gaussian(crypten: Any, shape: tuple[int, ...], std: float, stream: CipherStream,
-                   device: Any = "cpu") -> tuple[Any, torch.Tensor]:
-    """A secret ``N(0, std^2)`` tensor that is the sum of every party's own draw.
+def joint_gaussian(crypten: Any, like: Any, shape: tuple[int, ...], std: float,
+                   stream: CipherStream) -> tuple[Any, torch.Tensor]:
+    """A secret ``N(0, std^2)`` tensor (of ``like``'s share type) that is the sum of every
+    party's own draw.
 
-    Returns the shared noise and this party's draw (which stays with it). Each party's draw
-    becomes its arithmetic share directly, so this needs no communication.
+    Returns the shared noise and this party's draw (which stays with it). Without MACs each
+    party's draw becomes its arithmetic share directly, so this needs no communication;
+    under protocol=malicious each draw is its party's authenticated input (``mpc.shares.private_sum``).
     """
     world = crypten.communicator.get().get_world_size()
     own = gaussian_share(shape, std / math.sqrt(world), stream)
-    encoded = crypten.encoder.FixedPointEncoder().encode(own).to(device)
-    return crypten.mpc.MPCTensor.from_shares(encoded), own
+    return private_sum(crypten, own, like), own
 
 
 def agree_sampling_seed(comm: Any) -> int:
@@ -287,8 +294,7 @@ class PrivateSgd:
     def add_noise(self, parameters: Any) -> None:
         """Each parameter's gradient plus jointly generated noise (a fresh gradient if None)."""
         for parameter in parameters:
-            noise, _ = joint_gaussian(self.crypten, tuple(parameter.size()), self.noise_std, self._noise,
-                                      parameter.device)
+            noise, _ = joint_gaussian(self.crypten, parameter, tuple(parameter.size()), self.noise_std, self._noise)
             parameter.grad = noise if parameter.grad is None else parameter.grad + noise
 
     def end_epoch(self) -> float:

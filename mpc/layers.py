@@ -443,6 +443,21 @@ def check_layer_variant(module: nn.Module) -> str | None:
                 or module.add_zero_attn:
             return ("MultiheadAttention is supported with kdim = vdim = embed_dim, bias=True, add_bias_kv=False "
                     "and add_zero_attn=False")
+    elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        return _pool_variant_problem(module)
+    return None
+
+
+def _pool_variant_problem(pool: nn.MaxPool2d | nn.AvgPool2d) -> str | None:
+    """What CrypTen's 2-D pooling cannot do: it pads both dimensions by one number, has no
+    dilation, and divides every window by its full size."""
+    padding = pool.padding if isinstance(pool.padding, tuple) else (pool.padding,)
+    if len(set(padding)) > 1:
+        return f"{type(pool).__name__} is supported with equal padding in both dimensions, not {pool.padding}"
+    if isinstance(pool, nn.MaxPool2d) and pool.dilation not in (1, (1, 1)):
+        return "MaxPool2d is supported without dilation (dilation=1)"
+    if isinstance(pool, nn.AvgPool2d) and ((padding[0] and not pool.count_include_pad) or pool.divisor_override):
+        return "AvgPool2d is supported with count_include_pad=True (where it pads) and no divisor_override"
     return None
 
 

@@ -2,8 +2,10 @@
 ``MPCTensor`` (semi-honest suites) or the malicious suite's authenticated tensor
 (``protocols.malicious.cryptensor``). Both hold this party's share as one torch tensor
 (``.share``) and rebuild a secret from it (``from_shares``); a type may also batch the
-preprocessing of a repeating block (``planned``), check kept shares (``verify``) and check
-that every party holds the same public facts (``agree``)."""
+preprocessing of a repeating block (``planned``), check kept shares (``verify``), check
+that every party holds the same public facts (``agree``), carry a MAC key whose share must
+travel with saved shares (``mac_key_share``) and take private values into a secret as
+authenticated inputs (``private_sum``)."""
 
 from __future__ import annotations
 
@@ -25,12 +27,30 @@ def planned(like: Any, key: Any) -> ContextManager:
     return plan(key) if plan is not None else nullcontext()
 
 
-def verify(secrets: Sequence[Any]) -> None:
+def verify(secrets: Sequence[Any], suspect: str | None = None) -> None:
     """Check shares that are kept (saved, never revealed), where the share type can: under
-    protocol=malicious a tampered share stops every party here, before it is written."""
+    protocol=malicious a tampered share stops every party here, before it is written (or,
+    read back from a file, before it is used: ``suspect`` says where they came from)."""
     check = getattr(type(secrets[0]), "verify", None) if secrets else None
     if check is not None:
-        check(list(secrets))
+        check(list(secrets), suspect)
+
+
+def mac_key_share(like: Any) -> torch.Tensor | None:
+    """This party's share of the MAC key its shares of ``like``'s type are checked under, or
+    None where shares carry no MACs."""
+    share = getattr(type(like), "mac_key_share", None)
+    return None if share is None else share()
+
+
+def private_sum(crypten: Any, own: torch.Tensor, like: Any) -> Any:
+    """A secret of ``like``'s type that is the sum of every party's private ``own`` (the same
+    shape at every party). Without MACs each party's value, encoded, is its share: no
+    communication. A type with MACs takes each as its owner's input (``private_sum``)."""
+    authenticated = getattr(type(like), "private_sum", None)
+    if authenticated is not None:
+        return authenticated(own)
+    return from_share(crypten.encoder.FixedPointEncoder().encode(own), like)
 
 
 def agree(like: Any, what: str, data: bytes) -> None:

@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from mpc import release
 from mpc.approximations import multiply_precisely
+from mpc.checkpoint import agree_on_mac_key
 from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.models import secure_state
 from mpc.optim import secure_optimizer
 from mpc.scoring import load_shares
-from mpc.shares import planned
+from mpc.shares import mac_key_share, planned, verify
 from protocols.prg import generator_positions, seek_generators
 
 
@@ -272,16 +273,30 @@ class SecureTrainer:
 
     def state_dict(self, epochs_done: int) -> dict[str, Any]:
         """This party's part of the training state after ``epochs_done`` epochs: its shares of
-        the weights and the optimizer state, and its PRG streams' positions."""
-        return {"epoch": epochs_done,
-                "parameters": {name: p.share.clone() for name, p in secure_state(self.model).items()},
-                "optimizer": self.optimizer.state_dict(),
-                "generators": generator_positions(self.crypten)}
+        the weights and the optimizer state (with their MACs, and its share of the MAC key,
+        under protocol=malicious), and its PRG streams' positions."""
+        parameters = secure_state(self.model)
+        state = {"epoch": epochs_done,
+                 "parameters": {name: p.share.clone() for name, p in parameters.items()},
+                 "optimizer": self.optimizer.state_dict(),
+                 "generators": generator_positions(self.crypten)}
+        key = mac_key_share(next(iter(parameters.values())))
+        if key is not None:
+            state["mac_key"] = key
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        """Continue from :meth:`state_dict`'s output; returns the epochs done."""
+        """Continue from :meth:`state_dict`'s output; returns the epochs done. Under
+        protocol=malicious the run must hold the saved share of the same MAC key, and the
+        shares read back pass a MAC check before any is used."""
+        parameters = secure_state(self.model)
+        key = mac_key_share(next(iter(parameters.values())))
+        if key is not None:
+            agree_on_mac_key(self.crypten, state.get("mac_key"), key)
         load_shares(self.model, state["parameters"])
         self.optimizer.load_state_dict(self.crypten, state["optimizer"])
+        verify(list(parameters.values()) + self.optimizer.state(),
+               suspect="the shares read back from the checkpoints (train.resume) were altered")
         seek_generators(self.crypten, state["generators"])
         return int(state["epoch"])
 

@@ -12,14 +12,16 @@ maker, the triple source's ``make_dealer``) and ends by sending its traffic to t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from mpc.checkpoint import CheckpointError, checkpoint_path, read_checkpoint, run_settings, save_checkpoint
 from parties.config import RunConfig
-from parties.outputs import peak_rss_bytes, write_json
+from parties.outputs import process_usage, write_json
 from parties.transport.group import PartyGroup
 from protocols.dealer_wire import DealerEnd, DealerError, TupleMaker
 from protocols.registry import part_class
@@ -127,18 +129,40 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
     return served
 
 
-def serve(config: RunConfig, transport: Any) -> dict:
+def make_maker(config: RunConfig, directory: Path) -> TupleMaker:
+    """The suite's tuple maker for this run. A maker with state the parties' checkpoints
+    depend on (``state_dict``: the malicious dealer's MAC key) saves it once into this
+    run's folder when the run checkpoints, and takes it back from ``train.resume``'s; the
+    semi-honest maker has none (its tuples are fresh in a resumed run)."""
+    maker = part_class("triple_source", config.protocol.triple_source).make_dealer(config.num_parties)
+    if getattr(maker, "state_dict", None) is None:
+        return maker
+    rank, settings = dealer_rank(config), run_settings(dataclasses.asdict(config))
+    if config.train.resume:
+        saved = read_checkpoint(config.train.resume, DEALER_NAME, rank, config.num_parties, settings)
+        try:
+            maker.load_state_dict(saved["dealer"])
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f"train.resume={config.train.resume}: the dealer's checkpoint "
+                                  f"{checkpoint_path(config.train.resume, DEALER_NAME)} is unusable: {error}") from None
+        log.info("resuming with the MAC key kept in %s", config.train.resume)
+    if config.train.checkpoint_every:
+        save_checkpoint(checkpoint_path(directory.parent, DEALER_NAME), DEALER_NAME, rank, config.num_parties,
+                        settings, {"dealer": maker.state_dict()})
+    return maker
+
+
+def serve(config: RunConfig, transport: Any, directory: Path) -> dict:
     """Answer the parties' requests until they are done; returns what was served."""
-    source = part_class("triple_source", config.protocol.triple_source)
-    return serve_tuples(transport, config.num_parties, source.make_dealer(config.num_parties))
+    return serve_tuples(transport, config.num_parties, make_maker(config, directory))
 
 
 def run_dealer(config: RunConfig, transport: Any, directory: Path) -> None:
     """The dealer's whole run: serve, record what it served, send its traffic to the evaluator."""
-    served = serve(config, transport)
+    served = serve(config, transport, directory)
     write_json(directory / "dealer.json", served)
     report = {"name": DEALER_NAME, "rank": transport.get_rank(), **transport.stats.as_dict(), "saved": {},
-              "protocol_parts": {"dealer": served}, "peak_rss_bytes": peak_rss_bytes()}
+              "protocol_parts": {"dealer": served}, **process_usage()}
     transport.send_obj(report, config.train.evaluator)
 
 

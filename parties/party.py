@@ -27,7 +27,7 @@ from parties.config import RunConfig
 from parties.dealer import has_dealer, is_dealer, party_world, process_names, receive_dealer_report, run_dealer
 from parties.hosts import check_host_boundary
 from parties.devices import party_device
-from parties.outputs import party_dir, peak_rss_bytes, release_gate, save_model, write_json, write_predictions
+from parties.outputs import party_dir, process_usage, release_gate, save_model, write_json, write_predictions
 from parties.scoring import run_scoring
 from parties.report import write_report
 from parties.summary import plaintext_reference, build_summary, failed_summary, print_summary
@@ -210,7 +210,7 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
             "saved": saved,
             "protocol_parts": suite.counters(),
             "insecure_test_seed": suite.insecure_test_seed,
-            "peak_rss_bytes": peak_rss_bytes(),
+            **process_usage(),
         }
         reports = transport.gather_obj(party_report, config.train.evaluator)
     write_json(directory / "party.json", party_report)

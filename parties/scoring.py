@@ -28,7 +28,7 @@ log = logging.getLogger("cotrain.scoring")
 def run_scoring(config: RunConfig, transport: Any, rank: int, directory: Path) -> dict | None:
     """Returns, at the owner, what was scored; ``directory`` is this party's folder of the run."""
     if is_dealer(config, rank):  # the suite's dealer serves tuples for the scoring as for training
-        serve(config, transport)
+        serve(config, transport, directory)
         return None
     names = config.names()
     owner = names.index(config.score.owner)

@@ -146,7 +146,8 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
                 "bytes_received": r["bytes_received"],
                 "rounds": r["rounds"],
                 "comm_seconds": r["seconds"],
-                "peak_rss_bytes": r.get("peak_rss_bytes"),  # None from an engine that does not measure it
+                "peak_rss_bytes": r.get("peak_rss_bytes"),  # None from an engine that does not measure them
+                "cpu_s": r.get("cpu_s"),
                 "protocol_parts": r["protocol_parts"],
                 "saved": r["saved"],
             }

@@ -2,9 +2,11 @@
 
 ``crypten`` is CrypTen's: convert to a binary sharing (A2B, a log-depth adder of binary
 AND triples), take the sign bit and convert it back (B2A with one B2A tuple). ``packed``
-opens x + r against a preprocessed sign mask and computes the sign bit alone, with AND
-gates and B2A openings packed 64 bits to a word: about 5 words on the wire per compared
-element where ``crypten`` opens 27 per adder (n - 1 adders for n parties). The
+opens x + r against a preprocessed sign mask and computes the sign bit alone by a carry
+tree over whole words: its first level local (the mask comes with its bit pairs' ANDs),
+five levels of AND gates and the B2A opening packed to whole words on the wire: about 4
+words per compared element where ``crypten`` opens 27 per adder (n - 1 adders for n
+parties), 7 rounds with the opening of x + r. The
 part counts each comparison and charges its traffic; a new comparison registers here by name.
 """
 
@@ -15,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from protocols import crypten_hooks
-from protocols.bitpack import pack_bits, unpack_bits, unpack_words
+from protocols.bitpack import EVEN_BITS, pack_bits, pack_fields, reverse_bit_indices, unpack_bits, unpack_fields
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -36,43 +38,70 @@ class CryptenComparison(ProtocolPart):
 
 
 # -- packed: the sign bit alone, from the parties' shares, with bit-packed AND gates ----------
-def _and(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+_TOP_BIT = -(1 << 63)  # bit 63 of an int64 word
+_LOW_BITS = (1 << 63) - 1
+_BELOW_TOP_PAIR = _LOW_BITS ^ (1 << 62)  # the pair product of bits 62 and 63 cleared (s_63 = 0)
+
+
+def and_words(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """This party's XOR share of x & y for XOR-shared int64 words (a Beaver AND, one round)."""
     from crypten.mpc.primitives import BinarySharedTensor as BST
 
     return (BST.from_shares(x) & BST.from_shares(y)).share
 
 
-def _and_bits(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x & y for XOR-shared 0/1 vectors, 64 bits to a word on the wire."""
-    return unpack_bits(_and(pack_bits(x), pack_bits(y)), x)
+AndWords = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _sum_sign(generate: torch.Tensor, propagate: torch.Tensor, rank: int) -> torch.Tensor:
-    """msb(a + b) from the XOR-shared bits g = a & b and p = a ^ b, (N, 64) each: a_63 ^ b_63
-    ^ (the carry into bit 63), that carry being the generate bit of bits 0..62 under the
-    prefix operator (G, P) = (G_hi ^ P_hi G_lo, P_hi P_lo): six levels of 64, 32, ..., 2 bits
-    per element, packed 64 to a word (crypten's adder ANDs whole words, 13 per adder)."""
-    top = propagate[:, 63].clone()
-    # bit 63 passes the carry through: g = 0, p = 1 (a public 1: party 0's share)
-    generate[:, 63] = 0
-    propagate[:, 63] = 1 if rank == 0 else 0
-    while generate.size(1) > 1:
-        low_g, high_g = generate[:, 0::2], generate[:, 1::2]
-        low_p, high_p = propagate[:, 0::2], propagate[:, 1::2]
-        columns = high_p.size(1)
-        both = _and_bits(torch.cat([high_p, high_p], 1).reshape(-1), torch.cat([low_g, low_p], 1).reshape(-1))
-        both = both.reshape(-1, 2 * columns)
-        generate, propagate = high_g ^ both[:, :columns], both[:, columns:]
-    return top ^ generate[:, 0]
+def _and_fields(x: torch.Tensor, y: torch.Tensor, width: int, and_gate: AndWords) -> torch.Tensor:
+    """x & y for XOR-shared ``width``-bit fields, 64 / width of them to a word on the wire."""
+    return unpack_fields(and_gate(pack_fields(x, width), pack_fields(y, width)), width, x.numel())
 
 
-def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, rank: int) -> torch.Tensor:
-    """This party's XOR share of msb(x) from the opened c = x + r and an XOR sharing of the
-    word -r: x = c + (-r), whose generate and propagate bits need no AND (c is public)."""
-    public, shared = unpack_words(opened.reshape(-1)), unpack_words(negated_mask.reshape(-1))
-    propagate = shared ^ public if rank == 0 else shared
-    return _sum_sign(public & shared, propagate, rank).reshape(opened.shape)
+def carry_out(generate: torch.Tensor, propagate: torch.Tensor, width: int, and_gate: AndWords) -> torch.Tensor:
+    """The generate bit of ``width``-bit groups under the prefix operator (G, P) = (G_hi ^
+    P_hi G_lo, P_hi P_lo), for XOR-shared generate and propagate bits at the reversed indices
+    of :func:`reverse_bit_indices`.
+
+    In that order the pairs the operator joins, bits (2i, 2i + 1), sit at the same place in
+    the low and the high half, and the joined groups come out in that order again: each
+    level halves the width with shifts and masks, one AND round each, the fields of all
+    elements packed to whole words on the wire."""
+    while width > 1:
+        width //= 2
+        low = (1 << width) - 1
+        high_g, low_g = (generate >> width) & low, generate & low
+        high_p, low_p = (propagate >> width) & low, propagate & low
+        if width == 1:  # the last level: G alone
+            return high_g ^ _and_fields(high_p, low_g, 1, and_gate)
+        both = _and_fields(high_p | (high_p << width), low_g | (low_p << width), 2 * width, and_gate)
+        generate, propagate = high_g ^ (both & low), (both >> width) & low
+    return generate
+
+
+def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, mask_pairs: torch.Tensor, rank: int,
+                    and_gate: AndWords = and_words) -> torch.Tensor:
+    """This party's XOR share (0/1) of msb(x) from the opened c = x + r, an XOR sharing of
+    the word s = -r and one of its bit pairs' ANDs (:func:`protocols.bitpack.pair_products`).
+
+    x = c + s; msb(x) = c_63 ^ s_63 ^ (the carry into bit 63). Bit 63 is made to pass the
+    carry of bits 0..62 through (s_63 = 0, c_63 = 1: g = 0, p = 1), so the carry is the
+    whole word's generate bit. The first level, on pairs of bits, is local: with g = c s and
+    p = c ^ s, G = c_hi s_hi ^ c_hi c_lo s_lo ^ c_lo (s_hi s_lo) and P = c_hi s_lo ^ c_lo
+    s_hi ^ (s_hi s_lo) ^ c_hi c_lo, where s_hi s_lo is the dealt pair product."""
+    public, shared, pairs = opened.reshape(-1), negated_mask.reshape(-1), mask_pairs.reshape(-1)
+    leader = rank == 0
+    top = ((shared ^ public if leader else shared) >> 63) & 1
+    shared, pairs, public = shared & _LOW_BITS, pairs & _BELOW_TOP_PAIR, public | _TOP_BIT
+    c_hi, c_lo = (public >> 1) & EVEN_BITS, public & EVEN_BITS
+    s_hi, s_lo = (shared >> 1) & EVEN_BITS, shared & EVEN_BITS
+    generate = (c_hi & s_hi) ^ (c_hi & c_lo & s_lo) ^ (c_lo & pairs)
+    propagate = (c_hi & s_lo) ^ (c_lo & s_hi) ^ pairs
+    if leader:
+        propagate = propagate ^ (c_hi & c_lo)
+    # the pairs' groups at the even bits land in the low half, in reversed order
+    carry = carry_out(reverse_bit_indices(generate), reverse_bit_indices(propagate), 32, and_gate)
+    return (top ^ carry).reshape(opened.shape)
 
 
 @register_part("comparison", "packed")
@@ -100,10 +129,11 @@ class PackedComparison(ProtocolPart):
         return result
 
     def _sign(self, share: torch.Tensor, comm: Any) -> torch.Tensor:
-        """Open x + r against a sign mask from the triple source (r, and -r as an XOR-shared
-        word; sources without them raise UnsupportedTuple) and run the tree on it."""
-        r, negated = self.suite.parts["triple_source"].sign_mask(share.size(), device=share.device)
-        return masked_sign_bit(comm.all_reduce(share + r.share), negated.share, comm.get_rank())
+        """Open x + r against a sign mask from the triple source (r; -r and its bit pairs'
+        ANDs as XOR-shared words; sources without them raise UnsupportedTuple) and run the
+        tree on it."""
+        r, negated, pairs = self.suite.parts["triple_source"].sign_mask(share.size(), device=share.device)
+        return masked_sign_bit(comm.all_reduce(share + r.share), negated.share, pairs.share, comm.get_rank())
 
     def _to_arithmetic(self, bit: torch.Tensor, comm: Any) -> Any:
         """B2A of XOR-shared bits with B2A tuples (r as an arithmetic and an XOR sharing):

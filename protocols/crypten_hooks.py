@@ -3,8 +3,8 @@ the model converter's swap, and every extension point the protocol parts plug in
 
 * **Compatibility** (crypten 0.4.1 on torch 2.9-2.13, applied once by :func:`load_crypten`,
   before crypten's own import-time code runs): the moved ONNX registration module, the
-  TorchScript exporter for ``from_pytorch``, ONNX ``Identity`` nodes, ``torch.load``'s
-  ``weights_only`` default, and ``FixedPointEncoder.decode``.
+  TorchScript exporter for ``from_pytorch``, ONNX ``Identity`` nodes, pooling windows,
+  ``torch.load``'s ``weights_only`` default, and ``FixedPointEncoder.decode``.
 * **The session** (:func:`install_session`): ``crypten.communicator.DistributedCommunicator``
   (looked up at call time) becomes an adapter whose instance is the party's transport, and
   ``crypten.cfg`` reads through a cache.
@@ -207,6 +207,42 @@ def _reduce_over_one_axis(crypten_module: Any) -> None:
         table[op] = OneAxis
 
 
+def _pool_windows_as_exported(crypten_module: Any) -> None:
+    """crypten's pooling converter keeps only the first kernel size, stride and pad, so a (2, 1)
+    window became 2 x 2 and a model came out silently wrong. The window and stride are kept
+    whole; what crypten's pooling cannot do (uneven padding, dilation, padding left out of an
+    average) is refused, naming the layer's settings."""
+    table = crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN
+    for op, base in (("MaxPool", crypten_module.nn.MaxPool2d), ("AveragePool", crypten_module.nn.AvgPool2d)):
+        if getattr(table.get(op), "whole_window", False):
+            continue
+
+        class WholeWindow(base):  # type: ignore[misc, valid-type]
+            whole_window = True
+
+            @staticmethod
+            def from_onnx(attributes: Any = None, _base: type = base, _op: str = op) -> Any:
+                return _base(*_pool_arguments(_op, attributes or {}))
+
+        table[op] = WholeWindow
+
+
+def _pool_arguments(op: str, attributes: dict) -> tuple:
+    """(kernel, stride, padding, ceil_mode) for crypten's 2-D pooling from ONNX attributes."""
+    kernel = tuple(int(k) for k in attributes["kernel_shape"])
+    stride = tuple(int(s) for s in attributes.get("strides", kernel))
+    pads = [int(p) for p in attributes.get("pads", [0] * 2 * len(kernel))]
+    if len(kernel) != 2:
+        raise ValueError(f"{op} over {len(kernel)} dimensions: secure pooling is 2-D only (MaxPool2d, AvgPool2d)")
+    if len(set(pads)) > 1:  # crypten pads both dimensions by one number
+        raise ValueError(f"{op} with padding {pads}: secure pooling pads every side equally")
+    if any(int(d) != 1 for d in attributes.get("dilations", [1, 1])):
+        raise ValueError(f"{op} with dilation {list(attributes['dilations'])}: secure pooling has no dilation")
+    if op == "AveragePool" and pads[0] and not attributes.get("count_include_pad", 0):
+        raise ValueError("AvgPool2d with padding and count_include_pad=False: the secure average counts the padding")
+    return kernel, stride, pads[0], bool(attributes.get("ceil_mode", 0))
+
+
 def apply() -> None:
     """Install every fix once; safe to call repeatedly."""
     global _applied
@@ -219,6 +255,7 @@ def apply() -> None:
     _use_torchscript_onnx_exporter(crypten)
     _convert_onnx_identity(crypten)
     _reduce_over_one_axis(crypten)
+    _pool_windows_as_exported(crypten)
     _allow_crypten_types_in_torch_load()
     _applied = True
 
@@ -313,11 +350,35 @@ _CONFIG_ATTRIBUTES = {"config", "load_config", "set_config", "temp_override", "s
                       "__dict__", "__class__"}
 
 
+def _empty_mpc_tensor(mpc_tensor: type, arithmetic: Any) -> Callable[..., None]:
+    """``MPCTensor.__init__`` that makes the placeholder ``MPCTensor([])`` without sharing.
+
+    ``shallow_copy``, ``clone`` and ``from_shares`` start from ``MPCTensor([])`` and then
+    replace its shares; crypten means to skip the sharing for it but tests ``tensor is []``,
+    which is never true, so each one encodes an empty tensor and draws a zero sharing (two
+    PRG reads), thousands of times a training step's worth."""
+    original = mpc_tensor.__init__
+
+    def __init__(self: Any, tensor: Any, *args: Any, **kwargs: Any) -> None:
+        if type(tensor) is list and not tensor and not args and not kwargs:
+            super(mpc_tensor, self).__init__(requires_grad=False)
+            self._tensor = torch.tensor([])
+            self.ptype = arithmetic
+            return
+        original(self, tensor, *args, **kwargs)
+
+    return __init__
+
+
 def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
     """CrypTen's communicator becomes ``make_communicator()`` at ``crypten.init``; its config
-    reads through a cache."""
+    reads through a cache; the placeholder ``MPCTensor([])`` is made without a sharing."""
     _patch("session", crypten.communicator, "DistributedCommunicator", _communicator_adapter(make_communicator))
     _patch("session", crypten.cfg, "__class__", _fast_config_class(type(crypten.cfg)))
+    from crypten.mpc.ptype import ptype
+
+    mpc_tensor = crypten.mpc.MPCTensor
+    _patch("session", mpc_tensor, "__init__", _empty_mpc_tensor(mpc_tensor, ptype.arithmetic))
 
 
 def uninstall_session(crypten: Any) -> None:

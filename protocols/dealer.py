@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
+from protocols.bitpack import pair_products
 from protocols.dealer_wire import DealerError, DealerLink
 from protocols.parts import metered
 from protocols.prg import SEED_BYTES, CipherGenerator, new_seed
@@ -62,7 +63,7 @@ def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
 # from them, and only their corrections travel. (b2a's bit is not uniform as a word.)
 RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "binary": (True, True, False),
                      "b2a": (False, False), "trunc": (True, False, False), "wrap": (True, False),
-                     "signmask": (True, False), "wrapbit": (True, False)}
+                     "signmask": (True, False, False), "wrapbit": (True, False)}
 # each answer's shares come from its own stretch of every party's keystream, 2^40 bytes long
 # (an answer never draws that much), at a position the dealer picks at random per answer
 BATCH_STRIDE = 1 << 40
@@ -108,7 +109,7 @@ def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.
     if kind == "wrap":
         return [None, count_wraps(random[0])]
     if kind == "signmask":
-        return [None, -random[0]]
+        return [None, -random[0], pair_products(-random[0])]
     if kind == "wrapbit":
         return [None, wrap_bit_values(random[0])[1]]
     raise ValueError(f"unknown tuple kind {kind!r}")
@@ -248,15 +249,15 @@ class DealerTripleSource(KeyedTripleSource):
         shares = self.fetch(key)
         return tuple(AST.from_shares(s.to(device) if device is not None else s, precision=0) for s in shares)
 
-    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any]:
+    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any, Any]:
         from crypten.mpc.primitives import ArithmeticSharedTensor as AST
         from crypten.mpc.primitives import BinarySharedTensor as BST
 
         key = ("signmask", freeze(size))
         self.counters.calls += 1
         self.counters.tuples += tuple_elements(key)
-        r, negated = (s.to(device) if device is not None else s for s in self.fetch(key))
-        return AST.from_shares(r, precision=0), BST.from_shares(negated)
+        r, negated, pairs = (s.to(device) if device is not None else s for s in self.fetch(key))
+        return AST.from_shares(r, precision=0), BST.from_shares(negated), BST.from_shares(pairs)
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         key = ("wrapbit", freeze(size))

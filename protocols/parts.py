@@ -127,8 +127,9 @@ class TripleSource(ProtocolPart):
         """Whether :meth:`truncation_pair` can make pairs for this divisor."""
         return True
 
-    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any]:
-        """An arithmetic sharing of a uniform ring r and an XOR sharing of the word -r."""
+    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any, Any]:
+        """An arithmetic sharing of a uniform ring r, an XOR sharing of the word s = -r and
+        one of its bit pairs' ANDs (``protocols.bitpack.pair_products``)."""
         raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide sign masks")
 
     def truncation_pair(self, size: Any, bits: int, device: Any = None) -> tuple[Any, Any, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import os
 import secrets
 from pathlib import Path
@@ -163,7 +164,7 @@ class CipherGenerator(torch.Generator):
     def ring(self, size: Any, device: Any = None) -> torch.Tensor:
         """Uniform elements of Z_2^64 as int64 (every value, both signs)."""
         shape = _as_size(size)
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)  # 1 for a scalar
         if self.counters is not None:
             self.counters.calls += 1
             self.counters.tuples += count

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from protocols.bitpack import pair_products
 from protocols.crypten_hooks import counted, drop_provider, meter_online_tuple_use, unmeter_online_tuple_use, use_provider
 from protocols.parts import PartCounters, TripleSource
 from protocols.registry import register_part
@@ -66,14 +67,15 @@ class TrustedFirstParty(TripleSource):
         stacked = AST(torch.stack(pair_values(r, divisor)), precision=0, src=0)
         return stacked[0], stacked[1], stacked[2]
 
-    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any]:
+    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any, Any]:
         from crypten.common.rng import generate_random_ring_element
 
         self.counters.calls += 1
-        self.counters.tuples += 2 * int(torch.Size(size).numel())
+        self.counters.tuples += 3 * int(torch.Size(size).numel())
         r = generate_random_ring_element(size, device=device)
         mpc = self._crypten.mpc.primitives
-        return mpc.ArithmeticSharedTensor(r, precision=0, src=0), mpc.BinarySharedTensor(-r, src=0)
+        words = mpc.BinarySharedTensor(torch.stack([-r, pair_products(-r)]), src=0)
+        return mpc.ArithmeticSharedTensor(r, precision=0, src=0), words[0], words[1]
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Party 1's bit from the stream it shares with party 0, party 0's from its own; party

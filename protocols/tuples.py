@@ -2,9 +2,10 @@
 
 A key names one correlated tuple: ``("triple", op, size0, size1, kwargs)``, ``("square",
 size)``, ``("binary", size0, size1)``, ``("b2a", size)``, ``("wrap", size)``, ``("trunc",
-size, divisor)``, ``("signmask", size)`` (r, and -r as a word) or ``("wrapbit", size)`` (two
-parties: each party's own random word, whose top bit is its private bit, and shares of the
-AND of the two bits); :func:`tuple_layout` says what shares it consists of. Triple sources that
+size, divisor)``, ``("signmask", size)`` (r, -r as a word and the ANDs of that word's bit
+pairs) or ``("wrapbit", size)`` (two parties: each party's own random word, whose top bit
+is its private bit, and shares of the AND of the two bits); :func:`tuple_layout` says what
+shares it consists of. Triple sources that
 make tuples in batches (the dealer, OT) get CrypTen's requests as keys through
 :func:`keyed_provider` and batch them with a :class:`Prefetcher`: every party asks for the
 same keys in the same order, so all parties predict the same batch without talking.
@@ -13,6 +14,7 @@ same keys in the same order, so all parties predict the same batch without talki
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -41,12 +43,18 @@ def _size(value: Any) -> tuple[int, ...]:
     return size
 
 
-def _result_shape(op: str, size0: tuple, size1: tuple, kwargs: dict) -> tuple[int, ...]:
-    a = torch.empty(size0, dtype=torch.float32, device="meta")
-    b = torch.empty(size1, dtype=torch.float32, device="meta")
+@functools.lru_cache(maxsize=1024)
+def _result_shape(op: str, size0: tuple, size1: tuple, kwargs: tuple) -> tuple[int, ...]:
+    """The shape of ``op(a, b)``, cached: a training step asks for the same few shapes every
+    time. Products and plain matrix products by their rules; the rest (batched products,
+    convolutions) on meta tensors, whose first use imports sympy (seconds)."""
     if op == "mul":
         return tuple(np.broadcast_shapes(size0, size1))
-    return tuple(getattr(torch, op)(a, b, **kwargs).shape)
+    if op == "matmul" and len(size0) == len(size1) == 2 and size0[1] == size1[0]:
+        return (size0[0], size1[1])
+    a = torch.empty(size0, dtype=torch.float32, device="meta")
+    b = torch.empty(size1, dtype=torch.float32, device="meta")
+    return tuple(getattr(torch, op)(a, b, **dict(kwargs)).shape)
 
 
 def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
@@ -56,7 +64,7 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
         _, op, size0, size1, kwargs = key
         if op not in _OPS:
             raise ValueError(f"unknown triple operation {op!r}")
-        return [("a", size0), ("a", size1), ("a", _result_shape(op, size0, size1, dict(kwargs)))]
+        return [("a", size0), ("a", size1), ("a", _result_shape(op, size0, size1, kwargs))]
     if kind == "square":
         return [("a", key[1]), ("a", key[1])]
     if kind == "binary":
@@ -64,8 +72,10 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
         return [("b", size0), ("b", size1), ("b", tuple(np.broadcast_shapes(size0, size1)))]
     if kind in ("wrap", "wrapbit"):
         return [("r", key[1]), ("a", key[1])]
-    if kind in ("b2a", "signmask"):
+    if kind == "b2a":
         return [("a", key[1]), ("b", key[1])]
+    if kind == "signmask":
+        return [("a", key[1]), ("b", key[1]), ("b", key[1])]
     if kind == "trunc":
         return [("a", key[1])] * 3
     raise ValueError(f"unknown tuple kind {kind!r}")

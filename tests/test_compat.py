@@ -150,3 +150,29 @@ def test_encrypted_module_state_dict_round_trips_through_crypten_load():
 
     assert run_parties(_module_state_dict_round_trip, world=2) == [True, True]
 
+
+
+def test_the_session_makes_placeholder_mpc_tensors_without_a_sharing():
+    """crypten's ``MPCTensor([])`` (behind shallow_copy, clone and from_shares) means to skip
+    the sharing but tests ``tensor is []``; under a session it is skipped: no communicator
+    is asked (none exists here) and the shares put in afterwards are kept."""
+    from protocols.crypten_hooks import install_session, uninstall_session
+
+    crypten = load_crypten()
+    from crypten.mpc import MPCTensor
+    from crypten.mpc.ptype import ptype
+
+    original = MPCTensor.__init__
+    install_session(crypten, lambda: None)
+    try:
+        placeholder = MPCTensor([])
+        assert placeholder.ptype == ptype.arithmetic and placeholder._tensor.numel() == 0
+        shares = torch.tensor([5, -7, 1 << 40])
+        x = MPCTensor.from_shares(shares, precision=0)
+        assert torch.equal(x.shallow_copy().share, shares) and torch.equal(x.clone().share, shares)
+        assert x.clone().share is not x.share and x.shallow_copy()._tensor is x._tensor
+    finally:
+        uninstall_session(crypten)
+    assert MPCTensor.__init__ is original
+    with pytest.raises(RuntimeError, match="not initialized"):  # crypten's own: a sharing
+        MPCTensor([])

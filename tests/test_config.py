@@ -126,8 +126,6 @@ def _refused_before_any_party_starts(tmp_path, capsys, *overrides: str) -> str:
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.reveal_to=[bank9]"], "train.reveal_to names 'bank9', which is not a party"),
-    (["protocol=malicious", "train.dp.epsilon=1"], "train.dp is not available with protocol=malicious"),
-    (["protocol=malicious", "train.checkpoint_every=1"], "not available with protocol=malicious"),
     (["device=cuda:first"], "device=cuda:first"),
     (["log_level=LOUD"], "log_level=LOUD is unknown"),
     (["launch.mode=ship"], "launch.mode=ship is unknown"),

@@ -99,7 +99,7 @@ def _secure_session(crypten, rank):
     results["start"] = torch.cat(before)
     results["weights"] = (weights.negative, weights.positive)
     # the joint noise: the opened sum and this party's own draw
-    noise, own = joint_gaussian(crypten, (NOISE_DRAWS,), NOISE_STD, CipherStream(new_seed()))
+    noise, own = joint_gaussian(crypten, features, (NOISE_DRAWS,), NOISE_STD, CipherStream(new_seed()))
     results["noise"] = noise.get_plain_text().double()
     results["own"] = own
     # tensors do not survive the trip through a multiprocessing queue once the party exits

@@ -354,6 +354,9 @@ def test_gelu_series_fit_phi_and_its_derivative_inside_the_clip():
     (nn.MultiheadAttention(4, 2, kdim=3), "MultiheadAttention is supported with kdim = vdim = embed_dim"),
     (nn.BatchNorm1d(4, momentum=None), "BatchNorm is supported with affine=True"),
     (nn.BatchNorm2d(4, affine=False), "BatchNorm is supported with affine=True"),
+    (nn.MaxPool2d(3, padding=(1, 0)), "MaxPool2d is supported with equal padding in both dimensions"),
+    (nn.MaxPool2d(2, dilation=2), "MaxPool2d is supported without dilation"),
+    (nn.AvgPool2d(3, padding=1, count_include_pad=False), "AvgPool2d is supported with count_include_pad=True"),
 ])
 def test_unsupported_variants_are_refused_by_name(layer, message):
     from mpc.layers import check_layer_variant
@@ -408,3 +411,38 @@ def test_dropout_drops_under_mpc_in_training_only():
         if name == "dropout2d":  # whole channels
             per_channel = kept.view(8, 4, 16)
             assert torch.equal(per_channel.all(-1), per_channel.any(-1))
+
+
+class Image(nn.Module):
+    """Rows viewed as one 4 x 6 image, pooled by ``layer``."""
+
+    def __init__(self, in_features: int, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.view(-1, 1, 4, 6)).flatten(1)
+
+
+POOLS = {"max 1x2": nn.MaxPool2d((1, 2)), "average 2x1, stride 1": nn.AvgPool2d((2, 1), stride=1),
+         "max 2x3, stride (1, 2), padding 1": nn.MaxPool2d((2, 3), stride=(1, 2), padding=1)}
+
+
+def _secure_pools(crypten, rank):
+    from mpc.models import encrypt_model
+
+    x = torch.linspace(-3, 3, 5 * 24).reshape(5, 24)
+    return {name: encrypt_model(crypten, Image(24, layer), 24)(crypten.cryptensor(x, src=0)).get_plain_text()
+            for name, layer in POOLS.items()}
+
+
+@pytest.mark.slow
+def test_rectangular_pooling_windows_match_torch():
+    """CrypTen's converter kept the first window size only, so a 1 x 2 window pooled 1 x 1
+    and a 2 x 1 one 2 x 2. Bound: u to encode x; the average adds u for its division."""
+    x = torch.linspace(-3, 3, 5 * 24).reshape(5, 24)
+    secure = run_parties(_secure_pools, world=2, timeout_s=300)[0]
+    for name, layer in POOLS.items():
+        expected = Image(24, layer)(x)
+        assert secure[name].shape == expected.shape, name
+        assert (secure[name] - expected).abs().max().item() <= 2 * U, name

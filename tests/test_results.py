@@ -4,6 +4,7 @@ scoring over the shares, and a summary that says when a run failed."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +34,8 @@ def _outputs_and_reveal(summary: dict, root: Path) -> None:
     dealer = summary["per_party"][-1]  # the dealer's traffic is in the table and the total
     assert dealer["name"] == "dealer" and dealer["bytes_sent"] > 0
     assert summary["total_bytes_sent"] == sum(party["bytes_sent"] for party in summary["per_party"])
+    for party in summary["per_party"]:  # what each process cost, the dealer's too
+        assert party["peak_rss_bytes"] > 2**20 and 0 < party["cpu_s"] <= summary["command_wall_s"] * os.cpu_count(), party
     for rank in range(3):
         party = root / f"bank{rank}"
         assert (party / "model_shares.pt").is_file() and (party / "party.log").is_file()

@@ -465,9 +465,28 @@ class AuthenticatedTensor(CrypTensor):
         engine.maybe_check()
 
     @staticmethod
-    def verify(tensors: Sequence["AuthenticatedTensor"]) -> None:
-        """MAC-check kept shares without revealing them (``Engine.verify``)."""
-        current_engine().verify(*[t._tensor for t in tensors])
+    def verify(tensors: Sequence["AuthenticatedTensor"], suspect: str | None = None) -> None:
+        """MAC-check kept shares without revealing them (``Engine.verify``); a failure blames
+        ``suspect`` where given."""
+        current_engine().verify(*[t._tensor for t in tensors], suspect=suspect)
+
+    @staticmethod
+    def mac_key_share() -> torch.Tensor:
+        """This party's share of the session's MAC key (2 int64 limbs), which a checkpoint of
+        its shares must carry: their MACs hold only under that key."""
+        return current_engine().key_share
+
+    @staticmethod
+    def private_sum(own: torch.Tensor) -> "AuthenticatedTensor":
+        """The secret sum of every party's own ``own`` (the same shape at every party): each
+        party's value enters as its authenticated input, one input round per party, since
+        a value added to a share without its MAC would fail the next check."""
+        engine = current_engine()
+        total = None
+        for party in range(engine.parties):
+            value = AuthenticatedTensor(own if party == engine.rank else torch.zeros_like(own), src=party)
+            total = value if total is None else total + value
+        return total
 
     @staticmethod
     def agree(what: str, data: bytes) -> None:

@@ -156,11 +156,32 @@ class Dealer:
         self.parties = parties
         self.authenticated = authenticated
         self.alpha = U128.from_uint64(np.frombuffer(os.urandom(8), dtype=np.uint64).copy())  # in [0, 2^64)
+        self.key_shares = share(self.alpha, parties)  # one sharing per run: a resumed run is greeted with it again
 
     def greeting(self) -> list[torch.Tensor]:
         """Each party's share of alpha, plus the mode, so parties can refuse a mismatch."""
         mode = np.array([int(self.authenticated)], np.uint64)
-        return [_as_int64(np.concatenate([ring.to_wire(piece), mode])) for piece in share(self.alpha, self.parties)]
+        return [_as_int64(np.concatenate([ring.to_wire(piece), mode])) for piece in self.key_shares]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a resumed run needs from this dealer (the run's checkpoints, ``mpc.checkpoint``):
+        the parties' shares of the MAC key, a row of (low, high) limbs per party. The MACs in
+        the parties' checkpoints hold only under this key, so it is kept, as secret as the
+        key itself; the tuples are dealt afresh."""
+        return {"mac_key_shares": torch.stack([_as_int64(ring.to_wire(piece)) for piece in self.key_shares])}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take back a :meth:`state_dict`: the run resumed is greeted with the same key shares."""
+        limbs = state.get("mac_key_shares")
+        if not torch.is_tensor(limbs) or limbs.dtype != torch.int64 or tuple(limbs.shape) != (self.parties, 2):
+            raise ValueError(f"the dealer's saved MAC key is not {self.parties} key shares of 2 int64 limbs")
+        pieces = [ring.from_wire(row.numpy().view(np.uint64), (1,)) for row in limbs]
+        alpha = pieces[0]
+        for piece in pieces[1:]:
+            alpha = alpha + piece
+        if int(alpha.hi[0]) != 0:  # every key this dealer draws is below 2^64
+            raise ValueError("the dealer's saved MAC key shares do not add up to a key of this dealer (below 2^64)")
+        self.alpha, self.key_shares = alpha, pieces
 
     def validate(self, items: Any) -> list[list[Any]]:
         return validate(items, self.authenticated)

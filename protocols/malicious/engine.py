@@ -243,6 +243,11 @@ class Engine:
         if authenticated:
             self._setup_check_randomness()
 
+    @property
+    def key_share(self) -> torch.Tensor:
+        """This party's share of the MAC key as 2 int64 limbs (low, high), for its checkpoint."""
+        return _as_tensor(ring.to_wire(self.alpha))
+
     # -- setup ------------------------------------------------------------------------------
     def _receive_key(self) -> U128:
         buffer = self.dealer.hello(dealing.Dealer.kind).numpy().view(np.uint64)
@@ -489,17 +494,21 @@ class Engine:
             return None
         return decode((opened + clear).low_int64())
 
-    def verify(self, *shares: AShare) -> None:
+    def verify(self, *shares: AShare, suspect: str | None = None) -> None:
         """MAC-check values that are kept as shares (never revealed): open each plus a
-        uniform authenticated mask nobody knows, then run the check. Nothing leaks."""
+        uniform authenticated mask nobody knows, then run the check. Nothing leaks. With
+        ``suspect`` (where the shares came from, e.g. files read back), what was opened
+        before is checked on its own first, and a failure names the suspect."""
         if not self.authenticated:
             return
+        if suspect is not None:
+            self.check()
         masked = []
         for x in shares:
             (r,), _ = self._next(["random", x.shape])
             masked.append(x + r)
         self.open(masked, "verify")
-        self.check()
+        self.check(suspect)
 
     # -- multiplication ------------------------------------------------------------------------------
     def mul(self, x: AShare, y: AShare, truncate: bool = True) -> AShare:
@@ -650,8 +659,9 @@ class Engine:
         return out, positive
 
     # -- the MAC check ---------------------------------------------------------------------------------
-    def check(self) -> None:
-        """Batched MAC check of every value opened since the last one (4 rounds)."""
+    def check(self, suspect: str | None = None) -> None:
+        """Batched MAC check of every value opened since the last one (4 rounds); a failure
+        blames ``suspect`` where the caller knows where the values came from."""
         if not self.authenticated:
             return
         start = time.perf_counter()
@@ -693,8 +703,9 @@ class Engine:
                                      f"party {src} and party {self.rank} received different messages "
                                      f"from party {sender} (it equivocated, or party {src} misreports)", sender))
         if not failures and total != U128.zeros((1,)):
+            cause = suspect or "an opening, or a tuple used to compute one, was altered"
             failures.append(("MAC check", f"the MACs of the {self._pending} values opened since the last check "
-                             "do not match: an opening, or a tuple used to compute one, was altered", None))
+                             f"do not match: {cause}", None))
 
         # 4. verdict: every party learns whether any party saw a failure
         verdict = b"\1" if failures else b"\0"

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from launch.cli import main
+from mpc.metrics import ClassWeights
+from mpc.tolerance import METRICS, fine_tuning_tolerances
 
 # A party's long ring computations (numpy on 128-bit limbs) can keep its heartbeat thread from
 # answering for seconds on a loaded 2-core machine: the zmq peer watch is given 30 s, not 5.
@@ -95,6 +98,43 @@ def test_malicious_vertical_logreg_job(job):
         parts = party["protocol_parts"]
         assert parts["triple_source"]["calls"] > 0 and parts["triple_source"]["tuples"] > 0, parts
         assert parts["check"]["calls"] > 0 and parts["check"]["tuples"] > 0, parts
+
+
+class WideAndDeep(nn.Module):
+    """A user's network (the MLP's layers, and a skip path): a linear term of the features
+    plus a hidden ReLU layer's."""
+
+    def __init__(self, in_features: int, hidden: int = 4) -> None:
+        super().__init__()
+        self.wide = nn.Linear(in_features, 1)
+        self.deep = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wide(x) + self.deep(x)
+
+
+@pytest.mark.slow
+def test_malicious_vertical_user_network_job_within_the_network_standard(job, tmp_path):
+    """A user's network (model=custom, the MLP's layers) in the vertical partition. A network
+    has no derived training bound, so it is held to the standard of the sequence job: the
+    secure held-out logits lie within the largest uniform logit error under which the AUC can
+    move by 0.02, and each of the four metrics within its bound at that error
+    (mpc.tolerance.fine_tuning_tolerances). The job also checkpoints: every party's file and
+    the dealer's (the MAC key a resumed run needs)."""
+    summary = job(*MALICIOUS, "num_parties=2", "data.partition=vertical", "model=custom",
+                  "model._target_=test_malicious_job.WideAndDeep", "data.rows=300", "data.test_rows=300",
+                  "train.epochs=1", "train.batch_size=150", "train.checkpoint_every=1")
+    assert summary["model"] == "test_malicious_job.WideAndDeep" and summary["partition"] == "vertical"
+    run_dir = tmp_path / "outputs" / "test"
+    logits = torch.tensor(pd.read_csv(run_dir / "bank0" / "heldout_predictions.csv")["logit"].to_numpy())
+    labels = torch.tensor(pd.read_csv(run_dir / "data" / "party0_heldout.csv")["is_fraud"].to_numpy(), dtype=torch.float64)
+    weights = ClassWeights(**summary["class_weights"])
+    delta, tolerances = fine_tuning_tolerances(logits, labels, weights)
+    assert summary["logit_gap"] <= delta, (summary["logit_gap"], delta)
+    for metric in METRICS:
+        assert abs(summary["gaps"][metric]["gap"]) <= tolerances[metric], (metric, summary["gaps"], tolerances)
+    for name in ("bank0", "bank1", "dealer"):
+        assert (run_dir / name / "checkpoint.pt").is_file()
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import torch
 from protocols import ProtocolConfig
 from protocols.dealer import (SemiHonestMaker, answer_elements, batch_stream, correction_elements, count_wraps,
                               deal_answers, expand)
+from protocols.bitpack import pair_products
 from protocols.dealer_wire import DealerEnd, DealerError, check_header
 from protocols.tuples import check_key, tuple_elements, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
@@ -64,7 +65,7 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
             elif kind == "wrap":
                 assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
             elif kind == "signmask":
-                assert torch.equal(values[1], -values[0])
+                assert torch.equal(values[1], -values[0]) and torch.equal(values[2], pair_products(-values[0]))
             elif kind == "wrapbit":  # each party's own word, whose top bit is its private bit
                 bits, both = wrap_bit_values([p[0] for p in shares])
                 assert torch.equal(values[1], both) and all(set(b.tolist()) <= {0, 1} for b in bits)
@@ -176,3 +177,13 @@ def test_every_malformed_answer_header_is_refused(header, message):
 def test_a_hello_from_another_kind_of_dealer_or_of_absurd_size_is_refused(header):
     with pytest.raises(DealerError, match="sent a malformed hello"):
         check_header(header, "hello", "the dealer (rank 2)", dealer="dealer")
+
+
+@pytest.mark.parametrize("op, size0, size1, kwargs", [
+    ("mul", [4, 1], [1, 3], []), ("mul", [], [5], []), ("matmul", [512, 32], [32, 1], []),
+    ("matmul", [3, 4, 5], [5, 2], []), ("matmul", [5], [5, 2], []),
+    ("conv2d", [1, 2, 6, 6], [3, 2, 3, 3], [["padding", 1], ["stride", 2]])])
+def test_each_triple_product_has_the_shape_torch_gives_it(op, size0, size1, kwargs):
+    key = check_key(["triple", op, size0, size1, kwargs])
+    product = getattr(torch, op)(torch.zeros(size0), torch.zeros(size1), **dict(kwargs))
+    assert tuple_layout(key)[2][1] == tuple(product.shape)
