@@ -71,8 +71,8 @@ TWO_PARTY_TESTS = ("test_communicator.TestCommunicatorMultiProcess.test_gather",
 # with that part instead of the suite's (test id -> (settings, reason)). test_tuple_cache lists,
 # one by one, the binary triples of CrypTen's A2B comparison (one (1, 1, 5) pair, six
 # (2, 1, 1, 5)); the packed comparison computes the same sign from other triples (64 bits to a
-# word: (5,), (3,), (2,), (1,) x 3). Its trace, fill and replay through the provider's cache
-# are checked in tests/protocols/test_packed_comparison.py.
+# word). Its trace, fill and replay through the provider's cache are checked in
+# tests/protocols/test_packed_comparison.py.
 PINNED_COMPARISON = ("lists the binary triples of CrypTen's own comparison (the A2B adder); the packed "
                      "comparison asks for bit-packed ones: runs with protocol.comparison=crypten")
 ADAPTED_TESTS = {"test_mpc.TestTFP.test_tuple_cache": ({"comparison": "crypten"}, PINNED_COMPARISON)}
