@@ -309,7 +309,8 @@ class AuthenticatedTensor(CrypTensor):
         (n, d), (d2, m) = self.size()[-2:], other.size()[-2:]
         if d != d2:
             raise ValueError(f"matmul shapes {tuple(self.size())} and {tuple(other.size())} do not match")
-        batch = tuple(torch.broadcast_shapes(self.size()[:-2], other.size()[:-2]))
+        # numpy's rule, not torch.broadcast_shapes: that one imports sympy (seconds) on first use
+        batch = tuple(np.broadcast_shapes(tuple(self.size()[:-2]), tuple(other.size()[:-2])))
         count = int(np.prod(batch, dtype=np.int64))
         x = self.expand(*batch, n, d).reshape(count, n, d)
         y = other.expand(*batch, d, m).reshape(count, d, m)

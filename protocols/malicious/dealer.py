@@ -30,7 +30,7 @@ another's preprocessing. Its greeting gives each party its share of alpha and th
 
 Nothing the dealer deals is trusted (``Engine._check_tuples``, whenever tuples are
 authenticated). Every tuple with a structure comes with a companion, and the parties check
-each dealer answer before any of its tuples is used:
+every dealt tuple before any value it influenced is revealed or saved:
 
 * triples of every bilinear kind (elementwise, matmul, batched matmul, convolution): the
   companion (a', c' = f(a', b)) shares b; the SPDZ2k sacrifice with a public t drawn after

@@ -17,8 +17,10 @@ is protected (an error confined to the high limb changes nothing that is used).
   recovered exactly from bit 63 and the result is ``x >> 16`` or one more (probabilistic
   rounding, 1 ulp), with no rare large error and MACs consistent by linearity.
 * Nothing the dealer deals is trusted (whenever MACs are on; see
-  ``_check_tuples`` and the dealer's docstring): each dealer answer is checked before any
-  of its tuples is used. Triples (elementwise, matmul, batched matmul, convolution) and the
+  ``_check_tuples`` and the dealer's docstring): every dealt tuple is checked before any
+  value it influenced is revealed or saved. The answers received since the last check are
+  checked together (``_check_pending``) at the start of the next MAC check, which precedes
+  every reveal and every check of kept shares, or once they hold ``check_buffer`` values. Triples (elementwise, matmul, batched matmul, convolution) and the
   random bits of truncation pairs and comparison masks are sacrificed against companions; input and private-reveal masks
   are checked by their owner against a companion mask. A failure raises
   ``CheatDetected`` naming the check and the tuple kind on every party.
@@ -228,6 +230,8 @@ class Engine:
         self.others = [r for r in range(parties) if r != self.rank]
         self.stats = EngineStats()
         self._queue: deque = deque()
+        self._unchecked: list = []  # dealt entries, with their companions, not yet checked
+        self._unchecked_values = 0
         self._opened: list[tuple[U128, U128]] = []
         self._pending = 0
         self._check_count = 0
@@ -312,7 +316,7 @@ class Engine:
             return
         self._drain()
         self._request(specs)
-        self._queue.extend(self._check_tuples(self._receive(specs)))
+        self._accept(self._receive(specs))
 
     def _request(self, specs: list) -> None:
         self.dealer.request(specs)
@@ -323,6 +327,24 @@ class Engine:
         while self._outstanding:
             key, specs = self._outstanding.popleft()
             self._prefetched.setdefault(key, deque()).append(self._receive(specs))
+
+    def _accept(self, entries: list) -> None:
+        """Queue a dealer answer's tuples for use; their check waits for the next MAC check
+        (the check's outcome depends on the tuples alone, never on data, and it runs before
+        any value they influenced is revealed), unless the unchecked tuples have grown past
+        ``check_buffer`` values, which bounds the companions kept in memory."""
+        if self.check_tuples:
+            self._unchecked.extend(entries)
+            self._unchecked_values += sum(value.v.size for _, values, _ in entries for value in values)
+        self._queue.extend((spec, values[:dealing.USED[spec[0]]], None if clear is None else clear[:1])
+                           for spec, values, clear in entries)
+        if self._unchecked_values >= self.check_buffer:
+            self._check_pending()
+
+    def _check_pending(self) -> None:
+        """Check every dealt tuple received since the last check, in one batch."""
+        entries, self._unchecked, self._unchecked_values = self._unchecked, [], 0
+        self._check_tuples(entries)
 
     def _receive(self, specs: list) -> list:
         start = time.perf_counter()
@@ -363,7 +385,7 @@ class Engine:
             if not self._prefetched.get(key):
                 self._drain()
             if self._prefetched.get(key):
-                self._queue.extend(self._check_tuples(self._prefetched[key].popleft()))
+                self._accept(self._prefetched[key].popleft())
             else:
                 self.preprocess(plan)
             self._drain()
@@ -398,8 +420,10 @@ class Engine:
             self.preprocess(specs)
 
     def discard_preprocessing(self) -> None:
-        """Drop queued tuples (after an abort, before starting over)."""
+        """Drop queued tuples and those awaiting their check (after an abort, before
+        starting over)."""
         self._queue.clear()
+        self._unchecked, self._unchecked_values = [], 0
 
     def close(self) -> None:
         """Tell the dealer this party is done."""
@@ -664,6 +688,7 @@ class Engine:
         blames ``suspect`` where the caller knows where the values came from."""
         if not self.authenticated:
             return
+        self._check_pending()  # first: its openings are MAC-checked here too
         start = time.perf_counter()
         self.stats.checks += 1
         self._check_count += 1
@@ -741,9 +766,9 @@ class Engine:
         return _digest(label, counter.to_bytes(8, "little"), *seeds)
 
     # -- the checks of dealt tuples ---------------------------------------------------------------------
-    def _check_tuples(self, entries: list) -> list:
-        """Check every tuple of one dealer answer (but ``random``, which has no structure)
-        and return the entries without their companions.
+    def _check_tuples(self, entries: list) -> None:
+        """Check every tuple of ``entries`` (dealer answers' tuples with their companions;
+        all but ``random``, which has no structure).
 
         A public t uniform in [0, 2^64) and coefficients chi (uniform in [0, 2^64)) come from
         one coin toss, drawn after the tuples were dealt. Then, in one opening round:
@@ -759,8 +784,8 @@ class Engine:
           combination of the clear values it got.
 
         A one-byte verdict round then names the first failed kind to every party, so every
-        party raises ``CheatDetected`` naming the check and the tuple kind before any of the
-        answer's tuples is used.
+        party raises ``CheatDetected`` naming the check and the tuple kind; it runs before any
+        value the tuples influenced is revealed or saved (``_accept``).
 
         Soundness against a faulty dealer: a triple whose c is off by e (nonzero mod 2^64)
         and c' by e' gives sigma = t*e - e', zero mod 2^128 for at most one t in [0, 2^64);
@@ -774,15 +799,13 @@ class Engine:
         before any value is revealed, so a party cannot hide a dealer's error by altering
         its share; it can only make the check fail (abort).
 
-        Cost per dealer answer: 3 rounds (coin, openings, verdict) plus one for the sigma
-        combinations when a sacrificed kind is present; one opened element per triple
-        element, matmul a-element and dealt bit, one per mask and one per sacrificed kind;
-        the dealer sends each tuple's companion."""
-        if not self.check_tuples:
-            return entries
+        Cost per check (of every answer received since the last one): 3 rounds (coin,
+        openings, verdict) plus one for the sigma combinations when a sacrificed kind is
+        present; one opened element per triple element, matmul a-element and dealt bit, one
+        per mask and one per sacrificed kind; the dealer sends each tuple's companion."""
         checked = [e for e in entries if e[0][0] in dealing.SACRIFICED + dealing.MASKS]
         if not checked:
-            return entries
+            return
         start = time.perf_counter()
         self._tuple_check_count += 1
         self.stats.tuple_checks += 1
@@ -815,14 +838,12 @@ class Engine:
                     if not rho == expected + companion_clear:
                         failures.append(_TUPLE_CHECKS[kind] + (None,))
                 continue
-            if kind in ("trunc", "bits"):  # each bit b is the triple (b, b, b)
+            if kind in ("trunc", "bits"):  # each bit b is the triple (b, b, b): t*b - rho*b in one product
                 _, b, _, c2 = values
-                c = b
-                rho_b = self.mul_public(b, rho)
+                sigma = self.mul_public(b, t - rho) - c2
             else:
                 _, b, c, _, c2 = values
-                rho_b = self._public_product(spec, rho, b)
-            sigma = self.mul_public(c, t) - c2 - rho_b
+                sigma = self.mul_public(c, t) - c2 - self._public_product(spec, rho, b)
             combined = self.mul_public(sigma, chi(index, sigma.shape)).reshape(-1).sum(0, keepdims=True)
             sigmas[kind] = combined if kind not in sigmas else sigmas[kind] + combined
         if sigmas:
@@ -849,8 +870,6 @@ class Engine:
                 raise CheatDetected("verdict", f"party {src} reported a failed check of the dealt tuples", None)
             check, detail = _CHECK_ORDER[code - 1]
             raise CheatDetected(check, f"{detail} (found by party {src})", None)
-        return [(spec, values[:dealing.USED[spec[0]]], None if clear is None else clear[:1])
-                for spec, values, clear in entries]
 
     def _zero_share(self) -> U128:
         """A fresh additive sharing of zero from the pairwise seeds."""

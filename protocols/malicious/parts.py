@@ -101,7 +101,7 @@ class AuthenticatedDealer(_EngineCounted, TripleSource):
         crypten.set_default_cryptensor_type(self._previous_type)
 
     def describe(self) -> str:
-        return "authenticated dealer (SPDZ2k tuples, k=64, s=64; every tuple checked before use)"
+        return "authenticated dealer (SPDZ2k tuples, k=64, s=64; every tuple checked before anything it influenced is revealed)"
 
 
 @register_part("check", CHECK)

@@ -13,6 +13,7 @@ from torch import nn
 from launch.cli import main
 from mpc.metrics import ClassWeights
 from mpc.tolerance import METRICS, fine_tuning_tolerances
+from test_sequence_job import assert_matches_plaintext_fine_tuning
 
 # A party's long ring computations (numpy on 128-bit limbs) can keep its heartbeat thread from
 # answering for seconds on a loaded 2-core machine: the zmq peer watch is given 30 s, not 5.
@@ -151,3 +152,16 @@ def test_malicious_user_convolutional_network_with_adam(job):
     secure, plain = summary["secure"], summary["plaintext"]
     for metric in ("pr_auc", "accuracy", "loss"):
         assert abs(secure[metric] - plain[metric]) <= 0.02, (metric, secure, plain)
+
+
+@pytest.mark.slow
+def test_malicious_transformer_fine_tuning_job(job):
+    """The sequence job (a TransformerEncoderLayer: self-attention with its softmax, LayerNorm,
+    GELU) fine-tuned under malicious security in two steps of the same size, so the second
+    takes its tuples in the one request the first step planned; held to the job's standard."""
+    summary = job(*MALICIOUS, "job=sequence", "num_parties=2", "data.rows=16", "data.test_rows=16",
+                  "data.length=2", "model.length=2", "model.d_model=4", "model.heads=2", "model.layers=1",
+                  "model.feedforward=4", "pretrain.epochs=1", "pretrain.batch_size=16", "train.epochs=1",
+                  "train.batch_size=8")
+    assert summary["protocol"] == "malicious"
+    assert_matches_plaintext_fine_tuning(summary)
