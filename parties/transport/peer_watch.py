@@ -5,9 +5,9 @@ MPICH's mpirun kills every other rank with SIGKILL and names only a PID (without
 auto clean-up it signals them with SIGUSR1 instead, which Python takes as the end); torchrun
 stops the survivors with SIGTERM. So each party learns its peers' process ids and hosts once (over
 the transport itself, as an int64 tensor, nothing pickled) and a thread checks the peers on
-its own host every ``CHECK_S``: when one is gone, or when a launcher's signal arrives, the
-party prints one line naming the dead party and the operation in flight, and exits with
-status 1 without waiting for the blocked collective. Peers on other hosts are not watched
+its own host every ``CHECK_S``: when one is gone while this party waits on the wire, or when
+a launcher's signal arrives, the party prints one line naming the dead party and the
+operation in flight, and exits with status 1 without waiting for the blocked collective. Peers on other hosts are not watched
 (ZeroMQ's heartbeats cover that case).
 
 A party ending normally passes a closing barrier first and stops its watch, so a peer that
@@ -128,7 +128,9 @@ class PeerWatch:
             if self._stop.is_set():
                 return
             dead = self._dead_soon() if terminated else self._dead()
-            if dead or terminated:
+            # a dead peer matters once this party waits on the wire: until then it may still be
+            # finishing work that ends in its own report (a failed check the peer also found)
+            if terminated or (dead and getattr(self._transport, "in_flight", None)):
                 self._report(dead, terminated)
 
     def _report(self, dead: list[int], terminated: str) -> None:

@@ -67,6 +67,15 @@ TWO_PARTY = ("two-party test: upstream's expected values assume two parties and 
              "on CrypTen's own communicator as well")
 TWO_PARTY_TESTS = ("test_communicator.TestCommunicatorMultiProcess.test_gather",
                    "test_communicator.TestCommunicatorMultiProcess.test_logging")
+# Upstream tests that pin the tuple requests of one of CrypTen's own protocol parts: they run
+# with that part instead of the suite's (test id -> (settings, reason)). test_tuple_cache lists,
+# one by one, the binary triples of CrypTen's A2B comparison (one (1, 1, 5) pair, six
+# (2, 1, 1, 5)); the packed comparison computes the same sign from other triples (64 bits to a
+# word). Its trace, fill and replay through the provider's cache are checked in
+# tests/protocols/test_packed_comparison.py.
+PINNED_COMPARISON = ("lists the binary triples of CrypTen's own comparison (the A2B adder); the packed "
+                     "comparison asks for bit-packed ones: runs with protocol.comparison=crypten")
+ADAPTED_TESTS = {"test_mpc.TestTFP.test_tuple_cache": ({"comparison": "crypten"}, PINNED_COMPARISON)}
 # Upstream classes for one party count; every other class runs at the cell's. test_mpc has
 # a class per count (TestTFP is its two-party run, Test3PC its three-party run); upstream's
 # other files are two-party only, and run here at three parties too.
@@ -117,6 +126,8 @@ class Selection:
 
     run: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    # tests run with some of the suite's settings changed: test id -> (settings, reason)
+    adapted: dict[str, tuple[dict, str]] = field(default_factory=dict)
 
 
 def _upstream_classes(module_name: str) -> list[type]:
@@ -151,8 +162,11 @@ def select(cell: Cell, files: Iterable[str] = FILES, match: str = "") -> Selecti
                     TORCH_DISTRIBUTED if cell.transport != "gloo" and test_id in TORCH_DISTRIBUTED_TESTS else "")
                 if reason:
                     selection.skipped[test_id] = reason
-                else:
-                    selection.run.append(test_id)
+                    continue
+                selection.run.append(test_id)
+                settings, why = ADAPTED_TESTS.get(test_id, ({}, ""))
+                if any(protocol_settings(cell.suite).get(key) != value for key, value in settings.items()):
+                    selection.adapted[test_id] = (settings, why)
     return selection
 
 
@@ -249,11 +263,12 @@ class CellRun:
             connection.close()
         self.processes, self.connections, self.pending = [], {}, {}
 
-    def run_one(self, test_id: str) -> Outcome:
-        """One test at every rank. Once a rank has failed, the others get ``FAILURE_GRACE_S``
-        to report (a peer of a failed rank would otherwise sit out its wire timeout)."""
+    def run_one(self, test_id: str, settings: dict | None = None) -> Outcome:
+        """One test at every rank (``settings``: protocol settings to change for it). Once a
+        rank has failed, the others get ``FAILURE_GRACE_S`` to report (a peer of a failed rank
+        would otherwise sit out its wire timeout)."""
         start = time.monotonic()
-        message = (json.dumps({"run": test_id}) + "\n").encode()
+        message = (json.dumps({"run": test_id, "protocol": settings or {}}) + "\n").encode()
         for connection in self.connections.values():
             connection.sendall(message)
         replies: dict[int, dict] = {}
@@ -289,9 +304,11 @@ class CellRun:
             return Outcome("skipped", skips[0], seconds, cpu, rss)
         return Outcome("passed", "", seconds, cpu, rss)
 
-    def run(self, tests: list[str], on_result: Callable[[str, Outcome], None] | None = None) -> dict[str, Outcome]:
-        """Each test in turn; ``on_result`` hears every outcome as it comes (a run stopped
-        part-way still leaves a record of the tests it finished)."""
+    def run(self, tests: list[str], on_result: Callable[[str, Outcome], None] | None = None,
+            settings: dict[str, dict] | None = None) -> dict[str, Outcome]:
+        """Each test in turn (``settings``: per test, protocol settings to change for it);
+        ``on_result`` hears every outcome as it comes (a run stopped part-way still leaves a
+        record of the tests it finished)."""
         results: dict[str, Outcome] = {}
         for test_id in tests:
             if not self.processes:
@@ -301,7 +318,7 @@ class CellRun:
                     self.stop(kill=True)
                     results[test_id] = Outcome("failed", f"the cell's processes did not start: {error}")
                     continue
-            results[test_id] = self.run_one(test_id)
+            results[test_id] = self.run_one(test_id, (settings or {}).get(test_id))
             if on_result:
                 on_result(test_id, results[test_id])
             if results[test_id].outcome == "failed":
@@ -324,6 +341,7 @@ class CellResult:
     results: dict[str, Outcome]  # per test run
     skipped: dict[str, str]  # per test skipped here: the reason
     starts: int  # sets of workers started: one, plus one after each failure
+    adapted: dict[str, str] = field(default_factory=dict)  # per test run with changed settings: why
 
 
 def run_cell(cell: Cell, log_dir: Path, files: Iterable[str] = FILES, match: str = "",
@@ -334,5 +352,6 @@ def run_cell(cell: Cell, log_dir: Path, files: Iterable[str] = FILES, match: str
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{cell.name.replace('/', '-')}.log"
     run = CellRun(cell, log_path, test_timeout_s)
-    results = run.run(selection.run, on_result)
-    return CellResult(results, selection.skipped, run.starts)
+    results = run.run(selection.run, on_result, {test_id: settings for test_id, (settings, _) in selection.adapted.items()})
+    return CellResult(results, selection.skipped, run.starts,
+                      {test_id: why for test_id, (_, why) in selection.adapted.items()})

@@ -10,6 +10,7 @@ serves one session per test. Nothing here is pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -174,7 +175,8 @@ def main() -> None:
                                  part_class("triple_source", suite_config.triple_source).make_dealer(parties))
                     reply = {"outcome": "passed", "detail": ""}
                 else:
-                    reply = run_test(command["run"], comm, suite_config, rank, parties)
+                    reply = run_test(command["run"], comm, dataclasses.replace(suite_config, **command["protocol"]),
+                                     rank, parties)
             except BaseException:
                 reply = {"outcome": "failed", "detail": traceback.format_exc()}
             answer({"rank": rank, "test": command["run"], "cpu_s": time.process_time() - cpu_start,

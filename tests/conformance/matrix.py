@@ -3,7 +3,7 @@
     python tests/conformance/matrix.py [--cells zmq/tfp/2p,...] [--files test_mpc,...] [-k substring]
 
 Prints passed / failed / skipped per cell (transport x suite x parties), every skip with its
-reason, and every failure with its first lines; writes the whole record as JSON
+reason, every test run with a suite setting changed (and why), and every failure with its first lines; writes the whole record as JSON
 (``--json``, default ``outputs/conformance/<time>.json``). Exits non-zero if any test failed.
 Workers' logs go to ``outputs/conformance/logs/``.
 """
@@ -70,6 +70,14 @@ def print_report(record: dict) -> None:
     print("\nskipped, by reason:")
     for reason, tests in sorted(reasons.items()):
         print(f"- {reason}\n    {', '.join(sorted(tests))}")
+    adapted: dict[str, list[str]] = collections.defaultdict(list)
+    for name, cell in record["cells"].items():
+        for test_id, reason in cell.get("adapted", {}).items():
+            adapted[f"{test_id}: {reason}"].append(name)
+    if adapted:
+        print("\nrun with a suite setting changed:")
+        for test, names in sorted(adapted.items()):
+            print(f"- {test}\n    in {', '.join(names)}")
     failures = [(name, test_id, result["detail"]) for name, cell in record["cells"].items()
                 for test_id, result in cell["results"].items() if result["outcome"] == "failed"]
     print(f"\nfailed: {len(failures)}")
@@ -99,6 +107,7 @@ def main() -> int:
         print(f"{cell.name}: {dict(counts)}, {len(ran.skipped)} skipped by rule, "
               f"{time.monotonic() - start:.0f} s", flush=True)
         record["cells"][cell.name] = {"seconds": time.monotonic() - start, "skipped": ran.skipped, "starts": ran.starts,
+                                      "adapted": ran.adapted,
                                       "results": {test_id: asdict(result) for test_id, result in ran.results.items()}}
         path = Path(args.json) if args.json else out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@
 The full matrix (every transport x suite x party count, every runnable upstream file) is
 ``make conformance`` (tests/conformance/matrix.py). Here, one cell per transport covers the
 communicator surface, the dealer's party group, a three-party world, the OT suite, a
-crypten.nn test that broadcasts into parameters (it failed with the dealer before), and
-crypten's own BatchNormalization (its training tuple), which a converter change once replaced.
+crypten.nn test that broadcasts into parameters (it failed with the dealer before),
+crypten's own BatchNormalization (its training tuple), which a converter change once replaced,
+and the provider's tuple cache, run with CrypTen's comparison where the suite's is packed.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from crypten_suite import SUITES, Cell, protocol_settings, run_cell
+from crypten_suite import SUITES, Cell, protocol_settings, run_cell, select
 from protocols import ProtocolConfig
 from protocols.suite import check_parts_fit
 
 SELECTION = [
     (Cell("zmq", "dealer", 3), ["test_communicator", "test_nn"], "TestCommunicator,test_nn.TestTFP.test_linear"),
-    (Cell("gloo", "tfp", 2), ["test_communicator", "test_nn"], "TestCommunicator,test_nn.TestTFP.test_batchnorm_module"),
+    (Cell("gloo", "tfp", 2), ["test_communicator", "test_nn", "test_mpc"],
+     "TestCommunicator,test_nn.TestTFP.test_batchnorm_module,test_mpc.TestTFP.test_tuple_cache"),
     (Cell("mpi", "ot", 2), ["test_communicator"], ""),
 ]
 
@@ -35,6 +37,8 @@ def test_crypten_upstream_tests_pass(tmp_path: Path, cell: Cell, files: list[str
     # every skip says why: one of ours (pickles) or upstream's own decorator
     assert all(reason for reason in skipped.values())
     assert all(result.detail for result in results.values() if result.outcome == "skipped")
+    # a test run with a suite setting changed is one that ran, and says why
+    assert set(record.adapted) <= set(results) and all(record.adapted.values())
 
 
 @pytest.mark.parametrize("suite", sorted(SUITES))
@@ -47,3 +51,13 @@ def test_each_cell_runs_its_suite_as_configured(suite: str) -> None:
     check_parts_fit(config)  # raises where a part needs tuples the source does not deal
     if suite == "ot":
         assert config.comparison == "crypten"
+
+
+@pytest.mark.parametrize("suite, adapted", [("tfp", True), ("dealer", True), ("ot", False)])
+def test_a_test_pinned_to_cryptens_comparison_runs_with_it(suite: str, adapted: bool) -> None:
+    """test_tuple_cache lists the A2B adder's triples: it runs with comparison=crypten in the
+    cells whose suite compares with the packed one, and unchanged in the others."""
+    selection = select(Cell("zmq", suite, 2), ["test_mpc"], "test_tuple_cache")
+    assert selection.run == ["test_mpc.TestTFP.test_tuple_cache"]
+    assert selection.adapted.get("test_mpc.TestTFP.test_tuple_cache", ({}, ""))[0] == (
+        {"comparison": "crypten"} if adapted else {})
