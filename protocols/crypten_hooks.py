@@ -186,25 +186,35 @@ def _convert_onnx_identity(crypten_module: Any) -> None:
     crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN.setdefault("Identity", Identity)
 
 
+def _convert_with(crypten_module: Any, op: str, base: type, convert: Callable[[type, dict], Any]) -> None:
+    """ONNX ``op`` converts through ``convert(base, attributes)`` from now on (once: the
+    replacement is marked, so applying again keeps it)."""
+    table = crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN
+    if getattr(table.get(op), "converted_by_cotrain", False):
+        return
+
+    class Converted(base):  # type: ignore[misc, valid-type]
+        converted_by_cotrain = True
+
+        @staticmethod
+        def from_onnx(attributes: Any = None) -> Any:
+            return convert(base, attributes or {})
+
+    table[op] = Converted
+
+
 def _reduce_over_one_axis(crypten_module: Any) -> None:
     """ONNX ``ReduceMean``/``ReduceSum`` give their axes as a list; crypten's mean and sum
     backward passes index the input's size with it and fail. One axis is given as an int."""
-    table = crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN
+
+    def one_axis(base: type, attributes: dict) -> Any:
+        module = base.from_onnx(attributes)
+        if isinstance(module.dim, (list, tuple)) and len(module.dim) == 1:
+            module.dim = int(module.dim[0])
+        return module
+
     for op, base in (("ReduceMean", crypten_module.nn.Mean), ("ReduceSum", crypten_module.nn.Sum)):
-        if getattr(table.get(op), "one_axis_as_int", False):
-            continue
-
-        class OneAxis(base):  # type: ignore[misc, valid-type]
-            one_axis_as_int = True
-
-            @staticmethod
-            def from_onnx(attributes: Any = None, _base: type = base) -> Any:
-                module = _base.from_onnx(attributes)
-                if isinstance(module.dim, (list, tuple)) and len(module.dim) == 1:
-                    module.dim = int(module.dim[0])
-                return module
-
-        table[op] = OneAxis
+        _convert_with(crypten_module, op, base, one_axis)
 
 
 def _pool_windows_as_exported(crypten_module: Any) -> None:
@@ -212,19 +222,9 @@ def _pool_windows_as_exported(crypten_module: Any) -> None:
     window became 2 x 2 and a model came out silently wrong. The window and stride are kept
     whole; what crypten's pooling cannot do (uneven padding, dilation, padding left out of an
     average) is refused, naming the layer's settings."""
-    table = crypten_module.nn.onnx_converter.ONNX_TO_CRYPTEN
     for op, base in (("MaxPool", crypten_module.nn.MaxPool2d), ("AveragePool", crypten_module.nn.AvgPool2d)):
-        if getattr(table.get(op), "whole_window", False):
-            continue
-
-        class WholeWindow(base):  # type: ignore[misc, valid-type]
-            whole_window = True
-
-            @staticmethod
-            def from_onnx(attributes: Any = None, _base: type = base, _op: str = op) -> Any:
-                return _base(*_pool_arguments(_op, attributes or {}))
-
-        table[op] = WholeWindow
+        _convert_with(crypten_module, op, base,
+                      lambda pool, attributes, op=op: pool(*_pool_arguments(op, attributes)))
 
 
 def _pool_arguments(op: str, attributes: dict) -> tuple:
