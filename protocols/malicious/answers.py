@@ -4,13 +4,14 @@ One dealer answer (the dealer's clear values, every party's shares of them with 
 each tuple's companion) costs the dealer and every party memory in proportion to the
 elements it deals, so the engine asks for a training step's tuples as several answers of at
 most ``limit`` dealt elements each (companions and random bits counted, as the dealer's
-``validate`` counts them) and checks each answer before any of its tuples is used.
+``validate`` counts them). Every answer's tuples join the batch check of dealt tuples that
+runs before the next MAC check, so before anything they influenced is revealed or saved.
 
 A tuple of an elementwise kind (one value per element of its shape: triples, truncation
 bits, comparison bits, input and private masks, random values) bigger than ``limit`` is
-dealt as pieces over a flat shape, each piece a tuple of its own with its own companion,
-checked in the answer it arrives in; the engine joins the checked pieces back into the tuple
-the program asked for (``Engine._accept``). A bilinear tuple (matmul, batched matmul,
+dealt as pieces over a flat shape, each piece a tuple of its own with its own companion
+(checked as such); the engine joins the pieces back into the tuple the program asked for
+(``Engine._accept``). A bilinear tuple (matmul, batched matmul,
 convolution) is never cut: one bigger than ``limit`` is an answer of its own.
 """
 
