@@ -12,6 +12,8 @@ part counts each comparison and charges its traffic; a new comparison registers 
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Callable
 
 import torch
@@ -104,6 +106,22 @@ def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, mask_pairs
     return (top ^ carry).reshape(opened.shape)
 
 
+@functools.lru_cache(maxsize=256)
+def comparison_tuples(size: tuple[int, ...]) -> tuple[tuple, ...]:
+    """The tuples one packed comparison of a tensor of ``size`` asks for, in order (keys as
+    ``protocols.tuples`` names them): its sign mask, the binary triples of the carry tree's
+    AND rounds (their sizes read off the tree itself, run on zeros) and the B2A tuple."""
+    gates: list[tuple] = []
+
+    def record(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gates.append(("binary", tuple(x.size()), tuple(y.size())))
+        return torch.zeros_like(x)
+
+    zeros = torch.zeros(math.prod(size), dtype=torch.int64)
+    carry_out(zeros, zeros, 32, record)
+    return (("signmask", size), *gates, ("b2a", size))
+
+
 @register_part("comparison", "packed")
 class PackedComparison(ProtocolPart):
     """x < 0 as the sign bit alone: x + r opened against a sign mask from the triple source,
@@ -132,7 +150,9 @@ class PackedComparison(ProtocolPart):
         """Open x + r against a sign mask from the triple source (r; -r and its bit pairs'
         ANDs as XOR-shared words; sources without them raise UnsupportedTuple) and run the
         tree on it."""
-        r, negated, pairs = self.suite.parts["triple_source"].sign_mask(share.size(), device=share.device)
+        source = self.suite.parts["triple_source"]
+        source.expect(comparison_tuples(tuple(share.size())))
+        r, negated, pairs = source.sign_mask(share.size(), device=share.device)
         return masked_sign_bit(comm.all_reduce(share + r.share), negated.share, pairs.share, comm.get_rank())
 
     def _to_arithmetic(self, bit: torch.Tensor, comm: Any) -> Any:

@@ -6,7 +6,7 @@ import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 
 @dataclass
@@ -126,6 +126,10 @@ class TripleSource(ProtocolPart):
     def supports_divisor(self, divisor: int) -> bool:
         """Whether :meth:`truncation_pair` can make pairs for this divisor."""
         return True
+
+    def expect(self, keys: Sequence[tuple]) -> None:
+        """A hint: the next tuples asked for are ``keys`` (as ``protocols.tuples`` names
+        them), in this order. A source that fetches in batches may fetch them together."""
 
     def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any, Any]:
         """An arithmetic sharing of a uniform ring r, an XOR sharing of the word s = -r and

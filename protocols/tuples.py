@@ -122,7 +122,8 @@ class Prefetcher:
 
     The prediction: the keys that followed this key, in this context (the keys just before
     it), the last time it occurred, up to the present, i.e. the rest of a repeating
-    training step. The first step is traced one key at a time.
+    training step. The first step is traced one key at a time, but for the runs of keys a
+    protocol announces (:meth:`expect`).
     """
 
     def __init__(self, produce: Callable[[list[tuple]], list[list[torch.Tensor]]],
@@ -138,19 +139,35 @@ class Prefetcher:
     def fetch(self, key: tuple) -> list[torch.Tensor]:
         """This party's shares of the next tuple for ``key``."""
         position = len(self.history)
-        self.history.append(key)
-        context = tuple(self.history[-self.context:])
+        context = self._context(key)
         previous = self.last_seen.get(context)
+        self.history.append(key)
         self.last_seen[context] = position
         if not self.buffer[key]:
-            batch = [key] if previous is None else self.history[previous:position][: self.lookahead]
-            produced = self.produce(batch)
-            if len(produced) != len(batch):
-                raise RuntimeError(f"a batch of {len(batch)} tuples came back with {len(produced)}")
-            for batch_key, shares in zip(batch, produced):
-                self.buffer[batch_key].append(shares)
-            self.batches += 1
+            self._produce([key] if previous is None else self.history[previous:position][: self.lookahead])
         return self.buffer[key].popleft()
+
+    def expect(self, keys: Sequence[tuple]) -> None:
+        """The next fetches will be ``keys``, in this order (a protocol that knows its own
+        tuples says so): where the first would miss with nothing to predict from (the first
+        time it runs), ask for all of them in one batch instead of one at a time."""
+        if not keys or self.buffer[keys[0]] or self._context(keys[0]) in self.last_seen:
+            return
+        wanted = collections.Counter(keys)
+        self._produce([key for key in dict.fromkeys(keys)
+                       for _ in range(wanted[key] - len(self.buffer[key]))][: self.lookahead])
+
+    def _context(self, key: tuple) -> tuple:
+        """The keys up to and including ``key`` were it fetched next: what predictions follow."""
+        return tuple(self.history[-(self.context - 1):] + [key]) if self.context > 1 else (key,)
+
+    def _produce(self, batch: list[tuple]) -> None:
+        produced = self.produce(batch)
+        if len(produced) != len(batch):
+            raise RuntimeError(f"a batch of {len(batch)} tuples came back with {len(produced)}")
+        for batch_key, shares in zip(batch, produced):
+            self.buffer[batch_key].append(shares)
+        self.batches += 1
 
 
 def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
@@ -200,10 +217,14 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
 class KeyedTripleSource(TripleSource):
     """A triple source whose tuples CrypTen fetches by request key (dealer, OT).
 
-    Subclasses name their provider and implement ``fetch(key)``.
+    Subclasses name their provider, implement ``fetch(key)`` and batch with ``prefetcher``.
     """
 
     provider_name = ""
+    prefetcher: Prefetcher
+
+    def expect(self, keys: Sequence[tuple]) -> None:
+        self.prefetcher.expect(keys)
 
     def install(self, crypten: Any) -> None:
         use_provider(crypten, self.provider_name, keyed_provider(crypten, self.provider_name, self))

@@ -1,0 +1,109 @@
+"""How many dealer requests a repeated step costs: the prefetcher's batches, counted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protocols import ProtocolConfig
+from protocols.comparison import comparison_tuples
+from protocols.dealer import SemiHonestMaker, expand
+from protocols.tuples import Prefetcher
+from protocol_sessions import party_values, run_parties
+
+MUL = ("triple", "mul", (2, 8), (2, 8), ())
+WRAP = ("wrapbit", (2, 8))
+
+
+def _party_zero_of_a_real_dealer(batches: list[list[tuple]]):
+    """``produce`` for a Prefetcher: party 0's shares from the semi-honest dealer's own
+    answers (no wire), recording each batch asked for."""
+    maker = SemiHonestMaker(2)
+
+    def produce(keys: list[tuple]) -> list[list[torch.Tensor]]:
+        batches.append(list(keys))
+        return expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2)
+
+    return produce
+
+
+def _step(prefetcher: Prefetcher, announce: bool) -> list[list[torch.Tensor]]:
+    """The tuples of a step shaped like a training step: a product and its truncation, a
+    packed comparison (announced or not), another product and truncation."""
+    comparison = comparison_tuples((2, 8))
+    if announce:
+        prefetcher.expect(comparison)
+    return [prefetcher.fetch(key) for key in (MUL, WRAP, *comparison, MUL, WRAP)]
+
+
+@pytest.mark.parametrize("announce, first_steps", [(False, [11, 8]), (True, [5, 4])])
+def test_a_repeated_step_costs_one_request_once_its_keys_are_known(announce, first_steps):
+    batches: list[list[tuple]] = []
+    prefetcher = Prefetcher(_party_zero_of_a_real_dealer(batches))
+    per_step = []
+    for _ in range(5):
+        before = len(batches)
+        step = _step(prefetcher, announce)
+        per_step.append(len(batches) - before)
+        assert [len(shares) for shares in step] == [3, 2, 3, 3, 3, 3, 3, 3, 2, 3, 2]
+    # the first step is traced key by key (an announced comparison in one request); the
+    # second, until a context of 8 keys recurs, then asks for a whole period; from the
+    # third on every step is one request
+    assert per_step == first_steps + [1, 1, 1]
+    assert prefetcher.batches == len(batches) and sum(per_step) == len(batches)
+    assert len(batches[-1]) == 11  # one whole step's tuples
+    if announce:
+        assert batches[0] == list(comparison_tuples((2, 8)))
+
+
+def test_announced_keys_already_buffered_or_predicted_are_not_asked_for_again():
+    batches: list[list[tuple]] = []
+    prefetcher = Prefetcher(_party_zero_of_a_real_dealer(batches))
+    comparison = comparison_tuples((2, 8))
+    prefetcher.expect(comparison + comparison[:1])  # a key twice: two of it
+    assert batches == [list(comparison[:1]) * 2 + list(comparison[1:])]
+    prefetcher.expect(comparison)  # the first is buffered: nothing to ask for
+    assert len(batches) == 1
+    for key in comparison + comparison[:1]:
+        prefetcher.fetch(key)
+    assert len(batches) == 1
+
+
+def _relu_steps(crypten, rank):
+    x = crypten.cryptensor(torch.linspace(-3, 3, 16).reshape(2, 8))
+    return [(x.relu().get_plain_text() - torch.linspace(-3, 3, 16).reshape(2, 8).clamp(min=0)).abs().max().item()
+            for _ in range(4)]
+
+
+def _counting_dealer(transport, parties):
+    """The real dealer's serving loop; its maker records how many tuples each request asks for."""
+    from parties.dealer import serve_tuples
+
+    sizes: list[int] = []
+
+    class RecordingMaker(SemiHonestMaker):
+        def validate(self, items):
+            keys = super().validate(items)
+            sizes.append(len(keys))
+            return keys
+
+    served = serve_tuples(transport, parties, RecordingMaker(parties))
+    return {**served, "sizes": sizes}
+
+
+@pytest.mark.slow
+def test_a_repeated_packed_comparison_asks_the_real_dealer_once_per_step():
+    protocol = ProtocolConfig(name="dealer", triple_source="dealer", comparison="packed")
+    collected = run_parties(_relu_steps, protocol, parties=2, dealer_fn=_counting_dealer, timeout_s=300)
+    for errors in party_values(collected, 2):
+        assert max(errors) <= 2 ** -16  # relu: x times the exact sign bit, one encoding ulp
+    status, served = collected[2]
+    assert status == "ok"
+    comparison = len(comparison_tuples((2, 8)))
+    # relu = x * (x >= 0), a product by a bit of scale 1 (no truncation): step 1 asks for
+    # the announced comparison at once, then the product's triple; step 2 for the
+    # comparison again (its context is new), then its learnt period, the whole step, which
+    # holds step 3's comparison; every later step is one request of the whole step
+    step = comparison + 1
+    assert served["sizes"] == [comparison, 1, comparison, step, step, step]
+    assert served["requests"] == 6
