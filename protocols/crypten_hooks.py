@@ -489,15 +489,29 @@ def drop_provider(crypten: Any, name: str, fallback: str = "TFP") -> None:
         crypten.cfg.mpc.provider = fallback
 
 
-def meter_online_tuple_use(crypten: Any, counters: PartCounters) -> None:
-    """Charge Beaver openings (mul/matmul/conv/square, binary AND, B2A) to ``counters``.
+def _announced(fn: Callable, op: str, before: Callable[..., None] | None) -> Callable:
+    """``fn`` that first calls ``before(op, *args, **kwargs)`` (where given)."""
+    if before is None:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before(op, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def meter_online_tuple_use(crypten: Any, counters: PartCounters, before: Callable[..., None] | None = None) -> None:
+    """Charge Beaver openings (mul/matmul/conv/square, binary AND, B2A) to ``counters``;
+    ``before(op, x, y, **kwargs)`` (``before("square", x)``) is told of each product first.
 
     They go through ``cfg.mpc.protocol`` (a namespace in arithmetic's globals) and the two
     hard-wired functions of ``beaver``.
     """
     m = _modules(crypten)
     namespace = types.SimpleNamespace(
-        **{op: counted(getattr(m.beaver, op), counters, "online") for op in _BEAVER_OPS},
+        **{op: counted(_announced(getattr(m.beaver, op), op, before), counters, "online") for op in _BEAVER_OPS},
         truncate=m.beaver.truncate,
     )
     _patch("online", vars(m.arithmetic), _PROTOCOL_NAME, namespace)

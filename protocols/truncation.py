@@ -79,6 +79,10 @@ class LocalTruncation(ProtocolPart):
     def _divide(self, x: Any, divisor: int) -> Any:
         return self._original(x, divisor)
 
+    def division_tuples(self, size: tuple[int, ...], divisor: int) -> tuple[tuple, ...]:
+        """None announced: CrypTen's own division asks for wrap tuples with 3+ parties only."""
+        return ()
+
     def uninstall(self, crypten: Any) -> None:
         crypten_hooks.uninstall_division(crypten)
 
@@ -98,6 +102,13 @@ class PairTruncation(ProtocolPart):
 
     def _source(self) -> Any:
         return self.suite.parts["triple_source"]
+
+    def division_tuples(self, size: tuple[int, ...], divisor: int) -> tuple[tuple, ...]:
+        """The tuples dividing a sharing of ``size`` by ``divisor`` asks the source for (keys
+        as ``protocols.tuples`` names them), where it says so; none for a rescaled divisor."""
+        if divisor == 1 or not self._source().supports_divisor(divisor):
+            return ()
+        return (("trunc", size, divisor),)
 
     def _divide(self, x: Any, divisor: int) -> Any:
         if divisor == 1:
@@ -189,11 +200,17 @@ class TopBitTruncation(PairTruncation):
         super().install(crypten)
         self._generators = crypten.generators
 
+    def _applies(self, divisor: int) -> bool:
+        return top_bit_applies(self.comm.get_world_size(), divisor) and self._source().deals_wrap_bits()
+
+    def division_tuples(self, size: tuple[int, ...], divisor: int) -> tuple[tuple, ...]:
+        return (("wrapbit", size),) if self._applies(divisor) else super().division_tuples(size, divisor)
+
     def _divide(self, x: Any, divisor: int) -> Any:
+        if not self._applies(divisor):
+            return super()._divide(x, divisor)
         comm = self.comm
         source = self._source()
-        if not (top_bit_applies(comm.get_world_size(), divisor) and source.deals_wrap_bits()):
-            return super()._divide(x, divisor)
         from torch.distributed import ReduceOp
 
         rank = comm.get_rank()

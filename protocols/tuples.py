@@ -112,6 +112,11 @@ def check_key(key: Any) -> tuple:
     return key
 
 
+def triple_key(op: str, size0: Any, size1: Any, kwargs: dict) -> tuple:
+    """The key of the triple for ``op(a, b, **kwargs)`` with a of ``size0`` and b of ``size1``."""
+    return ("triple", op, freeze(size0), freeze(size1), tuple(sorted((k, freeze(v)) for k, v in kwargs.items())))
+
+
 def tuple_elements(key: tuple) -> int:
     return sum(math.prod(shape) for _, shape in tuple_layout(key))
 
@@ -196,8 +201,7 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
         def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
             if args:
                 raise UnsupportedTuple(f"positional arguments to a {op} triple are not supported: {args}")
-            key = ("triple", op, freeze(size0), freeze(size1), tuple(sorted((k, freeze(v)) for k, v in kwargs.items())))
-            return tuple(self._get(key, device))
+            return tuple(self._get(triple_key(op, size0, size1, kwargs), device))
 
         def square(self, size, device=None):
             return tuple(self._get(("square", freeze(size)), device))
@@ -228,7 +232,17 @@ class KeyedTripleSource(TripleSource):
 
     def install(self, crypten: Any) -> None:
         use_provider(crypten, self.provider_name, keyed_provider(crypten, self.provider_name, self))
-        meter_online_tuple_use(crypten, self.counters)
+        meter_online_tuple_use(crypten, self.counters, self._announce_product)
+
+    def _announce_product(self, op: str, x: Any, y: Any = None, *args: Any, **kwargs: Any) -> None:
+        """A product of two fixed-point sharings is truncated right after (CrypTen divides
+        it by x's scale): announce its tuple with the truncation's, one request the first time."""
+        truncation = self.suite.parts.get("truncation") if self.suite is not None else None
+        tuples_for = getattr(truncation, "division_tuples", None)
+        if args or tuples_for is None or x.encoder.scale == 1 or (y is not None and y.encoder.scale == 1):
+            return
+        key = ("square", freeze(x.size())) if op == "square" else triple_key(op, x.size(), y.size(), kwargs)
+        self.expect([key, *tuples_for(tuple_layout(key)[-1][1], int(x.encoder.scale))])
 
     def uninstall(self, crypten: Any) -> None:
         unmeter_online_tuple_use(crypten)
