@@ -20,7 +20,9 @@ Flow: every party asks its provider for tuples in the same order (the MPC progra
 same everywhere). A party keeps a buffer of tuples; on a miss, all parties compute the same
 prediction of what comes next (the keys that followed this key the last time it was asked
 for, i.e. the rest of a training step) and ask the dealer for that whole batch, which
-answers each party with one message. From the second repetition of a step on, the dealer
+answers each party with one message. While the first step is traced, a product asks for its
+triple with its truncation's tuple and a packed comparison for all of its tuples at once
+(``Prefetcher.expect``). From the second repetition of a step on, the dealer
 makes the next step's answer in the background while the parties compute, so a step
 normally costs one round trip to the dealer and no waiting for generation.
 

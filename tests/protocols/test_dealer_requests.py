@@ -69,10 +69,15 @@ def test_announced_keys_already_buffered_or_predicted_are_not_asked_for_again():
     assert len(batches) == 1
 
 
-def _relu_steps(crypten, rank):
-    x = crypten.cryptensor(torch.linspace(-3, 3, 16).reshape(2, 8))
-    return [(x.relu().get_plain_text() - torch.linspace(-3, 3, 16).reshape(2, 8).clamp(min=0)).abs().max().item()
-            for _ in range(4)]
+def _relu_and_square_steps(crypten, rank):
+    plain = torch.linspace(-3, 3, 16).reshape(2, 8)
+    x = crypten.cryptensor(plain)
+    errors = []
+    for _ in range(4):
+        relu, product = x.relu(), x * x
+        errors.append([(relu.get_plain_text() - plain.clamp(min=0)).abs().max().item(),
+                       (product.get_plain_text() - plain * plain).abs().max().item()])
+    return errors
 
 
 def _counting_dealer(transport, parties):
@@ -92,18 +97,23 @@ def _counting_dealer(transport, parties):
 
 
 @pytest.mark.slow
-def test_a_repeated_packed_comparison_asks_the_real_dealer_once_per_step():
-    protocol = ProtocolConfig(name="dealer", triple_source="dealer", comparison="packed")
-    collected = run_parties(_relu_steps, protocol, parties=2, dealer_fn=_counting_dealer, timeout_s=300)
+@pytest.mark.parametrize("truncation", ["topbits", "pairs"])
+def test_a_repeated_step_asks_the_real_dealer_once(truncation):
+    protocol = ProtocolConfig(name="dealer", triple_source="dealer", comparison="packed", truncation=truncation)
+    collected = run_parties(_relu_and_square_steps, protocol, parties=2, dealer_fn=_counting_dealer, timeout_s=300)
     for errors in party_values(collected, 2):
-        assert max(errors) <= 2 ** -16  # relu: x times the exact sign bit, one encoding ulp
+        for relu, product in errors:
+            assert relu <= 2 ** -16  # x times the exact sign bit: x's encoding (truncated), within 1 ulp
+            # x x: the encoding's ulp times 2|x| <= 6 (and its square), and the truncation's 1 ulp
+            assert product <= 6 * 2 ** -16 + 2 ** -32 + 2 ** -16
     status, served = collected[2]
     assert status == "ok"
     comparison = len(comparison_tuples((2, 8)))
-    # relu = x * (x >= 0), a product by a bit of scale 1 (no truncation): step 1 asks for
-    # the announced comparison at once, then the product's triple; step 2 for the
-    # comparison again (its context is new), then its learnt period, the whole step, which
-    # holds step 3's comparison; every later step is one request of the whole step
-    step = comparison + 1
-    assert served["sizes"] == [comparison, 1, comparison, step, step, step]
-    assert served["requests"] == 6
+    # relu = x * (x >= 0), a product by a bit of scale 1 (no truncation), then x * x, a
+    # product truncated. Step 1 asks for the announced comparison at once, then relu's
+    # triple, then x x's triple with its truncation's tuple; step 2 for the comparison again
+    # (its context is new), then the learnt period, the whole step, which holds step 3's
+    # comparison; every later step is one request of the whole step
+    step = comparison + 3
+    assert served["sizes"] == [comparison, 1, 2, comparison, step, step, step]
+    assert served["requests"] == 7
