@@ -545,8 +545,14 @@ def install_division(crypten: Any, divide: Callable[[Any, int], Any], counters: 
         if isinstance(y, int) and not isinstance(y, bool) and y > 0:
             counters.calls += 1
             counters.tuples += self.share.numel()
+            share = self.share
             with metered(counters, "online"):
-                return divide(self, y)
+                result = divide(self, y)
+            # in place, as CrypTen's own division: the sharing keeps its share tensor
+            # (its 2-party path divides the share with torch's div_)
+            if result.share is not share:
+                result.share = share.set_(result.share)
+            return result
         return original(self, y)
 
     _patch("truncation", m.AST, "div_", div_)

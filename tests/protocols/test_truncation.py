@@ -139,9 +139,16 @@ def _divide(crypten, rank):
     # a product with a public 0 leaves both shares at 0, not uniform: still 0 (1 ulp at most
     # with probability about 2^-16 per element)
     zeros = (x * torch.zeros_like(values)).get_plain_text()
+    # in-place products and divisions keep the share tensor, as CrypTen's own (its
+    # test_arithmetic test_inplace checks the identity)
+    sharing = x._tensor.clone()
+    share = sharing.share
+    sharing.mul_(1.5).div_(3)
+    sharing.mul_(crypten.cryptensor(torch.full_like(values, 2.0))._tensor)
     return {"product": (product - values * 1.5).abs().max().item(),
             "third": (third - values / 3).abs().max().item(),
-            "nonzero_of_zero": int(zeros.ne(0).sum())}
+            "nonzero_of_zero": int(zeros.ne(0).sum()),
+            "in_place": (sharing.share is share, (sharing.get_plain_text() - values).abs().max().item())}
 
 
 @pytest.mark.parametrize("truncation", ["pairs", "topbits"])
@@ -153,3 +160,6 @@ def test_truncation_in_a_session(source, truncation):
     for result in results:
         assert result["product"] <= 3 * ulp and result["third"] <= 3 * ulp
         assert result["nonzero_of_zero"] <= 10  # expected 50,000 * 2^-16 < 1
+        keeps_share, in_place_error = result["in_place"]
+        # encoding (1/2 ulp) times 1.5, a truncation (1 ulp), / 3 and one more, * 2 and one more
+        assert keeps_share and in_place_error <= (2 * ((1.5 * 0.5 + 1) / 3 + 1) + 1) * ulp
