@@ -61,3 +61,13 @@ def test_a_test_pinned_to_cryptens_comparison_runs_with_it(suite: str, adapted: 
     assert selection.run == ["test_mpc.TestTFP.test_tuple_cache"]
     assert selection.adapted.get("test_mpc.TestTFP.test_tuple_cache", ({}, ""))[0] == (
         {"comparison": "crypten"} if adapted else {})
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_the_forced_wrap_runs_with_cryptens_local_truncation(suite: str) -> None:
+    """test_wrap_error_detection expects CrypTen's local truncation to get a wrapped sharing
+    wrong; no suite truncates locally, so every cell runs it with truncation=local."""
+    test_id = "test_debug.TestDebug.test_wrap_error_detection"
+    selection = select(Cell("zmq", suite, 2), ["test_debug"], "test_wrap_error_detection")
+    assert selection.run == [test_id]
+    assert selection.adapted[test_id][0] == {"truncation": "local"}
