@@ -136,7 +136,9 @@ class PairTruncation(ProtocolPart):
 # y0 + y1 = x' + w 2^64 with w = msb(y0) OR msb(y1) (both top bits clear: no wrap; either set:
 # the sum is at least 2^63 > x', so it wrapped). Then, for d = 2^k,
 #   floor(x'/d) = (y0 >> k) + (y1 >> k) - w 2^(64-k) + carry,   carry in {0, 1},
-# and 1 is added in place of the carry (floor(x/d) or one more, as with pairs). w needs the AND of two bits each held by
+# and party 0 rounds its quotient up (adds 1 where its low k bits are not all 0) in place of the
+# carry: floor(x/d) or one more, as with pairs, and exact for a multiple of d (the low parts then
+# sum to 0 or d), as CrypTen's local truncation is for a sharing of 0. w needs the AND of two bits each held by
 # one party: with a wrap-bit tuple (a private random bit u_i per party, shares of u0 u1) the
 # parties swap p_i = msb(y_i) XOR u_i, which u_i hides, and share w linearly.
 TOP_BIT_OFFSET = 1 << 62
@@ -165,9 +167,9 @@ def top_bit_share(x_share: torch.Tensor, own_bit: torch.Tensor,
 
 def rerandomized(share: torch.Tensor, common: Any, leader: bool) -> torch.Tensor:
     """The share plus this party's half of a fresh sharing of zero from the stream the two
-    parties share (no traffic). Shares that are not uniform, such as both 0 after a product
-    with a public 0, fix the carry at 0, so the + 1 would land every time; with uniform shares
-    it lands with the carry's probability, as with pairs."""
+    parties share (no traffic). Shares that are not uniform, such as (x, 0), would round every
+    x that is not a multiple of d up; with uniform shares the rounding up lands with probability
+    (x mod d) / d, unbiased."""
     mask = common.ring(share.size(), share.device)
     return share + mask if leader else share - mask
 
@@ -185,8 +187,8 @@ def top_bit_finish(y: torch.Tensor, top: torch.Tensor, own_bit: torch.Tensor, an
         wrap = wrap - sent * received
     high = (y >> k) & ((1 << (64 - k)) - 1)  # the unsigned word's quotient
     result = high - (wrap << (64 - k))
-    if leader:  # + 1: floor or one more, as pairs (so x >= 0 never truncates below 0)
-        result = result - (TOP_BIT_OFFSET >> k) + 1
+    if leader:  # rounded up: floor or one more, as pairs (so x >= 0 never truncates below 0)
+        result = result - (TOP_BIT_OFFSET >> k) + (y & (divisor - 1)).ne(0).long()
     return result
 
 
