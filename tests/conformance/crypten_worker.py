@@ -10,6 +10,8 @@ serves one session per test. Nothing here is pickled.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import importlib
 import importlib.util
@@ -24,7 +26,7 @@ import types
 import unittest
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -120,6 +122,21 @@ def _outcome(result: unittest.TestResult) -> dict:
     return {"outcome": "passed", "detail": ""}
 
 
+@contextlib.contextmanager
+def config_of_one_test() -> Iterator[None]:
+    """CrypTen's settings as they were before the test, once it ends. Upstream runs each test
+    in fresh processes; here the workers live on, and test_debug's setUp turns on
+    cfg.debug.validation_mode, which broke the next test (test_gradients test_dropout: its
+    validation wrapper met crypten's autograd)."""
+    from crypten.config import cfg
+
+    saved = copy.deepcopy(cfg.config)
+    try:
+        yield
+    finally:
+        cfg.set_config(saved)
+
+
 def run_test(test_id: str, comm: Any, suite_config: Any, rank: int, world_size: int) -> dict:
     """``module.Class.method`` of CrypTen's tests at this rank, inside a fresh secure session."""
     from mpc.session import MpcSession
@@ -129,7 +146,7 @@ def run_test(test_id: str, comm: Any, suite_config: Any, rank: int, world_size: 
     case = _case_class(module_name, class_name)(method)
     case.rank, case.world_size = rank, world_size
     result = unittest.TestResult()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), config_of_one_test():
         warnings.simplefilter("ignore")
         with MpcSession(comm, ProtocolSuite(suite_config)):
             case.run(result)

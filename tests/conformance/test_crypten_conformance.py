@@ -71,3 +71,18 @@ def test_the_forced_wrap_runs_with_cryptens_local_truncation(suite: str) -> None
     selection = select(Cell("zmq", suite, 2), ["test_debug"], "test_wrap_error_detection")
     assert selection.run == [test_id]
     assert selection.adapted[test_id][0] == {"truncation": "local"}
+
+
+def test_what_a_test_sets_in_cryptens_config_ends_with_it() -> None:
+    """Upstream runs each test in fresh processes, the cell's workers run one after another:
+    test_debug's setUp turns on the validation mode, which broke the next test."""
+    from crypten_worker import config_of_one_test
+    from protocols.crypten_hooks import load_crypten
+
+    cfg = load_crypten().config.cfg
+    provider = cfg.mpc.provider
+    with config_of_one_test():
+        cfg.debug.validation_mode = True  # as upstream's test_debug sets it
+        cfg.mpc.provider = "TTP"
+        assert cfg.debug.validation_mode
+    assert not cfg.debug.validation_mode and cfg.mpc.provider == provider
