@@ -66,11 +66,13 @@ def test_a_test_pinned_to_cryptens_comparison_runs_with_it(suite: str, adapted: 
 @pytest.mark.parametrize("suite", sorted(SUITES))
 def test_the_forced_wrap_runs_with_cryptens_local_truncation(suite: str) -> None:
     """test_wrap_error_detection expects CrypTen's local truncation to get a wrapped sharing
-    wrong; no suite truncates locally, so every cell runs it with truncation=local."""
+    wrong; no suite truncates locally, so every two-party cell runs it with truncation=local."""
     test_id = "test_debug.TestDebug.test_wrap_error_detection"
     selection = select(Cell("zmq", suite, 2), ["test_debug"], "test_wrap_error_detection")
     assert selection.run == [test_id]
     assert selection.adapted[test_id][0] == {"truncation": "local"}
+    # with three parties CrypTen's truncation uses wrap tuples, exact: nothing to detect
+    assert test_id in select(Cell("zmq", "dealer", 3), ["test_debug"]).skipped
 
 
 def test_what_a_test_sets_in_cryptens_config_ends_with_it() -> None:
@@ -86,3 +88,14 @@ def test_what_a_test_sets_in_cryptens_config_ends_with_it() -> None:
         cfg.mpc.provider = "TTP"
         assert cfg.debug.validation_mode
     assert not cfg.debug.validation_mode and cfg.mpc.provider == provider
+
+
+@pytest.mark.parametrize("transport, suite, runs", [("gloo", "tfp", True), ("gloo", "ot", True),
+                                                    ("gloo", "dealer", False), ("zmq", "tfp", False)])
+def test_a_test_on_torch_distributed_runs_where_its_world_is_the_parties(transport: str, suite: str,
+                                                                          runs: bool) -> None:
+    """test_dp_split_mpc broadcasts with torch.distributed itself: only gloo starts it, and in
+    a dealer cell its world holds the dealer, which never joins (the test timed out there)."""
+    test_id = "test_privacy_models.TestPrivacyModels.test_dp_split_mpc"
+    selection = select(Cell(transport, suite, 3 if suite == "dealer" else 2), ["test_privacy_models"])
+    assert (test_id in selection.run) == runs and (test_id in selection.skipped) != runs
