@@ -99,6 +99,18 @@ class ExtensionReceiver:
 
 
 # -- requests --------------------------------------------------------------------------------------
+# A Gilboa OT for bit i of a word carries x * 2^i: only the low 64 - i bits of x matter, so a
+# ``scaled`` request's correction for OT j keeps ceil((64 - j % 64) / 8) bytes of each word
+# (288 bytes per 64 OTs, not 512).
+_SCALED_BYTES = np.array([(64 - i + 7) // 8 for i in range(64)], dtype=np.int64)
+_SCALED_PREFIX = np.concatenate([[0], np.cumsum(_SCALED_BYTES)])
+
+
+def _scaled_bytes_before(ot: int) -> int:
+    """Correction bytes of a scaled request's OTs 0..ot-1, per word."""
+    return ot // 64 * int(_SCALED_PREFIX[64]) + int(_SCALED_PREFIX[ot % 64])
+
+
 @dataclasses.dataclass
 class Cot:
     """One correlated-OT request, the same shape on both parties.
@@ -106,7 +118,9 @@ class Cot:
     ``mine`` OTs where I choose (``choices(a, b)``: my bits for my OTs a..b-1) and ``theirs``
     where the peer chooses (``deltas(a, b)``: my (b - a, words) correlations for its OTs
     a..b-1). Results come back summed over each ``group`` of consecutive OTs (for ``binary``
-    requests: bit ``i % group`` of a word, XOR-ed).
+    requests: bit ``i % group`` of a word, XOR-ed). In a ``scaled`` request (``group`` a
+    multiple of 64) OT j's correlation counts 2^(j % 64) times: the sums are of 2^(j % 64)
+    times each result, and only the bits that survive the shift travel.
     """
 
     mine: int
@@ -116,10 +130,15 @@ class Cot:
     deltas: Callable[[int, int], np.ndarray]
     group: int = 1
     binary: bool = False
+    scaled: bool = False
 
-    def tau_bytes(self, count: int) -> int:
-        """Bytes on the wire for the corrections of ``count`` of this request's OTs."""
-        return (count * self.words + 7) // 8 if self.binary else count * self.words * 8
+    def tau_bytes(self, a: int, b: int) -> int:
+        """Bytes on the wire for the corrections of this request's OTs a..b-1."""
+        if self.binary:
+            return ((b - a) * self.words + 7) // 8
+        if self.scaled:
+            return self.words * (_scaled_bytes_before(b) - _scaled_bytes_before(a))
+        return (b - a) * self.words * 8
 
 
 def _chunk_bounds(counts: Sequence[int], words: Sequence[int], budget: int) -> list[tuple[int, int]]:
@@ -185,6 +204,48 @@ def _receive_ring(pads: np.ndarray, choices: np.ndarray, tau: np.ndarray, receiv
 
 
 @numba.njit(nogil=True, cache=True)
+def _send_scaled(pads: np.ndarray, deltas: np.ndarray, tau: np.ndarray, own: np.ndarray, first: int,
+                 group: int) -> None:
+    """As _send_ring for OT j counting 2^(j % 64): my share -p0 2^(j % 64); of tau = p1 - p0 - delta
+    only the low ceil((64 - j % 64) / 8) bytes go into ``tau`` (uint8, in order)."""
+    g, place, position = first // group, first % group, 0
+    for r in range(deltas.shape[0]):
+        bit = np.uint64(place % 64)
+        kept = (71 - place % 64) // 8
+        for w in range(deltas.shape[1]):
+            p0 = pads[0, r, w]
+            correction = pads[1, r, w] - p0 - deltas[r, w]
+            for k in range(kept):
+                tau[position + k] = np.uint8((correction >> np.uint64(8 * k)) & np.uint64(0xFF))
+            position += kept
+            own[g, w] -= p0 << bit
+        place += 1
+        if place == group:
+            g, place = g + 1, 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _receive_scaled(pads: np.ndarray, choices: np.ndarray, tau: np.ndarray, received: np.ndarray, first: int,
+                    group: int) -> None:
+    """As _receive_ring for OT j counting 2^(j % 64), from the low bytes of each correction
+    (the bits above them would be shifted out)."""
+    g, place, position = first // group, first % group, 0
+    for r in range(choices.shape[0]):
+        bit = np.uint64(place % 64)
+        kept = (71 - place % 64) // 8
+        chosen = np.uint64(0) - np.uint64(choices[r])  # all ones where c = 1
+        for w in range(pads.shape[2]):
+            correction = np.uint64(0)
+            for k in range(kept):
+                correction |= np.uint64(tau[position + k]) << np.uint64(8 * k)
+            position += kept
+            received[g, w] += (pads[0, r, w] - (correction & chosen)) << bit
+        place += 1
+        if place == group:
+            g, place = g + 1, 0
+
+
+@numba.njit(nogil=True, cache=True)
 def _send_binary(pads: np.ndarray, deltas: np.ndarray, tau_bits: np.ndarray, own: np.ndarray, first: int,
                  group: int) -> None:
     """One bit per OT: tau = p1 ^ p0 ^ delta; my share p0 XOR-ed into bit (first + r) % group of its group's word."""
@@ -213,6 +274,13 @@ def _receive_binary(pads: np.ndarray, choices: np.ndarray, tau_bits: np.ndarray,
         place += 1
         if place == group:
             g, place = g + 1, 0
+
+
+def _piece(request: Cot, tau: np.ndarray, a: int, low: int, high: int) -> np.ndarray:
+    """The corrections of OTs a + low .. a + high - 1 in a segment's ``tau`` (starting at OT a)."""
+    if request.scaled:
+        return tau[request.tau_bytes(a, a + low): request.tau_bytes(a, a + high)]
+    return tau[low:high]
 
 
 def _blocks(count: int, words: int, copies: int):
@@ -298,26 +366,34 @@ class OtChannel:
         for i, a, b, offset in _segments(theirs, *peer_range):  # sender side
             request, count = requests[i], b - a
             deltas = request.deltas(a, b)
-            tau = np.empty((count, request.words), np.uint8 if request.binary else np.uint64)
-            finish = _send_binary if request.binary else _send_ring
+            if request.scaled:
+                tau = np.empty(request.tau_bytes(a, b), np.uint8)
+            else:
+                tau = np.empty((count, request.words), np.uint8 if request.binary else np.uint64)
+            finish = _send_binary if request.binary else _send_scaled if request.scaled else _send_ring
             for low, high in _blocks(count, request.words, 2):
                 pads = self.hash.pads(q, peer_u, self.sender.flip_mask, offset + low, high - low,
                                       q_first + offset + low, request.words, self.sender.s_sigma)
-                finish(pads, deltas[low:high], tau[low:high], own[i], a + low, request.group)
-            taus.append(np.packbits(tau.reshape(-1), bitorder="little") if request.binary else tau.reshape(-1).view(np.uint8))
-        expected = sum(requests[i].tau_bytes(b - a) for i, a, b, _ in my_segments)
+                finish(pads, deltas[low:high], _piece(request, tau, a, low, high), own[i], a + low, request.group)
+            taus.append(np.packbits(tau.reshape(-1), bitorder="little") if request.binary
+                        else tau.reshape(-1).view(np.uint8))
+        expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
         peer_taus, position = self._swap(np.concatenate(taus), expected, "correction"), 0
         no_flips = np.zeros(KAPPA, np.uint64)
         for i, a, b, offset in my_segments:  # receiver side
             request, count = requests[i], b - a
-            raw = peer_taus[position: position + request.tau_bytes(count)]
+            raw = peer_taus[position: position + request.tau_bytes(a, b)]
             position += len(raw)
             if request.binary:
                 tau = np.unpackbits(raw, bitorder="little")[: count * request.words].reshape(count, request.words)
+            elif request.scaled:
+                tau = raw
             else:
-                tau = np.frombuffer(raw.tobytes() if raw.ctypes.data % 8 else raw, np.uint64).reshape(count, request.words)
-            finish = _receive_binary if request.binary else _receive_ring
+                aligned = raw.tobytes() if raw.ctypes.data % 8 else raw
+                tau = np.frombuffer(aligned, np.uint64).reshape(count, request.words)
+            finish = _receive_binary if request.binary else _receive_scaled if request.scaled else _receive_ring
             for low, high in _blocks(count, request.words, 1):
                 pads = self.hash.pads(t, t, no_flips, offset + low, high - low, t_first + offset + low, request.words)
-                finish(pads, choices[offset + low: offset + high], tau[low:high], received[i], a + low, request.group)
+                finish(pads, choices[offset + low: offset + high], _piece(request, tau, a, low, high), received[i],
+                       a + low, request.group)
         self.exchanges += 1

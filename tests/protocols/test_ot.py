@@ -294,7 +294,8 @@ def test_each_side_sees_only_uniformly_masked_messages(fill):
 
 
 def test_bytes_per_triple():
-    """Per party and elementwise triple: 64 OTs of 16 bytes of u plus 64 corrections of 8 bytes;
+    """Per party and elementwise triple: 64 OTs of 16 bytes of u plus 64 corrections, the one for
+    bit i cut to the ceil((64 - i) / 8) bytes that survive the shift by i (288 bytes in all);
     per exchange, two 16-byte headers."""
     count = 3000
     x, y = [_words(count, s) for s in (1, 2)], [_words(count, s) for s in (3, 4)]
@@ -306,7 +307,7 @@ def test_bytes_per_triple():
         return comm.sent - before
 
     for sent in run_pair(party):
-        assert sent == count * 64 * (16 + 8) + 2 * 16
+        assert sent == count * (64 * 16 + 288) + 2 * 16
 
 
 def test_many_requests_over_many_exchanges_are_exact(monkeypatch):
@@ -362,6 +363,8 @@ HEADER_LIES = {
     "u-one-byte-long": (0, _announcing(1, 1), "extension message: exchange 0 of"),
     "corrections-short": (2, _announcing(1, -8), "correction message: exchange 0 of"),
     "replayed-exchange": (2, _announcing(0, 1), "correction message: exchange 1 of"),
+    # a peer sending whole 8-byte corrections where the bits above 64 - i are cut (500 products)
+    "corrections-untrimmed": (2, _announcing(1, 500 * (64 * 8 - 288)), "correction message: exchange 0 of"),
 }
 
 
