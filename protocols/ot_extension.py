@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import secrets
 from typing import Any, Callable, Sequence
@@ -175,71 +176,43 @@ def _segments(counts: Sequence[int], low: int, high: int):
 # (an OT's group and place in it are counted along, not divided out: a division per OT costs more
 # than the rest of its arithmetic)
 @numba.njit(nogil=True, cache=True)
-def _send_ring(pads: np.ndarray, deltas: np.ndarray, tau: np.ndarray, own: np.ndarray, first: int,
-               group: int) -> None:
-    """tau = p1 - p0 - delta; my share -p0 added into row (first + r) // group of ``own``."""
-    g, place = first // group, first % group
-    for r in range(deltas.shape[0]):
-        for w in range(deltas.shape[1]):
-            p0 = pads[0, r, w]
-            tau[r, w] = pads[1, r, w] - p0 - deltas[r, w]
-            own[g, w] -= p0
-        place += 1
-        if place == group:
-            g, place = g + 1, 0
-
-
-@numba.njit(nogil=True, cache=True)
-def _receive_ring(pads: np.ndarray, choices: np.ndarray, tau: np.ndarray, received: np.ndarray, first: int,
-                  group: int) -> None:
-    """p_c = H(t) - c tau, added into row (first + r) // group of ``received``."""
-    g, place = first // group, first % group
-    for r in range(tau.shape[0]):
-        chosen = np.uint64(0) - np.uint64(choices[r])  # all ones where c = 1
-        for w in range(tau.shape[1]):
-            received[g, w] += pads[0, r, w] - (tau[r, w] & chosen)
-        place += 1
-        if place == group:
-            g, place = g + 1, 0
-
-
-@numba.njit(nogil=True, cache=True)
-def _send_scaled(pads: np.ndarray, deltas: np.ndarray, tau: np.ndarray, own: np.ndarray, first: int,
-                 group: int) -> None:
-    """As _send_ring for OT j counting 2^(j % 64): my share -p0 2^(j % 64); of tau = p1 - p0 - delta
-    only the low ceil((64 - j % 64) / 8) bytes go into ``tau`` (uint8, in order)."""
+def _send_words(pads: np.ndarray, deltas: np.ndarray, tau: np.ndarray, own: np.ndarray, first: int, group: int,
+                scaled: bool) -> None:
+    """tau = p1 - p0 - delta as little-endian bytes into ``tau`` (uint8, in order); my share -p0
+    added into row (first + r) // group of ``own``. Scaled: OT j counts 2^(j % 64) and only the
+    low ceil((64 - j % 64) / 8) bytes of its corrections travel."""
     g, place, position = first // group, first % group, 0
     for r in range(deltas.shape[0]):
-        bit = np.uint64(place % 64)
-        kept = (71 - place % 64) // 8
+        bit = place % 64 if scaled else 0
+        kept = (71 - bit) // 8
         for w in range(deltas.shape[1]):
             p0 = pads[0, r, w]
             correction = pads[1, r, w] - p0 - deltas[r, w]
             for k in range(kept):
                 tau[position + k] = np.uint8((correction >> np.uint64(8 * k)) & np.uint64(0xFF))
             position += kept
-            own[g, w] -= p0 << bit
+            own[g, w] -= p0 << np.uint64(bit)
         place += 1
         if place == group:
             g, place = g + 1, 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _receive_scaled(pads: np.ndarray, choices: np.ndarray, tau: np.ndarray, received: np.ndarray, first: int,
-                    group: int) -> None:
-    """As _receive_ring for OT j counting 2^(j % 64), from the low bytes of each correction
-    (the bits above them would be shifted out)."""
+def _receive_words(pads: np.ndarray, choices: np.ndarray, tau: np.ndarray, received: np.ndarray, first: int,
+                   group: int, scaled: bool) -> None:
+    """p_c = H(t) - c tau (tau read back from its bytes; for a scaled request the bits above them
+    would be shifted out), added into row (first + r) // group of ``received``."""
     g, place, position = first // group, first % group, 0
     for r in range(choices.shape[0]):
-        bit = np.uint64(place % 64)
-        kept = (71 - place % 64) // 8
+        bit = place % 64 if scaled else 0
+        kept = (71 - bit) // 8
         chosen = np.uint64(0) - np.uint64(choices[r])  # all ones where c = 1
         for w in range(pads.shape[2]):
             correction = np.uint64(0)
             for k in range(kept):
                 correction |= np.uint64(tau[position + k]) << np.uint64(8 * k)
             position += kept
-            received[g, w] += (pads[0, r, w] - (correction & chosen)) << bit
+            received[g, w] += (pads[0, r, w] - (correction & chosen)) << np.uint64(bit)
         place += 1
         if place == group:
             g, place = g + 1, 0
@@ -277,10 +250,11 @@ def _receive_binary(pads: np.ndarray, choices: np.ndarray, tau_bits: np.ndarray,
 
 
 def _piece(request: Cot, tau: np.ndarray, a: int, low: int, high: int) -> np.ndarray:
-    """The corrections of OTs a + low .. a + high - 1 in a segment's ``tau`` (starting at OT a)."""
-    if request.scaled:
-        return tau[request.tau_bytes(a, a + low): request.tau_bytes(a, a + high)]
-    return tau[low:high]
+    """The corrections of OTs a + low .. a + high - 1 in a segment's ``tau`` (starting at OT a):
+    rows of bits for a binary request, bytes otherwise."""
+    if request.binary:
+        return tau[low:high]
+    return tau[request.tau_bytes(a, a + low): request.tau_bytes(a, a + high)]
 
 
 def _blocks(count: int, words: int, copies: int):
@@ -366,17 +340,16 @@ class OtChannel:
         for i, a, b, offset in _segments(theirs, *peer_range):  # sender side
             request, count = requests[i], b - a
             deltas = request.deltas(a, b)
-            if request.scaled:
-                tau = np.empty(request.tau_bytes(a, b), np.uint8)
+            if request.binary:
+                tau, finish = np.empty((count, request.words), np.uint8), _send_binary
             else:
-                tau = np.empty((count, request.words), np.uint8 if request.binary else np.uint64)
-            finish = _send_binary if request.binary else _send_scaled if request.scaled else _send_ring
+                tau = np.empty(request.tau_bytes(a, b), np.uint8)
+                finish = functools.partial(_send_words, scaled=request.scaled)
             for low, high in _blocks(count, request.words, 2):
                 pads = self.hash.pads(q, peer_u, self.sender.flip_mask, offset + low, high - low,
                                       q_first + offset + low, request.words, self.sender.s_sigma)
                 finish(pads, deltas[low:high], _piece(request, tau, a, low, high), own[i], a + low, request.group)
-            taus.append(np.packbits(tau.reshape(-1), bitorder="little") if request.binary
-                        else tau.reshape(-1).view(np.uint8))
+            taus.append(np.packbits(tau.reshape(-1), bitorder="little") if request.binary else tau)
         expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
         peer_taus, position = self._swap(np.concatenate(taus), expected, "correction"), 0
         no_flips = np.zeros(KAPPA, np.uint64)
@@ -386,12 +359,9 @@ class OtChannel:
             position += len(raw)
             if request.binary:
                 tau = np.unpackbits(raw, bitorder="little")[: count * request.words].reshape(count, request.words)
-            elif request.scaled:
-                tau = raw
+                finish = _receive_binary
             else:
-                aligned = raw.tobytes() if raw.ctypes.data % 8 else raw
-                tau = np.frombuffer(aligned, np.uint64).reshape(count, request.words)
-            finish = _receive_binary if request.binary else _receive_scaled if request.scaled else _receive_ring
+                tau, finish = raw, functools.partial(_receive_words, scaled=request.scaled)
             for low, high in _blocks(count, request.words, 1):
                 pads = self.hash.pads(t, t, no_flips, offset + low, high - low, t_first + offset + low, request.words)
                 finish(pads, choices[offset + low: offset + high], _piece(request, tau, a, low, high), received[i],
