@@ -5,8 +5,9 @@
   (``protocols.ot_extension``); millions of OTs per exchange.
 * Correlated OT gives Gilboa multiplication over Z_2^64: for each bit y_i of the
   receiver's y, the sender's correlation is x * 2^i; summing gives additive shares of x*y.
-  Only the low 64 - i bits of x * 2^i / 2^i matter, so that OT's correction is cut to
-  ceil((64 - i) / 8) bytes (a "scaled" request: 4.5 bytes a word on average, not 8). Vectors: the correlation for bit i of Q[k, n] is the column P[:, k] * 2^i, which gives
+  x * 2^i mod 2^64 depends on the low 64 - i bits of x only, so that OT carries x, counted
+  2^i times, and its correction is cut to ceil((64 - i) / 8) bytes (a "scaled" request: 4.5
+  bytes a word on average, not 8). Vectors: the correlation for bit i of Q[k, n] is the column P[:, k] * 2^i, which gives
   shares of P @ Q with k*n*64 OTs.
 * From those: Beaver triples (elementwise and matmul: two Gilboa products, one in each
   direction, run together), squares (one product), binary AND triples (bit COTs), B2A bits
