@@ -173,3 +173,17 @@ def test_malicious_transformer_fine_tuning_job(job):
                   "train.batch_size=8")
     assert summary["protocol"] == "malicious"
     assert_matches_plaintext_fine_tuning(summary)
+
+
+@pytest.mark.slow
+def test_malicious_vertical_transformer_job(job):
+    """The same transformer on vertically split sequences (each party one-hot encodes its own
+    fields of every customer's transactions; the features are interleaved into the model's
+    order under MPC), trained from the seed's weights under malicious security and held to
+    the job's standard."""
+    summary = job(*MALICIOUS, "job=sequence", "data.partition=vertical", "pretrain.owner=null", "num_parties=2",
+                  "data.rows=16", "data.test_rows=16", "data.length=2", "model.length=2", "model.d_model=4",
+                  "model.heads=2", "model.layers=1", "model.feedforward=4", "train.epochs=1", "train.batch_size=8")
+    assert summary["protocol"] == "malicious" and summary["partition"] == "vertical"
+    assert [party["columns"] for party in summary["parties"]] == [40, 22]  # merchant, hour, recency | amount, channel
+    assert_matches_plaintext_fine_tuning(summary)
