@@ -6,6 +6,10 @@ Targets:
   n-th opening of that kind (the same altered share goes to every peer); ``mul`` includes
   the bit products inside a comparison;
 * ``open``: alter this party's MAC-check opening after it committed to it;
+* ``coins``: alter the seed this party opens in a coin toss (the MAC check's or the tuple
+  check's), so that it no longer matches its commitment;
+* ``tuple-check``: alter this party's share in an opening of the check of dealt tuples (a
+  sacrifice's rho, a mask's combination, or a kind's combined sigma);
 * ``input``: as an input owner, send a different masked input to one peer (equivocate);
   altering it consistently for every peer is input substitution, which no protocol can
   tell from an honest choice of input;
@@ -29,8 +33,8 @@ import torch
 
 from protocols.malicious.engine import AShare, Engine
 
-TARGETS = ("mul", "matmul", "trunc", "compare", "reveal", "open", "input", "tuple:triple", "tuple:matmul",
-           "tuple:trunc", "tuple:bits")
+TARGETS = ("mul", "matmul", "trunc", "compare", "reveal", "open", "coins", "tuple-check", "input", "tuple:triple",
+           "tuple:matmul", "tuple:trunc", "tuple:bits")
 
 
 @dataclass
