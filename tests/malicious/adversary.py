@@ -2,9 +2,10 @@
 the production ``Engine`` with an ``Adversary`` acting on what it sends and receives.
 Targets:
 
-* ``mul``, ``matmul``, ``trunc``, ``compare``, ``reveal``: alter this party's share in the
-  n-th opening of that kind (the same altered share goes to every peer); ``mul`` includes
-  the bit products inside a comparison;
+* ``mul``, ``matmul``, ``bmatmul``, ``conv``, ``trunc``, ``compare``, ``reveal``, ``verify``:
+  alter this party's share in the n-th opening of that kind (the same altered share goes to
+  every peer); ``mul`` includes the bit products inside a comparison, ``verify`` is the
+  masked opening that checks shares kept rather than revealed;
 * ``open``: alter this party's MAC-check opening after it committed to it;
 * ``coins``: alter the seed this party opens in a coin toss (the MAC check's or the tuple
   check's), so that it no longer matches its commitment;
@@ -33,8 +34,8 @@ import torch
 
 from protocols.malicious.engine import AShare, Engine
 
-TARGETS = ("mul", "matmul", "trunc", "compare", "reveal", "open", "coins", "tuple-check", "input", "tuple:triple",
-           "tuple:matmul", "tuple:trunc", "tuple:bits")
+TARGETS = ("mul", "matmul", "bmatmul", "conv", "trunc", "compare", "reveal", "verify", "open", "coins", "tuple-check",
+           "input", "tuple:triple", "tuple:matmul", "tuple:trunc", "tuple:bits")
 
 
 @dataclass
