@@ -234,9 +234,6 @@ def _check_checkpoints(config: RunConfig) -> None:
         raise ConfigError(f"train.checkpoint_every={train.checkpoint_every} must be 0 (never) or a number of epochs")
     if not (train.checkpoint_every or train.resume):
         return
-    if train.dp.enabled:
-        raise ConfigError("train.checkpoint_every and train.resume are not available with train.dp (its noise keys "
-                          "and privacy accountant)")
     if train.resume and not Path(train.resume).is_dir():
         raise ConfigError(f"train.resume={train.resume} is not a folder; give a run folder, outputs/<run id>")
 

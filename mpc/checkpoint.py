@@ -51,7 +51,9 @@ def run_settings(config: Mapping[str, Any]) -> dict[str, str]:
     config["parties"] = [party["name"] for party in config.get("parties", [])]
     settings = _flatten(config)
     schedule = json.loads(settings.get("train.schedule", '"constant"'))
-    ignored = _MAY_CHANGE + (() if schedule == "cosine" else ("train.epochs",))
+    private = json.loads(settings.get("train.dp.epsilon", "null")) is not None
+    # the cosine schedule's rates and DP-SGD's noise (calibrated to the planned steps) depend on it
+    ignored = _MAY_CHANGE + (() if schedule == "cosine" or private else ("train.epochs",))
     return {key: value for key, value in settings.items()
             if not any(key == name or key.startswith(name + ".") for name in ignored)}
 

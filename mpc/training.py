@@ -282,6 +282,8 @@ class SecureTrainer:
         key = mac_key_share(next(iter(parameters.values())))
         if key is not None:
             state["mac_key"] = key
+        if self.private is not None:
+            state["dp"] = self.private.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
@@ -294,6 +296,8 @@ class SecureTrainer:
         self.optimizer.load_state_dict(self.crypten, state["optimizer"])
         verify(self.optimizer.state(), suspect=suspect)
         seek_generators(self.crypten, state["generators"])
+        if self.private is not None:  # the settings compared on resume include train.dp
+            self.private.load_state_dict(state["dp"])
         return int(state["epoch"])
 
     def fit(self, train: Any, test: Any | None, on_epoch: Callable[[EpochRecord], None] | None = None,
