@@ -55,7 +55,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from protocols.dealer_wire import DealerLink
+from protocols.dealer import POSITION_BITS
+from protocols.dealer_wire import DealerError, DealerLink
 from protocols.malicious import bilinear
 from protocols.malicious import dealer as dealing
 from protocols.malicious import ring
@@ -266,13 +267,16 @@ class Engine:
 
     # -- setup ------------------------------------------------------------------------------
     def _receive_key(self) -> U128:
+        """This party's share of the MAC key; keeps its seed for the dealer's answers."""
         with self._phase("dealer"), self._wire():
             buffer = self.dealer.hello(dealing.Dealer.kind).numpy().view(np.uint64)
-        if buffer.size != 3:
-            raise PreprocessingError(f"the dealer's greeting has {buffer.size} limbs, not 3 (a key share and the mode)")
+        if buffer.size != 5:
+            raise PreprocessingError(f"the dealer's greeting has {buffer.size} limbs, not 5 (a key share, the mode "
+                                     "and a seed)")
         if bool(buffer[2]) != self.authenticated:
             raise PreprocessingError(f"the dealer deals {'authenticated' if buffer[2] else 'unauthenticated'} "
                                      f"tuples but this party runs {'with' if self.authenticated else 'without'} MACs")
+        self._dealer_seed = buffer[3:].tobytes()
         return ring.from_wire(buffer[:2], (1,))
 
     def _setup_check_randomness(self) -> None:
@@ -445,13 +449,27 @@ class Engine:
         self._check_tuples(entries)
 
     def _receive(self, specs: list) -> list:
+        """A dealer answer's tuples: this party's draws from its seed at the answer's position,
+        its corrections in place of its draws where it has them (``dealing.tuple_layout``)."""
         start = time.perf_counter()
-        limbs = dealing.answer_limbs(specs, self.rank, self.authenticated)
+        limbs = dealing.answer_limbs(specs, self.rank, self.parties, self.authenticated)
         with self._phase("dealer"), self._wire(rounds=0):
             buffer = self.dealer.answer(len(specs), limbs).numpy().view(np.uint64)
-        offset = 0
+        position = int(buffer[0])
+        if position >= 1 << POSITION_BITS:
+            raise DealerError(f"the dealer sent a malformed answer: keystream position {position}")
+        stream = dealing.answer_stream(self._dealer_seed, position)
+        offset = 1
 
-        def take(shape: tuple[int, ...]) -> U128:
+        def take(target: U128, elements: slice, width: int) -> None:
+            nonlocal offset
+            lo, hi = target.lo.reshape(-1), target.hi.reshape(-1)
+            count = len(range(*elements.indices(lo.size)))
+            lo[elements] = buffer[offset:offset + count]
+            hi[elements] = buffer[offset + count:offset + 2 * count] if width == 2 else 0
+            offset += width * count
+
+        def given(shape: tuple[int, ...]) -> U128:
             nonlocal offset
             count = self._limbs * int(np.prod(shape, dtype=np.int64))
             value = ring.from_wire(buffer[offset:offset + count], shape, self._limbs)
@@ -459,15 +477,18 @@ class Engine:
             return value
 
         entries = []
-        for spec in specs:
+        for index, spec in enumerate(specs):
             values = []
-            for shape in dealing.spec_shapes(spec, self.check_tuples):
-                self.stats.dealt_by_kind[spec[0]] = self.stats.dealt_by_kind.get(spec[0], 0) + int(np.prod(shape))
-                v = take(shape)
-                m = take(shape) if self.authenticated else None  # MACs: always 2 limbs (authenticated)
+            draws = dealing.draw_tuple(stream, spec, self.authenticated)
+            for (v, m), (shape, elements, derived) in zip(
+                    draws, dealing.tuple_layout(spec, index, self.rank, self.parties, self.authenticated)):
+                self.stats.dealt_by_kind[spec[0]] = self.stats.dealt_by_kind.get(spec[0], 0) + v.size
+                if derived:
+                    take(v, elements, self._limbs)
+                if m is not None:
+                    take(m, elements, 2)
                 values.append(AShare(v, m))
-            owner = dealing.clear_owner(spec)
-            clear = [take(value.shape) for value in values] if owner == self.rank else None
+            clear = [given(value.shape) for value in values] if dealing.clear_owner(spec) == self.rank else None
             entries.append((spec, values, clear))
         self.stats.dealer_requests += 1
         self.stats.dealer_seconds += time.perf_counter() - start

@@ -12,8 +12,9 @@ honestly (a lie in a later dealer answer). Each lie changes one element of one v
 * ``triple``, ``matmul``, ``bmatmul``, ``conv``: c (or, one time in four, the companion's c');
 * ``trunc``, ``bits``: one random bit is no longer 0 or 1 (or, one time in four, the
   companion's c' is wrong);
-* ``input``, ``private``: the mask the owner gets in clear (or, one time in three, the
-  shared mask, the clear one left alone).
+* ``input``, ``private``: the mask the owner gets in clear (or, one time in three, its
+  companion's clear value). The shared masks are what the parties' draws add up to (the
+  dealer sends no share of them), so the clear copies are what it can lie about.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class LyingDealer(Dealer):
         self.lying_about = self.plan[0][0] if self.plan else None
         return super().deal(specs)
 
-    def tuple_values(self, spec: Sequence[Any]) -> tuple[list[U128], list[U128]]:
-        values, clear = super().tuple_values(spec)
+    def tuple_values(self, spec: Sequence[Any], uniform: list[U128]) -> tuple[list[U128], list[U128]]:
+        values, clear = super().tuple_values(spec, uniform)
         if not self.plan or spec[0] != self.plan[0][0] or spec[0] != self.lying_about:
             return values, clear
         if self.skip:
@@ -83,8 +84,7 @@ class LyingDealer(Dealer):
                 while offset % (1 << 64) in (1, (1 << 64) - 1):
                     offset = self._offset()
                 values[1] = self._changed(values[1], offset)
-        elif self.rng.randrange(3) == 0:  # input, private: the shared mask, not the owner's copy
-            values[0] = self._changed(values[0], self._offset())
-        else:
-            clear[0] = self._changed(clear[0], self._offset())
+        else:  # input, private: the owner's copy of the mask or of its companion
+            which = 1 if self.rng.randrange(3) == 0 else 0
+            clear[which] = self._changed(clear[which], self._offset())
         return values, clear
