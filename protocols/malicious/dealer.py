@@ -196,6 +196,46 @@ def draw_tuple(stream: CipherStream, spec: Sequence[Any], authenticated: bool) -
             for shape in spec_shapes(spec, authenticated)]
 
 
+def expand(specs: Sequence[Sequence[Any]], seed: bytes, buffer: np.ndarray, rank: int, parties: int,
+           authenticated: bool) -> list[tuple[list[Any], list[tuple[U128, U128 | None]], list[U128] | None]]:
+    """Party ``rank``'s tuples from its seed and its answer (uint64 limbs, ``answer_limbs`` of
+    them): per tuple its spec, per value (share, MAC share), and at a mask's owner its clear
+    values. Its draws, with its corrections in their place (``tuple_layout``)."""
+    position = int(buffer[0])
+    if position >= 1 << POSITION_BITS:
+        raise DealerProtocolError(f"keystream position {position} is out of range")
+    stream = answer_stream(seed, position)
+    limbs = 2 if authenticated else 1
+    offset = 1
+
+    def take(target: U128, elements: slice, width: int) -> None:
+        nonlocal offset
+        lo, hi = target.lo.reshape(-1), target.hi.reshape(-1)
+        count = len(range(*elements.indices(lo.size)))
+        lo[elements] = buffer[offset:offset + count]
+        hi[elements] = buffer[offset + count:offset + 2 * count] if width == 2 else 0
+        offset += width * count
+
+    def given(shape: tuple[int, ...]) -> U128:
+        nonlocal offset
+        count = limbs * int(np.prod(shape, dtype=np.int64))
+        value = ring.from_wire(buffer[offset:offset + count], shape, limbs)
+        offset += count
+        return value
+
+    tuples = []
+    for index, spec in enumerate(specs):
+        values = draw_tuple(stream, spec, authenticated)
+        for (share, mac), (_, elements, derived) in zip(values, tuple_layout(spec, index, rank, parties, authenticated)):
+            if derived:
+                take(share, elements, limbs)
+            if mac is not None:
+                take(mac, elements, 2)
+        clear = [given(share.shape) for share, _ in values] if clear_owner(spec) == rank else None
+        tuples.append((spec, values, clear))
+    return tuples
+
+
 def validate(specs: Any, checked: bool) -> list[list[Any]]:
     """``specs`` if they are well formed and, as dealt (``checked``: with companions), within
     the size limit."""

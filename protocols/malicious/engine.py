@@ -55,7 +55,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from protocols.dealer import POSITION_BITS
 from protocols.dealer_wire import DealerError, DealerLink
 from protocols.malicious import bilinear
 from protocols.malicious import dealer as dealing
@@ -449,47 +448,20 @@ class Engine:
         self._check_tuples(entries)
 
     def _receive(self, specs: list) -> list:
-        """A dealer answer's tuples: this party's draws from its seed at the answer's position,
-        its corrections in place of its draws where it has them (``dealing.tuple_layout``)."""
+        """A dealer answer's tuples, from this party's seed and its answer (``dealing.expand``)."""
         start = time.perf_counter()
         limbs = dealing.answer_limbs(specs, self.rank, self.parties, self.authenticated)
         with self._phase("dealer"), self._wire(rounds=0):
             buffer = self.dealer.answer(len(specs), limbs).numpy().view(np.uint64)
-        position = int(buffer[0])
-        if position >= 1 << POSITION_BITS:
-            raise DealerError(f"the dealer sent a malformed answer: keystream position {position}")
-        stream = dealing.answer_stream(self._dealer_seed, position)
-        offset = 1
-
-        def take(target: U128, elements: slice, width: int) -> None:
-            nonlocal offset
-            lo, hi = target.lo.reshape(-1), target.hi.reshape(-1)
-            count = len(range(*elements.indices(lo.size)))
-            lo[elements] = buffer[offset:offset + count]
-            hi[elements] = buffer[offset + count:offset + 2 * count] if width == 2 else 0
-            offset += width * count
-
-        def given(shape: tuple[int, ...]) -> U128:
-            nonlocal offset
-            count = self._limbs * int(np.prod(shape, dtype=np.int64))
-            value = ring.from_wire(buffer[offset:offset + count], shape, self._limbs)
-            offset += count
-            return value
-
+        try:
+            expanded = dealing.expand(specs, self._dealer_seed, buffer, self.rank, self.parties, self.authenticated)
+        except dealing.DealerProtocolError as error:
+            raise DealerError(f"the dealer sent a malformed answer: {error}") from None
         entries = []
-        for index, spec in enumerate(specs):
-            values = []
-            draws = dealing.draw_tuple(stream, spec, self.authenticated)
-            for (v, m), (shape, elements, derived) in zip(
-                    draws, dealing.tuple_layout(spec, index, self.rank, self.parties, self.authenticated)):
-                self.stats.dealt_by_kind[spec[0]] = self.stats.dealt_by_kind.get(spec[0], 0) + v.size
-                if derived:
-                    take(v, elements, self._limbs)
-                if m is not None:
-                    take(m, elements, 2)
-                values.append(AShare(v, m))
-            clear = [given(value.shape) for value in values] if dealing.clear_owner(spec) == self.rank else None
-            entries.append((spec, values, clear))
+        for spec, values, clear in expanded:
+            kind = spec[0]
+            self.stats.dealt_by_kind[kind] = self.stats.dealt_by_kind.get(kind, 0) + sum(v.size for v, _ in values)
+            entries.append((spec, [AShare(v, m) for v, m in values], clear))
         self.stats.dealer_requests += 1
         self.stats.dealer_seconds += time.perf_counter() - start
         return entries
