@@ -61,6 +61,7 @@ from protocols.malicious import dealer as dealing
 from protocols.malicious import ring
 from protocols.malicious.answers import Piece, cut
 from protocols.malicious.ring import U128
+from protocols.prg import SEED_BYTES, CipherStream
 
 log = logging.getLogger("cotrain.malicious")
 
@@ -204,10 +205,9 @@ def _as_tensor(data: np.ndarray) -> torch.Tensor:
 
 
 def _stream(seed: bytes, count: int) -> np.ndarray:
-    """``count`` uint64 values expanded from ``seed`` (SHAKE-256)."""
-    if count == 0:
-        return np.zeros(0, np.uint64)
-    return np.frombuffer(hashlib.shake_256(seed).digest(8 * count), dtype=np.uint64).copy()
+    """``count`` uint64 values expanded from ``seed`` (a hash output: its first 16 bytes key
+    AES-128-CTR, several times faster than SHAKE-256 for the millions a check draws)."""
+    return CipherStream(seed[:SEED_BYTES]).read(8 * count).view(np.uint64)
 
 
 def _tree_products(width: int) -> list[int]:
@@ -329,7 +329,8 @@ class Engine:
         out = {src: buffer.numpy().view(np.uint64) for src, buffer in buffers.items()}
         if record and self.authenticated:
             for src, data in out.items():
-                self._senders[src].update(kind.encode() + data.tobytes())
+                self._senders[src].update(kind.encode())
+                self._senders[src].update(data)
         if not isinstance(payload, dict):
             out[self.rank] = payload
         return out
@@ -593,7 +594,8 @@ class Engine:
                 self.comm.irecv(buffer, owner).wait()
             data = buffer.numpy().view(np.uint64)
             if self.authenticated:
-                self._senders[owner].update(b"input" + data.tobytes())
+                self._senders[owner].update(b"input")
+                self._senders[owner].update(data)
             epsilon = ring.from_wire(data, shape, self._limbs)
         return self.add_public(mask, epsilon)
 
@@ -799,14 +801,14 @@ class Engine:
         coin = self._coin_toss(b"chi", self._check_count, failures)
 
         # 2. each party's share of the random linear combination of the MAC relations
-        if self._opened:
-            values = ring.concat([v for v, _ in self._opened])
-            macs = ring.concat([m for _, m in self._opened])
-            chi = U128.from_uint64(_stream(coin, values.size))
-            combined_value = ring.sum_axis(values * chi, 0)
-            combined_mac = ring.sum_axis(macs * chi, 0)
-        else:
-            combined_value = combined_mac = U128.zeros((1,))
+        combined_value = combined_mac = U128.zeros(())
+        chi_stream = _stream(coin, self._pending)
+        start_chi = 0
+        for values, macs in self._opened:  # each opening with its stretch of the coefficients
+            chi = U128.from_uint64(chi_stream[start_chi:start_chi + values.size])
+            start_chi += values.size
+            combined_value = combined_value + ring.sum_axis(values * chi, 0)
+            combined_mac = combined_mac + ring.sum_axis(macs * chi, 0)
         sigma = combined_mac.reshape(1) - self.alpha * combined_value.reshape(1) + self._zero_share()
         digests = b"".join(self._senders[r].digest() for r in range(self.parties))
         nonce = secrets.token_bytes(16)
