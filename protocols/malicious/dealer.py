@@ -350,8 +350,20 @@ class Dealer:
         mod 2^64: one limb each."""
         position = int.from_bytes(os.urandom(8), "little") >> (64 - POSITION_BITS)
         streams = [answer_stream(seed, position) for seed in self.seeds]
-        buffers: list[list[np.ndarray]] = [[np.array([position], np.uint64)] for _ in range(self.parties)]
         limbs = 2 if self.authenticated else 1  # semi-honest: values mod 2^64 suffice
+        buffers = [np.empty(answer_limbs(specs, rank, self.parties, self.authenticated), np.uint64)
+                   for rank in range(self.parties)]
+        filled = [1] * self.parties
+        for buffer in buffers:
+            buffer[0] = position
+
+        def put(rank: int, x: U128, width: int) -> None:
+            count, at = x.size, filled[rank]
+            buffers[rank][at:at + count] = x.lo.reshape(-1)
+            if width == 2:
+                buffers[rank][at + count:at + 2 * count] = x.hi.reshape(-1)
+            filled[rank] += width * count
+
         for index, spec in enumerate(specs):
             draws = [draw_tuple(stream, spec, self.authenticated) for stream in streams]
             derived = derived_components(spec, self.authenticated)
@@ -362,16 +374,16 @@ class Dealer:
                 if self.authenticated:
                     pieces.append((value * self.alpha, [d[j][1] for d in draws], 2))
                 for total, drawn, width in pieces:
-                    # at element k, the correction party's share: the total minus the others' draws
-                    residue = (total - _total(drawn)).reshape(-1)
-                    for rank, piece in enumerate(drawn):
+                    flat = total.reshape(-1)
+                    for rank in range(self.parties):
+                        # where this party corrects: the total minus the other parties' draws
                         elements = corrected(index, value.size, rank, self.parties)
-                        buffers[rank].extend(ring.wire_parts(residue[elements] + piece.reshape(-1)[elements], width))
+                        put(rank, flat[elements] - _total([piece.reshape(-1)[elements] for other, piece
+                                                           in enumerate(drawn) if other != rank]), width)
             owner = clear_owner(spec)
             for value in clear:
-                buffers[owner].extend(ring.wire_parts(value, limbs))
-        # one copy per party into its wire buffer
-        return [_as_int64(np.concatenate(parts)) for parts in buffers]
+                put(owner, value, limbs)
+        return [_as_int64(buffer) for buffer in buffers]
 
 
 def _total(shares: Sequence[U128]) -> U128:
