@@ -5,8 +5,8 @@ dealer loop (``parties.dealer.serve_tuples``) over the one dealer wire protocol
 (``protocols.dealer_wire``); a request's items are the tuple specs below. It draws the global
 MAC key alpha in [0, 2^64) and hands each party an additive share of it mod 2^128; it
 never sees a party's data or any share of one. On request it makes, in clear, each tuple
-the program needs and sends every party its additive shares of the values and of their
-MACs (alpha * value mod 2^128):
+the program needs and deals every party additive shares of the values and of their MACs
+(alpha * value mod 2^128), as seeds and corrections (below):
 
 * ``triple``  (shape):       a, b uniform in Z_2^128, c = a*b.
 * ``matmul``  (n, d, m):     A (n x d), B (d x m) uniform, C = A @ B.
