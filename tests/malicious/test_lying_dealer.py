@@ -86,6 +86,7 @@ def inconsistent():
                         timeout_s=300, dealer_type=LyingCorrections, dealer_kwargs={"plan": plan, "seed": 11})
 
 
+@pytest.mark.slow
 def test_answers_inconsistent_with_the_seeds_are_caught_by_every_party(inconsistent):
     plan, outcome = inconsistent
     checks = {check for check, _ in CHECKS.values()} | {"MAC check", "verdict"}
@@ -100,6 +101,7 @@ def test_answers_inconsistent_with_the_seeds_are_caught_by_every_party(inconsist
           f"(at party 0, by {caught_by})")
 
 
+@pytest.mark.slow
 def test_the_seeded_dealer_honest_after_its_lies_comes_right(inconsistent):
     for result in inconsistent[1]:
         assert [status for _, status, _, _ in result["honest"]] == ["ok"] * (len(KINDS) + 1), result["honest"]
