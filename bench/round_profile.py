@@ -56,6 +56,7 @@ class RoundProfiler:
 
     def __init__(self, transport: Any) -> None:
         self.events: list[tuple[str, float, float, float, int]] = []
+        self._starts: list[tuple] = []  # the counters as each recorded round began
         self._wait = 0.0
         self._last = (time.perf_counter(), 0.0, 0.0, 0)  # time, comm seconds, wait seconds, bytes
         stats = transport.stats
@@ -83,11 +84,22 @@ class RoundProfiler:
                 self.__dict__["rounds"] = value
                 if change > 0:
                     profiler._record(sys._getframe(1), change)
+                elif change < 0:  # a collective of several messages (PartyGroup) is one round
+                    profiler._merge(sys._getframe(1), 1 - change)
 
         stats.__class__ = Recording
         self.stats = stats
 
+    def _merge(self, frame: Any, count: int) -> None:
+        """The last ``count`` rounds recorded were the messages of one collective that ends now."""
+        if count > len(self._starts):
+            return
+        self._last = self._starts[-count]
+        del self.events[-count:], self._starts[-count:]
+        self._record(frame, 1)
+
     def _record(self, frame: Any, change: int) -> None:
+        self._starts.append(self._last)
         now = time.perf_counter()
         then, comm0, wait0, sent0 = self._last
         comm, wait, sent = self.stats.seconds, self._wait, self.stats.bytes_sent
@@ -96,12 +108,13 @@ class RoundProfiler:
         # (the difference is one call's bookkeeping)
         interval, in_comm, waited = now - then, comm - comm0, wait - wait0
         self.events.append((_label(frame), interval, max(in_comm - waited, 0.0), waited, sent - sent0))
+        self._last = (now, comm, wait, sent)
         for _ in range(change - 1):
             self.events.append((self.events[-1][0], 0.0, 0.0, 0.0, 0))
-        self._last = (now, comm, wait, sent)
+            self._starts.append(self._last)
 
     def take(self) -> list[tuple]:
-        events, self.events = self.events, []
+        events, self.events, self._starts = self.events, [], []
         self._last = (time.perf_counter(), self.stats.seconds, self._wait, self.stats.bytes_sent)
         return events
 

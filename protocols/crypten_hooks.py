@@ -14,7 +14,8 @@ the model converter's swap, and every extension point the protocol parts plug in
   for triple sources; ``cfg.mpc.protocol``, looked up in
   ``crypten.mpc.primitives.arithmetic``'s globals, for the metered Beaver functions; the
   hard-wired ``beaver.AND`` (binary AND), ``beaver.B2A_single_bit`` (B2A),
-  ``MPCTensor._ltz`` and ``converters._A2B`` (comparison and A2B),
+  ``MPCTensor._ltz`` and ``converters._A2B`` (comparison and A2B), ``MPCTensor.relu`` and
+  the autograd ReLU's forward and backward,
   ``ArithmeticSharedTensor.div_`` and ``beaver.truncate`` (truncation); and randomness:
   ``crypten._setup_prng``, ``crypten.generators`` and the samplers of ``crypten.common.rng``
   wherever a module imported them by name.
@@ -585,6 +586,34 @@ def install_comparison(crypten: Any, ltz: Callable[[Any, Callable], Any], counte
             return original_a2b(arithmetic_tensor)
 
     _patch("comparison", m.converters, "_A2B", _A2B)
+
+
+def install_relu(crypten: Any, relu: Callable[[Any], tuple[Any, Any]], gradient: Callable[[Any, Any], Any],
+                 counters: PartCounters) -> None:
+    """ReLU (``MPCTensor.relu`` and CrypTen's autograd ReLU) through ``relu(x) -> (y, state)``
+    and its backward through ``gradient(grad, state)``; undone with the comparison."""
+    m = _modules(crypten)
+    autograd_relu = crypten.gradients.get_grad_fn("relu")
+
+    def metered_relu(x: Any) -> tuple[Any, Any]:
+        counters.calls += 1
+        counters.tuples += x.share.numel()
+        with metered(counters, "online"):
+            return relu(x)
+
+    def forward(ctx: Any, input: Any) -> Any:
+        output, state = metered_relu(input)
+        ctx.save_for_backward(state)
+        return output
+
+    def backward(ctx: Any, grad_output: Any) -> Any:
+        (state,) = ctx.saved_tensors
+        with metered(counters, "online"):
+            return gradient(grad_output, state)
+
+    _patch("comparison", m.MPCTensor, "relu", lambda self: metered_relu(self)[0])
+    _patch("comparison", autograd_relu, "forward", staticmethod(forward))
+    _patch("comparison", autograd_relu, "backward", staticmethod(backward))
 
 
 def uninstall_comparison(crypten: Any) -> None:

@@ -40,6 +40,7 @@ from typing import Any, Sequence
 import torch
 
 from protocols.bitpack import pair_products
+from protocols.comparison import relu_mask_values
 from protocols.dealer_wire import DealerError, DealerLink
 from protocols.parts import metered
 from protocols.prg import SEED_BYTES, CipherGenerator, new_seed
@@ -66,7 +67,8 @@ def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
 # from them, and only their corrections travel. (b2a's bit is not uniform as a word.)
 RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "binary": (True, True, False),
                      "b2a": (False, False), "trunc": (True, False, False), "wrap": (True, False),
-                     "signmask": (True, False, False), "wrapbit": (True, False)}
+                     "signmask": (True, False, False), "wrapbit": (True, False),
+                     "relumask": (True, False, False, False, False, False, True, False)}
 # each answer's shares come from its own stretch of every party's keystream, 2^40 bytes long
 # (an answer never draws that much), at a position the dealer picks at random per answer
 BATCH_STRIDE = 1 << 40
@@ -115,6 +117,8 @@ def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.
         return [None, -random[0], pair_products(-random[0])]
     if kind == "wrapbit":
         return [None, wrap_bit_values(random[0])[1]]
+    if kind == "relumask":
+        return relu_mask_values(random[0], random[6], rng.bits(key[1], 1))
     raise ValueError(f"unknown tuple kind {kind!r}")
 
 
@@ -262,6 +266,12 @@ class DealerTripleSource(KeyedTripleSource):
         self.counters.tuples += tuple_elements(key)
         r, negated, pairs = (s.to(device) if device is not None else s for s in self.fetch(key))
         return AST.from_shares(r, precision=0), BST.from_shares(negated), BST.from_shares(pairs)
+
+    def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
+        key = ("relumask", freeze(size))
+        self.counters.calls += 1
+        self.counters.tuples += tuple_elements(key)
+        return [s.to(device) if device is not None else s for s in self.fetch(key)]
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         key = ("wrapbit", freeze(size))

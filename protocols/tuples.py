@@ -76,6 +76,8 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
         return [("a", key[1]), ("b", key[1])]
     if kind == "signmask":
         return [("a", key[1]), ("b", key[1]), ("b", key[1])]
+    if kind == "relumask":  # r, -r, its pair products, u, u, r u, a, a u
+        return [("a", key[1]), ("b", key[1]), ("b", key[1]), ("a", key[1]), ("b", key[1])] + [("a", key[1])] * 3
     if kind == "trunc":
         return [("a", key[1])] * 3
     raise ValueError(f"unknown tuple kind {kind!r}")
@@ -96,7 +98,7 @@ def check_key(key: Any) -> tuple:
         if len(key) != 3:
             raise ValueError(f"malformed binary triple request {key!r}")
         key = ("binary", _size(key[1]), _size(key[2]))
-    elif kind in ("square", "wrap", "b2a", "signmask", "wrapbit"):
+    elif kind in ("square", "wrap", "b2a", "signmask", "relumask", "wrapbit"):
         if len(key) != 2:
             raise ValueError(f"malformed {kind} request {key!r}")
         key = (kind, _size(key[1]))

@@ -35,7 +35,7 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
-        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]]]
+        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]], ["relumask", [7]]]
         + ([["wrapbit", [7]]] if parties == 2 else [])]
     for position in (0, 5, (1 << 62) - 1):
         answers = deal_answers(keys, seeds, position, rng)
@@ -66,6 +66,11 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
                 assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
             elif kind == "signmask":
                 assert torch.equal(values[1], -values[0]) and torch.equal(values[2], pair_products(-values[0]))
+            elif kind == "relumask":
+                r, negated, pairs, u, u_word, r_u, a, a_u = values
+                assert torch.equal(negated, -r) and torch.equal(pairs, pair_products(-r))
+                assert torch.equal(u, u_word) and set(u.tolist()) <= {0, 1}
+                assert torch.equal(r_u, r * u) and torch.equal(a_u, a * u)
             elif kind == "wrapbit":  # each party's own word, whose top bit is its private bit
                 bits, both = wrap_bit_values([p[0] for p in shares])
                 assert torch.equal(values[1], both) and all(set(b.tolist()) <= {0, 1} for b in bits)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.comparison import comparison_tuples
+from protocols.comparison import comparison_tuples, relu_tuples
 from protocols.dealer import SemiHonestMaker, expand
 from protocols.tuples import Prefetcher
 from protocol_sessions import party_values, run_parties
@@ -136,13 +136,13 @@ def test_a_repeated_step_asks_the_real_dealer_once(truncation):
             assert product <= 6 * 2 ** -16 + 2 ** -32 + 2 ** -16
     status, served = collected[2]
     assert status == "ok"
-    comparison = len(comparison_tuples((2, 8)))
-    # relu = x * (x >= 0), a product by a bit of scale 1 (no truncation), then x * x, a
-    # product truncated. Step 1 asks for the announced comparison at once, then relu's
-    # triple, then x x's triple with its truncation's tuple; step 2 for the comparison again
-    # (its context is new), then the learnt period, the whole step, which holds step 3's
-    # comparison; every later step is one request of the whole step, asked for as soon as
-    # the one before has come (the last one asked ahead is collected before the stop)
-    step = comparison + 3
-    assert served["sizes"] == [comparison, 1, 2, comparison, step, step, step, step]
-    assert served["requests"] == 8
+    relu = len(relu_tuples((2, 8)))
+    # relu is one packed ReLU (its mask makes the product with the bit local), then x x, a
+    # product truncated. Step 1 asks for the announced ReLU at once, then x x's triple with its
+    # truncation's tuple; step 2 for both again (their contexts are new: the step before them
+    # now ends in x x), step 3 for the learnt period, the whole step, and at once for the next
+    # one (asked one step ahead); step 4 collects that and asks for the next, which is
+    # collected before the stop
+    step = relu + 2
+    assert served["sizes"] == [relu, 2, relu, 2, step, step, step]
+    assert served["requests"] == 7
