@@ -503,16 +503,46 @@ def _announced(fn: Callable, op: str, before: Callable[..., None] | None) -> Cal
     return wrapper
 
 
+def _beaver_product(crypten: Any, op: str, crypten_product: Callable) -> Callable:
+    """CrypTen's Beaver product with two local products per party where it computes three:
+    z = c + eps b + a delta + eps delta, and op is bilinear, so party 0 takes
+    eps (b + delta) + a delta and the others eps b + a delta (CrypTen has every party
+    compute eps delta and keeps party 0's). With ``active_security`` set, CrypTen's own."""
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor as AST
+    from crypten.mpc.primitives.beaver import IgnoreEncodings
+
+    product = getattr(torch, op)
+
+    def beaver(x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
+        if crypten.cfg.mpc.active_security:
+            return crypten_product(x, y, *args, **kwargs)
+        if x.device != y.device:
+            raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
+        a, b, c = crypten.mpc.get_default_provider().generate_additive_triple(
+            x.size(), y.size(), op, device=x.device, *args, **kwargs)
+        with IgnoreEncodings([a, b, x, y]):
+            epsilon, delta = AST.reveal_batch([x - a, y - b])
+        b_share = b.share + delta if crypten.communicator.get().get_rank() == 0 else b.share
+        c.share = c.share + product(epsilon, b_share, *args, **kwargs) + product(a.share, delta, *args, **kwargs)
+        return c
+
+    return beaver
+
+
 def meter_online_tuple_use(crypten: Any, counters: PartCounters, before: Callable[..., None] | None = None) -> None:
     """Charge Beaver openings (mul/matmul/conv/square, binary AND, B2A) to ``counters``;
     ``before(op, x, y, **kwargs)`` (``before("square", x)``) is told of each product first.
+    Products of two sharings compute two local products where CrypTen computes three
+    (:func:`_beaver_product`).
 
     They go through ``cfg.mpc.protocol`` (a namespace in arithmetic's globals) and the two
     hard-wired functions of ``beaver``.
     """
     m = _modules(crypten)
+    products = {op: getattr(m.beaver, op) if op == "square" else _beaver_product(crypten, op, getattr(m.beaver, op))
+                for op in _BEAVER_OPS}
     namespace = types.SimpleNamespace(
-        **{op: counted(_announced(getattr(m.beaver, op), op, before), counters, "online") for op in _BEAVER_OPS},
+        **{op: counted(_announced(products[op], op, before), counters, "online") for op in _BEAVER_OPS},
         truncate=m.beaver.truncate,
     )
     _patch("online", vars(m.arithmetic), _PROTOCOL_NAME, namespace)

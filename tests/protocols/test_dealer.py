@@ -92,6 +92,22 @@ def test_malformed_requests_are_refused(bad):
         check_key(bad)
 
 
+def _exact_products(crypten, rank) -> dict[str, bool]:
+    """Products of integer sharings (precision 0: no truncation) against torch's in the ring:
+    the Beaver product's two local products per party (protocols.crypten_hooks) are exact."""
+    from crypten.mpc import MPCTensor
+
+    out = {}
+    for op, size0, size1 in (("mul", (5, 7), (5, 7)), ("matmul", (6, 4), (4, 3))):
+        generator = torch.Generator().manual_seed(len(out))
+        values = [torch.randint(-(1 << 63), (1 << 63) - 1, size, generator=generator) for size in (size0, size1)]
+        # re-randomised, so that every party's share is uniform
+        x, y = (MPCTensor.from_shares(v if rank == 0 else torch.zeros_like(v), precision=0)
+                + crypten.cryptensor(torch.zeros(v.shape), precision=0) for v in values)
+        out[op] = torch.equal(getattr(x, op)(y).get_plain_text(), getattr(torch, op)(*values))
+    return out
+
+
 def _compute(crypten, rank):
     torch.manual_seed(1)
     a, b = torch.randn(8, 4), torch.randn(4, 3)
@@ -102,6 +118,7 @@ def _compute(crypten, rank):
         "relu": ((x.relu()).get_plain_text() - a.relu()).abs().max().item(),
         "sigmoid": ((x.sigmoid()).get_plain_text() - a.sigmoid()).abs().max().item(),
     }
+    out["exact_products"] = _exact_products(crypten, rank)
     from protocols.suite import ProtocolSuite  # noqa: F401
     source = crypten.mpc.get_default_provider()
     out["provider"] = source.NAME
@@ -122,6 +139,7 @@ def test_session_over_a_dealer(parties, truncation):
     collected = run_parties(_compute, protocol, parties=parties)
     for result in party_values(collected, parties):
         assert result["provider"] == "COTRAIN_DEALER"
+        assert result["exact_products"] == {"mul": True, "matmul": True}
         assert result["matmul"] < 1e-3 and result["square"] < 1e-3 and result["relu"] < 1e-3
         assert result["sigmoid"] < 1e-2
     status, stats = collected[parties]
