@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 _MARKERS = (
     ("dealer request", "protocols/dealer.py", "_receive_batch"),
     ("truncation", "protocols/truncation.py", "_divide"),
-    ("comparison B2A", "protocols/comparison.py", "_to_arithmetic"),
-    ("ReLU bit", "protocols/comparison.py", "open_bits"),
-    ("ReLU opening", "protocols/comparison.py", "relu_shares"),
-    ("ReLU gradient", "protocols/comparison.py", "relu_gradient_shares"),
+    ("comparison bit opening (B2A)", "protocols/comparison.py", "open_bits"),
     ("comparison AND", "protocols/comparison.py", "carry_out"),
     ("comparison opening", "protocols/comparison.py", "_sign"),
+    ("ReLU opening", "protocols/comparison.py", "relu_shares"),
+    ("ReLU gradient", "protocols/comparison.py", "relu_gradient_shares"),
+    ("product opening", "protocols/crypten_hooks.py", "beaver"),
     ("product opening", "crypten/mpc/primitives/beaver.py", "__beaver_protocol"),
     ("product opening", "crypten/mpc/primitives/beaver.py", "square"),
 )

@@ -400,20 +400,61 @@ class _WeightGradient:
         return (a.t().matmul(grad_output),)
 
 
+class _BothGradients:
+    """The backward of ``a @ b`` when both need a gradient: ``grad b^T`` and ``a^T grad``
+    (CrypTen's own backward takes them one after the other: 4 rounds, here 2)."""
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Any) -> tuple[Any, Any]:
+        a, b = ctx.saved_tensors
+        return tuple(matmuls_together([(grad_output, b.t()), (a.t(), grad_output)]))
+
+
+def matmuls_together(pairs: list[tuple[Any, Any]]) -> list[Any]:
+    """``x @ y`` for each pair of fixed-point MPCTensors of one scale: every Beaver opening in
+    one round, every truncation in one (the products flattened together)."""
+    import crypten
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor as AST
+    from crypten.mpc.primitives.beaver import IgnoreEncodings
+
+    provider = crypten.mpc.get_default_provider()
+    triples = [provider.generate_additive_triple(x.size(), y.size(), "matmul", device=x.device) for x, y in pairs]
+    operands = [t for (x, y) in pairs for t in (x._tensor, y._tensor)]
+    with IgnoreEncodings(operands + [t for triple in triples for t in triple[:2]]):
+        opened = AST.reveal_batch([t - triple[i % 2] for i, (t, triple) in
+                                   enumerate(zip(operands, [triple for triple in triples for _ in (0, 1)]))])
+    shares = [_beaver_share(crypten, torch.matmul, a, b, c, opened[2 * i], opened[2 * i + 1])
+              for i, (a, b, c) in enumerate(triples)]
+    joined = AST.from_shares(torch.cat([share.reshape(-1) for share in shares]), precision=0)
+    joined = joined.div_(pairs[0][0].encoder.scale).share
+    results, offset = [], 0
+    for (x, _), share in zip(pairs, shares):
+        result = x.shallow_copy()
+        result._tensor = x._tensor.shallow_copy()
+        result._tensor.share = joined[offset:offset + share.numel()].reshape(share.shape)
+        offset += share.numel()
+        results.append(result)
+    return results
+
+
 def _matmul(crypten: Any, a: Any, b: Any) -> Any:
     """``a @ b``; when the input ``a`` needs no gradient (the first layer's features), the
-    autograd node skips CrypTen's input gradient: a matmul and 2 rounds per step, unused."""
-    if not (crypten.CrypTensor.AUTOGRAD_ENABLED and b.requires_grad and not a.requires_grad
+    autograd node skips CrypTen's input gradient: a matmul and 2 rounds per step, unused;
+    when both need one (a hidden layer), its backward opens and truncates both at once."""
+    mpc_tensor = crypten.mpc.MPCTensor
+    both = (a.requires_grad and type(a) is mpc_tensor and type(b) is mpc_tensor
+            and a.encoder.scale == b.encoder.scale > 1)
+    if not (crypten.CrypTensor.AUTOGRAD_ENABLED and b.requires_grad and (both or not a.requires_grad)
             and a.dim() == 2 and b.dim() == 2):
         return a.matmul(b)
     with crypten.no_grad():
         product = a.matmul(b)
     ctx = crypten.gradients.AutogradContext()
-    ctx.save_for_backward(a)
+    ctx.save_multiple_for_backward([a, b] if both else [a])
     # the fields crypten's own autograd wrapper sets on a function's result
     product.requires_grad = True
-    product.children = [b]
-    product.grad_fn = _WeightGradient
+    product.children = [a, b] if both else [b]
+    product.grad_fn = _BothGradients if both else _WeightGradient
     product.ctx = ctx
     return product
 
@@ -522,11 +563,18 @@ def _beaver_product(crypten: Any, op: str, crypten_product: Callable) -> Callabl
             x.size(), y.size(), op, device=x.device, *args, **kwargs)
         with IgnoreEncodings([a, b, x, y]):
             epsilon, delta = AST.reveal_batch([x - a, y - b])
-        b_share = b.share + delta if crypten.communicator.get().get_rank() == 0 else b.share
-        c.share = c.share + product(epsilon, b_share, *args, **kwargs) + product(a.share, delta, *args, **kwargs)
+        c.share = _beaver_share(crypten, product, a, b, c, epsilon, delta, *args, **kwargs)
         return c
 
     return beaver
+
+
+def _beaver_share(crypten: Any, product: Callable, a: Any, b: Any, c: Any, epsilon: torch.Tensor,
+                  delta: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """This party's share of x y from its triple (a, b, c) and the opened eps = x - a and
+    delta = y - b: c + eps (b + delta) + a delta at party 0, c + eps b + a delta elsewhere."""
+    b_share = b.share + delta if crypten.communicator.get().get_rank() == 0 else b.share
+    return c.share + product(epsilon, b_share, *args, **kwargs) + product(a.share, delta, *args, **kwargs)
 
 
 def meter_online_tuple_use(crypten: Any, counters: PartCounters, before: Callable[..., None] | None = None) -> None:

@@ -108,6 +108,25 @@ def _exact_products(crypten, rank) -> dict[str, bool]:
     return out
 
 
+def _hidden_layer_gradients(crypten) -> dict[str, bool]:
+    """A hidden layer's product (both factors need a gradient: their Beaver openings and
+    truncations batched) against torch, each element within the bound from encoding every
+    input (u = 2^-16 each) and one truncation (1 ulp), plus u^2 per term."""
+    from protocols.crypten_hooks import _matmul
+
+    u = 2.0 ** -16
+    generator = torch.Generator().manual_seed(3)
+    h, w, g = (torch.randn(*shape, generator=generator) for shape in ((16, 8), (8, 3), (16, 3)))
+    secure_h, secure_w = crypten.cryptensor(h, requires_grad=True), crypten.cryptensor(w, requires_grad=True)
+    _matmul(crypten, secure_h, secure_w).backward(crypten.cryptensor(g))
+    checks = {}
+    for name, got, exact, left, right in (("input", secure_h.grad, g @ w.t(), g, w.t()),
+                                          ("weight", secure_w.grad, h.t() @ g, h.t(), g)):
+        bound = u * (left.abs().sum(1, keepdim=True) + right.abs().sum(0, keepdim=True)) + u * u * left.shape[1] + u
+        checks[name] = bool(((got.get_plain_text() - exact).abs() <= bound).all())
+    return checks
+
+
 def _compute(crypten, rank):
     torch.manual_seed(1)
     a, b = torch.randn(8, 4), torch.randn(4, 3)
@@ -119,6 +138,7 @@ def _compute(crypten, rank):
         "sigmoid": ((x.sigmoid()).get_plain_text() - a.sigmoid()).abs().max().item(),
     }
     out["exact_products"] = _exact_products(crypten, rank)
+    out["hidden_layer_gradients"] = _hidden_layer_gradients(crypten)
     from protocols.suite import ProtocolSuite  # noqa: F401
     source = crypten.mpc.get_default_provider()
     out["provider"] = source.NAME
@@ -140,6 +160,7 @@ def test_session_over_a_dealer(parties, truncation):
     for result in party_values(collected, parties):
         assert result["provider"] == "COTRAIN_DEALER"
         assert result["exact_products"] == {"mul": True, "matmul": True}
+        assert result["hidden_layer_gradients"] == {"input": True, "weight": True}
         assert result["matmul"] < 1e-3 and result["square"] < 1e-3 and result["relu"] < 1e-3
         assert result["sigmoid"] < 1e-2
     status, stats = collected[parties]
