@@ -18,7 +18,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,27 @@ def _label(frame: Any) -> str:
     return f"{phase or 'forward'}: {operation or 'other'}"
 
 
+def watch_rounds(stats: Any, on_change: Callable[[Any, int], None]) -> None:
+    """Call ``on_change(frame, change)`` at every later change of ``stats.rounds`` (a
+    :class:`parties.transport.stats.CommStats`), ``frame`` the code that made it: ``stats``
+    gets a subclass whose ``rounds`` is a property, the value kept as before."""
+    base = type(stats)
+
+    class Watched(base):  # type: ignore[misc, valid-type]
+        @property
+        def rounds(self) -> int:
+            return self.__dict__["rounds"]
+
+        @rounds.setter
+        def rounds(self, value: int) -> None:
+            change = value - self.__dict__.get("rounds", 0)
+            self.__dict__["rounds"] = value
+            if change:
+                on_change(sys._getframe(1), change)
+
+    stats.__class__ = Watched
+
+
 class RoundProfiler:
     """Hooks one transport: every round it counts is recorded with its label, the bytes sent,
     and the compute, encode and wait seconds since the previous one ended."""
@@ -74,23 +95,14 @@ class RoundProfiler:
                 profiler._wait += time.perf_counter() - start
 
         transport._recv_frame = timed_recv
-        base = type(stats)
 
-        class Recording(base):  # type: ignore[misc, valid-type]
-            @property
-            def rounds(self) -> int:
-                return self.__dict__["rounds"]
+        def counted(frame: Any, change: int) -> None:
+            if change > 0:
+                profiler._record(frame, change)
+            else:  # a collective of several messages (PartyGroup) is one round
+                profiler._merge(frame, 1 - change)
 
-            @rounds.setter
-            def rounds(self, value: int) -> None:
-                change = value - self.__dict__.get("rounds", 0)
-                self.__dict__["rounds"] = value
-                if change > 0:
-                    profiler._record(sys._getframe(1), change)
-                elif change < 0:  # a collective of several messages (PartyGroup) is one round
-                    profiler._merge(sys._getframe(1), 1 - change)
-
-        stats.__class__ = Recording
+        watch_rounds(stats, counted)
         self.stats = stats
 
     def _merge(self, frame: Any, count: int) -> None:
