@@ -181,8 +181,10 @@ def _check_sequences(config: RunConfig) -> None:
     if data.kind not in KINDS:
         raise ConfigError(f"data.kind={data.kind} is not allowed; choose one of {', '.join(KINDS)}")
     if data.kind == "sequence":
-        if data.partition != "horizontal":
-            raise ConfigError("data.kind=sequence needs data.partition=horizontal (each bank holds its own customers)")
+        if data.partition == "vertical" and pretrain.enabled:
+            raise ConfigError(f"pretrain.owner={pretrain.owner} needs data.partition=horizontal: in a vertical split "
+                              "no party holds whole sequences of customers of its own to pre-train on; set "
+                              "pretrain.owner=null to train the model from its initial weights")
         if data.length < 1 or not data.vocabulary or min(data.vocabulary.values()) < 1:
             raise ConfigError(f"data.kind=sequence needs data.length >= 1 and data.vocabulary mapping each token "
                               f"field to its size >= 1 (got length {data.length}, vocabulary {dict(data.vocabulary)})")
@@ -232,9 +234,6 @@ def _check_checkpoints(config: RunConfig) -> None:
         raise ConfigError(f"train.checkpoint_every={train.checkpoint_every} must be 0 (never) or a number of epochs")
     if not (train.checkpoint_every or train.resume):
         return
-    if train.dp.enabled:
-        raise ConfigError("train.checkpoint_every and train.resume are not available with train.dp (its noise keys "
-                          "and privacy accountant)")
     if train.resume and not Path(train.resume).is_dir():
         raise ConfigError(f"train.resume={train.resume} is not a folder; give a run folder, outputs/<run id>")
 

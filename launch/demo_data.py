@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from mpc.data.synthetic import GeneratedFiles, write_horizontal, write_vertical
-from mpc.data.synthetic_sequences import write_sequences
+from mpc.data.synthetic_sequences import write_sequences, write_vertical_sequences
 from parties.config import PartySpec, RunConfig
 
 
@@ -26,6 +26,9 @@ def _needs_demo_data(config: RunConfig) -> bool:
 
 def _generate(config: RunConfig, directory: Path) -> GeneratedFiles:
     d = config.data
+    if d.kind == "sequence" and d.partition == "vertical":
+        return write_vertical_sequences(directory, config.num_parties, d.rows, d.test_rows, config.seed,
+                                        overlap=d.overlap)
     if d.kind == "sequence":
         return write_sequences(directory, config.num_parties, d.rows, d.test_rows, config.seed)
     if d.partition == "horizontal":

@@ -5,7 +5,9 @@
 * ``cotrain predict shares=outputs/<run id> data=<csv> owner=<party> out=<csv> [overrides]``
   starts the run's parties again on this machine (the local launcher); each loads its own
   shares, the owner secret-shares its rows, and only the scores are revealed, to the owner.
-  The run's protocol suite is used unless an override (``protocol=...``) says otherwise.
+  The run's protocol suite is used unless an override (``protocol=...``) says otherwise; a
+  ``protocol=malicious`` run's MAC-carrying shares are MAC-checked as they are loaded, under
+  the MAC key its dealer kept, and the scores revealed through the engine's checked reveal.
 
 Both apply the preprocessing the run revealed, so a row gets the score the run's held-out
 metrics were computed from (within the fixed-point bound of ``mpc.tolerance``).
@@ -24,6 +26,7 @@ from mpc.release import ReleasePolicy, ReleaseRefused
 from mpc.scoring import ModelRecord, load_model_file, read_record, score_plain
 from parties.config import PartySpec, ScoreConfig
 from parties.outputs import write_predictions
+from protocols.malicious.parts import is_malicious
 from protocols.suite import testing_only_parts
 
 SETTINGS = ("model", "shares", "data", "owner", "out")
@@ -87,14 +90,17 @@ def _run_record(shares: Path) -> ModelRecord:
 def _predict_shared(settings: dict[str, str], overrides: list[str]) -> int:
     shares = Path(settings["shares"]).resolve()
     record = _run_record(shares)
-    if record.protocol == "malicious":
-        raise ConfigError(f"shares={shares}: scoring the MAC-carrying shares of a protocol=malicious run "
-                          "is not available; score with the revealed model (model=...) instead")
     if settings["owner"] not in record.parties:
         raise ConfigError(f"owner={settings['owner']} is not a party of the run ({', '.join(record.parties)})")
     given_protocol = any(o.partition("=")[0].lstrip("+~") == "protocol" for o in overrides)
     config = load_config([*([] if given_protocol else [f"protocol={record.protocol}"]),
                           f"num_parties={len(record.parties)}", *overrides])
+    authenticated = record.protocol == "malicious"
+    if is_malicious(config.protocol) != authenticated:  # the two kinds of share are not interchangeable
+        raise ConfigError(f"shares={shares}: the run saved {'MAC-carrying' if authenticated else 'plain'} shares "
+                          f"(protocol={record.protocol}); score them under "
+                          f"{'protocol=malicious' if authenticated else 'a suite without MACs'}, not "
+                          f"protocol={config.protocol.name}")
     score = ScoreConfig(shares=str(shares), data=str(Path(settings["data"]).resolve()), owner=settings["owner"],
                         out=str(Path(settings["out"]).resolve()))
     insecure = testing_only_parts(config.protocol)

@@ -51,7 +51,9 @@ def run_settings(config: Mapping[str, Any]) -> dict[str, str]:
     config["parties"] = [party["name"] for party in config.get("parties", [])]
     settings = _flatten(config)
     schedule = json.loads(settings.get("train.schedule", '"constant"'))
-    ignored = _MAY_CHANGE + (() if schedule == "cosine" else ("train.epochs",))
+    private = json.loads(settings.get("train.dp.epsilon", "null")) is not None
+    # the cosine schedule's rates and DP-SGD's noise (calibrated to the planned steps) depend on it
+    ignored = _MAY_CHANGE + (() if schedule == "cosine" or private else ("train.epochs",))
     return {key: value for key, value in settings.items()
             if not any(key == name or key.startswith(name + ".") for name in ignored)}
 
@@ -71,8 +73,13 @@ def save_checkpoint(path: Path, party: str, rank: int, num_parties: int, setting
     """Write ``state`` (SecureTrainer.state_dict()) with the run's identity, atomically."""
     payload = {"format": FORMAT, "party": party, "rank": rank, "num_parties": num_parties,
                "settings": dict(settings), **state}
+    save_private(path, payload)
+
+
+def save_private(path: Path, payload: Any) -> None:
+    """``torch.save`` secret shares (or a MAC key's sharing) into a file created readable by its
+    owner only, through a temporary name, atomically."""
     temporary = path.with_name(path.name + ".partial")
-    # secret shares (and the dealer's MAC key): created readable by the owner only
     with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
         torch.save(payload, file)
     os.replace(temporary, path)
@@ -91,14 +98,16 @@ def load_checkpoint(run_dir: str | Path, party: str, rank: int, num_parties: int
 
 
 def read_checkpoint(run_dir: str | Path, party: str, rank: int, num_parties: int,
-                    settings: Mapping[str, str]) -> dict[str, Any]:
+                    settings: Mapping[str, str] | None, where: str | None = None) -> dict[str, Any]:
     """The checkpoint process ``party`` (rank ``rank``: a party, or the dealer) wrote in
-    ``run_dir``, refused as :func:`load_checkpoint` says, epochs aside."""
+    ``run_dir``, refused as :func:`load_checkpoint` says, epochs aside; with ``settings`` None
+    whatever the settings of its run (scoring a run's shares: the dealer's MAC key), and
+    ``where`` naming the setting that pointed here (``train.resume`` unless given)."""
     path = checkpoint_path(run_dir, party)
-    where = f"train.resume={run_dir}"
+    where = where or f"train.resume={run_dir}"
     if not path.is_file():
         raise CheckpointError(f"{where}: party {party} has no checkpoint there ({path}); a run writes one "
-                              "every train.checkpoint_every epochs")
+                              "every train.checkpoint_every epochs (a protocol=malicious run's dealer: always)")
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # a truncated or foreign file: say which
@@ -112,7 +121,7 @@ def read_checkpoint(run_dir: str | Path, party: str, rank: int, num_parties: int
         raise CheckpointError(f"{where}: {path} belongs to party {payload['party']} (rank {payload['rank']}), "
                               f"not to {party} (rank {rank})")
     saved: dict[str, str] = payload["settings"]
-    for key in sorted(set(saved) | set(settings)):
+    for key in sorted(set(saved) | set(settings)) if settings is not None else ():
         if saved.get(key) != settings.get(key):
             raise CheckpointError(f"{where}: the checkpoint's run had {key}={_shown(saved.get(key))}, this run has "
                                   f"{key}={_shown(settings.get(key))}; a run continues only under the same settings")
@@ -135,13 +144,15 @@ def agree_on_resume(crypten: Any, epoch: int, settings: Mapping[str, str]) -> No
                               "resume from a run folder where every party saved the same epoch")
 
 
-def agree_on_mac_key(crypten: Any, saved: torch.Tensor | None, current: torch.Tensor) -> None:
+def agree_on_mac_key(crypten: Any, saved: torch.Tensor | None, current: torch.Tensor,
+                     where: str = "train.resume") -> None:
     """Under protocol=malicious: every party checks that the dealer greeted this run with the
-    share of the MAC key its checkpoint holds (the saved MACs hold only under that key), and
-    all stop, naming the parties whose share differs, if any does."""
+    share of the MAC key it saved with its shares (the saved MACs hold only under that key),
+    and all stop, naming the parties whose share differs, if any does. ``where``: the setting
+    that named the saved shares."""
     mine = torch.tensor([int(saved is not None and torch.equal(saved, current))], dtype=torch.int64)
     differ = [rank for rank, ok in enumerate(crypten.communicator.get().all_gather(mine)) if not int(ok[0])]
     if differ:
-        raise CheckpointError(f"train.resume: the MAC key share in the checkpoint of rank(s) {differ} is not the one "
-                              "the dealer holds for that run: the dealer's checkpoint and the parties' come from "
-                              "different runs, or one was altered; resume from one run folder, as it was written")
+        raise CheckpointError(f"{where}: the MAC key share saved by rank(s) {differ} is not the one the dealer holds "
+                              "for that run: the dealer's file and the parties' come from different runs, or one was "
+                              "altered; use one run folder, as it was written")

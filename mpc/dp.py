@@ -297,6 +297,19 @@ class PrivateSgd:
             noise, _ = joint_gaussian(self.crypten, parameter, tuple(parameter.size()), self.noise_std, self._noise)
             parameter.grad = noise if parameter.grad is None else parameter.grad + noise
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run continues from (a checkpoint, ``mpc.checkpoint``): the steps taken,
+        which the accountant's epsilon follows from, the epsilon after each epoch, and the
+        sampling seed, so the remaining epochs sample the batches the run would have. The
+        noise is drawn afresh (its keys are never saved)."""
+        return {"steps": self.steps, "epsilon_per_epoch": list(self.epsilon_per_epoch),
+                "sampling_seed": self._seed.to_bytes(16, "big")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.epsilon_per_epoch = [float(v) for v in state["epsilon_per_epoch"]]
+        self._seed = int.from_bytes(state["sampling_seed"], "big")
+
     def end_epoch(self) -> float:
         spent = self.plan.ledger.epsilon(self.steps)
         self.epsilon_per_epoch.append(spent)

@@ -19,10 +19,14 @@ import torch
 from torch import nn
 
 from mpc import release
+from mpc.checkpoint import agree_on_mac_key
 from mpc.data.preprocessing import Preprocessing
 from mpc.models import build_torch_model, model_kind, secure_state
+from mpc.shares import mac_key_share, verify
 
 MODEL_FORMAT = "cotrain-model/2"
+SHARES_FILE = "model_shares.pt"  # each party's shares of the trained weights (with their MACs under malicious)
+MAC_KEY_FILE = "mac_key_share.pt"  # under protocol=malicious: its share of the MAC key they were saved under
 
 
 class ModelFileError(ValueError):
@@ -106,6 +110,21 @@ def load_shares(secure_model: Any, shares: dict[str, torch.Tensor]) -> None:
         raise ModelFileError("the saved shares do not match the model definition in model.json")
     for name, parameter in parameters.items():
         parameter.share = shares[name].to(parameter.share.device)
+
+
+def load_checked_shares(crypten: Any, secure_model: Any, shares: dict[str, torch.Tensor],
+                        saved_key: torch.Tensor | None, where: str, suspect: str) -> None:
+    """:func:`load_shares`; under a share type with MACs (protocol=malicious) every party first
+    checks that this session's MAC key is the one the shares were saved under (``saved_key``,
+    this party's share of it; ``where`` names the setting that pointed at them), and the
+    shares pass a MAC check before any is used (a share altered on disk stops every party
+    with ``CheatDetected``, blaming ``suspect``)."""
+    parameters = secure_state(secure_model)
+    key = mac_key_share(next(iter(parameters.values())))
+    if key is not None:
+        agree_on_mac_key(crypten, saved_key, key, where)
+    load_shares(secure_model, shares)
+    verify(list(parameters.values()), suspect=suspect)
 
 
 def score_shared(crypten: Any, secure_model: Any, rows: torch.Tensor | None, shape: tuple[int, int],

@@ -19,11 +19,10 @@ from tqdm import tqdm
 
 from mpc import release
 from mpc.approximations import multiply_precisely
-from mpc.checkpoint import agree_on_mac_key
 from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.models import secure_state
 from mpc.optim import secure_optimizer
-from mpc.scoring import load_shares
+from mpc.scoring import load_checked_shares
 from mpc.shares import mac_key_share, planned, verify
 from protocols.prg import generator_positions, seek_generators
 
@@ -283,21 +282,22 @@ class SecureTrainer:
         key = mac_key_share(next(iter(parameters.values())))
         if key is not None:
             state["mac_key"] = key
+        if self.private is not None:
+            state["dp"] = self.private.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
         """Continue from :meth:`state_dict`'s output; returns the epochs done. Under
         protocol=malicious the run must hold the saved share of the same MAC key, and the
         shares read back pass a MAC check before any is used."""
-        parameters = secure_state(self.model)
-        key = mac_key_share(next(iter(parameters.values())))
-        if key is not None:
-            agree_on_mac_key(self.crypten, state.get("mac_key"), key)
-        load_shares(self.model, state["parameters"])
+        suspect = "the shares read back from the checkpoints (train.resume) were altered"
+        load_checked_shares(self.crypten, self.model, state["parameters"], state.get("mac_key"), "train.resume",
+                            suspect)
         self.optimizer.load_state_dict(self.crypten, state["optimizer"])
-        verify(list(parameters.values()) + self.optimizer.state(),
-               suspect="the shares read back from the checkpoints (train.resume) were altered")
+        verify(self.optimizer.state(), suspect=suspect)
         seek_generators(self.crypten, state["generators"])
+        if self.private is not None:  # the settings compared on resume include train.dp
+            self.private.load_state_dict(state["dp"])
         return int(state["epoch"])
 
     def fit(self, train: Any, test: Any | None, on_epoch: Callable[[EpochRecord], None] | None = None,

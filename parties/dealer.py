@@ -130,26 +130,39 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
 
 
 def make_maker(config: RunConfig, directory: Path) -> TupleMaker:
-    """The suite's tuple maker for this run. A maker with state the parties' checkpoints
-    depend on (``state_dict``: the malicious dealer's MAC key) saves it once into this
-    run's folder when the run checkpoints, and takes it back from ``train.resume``'s; the
-    semi-honest maker has none (its tuples are fresh in a resumed run)."""
+    """The suite's tuple maker for this run. A maker with state the parties' saved shares
+    depend on (``state_dict``: the malicious dealer's MAC key, under which every saved MAC
+    holds) saves it into this run's folder as the run starts (the dealer's checkpoint), so
+    that the run can be resumed (``train.resume``) and its shares scored (``cotrain predict
+    shares=...``), and takes it back from the run it resumes or scores; the semi-honest maker
+    has none (its tuples are fresh in a resumed run)."""
     maker = part_class("triple_source", config.protocol.triple_source).make_dealer(config.num_parties)
     if getattr(maker, "state_dict", None) is None:
         return maker
-    rank, settings = dealer_rank(config), run_settings(dataclasses.asdict(config))
+    rank = dealer_rank(config)
+    if config.score.shares:  # the run whose shares are scored: its key, whatever this run's settings
+        where = f"shares={config.score.shares}"
+        _take_back(maker, config.score.shares, read_checkpoint(config.score.shares, DEALER_NAME, rank,
+                                                               config.num_parties, None, where), where)
+        return maker
+    settings = run_settings(dataclasses.asdict(config))
     if config.train.resume:
-        saved = read_checkpoint(config.train.resume, DEALER_NAME, rank, config.num_parties, settings)
-        try:
-            maker.load_state_dict(saved["dealer"])
-        except (KeyError, ValueError) as error:
-            raise CheckpointError(f"train.resume={config.train.resume}: the dealer's checkpoint "
-                                  f"{checkpoint_path(config.train.resume, DEALER_NAME)} is unusable: {error}") from None
-        log.info("resuming with the MAC key kept in %s", config.train.resume)
-    if config.train.checkpoint_every:
-        save_checkpoint(checkpoint_path(directory.parent, DEALER_NAME), DEALER_NAME, rank, config.num_parties,
-                        settings, {"dealer": maker.state_dict()})
+        where = f"train.resume={config.train.resume}"
+        _take_back(maker, config.train.resume, read_checkpoint(config.train.resume, DEALER_NAME, rank,
+                                                               config.num_parties, settings), where)
+    save_checkpoint(checkpoint_path(directory.parent, DEALER_NAME), DEALER_NAME, rank, config.num_parties,
+                    settings, {"dealer": maker.state_dict()})
     return maker
+
+
+def _take_back(maker: Any, run_dir: str, saved: dict, where: str) -> None:
+    """Give ``maker`` the state its dealer saved in ``run_dir``."""
+    try:
+        maker.load_state_dict(saved["dealer"])
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{where}: the dealer's checkpoint {checkpoint_path(run_dir, DEALER_NAME)} is "
+                              f"unusable: {error}") from None
+    log.info("dealing under the MAC key kept in %s", run_dir)
 
 
 def serve(config: RunConfig, transport: Any, directory: Path) -> dict:

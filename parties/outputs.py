@@ -15,8 +15,9 @@ from mpc import release
 from mpc.audit import AUDIT_FILE, AuditLog
 from mpc.release import ReleaseGate, ReleasePolicy
 from mpc.models import secure_state
-from mpc.scoring import ModelRecord, predictions_frame, save_model_file
-from mpc.shares import verify
+from mpc.checkpoint import save_private
+from mpc.scoring import MAC_KEY_FILE, SHARES_FILE, ModelRecord, predictions_frame, save_model_file
+from mpc.shares import mac_key_share, verify
 from parties.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,12 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
     secure_params = secure_state(secure_model)
     verify(list(secure_params.values()))  # a share kept on disk is checked like a revealed value
     shares = {name: param.share.clone() for name, param in secure_params.items()}
-    atomic_save(lambda p: torch.save(shares, p), directory / "model_shares.pt")
+    atomic_save(lambda p: torch.save(shares, p), directory / SHARES_FILE)
+    key = mac_key_share(next(iter(secure_params.values())))
+    if key is not None:  # their MACs hold under the run's key only: scoring them checks it is the same
+        save_private(directory / MAC_KEY_FILE, key)
     write_json(directory / "model.json", record.as_dict())
-    saved = {"shares": str(directory / "model_shares.pt")}
+    saved = {"shares": str(directory / SHARES_FILE)}
     recipients = [names.index(name) for name in reveal_to]
     revealed = {name: {dst: release.open(param, "model", to=dst) for dst in recipients}
                 for name, param in secure_params.items()}

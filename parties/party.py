@@ -152,7 +152,8 @@ def _train(config: RunConfig, transport: Any, rank: int, run_id: str, directory:
     with MpcSession(transport, suite, device=device) as crypten, release.enforced(gate):
         if config.data.kind == "sequence":
             train, test, preprocessing = share_sequences(crypten, config.data, spec.data, spec.test_data or None,
-                                                         names[rank], device, withheld=config.pretrain.owner)
+                                                         names[rank], device, withheld=config.pretrain.owner,
+                                                         psi=config.psi)
         elif config.data.partition == "horizontal":
             train, test, preprocessing = share_horizontal(crypten, config.data, spec.data, spec.test_data or None,
                                                           names[rank], device)

@@ -14,7 +14,7 @@ import torch
 from mpc import release
 from mpc.data.tables import DataError, read_table
 from mpc.models import encrypt_model
-from mpc.scoring import load_shares, read_record, score_shared
+from mpc.scoring import MAC_KEY_FILE, SHARES_FILE, load_checked_shares, read_record, score_shared
 from mpc.session import MpcSession
 from parties.config import RunConfig
 from parties.dealer import is_dealer, party_world, serve
@@ -34,7 +34,9 @@ def run_scoring(config: RunConfig, transport: Any, rank: int, directory: Path) -
     owner = names.index(config.score.owner)
     group = party_world(config, transport)
     record = read_record(directory / "model.json")
-    shares = torch.load(directory / "model_shares.pt", weights_only=True)
+    shares = torch.load(directory / SHARES_FILE, weights_only=True)
+    key_file = directory / MAC_KEY_FILE  # protocol=malicious runs save one beside their shares
+    saved_key = torch.load(key_file, weights_only=True) if key_file.is_file() else None
     rows = ids = None
     message: dict = {}
     if rank == owner:
@@ -54,7 +56,8 @@ def run_scoring(config: RunConfig, transport: Any, rank: int, directory: Path) -
     gate = release_gate(config, rank, directory)  # the scores' opening joins the run's audit chain
     with MpcSession(group, ProtocolSuite(config.protocol), device=device) as crypten, release.enforced(gate):
         secure_model = encrypt_model(crypten, record.torch_model(), record.input_width, device=device)
-        load_shares(secure_model, shares)
+        load_checked_shares(crypten, secure_model, shares, saved_key, f"shares={config.score.shares}",
+                            f"the model shares read back from {config.score.shares} were altered")
         logits = score_shared(crypten, secure_model, rows, (message["rows"], record.input_width), owner,
                               device)
     if rank != owner:

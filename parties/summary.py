@@ -51,7 +51,7 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss,
     test_paths = [spec.test_data for spec in config.parties]
     if not config.train.plaintext_reference or not readable(train_paths):
         return None
-    if config.data.kind == "sequence":
+    if config.data.kind == "sequence" and config.data.partition == "horizontal":
         data = pool_sequences(config.data, train_paths, test_paths, config.pretrain.owner)
     elif config.data.partition == "horizontal":
         data = pool_horizontal(config.data, preprocessing, train_paths, test_paths)
@@ -67,7 +67,8 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss,
     # blinded values') to no process, so the float run cannot replay either: no bound. (The
     # order changes nothing where every step takes every row.)
     order_unknown = _blinded_row_order(config) and config.train.batch_size < data.features.shape[0]
-    if config.pretrain.enabled and loss.task == "binary":  # fine-tuning: no training bound, the AUC's
+    # a transformer has no derived training bound: it is held to the AUC's (fine_tuning_tolerances)
+    if config.data.kind == "sequence" and loss.task == "binary" and not order_unknown:
         delta, tolerances = fine_tuning_tolerances(plain_logits, data.test_labels, loss.weights)
         return Reference(metrics, delta, tolerances, plain_logits, data.test_labels)
     if config.train.dp.enabled or order_unknown or not (loss.task == "binary" and _plain_sgd(config.train)):

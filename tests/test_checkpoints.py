@@ -81,6 +81,71 @@ def test_two_epochs_equal_one_epoch_and_a_resumed_one_bit_for_bit(tmp_path, monk
         assert party == {"parameters": True, "moments": True, "steps": (4, 4), "streams": True}
 
 
+def _private_run(crypten, config, checkpoint=None, resume=None):
+    """DP-SGD on a logistic regression over fixed rows; its privacy report."""
+    from torch import nn
+
+    from mpc.data.sharing import SharedDataset
+    from mpc.losses import task_loss
+    from mpc.models import encrypt_model
+    from mpc.training import SecureTrainer
+
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(ROWS, FEATURES, generator=generator)
+    y = (x[:, :1] > 0.3).float()
+    torch.manual_seed(2)
+    secure = encrypt_model(crypten, nn.Linear(FEATURES, 1), FEATURES)
+    data = SharedDataset(crypten.cryptensor(x, src=0), crypten.cryptensor(y, src=0), [], ROWS, [], int(y.sum()))
+    trainer = SecureTrainer(crypten, secure, config, task_loss("binary", 2, ROWS, data.positive_count), seed=0,
+                            stats=crypten.communicator.get().stats, show_progress=False)
+    save = None if checkpoint is None else (lambda record: checkpoint(trainer.state_dict(record.epoch)))
+    trainer.fit(data, None, on_epoch=save, resume=resume)
+    return trainer.private.report(), trainer.state_dict(config.epochs)["dp"]
+
+
+class _Stopped(Exception):
+    """A run interrupted after a checkpoint."""
+
+
+def _private_resume_in_session(directory, crypten, rank):
+    """DP-SGD: a run of two epochs stopped after its first epoch's checkpoint, resumed from it."""
+    from mpc.dp import DpConfig
+    from mpc.training import TrainConfig
+
+    party = f"party{rank}"
+    checkpoint_path(directory, party).parent.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig(epochs=2, batch_size=24, lr=0.2, dp=DpConfig(epsilon=3.0))
+
+    def save_and_stop(state):  # the run stops (crashes) after its first epoch's checkpoint
+        save_checkpoint(checkpoint_path(directory, party), party, rank, 2, {}, state)
+        raise _Stopped(state["dp"])
+
+    crypten._setup_prng()
+    with pytest.raises(_Stopped) as stopped:
+        _private_run(crypten, config, checkpoint=save_and_stop)
+    saved_dp = stopped.value.args[0]
+    crypten._setup_prng()
+    resumed, resumed_dp = _private_run(crypten, config, resume=load_checkpoint(directory, party, rank, 2, {}, epochs=2))
+    return {"saved": saved_dp, "resumed": resumed, "seed kept": resumed_dp["sampling_seed"] == saved_dp["sampling_seed"]}
+
+
+@pytest.mark.slow
+def test_a_private_run_resumed_continues_its_privacy_ledger_and_sampling(tmp_path):
+    """The resumed run takes the steps taken, the epsilon after each epoch and the sampling
+    seed back (the noise is fresh): it takes the planned steps, no more, and spends exactly
+    the budget the noise multiplier was calibrated to over the two epochs."""
+    for party in run_parties(partial(_private_resume_in_session, tmp_path), world=2, timeout_s=300):
+        saved, resumed = party["saved"], party["resumed"]
+        assert party["seed kept"] and saved["steps"] == 2
+        assert resumed["steps_taken"] == resumed["steps_planned"] == 4
+        assert resumed["epsilon_per_epoch"][0] == saved["epsilon_per_epoch"][0] < 3.0
+        assert len(resumed["epsilon_per_epoch"]) == 2 and resumed["epsilon_spent"] == pytest.approx(3.0, rel=1e-3)
+
+
+def test_a_private_run_resumes_only_with_the_epochs_its_noise_was_calibrated_to():
+    assert _settings("train.epochs=2", "train.dp.epsilon=3") != _settings("train.epochs=5", "train.dp.epsilon=3")
+
+
 def _settings(*overrides: str) -> dict[str, str]:
     return run_settings(dataclasses.asdict(load_config(list(overrides))))
 
@@ -139,7 +204,6 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.checkpoint_every=-1"], "train.checkpoint_every=-1 must be 0 (never) or a number of epochs"),
-    (["train.checkpoint_every=1", "train.dp.epsilon=3"], "not available with train.dp"),
     (["train.resume=/no/such/run"], "train.resume=/no/such/run is not a folder"),
 ])
 def test_bad_checkpoint_settings_stop_before_any_party_starts(overrides, message):

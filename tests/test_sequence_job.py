@@ -15,9 +15,9 @@ from launch.cli import main
 from launch.config import load_config
 from sessions import config_refusal
 from mpc.data.config import DataConfig
-from mpc.data.sequences import feature_names, one_hot_rows, sequence_preprocessing, token_columns
+from mpc.data.sequences import feature_names, one_hot_features, one_hot_rows, sequence_preprocessing, token_columns
 from mpc.scoring import ModelRecord, save_model_file
-from mpc.data.synthetic_sequences import LENGTH, VOCABULARY, generate_sequences
+from mpc.data.synthetic_sequences import LENGTH, VOCABULARY, generate_sequences, vertical_fields
 from mpc.data.tables import DataError
 from mpc.metrics import ClassWeights
 from mpc.tolerance import FINE_TUNING_AUC_TOLERANCE, fine_tuning_tolerances, metric_tolerances
@@ -52,6 +52,24 @@ def test_a_missing_token_column_is_named():
         one_hot_rows(frame, 1, {"merchant": 3, "hour": 2}, "bank1", "seq.csv")
 
 
+def test_a_vertical_split_gives_each_party_the_one_hot_features_of_its_own_token_columns():
+    config = DataConfig(kind="sequence", partition="vertical", length=2, vocabulary={"merchant": 3, "hour": 2})
+    held = [["merchant_00", "merchant_01", "merchant_07"], ["hour_00", "hour_01"]]  # a column beyond length: unused
+    preprocessing, features = one_hot_features(config, held)
+    assert preprocessing.features == feature_names(2, {"merchant": 3, "hour": 2})
+    assert features == [["merchant_00=0", "merchant_00=1", "merchant_00=2", "merchant_01=0", "merchant_01=1",
+                         "merchant_01=2"], ["hour_00=0", "hour_00=1", "hour_01=0", "hour_01=1"]]
+    with pytest.raises(DataError, match="no party holds token column 'hour_01'"):
+        one_hot_features(config, [held[0], ["hour_00"]])
+
+
+def test_the_vertical_demo_split_deals_whole_fields_to_every_party():
+    for parties in range(2, 6):
+        split = vertical_fields(parties)
+        assert sorted(c for group in split for c in group) == sorted(token_columns(LENGTH, VOCABULARY))
+        assert all(group and len({c.rsplit("_", 1)[0] for c in group}) * LENGTH == len(group) for group in split)
+
+
 def test_generated_sequences_carry_a_fraud_signal_in_their_last_transactions():
     frame = generate_sequences(1, 2000, seed=0)
     assert list(frame.columns[1:-1]) == token_columns(LENGTH, VOCABULARY)
@@ -76,7 +94,7 @@ def test_the_fine_tuning_tolerances_are_the_metrics_bounds_at_the_largest_logit_
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["job=sequence", "data.partition=vertical"], "data.kind=sequence needs data.partition=horizontal"),
+    (["job=sequence", "data.partition=vertical"], "pretrain.owner=0 needs data.partition=horizontal"),
     (["job=sequence", "data.length=0"], "data.kind=sequence needs data.length >= 1 and data.vocabulary"),
     (["job=sequence", "train.evaluator=1"], "pretrain.owner=0 must be the evaluator (train.evaluator=1)"),
     (["pretrain.owner=0"], "pretrain.owner applies to data.kind=sequence"),
@@ -121,6 +139,23 @@ def test_fine_tuning_under_mpc_matches_plaintext_fine_tuning(job, monkeypatch, t
     heldout = torch.tensor(pd.read_csv(root / "bank0" / "heldout_predictions.csv")["logit"].to_numpy())
     assert len(scored) == len(heldout) == 40
     assert (scored - heldout).abs().max().item() <= summary["logit_bound"]
+
+
+@pytest.mark.slow
+def test_a_transformer_trains_on_vertically_split_sequences_as_in_plaintext(job, monkeypatch):
+    """Each party holds some fields of every customer's transactions (the demo: whole fields
+    round-robin); no party pre-trains (pretrain.owner=null), the model trains from the seed's
+    weights, held to the job's standard."""
+    monkeypatch.setenv("COTRAIN_INSECURE_TEST_SEED", "11")
+    summary = job("job=sequence", "data.partition=vertical", "pretrain.owner=null", "num_parties=2", "protocol=tfp",
+                  "transport=gloo", "data.rows=16", "data.test_rows=16", "data.length=2", "model.length=2",
+                  "model.d_model=4", "model.heads=2", "model.layers=1", "model.feedforward=4", "train.epochs=1",
+                  "train.batch_size=8")
+    assert summary["partition"] == "vertical"
+    width = 2 * sum(VOCABULARY.values())
+    assert [party["columns"] for party in summary["parties"]] == [2 * (10 + 6 + 4), 2 * (8 + 3)]
+    assert sum(party["columns"] for party in summary["parties"]) == width
+    assert_matches_plaintext_fine_tuning(summary)
 
 
 SMALL_MODEL = {"_target_": "mpc.zoo.SequenceClassifier", "length": LENGTH, "d_model": 8, "heads": 2, "layers": 1,

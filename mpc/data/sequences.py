@@ -4,13 +4,15 @@ A sequence table holds, per row, ``length`` positions of token ids, one column p
 position (``merchant_00, amount_00, ..., merchant_15, ...``, ids 0..size-1 of the field's
 vocabulary in ``data.vocabulary``), plus the label and the id. The holder turns each
 position's ids into the concatenation of its fields' one-hot codes, so that the model's first
-linear layer is the sum of one embedding per field, and secret-shares those rows: an
+linear layer is the sum of one embedding per field, and secret-shares those rows (or, in a
+vertical split, where each party holds some fields of the same customers, those columns): an
 embedding lookup becomes a product with shared one-hot rows. No statistics are revealed and
 nothing is scaled (a one-hot code is already in range).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,9 +25,10 @@ from mpc.data.config import DataConfig
 from mpc.data.exchange import checked_by_all
 from mpc.data.preprocessing import Preprocessing
 from mpc.data.schema import check_horizontal
-from mpc.data.sharing import SharedDataset, read_and_announce, share_from_each
+from mpc.data.sharing import SharedDataset, read_and_announce, share_from_each, share_vertical
 from mpc.data.statistics import secure_sum
 from mpc.data.tables import DataError, read_table, table_error
+from mpc.psi import PsiConfig
 
 
 def token_columns(length: int, vocabulary: Mapping[str, int]) -> list[str]:
@@ -81,12 +84,33 @@ def sequence_preprocessing(config: DataConfig) -> Preprocessing:
                          id_column=config.id_column)
 
 
+def one_hot_features(config: DataConfig, columns: list[list[str]]) -> tuple[Preprocessing, list[list[str]]]:
+    """A vertical split's record (``sequence_preprocessing``) and each party's one-hot
+    features in it, from the token columns each party holds (other columns are not used);
+    every token column of the model must be held by some party."""
+    holder = {column: rank for rank, group in enumerate(columns) for column in group}
+    missing = [column for column in token_columns(config.length, config.vocabulary) if column not in holder]
+    if missing:
+        raise DataError(f"no party holds token column {missing[0]!r}: a vertical split of sequences needs every "
+                        f"column <field>_00..<field>_{config.length - 1:02d} of data.vocabulary at some party")
+    preprocessing = sequence_preprocessing(config)
+    owners = [holder[name.rpartition("=")[0]] for name in preprocessing.features]
+    return preprocessing, [[name for name, owner in zip(preprocessing.features, owners) if owner == rank]
+                           for rank in range(len(columns))]
+
+
 def share_sequences(crypten: Any, config: DataConfig, train_path: str | None, test_path: str | None, party: str,
-                    device: Any = "cpu", withheld: int | None = None,
+                    device: Any = "cpu", withheld: int | None = None, psi: PsiConfig | None = None,
                     ) -> tuple[SharedDataset, SharedDataset | None, Preprocessing]:
-    """Every party one-hot encodes its own sequences and shares the rows (a horizontal split);
+    """Horizontal split: every party one-hot encodes its own sequences and shares the rows;
     party ``withheld`` (the model owner, who pre-trained on its table) shares no training rows.
-    Revealed: the row counts and the pooled count of positive training labels."""
+    Revealed: the row counts and the pooled count of positive training labels.
+    Vertical split: every party holds some token columns of the same customers, one-hot
+    encodes them and shares those features (``share_vertical``; ``psi`` as there), which
+    take their places in the model's order."""
+    if config.partition == "vertical":
+        return share_vertical(crypten, config, train_path, test_path, party, device, psi,
+                              features=partial(one_hot_features, config))
     comm = crypten.communicator.get()
     rank = comm.get_rank()
     frame, metas = read_and_announce(comm, train_path, party, True, config)

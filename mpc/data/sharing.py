@@ -17,7 +17,7 @@ import hmac
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -89,7 +89,10 @@ def _scaled(preprocessing: Preprocessing, frame: pd.DataFrame | None, party: str
     """This party's rows scaled by the record, range-checked (float64)."""
     if frame is None:
         return None
-    values = preprocessing.transform(frame)
+    try:
+        values = preprocessing.transform(frame)
+    except ValueError as error:  # a token outside its vocabulary (a sequence run's one-hot features)
+        raise table_error(party, path, str(error)) from None
     check_scaled_range(values.numpy(), preprocessing.features, party, path)
     return values
 
@@ -183,12 +186,19 @@ def announced_statistics(comm: Any, mean: np.ndarray, std: np.ndarray,
     return np.asarray(means), np.asarray(stds)
 
 
+FeatureAgreement = Callable[[list[list[str]]], tuple[Preprocessing, list[list[str]]]]
+
+
 def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, test_path: str | None,
                    party: str, device: Any = "cpu", psi: PsiConfig | None = None,
+                   features: FeatureAgreement | None = None,
                    ) -> tuple[SharedDataset, SharedDataset | None, Preprocessing]:
     """Each party shares its own columns. With ``psi.enabled`` the rows are first cut down
     to the ids every party holds (private set intersection); without, they must already be
-    aligned, which a keyed digest of the id column checks."""
+    aligned, which a keyed digest of the id column checks. The columns are scaled by the
+    statistics every party announces, unless ``features`` (each party's columns -> the
+    record and each party's features in it) settles the record without any: a sequence
+    run's one-hot codes (``mpc.data.sequences``)."""
     comm = crypten.communicator.get()
     rank = comm.get_rank()
     psi = psi or PsiConfig()
@@ -201,10 +211,13 @@ def share_vertical(crypten: Any, config: DataConfig, train_path: str | None, tes
     names = [meta.party for meta in metas]
     if not psi.enabled:
         _check_alignment(comm, frame, config, names, train_path, "training")
-    mean, std = local_statistics(frame[columns[rank]].to_numpy(np.float64))
-    all_mean, all_std = announced_statistics(comm, mean, std, columns, names)
-    preprocessing = _record([name for group in columns for name in group], all_mean, all_std, config)
-    kept = [[name for name in group if name in preprocessing.features] for group in columns]
+    if features is not None:
+        preprocessing, kept = features(columns)
+    else:
+        mean, std = local_statistics(frame[columns[rank]].to_numpy(np.float64))
+        all_mean, all_std = announced_statistics(comm, mean, std, columns, names)
+        preprocessing = _record([name for group in columns for name in group], all_mean, all_std, config)
+        kept = [[name for name in group if name in preprocessing.features] for group in columns]
     train = _share_columns(crypten, frame, kept, preprocessing, config, train_path, party, True, device)
 
     test_frame, test_metas = read_and_announce(comm, test_path, party, False, config)
@@ -231,6 +244,10 @@ def _share_columns(crypten: Any, frame: pd.DataFrame, columns: list[list[str]], 
     own = checked_by_all(comm, lambda: _scaled(preprocessing.subset(columns[rank]), frame, party, path))
     pieces = [own if owner == rank else None for owner in range(len(columns))]
     x = share_from_each(crypten, pieces, [(rows, len(c)) for c in columns], 1, device)
+    joined = [name for group in columns for name in group]
+    if joined != preprocessing.features:  # the parties' columns interleave in the model's order
+        position = {name: index for index, name in enumerate(joined)}
+        x = x.index_select(1, torch.tensor([position[name] for name in preprocessing.features], device=device))
     label_holder = config.label_party
     labels = None
     if rank == label_holder:

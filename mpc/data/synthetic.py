@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -133,8 +134,11 @@ def vertical_columns(parties: int) -> list[list[str]]:
 
 
 def write_vertical(directory: Path, parties: int, rows: int, test_rows: int, seed: int,
-                   overlap: float = 1.0) -> GeneratedFiles:
+                   overlap: float = 1.0, table: Callable[..., pd.DataFrame] = generate_transactions,
+                   columns: Sequence[Sequence[str]] | None = None) -> GeneratedFiles:
     """Each party holds some columns of ``rows`` customers; party 0 also holds the label.
+    ``table(bank, rows, seed, first_id=...)`` makes the customers (card transactions unless
+    given) and ``columns`` says which party holds which (``vertical_columns`` unless given).
 
     With ``overlap`` 1 every party has the same customers in the same order. Below 1, a share
     ``overlap`` of each party's customers are held by every party, the rest by that party
@@ -147,10 +151,10 @@ def write_vertical(directory: Path, parties: int, rows: int, test_rows: int, see
     for count, suffix, paths, table_seed in ((rows, "", train, seed), (test_rows, "_heldout", test, seed + 1)):
         shared = count if overlap == 1 else int(round(count * overlap))
         customers = shared + parties * (count - shared)
-        full = generate_transactions(0, customers, table_seed, first_id=first_id)
+        full = table(0, customers, table_seed, first_id=first_id)
         first_id += customers
-        for party, columns in enumerate(vertical_columns(parties)):
-            keep = [ID, *columns, *([LABEL] if party == 0 else [])]
+        for party, held_columns in enumerate(columns or vertical_columns(parties)):
+            keep = [ID, *held_columns, *([LABEL] if party == 0 else [])]
             own = np.arange(shared + party * (count - shared), shared + (party + 1) * (count - shared))
             held = np.concatenate([np.arange(shared), own])
             if overlap != 1:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mpc.data.synthetic import ID, LABEL, GeneratedFiles
+from mpc.data.synthetic import ID, LABEL, GeneratedFiles, write_vertical
 
 LENGTH = 16
 # token fields and their vocabulary sizes (the ids run 0..size-1)
@@ -113,3 +113,20 @@ def write_sequences(directory: Path, parties: int, rows: int, test_rows: int, se
     test_path = directory / "heldout_sequences.csv"
     pd.concat(held_out, ignore_index=True).to_csv(test_path, index=False)
     return GeneratedFiles(train=train, test=[test_path])
+
+
+def vertical_fields(parties: int) -> list[list[str]]:
+    """The token columns each party holds in a vertical split: whole fields, dealt round-robin
+    (with 2 parties, one holds merchant, hour and recency of every transaction, the other
+    amount and channel), as an issuer and a payment processor would each log their own."""
+    fields = list(VOCABULARY)
+    return [[f"{name}_{position:02d}" for position in range(LENGTH) for name in fields[party::parties]]
+            for party in range(parties)]
+
+
+def write_vertical_sequences(directory: Path, parties: int, rows: int, test_rows: int, seed: int,
+                             overlap: float = 1.0) -> GeneratedFiles:
+    """The same ``rows`` customers' sequences at every party, each party holding some fields
+    (``vertical_fields``), party 0 the label; held-out customers likewise, one file per party."""
+    return write_vertical(directory, parties, rows, test_rows, seed, overlap, table=generate_sequences,
+                          columns=vertical_fields(parties))

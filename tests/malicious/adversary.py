@@ -2,10 +2,15 @@
 the production ``Engine`` with an ``Adversary`` acting on what it sends and receives.
 Targets:
 
-* ``mul``, ``matmul``, ``trunc``, ``compare``, ``reveal``: alter this party's share in the
-  n-th opening of that kind (the same altered share goes to every peer); ``mul`` includes
-  the bit products inside a comparison;
+* ``mul``, ``matmul``, ``bmatmul``, ``conv``, ``trunc``, ``compare``, ``reveal``, ``verify``:
+  alter this party's share in the n-th opening of that kind (the same altered share goes to
+  every peer); ``mul`` includes the bit products inside a comparison, ``verify`` is the
+  masked opening that checks shares kept rather than revealed;
 * ``open``: alter this party's MAC-check opening after it committed to it;
+* ``coins``: alter the seed this party opens in a coin toss (the MAC check's or the tuple
+  check's), so that it no longer matches its commitment;
+* ``tuple-check``: alter this party's share in an opening of the check of dealt tuples (a
+  sacrifice's rho, a mask's combination, or a kind's combined sigma);
 * ``input``: as an input owner, send a different masked input to one peer (equivocate);
   altering it consistently for every peer is input substitution, which no protocol can
   tell from an honest choice of input;
@@ -29,8 +34,8 @@ import torch
 
 from protocols.malicious.engine import AShare, Engine
 
-TARGETS = ("mul", "matmul", "trunc", "compare", "reveal", "open", "input", "tuple:triple", "tuple:matmul",
-           "tuple:trunc", "tuple:bits")
+TARGETS = ("mul", "matmul", "bmatmul", "conv", "trunc", "compare", "reveal", "verify", "open", "coins", "tuple-check",
+           "input", "tuple:triple", "tuple:matmul", "tuple:trunc", "tuple:bits")
 
 
 @dataclass

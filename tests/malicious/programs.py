@@ -50,7 +50,7 @@ def expected(index: int) -> np.ndarray:
 def plan(trial_index: int, parties: int) -> tuple[int, Adversary]:
     """Who cheats in this trial, and how (the same on every party)."""
     rng = random.Random(1000 + trial_index)
-    events = {"mul": 8, "matmul": 1, "trunc": 2, "compare": 1, "reveal": 1, "open": 1,
+    events = {"mul": 8, "matmul": 1, "trunc": 2, "compare": 1, "reveal": 1, "open": 1, "coins": 1, "tuple-check": 1,
               "tuple:triple": 8, "tuple:matmul": 1, "tuple:trunc": 2, "tuple:bits": 1}
     target = rng.choice(sorted(events) + (["input"] if parties >= 3 else []))
     if target == "input":

@@ -117,3 +117,42 @@ def disagreement(transport: Any, rank: int, parties: int, liar: int) -> str:
             return f"detected: {error.check}"
         AuthenticatedTensor.agree("statistics", b"the same everywhere")
     return "missed"
+
+
+def _tampered_opening(crypten: Any, target: str, x: Any, y: Any) -> None:
+    """A computation whose first message of kind ``target`` a tampering party alters."""
+    from protocols.malicious.cryptensor import AuthenticatedTensor
+
+    if target == "bmatmul":
+        x.reshape(2, 2, 3).matmul(y.reshape(2, 3, 2)).get_plain_text()
+    elif target == "conv":
+        x.reshape(1, 1, 3, 4).conv2d(y.reshape(2, 1, 3, 2)[:, :, :2, :]).get_plain_text()
+    else:  # verify: shares kept, checked without being revealed
+        AuthenticatedTensor.verify([x * y])
+
+
+def tampered_openings(transport: Any, rank: int, parties: int, targets: list[str], trials: int) -> list[tuple]:
+    """For each target, ``trials`` times in one session: a party (the trial's number mod
+    ``parties``) alters its share in the message of that kind (``adversary.Adversary``); the
+    check that stopped this party, per (target, trial)."""
+    from adversary import Adversary, TamperingEngine
+    from protocols.malicious.cryptensor import current_engine
+
+    data = inputs(parties)
+    outcomes = []
+    with malicious_session(transport, parties) as crypten:
+        engine = current_engine()
+        engine.__class__ = TamperingEngine  # the production engine, with the adversary's hooks
+        for target in targets:
+            for trial in range(trials):
+                x = crypten.cryptensor(torch.tensor(data["x"]), src=0)
+                y = crypten.cryptensor(torch.tensor(data["y"]), src=parties - 1)
+                engine.adversary = Adversary(target, seed=trial) if rank == trial % parties else None
+                try:
+                    _tampered_opening(crypten, target, x, y)
+                    outcomes.append((target, trial, "missed"))
+                except CheatDetected as error:
+                    engine.discard_preprocessing()
+                    outcomes.append((target, trial, error.check))
+        engine.adversary = None
+    return outcomes

@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import run_ok  # noqa: E402
-from tensor_programs import disagreement, inputs, plain_operations, run_operations, tampered_reveal  # noqa: E402
+from tensor_programs import (disagreement, inputs, plain_operations, run_operations, tampered_openings,  # noqa: E402
+                             tampered_reveal)
 
 from mpc.training import SIGMOID_MAX_ERROR  # noqa: E402
 
@@ -74,3 +75,15 @@ def test_tampered_share_detected_at_reveal(parties, cheater):
 @pytest.mark.slow
 def test_a_party_holding_other_public_facts_stops_every_party():
     assert run_ok(disagreement, parties=3, liar=1, timeout_s=300) == ["detected: public agreement"] * 3
+
+
+@pytest.mark.slow
+def test_a_tampered_batched_matmul_convolution_or_verify_opening_stops_every_party():
+    """The openings the detection trials' computation does not make: a batched matrix
+    product's and a convolution's masked differences, and the masked opening that checks
+    kept shares; each altered by each party in turn, 4 times per kind."""
+    targets, trials = ["bmatmul", "conv", "verify"], 4
+    outcomes = run_ok(tampered_openings, parties=3, targets=targets, trials=trials, timeout_s=300)
+    for rank, outcome in enumerate(outcomes):
+        assert [(target, trial) for target, trial, _ in outcome] == [(t, n) for t in targets for n in range(trials)]
+        assert all(check == "MAC check" for _, _, check in outcome), (rank, outcome)

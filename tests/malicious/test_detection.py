@@ -5,7 +5,8 @@ from three owners, a matrix product, a comparison with its bit products, an elem
 product, two truncations, a reveal). In every trial but each 10th (207 of 230), one randomly chosen
 party deviates once, at a random step: it alters its share in a multiplication (including
 the bit products inside the comparison) / matmul / truncation / comparison / reveal
-opening, its MAC-check opening after committing, a tuple share (value or MAC) it received
+opening, its MAC-check opening after committing, a coin-toss seed it opens, its share in
+an opening of the check of dealt tuples, a tuple share (value or MAC) it received
 from the dealer for a triple, a matmul triple, a truncation pair or the authenticated
 random bits of a comparison, or, as an input owner, sends one peer a different masked
 input. Every honest party (and the cheater, which runs the checks honestly) must raise
@@ -50,7 +51,7 @@ def test_every_tampering_is_detected_by_every_party(outcome):
     # every party stopped on the same trials
     assert len({tuple(t[0] for t in r["detected"]) for r in outcome}) == 1
     targets = {t[2] for t in outcome[0]["detected"]}
-    assert targets >= {"mul", "matmul", "trunc", "compare", "reveal", "open", "input",
+    assert targets == {"mul", "matmul", "trunc", "compare", "reveal", "open", "coins", "tuple-check", "input",
                        "tuple:triple", "tuple:matmul", "tuple:trunc", "tuple:bits"}
 
 
@@ -64,6 +65,8 @@ def test_named_checks_and_blame(outcome):
                 assert party == cheater
             if check == "MAC-check commitment":
                 assert party == cheater and target == "open"
+            if check == "coin-toss commitment":
+                assert party == cheater and target == "coins"
 
 
 def test_honest_trials_are_exact_to_fixed_point(outcome):

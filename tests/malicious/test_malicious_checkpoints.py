@@ -98,7 +98,7 @@ def test_a_resumed_run_takes_back_the_authenticated_state_and_refuses_a_tampered
                      dealer_kwargs={"config": resuming, "directory": str(base / "dealer")})
     for party in resumed:  # every party refused both copies, saying why
         foreign, tampered = party["refusals"]
-        assert foreign.startswith("CheckpointError") and "the MAC key share in the checkpoint of rank(s) [0] is not " \
+        assert foreign.startswith("CheckpointError") and "the MAC key share saved by rank(s) [0] is not " \
             "the one the dealer holds" in foreign, foreign
         assert tampered.startswith("CheatDetected") and \
             "the shares read back from the checkpoints (train.resume) were altered" in tampered, tampered

@@ -11,8 +11,11 @@ import torch
 from torch import nn
 
 from launch.cli import main
+from launch.config import ConfigError
+from launch.predict import predict
+from mpc.scoring import load_model_file
 from mpc.metrics import ClassWeights
-from mpc.tolerance import METRICS, fine_tuning_tolerances
+from mpc.tolerance import METRICS, ULP, fine_tuning_tolerances, forward_error_bound
 from test_sequence_job import assert_matches_plaintext_fine_tuning
 
 # A party's long ring computations (numpy on 128-bit limbs) can keep its heartbeat thread from
@@ -57,6 +60,45 @@ def test_malicious_logreg_job(job, tmp_path):
     # the shares kept on disk are authenticated: value and MAC limbs per parameter
     shares = torch.load(run_dir / "bank0" / "model_shares.pt")
     assert all(share.dtype == torch.int64 and share.shape[0] == 4 for share in shares.values())
+    _scores_over_the_authenticated_shares(run_dir, tmp_path)
+
+
+def _scores_over_the_authenticated_shares(run_dir, tmp_path) -> None:
+    """cotrain predict shares=... on the run's MAC-carrying shares: the parties and the dealer
+    start again under the run's MAC key, the shares are MAC-checked as they are loaded, and
+    the scores, revealed to the owner only, are the revealed model's within one forward
+    pass's bound in the ring; a share altered on disk stops every party."""
+    heldout, model_file = run_dir / "data" / "heldout.csv", run_dir / "bank1" / "model.pt"
+    plain_out, shared_out = tmp_path / "plain.csv", tmp_path / "shared.csv"
+    assert main(["predict", f"model={model_file}", f"data={heldout}", f"out={plain_out}"]) == 0
+    scoring = ["predict", f"shares={run_dir}", f"data={heldout}", "owner=bank2", f"out={shared_out}",
+               "transport.heartbeat_timeout_s=30", "transport.timeout_s=120", "transport.connect_timeout_s=120"]
+    assert main(scoring) == 0
+    plain = torch.tensor(pd.read_csv(plain_out)["logit"].to_numpy())
+    shared = torch.tensor(pd.read_csv(shared_out)["logit"].to_numpy())
+    model, record = load_model_file(model_file)
+    rows = record.preprocessing.transform(pd.read_csv(heldout))
+    bound = forward_error_bound(model, rows.abs().max().item()) + ULP  # + the CSV's 9 digits
+    difference = (shared - plain).abs().max().item()
+    assert len(shared) == 300 and difference <= bound, (difference, bound)
+    print(f"scores over the authenticated shares vs the revealed model's: {difference:.2e} (bound {bound:.2e})")
+    assert main(["audit", str(run_dir)]) == 0  # the scores' opening joined every party's chain
+    last = json.loads((run_dir / "bank2" / "audit.jsonl").read_text().splitlines()[-1])
+    assert (last["what"], last["to"], last["digest"] is not None) == ("scores", ["bank2"], True)
+
+    shares_file = run_dir / "bank1" / "model_shares.pt"
+    shares = torch.load(shares_file, weights_only=True)
+    first = next(iter(shares))
+    shares[first][0].view(-1)[0] += 1  # one value limb of one weight's share, MAC left as it was
+    torch.save(shares, shares_file)
+    assert main(scoring) == 1
+    for party in ("bank0", "bank1", "bank2"):
+        log = (run_dir / party / "score.log").read_text()
+        assert "CheatDetected" in log and f"the model shares read back from {run_dir} were altered" in log, party
+    # shares of one kind are not scored under a suite of the other
+    with pytest.raises(ConfigError, match="the run saved MAC-carrying shares \\(protocol=malicious\\); score them "
+                                          "under protocol=malicious, not protocol=dealer"):
+        predict([f"shares={run_dir}", f"data={heldout}", "owner=bank2", f"out={shared_out}", "protocol=dealer"])
 
 
 @pytest.mark.slow
@@ -172,4 +214,18 @@ def test_malicious_transformer_fine_tuning_job(job):
                   "model.feedforward=4", "pretrain.epochs=1", "pretrain.batch_size=16", "train.epochs=1",
                   "train.batch_size=8")
     assert summary["protocol"] == "malicious"
+    assert_matches_plaintext_fine_tuning(summary)
+
+
+@pytest.mark.slow
+def test_malicious_vertical_transformer_job(job):
+    """The same transformer on vertically split sequences (each party one-hot encodes its own
+    fields of every customer's transactions; the features are interleaved into the model's
+    order under MPC), trained from the seed's weights under malicious security and held to
+    the job's standard."""
+    summary = job(*MALICIOUS, "job=sequence", "data.partition=vertical", "pretrain.owner=null", "num_parties=2",
+                  "data.rows=16", "data.test_rows=16", "data.length=2", "model.length=2", "model.d_model=4",
+                  "model.heads=2", "model.layers=1", "model.feedforward=4", "train.epochs=1", "train.batch_size=8")
+    assert summary["protocol"] == "malicious" and summary["partition"] == "vertical"
+    assert [party["columns"] for party in summary["parties"]] == [40, 22]  # merchant, hour, recency | amount, channel
     assert_matches_plaintext_fine_tuning(summary)
