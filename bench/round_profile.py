@@ -32,6 +32,7 @@ _MARKERS = (
     ("ReLU opening", "protocols/comparison.py", "relu_shares"),
     ("ReLU gradient", "protocols/comparison.py", "relu_gradient_shares"),
     ("product opening", "protocols/crypten_hooks.py", "beaver"),
+    ("product opening", "protocols/crypten_hooks.py", "matmuls_together"),
     ("product opening", "crypten/mpc/primitives/beaver.py", "__beaver_protocol"),
     ("product opening", "crypten/mpc/primitives/beaver.py", "square"),
 )
