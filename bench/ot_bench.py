@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ot_bench.py [--triples 200000] [--repeat 3] [--compare /path/to/other/checkout]
 
-Two processes (one per party, joined by a pipe) run the two-party OT suite's Gilboa
+Two processes (one per party, joined by a socket pair) run the two-party OT suite's Gilboa
 products; prints elementwise triples per second per party (wall clock, and per second of
 the party's CPU time, which is what a busy machine still measures), bytes per triple, and the time
 of the W6-shaped matmul triple (512 x 32 @ 32 x 64), for this checkout and, with
@@ -16,6 +16,8 @@ import json
 import multiprocessing
 import os
 import queue
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -39,11 +41,13 @@ class _Handle:
             self._wait()
 
 
-class PipeComm:
-    """The transport surface the OT channel uses, over a multiprocessing pipe (sends in order
-    from one thread, so both parties can send large messages at once)."""
+class SocketComm:
+    """The transport surface the OT channel uses, over one end of a socket pair: each message
+    is a length then the raw bytes, written from a sender thread (so both parties can send
+    large messages at once) and read straight into the receiving tensor (one copy each way,
+    like a plain TCP transport)."""
 
-    def __init__(self, rank: int, connection: Any) -> None:
+    def __init__(self, rank: int, connection: socket.socket) -> None:
         self.rank, self.connection, self.sent = rank, connection, 0
         self.outbox: queue.Queue = queue.Queue()
         threading.Thread(target=self._sender, daemon=True).start()
@@ -51,8 +55,23 @@ class PipeComm:
     def _sender(self) -> None:
         while True:
             data, done = self.outbox.get()
-            self.connection.send_bytes(data)
+            self.connection.sendall(struct.pack("<q", len(data)))
+            self.connection.sendall(data)
             done.set()
+
+    def _read_into(self, buffer: memoryview) -> None:
+        while len(buffer):
+            got = self.connection.recv_into(buffer)
+            if not got:
+                raise ConnectionError("the peer closed the socket")
+            buffer = buffer[got:]
+
+    def _receive(self) -> bytearray:
+        length = bytearray(8)
+        self._read_into(memoryview(length))
+        data = bytearray(struct.unpack("<q", length)[0])
+        self._read_into(memoryview(data))
+        return data
 
     def get_rank(self) -> int:
         return self.rank
@@ -64,25 +83,31 @@ class PipeComm:
         self.isend(torch.frombuffer(bytearray(obj), dtype=torch.uint8), peer).wait()
 
     def recv_obj(self, peer: int) -> bytes:
-        return self.connection.recv_bytes()
+        return bytes(self._receive())
 
     def isend(self, tensor: torch.Tensor, peer: int) -> _Handle:
-        data = tensor.contiguous().numpy().tobytes()
+        data = memoryview(tensor.contiguous().numpy()).cast("B")  # read by the thread before wait() returns
         self.sent += len(data)
         done = threading.Event()
         self.outbox.put((data, done))
         return _Handle(done.wait)
 
     def irecv(self, tensor: torch.Tensor, peer: int) -> _Handle:
-        return _Handle(lambda: tensor.view(-1).view(torch.uint8).copy_(
-            torch.frombuffer(bytearray(self.connection.recv_bytes()), dtype=torch.uint8)))
+        def receive() -> None:
+            length = bytearray(8)
+            self._read_into(memoryview(length))
+            target = memoryview(tensor.view(-1).view(torch.uint8).numpy()).cast("B")
+            if struct.unpack("<q", length)[0] != len(target):
+                raise ConnectionError(f"expected {len(target)} bytes, the peer sent {struct.unpack('<q', length)[0]}")
+            self._read_into(target)
+        return _Handle(receive)
 
 
 def _party(rank: int, connection: Any, triples: int, repeat: int, results: Any) -> None:
     from protocols.ot import GilboaEngine, OtChannel
 
     torch.set_num_threads(1)
-    comm = PipeComm(rank, connection)
+    comm = SocketComm(rank, connection)
     rng = np.random.default_rng(rank)
     words = lambda *shape: rng.integers(0, 2**64 - 1, size=shape, dtype=np.uint64, endpoint=True)  # noqa: E731
     start = time.perf_counter()
@@ -107,7 +132,7 @@ def _party(rank: int, connection: Any, triples: int, repeat: int, results: Any) 
 def measure(triples: int, repeat: int) -> dict:
     """Both parties in their own processes; the slower party's figures."""
     context = multiprocessing.get_context("spawn")
-    ends, results = context.Pipe(), context.Queue()
+    ends, results = socket.socketpair(), context.Queue()
     processes = [context.Process(target=_party, args=(rank, ends[rank], triples, repeat, results)) for rank in (0, 1)]
     for process in processes:
         process.start()

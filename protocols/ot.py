@@ -5,7 +5,9 @@
   (``protocols.ot_extension``); millions of OTs per exchange.
 * Correlated OT gives Gilboa multiplication over Z_2^64: for each bit y_i of the
   receiver's y, the sender's correlation is x * 2^i; summing gives additive shares of x*y.
-  Vectors: the correlation for bit i of Q[k, n] is the column P[:, k] * 2^i, which gives
+  x * 2^i mod 2^64 depends on the low 64 - i bits of x only, so that OT carries x, counted
+  2^i times, and its correction is cut to ceil((64 - i) / 8) bytes (a "scaled" request: 4.5
+  bytes a word on average, not 8). Vectors: the correlation for bit i of Q[k, n] is the column P[:, k] * 2^i, which gives
   shares of P @ Q with k*n*64 OTs.
 * From those: Beaver triples (elementwise and matmul: two Gilboa products, one in each
   direction, run together), squares (one product), binary AND triples (bit COTs), B2A bits
@@ -14,8 +16,9 @@
 Each party is OT sender in one extension instance and receiver in the other, so both
 directions run at once, and any number of tuples (a whole training step's, batched by
 ``protocols.tuples.Prefetcher``) costs two messages each way per exchange. A matmul triple
-costs k n 64 OTs of m-word correlations for (m x k) @ (k x n): its traffic grows with m k n,
-so large matmuls belong to the dealer suite.
+costs k n 64 OTs of m-word correlations for (m x k) @ (k x n) (a vector OLE per element of
+the smaller operand): its traffic grows with m k n (288 m k n bytes each way), so large
+matmuls belong to the dealer suite.
 """
 
 from __future__ import annotations
@@ -51,10 +54,18 @@ def _bit_rows(values: np.ndarray, a: int, b: int) -> np.ndarray:
     return _bits(values[first:last]).reshape(-1)[a - 64 * first: b - 64 * first]
 
 
-def _shifted_rows(values: np.ndarray, a: int, b: int) -> np.ndarray:
-    """values[e] * 2^i for rows a..b-1 in (element e, bit i) order, as a (b - a, 1) column."""
+def _repeated_rows(rows: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Row e % len(rows) of ``rows`` for OTs a..b-1 in (element e, bit i) order (a scaled
+    request's correlations: OT (e, i) counts 2^i times)."""
     first, last = a // 64, (b + 63) // 64
-    return (values[first:last, None] << _BIT_SHIFTS).reshape(-1, 1)[a - 64 * first: b - 64 * first]
+    return np.repeat(rows[np.arange(first, last) % len(rows)], 64, axis=0)[a - 64 * first: b - 64 * first]
+
+
+def _word_products(mine: int, theirs: int, left: np.ndarray, right: np.ndarray) -> Cot:
+    """Gilboa over flat words: I choose with the bits of ``right``; my correlation for the peer's
+    bit i of element e is left[e], counted 2^i times."""
+    return Cot(mine, theirs, 1, lambda a, b: _bit_rows(right, a, b),
+               lambda a, b: _repeated_rows(left.reshape(-1, 1), a, b), group=64, scaled=True)
 
 
 Plan = tuple  # (Cot, finish: (received sums, own sums) -> my share)
@@ -81,34 +92,28 @@ class GilboaEngine:
 
         OTs in (column j of R, row kk of R, bit) order: I choose with my ``right`` bits; my
         correlation for the peer's bit i of R[kk, j] is my ``left`` column kk times 2^i (m
-        words); each group of k * 64 OTs sums to column j of the product.
+        words, a scaled request); each group of k * 64 OTs sums to column j of the product.
         """
         m, k = left.shape
         n = right.shape[1]
         right_bits = np.ascontiguousarray(right.T).reshape(-1)
         left_rows = np.ascontiguousarray(left.T)  # (k, m)
 
-        def deltas(a: int, b: int) -> np.ndarray:
-            rows = np.arange(a, b)
-            return left_rows[(rows // 64) % k] << (rows % 64).astype(np.uint64)[:, None]
-
-        cot = Cot(n * k * 64, n * k * 64, m, lambda a, b: _bit_rows(right_bits, a, b), deltas, group=k * 64)
+        cot = Cot(n * k * 64, n * k * 64, m, lambda a, b: _bit_rows(right_bits, a, b),
+                  lambda a, b: _repeated_rows(left_rows, a, b), group=k * 64, scaled=True)
         return cot, lambda received, own: (received + own).T
 
     def plan_elementwise(self, left: np.ndarray, right: np.ndarray) -> Plan:
         """Shares of x0*y1 + x1*y0 for flat uint64 vectors (party i holds x_i = left, y_i = right)."""
         count = left.size * 64
-        cot = Cot(count, count, 1, lambda a, b: _bit_rows(right, a, b), lambda a, b: _shifted_rows(left, a, b),
-                  group=64)
-        return cot, lambda received, own: (received + own).reshape(-1)
+        return _word_products(count, count, left, right), lambda received, own: (received + own).reshape(-1)
 
     def plan_one_way(self, left: np.ndarray, right: np.ndarray) -> Plan:
         """Shares of x0 * y1 only (party 0's ``left``, party 1's ``right``)."""
         count = max(left.size, right.size) * 64
         mine, theirs = (0, count) if self.leader else (count, 0)
-        cot = Cot(mine, theirs, 1, lambda a, b: _bit_rows(right, a, b), lambda a, b: _shifted_rows(left, a, b),
-                  group=64)
-        return cot, lambda received, own: (own if self.leader else received).reshape(-1)
+        plan = _word_products(mine, theirs, left, right)
+        return plan, lambda received, own: (own if self.leader else received).reshape(-1)
 
     def plan_bits_times_words(self, my_bits: np.ndarray, my_words: np.ndarray) -> Plan:
         """Shares of b0*w1 + b1*w0 where b are single bits (one COT per element each way)."""

@@ -2,8 +2,10 @@
 
 * Each party is OT sender in one extension instance and receiver in the other; the 128 base
   OTs of each (``protocols.base_ot``) seed AES-CTR streams that stretch into bit columns.
-* The columns are transposed into one 128-bit row per OT (``protocols.bitmatrix``) and hashed
-  with a fixed-key AES correlation-robust hash (tweaked, with the orthomorphism sigma).
+* The columns are read as one 128-bit row per OT and hashed with a fixed-key AES
+  correlation-robust hash (tweaked, with the orthomorphism sigma: ``protocols.ot_hash``), in
+  blocks of OTs that stay in cache; compiled kernels turn each block's pads into corrections
+  (sender) or results (receiver) and add them into their groups at once.
 * A :class:`Cot` request asks for correlated OTs over Z_2^64 (the sender's two messages
   differ by its correlation) or GF(2), and for the results summed over groups of
   consecutive OTs, so a product over 64 bits comes back as one word, never as 64.
@@ -16,54 +18,22 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import itertools
 import secrets
 from typing import Any, Callable, Sequence
 
+import numba
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from protocols.base_ot import KAPPA, OtError, base_ot_receive, base_ot_send
-from protocols.bitmatrix import transpose_bits
+from protocols.ot_hash import CrHash, sigma
 from protocols.prg import CipherStream
 
 # words (8 bytes) of correlations per exchange and direction: bounds memory (each working
 # array stays near 16 MB) while keeping the round trips of a large batch few
 CHUNK_WORDS = 1 << 21
-_HASH_KEY = hashlib.sha256(b"cotrain-ot-fixed-key").digest()[:16]
-_ONE = np.uint64(1)
-
-
-# -- the correlation-robust hash ----------------------------------------------------------------
-def _sigma(rows: np.ndarray) -> np.ndarray:
-    """The orthomorphism sigma(x_L, x_R) = (x_L ^ x_R, x_L) on (m, 16) uint8 rows, as (m, 2) uint64."""
-    halves = rows.view(np.uint64).reshape(-1, 2)
-    out = np.empty_like(halves)
-    np.bitwise_xor(halves[:, 0], halves[:, 1], out=out[:, 0])
-    out[:, 1] = halves[:, 0]
-    return out
-
-
-def _hash_sigma(sigmas: np.ndarray, index: np.ndarray, words: int) -> np.ndarray:
-    """pi(s ^ t) ^ s ^ t for each sigma row s (shape (..., m, 2)) and tweak t = (j, block),
-    ``words`` uint64 per row; one AES-ECB call for everything."""
-    blocks = (words + 1) // 2
-    tweaked = np.empty(sigmas.shape[:-1] + (blocks, 2), dtype=np.uint64)
-    tweaked[:] = sigmas[..., None, :]
-    tweaked[..., 0] ^= index.astype(np.uint64)[:, None]
-    tweaked[..., 1] ^= np.arange(1, blocks + 1, dtype=np.uint64)
-    out = np.empty(tweaked.nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
-    Cipher(algorithms.AES(_HASH_KEY), modes.ECB()).encryptor().update_into(tweaked.reshape(-1).view(np.uint8), out)
-    hashed = out[: tweaked.nbytes].view(np.uint64).reshape(tweaked.shape)
-    hashed ^= tweaked
-    return hashed.reshape(sigmas.shape[:-1] + (2 * blocks,))[..., :words]
-
-
-def hash_rows(rows: np.ndarray, index: np.ndarray, words: int) -> np.ndarray:
-    """H(j, x_j) as ``words`` uint64 per row of ``rows`` ((m, 16) uint8; ``index`` the OT numbers)."""
-    return _hash_sigma(_sigma(rows), index, words)
 
 
 def _padded(count: int) -> int:
@@ -71,57 +41,77 @@ def _padded(count: int) -> int:
     return (count + 63) // 64 * 64
 
 
-def _read_columns(streams: Sequence[CipherStream], width: int) -> np.ndarray:
-    """``width`` keystream bytes of each stream, one row each (written in place, no copy)."""
-    columns = np.empty((len(streams), width + 16), dtype=np.uint8)
-    for row, stream in zip(columns, streams):
-        stream.read_into(row, width)
-    return columns[:, :width]
+class _Columns:
+    """128 keystream columns written into one reused buffer: contiguous (so u goes on the wire
+    as it is) and never freshly allocated per exchange (fresh pages cost more than the AES)."""
+
+    def __init__(self, streams: Sequence[CipherStream]) -> None:
+        self.streams = streams
+        self.buffer = np.empty(0, np.uint8)
+
+    def read(self, width: int) -> np.ndarray:
+        """The next ``width`` bytes of each stream as a (128, width) uint8 array (a view of the buffer)."""
+        size = len(self.streams) * width
+        if len(self.buffer) < size + 15:
+            self.buffer = np.empty(size + 15, np.uint8)
+        for row, stream in enumerate(self.streams):  # in order: each read's 15 spare bytes are the next row's
+            stream.read_into(self.buffer[row * width:], width)
+        return self.buffer[:size].reshape(len(self.streams), width)
 
 
 # -- IKNP extension: one direction -----------------------------------------------------------------
 class ExtensionSender:
-    """Holds s and the base keys k_i^{s_i}; turns the receiver's u into q rows."""
+    """Holds s and the base keys k_i^{s_i}; q_i = G(k_i^{s_i}) ^ (u_i & s_i) column by column."""
 
     def __init__(self, choices: np.ndarray, keys: Sequence[bytes]) -> None:
         bits = choices.astype(np.uint8)
-        self.column_mask = (np.uint8(0) - bits)[:, None]  # 0xff where s_i = 1
-        self.s_sigma = _sigma(np.packbits(bits, bitorder="little")[None, :])[0]
-        self.streams = [CipherStream(k) for k in keys]
+        self.flip_mask = np.uint64(0) - bits.astype(np.uint64)  # all ones where s_i = 1
+        self.s_sigma = sigma(np.packbits(bits, bitorder="little"))
+        self.columns = _Columns([CipherStream(k) for k in keys])
         self.counter = 0
 
-    def rows(self, u: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        q = _read_columns(self.streams, _padded(count) // 8)
-        q ^= u & self.column_mask
-        index = np.arange(self.counter, self.counter + count, dtype=np.uint64)
-        self.counter += count
-        return transpose_bits(q, count), index
+    def keystream(self, count: int) -> tuple[np.ndarray, int]:
+        """G(k_i^{s_i}) for ``count`` OTs as (128, w) uint64, and the number of its first OT."""
+        first, self.counter = self.counter, self.counter + count
+        return self.columns.read(_padded(count) // 8).view(np.uint64), first
 
 
 class ExtensionReceiver:
-    """Holds both base keys per column; makes u for its choice bits and the t rows."""
+    """Holds both base keys per column; makes u for its choice bits and the t columns."""
 
     def __init__(self, keys: Sequence[tuple[bytes, bytes]]) -> None:
-        self.streams0 = [CipherStream(k0) for k0, _ in keys]
-        self.streams1 = [CipherStream(k1) for _, k1 in keys]
+        self.t_columns = _Columns([CipherStream(k0) for k0, _ in keys])
+        self.u_columns = _Columns([CipherStream(k1) for _, k1 in keys])
         self.counter = 0
 
-    def columns(self, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def columns(self, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """u = G(k0) ^ G(k1) ^ r ((128, w) uint8), t = G(k0) ((128, w) uint64), the first OT's number."""
         count = len(choices)
         width = _padded(count) // 8
         r = np.zeros(width, dtype=np.uint8)
         packed = np.packbits(choices, bitorder="little")
         r[: len(packed)] = packed
-        t = _read_columns(self.streams0, width)
-        u = _read_columns(self.streams1, width)
+        t = self.t_columns.read(width)
+        u = self.u_columns.read(width)
         u ^= t
         u ^= r[None, :]
-        index = np.arange(self.counter, self.counter + count, dtype=np.uint64)
-        self.counter += count
-        return u, transpose_bits(t, count), index
+        first, self.counter = self.counter, self.counter + count
+        return u, t.view(np.uint64), first
 
 
 # -- requests --------------------------------------------------------------------------------------
+# A Gilboa OT for bit i of a word carries x * 2^i: only the low 64 - i bits of x matter, so a
+# ``scaled`` request's correction for OT j keeps ceil((64 - j % 64) / 8) bytes of each word
+# (288 bytes per 64 OTs, not 512).
+_SCALED_BYTES = np.array([(64 - i + 7) // 8 for i in range(64)], dtype=np.int64)
+_SCALED_PREFIX = np.concatenate([[0], np.cumsum(_SCALED_BYTES)])
+
+
+def _scaled_bytes_before(ot: int) -> int:
+    """Correction bytes of a scaled request's OTs 0..ot-1, per word."""
+    return ot // 64 * int(_SCALED_PREFIX[64]) + int(_SCALED_PREFIX[ot % 64])
+
+
 @dataclasses.dataclass
 class Cot:
     """One correlated-OT request, the same shape on both parties.
@@ -129,7 +119,9 @@ class Cot:
     ``mine`` OTs where I choose (``choices(a, b)``: my bits for my OTs a..b-1) and ``theirs``
     where the peer chooses (``deltas(a, b)``: my (b - a, words) correlations for its OTs
     a..b-1). Results come back summed over each ``group`` of consecutive OTs (for ``binary``
-    requests: bit ``i % group`` of a word, XOR-ed).
+    requests: bit ``i % group`` of a word, XOR-ed). In a ``scaled`` request (``group`` a
+    multiple of 64) OT j's correlation counts 2^(j % 64) times: the sums are of 2^(j % 64)
+    times each result, and only the bits that survive the shift travel.
     """
 
     mine: int
@@ -139,10 +131,15 @@ class Cot:
     deltas: Callable[[int, int], np.ndarray]
     group: int = 1
     binary: bool = False
+    scaled: bool = False
 
-    def tau_bytes(self, count: int) -> int:
-        """Bytes on the wire for the corrections of ``count`` of this request's OTs."""
-        return (count * self.words + 7) // 8 if self.binary else count * self.words * 8
+    def tau_bytes(self, a: int, b: int) -> int:
+        """Bytes on the wire for the corrections of this request's OTs a..b-1."""
+        if self.binary:
+            return ((b - a) * self.words + 7) // 8
+        if self.scaled:
+            return self.words * (_scaled_bytes_before(b) - _scaled_bytes_before(a))
+        return (b - a) * self.words * 8
 
 
 def _chunk_bounds(counts: Sequence[int], words: Sequence[int], budget: int) -> list[tuple[int, int]]:
@@ -175,29 +172,95 @@ def _segments(counts: Sequence[int], low: int, high: int):
         start += count
 
 
-def _accumulate(out: np.ndarray, request: Cot, first: int, values: np.ndarray) -> None:
-    """Add (XOR, for binary requests) ``values`` for OTs first.. into their groups' rows of ``out``."""
-    group = request.group
-    if group == 1:
-        out[first: first + len(values)] = values
-        return
+# -- finishing a block of OTs: corrections out, results summed per group as they come ------------
+# (an OT's group and place in it are counted along, not divided out: a division per OT costs more
+# than the rest of its arithmetic)
+@numba.njit(nogil=True, cache=True)
+def _send_words(pads: np.ndarray, deltas: np.ndarray, tau: np.ndarray, own: np.ndarray, first: int, group: int,
+                scaled: bool) -> None:
+    """tau = p1 - p0 - delta as little-endian bytes into ``tau`` (uint8, in order); my share -p0
+    added into row (first + r) // group of ``own``. Scaled: OT j counts 2^(j % 64) and only the
+    low ceil((64 - j % 64) / 8) bytes of its corrections travel."""
+    g, place, position = first // group, first % group, 0
+    for r in range(deltas.shape[0]):
+        bit = place % 64 if scaled else 0
+        kept = (71 - bit) // 8
+        for w in range(deltas.shape[1]):
+            p0 = pads[0, r, w]
+            correction = pads[1, r, w] - p0 - deltas[r, w]
+            for k in range(kept):
+                tau[position + k] = np.uint8((correction >> np.uint64(8 * k)) & np.uint64(0xFF))
+            position += kept
+            own[g, w] -= p0 << np.uint64(bit)
+        place += 1
+        if place == group:
+            g, place = g + 1, 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _receive_words(pads: np.ndarray, choices: np.ndarray, tau: np.ndarray, received: np.ndarray, first: int,
+                   group: int, scaled: bool) -> None:
+    """p_c = H(t) - c tau (tau read back from its bytes; for a scaled request the bits above them
+    would be shifted out), added into row (first + r) // group of ``received``."""
+    g, place, position = first // group, first % group, 0
+    for r in range(choices.shape[0]):
+        bit = place % 64 if scaled else 0
+        kept = (71 - bit) // 8
+        chosen = np.uint64(0) - np.uint64(choices[r])  # all ones where c = 1
+        for w in range(pads.shape[2]):
+            correction = np.uint64(0)
+            for k in range(kept):
+                correction |= np.uint64(tau[position + k]) << np.uint64(8 * k)
+            position += kept
+            received[g, w] += (pads[0, r, w] - (correction & chosen)) << np.uint64(bit)
+        place += 1
+        if place == group:
+            g, place = g + 1, 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _send_binary(pads: np.ndarray, deltas: np.ndarray, tau_bits: np.ndarray, own: np.ndarray, first: int,
+                 group: int) -> None:
+    """One bit per OT: tau = p1 ^ p0 ^ delta; my share p0 XOR-ed into bit (first + r) % group of its group's word."""
+    one = np.uint64(1)
+    g, place = first // group, first % group
+    for r in range(deltas.shape[0]):
+        for w in range(deltas.shape[1]):
+            p0 = pads[0, r, w] & one
+            tau_bits[r, w] = np.uint8(p0 ^ (pads[1, r, w] & one) ^ (deltas[r, w] & one))
+            own[g, w] ^= p0 << np.uint64(place)
+        place += 1
+        if place == group:
+            g, place = g + 1, 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _receive_binary(pads: np.ndarray, choices: np.ndarray, tau_bits: np.ndarray, received: np.ndarray,
+                    first: int, group: int) -> None:
+    """p_c = H(t) ^ c tau (one bit per OT), XOR-ed into bit (first + r) % group of its group's word."""
+    one = np.uint64(1)
+    g, place = first // group, first % group
+    for r in range(tau_bits.shape[0]):
+        chosen = np.uint64(choices[r] & 1)
+        for w in range(tau_bits.shape[1]):
+            received[g, w] ^= ((pads[0, r, w] & one) ^ (np.uint64(tau_bits[r, w]) & chosen)) << np.uint64(place)
+        place += 1
+        if place == group:
+            g, place = g + 1, 0
+
+
+def _piece(request: Cot, tau: np.ndarray, a: int, low: int, high: int) -> np.ndarray:
+    """The corrections of OTs a + low .. a + high - 1 in a segment's ``tau`` (starting at OT a):
+    rows of bits for a binary request, bytes otherwise."""
     if request.binary:
-        shifts = (np.arange(first, first + len(values)) % group).astype(np.uint64)
-        values = values << shifts[:, None]
-    reduce = np.bitwise_xor.reduce if request.binary else (lambda v, axis: v.sum(axis=axis, dtype=np.uint64))
-    # a partial group up to the first boundary, whole groups, a partial group at the end
-    head = min((-first) % group, len(values))
-    whole = (len(values) - head) // group
-    tail = head + whole * group
-    pieces = ([reduce(values[:head], axis=0)[None]] if head else []) + (
-        [reduce(values[head:tail].reshape(whole, group, -1), axis=1)] if whole else []) + (
-        [reduce(values[tail:], axis=0)[None]] if tail < len(values) else [])
-    sums = np.concatenate(pieces)
-    target = out[first // group: first // group + len(sums)]
-    if request.binary:
-        target ^= sums
-    else:
-        target += sums
+        return tau[low:high]
+    return tau[request.tau_bytes(a, a + low): request.tau_bytes(a, a + high)]
+
+
+def _blocks(count: int, words: int, copies: int):
+    """(start, end) of the blocks of OTs 0..count-1 hashed in one call."""
+    step = CrHash.block_ots(words, copies)
+    return ((low, min(low + step, count)) for low in range(0, count, step))
 
 
 class OtChannel:
@@ -221,6 +284,7 @@ class OtChannel:
             receiver_keys = base_ot_send(comm, peer)
         self.sender = ExtensionSender(s_choices, sender_keys)
         self.receiver = ExtensionReceiver(receiver_keys)
+        self.hash = CrHash()
 
     def _swap(self, outgoing: np.ndarray, expected: int, what: str) -> np.ndarray:
         """Send ``outgoing`` (uint8) and receive the peer's message of ``expected`` bytes.
@@ -268,35 +332,38 @@ class OtChannel:
         my_segments = list(_segments(mine, *my_range))
         choices = np.concatenate([np.zeros(0, np.uint8)] + [requests[i].choices(a, b).astype(np.uint8)
                                                             for i, a, b, _ in my_segments])
-        u, t_rows, t_index = self.receiver.columns(choices)
+        u, t, t_first = self.receiver.columns(choices)
         peer_count = peer_range[1] - peer_range[0]
-        peer_u = self._swap(u, KAPPA * _padded(peer_count) // 8, "extension").reshape(KAPPA, -1)
-        q_rows, q_index = self.sender.rows(peer_u, peer_count)
+        peer_u = self._swap(u, KAPPA * _padded(peer_count) // 8, "extension").reshape(KAPPA, -1).view(np.uint64)
+        q, q_first = self.sender.keystream(peer_count)
         taus = [np.zeros(0, np.uint8)]
         for i, a, b, offset in _segments(theirs, *peer_range):  # sender side
-            request, rows = requests[i], slice(offset, offset + b - a)
-            sigma = _sigma(q_rows[rows])
-            p0, p1 = _hash_sigma(np.stack([sigma, sigma ^ self.sender.s_sigma]), q_index[rows], request.words)
+            request, count = requests[i], b - a
             deltas = request.deltas(a, b)
-            if request.binary:  # one bit per OT on the wire
-                p0, p1 = p0 & _ONE, p1 & _ONE
-                taus.append(np.packbits((p1 ^ p0 ^ deltas).reshape(-1).astype(np.uint8), bitorder="little"))
-                _accumulate(own[i], request, a, p0)
-            else:
-                taus.append((p1 - p0 - deltas).reshape(-1).view(np.uint8))
-                _accumulate(own[i], request, a, np.uint64(0) - p0)
-        expected = sum(requests[i].tau_bytes(b - a) for i, a, b, _ in my_segments)
-        peer_taus, position = self._swap(np.concatenate(taus), expected, "correction"), 0
-        for i, a, b, offset in my_segments:  # receiver side
-            request, rows, count = requests[i], slice(offset, offset + b - a), b - a
-            raw = peer_taus[position: position + request.tau_bytes(count)]
-            position += len(raw)
-            pads = hash_rows(t_rows[rows], t_index[rows], request.words)
-            chosen = (np.uint64(0) - choices[rows].astype(np.uint64))[:, None]  # all ones where c = 1
             if request.binary:
-                tau = np.unpackbits(raw, bitorder="little")[: count * request.words]
-                values = (pads & _ONE) ^ (tau.astype(np.uint64).reshape(count, request.words) & chosen)
+                tau, finish = np.empty((count, request.words), np.uint8), _send_binary
             else:
-                values = pads - (np.frombuffer(raw.tobytes(), np.uint64).reshape(count, request.words) & chosen)
-            _accumulate(received[i], request, a, values)
+                tau = np.empty(request.tau_bytes(a, b), np.uint8)
+                finish = functools.partial(_send_words, scaled=request.scaled)
+            for low, high in _blocks(count, request.words, 2):
+                pads = self.hash.pads(q, peer_u, self.sender.flip_mask, offset + low, high - low,
+                                      q_first + offset + low, request.words, self.sender.s_sigma)
+                finish(pads, deltas[low:high], _piece(request, tau, a, low, high), own[i], a + low, request.group)
+            taus.append(np.packbits(tau.reshape(-1), bitorder="little") if request.binary else tau)
+        expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
+        peer_taus, position = self._swap(np.concatenate(taus), expected, "correction"), 0
+        no_flips = np.zeros(KAPPA, np.uint64)
+        for i, a, b, offset in my_segments:  # receiver side
+            request, count = requests[i], b - a
+            raw = peer_taus[position: position + request.tau_bytes(a, b)]
+            position += len(raw)
+            if request.binary:
+                tau = np.unpackbits(raw, bitorder="little")[: count * request.words].reshape(count, request.words)
+                finish = _receive_binary
+            else:
+                tau, finish = raw, functools.partial(_receive_words, scaled=request.scaled)
+            for low, high in _blocks(count, request.words, 1):
+                pads = self.hash.pads(t, t, no_flips, offset + low, high - low, t_first + offset + low, request.words)
+                finish(pads, choices[offset + low: offset + high], _piece(request, tau, a, low, high), received[i],
+                       a + low, request.group)
         self.exchanges += 1

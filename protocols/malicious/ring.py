@@ -7,7 +7,8 @@ shape, ``lo`` (bits 0..63) and ``hi`` (bits 64..127); the element is ``hi * 2**6
 numpy's uint64 arithmetic on arrays wraps modulo 2^64, so every operation below is the
 limb-wise schoolbook algorithm with explicit carries:
 
-* addition: ``lo = a.lo + b.lo``; the carry is ``lo < a.lo``; ``hi = a.hi + b.hi + carry``.
+* addition: ``lo = a.lo + b.lo``; the carry is ``lo < a.lo``; ``hi = a.hi + b.hi + carry``
+  (one numba ufunc, like subtraction's borrow).
 * multiplication mod 2^128: the low limb is numpy's wrapping ``a.lo * b.lo``; the high limb
   is the high half of that 64x64-bit product, built from four 32x32-bit partial products
   (each fits in 64 bits, their middle sum fits too), plus the cross terms
@@ -135,9 +136,7 @@ class U128:
 
     # -- arithmetic ------------------------------------------------------------------------
     def __add__(self, other: "U128") -> "U128":
-        lo = self.lo + other.lo
-        carry = (lo < self.lo).astype(np.uint64)
-        return U128(lo, self.hi + other.hi + carry)
+        return U128(self.lo + other.lo, _sum_high(self.lo, self.hi, other.lo, other.hi))
 
     def __neg__(self) -> "U128":
         lo = ~self.lo + np.uint64(1)
@@ -145,9 +144,7 @@ class U128:
         return U128(lo, hi)
 
     def __sub__(self, other: "U128") -> "U128":
-        lo = self.lo - other.lo
-        borrow = (self.lo < other.lo).astype(np.uint64)
-        return U128(lo, self.hi - other.hi - borrow)
+        return U128(self.lo - other.lo, _difference_high(self.lo, self.hi, other.lo, other.hi))
 
     def __mul__(self, other: "U128") -> "U128":
         return mul(self, other)
@@ -167,6 +164,19 @@ class U128:
 
     def sum(self, axis: int) -> "U128":
         return sum_axis(self, axis)
+
+
+@numba.vectorize(["uint64(uint64, uint64, uint64, uint64)"], cache=True)
+def _sum_high(a_lo, a_hi, b_lo, b_hi):  # pragma: no cover - compiled
+    """The high limb of a + b: the high limbs' sum and the carry out of the low limbs (one
+    pass, where numpy makes a comparison, a cast and two sums)."""
+    return a_hi + b_hi + numba.uint64(a_lo + b_lo < a_lo)
+
+
+@numba.vectorize(["uint64(uint64, uint64, uint64, uint64)"], cache=True)
+def _difference_high(a_lo, a_hi, b_lo, b_hi):  # pragma: no cover - compiled
+    """The high limb of a - b: the high limbs' difference less the borrow of the low limbs."""
+    return a_hi - b_hi - numba.uint64(a_lo < b_lo)
 
 
 @numba.vectorize(["uint64(uint64, uint64, uint64, uint64)"], cache=True)

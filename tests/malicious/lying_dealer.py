@@ -1,4 +1,4 @@
-"""A faulty dealer, for the tests: it lies about one tuple kind at a time.
+"""Faulty dealers, for the tests. ``LyingDealer`` lies about one tuple kind at a time.
 
 It deals like the production ``Dealer`` and keeps every MAC consistent with what it deals
 (it knows alpha), so no MAC check can see its lies: only the checks of dealt tuples can.
@@ -12,8 +12,9 @@ honestly (a lie in a later dealer answer). Each lie changes one element of one v
 * ``triple``, ``matmul``, ``bmatmul``, ``conv``: c (or, one time in four, the companion's c');
 * ``trunc``, ``bits``: one random bit is no longer 0 or 1 (or, one time in four, the
   companion's c' is wrong);
-* ``input``, ``private``: the mask the owner gets in clear (or, one time in three, the
-  shared mask, the clear one left alone).
+* ``input``, ``private``: the mask the owner gets in clear (or, one time in three, its
+  companion's clear value). The shared masks are what the parties' draws add up to (the
+  dealer sends no share of them), so the clear copies are what it can lie about.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
+from protocols.dealer import POSITION_BITS
 from protocols.malicious import bilinear
-from protocols.malicious.dealer import Dealer
+from protocols.malicious.dealer import Dealer, answer_limbs, tuple_layout
 from protocols.malicious.ring import U128
+from protocols.prg import new_seed
 
 
 class LyingDealer(Dealer):
@@ -41,8 +45,8 @@ class LyingDealer(Dealer):
         self.lying_about = self.plan[0][0] if self.plan else None
         return super().deal(specs)
 
-    def tuple_values(self, spec: Sequence[Any]) -> tuple[list[U128], list[U128]]:
-        values, clear = super().tuple_values(spec)
+    def tuple_values(self, spec: Sequence[Any], uniform: list[U128]) -> tuple[list[U128], list[U128]]:
+        values, clear = super().tuple_values(spec, uniform)
         if not self.plan or spec[0] != self.plan[0][0] or spec[0] != self.lying_about:
             return values, clear
         if self.skip:
@@ -83,8 +87,68 @@ class LyingDealer(Dealer):
                 while offset % (1 << 64) in (1, (1 << 64) - 1):
                     offset = self._offset()
                 values[1] = self._changed(values[1], offset)
-        elif self.rng.randrange(3) == 0:  # input, private: the shared mask, not the owner's copy
-            values[0] = self._changed(values[0], self._offset())
-        else:
-            clear[0] = self._changed(clear[0], self._offset())
+        else:  # input, private: the owner's copy of the mask or of its companion
+            which = 1 if self.rng.randrange(3) == 0 else 0
+            clear[which] = self._changed(clear[which], self._offset())
         return values, clear
+
+
+class LyingCorrections(Dealer):
+    """A dealer whose answers are inconsistent with the parties' seeds, one answer per entry
+    of its ``plan`` (tuple kind, how), in order: the next answer holding a tuple of that
+    kind is dealt honestly, then
+
+    * ``correction``: one low limb of one party's corrections of that tuple (a value's or a
+      MAC's) changes by an offset that is nonzero mod 2^64 (odd, times at most 2^7: the
+      slack a value used times 2^64, a reveal's high mask, still leaves detectable);
+    * ``seed``: one party's shares of the answer are made from another seed than the one
+      it was greeted with (every value and MAC it draws disagrees with the dealer's);
+    * ``position``: one party is told another keystream position than the one used.
+
+    After the plan it is honest. Unlike ``LyingDealer`` its MACs are not consistent: only
+    the shared values and MACs the parties end up with matter to the checks."""
+
+    def __init__(self, parties: int, authenticated: bool = True, plan: Sequence[tuple[str, str]] = (),
+                 seed: int = 0) -> None:
+        super().__init__(parties, authenticated)
+        self.plan = list(plan)
+        self.rng = random.Random(seed)
+
+    def deal(self, specs: Sequence[Sequence[Any]]) -> list[torch.Tensor]:
+        if not self.plan or not any(spec[0] == self.plan[0][0] for spec in specs):
+            return super().deal(specs)
+        kind, how = self.plan.pop(0)
+        victim = self.rng.randrange(self.parties)
+        if how == "seed":
+            greeted, self.seeds[victim] = self.seeds[victim], new_seed()
+            try:
+                return super().deal(specs)
+            finally:
+                self.seeds[victim] = greeted
+        buffers = super().deal(specs)
+        if how == "position":
+            limbs = buffers[victim].numpy().view(np.uint64)
+            limbs[0] = (int(limbs[0]) + 1 + self.rng.randrange(1 << 20)) % (1 << POSITION_BITS)
+            return buffers
+        index = next(i for i, spec in enumerate(specs) if spec[0] == kind)
+        candidates = [(rank, start, count) for rank in range(self.parties)
+                      for start, count in self._low_limbs(specs, index, rank)]
+        rank, start, count = self.rng.choice(candidates)
+        limbs = buffers[rank].numpy().view(np.uint64)
+        offset = (self.rng.getrandbits(64) | 1) << self.rng.randrange(8)
+        at = start + self.rng.randrange(count)
+        limbs[at:at + 1] += np.uint64(offset % (1 << 64))  # an array add wraps mod 2^64
+        return buffers
+
+    def _low_limbs(self, specs: Sequence[Sequence[Any]], index: int, rank: int) -> list[tuple[int, int]]:
+        """(first limb, count) of each block of party ``rank``'s low limbs of tuple ``index``'s
+        corrections in its answer to ``specs``."""
+        start = answer_limbs(specs[:index], rank, self.parties, True)  # the position word and the tuples before
+        blocks = []
+        for shape, elements, derived in tuple_layout(specs[index], index, rank, self.parties, True):
+            count = len(range(*elements.indices(int(np.prod(shape, dtype=np.int64)))))
+            for _ in range(int(derived) + 1):  # a derived value's shares, then its MAC's: lo limbs, hi limbs
+                if count:
+                    blocks.append((start, count))
+                start += 2 * count
+        return blocks

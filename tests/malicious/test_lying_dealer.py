@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import run_ok, spawn  # noqa: E402
-from lying_dealer import LyingDealer  # noqa: E402
+from lying_dealer import LyingCorrections, LyingDealer  # noqa: E402
 from programs import lying_dealer_trials, steering_request  # noqa: E402
 
 PARTIES = 3
@@ -29,6 +29,7 @@ CHECKS = {"triple": ("triple sacrifice", "Beaver triple"), "matmul": ("triple sa
           "bmatmul": ("triple sacrifice", "batched matmul triple"), "conv": ("triple sacrifice", "convolution triple"),
           "trunc": ("bit sacrifice", "truncation pair"), "bits": ("bit sacrifice", "comparison mask"),
           "input": ("mask check", "input mask"), "private": ("mask check", "private-reveal mask")}
+SEED_LIES = ("correction", "seed", "position")
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +76,32 @@ def test_a_party_asking_for_other_tuples_than_its_peers_gets_none():
                                          "(parties [2] disagree with party 0); refusing to deal"), collected[rank]
     status, error = collected[PARTIES]
     assert status == "error" and error.startswith("DealerError: the parties' requests differ (parties [2]")
+
+
+@pytest.fixture(scope="module")
+def inconsistent():
+    # per kind one trial per kind of lie; then the reveal's random values, through the input program
+    plan = [(kind, how) for kind in KINDS for how in SEED_LIES] + [("random", "correction")] * len(SEED_LIES)
+    return plan, run_ok(lying_dealer_trials, parties=2, kinds=KINDS + ["input"], trials=len(SEED_LIES),
+                        timeout_s=300, dealer_type=LyingCorrections, dealer_kwargs={"plan": plan, "seed": 11})
+
+
+@pytest.mark.slow
+def test_answers_inconsistent_with_the_seeds_are_caught_by_every_party(inconsistent):
+    plan, outcome = inconsistent
+    checks = {check for check, _ in CHECKS.values()} | {"MAC check", "verdict"}
+    caught_by: dict[str, int] = {}
+    for rank, result in enumerate(outcome):
+        assert len(result["lied"]) == len(plan)
+        for (kind, how), (_, status, check, message) in zip(plan, result["lied"]):
+            assert status == "detected", (rank, kind, how, message)
+            assert check in checks, (rank, kind, how, check, message)
+            caught_by[check] = caught_by.get(check, 0) + (rank == 0)
+    print(f"\nanswers inconsistent with the seeds detected: {len(plan)} of {len(plan)} by each of 2 parties "
+          f"(at party 0, by {caught_by})")
+
+
+@pytest.mark.slow
+def test_the_seeded_dealer_honest_after_its_lies_comes_right(inconsistent):
+    for result in inconsistent[1]:
+        assert [status for _, status, _, _ in result["honest"]] == ["ok"] * (len(KINDS) + 1), result["honest"]

@@ -294,7 +294,8 @@ def test_each_side_sees_only_uniformly_masked_messages(fill):
 
 
 def test_bytes_per_triple():
-    """Per party and elementwise triple: 64 OTs of 16 bytes of u plus 64 corrections of 8 bytes;
+    """Per party and elementwise triple: 64 OTs of 16 bytes of u plus 64 corrections, the one for
+    bit i cut to the ceil((64 - i) / 8) bytes that survive the shift by i (288 bytes in all);
     per exchange, two 16-byte headers."""
     count = 3000
     x, y = [_words(count, s) for s in (1, 2)], [_words(count, s) for s in (3, 4)]
@@ -306,7 +307,7 @@ def test_bytes_per_triple():
         return comm.sent - before
 
     for sent in run_pair(party):
-        assert sent == count * 64 * (16 + 8) + 2 * 16
+        assert sent == count * (64 * 16 + 288) + 2 * 16
 
 
 def test_many_requests_over_many_exchanges_are_exact(monkeypatch):
@@ -362,6 +363,8 @@ HEADER_LIES = {
     "u-one-byte-long": (0, _announcing(1, 1), "extension message: exchange 0 of"),
     "corrections-short": (2, _announcing(1, -8), "correction message: exchange 0 of"),
     "replayed-exchange": (2, _announcing(0, 1), "correction message: exchange 1 of"),
+    # a peer sending whole 8-byte corrections where the bits above 64 - i are cut (500 products)
+    "corrections-untrimmed": (2, _announcing(1, 500 * (64 * 8 - 288)), "correction message: exchange 0 of"),
 }
 
 
@@ -415,14 +418,40 @@ def test_ot_says_it_is_two_party():
         check_party_count(ProtocolConfig(triple_source="ot"), 3)
 
 
-@pytest.mark.parametrize("count", [1, 63, 64, 1000])
-def test_bit_transposition_matches_unpacking(count):
-    """Row t of the transposed matrix holds bit t of every column (as packbits writes it),
-    also from keystream columns read in place with padding between them."""
-    from protocols.bitmatrix import transpose_bits
+def _reference_pads(columns, first, count, index0, words):
+    """H(j, b, x) = AES_k(sigma(x) ^ (j, b + 1)) ^ sigma(x) ^ (j, b + 1) row by row, with the rows
+    transposed by numpy's bit unpacking and AES from ``cryptography`` (the construction as
+    SECURITY.md states it)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    width = (count + 63) // 64 * 8
-    padded = np.random.default_rng(count).integers(0, 256, size=(128, width + 16), dtype=np.uint8)
-    columns = padded[:, :width]
-    expected = np.packbits(np.unpackbits(columns, axis=1, bitorder="little")[:, :count].T, axis=1, bitorder="little")
-    assert np.array_equal(transpose_bits(columns, count), expected)
+    from protocols.ot_hash import HASH_KEY
+
+    bits = np.unpackbits(columns.view(np.uint8), axis=1, bitorder="little")[:, first: first + count]
+    rows = np.packbits(bits.T, axis=1, bitorder="little").view(np.uint64)  # (count, 2): x_L, x_R
+    blocks = (words + 1) // 2
+    tweaked = np.empty((count, blocks, 2), np.uint64)
+    tweaked[:, :, 0] = (rows[:, 0] ^ rows[:, 1] ^ (np.uint64(index0) + np.arange(count, dtype=np.uint64)))[:, None]
+    tweaked[:, :, 1] = rows[:, :1] ^ np.arange(1, blocks + 1, dtype=np.uint64)
+    encrypted = Cipher(algorithms.AES(HASH_KEY), modes.ECB()).encryptor().update(tweaked.tobytes())
+    return (np.frombuffer(encrypted, np.uint64).reshape(count, 2 * blocks) ^ tweaked.reshape(count, -1))[:, :words]
+
+
+@pytest.mark.parametrize("first, count, words", [(0, 1, 1), (37, 200, 1), (64, 64, 3), (5, 1000, 4), (100, 27, 2)])
+def test_hash_pads_are_the_fixed_key_aes_construction(first, count, words):
+    """The fused kernel (transposition, sigma, tweaks, AES) against the construction computed
+    plainly; the sender's second copy hashes x ^ s (its columns flipped by u where s_i = 1)."""
+    from protocols.ot_hash import CrHash, sigma
+
+    rng = np.random.default_rng(count)
+    width = (first + count + 63) // 64
+    keystream, u = (rng.integers(0, 2**64 - 1, size=(128, width), dtype=np.uint64, endpoint=True) for _ in range(2))
+    s = rng.integers(0, 2, size=128).astype(np.uint8)
+    flip_mask = np.uint64(0) - s.astype(np.uint64)
+    q = keystream ^ (u & flip_mask[:, None])
+    s_row = np.packbits(s, bitorder="little")
+    pads = CrHash().pads(keystream, u, flip_mask, first, count, 1000, words, sigma(s_row))
+    assert np.array_equal(pads[0], _reference_pads(q, first, count, 1000, words))
+    q_plus_s = q ^ (np.uint64(0) - s.astype(np.uint64))[:, None]  # every row XOR s
+    assert np.array_equal(pads[1], _reference_pads(q_plus_s, first, count, 1000, words))
+    alone = CrHash().pads(q, q, np.zeros(128, np.uint64), first, count, 1000, words)
+    assert np.array_equal(alone[0], pads[0])
