@@ -59,9 +59,10 @@ class Gate:
 
 
 def run_workloads(spec: dict, crypten: Any, ops: Any, meter: Any, barrier: Any, rank: int = 0,
-                  rounds_by_kind: dict[str, int] | None = None) -> dict:
+                  rounds_by_kind: dict[str, int] | None = None, rounds: Any = None) -> dict:
     """Each workload's setup, then its repeats, each sample with its wall and CPU seconds, bytes
-    sent and rounds (and, given ``rounds_by_kind``'s live counts, the repeat's rounds by kind)."""
+    sent and rounds (and, given ``rounds_by_kind``'s live counts, the repeat's rounds by kind;
+    given a ``bench.round_profile.RoundProfiler``, the repeat's rounds one by one)."""
     from bench.workloads import WORKLOADS, secure_setup
 
     device = spec.get("device")
@@ -82,6 +83,8 @@ def run_workloads(spec: dict, crypten: Any, ops: Any, meter: Any, barrier: Any, 
                 barrier()
                 sent0, rounds0 = meter()
                 kinds0 = dict(rounds_by_kind or {})
+                if rounds is not None:
+                    rounds.take()
                 cpu0, start = time.process_time(), time.perf_counter()
                 if PROFILER is not None:
                     PROFILER.runcall(run)
@@ -92,6 +95,8 @@ def run_workloads(spec: dict, crypten: Any, ops: Any, meter: Any, barrier: Any, 
                 wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
                 sent1, rounds1 = meter()
                 samples.append({"wall": wall, "cpu": cpu, "bytes": sent1 - sent0, "rounds": rounds1 - rounds0})
+                if rounds is not None:
+                    samples[-1]["round_profile"] = rounds.take()
                 if rounds_by_kind is not None:
                     samples[-1]["rounds_by_kind"] = {kind: count - kinds0[kind] for kind, count in rounds_by_kind.items()}
                 if repeat == 0 and score is not None:  # held-out AUC after one epoch, untimed
@@ -179,7 +184,10 @@ def run_cotrain(spec: dict, rank: int) -> dict:
         from bench.sequence_step import count_rounds_by_kind
         from bench.workloads import cotrain_ops
 
+        from bench.round_profile import RoundProfiler
+
         kinds = count_rounds_by_kind(transport.stats) if spec.get("rounds_by_kind") else None
+        profiler = RoundProfiler(transport) if spec.get("round_profile") else None
 
         def meter() -> tuple[int, int]:
             return transport.stats.bytes_sent, transport.stats.rounds
@@ -189,7 +197,7 @@ def run_cotrain(spec: dict, rank: int) -> dict:
             transport.stats.rounds -= 1  # the benchmark's own barriers are not the workload's
 
         with MpcSession(comm, ProtocolSuite(protocol), device=spec.get("device") or "cpu") as crypten:
-            return run_workloads(spec, crypten, cotrain_ops(), meter, barrier, rank, kinds)
+            return run_workloads(spec, crypten, cotrain_ops(), meter, barrier, rank, kinds, profiler)
     finally:
         transport.close()
 

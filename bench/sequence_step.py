@@ -114,28 +114,14 @@ def _kind_of(frame: Any) -> str:
 
 
 def count_rounds_by_kind(stats: Any) -> dict[str, int]:
-    """Attribute every later change of ``stats.rounds`` to a layer kind; returns the live counts.
-
-    ``stats`` (a :class:`parties.transport.stats.CommStats`) gets a subclass whose ``rounds``
-    is a property: the value is kept as before, and each change is added to the kind of the
-    code that made it (a collective that resets the count to one round nets out the same way).
-    """
-    import sys
+    """Attribute every later change of ``stats.rounds`` to a layer kind; returns the live counts
+    (a collective that resets the count to one round nets out the same way)."""
+    from bench.round_profile import watch_rounds
 
     counts = dict.fromkeys(KINDS, 0)
-    base = type(stats)
 
-    class Attributing(base):  # type: ignore[misc, valid-type]
-        @property
-        def rounds(self) -> int:
-            return self.__dict__["rounds"]
+    def count(frame: Any, change: int) -> None:
+        counts[_kind_of(frame)] += change
 
-        @rounds.setter
-        def rounds(self, value: int) -> None:
-            change = value - self.__dict__.get("rounds", 0)
-            if change:
-                counts[_kind_of(sys._getframe(1))] += change
-            self.__dict__["rounds"] = value
-
-    stats.__class__ = Attributing
+    watch_rounds(stats, count)
     return counts

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from protocols import crypten_hooks
-from protocols.bitpack import EVEN_BITS, pack_bits, pack_fields, reverse_bit_indices, unpack_bits, unpack_fields
+from protocols.bitpack import (EVEN_BITS, pack_bits, pack_fields, pair_products, reverse_bit_indices, unpack_bits,
+                               unpack_fields)
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -106,11 +107,9 @@ def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, mask_pairs
     return (top ^ carry).reshape(opened.shape)
 
 
-@functools.lru_cache(maxsize=256)
-def comparison_tuples(size: tuple[int, ...]) -> tuple[tuple, ...]:
-    """The tuples one packed comparison of a tensor of ``size`` asks for, in order (keys as
-    ``protocols.tuples`` names them): its sign mask, the binary triples of the carry tree's
-    AND rounds (their sizes read off the tree itself, run on zeros) and the B2A tuple."""
+def _tree_gates(size: tuple[int, ...]) -> list[tuple]:
+    """The binary triples of the carry tree's AND rounds for a tensor of ``size`` (their
+    sizes read off the tree itself, run on zeros)."""
     gates: list[tuple] = []
 
     def record(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -119,7 +118,75 @@ def comparison_tuples(size: tuple[int, ...]) -> tuple[tuple, ...]:
 
     zeros = torch.zeros(math.prod(size), dtype=torch.int64)
     carry_out(zeros, zeros, 32, record)
-    return (("signmask", size), *gates, ("b2a", size))
+    return gates
+
+
+@functools.lru_cache(maxsize=256)
+def comparison_tuples(size: tuple[int, ...]) -> tuple[tuple, ...]:
+    """The tuples one packed comparison of a tensor of ``size`` asks for, in order (keys as
+    ``protocols.tuples`` names them): its sign mask, the carry tree's binary triples and
+    the B2A tuple."""
+    return (("signmask", size), *_tree_gates(size), ("b2a", size))
+
+
+@functools.lru_cache(maxsize=256)
+def relu_tuples(size: tuple[int, ...]) -> tuple[tuple, ...]:
+    """The tuples one packed ReLU of a tensor of ``size`` asks for, in order: its ReLU mask
+    (a sign mask with the B2A bit u and the products that make x u local) and the carry
+    tree's binary triples."""
+    return (("relumask", size), *_tree_gates(size))
+
+
+def relu_mask_values(r: torch.Tensor, a: torch.Tensor, u: torch.Tensor) -> list[torch.Tensor | None]:
+    """A ReLU mask's components (``relumask`` in ``protocols.tuples``) from its uniform r
+    and a and its bit u; None in place of r and a."""
+    return [None, -r, pair_products(-r), u, u.clone(), r * u, None, a * u]
+
+
+def open_bits(bits: torch.Tensor, comm: Any) -> torch.Tensor:
+    """The XOR-shared 0/1 ``bits`` opened, 64 to a word on the wire."""
+    from torch.distributed import ReduceOp
+
+    return unpack_bits(comm.all_reduce(pack_bits(bits.reshape(-1)), op=ReduceOp.BXOR), bits)
+
+
+def times_opened_bit(share: torch.Tensor, times_u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """This party's share of v b, for b = u ^ z with z opened, from its shares of v and v u:
+    b = u + z - 2 u z, so v b = (1 - 2 z) v u + z v, linear in the shares."""
+    return (1 - 2 * z) * times_u + z * share
+
+
+def relu_shares(share: torch.Tensor, mask: Sequence[torch.Tensor], comm: Any,
+                and_gate: AndWords = and_words) -> tuple[torch.Tensor, torch.Tensor]:
+    """This party's share of relu(x) = x [x > 0] and the opened z of the bit [x > 0] = u ^ z,
+    from its share of x and of a ReLU mask (r, -r as a word, its pair products, u as an
+    arithmetic and an XOR sharing, r u, and a second a with a u for the gradient).
+
+    [x > 0] is [-x < 0], the sign of d = -x: c = d + r is opened and the carry tree runs on
+    it; then z = bit ^ u is opened (the B2A's one round). x u = -(c - r) u = r u - c u is
+    local (c is public), so the product with the bit costs no round of its own."""
+    r, negated, pairs, u, u_word, r_u = mask[:6]
+    opened = comm.all_reduce(r - share)
+    bit = masked_sign_bit(opened, negated, pairs, comm.get_rank(), and_gate)
+    z = open_bits(bit ^ (u_word & 1), comm)
+    return times_opened_bit(share, r_u - opened * u, z), z
+
+
+def relu_gradient_shares(grad: torch.Tensor, z: torch.Tensor, mask: Sequence[torch.Tensor], comm: Any) -> torch.Tensor:
+    """This party's share of grad [x > 0], the bit as :func:`relu_shares` left it: grad u
+    by the mask's pair (a, a u), one opening of grad - a (u is random already: it needs
+    no opening of its own)."""
+    u, a, a_u = mask[3], mask[6], mask[7]
+    opened = comm.all_reduce(grad - a)
+    return times_opened_bit(grad, opened * u + a_u, z)
+
+
+def _with_share(like: Any, share: torch.Tensor) -> Any:
+    """A new MPCTensor with ``like``'s encoding and ``share`` (``like`` is left as it was)."""
+    result = like.shallow_copy()
+    result._tensor = like._tensor.shallow_copy()
+    result._tensor.share = share
+    return result
 
 
 @register_part("comparison", "packed")
@@ -132,6 +199,8 @@ class PackedComparison(ProtocolPart):
 
     def install(self, crypten: Any) -> None:
         crypten_hooks.install_comparison(crypten, self.less_than_zero, self.counters)
+        if self.suite.parts["triple_source"].deals_relu_masks():
+            crypten_hooks.install_relu(crypten, self.relu, self.relu_gradient, self.counters)
         self._crypten = crypten
 
     def less_than_zero(self, x: Any, crypten_ltz: Callable[[Any], Any]) -> Any:
@@ -158,13 +227,22 @@ class PackedComparison(ProtocolPart):
     def _to_arithmetic(self, bit: torch.Tensor, comm: Any) -> Any:
         """B2A of XOR-shared bits with B2A tuples (r as an arithmetic and an XOR sharing):
         open z = bit ^ r, 64 to a word, then bit = r + z - 2 r z."""
-        from torch.distributed import ReduceOp
-
         r_arithmetic, r_binary = self._crypten.mpc.get_default_provider().B2A_rng(bit.size(), device=bit.device)
-        masked = (bit ^ (r_binary.share & 1)).reshape(-1)  # bit 0 of each share: an XOR sharing of r
-        opened = comm.all_reduce(pack_bits(masked), op=ReduceOp.BXOR)
-        z = unpack_bits(opened, bit)
+        z = open_bits(bit ^ (r_binary.share & 1), comm)  # bit 0 of each share: an XOR sharing of r
         return r_arithmetic * (1 - 2 * z) + z
+
+    def relu(self, x: Any) -> tuple[Any, tuple]:
+        """relu(x) and what its gradient needs, by :func:`relu_shares` (sources with ReLU masks)."""
+        share = x._tensor.share
+        source = self.suite.parts["triple_source"]
+        source.expect(relu_tuples(tuple(share.size())))
+        mask = source.relu_mask(share.size(), device=share.device)
+        output, z = relu_shares(share, mask, self._crypten.communicator.get())
+        return _with_share(x, output), (z, mask)
+
+    def relu_gradient(self, grad: Any, state: tuple) -> Any:
+        z, mask = state
+        return _with_share(grad, relu_gradient_shares(grad._tensor.share, z, mask, self._crypten.communicator.get()))
 
     def uninstall(self, crypten: Any) -> None:
         crypten_hooks.uninstall_comparison(crypten)

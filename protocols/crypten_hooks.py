@@ -14,7 +14,8 @@ the model converter's swap, and every extension point the protocol parts plug in
   for triple sources; ``cfg.mpc.protocol``, looked up in
   ``crypten.mpc.primitives.arithmetic``'s globals, for the metered Beaver functions; the
   hard-wired ``beaver.AND`` (binary AND), ``beaver.B2A_single_bit`` (B2A),
-  ``MPCTensor._ltz`` and ``converters._A2B`` (comparison and A2B),
+  ``MPCTensor._ltz`` and ``converters._A2B`` (comparison and A2B), ``MPCTensor.relu`` and
+  the autograd ReLU's forward and backward,
   ``ArithmeticSharedTensor.div_`` and ``beaver.truncate`` (truncation); and randomness:
   ``crypten._setup_prng``, ``crypten.generators`` and the samplers of ``crypten.common.rng``
   wherever a module imported them by name.
@@ -399,20 +400,61 @@ class _WeightGradient:
         return (a.t().matmul(grad_output),)
 
 
+class _BothGradients:
+    """The backward of ``a @ b`` when both need a gradient: ``grad b^T`` and ``a^T grad``
+    (CrypTen's own backward takes them one after the other: 4 rounds, here 2)."""
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Any) -> tuple[Any, Any]:
+        a, b = ctx.saved_tensors
+        return tuple(matmuls_together([(grad_output, b.t()), (a.t(), grad_output)]))
+
+
+def matmuls_together(pairs: list[tuple[Any, Any]]) -> list[Any]:
+    """``x @ y`` for each pair of fixed-point MPCTensors of one scale: every Beaver opening in
+    one round, every truncation in one (the products flattened together)."""
+    import crypten
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor as AST
+    from crypten.mpc.primitives.beaver import IgnoreEncodings
+
+    provider = crypten.mpc.get_default_provider()
+    triples = [provider.generate_additive_triple(x.size(), y.size(), "matmul", device=x.device) for x, y in pairs]
+    operands = [t for (x, y) in pairs for t in (x._tensor, y._tensor)]
+    with IgnoreEncodings(operands + [t for triple in triples for t in triple[:2]]):
+        opened = AST.reveal_batch([t - triple[i % 2] for i, (t, triple) in
+                                   enumerate(zip(operands, [triple for triple in triples for _ in (0, 1)]))])
+    shares = [_beaver_share(crypten, torch.matmul, a, b, c, opened[2 * i], opened[2 * i + 1])
+              for i, (a, b, c) in enumerate(triples)]
+    joined = AST.from_shares(torch.cat([share.reshape(-1) for share in shares]), precision=0)
+    joined = joined.div_(pairs[0][0].encoder.scale).share
+    results, offset = [], 0
+    for (x, _), share in zip(pairs, shares):
+        result = x.shallow_copy()
+        result._tensor = x._tensor.shallow_copy()
+        result._tensor.share = joined[offset:offset + share.numel()].reshape(share.shape)
+        offset += share.numel()
+        results.append(result)
+    return results
+
+
 def _matmul(crypten: Any, a: Any, b: Any) -> Any:
     """``a @ b``; when the input ``a`` needs no gradient (the first layer's features), the
-    autograd node skips CrypTen's input gradient: a matmul and 2 rounds per step, unused."""
-    if not (crypten.CrypTensor.AUTOGRAD_ENABLED and b.requires_grad and not a.requires_grad
+    autograd node skips CrypTen's input gradient: a matmul and 2 rounds per step, unused;
+    when both need one (a hidden layer), its backward opens and truncates both at once."""
+    mpc_tensor = crypten.mpc.MPCTensor
+    both = (a.requires_grad and type(a) is mpc_tensor and type(b) is mpc_tensor
+            and a.encoder.scale == b.encoder.scale > 1)
+    if not (crypten.CrypTensor.AUTOGRAD_ENABLED and b.requires_grad and (both or not a.requires_grad)
             and a.dim() == 2 and b.dim() == 2):
         return a.matmul(b)
     with crypten.no_grad():
         product = a.matmul(b)
     ctx = crypten.gradients.AutogradContext()
-    ctx.save_for_backward(a)
+    ctx.save_multiple_for_backward([a, b] if both else [a])
     # the fields crypten's own autograd wrapper sets on a function's result
     product.requires_grad = True
-    product.children = [b]
-    product.grad_fn = _WeightGradient
+    product.children = [a, b] if both else [b]
+    product.grad_fn = _BothGradients if both else _WeightGradient
     product.ctx = ctx
     return product
 
@@ -502,16 +544,53 @@ def _announced(fn: Callable, op: str, before: Callable[..., None] | None) -> Cal
     return wrapper
 
 
+def _beaver_product(crypten: Any, op: str, crypten_product: Callable) -> Callable:
+    """CrypTen's Beaver product with two local products per party where it computes three:
+    z = c + eps b + a delta + eps delta, and op is bilinear, so party 0 takes
+    eps (b + delta) + a delta and the others eps b + a delta (CrypTen has every party
+    compute eps delta and keeps party 0's). With ``active_security`` set, CrypTen's own."""
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor as AST
+    from crypten.mpc.primitives.beaver import IgnoreEncodings
+
+    product = getattr(torch, op)
+
+    def beaver(x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
+        if crypten.cfg.mpc.active_security:
+            return crypten_product(x, y, *args, **kwargs)
+        if x.device != y.device:
+            raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
+        a, b, c = crypten.mpc.get_default_provider().generate_additive_triple(
+            x.size(), y.size(), op, device=x.device, *args, **kwargs)
+        with IgnoreEncodings([a, b, x, y]):
+            epsilon, delta = AST.reveal_batch([x - a, y - b])
+        c.share = _beaver_share(crypten, product, a, b, c, epsilon, delta, *args, **kwargs)
+        return c
+
+    return beaver
+
+
+def _beaver_share(crypten: Any, product: Callable, a: Any, b: Any, c: Any, epsilon: torch.Tensor,
+                  delta: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """This party's share of x y from its triple (a, b, c) and the opened eps = x - a and
+    delta = y - b: c + eps (b + delta) + a delta at party 0, c + eps b + a delta elsewhere."""
+    b_share = b.share + delta if crypten.communicator.get().get_rank() == 0 else b.share
+    return c.share + product(epsilon, b_share, *args, **kwargs) + product(a.share, delta, *args, **kwargs)
+
+
 def meter_online_tuple_use(crypten: Any, counters: PartCounters, before: Callable[..., None] | None = None) -> None:
     """Charge Beaver openings (mul/matmul/conv/square, binary AND, B2A) to ``counters``;
     ``before(op, x, y, **kwargs)`` (``before("square", x)``) is told of each product first.
+    Products of two sharings compute two local products where CrypTen computes three
+    (:func:`_beaver_product`).
 
     They go through ``cfg.mpc.protocol`` (a namespace in arithmetic's globals) and the two
     hard-wired functions of ``beaver``.
     """
     m = _modules(crypten)
+    products = {op: getattr(m.beaver, op) if op == "square" else _beaver_product(crypten, op, getattr(m.beaver, op))
+                for op in _BEAVER_OPS}
     namespace = types.SimpleNamespace(
-        **{op: counted(_announced(getattr(m.beaver, op), op, before), counters, "online") for op in _BEAVER_OPS},
+        **{op: counted(_announced(products[op], op, before), counters, "online") for op in _BEAVER_OPS},
         truncate=m.beaver.truncate,
     )
     _patch("online", vars(m.arithmetic), _PROTOCOL_NAME, namespace)
@@ -591,6 +670,34 @@ def install_comparison(crypten: Any, ltz: Callable[[Any, Callable], Any], counte
             return original_a2b(arithmetic_tensor)
 
     _patch("comparison", m.converters, "_A2B", _A2B)
+
+
+def install_relu(crypten: Any, relu: Callable[[Any], tuple[Any, Any]], gradient: Callable[[Any, Any], Any],
+                 counters: PartCounters) -> None:
+    """ReLU (``MPCTensor.relu`` and CrypTen's autograd ReLU) through ``relu(x) -> (y, state)``
+    and its backward through ``gradient(grad, state)``; undone with the comparison."""
+    m = _modules(crypten)
+    autograd_relu = crypten.gradients.get_grad_fn("relu")
+
+    def metered_relu(x: Any) -> tuple[Any, Any]:
+        counters.calls += 1
+        counters.tuples += x.share.numel()
+        with metered(counters, "online"):
+            return relu(x)
+
+    def forward(ctx: Any, input: Any) -> Any:
+        output, state = metered_relu(input)
+        ctx.save_for_backward(state)
+        return output
+
+    def backward(ctx: Any, grad_output: Any) -> Any:
+        (state,) = ctx.saved_tensors
+        with metered(counters, "online"):
+            return gradient(grad_output, state)
+
+    _patch("comparison", m.MPCTensor, "relu", lambda self: metered_relu(self)[0])
+    _patch("comparison", autograd_relu, "forward", staticmethod(forward))
+    _patch("comparison", autograd_relu, "backward", staticmethod(backward))
 
 
 def uninstall_comparison(crypten: Any) -> None:

@@ -23,8 +23,9 @@ for, i.e. the rest of a training step) and ask the dealer for that whole batch, 
 answers each party with one message. While the first step is traced, a product asks for its
 triple with its truncation's tuple and a packed comparison for all of its tuples at once
 (``Prefetcher.expect``). From the second repetition of a step on, the dealer
-makes the next step's answer in the background while the parties compute, so a step
-normally costs one round trip to the dealer and no waiting for generation.
+makes the next step's answer in the background while the parties compute, and the parties
+ask for it as soon as the current step's answer has come (``Prefetcher``'s ``ask``), so it
+normally arrives before it is needed: no wait for the dealer on a step's path.
 
 A dealer that dies, stalls or sends anything but exactly the shares that were asked for
 stops the run with a :class:`DealerError` naming the dealer.
@@ -39,6 +40,7 @@ from typing import Any, Sequence
 import torch
 
 from protocols.bitpack import pair_products
+from protocols.comparison import relu_mask_values
 from protocols.dealer_wire import DealerError, DealerLink
 from protocols.parts import metered
 from protocols.prg import SEED_BYTES, CipherGenerator, new_seed
@@ -65,7 +67,8 @@ def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
 # from them, and only their corrections travel. (b2a's bit is not uniform as a word.)
 RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "binary": (True, True, False),
                      "b2a": (False, False), "trunc": (True, False, False), "wrap": (True, False),
-                     "signmask": (True, False, False), "wrapbit": (True, False)}
+                     "signmask": (True, False, False), "wrapbit": (True, False),
+                     "relumask": (True, False, False, False, False, False, True, False)}
 # each answer's shares come from its own stretch of every party's keystream, 2^40 bytes long
 # (an answer never draws that much), at a position the dealer picks at random per answer
 BATCH_STRIDE = 1 << 40
@@ -114,6 +117,8 @@ def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.
         return [None, -random[0], pair_products(-random[0])]
     if kind == "wrapbit":
         return [None, wrap_bit_values(random[0])[1]]
+    if kind == "relumask":
+        return relu_mask_values(random[0], random[6], rng.bits(key[1], 1))
     raise ValueError(f"unknown tuple kind {kind!r}")
 
 
@@ -221,7 +226,7 @@ class DealerTripleSource(KeyedTripleSource):
     def __init__(self) -> None:
         super().__init__()
         self.link: DealerLink | None = None
-        self.prefetcher = Prefetcher(self._request)
+        self.prefetcher = Prefetcher(self._request, ask=self._ask, collect=self._collect)
         self.failed = False  # after a DealerError there is no dealer to say goodbye to
 
     def start(self, crypten: Any) -> None:
@@ -238,6 +243,7 @@ class DealerTripleSource(KeyedTripleSource):
         if self.link is None or self.failed:
             return
         try:
+            self.prefetcher.take_asked()  # the dealer sends every answer before it reads on
             self.link.stop()
         except DealerError as error:  # the run is ending anyway; say why the dealer may linger
             log.warning("could not tell the dealer to stop: %s", error)
@@ -261,6 +267,12 @@ class DealerTripleSource(KeyedTripleSource):
         r, negated, pairs = (s.to(device) if device is not None else s for s in self.fetch(key))
         return AST.from_shares(r, precision=0), BST.from_shares(negated), BST.from_shares(pairs)
 
+    def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
+        key = ("relumask", freeze(size))
+        self.counters.calls += 1
+        self.counters.tuples += tuple_elements(key)
+        return [s.to(device) if device is not None else s for s in self.fetch(key)]
+
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         key = ("wrapbit", freeze(size))
         self.counters.calls += 1
@@ -275,6 +287,18 @@ class DealerTripleSource(KeyedTripleSource):
         return self.prefetcher.fetch(key)
 
     def _request(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
+        self._ask(keys)
+        return self._collect(keys)
+
+    def _ask(self, keys: list[tuple]) -> None:
+        try:
+            with metered(self.counters, "offline"):
+                self.link.request(keys)
+        except DealerError:
+            self.failed = True
+            raise
+
+    def _collect(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
         try:
             with metered(self.counters, "offline"):
                 return self._receive_batch(keys)
@@ -284,7 +308,6 @@ class DealerTripleSource(KeyedTripleSource):
 
     def _receive_batch(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
         rank, parties = self.comm.get_rank(), self.comm.get_world_size()
-        self.link.request(keys)
         answer = self.link.answer(len(keys), answer_elements(keys, rank, parties))
         if not 0 <= int(answer[0]) < 1 << POSITION_BITS:
             raise DealerError(f"the dealer sent a malformed answer: keystream position {int(answer[0])}")

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Sequence
 
+import torch
+
 
 @dataclass
 class PartCounters:
@@ -135,6 +137,16 @@ class TripleSource(ProtocolPart):
         """An arithmetic sharing of a uniform ring r, an XOR sharing of the word s = -r and
         one of its bit pairs' ANDs (``protocols.bitpack.pair_products``)."""
         raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide sign masks")
+
+    def deals_relu_masks(self) -> bool:
+        """Whether this source overrides :meth:`relu_mask`."""
+        return type(self).relu_mask is not TripleSource.relu_mask
+
+    def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
+        """This party's shares (int64 tensors, in ``protocols.tuples.tuple_layout``'s order for
+        ``relumask``) of a uniform ring r, the word -r and its bit pairs' ANDs (XOR), a uniform
+        bit u (arithmetic and XOR), r u, a uniform ring a and a u."""
+        raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide ReLU masks")
 
     def truncation_pair(self, size: Any, bits: int, device: Any = None) -> tuple[Any, Any, Any]:
         """Arithmetic sharings of (r, msb(r), (r mod 2^63) >> bits) for a uniform ring r."""

@@ -17,6 +17,7 @@ from protocols.bitpack import pair_products
 from protocols.crypten_hooks import counted, drop_provider, meter_online_tuple_use, unmeter_online_tuple_use, use_provider
 from protocols.parts import PartCounters, TripleSource
 from protocols.registry import register_part
+from protocols.comparison import relu_mask_values
 from protocols.truncation import pair_values
 
 TFP_WARNING = (
@@ -76,6 +77,20 @@ class TrustedFirstParty(TripleSource):
         mpc = self._crypten.mpc.primitives
         words = mpc.BinarySharedTensor(torch.stack([-r, pair_products(-r)]), src=0)
         return mpc.ArithmeticSharedTensor(r, precision=0, src=0), words[0], words[1]
+
+    def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
+        from crypten.common.rng import generate_kbit_random_tensor, generate_random_ring_element
+
+        self.counters.calls += 1
+        self.counters.tuples += 8 * int(torch.Size(size).numel())
+        r, a = generate_random_ring_element((2, *size), device=device)
+        u = generate_kbit_random_tensor(size, bitlength=1, device=device)
+        values = relu_mask_values(r, a, u)
+        values[0], values[6] = r, a
+        mpc = self._crypten.mpc.primitives
+        arithmetic = mpc.ArithmeticSharedTensor(torch.stack([values[i] for i in (0, 3, 5, 6, 7)]), precision=0, src=0).share
+        binary = mpc.BinarySharedTensor(torch.stack([values[i] for i in (1, 2, 4)]), src=0).share
+        return [arithmetic[0], binary[0], binary[1], arithmetic[1], binary[2], arithmetic[2], arithmetic[3], arithmetic[4]]
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Party 1's bit from the stream it shares with party 0, party 0's from its own; party

@@ -76,6 +76,8 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
         return [("a", key[1]), ("b", key[1])]
     if kind == "signmask":
         return [("a", key[1]), ("b", key[1]), ("b", key[1])]
+    if kind == "relumask":  # r, -r, its pair products, u, u, r u, a, a u
+        return [("a", key[1]), ("b", key[1]), ("b", key[1]), ("a", key[1]), ("b", key[1])] + [("a", key[1])] * 3
     if kind == "trunc":
         return [("a", key[1])] * 3
     raise ValueError(f"unknown tuple kind {kind!r}")
@@ -96,7 +98,7 @@ def check_key(key: Any) -> tuple:
         if len(key) != 3:
             raise ValueError(f"malformed binary triple request {key!r}")
         key = ("binary", _size(key[1]), _size(key[2]))
-    elif kind in ("square", "wrap", "b2a", "signmask", "wrapbit"):
+    elif kind in ("square", "wrap", "b2a", "signmask", "relumask", "wrapbit"):
         if len(key) != 2:
             raise ValueError(f"malformed {kind} request {key!r}")
         key = (kind, _size(key[1]))
@@ -129,13 +131,22 @@ class Prefetcher:
     it), the last time it occurred, up to the present, i.e. the rest of a repeating
     training step. The first step is traced one key at a time, but for the runs of keys a
     protocol announces (:meth:`expect`).
+
+    A source whose batches are a request and an answer (``ask`` sends the request,
+    ``collect`` waits for its answer) is asked one period ahead: once a predicted batch
+    has come, the same batch is asked for again at once, and its answer is collected at the
+    next miss, so the source makes and sends it while the parties compute.
     """
 
     def __init__(self, produce: Callable[[list[tuple]], list[list[torch.Tensor]]],
-                 lookahead: int = 4096, context: int = 8) -> None:
+                 lookahead: int = 4096, context: int = 8,
+                 ask: Callable[[list[tuple]], None] | None = None,
+                 collect: Callable[[list[tuple]], list[list[torch.Tensor]]] | None = None) -> None:
         self.produce = produce
         self.lookahead = lookahead
         self.context = context
+        self.ask, self.collect = ask, collect
+        self.asked: list[tuple] | None = None  # the batch asked ahead for, not yet collected
         self.buffer: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         self.history: list[tuple] = []
         self.last_seen: dict[tuple, int] = {}
@@ -149,8 +160,21 @@ class Prefetcher:
         self.history.append(key)
         self.last_seen[context] = position
         if not self.buffer[key]:
-            self._produce([key] if previous is None else self.history[previous:position][: self.lookahead])
+            self.take_asked()
+            predicted = previous is not None
+            if not self.buffer[key]:
+                self._produce([key] if not predicted else self.history[previous:position][: self.lookahead])
+            if predicted and self.ask is not None:
+                self.asked = list(self.history[previous:position][: self.lookahead])
+                self.ask(self.asked)
         return self.buffer[key].popleft()
+
+    def take_asked(self) -> None:
+        """Collect the answer to the batch asked ahead for, if one is outstanding (before
+        any other request, and before the source stops)."""
+        if self.asked is not None:
+            batch, self.asked = self.asked, None
+            self._store(batch, self.collect(batch))
 
     def expect(self, keys: Sequence[tuple]) -> None:
         """The next fetches will be ``keys``, in this order (a protocol that knows its own
@@ -167,7 +191,10 @@ class Prefetcher:
         return tuple(self.history[-(self.context - 1):] + [key]) if self.context > 1 else (key,)
 
     def _produce(self, batch: list[tuple]) -> None:
-        produced = self.produce(batch)
+        self.take_asked()
+        self._store(batch, self.produce(batch))
+
+    def _store(self, batch: list[tuple], produced: list[list[torch.Tensor]]) -> None:
         if len(produced) != len(batch):
             raise RuntimeError(f"a batch of {len(batch)} tuples came back with {len(produced)}")
         for batch_key, shares in zip(batch, produced):

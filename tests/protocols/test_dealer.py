@@ -35,7 +35,7 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
-        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]]]
+        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]], ["relumask", [7]]]
         + ([["wrapbit", [7]]] if parties == 2 else [])]
     for position in (0, 5, (1 << 62) - 1):
         answers = deal_answers(keys, seeds, position, rng)
@@ -66,6 +66,11 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
                 assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
             elif kind == "signmask":
                 assert torch.equal(values[1], -values[0]) and torch.equal(values[2], pair_products(-values[0]))
+            elif kind == "relumask":
+                r, negated, pairs, u, u_word, r_u, a, a_u = values
+                assert torch.equal(negated, -r) and torch.equal(pairs, pair_products(-r))
+                assert torch.equal(u, u_word) and set(u.tolist()) <= {0, 1}
+                assert torch.equal(r_u, r * u) and torch.equal(a_u, a * u)
             elif kind == "wrapbit":  # each party's own word, whose top bit is its private bit
                 bits, both = wrap_bit_values([p[0] for p in shares])
                 assert torch.equal(values[1], both) and all(set(b.tolist()) <= {0, 1} for b in bits)
@@ -87,6 +92,41 @@ def test_malformed_requests_are_refused(bad):
         check_key(bad)
 
 
+def _exact_products(crypten, rank) -> dict[str, bool]:
+    """Products of integer sharings (precision 0: no truncation) against torch's in the ring:
+    the Beaver product's two local products per party (protocols.crypten_hooks) are exact."""
+    from crypten.mpc import MPCTensor
+
+    out = {}
+    for op, size0, size1 in (("mul", (5, 7), (5, 7)), ("matmul", (6, 4), (4, 3))):
+        generator = torch.Generator().manual_seed(len(out))
+        values = [torch.randint(-(1 << 63), (1 << 63) - 1, size, generator=generator) for size in (size0, size1)]
+        # re-randomised, so that every party's share is uniform
+        x, y = (MPCTensor.from_shares(v if rank == 0 else torch.zeros_like(v), precision=0)
+                + crypten.cryptensor(torch.zeros(v.shape), precision=0) for v in values)
+        out[op] = torch.equal(getattr(x, op)(y).get_plain_text(), getattr(torch, op)(*values))
+    return out
+
+
+def _hidden_layer_gradients(crypten) -> dict[str, bool]:
+    """A hidden layer's product (both factors need a gradient: their Beaver openings and
+    truncations batched) against torch, each element within the bound from encoding every
+    input (u = 2^-16 each) and one truncation (1 ulp), plus u^2 per term."""
+    from protocols.crypten_hooks import _matmul
+
+    u = 2.0 ** -16
+    generator = torch.Generator().manual_seed(3)
+    h, w, g = (torch.randn(*shape, generator=generator) for shape in ((16, 8), (8, 3), (16, 3)))
+    secure_h, secure_w = crypten.cryptensor(h, requires_grad=True), crypten.cryptensor(w, requires_grad=True)
+    _matmul(crypten, secure_h, secure_w).backward(crypten.cryptensor(g))
+    checks = {}
+    for name, got, exact, left, right in (("input", secure_h.grad, g @ w.t(), g, w.t()),
+                                          ("weight", secure_w.grad, h.t() @ g, h.t(), g)):
+        bound = u * (left.abs().sum(1, keepdim=True) + right.abs().sum(0, keepdim=True)) + u * u * left.shape[1] + u
+        checks[name] = bool(((got.get_plain_text() - exact).abs() <= bound).all())
+    return checks
+
+
 def _compute(crypten, rank):
     torch.manual_seed(1)
     a, b = torch.randn(8, 4), torch.randn(4, 3)
@@ -97,6 +137,8 @@ def _compute(crypten, rank):
         "relu": ((x.relu()).get_plain_text() - a.relu()).abs().max().item(),
         "sigmoid": ((x.sigmoid()).get_plain_text() - a.sigmoid()).abs().max().item(),
     }
+    out["exact_products"] = _exact_products(crypten, rank)
+    out["hidden_layer_gradients"] = _hidden_layer_gradients(crypten)
     from protocols.suite import ProtocolSuite  # noqa: F401
     source = crypten.mpc.get_default_provider()
     out["provider"] = source.NAME
@@ -117,6 +159,8 @@ def test_session_over_a_dealer(parties, truncation):
     collected = run_parties(_compute, protocol, parties=parties)
     for result in party_values(collected, parties):
         assert result["provider"] == "COTRAIN_DEALER"
+        assert result["exact_products"] == {"mul": True, "matmul": True}
+        assert result["hidden_layer_gradients"] == {"input": True, "weight": True}
         assert result["matmul"] < 1e-3 and result["square"] < 1e-3 and result["relu"] < 1e-3
         assert result["sigmoid"] < 1e-2
     status, stats = collected[parties]

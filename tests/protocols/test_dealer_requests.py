@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.comparison import comparison_tuples
+from protocols.comparison import comparison_tuples, relu_tuples
 from protocols.dealer import SemiHonestMaker, expand
 from protocols.tuples import Prefetcher
 from protocol_sessions import party_values, run_parties
@@ -54,6 +54,34 @@ def test_a_repeated_step_costs_one_request_once_its_keys_are_known(announce, fir
     assert len(batches[-1]) == 11  # one whole step's tuples
     if announce:
         assert batches[0] == list(comparison_tuples((2, 8)))
+
+
+def test_a_learnt_step_is_asked_for_one_step_ahead_and_collected_at_the_next_miss():
+    maker, events = SemiHonestMaker(2), []
+
+    def ask(keys):
+        events.append(("ask", len(keys)))
+
+    def collect(keys):
+        events.append(("collect", len(keys)))
+        return expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2)
+
+    def produce(keys):
+        events.append(("produce", len(keys)))
+        return expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2)
+
+    prefetcher = Prefetcher(produce, ask=ask, collect=collect)
+    steps = [_step(prefetcher, announce=True) for _ in range(5)]
+    step = len(steps[0])
+    # steps 1 and 2 are traced (nothing asked ahead until a period is known); the period
+    # produced in step 2 is asked for again at once, and from then on every step's tuples
+    # are the answer collected at its first miss, the next one asked for right after
+    assert events[-8:] == [("produce", step), ("ask", step)] + [("collect", step), ("ask", step)] * 3
+    prefetcher.take_asked()
+    assert prefetcher.asked is None and events[-1] == ("collect", step)
+    # every tuple is fresh: no two steps got the same shares
+    firsts = {tuple(shares[0].reshape(-1).tolist()) for one in steps for shares in one[:1]}
+    assert len(firsts) == len(steps)
 
 
 def test_announced_keys_already_buffered_or_predicted_are_not_asked_for_again():
@@ -108,12 +136,13 @@ def test_a_repeated_step_asks_the_real_dealer_once(truncation):
             assert product <= 6 * 2 ** -16 + 2 ** -32 + 2 ** -16
     status, served = collected[2]
     assert status == "ok"
-    comparison = len(comparison_tuples((2, 8)))
-    # relu = x * (x >= 0), a product by a bit of scale 1 (no truncation), then x * x, a
-    # product truncated. Step 1 asks for the announced comparison at once, then relu's
-    # triple, then x x's triple with its truncation's tuple; step 2 for the comparison again
-    # (its context is new), then the learnt period, the whole step, which holds step 3's
-    # comparison; every later step is one request of the whole step
-    step = comparison + 3
-    assert served["sizes"] == [comparison, 1, 2, comparison, step, step, step]
+    relu = len(relu_tuples((2, 8)))
+    # relu is one packed ReLU (its mask makes the product with the bit local), then x x, a
+    # product truncated. Step 1 asks for the announced ReLU at once, then x x's triple with its
+    # truncation's tuple; step 2 for both again (their contexts are new: the step before them
+    # now ends in x x), step 3 for the learnt period, the whole step, and at once for the next
+    # one (asked one step ahead); step 4 collects that and asks for the next, which is
+    # collected before the stop
+    step = relu + 2
+    assert served["sizes"] == [relu, 2, relu, 2, step, step, step]
     assert served["requests"] == 7
