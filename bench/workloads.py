@@ -132,7 +132,6 @@ def crypten_ops() -> SystemOps:
 def cotrain_ops() -> SystemOps:
     from mpc.losses import WeightedBinaryCrossEntropy
     from mpc.metrics import ClassWeights
-    from mpc.shares import planned
     from mpc.training import SecureTrainer, TrainConfig, secure_sigmoid
 
     def make_epoch(crypten, model, negative, positive, lr, x, y, slices):
@@ -142,7 +141,7 @@ def cotrain_ops() -> SystemOps:
         def run() -> None:  # as SecureTrainer.fit: the per-row scales once, then the planned steps
             scales = loss.row_scales(y)
             for rows in slices:
-                with planned(x, ("step", rows.stop - rows.start)):
+                with trainer.planned("step", x, rows.stop - rows.start):
                     trainer.step(x[rows], y[rows], scales[rows])
 
         return run

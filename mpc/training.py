@@ -8,6 +8,7 @@ evaluator from revealed predictions.
 
 from __future__ import annotations
 
+import itertools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -197,6 +198,9 @@ class PhaseMeter:
         return totals
 
 
+_TRAINERS = itertools.count()  # names each trainer's planned blocks: two models' steps never share a plan
+
+
 class SecureTrainer:
     """Trains one CrypTen model on a secret-shared dataset; every party runs the same loop."""
 
@@ -215,6 +219,14 @@ class SecureTrainer:
         self.private: PrivateSgd | None = None  # DP-SGD's state, set up by fit when train.dp is on
         self.heldout_logits: torch.Tensor | None = None  # the last revealed held-out outputs (evaluator)
         self.heldout_labels: torch.Tensor | None = None
+        self._plans = next(_TRAINERS)
+
+    def planned(self, kind: str, like: Any, rows: int) -> Any:
+        """A block of this trainer's (``kind``: a training "step" or a "predict") on ``rows``
+        rows of secrets of ``like``'s type: its preprocessing is planned per trainer, kind and
+        batch size, so another model trained in the same session gets its own plan
+        (:func:`mpc.shares.planned`)."""
+        return planned(like, (kind, self._plans, rows))
 
     def step(self, features: Any, targets: Any, scales: Any, epoch: int = 0, clip: RowClip | None = None) -> None:
         """One step; ``scales`` are this batch's :meth:`Loss.row_scales`. The summed gradient
@@ -257,7 +269,7 @@ class SecureTrainer:
 
     def predict_for(self, features: Any, dst: int) -> torch.Tensor | None:
         """Outputs revealed to party ``dst`` only."""
-        with self.crypten.no_grad(), planned(features, ("predict", features.size(0))):
+        with self.crypten.no_grad(), self.planned("predict", features, features.size(0)):
             self.model.train(False)  # inference mode: no autograd bookkeeping
             outputs = self.model(features)
             self.model.train()
@@ -328,7 +340,7 @@ class SecureTrainer:
             progress = tqdm(steps, total=len(slices), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                             disable=not self.show_progress, leave=True, dynamic_ncols=True)
             for batch in progress:
-                with planned(train.features, ("step", batch[0].size(0) if batch[0] is not None else 0)):
+                with self.planned("step", train.features, batch[0].size(0) if batch[0] is not None else 0):
                     self.step(*batch)
             record = EpochRecord(
                 epoch=epoch + 1,

@@ -437,7 +437,7 @@ def matmuls_together(pairs: list[tuple[Any, Any]]) -> list[Any]:
     return results
 
 
-def _matmul(crypten: Any, a: Any, b: Any) -> Any:
+def layer_matmul(crypten: Any, a: Any, b: Any) -> Any:
     """``a @ b``; when the input ``a`` needs no gradient (the first layer's features), the
     autograd node skips CrypTen's input gradient: a matmul and 2 rounds per step, unused;
     when both need one (a hidden layer), its backward opens and truncates both at once."""
@@ -472,7 +472,7 @@ def drop_unit_scalings(crypten: Any, secure: Any) -> None:
                 a = a.t()
             if self.trans_b:
                 b = b.t()
-            return _matmul(crypten, a, b).add(c)
+            return layer_matmul(crypten, a, b).add(c)
 
         unit = _UNIT_GEMM[id(gemm)] = type("UnitGemm", (gemm,), {"forward": forward})
     for module in secure.modules():

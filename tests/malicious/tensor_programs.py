@@ -156,3 +156,45 @@ def tampered_openings(transport: Any, rank: int, parties: int, targets: list[str
                     outcomes.append((target, trial, error.check))
         engine.adversary = None
     return outcomes
+
+
+def two_models(rows: int = 16, batch: int = 8, seed: int = 3) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+    """An MLP and a logistic regression (fixed initial weights) and real-shaped rows: a
+    near-constant column beside a wide one, an offset column, labels from a linear rule."""
+    torch.manual_seed(seed)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    logreg = torch.nn.Linear(4, 1)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (rows, 4))
+    x[:, 1] = 1e-3 * x[:, 1] + 0.5
+    x[:, 2] = 3.0 * x[:, 2] - 2.0
+    y = (x[:, 0] + 0.3 * x[:, 2] + rng.normal(0, 0.5, rows) > -0.6).astype(np.float64)
+    return mlp, logreg, torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32).reshape(-1, 1)
+
+
+def train_two_models_one_batch_size(transport: Any, rank: int, parties: int, lr: float, batch: int,
+                                    order: list[int]) -> dict[str, np.ndarray]:
+    """In one session, the MLP and then the logistic regression trained one epoch each on
+    ``order``'s rows with batches of the same size (the bench's W5 and W6, or two models in
+    one user's script): each trainer plans its own steps. The regression's weights, revealed."""
+    from mpc.losses import WeightedBinaryCrossEntropy
+    from mpc.metrics import ClassWeights
+    from mpc.models import encrypt_model
+    from mpc.training import SecureTrainer, TrainConfig
+
+    mlp, logreg, x, y = two_models()
+    x, y = x[order], y[order]
+    loss = WeightedBinaryCrossEntropy(ClassWeights(negative=1.0, positive=1.0))
+    with malicious_session(transport, parties) as crypten:
+        features, labels = crypten.cryptensor(x, src=0), crypten.cryptensor(y, src=0)
+        scales = loss.row_scales(labels)
+        for model in (mlp, logreg):
+            secure = encrypt_model(crypten, model, x.shape[1])
+            secure.train()
+            trainer = SecureTrainer(crypten, secure, TrainConfig(lr=lr, batch_size=batch), loss, seed=0,
+                                    stats=None, show_progress=False)
+            for start in range(0, len(order), batch):
+                rows = slice(start, start + batch)
+                with trainer.planned("step", features, batch):
+                    trainer.step(features[rows], labels[rows], scales[rows])
+        return {name: parameter.get_plain_text().numpy() for name, parameter in secure.named_parameters()}

@@ -112,13 +112,13 @@ def _hidden_layer_gradients(crypten) -> dict[str, bool]:
     """A hidden layer's product (both factors need a gradient: their Beaver openings and
     truncations batched) against torch, each element within the bound from encoding every
     input (u = 2^-16 each) and one truncation (1 ulp), plus u^2 per term."""
-    from protocols.crypten_hooks import _matmul
+    from protocols.crypten_hooks import layer_matmul
 
     u = 2.0 ** -16
     generator = torch.Generator().manual_seed(3)
     h, w, g = (torch.randn(*shape, generator=generator) for shape in ((16, 8), (8, 3), (16, 3)))
     secure_h, secure_w = crypten.cryptensor(h, requires_grad=True), crypten.cryptensor(w, requires_grad=True)
-    _matmul(crypten, secure_h, secure_w).backward(crypten.cryptensor(g))
+    layer_matmul(crypten, secure_h, secure_w).backward(crypten.cryptensor(g))
     checks = {}
     for name, got, exact, left, right in (("input", secure_h.grad, g @ w.t(), g, w.t()),
                                           ("weight", secure_w.grad, h.t() @ g, h.t(), g)):
