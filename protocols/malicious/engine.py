@@ -801,15 +801,16 @@ class Engine:
         coin = self._coin_toss(b"chi", self._check_count, failures)
 
         # 2. each party's share of the random linear combination of the MAC relations
-        combined_value = combined_mac = U128.zeros(())
+        # shape (1,), not numpy scalars: their wrapping sums would warn of overflow
+        combined_value = combined_mac = U128.zeros((1,))
         chi_stream = _stream(coin, self._pending)
         start_chi = 0
         for values, macs in self._opened:  # each opening with its stretch of the coefficients
             chi = U128.from_uint64(chi_stream[start_chi:start_chi + values.size])
             start_chi += values.size
-            combined_value = combined_value + ring.sum_axis(values * chi, 0)
-            combined_mac = combined_mac + ring.sum_axis(macs * chi, 0)
-        sigma = combined_mac.reshape(1) - self.alpha * combined_value.reshape(1) + self._zero_share()
+            combined_value = combined_value + ring.sum_axis(values * chi, 0).reshape(1)
+            combined_mac = combined_mac + ring.sum_axis(macs * chi, 0).reshape(1)
+        sigma = combined_mac - self.alpha * combined_value + self._zero_share()
         digests = b"".join(self._senders[r].digest() for r in range(self.parties))
         nonce = secrets.token_bytes(16)
         opening = ring.to_wire(sigma).tobytes() + digests + nonce
