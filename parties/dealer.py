@@ -141,22 +141,21 @@ def make_maker(config: RunConfig, directory: Path) -> TupleMaker:
         return maker
     rank = dealer_rank(config)
     if config.score.shares:  # the run whose shares are scored: its key, whatever this run's settings
-        where = f"shares={config.score.shares}"
-        _take_back(maker, config.score.shares, read_checkpoint(config.score.shares, DEALER_NAME, rank,
-                                                               config.num_parties, None, where), where)
+        _take_back(maker, config.score.shares, rank, config.num_parties, None, f"shares={config.score.shares}")
         return maker
     settings = run_settings(dataclasses.asdict(config))
     if config.train.resume:
-        where = f"train.resume={config.train.resume}"
-        _take_back(maker, config.train.resume, read_checkpoint(config.train.resume, DEALER_NAME, rank,
-                                                               config.num_parties, settings), where)
+        _take_back(maker, config.train.resume, rank, config.num_parties, settings,
+                   f"train.resume={config.train.resume}")
     save_checkpoint(checkpoint_path(directory.parent, DEALER_NAME), DEALER_NAME, rank, config.num_parties,
                     settings, {"dealer": maker.state_dict()})
     return maker
 
 
-def _take_back(maker: Any, run_dir: str, saved: dict, where: str) -> None:
-    """Give ``maker`` the state its dealer saved in ``run_dir``."""
+def _take_back(maker: Any, run_dir: str, rank: int, parties: int, settings: dict | None, where: str) -> None:
+    """Give ``maker`` the state its dealer saved in ``run_dir`` (refused as ``read_checkpoint``
+    says; ``settings`` None: whatever the settings of that run)."""
+    saved = read_checkpoint(run_dir, DEALER_NAME, rank, parties, settings, where)
     try:
         maker.load_state_dict(saved["dealer"])
     except (KeyError, ValueError) as error:

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from protocols.bitpack import pair_products
+from protocols.comparison import relu_mask_values
 from protocols.crypten_hooks import counted, drop_provider, meter_online_tuple_use, unmeter_online_tuple_use, use_provider
 from protocols.parts import PartCounters, TripleSource
 from protocols.registry import register_part
-from protocols.comparison import relu_mask_values
 from protocols.truncation import pair_values
 
 TFP_WARNING = (
