@@ -103,6 +103,14 @@ class GilboaEngine:
                   lambda a, b: _repeated_rows(left_rows, a, b), group=k * 64, scaled=True)
         return cot, lambda received, own: (received + own).T
 
+    def plan_scaled_rows(self, rows: np.ndarray, values: np.ndarray) -> Plan:
+        """Shares of row j of L0 times r1[j] plus row j of L1 times r0[j], for every row j (my
+        ``rows`` L: (k, m) words, my ``values`` r: k words): one m-word vector OLE per row."""
+        count = rows.shape[0] * 64
+        cot = Cot(count, count, rows.shape[1], lambda a, b: _bit_rows(values, a, b),
+                  lambda a, b: _repeated_rows(rows, a, b), group=64, scaled=True)
+        return cot, lambda received, own: received + own
+
     def plan_elementwise(self, left: np.ndarray, right: np.ndarray) -> Plan:
         """Shares of x0*y1 + x1*y0 for flat uint64 vectors (party i holds x_i = left, y_i = right)."""
         count = left.size * 64
@@ -144,7 +152,7 @@ def matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 BILINEAR_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
 
 
-# A bilinear triple's correlations (operand elements x 64 bits x output elements) stream
+# A bilinear triple's correlations (operand elements x 64 bits x the outputs one reaches) stream
 # through the extension in exchanges of CHUNK_WORDS, so they bound time and traffic (2 GiB
 # each way), not memory: CrypTen's test_nn image convolutions need up to 2.4e8 and peak at
 # 1.7 GiB per party. What is held at once is the basis and its images (elements x
@@ -160,25 +168,44 @@ def _apply(op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _plan_bilinear(engine: GilboaEngine, op: str, kwargs: dict, a: np.ndarray, b: np.ndarray) -> tuple[Plan, Any]:
-    """A triple of any bilinear ``op`` (convolutions, products of a vector) from one matrix product:
-    op(a, b) = sum_j b_j op(a, e_j), so with M_i's rows op(a_i, e_j) (local), the cross terms
-    op(a_0, b_1) + op(a_1, b_0) are M_0^T b_1 + M_1^T b_0. The basis runs over the smaller
-    operand (the sizes are public, so both parties choose alike): its 64 bits per element are
-    the OT choices."""
+    """A triple of any bilinear ``op`` (convolutions, products of a vector) from one vector OLE per
+    basis element: op(a, b) = sum_j b_j op(a, e_j), so with M_i's rows op(a_i, e_j) (local), the
+    cross terms op(a_0, b_1) + op(a_1, b_0) are M_0^T b_1 + M_1^T b_0. The basis runs over the
+    smaller operand (the sizes are public, so both parties choose alike): its 64 bits per element
+    are the OT choices. A row carries only the outputs its basis element can reach (a kernel
+    weight reaches one output channel): correlations of structural zeros would cost traffic and
+    hashing for nothing."""
     on_right = b.size <= a.size
     small = b if on_right else a
     product = _apply(op, kwargs, a, b)
-    words = small.size * 64 * product.size  # the correlations of the matrix product
     held = small.size * (small.size + product.size)  # the basis and its images
+
+    def images(other: np.ndarray) -> np.ndarray:
+        """(basis element, output) of op with ``other`` as the larger operand."""
+        basis = np.eye(small.size, dtype=np.uint64).reshape(small.size, *small.shape)
+        return np.stack([_apply(op, kwargs, other, unit) if on_right else _apply(op, kwargs, unit, other)
+                         for unit in basis]).reshape(small.size, -1)
+
+    reach = images(np.ones_like(a if on_right else b)) != 0 if held <= MAX_BASIS_WORDS else None
+    width = product.size if reach is None else max(int(reach.sum(axis=1).max()), 1)
+    words = small.size * 64 * width  # the correlations
     if words > MAX_BILINEAR_WORDS or held > MAX_BASIS_WORDS:
         raise UnsupportedTuple(f"protocol=ot makes {op} triples of up to {MAX_BILINEAR_WORDS} correlation words "
                                f"and {MAX_BASIS_WORDS} basis words; {tuple(a.shape)} with {tuple(b.shape)} needs "
                                f"{words} and {held} (use protocol=dealer)")
-    basis = np.eye(small.size, dtype=np.uint64).reshape(small.size, *small.shape)
-    images = np.stack([_apply(op, kwargs, a, unit) if on_right else _apply(op, kwargs, unit, b) for unit in basis])
-    plan = engine.plan_matmul(np.ascontiguousarray(images.reshape(small.size, -1).T), small.reshape(-1, 1))
-    return plan, lambda cross: [_tensor(a, a.shape), _tensor(b, b.shape),
-                                _tensor(product + cross.reshape(product.shape), product.shape)]
+    # each row's reachable outputs first; the rest of its width points at outputs whose image is 0
+    outputs = np.argsort(~reach, axis=1, kind="stable")[:, :width]
+    rows = np.take_along_axis(images(a if on_right else b), outputs, axis=1)
+    cot, row_sums = engine.plan_scaled_rows(rows, small.reshape(-1))
+
+    def finish(received: np.ndarray, own: np.ndarray) -> np.ndarray:
+        cross = torch.zeros(product.size, dtype=torch.int64)
+        cross.index_add_(0, torch.from_numpy(outputs.reshape(-1)),
+                         torch.from_numpy(row_sums(received, own).reshape(-1).view(np.int64)))
+        return cross.numpy().view(np.uint64)
+
+    return (cot, finish), lambda cross: [_tensor(a, a.shape), _tensor(b, b.shape),
+                                         _tensor(product + cross.reshape(product.shape), product.shape)]
 
 
 def _tensor(array: np.ndarray, shape: Sequence[int]) -> torch.Tensor:

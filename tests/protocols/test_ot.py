@@ -247,19 +247,31 @@ BILINEAR_KEYS = [("triple", "conv2d", (2, 3, 5, 4), (4, 3, 2, 2), CONV),
                  ("triple", "matmul", (5,), (5, 3), ())]
 
 
+# The outputs one kernel weight of BILINEAR_KEYS' convolutions reaches, of all outputs: its
+# channel (2 images of 3 x 3, of 4 channels); every other output of the stride-2 transposed
+# convolution in its channel (2 x 5 of 2 x 2 x 11); its channel (1 x 4 of 2 channels).
+CONVOLUTION_REACH = {"conv2d": (18, 72), "conv_transpose1d": (10, 44), "conv1d": (4, 8)}
+
+
 def test_convolution_and_batched_matmul_triples_are_exact():
-    """c = op(a, b) over the ring, for CrypTen's other Beaver products (its nn layers ask for them)."""
+    """c = op(a, b) over the ring, for CrypTen's other Beaver products (its nn layers ask for them);
+    a convolution's correlations carry one output channel per kernel weight, not every output."""
+    convolutions = [key for key in BILINEAR_KEYS if key[1].startswith("conv")]
 
     def party(rank, comm):
         source = OtTripleSource()
         source.engine = GilboaEngine(OtChannel(comm, 1 - rank))
-        return source.produce(BILINEAR_KEYS)
+        widths = [source._plan(key)[0][0].words for key in convolutions]
+        return source.produce(BILINEAR_KEYS), widths
 
-    for key, shares0, shares1 in zip(BILINEAR_KEYS, *run_pair(party)):
+    (triples0, widths0), (triples1, widths1) = run_pair(party)
+    assert widths0 == widths1 == [CONVOLUTION_REACH[key[1]][0] for key in convolutions]
+    for key, shares0, shares1 in zip(BILINEAR_KEYS, triples0, triples1):
         _, op, size0, size1, kwargs = key
         a, b, c = (x + y for x, y in zip(shares0, shares1))  # int64 addition wraps as the ring
         assert (a.shape, b.shape) == (size0, size1)
         assert torch.equal(c, getattr(torch, op)(a, b, **dict(kwargs))), key
+        assert c.numel() == CONVOLUTION_REACH.get(op, (0, c.numel()))[1]
         assert not torch.equal(shares0[2], c)  # a share is not the product
 
 
