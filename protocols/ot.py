@@ -54,18 +54,17 @@ def _bit_rows(values: np.ndarray, a: int, b: int) -> np.ndarray:
     return _bits(values[first:last]).reshape(-1)[a - 64 * first: b - 64 * first]
 
 
-def _repeated_rows(rows: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Row e % len(rows) of ``rows`` for OTs a..b-1 in (element e, bit i) order (a scaled
-    request's correlations: OT (e, i) counts 2^i times)."""
-    first, last = a // 64, (b + 63) // 64
-    return np.repeat(rows[np.arange(first, last) % len(rows)], 64, axis=0)[a - 64 * first: b - 64 * first]
+def _element_rows(rows: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Row e % len(rows) of ``rows`` for the elements e of OTs a..b-1 in (element e, bit i) order
+    (a scaled request's correlations: one row per element, OT (e, i) counts it 2^i times)."""
+    return rows[np.arange(a // 64, (b + 63) // 64) % len(rows)]
 
 
 def _word_products(mine: int, theirs: int, left: np.ndarray, right: np.ndarray) -> Cot:
     """Gilboa over flat words: I choose with the bits of ``right``; my correlation for the peer's
     bit i of element e is left[e], counted 2^i times."""
     return Cot(mine, theirs, 1, lambda a, b: _bit_rows(right, a, b),
-               lambda a, b: _repeated_rows(left.reshape(-1, 1), a, b), group=64, scaled=True)
+               lambda a, b: _element_rows(left.reshape(-1, 1), a, b), group=64, scaled=True)
 
 
 Plan = tuple  # (Cot, finish: (received sums, own sums) -> my share)
@@ -100,7 +99,7 @@ class GilboaEngine:
         left_rows = np.ascontiguousarray(left.T)  # (k, m)
 
         cot = Cot(n * k * 64, n * k * 64, m, lambda a, b: _bit_rows(right_bits, a, b),
-                  lambda a, b: _repeated_rows(left_rows, a, b), group=k * 64, scaled=True)
+                  lambda a, b: _element_rows(left_rows, a, b), group=k * 64, scaled=True)
         return cot, lambda received, own: (received + own).T
 
     def plan_elementwise(self, left: np.ndarray, right: np.ndarray) -> Plan:

@@ -121,7 +121,8 @@ class Cot:
     a..b-1). Results come back summed over each ``group`` of consecutive OTs (for ``binary``
     requests: bit ``i % group`` of a word, XOR-ed). In a ``scaled`` request (``group`` a
     multiple of 64) OT j's correlation counts 2^(j % 64) times: the sums are of 2^(j % 64)
-    times each result, and only the bits that survive the shift travel.
+    times each result, and only the bits that survive the shift travel; its 64 OTs j // 64
+    share one correlation, so ``deltas(a, b)`` gives rows a // 64 .. (b - 1) // 64 only.
     """
 
     mine: int
@@ -174,60 +175,74 @@ def _segments(counts: Sequence[int], low: int, high: int):
 
 # -- finishing a block of OTs: corrections out, results summed per group as they come ------------
 # (an OT's group and place in it are counted along, not divided out: a division per OT costs more
-# than the rest of its arithmetic)
+# than the rest of its arithmetic). A pad is AES(input) ^ input (``CrHash.pads``), XOR-ed here as
+# it is read. A correction of ``kept`` bytes per word travels as ``kept`` planes of one byte per
+# word (plane k: byte k of every word of the OT), so each plane is one vectorised pass.
 @numba.njit(nogil=True, cache=True)
-def _send_words(pads: np.ndarray, deltas: np.ndarray, tau: np.ndarray, own: np.ndarray, first: int, group: int,
-                scaled: bool) -> None:
-    """tau = p1 - p0 - delta as little-endian bytes into ``tau`` (uint8, in order); my share -p0
-    added into row (first + r) // group of ``own``. Scaled: OT j counts 2^(j % 64) and only the
-    low ceil((64 - j % 64) / 8) bytes of its corrections travel."""
-    g, place, position = first // group, first % group, 0
-    for r in range(deltas.shape[0]):
+def _send_words(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, tau: np.ndarray, own: np.ndarray,
+                first: int, group: int, scaled: bool) -> None:
+    """tau = p1 - p0 - delta into ``tau`` (uint8, in order); my share -p0 added into row
+    (first + r) // group of ``own``. Scaled: OT j counts 2^(j % 64), only the low
+    ceil((64 - j % 64) / 8) bytes of its corrections travel, and ``deltas`` holds one row per
+    64 OTs (the row of OT first + r is (first + r) // 64 - first // 64)."""
+    words = own.shape[1]
+    correction = np.empty(words, np.uint64)
+    g, place, position, row = first // group, first % group, 0, 0
+    for r in range(encrypted.shape[1]):
         bit = place % 64 if scaled else 0
-        kept = (71 - bit) // 8
-        for w in range(deltas.shape[1]):
-            p0 = pads[0, r, w]
-            correction = pads[1, r, w] - p0 - deltas[r, w]
-            for k in range(kept):
-                tau[position + k] = np.uint8((correction >> np.uint64(8 * k)) & np.uint64(0xFF))
-            position += kept
-            own[g, w] -= p0 << np.uint64(bit)
+        shift = np.uint64(bit)
+        for w in range(words):
+            p0 = encrypted[0, r, w] ^ inputs[0, r, w]
+            correction[w] = (encrypted[1, r, w] ^ inputs[1, r, w]) - p0 - deltas[row, w]
+            own[g, w] -= p0 << shift
+        for k in range((71 - bit) // 8):
+            byte = np.uint64(8 * k)
+            for w in range(words):
+                tau[position + w] = np.uint8((correction[w] >> byte) & np.uint64(0xFF))
+            position += words
         place += 1
+        if not scaled or place % 64 == 0:
+            row += 1
         if place == group:
             g, place = g + 1, 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _receive_words(pads: np.ndarray, choices: np.ndarray, tau: np.ndarray, received: np.ndarray, first: int,
-                   group: int, scaled: bool) -> None:
-    """p_c = H(t) - c tau (tau read back from its bytes; for a scaled request the bits above them
-    would be shifted out), added into row (first + r) // group of ``received``."""
+def _receive_words(encrypted: np.ndarray, inputs: np.ndarray, choices: np.ndarray, tau: np.ndarray,
+                   received: np.ndarray, first: int, group: int, scaled: bool) -> None:
+    """p_c = H(t) - c tau (tau read back from its byte planes; for a scaled request the bits above
+    them would be shifted out), added into row (first + r) // group of ``received``."""
+    words = received.shape[1]
+    correction = np.empty(words, np.uint64)
     g, place, position = first // group, first % group, 0
     for r in range(choices.shape[0]):
         bit = place % 64 if scaled else 0
-        kept = (71 - bit) // 8
+        shift = np.uint64(bit)
+        correction[:] = 0
+        for k in range((71 - bit) // 8):
+            byte = np.uint64(8 * k)
+            for w in range(words):
+                correction[w] |= np.uint64(tau[position + w]) << byte
+            position += words
         chosen = np.uint64(0) - np.uint64(choices[r])  # all ones where c = 1
-        for w in range(pads.shape[2]):
-            correction = np.uint64(0)
-            for k in range(kept):
-                correction |= np.uint64(tau[position + k]) << np.uint64(8 * k)
-            position += kept
-            received[g, w] += (pads[0, r, w] - (correction & chosen)) << np.uint64(bit)
+        for w in range(words):
+            received[g, w] += ((encrypted[0, r, w] ^ inputs[0, r, w]) - (correction[w] & chosen)) << shift
         place += 1
         if place == group:
             g, place = g + 1, 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _send_binary(pads: np.ndarray, deltas: np.ndarray, tau_bits: np.ndarray, own: np.ndarray, first: int,
-                 group: int) -> None:
+def _send_binary(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, tau_bits: np.ndarray,
+                 own: np.ndarray, first: int, group: int) -> None:
     """One bit per OT: tau = p1 ^ p0 ^ delta; my share p0 XOR-ed into bit (first + r) % group of its group's word."""
     one = np.uint64(1)
     g, place = first // group, first % group
     for r in range(deltas.shape[0]):
         for w in range(deltas.shape[1]):
-            p0 = pads[0, r, w] & one
-            tau_bits[r, w] = np.uint8(p0 ^ (pads[1, r, w] & one) ^ (deltas[r, w] & one))
+            p0 = (encrypted[0, r, w] ^ inputs[0, r, w]) & one
+            p1 = (encrypted[1, r, w] ^ inputs[1, r, w]) & one
+            tau_bits[r, w] = np.uint8(p0 ^ p1 ^ (deltas[r, w] & one))
             own[g, w] ^= p0 << np.uint64(place)
         place += 1
         if place == group:
@@ -235,18 +250,26 @@ def _send_binary(pads: np.ndarray, deltas: np.ndarray, tau_bits: np.ndarray, own
 
 
 @numba.njit(nogil=True, cache=True)
-def _receive_binary(pads: np.ndarray, choices: np.ndarray, tau_bits: np.ndarray, received: np.ndarray,
-                    first: int, group: int) -> None:
+def _receive_binary(encrypted: np.ndarray, inputs: np.ndarray, choices: np.ndarray, tau_bits: np.ndarray,
+                    received: np.ndarray, first: int, group: int) -> None:
     """p_c = H(t) ^ c tau (one bit per OT), XOR-ed into bit (first + r) % group of its group's word."""
     one = np.uint64(1)
     g, place = first // group, first % group
     for r in range(tau_bits.shape[0]):
         chosen = np.uint64(choices[r] & 1)
         for w in range(tau_bits.shape[1]):
-            received[g, w] ^= ((pads[0, r, w] & one) ^ (np.uint64(tau_bits[r, w]) & chosen)) << np.uint64(place)
+            pad = (encrypted[0, r, w] ^ inputs[0, r, w]) & one
+            received[g, w] ^= (pad ^ (np.uint64(tau_bits[r, w]) & chosen)) << np.uint64(place)
         place += 1
         if place == group:
             g, place = g + 1, 0
+
+
+def _delta_rows(request: "Cot", deltas: np.ndarray, a: int, low: int, high: int) -> np.ndarray:
+    """The rows of a segment's ``deltas`` (starting at OT a) for its OTs a + low .. a + high - 1."""
+    if not request.scaled:
+        return deltas[low:high]
+    return deltas[(a + low) // 64 - a // 64: (a + high - 1) // 64 - a // 64 + 1]
 
 
 def _piece(request: Cot, tau: np.ndarray, a: int, low: int, high: int) -> np.ndarray:
@@ -346,9 +369,10 @@ class OtChannel:
                 tau = np.empty(request.tau_bytes(a, b), np.uint8)
                 finish = functools.partial(_send_words, scaled=request.scaled)
             for low, high in _blocks(count, request.words, 2):
-                pads = self.hash.pads(q, peer_u, self.sender.flip_mask, offset + low, high - low,
-                                      q_first + offset + low, request.words, self.sender.s_sigma)
-                finish(pads, deltas[low:high], _piece(request, tau, a, low, high), own[i], a + low, request.group)
+                encrypted, inputs = self.hash.pads(q, peer_u, self.sender.flip_mask, offset + low, high - low,
+                                                   q_first + offset + low, request.words, self.sender.s_sigma)
+                finish(encrypted, inputs, _delta_rows(request, deltas, a, low, high),
+                       _piece(request, tau, a, low, high), own[i], a + low, request.group)
             taus.append(np.packbits(tau.reshape(-1), bitorder="little") if request.binary else tau)
         expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
         peer_taus, position = self._swap(np.concatenate(taus), expected, "correction"), 0
@@ -363,7 +387,8 @@ class OtChannel:
             else:
                 tau, finish = raw, functools.partial(_receive_words, scaled=request.scaled)
             for low, high in _blocks(count, request.words, 1):
-                pads = self.hash.pads(t, t, no_flips, offset + low, high - low, t_first + offset + low, request.words)
-                finish(pads, choices[offset + low: offset + high], _piece(request, tau, a, low, high), received[i],
-                       a + low, request.group)
+                encrypted, inputs = self.hash.pads(t, t, no_flips, offset + low, high - low, t_first + offset + low,
+                                                   request.words)
+                finish(encrypted, inputs, choices[offset + low: offset + high], _piece(request, tau, a, low, high),
+                       received[i], a + low, request.group)
         self.exchanges += 1
