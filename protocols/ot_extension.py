@@ -176,30 +176,25 @@ def _segments(counts: Sequence[int], low: int, high: int):
 # -- finishing a block of OTs: corrections out, results summed per group as they come ------------
 # (an OT's group and place in it are counted along, not divided out: a division per OT costs more
 # than the rest of its arithmetic). A pad is AES(input) ^ input (``CrHash.pads``), XOR-ed here as
-# it is read. A correction of ``kept`` bytes per word travels as ``kept`` planes of one byte per
-# word (plane k: byte k of every word of the OT), so each plane is one vectorised pass.
+# it is read.
 @numba.njit(nogil=True, cache=True)
 def _send_words(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, tau: np.ndarray, own: np.ndarray,
                 first: int, group: int, scaled: bool) -> None:
-    """tau = p1 - p0 - delta into ``tau`` (uint8, in order); my share -p0 added into row
-    (first + r) // group of ``own``. Scaled: OT j counts 2^(j % 64), only the low
-    ceil((64 - j % 64) / 8) bytes of its corrections travel, and ``deltas`` holds one row per
-    64 OTs (the row of OT first + r is (first + r) // 64 - first // 64)."""
-    words = own.shape[1]
-    correction = np.empty(words, np.uint64)
+    """tau = p1 - p0 - delta as little-endian bytes into ``tau`` (uint8, in order); my share -p0
+    added into row (first + r) // group of ``own``. Scaled: OT j counts 2^(j % 64), only the
+    low ceil((64 - j % 64) / 8) bytes of its corrections travel, and ``deltas`` holds one row
+    per 64 OTs (the row of OT first + r is (first + r) // 64 - first // 64)."""
     g, place, position, row = first // group, first % group, 0, 0
     for r in range(encrypted.shape[1]):
         bit = place % 64 if scaled else 0
-        shift = np.uint64(bit)
-        for w in range(words):
+        kept = (71 - bit) // 8
+        for w in range(own.shape[1]):
             p0 = encrypted[0, r, w] ^ inputs[0, r, w]
-            correction[w] = (encrypted[1, r, w] ^ inputs[1, r, w]) - p0 - deltas[row, w]
-            own[g, w] -= p0 << shift
-        for k in range((71 - bit) // 8):
-            byte = np.uint64(8 * k)
-            for w in range(words):
-                tau[position + w] = np.uint8((correction[w] >> byte) & np.uint64(0xFF))
-            position += words
+            correction = (encrypted[1, r, w] ^ inputs[1, r, w]) - p0 - deltas[row, w]
+            for k in range(kept):
+                tau[position + k] = np.uint8((correction >> np.uint64(8 * k)) & np.uint64(0xFF))
+            position += kept
+            own[g, w] -= p0 << np.uint64(bit)
         place += 1
         if not scaled or place % 64 == 0:
             row += 1
@@ -210,23 +205,19 @@ def _send_words(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, t
 @numba.njit(nogil=True, cache=True)
 def _receive_words(encrypted: np.ndarray, inputs: np.ndarray, choices: np.ndarray, tau: np.ndarray,
                    received: np.ndarray, first: int, group: int, scaled: bool) -> None:
-    """p_c = H(t) - c tau (tau read back from its byte planes; for a scaled request the bits above
-    them would be shifted out), added into row (first + r) // group of ``received``."""
-    words = received.shape[1]
-    correction = np.empty(words, np.uint64)
+    """p_c = H(t) - c tau (tau read back from its bytes; for a scaled request the bits above them
+    would be shifted out), added into row (first + r) // group of ``received``."""
     g, place, position = first // group, first % group, 0
     for r in range(choices.shape[0]):
         bit = place % 64 if scaled else 0
-        shift = np.uint64(bit)
-        correction[:] = 0
-        for k in range((71 - bit) // 8):
-            byte = np.uint64(8 * k)
-            for w in range(words):
-                correction[w] |= np.uint64(tau[position + w]) << byte
-            position += words
+        kept = (71 - bit) // 8
         chosen = np.uint64(0) - np.uint64(choices[r])  # all ones where c = 1
-        for w in range(words):
-            received[g, w] += ((encrypted[0, r, w] ^ inputs[0, r, w]) - (correction[w] & chosen)) << shift
+        for w in range(received.shape[1]):
+            correction = np.uint64(0)
+            for k in range(kept):
+                correction |= np.uint64(tau[position + k]) << np.uint64(8 * k)
+            position += kept
+            received[g, w] += ((encrypted[0, r, w] ^ inputs[0, r, w]) - (correction & chosen)) << np.uint64(bit)
         place += 1
         if place == group:
             g, place = g + 1, 0
