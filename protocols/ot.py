@@ -45,8 +45,10 @@ _EVEN_BITS = np.uint64(0x5555555555555555)
 
 
 def _bits(values: np.ndarray) -> np.ndarray:
-    """(..., ) uint64 to (..., 64) bits, least significant first."""
-    return ((values[..., None] >> _BIT_SHIFTS) & np.uint64(1)).astype(np.uint8)
+    """(..., ) uint64 to (..., 64) bits, least significant first (little-endian bytes, each
+    unpacked from its low bit)."""
+    words = np.ascontiguousarray(values, dtype="<u8")
+    return np.unpackbits(words.view(np.uint8), bitorder="little").reshape(*values.shape, 64)
 
 
 def _bit_rows(values: np.ndarray, a: int, b: int) -> np.ndarray:
