@@ -10,8 +10,11 @@
   bytes a word on average, not 8). Vectors: the correlation for bit i of Q[k, n] is the column P[:, k] * 2^i, which gives
   shares of P @ Q with k*n*64 OTs.
 * From those: Beaver triples (elementwise and matmul: two Gilboa products, one in each
-  direction, run together), squares (one product), binary AND triples (bit COTs), B2A bits
-  and truncation pairs for power-of-two divisors (64 bit-times-word COTs per element).
+  direction, run together), squares (one product), binary AND triples (bit COTs), B2A bits,
+  truncation pairs for power-of-two divisors (64 bit-times-word COTs per element), the
+  packed comparison's sign masks (s = s_0 ^ s_1 made arithmetic by 64 bit COTs, its bit
+  pairs' ANDs by one AND product: 128 OTs per element each way, where CrypTen's adder takes
+  over 1,300) and the top-bit truncation's wrap-bit tuples (one COT per element).
 
 Each party is OT sender in one extension instance and receiver in the other, so both
 directions run at once, and any number of tuples (a whole training step's, batched by
