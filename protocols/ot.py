@@ -113,7 +113,7 @@ class GilboaEngine:
         ``rows`` L: (k, m) words, my ``values`` r: k words): one m-word vector OLE per row."""
         count = rows.shape[0] * 64
         cot = Cot(count, count, rows.shape[1], lambda a, b: _bit_rows(values, a, b),
-                  lambda a, b: _repeated_rows(rows, a, b), group=64, scaled=True)
+                  lambda a, b: _element_rows(rows, a, b), group=64, scaled=True)
         return cot, lambda received, own: received + own
 
     def plan_elementwise(self, left: np.ndarray, right: np.ndarray) -> Plan:
