@@ -92,6 +92,9 @@ SIGMOID_CLIP = 7.0
 # products and in A and B (measured 4.9e-4 in all).
 SIGMOID_MAX_ERROR = 6.0e-4
 SIGMOID_DEGREE = 15
+# |g| on s in [-1, 1], g the series over t (sigmoid(x) = 1/2 + t g(2t^2 - 1)): 1.7413 at t = 0,
+# the fit's slope of sigmoid(CLIP t) there (CLIP / 4 = 1.75); tests/test_sigmoid.py checks it
+SIGMOID_FACTOR_BOUND = 1.75
 # fit_sigmoid_coefficients() rounded to float32; fitting takes ~0.3 s, so it is not redone per run
 SIGMOID_COEFFICIENTS = (6.131813526e-01, -1.570855677e-01, 6.077003479e-02, -2.489833906e-02,
                         1.051900350e-02, -4.216844682e-03, 2.025658032e-03, -7.508440758e-04)
@@ -148,8 +151,8 @@ def _sigmoid_weights(device: Any) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(weights).to(device), np.array([a[0], b[0]])
 
 
-def secure_sigmoid(logits: Any) -> Any:
-    """sigmoid(x) under MPC, within SIGMOID_MAX_ERROR (6.0e-4) of the true value for every x."""
+def _clipped_ratio(logits: Any) -> Any:
+    """t = clip(x, -CLIP, CLIP) / CLIP, after one comparison of x against both bounds."""
     import crypten
 
     from mpc.approximations import select_constants
@@ -158,8 +161,14 @@ def secure_sigmoid(logits: Any) -> Any:
     # [x > clip, x < -clip] in one comparison; the indicators are integer (scale 1) sharings,
     # so products with them need no truncation. clip(x) = x + clip (o_hi - o_lo) - (o_hi + o_lo) x
     outside = crypten.stack([clip - logits, logits + clip]).lt(0)
-    t = (logits + select_constants(crypten, outside, [clip, -clip]) - (outside[0] + outside[1]) * logits).div(clip)
-    s = t.square() * 2 - 1
+    return (logits + select_constants(crypten, outside, [clip, -clip]) - (outside[0] + outside[1]) * logits).div(clip)
+
+
+def _odd_factor(t_squared: Any) -> Any:
+    """g(s), s = 2 t^2 - 1: the series divided by t, so that sigmoid(x) = 1/2 + t g."""
+    import crypten
+
+    s = t_squared * 2 - 1
     s2 = s.square() * 2 - 1
     level = crypten.stack([s, s2]) * crypten.stack([s2, s2])
     s3, s4 = level[0] * 2 - s, level[1] * 2 - 1
@@ -167,8 +176,27 @@ def secure_sigmoid(logits: Any) -> Any:
     # shares times Python integers are exact (no truncation), under every share type
     halves = crypten.stack([s * int(row[0]) + s2 * int(row[1]) + s3 * int(row[2]) for row in weights])
     halves = halves.div(2**SIGMOID_WEIGHT_BITS)
-    g = halves[0] + constants[0] + s4 * (halves[1] + constants[1])
-    return t * g + 0.5
+    return halves[0] + constants[0] + s4 * (halves[1] + constants[1])
+
+
+def secure_sigmoid(logits: Any) -> Any:
+    """sigmoid(x) under MPC, within SIGMOID_MAX_ERROR (6.0e-4) of the true value for every x."""
+    t = _clipped_ratio(logits)
+    return t * _odd_factor(t.square()) + 0.5
+
+
+def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any) -> Any:
+    """w (sigmoid(x) - y) for sharings w and y of the logits' shape, as w t g + w (1/2 - y):
+    w t and w (1/2 - y) are multiplied in the round (and truncated in the one) that squares
+    t, so the residual's product with w costs no rounds of its own (two fewer than
+    w (secure_sigmoid(x) - y)). Its error: w times the sigmoid's, plus the truncation of w t
+    (one ulp) times |g| <= SIGMOID_FACTOR_BOUND and one ulp each from the truncations of w (1/2 - y)
+    and of the last product (mpc.tolerance: RESIDUAL_ULPS)."""
+    import crypten
+
+    t = _clipped_ratio(logits)
+    products = crypten.stack([t, weights, weights]) * crypten.stack([t, t, 0.5 - targets])
+    return products[1] * _odd_factor(products[0]) + products[2]
 
 
 class PhaseMeter:
