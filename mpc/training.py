@@ -92,7 +92,7 @@ SIGMOID_SCALE = 8
 # The largest error as evaluated in the ring, over the whole real line (asserted under MPC on a
 # grid out to +-1e4 in tests/test_sigmoid.py; mpc.tolerance builds on it): the fit's 4.6e-4,
 # plus t within 1 ulp times the polynomial's slope <= SCALE / 4, plus rounding in the
-# products and in A and B (measured 4.9e-4 in all).
+# products and in A and B.
 SIGMOID_MAX_ERROR = 6.0e-4
 SIGMOID_DEGREE = 15
 # |g| on the s that occur (t in [-CLIP / SCALE, CLIP / SCALE]), g the series over t (sigmoid(x)
