@@ -84,8 +84,8 @@ class EpochRecord:
 # tails included, is 4.6e-4 in exact arithmetic; CrypTen's default (exp by 9 squarings, 3 Newton
 # steps of the reciprocal) errs by 2.1e-3 on [-12, 12]. It is evaluated as t g(s), s = T_2(t) =
 # 2t^2 - 1 and g a Chebyshev series of degree 7 in s, split as A(s) + T_4(s) B(s) with A, B of
-# degree 3: six products (two of them squares) where the series in t takes ten, and each of A, B
-# one truncation. SCALE is a power of two so that s + 1 = clip(x)^2 / 32 is one truncation of
+# degree 3: six products (two of them squares) where the series in t takes ten; A's and B's sums
+# are truncated with T_4's product, in one round. SCALE is a power of two so that s + 1 = clip(x)^2 / 32 is one truncation of
 # the product clip(x)^2 (weighted_sigmoid_residual); the fit is as good on the narrower t range.
 SIGMOID_CLIP = 7.0
 SIGMOID_SCALE = 8
@@ -175,13 +175,19 @@ def _odd_factor(s: Any) -> Any:
     import crypten
 
     s2 = s.square() * 2 - 1
-    level = crypten.stack([s, s2]) * crypten.stack([s2, s2])
-    s3, s4 = level[0] * 2 - s, level[1] * 2 - 1
+    # s s2 and s2^2 left untruncated (the right factors read as integer sharings of their
+    # encodings): A's and B's sums and s2^2 are then truncated together, one round
+    right = crypten.stack([s2, s2])
+    right.encoder = crypten.encoder.FixedPointEncoder(precision_bits=0)
+    level = crypten.stack([s, s2]) * right  # at twice the fractional bits
+    one = s.encoder.scale  # 1 at twice the fractional bits, read at the usual
+    s3 = level[0] * 2 - s * one
     weights, constants = _sigmoid_weights(s.device)
     # shares times Python integers are exact (no truncation), under every share type
-    halves = crypten.stack([s * int(row[0]) + s2 * int(row[1]) + s3 * int(row[2]) for row in weights])
-    halves = halves.div(2**SIGMOID_WEIGHT_BITS)
-    return halves[0] + constants[0] + s4 * (halves[1] + constants[1])
+    sums = [s * (int(row[0]) * one) + s2 * (int(row[1]) * one) + s3 * int(row[2]) for row in weights]
+    parts = crypten.stack([*sums, level[1] * 2**SIGMOID_WEIGHT_BITS]).div(one * 2**SIGMOID_WEIGHT_BITS)
+    s4 = parts[2] * 2 - 1
+    return parts[0] + constants[0] + s4 * (parts[1] + constants[1])
 
 
 def secure_sigmoid(logits: Any) -> Any:
@@ -197,7 +203,7 @@ def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any) -> Any:
     untruncated (the right factors read as integer sharings of their encodings), then truncated
     together in one, by 2^21 after the exact factors 1, 4, 32: s + 1 = c^2 / 32, w t = w c / 8
     and w (1/2 - y). So neither t nor the residual's product with w costs rounds of its own
-    (three fewer than w (secure_sigmoid(x) - y)). Its error: w times the sigmoid's, plus the
+    (three fewer than w (secure_sigmoid(x) - y) would take). Its error: w times the sigmoid's, plus the
     truncation of w t (one ulp) times |g| <= SIGMOID_FACTOR_BOUND and one ulp each from the
     truncations of w (1/2 - y) and of the last product (mpc.tolerance: RESIDUAL_ULPS)."""
     import crypten
