@@ -278,7 +278,7 @@ class DealerTripleSource(KeyedTripleSource):
         self.counters.calls += 1
         self.counters.tuples += tuple_elements(key)
         word, and_share = (s.to(device) if device is not None else s for s in self.fetch(key))
-        return (word < 0).long(), and_share
+        return word, and_share
 
     def fetch(self, key: tuple) -> list[torch.Tensor]:
         """This party's shares of the next tuple for ``key`` (batched by the prefetcher)."""

@@ -93,18 +93,18 @@ class TrustedFirstParty(TripleSource):
         return [arithmetic[0], binary[0], binary[1], arithmetic[1], binary[2], arithmetic[2], arithmetic[3], arithmetic[4]]
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Party 1's bit from the stream it shares with party 0, party 0's from its own; party
-        0 shares their AND (it sees both, as it sees every tuple)."""
+        """Party 1's word from the stream it shares with party 0, party 0's from its own; party
+        0 shares the AND of their top bits (it sees both, as it sees every tuple)."""
         generators = self._crypten.generators
         rank = self._crypten.communicator.get().get_rank()
         self.counters.calls += 1
         self.counters.tuples += 2 * int(torch.Size(size).numel())
         cpu = torch.device("cpu")
-        partner_bit = (generators["next" if rank == 0 else "prev"][cpu].ring(size, device) < 0).long()
-        own_bit = (generators["local"][cpu].ring(size, device) < 0).long() if rank == 0 else partner_bit
-        product = own_bit & partner_bit if rank == 0 else torch.zeros_like(own_bit)
-        and_share = self._crypten.mpc.primitives.ArithmeticSharedTensor(product, precision=0, src=0).share
-        return own_bit, and_share
+        partner_word = generators["next" if rank == 0 else "prev"][cpu].ring(size, device)
+        own_word = generators["local"][cpu].ring(size, device) if rank == 0 else partner_word
+        product = (own_word < 0) & (partner_word < 0) if rank == 0 else torch.zeros_like(own_word, dtype=torch.bool)
+        and_share = self._crypten.mpc.primitives.ArithmeticSharedTensor(product.long(), precision=0, src=0).share
+        return own_word, and_share
 
     def describe(self) -> str:
         return "tfp (trusted first party, TESTING ONLY)"
