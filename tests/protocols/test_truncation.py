@@ -13,7 +13,7 @@ from protocols.bitpack import pack_bits, unpack_bits
 from protocols import topbit_kernels
 from protocols.truncation import (finish, opening_mask, pair_values, top_bit_applies, top_bit_finish, top_bit_share,
                                   wrap_bit_values)
-from protocol_sessions import party_values, run_parties
+from protocol_sessions import exact_products, party_values, run_parties
 
 ELEMENTS = 10_000_000
 
@@ -176,6 +176,7 @@ def _divide(crypten, rank):
     sharing.mul_(1.5).div_(3)
     sharing.mul_(crypten.cryptensor(torch.full_like(values, 2.0))._tensor)
     return {"product": (product - values * 1.5).abs().max().item(),
+            "exact_products": exact_products(crypten, rank),
             "third": (third - values / 3).abs().max().item(),
             "nonzero_of_zero": int(zeros.ne(0).sum()),
             "in_place": (sharing.share is share, (sharing.get_plain_text() - values).abs().max().item())}
@@ -190,6 +191,7 @@ def test_truncation_in_a_session(source, truncation):
     for result in results:
         assert result["product"] <= 3 * ulp and result["third"] <= 3 * ulp
         assert result["nonzero_of_zero"] == 0
+        assert len(result["exact_products"]) == 3 and all(result["exact_products"].values())
         keeps_share, in_place_error = result["in_place"]
         # encoding (1/2 ulp) times 1.5, a truncation (1 ulp), / 3 and one more, * 2 and one more
         assert keeps_share and in_place_error <= (2 * ((1.5 * 0.5 + 1) / 3 + 1) + 1) * ulp
