@@ -168,6 +168,9 @@ def run_cotrain(spec: dict, rank: int) -> dict:
     from protocols.registry import part_class
     from protocols.suite import check_party_count, needs_dealer
 
+    from parties.memory import keep_freed_memory
+
+    keep_freed_memory()  # as a party process of a cotrain run (parties.entry)
     protocol = ProtocolConfig(**spec["protocol"])
     parties = spec["parties"]
     check_party_count(protocol, parties)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from protocols.bitpack import pair_products
@@ -66,7 +67,7 @@ def two_party_products(crypten: Any, base: type) -> type:
                 return super().generate_additive_triple(size0, size1, op, device, *args, **kwargs)
             common, local, rank = _pair_streams(crypten)
             a, b = common.ring(size0), common.ring(size1)
-            c = common.ring(torch.broadcast_shapes(torch.Size(size0), torch.Size(size1)))
+            c = common.ring(np.broadcast_shapes(tuple(size0), tuple(size1)))  # torch's imports sympy
             if rank == 0:
                 a0, b0 = local.ring(size0), local.ring(size1)
                 product = a.add_(a0).mul_(b.add_(b0)) if a.shape == c.shape else torch.mul(a.add_(a0), b.add_(b0))
