@@ -577,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     net = measure_loopback()
-    print(f"loopback: {net['bandwidth_Bps'] / 1e9:.2f} GB/s, round trip {net['rtt_s'] * 1e6:.1f} us", flush=True)
+    print(f"loopback: {net['bandwidth_Bps'] / 1e9:.2f} GB/s, round trip {net['rtt_s'] * 1e6:.1f} us "
+          f"(10th percentile; median {net['rtt_median_s'] * 1e6:.1f} us)", flush=True)
 
     suites = protocol_suites()
     # the headline comparison first (gloo, CrypTen's own wire; tfp, CrypTen's own triples; dealer)
