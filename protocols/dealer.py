@@ -46,7 +46,7 @@ from protocols.parts import metered
 from protocols.prg import SEED_BYTES, CipherGenerator, new_seed
 from protocols.registry import register_part
 from protocols.truncation import pair_values, wrap_bit_values
-from protocols.tuples import KeyedTripleSource, Prefetcher, check_key, freeze, tuple_elements, tuple_layout
+from protocols.tuples import KeyedTripleSource, Prefetcher, check_key, freeze, tuple_layout
 
 log = logging.getLogger("cotrain.dealer")
 
@@ -248,37 +248,8 @@ class DealerTripleSource(KeyedTripleSource):
         except DealerError as error:  # the run is ending anyway; say why the dealer may linger
             log.warning("could not tell the dealer to stop: %s", error)
 
-    def truncation_pair(self, size: Any, divisor: int, device: Any = None) -> tuple[Any, Any, Any]:
-        from crypten.mpc.primitives import ArithmeticSharedTensor as AST
-
-        key = ("trunc", freeze(size), int(divisor))
-        self.counters.calls += 1
-        self.counters.tuples += tuple_elements(key)
-        shares = self.fetch(key)
-        return tuple(AST.from_shares(s.to(device) if device is not None else s, precision=0) for s in shares)
-
-    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any, Any]:
-        from crypten.mpc.primitives import ArithmeticSharedTensor as AST
-        from crypten.mpc.primitives import BinarySharedTensor as BST
-
-        key = ("signmask", freeze(size))
-        self.counters.calls += 1
-        self.counters.tuples += tuple_elements(key)
-        r, negated, pairs = (s.to(device) if device is not None else s for s in self.fetch(key))
-        return AST.from_shares(r, precision=0), BST.from_shares(negated), BST.from_shares(pairs)
-
     def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
-        key = ("relumask", freeze(size))
-        self.counters.calls += 1
-        self.counters.tuples += tuple_elements(key)
-        return [s.to(device) if device is not None else s for s in self.fetch(key)]
-
-    def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        key = ("wrapbit", freeze(size))
-        self.counters.calls += 1
-        self.counters.tuples += tuple_elements(key)
-        word, and_share = (s.to(device) if device is not None else s for s in self.fetch(key))
-        return word, and_share
+        return self._counted_fetch(("relumask", freeze(size)), device)
 
     def fetch(self, key: tuple) -> list[torch.Tensor]:
         """This party's shares of the next tuple for ``key`` (batched by the prefetcher)."""

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import secrets
 from typing import Any, Callable, Sequence
@@ -121,7 +120,8 @@ class Cot:
     a..b-1). Results come back summed over each ``group`` of consecutive OTs (for ``binary``
     requests: bit ``i % group`` of a word, XOR-ed). In a ``scaled`` request (``group`` a
     multiple of 64) OT j's correlation counts 2^(j % 64) times: the sums are of 2^(j % 64)
-    times each result, and only the bits that survive the shift travel.
+    times each result, and only the bits that survive the shift travel; its 64 OTs j // 64
+    share one correlation, so ``deltas(a, b)`` gives rows a // 64 .. (b - 1) // 64 only.
     """
 
     mine: int
@@ -174,60 +174,82 @@ def _segments(counts: Sequence[int], low: int, high: int):
 
 # -- finishing a block of OTs: corrections out, results summed per group as they come ------------
 # (an OT's group and place in it are counted along, not divided out: a division per OT costs more
-# than the rest of its arithmetic)
+# than the rest of its arithmetic). A pad is AES(input) ^ input (``CrHash.pads``), XOR-ed here as
+# it is read.
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
 @numba.njit(nogil=True, cache=True)
-def _send_words(pads: np.ndarray, deltas: np.ndarray, tau: np.ndarray, own: np.ndarray, first: int, group: int,
-                scaled: bool) -> None:
-    """tau = p1 - p0 - delta as little-endian bytes into ``tau`` (uint8, in order); my share -p0
-    added into row (first + r) // group of ``own``. Scaled: OT j counts 2^(j % 64) and only the
-    low ceil((64 - j % 64) / 8) bytes of its corrections travel."""
-    g, place, position = first // group, first % group, 0
-    for r in range(deltas.shape[0]):
+def _send_words(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, packed: np.ndarray, own: np.ndarray,
+                first: int, group: int, scaled: bool) -> None:
+    """tau = p1 - p0 - delta, each correction's kept bytes back to back in the little-endian
+    words of ``packed`` (so its bytes are the wire's: shifts into whole words, not a store per
+    byte); my share -p0 added into row (first + r) // group of ``own``. Scaled: OT j counts
+    2^(j % 64), only the low ceil((64 - j % 64) / 8) bytes of its corrections travel, and
+    ``deltas`` holds one row per 64 OTs (the row of OT first + r is (first + r) // 64 - first // 64)."""
+    g, place, row = first // group, first % group, 0
+    acc, fill, index = np.uint64(0), 0, 0  # fill: the bits of acc in use
+    for r in range(encrypted.shape[1]):
         bit = place % 64 if scaled else 0
-        kept = (71 - bit) // 8
-        for w in range(deltas.shape[1]):
-            p0 = pads[0, r, w]
-            correction = pads[1, r, w] - p0 - deltas[r, w]
-            for k in range(kept):
-                tau[position + k] = np.uint8((correction >> np.uint64(8 * k)) & np.uint64(0xFF))
-            position += kept
+        width = 8 * ((71 - bit) // 8)
+        keep = _ALL_ONES >> np.uint64(64 - width)
+        for w in range(own.shape[1]):
+            p0 = encrypted[0, r, w] ^ inputs[0, r, w]
+            correction = ((encrypted[1, r, w] ^ inputs[1, r, w]) - p0 - deltas[row, w]) & keep
+            acc |= correction << np.uint64(fill)
+            fill += width
+            if fill >= 64:
+                packed[index] = acc
+                index += 1
+                fill -= 64
+                acc = correction >> np.uint64(width - fill) if fill > 0 else np.uint64(0)
             own[g, w] -= p0 << np.uint64(bit)
         place += 1
+        if not scaled or place % 64 == 0:
+            row += 1
         if place == group:
             g, place = g + 1, 0
+    if fill > 0:
+        packed[index] = acc
 
 
 @numba.njit(nogil=True, cache=True)
-def _receive_words(pads: np.ndarray, choices: np.ndarray, tau: np.ndarray, received: np.ndarray, first: int,
-                   group: int, scaled: bool) -> None:
-    """p_c = H(t) - c tau (tau read back from its bytes; for a scaled request the bits above them
-    would be shifted out), added into row (first + r) // group of ``received``."""
-    g, place, position = first // group, first % group, 0
+def _receive_words(encrypted: np.ndarray, inputs: np.ndarray, choices: np.ndarray, packed: np.ndarray,
+                   received: np.ndarray, first: int, group: int, scaled: bool) -> None:
+    """p_c = H(t) - c tau (tau read back from the packed kept bytes; for a scaled request the
+    bits above them would be shifted out), added into row (first + r) // group of ``received``."""
+    g, place = first // group, first % group
+    index, fill = 0, 0  # fill: the bits of packed[index] already read
     for r in range(choices.shape[0]):
         bit = place % 64 if scaled else 0
-        kept = (71 - bit) // 8
+        width = 8 * ((71 - bit) // 8)
+        keep = _ALL_ONES >> np.uint64(64 - width)
         chosen = np.uint64(0) - np.uint64(choices[r])  # all ones where c = 1
-        for w in range(pads.shape[2]):
-            correction = np.uint64(0)
-            for k in range(kept):
-                correction |= np.uint64(tau[position + k]) << np.uint64(8 * k)
-            position += kept
-            received[g, w] += (pads[0, r, w] - (correction & chosen)) << np.uint64(bit)
+        for w in range(received.shape[1]):
+            value = packed[index] >> np.uint64(fill)
+            if fill + width > 64:
+                value |= packed[index + 1] << np.uint64(64 - fill)
+            fill += width
+            if fill >= 64:
+                index += 1
+                fill -= 64
+            received[g, w] += ((encrypted[0, r, w] ^ inputs[0, r, w]) - (value & keep & chosen)) << np.uint64(bit)
         place += 1
         if place == group:
             g, place = g + 1, 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _send_binary(pads: np.ndarray, deltas: np.ndarray, tau_bits: np.ndarray, own: np.ndarray, first: int,
-                 group: int) -> None:
+def _send_binary(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, tau_bits: np.ndarray,
+                 own: np.ndarray, first: int, group: int) -> None:
     """One bit per OT: tau = p1 ^ p0 ^ delta; my share p0 XOR-ed into bit (first + r) % group of its group's word."""
     one = np.uint64(1)
     g, place = first // group, first % group
     for r in range(deltas.shape[0]):
         for w in range(deltas.shape[1]):
-            p0 = pads[0, r, w] & one
-            tau_bits[r, w] = np.uint8(p0 ^ (pads[1, r, w] & one) ^ (deltas[r, w] & one))
+            p0 = (encrypted[0, r, w] ^ inputs[0, r, w]) & one
+            p1 = (encrypted[1, r, w] ^ inputs[1, r, w]) & one
+            tau_bits[r, w] = np.uint8(p0 ^ p1 ^ (deltas[r, w] & one))
             own[g, w] ^= p0 << np.uint64(place)
         place += 1
         if place == group:
@@ -235,18 +257,26 @@ def _send_binary(pads: np.ndarray, deltas: np.ndarray, tau_bits: np.ndarray, own
 
 
 @numba.njit(nogil=True, cache=True)
-def _receive_binary(pads: np.ndarray, choices: np.ndarray, tau_bits: np.ndarray, received: np.ndarray,
-                    first: int, group: int) -> None:
+def _receive_binary(encrypted: np.ndarray, inputs: np.ndarray, choices: np.ndarray, tau_bits: np.ndarray,
+                    received: np.ndarray, first: int, group: int) -> None:
     """p_c = H(t) ^ c tau (one bit per OT), XOR-ed into bit (first + r) % group of its group's word."""
     one = np.uint64(1)
     g, place = first // group, first % group
     for r in range(tau_bits.shape[0]):
         chosen = np.uint64(choices[r] & 1)
         for w in range(tau_bits.shape[1]):
-            received[g, w] ^= ((pads[0, r, w] & one) ^ (np.uint64(tau_bits[r, w]) & chosen)) << np.uint64(place)
+            pad = (encrypted[0, r, w] ^ inputs[0, r, w]) & one
+            received[g, w] ^= (pad ^ (np.uint64(tau_bits[r, w]) & chosen)) << np.uint64(place)
         place += 1
         if place == group:
             g, place = g + 1, 0
+
+
+def _delta_rows(request: "Cot", deltas: np.ndarray, a: int, low: int, high: int) -> np.ndarray:
+    """The rows of a segment's ``deltas`` (starting at OT a) for its OTs a + low .. a + high - 1."""
+    if not request.scaled:
+        return deltas[low:high]
+    return deltas[(a + low) // 64 - a // 64: (a + high - 1) // 64 - a // 64 + 1]
 
 
 def _piece(request: Cot, tau: np.ndarray, a: int, low: int, high: int) -> np.ndarray:
@@ -285,6 +315,15 @@ class OtChannel:
         self.sender = ExtensionSender(s_choices, sender_keys)
         self.receiver = ExtensionReceiver(receiver_keys)
         self.hash = CrHash()
+        self._packing = np.empty(0, np.uint64)
+
+    def _packed(self, nbytes: int) -> np.ndarray:
+        """A reused word buffer for ``nbytes`` of corrections (whole words; the last one's spare
+        bytes are never read as corrections)."""
+        words = (nbytes + 7) // 8
+        if len(self._packing) < words:
+            self._packing = np.empty(words, np.uint64)
+        return self._packing[:words]
 
     def _swap(self, outgoing: np.ndarray, expected: int, what: str) -> np.ndarray:
         """Send ``outgoing`` (uint8) and receive the peer's message of ``expected`` bytes.
@@ -341,14 +380,19 @@ class OtChannel:
             request, count = requests[i], b - a
             deltas = request.deltas(a, b)
             if request.binary:
-                tau, finish = np.empty((count, request.words), np.uint8), _send_binary
+                tau = np.empty((count, request.words), np.uint8)
             else:
                 tau = np.empty(request.tau_bytes(a, b), np.uint8)
-                finish = functools.partial(_send_words, scaled=request.scaled)
             for low, high in _blocks(count, request.words, 2):
-                pads = self.hash.pads(q, peer_u, self.sender.flip_mask, offset + low, high - low,
-                                      q_first + offset + low, request.words, self.sender.s_sigma)
-                finish(pads, deltas[low:high], _piece(request, tau, a, low, high), own[i], a + low, request.group)
+                encrypted, inputs = self.hash.pads(q, peer_u, self.sender.flip_mask, offset + low, high - low,
+                                                   q_first + offset + low, request.words, self.sender.s_sigma)
+                rows, piece = _delta_rows(request, deltas, a, low, high), _piece(request, tau, a, low, high)
+                if request.binary:
+                    _send_binary(encrypted, inputs, rows, piece, own[i], a + low, request.group)
+                else:
+                    packed = self._packed(len(piece))
+                    _send_words(encrypted, inputs, rows, packed, own[i], a + low, request.group, request.scaled)
+                    piece[:] = packed.view(np.uint8)[: len(piece)]
             taus.append(np.packbits(tau.reshape(-1), bitorder="little") if request.binary else tau)
         expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
         peer_taus, position = self._swap(np.concatenate(taus), expected, "correction"), 0
@@ -359,11 +403,17 @@ class OtChannel:
             position += len(raw)
             if request.binary:
                 tau = np.unpackbits(raw, bitorder="little")[: count * request.words].reshape(count, request.words)
-                finish = _receive_binary
             else:
-                tau, finish = raw, functools.partial(_receive_words, scaled=request.scaled)
+                tau = raw
             for low, high in _blocks(count, request.words, 1):
-                pads = self.hash.pads(t, t, no_flips, offset + low, high - low, t_first + offset + low, request.words)
-                finish(pads, choices[offset + low: offset + high], _piece(request, tau, a, low, high), received[i],
-                       a + low, request.group)
+                encrypted, inputs = self.hash.pads(t, t, no_flips, offset + low, high - low, t_first + offset + low,
+                                                   request.words)
+                mine, piece = choices[offset + low: offset + high], _piece(request, tau, a, low, high)
+                if request.binary:
+                    _receive_binary(encrypted, inputs, mine, piece, received[i], a + low, request.group)
+                else:
+                    packed = self._packed(len(piece))
+                    packed.view(np.uint8)[: len(piece)] = piece
+                    _receive_words(encrypted, inputs, mine, packed, received[i], a + low, request.group,
+                                   request.scaled)
         self.exchanges += 1

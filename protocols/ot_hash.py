@@ -103,9 +103,12 @@ class CrHash:
         return max(64, _BLOCK_BYTES // per_ot // 64 * 64)
 
     def pads(self, columns: np.ndarray, flips: np.ndarray, flip_mask: np.ndarray, first: int, count: int,
-             index0: int, words: int, offset: np.ndarray | None = None) -> np.ndarray:
-        """(copies, count, words) uint64 pads of OTs first.. (copies 2 with ``offset`` = sigma(s):
-        the second hashes x ^ s). A view of this object's buffer, valid until the next call."""
+             index0: int, words: int, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The pads of OTs first.. as two (copies, count, 2 * blocks) uint64 arrays, AES(input) and
+        input, whose XOR over the first ``words`` words is the pad (copies 2 with ``offset`` =
+        sigma(s): the second hashes x ^ s). The kernels that use the pads XOR the two as they
+        read them (one pass over memory fewer). Views of this object's buffers, valid until the
+        next call."""
         copies, blocks = (1 if offset is None else 2), (words + 1) // 2
         size = copies * count * 2 * blocks
         if len(self._input) < size:
@@ -115,6 +118,4 @@ class CrHash:
         _hash_inputs(columns, flips, flip_mask, first, count, np.uint64(index0), blocks,
                      np.zeros(2, np.uint64) if offset is None else offset, tweaked)
         self._encryptor.update_into(tweaked.reshape(-1).view(np.uint8), self._output)
-        hashed = self._output[: 8 * size].view(np.uint64).reshape(tweaked.shape)
-        hashed ^= tweaked
-        return hashed[:, :, :words]
+        return self._output[: 8 * size].view(np.uint64).reshape(tweaked.shape), tweaked

@@ -80,6 +80,18 @@ def _seed_drawer(rank: int) -> tuple[Callable[[], bytes], bool]:
     return lambda: hashlib.sha256(f"{test_seed}:{rank}:{next(counter)}".encode()).digest()[:SEED_BYTES], True
 
 
+_ZEROS = bytearray(0)
+
+
+def _zero_bytes(count: int) -> memoryview:
+    """``count`` zero bytes to encrypt, from one buffer every stream shares (the OT extension reads
+    hundreds of streams at a time: a buffer each would be as many cache misses and page faults)."""
+    global _ZEROS
+    if len(_ZEROS) < count:
+        _ZEROS = bytearray(max(count, 2 * len(_ZEROS)))
+    return memoryview(_ZEROS)[:count]
+
+
 class CipherStream:
     """A keystream: AES-128-CTR or ChaCha20 over zero bytes, read in order."""
 
@@ -91,7 +103,6 @@ class CipherStream:
         self.algorithm = algorithm
         self._seed = seed
         self._encryptor = self._cipher(0).encryptor()
-        self._zeros = bytearray(0)
         self.bytes_drawn = 0
 
     def _cipher(self, block: int) -> Cipher:
@@ -125,9 +136,7 @@ class CipherStream:
         has 15 bytes more, which the cipher may scribble on."""
         if len(out) < nbytes + 15:
             raise ValueError(f"a keystream read of {nbytes} bytes needs a buffer of {nbytes + 15}, got {len(out)}")
-        if len(self._zeros) < nbytes:
-            self._zeros = bytearray(max(nbytes, 2 * len(self._zeros)))
-        written = self._encryptor.update_into(memoryview(self._zeros)[:nbytes], out)
+        written = self._encryptor.update_into(_zero_bytes(nbytes), out)
         assert written == nbytes
         self.bytes_drawn += nbytes
 

@@ -257,6 +257,29 @@ class KeyedTripleSource(TripleSource):
     def expect(self, keys: Sequence[tuple]) -> None:
         self.prefetcher.expect(keys)
 
+    def _counted_fetch(self, key: tuple, device: Any) -> list[torch.Tensor]:
+        """This party's shares of the next tuple for ``key`` (on ``device``), counted."""
+        self.counters.calls += 1
+        self.counters.tuples += tuple_elements(key)
+        return [s.to(device) if device is not None else s for s in self.fetch(key)]
+
+    def truncation_pair(self, size: Any, divisor: int, device: Any = None) -> tuple[Any, Any, Any]:
+        from crypten.mpc.primitives import ArithmeticSharedTensor as AST
+
+        shares = self._counted_fetch(("trunc", freeze(size), int(divisor)), device)
+        return tuple(AST.from_shares(s, precision=0) for s in shares)
+
+    def sign_mask(self, size: Any, device: Any = None) -> tuple[Any, Any, Any]:
+        from crypten.mpc.primitives import ArithmeticSharedTensor as AST
+        from crypten.mpc.primitives import BinarySharedTensor as BST
+
+        r, negated, pairs = self._counted_fetch(("signmask", freeze(size)), device)
+        return AST.from_shares(r, precision=0), BST.from_shares(negated), BST.from_shares(pairs)
+
+    def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        word, and_share = self._counted_fetch(("wrapbit", freeze(size)), device)
+        return word, and_share
+
     def install(self, crypten: Any) -> None:
         use_provider(crypten, self.provider_name, keyed_provider(crypten, self.provider_name, self))
         meter_online_tuple_use(crypten, self.counters, self._announce_product)

@@ -43,17 +43,15 @@ def test_crypten_upstream_tests_pass(tmp_path: Path, cell: Cell, files: list[str
 
 @pytest.mark.parametrize("suite", sorted(SUITES))
 def test_each_cell_runs_its_suite_as_configured(suite: str) -> None:
-    """A cell's parties get every part of conf/protocol/<suite>.yaml (the OT cells once ran the
-    packed comparison, the dataclass default, which the OT source cannot serve)."""
+    """A cell's parties get every part of conf/protocol/<suite>.yaml, not the dataclass defaults."""
     settings = protocol_settings(suite)
     assert settings["name"] == settings["triple_source"] == suite
     config = ProtocolConfig(**settings)
     check_parts_fit(config)  # raises where a part needs tuples the source does not deal
-    if suite == "ot":
-        assert config.comparison == "crypten"
+    assert (config.comparison, config.truncation) == (settings["comparison"], settings["truncation"])
 
 
-@pytest.mark.parametrize("suite, adapted", [("tfp", True), ("dealer", True), ("ot", False)])
+@pytest.mark.parametrize("suite, adapted", [("tfp", True), ("dealer", True), ("ot", True)])
 def test_a_test_pinned_to_cryptens_comparison_runs_with_it(suite: str, adapted: bool) -> None:
     """test_tuple_cache lists the A2B adder's triples: it runs with comparison=crypten in the
     cells whose suite compares with the packed one, and unchanged in the others."""

@@ -263,6 +263,29 @@ def test_convolution_and_batched_matmul_triples_are_exact():
         assert not torch.equal(shares0[2], c)  # a share is not the product
 
 
+def test_sign_masks_and_wrap_bits_are_exact():
+    """The packed comparison's sign masks (r, s = -r as XOR shares, s's bit pairs' ANDs) and the
+    top-bit truncation's wrap-bit tuples (each party's private bit, shares of their AND)."""
+    from protocols.bitpack import pair_products
+
+    keys = [("signmask", (300,)), ("wrapbit", (2, 150)), ("signmask", (3, 1))]
+
+    def party(rank, comm):
+        source = OtTripleSource()
+        source.engine = GilboaEngine(OtChannel(comm, 1 - rank))
+        return source.produce(keys)
+
+    (mask0, wrap0, small0), (mask1, wrap1, small1) = run_pair(party)
+    for (r0, s0, pairs0), (r1, s1, pairs1) in ((mask0, mask1), (small0, small1)):
+        s = s0 ^ s1
+        assert torch.equal(r0 + r1, -s)  # int64 addition wraps as the ring
+        assert torch.equal(pairs0 ^ pairs1, pair_products(s))
+    assert len(torch.unique(mask0[0] + mask1[0])) == 300  # r is uniform, not a constant
+    (word0, and0), (word1, and1) = wrap0, wrap1
+    assert torch.equal(and0 + and1, (word0 < 0).long() & (word1 < 0).long())
+    assert 0.3 < (word0 < 0).float().mean() < 0.7 and 0.3 < (word1 < 0).float().mean() < 0.7
+
+
 @pytest.mark.parametrize("key", [
     ("triple", "conv2d", (8, 16, 28, 28), (16, 16, 5, 5), ()),  # too many correlations
     ("triple", "conv1d", (1, 1, 16384), (1, 1, 16384), ()),  # few, but a basis of 16384^2 words
@@ -402,8 +425,8 @@ def _compute(crypten, rank):
 
 @pytest.mark.slow
 def test_session_over_ot():
-    results = party_values(run_parties(_compute, ProtocolConfig(name="ot", triple_source="ot", comparison="crypten"), parties=2,
-                                       timeout_s=240), 2)
+    suite = ProtocolConfig(name="ot", triple_source="ot", truncation="topbits", comparison="packed")
+    results = party_values(run_parties(_compute, suite, parties=2, timeout_s=240), 2)
     for result in results:
         assert result["provider"] == "COTRAIN_OT"
         assert max(result[k] for k in ("matmul", "square", "relu", "div")) < 1e-3
@@ -449,9 +472,10 @@ def test_hash_pads_are_the_fixed_key_aes_construction(first, count, words):
     flip_mask = np.uint64(0) - s.astype(np.uint64)
     q = keystream ^ (u & flip_mask[:, None])
     s_row = np.packbits(s, bitorder="little")
-    pads = CrHash().pads(keystream, u, flip_mask, first, count, 1000, words, sigma(s_row))
+    encrypted, inputs = CrHash().pads(keystream, u, flip_mask, first, count, 1000, words, sigma(s_row))
+    pads = (encrypted ^ inputs)[:, :, :words]
     assert np.array_equal(pads[0], _reference_pads(q, first, count, 1000, words))
     q_plus_s = q ^ (np.uint64(0) - s.astype(np.uint64))[:, None]  # every row XOR s
     assert np.array_equal(pads[1], _reference_pads(q_plus_s, first, count, 1000, words))
-    alone = CrHash().pads(q, q, np.zeros(128, np.uint64), first, count, 1000, words)
-    assert np.array_equal(alone[0], pads[0])
+    encrypted, inputs = CrHash().pads(q, q, np.zeros(128, np.uint64), first, count, 1000, words)
+    assert np.array_equal((encrypted[0] ^ inputs[0])[:, :words], pads[0])

@@ -49,7 +49,7 @@ def test_suite_from_config_names_one_part_per_kind():
 def test_protocol_yaml_files_load(name):
     config = load_config([f"protocol={name}", "num_parties=2"])
     assert config.protocol.triple_source == name
-    assert config.protocol.truncation == ("pairs" if name == "ot" else "topbits")  # ot deals no wrap bits
+    assert (config.protocol.truncation, config.protocol.comparison) == ("topbits", "packed")
 
 
 def test_ot_with_three_parties_is_a_config_error():
