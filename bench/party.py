@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 MPI_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")
-PROFILER: Any = None  # cProfile of rank 0's timed runs, when the spec asks for one
+PROFILER: Any = None  # cProfile of this party's timed runs, when the spec asks for one
 CHECKPOINT: Any = None  # writes the results so far
 
 
@@ -168,6 +168,9 @@ def run_cotrain(spec: dict, rank: int) -> dict:
     from protocols.registry import part_class
     from protocols.suite import check_party_count, needs_dealer
 
+    from parties.memory import keep_freed_memory
+
+    keep_freed_memory()  # as a party process of a cotrain run (parties.entry)
     protocol = ProtocolConfig(**spec["protocol"])
     parties = spec["parties"]
     check_party_count(protocol, parties)
@@ -219,13 +222,15 @@ def main(argv: list[str]) -> int:
     CHECKPOINT = checkpoint
     try:
         global PROFILER
-        if spec.get("profile") and rank == 0:  # the timed runs only
+        if spec.get("profile"):  # the timed runs only, every party (not the dealer)
             import cProfile
 
-            PROFILER = cProfile.Profile()
+            # CPU seconds (all the process's threads): on a shared machine a wall-clock
+            # profile mostly measures the scheduler; waits show in bench.round_profile
+            PROFILER = cProfile.Profile(time.process_time)
         results = (run_crypten if spec["system"] == "crypten" else run_cotrain)(spec, rank)
-        if PROFILER is not None:
-            PROFILER.dump_stats(str(spec_path.parent / "rank0.prof"))
+        if PROFILER is not None and results:
+            PROFILER.dump_stats(str(spec_path.parent / f"rank{rank}.prof"))
         out = {"rank": rank, "results": results, "process_cpu": time.process_time() - started}
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else error.__class__.__name__

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (label, file suffix, function name): the innermost match on the stack names the round
 _MARKERS = (
     ("dealer request", "protocols/dealer.py", "_receive_batch"),
+    ("dealer request (sent)", "protocols/dealer_wire.py", "request"),
     ("truncation", "protocols/truncation.py", "_divide"),
     ("comparison bit opening (B2A)", "protocols/comparison.py", "open_bits"),
     ("comparison AND", "protocols/comparison.py", "carry_out"),
@@ -172,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench.workloads import BATCH, SIZES
 
     parser = argparse.ArgumentParser(prog="bench.round_profile", description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="W6", choices=("W5", "W6"))
+    parser.add_argument("--workload", default="W6", choices=("W1", "W2a", "W2b", "W5", "W6"))
     parser.add_argument("--suites", default="tfp,dealer")
     parser.add_argument("--transport", default="zmq")
     parser.add_argument("--sequence", action="store_true", help="also print one step's rounds in order")
     args = parser.parse_args(argv)
     suites = protocol_suites()
-    steps = SIZES[args.workload] // BATCH
+    steps = SIZES[args.workload] // BATCH if args.workload in ("W5", "W6") else 1  # W1, W2: one product
     for suite in args.suites.split(","):
         base = {"system": "cotrain", "transport": args.transport, "protocol": suites[suite], "suite": suite}
         spec, world = launch_spec(base, [args.workload], None)

@@ -175,8 +175,10 @@ class Launch:
         for path in self.folder.glob("rank*.json"):
             data = json.loads(path.read_text())
             results[data["rank"]] = data
-        if self.spec.get("profile") and (self.folder / "rank0.prof").exists():
-            shutil.copy(self.folder / "rank0.prof", self.spec["profile"])
+        if self.spec.get("profile"):
+            for profile in self.folder.glob("rank*.prof"):  # <prefix>-<system>.prof is rank 0's
+                suffix = "" if profile.stem == "rank0" else f"-{profile.stem}"
+                shutil.copy(profile, self.spec["profile"].replace(".prof", f"{suffix}.prof"))
         shutil.rmtree(self.folder, ignore_errors=True)
         return results
 
@@ -557,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--variant", action="append", default=[],
                         help="KIND=NAME: also run each headline cotrain system with that protocol part (repeatable)")
-    parser.add_argument("--profile", default="", help="write a cProfile of rank 0 of each secure system here (prefix)")
+    parser.add_argument("--profile", default="", help="write a cProfile of each secure system's parties here (prefix)")
     parser.add_argument("--psi-ids", type=int, default=20_000,
                         help="ids per party for the PSI row (3 parties, 60%% common); 0 skips it")
     args = parser.parse_args(argv)
@@ -575,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     net = measure_loopback()
-    print(f"loopback: {net['bandwidth_Bps'] / 1e9:.2f} GB/s, round trip {net['rtt_s'] * 1e6:.1f} us", flush=True)
+    print(f"loopback: {net['bandwidth_Bps'] / 1e9:.2f} GB/s, round trip {net['rtt_s'] * 1e6:.1f} us "
+          f"(10th percentile; median {net['rtt_median_s'] * 1e6:.1f} us)", flush=True)
 
     suites = protocol_suites()
     # the headline comparison first (gloo, CrypTen's own wire; tfp, CrypTen's own triples; dealer)

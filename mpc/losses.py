@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from mpc.approximations import secure_softmax
 from mpc.metrics import ClassWeights, evaluate, evaluate_multiclass, evaluate_regression
-from mpc.training import secure_sigmoid
+from mpc.training import weighted_sigmoid_residual
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -47,7 +47,7 @@ class WeightedBinaryCrossEntropy:
         return labels * (positive - negative) + negative
 
     def output_gradient(self, crypten: Any, outputs: Any, targets: Any, scales: Any) -> Any:
-        return scales * (secure_sigmoid(outputs) - targets)
+        return weighted_sigmoid_residual(outputs, scales, targets)
 
     def plaintext(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(outputs, labels, weight=self.weights.per_row(labels))

@@ -22,10 +22,13 @@ measured under MPC in the tests (``tests/test_sigmoid.py``). From these:
      2u), the sigmoid errs by eps_sigma, and the logit's encoding and truncation reach r_i
      through sigmoid' <= 1/4; taken at their worst, c sum_i |x_i|_2 |dv_i|, plus c's own
      rounding, 2^-20 of the update;
-   * random parts: the truncation of each w_i r_i (one ulp per row) and of each gradient
-     entry (one ulp per parameter), both times c, and the truncation of c X^T v (one ulp per
-     parameter). Truncation pairs round stochastically, so these errors are independent,
-     zero-mean and at most u.
+   * random parts: the truncations in each w_i r_i (``mpc.training.weighted_sigmoid_residual``:
+     w_i t_i times |g| <= SIGMOID_FACTOR_BOUND, w_i (1/2 - y_i) and the last product, one ulp
+     each; RESIDUAL_ULPS per row) and of each gradient entry (one ulp per parameter), both
+     times c, and the truncation of c X^T v (one ulp per parameter). Truncation pairs round
+     stochastically, so these errors are independent, zero-mean and at most u (the row's
+     three enter the McDiarmid bound as one of range RESIDUAL_ULPS u, the root of the sum of
+     their squared ranges).
    Both travel through the later steps, whose Jacobians J_t = I - X^T diag(s_i sigmoid'(z_i)) X
    are taken along the float run (replayed in float64 here: to first order in the error,
    the curvature between the two runs' logits is the float run's). So the weight error is
@@ -63,12 +66,14 @@ from torch import nn
 
 from mpc.metrics import ClassWeights
 from mpc.approximations import PRECISE_FACTOR_BITS
-from mpc.training import TrainConfig, batch_slices, epoch_order
+from mpc.training import SIGMOID_FACTOR_BOUND, TrainConfig, batch_slices, epoch_order
 
 FRACTIONAL_BITS = 16
 ULP = 2.0 ** -FRACTIONAL_BITS
 FLOAT32_EPS = 2.0 ** -24
 METRICS = ("auc", "pr_auc", "accuracy", "loss")
+# the truncations of one row's weighted residual as one range (module docstring, part 2)
+RESIDUAL_ULPS = math.sqrt(SIGMOID_FACTOR_BOUND**2 + 2)
 # the random part of the training bound holds with probability at least 1 - CONFIDENCE
 CONFIDENCE = 1e-9
 # float64 rounding in the metrics themselves (sklearn sums, the mean loss)
@@ -121,7 +126,7 @@ def training_weight_bound(features: torch.Tensor, labels: torch.Tensor, initial:
             curvature = torch.sigmoid(logits) * torch.sigmoid(-logits)
             jacobian = identity - x.T @ ((step_scale * curvature)[:, None] * x)
             steps.append((jacobian, _deterministic_step_error(x, theta, factor, row_weights, residual, sigmoid_error),
-                          torch.cat([factor * x.T, factor * identity, identity], dim=1)))
+                          torch.cat([factor * RESIDUAL_ULPS * x.T, factor * identity, identity], dim=1)))
             theta = theta - x.T @ (step_scale * residual)
     deterministic, random_square = 0.0, 0.0
     later = identity  # J_T ... J_(t+1), built from the last step backwards

@@ -78,25 +78,32 @@ class EpochRecord:
         return record
 
 
-# The sigmoid: clip to [-CLIP, CLIP], then an odd polynomial of degree 15 in t = x / CLIP,
-# fitted (minimax, as Chebyshev series c_1 T_1 + c_3 T_3 + ... + c_15 T_15) so that the largest
-# error over the whole real line, clipped tails included, is 4.6e-4 in exact arithmetic;
-# CrypTen's default (exp by 9 squarings, 3 Newton steps of the reciprocal) errs by 2.1e-3 on
-# [-12, 12]. It is evaluated as t g(s), s = T_2(t) = 2t^2 - 1 and g a Chebyshev series of
-# degree 7 in s, split as A(s) + T_4(s) B(s) with A, B of degree 3: six products (two of them
-# squares) where the series in t takes ten, and each of A, B one truncation.
+# The sigmoid: clip to [-CLIP, CLIP], then an odd polynomial of degree 15 in t = x / SCALE,
+# fitted (minimax, as Chebyshev series c_1 T_1 + c_3 T_3 + ... + c_15 T_15) on t in
+# [-CLIP / SCALE, CLIP / SCALE] so that the largest error over the whole real line, clipped
+# tails included, is 4.6e-4 in exact arithmetic; CrypTen's default (exp by 9 squarings, 3 Newton
+# steps of the reciprocal) errs by 2.1e-3 on [-12, 12]. It is evaluated as t g(s), s = T_2(t) =
+# 2t^2 - 1 and g a Chebyshev series of degree 7 in s, split as A(s) + T_4(s) B(s) with A, B of
+# degree 3: six products (two of them squares) where the series in t takes ten; A's and B's sums
+# are truncated with T_4's product, in one round. SCALE is a power of two so that s + 1 = clip(x)^2 / 32 is one truncation of
+# the product clip(x)^2 (weighted_sigmoid_residual); the fit is as good on the narrower t range.
 SIGMOID_CLIP = 7.0
+SIGMOID_SCALE = 8
 # The largest error as evaluated in the ring, over the whole real line (asserted under MPC on a
 # grid out to +-1e4 in tests/test_sigmoid.py; mpc.tolerance builds on it): the fit's 4.6e-4,
-# plus x / CLIP within 1 ulp times the polynomial's slope <= CLIP / 4, plus rounding in the
-# products and in A and B (measured 4.9e-4 in all).
+# plus t within 1 ulp times the polynomial's slope <= SCALE / 4, plus rounding in the
+# products and in A and B.
 SIGMOID_MAX_ERROR = 6.0e-4
 SIGMOID_DEGREE = 15
+# |g| on the s that occur (t in [-CLIP / SCALE, CLIP / SCALE]), g the series over t (sigmoid(x)
+# = 1/2 + t g(2t^2 - 1)): at most at t = 0, the fit's slope of sigmoid(SCALE t) there (SCALE / 4 =
+# 2); tests/test_sigmoid.py checks it
+SIGMOID_FACTOR_BOUND = 2.0
 # fit_sigmoid_coefficients() rounded to float32; fitting takes ~0.3 s, so it is not redone per run
-SIGMOID_COEFFICIENTS = (6.131813526e-01, -1.570855677e-01, 6.077003479e-02, -2.489833906e-02,
-                        1.051900350e-02, -4.216844682e-03, 2.025658032e-03, -7.508440758e-04)
+SIGMOID_COEFFICIENTS = (5.104681849e-01, -2.672668397e-01, -1.114310138e-02, -9.338598698e-02,
+                        -2.588224597e-02, -3.037193231e-02, -8.069080301e-03, -5.564535968e-03)
 # A's and B's coefficients are applied as integers times 2^SIGMOID_WEIGHT_BITS (the smallest,
-# 3.0e-3, would keep under 8 bits at 2^-16), then divided once
+# 1.0e-2, would keep under 10 bits at 2^-16), then divided once
 SIGMOID_WEIGHT_BITS = 20
 
 
@@ -118,15 +125,17 @@ def sigmoid_split_coefficients() -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_sigmoid_coefficients() -> np.ndarray:
-    """Odd Chebyshev coefficients c_1, c_3, ..., c_15 of sigmoid(CLIP t) - 1/2 on [-1, 1].
+    """Odd Chebyshev coefficients c_1, c_3, ..., c_15 of sigmoid(SCALE t) - 1/2 on
+    [-CLIP / SCALE, CLIP / SCALE].
 
-    Lawson's iteration towards the minimax fit. At t = +-1 the series stands for every
+    Lawson's iteration towards the minimax fit. At the ends the series stands for every
     |x| >= CLIP, so it aims at the middle of [sigmoid(CLIP), 1] there.
     """
-    t = np.cos(np.linspace(0.0, np.pi, 6001))
-    target = 1.0 / (1.0 + np.exp(-SIGMOID_CLIP * t)) - 0.5
+    end = SIGMOID_CLIP / SIGMOID_SCALE
+    t = end * np.cos(np.linspace(0.0, np.pi, 6001))
+    target = 1.0 / (1.0 + np.exp(-SIGMOID_SCALE * t)) - 0.5
     tail = 1.0 / (1.0 + np.exp(SIGMOID_CLIP))
-    ends = np.abs(np.abs(t) - 1.0) < 1e-12
+    ends = np.abs(np.abs(t) - end) < 1e-12
     target[ends] = np.sign(t[ends]) * (0.5 - tail / 2)
     offset = np.where(ends, tail / 2, 0.0)
     basis = np.stack([np.polynomial.chebyshev.chebval(t, [0] * k + [1])
@@ -148,8 +157,8 @@ def _sigmoid_weights(device: Any) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(weights).to(device), np.array([a[0], b[0]])
 
 
-def secure_sigmoid(logits: Any) -> Any:
-    """sigmoid(x) under MPC, within SIGMOID_MAX_ERROR (6.0e-4) of the true value for every x."""
+def _clipped(logits: Any) -> Any:
+    """clip(x, -CLIP, CLIP), after one comparison of x against both bounds."""
     import crypten
 
     from mpc.approximations import select_constants
@@ -158,17 +167,57 @@ def secure_sigmoid(logits: Any) -> Any:
     # [x > clip, x < -clip] in one comparison; the indicators are integer (scale 1) sharings,
     # so products with them need no truncation. clip(x) = x + clip (o_hi - o_lo) - (o_hi + o_lo) x
     outside = crypten.stack([clip - logits, logits + clip]).lt(0)
-    t = (logits + select_constants(crypten, outside, [clip, -clip]) - (outside[0] + outside[1]) * logits).div(clip)
-    s = t.square() * 2 - 1
+    return logits + select_constants(crypten, outside, [clip, -clip]) - (outside[0] + outside[1]) * logits
+
+
+def _odd_factor(s: Any) -> Any:
+    """g(s), s = 2 t^2 - 1: the series divided by t, so that sigmoid(x) = 1/2 + t g."""
+    import crypten
+
     s2 = s.square() * 2 - 1
-    level = crypten.stack([s, s2]) * crypten.stack([s2, s2])
-    s3, s4 = level[0] * 2 - s, level[1] * 2 - 1
+    # s s2 and s2^2 left untruncated (the right factors read as integer sharings of their
+    # encodings): A's and B's sums and s2^2 are then truncated together, one round
+    right = crypten.stack([s2, s2])
+    right.encoder = crypten.encoder.FixedPointEncoder(precision_bits=0)
+    level = crypten.stack([s, s2]) * right  # at twice the fractional bits
+    one = s.encoder.scale  # 1 at twice the fractional bits, read at the usual
+    s3 = level[0] * 2 - s * one
     weights, constants = _sigmoid_weights(s.device)
     # shares times Python integers are exact (no truncation), under every share type
-    halves = crypten.stack([s * int(row[0]) + s2 * int(row[1]) + s3 * int(row[2]) for row in weights])
-    halves = halves.div(2**SIGMOID_WEIGHT_BITS)
-    g = halves[0] + constants[0] + s4 * (halves[1] + constants[1])
-    return t * g + 0.5
+    sums = [s * (int(row[0]) * one) + s2 * (int(row[1]) * one) + s3 * int(row[2]) for row in weights]
+    parts = crypten.stack([*sums, level[1] * 2**SIGMOID_WEIGHT_BITS]).div(one * 2**SIGMOID_WEIGHT_BITS)
+    s4 = parts[2] * 2 - 1
+    return parts[0] + constants[0] + s4 * (parts[1] + constants[1])
+
+
+def secure_sigmoid(logits: Any) -> Any:
+    """sigmoid(x) under MPC, within SIGMOID_MAX_ERROR (6.0e-4) of the true value for every x."""
+    t = _clipped(logits).div(SIGMOID_SCALE)
+    return t * _odd_factor(t.square() * 2 - 1) + 0.5
+
+
+def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any) -> Any:
+    """w (sigmoid(x) - y) for sharings w and y of the logits' shape, as w t g + w (1/2 - y).
+
+    With c = clip(x): c^2, w c and w (1/2 - y) are multiplied in one round and left
+    untruncated (the right factors read as integer sharings of their encodings), then truncated
+    together in one, by 2^21 after the exact factors 1, 4, 32: s + 1 = c^2 / 32, w t = w c / 8
+    and w (1/2 - y). So neither t nor the residual's product with w costs rounds of its own
+    (three fewer than w (secure_sigmoid(x) - y) would take). Its error: w times the sigmoid's, plus the
+    truncation of w t (one ulp) times |g| <= SIGMOID_FACTOR_BOUND and one ulp each from the
+    truncations of w (1/2 - y) and of the last product (mpc.tolerance: RESIDUAL_ULPS)."""
+    import crypten
+
+    scale_bits = SIGMOID_SCALE.bit_length() - 1
+    c = _clipped(logits)
+    right = crypten.stack([c, c, 0.5 - targets])
+    right.encoder = crypten.encoder.FixedPointEncoder(precision_bits=0)  # its shares as integers: no truncation
+    raw = crypten.stack([c, weights, weights]) * right  # each at twice the fractional bits
+    fractional = c.encoder.scale.bit_length() - 1
+    shift = fractional + 2 * scale_bits - 1  # c^2 / (2 SCALE^2) = s + 1
+    parts = crypten.stack([raw[0], raw[1] * 2 ** (shift - fractional - scale_bits), raw[2] * 2 ** (shift - fractional)])
+    parts = parts.div(2**shift)
+    return parts[1] * _odd_factor(parts[0] - 1) + parts[2]
 
 
 class PhaseMeter:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from parties.config import RunConfig
 from parties.failure_line import print_failure
+from parties.memory import keep_freed_memory
 from parties.dealer import process_names
 from parties.party import run_party
 
@@ -24,6 +25,7 @@ def _show_name(name: str) -> None:
 def party_main(config: RunConfig, rank: int) -> None:
     name = process_names(config)[rank]
     _show_name(name)
+    keep_freed_memory()
     try:
         run_party(config, rank)
     except KeyboardInterrupt:

@@ -561,12 +561,33 @@ def _beaver_product(crypten: Any, op: str, crypten_product: Callable) -> Callabl
             raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
         a, b, c = crypten.mpc.get_default_provider().generate_additive_triple(
             x.size(), y.size(), op, device=x.device, *args, **kwargs)
+        if (op == "mul" and x.size() == y.size() and not args and not kwargs
+                and all(type(t.share) is torch.Tensor and t.share.device.type == "cpu" for t in (x, y, a, b, c))):
+            c.share = _elementwise_beaver(crypten, x.share, y.share, a.share, b.share, c.share)
+            return c
         with IgnoreEncodings([a, b, x, y]):
             epsilon, delta = AST.reveal_batch([x - a, y - b])
         c.share = _beaver_share(crypten, product, a, b, c, epsilon, delta, *args, **kwargs)
         return c
 
     return beaver
+
+
+def _elementwise_beaver(crypten: Any, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                        c: torch.Tensor) -> torch.Tensor:
+    """This party's share of x y for shares of one shape, in as few fresh tensors as it can:
+    eps and delta opened as one stacked tensor (no copy to join them for the wire), and
+    c + eps (b + delta) + a delta accumulated into the triple's own c (dealt for this one
+    product), at party 0 (the rest: c + eps b + a delta)."""
+    masked = torch.empty((2, *x.shape), dtype=x.dtype, device=x.device)
+    torch.sub(x, a, out=masked[0])
+    torch.sub(y, b, out=masked[1])
+    epsilon, delta = crypten.communicator.get().all_reduce(masked)
+    c = c if c.is_contiguous() else c.contiguous()
+    c.addcmul_(epsilon, b)
+    if crypten.communicator.get().get_rank() == 0:
+        c.addcmul_(epsilon, delta)
+    return c.addcmul_(a, delta)
 
 
 def _beaver_share(crypten: Any, product: Callable, a: Any, b: Any, c: Any, epsilon: torch.Tensor,

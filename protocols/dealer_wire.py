@@ -23,7 +23,8 @@ for stops the run with a :class:`DealerError` naming the dealer.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
@@ -74,11 +75,23 @@ class DealerLink:
         return self._receive("hello", dealer=kind)
 
     def request(self, items: list) -> None:
-        self._send({"op": "deal", "items": items})
+        with self._one_flight():
+            self._send({"op": "deal", "items": items})
 
     def answer(self, items: int, elements: int) -> torch.Tensor:
         """This party's shares of the last request's ``items`` tuples: exactly ``elements``."""
-        return self._receive("answer", items=items, elements=elements)
+        with self._one_flight():
+            return self._receive("answer", items=items, elements=elements)
+
+    @contextmanager
+    def _one_flight(self) -> Iterator[None]:
+        """A request (its size, then its header) or an answer (size, header, buffer) is one
+        message each way, however many transport messages carry it: one round."""
+        stats = getattr(self.comm, "stats", None)
+        rounds = stats.rounds if stats is not None else 0
+        yield
+        if stats is not None:
+            stats.rounds = rounds + 1
 
     def stop(self) -> None:
         self._send({"op": "stop"})

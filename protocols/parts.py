@@ -157,6 +157,6 @@ class TripleSource(ProtocolPart):
         return type(self).wrap_bit_tuple is not TripleSource.wrap_bit_tuple
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[Any, Any]:
-        """Two parties: this party's private uniform bit u_i (0/1 int64) and its arithmetic
-        share of u0 u1, for the ``topbits`` truncation."""
+        """Two parties: a uniform int64 word whose top bit is this party's private bit u_i, and
+        its arithmetic share of u0 u1, for the ``topbits`` truncation."""
         raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide wrap-bit tuples")

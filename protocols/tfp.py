@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from protocols.bitpack import pair_products
@@ -43,6 +44,39 @@ def counting_provider(base: type, name: str, counters: PartCounters) -> Any:
 log = logging.getLogger("cotrain.protocols")
 
 
+def _pair_streams(crypten: Any) -> tuple[Any, Any, int]:
+    """(the stream parties 0 and 1 share, party 0's own, this rank)."""
+    rank = crypten.communicator.get().get_rank()
+    cpu = torch.device("cpu")
+    return crypten.generators["next" if rank == 0 else "prev"][cpu], crypten.generators["local"][cpu], rank
+
+
+def two_party_products(crypten: Any, base: type) -> type:
+    """CrypTen's trusted first party (``base``) dealing elementwise product triples for two
+    parties on the CPU from the stream they share: party 1's shares of a, b and c are its next
+    three draws, party 0 draws the same three and its own a0, b0, and takes
+    c0 = (a0 + a1)(b0 + b1) - c1, made in the draws' own memory. CrypTen's sharing draws two
+    zero-sharing masks for each of the three and copies each value on the way: fresh memory
+    that a million-element product pays for in page faults."""
+    from crypten.mpc.primitives import ArithmeticSharedTensor as AST
+
+    class TwoPartyProducts(base):
+        def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
+            cpu = device is None or torch.device(device).type == "cpu"
+            if op != "mul" or args or kwargs or not cpu or crypten.communicator.get().get_world_size() != 2:
+                return super().generate_additive_triple(size0, size1, op, device, *args, **kwargs)
+            common, local, rank = _pair_streams(crypten)
+            a, b = common.ring(size0), common.ring(size1)
+            c = common.ring(np.broadcast_shapes(tuple(size0), tuple(size1)))  # torch's imports sympy
+            if rank == 0:
+                a0, b0 = local.ring(size0), local.ring(size1)
+                product = a.add_(a0).mul_(b.add_(b0)) if a.shape == c.shape else torch.mul(a.add_(a0), b.add_(b0))
+                a, b, c = a0, b0, product.sub_(c)
+            return tuple(AST.from_shares(share, precision=0) for share in (a, b, c))
+
+    return TwoPartyProducts
+
+
 @register_part("triple_source", "tfp")
 class TrustedFirstParty(TripleSource):
     testing_only = True
@@ -50,7 +84,8 @@ class TrustedFirstParty(TripleSource):
     def install(self, crypten: Any) -> None:
         log.warning(TFP_WARNING)
         self._crypten = crypten
-        provider = counting_provider(crypten.mpc.provider.TrustedFirstParty, _PROVIDER_NAME, self.counters)
+        provider = counting_provider(two_party_products(crypten, crypten.mpc.provider.TrustedFirstParty),
+                                     _PROVIDER_NAME, self.counters)
         use_provider(crypten, _PROVIDER_NAME, provider)
         meter_online_tuple_use(crypten, self.counters)
 
@@ -93,18 +128,17 @@ class TrustedFirstParty(TripleSource):
         return [arithmetic[0], binary[0], binary[1], arithmetic[1], binary[2], arithmetic[2], arithmetic[3], arithmetic[4]]
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Party 1's bit from the stream it shares with party 0, party 0's from its own; party
-        0 shares their AND (it sees both, as it sees every tuple)."""
-        generators = self._crypten.generators
-        rank = self._crypten.communicator.get().get_rank()
+        """Party 1's word and its share of the AND from the stream it shares with party 0,
+        party 0's word from its own; party 0 (it sees both words, as it sees every tuple)
+        takes the AND of their top bits minus party 1's share."""
         self.counters.calls += 1
         self.counters.tuples += 2 * int(torch.Size(size).numel())
-        cpu = torch.device("cpu")
-        partner_bit = (generators["next" if rank == 0 else "prev"][cpu].ring(size, device) < 0).long()
-        own_bit = (generators["local"][cpu].ring(size, device) < 0).long() if rank == 0 else partner_bit
-        product = own_bit & partner_bit if rank == 0 else torch.zeros_like(own_bit)
-        and_share = self._crypten.mpc.primitives.ArithmeticSharedTensor(product, precision=0, src=0).share
-        return own_bit, and_share
+        common, local, rank = _pair_streams(self._crypten)
+        partner_word, and_share = common.ring(size, device), common.ring(size, device)
+        if rank != 0:
+            return partner_word, and_share
+        own_word = local.ring(size, device)
+        return own_word, and_share.neg_().add_((own_word < 0) & (partner_word < 0))
 
     def describe(self) -> str:
         return "tfp (trusted first party, TESTING ONLY)"

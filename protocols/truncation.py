@@ -140,7 +140,10 @@ class PairTruncation(ProtocolPart):
 # carry: floor(x/d) or one more, as with pairs, and exact for a multiple of d (the low parts then
 # sum to 0 or d), as CrypTen's local truncation is for a sharing of 0. w needs the AND of two bits each held by
 # one party: with a wrap-bit tuple (a private random bit u_i per party, shares of u0 u1) the
-# parties swap p_i = msb(y_i) XOR u_i, which u_i hides, and share w linearly.
+# parties swap p_i = msb(y_i) XOR u_i, which u_i hides, and share w linearly. The shares are first
+# rerandomized with a fresh sharing of zero from the stream the two parties share (no traffic):
+# shares that are not uniform, such as (x, 0), would round every x that is not a multiple of d
+# up; with uniform shares the rounding up lands with probability (x mod d) / d, unbiased.
 TOP_BIT_OFFSET = 1 << 62
 
 
@@ -156,31 +159,25 @@ def wrap_bit_values(words: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], 
     return bits, bits[0] & bits[1]
 
 
-def top_bit_share(x_share: torch.Tensor, own_bit: torch.Tensor,
-                  leader: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, msb(y), p): this party's share y of x + 2^62, its top bit and the bit it sends,
-    msb(y) XOR its private tuple bit."""
-    y = x_share + TOP_BIT_OFFSET if leader else x_share
-    top = (y < 0).long()
-    return y, top, top ^ own_bit
+def top_bit_share(x_share: torch.Tensor, mask: torch.Tensor, own_word: torch.Tensor,
+                  leader: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, the bits it sends, packed): y is this party's share of x + 2^62, rerandomized by
+    ``mask`` (added at party 0, subtracted at party 1), and it sends msb(y) XOR its private
+    bit, ``own_word``'s top bit. Any device; on the CPU ``protocols.topbit_kernels.send``."""
+    y = x_share + mask + TOP_BIT_OFFSET if leader else x_share - mask
+    return y, pack_bits(((y < 0) ^ (own_word < 0)).long().reshape(-1))
 
 
-def rerandomized(share: torch.Tensor, common: Any, leader: bool) -> torch.Tensor:
-    """The share plus this party's half of a fresh sharing of zero from the stream the two
-    parties share (no traffic). Shares that are not uniform, such as (x, 0), would round every
-    x that is not a multiple of d up; with uniform shares the rounding up lands with probability
-    (x mod d) / d, unbiased."""
-    mask = common.ring(share.size(), share.device)
-    return share + mask if leader else share - mask
-
-
-def top_bit_finish(y: torch.Tensor, top: torch.Tensor, own_bit: torch.Tensor, and_share: torch.Tensor,
-                   sent: torch.Tensor, received: torch.Tensor, divisor: int, leader: bool) -> torch.Tensor:
-    """This party's share of floor(x / d) (or one more) once the masked top bits are swapped.
+def top_bit_finish(y: torch.Tensor, own_word: torch.Tensor, and_share: torch.Tensor, sent: torch.Tensor,
+                   received: torch.Tensor, divisor: int, leader: bool) -> torch.Tensor:
+    """This party's share of floor(x / d) (or one more) once the masked top bits (packed) are
+    swapped. Any device; on the CPU ``protocols.topbit_kernels.finish``.
 
     With m_i = p_i + (1 - 2 p_i) u_i: m0 m1 = p0 p1 + p0 (1-2p1) u1 + p1 (1-2p0) u0
     + (1-2p0)(1-2p1) u0 u1, every term linear in one party's u or in the shared u0 u1."""
     k = divisor.bit_length() - 1
+    sent, received = unpack_bits(sent, y), unpack_bits(received, y)
+    own_bit, top = (own_word < 0).long(), (y < 0).long()
     both_signs = (1 - 2 * sent) * (1 - 2 * received)
     wrap = top - received * (1 - 2 * sent) * own_bit - both_signs * and_share
     if leader:
@@ -200,6 +197,10 @@ class TopBitTruncation(PairTruncation):
 
     def install(self, crypten: Any) -> None:
         super().install(crypten)
+        from protocols import topbit_kernels
+
+        topbit_kernels.warm_up()
+        self._kernels = topbit_kernels
         self._generators = crypten.generators
 
     def _applies(self, divisor: int) -> bool:
@@ -212,19 +213,22 @@ class TopBitTruncation(PairTruncation):
         if not self._applies(divisor):
             return super()._divide(x, divisor)
         comm = self.comm
-        source = self._source()
         from torch.distributed import ReduceOp
 
         rank = comm.get_rank()
         common = self._generators["next" if rank == 0 else "prev"][torch.device("cpu")]
-        own_bit, and_share = source.wrap_bit_tuple(x.share.size(), device=x.share.device)
-        y, top, sent = top_bit_share(rerandomized(x.share, common, rank == 0), own_bit, rank == 0)
-        packed = pack_bits(sent.reshape(-1))
-        slots = torch.zeros(2, packed.numel(), dtype=torch.int64, device=packed.device)
-        slots[rank] = packed
+        own_word, and_share = self._source().wrap_bit_tuple(x.share.size(), device=x.share.device)
+        mask = common.ring(x.share.size(), x.share.device)
+        # on the CPU the kernels write y, then the result, over the share (a division is in
+        # place, as CrypTen's own); elsewhere torch's operations make new tensors
+        cpu = x.share.device.type == "cpu"
+        share = x.share.contiguous() if cpu else x.share
+        send, finish = (self._kernels.send, self._kernels.finish) if cpu else (top_bit_share, top_bit_finish)
+        y, sent = send(share, mask, own_word, rank == 0)
+        slots = torch.zeros(2, sent.numel(), dtype=torch.int64, device=sent.device)
+        slots[rank] = sent
         swapped = comm.all_reduce(slots, op=ReduceOp.BXOR)
-        received = unpack_bits(swapped[1 - rank], sent)
-        x.share = top_bit_finish(y, top, own_bit, and_share, sent, received, divisor, rank == 0)
+        x.share = finish(y, own_word, and_share, sent, swapped[1 - rank], divisor, rank == 0)
         return x
 
     def describe(self) -> str:

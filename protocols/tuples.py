@@ -278,7 +278,7 @@ class KeyedTripleSource(TripleSource):
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         word, and_share = self._counted_fetch(("wrapbit", freeze(size)), device)
-        return (word < 0).long(), and_share
+        return word, and_share
 
     def install(self, crypten: Any) -> None:
         use_provider(crypten, self.provider_name, keyed_provider(crypten, self.provider_name, self))

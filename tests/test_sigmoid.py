@@ -1,30 +1,70 @@
-"""The semi-honest training sigmoid (mpc.training.secure_sigmoid) as evaluated under MPC, over
-its whole input range, against the exact sigmoid: the documented error holds everywhere."""
+"""The semi-honest training sigmoid (mpc.training.secure_sigmoid) and the binary loss's
+weighted residual built on it (weighted_sigmoid_residual) as evaluated under MPC, over their
+whole input range, against the exact values: the documented errors hold everywhere."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
-from mpc.training import SIGMOID_CLIP, SIGMOID_MAX_ERROR
+from mpc.tolerance import ULP
+from mpc.training import (SIGMOID_CLIP, SIGMOID_FACTOR_BOUND, SIGMOID_MAX_ERROR, SIGMOID_SCALE,
+                          sigmoid_split_coefficients)
 from sessions import run_parties
 
 # dense over the polynomial's range and well past the clip; then out to +-1e4
 DENSE = torch.linspace(-3 * SIGMOID_CLIP, 3 * SIGMOID_CLIP, 16801, dtype=torch.float64)
 FAR = torch.logspace(0, 4, 400, dtype=torch.float64)
 GRID = torch.cat([DENSE, FAR, -FAR, torch.tensor([SIGMOID_CLIP, -SIGMOID_CLIP], dtype=torch.float64)])
+# class weights from balanced (0.5) to a 1%-positive table's (50), both labels at every input
+WEIGHTS = torch.linspace(0.5, 50.0, 97, dtype=torch.float64).repeat(GRID.numel() // 97 + 1)[: GRID.numel()]
+LABELS = (torch.arange(GRID.numel()) % 2).double()
 
 
 def _evaluated(crypten, rank):
-    from mpc.training import secure_sigmoid
+    from mpc.training import secure_sigmoid, weighted_sigmoid_residual
 
+    x = crypten.cryptensor(GRID.float(), src=0)
+    weights, labels = crypten.cryptensor(WEIGHTS.float(), src=0), crypten.cryptensor(LABELS.float(), src=0)
     # plain values through the result queue
-    return secure_sigmoid(crypten.cryptensor(GRID.float(), src=0)).get_plain_text().tolist()
+    return (secure_sigmoid(x).get_plain_text().tolist(),
+            weighted_sigmoid_residual(x, weights, labels).get_plain_text().tolist())
 
 
-def test_secure_sigmoid_as_evaluated_is_within_its_documented_error_everywhere():
-    values = torch.tensor(run_parties(_evaluated, world=2, timeout_s=600)[0], dtype=torch.float64)
-    # the grid's points are encoded to 16 fractional bits: compare at the encoded inputs
-    encoded = torch.round(GRID.float().double() * 2**16) / 2**16
-    error = (values - torch.sigmoid(encoded)).abs()
+@pytest.fixture(scope="module")
+def evaluated():
+    sigmoid, residual = run_parties(_evaluated, world=2, timeout_s=600)[0]
+    return torch.tensor(sigmoid, dtype=torch.float64), torch.tensor(residual, dtype=torch.float64)
+
+
+def _encoded(values: torch.Tensor) -> torch.Tensor:
+    """The values as 16 fractional bits encode them (the inputs the parties computed on)."""
+    return torch.round(values.float().double() * 2**16) / 2**16
+
+
+def test_secure_sigmoid_as_evaluated_is_within_its_documented_error_everywhere(evaluated):
+    error = (evaluated[0] - torch.sigmoid(_encoded(GRID))).abs()
     assert error.max().item() <= SIGMOID_MAX_ERROR, (error.max().item(), GRID[error.argmax()].item())
     assert error[: len(DENSE)].max().item() > SIGMOID_MAX_ERROR / 2  # the bound is not vacuous
+
+
+def test_weighted_residual_is_within_the_weighted_sigmoid_error_and_its_truncations(evaluated):
+    weights = _encoded(WEIGHTS)
+    exact = weights * (torch.sigmoid(_encoded(GRID)) - LABELS)
+    error = (evaluated[1] - exact).abs()
+    # the sigmoid's error times w, the truncations of w t (times |g|), of w (1/2 - y) and of the last product
+    bound = weights * SIGMOID_MAX_ERROR + (SIGMOID_FACTOR_BOUND + 2) * ULP
+    assert (error <= bound).all(), (error - bound).max().item()
+    assert (error / weights)[: len(DENSE)].max().item() > SIGMOID_MAX_ERROR / 2  # not vacuous
+
+
+def test_the_factor_after_t_stays_within_its_bound_over_the_whole_range():
+    """|g(s)| on every s that occurs, 2 t^2 - 1 for |t| <= CLIP / SCALE (the series over t;
+    the truncated factor w t is multiplied by g)."""
+    a, b = sigmoid_split_coefficients()
+    s = np.linspace(-1.0, 2 * (SIGMOID_CLIP / SIGMOID_SCALE) ** 2 - 1, 200001)
+    chebval = np.polynomial.chebyshev.chebval
+    g = chebval(s, a) + chebval(s, [0, 0, 0, 0, 1]) * chebval(s, b)
+    assert np.abs(g).max() <= SIGMOID_FACTOR_BOUND
+    assert np.abs(g).max() > 0.99 * SIGMOID_FACTOR_BOUND  # the bound is tight

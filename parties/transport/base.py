@@ -58,9 +58,10 @@ class PartyAddress:
         return f"party {rank} ({self.names[rank]})" if rank < len(self.names) else f"rank {rank}"
 
 
-def reduce_tensors(tensors: Sequence[torch.Tensor], op: Any) -> torch.Tensor:
-    """Locally combine peers' tensors with the reduction CrypTen asked for."""
-    result = tensors[0].clone()
+def reduce_tensors(tensors: Sequence[torch.Tensor], op: Any, reuse_first: bool = False) -> torch.Tensor:
+    """Locally combine peers' tensors with the reduction CrypTen asked for; with
+    ``reuse_first``, into ``tensors[0]`` (the caller's to overwrite) rather than a copy."""
+    result = tensors[0] if reuse_first else tensors[0].clone()
     for tensor in tensors[1:]:
         if op == ReduceOp.SUM:
             result.add_(tensor)
@@ -69,6 +70,20 @@ def reduce_tensors(tensors: Sequence[torch.Tensor], op: Any) -> torch.Tensor:
         else:
             raise ValueError(f"unsupported reduction {op}; CrypTen uses SUM and BXOR")
     return result
+
+
+def reduce_exchanged(received: dict[int, Sequence[torch.Tensor]], rank: int, index: int, op: Any) -> torch.Tensor:
+    """The reduction of every party's ``index``-th tensor of an exchange (``received`` by rank,
+    ``rank``'s own among them). Floats in rank order, so every party gets the same bits;
+    integers (exact in any order) accumulate into a peer's tensor, received fresh for this
+    exchange, rather than into a copy."""
+    ranks = sorted(received)
+    peers = [r for r in ranks if r != rank]
+    first = received[ranks[0]][index]
+    if not peers or first.is_floating_point() or first.is_complex():
+        return reduce_tensors([received[r][index] for r in ranks], op)
+    order = [peers[0]] + [r for r in ranks if r != peers[0]]
+    return reduce_tensors([received[r][index] for r in order], op, reuse_first=True)
 
 
 class Transport(ABC):

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from parties.transport.base import reduce_tensors
+from parties.transport.base import reduce_exchanged
 from torch.distributed import ReduceOp
 
 
@@ -89,8 +89,7 @@ class PartyGroup:
         tensors = list(input) if batched else [input]
         with self._one_round():
             received = self._exchange(tensors)
-        results = [reduce_tensors([received[r][k] for r in range(self.size)], op).to(tensors[k].device)
-                   for k in range(len(tensors))]
+        results = [reduce_exchanged(received, self.rank, k, op).to(tensors[k].device) for k in range(len(tensors))]
         return results if batched else results[0]
 
     def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
@@ -105,8 +104,7 @@ class PartyGroup:
             for handle in [self.transport.irecv(t, src) for src in self._others() for t in received[src]]:
                 handle.wait()
             received[self.rank] = host
-        results = [reduce_tensors([received[r][k] for r in range(self.size)], op).to(tensors[k].device)
-                   for k in range(len(tensors))]
+        results = [reduce_exchanged(received, self.rank, k, op).to(tensors[k].device) for k in range(len(tensors))]
         return results if batched else results[0]
 
     def broadcast(self, input: Any, src: int, group: Any = None, batched: bool = False) -> Any:

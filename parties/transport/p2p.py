@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.distributed import ReduceOp
 
-from parties.transport.base import PartyAddress, Transport, TransportOptions, reduce_tensors
+from parties.transport.base import PartyAddress, Transport, TransportOptions, reduce_exchanged
 from parties.transport.wire import WireError, byte_view, dtype_name
 
 HEADER_KEYS = frozenset({"op", "seq", "sender", "dtype", "shape"})
@@ -320,9 +320,7 @@ class PointToPointTransport(Transport):
         return results if batched else results[0]
 
     def _combine(self, received: dict[int, list[torch.Tensor]], count: int, op: Any) -> list[torch.Tensor]:
-        # rank order everywhere, so float results are identical at every party
-        ranks = range(self.world_size)
-        return [reduce_tensors([received[rank][k] for rank in ranks], op) for k in range(count)]
+        return [reduce_exchanged(received, self.rank, k, op) for k in range(count)]
 
     def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
         with self._operation():

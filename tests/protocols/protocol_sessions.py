@@ -7,6 +7,8 @@ import time
 import traceback
 from typing import Any, Callable
 
+import torch
+
 from launch.local import free_port
 from launch.party_processes import party_context, start_party
 from protocols import ProtocolConfig
@@ -102,3 +104,20 @@ def party_values(collected: dict[int, tuple[str, Any]], parties: int) -> list[An
         if status != "ok":
             raise AssertionError(f"party {rank} failed: {value}")
     return [collected[rank][1] for rank in range(parties)]
+
+
+def exact_products(crypten, rank) -> dict[str, bool]:
+    """Products of integer sharings (precision 0: no truncation) against torch's in the ring:
+    the Beaver product's two local products per party (protocols.crypten_hooks) are exact,
+    the elementwise one of equal shapes accumulated in place, a broadcast one as the rest."""
+    from crypten.mpc import MPCTensor
+
+    out = {}
+    for op, size0, size1 in (("mul", (5, 7), (5, 7)), ("mul", (5, 7), (7,)), ("matmul", (6, 4), (4, 3))):
+        generator = torch.Generator().manual_seed(len(out))
+        values = [torch.randint(-(1 << 63), (1 << 63) - 1, size, generator=generator) for size in (size0, size1)]
+        # re-randomised, so that every party's share is uniform
+        x, y = (MPCTensor.from_shares(v if rank == 0 else torch.zeros_like(v), precision=0)
+                + crypten.cryptensor(torch.zeros(v.shape), precision=0) for v in values)
+        out[f"{op} {size0} {size1}"] = torch.equal(getattr(x, op)(y).get_plain_text(), getattr(torch, op)(*values))
+    return out

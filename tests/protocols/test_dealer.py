@@ -16,7 +16,7 @@ from protocols.dealer_wire import DealerEnd, DealerError, check_header
 from protocols.tuples import check_key, tuple_elements, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
 from protocols.truncation import wrap_bit_values
-from protocol_sessions import party_values, run_parties
+from protocol_sessions import exact_products, party_values, run_parties
 
 DEALER = ProtocolConfig(name="dealer", triple_source="dealer")
 
@@ -92,22 +92,6 @@ def test_malformed_requests_are_refused(bad):
         check_key(bad)
 
 
-def _exact_products(crypten, rank) -> dict[str, bool]:
-    """Products of integer sharings (precision 0: no truncation) against torch's in the ring:
-    the Beaver product's two local products per party (protocols.crypten_hooks) are exact."""
-    from crypten.mpc import MPCTensor
-
-    out = {}
-    for op, size0, size1 in (("mul", (5, 7), (5, 7)), ("matmul", (6, 4), (4, 3))):
-        generator = torch.Generator().manual_seed(len(out))
-        values = [torch.randint(-(1 << 63), (1 << 63) - 1, size, generator=generator) for size in (size0, size1)]
-        # re-randomised, so that every party's share is uniform
-        x, y = (MPCTensor.from_shares(v if rank == 0 else torch.zeros_like(v), precision=0)
-                + crypten.cryptensor(torch.zeros(v.shape), precision=0) for v in values)
-        out[op] = torch.equal(getattr(x, op)(y).get_plain_text(), getattr(torch, op)(*values))
-    return out
-
-
 def _hidden_layer_gradients(crypten) -> dict[str, bool]:
     """A hidden layer's product (both factors need a gradient: their Beaver openings and
     truncations batched) against torch, each element within the bound from encoding every
@@ -137,7 +121,7 @@ def _compute(crypten, rank):
         "relu": ((x.relu()).get_plain_text() - a.relu()).abs().max().item(),
         "sigmoid": ((x.sigmoid()).get_plain_text() - a.sigmoid()).abs().max().item(),
     }
-    out["exact_products"] = _exact_products(crypten, rank)
+    out["exact_products"] = exact_products(crypten, rank)
     out["hidden_layer_gradients"] = _hidden_layer_gradients(crypten)
     from protocols.suite import ProtocolSuite  # noqa: F401
     source = crypten.mpc.get_default_provider()
@@ -159,7 +143,7 @@ def test_session_over_a_dealer(parties, truncation):
     collected = run_parties(_compute, protocol, parties=parties)
     for result in party_values(collected, parties):
         assert result["provider"] == "COTRAIN_DEALER"
-        assert result["exact_products"] == {"mul": True, "matmul": True}
+        assert len(result["exact_products"]) == 3 and all(result["exact_products"].values())
         assert result["hidden_layer_gradients"] == {"input": True, "weight": True}
         assert result["matmul"] < 1e-3 and result["square"] < 1e-3 and result["relu"] < 1e-3
         assert result["sigmoid"] < 1e-2

@@ -10,9 +10,10 @@ import torch
 from protocols import ProtocolConfig
 from protocols.prg import CipherGenerator, new_seed
 from protocols.bitpack import pack_bits, unpack_bits
+from protocols import topbit_kernels
 from protocols.truncation import (finish, opening_mask, pair_values, top_bit_applies, top_bit_finish, top_bit_share,
                                   wrap_bit_values)
-from protocol_sessions import party_values, run_parties
+from protocol_sessions import exact_products, party_values, run_parties
 
 ELEMENTS = 10_000_000
 
@@ -73,21 +74,27 @@ def test_pairs_for_any_divisor_and_party_count(divisor, parties):
     assert int(error[:1].abs().sum() + error[4:50_000].abs().sum()) == 0
 
 
+TOP_BIT_SIDES = {"torch": (top_bit_share, top_bit_finish), "kernels": (topbit_kernels.send, topbit_kernels.finish)}
+
+
 def simulate_top_bits(shares: Sequence[torch.Tensor], divisor: int, words: Sequence[torch.Tensor],
-                      and_shares: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+                      and_shares: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None = None,
+                      sides: str = "torch") -> list[torch.Tensor]:
     """Both parties' side of ``topbits`` in one process, the masked top bits swapped packed;
-    ``words`` are the parties' tuple words, ``and_shares`` their shares of the bits' AND."""
-    bits = wrap_bit_values(words)[0]
-    sides = [top_bit_share(s, bit, i == 0) for i, (s, bit) in enumerate(zip(shares, bits))]
-    swapped = [unpack_bits(pack_bits(sent.reshape(-1)), sent) for _, _, sent in sides]
-    return [top_bit_finish(y, top, bits[i], and_shares[i], sent, swapped[1 - i], divisor, i == 0)
-            for i, (y, top, sent) in enumerate(sides)]
+    ``words`` are the parties' tuple words, ``and_shares`` their shares of the bits' AND,
+    ``masks`` the rerandomizing sharing of zero (none: 0), ``sides`` the implementation."""
+    send, finish = TOP_BIT_SIDES[sides]
+    masks = masks if masks is not None else [torch.zeros_like(shares[0])] * 2
+    sent = [send(s.clone(), masks[i], words[i], i == 0) for i, s in enumerate(shares)]
+    return [finish(y, words[i], and_shares[i], bits, sent[1 - i][1], divisor, i == 0)
+            for i, (y, bits) in enumerate(sent)]
 
 
+@pytest.mark.parametrize("sides", sorted(TOP_BIT_SIDES))
 @pytest.mark.parametrize("bits", [1, 16, 32, 62])
-def test_top_bits_within_one_ulp_over_the_whole_range(bits):
-    """Every |x| <= 2^62, 2 parties: floor(x / 2^k) or one more (as pairs: x >= 0 stays >= 0),
-    never a wrap's 2^(64-k)."""
+def test_top_bits_within_one_ulp_over_the_whole_range(bits, sides):
+    """Every |x| <= 2^62, 2 parties, torch's operations and the CPU kernels alike: floor(x / 2^k)
+    or one more (as pairs: x >= 0 stays >= 0), never a wrap's 2^(64-k)."""
     rng, divisor = CipherGenerator(new_seed()), 1 << bits
     x = rng.ring((1_000_000,)) >> 1  # |x| < 2^62 ... the whole range topbits allow
     x[:5] = torch.tensor([0, -1, (1 << 62) - 1, -(1 << 62), 1 << 47])
@@ -96,12 +103,28 @@ def test_top_bits_within_one_ulp_over_the_whole_range(bits):
     shares = _share(x, 2, rng)
     words = [rng.ring(x.shape), rng.ring(x.shape)]
     and_shares = _share(wrap_bit_values(words)[1], 2, rng)
-    error = sum(simulate_top_bits(shares, divisor, words, and_shares)) - torch.div(x, divisor, rounding_mode="floor")
+    mask = rng.ring(x.shape)
+    result = simulate_top_bits(shares, divisor, words, and_shares, [mask, mask], sides)
+    error = sum(result) - torch.div(x, divisor, rounding_mode="floor")
     assert int(error.min()) >= 0 and int(error.max()) <= 1, "topbits must be floor or floor + 1"
     assert int((error != 1).sum()) > 0 and int((error != 0).sum()) > 0  # both occur: the bound is tight
     # a multiple of d comes out exact, as with CrypTen's local truncation: a product with a
     # public 0 stays 0 (upstream's test_gradients test_dropout tells dropped elements by it)
     assert int(error[:1].abs().sum() + error[multiples].abs().sum()) == 0
+
+
+def test_top_bit_kernels_give_torchs_shares_word_for_word():
+    """Not only the sum: each party's share from the CPU kernels is the one torch's operations
+    give, for every divisor 2^k, odd lengths (a partial last word of bits) and a shaped share."""
+    rng = CipherGenerator(new_seed())
+    for bits in (1, 7, 16, 40, 62):
+        for shape in ((1,), (63,), (65,), (3, 333)):
+            x = rng.ring(shape) >> 1
+            shares, words, masks = _share(x, 2, rng), [rng.ring(shape), rng.ring(shape)], [rng.ring(shape)] * 2
+            and_shares = _share(wrap_bit_values(words)[1], 2, rng)
+            by_torch, by_kernels = (simulate_top_bits(shares, 1 << bits, words, and_shares, masks, sides)
+                                    for sides in ("torch", "kernels"))
+            assert all(torch.equal(a, b) for a, b in zip(by_torch, by_kernels)), (bits, shape)
 
 
 def test_top_bits_only_where_they_are_exact():
@@ -118,7 +141,8 @@ def test_bit_packing_round_trips_any_length():
         assert pack_bits(bits).numel() == -(-count // 64) and torch.equal(unpack_bits(pack_bits(bits), bits), bits)
 
 
-def test_a_wrong_wrap_bit_tuple_moves_the_result_by_a_whole_wrap():
+@pytest.mark.parametrize("sides", sorted(TOP_BIT_SIDES))
+def test_a_wrong_wrap_bit_tuple_moves_the_result_by_a_whole_wrap(sides):
     """A dealer that lies in a wrap-bit tuple's AND (semi-honest: not detected, see
     SECURITY.md) shifts exactly the elements it lied about by 2^(64-k), where honest ones
     stay within 1 ulp: the lie is a wrap's size, never a silent small drift."""
@@ -129,7 +153,7 @@ def test_a_wrong_wrap_bit_tuple_moves_the_result_by_a_whole_wrap():
     lied = torch.zeros_like(honest)
     lied[::7] = 1
     and_shares = _share(honest ^ lied, 2, rng)
-    error = sum(simulate_top_bits(shares, divisor, words, and_shares)) - torch.div(x, divisor, rounding_mode="floor")
+    error = sum(simulate_top_bits(shares, divisor, words, and_shares, sides=sides)) - torch.div(x, divisor, rounding_mode="floor")
     # the lie flips m0 m1 where the parties' masked bits make it count: a whole wrap there
     off = error.abs() > 1
     assert bool(lied[off].eq(1).all()) and int(off.sum()) > 0
@@ -152,6 +176,7 @@ def _divide(crypten, rank):
     sharing.mul_(1.5).div_(3)
     sharing.mul_(crypten.cryptensor(torch.full_like(values, 2.0))._tensor)
     return {"product": (product - values * 1.5).abs().max().item(),
+            "exact_products": exact_products(crypten, rank),
             "third": (third - values / 3).abs().max().item(),
             "nonzero_of_zero": int(zeros.ne(0).sum()),
             "in_place": (sharing.share is share, (sharing.get_plain_text() - values).abs().max().item())}
@@ -166,6 +191,7 @@ def test_truncation_in_a_session(source, truncation):
     for result in results:
         assert result["product"] <= 3 * ulp and result["third"] <= 3 * ulp
         assert result["nonzero_of_zero"] == 0
+        assert len(result["exact_products"]) == 3 and all(result["exact_products"].values())
         keeps_share, in_place_error = result["in_place"]
         # encoding (1/2 ulp) times 1.5, a truncation (1 ulp), / 3 and one more, * 2 and one more
         assert keeps_share and in_place_error <= (2 * ((1.5 * 0.5 + 1) / 3 + 1) + 1) * ulp
