@@ -106,7 +106,7 @@ def party_values(collected: dict[int, tuple[str, Any]], parties: int) -> list[An
     return [collected[rank][1] for rank in range(parties)]
 
 
-def exact_products(crypten, rank) -> dict[str, bool]:
+def exact_products(crypten: Any, rank: int) -> dict[str, bool]:
     """Products of integer sharings (precision 0: no truncation) against torch's in the ring:
     the Beaver product's two local products per party (protocols.crypten_hooks) are exact,
     the elementwise one of equal shapes accumulated in place, a broadcast one as the rest."""
