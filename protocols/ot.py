@@ -195,7 +195,7 @@ def _plan_bilinear(engine: GilboaEngine, op: str, kwargs: dict, a: np.ndarray, b
     weight reaches one output channel): correlations of structural zeros would cost traffic and
     hashing for nothing."""
     on_right = b.size <= a.size
-    small = b if on_right else a
+    small, large = (b, a) if on_right else (a, b)
     product = _apply(op, kwargs, a, b)
     held = small.size * (small.size + product.size)  # the basis and its images
 
@@ -205,16 +205,21 @@ def _plan_bilinear(engine: GilboaEngine, op: str, kwargs: dict, a: np.ndarray, b
         return np.stack([_apply(op, kwargs, other, unit) if on_right else _apply(op, kwargs, unit, other)
                          for unit in basis]).reshape(small.size, -1)
 
-    reach = images(np.ones_like(a if on_right else b)) != 0 if held <= MAX_BASIS_WORDS else None
-    width = product.size if reach is None else max(int(reach.sum(axis=1).max()), 1)
+    # An image entry is one product (a basis element meets one element of the larger operand per
+    # output, or none), so one pass over the larger operand's element numbers (1, 2, ...) gives
+    # both which outputs a row reaches and which element each holds: half the int64 products.
+    source = images(np.arange(1, large.size + 1, dtype=np.uint64).reshape(large.shape)) \
+        if held <= MAX_BASIS_WORDS else None
+    width = product.size if source is None else max(int(np.count_nonzero(source, axis=1).max()), 1)
     words = small.size * 64 * width  # the correlations
     if words > MAX_BILINEAR_WORDS or held > MAX_BASIS_WORDS:
         raise UnsupportedTuple(f"protocol=ot makes {op} triples of up to {MAX_BILINEAR_WORDS} correlation words "
                                f"and {MAX_BASIS_WORDS} basis words; {tuple(a.shape)} with {tuple(b.shape)} needs "
                                f"{words} and {held} (use protocol=dealer)")
     # each row's reachable outputs first; the rest of its width points at outputs whose image is 0
-    outputs = np.argsort(~reach, axis=1, kind="stable")[:, :width]
-    rows = np.take_along_axis(images(a if on_right else b), outputs, axis=1)
+    outputs = np.argsort(source == 0, axis=1, kind="stable")[:, :width]
+    numbered = np.concatenate([np.zeros(1, dtype=np.uint64), large.reshape(-1)])  # element 0 is the 0 unreached
+    rows = numbered[np.take_along_axis(source, outputs, axis=1)]
     cot, row_sums = engine.plan_scaled_rows(rows, small.reshape(-1))
 
     def finish(received: np.ndarray, own: np.ndarray) -> np.ndarray:

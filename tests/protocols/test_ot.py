@@ -241,6 +241,8 @@ CONV = (("dilation", (1, 1)), ("groups", 1), ("padding", (1, 0)), ("stride", (2,
 BILINEAR_KEYS = [("triple", "conv2d", (2, 3, 5, 4), (4, 3, 2, 2), CONV),
                  ("triple", "conv_transpose1d", (2, 3, 5), (3, 2, 3), (("stride", (2,)),)),
                  ("triple", "conv1d", (1, 4, 6), (2, 2, 3), (("groups", 2),)),
+                 ("triple", "conv_transpose2d", (1, 2, 3, 3), (2, 1, 2, 2),
+                  (("dilation", (2, 1)), ("groups", 2), ("padding", (1, 0)), ("stride", (2, 2)))),
                  ("triple", "matmul", (6, 4, 2, 10), (10, 3), ()),
                  ("triple", "matmul", (2, 4, 3), (2, 3, 4), ()),
                  ("triple", "matmul", (2, 1, 4, 3), (3, 3, 2), ()),
@@ -249,8 +251,9 @@ BILINEAR_KEYS = [("triple", "conv2d", (2, 3, 5, 4), (4, 3, 2, 2), CONV),
 
 # The outputs one kernel weight of BILINEAR_KEYS' convolutions reaches, of all outputs: its
 # channel (2 images of 3 x 3, of 4 channels); every other output of the stride-2 transposed
-# convolution in its channel (2 x 5 of 2 x 2 x 11); its channel (1 x 4 of 2 channels).
-CONVOLUTION_REACH = {"conv2d": (18, 72), "conv_transpose1d": (10, 44), "conv1d": (4, 8)}
+# convolution in its channel (2 x 5 of 2 x 2 x 11); its channel (1 x 4 of 2 channels); the 3 x 3
+# inputs' outputs in its group's one channel, less the padding's cropped row (6 of 2 x 5 x 6).
+CONVOLUTION_REACH = {"conv2d": (18, 72), "conv_transpose1d": (10, 44), "conv1d": (4, 8), "conv_transpose2d": (6, 60)}
 
 
 def test_convolution_and_batched_matmul_triples_are_exact():
