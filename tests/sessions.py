@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -62,6 +63,31 @@ def run_parties(fn: Callable[[Any, int], Any], world: int = 2, timeout_s: float 
             if process.is_alive():
                 process.kill()
     return [collected[rank] for rank in range(world)]
+
+
+def collect_results(results: Any, processes: list, timeout_s: float, join_s: float) -> dict[int, tuple[str, Any]]:
+    """{rank: (status, value)} as each process (process i is rank i) puts its result, until all
+    have, ``timeout_s`` passes or every process still owing one has died; then the processes
+    get ``join_s`` to end before they are killed."""
+    collected: dict[int, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(collected) < len(processes) and time.monotonic() < deadline:
+            try:
+                rank, status, value = results.get(timeout=1)
+            except queue.Empty:
+                # every process still owing a result has died: nothing more will come
+                if all(not p.is_alive() for i, p in enumerate(processes) if i not in collected):
+                    break
+                continue
+            collected[rank] = (status, value)
+    finally:
+        for process in processes:
+            process.join(join_s)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+    return collected
 
 
 def run_job(output_dir: Path, *overrides: str) -> dict:
