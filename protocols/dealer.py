@@ -89,7 +89,9 @@ def correction_party(index: int, parties: int) -> int:
 
 
 def _combine(shares: Sequence[torch.Tensor], sharing: str) -> torch.Tensor:
-    total = shares[0].clone()
+    """The value the shares add (or XOR) up to: a new tensor, or the one share itself (no copy
+    of it: a million-element tuple pays for every pass over its memory)."""
+    total = shares[0]
     for share in shares[1:]:
         total = total + share if sharing == "a" else total ^ share
     return total
