@@ -57,10 +57,8 @@ MAX_HEADER_BYTES = INLINE_BYTES + (1 << 16)
 CHUNK_BYTES = 256 << 10
 FRAME_LIMIT = CHUNK_BYTES + 4096  # the largest frame ZeroMQ reads from anyone (room for CurveZMQ's box)
 # Frames queued per peer for sending. Any value works (no call blocks on a full queue, see
-# above); 64 x 256 KiB = 16 MiB takes a million-element Beaver opening (two 8 MB shares)
-# whole, so its sender is not woken to refill the queue while it waits for the peer's
-# message: on a loaded machine each such wake-up may wait milliseconds for a core.
-QUEUE_MESSAGES = 64
+# above); 16 x 256 KiB keeps a 1 Gbit/s link busy for tens of milliseconds.
+QUEUE_MESSAGES = 16
 STASH_MESSAGES = 4096
 STASH_MESSAGE_SIZES = 2
 DISCONNECT_GRACE_S = 1.0  # after a peer's connection drops, how long its last messages get to arrive
