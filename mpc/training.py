@@ -25,6 +25,7 @@ from mpc.models import secure_state
 from mpc.optim import secure_optimizer
 from mpc.scoring import load_checked_shares
 from mpc.shares import mac_key_share, planned, verify
+from protocols.crypten_hooks import divides_wide_values_exactly
 from protocols.prg import generator_positions, seek_generators
 
 
@@ -176,11 +177,15 @@ def _odd_factor(s: Any) -> Any:
 
     s2 = s.square() * 2 - 1
     # s s2 and s2^2 left untruncated (the right factors read as integer sharings of their
-    # encodings): A's and B's sums and s2^2 are then truncated together, one round
+    # encodings): A's and B's sums and s2^2 are then truncated together, one round. The sums
+    # then reach 2^52: where the division is not exact that wide (CrypTen's two-party local
+    # truncation), the products are truncated first, a round more, and the sums stay at 2^36.
     right = crypten.stack([s2, s2])
     right.encoder = crypten.encoder.FixedPointEncoder(precision_bits=0)
     level = crypten.stack([s, s2]) * right  # at twice the fractional bits
     one = s.encoder.scale  # 1 at twice the fractional bits, read at the usual
+    if not divides_wide_values_exactly(crypten):
+        level, one = level.div(one), 1
     s3 = level[0] * 2 - s * one
     weights, constants = _sigmoid_weights(s.device)
     # shares times Python integers are exact (no truncation), under every share type
@@ -205,9 +210,15 @@ def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any) -> Any:
     and w (1/2 - y). So neither t nor the residual's product with w costs rounds of its own
     (three fewer than w (secure_sigmoid(x) - y) would take). Its error: w times the sigmoid's, plus the
     truncation of w t (one ulp) times |g| <= SIGMOID_FACTOR_BOUND and one ulp each from the
-    truncations of w (1/2 - y) and of the last product (mpc.tolerance: RESIDUAL_ULPS)."""
+    truncations of w (1/2 - y) and of the last product (mpc.tolerance: RESIDUAL_ULPS).
+
+    The untruncated products reach 2^43 (w <= 50): where the division is not exact that wide
+    (CrypTen's two-party local truncation, wrong with probability |x| / 2^64), it is
+    w (sigmoid(x) - y) instead, three rounds more, its product at 2^38 as CrypTen's own."""
     import crypten
 
+    if not divides_wide_values_exactly(crypten):
+        return weights * (secure_sigmoid(logits) - targets)
     scale_bits = SIGMOID_SCALE.bit_length() - 1
     c = _clipped(logits)
     right = crypten.stack([c, c, 0.5 - targets])

@@ -626,13 +626,14 @@ def unmeter_online_tuple_use(crypten: Any) -> None:
 
 # -- truncation -----------------------------------------------------------------------------
 def install_division(crypten: Any, divide: Callable[[Any, int], Any], counters: PartCounters,
-                     replaces_beaver_truncate: bool = True) -> None:
+                     replaces_beaver_truncate: bool = True, exact_for_wide_values: bool = True) -> None:
     """Route every division of an arithmetic sharing by a public integer to ``divide``.
 
     CrypTen divides locally with 2 parties and calls ``cfg.mpc.protocol.truncate`` with more;
     both paths start at ``ArithmeticSharedTensor.div_``, which is replaced here, and
     ``beaver.truncate`` itself is replaced too (unless ``divide`` is CrypTen's own division,
-    which calls it).
+    which calls it). ``exact_for_wide_values``: whether ``divide`` stays within its rounding for
+    every value below 2^62 (:func:`divides_wide_values_exactly`).
     """
     m = _modules(crypten)
     original = m.AST.div_
@@ -655,6 +656,7 @@ def install_division(crypten: Any, divide: Callable[[Any, int], Any], counters: 
             return result
         return original(self, y)
 
+    div_.exact_for_wide_values = exact_for_wide_values
     _patch("truncation", m.AST, "div_", div_)
 
 
@@ -664,6 +666,17 @@ def original_division(crypten: Any) -> Callable[[Any, int], Any]:
         if name == "div_" and previous is not _MISSING:
             return previous
     return _modules(crypten).AST.div_
+
+
+def divides_wide_values_exactly(crypten: Any) -> bool:
+    """Whether dividing a sharing of any value below 2^62 by a public integer is exact to its
+    rounding. CrypTen's own two-party division is not: each party divides its own share, wrong
+    by about 2^64 / d with probability |x| / 2^64, so a value at 2^52 (a product left
+    untruncated, times 20-bit weights) is wrong once in 4,000. Code that leaves products
+    untruncated to save a round asks this first."""
+    m = _modules(crypten)
+    default = crypten.communicator.get().get_world_size() > 2  # CrypTen's wrap-based division
+    return getattr(m.AST.div_, "exact_for_wide_values", default)
 
 
 def uninstall_division(crypten: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +17,8 @@ from parties.transport import PartyAddress, TransportOptions, open_transport
 _RESULT_WAIT_S = 120.0  # how long a party waits for the test to take its result
 
 
-def _party(fn: Callable, rank: int, world: int, port: int, options: dict, results: Any, taken: Any) -> None:
+def _party(fn: Callable, rank: int, world: int, port: int, options: dict, protocol: dict, results: Any,
+           taken: Any) -> None:
     from mpc.session import MpcSession
     from protocols import ProtocolConfig, ProtocolSuite
 
@@ -24,7 +26,8 @@ def _party(fn: Callable, rank: int, world: int, port: int, options: dict, result
         address = PartyAddress(rank, world, tuple(f"party{i}" for i in range(world)))
         transport = open_transport(address, TransportOptions(**{"name": "gloo", "master_port": port, **options}))
         try:  # tfp: no dealer process, and these sessions test the engine, not the triple source
-            with MpcSession(transport, ProtocolSuite(ProtocolConfig(name="tfp", triple_source="tfp"))) as crypten:
+            suite = ProtocolSuite(ProtocolConfig(**{"name": "tfp", "triple_source": "tfp", **protocol}))
+            with MpcSession(transport, suite) as crypten:
                 results.put((rank, "ok", fn(crypten, rank)))
         finally:
             transport.close()
@@ -36,12 +39,13 @@ def _party(fn: Callable, rank: int, world: int, port: int, options: dict, result
 
 
 def run_parties(fn: Callable[[Any, int], Any], world: int = 2, timeout_s: float = 120.0,
-                **options: Any) -> list[Any]:
-    """``fn(crypten, rank)`` in each party; returns the results in rank order."""
+                protocol: dict | None = None, **options: Any) -> list[Any]:
+    """``fn(crypten, rank)`` in each party; returns the results in rank order. ``protocol``:
+    ProtocolConfig settings over tfp's; ``options``: the transport's."""
     context = party_context()
     results, taken = context.Queue(), context.Event()
     port = free_port()
-    processes = [start_party(context, _party, (fn, rank, world, port, options, results, taken), f"party{rank}")
+    processes = [start_party(context, _party, (fn, rank, world, port, options, protocol or {}, results, taken), f"party{rank}")
                  for rank in range(world)]
     collected: dict[int, Any] = {}
     try:
@@ -59,6 +63,31 @@ def run_parties(fn: Callable[[Any, int], Any], world: int = 2, timeout_s: float 
             if process.is_alive():
                 process.kill()
     return [collected[rank] for rank in range(world)]
+
+
+def collect_results(results: Any, processes: list, timeout_s: float, join_s: float) -> dict[int, tuple[str, Any]]:
+    """{rank: (status, value)} as each process (process i is rank i) puts its result, until all
+    have, ``timeout_s`` passes or every process still owing one has died; then the processes
+    get ``join_s`` to end before they are killed."""
+    collected: dict[int, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(collected) < len(processes) and time.monotonic() < deadline:
+            try:
+                rank, status, value = results.get(timeout=1)
+            except queue.Empty:
+                # every process still owing a result has died: nothing more will come
+                if all(not p.is_alive() for i, p in enumerate(processes) if i not in collected):
+                    break
+                continue
+            collected[rank] = (status, value)
+    finally:
+        for process in processes:
+            process.join(join_s)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+    return collected
 
 
 def run_job(output_dir: Path, *overrides: str) -> dict:

@@ -32,9 +32,13 @@ def _evaluated(crypten, rank):
             weighted_sigmoid_residual(x, weights, labels).get_plain_text().tolist())
 
 
-@pytest.fixture(scope="module")
-def evaluated():
-    sigmoid, residual = run_parties(_evaluated, world=2, timeout_s=600)[0]
+# topbits: products left untruncated to save rounds (divided exactly at any width); local:
+# CrypTen's two-party division, wrong with probability |x| / 2^64, so at 2^52 about four of
+# this grid's values would be off by 2^47 (the sigmoid keeps its products narrow there)
+@pytest.fixture(scope="module", params=["topbits", "local"])
+def evaluated(request):
+    protocol = {"truncation": request.param}
+    sigmoid, residual = run_parties(_evaluated, world=2, timeout_s=600, protocol=protocol)[0]
     return torch.tensor(sigmoid, dtype=torch.float64), torch.tensor(residual, dtype=torch.float64)
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import queue
-import time
 import traceback
 from typing import Any, Callable
 
 from launch.local import free_port
 from launch.party_processes import party_context, start_party
+from sessions import collect_results
 
 
 def _process(fn: Callable, rank: int, parties: int, port: int, authenticated: bool, kwargs: dict,
@@ -50,25 +49,7 @@ def spawn(fn: Callable, parties: int = 2, authenticated: bool = True, timeout_s:
     processes = [start_party(context, _process, (fn, rank, parties, port, authenticated, kwargs, results,
                                                  dealer_type, dealer_kwargs), f"party{rank}")
                  for rank in range(parties + 1)]
-    collected: dict[int, tuple[str, Any]] = {}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(collected) < parties + 1 and time.monotonic() < deadline:
-            try:
-                rank, status, value = results.get(timeout=1)
-            except queue.Empty:
-                # every process gone and nothing left to read: a process ended without a result
-                # (the peer watch ends one whose peers left before it said what it did)
-                if not any(process.is_alive() for process in processes):
-                    break
-                continue
-            collected[rank] = (status, value)
-    finally:
-        for process in processes:
-            process.join(30)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
+    collected = collect_results(results, processes, timeout_s, join_s=30)
     return collected, {rank: p.exitcode for rank, p in enumerate(processes)}
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import time
 import traceback
 from typing import Any, Callable
 
@@ -11,6 +9,7 @@ import torch
 
 from launch.local import free_port
 from launch.party_processes import party_context, start_party
+from sessions import collect_results
 from protocols import ProtocolConfig
 
 
@@ -74,25 +73,7 @@ def run_parties(fn: Callable[[Any, int], Any], protocol: ProtocolConfig, parties
     if dealer:
         processes.append(start_party(context, _dealer, (dealer_fn or default_dealer, parties, port, results,
                                                         wire_timeout_s), "dealer"))
-    collected: dict[int, tuple[str, Any]] = {}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(collected) < len(processes) and time.monotonic() < deadline:
-            try:
-                rank, status, value = results.get(timeout=1)
-            except queue.Empty:
-                # every process still owing a result has died: nothing more will come
-                if all(not p.is_alive() for i, p in enumerate(processes) if i not in collected):
-                    break
-                continue
-            collected[rank] = (status, value)
-    finally:
-        for process in processes:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    return collected
+    return collect_results(results, processes, timeout_s, join_s=10)
 
 
 def party_values(collected: dict[int, tuple[str, Any]], parties: int) -> list[Any]:
