@@ -12,6 +12,7 @@ from protocols import ProtocolConfig
 from protocols.dealer import (SemiHonestMaker, answer_elements, batch_stream, correction_elements, count_wraps,
                               deal_answers, expand)
 from protocols.bitpack import pair_products
+from protocols.carry4 import INPUTS, SUBSETS
 from protocols.dealer_wire import DealerEnd, DealerError, check_header
 from protocols.tuples import check_key, tuple_elements, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
@@ -19,6 +20,13 @@ from protocols.truncation import wrap_bit_values
 from protocol_sessions import exact_products, party_values, run_parties
 
 DEALER = ProtocolConfig(name="dealer", triple_source="dealer")
+
+
+def _and_all(words):
+    total = words[0]
+    for word in words[1:]:
+        total = total & word
+    return total
 
 
 def _open(shares, sharing):
@@ -35,7 +43,8 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
-        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]], ["relumask", [7]]]
+        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]], ["relumask", [7]],
+        ["carry4", [5]]]
         + ([["wrapbit", [7]]] if parties == 2 else [])]
     for position in (0, 5, (1 << 62) - 1):
         answers = deal_answers(keys, seeds, position, rng)
@@ -71,6 +80,9 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
                 assert torch.equal(negated, -r) and torch.equal(pairs, pair_products(-r))
                 assert torch.equal(u, u_word) and set(u.tolist()) <= {0, 1}
                 assert torch.equal(r_u, r * u) and torch.equal(a_u, a * u)
+            elif kind == "carry4":  # seven masks, then their subsets' ANDs
+                assert all(torch.equal(values[INPUTS + j], _and_all([values[i] for i in subset]))
+                           for j, subset in enumerate(SUBSETS))
             elif kind == "wrapbit":  # each party's own word, whose top bit is its private bit
                 bits, both = wrap_bit_values([p[0] for p in shares])
                 assert torch.equal(values[1], both) and all(set(b.tolist()) <= {0, 1} for b in bits)
