@@ -29,6 +29,7 @@ _MARKERS = (
     ("truncation", "protocols/truncation.py", "_divide"),
     ("comparison bit opening (B2A)", "protocols/comparison.py", "open_bits"),
     ("comparison AND", "protocols/comparison.py", "carry_out"),
+    ("comparison AND", "protocols/carry4.py", "carry4_products"),
     ("comparison opening", "protocols/comparison.py", "_sign"),
     ("ReLU opening", "protocols/comparison.py", "relu_shares"),
     ("ReLU gradient", "protocols/comparison.py", "relu_gradient_shares"),

@@ -42,8 +42,10 @@ def rows_of(summary: dict) -> int:
     return sum(party["rows"] for party in summary["parties"])
 
 
-HEADER = (f"{'rows':>9} {'wall s':>8} {'train s':>8} {'us/row':>7}  per party: bytes sent+received "
-          "(per row per epoch), peak RSS, CPU seconds")
+# the batch and the rounds show which job ran: a lost batch_size override trains at the
+# demo's 128, with about 6x the rounds and the CPU for nearly the same bytes per row
+HEADER = (f"{'rows':>9} {'batch':>6} {'wall s':>8} {'train s':>8} {'us/row':>7}  per party: bytes sent+received "
+          "(per row per epoch), peak RSS, CPU seconds (torch threads), rounds")
 
 
 def table_row(summary: dict, epochs: int) -> str:
@@ -52,9 +54,11 @@ def table_row(summary: dict, epochs: int) -> str:
     parties = "  ".join(
         f"{p['name']} {(p['bytes_sent'] + p['bytes_received']) / 1e6:8.1f} MB "
         f"({(p['bytes_sent'] + p['bytes_received']) / (rows * epochs):5.0f} B) "
-        f"{(p['peak_rss_bytes'] or 0) / 2**20:5.0f} MiB {p['cpu_s'] or 0:6.1f} s"
+        f"{(p['peak_rss_bytes'] or 0) / 2**20:5.0f} MiB {p['cpu_s'] or 0:6.1f} s ({p['threads'] or '?'}) "
+        f"{p['rounds']:6d}"
         for p in summary["per_party"])
-    return f"{rows:>9} {summary['job_wall_s']:8.1f} {summary['training_s']:8.1f} {per_row_us:7.1f}  {parties}"
+    return (f"{rows:>9} {summary['batch_size']:>6} {summary['job_wall_s']:8.1f} {summary['training_s']:8.1f} "
+            f"{per_row_us:7.1f}  {parties}")
 
 
 def main() -> None:

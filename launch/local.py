@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -13,7 +14,7 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from typing import Iterator
 
-from launch.party_processes import party_context, start_party
+from launch.party_processes import core_share, party_context, start_party
 from parties.config import RunConfig
 from parties.dealer import process_names
 from parties.entry import party_main
@@ -53,11 +54,13 @@ def launch_local(config: RunConfig) -> None:
 def _run_processes(config: RunConfig) -> None:
     context = party_context()
     names = process_names(config)  # the dealer too, where the suite has one
+    # the parties share this host's cores; OMP_NUM_THREADS, where set, decides instead
+    threads = None if "OMP_NUM_THREADS" in os.environ else core_share(len(names))
     processes: list[BaseProcess] = []
     try:
         with _stopped_by_signals():
             for rank, name in enumerate(names):
-                processes.append(start_party(context, party_main, (config, rank), name))
+                processes.append(start_party(context, party_main, (config, rank), name, threads))
             _wait(processes, config.launch.timeout_s, config.launch.grace_s)
     finally:
         _stop(processes)

@@ -6,6 +6,11 @@ or CUDA context exists, and forks each party from that clean state; forking the 
 itself is never safe (it may hold CUDA or threads). A forked party takes the launcher's
 current environment and standard streams, as a spawned one would, rather than the
 forkserver's from the moment it started.
+
+Parties forked here share this host's cores, so each computes on its share of them
+(``core_share``): torch would otherwise give every party an OpenMP thread per core, and an
+OpenMP worker spins for about 10 ms after each parallel operation before it sleeps (measured
+on this 2-core machine), CPU taken from the other parties while they wait on each other.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ from typing import Any, Callable
 
 # what every party process imports: the party entry point pulls in torch, CrypTen and the engine
 PRELOAD = ["parties.entry"]
+
+
+def core_share(processes: int) -> int:
+    """Each of ``processes`` processes' share of the cores this process may run on (at least one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // processes)
 
 
 def party_context() -> BaseContext:
@@ -69,14 +80,20 @@ def _end_with_the_launcher(launcher: int) -> None:
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
-def start_party(context: BaseContext, target: Callable[..., Any], args: tuple, name: str) -> BaseProcess:
+def start_party(context: BaseContext, target: Callable[..., Any], args: tuple, name: str,
+                threads: int | None = None) -> BaseProcess:
     """Start ``target(*args)`` in a party process that runs with the launcher's environment
-    and streams as they are now."""
-    process = context.Process(target=_as_launcher, args=(LauncherState(), target, *args), name=name, daemon=False)
+    and streams as they are now, and with ``threads`` torch threads (None: torch's default)."""
+    process = context.Process(target=_as_launcher, args=(LauncherState(), threads, target, *args), name=name,
+                              daemon=False)
     process.start()
     return process
 
 
-def _as_launcher(adopted: None, target: Callable[..., Any], *args: Any) -> Any:
+def _as_launcher(adopted: None, threads: int | None, target: Callable[..., Any], *args: Any) -> Any:
     # ``adopted``: the LauncherState, already applied while this process unpickled its arguments
+    if threads is not None:
+        import torch  # already loaded: the forkserver preloads it
+
+        torch.set_num_threads(threads)
     return target(*args)

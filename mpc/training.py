@@ -159,16 +159,13 @@ def _sigmoid_weights(device: Any) -> tuple[torch.Tensor, np.ndarray]:
 
 
 def _clipped(logits: Any) -> Any:
-    """clip(x, -CLIP, CLIP), after one comparison of x against both bounds."""
+    """clip(x, -CLIP, CLIP) = x - relu(x - CLIP) + relu(-CLIP - x), exact, by one ReLU of both
+    (with ReLU masks its product with the indicator is local: the comparison's rounds only)."""
     import crypten
 
-    from mpc.approximations import select_constants
-
     clip = SIGMOID_CLIP
-    # [x > clip, x < -clip] in one comparison; the indicators are integer (scale 1) sharings,
-    # so products with them need no truncation. clip(x) = x + clip (o_hi - o_lo) - (o_hi + o_lo) x
-    outside = crypten.stack([clip - logits, logits + clip]).lt(0)
-    return logits + select_constants(crypten, outside, [clip, -clip]) - (outside[0] + outside[1]) * logits
+    outside = crypten.stack([logits - clip, -clip - logits]).relu()
+    return logits - outside[0] + outside[1]
 
 
 def _odd_factor(s: Any) -> Any:

@@ -98,8 +98,9 @@ def _match_torch_state(torch_model: torch.nn.Module, plain: dict[str, torch.Tens
 
 
 def process_usage() -> dict[str, float]:
-    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB) and the CPU
-    seconds it has used (user and system): on a shared machine, what a run costs apart from
-    how long it waited for a core."""
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB), the CPU
+    seconds it has used (user and system) and its torch threads: on a shared machine, what a
+    run costs apart from how long it waited for a core."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"peak_rss_bytes": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime}
+    return {"peak_rss_bytes": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "threads": torch.get_num_threads()}

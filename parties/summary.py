@@ -149,6 +149,7 @@ def build_summary(config: RunConfig, run_id: str, suite: ProtocolSuite, reports:
                 "comm_seconds": r["seconds"],
                 "peak_rss_bytes": r.get("peak_rss_bytes"),  # None from an engine that does not measure them
                 "cpu_s": r.get("cpu_s"),
+                "threads": r.get("threads"),
                 "protocol_parts": r["protocol_parts"],
                 "saved": r["saved"],
             }

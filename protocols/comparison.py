@@ -4,9 +4,11 @@
 AND triples), take the sign bit and convert it back (B2A with one B2A tuple). ``packed``
 opens x + r against a preprocessed sign mask and computes the sign bit alone by a carry
 tree over whole words: its first level local (the mask comes with its bit pairs' ANDs),
-five levels of AND gates and the B2A opening packed to whole words on the wire: about 4
-words per compared element where ``crypten`` opens 27 per adder (n - 1 adders for n
-parties), 7 rounds with the opening of x + r. The
+then the 32 pairs' groups joined four at a time in one round each where the triple source
+deals ``carry4`` tuples (``protocols.carry4``: 32 to 8 to 2, then one AND), else two at a
+time (five levels of AND gates), and the B2A opening, all packed to whole words on the
+wire: about 4 words per compared element where ``crypten`` opens 27 per adder (n - 1
+adders for n parties), 5 rounds with the opening of x + r (7 with two-input ANDs). The
 part counts each comparison and charges its traffic; a new comparison registers here by name.
 """
 
@@ -21,6 +23,7 @@ import torch
 from protocols import crypten_hooks
 from protocols.bitpack import (EVEN_BITS, pack_bits, pack_fields, pair_products, reverse_bit_indices, unpack_bits,
                                unpack_fields)
+from protocols.carry4 import PRODUCTS, carry4_products
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
 
@@ -82,8 +85,31 @@ def carry_out(generate: torch.Tensor, propagate: torch.Tensor, width: int, and_g
     return generate
 
 
+# four XOR-shared words (P3, P2, P1, P0, G2, G1, G0 in) -> their carry4 products, one round
+Products4 = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+_QUARTERS = (0, 2, 1, 3)  # group k of four lies in this quarter of its field (the reversed indices)
+
+
+def carry_out_by_fours(generate: torch.Tensor, propagate: torch.Tensor, width: int, and_gate: AndWords,
+                       products4: Products4) -> torch.Tensor:
+    """:func:`carry_out` with four groups joined per round while a field holds four or more
+    (32 to 8 to 2 bits), by :func:`protocols.carry4.carry4_products`, then by ``and_gate``.
+
+    With the indices reversed, groups 4i..4i + 3 sit at the same place in a field's quarters
+    0, 2, 1, 3, and the joined groups come out in the low quarter in the same order again."""
+    while width >= 4:
+        width //= 4
+        low = (1 << width) - 1
+        g = [(generate >> (_QUARTERS[k] * width)) & low for k in range(4)]
+        p = [(propagate >> (_QUARTERS[k] * width)) & low for k in range(4)]
+        inputs = [pack_fields(field, width) for field in (p[3], p[2], p[1], p[0], g[2], g[1], g[0])]
+        joined = [unpack_fields(words, width, generate.numel()) for words in products4(inputs)]
+        generate, propagate = g[3] ^ joined[0] ^ joined[1] ^ joined[2], joined[3]
+    return carry_out(generate, propagate, width, and_gate)
+
+
 def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, mask_pairs: torch.Tensor, rank: int,
-                    and_gate: AndWords = and_words) -> torch.Tensor:
+                    and_gate: AndWords = and_words, products4: Products4 | None = None) -> torch.Tensor:
     """This party's XOR share (0/1) of msb(x) from the opened c = x + r, an XOR sharing of
     the word s = -r and one of its bit pairs' ANDs (:func:`protocols.bitpack.pair_products`).
 
@@ -103,38 +129,49 @@ def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, mask_pairs
     if leader:
         propagate = propagate ^ (c_hi & c_lo)
     # the pairs' groups at the even bits land in the low half, in reversed order
-    carry = carry_out(reverse_bit_indices(generate), reverse_bit_indices(propagate), 32, and_gate)
+    generate, propagate = reverse_bit_indices(generate), reverse_bit_indices(propagate)
+    if products4 is None:
+        carry = carry_out(generate, propagate, 32, and_gate)
+    else:
+        carry = carry_out_by_fours(generate, propagate, 32, and_gate, products4)
     return (top ^ carry).reshape(opened.shape)
 
 
-def _tree_gates(size: tuple[int, ...]) -> list[tuple]:
-    """The binary triples of the carry tree's AND rounds for a tensor of ``size`` (their
-    sizes read off the tree itself, run on zeros)."""
+def _tree_gates(size: tuple[int, ...], by_fours: bool) -> list[tuple]:
+    """The tuples of the carry tree's rounds for a tensor of ``size``, binary triples and
+    (``by_fours``) carry4 tuples: their sizes read off the tree itself, run on zeros."""
     gates: list[tuple] = []
 
     def record(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gates.append(("binary", tuple(x.size()), tuple(y.size())))
         return torch.zeros_like(x)
 
+    def record4(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        gates.append(("carry4", tuple(inputs[0].size())))
+        return [torch.zeros_like(inputs[0])] * len(PRODUCTS)
+
     zeros = torch.zeros(math.prod(size), dtype=torch.int64)
-    carry_out(zeros, zeros, 32, record)
+    if by_fours:
+        carry_out_by_fours(zeros, zeros, 32, record, record4)
+    else:
+        carry_out(zeros, zeros, 32, record)
     return gates
 
 
 @functools.lru_cache(maxsize=256)
-def comparison_tuples(size: tuple[int, ...]) -> tuple[tuple, ...]:
+def comparison_tuples(size: tuple[int, ...], by_fours: bool = False) -> tuple[tuple, ...]:
     """The tuples one packed comparison of a tensor of ``size`` asks for, in order (keys as
-    ``protocols.tuples`` names them): its sign mask, the carry tree's binary triples and
-    the B2A tuple."""
-    return (("signmask", size), *_tree_gates(size), ("b2a", size))
+    ``protocols.tuples`` names them): its sign mask, the carry tree's tuples and the B2A
+    tuple."""
+    return (("signmask", size), *_tree_gates(size, by_fours), ("b2a", size))
 
 
 @functools.lru_cache(maxsize=256)
-def relu_tuples(size: tuple[int, ...]) -> tuple[tuple, ...]:
+def relu_tuples(size: tuple[int, ...], by_fours: bool = False) -> tuple[tuple, ...]:
     """The tuples one packed ReLU of a tensor of ``size`` asks for, in order: its ReLU mask
     (a sign mask with the B2A bit u and the products that make x u local) and the carry
-    tree's binary triples."""
-    return (("relumask", size), *_tree_gates(size))
+    tree's tuples."""
+    return (("relumask", size), *_tree_gates(size, by_fours))
 
 
 def relu_mask_values(r: torch.Tensor, a: torch.Tensor, u: torch.Tensor) -> list[torch.Tensor | None]:
@@ -156,18 +193,19 @@ def times_opened_bit(share: torch.Tensor, times_u: torch.Tensor, z: torch.Tensor
     return (1 - 2 * z) * times_u + z * share
 
 
-def relu_shares(share: torch.Tensor, mask: Sequence[torch.Tensor], comm: Any,
-                and_gate: AndWords = and_words) -> tuple[torch.Tensor, torch.Tensor]:
+def relu_shares(share: torch.Tensor, mask: Sequence[torch.Tensor], comm: Any, and_gate: AndWords = and_words,
+                products4: Products4 | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """This party's share of relu(x) = x [x > 0] and the opened z of the bit [x > 0] = u ^ z,
     from its share of x and of a ReLU mask (r, -r as a word, its pair products, u as an
     arithmetic and an XOR sharing, r u, and a second a with a u for the gradient).
 
     [x > 0] is [-x < 0], the sign of d = -x: c = d + r is opened and the carry tree runs on
     it; then z = bit ^ u is opened (the B2A's one round). x u = -(c - r) u = r u - c u is
-    local (c is public), so the product with the bit costs no round of its own."""
+    local (c is public), so the product with the bit costs no round of its own. The tree
+    joins four groups a round by ``products4`` where it is given."""
     r, negated, pairs, u, u_word, r_u = mask[:6]
     opened = comm.all_reduce(r - share)
-    bit = masked_sign_bit(opened, negated, pairs, comm.get_rank(), and_gate)
+    bit = masked_sign_bit(opened, negated, pairs, comm.get_rank(), and_gate, products4)
     z = open_bits(bit ^ (u_word & 1), comm)
     return times_opened_bit(share, r_u - opened * u, z), z
 
@@ -192,16 +230,27 @@ def _with_share(like: Any, share: torch.Tensor) -> Any:
 @register_part("comparison", "packed")
 class PackedComparison(ProtocolPart):
     """x < 0 as the sign bit alone: x + r opened against a sign mask from the triple source,
-    then the carry into the top bit by a prefix tree of bit-packed AND gates, then B2A of
-    the bits, also packed. Needs a source with sign masks (dealer, tfp)."""
+    then the carry into the top bit by a prefix tree of bit-packed AND gates (four groups
+    joined a round where the source deals carry4 tuples), then B2A of the bits, also packed.
+    Needs a source with sign masks (dealer, tfp, ot)."""
 
     suite: Any = None
 
     def install(self, crypten: Any) -> None:
+        source = self.suite.parts["triple_source"]
         crypten_hooks.install_comparison(crypten, self.less_than_zero, self.counters)
-        if self.suite.parts["triple_source"].deals_relu_masks():
+        if source.deals_relu_masks():
             crypten_hooks.install_relu(crypten, self.relu, self.relu_gradient, self.counters)
+        self._by_fours = source.deals_carry4()
         self._crypten = crypten
+
+    def _products4(self, comm: Any, device: Any) -> Products4 | None:
+        """The tree's four-group joins from the source's carry4 tuples (None: it deals none)."""
+        if not self._by_fours:
+            return None
+        source, rank = self.suite.parts["triple_source"], comm.get_rank()
+        return lambda inputs: carry4_products(inputs, source.carry4_tuple(inputs[0].size(), device=device), comm,
+                                              rank)
 
     def less_than_zero(self, x: Any, crypten_ltz: Callable[[Any], Any]) -> Any:
         from crypten.mpc.ptype import ptype as Ptype
@@ -220,9 +269,10 @@ class PackedComparison(ProtocolPart):
         ANDs as XOR-shared words; sources without them raise UnsupportedTuple) and run the
         tree on it."""
         source = self.suite.parts["triple_source"]
-        source.expect(comparison_tuples(tuple(share.size())))
+        source.expect(comparison_tuples(tuple(share.size()), self._by_fours))
         r, negated, pairs = source.sign_mask(share.size(), device=share.device)
-        return masked_sign_bit(comm.all_reduce(share + r.share), negated.share, pairs.share, comm.get_rank())
+        return masked_sign_bit(comm.all_reduce(share + r.share), negated.share, pairs.share, comm.get_rank(),
+                               products4=self._products4(comm, share.device))
 
     def _to_arithmetic(self, bit: torch.Tensor, comm: Any) -> Any:
         """B2A of XOR-shared bits with B2A tuples (r as an arithmetic and an XOR sharing):
@@ -235,9 +285,10 @@ class PackedComparison(ProtocolPart):
         """relu(x) and what its gradient needs, by :func:`relu_shares` (sources with ReLU masks)."""
         share = x._tensor.share
         source = self.suite.parts["triple_source"]
-        source.expect(relu_tuples(tuple(share.size())))
+        source.expect(relu_tuples(tuple(share.size()), self._by_fours))
         mask = source.relu_mask(share.size(), device=share.device)
-        output, z = relu_shares(share, mask, self._crypten.communicator.get())
+        comm = self._crypten.communicator.get()
+        output, z = relu_shares(share, mask, comm, products4=self._products4(comm, share.device))
         return _with_share(x, output), (z, mask)
 
     def relu_gradient(self, grad: Any, state: tuple) -> Any:

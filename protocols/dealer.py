@@ -39,6 +39,7 @@ from typing import Any, Sequence
 
 import torch
 
+from protocols import carry4
 from protocols.bitpack import pair_products
 from protocols.comparison import relu_mask_values
 from protocols.dealer_wire import DealerError, DealerLink
@@ -68,7 +69,8 @@ def count_wraps(shares: Sequence[torch.Tensor]) -> torch.Tensor:
 RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "binary": (True, True, False),
                      "b2a": (False, False), "trunc": (True, False, False), "wrap": (True, False),
                      "signmask": (True, False, False), "wrapbit": (True, False),
-                     "relumask": (True, False, False, False, False, False, True, False)}
+                     "relumask": (True, False, False, False, False, False, True, False),
+                     "carry4": (True,) * carry4.INPUTS + (False,) * (carry4.COMPONENTS - carry4.INPUTS)}
 # each answer's shares come from its own stretch of every party's keystream, 2^40 bytes long
 # (an answer never draws that much), at a position the dealer picks at random per answer
 BATCH_STRIDE = 1 << 40
@@ -89,7 +91,9 @@ def correction_party(index: int, parties: int) -> int:
 
 
 def _combine(shares: Sequence[torch.Tensor], sharing: str) -> torch.Tensor:
-    total = shares[0].clone()
+    """The value the shares add (or XOR) up to: a new tensor, or the one share itself (no copy
+    of it: a million-element tuple pays for every pass over its memory)."""
+    total = shares[0]
     for share in shares[1:]:
         total = total + share if sharing == "a" else total ^ share
     return total
@@ -119,6 +123,8 @@ def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.
         return [None, wrap_bit_values(random[0])[1]]
     if kind == "relumask":
         return relu_mask_values(random[0], random[6], rng.bits(key[1], 1))
+    if kind == "carry4":
+        return [None] * carry4.INPUTS + carry4.carry4_values(torch.stack(random[:carry4.INPUTS]))[carry4.INPUTS:]
     raise ValueError(f"unknown tuple kind {kind!r}")
 
 
@@ -250,6 +256,9 @@ class DealerTripleSource(KeyedTripleSource):
 
     def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
         return self._counted_fetch(("relumask", freeze(size)), device)
+
+    def carry4_tuple(self, size: Any, device: Any = None) -> list[torch.Tensor]:
+        return self._counted_fetch(("carry4", freeze(size)), device)
 
     def fetch(self, key: tuple) -> list[torch.Tensor]:
         """This party's shares of the next tuple for ``key`` (batched by the prefetcher)."""

@@ -148,6 +148,15 @@ class TripleSource(ProtocolPart):
         bit u (arithmetic and XOR), r u, a uniform ring a and a u."""
         raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide ReLU masks")
 
+    def deals_carry4(self) -> bool:
+        """Whether this source overrides :meth:`carry4_tuple`."""
+        return type(self).carry4_tuple is not TripleSource.carry4_tuple
+
+    def carry4_tuple(self, size: Any, device: Any = None) -> list[torch.Tensor]:
+        """This party's XOR shares (int64 tensors of ``size``) of a ``carry4`` tuple: seven
+        uniform words and the ANDs of the subsets ``protocols.carry4.SUBSETS`` of them."""
+        raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide carry4 tuples")
+
     def truncation_pair(self, size: Any, bits: int, device: Any = None) -> tuple[Any, Any, Any]:
         """Arithmetic sharings of (r, msb(r), (r mod 2^63) >> bits) for a uniform ring r."""
         raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide truncation pairs")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from protocols import carry4
 from protocols.bitpack import pair_products
 from protocols.comparison import relu_mask_values
 from protocols.crypten_hooks import counted, drop_provider, meter_online_tuple_use, unmeter_online_tuple_use, use_provider
@@ -126,6 +127,14 @@ class TrustedFirstParty(TripleSource):
         arithmetic = mpc.ArithmeticSharedTensor(torch.stack([values[i] for i in (0, 3, 5, 6, 7)]), precision=0, src=0).share
         binary = mpc.BinarySharedTensor(torch.stack([values[i] for i in (1, 2, 4)]), src=0).share
         return [arithmetic[0], binary[0], binary[1], arithmetic[1], binary[2], arithmetic[2], arithmetic[3], arithmetic[4]]
+
+    def carry4_tuple(self, size: Any, device: Any = None) -> list[torch.Tensor]:
+        from crypten.common.rng import generate_random_ring_element
+
+        self.counters.calls += 1
+        self.counters.tuples += carry4.COMPONENTS * int(torch.Size(size).numel())
+        values = carry4.carry4_values(generate_random_ring_element((carry4.INPUTS, *size), device=device))
+        return list(self._crypten.mpc.primitives.BinarySharedTensor(torch.stack(values), src=0).share.unbind(0))
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Party 1's word and its share of the AND from the stream it shares with party 0,

@@ -4,7 +4,8 @@ A key names one correlated tuple: ``("triple", op, size0, size1, kwargs)``, ``("
 size)``, ``("binary", size0, size1)``, ``("b2a", size)``, ``("wrap", size)``, ``("trunc",
 size, divisor)``, ``("signmask", size)`` (r, -r as a word and the ANDs of that word's bit
 pairs) or ``("wrapbit", size)`` (two parties: each party's own random word, whose top bit
-is its private bit, and shares of the AND of the two bits); :func:`tuple_layout` says what
+is its private bit, and shares of the AND of the two bits) or ``("carry4", size)`` (seven
+random words and ANDs of them, ``protocols.carry4``); :func:`tuple_layout` says what
 shares it consists of. Triple sources that
 make tuples in batches (the dealer, OT) get CrypTen's requests as keys through
 :func:`keyed_provider` and batch them with a :class:`Prefetcher`: every party asks for the
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from protocols.carry4 import COMPONENTS
 from protocols.crypten_hooks import drop_provider, meter_online_tuple_use, unmeter_online_tuple_use, use_provider
 from protocols.parts import TripleSource, UnsupportedTuple
 
@@ -80,6 +82,8 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
         return [("a", key[1]), ("b", key[1]), ("b", key[1]), ("a", key[1]), ("b", key[1])] + [("a", key[1])] * 3
     if kind == "trunc":
         return [("a", key[1])] * 3
+    if kind == "carry4":  # seven masks and their subsets' ANDs (protocols.carry4)
+        return [("b", key[1])] * COMPONENTS
     raise ValueError(f"unknown tuple kind {kind!r}")
 
 
@@ -98,7 +102,7 @@ def check_key(key: Any) -> tuple:
         if len(key) != 3:
             raise ValueError(f"malformed binary triple request {key!r}")
         key = ("binary", _size(key[1]), _size(key[2]))
-    elif kind in ("square", "wrap", "b2a", "signmask", "relumask", "wrapbit"):
+    elif kind in ("square", "wrap", "b2a", "signmask", "relumask", "wrapbit", "carry4"):
         if len(key) != 2:
             raise ValueError(f"malformed {kind} request {key!r}")
         key = (kind, _size(key[1]))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from launch.local import free_port
-from launch.party_processes import party_context, start_party
+from launch.party_processes import core_share, party_context, start_party
 from parties.transport import PartyAddress, TransportOptions, open_transport
 
 
@@ -45,8 +45,9 @@ def run_parties(fn: Callable[[Any, int], Any], world: int = 2, timeout_s: float 
     context = party_context()
     results, taken = context.Queue(), context.Event()
     port = free_port()
-    processes = [start_party(context, _party, (fn, rank, world, port, options, protocol or {}, results, taken), f"party{rank}")
-                 for rank in range(world)]
+    threads = core_share(world)  # as the local launcher: idle OpenMP workers spin on shared cores
+    processes = [start_party(context, _party, (fn, rank, world, port, options, protocol or {}, results, taken),
+                             f"party{rank}", threads) for rank in range(world)]
     collected: dict[int, Any] = {}
     try:
         for _ in range(world):

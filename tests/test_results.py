@@ -13,6 +13,7 @@ import torch
 
 from launch.cli import main
 from launch.config import ConfigError
+from launch.party_processes import core_share
 from launch.predict import predict
 from mpc.scoring import load_model_file
 from mpc.tolerance import ULP, forward_error_bound
@@ -34,8 +35,11 @@ def _outputs_and_reveal(summary: dict, root: Path) -> None:
     dealer = summary["per_party"][-1]  # the dealer's traffic is in the table and the total
     assert dealer["name"] == "dealer" and dealer["bytes_sent"] > 0
     assert summary["total_bytes_sent"] == sum(party["bytes_sent"] for party in summary["per_party"])
+    # the four processes share this host's cores, unless OMP_NUM_THREADS says otherwise
+    threads = int(os.environ.get("OMP_NUM_THREADS") or core_share(4))
     for party in summary["per_party"]:  # what each process cost, the dealer's too
         assert party["peak_rss_bytes"] > 2**20 and 0 < party["cpu_s"] <= summary["command_wall_s"] * os.cpu_count(), party
+        assert party["threads"] == threads, party
     for rank in range(3):
         party = root / f"bank{rank}"
         assert (party / "model_shares.pt").is_file() and (party / "party.log").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from launch.config import ConfigError, load_config
 from launch.demo_data import with_shared_demo_data
 from launch.launchers import detect, resolve
+from launch.party_processes import core_share
 from parties.devices import local_rank, party_device
 
 MPICH = {"PMI_RANK": "1", "PMI_SIZE": "3", "MPI_LOCALRANKID": "1"}
@@ -112,3 +114,10 @@ def test_a_dealer_suite_is_one_more_process() -> None:
 def test_without_a_transport_the_launcher_picks_its_own() -> None:
     assert resolve(load_config(TFP), TFP, TORCHRUN)[0].transport.name == "gloo"
     assert resolve(load_config([*TFP, "transport=zmq"]), [*TFP, "transport=zmq"], MPICH)[0].transport.name == "zmq"
+
+
+def test_local_parties_split_the_cores_they_may_run_on() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert core_share(1) == cores and core_share(cores) == 1
+    assert core_share(cores + 1) == 1 and core_share(2 * cores + 1) == 1  # never none
+    assert core_share(2) == cores // 2 or cores == 1

@@ -6,7 +6,7 @@ import traceback
 from typing import Any, Callable
 
 from launch.local import free_port
-from launch.party_processes import party_context, start_party
+from launch.party_processes import core_share, party_context, start_party
 from sessions import collect_results
 
 
@@ -47,7 +47,7 @@ def spawn(fn: Callable, parties: int = 2, authenticated: bool = True, timeout_s:
     results = context.Queue()
     port = free_port()
     processes = [start_party(context, _process, (fn, rank, parties, port, authenticated, kwargs, results,
-                                                 dealer_type, dealer_kwargs), f"party{rank}")
+                                                 dealer_type, dealer_kwargs), f"party{rank}", core_share(parties + 1))
                  for rank in range(parties + 1)]
     collected = collect_results(results, processes, timeout_s, join_s=30)
     return collected, {rank: p.exitcode for rank, p in enumerate(processes)}

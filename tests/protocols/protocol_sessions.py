@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from launch.local import free_port
-from launch.party_processes import party_context, start_party
+from launch.party_processes import core_share, party_context, start_party
 from sessions import collect_results
 from protocols import ProtocolConfig
 
@@ -68,11 +68,12 @@ def run_parties(fn: Callable[[Any, int], Any], protocol: ProtocolConfig, parties
     context = party_context()
     results = context.Queue()
     port = free_port()
+    threads = core_share(parties + dealer)
     processes = [start_party(context, _party, (fn, rank, parties, dealer, port, protocol, results, wire_timeout_s),
-                             f"party{rank}") for rank in range(parties)]
+                             f"party{rank}", threads) for rank in range(parties)]
     if dealer:
         processes.append(start_party(context, _dealer, (dealer_fn or default_dealer, parties, port, results,
-                                                        wire_timeout_s), "dealer"))
+                                                        wire_timeout_s), "dealer", threads))
     return collect_results(results, processes, timeout_s, join_s=10)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -12,6 +13,7 @@ from protocols import ProtocolConfig
 from protocols.dealer import (SemiHonestMaker, answer_elements, batch_stream, correction_elements, count_wraps,
                               deal_answers, expand)
 from protocols.bitpack import pair_products
+from protocols.carry4 import INPUTS, SUBSETS
 from protocols.dealer_wire import DealerEnd, DealerError, check_header
 from protocols.tuples import check_key, tuple_elements, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
@@ -19,6 +21,13 @@ from protocols.truncation import wrap_bit_values
 from protocol_sessions import exact_products, party_values, run_parties
 
 DEALER = ProtocolConfig(name="dealer", triple_source="dealer")
+
+
+def _and_all(words):
+    total = words[0]
+    for word in words[1:]:
+        total = total & word
+    return total
 
 
 def _open(shares, sharing):
@@ -35,7 +44,8 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
-        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]], ["relumask", [7]]]
+        ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]], ["relumask", [7]],
+        ["carry4", [5]]]
         + ([["wrapbit", [7]]] if parties == 2 else [])]
     for position in (0, 5, (1 << 62) - 1):
         answers = deal_answers(keys, seeds, position, rng)
@@ -71,6 +81,9 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
                 assert torch.equal(negated, -r) and torch.equal(pairs, pair_products(-r))
                 assert torch.equal(u, u_word) and set(u.tolist()) <= {0, 1}
                 assert torch.equal(r_u, r * u) and torch.equal(a_u, a * u)
+            elif kind == "carry4":  # seven masks, then their subsets' ANDs
+                assert all(torch.equal(values[INPUTS + j], _and_all([values[i] for i in subset]))
+                           for j, subset in enumerate(SUBSETS))
             elif kind == "wrapbit":  # each party's own word, whose top bit is its private bit
                 bits, both = wrap_bit_values([p[0] for p in shares])
                 assert torch.equal(values[1], both) and all(set(b.tolist()) <= {0, 1} for b in bits)
@@ -92,10 +105,10 @@ def test_malformed_requests_are_refused(bad):
         check_key(bad)
 
 
-def _hidden_layer_gradients(crypten) -> dict[str, bool]:
+def _hidden_layer_gradients(crypten, truncation_ulps: int) -> dict[str, bool]:
     """A hidden layer's product (both factors need a gradient: their Beaver openings and
     truncations batched) against torch, each element within the bound from encoding every
-    input (u = 2^-16 each) and one truncation (1 ulp), plus u^2 per term."""
+    input (u = 2^-16 each) and one truncation (``truncation_ulps``), plus u^2 per term."""
     from protocols.crypten_hooks import layer_matmul
 
     u = 2.0 ** -16
@@ -106,12 +119,12 @@ def _hidden_layer_gradients(crypten) -> dict[str, bool]:
     checks = {}
     for name, got, exact, left, right in (("input", secure_h.grad, g @ w.t(), g, w.t()),
                                           ("weight", secure_w.grad, h.t() @ g, h.t(), g)):
-        bound = u * (left.abs().sum(1, keepdim=True) + right.abs().sum(0, keepdim=True)) + u * u * left.shape[1] + u
+        bound = u * (left.abs().sum(1, keepdim=True) + right.abs().sum(0, keepdim=True)) + u * u * left.shape[1] + truncation_ulps * u
         checks[name] = bool(((got.get_plain_text() - exact).abs() <= bound).all())
     return checks
 
 
-def _compute(crypten, rank):
+def _compute(crypten, rank, truncation_ulps=1):
     torch.manual_seed(1)
     a, b = torch.randn(8, 4), torch.randn(4, 3)
     x, y = crypten.cryptensor(a), crypten.cryptensor(b)
@@ -122,7 +135,7 @@ def _compute(crypten, rank):
         "sigmoid": ((x.sigmoid()).get_plain_text() - a.sigmoid()).abs().max().item(),
     }
     out["exact_products"] = exact_products(crypten, rank)
-    out["hidden_layer_gradients"] = _hidden_layer_gradients(crypten)
+    out["hidden_layer_gradients"] = _hidden_layer_gradients(crypten, truncation_ulps)
     from protocols.suite import ProtocolSuite  # noqa: F401
     source = crypten.mpc.get_default_provider()
     out["provider"] = source.NAME
@@ -138,9 +151,11 @@ def test_a_wrap_bit_tuple_for_more_than_two_parties_is_refused():
 # topbits with 3 parties truncates with pairs (their wraps are not one OR of top bits)
 @pytest.mark.parametrize("parties, truncation", [(2, "topbits"), (3, "topbits"), (3, "local")])
 def test_session_over_a_dealer(parties, truncation):
-    # with 3 parties, CrypTen's own (local) truncation uses the dealer's wrap tuples
+    # with 3 parties, CrypTen's own (local) truncation uses the dealer's wrap tuples; it rounds
+    # each party's share towards zero, so it is up to parties - 1 ulp off (topbits, pairs: 1)
     protocol = ProtocolConfig(name="dealer", triple_source="dealer", truncation=truncation)
-    collected = run_parties(_compute, protocol, parties=parties)
+    ulps = parties - 1 if truncation == "local" else 1
+    collected = run_parties(functools.partial(_compute, truncation_ulps=ulps), protocol, parties=parties)
     for result in party_values(collected, parties):
         assert result["provider"] == "COTRAIN_DEALER"
         assert len(result["exact_products"]) == 3 and all(result["exact_products"].values())

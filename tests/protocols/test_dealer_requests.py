@@ -136,13 +136,14 @@ def test_a_repeated_step_asks_the_real_dealer_once(truncation):
             assert product <= 6 * 2 ** -16 + 2 ** -32 + 2 ** -16
     status, served = collected[2]
     assert status == "ok"
-    relu = len(relu_tuples((2, 8)))
+    relu = len(relu_tuples((2, 8), True))  # the dealer deals carry4 tuples: the tree joins four groups a round
     # relu is one packed ReLU (its mask makes the product with the bit local), then x x, a
-    # product truncated. Step 1 asks for the announced ReLU at once, then x x's triple with its
-    # truncation's tuple; step 2 for both again (their contexts are new: the step before them
-    # now ends in x x), step 3 for the learnt period, the whole step, and at once for the next
-    # one (asked one step ahead); step 4 collects that and asks for the next, which is
-    # collected before the stop
+    # product truncated: a step of 6 keys. Step 1 asks for the announced ReLU at once, then x
+    # x's triple with its truncation's tuple; step 2 for both again (their contexts are new:
+    # the step before them now ends in x x); step 3 for the ReLU once more (its context, the 7
+    # keys before it, reaches back two steps, so it is new until then), then for the learnt
+    # period, the whole step, and at once for the next one (asked one step ahead); step 4
+    # collects that and asks for the next, which is collected before the stop
     step = relu + 2
-    assert served["sizes"] == [relu, 2, relu, 2, step, step, step]
-    assert served["requests"] == 7
+    assert served["sizes"] == [relu, 2, relu, 2, relu, step, step, step]
+    assert served["requests"] == 8
