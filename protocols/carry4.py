@@ -49,13 +49,21 @@ def carry4_products(inputs: Sequence[torch.Tensor], tuple_shares: Sequence[torch
     masks = tuple_shares[:INPUTS]
     opened = comm.all_reduce(torch.stack([x ^ a for x, a in zip(inputs, masks)]), op=ReduceOp.BXOR)
     dealt = {**{(i,): masks[i] for i in range(INPUTS)}, **dict(zip(SUBSETS, tuple_shares[INPUTS:]))}
+    public: dict[tuple[int, ...], torch.Tensor] = {(i,): opened[i] for i in range(INPUTS)}
+
+    def opened_and(indices: tuple[int, ...]) -> torch.Tensor:
+        # the products share their inputs' opened ANDs: each is formed once, from a shorter one
+        if indices not in public:
+            public[indices] = opened_and(indices[:-1]) & opened[indices[-1]]
+        return public[indices]
+
     results = []
     for product in PRODUCTS:
         # the subset S = the whole product contributes a_S alone; S empty the public AND (leader)
         total = dealt[product].clone()
         for k in range(0 if rank == 0 else 1, len(product)):
             for subset in itertools.combinations(product, k):
-                public = _and_all([opened[i] for i in product if i not in subset])
-                total ^= public & dealt[subset] if subset else public
+                rest = opened_and(tuple(i for i in product if i not in subset))
+                total ^= rest & dealt[subset] if subset else rest
         results.append(total)
     return results

@@ -632,8 +632,9 @@ def install_division(crypten: Any, divide: Callable[[Any, int], Any], counters: 
     CrypTen divides locally with 2 parties and calls ``cfg.mpc.protocol.truncate`` with more;
     both paths start at ``ArithmeticSharedTensor.div_``, which is replaced here, and
     ``beaver.truncate`` itself is replaced too (unless ``divide`` is CrypTen's own division,
-    which calls it). ``exact_for_wide_values``: whether ``divide`` stays within its rounding for
-    every value below 2^62 (:func:`divides_wide_values_exactly`).
+    which calls it). ``exact_for_wide_values``: whether a replacing ``divide`` stays within its
+    rounding for every value below 2^62 (:func:`divides_wide_values_exactly`; CrypTen's own
+    division is judged by CrypTen's rule there).
     """
     m = _modules(crypten)
     original = m.AST.div_
@@ -656,7 +657,8 @@ def install_division(crypten: Any, divide: Callable[[Any, int], Any], counters: 
             return result
         return original(self, y)
 
-    div_.exact_for_wide_values = exact_for_wide_values
+    if replaces_beaver_truncate:
+        div_.exact_for_wide_values = exact_for_wide_values
     _patch("truncation", m.AST, "div_", div_)
 
 

@@ -73,9 +73,7 @@ class LocalTruncation(ProtocolPart):
     """CrypTen's truncation, counted: local with 2 parties (rare large errors), wraps with more."""
 
     def install(self, crypten: Any) -> None:
-        wide_exact = self.comm.get_world_size() > 2  # two parties divide their own shares
-        crypten_hooks.install_division(crypten, self._divide, self.counters, replaces_beaver_truncate=False,
-                                       exact_for_wide_values=wide_exact)
+        crypten_hooks.install_division(crypten, self._divide, self.counters, replaces_beaver_truncate=False)
         self._original = crypten_hooks.original_division(crypten)
 
     def _divide(self, x: Any, divisor: int) -> Any:
