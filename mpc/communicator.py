@@ -15,7 +15,10 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+import torch
+
 from protocols.crypten_hooks import load_crypten
+from protocols.share_tensors import is_wrapped, plain, wrapped
 
 load_crypten()  # crypten imports only with the compatibility fixes in place
 _crypten_communicator = importlib.import_module("crypten.communicator.communicator")
@@ -26,9 +29,31 @@ LOGGED_CALLS = ("send", "recv", "isend", "irecv", "scatter", "reduce", "all_redu
                 "broadcast", "barrier", "send_obj", "recv_obj", "broadcast_obj")
 
 
+def _unwrapped(value: Any) -> tuple[Any, bool]:
+    """``value`` (a tensor or a list of them) with CrypTen's CUDA share wrappers taken off,
+    and whether there were any."""
+    if isinstance(value, (list, tuple)) and any(is_wrapped(item) for item in value):
+        return type(value)(plain(item) for item in value), True
+    return (plain(value), True) if is_wrapped(value) else (value, False)
+
+
+def _rewrapped(result: Any) -> Any:
+    if isinstance(result, (list, tuple)):
+        return type(result)(_rewrapped(item) for item in result)
+    return wrapped(result) if torch.is_tensor(result) else result
+
+
 def _forward(name: str) -> Callable[..., Any]:
     def call(self: "CrypTenCommunicator", *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.transport, name)(*args, **kwargs)
+        # transports move plain tensors (in place where asked: the wrapper shares the storage);
+        # CrypTen gets its CUDA wrapper back where it gave one
+        unwrapped = [_unwrapped(arg) for arg in args]
+        keywords = {key: _unwrapped(value) for key, value in kwargs.items()}
+        result = getattr(self.transport, name)(*(arg for arg, _ in unwrapped),
+                                                **{key: value for key, (value, _) in keywords.items()})
+        if any(was for _, was in unwrapped) or any(was for _, was in keywords.values()):
+            return _rewrapped(result)
+        return result
 
     call.__name__ = name  # CrypTen's rule dispatches on the function's name
     return _logging(call)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mpc.shares import from_share
+from mpc.shares import from_share, saved_share
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 # Adam works on gradients times 2^8 (an integer multiplication, exact), so that the second
@@ -70,7 +70,7 @@ class SecureSGD:
 
     def state_dict(self) -> dict[str, Any]:
         """This party's shares of the momentum buffers (none before the first step)."""
-        return {f"buffer.{i}": buffer.share.clone() for i, buffer in enumerate(self.buffers or [])}
+        return {f"buffer.{i}": saved_share(buffer) for i, buffer in enumerate(self.buffers or [])}
 
     def load_state_dict(self, crypten: Any, state: dict[str, Any]) -> None:
         count = sum(key.startswith("buffer.") for key in state)
@@ -129,7 +129,7 @@ class SecureAdam:
         """The step count and this party's shares of the moments."""
         state: dict[str, Any] = {"steps": self.steps}
         if self.moments is not None:
-            state["moments"] = self.moments.share.clone()
+            state["moments"] = saved_share(self.moments)
         return state
 
     def load_state_dict(self, crypten: Any, state: dict[str, Any]) -> None:

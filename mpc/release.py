@@ -123,11 +123,12 @@ class ReleaseGate:
         self.audit.record(what, recipients, shape, step, digest)
 
     def open(self, value: Any, what: str, to: int | None = None) -> torch.Tensor | None:
-        """The plaintext of a secret-shared ``value`` at party ``to`` (every party if None);
-        None at the parties that do not receive it."""
+        """The plaintext of a secret-shared ``value`` at party ``to`` (every party if None), in
+        host memory; None at the parties that do not receive it."""
         recipients = list(self.policy.names) if to is None else [self.policy.names[to]]
         self.policy.check(what, recipients)
         plain = value.get_plain_text() if to is None else value.get_plain_text(dst=to)
+        plain = plain.cpu() if plain is not None else None  # released values are used (and kept) on the host
         learns = to is None or to == self.rank
         self._record(what, recipients, tuple(value.size()), plain if learns else None)
         return plain if learns else None

@@ -23,6 +23,7 @@ from mpc.checkpoint import agree_on_mac_key
 from mpc.data.preprocessing import Preprocessing
 from mpc.models import build_torch_model, model_kind, secure_state
 from mpc.shares import mac_key_share, verify
+from protocols.share_tensors import wrapped_like
 
 MODEL_FORMAT = "cotrain-model/2"
 SHARES_FILE = "model_shares.pt"  # each party's shares of the trained weights (with their MACs under malicious)
@@ -109,7 +110,7 @@ def load_shares(secure_model: Any, shares: dict[str, torch.Tensor]) -> None:
     if set(parameters) != set(shares) or any(parameters[k].share.shape != shares[k].shape for k in shares):
         raise ModelFileError("the saved shares do not match the model definition in model.json")
     for name, parameter in parameters.items():
-        parameter.share = shares[name].to(parameter.share.device)
+        parameter.share = wrapped_like(shares[name].to(parameter.share.device), parameter.share)
 
 
 def load_checked_shares(crypten: Any, secure_model: Any, shares: dict[str, torch.Tensor],

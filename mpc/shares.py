@@ -14,6 +14,14 @@ from typing import Any, ContextManager, Sequence
 
 import torch
 
+from protocols.share_tensors import plain
+
+
+def saved_share(secret: Any) -> torch.Tensor:
+    """A copy of this party's share of ``secret`` to write to a file: a plain int64 tensor in
+    host memory (on a GPU CrypTen holds it on the device, in its CUDA wrapper)."""
+    return plain(secret.share).to("cpu", copy=True)
+
 
 def from_share(share: torch.Tensor, like: Any) -> Any:
     """A secret of ``like``'s type from this party's ``share``, on ``like``'s device."""

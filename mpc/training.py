@@ -24,7 +24,7 @@ from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.models import secure_state
 from mpc.optim import secure_optimizer
 from mpc.scoring import load_checked_shares
-from mpc.shares import mac_key_share, planned, verify
+from mpc.shares import mac_key_share, planned, saved_share, verify
 from protocols.crypten_hooks import divides_wide_values_exactly
 from protocols.prg import generator_positions, seek_generators
 
@@ -345,7 +345,7 @@ class SecureTrainer:
         under protocol=malicious), and its PRG streams' positions."""
         parameters = secure_state(self.model)
         state = {"epoch": epochs_done,
-                 "parameters": {name: p.share.clone() for name, p in parameters.items()},
+                 "parameters": {name: saved_share(p) for name, p in parameters.items()},
                  "optimizer": self.optimizer.state_dict(),
                  "generators": generator_positions(self.crypten)}
         key = mac_key_share(next(iter(parameters.values())))

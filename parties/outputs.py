@@ -17,7 +17,7 @@ from mpc.release import ReleaseGate, ReleasePolicy
 from mpc.models import secure_state
 from mpc.checkpoint import save_private
 from mpc.scoring import MAC_KEY_FILE, SHARES_FILE, ModelRecord, predictions_frame, save_model_file
-from mpc.shares import mac_key_share, verify
+from mpc.shares import mac_key_share, saved_share, verify
 from parties.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def save_model(crypten: Any, secure_model: Any, torch_model: torch.nn.Module, re
         raise ValueError(f"train.reveal_to names {unknown[0]!r}, which is not a party ({', '.join(names)})")
     secure_params = secure_state(secure_model)
     verify(list(secure_params.values()))  # a share kept on disk is checked like a revealed value
-    shares = {name: param.share.clone() for name, param in secure_params.items()}
+    shares = {name: saved_share(param) for name, param in secure_params.items()}
     atomic_save(lambda p: torch.save(shares, p), directory / SHARES_FILE)
     key = mac_key_share(next(iter(secure_params.values())))
     if key is not None:  # their MACs hold under the run's key only: scoring them checks it is the same

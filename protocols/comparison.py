@@ -26,6 +26,7 @@ from protocols.bitpack import (EVEN_BITS, pack_bits, pack_fields, pair_products,
 from protocols.carry4 import PRODUCTS, carry4_products
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
+from protocols.share_tensors import plain, wrapped_like
 
 
 @register_part("comparison", "crypten")
@@ -53,7 +54,7 @@ def and_words(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """This party's XOR share of x & y for XOR-shared int64 words (a Beaver AND, one round)."""
     from crypten.mpc.primitives import BinarySharedTensor as BST
 
-    return (BST.from_shares(x) & BST.from_shares(y)).share
+    return plain((BST.from_shares(x) & BST.from_shares(y)).share)
 
 
 AndWords = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -223,7 +224,7 @@ def _with_share(like: Any, share: torch.Tensor) -> Any:
     """A new MPCTensor with ``like``'s encoding and ``share`` (``like`` is left as it was)."""
     result = like.shallow_copy()
     result._tensor = like._tensor.shallow_copy()
-    result._tensor.share = share
+    result._tensor.share = wrapped_like(share, like._tensor.share)
     return result
 
 
@@ -258,7 +259,7 @@ class PackedComparison(ProtocolPart):
         if x.ptype != Ptype.arithmetic:
             return crypten_ltz(x)
         comm = self._crypten.communicator.get()
-        bit = self._sign(x._tensor.share, comm)
+        bit = self._sign(plain(x._tensor.share), comm)
         result = x.shallow_copy()
         result._tensor = self._to_arithmetic(bit, comm)
         result.encoder._scale = 1
@@ -271,19 +272,19 @@ class PackedComparison(ProtocolPart):
         source = self.suite.parts["triple_source"]
         source.expect(comparison_tuples(tuple(share.size()), self._by_fours))
         r, negated, pairs = source.sign_mask(share.size(), device=share.device)
-        return masked_sign_bit(comm.all_reduce(share + r.share), negated.share, pairs.share, comm.get_rank(),
-                               products4=self._products4(comm, share.device))
+        return masked_sign_bit(comm.all_reduce(share + plain(r.share)), plain(negated.share), plain(pairs.share),
+                               comm.get_rank(), products4=self._products4(comm, share.device))
 
     def _to_arithmetic(self, bit: torch.Tensor, comm: Any) -> Any:
         """B2A of XOR-shared bits with B2A tuples (r as an arithmetic and an XOR sharing):
         open z = bit ^ r, 64 to a word, then bit = r + z - 2 r z."""
         r_arithmetic, r_binary = self._crypten.mpc.get_default_provider().B2A_rng(bit.size(), device=bit.device)
-        z = open_bits(bit ^ (r_binary.share & 1), comm)  # bit 0 of each share: an XOR sharing of r
+        z = open_bits(bit ^ (plain(r_binary.share) & 1), comm)  # bit 0 of each share: an XOR sharing of r
         return r_arithmetic * (1 - 2 * z) + z
 
     def relu(self, x: Any) -> tuple[Any, tuple]:
         """relu(x) and what its gradient needs, by :func:`relu_shares` (sources with ReLU masks)."""
-        share = x._tensor.share
+        share = plain(x._tensor.share)
         source = self.suite.parts["triple_source"]
         source.expect(relu_tuples(tuple(share.size()), self._by_fours))
         mask = source.relu_mask(share.size(), device=share.device)
@@ -293,7 +294,8 @@ class PackedComparison(ProtocolPart):
 
     def relu_gradient(self, grad: Any, state: tuple) -> Any:
         z, mask = state
-        return _with_share(grad, relu_gradient_shares(grad._tensor.share, z, mask, self._crypten.communicator.get()))
+        comm = self._crypten.communicator.get()
+        return _with_share(grad, relu_gradient_shares(plain(grad._tensor.share), z, mask, comm))
 
     def uninstall(self, crypten: Any) -> None:
         crypten_hooks.uninstall_comparison(crypten)

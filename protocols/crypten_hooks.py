@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 
 from protocols.parts import PartCounters, metered
+from protocols.share_tensors import plain, wrapped_like
 
 _PROVIDER_TABLE = "__SUPPORTED_PROVIDERS"
 _PROTOCOL_NAME = "cotrain_beaver"
@@ -110,6 +111,7 @@ def _fix_fixed_point_decode(crypten_module: Any) -> None:
     def decode(self, tensor):
         if tensor is None:
             return None
+        tensor = plain(tensor)  # a revealed CUDA share comes in CrypTen's wrapper
         if self._scale > 1:
             return decode_fixed_point(tensor, self._scale)
         return tensor
@@ -425,13 +427,14 @@ def matmuls_together(pairs: list[tuple[Any, Any]]) -> list[Any]:
                                    enumerate(zip(operands, [triple for triple in triples for _ in (0, 1)]))])
     shares = [_beaver_share(crypten, torch.matmul, a, b, c, opened[2 * i], opened[2 * i + 1])
               for i, (a, b, c) in enumerate(triples)]
-    joined = AST.from_shares(torch.cat([share.reshape(-1) for share in shares]), precision=0)
-    joined = joined.div_(pairs[0][0].encoder.scale).share
+    joined = AST.from_shares(torch.cat([plain(share).reshape(-1) for share in shares]), precision=0)
+    joined = plain(joined.div_(pairs[0][0].encoder.scale).share)
     results, offset = [], 0
     for (x, _), share in zip(pairs, shares):
         result = x.shallow_copy()
         result._tensor = x._tensor.shallow_copy()
-        result._tensor.share = joined[offset:offset + share.numel()].reshape(share.shape)
+        result._tensor.share = wrapped_like(joined[offset:offset + share.numel()].reshape(share.shape),
+                                            x._tensor.share)
         offset += share.numel()
         results.append(result)
     return results
@@ -647,13 +650,15 @@ def install_division(crypten: Any, divide: Callable[[Any, int], Any], counters: 
         if isinstance(y, int) and not isinstance(y, bool) and y > 0:
             counters.calls += 1
             counters.tuples += self.share.numel()
-            share = self.share
+            held = self.share
+            share = self.share = plain(held)  # the divisions compute on the plain tensor
             with metered(counters, "online"):
                 result = divide(self, y)
             # in place, as CrypTen's own division: the sharing keeps its share tensor
             # (its 2-party path divides the share with torch's div_)
-            if result.share is not share:
-                result.share = share.set_(result.share)
+            if plain(result.share) is not share:
+                share.set_(plain(result.share))
+            self.share = result.share = held
             return result
         return original(self, y)
 

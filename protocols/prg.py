@@ -32,6 +32,7 @@ from protocols import crypten_hooks
 from protocols.coin import joint_random
 from protocols.parts import ProtocolPart, metered
 from protocols.registry import register_part
+from protocols.share_tensors import on_device
 
 SEED_BYTES = 16
 log = logging.getLogger("cotrain.protocols")
@@ -188,14 +189,6 @@ class CipherGenerator(torch.Generator):
         return values if device is None or torch.device(device).type == "cpu" else values.to(device)
 
 
-def _wrap_device(values: torch.Tensor) -> torch.Tensor:
-    if values.is_cuda:
-        from crypten.cuda import CUDALongTensor
-
-        return CUDALongTensor(values)
-    return values
-
-
 class NonCryptographicGenerator(RuntimeError):
     """A sampler that masks secrets was handed a generator that is not a cipher stream."""
 
@@ -222,11 +215,11 @@ def cipher_rng_functions(crypten: Any) -> dict[str, Any]:
     def generate_random_ring_element(size, ring_size=(2**64), generator=None, **kwargs):
         if ring_size != 2**64:
             raise ValueError(f"ring_size={ring_size}: cotrain's PRG draws elements of Z_2^64 only")
-        return _wrap_device(_cipher_generator(crypten, generator, kwargs).ring(size, kwargs.get("device")))
+        return on_device(_cipher_generator(crypten, generator, kwargs).ring(size, kwargs.get("device")))
 
     def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
         gen = _cipher_generator(crypten, generator, kwargs)
-        return _wrap_device(gen.bits(size, 64 if bitlength is None else bitlength, kwargs.get("device")))
+        return on_device(gen.bits(size, 64 if bitlength is None else bitlength, kwargs.get("device")))
 
     return {"generate_random_ring_element": generate_random_ring_element,
             "generate_kbit_random_tensor": generate_kbit_random_tensor}

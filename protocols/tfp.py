@@ -20,6 +20,7 @@ from protocols.comparison import relu_mask_values
 from protocols.crypten_hooks import counted, drop_provider, meter_online_tuple_use, unmeter_online_tuple_use, use_provider
 from protocols.parts import PartCounters, TripleSource
 from protocols.registry import register_part
+from protocols.share_tensors import plain
 from protocols.truncation import pair_values
 
 TFP_WARNING = (
@@ -100,7 +101,7 @@ class TrustedFirstParty(TripleSource):
         AST = self._crypten.mpc.primitives.ArithmeticSharedTensor
         self.counters.calls += 1
         self.counters.tuples += int(torch.Size(size).numel())
-        r = generate_random_ring_element(size, device=device)
+        r = plain(generate_random_ring_element(size, device=device))
         stacked = AST(torch.stack(pair_values(r, divisor)), precision=0, src=0)
         return stacked[0], stacked[1], stacked[2]
 
@@ -109,7 +110,7 @@ class TrustedFirstParty(TripleSource):
 
         self.counters.calls += 1
         self.counters.tuples += 3 * int(torch.Size(size).numel())
-        r = generate_random_ring_element(size, device=device)
+        r = plain(generate_random_ring_element(size, device=device))
         mpc = self._crypten.mpc.primitives
         words = mpc.BinarySharedTensor(torch.stack([-r, pair_products(-r)]), src=0)
         return mpc.ArithmeticSharedTensor(r, precision=0, src=0), words[0], words[1]
@@ -119,13 +120,14 @@ class TrustedFirstParty(TripleSource):
 
         self.counters.calls += 1
         self.counters.tuples += 8 * int(torch.Size(size).numel())
-        r, a = generate_random_ring_element((2, *size), device=device)
-        u = generate_kbit_random_tensor(size, bitlength=1, device=device)
+        r, a = plain(generate_random_ring_element((2, *size), device=device))
+        u = plain(generate_kbit_random_tensor(size, bitlength=1, device=device))
         values = relu_mask_values(r, a, u)
         values[0], values[6] = r, a
         mpc = self._crypten.mpc.primitives
-        arithmetic = mpc.ArithmeticSharedTensor(torch.stack([values[i] for i in (0, 3, 5, 6, 7)]), precision=0, src=0).share
-        binary = mpc.BinarySharedTensor(torch.stack([values[i] for i in (1, 2, 4)]), src=0).share
+        arithmetic = plain(mpc.ArithmeticSharedTensor(torch.stack([values[i] for i in (0, 3, 5, 6, 7)]), precision=0,
+                                                      src=0).share)
+        binary = plain(mpc.BinarySharedTensor(torch.stack([values[i] for i in (1, 2, 4)]), src=0).share)
         return [arithmetic[0], binary[0], binary[1], arithmetic[1], binary[2], arithmetic[2], arithmetic[3], arithmetic[4]]
 
     def carry4_tuple(self, size: Any, device: Any = None) -> list[torch.Tensor]:
@@ -133,8 +135,8 @@ class TrustedFirstParty(TripleSource):
 
         self.counters.calls += 1
         self.counters.tuples += carry4.COMPONENTS * int(torch.Size(size).numel())
-        values = carry4.carry4_values(generate_random_ring_element((carry4.INPUTS, *size), device=device))
-        return list(self._crypten.mpc.primitives.BinarySharedTensor(torch.stack(values), src=0).share.unbind(0))
+        values = carry4.carry4_values(plain(generate_random_ring_element((carry4.INPUTS, *size), device=device)))
+        return list(plain(self._crypten.mpc.primitives.BinarySharedTensor(torch.stack(values), src=0).share).unbind(0))
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Party 1's word and its share of the AND from the stream it shares with party 0,

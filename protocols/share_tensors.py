@@ -1,0 +1,39 @@
+"""CrypTen holds a share on a CUDA device in its ``CUDALongTensor`` wrapper (CUDA has no int64
+matmul or convolution; the wrapper runs them as float64 blocks); on the CPU a share is a plain
+int64 tensor. cotrain's transports and protocols compute on the plain tensor, and hand CrypTen
+back the wrapper wherever they were given one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def is_wrapped(value: Any) -> bool:
+    """Whether ``value`` is CrypTen's CUDA share wrapper (it is no torch tensor, but has one)."""
+    return not torch.is_tensor(value) and callable(getattr(value, "tensor", None)) and hasattr(value, "_tensor")
+
+
+def plain(share: Any) -> torch.Tensor:
+    """The int64 tensor behind ``share`` (itself where it is one)."""
+    return share.tensor() if is_wrapped(share) else share
+
+
+def wrapped(tensor: torch.Tensor) -> Any:
+    """``tensor`` in CrypTen's CUDA share wrapper."""
+    from crypten.cuda import CUDALongTensor
+
+    wrapper = CUDALongTensor()
+    wrapper._tensor = tensor  # no copy, and the device kept as it is
+    return wrapper
+
+
+def wrapped_like(tensor: torch.Tensor, share: Any) -> Any:
+    """``tensor`` in the form ``share`` has: wrapped where ``share`` is, plain otherwise."""
+    return wrapped(tensor) if is_wrapped(share) and torch.is_tensor(tensor) else tensor
+
+
+def on_device(tensor: torch.Tensor) -> Any:
+    """``tensor`` as CrypTen holds a share of it on its device: wrapped on CUDA."""
+    return wrapped(tensor) if tensor.is_cuda else tensor
