@@ -90,12 +90,19 @@ class ExtensionReceiver:
         r = np.zeros(width, dtype=np.uint8)
         packed = np.packbits(choices, bitorder="little")
         r[: len(packed)] = packed
-        t = self.t_columns.read(width)
+        t = self.t_columns.read(width).view(np.uint64)
         u = self.u_columns.read(width)
-        u ^= t
-        u ^= r[None, :]
+        _mask_columns(u.view(np.uint64), t, r.view(np.uint64))
         first, self.counter = self.counter, self.counter + count
-        return u, t.view(np.uint64), first
+        return u, t, first
+
+
+@numba.njit(nogil=True, cache=True)
+def _mask_columns(u: np.ndarray, t: np.ndarray, r: np.ndarray) -> None:
+    """u ^= t ^ r for every column (one pass over the columns, not one per operand)."""
+    for row in range(u.shape[0]):
+        for w in range(u.shape[1]):
+            u[row, w] ^= t[row, w] ^ r[w]
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -293,6 +300,12 @@ def _blocks(count: int, words: int, copies: int):
     return ((low, min(low + step, count)) for low in range(0, count, step))
 
 
+def _at_least(buffer: np.ndarray, size: int) -> np.ndarray:
+    """``buffer``, or a larger one of its dtype if it holds fewer than ``size`` items (buffers are
+    reused across blocks and exchanges: fresh pages cost more than the work written into them)."""
+    return buffer if len(buffer) >= size else np.empty(size, buffer.dtype)
+
+
 class OtChannel:
     """Both extension directions between this party and its one peer, with traffic views."""
 
@@ -316,14 +329,19 @@ class OtChannel:
         self.receiver = ExtensionReceiver(receiver_keys)
         self.hash = CrHash()
         self._packing = np.empty(0, np.uint64)
+        self._corrections = np.empty(0, np.uint8)
+        self._incoming: dict[str, np.ndarray] = {}
 
     def _packed(self, nbytes: int) -> np.ndarray:
         """A reused word buffer for ``nbytes`` of corrections (whole words; the last one's spare
         bytes are never read as corrections)."""
-        words = (nbytes + 7) // 8
-        if len(self._packing) < words:
-            self._packing = np.empty(words, np.uint64)
-        return self._packing[:words]
+        self._packing = _at_least(self._packing, (nbytes + 7) // 8)
+        return self._packing[: (nbytes + 7) // 8]
+
+    def _outgoing(self, nbytes: int) -> np.ndarray:
+        """The reused buffer an exchange's corrections are written into (the message as it goes out)."""
+        self._corrections = _at_least(self._corrections, nbytes)
+        return self._corrections[:nbytes]
 
     def _swap(self, outgoing: np.ndarray, expected: int, what: str) -> np.ndarray:
         """Send ``outgoing`` (uint8) and receive the peer's message of ``expected`` bytes.
@@ -340,12 +358,12 @@ class OtChannel:
         if exchange != self.exchanges or size != expected:
             raise OtError(f"the OT peer sent a malformed {what} message: exchange {exchange} of {size} bytes, "
                           f"expected exchange {self.exchanges} of {expected} bytes")
-        incoming = torch.empty(expected, dtype=torch.uint8)
+        self._incoming[what] = _at_least(self._incoming.get(what, np.empty(0, np.uint8)), expected)
+        received = self._incoming[what][:expected]  # valid until the next message of its kind
         if expected:
-            self.comm.irecv(incoming, self.peer).wait()
+            self.comm.irecv(torch.from_numpy(received), self.peer).wait()
         for handle in handles:
             handle.wait()
-        received = incoming.numpy()
         if self.record:
             self.views.append((what, received.copy()))
         return received
@@ -375,14 +393,16 @@ class OtChannel:
         peer_count = peer_range[1] - peer_range[0]
         peer_u = self._swap(u, KAPPA * _padded(peer_count) // 8, "extension").reshape(KAPPA, -1).view(np.uint64)
         q, q_first = self.sender.keystream(peer_count)
-        taus = [np.zeros(0, np.uint8)]
-        for i, a, b, offset in _segments(theirs, *peer_range):  # sender side
-            request, count = requests[i], b - a
+        peer_segments = list(_segments(theirs, *peer_range))
+        outgoing = self._outgoing(sum(requests[i].tau_bytes(a, b) for i, a, b, _ in peer_segments))
+        position = 0
+        for i, a, b, offset in peer_segments:  # sender side
+            request, count, size = requests[i], b - a, requests[i].tau_bytes(a, b)
             deltas = request.deltas(a, b)
             if request.binary:
                 tau = np.empty((count, request.words), np.uint8)
             else:
-                tau = np.empty(request.tau_bytes(a, b), np.uint8)
+                tau = outgoing[position: position + size]
             for low, high in _blocks(count, request.words, 2):
                 encrypted, inputs = self.hash.pads(q, peer_u, self.sender.flip_mask, offset + low, high - low,
                                                    q_first + offset + low, request.words, self.sender.s_sigma)
@@ -393,9 +413,11 @@ class OtChannel:
                     packed = self._packed(len(piece))
                     _send_words(encrypted, inputs, rows, packed, own[i], a + low, request.group, request.scaled)
                     piece[:] = packed.view(np.uint8)[: len(piece)]
-            taus.append(np.packbits(tau.reshape(-1), bitorder="little") if request.binary else tau)
+            if request.binary:
+                outgoing[position: position + size] = np.packbits(tau.reshape(-1), bitorder="little")
+            position += size
         expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
-        peer_taus, position = self._swap(np.concatenate(taus), expected, "correction"), 0
+        peer_taus, position = self._swap(outgoing, expected, "correction"), 0
         no_flips = np.zeros(KAPPA, np.uint64)
         for i, a, b, offset in my_segments:  # receiver side
             request, count = requests[i], b - a
