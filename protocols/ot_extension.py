@@ -42,20 +42,23 @@ def _padded(count: int) -> int:
 
 class _Columns:
     """128 keystream columns written into one reused buffer: contiguous (so u goes on the wire
-    as it is) and never freshly allocated per exchange (fresh pages cost more than the AES)."""
+    as it is) and never freshly allocated per exchange (fresh pages cost more than the AES).
+    Rows are read in order: each read's 15 spare bytes are the next row's."""
 
     def __init__(self, streams: Sequence[CipherStream]) -> None:
         self.streams = streams
         self.buffer = np.empty(0, np.uint8)
 
-    def read(self, width: int) -> np.ndarray:
-        """The next ``width`` bytes of each stream as a (128, width) uint8 array (a view of the buffer)."""
+    def start(self, width: int) -> np.ndarray:
+        """The (128, width) uint8 view the next ``width`` bytes of each stream go into (by :meth:`read_row`)."""
         size = len(self.streams) * width
         if len(self.buffer) < size + 15:
             self.buffer = np.empty(size + 15, np.uint8)
-        for row, stream in enumerate(self.streams):  # in order: each read's 15 spare bytes are the next row's
-            stream.read_into(self.buffer[row * width:], width)
         return self.buffer[:size].reshape(len(self.streams), width)
+
+    def read_row(self, row: int, width: int, data: np.ndarray | None = None) -> None:
+        """Stream ``row``'s next ``width`` bytes into its row, XOR-ed with ``data`` if given."""
+        self.streams[row].read_into(self.buffer[row * width:], width, data)
 
 
 # -- IKNP extension: one direction -----------------------------------------------------------------
@@ -64,15 +67,21 @@ class ExtensionSender:
 
     def __init__(self, choices: np.ndarray, keys: Sequence[bytes]) -> None:
         bits = choices.astype(np.uint8)
-        self.flip_mask = np.uint64(0) - bits.astype(np.uint64)  # all ones where s_i = 1
+        self.choices = bits
         self.s_sigma = sigma(np.packbits(bits, bitorder="little"))
         self.columns = _Columns([CipherStream(k) for k in keys])
         self.counter = 0
 
-    def keystream(self, count: int) -> tuple[np.ndarray, int]:
-        """G(k_i^{s_i}) for ``count`` OTs as (128, w) uint64, and the number of its first OT."""
+    def q_columns(self, u: np.ndarray, count: int) -> tuple[np.ndarray, int]:
+        """q for ``count`` OTs from the peer's u ((128, w) uint8) as (128, w) uint64, and the number
+        of its first OT. Column i is G(k_i^{s_i}) ^ (u_i & s_i): the cipher XORs u_i in as it
+        writes the keystream where s_i = 1 (no pass over the columns of its own)."""
         first, self.counter = self.counter, self.counter + count
-        return self.columns.read(_padded(count) // 8).view(np.uint64), first
+        width = _padded(count) // 8
+        q = self.columns.start(width)
+        for row, bit in enumerate(self.choices):
+            self.columns.read_row(row, width, u[row] if bit else None)
+        return q.view(np.uint64), first
 
 
 class ExtensionReceiver:
@@ -90,10 +99,12 @@ class ExtensionReceiver:
         r = np.zeros(width, dtype=np.uint8)
         packed = np.packbits(choices, bitorder="little")
         r[: len(packed)] = packed
-        t = self.t_columns.read(width)
-        u = self.u_columns.read(width)
-        u ^= t
-        u ^= r[None, :]
+        t, u = self.t_columns.start(width), self.u_columns.start(width)
+        masked = np.empty(width, np.uint8)
+        for row in range(KAPPA):  # t_i ^ r while t_i is still in cache, then the cipher XORs G(k1) in
+            self.t_columns.read_row(row, width)
+            np.bitwise_xor(t[row], r, out=masked)
+            self.u_columns.read_row(row, width, masked)
         first, self.counter = self.counter, self.counter + count
         return u, t.view(np.uint64), first
 
@@ -293,6 +304,12 @@ def _blocks(count: int, words: int, copies: int):
     return ((low, min(low + step, count)) for low in range(0, count, step))
 
 
+def _at_least(buffer: np.ndarray, size: int) -> np.ndarray:
+    """``buffer``, or a larger one of its dtype if it holds fewer than ``size`` items (buffers are
+    reused across blocks and exchanges: fresh pages cost more than the work written into them)."""
+    return buffer if len(buffer) >= size else np.empty(size, buffer.dtype)
+
+
 class OtChannel:
     """Both extension directions between this party and its one peer, with traffic views."""
 
@@ -316,14 +333,19 @@ class OtChannel:
         self.receiver = ExtensionReceiver(receiver_keys)
         self.hash = CrHash()
         self._packing = np.empty(0, np.uint64)
+        self._corrections = np.empty(0, np.uint8)
+        self._incoming: dict[str, np.ndarray] = {}
 
     def _packed(self, nbytes: int) -> np.ndarray:
         """A reused word buffer for ``nbytes`` of corrections (whole words; the last one's spare
         bytes are never read as corrections)."""
-        words = (nbytes + 7) // 8
-        if len(self._packing) < words:
-            self._packing = np.empty(words, np.uint64)
-        return self._packing[:words]
+        self._packing = _at_least(self._packing, (nbytes + 7) // 8)
+        return self._packing[: (nbytes + 7) // 8]
+
+    def _outgoing(self, nbytes: int) -> np.ndarray:
+        """The reused buffer an exchange's corrections are written into (the message as it goes out)."""
+        self._corrections = _at_least(self._corrections, nbytes)
+        return self._corrections[:nbytes]
 
     def _swap(self, outgoing: np.ndarray, expected: int, what: str) -> np.ndarray:
         """Send ``outgoing`` (uint8) and receive the peer's message of ``expected`` bytes.
@@ -340,12 +362,12 @@ class OtChannel:
         if exchange != self.exchanges or size != expected:
             raise OtError(f"the OT peer sent a malformed {what} message: exchange {exchange} of {size} bytes, "
                           f"expected exchange {self.exchanges} of {expected} bytes")
-        incoming = torch.empty(expected, dtype=torch.uint8)
+        self._incoming[what] = _at_least(self._incoming.get(what, np.empty(0, np.uint8)), expected)
+        received = self._incoming[what][:expected]  # valid until the next message of its kind
         if expected:
-            self.comm.irecv(incoming, self.peer).wait()
+            self.comm.irecv(torch.from_numpy(received), self.peer).wait()
         for handle in handles:
             handle.wait()
-        received = incoming.numpy()
         if self.record:
             self.views.append((what, received.copy()))
         return received
@@ -374,18 +396,20 @@ class OtChannel:
         u, t, t_first = self.receiver.columns(choices)
         peer_count = peer_range[1] - peer_range[0]
         peer_u = self._swap(u, KAPPA * _padded(peer_count) // 8, "extension").reshape(KAPPA, -1).view(np.uint64)
-        q, q_first = self.sender.keystream(peer_count)
-        taus = [np.zeros(0, np.uint8)]
-        for i, a, b, offset in _segments(theirs, *peer_range):  # sender side
-            request, count = requests[i], b - a
+        q, q_first = self.sender.q_columns(peer_u.view(np.uint8), peer_count)
+        peer_segments = list(_segments(theirs, *peer_range))
+        outgoing = self._outgoing(sum(requests[i].tau_bytes(a, b) for i, a, b, _ in peer_segments))
+        position = 0
+        for i, a, b, offset in peer_segments:  # sender side
+            request, count, size = requests[i], b - a, requests[i].tau_bytes(a, b)
             deltas = request.deltas(a, b)
             if request.binary:
                 tau = np.empty((count, request.words), np.uint8)
             else:
-                tau = np.empty(request.tau_bytes(a, b), np.uint8)
+                tau = outgoing[position: position + size]
             for low, high in _blocks(count, request.words, 2):
-                encrypted, inputs = self.hash.pads(q, peer_u, self.sender.flip_mask, offset + low, high - low,
-                                                   q_first + offset + low, request.words, self.sender.s_sigma)
+                encrypted, inputs = self.hash.pads(q, offset + low, high - low, q_first + offset + low,
+                                                   request.words, self.sender.s_sigma)
                 rows, piece = _delta_rows(request, deltas, a, low, high), _piece(request, tau, a, low, high)
                 if request.binary:
                     _send_binary(encrypted, inputs, rows, piece, own[i], a + low, request.group)
@@ -393,10 +417,11 @@ class OtChannel:
                     packed = self._packed(len(piece))
                     _send_words(encrypted, inputs, rows, packed, own[i], a + low, request.group, request.scaled)
                     piece[:] = packed.view(np.uint8)[: len(piece)]
-            taus.append(np.packbits(tau.reshape(-1), bitorder="little") if request.binary else tau)
+            if request.binary:
+                outgoing[position: position + size] = np.packbits(tau.reshape(-1), bitorder="little")
+            position += size
         expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
-        peer_taus, position = self._swap(np.concatenate(taus), expected, "correction"), 0
-        no_flips = np.zeros(KAPPA, np.uint64)
+        peer_taus, position = self._swap(outgoing, expected, "correction"), 0
         for i, a, b, offset in my_segments:  # receiver side
             request, count = requests[i], b - a
             raw = peer_taus[position: position + request.tau_bytes(a, b)]
@@ -406,8 +431,7 @@ class OtChannel:
             else:
                 tau = raw
             for low, high in _blocks(count, request.words, 1):
-                encrypted, inputs = self.hash.pads(t, t, no_flips, offset + low, high - low, t_first + offset + low,
-                                                   request.words)
+                encrypted, inputs = self.hash.pads(t, offset + low, high - low, t_first + offset + low, request.words)
                 mine, piece = choices[offset + low: offset + high], _piece(request, tau, a, low, high)
                 if request.binary:
                     _receive_binary(encrypted, inputs, mine, piece, received[i], a + low, request.group)

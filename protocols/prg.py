@@ -132,12 +132,18 @@ class CipherStream:
         self.read_into(out, nbytes)
         return out[:nbytes]
 
-    def read_into(self, out: np.ndarray, nbytes: int) -> None:
-        """The next ``nbytes`` of keystream into ``out[:nbytes]``; ``out`` (contiguous uint8)
-        has 15 bytes more, which the cipher may scribble on."""
+    def read_into(self, out: np.ndarray, nbytes: int, data: np.ndarray | None = None) -> None:
+        """The next ``nbytes`` of keystream into ``out[:nbytes]``, XOR-ed with ``data[:nbytes]``
+        (contiguous uint8) if given: the cipher applies it as it goes, so a keystream that is
+        only ever used XOR-ed with something costs no pass of its own. ``out`` (contiguous
+        uint8) has 15 bytes more, which the cipher may scribble on."""
         if len(out) < nbytes + 15:
             raise ValueError(f"a keystream read of {nbytes} bytes needs a buffer of {nbytes + 15}, got {len(out)}")
-        written = self._encryptor.update_into(_zero_bytes(nbytes), out)
+        if data is not None and len(data) < nbytes:
+            raise ValueError(f"a keystream read of {nbytes} bytes XOR-ed with data needs {nbytes} bytes of it, "
+                             f"got {len(data)}")
+        plain = _zero_bytes(nbytes) if data is None else memoryview(data)[:nbytes]
+        written = self._encryptor.update_into(plain, out)
         assert written == nbytes
         self.bytes_drawn += nbytes
 

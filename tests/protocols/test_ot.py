@@ -477,20 +477,44 @@ def _reference_pads(columns, first, count, index0, words):
 @pytest.mark.parametrize("first, count, words", [(0, 1, 1), (37, 200, 1), (64, 64, 3), (5, 1000, 4), (100, 27, 2)])
 def test_hash_pads_are_the_fixed_key_aes_construction(first, count, words):
     """The fused kernel (transposition, sigma, tweaks, AES) against the construction computed
-    plainly; the sender's second copy hashes x ^ s (its columns flipped by u where s_i = 1)."""
+    plainly; the sender's second copy hashes x ^ s."""
     from protocols.ot_hash import CrHash, sigma
 
     rng = np.random.default_rng(count)
     width = (first + count + 63) // 64
-    keystream, u = (rng.integers(0, 2**64 - 1, size=(128, width), dtype=np.uint64, endpoint=True) for _ in range(2))
+    q = rng.integers(0, 2**64 - 1, size=(128, width), dtype=np.uint64, endpoint=True)
     s = rng.integers(0, 2, size=128).astype(np.uint8)
-    flip_mask = np.uint64(0) - s.astype(np.uint64)
-    q = keystream ^ (u & flip_mask[:, None])
     s_row = np.packbits(s, bitorder="little")
-    encrypted, inputs = CrHash().pads(keystream, u, flip_mask, first, count, 1000, words, sigma(s_row))
+    encrypted, inputs = CrHash().pads(q, first, count, 1000, words, sigma(s_row))
     pads = (encrypted ^ inputs)[:, :, :words]
     assert np.array_equal(pads[0], _reference_pads(q, first, count, 1000, words))
     q_plus_s = q ^ (np.uint64(0) - s.astype(np.uint64))[:, None]  # every row XOR s
     assert np.array_equal(pads[1], _reference_pads(q_plus_s, first, count, 1000, words))
-    encrypted, inputs = CrHash().pads(q, q, np.zeros(128, np.uint64), first, count, 1000, words)
+    encrypted, inputs = CrHash().pads(q, first, count, 1000, words)
     assert np.array_equal((encrypted[0] ^ inputs[0])[:, :words], pads[0])
+
+
+@pytest.mark.parametrize("count", [1, 100, 4096])
+def test_extension_columns_are_iknp(count):
+    """The receiver's u = G(k0) ^ G(k1) ^ r and t = G(k0), and the sender's q = G(k_s) ^ (u & s),
+    column by column, against the keystreams read plainly (the cipher XORs u and r in as it
+    writes): so q ^ t is s where the choice bit is 1 and 0 where it is 0, OT by OT."""
+    from protocols.ot_extension import ExtensionReceiver, ExtensionSender
+    from protocols.prg import CipherStream
+
+    rng = np.random.default_rng(count)
+    keys = [(rng.bytes(16), rng.bytes(16)) for _ in range(128)]
+    s = rng.integers(0, 2, size=128).astype(np.uint8)
+    choices = rng.integers(0, 2, size=count).astype(np.uint8)
+    width = (count + 63) // 64 * 8
+    u, t, _ = ExtensionReceiver(keys).columns(choices)
+    u = u.copy()
+    r = np.zeros(width, np.uint8)
+    r[: (count + 7) // 8] = np.packbits(choices, bitorder="little")
+    g0 = np.stack([CipherStream(k0).read(width) for k0, _ in keys])
+    g1 = np.stack([CipherStream(k1).read(width) for _, k1 in keys])
+    assert np.array_equal(t.view(np.uint8), g0)
+    assert np.array_equal(u, g0 ^ g1 ^ r[None, :])
+    q, _ = ExtensionSender(s, [pair[bit] for pair, bit in zip(keys, s)]).q_columns(u, count)
+    bits = np.unpackbits((q ^ t).view(np.uint8), axis=1, bitorder="little")[:, :count]  # (column i, OT j)
+    assert np.array_equal(bits, s[:, None] & choices[None, :])

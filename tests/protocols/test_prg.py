@@ -26,6 +26,22 @@ def test_streams_are_deterministic_and_continue(algorithm):
     assert not np.array_equal(CipherStream(new_seed(), algorithm).read(1000), whole)
 
 
+@pytest.mark.parametrize("algorithm", ["aes_ctr", "chacha20"])
+def test_a_read_with_data_is_the_keystream_xor_the_data(algorithm):
+    """read_into(out, n, data) gives the next n keystream bytes XOR data and continues the stream
+    exactly as a plain read would; too little data is refused."""
+    seed, rng = new_seed(), np.random.default_rng(0)
+    plain, mixed = CipherStream(seed, algorithm), CipherStream(seed, algorithm)
+    data = rng.integers(0, 256, size=500, dtype=np.uint8)
+    out = np.empty(500 + 15, np.uint8)
+    mixed.read_into(out[:300 + 15], 300, data[:300])
+    mixed.read_into(out[300:], 200, data[300:])
+    assert np.array_equal(out[:500], plain.read(500) ^ data)
+    assert np.array_equal(mixed.read(64), plain.read(64))
+    with pytest.raises(ValueError):
+        mixed.read_into(out, 100, data[:99])
+
+
 def test_algorithms_differ_and_seed_length_is_checked():
     seed = new_seed()
     assert CipherStream(seed, "aes_ctr").read(64).tobytes() != CipherStream(seed, "chacha20").read(64).tobytes()
