@@ -32,12 +32,17 @@ def random_scalar() -> bytes:
     return crypto_core_ed25519_scalar_reduce(secrets.token_bytes(64))
 
 
-def _multiply(scalar: bytes, point: bytes) -> bytes:
+def _invalid_point(peer: int, what: str) -> OtError:
+    return OtError(f"OT peer party {peer} sent a base-OT {what} with a point that is not a valid "
+                   "edwards25519 group element")
+
+
+def _multiply(scalar: bytes, point: bytes, peer: int, what: str) -> bytes:
     """scalar * point; libsodium refuses points off the prime-order subgroup and the identity."""
     try:
         return crypto_scalarmult_ed25519_noclamp(scalar, point)
     except CryptoError:
-        raise OtError("the OT peer sent a point that is not a valid edwards25519 group element") from None
+        raise _invalid_point(peer, what) from None
 
 
 def _kdf(index: int, sender_point: bytes, receiver_point: bytes, shared: bytes) -> bytes:
@@ -46,9 +51,11 @@ def _kdf(index: int, sender_point: bytes, receiver_point: bytes, shared: bytes) 
                           + shared).digest()[:16]
 
 
-def _checked_points(data: Any, count: int, what: str) -> list[bytes]:
+def _checked_points(data: Any, count: int, peer: int, what: str) -> list[bytes]:
     if not isinstance(data, bytes) or len(data) != count * POINT_BYTES:
-        raise OtError(f"the OT peer sent a malformed base-OT {what} (expected {count} points)")
+        got = f"{len(data)} bytes" if isinstance(data, bytes) else f"a {type(data).__name__}"
+        raise OtError(f"OT peer party {peer} sent a malformed base-OT {what}: {got}, expected {count} points "
+                      f"of {POINT_BYTES} bytes")
     return [data[i * POINT_BYTES: (i + 1) * POINT_BYTES] for i in range(count)]
 
 
@@ -61,21 +68,22 @@ def base_ot_send(comm: Any, peer: int, count: int = KAPPA) -> list[tuple[bytes, 
     big_a = crypto_scalarmult_ed25519_base_noclamp(a)
     comm.send_obj(big_a, peer)
     keys = []
-    for index, point in enumerate(_checked_points(comm.recv_obj(peer), count, "receiver message")):
-        k0 = _kdf(index, big_a, point, _multiply(a, point))
+    what = "receiver message"
+    for index, point in enumerate(_checked_points(comm.recv_obj(peer), count, peer, what)):
+        k0 = _kdf(index, big_a, point, _multiply(a, point, peer, what))
         try:
             b_minus_a = crypto_core_ed25519_sub(point, big_a)
         except CryptoError:
-            raise OtError("the OT peer sent a point that is not on edwards25519") from None
-        keys.append((k0, _kdf(index, big_a, point, _multiply(a, b_minus_a))))
+            raise _invalid_point(peer, what) from None
+        keys.append((k0, _kdf(index, big_a, point, _multiply(a, b_minus_a, peer, what))))
     return keys
 
 
 def base_ot_receive(comm: Any, peer: int, choices: np.ndarray) -> list[bytes]:
     """Receiver side: the key of each OT that ``choices`` (0/1 per OT) selects."""
-    big_a = _checked_points(comm.recv_obj(peer), 1, "sender message")[0]
+    big_a = _checked_points(comm.recv_obj(peer), 1, peer, "sender message")[0]
     if not crypto_core_ed25519_is_valid_point(big_a):
-        raise OtError("the OT peer sent a point that is not a valid edwards25519 group element")
+        raise _invalid_point(peer, "sender message")
     scalars = [random_scalar() for _ in range(len(choices))]
     unchosen = [crypto_scalarmult_ed25519_base_noclamp(b) for b in scalars]  # b G
     shifted = [crypto_core_ed25519_add(point, big_a) for point in unchosen]  # b G + A
@@ -85,5 +93,6 @@ def base_ot_receive(comm: Any, peer: int, choices: np.ndarray) -> list[bytes]:
     mask = (np.uint8(0) - np.asarray(choices, dtype=np.uint8))[:, None]
     message = (plain ^ ((plain ^ plus) & mask)).tobytes()
     comm.send_obj(message, peer)
-    points = _checked_points(message, len(choices), "receiver message")
-    return [_kdf(index, big_a, point, _multiply(b, big_a)) for index, (b, point) in enumerate(zip(scalars, points))]
+    points = [message[i * POINT_BYTES: (i + 1) * POINT_BYTES] for i in range(len(choices))]
+    return [_kdf(index, big_a, point, _multiply(b, big_a, peer, "sender message"))
+            for index, (b, point) in enumerate(zip(scalars, points))]

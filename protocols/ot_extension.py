@@ -360,8 +360,8 @@ class OtChannel:
         self.comm.irecv(peer_header, self.peer).wait()
         exchange, size = (int(v) for v in peer_header)
         if exchange != self.exchanges or size != expected:
-            raise OtError(f"the OT peer sent a malformed {what} message: exchange {exchange} of {size} bytes, "
-                          f"expected exchange {self.exchanges} of {expected} bytes")
+            raise OtError(f"OT peer party {self.peer} sent a malformed {what} message: exchange {exchange} of "
+                          f"{size} bytes, expected exchange {self.exchanges} of {expected} bytes")
         self._incoming[what] = _at_least(self._incoming.get(what, np.empty(0, np.uint8)), expected)
         received = self._incoming[what][:expected]  # valid until the next message of its kind
         if expected:
@@ -395,7 +395,7 @@ class OtChannel:
                                                             for i, a, b, _ in my_segments])
         u, t, t_first = self.receiver.columns(choices)
         peer_count = peer_range[1] - peer_range[0]
-        peer_u = self._swap(u, KAPPA * _padded(peer_count) // 8, "extension").reshape(KAPPA, -1).view(np.uint64)
+        peer_u = self._swap(u, KAPPA * _padded(peer_count) // 8, "u-columns").reshape(KAPPA, -1).view(np.uint64)
         q, q_first = self.sender.q_columns(peer_u.view(np.uint8), peer_count)
         peer_segments = list(_segments(theirs, *peer_range))
         outgoing = self._outgoing(sum(requests[i].tau_bytes(a, b) for i, a, b, _ in peer_segments))
@@ -421,7 +421,7 @@ class OtChannel:
                 outgoing[position: position + size] = np.packbits(tau.reshape(-1), bitorder="little")
             position += size
         expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
-        peer_taus, position = self._swap(outgoing, expected, "correction"), 0
+        peer_taus, position = self._swap(outgoing, expected, "corrections"), 0
         for i, a, b, offset in my_segments:  # receiver side
             request, count = requests[i], b - a
             raw = peer_taus[position: position + request.tau_bytes(a, b)]

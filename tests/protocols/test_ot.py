@@ -196,10 +196,12 @@ LIES = {
     "A-not-a-point": (0, lambda m, r: b"\xff" * 32, "OtError"),
     "A-small-order": (0, lambda m, r: (1).to_bytes(32, "little"), "OtError"),
     "A-truncated": (0, lambda m, r: m[:16], "OtError"),
+    "A-not-bytes": (0, lambda m, r: m.hex(), "OtError"),
     "A-another-element": (0, _other_group_element, "garbage"),
     "B-not-a-point": (1, lambda m, r: b"\xff" * 32 + m[32:], "OtError"),
     "B-equals-A": (1, lambda m, r: r + m[32:], "OtError"),  # B - A is the identity
     "B-one-short": (1, lambda m, r: m[:-32], "OtError"),
+    "B-one-long": (1, lambda m, r: m + m[:32], "OtError"),
     "B-another-element": (1, lambda m, r: _other_group_element(m, r) + m[32:], "garbage"),
 }
 
@@ -208,8 +210,10 @@ LIES = {
 def test_a_lie_in_a_base_ot_message_is_refused_or_gives_garbage(lie):
     index, rewrite, expected = LIES[lie]
     liar, honest = outcomes(_tuple_products, lambda rank, queues: LyingComm(rank, queues, index, rewrite))
-    if expected == "OtError":
+    if expected == "OtError":  # the honest party's own check, naming the liar and its message
         assert isinstance(honest, OtError), honest
+        what = ("sender", "receiver")[index]
+        assert "OT peer party 0 sent a" in str(honest) and f"base-OT {what} message" in str(honest), honest
         return
     (x0, z0), (x1, z1) = liar, honest
     exact = x0 * _words(500, 21) + x1 * _words(500, 20)
@@ -397,12 +401,13 @@ def _announcing(field, change):
 
 
 HEADER_LIES = {
-    "u-one-byte-short": (0, _announcing(1, -1), "extension message: exchange 0 of"),
-    "u-one-byte-long": (0, _announcing(1, 1), "extension message: exchange 0 of"),
-    "corrections-short": (2, _announcing(1, -8), "correction message: exchange 0 of"),
-    "replayed-exchange": (2, _announcing(0, 1), "correction message: exchange 1 of"),
+    "u-one-byte-short": (0, _announcing(1, -1), "u-columns message: exchange 0 of"),
+    "u-one-byte-long": (0, _announcing(1, 1), "u-columns message: exchange 0 of"),
+    "u-replayed-exchange": (0, _announcing(0, -1), "u-columns message: exchange -1 of"),
+    "corrections-short": (2, _announcing(1, -8), "corrections message: exchange 0 of"),
+    "replayed-exchange": (2, _announcing(0, 1), "corrections message: exchange 1 of"),
     # a peer sending whole 8-byte corrections where the bits above 64 - i are cut (500 products)
-    "corrections-untrimmed": (2, _announcing(1, 500 * (64 * 8 - 288)), "correction message: exchange 0 of"),
+    "corrections-untrimmed": (2, _announcing(1, 500 * (64 * 8 - 288)), "corrections message: exchange 0 of"),
 }
 
 
@@ -411,7 +416,7 @@ def test_a_header_announcing_another_length_or_exchange_is_refused(lie):
     index, rewrite, message = HEADER_LIES[lie]
     _, honest = outcomes(_tuple_products, lambda rank, queues: TamperingComm(rank, queues, index, rewrite))
     assert isinstance(honest, OtError), honest
-    assert "the OT peer sent a malformed" in str(honest) and message in str(honest)
+    assert "OT peer party 0 sent a malformed" in str(honest) and message in str(honest), honest
 
 
 @pytest.mark.parametrize("index", [1, 3], ids=["u-columns", "corrections"])
