@@ -1,0 +1,146 @@
+"""A semi-honest `ot` peer that lies with well-formed messages: bits flipped in its corrections
+or its u columns. Nothing refuses such a lie (the suite is semi-honest); what is tested is its
+exact consequence: no crash, and the tuples change only in the element the flipped OT belongs
+to, by an amount that depends on one of the honest party's random bits and nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from protocols.bitpack import pair_products
+from protocols.ot import GilboaEngine, OtTripleSource
+from protocols.ot_extension import KAPPA, OtChannel
+from test_ot import TamperingComm, _words, outcomes
+
+CORRECTIONS, U_COLUMNS = 3, 1  # party 0's raw messages (TamperingComm): the bodies of one exchange
+COUNT = 500  # products in the Gilboa tests
+# a scaled (Gilboa) correction for bit i of a word keeps ceil((64 - i) / 8) bytes
+KEPT = [(64 - i + 7) // 8 for i in range(64)]
+PREFIX = np.concatenate([[0], np.cumsum(KEPT)])
+
+
+def _flip(offsets_bits: list[tuple[int, int]], seen: dict):
+    """A lie flipping bit b of byte o for each (o, b) of a message, keeping the original in ``seen``."""
+    def lie(tensor: torch.Tensor) -> torch.Tensor:
+        seen["original"] = tensor.numpy().copy()
+        tensor = tensor.clone()
+        for offset, bit in offsets_bits:
+            tensor[offset] ^= 1 << bit
+        return tensor
+    return lie
+
+
+def _delta(original: np.ndarray, offset: int, bit: int, first: int) -> int:
+    """What flipping bit ``bit`` of byte ``offset`` adds to the little-endian integer starting at
+    byte ``first`` (mod 2^64): +2^p where that bit was 0, -2^p where it was 1."""
+    place = 8 * (offset - first) + bit
+    return (-(1 << place) if original[offset] >> bit & 1 else 1 << place) % 2**64
+
+
+def _signed(value: int) -> int:
+    """A ring element (mod 2^64) as the int64 that holds it."""
+    value %= 2**64
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _liar(index: int, lie):
+    return lambda rank, queues: TamperingComm(rank, queues, index, lie)
+
+
+def _products(rank, comm):
+    """Shares of x0 y1 + x1 y0 (500 Gilboa products); the honest party's base-OT choices s too."""
+    x, y = _words(COUNT, 10 + rank), _words(COUNT, 20 + rank)
+    engine = GilboaEngine(OtChannel(comm, 1 - rank))
+    return engine.run([engine.plan_elementwise(x, y)])[0], engine.channel.sender.choices.copy()
+
+
+EXACT = _words(COUNT, 10) * _words(COUNT, 21) + _words(COUNT, 11) * _words(COUNT, 20)
+Y1 = _words(COUNT, 21)  # the honest party's choice bits for the liar's corrections
+
+
+@pytest.mark.parametrize("bit, byte, flipped, choice", [
+    (0, 0, 0, 1), (0, 0, 0, 0), (5, 3, 2, 1), (5, 3, 2, 0), (63, 0, 0, 1), (40, 2, 7, 1),
+    (60, 0, 6, 1),  # bit 6 of the correction's only byte: shifted out by 60, no effect at all
+], ids=lambda v: str(v))
+def test_a_flipped_gilboa_correction_shifts_one_product_by_choice_times_the_flip(bit, byte, flipped, choice):
+    """Correction of OT (element e, bit i) flipped by D: the honest receiver's p_c = H(t) - c tau
+    moves by -c D, counted 2^i times, so z0 + z1 = x0 y1 + x1 y0 - c D 2^i at e and exact elsewhere
+    (c: bit i of the honest y1[e]; bits of D shifted past 2^64 vanish)."""
+    element = int(np.flatnonzero((Y1 >> np.uint64(bit)) & np.uint64(1) == choice)[3])
+    first = element * int(PREFIX[64]) + int(PREFIX[bit])  # the correction's first byte in the message
+    seen: dict = {}
+    liar, honest = outcomes(_products, _liar(CORRECTIONS, _flip([(first + byte, flipped)], seen)))
+    error = (liar[0] + honest[0] - EXACT).reshape(-1)
+    expected = np.zeros(COUNT, np.uint64)
+    delta = _delta(seen["original"], first + byte, flipped, first)
+    expected[element] = np.uint64((-choice * delta << bit) % 2**64)
+    assert np.array_equal(error, expected)
+    assert (error[element] != 0) == (choice == 1 and 8 * byte + flipped + bit < 64)
+
+
+def test_a_flipped_u_bit_garbles_one_product_only_where_the_honest_s_bit_is_one():
+    """u column i flipped at OT j: the honest sender's q row j changes in bit i iff its base-OT
+    choice s_i is 1; then both of OT j's pads are hashes of another row, and its product (element
+    j // 64) comes out wrong; every other product stays exact. (A liar that sees which products
+    fail learns bits of s: the selective failure that semi-honest IKNP does not stop.)"""
+    width = (COUNT * 64 + 63) // 64 * 8  # bytes per u column
+    columns = list(range(0, KAPPA, 16))  # 8 columns, each flipped at an OT of its own element
+    elements = [3 + 50 * n for n in range(len(columns))]
+    flips = [(column * width + 64 * element // 8, 5) for column, element in zip(columns, elements)]
+    liar, honest = outcomes(_products, _liar(U_COLUMNS, _flip(flips, {})))
+    wrong = set(np.flatnonzero(liar[0] + honest[0] != EXACT))
+    s = honest[1]
+    assert wrong == {element for column, element in zip(columns, elements) if s[column]}
+
+
+def _tuples(keys):
+    def party(rank, comm):
+        source = OtTripleSource()
+        source.engine = GilboaEngine(OtChannel(comm, 1 - rank))
+        return source.produce(keys)
+    return party
+
+
+def test_a_flipped_sign_mask_correction_changes_its_element_only():
+    """Sign masks (r, s, pair ANDs) of 40 elements. A flipped bit-times-word correction for bit k
+    of element e moves r0 + r1 off -s by -c D 2^k there (c: bit k of the honest s1[e]); a flipped
+    AND correction for bit j of element e flips bit j of the pair ANDs there iff bit j of the
+    honest s1's even bits is 1 (never for odd j). Every other element is exact. Eight elements of
+    each kind, so both values of c occur (but for a chance of 2^-7)."""
+    count = 40
+    words = [(e, (5 * e) % 64, (8 * e + 2, e % 8)) for e in range(0, count, 5)]  # (e, k, (byte, bit) in it)
+    ands = [(e, (7 * e) % 64) for e in range(2, count, 5)]  # (e, j): j odd for odd e
+    flips = [((64 * e + k) * 8 + byte % 8, bit) for e, k, (byte, bit) in words]  # 8 bytes per correction
+    flips += [(count * 64 * 8 + (64 * e + j) // 8, (64 * e + j) % 8) for e, j in ands]  # then 1 bit per AND
+    seen: dict = {}
+    (liar,), (honest,) = outcomes(_tuples([("signmask", (count,))]), _liar(CORRECTIONS, _flip(flips, seen)))
+    (r0, s0, pairs0), (r1, s1, pairs1) = liar, honest
+    s = s0 ^ s1
+    expected_r, expected_pairs = (-s).clone(), pair_products(s).clone()
+    for (e, k, _), (offset, bit) in zip(words, flips):
+        delta = _delta(seen["original"], offset, bit, (64 * e + k) * 8)
+        expected_r[e] += _signed(-(int(s1[e]) >> k & 1) * delta << k)
+    for e, j in ands:
+        expected_pairs[e] ^= (int(s1[e]) >> j & 1 & (1 - j % 2)) << j  # the honest low bits: s1's even bits
+    assert torch.equal(r0 + r1, expected_r)
+    assert torch.equal(pairs0 ^ pairs1, expected_pairs)
+
+
+def test_a_flipped_wrap_bit_correction_changes_its_element_only():
+    """Wrap-bit tuples (each party's word, shares of the two top bits' AND): a flipped correction
+    of element e moves and0 + and1 off the AND by -c D there (c: the honest party's top bit).
+    Eight elements, so both values of c occur (but for a chance of 2^-7)."""
+    count = 60
+    flips = [(8 * e + e % 8, e % 7) for e in range(1, count, 8)]  # some byte of element e's 8
+    seen: dict = {}
+    # party 0 only sends in these OTs: its u columns are empty and not sent, so its corrections
+    # are its raw message 2
+    (liar,), (honest,) = outcomes(_tuples([("wrapbit", (count,))]), _liar(2, _flip(flips, seen)))
+    (word0, and0), (word1, and1) = liar, honest
+    expected = ((word0 < 0) & (word1 < 0)).long()
+    for offset, bit in flips:
+        e = offset // 8
+        expected[e] += _signed(-int(word1[e] < 0) * _delta(seen["original"], offset, bit, 8 * e))
+    assert torch.equal(and0 + and1, expected)
