@@ -6,8 +6,9 @@ the model converter's swap, and every extension point the protocol parts plug in
   TorchScript exporter for ``from_pytorch``, ONNX ``Identity`` nodes, pooling windows,
   ``torch.load``'s ``weights_only`` default, and ``FixedPointEncoder.decode``.
 * **The session** (:func:`install_session`): ``crypten.communicator.DistributedCommunicator``
-  (looked up at call time) becomes an adapter whose instance is the party's transport, and
-  ``crypten.cfg`` reads through a cache.
+  (looked up at call time) becomes an adapter whose instance is the party's transport,
+  ``crypten.cfg`` reads through a cache, and ``CrypTensor.__getattribute__`` reads plain
+  attributes without CrypTen's dispatch.
 * **Models** (:func:`drop_unit_scalings`): converted ``Gemm`` layers with unit scalings
   become a plain ``a @ b + c``.
 * **Protocol parts**: the provider table in ``crypten.mpc`` (chosen by ``cfg.mpc.provider``)
@@ -426,7 +427,8 @@ def _empty_mpc_tensor(mpc_tensor: type, arithmetic: Any) -> Callable[..., None]:
 
 def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
     """CrypTen's communicator becomes ``make_communicator()`` at ``crypten.init``; its config
-    reads through a cache; the placeholder ``MPCTensor([])`` is made without a sharing."""
+    reads through a cache; CrypTensor attribute lookups take the short way for plain names; the
+    placeholder ``MPCTensor([])`` is made without a sharing."""
     _patch("session", crypten.communicator, "DistributedCommunicator", _communicator_adapter(make_communicator))
     _patch("session", crypten.cfg, "__class__", _fast_config_class(type(crypten.cfg)))
     tensor_class = crypten.CrypTensor
