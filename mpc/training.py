@@ -8,6 +8,7 @@ evaluator from revealed predictions.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from contextlib import contextmanager
@@ -150,12 +151,16 @@ def fit_sigmoid_coefficients() -> np.ndarray:
     return coefficients
 
 
-def _sigmoid_weights(device: Any) -> tuple[torch.Tensor, np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def _sigmoid_weights() -> tuple[tuple[tuple[int, ...], ...], np.ndarray]:
     """A's and B's coefficients of T_1..T_3 as integers times 2^SIGMOID_WEIGHT_BITS (rows A, B),
-    and their constant terms."""
+    and their constant terms (read-only). Worked out once: the fit behind them is a least-squares
+    solve, ~1 ms a step where the sigmoid runs."""
     a, b = sigmoid_split_coefficients()
     weights = np.round(np.stack([a[1:], b[1:]]) * 2**SIGMOID_WEIGHT_BITS).astype(np.int64)
-    return torch.from_numpy(weights).to(device), np.array([a[0], b[0]])
+    constants = np.array([a[0], b[0]])
+    constants.setflags(write=False)
+    return tuple(tuple(int(w) for w in row) for row in weights), constants
 
 
 def _clipped(logits: Any) -> Any:
@@ -184,9 +189,9 @@ def _odd_factor(s: Any) -> Any:
     if not divides_wide_values_exactly(crypten):
         level, one = level.div(one), 1
     s3 = level[0] * 2 - s * one
-    weights, constants = _sigmoid_weights(s.device)
+    weights, constants = _sigmoid_weights()
     # shares times Python integers are exact (no truncation), under every share type
-    sums = [s * (int(row[0]) * one) + s2 * (int(row[1]) * one) + s3 * int(row[2]) for row in weights]
+    sums = [s * (row[0] * one) + s2 * (row[1] * one) + s3 * row[2] for row in weights]
     parts = crypten.stack([*sums, level[1] * 2**SIGMOID_WEIGHT_BITS]).div(one * 2**SIGMOID_WEIGHT_BITS)
     s4 = parts[2] * 2 - 1
     return parts[0] + constants[0] + s4 * (parts[1] + constants[1])

@@ -6,8 +6,9 @@ the model converter's swap, and every extension point the protocol parts plug in
   TorchScript exporter for ``from_pytorch``, ONNX ``Identity`` nodes, pooling windows,
   ``torch.load``'s ``weights_only`` default, and ``FixedPointEncoder.decode``.
 * **The session** (:func:`install_session`): ``crypten.communicator.DistributedCommunicator``
-  (looked up at call time) becomes an adapter whose instance is the party's transport, and
-  ``crypten.cfg`` reads through a cache.
+  (looked up at call time) becomes an adapter whose instance is the party's transport,
+  ``crypten.cfg`` reads through a cache, and ``CrypTensor.__getattribute__`` reads plain
+  attributes without CrypTen's dispatch.
 * **Models** (:func:`drop_unit_scalings`): converted ``Gemm`` layers with unit scalings
   become a plain ``a @ b + c``.
 * **Protocol parts**: the provider table in ``crypten.mpc`` (chosen by ``cfg.mpc.provider``)
@@ -301,41 +302,43 @@ class _ConfigView:
     """A caching view of one node of crypten's OmegaConf config tree.
 
     crypten reads ``cfg.<group>.<key>`` through OmegaConf on almost every tensor operation
-    (tens of microseconds a lookup: a sixth of a training step's CPU time). Reads are cached
-    here; writes go to the OmegaConf node and drop the cached value.
+    (tens of microseconds a lookup: a sixth of a training step's CPU time). A value read once
+    is kept in the view's ``__dict__``, so reading it again is a plain attribute lookup (no
+    Python call: every attribute access on a CrypTensor reads ``cfg.debug.validation_mode``);
+    writes go to the OmegaConf node and drop the kept value.
     """
 
-    __slots__ = ("_node", "_cache")
+    __slots__ = ("_node", "__dict__")
 
     def __init__(self, node: Any) -> None:
         object.__setattr__(self, "_node", node)
-        object.__setattr__(self, "_cache", {})
 
-    def __getattr__(self, name: str) -> Any:
-        cache = object.__getattribute__(self, "_cache")
-        try:
-            return cache[name]
-        except KeyError:
-            pass
+    def __getattr__(self, name: str) -> Any:  # only for a value not read yet
         value = getattr(object.__getattribute__(self, "_node"), name)
         if hasattr(value, "_get_node"):  # an OmegaConf container
             value = _ConfigView(value)
-        cache[name] = value
+        object.__getattribute__(self, "__dict__")[name] = value
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(object.__getattribute__(self, "_node"), name, value)
-        object.__getattribute__(self, "_cache").pop(name, None)
+        object.__getattribute__(self, "__dict__").pop(name, None)
+
+
+_CONFIG_GROUPS = "_view_groups"  # the config groups kept in a FastCrypTenConfig's __dict__
 
 
 def _fast_config_class(base: type) -> type:
     """``base`` (crypten's CrypTenConfig) reading through a :class:`_ConfigView` of whatever
-    tree it holds now; ``temp_override`` and ``load_config`` swap the tree, and the view
-    follows."""
+    tree it holds now. crypten's ``__getattribute__`` (a Python call and a failed lookup per
+    read) gives way to the plain one: a group read once (``cfg.mpc``) is kept in the
+    instance's ``__dict__``, found there without a Python call, and dropped whenever the tree
+    is replaced (``temp_override``, ``load_config``, ``set_config`` assign ``config``) or the
+    group itself is assigned."""
 
-    def __getattribute__(self: Any, name: str) -> Any:
-        if name.startswith("_") or name in _CONFIG_ATTRIBUTES:
-            return object.__getattribute__(self, name)
+    def __getattr__(self: Any, name: str) -> Any:  # only for what is not kept yet
+        if name.startswith("_"):
+            raise AttributeError(name)
         state = object.__getattribute__(self, "__dict__")
         config = state["config"]
         view = state.get("_view")
@@ -344,13 +347,64 @@ def _fast_config_class(base: type) -> type:
         result = view[1]
         for key in name.split("."):
             result = getattr(result, key)
+        if "." not in name:
+            state[name] = result
+            state.setdefault(_CONFIG_GROUPS, set()).add(name)
         return result
 
-    return type("FastCrypTenConfig", (base,), {"__getattribute__": __getattribute__})
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        _forget_config_groups(self)
+        base.__setattr__(self, name, value)
+
+    def __getitem__(self: Any, name: str) -> Any:  # crypten's calls __getattribute__ itself
+        return getattr(self, name)
+
+    return type("FastCrypTenConfig", (base,), {"__getattribute__": object.__getattribute__, "__getattr__": __getattr__,
+                                               "__getitem__": __getitem__, "__setattr__": __setattr__})
 
 
-_CONFIG_ATTRIBUTES = {"config", "load_config", "set_config", "temp_override", "save_config",
-                      "__dict__", "__class__"}
+def _forget_config_groups(config: Any) -> None:
+    """Drop the groups a FastCrypTenConfig kept (and its view): they belong to the tree it held."""
+    state = vars(config)
+    for name in state.pop(_CONFIG_GROUPS, ()):
+        state.pop(name, None)
+    state.pop("_view", None)
+
+
+def _lean_attribute_lookup(crypten: Any) -> Callable[[Any, str], Any]:
+    """``CrypTensor.__getattribute__`` as crypten's, with less work per lookup.
+
+    crypten's runs on every attribute read of every CrypTensor (``x._tensor``, ``x.encoder``:
+    tens of thousands per training step), each through its validation wrapper and its
+    dispatch: the protected names, the built-in names, the in-place suffix, the autograd
+    registry. A name that is protected, or that is none of the others and has no autograd
+    function registered, resolves as a plain attribute: such names are remembered and read
+    directly (the registry is asked every time, so a function registered later still counts).
+    ``cfg.debug.validation_mode`` is honoured as crypten's wrapper does."""
+    from crypten.debug import validate_correctness
+
+    tensor_class = crypten.CrypTensor
+    dispatch = tensor_class.__getattribute__.__wrapped__  # crypten's, without the wrapper
+    registry = crypten.gradients.FUNCTION_REGISTRY
+    cfg = crypten.config.cfg
+    plain_attribute = object.__getattribute__
+    # name -> True: always plain (protected); False: plain while no autograd function has it
+    plain: dict[str, bool] = {name: True for name in (*tensor_class.PROTECTED_ATTRIBUTES, "copy_")}
+
+    def __getattribute__(self: Any, name: str) -> Any:
+        always = plain.get(name)
+        if always or (always is False and name not in registry):
+            function = plain_attribute(self, name)
+        else:
+            if always is None and name not in tensor_class.PYTHON_BUILTIN and \
+                    not (name.endswith("_") and not name.endswith("__")):
+                plain[name] = False
+            function = dispatch(self, name)
+        if cfg.debug.validation_mode:
+            return validate_correctness(self, function, name)
+        return function
+
+    return __getattribute__
 
 
 def _empty_mpc_tensor(mpc_tensor: type, arithmetic: Any) -> Callable[..., None]:
@@ -375,9 +429,12 @@ def _empty_mpc_tensor(mpc_tensor: type, arithmetic: Any) -> Callable[..., None]:
 
 def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
     """CrypTen's communicator becomes ``make_communicator()`` at ``crypten.init``; its config
-    reads through a cache; the placeholder ``MPCTensor([])`` is made without a sharing."""
+    reads through a cache; CrypTensor attribute lookups take the short way for plain names; the
+    placeholder ``MPCTensor([])`` is made without a sharing."""
     _patch("session", crypten.communicator, "DistributedCommunicator", _communicator_adapter(make_communicator))
     _patch("session", crypten.cfg, "__class__", _fast_config_class(type(crypten.cfg)))
+    tensor_class = crypten.CrypTensor
+    _patch("session", tensor_class, "__getattribute__", _lean_attribute_lookup(crypten))
     from crypten.mpc.ptype import ptype
 
     mpc_tensor = crypten.mpc.MPCTensor
@@ -385,8 +442,8 @@ def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
 
 
 def uninstall_session(crypten: Any) -> None:
+    _forget_config_groups(crypten.cfg)
     restore("session")
-    vars(crypten.cfg).pop("_view", None)
 
 
 # -- models: unit-scaled Gemm layers -------------------------------------------------------

@@ -176,3 +176,114 @@ def test_the_session_makes_placeholder_mpc_tensors_without_a_sharing():
     assert MPCTensor.__init__ is original
     with pytest.raises(RuntimeError, match="not initialized"):  # crypten's own: a sharing
         MPCTensor([])
+
+
+# names whose lookup takes each path of crypten's CrypTensor.__getattribute__: protected, plain
+# (no autograd function), a property, built-in operators, in-place, autograd functions
+_LOOKED_UP = ("requires_grad", "backward", "copy_", "_tensor", "share", "encoder", "size", "shallow_copy",
+              "__add__", "__rsub__", "add", "add_", "neg_", "relu", "matmul", "sum", "div")
+
+
+def _looked_up(lookup, x: object, name: str) -> object:
+    """What identifies ``lookup(x, name)``: a bound method by its function and object, a
+    closure crypten makes per lookup by its code, an error by its type, anything else by itself."""
+    try:
+        value = lookup(x, name)
+    except (AttributeError, RuntimeError) as error:  # in place with autograd: crypten refuses
+        return ("raises", type(error))
+    return _lookup_signature(value)
+
+
+def _lookup_signature(value: object) -> object:
+    if hasattr(value, "__self__") and hasattr(value, "__func__"):
+        return ("method", value.__func__, id(value.__self__))
+    if callable(value) and hasattr(value, "__code__"):
+        return ("function", value.__code__)
+    return ("value", value)
+
+
+def test_the_sessions_attribute_lookup_resolves_every_name_as_cryptens():
+    """The session's CrypTensor.__getattribute__ (plain names read directly) gives what crypten's
+    gives for every kind of name, with autograd on and off, twice (the second read takes the
+    remembered path); a name given an autograd function later is dispatched again; the
+    validation mode still wraps lookups; uninstalling restores crypten's own."""
+    from protocols.crypten_hooks import install_session, uninstall_session
+
+    crypten = load_crypten()
+    from crypten.mpc import MPCTensor
+
+    original = crypten.CrypTensor.__getattribute__
+    install_session(crypten, lambda: None)
+    try:
+        x = MPCTensor.from_shares(torch.tensor([3, -4]), precision=0)
+        for requires_grad in (False, True):
+            x.requires_grad = requires_grad
+            for _ in range(2):
+                for name in _LOOKED_UP:
+                    assert _looked_up(getattr, x, name) == _looked_up(original, x, name), name
+                    with crypten.no_grad():
+                        assert _looked_up(getattr, x, name) == _looked_up(original, x, name), name
+        x.requires_grad = False
+        MPCTensor.cotrain_late_op = lambda self: "plain"
+        try:
+            plain = _looked_up(getattr, x, "cotrain_late_op")  # remembered as a plain name
+            assert plain[0] == "method" and x.cotrain_late_op() == "plain"
+
+            class LateOp(crypten.gradients.AutogradFunction):
+                @staticmethod
+                def forward(ctx, input):
+                    return "autograd"
+
+            crypten.gradients.register_function("cotrain_late_op")(LateOp)
+            try:  # crypten's autograd dispatch now, as crypten's own lookup gives
+                assert _looked_up(getattr, x, "cotrain_late_op")[0] == "function"
+                assert _looked_up(getattr, x, "cotrain_late_op") == _looked_up(original, x, "cotrain_late_op")
+            finally:
+                del crypten.gradients.FUNCTION_REGISTRY["cotrain_late_op"]
+            assert _looked_up(getattr, x, "cotrain_late_op") == plain
+        finally:
+            del MPCTensor.cotrain_late_op
+        crypten.cfg.debug.validation_mode = True
+        try:
+            # crypten's validation wrapper, on both paths: a looked-up function and a plain one
+            assert x.add.__qualname__.endswith("validation_function")
+            assert x.size.__qualname__.endswith("validation_function")
+        finally:
+            crypten.cfg.debug.validation_mode = False
+        assert _lookup_signature(x.add) == _lookup_signature(original(x, "add"))
+    finally:
+        uninstall_session(crypten)
+    assert crypten.CrypTensor.__getattribute__ is original
+
+
+def test_the_sessions_config_reads_follow_every_change():
+    """Under a session, crypten.cfg keeps what it read, and drops it whenever the tree or a value
+    changes: a write through a group, temp_override, set_config, a new key; uninstalling leaves
+    nothing kept behind."""
+    import copy
+
+    from protocols.crypten_hooks import install_session, uninstall_session
+
+    crypten = load_crypten()
+    cfg = crypten.cfg
+    before = copy.deepcopy(cfg.config)
+    install_session(crypten, lambda: None)
+    try:
+        provider = cfg.mpc.provider
+        assert cfg.mpc.provider == provider and cfg["mpc.provider"] == provider
+        cfg.mpc.provider = "TTP"
+        assert cfg.mpc.provider == "TTP" and cfg.config.mpc.provider == "TTP"
+        with cfg.temp_override({"mpc.provider": "HE", "debug.validation_mode": True}):
+            assert cfg.mpc.provider == "HE" and cfg.debug.validation_mode
+        assert cfg.mpc.provider == "TTP" and not cfg.debug.validation_mode
+        saved = copy.deepcopy(cfg.config)
+        saved.mpc.provider = "SAVED"
+        cfg.set_config(saved)
+        assert cfg.mpc.provider == "SAVED"
+        cfg.cotrain_extra_group = 5  # a new key: merged into a new tree
+        assert cfg.cotrain_extra_group == 5 and cfg.mpc.provider == "SAVED"
+    finally:
+        cfg.set_config(before)
+        uninstall_session(crypten)
+    assert set(vars(cfg)) == {"config"}
+    assert cfg.mpc.provider == before.mpc.provider
