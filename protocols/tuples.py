@@ -128,6 +128,16 @@ def tuple_elements(key: tuple) -> int:
 
 
 # -- batching (the parties' side) ---------------------------------------------------------------
+def worth_guessing(batch: list[tuple] | None) -> list[tuple] | None:
+    """``batch``, where asking for it again before it is known to repeat risks little: no
+    triple of a matrix product or convolution (dealing one multiplies matrices, work far
+    beyond sending it, that a guess which does not come true would waste while the parties
+    compute on the same cores)."""
+    if batch and all(key[0] != "triple" or key[1] == "mul" for key in batch):
+        return batch
+    return None
+
+
 class Prefetcher:
     """Buffers tuples per key; on a miss, asks ``produce`` for the batch it predicts.
 
@@ -142,9 +152,11 @@ class Prefetcher:
     is asked for again at once, and its answer is collected at the next miss, so the source
     makes and sends it while the parties compute: a product repeated (a benchmark's loop, a
     step's first repetitions) finds its tuples waiting from its second use on. A batch asked
-    ahead that goes unused costs the source its work; a key's buffered tuples are dropped
-    once ``lookahead`` keys have been fetched since they came (memory stays bounded when keys
-    do not repeat).
+    ahead that goes unused costs the source its work, so a batch is asked for again before
+    it is known to repeat only where dealing it costs about what sending it does
+    (:func:`worth_guessing`: no matrix products or convolutions, whose triples cost the
+    source far more); a key's buffered tuples are dropped once ``lookahead`` keys have been
+    fetched since they came (memory stays bounded when keys do not repeat).
     """
 
     def __init__(self, produce: Callable[[list[tuple]], list[list[torch.Tensor]]],
@@ -171,11 +183,12 @@ class Prefetcher:
         self.last_seen[context] = position
         if not self.buffer[key]:
             collected = self.take_asked()
-            batch = self.history[previous:position][: self.lookahead] if previous is not None else None
+            predicted = self.history[previous:position][: self.lookahead] if previous is not None else None
+            made = None
             if not self.buffer[key]:
-                batch = batch or [key]
-                self._produce(batch)
-            self._ask_ahead(batch or collected)
+                made = predicted or [key]
+                self._produce(made)
+            self._ask_ahead(predicted or worth_guessing(made or collected))
         return self.buffer[key].popleft()
 
     def take_asked(self) -> list[tuple] | None:
@@ -213,7 +226,7 @@ class Prefetcher:
             collected = [key for key in dict.fromkeys(keys)
                          for _ in range(wanted[key] - len(self.buffer[key]))][: self.lookahead]
             self._produce(collected)
-        self._ask_ahead(collected)
+        self._ask_ahead(worth_guessing(collected))
 
     def _context(self, key: tuple) -> tuple:
         """The keys up to and including ``key`` were it fetched next: what predictions follow."""

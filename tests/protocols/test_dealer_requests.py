@@ -167,6 +167,22 @@ def test_a_repeated_product_finds_its_tuples_asked_ahead_at_its_first_use():
     assert dealer.answers == ([], [])
 
 
+def test_a_matrix_product_is_not_asked_ahead_before_it_repeats():
+    """Dealing a matmul triple multiplies matrices: it is asked ahead only once its step is
+    known to repeat, not on a guess after its first use; an elementwise one is."""
+    dealer = _TwoPartyDealer()
+    parties = [dealer.prefetcher(0), dealer.prefetcher(1)]
+    matmul = ("triple", "matmul", (4, 3), (3, 5), ())
+    for prefetcher in parties:
+        prefetcher.expect([matmul, WRAP])
+    triple = _fetch_both(parties, matmul)
+    a, b, c = (triple[0][i] + triple[1][i] for i in range(3))
+    assert torch.equal(c, a @ b)
+    _check_wrap_bit(_fetch_both(parties, WRAP))
+    assert dealer.events == [("ask", 2), ("collect", 2)]
+    assert all(prefetcher.asked is None for prefetcher in parties)
+
+
 def test_tuples_asked_ahead_for_a_product_that_does_not_come_again_are_dropped():
     """A one-off product's tuples asked ahead do not stay buffered for ever: once ``lookahead``
     fetches have passed since they came, they are dropped, at both parties alike, and the
