@@ -94,6 +94,28 @@ _NUMPY = {
 }
 
 
+def add_words(payload: memoryview, addend: np.ndarray) -> memoryview:
+    """``payload`` plus ``addend`` (same length), both read as int64 words, wrapping: in place
+    where the payload is writable. A payload of another length comes back as it is (the
+    header check then refuses it)."""
+    if len(payload) != addend.nbytes or len(payload) % 8:
+        return payload
+    ours = addend.view(np.int64)
+    if payload.readonly:
+        return memoryview(np.frombuffer(payload, np.int64) + ours).cast("B")
+    words = np.frombuffer(payload, np.int64)
+    words += ours
+    return payload
+
+
+def _summable(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether an all-reduce of ``tensors`` is a sum of int64 words big enough to travel in
+    chunks (shares: the openings of Beaver products and truncations); every party decides
+    alike from the tensors' kinds and sizes, so both take the same path."""
+    return (bool(tensors) and all(t.dtype == torch.int64 for t in tensors)
+            and sum(t.numel() for t in tensors) * 8 >= ZERO_COPY_BYTES)
+
+
 def _tensor_from(payload: memoryview, offset: int, size: int, like: torch.Tensor) -> torch.Tensor:
     """A host tensor shaped like ``like`` from ``size`` bytes of ``payload`` at ``offset``.
 
@@ -164,11 +186,17 @@ class PointToPointTransport(Transport):
         counters[peer] = seq + 1
         return seq
 
-    def _send_tensors(self, op: str, dst: int, tensors: Sequence[torch.Tensor]) -> Waitable:
+    @staticmethod
+    def _payload(tensors: Sequence[torch.Tensor]) -> np.ndarray:
+        """The bytes of a message of ``tensors``: a list travels as one message, at the cost of one copy."""
         arrays = [_host_array(tensor) for tensor in tensors]
-        # one buffer per message: a list travels as one message, at the cost of one copy
-        payload = arrays[0] if len(arrays) == 1 else np.concatenate([flat_bytes(a) for a in arrays]) \
+        return arrays[0] if len(arrays) == 1 else np.concatenate([flat_bytes(a) for a in arrays]) \
             if arrays else _NO_BYTES
+
+    def _send_tensors(self, op: str, dst: int, tensors: Sequence[torch.Tensor],
+                      payload: np.ndarray | None = None) -> Waitable:
+        if payload is None:
+            payload = self._payload(tensors)
         if payload.nbytes > self.options.max_message_bytes:
             raise WireError(
                 f"{op} to {self.peer(dst)} of {payload.nbytes} bytes is over "
@@ -197,6 +225,11 @@ class PointToPointTransport(Transport):
                  timeout_s: float | None = None) -> list[torch.Tensor]:
         """``src``'s next ``op`` message as new tensors shaped like ``likes``, on their devices."""
         payload, sizes = self._take(op, src, likes, None, timeout_s)
+        return self._unpack(payload, sizes, likes)
+
+    @staticmethod
+    def _unpack(payload: memoryview, sizes: Sequence[int], likes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """A payload's tensors shaped like ``likes``, on their devices (large ones adopt its memory)."""
         results, offset = [], 0
         for like, size in zip(likes, sizes):
             # an empty payload has nothing to adopt or copy
@@ -239,6 +272,28 @@ class PointToPointTransport(Transport):
         if not shape_ok:
             raise WireError(f"{peer} sent shape={header['shape']!r} during {op}; expected {counts} elements")
         raise WireError(f"{peer} sent {nbytes} payload bytes during {op}; expected {sum(sizes)}")
+
+    def _recv_summed(self, src: int, expect: dict, addend: np.ndarray, timeout_s: float) -> tuple[Any, memoryview]:
+        """As ``_recv_frame``, with ``addend``'s int64 words added to the payload's. A transport
+        that receives in chunks adds them as they arrive (while the rest is on its way)."""
+        header, payload = self._recv_frame(src, expect, timeout_s)
+        return header, add_words(payload, addend)
+
+    def sum_with_peer(self, op: str, tensors: Sequence[torch.Tensor], peer: int) -> list[torch.Tensor] | None:
+        """Our int64 ``tensors`` plus ``peer``'s, which calls this at the same point with tensors
+        of the same shapes: one message each way, the peer's words added to ours as they
+        arrive. None, with nothing sent, for tensors :func:`_summable` refuses. Counts no round
+        (its caller's collective is the round)."""
+        if not _summable(tensors):
+            return None
+        with self.stats.timed():
+            payload = self._payload(tensors)
+            handle = self._send_tensors(op, peer, tensors, payload)
+            seq = self._take_seq(self._recv_seq, peer)
+            header, summed = self._recv_summed(peer, {"op": op, "seq": seq}, flat_bytes(payload), self.options.timeout_s)
+            sizes = self._validate(peer, header, op, seq, tensors, len(summed))
+            handle.wait()
+        return self._unpack(summed, sizes, tensors)
 
     def _operation(self) -> _Operation:
         return self._timer
@@ -315,8 +370,13 @@ class PointToPointTransport(Transport):
 
     def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
         tensors = list(input) if batched else [input]
-        with self._operation():
-            results = self._combine(self._exchange("all_reduce", tensors), len(tensors), op)
+        two = self.world_size == 2 and op == ReduceOp.SUM
+        results = self.sum_with_peer("all_reduce", tensors, 1 - self.rank) if two else None
+        if results is None:
+            with self._operation():
+                results = self._combine(self._exchange("all_reduce", tensors), len(tensors), op)
+        else:
+            self.stats.add(rounds=1)
         return results if batched else results[0]
 
     def _combine(self, received: dict[int, list[torch.Tensor]], count: int, op: Any) -> list[torch.Tensor]:

@@ -44,7 +44,7 @@ from zmq.utils import z85
 
 from parties.transport.base import PartyAddress, TransportError, TransportOptions
 from parties.transport.keys import KeyFileError, fingerprint, load_key_pair, load_public_key
-from parties.transport.p2p import DONE, ZERO_COPY_BYTES, PointToPointTransport, Waitable, flat_bytes
+from parties.transport.p2p import DONE, ZERO_COPY_BYTES, PointToPointTransport, Waitable, add_words, flat_bytes
 from parties.transport.wire import WireError
 from parties.transport.zmq_watch import ConnectionWatch
 
@@ -116,14 +116,33 @@ class _Assembly:
         self.header, self.size, self.wire_bytes = header, size, header_bytes
         self.buffer = np.empty(size, dtype=np.uint8)
         self.filled = 0
+        self.addend: np.ndarray | None = None  # summing: our own words, added to each chunk
+
+    def sum_with(self, addend: np.ndarray) -> bool:
+        """Add ``addend``'s int64 words to what came already and to every chunk from now on
+        (an all-reduce's sum done while the rest is on its way); False where the sizes do
+        not allow it (the caller then adds after the whole payload came)."""
+        if addend.nbytes != self.size or self.filled % 8:
+            return False
+        words = self.buffer[:self.filled].view(np.int64)
+        words += addend[:self.filled].view(np.int64)
+        self.addend = addend
+        return True
 
     def add(self, chunk: memoryview, sender: str) -> bool:
-        """Copy in one chunk; True once the payload is complete."""
+        """Copy (or, summing, add) in one chunk; True once the payload is complete."""
         end = self.filled + len(chunk)
         if end > self.size:
             raise WireError(f"{sender} sent {end - self.size} bytes more than the {self.size} it announced "
                             f"for {self.header.get('op')!r} (message {self.header.get('seq')})")
-        self.buffer[self.filled:end] = np.frombuffer(chunk, dtype=np.uint8)
+        if self.addend is None:
+            self.buffer[self.filled:end] = np.frombuffer(chunk, dtype=np.uint8)
+        elif len(chunk) % 8:
+            raise WireError(f"{sender} sent a chunk of {len(chunk)} bytes, not whole words, into a sum "
+                            f"({self.header.get('op')!r}, message {self.header.get('seq')})")
+        else:
+            np.add(np.frombuffer(chunk, dtype=np.int64), self.addend[self.filled:end].view(np.int64),
+                   out=self.buffer[self.filled:end].view(np.int64))
         self.filled = end
         self.wire_bytes += len(chunk)
         return end == self.size
@@ -165,6 +184,8 @@ class ZmqTransport(PointToPointTransport):
         self._stash: list[dict[int, tuple[Any, int, memoryview]]] = [{} for _ in range(size)]
         self._stash_bytes = [0] * size
         self._bye: dict[int, int] = {}  # peer -> the sequence number of its goodbye
+        self._sums: dict[int, tuple[int, np.ndarray]] = {}  # peer -> (message awaited, words to add)
+        self._summed: set[tuple[int, int]] = set()  # (peer, message) payloads already summed
         try:
             endpoints = party_endpoints(address, options)
             keys = self._keys() if options.encrypt else None
@@ -335,6 +356,23 @@ class ZmqTransport(PointToPointTransport):
         self.stats.add(received=wire_bytes, rounds=0)
         return header, payload
 
+    def _recv_summed(self, src: int, expect: dict, addend: np.ndarray, timeout_s: float) -> tuple[Any, memoryview]:
+        """The payload plus ``addend``, added chunk by chunk as they arrive (a chunk that came
+        before this call at once): the sum is done by the time the last chunk is in."""
+        seq = expect["seq"]
+        self._sums[src] = (seq, addend)
+        partial = self._partial[src]
+        if partial is not None and partial.header.get("seq") == seq and partial.sum_with(addend):
+            self._summed.add((src, seq))
+        try:
+            header, payload = self._recv_frame(src, expect, timeout_s)
+        finally:
+            self._sums.pop(src, None)
+        if (src, seq) in self._summed:
+            self._summed.discard((src, seq))
+            return header, payload
+        return header, add_words(payload, addend)  # it had come whole before we asked
+
     def _pump(self, timeout_s: float, in_flight: str) -> None:
         """One turn of the wait: take in what arrives, push what waits, check on the peers."""
         busy = [dst for dst in self._others() if self._outbox[dst]]
@@ -436,7 +474,10 @@ class ZmqTransport(PointToPointTransport):
             self._file(src, header, len(frame), memoryview(inline))
         elif inline is None and type(size) is int and INLINE_BYTES <= size <= self.options.max_message_bytes:
             self._check_stash(src, size)
-            self._partial[src] = _Assembly(header, size, len(frame))
+            assembly = self._partial[src] = _Assembly(header, size, len(frame))
+            awaited = self._sums.get(src)
+            if awaited is not None and awaited[0] == expected and assembly.sum_with(awaited[1]):
+                self._summed.add((src, expected))
         else:
             raise WireError(f"{self.peer(src)} sent a message whose payload is neither a small inline one nor "
                             f"an announced size of {INLINE_BYTES}..{self.options.max_message_bytes} bytes")

@@ -73,10 +73,13 @@ def test_a_learnt_step_is_asked_for_one_step_ahead_and_collected_at_the_next_mis
     prefetcher = Prefetcher(produce, ask=ask, collect=collect)
     steps = [_step(prefetcher, announce=True) for _ in range(5)]
     step = len(steps[0])
-    # steps 1 and 2 are traced (nothing asked ahead until a period is known); the period
-    # produced in step 2 is asked for again at once, and from then on every step's tuples
-    # are the answer collected at its first miss, the next one asked for right after
-    assert events[-8:] == [("produce", step), ("ask", step)] + [("collect", step), ("ask", step)] * 3
+    # step 1 is traced, every batch it makes asked for again at once (to be collected at the
+    # next miss); step 2 learns the period and asks for the whole step, and from then on
+    # every step's tuples are the answer collected at its first miss, the next one asked for
+    # right after
+    comparison = len(comparison_tuples((2, 8)))
+    assert events[:4] == [("produce", comparison), ("ask", comparison), ("collect", comparison), ("produce", 1)]
+    assert events[-7:] == [("ask", step)] + [("collect", step), ("ask", step)] * 3
     prefetcher.take_asked()
     assert prefetcher.asked is None and events[-1] == ("collect", step)
     # every tuple is fresh: no two steps got the same shares
@@ -95,6 +98,105 @@ def test_announced_keys_already_buffered_or_predicted_are_not_asked_for_again():
     for key in comparison + comparison[:1]:
         prefetcher.fetch(key)
     assert len(batches) == 1
+
+
+class _TwoPartyDealer:
+    """The semi-honest dealer's answers to two prefetchers that ask in the same order: party
+    0's request deals the batch, party 1's takes its half of the same answer."""
+
+    def __init__(self) -> None:
+        self.maker = SemiHonestMaker(2)
+        self.answers: tuple[list, list] = ([], [])
+        self.events: list[tuple[str, int]] = []
+
+    def prefetcher(self, rank: int, lookahead: int = 4096) -> Prefetcher:
+        def ask(keys):
+            if rank == 0:
+                self.events.append(("ask", len(keys)))
+                for party, answer in enumerate(self.maker.deal(keys)):
+                    self.answers[party].append(answer)
+
+        def collect(keys):
+            if rank == 0:
+                self.events.append(("collect", len(keys)))
+            return expand(keys, self.maker.seeds[rank], self.answers[rank].pop(0), rank, 2)
+
+        def produce(keys):
+            ask(keys)
+            return collect(keys)
+
+        return Prefetcher(produce, lookahead=lookahead, ask=ask, collect=collect)
+
+
+def _fetch_both(prefetchers: list[Prefetcher], key: tuple) -> list[list[torch.Tensor]]:
+    return [prefetcher.fetch(key) for prefetcher in prefetchers]
+
+
+def _check_product(shares: list[list[torch.Tensor]]) -> None:
+    """The two parties' shares of a triple open to a, b and a b over the ring."""
+    a, b, c = (shares[0][i] + shares[1][i] for i in range(3))
+    assert torch.equal(c, a * b)
+
+
+def _check_wrap_bit(shares: list[list[torch.Tensor]]) -> None:
+    """Each party's word, and shares of the AND of the two words' top bits."""
+    (word0, and0), (word1, and1) = shares
+    assert torch.equal(and0 + and1, ((word0 < 0) & (word1 < 0)).long())
+
+
+def test_a_repeated_product_finds_its_tuples_asked_ahead_at_its_first_use():
+    """W1's shape: one announced product and its truncation, repeated. Only the first use
+    waits for a batch it asked for; each later use takes the one asked ahead at the use before,
+    and the tuples are correct and fresh (no two uses share one)."""
+    dealer = _TwoPartyDealer()
+    parties = [dealer.prefetcher(0), dealer.prefetcher(1)]
+    seen = set()
+    for use in range(6):
+        before = len(dealer.events)
+        for prefetcher in parties:
+            prefetcher.expect([MUL, WRAP])
+        triple, wrap = _fetch_both(parties, MUL), _fetch_both(parties, WRAP)
+        _check_product(triple)
+        _check_wrap_bit(wrap)
+        seen.add(tuple(triple[0][0].reshape(-1).tolist()))
+        expected = [("ask", 2), ("collect", 2), ("ask", 2)] if use == 0 else [("collect", 2), ("ask", 2)]
+        assert dealer.events[before:] == expected
+    assert len(seen) == 6
+    for prefetcher in parties:
+        prefetcher.take_asked()
+    assert dealer.answers == ([], [])
+
+
+def test_a_matrix_product_is_not_asked_ahead_before_it_repeats():
+    """Dealing a matmul triple multiplies matrices: it is asked ahead only once its step is
+    known to repeat, not on a guess after its first use; an elementwise one is."""
+    dealer = _TwoPartyDealer()
+    parties = [dealer.prefetcher(0), dealer.prefetcher(1)]
+    matmul = ("triple", "matmul", (4, 3), (3, 5), ())
+    for prefetcher in parties:
+        prefetcher.expect([matmul, WRAP])
+    triple = _fetch_both(parties, matmul)
+    a, b, c = (triple[0][i] + triple[1][i] for i in range(3))
+    assert torch.equal(c, a @ b)
+    _check_wrap_bit(_fetch_both(parties, WRAP))
+    assert dealer.events == [("ask", 2), ("collect", 2)]
+    assert all(prefetcher.asked is None for prefetcher in parties)
+
+
+def test_tuples_asked_ahead_for_a_product_that_does_not_come_again_are_dropped():
+    """A one-off product's tuples asked ahead do not stay buffered for ever: once ``lookahead``
+    fetches have passed since they came, they are dropped, at both parties alike, and the
+    parties' tuples still match."""
+    dealer = _TwoPartyDealer()
+    parties = [dealer.prefetcher(rank, lookahead=4) for rank in range(2)]
+    one_off = ("triple", "mul", (3,), (3,), ())
+    _check_product(_fetch_both(parties, one_off))  # asks for it again ahead
+    for _ in range(6):
+        _check_product(_fetch_both(parties, MUL))  # collects the one-off's spare, then MUL's
+    for prefetcher in parties:
+        assert not prefetcher.buffer.get(one_off)
+        prefetcher.take_asked()
+    assert dealer.answers == ([], [])
 
 
 def _relu_and_square_steps(crypten, rank):
@@ -138,12 +240,13 @@ def test_a_repeated_step_asks_the_real_dealer_once(truncation):
     assert status == "ok"
     relu = len(relu_tuples((2, 8), True))  # the dealer deals carry4 tuples: the tree joins four groups a round
     # relu is one packed ReLU (its mask makes the product with the bit local), then x x, a
-    # product truncated: a step of 6 keys. Step 1 asks for the announced ReLU at once, then x
-    # x's triple with its truncation's tuple; step 2 for both again (their contexts are new:
-    # the step before them now ends in x x); step 3 for the ReLU once more (its context, the 7
-    # keys before it, reaches back two steps, so it is new until then), then for the learnt
-    # period, the whole step, and at once for the next one (asked one step ahead); step 4
-    # collects that and asks for the next, which is collected before the stop
+    # product truncated: a step of 6 keys. Step 1 asks for the announced ReLU at once and for
+    # it again ahead, then (collecting that) for x x's triple with its truncation's tuple and
+    # for those ahead; step 2 finds the ReLU's waiting and collects x x's, asking for it ahead
+    # again; step 3 finds x x's waiting but asks for the ReLU (its context, the 7 keys before
+    # it, reaches back two steps, so it is new until then) and for it ahead; step 4 collects
+    # that and asks for the learnt period, the whole step, ahead, and again once it comes;
+    # the last is collected before the stop. Three requests waited for (4, 2, 4), not six
     step = relu + 2
-    assert served["sizes"] == [relu, 2, relu, 2, relu, step, step, step]
-    assert served["requests"] == 8
+    assert served["sizes"] == [relu, relu, 2, 2, 2, relu, relu, step, step]
+    assert served["requests"] == 9

@@ -185,6 +185,47 @@ def test_every_collective_matches_reference(collective_outcomes: list[dict[str, 
     assert len(set().union(*collective_outcomes)) > 40  # every check ran somewhere
 
 
+# -- two-party integer sums, added as the chunks arrive ------------------------------------------
+def _sums_as_chunks_arrive(rank: int, options: TransportOptions, grouped: bool) -> dict[str, bool]:
+    """A two-party int64 all-reduce whose sum wraps, with the peer's message taken in before it
+    is asked for (whole, or its first chunks) or after (every chunk summed as it comes); plain
+    and through a party group (the dealer's world: parties 0 and 1 of three)."""
+    from parties.transport.group import PartyGroup
+    from parties.transport.zmq_transport import CHUNK_BYTES
+
+    transport = _open(rank, 3 if grouped else 2, options)
+    outcome: dict[str, bool] = {}
+    if rank < 2:
+        comm = PartyGroup(transport, 2) if grouped else transport
+        values = [_input(r, torch.int64, (300_000,), salt=21) * 3 for r in range(2)]  # wraps: beyond 2^63
+        batched = [[_input(r, torch.int64, (5, 7000), salt=22), _input(r, torch.int64, (9000,), salt=23)]
+                   for r in range(2)]
+        for case in ("after", "whole", "partial"):
+            if rank == 0 and case != "after":
+                # pump one message at a time until party 1's is in whole, or its first chunks
+                while (transport._recv_seq[1] not in transport._stash[1] if case == "whole" else
+                       transport._partial[1] is None or transport._partial[1].filled < 3 * CHUNK_BYTES):
+                    transport._pump(1.0, "the test")
+            elif rank == 1 and case == "after":
+                time.sleep(0.5)  # party 0 asks first
+            outcome[case] = torch.equal(comm.all_reduce(values[rank]), values[0] + values[1])
+            got = comm.all_reduce(batched[rank], batched=True)
+            outcome[f"{case}_batched"] = all(torch.equal(g, a + b) for g, a, b in zip(got, *batched))
+        outcome["nothing_left"] = not transport._summed and not transport._sums
+    transport.close()
+    return outcome
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["two_parties", "party_group"])
+def test_two_party_sums_added_as_chunks_arrive(key_dir: str, grouped: bool) -> None:
+    world_size = 3 if grouped else 2
+    results = values(run_parties(_sums_as_chunks_arrive, world_size, zmq_options(world_size, key_dir), grouped,
+                                 timeout_s=120), world_size)
+    for outcome in results[:2]:
+        assert outcome == dict.fromkeys(["after", "after_batched", "whole", "whole_batched", "partial",
+                                         "partial_batched", "nothing_left"], True)
+
+
 # -- a large tensor ---------------------------------------------------------------------------
 def _large(rank: int, options: TransportOptions) -> tuple[bool, float, int]:
     t = _open(rank, 2, options)
