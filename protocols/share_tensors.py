@@ -5,14 +5,16 @@ back the wrapper wherever they were given one."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
 
 
 def is_wrapped(value: Any) -> bool:
-    """Whether ``value`` is CrypTen's CUDA share wrapper (it is no torch tensor, but has one)."""
-    return not torch.is_tensor(value) and callable(getattr(value, "tensor", None)) and hasattr(value, "_tensor")
+    """Whether ``value`` is CrypTen's CUDA share wrapper (none can be before crypten is loaded)."""
+    wrapper = getattr(sys.modules.get("crypten.cuda"), "CUDALongTensor", None)
+    return wrapper is not None and isinstance(value, wrapper)
 
 
 def plain(share: Any) -> torch.Tensor:
