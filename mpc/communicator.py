@@ -29,12 +29,15 @@ LOGGED_CALLS = ("send", "recv", "isend", "irecv", "scatter", "reduce", "all_redu
                 "broadcast", "barrier", "send_obj", "recv_obj", "broadcast_obj")
 
 
-def _unwrapped(value: Any) -> tuple[Any, bool]:
-    """``value`` (a tensor or a list of them) with CrypTen's CUDA share wrappers taken off,
-    and whether there were any."""
-    if isinstance(value, (list, tuple)) and any(is_wrapped(item) for item in value):
-        return type(value)(plain(item) for item in value), True
-    return (plain(value), True) if is_wrapped(value) else (value, False)
+def _holds_wrapper(value: Any) -> bool:
+    """Whether ``value`` (a tensor, or a list of them) holds CrypTen's CUDA share wrapper."""
+    if isinstance(value, (list, tuple)):
+        return any(is_wrapped(item) for item in value)
+    return is_wrapped(value)
+
+
+def _unwrapped(value: Any) -> Any:
+    return type(value)(plain(item) for item in value) if isinstance(value, (list, tuple)) else plain(value)
 
 
 def _rewrapped(result: Any) -> Any:
@@ -45,15 +48,12 @@ def _rewrapped(result: Any) -> Any:
 
 def _forward(name: str) -> Callable[..., Any]:
     def call(self: "CrypTenCommunicator", *args: Any, **kwargs: Any) -> Any:
+        method = getattr(self.transport, name)
+        if not any(_holds_wrapper(value) for value in (*args, *kwargs.values())):
+            return method(*args, **kwargs)
         # transports move plain tensors (in place where asked: the wrapper shares the storage);
         # CrypTen gets its CUDA wrapper back where it gave one
-        unwrapped = [_unwrapped(arg) for arg in args]
-        keywords = {key: _unwrapped(value) for key, value in kwargs.items()}
-        result = getattr(self.transport, name)(*(arg for arg, _ in unwrapped),
-                                                **{key: value for key, (value, _) in keywords.items()})
-        if any(was for _, was in unwrapped) or any(was for _, was in keywords.values()):
-            return _rewrapped(result)
-        return result
+        return _rewrapped(method(*map(_unwrapped, args), **{key: _unwrapped(v) for key, v in kwargs.items()}))
 
     call.__name__ = name  # CrypTen's rule dispatches on the function's name
     return _logging(call)
