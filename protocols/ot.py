@@ -6,8 +6,8 @@
 * Correlated OT gives Gilboa multiplication over Z_2^64: for each bit y_i of the
   receiver's y, the sender's correlation is x * 2^i; summing gives additive shares of x*y.
   x * 2^i mod 2^64 depends on the low 64 - i bits of x only, so that OT carries x, counted
-  2^i times, and its correction is cut to ceil((64 - i) / 8) bytes (a "scaled" request: 4.5
-  bytes a word on average, not 8). Vectors: the correlation for bit i of Q[k, n] is the column P[:, k] * 2^i, which gives
+  2^i times, and its correction is cut to those 64 - i bits, packed back to back (a "scaled"
+  request: 32.5 bits a word on average, not 64). Vectors: the correlation for bit i of Q[k, n] is the column P[:, k] * 2^i, which gives
   shares of P @ Q with k*n*64 OTs.
 * From those: Beaver triples (elementwise and matmul: two Gilboa products, one in each
   direction, run together), squares (one product), binary AND triples (bit COTs), B2A bits,
@@ -20,7 +20,7 @@ Each party is OT sender in one extension instance and receiver in the other, so 
 directions run at once, and any number of tuples (a whole training step's, batched by
 ``protocols.tuples.Prefetcher``) costs two messages each way per exchange. A matmul triple
 costs k n 64 OTs of m-word correlations for (m x k) @ (k x n) (a vector OLE per element of
-the smaller operand): its traffic grows with m k n (288 m k n bytes each way), so large
+the smaller operand): its traffic grows with m k n (260 m k n bytes each way), so large
 matmuls belong to the dealer suite.
 """
 

@@ -111,14 +111,14 @@ class ExtensionReceiver:
 
 # -- requests --------------------------------------------------------------------------------------
 # A Gilboa OT for bit i of a word carries x * 2^i: only the low 64 - i bits of x matter, so a
-# ``scaled`` request's correction for OT j keeps ceil((64 - j % 64) / 8) bytes of each word
-# (288 bytes per 64 OTs, not 512).
-_SCALED_BYTES = np.array([(64 - i + 7) // 8 for i in range(64)], dtype=np.int64)
-_SCALED_PREFIX = np.concatenate([[0], np.cumsum(_SCALED_BYTES)])
+# ``scaled`` request's correction for OT j keeps the low 64 - j % 64 bits of each word, back to
+# back (2,080 bits, 260 bytes, per 64 OTs, not 512).
+_SCALED_BITS = 64 - np.arange(64, dtype=np.int64)
+_SCALED_PREFIX = np.concatenate([[0], np.cumsum(_SCALED_BITS)])
 
 
-def _scaled_bytes_before(ot: int) -> int:
-    """Correction bytes of a scaled request's OTs 0..ot-1, per word."""
+def _scaled_bits_before(ot: int) -> int:
+    """Correction bits of a scaled request's OTs 0..ot-1, per word."""
     return ot // 64 * int(_SCALED_PREFIX[64]) + int(_SCALED_PREFIX[ot % 64])
 
 
@@ -144,13 +144,18 @@ class Cot:
     binary: bool = False
     scaled: bool = False
 
-    def tau_bytes(self, a: int, b: int) -> int:
-        """Bytes on the wire for the corrections of this request's OTs a..b-1."""
+    def tau_bits(self, a: int, b: int) -> int:
+        """Bits of the corrections of this request's OTs a..b-1."""
         if self.binary:
-            return ((b - a) * self.words + 7) // 8
+            return (b - a) * self.words
         if self.scaled:
-            return self.words * (_scaled_bytes_before(b) - _scaled_bytes_before(a))
-        return (b - a) * self.words * 8
+            return self.words * (_scaled_bits_before(b) - _scaled_bits_before(a))
+        return (b - a) * self.words * 64
+
+    def tau_bytes(self, a: int, b: int) -> int:
+        """Bytes on the wire for the corrections of this request's OTs a..b-1 (a segment of an
+        exchange starts at a whole byte)."""
+        return (self.tau_bits(a, b) + 7) // 8
 
 
 def _chunk_bounds(counts: Sequence[int], words: Sequence[int], budget: int) -> list[tuple[int, int]]:
@@ -186,23 +191,25 @@ def _segments(counts: Sequence[int], low: int, high: int):
 # -- finishing a block of OTs: corrections out, results summed per group as they come ------------
 # (an OT's group and place in it are counted along, not divided out: a division per OT costs more
 # than the rest of its arithmetic). A pad is AES(input) ^ input (``CrHash.pads``), XOR-ed here as
-# it is read.
+# it is read. Corrections are written into and read from the messages' own buffers, as words.
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @numba.njit(nogil=True, cache=True)
-def _send_words(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, packed: np.ndarray, own: np.ndarray,
-                first: int, group: int, scaled: bool) -> None:
-    """tau = p1 - p0 - delta, each correction's kept bytes back to back in the little-endian
-    words of ``packed`` (so its bytes are the wire's: shifts into whole words, not a store per
-    byte); my share -p0 added into row (first + r) // group of ``own``. Scaled: OT j counts
-    2^(j % 64), only the low ceil((64 - j % 64) / 8) bytes of its corrections travel, and
-    ``deltas`` holds one row per 64 OTs (the row of OT first + r is (first + r) // 64 - first // 64)."""
+def _send_words(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, out: np.ndarray, at: int,
+                own: np.ndarray, first: int, group: int, scaled: bool) -> None:
+    """tau = p1 - p0 - delta for OTs first.., each correction's kept bits back to back in the
+    little-endian words of ``out`` (the outgoing message) from its bit ``at`` on (shifts into
+    whole words, not a store per byte); my share -p0 added into row (first + r) // group of
+    ``own``. Scaled: OT j counts 2^(j % 64), only the low 64 - j % 64 bits of its corrections
+    travel, and ``deltas`` holds one row per 64 OTs (the row of OT first + r is
+    (first + r) // 64 - first // 64)."""
     g, place, row = first // group, first % group, 0
-    acc, fill, index = np.uint64(0), 0, 0  # fill: the bits of acc in use
+    index, fill = at >> 6, at & 63  # fill: the bits of acc in use
+    acc = out[index] & ((np.uint64(1) << np.uint64(fill)) - np.uint64(1))  # earlier pieces' bytes in this word
     for r in range(encrypted.shape[1]):
         bit = place % 64 if scaled else 0
-        width = 8 * ((71 - bit) // 8)
+        width = 64 - bit
         keep = _ALL_ONES >> np.uint64(64 - width)
         for w in range(own.shape[1]):
             p0 = encrypted[0, r, w] ^ inputs[0, r, w]
@@ -210,7 +217,7 @@ def _send_words(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, p
             acc |= correction << np.uint64(fill)
             fill += width
             if fill >= 64:
-                packed[index] = acc
+                out[index] = acc
                 index += 1
                 fill -= 64
                 acc = correction >> np.uint64(width - fill) if fill > 0 else np.uint64(0)
@@ -221,30 +228,31 @@ def _send_words(encrypted: np.ndarray, inputs: np.ndarray, deltas: np.ndarray, p
         if place == group:
             g, place = g + 1, 0
     if fill > 0:
-        packed[index] = acc
+        out[index] = acc
 
 
 @numba.njit(nogil=True, cache=True)
-def _receive_words(encrypted: np.ndarray, inputs: np.ndarray, choices: np.ndarray, packed: np.ndarray,
+def _receive_words(encrypted: np.ndarray, inputs: np.ndarray, choices: np.ndarray, message: np.ndarray, at: int,
                    received: np.ndarray, first: int, group: int, scaled: bool) -> None:
-    """p_c = H(t) - c tau (tau read back from the packed kept bytes; for a scaled request the
-    bits above them would be shifted out), added into row (first + r) // group of ``received``."""
+    """p_c = H(t) - c tau (tau read from the kept bits of the incoming ``message``'s words, from
+    its bit ``at`` on; for a scaled request the bits above them would be shifted out), added into
+    row (first + r) // group of ``received``."""
     g, place = first // group, first % group
-    index, fill = 0, 0  # fill: the bits of packed[index] already read
+    index, fill = at >> 6, at & 63  # fill: the bits of message[index] already read
     for r in range(choices.shape[0]):
         bit = place % 64 if scaled else 0
-        width = 8 * ((71 - bit) // 8)
+        width = 64 - bit
         keep = _ALL_ONES >> np.uint64(64 - width)
-        chosen = np.uint64(0) - np.uint64(choices[r])  # all ones where c = 1
+        chosen = (np.uint64(0) - np.uint64(choices[r])) & keep  # the kept bits where c = 1
         for w in range(received.shape[1]):
-            value = packed[index] >> np.uint64(fill)
+            tau = message[index] >> np.uint64(fill)
             if fill + width > 64:
-                value |= packed[index + 1] << np.uint64(64 - fill)
+                tau |= message[index + 1] << np.uint64(64 - fill)
             fill += width
             if fill >= 64:
                 index += 1
                 fill -= 64
-            received[g, w] += ((encrypted[0, r, w] ^ inputs[0, r, w]) - (value & keep & chosen)) << np.uint64(bit)
+            received[g, w] += ((encrypted[0, r, w] ^ inputs[0, r, w]) - (tau & chosen)) << np.uint64(bit)
         place += 1
         if place == group:
             g, place = g + 1, 0
@@ -290,24 +298,17 @@ def _delta_rows(request: "Cot", deltas: np.ndarray, a: int, low: int, high: int)
     return deltas[(a + low) // 64 - a // 64: (a + high - 1) // 64 - a // 64 + 1]
 
 
-def _piece(request: Cot, tau: np.ndarray, a: int, low: int, high: int) -> np.ndarray:
-    """The corrections of OTs a + low .. a + high - 1 in a segment's ``tau`` (starting at OT a):
-    rows of bits for a binary request, bytes otherwise."""
-    if request.binary:
-        return tau[low:high]
-    return tau[request.tau_bytes(a, a + low): request.tau_bytes(a, a + high)]
-
-
 def _blocks(count: int, words: int, copies: int):
     """(start, end) of the blocks of OTs 0..count-1 hashed in one call."""
     step = CrHash.block_ots(words, copies)
     return ((low, min(low + step, count)) for low in range(0, count, step))
 
 
-def _at_least(buffer: np.ndarray, size: int) -> np.ndarray:
-    """``buffer``, or a larger one of its dtype if it holds fewer than ``size`` items (buffers are
-    reused across blocks and exchanges: fresh pages cost more than the work written into them)."""
-    return buffer if len(buffer) >= size else np.empty(size, buffer.dtype)
+def _message_buffer(buffer: np.ndarray, nbytes: int) -> np.ndarray:
+    """``buffer`` (uint64), or a larger one if it holds fewer than ``nbytes`` bytes and a spare word
+    (buffers are reused across exchanges: fresh pages cost more than the work written into them;
+    the spare word lets kernels read and write whole words past a message's last byte)."""
+    return buffer if 8 * len(buffer) >= nbytes + 8 else np.empty(nbytes // 8 + 2, np.uint64)
 
 
 class OtChannel:
@@ -332,20 +333,14 @@ class OtChannel:
         self.sender = ExtensionSender(s_choices, sender_keys)
         self.receiver = ExtensionReceiver(receiver_keys)
         self.hash = CrHash()
-        self._packing = np.empty(0, np.uint64)
-        self._corrections = np.empty(0, np.uint8)
+        self._corrections = np.empty(0, np.uint64)
         self._incoming: dict[str, np.ndarray] = {}
 
-    def _packed(self, nbytes: int) -> np.ndarray:
-        """A reused word buffer for ``nbytes`` of corrections (whole words; the last one's spare
-        bytes are never read as corrections)."""
-        self._packing = _at_least(self._packing, (nbytes + 7) // 8)
-        return self._packing[: (nbytes + 7) // 8]
-
     def _outgoing(self, nbytes: int) -> np.ndarray:
-        """The reused buffer an exchange's corrections are written into (the message as it goes out)."""
-        self._corrections = _at_least(self._corrections, nbytes)
-        return self._corrections[:nbytes]
+        """The reused buffer (uint64 words) an exchange's corrections are written into: its first
+        ``nbytes`` bytes are the message as it goes out."""
+        self._corrections = _message_buffer(self._corrections, nbytes)
+        return self._corrections
 
     def _swap(self, outgoing: np.ndarray, expected: int, what: str) -> np.ndarray:
         """Send ``outgoing`` (uint8) and receive the peer's message of ``expected`` bytes.
@@ -362,8 +357,8 @@ class OtChannel:
         if exchange != self.exchanges or size != expected:
             raise OtError(f"OT peer party {self.peer} sent a malformed {what} message: exchange {exchange} of "
                           f"{size} bytes, expected exchange {self.exchanges} of {expected} bytes")
-        self._incoming[what] = _at_least(self._incoming.get(what, np.empty(0, np.uint8)), expected)
-        received = self._incoming[what][:expected]  # valid until the next message of its kind
+        self._incoming[what] = _message_buffer(self._incoming.get(what, np.empty(0, np.uint64)), expected)
+        received = self._incoming[what].view(np.uint8)[:expected]  # valid until the next message of its kind
         if expected:
             self.comm.irecv(torch.from_numpy(received), self.peer).wait()
         for handle in handles:
@@ -398,46 +393,41 @@ class OtChannel:
         peer_u = self._swap(u, KAPPA * _padded(peer_count) // 8, "u-columns").reshape(KAPPA, -1).view(np.uint64)
         q, q_first = self.sender.q_columns(peer_u.view(np.uint8), peer_count)
         peer_segments = list(_segments(theirs, *peer_range))
-        outgoing = self._outgoing(sum(requests[i].tau_bytes(a, b) for i, a, b, _ in peer_segments))
-        position = 0
+        total = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in peer_segments)
+        out_words = self._outgoing(total)
+        outgoing, position = out_words.view(np.uint8)[:total], 0
         for i, a, b, offset in peer_segments:  # sender side
-            request, count, size = requests[i], b - a, requests[i].tau_bytes(a, b)
+            request, count = requests[i], b - a
             deltas = request.deltas(a, b)
-            if request.binary:
-                tau = np.empty((count, request.words), np.uint8)
-            else:
-                tau = outgoing[position: position + size]
+            tau = np.empty((count, request.words), np.uint8) if request.binary else None
             for low, high in _blocks(count, request.words, 2):
                 encrypted, inputs = self.hash.pads(q, offset + low, high - low, q_first + offset + low,
                                                    request.words, self.sender.s_sigma)
-                rows, piece = _delta_rows(request, deltas, a, low, high), _piece(request, tau, a, low, high)
                 if request.binary:
-                    _send_binary(encrypted, inputs, rows, piece, own[i], a + low, request.group)
+                    _send_binary(encrypted, inputs, deltas[low:high], tau[low:high], own[i], a + low, request.group)
                 else:
-                    packed = self._packed(len(piece))
-                    _send_words(encrypted, inputs, rows, packed, own[i], a + low, request.group, request.scaled)
-                    piece[:] = packed.view(np.uint8)[: len(piece)]
+                    _send_words(encrypted, inputs, _delta_rows(request, deltas, a, low, high), out_words,
+                                8 * position + request.tau_bits(a, a + low), own[i], a + low, request.group,
+                                request.scaled)
+            size = request.tau_bytes(a, b)
             if request.binary:
                 outgoing[position: position + size] = np.packbits(tau.reshape(-1), bitorder="little")
             position += size
         expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
         peer_taus, position = self._swap(outgoing, expected, "corrections"), 0
+        message = self._incoming["corrections"]  # peer_taus as words: the word kernels read it in place
         for i, a, b, offset in my_segments:  # receiver side
-            request, count = requests[i], b - a
-            raw = peer_taus[position: position + request.tau_bytes(a, b)]
-            position += len(raw)
+            request, count, size = requests[i], b - a, requests[i].tau_bytes(a, b)
             if request.binary:
+                raw = peer_taus[position: position + size]
                 tau = np.unpackbits(raw, bitorder="little")[: count * request.words].reshape(count, request.words)
-            else:
-                tau = raw
             for low, high in _blocks(count, request.words, 1):
                 encrypted, inputs = self.hash.pads(t, offset + low, high - low, t_first + offset + low, request.words)
-                mine, piece = choices[offset + low: offset + high], _piece(request, tau, a, low, high)
+                mine = choices[offset + low: offset + high]
                 if request.binary:
-                    _receive_binary(encrypted, inputs, mine, piece, received[i], a + low, request.group)
+                    _receive_binary(encrypted, inputs, mine, tau[low:high], received[i], a + low, request.group)
                 else:
-                    packed = self._packed(len(piece))
-                    packed.view(np.uint8)[: len(piece)] = piece
-                    _receive_words(encrypted, inputs, mine, packed, received[i], a + low, request.group,
-                                   request.scaled)
+                    _receive_words(encrypted, inputs, mine, message, 8 * position + request.tau_bits(a, a + low),
+                                   received[i], a + low, request.group, request.scaled)
+            position += size
         self.exchanges += 1

@@ -337,7 +337,7 @@ def test_each_side_sees_only_uniformly_masked_messages(fill):
 
 def test_bytes_per_triple():
     """Per party and elementwise triple: 64 OTs of 16 bytes of u plus 64 corrections, the one for
-    bit i cut to the ceil((64 - i) / 8) bytes that survive the shift by i (288 bytes in all);
+    bit i cut to the 64 - i bits that survive the shift by i, back to back (260 bytes in all);
     per exchange, two 16-byte headers."""
     count = 3000
     x, y = [_words(count, s) for s in (1, 2)], [_words(count, s) for s in (3, 4)]
@@ -349,14 +349,19 @@ def test_bytes_per_triple():
         return comm.sent - before
 
     for sent in run_pair(party):
-        assert sent == count * (64 * 16 + 288) + 2 * 16
+        assert sent == count * (64 * 16 + 260) + 2 * 16
 
 
-def test_many_requests_over_many_exchanges_are_exact(monkeypatch):
-    """Small exchanges split requests mid-group and mix kinds: every product still exact."""
-    from protocols import ot_extension
+@pytest.mark.parametrize("block_bytes", [None, 1], ids=["blocks", "64-ot-blocks"])
+def test_many_requests_over_many_exchanges_are_exact(monkeypatch, block_bytes):
+    """Small exchanges split requests mid-group and mix kinds: every product still exact. With
+    blocks of 64 OTs (the fewest) a segment's blocks start at bits of the message that are no
+    byte's first (a scaled correction for bit i is 64 - i bits)."""
+    from protocols import ot_extension, ot_hash
 
     monkeypatch.setattr(ot_extension, "CHUNK_WORDS", 1000)
+    if block_bytes is not None:
+        monkeypatch.setattr(ot_hash, "_BLOCK_BYTES", block_bytes)
     a, b = [_words((7, 5), s) for s in (1, 2)], [_words((5, 3), s) for s in (3, 4)]
     x, y = [_words(37, s) for s in (5, 6)], [_words(37, s) for s in (7, 8)]
 
@@ -407,7 +412,7 @@ HEADER_LIES = {
     "corrections-short": (2, _announcing(1, -8), "corrections message: exchange 0 of"),
     "replayed-exchange": (2, _announcing(0, 1), "corrections message: exchange 1 of"),
     # a peer sending whole 8-byte corrections where the bits above 64 - i are cut (500 products)
-    "corrections-untrimmed": (2, _announcing(1, 500 * (64 * 8 - 288)), "corrections message: exchange 0 of"),
+    "corrections-untrimmed": (2, _announcing(1, 500 * (64 * 8 - 260)), "corrections message: exchange 0 of"),
 }
 
 

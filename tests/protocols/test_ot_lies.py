@@ -16,9 +16,9 @@ from test_ot import TamperingComm, _words, outcomes
 
 CORRECTIONS, U_COLUMNS = 3, 1  # party 0's raw messages (TamperingComm): the bodies of one exchange
 COUNT = 500  # products in the Gilboa tests
-# a scaled (Gilboa) correction for bit i of a word keeps ceil((64 - i) / 8) bytes
-KEPT = [(64 - i + 7) // 8 for i in range(64)]
-PREFIX = np.concatenate([[0], np.cumsum(KEPT)])
+# a scaled (Gilboa) correction for bit i of a word keeps its low 64 - i bits, back to back
+KEPT_BITS = [64 - i for i in range(64)]
+PREFIX = np.concatenate([[0], np.cumsum(KEPT_BITS)])
 
 
 def _flip(offsets_bits: list[tuple[int, int]], seen: dict):
@@ -60,24 +60,25 @@ EXACT = _words(COUNT, 10) * _words(COUNT, 21) + _words(COUNT, 11) * _words(COUNT
 Y1 = _words(COUNT, 21)  # the honest party's choice bits for the liar's corrections
 
 
-@pytest.mark.parametrize("bit, byte, flipped, choice", [
-    (0, 0, 0, 1), (0, 0, 0, 0), (5, 3, 2, 1), (5, 3, 2, 0), (63, 0, 0, 1), (40, 2, 7, 1),
-    (60, 0, 6, 1),  # bit 6 of the correction's only byte: shifted out by 60, no effect at all
+@pytest.mark.parametrize("bit, kept, choice", [
+    (0, 0, 1), (0, 0, 0), (5, 26, 1), (5, 26, 0), (63, 0, 1), (40, 23, 1), (60, 3, 1), (9, 54, 1),
 ], ids=lambda v: str(v))
-def test_a_flipped_gilboa_correction_shifts_one_product_by_choice_times_the_flip(bit, byte, flipped, choice):
-    """Correction of OT (element e, bit i) flipped by D: the honest receiver's p_c = H(t) - c tau
-    moves by -c D, counted 2^i times, so z0 + z1 = x0 y1 + x1 y0 - c D 2^i at e and exact elsewhere
-    (c: bit i of the honest y1[e]; bits of D shifted past 2^64 vanish)."""
+def test_a_flipped_gilboa_correction_shifts_one_product_by_choice_times_the_flip(bit, kept, choice):
+    """Bit ``kept`` of the correction of OT (element e, bit i) flipped, by D = +-2^kept: the honest
+    receiver's p_c = H(t) - c tau moves by -c D, counted 2^i times, so z0 + z1 = x0 y1 + x1 y0 -
+    c D 2^i at e and exact elsewhere (c: bit i of the honest y1[e]). Only the 64 - i bits that
+    survive the shift travel, so every flip of one changes the product where c = 1."""
     element = int(np.flatnonzero((Y1 >> np.uint64(bit)) & np.uint64(1) == choice)[3])
-    first = element * int(PREFIX[64]) + int(PREFIX[bit])  # the correction's first byte in the message
+    first = element * int(PREFIX[64]) + int(PREFIX[bit])  # the correction's first bit in the message
+    at = first + kept
     seen: dict = {}
-    liar, honest = outcomes(_products, _liar(CORRECTIONS, _flip([(first + byte, flipped)], seen)))
+    liar, honest = outcomes(_products, _liar(CORRECTIONS, _flip([(at // 8, at % 8)], seen)))
     error = (liar[0] + honest[0] - EXACT).reshape(-1)
     expected = np.zeros(COUNT, np.uint64)
-    delta = _delta(seen["original"], first + byte, flipped, first)
+    delta = (-(1 << kept) if seen["original"][at // 8] >> (at % 8) & 1 else 1 << kept) % 2**64
     expected[element] = np.uint64((-choice * delta << bit) % 2**64)
     assert np.array_equal(error, expected)
-    assert (error[element] != 0) == (choice == 1 and 8 * byte + flipped + bit < 64)
+    assert (error[element] != 0) == (choice == 1)
 
 
 def test_a_flipped_u_bit_garbles_one_product_only_where_the_honest_s_bit_is_one():
