@@ -267,13 +267,13 @@ class DealerTripleSource(KeyedTripleSource):
         return self.prefetcher.fetch(key)
 
     def _request(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
-        self._ask(keys)
+        self._ask(keys, False)
         return self._collect(keys)
 
-    def _ask(self, keys: list[tuple]) -> None:
+    def _ask(self, keys: list[tuple], again: bool) -> None:
         try:
             with metered(self.counters, "offline"):
-                self.link.request(keys)
+                self.link.request(keys, again)
         except DealerError:
             self.failed = True
             raise
