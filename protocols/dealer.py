@@ -203,10 +203,10 @@ class SemiHonestMaker:
     each party's shares of a request flattened into one int64 buffer in request order."""
 
     kind = "dealer"
+    concurrent = True  # deals share no state (each draws from a generator of its own): two may run at once
 
     def __init__(self, parties: int) -> None:
         self.parties = parties
-        self.rng = CipherGenerator(new_seed())
         self.seeds = [new_seed() for _ in range(parties)]
 
     def greeting(self) -> list[torch.Tensor]:
@@ -222,8 +222,9 @@ class SemiHonestMaker:
         return keys
 
     def deal(self, items: Sequence[tuple]) -> list[torch.Tensor]:
-        position = int(self.rng.bits(1, POSITION_BITS)[0])  # a fresh stretch of every keystream
-        return deal_answers(items, self.seeds, position, self.rng)
+        rng = CipherGenerator(new_seed())
+        position = int(rng.bits(1, POSITION_BITS)[0])  # a fresh stretch of every keystream
+        return deal_answers(items, self.seeds, position, rng)
 
 
 # -- the parties' side -------------------------------------------------------------------------
