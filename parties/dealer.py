@@ -67,11 +67,14 @@ def party_world(config: RunConfig, transport: Any) -> Any:
 SPECULATIVE_NICE = 10
 
 
-def _set_thread_nice(thread_id: int, nice: int) -> None:
-    """Best effort: a thread's OS priority (Linux threads have their own nice value; taking
-    one back up may be refused to an unprivileged process, which then keeps the lower)."""
+def _set_thread_nice(thread: threading.Thread | None, nice: int) -> None:
+    """Best effort: a running thread's OS priority (None: the calling thread's; Linux threads
+    have their own nice value; taking one back up may be refused to an unprivileged process,
+    which then keeps the lower)."""
+    if thread is not None and not thread.is_alive():
+        return  # its id may be another's by now
     try:
-        os.setpriority(os.PRIO_PROCESS, thread_id, nice)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id() if thread is None else thread.native_id, nice)
     except (AttributeError, OSError):
         pass
 
@@ -85,7 +88,7 @@ class _Answer:
         self.thread.start()
 
     def _make(self, maker: TupleMaker, nice: int) -> None:
-        _set_thread_nice(threading.get_native_id(), nice)
+        _set_thread_nice(None, nice)
         self.buffers = maker.deal(self.items)
 
 
@@ -121,7 +124,7 @@ class AnswerAhead:
         """Let every answer still being made finish (at the dealer's priority), unused: a
         process that ends while a thread is inside torch aborts."""
         for answer in self.dropped + ([self.answer] if self.answer is not None else []):
-            _set_thread_nice(answer.thread.native_id, self.nice)
+            _set_thread_nice(answer.thread, self.nice)
             answer.thread.join()
         self.answer, self.dropped = None, []
 
@@ -138,7 +141,7 @@ class AnswerAhead:
                 answer.thread.join()
             return None  # dropped (a concurrent maker's left to finish unseen)
         if needed:
-            _set_thread_nice(answer.thread.native_id, self.nice)
+            _set_thread_nice(answer.thread, self.nice)
         answer.thread.join()
         return answer.buffers
 
