@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suites", default="tfp,dealer")
     parser.add_argument("--transport", default="zmq")
     parser.add_argument("--sequence", action="store_true", help="also print one step's rounds in order")
+    parser.add_argument("--first", action="store_true",
+                        help="the first run instead (the one `python -m bench --repeats 1` times: a traced first step)")
     args = parser.parse_args(argv)
     suites = protocol_suites()
     steps = SIZES[args.workload] // BATCH if args.workload in ("W5", "W6") else 1  # W1, W2: one product
@@ -196,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             if "results" not in result:
                 print(f"{launch.name} rank {rank}: {result.get('error')}")
                 continue
-            sample = result["results"][args.workload]["samples"][-1]
-            print(f"{launch.name} {args.workload}, party {rank}, second epoch: wall {sample['wall']:.2f} s, "
+            sample = result["results"][args.workload]["samples"][0 if args.first else -1]
+            print(f"{launch.name} {args.workload}, party {rank}, {'first' if args.first else 'second'} epoch: wall {sample['wall']:.2f} s, "
                   f"cpu {sample['cpu']:.2f} s, {sample['rounds']} rounds, {sample['bytes'] / 1e6:.1f} MB sent")
             print("\n".join(summarize(sample["round_profile"], steps)))
             if args.sequence and rank == 0:

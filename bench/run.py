@@ -201,10 +201,16 @@ def launch_cells(launch: Launch, workloads: list[str]) -> dict[str, dict]:
     """Each workload's cell from a finished launch (its error where it left no result)."""
     per_rank = launch.finish()
     cells = {}
+    # the dealer's process CPU over the whole launch (every workload, setup and imports too),
+    # for the JSON: the dealer takes its turns on the parties' cores
+    parties = launch.spec.get("parties", 2)
+    dealer_cpu = per_rank.get(parties, {}).get("process_cpu") if launch.world > parties else None
     for name in workloads:
         cell = combine(per_rank, 2, name)
         if launch.error and "wall_s" not in cell and cell.get("na") == "n/a: no result":
             cell = {"na": launch.error}
+        if dealer_cpu is not None and "wall_s" in cell:
+            cell["dealer_process_cpu_s"] = dealer_cpu
         cells[name] = cell
     return cells
 

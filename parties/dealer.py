@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -60,39 +61,89 @@ def party_world(config: RunConfig, transport: Any) -> Any:
     return PartyGroup(transport, config.num_parties) if has_dealer(config) else transport
 
 
-class _AnswerAhead:
+# How much lower than the dealer's own the OS priority of an answer made ahead starts: the
+# parties are computing meanwhile, and on a host they share with the dealer its guesses
+# should take only the CPU time they leave idle
+SPECULATIVE_NICE = 10
+
+
+def _set_thread_nice(thread: threading.Thread | None, nice: int) -> None:
+    """Best effort: a running thread's OS priority (None: the calling thread's; Linux threads
+    have their own nice value; taking one back up may be refused to an unprivileged process,
+    which then keeps the lower)."""
+    if thread is not None and not thread.is_alive():
+        return  # its id may be another's by now
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id() if thread is None else thread.native_id, nice)
+    except (AttributeError, OSError):
+        pass
+
+
+class _Answer:
+    """One answer being made in a thread of its own, at a lower OS priority from the start."""
+
+    def __init__(self, maker: TupleMaker, items: Any, nice: int) -> None:
+        self.items, self.buffers = items, None
+        self.thread = threading.Thread(target=self._make, args=(maker, nice), name="dealer-ahead", daemon=True)
+        self.thread.start()
+
+    def _make(self, maker: TupleMaker, nice: int) -> None:
+        _set_thread_nice(None, nice)
+        self.buffers = maker.deal(self.items)
+
+
+class AnswerAhead:
     """One answer made in a background thread while the parties compute: a training step
     asks for the same tuples every time, so once a request repeats, the next one's answer
-    (fresh tuples, each dealt once) is made before it is asked for."""
+    (fresh tuples, each dealt once) is made before it is asked for. It is made at a lower OS
+    priority (a guess must not slow the parties down) until the parties ask for it. An
+    answer made for items that are not asked for next is dropped; with a maker whose deals
+    may run at once (``concurrent``) the request is dealt without waiting for it."""
 
     def __init__(self, maker: TupleMaker) -> None:
         self.maker = maker
-        self.items: Any = None
-        self.buffers: list | None = None
-        self.thread: threading.Thread | None = None
+        self.answer: _Answer | None = None
+        self.dropped: list[_Answer] = []  # a concurrent maker's, still running
+        self.nice = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0  # this thread's
+
+    @property
+    def items(self) -> Any:
+        return None if self.answer is None else self.answer.items
 
     def start(self, items: Any) -> None:
         self.wait()
-        self.items, self.buffers = items, None
-        self.thread = threading.Thread(target=self._make, args=(items,), name="dealer-ahead", daemon=True)
-        self.thread.start()
-
-    def _make(self, items: Any) -> None:
-        self.buffers = self.maker.deal(items)
+        self.answer = _Answer(self.maker, items, self.nice + SPECULATIVE_NICE)
 
     def wait(self) -> None:
-        """Let a running answer finish (the maker is never used by two threads at once)."""
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
+        """Let a running answer finish (the maker is never used by two threads at once,
+        unless it is ``concurrent``)."""
+        if self.answer is not None:
+            self.answer.thread.join()
 
-    def take(self, items: Any) -> list | None:
-        """The answer made ahead for ``items``, once; None if there is none for them."""
-        self.wait()
-        if self.buffers is None or items != self.items:
+    def close(self) -> None:
+        """Let every answer still being made finish (at the dealer's priority), unused: a
+        process that ends while a thread is inside torch aborts."""
+        for answer in self.dropped + ([self.answer] if self.answer is not None else []):
+            _set_thread_nice(answer.thread, self.nice)
+            answer.thread.join()
+        self.answer, self.dropped = None, []
+
+    def take(self, items: Any, needed: bool = True) -> list | None:
+        """The answer made ahead for ``items``, once; None if there is none for them.
+        ``needed``: the parties wait for it (it is made at the dealer's own priority from now)."""
+        answer, self.answer = self.answer, None
+        if answer is None:
             return None
-        buffers, self.items, self.buffers = self.buffers, None, None
-        return buffers
+        if items != answer.items:
+            if getattr(self.maker, "concurrent", False):
+                self.dropped = [a for a in self.dropped if a.thread.is_alive()] + [answer]
+            else:
+                answer.thread.join()
+            return None  # dropped (a concurrent maker's left to finish unseen)
+        if needed:
+            _set_thread_nice(answer.thread, self.nice)
+        answer.thread.join()
+        return answer.buffers
 
 
 def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
@@ -101,29 +152,35 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
     stop. Returns what was served."""
     wire = DealerEnd(transport, parties)
     wire.hello(maker.kind, maker.greeting())
-    served = {"requests": 0, "tuples": 0, "elements": 0, "made_ahead": 0, "inline_dealing_s": 0.0}
-    ahead, previous = _AnswerAhead(maker), None
+    served = {"requests": 0, "answers": 0, "tuples": 0, "elements": 0, "made_ahead": 0, "inline_dealing_s": 0.0}
+    ahead, previous = AnswerAhead(maker), None
     log.info("%s dealer serving %d parties", maker.kind, parties)
-    while (items := wire.request()) is not None:
-        try:
-            items = maker.validate(items)
-        except ValueError as error:
-            wire.refuse(f"a malformed request: {error}")
-            raise DealerError(f"a party sent a malformed request: {error}") from None
-        buffers = ahead.take(items)
-        served["made_ahead"] += buffers is not None
-        if buffers is None:
-            start = time.perf_counter()
-            buffers = maker.deal(items)
-            served["inline_dealing_s"] += time.perf_counter() - start
-        wire.answer(len(items), buffers)
-        served["requests"] += 1
-        served["tuples"] += len(items)
-        served["elements"] += sum(int(buffer.numel()) for buffer in buffers)
-        if items == previous:
-            ahead.start(items)
-        previous = items
-    # an answer still being made ahead is dropped: its daemon thread ends with the process
+    try:
+        while (items := wire.request()) is not None:
+            try:
+                items = maker.validate(items)
+            except ValueError as error:
+                wire.refuse(f"a malformed request: {error}")
+                raise DealerError(f"a party sent a malformed request: {error}") from None
+            served["requests"] += 1
+            for copy in range(1 + wire.again):  # a request for its items twice: as if asked for twice
+                if copy and ahead.items != items:  # the second is collected later: made like a guess
+                    ahead.start(items)
+                buffers = ahead.take(items, needed=not copy)
+                served["made_ahead"] += buffers is not None
+                if buffers is None:
+                    start = time.perf_counter()
+                    buffers = maker.deal(items)
+                    served["inline_dealing_s"] += time.perf_counter() - start
+                wire.answer(len(items), buffers)
+                served["answers"] += 1
+                served["tuples"] += len(items)
+                served["elements"] += sum(int(buffer.numel()) for buffer in buffers)
+                if items == previous:
+                    ahead.start(items)
+                previous = items
+    finally:
+        ahead.close()  # an answer still being made ahead is dropped
     served["bytes_sent"] = wire.bytes_sent
     log.info("dealer done: %s", served)
     return served

@@ -12,7 +12,8 @@ Seeds, not shares: the dealer's greeting gives each party a PRG seed, and each a
 from its own stretch of every party's keystream (at a position the answer's first word
 names). A tuple's uniformly random components (a triple's a and b, a truncation pair's r)
 are whatever the parties' draws add up to; the others (c = a b, msb(r), ...) are drawn too,
-except at the tuple's correction party (tuple i of a request: party i mod n), which
+except at the tuple's correction party (per request, each tuple goes to the party that has
+received the fewest correction elements of it so far: :func:`correction_parties`), which
 receives its shares of them: the value minus the others' draws. Only those corrections
 travel: one element of a triple's three.
 
@@ -85,9 +86,18 @@ def batch_stream(seed: bytes, position: int) -> CipherGenerator:
     return stream
 
 
-def correction_party(index: int, parties: int) -> int:
-    """The party that receives the corrections of a request's tuple ``index``: each in turn."""
-    return index % parties
+def correction_parties(keys: Sequence[tuple], parties: int) -> list[int]:
+    """The party that receives the corrections of each of a request's tuples: the one that
+    has received the fewest correction elements of the request so far (the lowest rank of
+    those tied), so every party receives and copies about as much (a party that receives
+    more is the slower one of every round after it). Every party computes the same from the
+    keys alone."""
+    received, chosen = [0] * parties, []
+    for key in keys:
+        party = min(range(parties), key=received.__getitem__)
+        received[party] += correction_elements(key)
+        chosen.append(party)
+    return chosen
 
 
 def _combine(shares: Sequence[torch.Tensor], sharing: str) -> torch.Tensor:
@@ -154,8 +164,8 @@ def correction_elements(key: tuple) -> int:
 
 def answer_elements(keys: Sequence[tuple], party: int, parties: int) -> int:
     """What ``party`` receives for a request: the position word, then its corrections."""
-    return 1 + sum(correction_elements(key) for index, key in enumerate(keys)
-                   if correction_party(index, parties) == party)
+    return 1 + sum(correction_elements(key) for key, corrector in zip(keys, correction_parties(keys, parties))
+                   if corrector == party)
 
 
 def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int, parties: int) -> list[list[torch.Tensor]]:
@@ -163,8 +173,8 @@ def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int,
     corrections of the tuples it is the correction party of), in the order :func:`deal` drew."""
     stream = batch_stream(seed, int(answer[0]))
     batch, offset = [], 1
-    for index, key in enumerate(keys):
-        corrects = correction_party(index, parties) == party
+    for key, corrector in zip(keys, correction_parties(keys, parties)):
+        corrects = corrector == party
         shares = []
         for (_, shape), random in zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]]):
             if random or not corrects:
@@ -181,8 +191,7 @@ def deal_answers(keys: Sequence[tuple], seeds: Sequence[bytes], position: int, r
     """Each party's answer for a request: the position word, then its corrections."""
     streams = [batch_stream(seed, position) for seed in seeds]
     answers: list[list[torch.Tensor]] = [[torch.tensor([position], dtype=torch.int64)] for _ in seeds]
-    for index, key in enumerate(keys):
-        correction = correction_party(index, len(seeds))
+    for key, correction in zip(keys, correction_parties(keys, len(seeds))):
         shares = deal(key, streams, correction, rng)[correction]
         answers[correction].extend(share.reshape(-1) for share, random in zip(shares, RANDOM_COMPONENTS[key[0]])
                                    if not random)
@@ -194,10 +203,10 @@ class SemiHonestMaker:
     each party's shares of a request flattened into one int64 buffer in request order."""
 
     kind = "dealer"
+    concurrent = True  # deals share no state (each draws from a generator of its own): two may run at once
 
     def __init__(self, parties: int) -> None:
         self.parties = parties
-        self.rng = CipherGenerator(new_seed())
         self.seeds = [new_seed() for _ in range(parties)]
 
     def greeting(self) -> list[torch.Tensor]:
@@ -213,8 +222,9 @@ class SemiHonestMaker:
         return keys
 
     def deal(self, items: Sequence[tuple]) -> list[torch.Tensor]:
-        position = int(self.rng.bits(1, POSITION_BITS)[0])  # a fresh stretch of every keystream
-        return deal_answers(items, self.seeds, position, self.rng)
+        rng = CipherGenerator(new_seed())
+        position = int(rng.bits(1, POSITION_BITS)[0])  # a fresh stretch of every keystream
+        return deal_answers(items, self.seeds, position, rng)
 
 
 # -- the parties' side -------------------------------------------------------------------------
@@ -267,13 +277,13 @@ class DealerTripleSource(KeyedTripleSource):
         return self.prefetcher.fetch(key)
 
     def _request(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
-        self._ask(keys)
+        self._ask(keys, False)
         return self._collect(keys)
 
-    def _ask(self, keys: list[tuple]) -> None:
+    def _ask(self, keys: list[tuple], again: bool) -> None:
         try:
             with metered(self.counters, "offline"):
-                self.link.request(keys)
+                self.link.request(keys, again)
         except DealerError:
             self.failed = True
             raise

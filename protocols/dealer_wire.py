@@ -8,11 +8,13 @@ that many elements:
   and the party's greeting (the malicious dealer's share of its MAC key; nothing for the
   semi-honest one). A party refuses a dealer of another kind.
 * each party -> dealer: ``{"op": "deal", "items": [...]}`` (the tuples it needs next, in
-  the kind's own terms) or ``{"op": "stop"}``. Every party sends every request (the
+  the kind's own terms), with ``"again": true`` where the same items are wanted twice (a
+  batch that is used now and asked for ahead, to be collected later: one request, two
+  answers), or ``{"op": "stop"}``. Every party sends every request (the
   program is the same everywhere); the dealer refuses requests that differ, naming the
   parties, so no party can steer another's preprocessing.
 * dealer -> each party: ``{"op": "answer", "items": k, "elements": n}`` and that party's
-  shares, in request order, or ``{"op": "refused", "error": why}``.
+  shares, in request order (twice for ``again``), or ``{"op": "refused", "error": why}``.
 
 What the items and the buffers mean belongs to the dealer's kind (:class:`TupleMaker`,
 made by a triple source's ``make_dealer``); the dealer's serving loop is
@@ -74,9 +76,10 @@ class DealerLink:
         """The dealer's greeting to this party; a dealer of another kind is refused."""
         return self._receive("hello", dealer=kind)
 
-    def request(self, items: list) -> None:
+    def request(self, items: list, again: bool = False) -> None:
+        """Ask for ``items`` (``again``: twice, two answers in a row)."""
         with self._one_flight():
-            self._send({"op": "deal", "items": items})
+            self._send({"op": "deal", "items": items, **({"again": True} if again else {})})
 
     def answer(self, items: int, elements: int) -> torch.Tensor:
         """This party's shares of the last request's ``items`` tuples: exactly ``elements``."""
@@ -123,6 +126,7 @@ class DealerEnd:
         self.comm = comm
         self.parties = parties
         self.bytes_sent = 0
+        self.again = False  # whether the last request asked for its items twice
 
     def hello(self, kind: str, greetings: Sequence[torch.Tensor]) -> None:
         for rank, buffer in enumerate(greetings):
@@ -136,13 +140,15 @@ class DealerEnd:
             return None
         malformed = [rank for rank, op in enumerate(ops) if op not in ("deal", "stop")]
         stopped = [rank for rank, op in enumerate(ops) if op == "stop"]
-        differing = [rank for rank, r in enumerate(requests) if ops[rank] == "deal" and r.get("items") != requests[0].get("items")]
+        differing = [rank for rank, r in enumerate(requests) if ops[rank] == "deal" and
+                     (r.get("items"), r.get("again", False)) != (requests[0].get("items"), requests[0].get("again", False))]
         if malformed or stopped or differing:
             why = (f"parties {malformed} sent malformed requests" if malformed else
                    f"parties {stopped} stopped while others asked for tuples" if stopped else
                    f"the parties' requests differ (parties {differing} disagree with party 0)")
             self.refuse(f"{why}; refusing to deal", [rank for rank in range(self.parties) if rank not in stopped])
             raise DealerError(why)
+        self.again = requests[0].get("again", False) is True
         return requests[0].get("items")
 
     def answer(self, items: int, buffers: Sequence[torch.Tensor]) -> None:

@@ -147,10 +147,11 @@ class Prefetcher:
     training step. The first step is traced one key at a time, but for the runs of keys a
     protocol announces (:meth:`expect`).
 
-    A source whose batches are a request and an answer (``ask`` sends the request,
-    ``collect`` waits for its answer) is asked one batch ahead: once a batch has come
+    A source whose batches are a request and an answer (``ask(batch, again)`` sends the
+    request, ``collect`` waits for its answer) is asked one batch ahead: once a batch has come
     (predicted, or traced the first time a key or an announced run is used), the same batch
-    is asked for again at once, and its answer is collected at the next miss, so the source
+    is asked for again at once (in the request that asked for it, ``again``, where it was
+    asked for at a miss: the source answers it twice), and its answer is collected at the next miss, so the source
     makes and sends it while the parties compute: a product repeated (a benchmark's loop, a
     step's first repetitions) finds its tuples waiting from its second use on. A batch asked
     ahead that goes unused costs the source its work, so a batch is asked for again before
@@ -162,7 +163,7 @@ class Prefetcher:
 
     def __init__(self, produce: Callable[[list[tuple]], list[list[torch.Tensor]]],
                  lookahead: int = 4096, context: int = 8,
-                 ask: Callable[[list[tuple]], None] | None = None,
+                 ask: Callable[[list[tuple], bool], None] | None = None,
                  collect: Callable[[list[tuple]], list[list[torch.Tensor]]] | None = None) -> None:
         self.produce = produce
         self.lookahead = lookahead
@@ -188,7 +189,7 @@ class Prefetcher:
             made = None
             if not self.buffer[key]:
                 made = predicted or [key]
-                self._produce(made)
+                self._produce(made, again=bool(predicted or worth_guessing(made)))
             self._ask_ahead(predicted or worth_guessing(made or collected))
         return self.buffer[key].popleft()
 
@@ -205,7 +206,7 @@ class Prefetcher:
         """Ask for ``batch`` again, to be collected at the next miss (sources that ask)."""
         if batch and self.ask is not None and self.asked is None:
             self.asked = list(batch)
-            self.ask(self.asked)
+            self.ask(self.asked, False)
 
     def _drop_stale(self) -> None:
         """Forget the buffered tuples of keys that ``lookahead`` fetches since their tuples came
@@ -226,16 +227,24 @@ class Prefetcher:
             wanted = collections.Counter(keys)
             collected = [key for key in dict.fromkeys(keys)
                          for _ in range(wanted[key] - len(self.buffer[key]))][: self.lookahead]
-            self._produce(collected)
+            self._produce(collected, again=worth_guessing(collected) is not None)
         self._ask_ahead(worth_guessing(collected))
 
     def _context(self, key: tuple) -> tuple:
         """The keys up to and including ``key`` were it fetched next: what predictions follow."""
         return tuple(self.history[-(self.context - 1):] + [key]) if self.context > 1 else (key,)
 
-    def _produce(self, batch: list[tuple]) -> None:
+    def _produce(self, batch: list[tuple], again: bool = False) -> None:
+        """Get ``batch`` now; ``again``: it is to be asked for again at once (the batch a miss
+        asks ahead for), which a source that asks takes in the same request: it answers,
+        then sends a second answer, collected at the next miss (one request, not two)."""
         self.take_asked()
-        self._store(batch, self.produce(batch))
+        if not again or self.ask is None:
+            self._store(batch, self.produce(batch))
+            return
+        self.ask(batch, True)
+        self._store(batch, self.collect(batch))
+        self.asked = list(batch)
 
     def _store(self, batch: list[tuple], produced: list[list[torch.Tensor]]) -> None:
         if len(produced) != len(batch):

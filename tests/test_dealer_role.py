@@ -45,3 +45,33 @@ def test_a_source_that_needs_a_dealer_but_gives_none_to_run_is_refused():
 
     with pytest.raises(ConfigError, match="dealer_without_a_server needs a dealer process but gives no make_dealer"):
         load_config(["protocol.triple_source=dealer_without_a_server"])
+
+
+def test_an_answer_made_ahead_goes_only_to_the_items_it_was_made_for():
+    """A guess that does not come true is dropped (the semi-honest maker's left to finish
+    unseen, not waited for): the answers handed out are for the items asked, each once,
+    and they expand to tuples that open right."""
+    import torch
+
+    from parties.dealer import AnswerAhead
+    from protocols.dealer import SemiHonestMaker, answer_elements, expand
+    from protocols.tuples import check_key
+
+    maker = SemiHonestMaker(2)
+    ahead = AnswerAhead(maker)
+    big = [check_key(["triple", "matmul", [256, 256], [256, 256], []])]
+    small = [check_key(["triple", "mul", [5], [5], []])]
+    ahead.start(big)
+    assert ahead.take(small) is None and ahead.items is None  # not the guess: nothing, at once
+    ahead.start(small)
+    assert ahead.take(big) is None
+    for needed in (True, False):
+        ahead.start(small)
+        answers = ahead.take(small, needed=needed)
+        assert [a.numel() for a in answers] == [answer_elements(small, p, 2) for p in range(2)]
+        a, b, c = (sum(expand(small, maker.seeds[p], answers[p], p, 2)[0][i] for p in range(2)) for i in range(3))
+        assert torch.equal(c, a * b)
+        assert ahead.take(small) is None  # each answer once
+    ahead.start(big)
+    ahead.close()  # the guess still being made, and the one dropped, finish unused
+    assert ahead.answer is None and ahead.dropped == [] and ahead.take(big) is None

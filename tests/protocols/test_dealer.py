@@ -91,6 +91,27 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
             assert not any(torch.equal(party[0], values[0]) for party in shares)
 
 
+@pytest.mark.parametrize("parties", [2, 3])
+def test_each_tuple_corrects_at_the_party_that_has_received_least_of_the_request(parties):
+    """A ReLU mask corrects 6 words per element, a carry4 tuple 22, a product 1: dealt in turn
+    one party would receive nearly all (the one that then lags every round); by what each
+    has received so far they come out within one tuple of each other, and still open right."""
+    keys = [check_key(k) for k in [["relumask", [64]], ["triple", "mul", [8], [8], []], ["carry4", [16]],
+                                   ["triple", "mul", [8], [8], []]]]
+    seeds, rng = [new_seed() for _ in range(parties)], CipherGenerator(new_seed())
+    answers = deal_answers(keys, seeds, 9, rng)
+    received = [a.numel() - 1 for a in answers]
+    assert received == [answer_elements(keys, p, parties) - 1 for p in range(parties)]
+    assert sum(received) == sum(correction_elements(key) for key in keys)
+    assert max(received) == 6 * 64  # the mask alone; the rest went to the others
+    dealt = [expand(keys, seed, answers[party], party, parties) for party, seed in enumerate(seeds)]
+    for index in (1, 3):
+        a, b, c = (_open([dealt[p][index][i] for p in range(parties)], "a") for i in range(3))
+        assert torch.equal(c, a * b)
+    masks = [_open([dealt[p][2][i] for p in range(parties)], "b") for i in range(INPUTS + len(SUBSETS))]
+    assert all(torch.equal(masks[INPUTS + j], _and_all([masks[i] for i in subset])) for j, subset in enumerate(SUBSETS))
+
+
 def test_answers_draw_from_disjoint_stretches_of_a_stream():
     seed = new_seed()
     first, second = batch_stream(seed, 0).ring(1000), batch_stream(seed, 1).ring(1000)

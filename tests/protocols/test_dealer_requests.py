@@ -57,14 +57,16 @@ def test_a_repeated_step_costs_one_request_once_its_keys_are_known(announce, fir
 
 
 def test_a_learnt_step_is_asked_for_one_step_ahead_and_collected_at_the_next_miss():
-    maker, events = SemiHonestMaker(2), []
+    maker, events, asked = SemiHonestMaker(2), [], []
 
-    def ask(keys):
-        events.append(("ask", len(keys)))
+    def ask(keys, again):
+        events.append(("ask twice" if again else "ask", len(keys)))
+        for _ in range(1 + again):  # the answers, collected in order
+            asked.append(expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2))
 
     def collect(keys):
         events.append(("collect", len(keys)))
-        return expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2)
+        return asked.pop(0)
 
     def produce(keys):
         events.append(("produce", len(keys)))
@@ -73,12 +75,13 @@ def test_a_learnt_step_is_asked_for_one_step_ahead_and_collected_at_the_next_mis
     prefetcher = Prefetcher(produce, ask=ask, collect=collect)
     steps = [_step(prefetcher, announce=True) for _ in range(5)]
     step = len(steps[0])
-    # step 1 is traced, every batch it makes asked for again at once (to be collected at the
-    # next miss); step 2 learns the period and asks for the whole step, and from then on
-    # every step's tuples are the answer collected at its first miss, the next one asked for
-    # right after
+    # step 1 is traced, every batch it makes asked for twice in one request (the second answer
+    # collected at the next miss, before that miss's own request); step 2 learns the period
+    # and asks for the whole step, and from then on every step's tuples are the answer
+    # collected at its first miss, the next one asked for right after
     comparison = len(comparison_tuples((2, 8)))
-    assert events[:4] == [("produce", comparison), ("ask", comparison), ("collect", comparison), ("produce", 1)]
+    assert events[:4] == [("ask twice", comparison), ("collect", comparison), ("collect", comparison), ("ask twice", 1)]
+    assert ("produce", 1) not in events  # no batch is asked for on its own and then again
     assert events[-7:] == [("ask", step)] + [("collect", step), ("ask", step)] * 3
     prefetcher.take_asked()
     assert prefetcher.asked is None and events[-1] == ("collect", step)
@@ -110,11 +113,12 @@ class _TwoPartyDealer:
         self.events: list[tuple[str, int]] = []
 
     def prefetcher(self, rank: int, lookahead: int = 4096) -> Prefetcher:
-        def ask(keys):
+        def ask(keys, again):
             if rank == 0:
-                self.events.append(("ask", len(keys)))
-                for party, answer in enumerate(self.maker.deal(keys)):
-                    self.answers[party].append(answer)
+                self.events.append(("ask twice" if again else "ask", len(keys)))
+                for _ in range(1 + again):
+                    for party, answer in enumerate(self.maker.deal(keys)):
+                        self.answers[party].append(answer)
 
         def collect(keys):
             if rank == 0:
@@ -122,7 +126,7 @@ class _TwoPartyDealer:
             return expand(keys, self.maker.seeds[rank], self.answers[rank].pop(0), rank, 2)
 
         def produce(keys):
-            ask(keys)
+            ask(keys, False)
             return collect(keys)
 
         return Prefetcher(produce, lookahead=lookahead, ask=ask, collect=collect)
@@ -159,7 +163,7 @@ def test_a_repeated_product_finds_its_tuples_asked_ahead_at_its_first_use():
         _check_product(triple)
         _check_wrap_bit(wrap)
         seen.add(tuple(triple[0][0].reshape(-1).tolist()))
-        expected = [("ask", 2), ("collect", 2), ("ask", 2)] if use == 0 else [("collect", 2), ("ask", 2)]
+        expected = [("ask twice", 2), ("collect", 2)] if use == 0 else [("collect", 2), ("ask", 2)]
         assert dealer.events[before:] == expected
     assert len(seen) == 6
     for prefetcher in parties:
@@ -241,12 +245,13 @@ def test_a_repeated_step_asks_the_real_dealer_once(truncation):
     relu = len(relu_tuples((2, 8), True))  # the dealer deals carry4 tuples: the tree joins four groups a round
     # relu is one packed ReLU (its mask makes the product with the bit local), then x x, a
     # product truncated: a step of 6 keys. Step 1 asks for the announced ReLU at once and for
-    # it again ahead, then (collecting that) for x x's triple with its truncation's tuple and
-    # for those ahead; step 2 finds the ReLU's waiting and collects x x's, asking for it ahead
-    # again; step 3 finds x x's waiting but asks for the ReLU (its context, the 7 keys before
-    # it, reaches back two steps, so it is new until then) and for it ahead; step 4 collects
-    # that and asks for the learnt period, the whole step, ahead, and again once it comes;
-    # the last is collected before the stop. Three requests waited for (4, 2, 4), not six
+    # it again ahead (one request, two answers), then (collecting that) for x x's triple with
+    # its truncation's tuple, twice too; step 2 finds the ReLU's waiting and collects x x's,
+    # asking for it ahead again; step 3 finds x x's waiting but asks for the ReLU (its
+    # context, the 7 keys before it, reaches back two steps, so it is new until then), twice;
+    # step 4 collects that and asks for the learnt period, the whole step, ahead, and again
+    # once it comes; the last is collected before the stop. Three requests waited for (4, 2,
+    # 4), not six, and none of them is sent a second time to ask for its batch ahead
     step = relu + 2
-    assert served["sizes"] == [relu, relu, 2, 2, 2, relu, relu, step, step]
-    assert served["requests"] == 9
+    assert served["sizes"] == [relu, 2, 2, relu, step, step]
+    assert served["requests"] == 6 and served["answers"] == 9

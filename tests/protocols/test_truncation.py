@@ -41,6 +41,18 @@ def _pair_shares(r: torch.Tensor, divisor: int, parties: int, rng: CipherGenerat
     return [[component[p] for component in per_value] for p in range(parties)]
 
 
+@pytest.mark.parametrize("divisor", [1, 2, 1 << 16, 1 << 40, 3, 65535, 10 ** 6])
+def test_a_pair_holds_r_its_sign_and_its_low_63_bits_divided_exactly(divisor):
+    """Powers of two take a shift, the rest a division: the same exact quotient, the ring's
+    extremes included."""
+    r = torch.cat([CipherGenerator(new_seed()).ring((100_000,)),
+                   torch.tensor([0, -1, 1, (1 << 63) - 1, -(1 << 63)], dtype=torch.int64)])
+    same, msb, low = pair_values(r, divisor)
+    assert same is r and torch.equal(msb, (r < 0).long())
+    expected = torch.tensor([(v & ((1 << 63) - 1)) // divisor for v in r.tolist()], dtype=torch.int64)
+    assert torch.equal(low, expected)
+
+
 def test_ten_million_products_within_one_ulp_where_local_truncation_fails():
     """Fixed-point products (scale 2^32, |value| < 2^15) truncated by 2^16, 2 parties."""
     rng, divisor = CipherGenerator(new_seed()), 1 << 16
