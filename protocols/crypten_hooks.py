@@ -427,10 +427,50 @@ def _empty_mpc_tensor(mpc_tensor: type, arithmetic: Any) -> Callable[..., None]:
     return __init__
 
 
+def _lean_shallow_copy(mpc_tensor: type, context: type) -> Callable[[Any], Any]:
+    """``MPCTensor.shallow_copy`` (every passthrough operation's first step: ``x + y``,
+    ``x.view``, ``x[i]``, ...) without its placeholder: crypten's makes ``MPCTensor([])`` (a
+    CrypTensor constructor, an empty torch tensor) only to replace its share tensor. The
+    result has the same attributes, set in one go: a new, gradient-free node over the same
+    share tensor and ptype."""
+
+    def shallow_copy(self: Any) -> Any:
+        result = object.__new__(mpc_tensor)
+        state = object.__getattribute__(self, "__dict__")
+        vars(result).update(requires_grad=False, grad=None, grad_fn=None, grad_expected=0, grad_received=0,
+                            children=[], ctx=context(), _tensor=state["_tensor"], ptype=state["ptype"])
+        return result
+
+    return shallow_copy
+
+
+def _product_without_clone(arithmetic: type, sentinel: int) -> Callable[..., Any]:
+    """``ArithmeticSharedTensor._arithmetic_function`` that skips the copy CrypTen makes of
+    ``x`` for a product of two sharings: it clones x, hands the clone to the Beaver protocol
+    (which only reads it) and then points the clone's share at the product (``set_``), so
+    the copy is never used. Here the product's placeholder holds a second tensor object over
+    x's share (``set_`` re-points that object, not x's), and CrypTen's in-place path computes
+    on it: the same protocol calls on the same values, the same result."""
+    original = arithmetic._arithmetic_function
+
+    @functools.wraps(original)
+    def _arithmetic_function(self: Any, y: Any, op: str, inplace: bool = False, *args: Any, **kwargs: Any) -> Any:
+        if (inplace or op in ("add", "sub") or type(self) is not arithmetic or type(y) is not arithmetic
+                or type(self.share) is not torch.Tensor):
+            return original(self, y, op, inplace, *args, **kwargs)
+        result = arithmetic(src=sentinel)
+        result.encoder = self.encoder
+        result.share = self.share.detach()  # an alias of the data, never written through
+        return original(result, y, op, True, *args, **kwargs)
+
+    return _arithmetic_function
+
+
 def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
     """CrypTen's communicator becomes ``make_communicator()`` at ``crypten.init``; its config
     reads through a cache; CrypTensor attribute lookups take the short way for plain names; the
-    placeholder ``MPCTensor([])`` is made without a sharing."""
+    placeholder ``MPCTensor([])`` is made without a sharing, and neither shallow copies nor
+    products of two sharings make throwaway tensors."""
     _patch("session", crypten.communicator, "DistributedCommunicator", _communicator_adapter(make_communicator))
     _patch("session", crypten.cfg, "__class__", _fast_config_class(type(crypten.cfg)))
     tensor_class = crypten.CrypTensor
@@ -439,6 +479,11 @@ def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
 
     mpc_tensor = crypten.mpc.MPCTensor
     _patch("session", mpc_tensor, "__init__", _empty_mpc_tensor(mpc_tensor, ptype.arithmetic))
+    _patch("session", mpc_tensor, "shallow_copy", _lean_shallow_copy(mpc_tensor, crypten.gradients.AutogradContext))
+    from crypten.mpc.primitives import arithmetic
+
+    _patch("session", arithmetic.ArithmeticSharedTensor, "_arithmetic_function",
+           _product_without_clone(arithmetic.ArithmeticSharedTensor, arithmetic.SENTINEL))
 
 
 def uninstall_session(crypten: Any) -> None:
