@@ -380,7 +380,9 @@ def _lean_attribute_lookup(crypten: Any) -> Callable[[Any, str], Any]:
     registry. A name that is protected, or that is none of the others and has no autograd
     function registered, resolves as a plain attribute: such names are remembered and read
     directly (the registry is asked every time, so a function registered later still counts).
-    ``cfg.debug.validation_mode`` is honoured as crypten's wrapper does."""
+    With autograd off (``crypten.no_grad()``, where the protocols compute), an operator or an
+    autograd function's name resolves to the tensor's method, as crypten's dispatch would
+    after its checks. ``cfg.debug.validation_mode`` is honoured as crypten's wrapper does."""
     from crypten.debug import validate_correctness
 
     tensor_class = crypten.CrypTensor
@@ -390,16 +392,30 @@ def _lean_attribute_lookup(crypten: Any) -> Callable[[Any, str], Any]:
     plain_attribute = object.__getattribute__
     # name -> True: always plain (protected); False: plain while no autograd function has it
     plain: dict[str, bool] = {name: True for name in (*tensor_class.PROTECTED_ATTRIBUTES, "copy_")}
+    builtin = dict(tensor_class.PYTHON_BUILTIN)
+    # live: crypten.no_grad() and set_grad_enabled assign CrypTensor.AUTOGRAD_ENABLED here (reading
+    # it as a class attribute is a Python call: crypten's metaclass has its own __getattribute__)
+    class_state = vars(tensor_class)
 
     def __getattribute__(self: Any, name: str) -> Any:
         always = plain.get(name)
         if always or (always is False and name not in registry):
             function = plain_attribute(self, name)
         else:
-            if always is None and name not in tensor_class.PYTHON_BUILTIN and \
-                    not (name.endswith("_") and not name.endswith("__")):
+            method = builtin.get(name, name)
+            in_place = method.endswith("_") and not method.endswith("__")
+            if always is None and name not in builtin and not in_place:
                 plain[name] = False
-            function = dispatch(self, name)
+            function = None
+            if not (in_place or class_state["AUTOGRAD_ENABLED"]):
+                # crypten's dispatch without autograd reads the method itself (its fallback,
+                # a forward without context, only when there is no such method)
+                try:
+                    function = plain_attribute(self, method)
+                except AttributeError:
+                    pass
+            if function is None:
+                function = dispatch(self, name)
         if cfg.debug.validation_mode:
             return validate_correctness(self, function, name)
         return function

@@ -251,9 +251,11 @@ def test_private_products_without_the_clone_give_cryptens_shares(monkeypatch):
 
 
 # names whose lookup takes each path of crypten's CrypTensor.__getattribute__: protected, plain
-# (no autograd function), a property, built-in operators, in-place, autograd functions
+# (no autograd function), a property, built-in operators, in-place, autograd functions, and
+# autograd functions the tensor has no method for (without autograd: a forward without context)
 _LOOKED_UP = ("requires_grad", "backward", "copy_", "_tensor", "share", "encoder", "size", "shallow_copy",
-              "__add__", "__rsub__", "add", "add_", "neg_", "relu", "matmul", "sum", "div")
+              "__add__", "__rsub__", "__matmul__", "add", "add_", "neg_", "relu", "matmul", "sum", "div",
+              "relu6", "binary_cross_entropy", "__rtruediv__")
 
 
 def _looked_up(lookup, x: object, name: str) -> object:
