@@ -22,6 +22,10 @@ echo "== transport: MPI ping-pong and all_reduce, CPU vs CUDA tensors (staged th
 timeout 60 $BIN/mpirun -n 2 $BIN/python bench/transport_bench.py --device cpu
 timeout 60 $BIN/mpirun -n 2 $BIN/python bench/transport_bench.py --device cuda
 
+echo "== one round's small kernels and host copy, alone and with a second process on the device"
+timeout 60 $BIN/python bench/gpu_contention.py --device cuda
+timeout 60 $BIN/python bench/gpu_contention.py --device cpu
+
 echo "== training: 2 parties and the dealer, mlp, 2000 rows each, 1 epoch, CPU vs CUDA"
 out=$(mktemp -d)
 for device in cpu cuda; do

@@ -2,7 +2,11 @@
 
 Nothing here is a picked threshold. Values in the ring carry f = 16 fractional bits, so one
 unit in the last place is u = 2^-16: encoding a value errs by at most u/2, and each
-truncation after a product by at most u (truncation pairs are exact to 1 ulp). The
+truncation after a product by at most u (the suite's truncation part says so in its
+``error_bound``: ``pairs`` and ``topbits`` give floor or one more, zero-mean; CrypTen's
+``local`` rounds each of the n shares down, up to n u and biased, so where that part runs
+every u below from a truncation is n u, and its truncations enter part 2 at their worst, all
+of one sign, instead of through the concentration bound). The
 sigmoid is an approximation whose largest error as evaluated, ``sigmoid_error``, is
 measured under MPC in the tests (``tests/test_sigmoid.py``). From these:
 
@@ -67,43 +71,53 @@ from torch import nn
 from mpc.metrics import ClassWeights
 from mpc.approximations import PRECISE_FACTOR_BITS
 from mpc.training import SIGMOID_FACTOR_BOUND, TrainConfig, batch_slices, epoch_order
+from protocols.truncation import TruncationError
 
 FRACTIONAL_BITS = 16
 ULP = 2.0 ** -FRACTIONAL_BITS
 FLOAT32_EPS = 2.0 ** -24
 METRICS = ("auc", "pr_auc", "accuracy", "loss")
-# the truncations of one row's weighted residual as one range (module docstring, part 2)
+# the truncations of one row's weighted residual as one range (module docstring, part 2): the
+# root of the sum of their squared ranges where they are zero-mean, their sum where not
 RESIDUAL_ULPS = math.sqrt(SIGMOID_FACTOR_BOUND**2 + 2)
+BIASED_RESIDUAL_ULPS = SIGMOID_FACTOR_BOUND + 2
+# pairs and topbits: floor(x / d) or one more, unbiased
+ONE_ULP_UNBIASED = TruncationError(ulps=1.0, unbiased=True)
 # the random part of the training bound holds with probability at least 1 - CONFIDENCE
 CONFIDENCE = 1e-9
 # float64 rounding in the metrics themselves (sklearn sums, the mean loss)
 _ARITHMETIC_SLACK = 1e-9
 
 
-def _layer_error(row_sums: Sequence[float], max_abs_input: float) -> float:
+def _layer_error(row_sums: Sequence[float], max_abs_input: float, truncation: TruncationError) -> float:
     error = ULP / 2 + FLOAT32_EPS * max_abs_input
     for row_sum in row_sums:
-        error = row_sum * error + 2 * ULP
+        error = row_sum * error + 2 * truncation.ulps * ULP
     return error
 
 
-def forward_error_bound(model: nn.Module, max_abs_input: float) -> float:
+def forward_error_bound(model: nn.Module, max_abs_input: float,
+                        truncation: TruncationError = ONE_ULP_UNBIASED) -> float:
     """Part 1: the largest |secure - float| logit of ``model`` (Linear/ReLU) with the same
     weights on both sides, on inputs with |x| <= ``max_abs_input``."""
     return _layer_error([module.weight.detach().double().abs().sum(1).max().item()
-                         for module in model.modules() if isinstance(module, nn.Linear)], max_abs_input)
+                         for module in model.modules() if isinstance(module, nn.Linear)], max_abs_input,
+                        truncation)
 
 
 @dataclass(frozen=True)
 class TrainingBound:
     weight_error: float  # |theta_secure - theta_float|_2 after training
     parameters: int
+    truncation: TruncationError
 
 
 def training_weight_bound(features: torch.Tensor, labels: torch.Tensor, initial: nn.Module,
                           config: TrainConfig, weights: ClassWeights, seed: int,
-                          sigmoid_error: float) -> TrainingBound | None:
-    """Part 2 of the module docstring; ``None`` for a model that is not a logistic regression."""
+                          sigmoid_error: float, truncation: TruncationError = ONE_ULP_UNBIASED) -> TrainingBound | None:
+    """Part 2 of the module docstring; ``None`` for a model that is not a logistic regression.
+    Truncations that are not zero-mean (``truncation.unbiased`` false) enter at their worst,
+    all with the same sign, in place of the concentration bound."""
     if sum(isinstance(m, nn.Linear) for m in initial.modules()) != 1:
         return None
     rows = features.shape[0]
@@ -112,6 +126,7 @@ def training_weight_bound(features: torch.Tensor, labels: torch.Tensor, initial:
     theta = torch.cat([p.detach().double().reshape(-1) for p in initial.parameters()])  # weights, then bias
     parameters = len(theta)
     identity = torch.eye(parameters, dtype=torch.float64)
+    residual_ulps = RESIDUAL_ULPS if truncation.unbiased else BIASED_RESIDUAL_ULPS
     # per step: (its Jacobian, its deterministic error, the rows its random errors enter by)
     steps: list[tuple[torch.Tensor, float, torch.Tensor]] = []
     for epoch in range(config.epochs):
@@ -125,26 +140,34 @@ def training_weight_bound(features: torch.Tensor, labels: torch.Tensor, initial:
             residual = torch.sigmoid(logits) - y
             curvature = torch.sigmoid(logits) * torch.sigmoid(-logits)
             jacobian = identity - x.T @ ((step_scale * curvature)[:, None] * x)
-            steps.append((jacobian, _deterministic_step_error(x, theta, factor, row_weights, residual, sigmoid_error),
-                          torch.cat([factor * RESIDUAL_ULPS * x.T, factor * identity, identity], dim=1)))
+            steps.append((jacobian,
+                          _deterministic_step_error(x, theta, factor, row_weights, residual, sigmoid_error, truncation),
+                          torch.cat([factor * residual_ulps * x.T, factor * identity, identity], dim=1)))
             theta = theta - x.T @ (step_scale * residual)
     deterministic, random_square = 0.0, 0.0
+    truncation_range = truncation.ulps * ULP
     later = identity  # J_T ... J_(t+1), built from the last step backwards
     for jacobian, error, entries in reversed(steps):
         deterministic += torch.linalg.matrix_norm(later, ord=2).item() * error
-        random_square += (later @ entries).pow(2).sum().item() * ULP ** 2
+        reached = later @ entries  # one column per truncation: where its error lands
+        if truncation.unbiased:
+            random_square += reached.pow(2).sum().item() * truncation_range ** 2
+        else:
+            deterministic += reached.norm(dim=0).sum().item() * truncation_range
         later = later @ jacobian
     deterministic += torch.linalg.matrix_norm(later, ord=2).item() * math.sqrt(parameters) * ULP / 2
     spread = 1 + math.sqrt(2 * math.log(1 / CONFIDENCE))
-    return TrainingBound(deterministic + spread * math.sqrt(random_square), parameters)
+    return TrainingBound(deterministic + spread * math.sqrt(random_square), parameters, truncation)
 
 
 def _deterministic_step_error(x: torch.Tensor, theta: torch.Tensor, factor: float, row_weights: torch.Tensor,
-                              residual: torch.Tensor, sigmoid_error: float) -> float:
+                              residual: torch.Tensor, sigmoid_error: float, truncation: TruncationError) -> float:
     """Part 2's deterministic error of one step (``factor`` = lr / B, ``row_weights`` = w(y_i)),
     and the float32 reference's rounding."""
-    logit_error = ULP * (theta.abs().sum().item() / 2 + 1)
-    row_error = 2 * ULP * (residual.abs() + sigmoid_error) + row_weights * (sigmoid_error + logit_error / 4)
+    logit_error = ULP * (theta.abs().sum().item() / 2 + truncation.ulps)
+    # w_i: two encoded constants (u/2 each) and a truncation
+    row_weight_error = (1 + truncation.ulps) * ULP
+    row_error = row_weight_error * (residual.abs() + sigmoid_error) + row_weights * (sigmoid_error + logit_error / 4)
     update = factor * (x.abs().T @ (row_weights * residual.abs())).norm().item()
     secure = factor * (x.norm(dim=1) * row_error).sum().item() + 2.0 ** -PRECISE_FACTOR_BITS * update
     # float32: each entry of X^T v sums len(v) products; theta itself is rounded per step
@@ -159,7 +182,7 @@ def logit_bounds(test_features: torch.Tensor, trained: nn.Module, training: Trai
     slack = math.sqrt(training.parameters) * training.weight_error
     linear = next(m for m in trained.modules() if isinstance(m, nn.Linear))
     weight_l1 = linear.weight.detach().double().abs().sum().item() + slack
-    return row_norms * training.weight_error + _layer_error([weight_l1], test.abs().max().item())
+    return row_norms * training.weight_error + _layer_error([weight_l1], test.abs().max().item(), training.truncation)
 
 
 def metric_tolerances(plain_logits: torch.Tensor, labels: torch.Tensor, weights: ClassWeights,

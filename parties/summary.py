@@ -17,6 +17,8 @@ from mpc.tolerance import (METRICS, compare, fine_tuning_tolerances, logit_bound
 from mpc.training import EpochRecord
 from parties.config import RunConfig
 from protocols import ProtocolSuite
+from protocols.registry import part_class
+from protocols.truncation import TruncationError
 
 @dataclass
 class Reference:
@@ -71,15 +73,24 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss,
     if config.data.kind == "sequence" and loss.task == "binary" and not order_unknown:
         delta, tolerances = fine_tuning_tolerances(plain_logits, data.test_labels, loss.weights)
         return Reference(metrics, delta, tolerances, plain_logits, data.test_labels)
-    if config.train.dp.enabled or order_unknown or not (loss.task == "binary" and _plain_sgd(config.train)):
+    truncation = truncation_error(config)
+    if (config.train.dp.enabled or order_unknown or truncation is None
+            or not (loss.task == "binary" and _plain_sgd(config.train))):
         return Reference(metrics, None, None, plain_logits, data.test_labels)
     training = training_weight_bound(data.features, data.labels, torch_model, config.train, loss.weights,
-                                     config.seed, sigmoid_error)
+                                     config.seed, sigmoid_error, truncation)
     if training is None:
         return Reference(metrics, None, None, plain_logits, data.test_labels)
     delta = logit_bounds(data.test_features, trained, training)
     return Reference(metrics, delta.max().item(), metric_tolerances(plain_logits, data.test_labels, loss.weights, delta),
                      plain_logits, data.test_labels)
+
+
+def truncation_error(config: RunConfig) -> TruncationError | None:
+    """How far the run's truncation part says one truncation may err; None for a part that
+    says nothing (a plugged-in one without ``error_bound``): then no bound is derived."""
+    error_bound = getattr(part_class("truncation", config.protocol.truncation), "error_bound", None)
+    return None if error_bound is None else error_bound(config.num_parties)
 
 
 def _blinded_row_order(config: RunConfig) -> bool:

@@ -32,7 +32,7 @@ from protocols import crypten_hooks
 from protocols.coin import joint_random
 from protocols.parts import ProtocolPart, metered
 from protocols.registry import register_part
-from protocols.share_tensors import on_device
+from protocols.share_tensors import on_device, to_device
 
 SEED_BYTES = 16
 log = logging.getLogger("cotrain.protocols")
@@ -188,14 +188,14 @@ class CipherGenerator(torch.Generator):
             self.counters.calls += 1
             self.counters.tuples += count
         values = torch.from_numpy(self.stream.int64(count)).reshape(shape)
-        return values if device is None or torch.device(device).type == "cpu" else values.to(device)
+        return values if device is None else to_device(values, device)
 
     def bits(self, size: Any, bitlength: int, device: Any = None) -> torch.Tensor:
         """Uniform ``bitlength``-bit non-negative integers as int64."""
         values = self.ring(size)
         if bitlength < 64:
             values &= (1 << bitlength) - 1
-        return values if device is None or torch.device(device).type == "cpu" else values.to(device)
+        return values if device is None else to_device(values, device)
 
 
 class NonCryptographicGenerator(RuntimeError):

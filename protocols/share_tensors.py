@@ -39,3 +39,15 @@ def wrapped_like(tensor: torch.Tensor, share: Any) -> Any:
 def on_device(tensor: torch.Tensor) -> Any:
     """``tensor`` as CrypTen holds a share of it on its device: wrapped on CUDA."""
     return wrapped(tensor) if tensor.is_cuda else tensor
+
+
+def to_device(tensor: torch.Tensor, device: Any) -> torch.Tensor:
+    """``tensor`` on ``device``. A host tensor goes to a GPU through pinned memory without a wait:
+    torch's copy from pageable memory waits for every kernel queued before it, and a round
+    receives or draws several tensors, so each would stall the party (and, where the parties
+    share a GPU, wait out the others' kernels too). Torch's pinned-memory cache keeps the staging
+    buffer until the copy is done."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.is_cuda:
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

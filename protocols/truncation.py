@@ -19,6 +19,7 @@ floor((r mod 2^63) / d). With x' = x + K (K a multiple of d near 2^62, so 0 <= x
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -30,6 +31,15 @@ from protocols.registry import register_part
 
 log = logging.getLogger("cotrain.protocols")
 MASK63 = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class TruncationError:
+    """How far one truncation lands from the exact quotient x / d: what the derived metric
+    tolerances (``mpc.tolerance``) take from a truncation part's ``error_bound``."""
+
+    ulps: float  # the largest error, in units of the last place
+    unbiased: bool  # zero-mean (floor, or one more with probability (x mod d) / d)
 
 
 def offset_multiple(divisor: int) -> int:
@@ -89,6 +99,12 @@ class LocalTruncation(ProtocolPart):
     def describe(self) -> str:
         return "local (CrypTen's: probabilistic, rare large errors with 2 parties)"
 
+    @classmethod
+    def error_bound(cls, parties: int) -> TruncationError:
+        """Each party rounds its own share down: up to ``parties`` ulps below x / d, never
+        above (with 2 parties the rare wrap's 2^64 / d is a fault, not an error bound)."""
+        return TruncationError(ulps=float(parties), unbiased=False)
+
 
 @register_part("truncation", "pairs")
 class PairTruncation(ProtocolPart):
@@ -129,6 +145,11 @@ class PairTruncation(ProtocolPart):
 
     def describe(self) -> str:
         return "pairs (preprocessed truncation pairs, exact to 1 ulp)"
+
+    @classmethod
+    def error_bound(cls, parties: int) -> TruncationError:
+        """floor(x / d), or one more with probability (x mod d) / d (``topbits`` likewise)."""
+        return TruncationError(ulps=1.0, unbiased=True)
 
 
 # -- topbits: two parties, a power-of-two divisor, one round of one bit per element -----------

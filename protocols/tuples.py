@@ -25,6 +25,7 @@ import torch
 from protocols.carry4 import COMPONENTS
 from protocols.crypten_hooks import drop_provider, meter_online_tuple_use, unmeter_online_tuple_use, use_provider
 from protocols.parts import TripleSource, UnsupportedTuple
+from protocols.share_tensors import to_device
 
 MAX_ELEMENTS = 1 << 28  # per tuple: a bound on what a party may ask for
 _CONV_OPS = ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
@@ -257,7 +258,7 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
     def wrap(layout: Sequence[tuple[str, tuple]], shares: Sequence[torch.Tensor], device: Any) -> list[Any]:
         out = []
         for (sharing, _), share in zip(layout, shares):
-            share = share.to(device) if device is not None else share
+            share = to_device(share, device) if device is not None else share
             out.append(BST.from_shares(share) if sharing == "b" else AST.from_shares(share, precision=0))
         return out
 
@@ -305,7 +306,7 @@ class KeyedTripleSource(TripleSource):
         """This party's shares of the next tuple for ``key`` (on ``device``), counted."""
         self.counters.calls += 1
         self.counters.tuples += tuple_elements(key)
-        return [s.to(device) if device is not None else s for s in self.fetch(key)]
+        return [to_device(s, device) if device is not None else s for s in self.fetch(key)]
 
     def truncation_pair(self, size: Any, divisor: int, device: Any = None) -> tuple[Any, Any, Any]:
         from crypten.mpc.primitives import ArithmeticSharedTensor as AST

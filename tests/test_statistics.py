@@ -23,6 +23,8 @@ from mpc.models import DEFAULT_MODEL, build_torch_model
 from mpc.reference import pool_horizontal, pool_vertical, train_plaintext
 from mpc.tolerance import logit_bounds, metric_tolerances, training_weight_bound
 from mpc.training import SIGMOID_MAX_ERROR, TrainConfig
+from protocols.registry import part_class
+from protocols.truncation import TruncationError
 from real_tables import (CONFIG, ID, OVERRIDES, float64_preprocessing, parties_override, write_horizontal,
                          write_vertical)
 from sessions import run_parties
@@ -134,7 +136,7 @@ def test_malformed_messages_from_a_peer_are_refused():
     assert refused[1] == "bank1 announced malformed column statistics ('mean')"
 
 
-def _float64_pipeline(files, partition: str, model_dir: Path) -> tuple[dict, dict]:
+def _float64_pipeline(files, partition: str, model_dir: Path, truncation: TruncationError) -> tuple[dict, dict]:
     """Held-out metrics of the same pipeline trained in float (scaling computed in float64 from
     the raw files), and mpc.tolerance's bound on each metric's distance to the secure run's."""
     pool = pool_horizontal if partition == "horizontal" else pool_vertical
@@ -142,7 +144,7 @@ def _float64_pipeline(files, partition: str, model_dir: Path) -> tuple[dict, dic
     weights = ClassWeights.balanced(len(data.labels), int(data.labels.sum()))
     initial = build_torch_model(DEFAULT_MODEL, data.features.shape[1], seed=0)
     plain, _ = train_plaintext(initial, data, TRAIN, WeightedBinaryCrossEntropy(weights), seed=0)
-    bound = training_weight_bound(data.features, data.labels, initial, TRAIN, weights, 0, SIGMOID_MAX_ERROR)
+    bound = training_weight_bound(data.features, data.labels, initial, TRAIN, weights, 0, SIGMOID_MAX_ERROR, truncation)
     secure_state = torch.load(model_dir / "model.pt", weights_only=True)["state_dict"]
     secure_theta = torch.cat([secure_state["0.weight"].reshape(-1), secure_state["0.bias"]]).double()
     plain_theta = torch.cat([p.detach().reshape(-1) for p in plain.parameters()]).double()
@@ -155,16 +157,20 @@ def _float64_pipeline(files, partition: str, model_dir: Path) -> tuple[dict, dic
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("partition, parties", [("horizontal", 3), ("vertical", 2)])
-def test_real_table_trains_like_float64(tmp_path, job, partition, parties):
+@pytest.mark.parametrize("partition, parties, truncation", [("horizontal", 3, "topbits"), ("vertical", 2, "topbits"),
+                                                              ("horizontal", 3, "local")])
+def test_real_table_trains_like_float64(tmp_path, job, partition, parties, truncation):
     """Timestamps, tiny-variance and 1e12 columns, a constant and a renamed id column: the
     secure run matches the same pipeline in float64 on all four metrics within the bounds
-    that follow from fixed point."""
+    that follow from fixed point and the truncation's error (CrypTen's local truncation at
+    three parties: up to 3 ulps, always down)."""
     write = write_horizontal if partition == "horizontal" else write_vertical
     files = write(tmp_path / "tables", parties=parties, rows=200, test_rows=300)
     summary = job(f"num_parties={parties}", f"data.partition={partition}", parties_override(files),
-                  *OVERRIDES, *TRAIN_OVERRIDES)
-    expected, bounds = _float64_pipeline(files, partition, tmp_path / "outputs" / "test" / "bank0")
+                  *OVERRIDES, *TRAIN_OVERRIDES, f"protocol.truncation={truncation}")
+    error = part_class("truncation", truncation).error_bound(parties)
+    expected, bounds = _float64_pipeline(files, partition, tmp_path / "outputs" / "test" / "bank0", error)
+    assert all(summary["gaps"][metric]["within_tolerance"] for metric in ("auc", "pr_auc", "accuracy", "loss"))
     for metric in ("auc", "pr_auc", "accuracy", "loss"):
         assert abs(summary["secure"][metric] - expected[metric]) <= bounds[metric], (metric, summary, expected, bounds)
     assert expected["auc"] > 0.75  # learnt from the tiny-variance and timestamp columns

@@ -37,3 +37,25 @@ def test_forward_error_bound_grows_with_the_weights_and_the_layers():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
     single = forward_error_bound(nn.Sequential(model[2]), 5.0)
     assert single < forward_error_bound(model, 5.0) < 1e-3
+
+
+def test_each_truncation_states_its_error_and_an_unstated_one_gets_no_verdict():
+    from types import SimpleNamespace
+
+    from parties.summary import truncation_error
+    from protocols.parts import ProtocolPart
+    from protocols.registry import register_part
+    from protocols.truncation import TruncationError
+
+    @register_part("truncation", "states-nothing")
+    class StatesNothing(ProtocolPart):  # a researcher's truncation without error_bound
+        pass
+
+    def run(name: str, parties: int) -> SimpleNamespace:
+        return SimpleNamespace(protocol=SimpleNamespace(truncation=name), num_parties=parties)
+
+    assert truncation_error(run("pairs", 3)) == truncation_error(run("topbits", 2)) == TruncationError(1.0, True)
+    assert truncation_error(run("local", 3)) == TruncationError(3.0, False)
+    assert truncation_error(run("states-nothing", 2)) is None
+    model = nn.Sequential(nn.Linear(4, 1))
+    assert forward_error_bound(model, 1.0, TruncationError(3.0, False)) > forward_error_bound(model, 1.0)

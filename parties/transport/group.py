@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from parties.transport.base import reduce_exchanged
+from protocols.share_tensors import to_device
 from torch.distributed import ReduceOp
 
 
@@ -95,7 +96,7 @@ class PartyGroup:
             return results if batched else results[0]
         with self._one_round():
             received = self._exchange(tensors)
-        results = [reduce_exchanged(received, self.rank, k, op).to(tensors[k].device) for k in range(len(tensors))]
+        results = [to_device(reduce_exchanged(received, self.rank, k, op), tensors[k].device) for k in range(len(tensors))]
         return results if batched else results[0]
 
     def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
@@ -110,7 +111,7 @@ class PartyGroup:
             for handle in [self.transport.irecv(t, src) for src in self._others() for t in received[src]]:
                 handle.wait()
             received[self.rank] = host
-        results = [reduce_exchanged(received, self.rank, k, op).to(tensors[k].device) for k in range(len(tensors))]
+        results = [to_device(reduce_exchanged(received, self.rank, k, op), tensors[k].device) for k in range(len(tensors))]
         return results if batched else results[0]
 
     def broadcast(self, input: Any, src: int, group: Any = None, batched: bool = False) -> Any:
@@ -137,13 +138,13 @@ class PartyGroup:
             result = [host.clone() if r == dst else torch.empty_like(host) for r in range(self.size)]
             for handle in [self.transport.irecv(result[r], r) for r in self._others()]:
                 handle.wait()
-        return [item.to(tensor.device) for item in result]
+        return [to_device(item, tensor.device) for item in result]
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         with self._one_round():
             received = self._exchange([tensor])
         # our own entry is a copy: the caller may change its tensor afterwards
-        return [received[r][0].clone() if r == self.rank else received[r][0].to(tensor.device)
+        return [received[r][0].clone() if r == self.rank else to_device(received[r][0], tensor.device)
                 for r in range(self.size)]
 
     def scatter(self, scatter_list: list[torch.Tensor], src: int, size: Any = None, device: Any = None) -> torch.Tensor:
@@ -156,7 +157,7 @@ class PartyGroup:
             shape = size if size is not None else scatter_list[self.rank].size()
             result = torch.empty(shape, dtype=torch.long)
             self.transport.irecv(result, src).wait()
-        return result.to(device) if device is not None else result
+        return to_device(result, device) if device is not None else result
 
     def barrier(self) -> None:
         with self._one_round():

@@ -22,6 +22,7 @@ from torch.distributed import ReduceOp
 
 from parties.transport.base import PartyAddress, Transport, TransportError, TransportOptions
 from parties.transport.peer_watch import PeerWatch, failing_on_transport_error
+from protocols.share_tensors import to_device
 from parties.transport.wire import byte_view
 
 _TAG = 7  # one tag for all point-to-point traffic: MPI keeps per-(source, tag) order
@@ -186,7 +187,7 @@ class MpiTransport(Transport):
     def recv(self, tensor: torch.Tensor, src: int | None = None) -> torch.Tensor:
         result = torch.empty(tensor.shape, dtype=tensor.dtype)
         self.irecv(result, src).wait()
-        return result.to(tensor.device) if tensor.device.type != "cpu" else result
+        return to_device(result, tensor.device)
 
     def isend(self, tensor: torch.Tensor, dst: int) -> _Request:
         self._check_open()
@@ -227,7 +228,7 @@ class MpiTransport(Transport):
             if not own:
                 for i, piece in zip(indices, self._split(flat, hosts)):
                     # through the data: the target may be a parameter that requires grad
-                    tensors[i].detach().copy_(piece.to(tensors[i].device))
+                    tensors[i].detach().copy_(to_device(piece, tensors[i].device))
             self._count(hosts, sent_copies=self.world_size - 1 if own else 0, received_copies=0 if own else 1)
         return tensors if batched else tensors[0]
 
@@ -253,7 +254,7 @@ class MpiTransport(Transport):
                 own = self.rank == dst
                 self._count(hosts, sent_copies=0 if own else 1, received_copies=self.world_size - 1 if own else 0)
             for i, piece in zip(indices, self._split(out, hosts)):
-                results[i] = piece.to(tensors[i].device)
+                results[i] = to_device(piece, tensors[i].device)
         if dst is not None and self.rank != dst:
             return None  # only the root holds the result
         return results if batched else results[0]
@@ -274,14 +275,14 @@ class MpiTransport(Transport):
             self._count(host, sent_copies=1)
             return [None]
         self._count(host, received_copies=self.world_size - 1)
-        return [piece.to(tensor.device) for piece in out.unbind(0)]
+        return [to_device(piece, tensor.device) for piece in out.unbind(0)]
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         host = _on_host(tensor)
         out = torch.empty((self.world_size, *host.shape), dtype=host.dtype)
         self._run(lambda: self._comm.Iallgather(self._bytes(host), self._bytes(out)), "all_gather")
         self._count(host, sent_copies=self.world_size - 1, received_copies=self.world_size - 1)
-        return [piece.to(tensor.device) for piece in out.unbind(0)]
+        return [to_device(piece, tensor.device) for piece in out.unbind(0)]
 
     def scatter(self, scatter_list: list[torch.Tensor], src: int, size: Any = None,
                 device: Any = None) -> torch.Tensor:
@@ -295,13 +296,13 @@ class MpiTransport(Transport):
             self._run(lambda: self._comm.Iscatter(self._bytes(send), self._bytes(result), root=src),
                       f"scatter from {self.peer(src)}")
             self._count([h for i, h in enumerate(hosts) if i != src], sent_copies=1)
-            return result.to(scatter_list[self.rank].device)
+            return to_device(result, scatter_list[self.rank].device)
         if size is None:
             size = scatter_list[self.rank].size()
         result = torch.empty(size=size, dtype=torch.long)
         self._run(lambda: self._comm.Iscatter(None, self._bytes(result), root=src), f"scatter from {self.peer(src)}")
         self._count(result, received_copies=1)
-        return result.to(device) if device is not None else result
+        return to_device(result, device) if device is not None else result
 
     def barrier(self) -> None:
         self._run(self._comm.Ibarrier, "barrier")

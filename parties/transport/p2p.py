@@ -20,6 +20,7 @@ from torch.distributed import ReduceOp
 from parties.transport.base import PartyAddress, Transport, TransportOptions, reduce_exchanged
 from parties.transport.stats import Timed
 from parties.transport.wire import WireError, byte_view, dtype_name
+from protocols.share_tensors import to_device
 
 HEADER_KEYS = frozenset({"op", "seq", "sender", "dtype", "shape"})
 # from this size on, sharing a buffer with the wire beats copying it
@@ -228,7 +229,7 @@ class PointToPointTransport(Transport):
         for like, size in zip(likes, sizes):
             # an empty payload has nothing to adopt or copy
             host = _tensor_from(payload, offset, size, like) if size else torch.empty(like.shape, dtype=like.dtype)
-            results.append(host if like.device.type == "cpu" else host.to(like.device))
+            results.append(to_device(host, like.device))
             offset += size
         return results
 

@@ -19,6 +19,7 @@ from torch.distributed import ReduceOp
 
 from parties.transport.base import PartyAddress, Transport, TransportError, TransportOptions
 from parties.transport.peer_watch import PeerWatch, failing_on_transport_error
+from protocols.share_tensors import to_device
 
 
 class _StagedRequest:
@@ -133,7 +134,7 @@ class TorchDistributedTransport(Transport):
         with self._operation(f"recv from {self.peer(src) if src is not None else 'any party'}"):
             dist.recv(host, src)
         self._count(tensor, received_copies=1)
-        return host.to(tensor.device)
+        return to_device(host, tensor.device)
 
     def isend(self, tensor: torch.Tensor, dst: int) -> _StagedRequest:
         host = _on_host(tensor)
@@ -158,14 +159,14 @@ class TorchDistributedTransport(Transport):
             with self._operation(f"scatter from {self.peer(src)}"):
                 dist.scatter(result, pieces, src)
             self._count([p for i, p in enumerate(pieces) if i != src], sent_copies=1)
-            return result.to(scatter_list[self.rank].device)
+            return to_device(result, scatter_list[self.rank].device)
         if size is None:
             size = scatter_list[self.rank].size()
         result = torch.empty(size=size, dtype=torch.long)
         with self._operation(f"scatter from {self.peer(src)}"):
             dist.scatter(result, [], src)
         self._count(result, received_copies=1)
-        return result.to(device) if device is not None else result
+        return to_device(result, device) if device is not None else result
 
     def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
         tensors = list(input) if batched else [input]
@@ -178,7 +179,7 @@ class TorchDistributedTransport(Transport):
         self._count(tensors, sent_copies=0 if own else 1, received_copies=self.world_size - 1 if own else 0)
         if not own:
             return None
-        results = [result.to(tensor.device) for result, tensor in zip(results, tensors)]
+        results = [to_device(result, tensor.device) for result, tensor in zip(results, tensors)]
         return results if batched else results[0]
 
     def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
@@ -202,7 +203,7 @@ class TorchDistributedTransport(Transport):
         # gloo's ring all-reduce moves 2(n-1)/n of the data each way
         share = 2 * (self.world_size - 1) / self.world_size
         self._count(tensors, sent_copies=share, received_copies=share)
-        results = [result.to(tensor.device) for result, tensor in zip(results, tensors)]
+        results = [to_device(result, tensor.device) for result, tensor in zip(results, tensors)]
         return results if batched else results[0]
 
     def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
@@ -212,7 +213,7 @@ class TorchDistributedTransport(Transport):
             with self._operation(f"gather at {self.peer(dst)}"):
                 dist.gather(host, result, dst)
             self._count(tensor, received_copies=self.world_size - 1)
-            return [item.to(tensor.device) for item in result]
+            return [to_device(item, tensor.device) for item in result]
         with self._operation(f"gather at {self.peer(dst)}"):
             dist.gather(host, [], dst)
         self._count(tensor, sent_copies=1)
@@ -224,7 +225,7 @@ class TorchDistributedTransport(Transport):
         with self._operation("all_gather"):
             dist.all_gather(result, host)
         self._count(tensor, sent_copies=self.world_size - 1, received_copies=self.world_size - 1)
-        return [item.to(tensor.device) for item in result]
+        return [to_device(item, tensor.device) for item in result]
 
     def broadcast(self, input: Any, src: int, group: Any = None, batched: bool = False) -> Any:
         """In place, like CrypTen's own communicator: receivers' tensors are overwritten."""

@@ -29,6 +29,19 @@ def test_party_device_follows_the_local_rank(monkeypatch: pytest.MonkeyPatch) ->
     assert party_device("cuda:0", 5) == "cuda:0"
 
 
+def test_to_device_copies_without_waiting_and_keeps_the_values() -> None:
+    from protocols.share_tensors import to_device
+
+    busy = torch.randn(4096, 4096, device="cuda")
+    for _ in range(8):  # kernels queued ahead of the copy
+        busy = busy @ busy / 64
+    host = torch.arange(1 << 20, dtype=torch.int64)
+    moved = to_device(host, "cuda")
+    host.zero_()  # the copy must not read the source after it returned
+    assert moved.is_cuda and torch.equal(moved.cpu(), torch.arange(1 << 20, dtype=torch.int64))
+    assert to_device(moved, "cuda") is moved and to_device(host, "cpu") is host
+
+
 @pytest.mark.parametrize("parties", [2, 3])
 def test_mpi_transport_moves_cuda_tensors(parties: int) -> None:
     script = str(REPO / "tests" / "launch" / "mpi_collectives.py")
