@@ -380,7 +380,9 @@ def _lean_attribute_lookup(crypten: Any) -> Callable[[Any, str], Any]:
     registry. A name that is protected, or that is none of the others and has no autograd
     function registered, resolves as a plain attribute: such names are remembered and read
     directly (the registry is asked every time, so a function registered later still counts).
-    ``cfg.debug.validation_mode`` is honoured as crypten's wrapper does."""
+    With autograd off (``crypten.no_grad()``, where the protocols compute), an operator or an
+    autograd function's name resolves to the tensor's method, as crypten's dispatch would
+    after its checks. ``cfg.debug.validation_mode`` is honoured as crypten's wrapper does."""
     from crypten.debug import validate_correctness
 
     tensor_class = crypten.CrypTensor
@@ -390,16 +392,30 @@ def _lean_attribute_lookup(crypten: Any) -> Callable[[Any, str], Any]:
     plain_attribute = object.__getattribute__
     # name -> True: always plain (protected); False: plain while no autograd function has it
     plain: dict[str, bool] = {name: True for name in (*tensor_class.PROTECTED_ATTRIBUTES, "copy_")}
+    builtin = dict(tensor_class.PYTHON_BUILTIN)
+    # live: crypten.no_grad() and set_grad_enabled assign CrypTensor.AUTOGRAD_ENABLED here (reading
+    # it as a class attribute is a Python call: crypten's metaclass has its own __getattribute__)
+    class_state = vars(tensor_class)
 
     def __getattribute__(self: Any, name: str) -> Any:
         always = plain.get(name)
         if always or (always is False and name not in registry):
             function = plain_attribute(self, name)
         else:
-            if always is None and name not in tensor_class.PYTHON_BUILTIN and \
-                    not (name.endswith("_") and not name.endswith("__")):
+            method = builtin.get(name, name)
+            in_place = method.endswith("_") and not method.endswith("__")
+            if always is None and name not in builtin and not in_place:
                 plain[name] = False
-            function = dispatch(self, name)
+            function = None
+            if not (in_place or class_state["AUTOGRAD_ENABLED"]):
+                # crypten's dispatch without autograd reads the method itself (its fallback,
+                # a forward without context, only when there is no such method)
+                try:
+                    function = plain_attribute(self, method)
+                except AttributeError:
+                    pass
+            if function is None:
+                function = dispatch(self, name)
         if cfg.debug.validation_mode:
             return validate_correctness(self, function, name)
         return function
@@ -427,10 +443,50 @@ def _empty_mpc_tensor(mpc_tensor: type, arithmetic: Any) -> Callable[..., None]:
     return __init__
 
 
+def _lean_shallow_copy(mpc_tensor: type, context: type) -> Callable[[Any], Any]:
+    """``MPCTensor.shallow_copy`` (every passthrough operation's first step: ``x + y``,
+    ``x.view``, ``x[i]``, ...) without its placeholder: crypten's makes ``MPCTensor([])`` (a
+    CrypTensor constructor, an empty torch tensor) only to replace its share tensor. The
+    result has the same attributes, set in one go: a new, gradient-free node over the same
+    share tensor and ptype."""
+
+    def shallow_copy(self: Any) -> Any:
+        result = object.__new__(mpc_tensor)
+        state = object.__getattribute__(self, "__dict__")
+        vars(result).update(requires_grad=False, grad=None, grad_fn=None, grad_expected=0, grad_received=0,
+                            children=[], ctx=context(), _tensor=state["_tensor"], ptype=state["ptype"])
+        return result
+
+    return shallow_copy
+
+
+def _product_without_clone(arithmetic: type, sentinel: int) -> Callable[..., Any]:
+    """``ArithmeticSharedTensor._arithmetic_function`` that skips the copy CrypTen makes of
+    ``x`` for a product of two sharings: it clones x, hands the clone to the Beaver protocol
+    (which only reads it) and then points the clone's share at the product (``set_``), so
+    the copy is never used. Here the product's placeholder holds a second tensor object over
+    x's share (``set_`` re-points that object, not x's), and CrypTen's in-place path computes
+    on it: the same protocol calls on the same values, the same result."""
+    original = arithmetic._arithmetic_function
+
+    @functools.wraps(original)
+    def _arithmetic_function(self: Any, y: Any, op: str, inplace: bool = False, *args: Any, **kwargs: Any) -> Any:
+        if (inplace or op in ("add", "sub") or type(self) is not arithmetic or type(y) is not arithmetic
+                or type(self.share) is not torch.Tensor):
+            return original(self, y, op, inplace, *args, **kwargs)
+        result = arithmetic(src=sentinel)
+        result.encoder = self.encoder
+        result.share = self.share.detach()  # an alias of the data, never written through
+        return original(result, y, op, True, *args, **kwargs)
+
+    return _arithmetic_function
+
+
 def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
     """CrypTen's communicator becomes ``make_communicator()`` at ``crypten.init``; its config
     reads through a cache; CrypTensor attribute lookups take the short way for plain names; the
-    placeholder ``MPCTensor([])`` is made without a sharing."""
+    placeholder ``MPCTensor([])`` is made without a sharing, and neither shallow copies nor
+    products of two sharings make throwaway tensors."""
     _patch("session", crypten.communicator, "DistributedCommunicator", _communicator_adapter(make_communicator))
     _patch("session", crypten.cfg, "__class__", _fast_config_class(type(crypten.cfg)))
     tensor_class = crypten.CrypTensor
@@ -439,6 +495,11 @@ def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
 
     mpc_tensor = crypten.mpc.MPCTensor
     _patch("session", mpc_tensor, "__init__", _empty_mpc_tensor(mpc_tensor, ptype.arithmetic))
+    _patch("session", mpc_tensor, "shallow_copy", _lean_shallow_copy(mpc_tensor, crypten.gradients.AutogradContext))
+    from crypten.mpc.primitives import arithmetic
+
+    _patch("session", arithmetic.ArithmeticSharedTensor, "_arithmetic_function",
+           _product_without_clone(arithmetic.ArithmeticSharedTensor, arithmetic.SENTINEL))
 
 
 def uninstall_session(crypten: Any) -> None:

@@ -129,7 +129,10 @@ class CipherStream:
         if nbytes <= 0:
             return np.empty(0, dtype=np.uint8)
         out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
-        self.read_into(out, nbytes)
+        # read_into's checks are for a caller's buffer: this one fits by construction (and a
+        # training step draws a hundred times, so the calls they cost add up)
+        self._encryptor.update_into(_zero_bytes(nbytes), out)
+        self.bytes_drawn += nbytes
         return out[:nbytes]
 
     def read_into(self, out: np.ndarray, nbytes: int, data: np.ndarray | None = None) -> None:
@@ -179,7 +182,7 @@ class CipherGenerator(torch.Generator):
 
     def ring(self, size: Any, device: Any = None) -> torch.Tensor:
         """Uniform elements of Z_2^64 as int64 (every value, both signs)."""
-        shape = _as_size(size)
+        shape = size if type(size) is torch.Size else _as_size(size)  # a Size holds ints already
         count = math.prod(shape)  # 1 for a scalar
         if self.counters is not None:
             self.counters.calls += 1

@@ -178,10 +178,84 @@ def test_the_session_makes_placeholder_mpc_tensors_without_a_sharing():
         MPCTensor([])
 
 
+def test_the_sessions_shallow_copy_makes_what_cryptens_makes():
+    """Under a session, MPCTensor.shallow_copy sets its attributes directly; the copy has
+    crypten's attributes and values (the same share tensor and ptype, a fresh gradient-free
+    node), of a tensor with and without gradients."""
+    from protocols.crypten_hooks import install_session, uninstall_session
+
+    crypten = load_crypten()
+    from crypten.mpc import MPCTensor
+    from crypten.mpc.ptype import ptype
+
+    original = MPCTensor.shallow_copy
+    install_session(crypten, lambda: None)
+    try:
+        for requires_grad in (False, True):
+            x = MPCTensor.from_shares(torch.tensor([5, -7, 1 << 40]), precision=0)
+            x.ptype, x.requires_grad = ptype.binary, requires_grad
+            ours, cryptens = vars(x.shallow_copy()), vars(original(x))
+            assert ours.keys() == cryptens.keys()
+            assert ours["_tensor"] is cryptens["_tensor"] is x._tensor and ours["ptype"] is ptype.binary
+            assert type(ours["ctx"]) is type(cryptens["ctx"]) and ours["ctx"] is not x.ctx
+            assert ours["children"] == [] and ours["children"] is not cryptens["children"]
+            assert {k: v for k, v in ours.items() if k not in ("_tensor", "ctx", "children")} == \
+                {k: v for k, v in cryptens.items() if k not in ("_tensor", "ctx", "children")}
+    finally:
+        uninstall_session(crypten)
+    assert MPCTensor.shallow_copy is original
+
+
+def _products(crypten, rank, path):
+    """Private products (elementwise, matmul, a product of a product) through the session's
+    clone-free path or crypten's own; their shares, whether x's share was left alone, and the
+    plaintexts."""
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    session_path = ArithmeticSharedTensor._arithmetic_function
+    assert session_path.__wrapped__ is not session_path  # the session's path is installed
+    if path == "crypten":
+        ArithmeticSharedTensor._arithmetic_function = session_path.__wrapped__
+    try:
+        generator = torch.Generator().manual_seed(3)
+        x = crypten.cryptensor(torch.randn(4, 3, generator=generator), src=0)
+        y = crypten.cryptensor(torch.randn(4, 3, generator=generator), src=1)
+        w = crypten.cryptensor(torch.randn(3, 2, generator=generator), src=1)
+        before = x.share.clone()
+        products = [x * y, x.matmul(w), (x * y) * y, x.mul(x)]
+        return ([p.share.clone() for p in products], torch.equal(x.share, before),
+                [p.get_plain_text() for p in products])
+    finally:
+        ArithmeticSharedTensor._arithmetic_function = session_path
+
+
+def test_private_products_without_the_clone_give_cryptens_shares(monkeypatch):
+    """The session's product of two sharings (no copy of x) gives the bit-identical shares of
+    crypten's own path, from the same seeds; x is left as it was; the plaintexts are the
+    products to the fixed-point rounding: each factor encoded within half a unit of 2^-16 and
+    each truncation within one, so a few units, scaled by the products' magnitude."""
+    import functools
+
+    from sessions import run_parties
+
+    monkeypatch.setenv("COTRAIN_INSECURE_TEST_SEED", "13")
+    runs = {path: run_parties(functools.partial(_products, path=path), world=2) for path in ("session", "crypten")}
+    generator = torch.Generator().manual_seed(3)
+    x, y, w = (torch.randn(shape, generator=generator) for shape in ((4, 3), (4, 3), (3, 2)))
+    expected = [x * y, x @ w, x * y * y, x * x]
+    for rank in range(2):
+        (ours, untouched, plain), (cryptens, _, _) = runs["session"][rank], runs["crypten"][rank]
+        assert untouched and all(torch.equal(a, b) for a, b in zip(ours, cryptens))
+        for got, want in zip(plain, expected):
+            assert torch.allclose(got, want, rtol=0, atol=8 / SCALE * (1 + want.abs().max()))
+
+
 # names whose lookup takes each path of crypten's CrypTensor.__getattribute__: protected, plain
-# (no autograd function), a property, built-in operators, in-place, autograd functions
+# (no autograd function), a property, built-in operators, in-place, autograd functions, and
+# autograd functions the tensor has no method for (without autograd: a forward without context)
 _LOOKED_UP = ("requires_grad", "backward", "copy_", "_tensor", "share", "encoder", "size", "shallow_copy",
-              "__add__", "__rsub__", "add", "add_", "neg_", "relu", "matmul", "sum", "div")
+              "__add__", "__rsub__", "__matmul__", "add", "add_", "neg_", "relu", "matmul", "sum", "div",
+              "relu6", "binary_cross_entropy", "__rtruediv__")
 
 
 def _looked_up(lookup, x: object, name: str) -> object:

@@ -31,6 +31,7 @@ class PartyGroup:
         self.size = size
         self.rank = transport.get_rank()
         self.world_size = size
+        self._peers = [rank for rank in range(size) if rank != self.rank]
         self.stats = transport.stats
         self.options = transport.options
         if self.rank >= size:
@@ -47,7 +48,7 @@ class PartyGroup:
         return self.size
 
     def _others(self) -> list[int]:
-        return [rank for rank in range(self.size) if rank != self.rank]
+        return self._peers
 
     @contextmanager
     def _one_round(self) -> Iterator[None]:
@@ -88,12 +89,12 @@ class PartyGroup:
 
     def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
         tensors = list(input) if batched else [input]
-        summing = getattr(self.transport, "sum_with_peer", None)  # two parties: summed as it arrives
+        among = getattr(self.transport, "all_reduce_among", None)
+        if among is not None:  # a message transport: one message per peer for all the tensors
+            results = among(tensors, op, self._peers)
+            self.stats.rounds += 1
+            return results if batched else results[0]
         with self._one_round():
-            if self.size == 2 and op == ReduceOp.SUM and summing is not None:
-                results = summing("all_reduce", tensors, 1 - self.rank)
-                if results is not None:
-                    return results if batched else results[0]
             received = self._exchange(tensors)
         results = [to_device(reduce_exchanged(received, self.rank, k, op), tensors[k].device) for k in range(len(tensors))]
         return results if batched else results[0]

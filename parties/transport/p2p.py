@@ -10,7 +10,6 @@ msgpack header plus one raw byte buffer, so a transport (ZeroMQ, MPI, ...) imple
 from __future__ import annotations
 
 import math
-import time
 from abc import abstractmethod
 from typing import Any, Protocol, Sequence
 
@@ -19,6 +18,7 @@ import torch
 from torch.distributed import ReduceOp
 
 from parties.transport.base import PartyAddress, Transport, TransportOptions, reduce_exchanged
+from parties.transport.stats import Timed
 from parties.transport.wire import WireError, byte_view, dtype_name
 from protocols.share_tensors import to_device
 
@@ -133,19 +133,13 @@ def _tensor_from(payload: memoryview, offset: int, size: int, like: torch.Tensor
     return torch.from_numpy(np.frombuffer(payload, twin, count, offset).reshape(shape).copy())
 
 
-class _Operation:
+class _Operation(Timed):
     """Times one communicator call and counts it as a round (cheaper than a generator)."""
 
-    __slots__ = ("_stats", "_start")
-
-    def __init__(self, stats: Any) -> None:
-        self._stats = stats
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
+    __slots__ = ()
 
     def __exit__(self, kind: Any, *_: Any) -> None:
-        self._stats.seconds += time.perf_counter() - self._start
+        super().__exit__(kind)
         if kind is None:
             self._stats.rounds += 1
 
@@ -302,10 +296,13 @@ class PointToPointTransport(Transport):
     def _others(self) -> list[int]:
         return [rank for rank in range(self.world_size) if rank != self.rank]
 
-    def _exchange(self, op: str, tensors: Sequence[torch.Tensor]) -> dict[int, list[torch.Tensor]]:
-        """Send ``tensors`` to every other party and receive theirs (shaped like ours)."""
-        sends = [self._send_tensors(op, dst, tensors) for dst in self._others()]
-        received = {src: self._receive(op, src, tensors) for src in self._others()}
+    def _exchange(self, op: str, tensors: Sequence[torch.Tensor],
+                  peers: Sequence[int] | None = None) -> dict[int, list[torch.Tensor]]:
+        """Send ``tensors`` to every other party (or to ``peers``) and receive theirs (shaped
+        like ours), one message each way whatever the number of tensors."""
+        peers = self._others() if peers is None else peers
+        sends = [self._send_tensors(op, dst, tensors) for dst in peers]
+        received = {src: self._receive(op, src, tensors) for src in peers}
         for handle in sends:
             handle.wait()
         received[self.rank] = list(tensors)
@@ -371,14 +368,21 @@ class PointToPointTransport(Transport):
 
     def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
         tensors = list(input) if batched else [input]
-        two = self.world_size == 2 and op == ReduceOp.SUM
-        results = self.sum_with_peer("all_reduce", tensors, 1 - self.rank) if two else None
-        if results is None:
-            with self._operation():
-                results = self._combine(self._exchange("all_reduce", tensors), len(tensors), op)
-        else:
-            self.stats.add(rounds=1)
+        results = self.all_reduce_among(tensors, op, self._others())
+        self.stats.rounds += 1
         return results if batched else results[0]
+
+    def all_reduce_among(self, tensors: Sequence[torch.Tensor], op: Any, peers: Sequence[int]) -> list[torch.Tensor]:
+        """The reduction of ``tensors`` with ``peers``' (who call this at the same point, each
+        naming the others): one message to each peer and one from each, however many tensors;
+        with one peer, a sum is added as it arrives. Counts no round (the caller's collective
+        is the round); a party group of a larger world uses it for its own all-reduce."""
+        if len(peers) == 1 and op == ReduceOp.SUM:
+            results = self.sum_with_peer("all_reduce", tensors, peers[0])
+            if results is not None:
+                return results
+        with self.stats.timed():
+            return self._combine(self._exchange("all_reduce", tensors, peers), len(tensors), op)
 
     def _combine(self, received: dict[int, list[torch.Tensor]], count: int, op: Any) -> list[torch.Tensor]:
         return [reduce_exchanged(received, self.rank, k, op) for k in range(count)]

@@ -42,6 +42,24 @@ def test_a_read_with_data_is_the_keystream_xor_the_data(algorithm):
         mixed.read_into(out, 100, data[:99])
 
 
+@pytest.mark.parametrize("algorithm", ["aes_ctr", "chacha20"])
+def test_ring_draws_are_the_keystream_whatever_the_size_is_given_as(algorithm):
+    """ring() with a torch.Size (its short way) draws the same elements as with a tuple, a list
+    or an int, and those are the keystream's bytes read into a caller's buffer."""
+    seed = new_seed()
+    pairs = [(torch.Size([3, 5]), (3, 5)), (torch.Size([3, 5]), [3, 5]), (torch.Size([15]), 15),
+             (torch.Size([]), ()), (torch.Size([2, 2]), (torch.Size([2, 2]),))]
+    by_size, by_other = CipherGenerator(seed, algorithm), CipherGenerator(seed, algorithm)
+    stream = CipherGenerator(seed, algorithm).stream
+    for size, other in pairs:
+        drawn = by_size.ring(size)
+        assert drawn.shape == size and torch.equal(drawn, by_other.ring(other))
+        out = np.empty(8 * drawn.numel() + 15, np.uint8)
+        stream.read_into(out, 8 * drawn.numel())
+        assert np.array_equal(drawn.reshape(-1).numpy().view(np.uint8), out[:8 * drawn.numel()])
+    assert by_size.stream.bytes_drawn == by_other.stream.bytes_drawn == stream.bytes_drawn
+
+
 def test_algorithms_differ_and_seed_length_is_checked():
     seed = new_seed()
     assert CipherStream(seed, "aes_ctr").read(64).tobytes() != CipherStream(seed, "chacha20").read(64).tobytes()

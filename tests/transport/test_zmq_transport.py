@@ -226,6 +226,63 @@ def test_two_party_sums_added_as_chunks_arrive(key_dir: str, grouped: bool) -> N
                                          "partial_batched", "nothing_left"], True)
 
 
+# -- a party group's all-reduce: one message per peer, as the per-tensor path --------------------
+class _PointToPointOnly:
+    """A transport seen without its message-level reduction: the party group then builds its
+    all-reduce from one isend/irecv per tensor (the path the message-level one replaced)."""
+
+    all_reduce_among = None
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+def _group_reductions(rank: int, world_size: int, options: TransportOptions) -> dict[str, bool]:
+    """Parties 0..world_size-2 of a dealer's world reduce the same inputs through the party
+    group's message path and its per-tensor path; every result must be the same bits."""
+    from parties.transport.group import PartyGroup
+
+    transport = _open(rank, world_size, options)
+    parties = world_size - 1
+    outcome: dict[str, bool] = {}
+    if rank < parties:
+        fast, generic = PartyGroup(transport, parties), PartyGroup(_PointToPointOnly(transport), parties)
+        cases = {
+            "int64_batched": ([_input(rank, torch.int64, (4, 3), salt=31), _input(rank, torch.int64, (), salt=32),
+                               _input(rank, torch.int64, (7,), salt=33)], ReduceOp.SUM),
+            "int64_large": ([_input(rank, torch.int64, (9000,), salt=34), _input(rank, torch.int64, (5,), salt=35)],
+                            ReduceOp.SUM),
+            "float32": ([_input(rank, torch.float32, (6,), salt=36), _input(rank, torch.float32, (2, 2), salt=37)],
+                        ReduceOp.SUM),
+            "bxor": ([_input(rank, torch.int64, (5,), salt=38), _input(rank, torch.int64, (3,), salt=39)],
+                     ReduceOp.BXOR),
+        }
+        peers = [r for r in range(parties) if r != rank]
+        for name, (tensors, op) in cases.items():
+            sent, rounds = [transport._send_seq[r] for r in peers], transport.stats.rounds
+            got = fast.all_reduce(tensors, op=op, batched=True)
+            one_round = transport.stats.rounds == rounds + 1
+            one_message = [transport._send_seq[r] for r in peers] == [n + 1 for n in sent]
+            expected = generic.all_reduce(tensors, op=op, batched=True)
+            outcome[name] = one_round and one_message and all(torch.equal(g, e) for g, e in zip(got, expected))
+        single = _input(rank, torch.int64, SHAPE, salt=40)
+        outcome["single"] = torch.equal(fast.all_reduce(single), generic.all_reduce(single))
+    transport.close()
+    return outcome
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_party_group_all_reduce_matches_per_tensor_path(parties: int) -> None:
+    world_size = parties + 1
+    results = values(run_parties(_group_reductions, world_size, world_size, zmq_options(world_size),
+                                 timeout_s=120), world_size)
+    for outcome in results[:parties]:
+        assert outcome == dict.fromkeys(["int64_batched", "int64_large", "float32", "bxor", "single"], True)
+
+
 # -- a large tensor ---------------------------------------------------------------------------
 def _large(rank: int, options: TransportOptions) -> tuple[bool, float, int]:
     t = _open(rank, 2, options)
