@@ -34,6 +34,9 @@ from parties.transport.base import TransportError
 
 CHECK_S = 0.05
 NAMING_WAIT_S = 1.0  # after a launcher's signal, how long to look for the peer whose death caused it
+# how long a peer may be dead before a party waiting on the wire gives up: the wait may be on
+# another peer, whose message completes a check the dead one found failed and left on
+DEATH_GRACE_S = 2.0
 # torchrun stops the survivors with SIGTERM; MPICH's mpirun tells them of a failed rank with SIGUSR1
 LAUNCHER_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -116,6 +119,7 @@ class PeerWatch:
         return [rank for rank, pid in self._pids.items() if not _alive(pid)]
 
     def _run(self) -> None:
+        dead_since: float | None = None
         while not self._stop.is_set():
             terminated = ""
             if self._wakeup is not None:
@@ -128,9 +132,13 @@ class PeerWatch:
             if self._stop.is_set():
                 return
             dead = self._dead_soon() if terminated else self._dead()
-            # a dead peer matters once this party waits on the wire: until then it may still be
-            # finishing work that ends in its own report (a failed check the peer also found)
-            if terminated or (dead and getattr(self._transport, "in_flight", None)):
+            if dead and dead_since is None:
+                dead_since = time.monotonic()
+            # a dead peer matters once this party waits on the wire, DEATH_GRACE_S after the
+            # death: until then it may still be finishing work that ends in its own report (a
+            # failed check the peer also found, completed by another peer's message)
+            waiting = dead and getattr(self._transport, "in_flight", None)
+            if terminated or (waiting and time.monotonic() - dead_since >= DEATH_GRACE_S):
                 self._report(dead, terminated)
 
     def _report(self, dead: list[int], terminated: str) -> None:
