@@ -47,7 +47,9 @@ def to_device(tensor: torch.Tensor, device: Any) -> torch.Tensor:
     receives or draws several tensors, so each would stall the party (and, where the parties
     share a GPU, wait out the others' kernels too). Torch's pinned-memory cache keeps the staging
     buffer until the copy is done."""
-    device = torch.device(device)
-    if device.type != "cuda" or tensor.is_cuda:
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    target = device if isinstance(device, torch.device) else torch.device(device)
+    if target.type == "cpu" and not tensor.is_cuda:
+        return tensor  # the CPU path: every received tensor and draw comes through here
+    if target.type != "cuda" or tensor.is_cuda:
+        return tensor.to(target)
+    return tensor.pin_memory().to(target, non_blocking=True)
