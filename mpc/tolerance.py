@@ -4,9 +4,10 @@ Nothing here is a picked threshold. Values in the ring carry f = 16 fractional b
 unit in the last place is u = 2^-16: encoding a value errs by at most u/2, and each
 truncation after a product by at most u (the suite's truncation part says so in its
 ``error_bound``: ``pairs`` and ``topbits`` give floor or one more, zero-mean; CrypTen's
-``local`` rounds each of the n shares down, up to n u and biased, so where that part runs
-every u below from a truncation is n u, and its truncations enter part 2 at their worst, all
-of one sign, instead of through the concentration bound). The
+``local`` rounds each of the n shares toward zero, up to n u either way, not known to be
+zero-mean, so where that part runs every u below from a truncation is n u, and its
+truncations enter part 2 at their worst, all of one sign, instead of through the
+concentration bound). The
 sigmoid is an approximation whose largest error as evaluated, ``sigmoid_error``, is
 measured under MPC in the tests (``tests/test_sigmoid.py``). From these:
 

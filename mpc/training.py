@@ -180,8 +180,8 @@ def _odd_factor(s: Any) -> Any:
     s2 = s.square() * 2 - 1
     # s s2 and s2^2 left untruncated (the right factors read as integer sharings of their
     # encodings): A's and B's sums and s2^2 are then truncated together, one round. The sums
-    # then reach 2^52: where the division is not exact that wide (CrypTen's two-party local
-    # truncation), the products are truncated first, a round more, and the sums stay at 2^36.
+    # then reach 2^52: where the division is not exact that wide (CrypTen's own truncation,
+    # at any number of parties), the products are truncated first, a round more, and the sums stay at 2^36.
     right = crypten.stack([s2, s2])
     right.encoder = crypten.encoder.FixedPointEncoder(precision_bits=0)
     level = crypten.stack([s, s2]) * right  # at twice the fractional bits
@@ -215,7 +215,7 @@ def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any) -> Any:
     truncations of w (1/2 - y) and of the last product (mpc.tolerance: RESIDUAL_ULPS).
 
     The untruncated products reach 2^43 (w <= 50): where the division is not exact that wide
-    (CrypTen's two-party local truncation, wrong with probability |x| / 2^64), it is
+    (CrypTen's own truncation, wrong with probability |x| / 2^64), it is
     w (sigmoid(x) - y) instead, three rounds more, its product at 2^38 as CrypTen's own."""
     import crypten
 

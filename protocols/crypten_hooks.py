@@ -755,7 +755,7 @@ def install_division(crypten: Any, divide: Callable[[Any, int], Any], counters: 
     ``beaver.truncate`` itself is replaced too (unless ``divide`` is CrypTen's own division,
     which calls it). ``exact_for_wide_values``: whether a replacing ``divide`` stays within its
     rounding for every value below 2^62 (:func:`divides_wide_values_exactly`; CrypTen's own
-    division is judged by CrypTen's rule there).
+    division never is).
     """
     m = _modules(crypten)
     original = m.AST.div_
@@ -795,13 +795,13 @@ def original_division(crypten: Any) -> Callable[[Any, int], Any]:
 
 def divides_wide_values_exactly(crypten: Any) -> bool:
     """Whether dividing a sharing of any value below 2^62 by a public integer is exact to its
-    rounding. CrypTen's own two-party division is not: each party divides its own share, wrong
-    by about 2^64 / d with probability |x| / 2^64, so a value at 2^52 (a product left
-    untruncated, times 20-bit weights) is wrong once in 4,000. Code that leaves products
-    untruncated to save a round asks this first."""
-    m = _modules(crypten)
-    default = crypten.communicator.get().get_world_size() > 2  # CrypTen's wrap-based division
-    return getattr(m.AST.div_, "exact_for_wide_values", default)
+    rounding. CrypTen's own division is not, at any number of parties: with two each party
+    divides its own share, and with more the wrap count it subtracts leaves out whether x + r
+    wraps (its ``beaver.wraps`` says so). Either way the result is off by about 2^64 / d with
+    probability |x| / 2^64, so a value at 2^52 (a product left untruncated, times 20-bit
+    weights) is wrong once in 4,000. Code that leaves products untruncated to save a round
+    asks this first."""
+    return getattr(_modules(crypten).AST.div_, "exact_for_wide_values", False)
 
 
 def uninstall_division(crypten: Any) -> None:

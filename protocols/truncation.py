@@ -2,8 +2,9 @@
 
 ``local`` is CrypTen's: with two parties each party divides its own share, which is wrong
 by about 2^64/d whenever the shares wrap around the ring (probability ~|x|/2^64 per
-element, so a few per ten million at realistic magnitudes); with more parties it uses
-wrap tuples. ``pairs`` never makes such errors. It uses a preprocessed truncation pair
+element, so a few per ten million at realistic magnitudes); with more parties it
+subtracts a wrap count from wrap tuples that leaves out whether x + r wraps, wrong as
+rarely and by as much. ``pairs`` never makes such errors. It uses a preprocessed truncation pair
 from the triple source: sharings of a uniform ring element r, of its top bit msb(r) and of
 floor((r mod 2^63) / d). With x' = x + K (K a multiple of d near 2^62, so 0 <= x' < 2^63):
 
@@ -85,7 +86,7 @@ def finish(opened: torch.Tensor, msb_share: torch.Tensor, low_div_share: torch.T
 
 @register_part("truncation", "local")
 class LocalTruncation(ProtocolPart):
-    """CrypTen's truncation, counted: local with 2 parties (rare large errors), wraps with more."""
+    """CrypTen's truncation, counted: local with 2 parties, wraps with more (rare large errors)."""
 
     def install(self, crypten: Any) -> None:
         crypten_hooks.install_division(crypten, self._divide, self.counters, replaces_beaver_truncate=False)
@@ -102,12 +103,12 @@ class LocalTruncation(ProtocolPart):
         crypten_hooks.uninstall_division(crypten)
 
     def describe(self) -> str:
-        return "local (CrypTen's: probabilistic, rare large errors with 2 parties)"
+        return "local (CrypTen's: probabilistic, rare large errors)"
 
     @classmethod
     def error_bound(cls, parties: int) -> TruncationError:
-        """Each party rounds its own share down: up to ``parties`` ulps below x / d, never
-        above (with 2 parties the rare wrap's 2^64 / d is a fault, not an error bound)."""
+        """Each party rounds its own share toward zero: up to ``parties`` ulps either way,
+        taken as all one way (the rare wrap's 2^64 / d is a fault, not an error bound)."""
         return TruncationError(ulps=float(parties), unbiased=False)
 
 

@@ -163,7 +163,8 @@ def test_real_table_trains_like_float64(tmp_path, job, partition, parties, trunc
     """Timestamps, tiny-variance and 1e12 columns, a constant and a renamed id column: the
     secure run matches the same pipeline in float64 on all four metrics within the bounds
     that follow from fixed point and the truncation's error (CrypTen's local truncation at
-    three parties: up to 3 ulps, always down)."""
+    three parties: up to 3 ulps either way, and wrong by 2^48 with probability |x| / 2^64, so the
+    sigmoid's wide products are truncated before they add up)."""
     write = write_horizontal if partition == "horizontal" else write_vertical
     files = write(tmp_path / "tables", parties=parties, rows=200, test_rows=300)
     summary = job(f"num_parties={parties}", f"data.partition={partition}", parties_override(files),

@@ -207,3 +207,38 @@ def test_truncation_in_a_session(source, truncation):
         keeps_share, in_place_error = result["in_place"]
         # encoding (1/2 ulp) times 1.5, a truncation (1 ulp), / 3 and one more, * 2 and one more
         assert keeps_share and in_place_error <= (2 * ((1.5 * 0.5 + 1) / 3 + 1) + 1) * ulp
+
+
+def _divide_wide_by_cryptens_division(crypten, rank):
+    """CrypTen's own division of sharings at |x| < 2^36 and at 2^59 <= |x| < 2^60 by 2^16
+    (ring integers, precision 0), and whether the session says it divides wide values exactly."""
+    from crypten.mpc import MPCTensor
+
+    from protocols.crypten_hooks import divides_wide_values_exactly
+
+    generator = torch.Generator().manual_seed(1)
+    narrow = torch.randint(-(1 << 36), 1 << 36, (50_000,), generator=generator)
+    wide = (torch.randint(1 << 59, 1 << 60, (50_000,), generator=generator)
+            * (torch.randint(0, 2, (50_000,), generator=generator) * 2 - 1))
+    errors = {}
+    for name, values in (("narrow", narrow), ("wide", wide)):
+        # re-randomised, so that every party's share is uniform
+        x = (MPCTensor.from_shares(values if rank == 0 else torch.zeros_like(values), precision=0)
+             + crypten.cryptensor(torch.zeros(values.shape), precision=0))
+        quotient = x.div(1 << 16).get_plain_text()
+        errors[name] = (quotient - torch.div(values, 1 << 16, rounding_mode="floor")).abs()
+    return {"exact_claimed": divides_wide_values_exactly(crypten),
+            "narrow_max": int(errors["narrow"].max()),
+            "wide_wrong": int((errors["wide"] > 3).sum()), "wide_max": int(errors["wide"].max())}
+
+
+def test_cryptens_three_party_division_is_not_exact_for_wide_values():
+    """CrypTen's wrap-based division (3+ parties) leaves out whether x + r wraps: at
+    |x| ~ 2^59.5 that happens to about one element in 2^4.5 and the quotient is off by 2^48.
+    So the session must not claim exact wide division (the sigmoid then truncates its
+    products before adding them up), while values at 2^36 stay within one ulp per party."""
+    protocol = ProtocolConfig(name="tfp", triple_source="tfp", truncation="local")
+    for result in party_values(run_parties(_divide_wide_by_cryptens_division, protocol, parties=3), 3):
+        assert result["exact_claimed"] is False
+        assert result["narrow_max"] <= 3
+        assert result["wide_wrong"] > 1000 and result["wide_max"] >= 1 << 47, result
