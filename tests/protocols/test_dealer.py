@@ -17,6 +17,7 @@ from protocols.carry4 import INPUTS, SUBSETS
 from protocols.dealer_wire import DealerEnd, DealerError, check_header
 from protocols.tuples import check_key, tuple_elements, tuple_layout
 from protocols.prg import CipherGenerator, new_seed
+from protocols.registry import part_class
 from protocols.truncation import wrap_bit_values
 from protocol_sessions import exact_products, party_values, run_parties
 
@@ -173,9 +174,10 @@ def test_a_wrap_bit_tuple_for_more_than_two_parties_is_refused():
 @pytest.mark.parametrize("parties, truncation", [(2, "topbits"), (3, "topbits"), (3, "local")])
 def test_session_over_a_dealer(parties, truncation):
     # with 3 parties, CrypTen's own (local) truncation uses the dealer's wrap tuples; it rounds
-    # each party's share towards zero, so it is up to parties - 1 ulp off (topbits, pairs: 1)
+    # each party's share towards zero, so it is up to one ulp per party off, either way
+    # (topbits, pairs: 1)
     protocol = ProtocolConfig(name="dealer", triple_source="dealer", truncation=truncation)
-    ulps = parties - 1 if truncation == "local" else 1
+    ulps = part_class("truncation", truncation).error_bound(parties).ulps
     collected = run_parties(functools.partial(_compute, truncation_ulps=ulps), protocol, parties=parties)
     for result in party_values(collected, parties):
         assert result["provider"] == "COTRAIN_DEALER"
