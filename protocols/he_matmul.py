@@ -98,8 +98,8 @@ def blocking(m: int, k: int, n: int) -> Blocking:
 def _chunks(count: int, bits: int) -> np.ndarray:
     """``count`` uniform integers below 2^bits as (count, chunks) 13-bit chunks, least significant first."""
     width = -(-bits // CHUNK_BITS)
-    raw = np.frombuffer(secrets.token_bytes(8 * count * width), np.uint64).reshape(count, width)
-    chunks = raw & np.uint64((1 << CHUNK_BITS) - 1)
+    raw = np.frombuffer(secrets.token_bytes(2 * count * width), np.uint16).reshape(count, width)
+    chunks = (raw & np.uint16((1 << CHUNK_BITS) - 1)).astype(np.uint64)
     chunks[:, -1] &= np.uint64((1 << (bits - CHUNK_BITS * (width - 1))) - 1)
     return chunks
 
@@ -113,26 +113,23 @@ def _residues(chunks: np.ndarray, modulus: int) -> np.ndarray:
     return total
 
 
+def _uniform_below(count: int, modulus: int) -> np.ndarray:
+    """``count`` integers uniform in [0, modulus) (modulus < 2^64): the low bits a word needs,
+    those at or above ``modulus`` drawn again."""
+    mask = np.uint64((1 << (modulus - 1).bit_length()) - 1)
+    out = np.frombuffer(secrets.token_bytes(8 * count), np.uint64) & mask
+    while (high := out >= np.uint64(modulus)).any():
+        out = out.copy()
+        out[high] = np.frombuffer(secrets.token_bytes(8 * int(high.sum())), np.uint64) & mask
+    return out
+
+
 def _low_word(chunks: np.ndarray) -> np.ndarray:
     """The integers of ``chunks`` mod 2^64."""
     word = np.zeros(chunks.shape[0], np.uint64)
     for i in range(min(chunks.shape[1], -(-64 // CHUNK_BITS))):
         word += chunks[:, i] << np.uint64(CHUNK_BITS * i)
     return word
-
-
-class _Layout:
-    """Coefficient positions, written as plaintexts in SEAL's syntax (hex coefficients, highest
-    power first, zeros left out): the order and the powers are worked out once per layout."""
-
-    def __init__(self, positions: np.ndarray) -> None:
-        self.positions = positions
-        self.order = np.argsort(positions)[::-1]
-        self.powers = [f"x^{e}" if e else "" for e in positions[self.order].tolist()]
-
-    def plaintext(self, values: np.ndarray) -> Any:
-        terms = [f"{v:X}{power}" for v, power in zip(values[self.order].tolist(), self.powers) if v]
-        return seal.Plaintext(" + ".join(terms) if terms else "0")
 
 
 class _Prime:
@@ -165,7 +162,7 @@ class HeMatmul:
         self.folder = tempfile.TemporaryDirectory(prefix="cotrain-he-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.primes = [_Prime(plain) for plain in seal.PlainModulus.Batching(N, [PLAIN_BITS] * PLAIN_PRIMES)]
         self.T = math.prod(prime.t for prime in self.primes)
-        self.every = _Layout(np.arange(N))
+        self.every = np.arange(N)
         self.header = self._seal_header()
         peer_keys = self._swap([self._save(p.public_key) for p in self.primes], len(self.primes), "public keys")
         for prime, data in zip(self.primes, peer_keys):
@@ -196,20 +193,31 @@ class HeMatmul:
         head[5] = 0
         return bytes(head)
 
+    def _serialized(self, body: bytes) -> bytes:
+        return self.header + np.uint64(16 + len(body)).tobytes() + body
+
+    def _words(self, words: np.ndarray) -> bytes:
+        """A SEAL DynArray of uint64 words, uncompressed."""
+        return self._serialized(np.uint64(words.size).tobytes() + words.tobytes())
+
+    def _plaintext(self, prime: _Prime, positions: np.ndarray, values: np.ndarray) -> Any:
+        """The plaintext with ``values`` (< t) at ``positions``, 0 elsewhere, written in SEAL's
+        uncompressed format and loaded (SEAL checks every coefficient is below t)."""
+        coefficients = np.zeros(N, np.uint64)
+        coefficients[positions] = values
+        body = bytes(32) + np.uint64(N).tobytes() + np.float64(1.0).tobytes() + self._words(coefficients)
+        return self._load(seal.Plaintext(), prime.context, self._serialized(body), "plaintext")
+
     def _flood(self, prime: _Prime, bound_bits: int) -> Any:
-        """A ciphertext (E, 0), E uniform in [-2^(b-1), 2^(b-1)): added, it adds E to the noise.
-        Written in SEAL's uncompressed format (this binding gives no other way into c0)."""
+        """A ciphertext (E, 0), E uniform in [-2^(b-1), 2^(b-1)): added, it adds E to the noise
+        (this binding gives no other way into c0)."""
         chunks = _chunks(N, bound_bits)
         half = 1 << (bound_bits - 1)
         c0 = np.stack([(_residues(chunks, q) + np.uint64(q - half % q)) % np.uint64(q) for q in prime.q])
-        data = np.concatenate([c0.reshape(-1), np.zeros(c0.size, np.uint64)])
         parms_id = np.array(prime.context.first_parms_id(), np.uint64).tobytes()
         fields = np.array([2, N, len(prime.q)], np.uint64).tobytes() + np.float64(1.0).tobytes() + np.uint64(1).tobytes()
-        array = data.tobytes()
-        array_header = self.header + np.uint64(16 + 8 + len(array)).tobytes() + np.uint64(data.size).tobytes()
-        body = parms_id + b"\x00" + fields + array_header + array
-        return self._load(seal.Ciphertext(), prime.context, self.header + np.uint64(16 + len(body)).tobytes() + body,
-                          "flooding term")
+        body = parms_id + b"\x00" + fields + self._words(np.concatenate([c0.reshape(-1), np.zeros(c0.size, np.uint64)]))
+        return self._load(seal.Ciphertext(), prime.context, self._serialized(body), "flooding term")
 
     # -- messages ------------------------------------------------------------------------------
     def _swap(self, items: list[bytes], expected: int, what: str) -> list[bytes]:
@@ -289,9 +297,9 @@ class HeMatmul:
         padded[:shape.m, :shape.k] = a
         blocks = padded.reshape(mb, shape.m_w, kb, shape.k_w).transpose(0, 2, 1, 3).reshape(mb * kb, -1)
         i, j = np.meshgrid(np.arange(shape.m_w), np.arange(shape.k_w), indexing="ij")
-        layout = _Layout((i * shape.k_w * shape.n_w + j).reshape(-1))
+        positions = (i * shape.k_w * shape.n_w + j).reshape(-1)
         # under my secret key: SEAL then sends c1 as the seed it expands from (half the bytes)
-        return [self._save(prime.encryptor.encrypt_symmetric(layout.plaintext(block)))
+        return [self._save(prime.encryptor.encrypt_symmetric(self._plaintext(prime, positions, block)))
                 for prime in self.primes for block in blocks % np.uint64(prime.t)]
 
     def _targets(self, shape: Blocking) -> np.ndarray:
@@ -306,7 +314,7 @@ class HeMatmul:
         padded[:shape.k, :shape.n] = b
         b_blocks = padded.reshape(kb, shape.k_w, nb, shape.n_w).transpose(0, 2, 1, 3).reshape(kb, nb, -1)
         j, l = np.meshgrid(np.arange(shape.k_w), np.arange(shape.n_w), indexing="ij")
-        b_layout = _Layout((l * shape.k_w + shape.k_w - 1 - j).reshape(-1))
+        b_positions = (l * shape.k_w + shape.k_w - 1 - j).reshape(-1)
         targets = self._targets(shape)
         mask = _chunks(mb * nb * len(targets), 128 + max(shape.k - 1, 1).bit_length() + MASK_SIGMA)
         flood_bits = self._noise(shape)[0]
@@ -320,7 +328,7 @@ class HeMatmul:
                     raise HeError(f"HE peer party {self.peer} sent an encrypted operand of the wrong form")
                 ev.transform_to_ntt_inplace(ciphertext)
                 inputs.append(ciphertext)
-            plains = [[self._ntt_plain(prime, b_layout.plaintext(b_blocks[x, y] % np.uint64(prime.t)))
+            plains = [[self._ntt_plain(prime, self._plaintext(prime, b_positions, b_blocks[x, y] % np.uint64(prime.t)))
                        for y in range(nb)] for x in range(kb)]
             masks = _residues(mask, prime.t).reshape(mb * nb, -1)
             for row in range(mb):
@@ -334,11 +342,11 @@ class HeMatmul:
                         else:
                             ev.add_inplace(total, product)
                     ev.transform_from_ntt_inplace(total)
-                    # the other coefficients hold sums of A[i, j] B[j', l] (j != j'): uniform masks
-                    # (2^-MASK_SIGMA from uniform mod t each), the targets R mod t
-                    values = _residues(_chunks(N, PLAIN_BITS + MASK_SIGMA), prime.t)
+                    # the other coefficients hold sums of A[i, j] B[j', l] (j != j'): masked uniformly
+                    # mod t (exactly); the targets by R mod t
+                    values = _uniform_below(N, prime.t)
                     values[targets] = masks[row * nb + column]
-                    ev.add_plain_inplace(total, self.every.plaintext(values))
+                    ev.add_plain_inplace(total, self._plaintext(prime, self.every, values))
                     ev.add_inplace(total, self._flood(prime, flood_bits))
                     fresh = seal.Ciphertext()
                     prime.peer_encryptor.encrypt_zero(fresh)

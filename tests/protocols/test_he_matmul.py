@@ -85,7 +85,8 @@ def test_an_inner_dimension_beyond_the_crt_range_is_unsupported():
     assert run_pair(party) == (True, True)
 
 
-# party 0's raw messages: 0-2 its public keys (header, lengths, bytes), 3-5 its encrypted operands
+# party 0's raw messages: 0-2 its public keys (header, lengths, bytes), 3-5 its encrypted
+# operands, 6-8 its masked products
 def _garbage(tensor):
     return torch.randint(0, 256, tensor.shape, dtype=torch.uint8)
 
@@ -99,8 +100,9 @@ def _one_fewer(header):
 @pytest.mark.parametrize("index, lie, message", [
     (2, _garbage, "invalid public key"),
     (5, _garbage, "invalid encrypted operand"),
+    (8, _garbage, "invalid masked product"),
     (3, _one_fewer, "malformed encrypted operands message"),
-], ids=["garbage-key", "garbage-operands", "wrong-count"])
+], ids=["garbage-key", "garbage-operands", "garbage-products", "wrong-count"])
 def test_a_malformed_message_is_refused(index, lie, message):
     """Random bytes where SEAL's serialization belongs fail SEAL's checks on load; a header
     announcing the wrong number of ciphertexts is refused before anything is read: HeError."""
