@@ -6,11 +6,11 @@ For shares of A0 @ B1 + A1 @ B0 over Z_2^64, each party encrypts its A under its
 peer multiplies by its plaintext B, adds a mask and noise, and sends the result back.
 
 * Exact integers by CRT: SEAL's plaintext modulus is below 2^60, so each product is computed
-  modulo PLAIN_PRIMES primes t_j of 48 bits (one SEAL context each, T = prod t_j > 2^191). An
-  entry of A @ B (entries < 2^64, inner dimension k) is below k 2^128; the peer adds R uniform
-  in [0, 2^(128 + ceil(log2 k) + MASK_SIGMA)), so the decryptor learns x + R < T over the
-  integers (statistical distance to R alone at most 2^-MASK_SIGMA per entry) and takes it mod
-  2^64; the peer's share is -R mod 2^64.
+  modulo PLAIN_PRIMES primes t_j of 60 bits (one SEAL context each, T = prod t_j >= 2^179). An
+  entry x of A @ B (entries < 2^64, inner dimension k) is below k 2^128; the peer adds R uniform
+  in [0, 2^178), so the decryptor learns x + R < T over the integers (statistical distance to R
+  alone at most 2^-(50 - ceil(log2 k)) per entry, at least 2^-MASK_SIGMA: k <= 1024) and takes
+  it mod 2^64; the peer's share is -R mod 2^64.
 * Packing (coefficient encoding, Cheetah): a block A[i, j] (m_w x k_w) is the polynomial
   sum A[i, j] X^(i k_w n_w + j), a block B[j, l] (k_w x n_w) is sum B[j, l] X^(l k_w + k_w - 1 - j);
   with m_w k_w n_w <= N their product holds (A B)[i, l] at X^(i k_w n_w + l k_w + k_w - 1), and
@@ -18,7 +18,9 @@ peer multiplies by its plaintext B, adds a mask and noise, and sends the result 
 * Circuit privacy: the returned ciphertext's noise would depend on B, so the peer adds a
   flooding term E uniform in [-F, F) to c0 (F >= N V 2^FLOOD_SIGMA for the worst-case noise V
   after the products: statistical distance at most 2^-FLOOD_SIGMA per ciphertext) and a fresh
-  public-key encryption of zero (c1 then is an RLWE sample of the peer's, pseudorandom).
+  public-key encryption of zero (c1, otherwise a known combination of the operands' c1 with
+  B's blocks, then is an RLWE sample of the peer's, pseudorandom). Every coefficient other
+  than the products' holds sums A[i, j] B[j', l] (j != j') and is masked uniformly mod t.
 * Parameters: N = 8192, coefficient modulus 218 bits (the HE standard's bound for 128-bit
   security with a ternary secret at N = 8192; SEAL checks it, sec_level TC128); products whose
   noise bound does not fit raise UnsupportedTuple (the caller falls back to Gilboa).
@@ -46,12 +48,14 @@ from protocols.parts import UnsupportedTuple
 
 N = 8192
 COEFF_BITS = [50, 50, 50, 50, 18]  # 218 bits; the last is SEAL's special prime (never used: no key switching)
-PLAIN_BITS, PLAIN_PRIMES = 48, 4
-MASK_SIGMA = 53  # per entry; a ciphertext holds at most N = 2^13 entries: 2^-40 per ciphertext
+PLAIN_BITS, PLAIN_PRIMES = 60, 3
+MASK_SIGMA = 40  # at least, per entry (a product's is what T leaves: 41 for k = 512, 45 for k = 32)
 FLOOD_SIGMA = 41  # per ciphertext: N V / (2F) <= 2^-41
 # a fresh encryption's noise: SEAL's public-key encryption leaves -e u + e1 + e2 s before its
 # division by the special prime, each term's coefficients at most N 6 sigma (sigma 3.2): < 2^19
 FRESH_NOISE = 1 << 19
+# the encrypted operands': SEAL's symmetric encryption at the data level, |e| <= 6 sigma = 19.2, and rounding
+OPERAND_NOISE = 1 << 5
 CHUNK_BITS = 13  # big integers as 13-bit chunks: a chunk times a residue below 2^50 fits a uint64
 MAX_ITEM_BYTES = 1 << 21  # a serialized ciphertext is 524,401 bytes uncompressed
 # measured sizes of SEAL's zstd-compressed ciphertexts: a seeded (fresh, symmetric) one, a full one
@@ -124,14 +128,6 @@ def _uniform_below(count: int, modulus: int) -> np.ndarray:
     return out
 
 
-def _low_word(chunks: np.ndarray) -> np.ndarray:
-    """The integers of ``chunks`` mod 2^64."""
-    word = np.zeros(chunks.shape[0], np.uint64)
-    for i in range(min(chunks.shape[1], -(-64 // CHUNK_BITS))):
-        word += chunks[:, i] << np.uint64(CHUNK_BITS * i)
-    return word
-
-
 class _Prime:
     """One plaintext prime's SEAL context with this party's keys and the peer's public key."""
 
@@ -162,6 +158,7 @@ class HeMatmul:
         self.folder = tempfile.TemporaryDirectory(prefix="cotrain-he-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.primes = [_Prime(plain) for plain in seal.PlainModulus.Batching(N, [PLAIN_BITS] * PLAIN_PRIMES)]
         self.T = math.prod(prime.t for prime in self.primes)
+        self.mask_bits = self.T.bit_length() - 2  # R < 2^r: x + R < 2^(r + 1) <= T for x < 2^r
         self.every = np.arange(N)
         self.header = self._seal_header()
         peer_keys = self._swap([self._save(p.public_key) for p in self.primes], len(self.primes), "public keys")
@@ -254,7 +251,7 @@ class HeMatmul:
     def plan(self, m: int, k: int, n: int) -> Blocking:
         """The blocking of an (m x k) @ (k x n) product; UnsupportedTuple if it does not fit."""
         shape = blocking(m, k, n)
-        if 1 << (129 + max(k - 1, 1).bit_length() + MASK_SIGMA) > self.T:
+        if self.mask_bits - 128 - max(k - 1, 1).bit_length() < MASK_SIGMA:
             raise UnsupportedTuple(f"HE matmul triples' inner dimension {k} is beyond their CRT range")
         if 4 * max(p.t for p in self.primes) * self._noise(shape)[1] >= min(math.prod(p.q) for p in self.primes):
             raise UnsupportedTuple(f"HE matmul noise for {m}x{k}x{n} exceeds the parameters")
@@ -267,7 +264,7 @@ class HeMatmul:
     def _noise(self, shape: Blocking) -> tuple[int, int]:
         """(flooding bits b, a bound on the decrypted noise) for a product of ``shape``."""
         t = max(p.t for p in self.primes)
-        product_noise = shape.blocks[1] * shape.k_w * shape.n_w * (t // 2 + 1) * (FRESH_NOISE + 1)
+        product_noise = shape.blocks[1] * shape.k_w * shape.n_w * (t // 2 + 1) * (OPERAND_NOISE + 1)
         bits = (N * product_noise).bit_length() + FLOOD_SIGMA + 1
         return bits, product_noise + (1 << (bits - 1)) + FRESH_NOISE
 
@@ -316,7 +313,7 @@ class HeMatmul:
         j, l = np.meshgrid(np.arange(shape.k_w), np.arange(shape.n_w), indexing="ij")
         b_positions = (l * shape.k_w + shape.k_w - 1 - j).reshape(-1)
         targets = self._targets(shape)
-        mask = _chunks(mb * nb * len(targets), 128 + max(shape.k - 1, 1).bit_length() + MASK_SIGMA)
+        mask = np.array([secrets.randbits(self.mask_bits) for _ in range(mb * nb * len(targets))], dtype=object)
         flood_bits = self._noise(shape)[0]
         replies = []
         for index, prime in enumerate(self.primes):
@@ -330,7 +327,7 @@ class HeMatmul:
                 inputs.append(ciphertext)
             plains = [[self._ntt_plain(prime, self._plaintext(prime, b_positions, b_blocks[x, y] % np.uint64(prime.t)))
                        for y in range(nb)] for x in range(kb)]
-            masks = _residues(mask, prime.t).reshape(mb * nb, -1)
+            masks = (mask % prime.t).astype(np.uint64).reshape(mb * nb, -1)
             for row in range(mb):
                 for column in range(nb):
                     total = None
@@ -352,7 +349,7 @@ class HeMatmul:
                     prime.peer_encryptor.encrypt_zero(fresh)
                     ev.add_inplace(total, fresh)
                     replies.append(self._save(total))
-        share = np.uint64(0) - _low_word(mask)
+        share = np.uint64(0) - (mask & 0xFFFFFFFFFFFFFFFF).astype(np.uint64)
         return replies, self._gather(share.reshape(mb, nb, shape.m_w, shape.n_w), shape)
 
     def _ntt_plain(self, prime: _Prime, plain: Any) -> Any:

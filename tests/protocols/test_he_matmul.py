@@ -32,9 +32,9 @@ def _cross(shapes):
 
 
 def test_cross_products_are_exact_in_the_ring():
-    """W6's product, its weight gradient's (inner dimension 512, the largest taken), a ragged
+    """W6's product, its weight gradient's (inner dimension 512), the largest inner dimension, a ragged
     one (blocks that do not divide it), a vector and a 1 x 1: one batch, every entry exact."""
-    shapes = [W6, (32, 512, 64), (37, 45, 29), (1, 64, 1), (1, 1, 1)]
+    shapes = [W6, (32, 512, 64), (3, 1024, 5), (37, 45, 29), (1, 64, 1), (1, 1, 1)]
     (mine, theirs), exact = _cross(shapes)
     for shape, z0, z1, value in zip(shapes, mine, theirs, exact):
         assert z0.shape == z1.shape == (shape[0], shape[2])
@@ -79,7 +79,7 @@ def test_an_inner_dimension_beyond_the_crt_range_is_unsupported():
     def party(rank, comm):
         engine = HeMatmul(comm, 1 - rank)
         with pytest.raises(UnsupportedTuple, match="CRT range"):
-            engine.plan(4, 513, 4)
+            engine.plan(4, 1025, 4)
         return True
 
     assert run_pair(party) == (True, True)
