@@ -114,6 +114,33 @@ def test_a_malformed_message_is_refused(index, lie, message):
     assert isinstance(honest, HeError) and message in str(honest), honest
 
 
+def test_a_mixed_batch_keeps_its_order():
+    """One produce() of matmul triples BFV takes (W6's, a batch of rows), one too small for it,
+    and other tuples: each tuple exact and in its key's place."""
+    from protocols.ot import GilboaEngine, OtChannel
+    from protocols.ot_he import OtHeTripleSource
+
+    keys = [("triple", "matmul", (4, 3), (3, 2), ()), ("triple", "matmul", (512, 32), (32, 64), ()),
+            ("triple", "mul", (5,), (5,), ()), ("triple", "matmul", (2, 256, 32), (32, 64), ()),
+            ("square", (7,))]
+
+    def party(rank, comm):
+        source = OtHeTripleSource()
+        source.engine, source.he = GilboaEngine(OtChannel(comm, 1 - rank)), HeMatmul(comm, 1 - rank)
+        return [source._by_he(key) is not None for key in keys], source.produce(keys)
+
+    (by_he, tuples0), (_, tuples1) = run_pair(party)
+    assert by_he == [False, True, False, True, False]
+    for key, shares0, shares1 in zip(keys, tuples0, tuples1):
+        opened = [x + y for x, y in zip(shares0, shares1)]  # int64 addition wraps as the ring
+        if key[0] == "square":
+            assert torch.equal(opened[1], opened[0] * opened[0])
+            continue
+        a, b, c = opened
+        assert (a.shape, b.shape) == (key[2], key[3])
+        assert torch.equal(c, getattr(torch, key[1])(a, b)), key
+
+
 def _triples(crypten, rank):
     """Matmul triples through the CrypTen provider, opened: exact in the ring."""
     provider = crypten.mpc.get_default_provider()
