@@ -47,10 +47,12 @@ from protocols.base_ot import OtError
 from protocols.parts import UnsupportedTuple
 
 N = 8192
-COEFF_BITS = [50, 50, 50, 50, 18]  # 218 bits; the last is SEAL's special prime (never used: no key switching)
+# 218 bits; the last is SEAL's special prime: no key switching here, only public-key encryption
+# runs at that level and is divided down
+COEFF_BITS = [50, 50, 50, 50, 18]
 PLAIN_BITS, PLAIN_PRIMES = 60, 3
 MASK_SIGMA = 40  # at least, per entry (a product's is what T leaves: 41 for k = 512, 45 for k = 32)
-FLOOD_SIGMA = 41  # per ciphertext: N V / (2F) <= 2^-41
+FLOOD_SIGMA = 41  # F >= 2^41 N V: statistical distance N V / (2F) <= 2^-42 per ciphertext
 # a fresh encryption's noise: SEAL's public-key encryption leaves -e u + e1 + e2 s before its
 # division by the special prime, each term's coefficients at most N 6 sigma (sigma 3.2): < 2^19
 FRESH_NOISE = 1 << 19
@@ -143,7 +145,7 @@ class _Prime:
         self.q = [modulus.value() for modulus in self.context.first_context_data().parms().coeff_modulus()]
         keys = seal.KeyGenerator(self.context)
         self.public_key = seal.PublicKey()
-        keys.create_public_key(self.public_key)  # the peer's, to re-randomize what it returns
+        keys.create_public_key(self.public_key)  # sent to the peer: it re-randomizes what it returns
         self.encryptor = seal.Encryptor(self.context, keys.secret_key())
         self.decryptor = seal.Decryptor(self.context, keys.secret_key())
         self.evaluator = seal.Evaluator(self.context)
