@@ -31,13 +31,14 @@ peer multiplies by its plaintext B, adds a mask and noise, and sends the result 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import os
 import secrets
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -59,6 +60,7 @@ FRESH_NOISE = 1 << 19
 # the encrypted operands': SEAL's symmetric encryption at the data level, |e| <= 6 sigma = 19.2, and rounding
 OPERAND_NOISE = 1 << 5
 CHUNK_BITS = 13  # big integers as 13-bit chunks: a chunk times a residue below 2^50 fits a uint64
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
 MAX_ITEM_BYTES = 1 << 21  # a serialized ciphertext is 524,401 bytes uncompressed
 # measured sizes of SEAL's zstd-compressed ciphertexts: a seeded (fresh, symmetric) one, a full one
 SEEDED_BYTES, CIPHERTEXT_BYTES = 236_000, 471_000
@@ -130,6 +132,18 @@ def _uniform_below(count: int, modulus: int) -> np.ndarray:
     return out
 
 
+@contextlib.contextmanager
+def _scratch_file() -> Iterator[str]:
+    """A fresh file in memory (/dev/shm where there is one), removed right after use: a party
+    killed or leaving by os._exit leaves at most the one in use behind, not a folder per session."""
+    handle, path = tempfile.mkstemp(prefix="cotrain-he-", dir=SCRATCH)
+    os.close(handle)
+    try:
+        yield path
+    finally:
+        os.unlink(path)
+
+
 class _Prime:
     """One plaintext prime's SEAL context with this party's keys and the peer's public key."""
 
@@ -157,7 +171,6 @@ class HeMatmul:
 
     def __init__(self, comm: Any, peer: int) -> None:
         self.comm, self.peer, self.exchanges = comm, peer, 0
-        self.folder = tempfile.TemporaryDirectory(prefix="cotrain-he-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.primes = [_Prime(plain) for plain in seal.PlainModulus.Batching(N, [PLAIN_BITS] * PLAIN_PRIMES)]
         self.T = math.prod(prime.t for prime in self.primes)
         self.mask_bits = self.T.bit_length() - 2  # R < 2^r: x + R < 2^(r + 1) <= T for x < 2^r
@@ -169,21 +182,20 @@ class HeMatmul:
             prime.peer_encryptor = seal.Encryptor(prime.context, key)
 
     # -- SEAL objects as bytes (SEAL reads and writes files only, through this binding) --------
-    def _path(self) -> str:
-        return os.path.join(self.folder.name, "object")
-
     def _save(self, obj: Any) -> bytes:
-        obj.save(self._path())
-        with open(self._path(), "rb") as file:
-            return file.read()
+        with _scratch_file() as path:
+            obj.save(path)
+            with open(path, "rb") as file:
+                return file.read()
 
     def _load(self, obj: Any, context: Any, data: bytes, what: str) -> Any:
-        with open(self._path(), "wb") as file:
-            file.write(data)
-        try:
-            obj.load(context, self._path())
-        except Exception as error:  # SEAL's checks: header, sizes, parameters, coefficients < q
-            raise HeError(f"HE peer party {self.peer} sent an invalid {what}: {error}") from None
+        with _scratch_file() as path:
+            with open(path, "wb") as file:
+                file.write(data)
+            try:
+                obj.load(context, path)
+            except Exception as error:  # SEAL's checks: header, sizes, parameters, coefficients < q
+                raise HeError(f"HE peer party {self.peer} sent an invalid {what}: {error}") from None
         return obj
 
     def _seal_header(self) -> bytes:
