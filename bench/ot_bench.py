@@ -5,7 +5,8 @@
 Two processes (one per party, joined by a socket pair) run the two-party OT suite's Gilboa
 products; prints elementwise triples per second per party (wall clock, and per second of
 the party's CPU time, which is what a busy machine still measures), bytes per triple, and the time
-of the W6-shaped matmul triple (512 x 32 @ 32 x 64), for this checkout and, with
+of the W6-shaped matmul triple (512 x 32 @ 32 x 64), by Gilboa and, where TenSEAL is installed,
+by BFV (``protocols.he_matmul``), for this checkout and, with
 ``--compare``, another one (e.g. the code before a change) side by side.
 """
 
@@ -125,9 +126,25 @@ def _party(rank: int, connection: Any, triples: int, repeat: int, results: Any) 
     m, k, n = MATMUL
     start, start_cpu, sent = time.perf_counter(), time.process_time(), comm.sent
     engine.run([engine.plan_matmul(words(m, k), words(k, n))])
-    results.put((rank, {"setup_s": setup, "best_s": min(times), "cpu_s": min(cpu), "sent_per_triple": per_triple,
-                        "matmul_s": time.perf_counter() - start, "matmul_cpu_s": time.process_time() - start_cpu,
-                        "matmul_mb": (comm.sent - sent) / 1e6}))
+    figures = {"setup_s": setup, "best_s": min(times), "cpu_s": min(cpu), "sent_per_triple": per_triple,
+               "matmul_s": time.perf_counter() - start, "matmul_cpu_s": time.process_time() - start_cpu,
+               "matmul_mb": (comm.sent - sent) / 1e6}
+    results.put((rank, figures | _he_matmul(comm, rank, words(m, k), words(k, n))))
+
+
+def _he_matmul(comm: SocketComm, rank: int, a: np.ndarray, b: np.ndarray) -> dict:
+    """The same product's cross terms from BFV (triple_source=ot_he), where TenSEAL is installed."""
+    try:
+        from protocols.he_matmul import HeMatmul
+    except ImportError:
+        return {}
+    start = time.perf_counter()
+    engine = HeMatmul(comm, 1 - rank)
+    setup, sent = time.perf_counter() - start, comm.sent
+    start, start_cpu = time.perf_counter(), time.process_time()
+    engine.cross([(a, b)])
+    return {"he_setup_s": setup, "he_matmul_s": time.perf_counter() - start,
+            "he_matmul_cpu_s": time.process_time() - start_cpu, "he_matmul_mb": (comm.sent - sent) / 1e6}
 
 
 def measure(triples: int, repeat: int) -> dict:
@@ -145,7 +162,7 @@ def measure(triples: int, repeat: int) -> dict:
 
 
 def _measure_checkout(checkout: str, triples: int, repeat: int) -> dict:
-    environment = {**os.environ, "PYTHONPATH": checkout, "OMP_NUM_THREADS": "1"}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1"}
     output = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--triples", str(triples),
                              "--repeat", str(repeat), "--json"], env=environment, check=True,
                             capture_output=True, text=True, cwd=checkout).stdout
@@ -172,6 +189,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         print(f"{name:<10} {row['triples_per_s']:>16,.0f} {row['triples_per_cpu_s']:>15,.0f} "
               f"{row['sent_per_triple']:>19,.0f} {row['setup_s']:>8.2f} {row['matmul_s']:>20.2f} "
               f"{row.get('matmul_cpu_s', float('nan')):>10.2f} {row.get('matmul_mb', float('nan')):>13.1f}")
+        if "he_matmul_s" in row:
+            print(f"{name:<10} the same matmul from BFV (ot_he): {row['he_matmul_s']:.2f} s, {row['he_matmul_cpu_s']:.2f} "
+                  f"CPU s, {row['he_matmul_mb']:.1f} MB/party (keys and public-key exchange once: {row['he_setup_s']:.2f} s)")
     return figures
 
 

@@ -80,6 +80,12 @@ def mpirun() -> str | None:
     return shutil.which("mpirun")
 
 
+def party_path() -> str:
+    """The parties' PYTHONPATH: this checkout first, then the caller's (where an optional
+    package such as TenSEAL may live outside the environment)."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def _cpu_children() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -106,7 +112,7 @@ class Launch:
         self.spec = {**spec, "control": str(self.folder)}
         spec_path = self.folder / "spec.json"
         spec_path.write_text(json.dumps(self.spec))
-        environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": party_path()}
         command = [sys.executable, "-m", "bench.party", str(spec_path)]
         self._stderr = open(self.folder / "stderr.log", "wb")
         if spec.get("transport") == "mpi":
@@ -317,7 +323,7 @@ def demo_jobs(overrides: list[list[str]], timeout_s: float) -> list[dict]:
             if "transport=zmq" in extra:
                 command.append("transport.encrypt=true")
             processes.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}))
+                                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": party_path()}))
         deadline = time.monotonic() + timeout_s
         cells = []
         for index, process in enumerate(processes):

@@ -16,6 +16,7 @@ _PARTS: dict[str, dict[str, type]] = {kind: {} for kind in PART_KINDS}
 # built-in parts whose modules pull in heavier dependencies: imported when first asked for,
 # listed among the choices all the same
 _IMPORTED_ON_DEMAND = {("triple_source", "dealer"): "protocols.dealer", ("triple_source", "ot"): "protocols.ot",
+                       ("triple_source", "ot_he"): "protocols.ot_he",
                        ("triple_source", "authenticated_dealer"): "protocols.malicious.parts",
                        ("check", "spdz2k_mac"): "protocols.malicious.parts"}
 PartClass = TypeVar("PartClass", bound=type)

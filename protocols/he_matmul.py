@@ -1,0 +1,397 @@
+"""Matmul triples' cross products from BFV homomorphic encryption (Microsoft SEAL, through
+TenSEAL's ``sealapi``), two parties, no dealer: traffic grows with m k n_w + m n k_w (the
+Cheetah packing below), not with m k n as the Gilboa products' does.
+
+For shares of A0 @ B1 + A1 @ B0 over Z_2^64, each party encrypts its A under its own keys; the
+peer multiplies by its plaintext B, adds a mask and noise, and sends the result back.
+
+* Exact integers by CRT: SEAL's plaintext modulus is below 2^60, so each product is computed
+  modulo PLAIN_PRIMES primes t_j of 60 bits (one SEAL context each, T = prod t_j >= 2^179). An
+  entry x of A @ B (entries < 2^64, inner dimension k) is below k 2^128; the peer adds R uniform
+  in [0, 2^178), so the decryptor learns x + R < T over the integers (statistical distance to R
+  alone at most 2^-(50 - ceil(log2 k)) per entry, at least 2^-MASK_SIGMA: k <= 1024) and takes
+  it mod 2^64; the peer's share is -R mod 2^64.
+* Packing (coefficient encoding, Cheetah): a block A[i, j] (m_w x k_w) is the polynomial
+  sum A[i, j] X^(i k_w n_w + j), a block B[j, l] (k_w x n_w) is sum B[j, l] X^(l k_w + k_w - 1 - j);
+  with m_w k_w n_w <= N their product holds (A B)[i, l] at X^(i k_w n_w + l k_w + k_w - 1), and
+  the other terms land elsewhere (or wrap, negated, below k_w - 1).
+* Circuit privacy: the returned ciphertext's noise would depend on B, so the peer adds a
+  flooding term E uniform in [-F, F) to c0 (F >= N V 2^FLOOD_SIGMA for the worst-case noise V
+  after the products: statistical distance at most 2^-FLOOD_SIGMA per ciphertext) and a fresh
+  public-key encryption of zero (c1, otherwise a known combination of the operands' c1 with
+  B's blocks, then is an RLWE sample of the peer's, pseudorandom). Every coefficient other
+  than the products' holds sums A[i, j] B[j', l] (j != j') and is masked uniformly mod t.
+* Parameters: N = 8192, coefficient modulus 218 bits (the HE standard's bound for 128-bit
+  security with a ternary secret at N = 8192; SEAL checks it, sec_level TC128); products whose
+  noise bound does not fit raise UnsupportedTuple (the caller falls back to Gilboa).
+* Wire: ciphertexts and public keys in SEAL's own serialization (zstd-compressed, checked on
+  load by SEAL: sizes, parameters, every coefficient below its modulus); a message is an int64
+  header (exchange, item count, byte count), the items' lengths, then the bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+import secrets
+import tempfile
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import tenseal.sealapi as seal
+import torch
+
+from protocols.base_ot import OtError
+from protocols.parts import UnsupportedTuple
+
+N = 8192
+# 218 bits; the last is SEAL's special prime: no key switching here, only public-key encryption
+# runs at that level and is divided down
+COEFF_BITS = [50, 50, 50, 50, 18]
+PLAIN_BITS, PLAIN_PRIMES = 60, 3
+MASK_SIGMA = 40  # at least, per entry (a product's is what T leaves: 41 for k = 512, 45 for k = 32)
+FLOOD_SIGMA = 41  # F >= 2^41 N V: statistical distance N V / (2F) <= 2^-42 per ciphertext
+# a fresh encryption's noise: SEAL's public-key encryption leaves -e u + e1 + e2 s before its
+# division by the special prime, each term's coefficients at most N 6 sigma (sigma 3.2): < 2^19
+FRESH_NOISE = 1 << 19
+# the encrypted operands': SEAL's symmetric encryption at the data level, |e| <= 6 sigma = 19.2, and rounding
+OPERAND_NOISE = 1 << 5
+CHUNK_BITS = 13  # big integers as 13-bit chunks: a chunk times a residue below 2^50 fits a uint64
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
+MAX_ITEM_BYTES = 1 << 21  # a serialized ciphertext is 524,401 bytes uncompressed
+# measured sizes of SEAL's zstd-compressed ciphertexts: a seeded (fresh, symmetric) one, a full one
+SEEDED_BYTES, CIPHERTEXT_BYTES = 236_000, 471_000
+
+
+class HeError(OtError):
+    """A malformed or invalid message from the peer of the HE matmul."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocking:
+    """How an (m x k) @ (k x n) product is cut into blocks of m_w x k_w and k_w x n_w."""
+
+    m: int
+    k: int
+    n: int
+    m_w: int
+    k_w: int
+    n_w: int
+
+    @property
+    def blocks(self) -> tuple[int, int, int]:
+        return -(-self.m // self.m_w), -(-self.k // self.k_w), -(-self.n // self.n_w)
+
+    def cost(self) -> int:
+        """Bytes each party sends for one prime: seeded inputs, full outputs."""
+        mb, kb, nb = self.blocks
+        return mb * kb * SEEDED_BYTES + mb * nb * CIPHERTEXT_BYTES
+
+
+@functools.lru_cache(maxsize=256)
+def blocking(m: int, k: int, n: int) -> Blocking:
+    """The blocking with the fewest ciphertexts (m_w k_w n_w <= N; both parties choose alike)."""
+    best = None
+    for k_w in range(1, min(k, N) + 1):
+        for n_w in range(1, min(n, N // k_w) + 1):
+            candidate = Blocking(m, k, n, min(m, N // (k_w * n_w)), k_w, n_w)
+            if best is None or candidate.cost() < best.cost():
+                best = candidate
+    return best
+
+
+def _chunks(count: int, bits: int) -> np.ndarray:
+    """``count`` uniform integers below 2^bits as (count, chunks) 13-bit chunks, least significant first."""
+    width = -(-bits // CHUNK_BITS)
+    raw = np.frombuffer(secrets.token_bytes(2 * count * width), np.uint16).reshape(count, width)
+    chunks = (raw & np.uint16((1 << CHUNK_BITS) - 1)).astype(np.uint64)
+    chunks[:, -1] &= np.uint64((1 << (bits - CHUNK_BITS * (width - 1))) - 1)
+    return chunks
+
+
+def _residues(chunks: np.ndarray, modulus: int) -> np.ndarray:
+    """The integers of ``chunks`` mod ``modulus`` (< 2^51)."""
+    q = np.uint64(modulus)
+    total = np.zeros(chunks.shape[0], np.uint64)
+    for i in range(chunks.shape[1]):
+        total = (total + chunks[:, i] * np.uint64(pow(2, CHUNK_BITS * i, modulus)) % q) % q
+    return total
+
+
+def _uniform_below(count: int, modulus: int) -> np.ndarray:
+    """``count`` integers uniform in [0, modulus) (modulus < 2^64): the low bits a word needs,
+    those at or above ``modulus`` drawn again."""
+    mask = np.uint64((1 << (modulus - 1).bit_length()) - 1)
+    out = np.frombuffer(secrets.token_bytes(8 * count), np.uint64) & mask
+    while (high := out >= np.uint64(modulus)).any():
+        out = out.copy()
+        out[high] = np.frombuffer(secrets.token_bytes(8 * int(high.sum())), np.uint64) & mask
+    return out
+
+
+@contextlib.contextmanager
+def _scratch_file() -> Iterator[str]:
+    """A fresh file in memory (/dev/shm where there is one), removed right after use: a party
+    killed or leaving by os._exit leaves at most the one in use behind, not a folder per session."""
+    handle, path = tempfile.mkstemp(prefix="cotrain-he-", dir=SCRATCH)
+    os.close(handle)
+    try:
+        yield path
+    finally:
+        os.unlink(path)
+
+
+class _Prime:
+    """One plaintext prime's SEAL context with this party's keys and the peer's public key."""
+
+    def __init__(self, plain: Any) -> None:
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
+        parms.set_poly_modulus_degree(N)
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(N, COEFF_BITS))
+        parms.set_plain_modulus(plain)
+        self.context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+        if self.context.parameters_error_name() != "success":
+            raise RuntimeError(f"SEAL refuses the HE parameters: {self.context.parameters_error_message()}")
+        self.t = plain.value()
+        self.q = [modulus.value() for modulus in self.context.first_context_data().parms().coeff_modulus()]
+        keys = seal.KeyGenerator(self.context)
+        self.public_key = seal.PublicKey()
+        keys.create_public_key(self.public_key)  # sent to the peer: it re-randomizes what it returns
+        self.encryptor = seal.Encryptor(self.context, keys.secret_key())
+        self.decryptor = seal.Decryptor(self.context, keys.secret_key())
+        self.evaluator = seal.Evaluator(self.context)
+        self.peer_encryptor: Any = None
+
+
+class HeMatmul:
+    """Shares of A0 @ B1 + A1 @ B0 (uint64 matrices; party i holds A_i, B_i) from BFV."""
+
+    def __init__(self, comm: Any, peer: int) -> None:
+        self.comm, self.peer, self.exchanges = comm, peer, 0
+        self.primes = [_Prime(plain) for plain in seal.PlainModulus.Batching(N, [PLAIN_BITS] * PLAIN_PRIMES)]
+        self.T = math.prod(prime.t for prime in self.primes)
+        self.mask_bits = self.T.bit_length() - 2  # R < 2^r: x + R < 2^(r + 1) <= T for x < 2^r
+        self.every = np.arange(N)
+        self.header = self._seal_header()
+        peer_keys = self._swap([self._save(p.public_key) for p in self.primes], len(self.primes), "public keys")
+        for prime, data in zip(self.primes, peer_keys):
+            key = self._load(seal.PublicKey(), prime.context, data, "public key")
+            prime.peer_encryptor = seal.Encryptor(prime.context, key)
+
+    # -- SEAL objects as bytes (SEAL reads and writes files only, through this binding) --------
+    def _save(self, obj: Any) -> bytes:
+        with _scratch_file() as path:
+            obj.save(path)
+            with open(path, "rb") as file:
+                return file.read()
+
+    def _load(self, obj: Any, context: Any, data: bytes, what: str) -> Any:
+        with _scratch_file() as path:
+            with open(path, "wb") as file:
+                file.write(data)
+            try:
+                obj.load(context, path)
+            except Exception as error:  # SEAL's checks: header, sizes, parameters, coefficients < q
+                raise HeError(f"HE peer party {self.peer} sent an invalid {what}: {error}") from None
+        return obj
+
+    def _seal_header(self) -> bytes:
+        """The first 8 bytes of SEAL's header (magic, size, version) with compression 'none'."""
+        head = bytearray(self._save(self.primes[0].public_key)[:8])
+        head[5] = 0
+        return bytes(head)
+
+    def _serialized(self, body: bytes) -> bytes:
+        return self.header + np.uint64(16 + len(body)).tobytes() + body
+
+    def _words(self, words: np.ndarray) -> bytes:
+        """A SEAL DynArray of uint64 words, uncompressed."""
+        return self._serialized(np.uint64(words.size).tobytes() + words.tobytes())
+
+    def _plaintext(self, prime: _Prime, positions: np.ndarray, values: np.ndarray) -> Any:
+        """The plaintext with ``values`` (< t) at ``positions``, 0 elsewhere, written in SEAL's
+        uncompressed format and loaded (SEAL checks every coefficient is below t)."""
+        coefficients = np.zeros(N, np.uint64)
+        coefficients[positions] = values
+        body = bytes(32) + np.uint64(N).tobytes() + np.float64(1.0).tobytes() + self._words(coefficients)
+        return self._load(seal.Plaintext(), prime.context, self._serialized(body), "plaintext")
+
+    def _flood(self, prime: _Prime, bound_bits: int) -> Any:
+        """A ciphertext (E, 0), E uniform in [-2^(b-1), 2^(b-1)): added, it adds E to the noise
+        (this binding gives no other way into c0)."""
+        chunks = _chunks(N, bound_bits)
+        half = 1 << (bound_bits - 1)
+        c0 = np.stack([(_residues(chunks, q) + np.uint64(q - half % q)) % np.uint64(q) for q in prime.q])
+        parms_id = np.array(prime.context.first_parms_id(), np.uint64).tobytes()
+        fields = np.array([2, N, len(prime.q)], np.uint64).tobytes() + np.float64(1.0).tobytes() + np.uint64(1).tobytes()
+        body = parms_id + b"\x00" + fields + self._words(np.concatenate([c0.reshape(-1), np.zeros(c0.size, np.uint64)]))
+        return self._load(seal.Ciphertext(), prime.context, self._serialized(body), "flooding term")
+
+    # -- messages ------------------------------------------------------------------------------
+    def _swap(self, items: list[bytes], expected: int, what: str) -> list[bytes]:
+        """Send my items, receive the peer's ``expected`` items (each at most MAX_ITEM_BYTES)."""
+        lengths = [len(item) for item in items]
+        header = torch.tensor([self.exchanges, len(items), sum(lengths)], dtype=torch.int64)
+        handles = [self.comm.isend(header, self.peer)]
+        if items:
+            body = np.concatenate([np.frombuffer(item, np.uint8) for item in items])
+            handles += [self.comm.isend(torch.tensor(lengths, dtype=torch.int64), self.peer),
+                        self.comm.isend(torch.from_numpy(body), self.peer)]
+        peer_header = torch.empty(3, dtype=torch.int64)
+        self.comm.irecv(peer_header, self.peer).wait()
+        exchange, count, total = (int(v) for v in peer_header)
+        if exchange != self.exchanges or count != expected or not count <= total <= count * MAX_ITEM_BYTES:
+            raise HeError(f"HE peer party {self.peer} sent a malformed {what} message: exchange {exchange}, {count} "
+                          f"items of {total} bytes; expected exchange {self.exchanges}, {expected} items")
+        received = []
+        if count:
+            peer_lengths = torch.empty(count, dtype=torch.int64)
+            self.comm.irecv(peer_lengths, self.peer).wait()
+            if int(peer_lengths.sum()) != total or bool((peer_lengths <= 0).any()):
+                raise HeError(f"HE peer party {self.peer} sent a malformed {what} message: item lengths do not add up")
+            data = torch.empty(total, dtype=torch.uint8)
+            self.comm.irecv(data, self.peer).wait()
+            raw, offsets = data.numpy(), np.concatenate([[0], np.cumsum(peer_lengths.numpy())])
+            received = [raw[offsets[i]:offsets[i + 1]].tobytes() for i in range(count)]
+        for handle in handles:
+            handle.wait()
+        self.exchanges += 1
+        return received
+
+    # -- the protocol --------------------------------------------------------------------------
+    def plan(self, m: int, k: int, n: int) -> Blocking:
+        """The blocking of an (m x k) @ (k x n) product; UnsupportedTuple if it does not fit."""
+        shape = blocking(m, k, n)
+        if self.mask_bits - 128 - max(k - 1, 1).bit_length() < MASK_SIGMA:
+            raise UnsupportedTuple(f"HE matmul triples' inner dimension {k} is beyond their CRT range")
+        if 4 * max(p.t for p in self.primes) * self._noise(shape)[1] >= min(math.prod(p.q) for p in self.primes):
+            raise UnsupportedTuple(f"HE matmul noise for {m}x{k}x{n} exceeds the parameters")
+        return shape
+
+    def bytes_sent(self, shape: Blocking) -> int:
+        """About the bytes each party sends for one product of ``shape``."""
+        return PLAIN_PRIMES * shape.cost()
+
+    def _noise(self, shape: Blocking) -> tuple[int, int]:
+        """(flooding bits b, a bound on the decrypted noise) for a product of ``shape``."""
+        t = max(p.t for p in self.primes)
+        product_noise = shape.blocks[1] * shape.k_w * shape.n_w * (t // 2 + 1) * (OPERAND_NOISE + 1)
+        bits = (N * product_noise).bit_length() + FLOOD_SIGMA + 1
+        return bits, product_noise + (1 << (bits - 1)) + FRESH_NOISE
+
+    def cross(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """My shares of A0 @ B1 + A1 @ B0 for each (A, B) of mine (the peer's the same shapes)."""
+        shapes = [self.plan(a.shape[0], a.shape[1], b.shape[1]) for a, b in pairs]
+        mine = [self._encrypt(a, shape) for (a, _), shape in zip(pairs, shapes)]
+        counts = [len(items) for items in mine]
+        theirs = self._swap([item for items in mine for item in items], sum(counts), "encrypted operands")
+        replies, shares, start = [], [], 0
+        for (_, b), shape, count in zip(pairs, shapes, counts):
+            items, share = self._multiply(theirs[start:start + count], b, shape)
+            replies.append(items)
+            shares.append(share)
+            start += count
+        answers = self._swap([item for items in replies for item in items], sum(map(len, replies)), "masked products")
+        out, start = [], 0
+        for shape, share, items in zip(shapes, shares, replies):
+            out.append(self._decrypt(answers[start:start + len(items)], shape) + share)
+            start += len(items)
+        return out
+
+    def _encrypt(self, a: np.ndarray, shape: Blocking) -> list[bytes]:
+        """My A's blocks, per prime, as serialized ciphertexts (prime-major, then (mb, kb))."""
+        mb, kb, _ = shape.blocks
+        padded = np.zeros((mb * shape.m_w, kb * shape.k_w), np.uint64)
+        padded[:shape.m, :shape.k] = a
+        blocks = padded.reshape(mb, shape.m_w, kb, shape.k_w).transpose(0, 2, 1, 3).reshape(mb * kb, -1)
+        i, j = np.meshgrid(np.arange(shape.m_w), np.arange(shape.k_w), indexing="ij")
+        positions = (i * shape.k_w * shape.n_w + j).reshape(-1)
+        # under my secret key: SEAL then sends c1 as the seed it expands from (half the bytes)
+        return [self._save(prime.encryptor.encrypt_symmetric(self._plaintext(prime, positions, block)))
+                for prime in self.primes for block in blocks % np.uint64(prime.t)]
+
+    def _targets(self, shape: Blocking) -> np.ndarray:
+        """The coefficient of output entry (i, l) of a block: i k_w n_w + l k_w + k_w - 1."""
+        i, l = np.meshgrid(np.arange(shape.m_w), np.arange(shape.n_w), indexing="ij")
+        return (i * shape.k_w * shape.n_w + l * shape.k_w + shape.k_w - 1).reshape(-1)
+
+    def _multiply(self, items: list[bytes], b: np.ndarray, shape: Blocking) -> tuple[list[bytes], np.ndarray]:
+        """The peer's encrypted A times my B, masked and flooded; my share (-R) of its product."""
+        mb, kb, nb = shape.blocks
+        padded = np.zeros((kb * shape.k_w, nb * shape.n_w), np.uint64)
+        padded[:shape.k, :shape.n] = b
+        b_blocks = padded.reshape(kb, shape.k_w, nb, shape.n_w).transpose(0, 2, 1, 3).reshape(kb, nb, -1)
+        j, l = np.meshgrid(np.arange(shape.k_w), np.arange(shape.n_w), indexing="ij")
+        b_positions = (l * shape.k_w + shape.k_w - 1 - j).reshape(-1)
+        targets = self._targets(shape)
+        mask = np.array([secrets.randbits(self.mask_bits) for _ in range(mb * nb * len(targets))], dtype=object)
+        flood_bits = self._noise(shape)[0]
+        replies = []
+        for index, prime in enumerate(self.primes):
+            ev, parms_id = prime.evaluator, prime.context.first_parms_id()
+            inputs = []
+            for data in items[index * mb * kb:(index + 1) * mb * kb]:
+                ciphertext = self._load(seal.Ciphertext(), prime.context, data, "encrypted operand")
+                if ciphertext.size() != 2 or ciphertext.is_ntt_form() or ciphertext.parms_id() != parms_id:
+                    raise HeError(f"HE peer party {self.peer} sent an encrypted operand of the wrong form")
+                ev.transform_to_ntt_inplace(ciphertext)
+                inputs.append(ciphertext)
+            plains = [[self._ntt_plain(prime, self._plaintext(prime, b_positions, b_blocks[x, y] % np.uint64(prime.t)))
+                       for y in range(nb)] for x in range(kb)]
+            masks = (mask % prime.t).astype(np.uint64).reshape(mb * nb, -1)
+            for row in range(mb):
+                for column in range(nb):
+                    total = None
+                    for x in range(kb):
+                        product = seal.Ciphertext()
+                        ev.multiply_plain(inputs[row * kb + x], plains[x][column], product)
+                        if total is None:
+                            total = product
+                        else:
+                            ev.add_inplace(total, product)
+                    ev.transform_from_ntt_inplace(total)
+                    # the other coefficients hold sums of A[i, j] B[j', l] (j != j'): masked uniformly
+                    # mod t (exactly); the targets by R mod t
+                    values = _uniform_below(N, prime.t)
+                    values[targets] = masks[row * nb + column]
+                    ev.add_plain_inplace(total, self._plaintext(prime, self.every, values))
+                    ev.add_inplace(total, self._flood(prime, flood_bits))
+                    fresh = seal.Ciphertext()
+                    prime.peer_encryptor.encrypt_zero(fresh)
+                    ev.add_inplace(total, fresh)
+                    replies.append(self._save(total))
+        share = np.uint64(0) - (mask & 0xFFFFFFFFFFFFFFFF).astype(np.uint64)
+        return replies, self._gather(share.reshape(mb, nb, shape.m_w, shape.n_w), shape)
+
+    def _ntt_plain(self, prime: _Prime, plain: Any) -> Any:
+        prime.evaluator.transform_to_ntt_inplace(plain, prime.context.first_parms_id())
+        return plain
+
+    def _gather(self, blocks: np.ndarray, shape: Blocking) -> np.ndarray:
+        """(mb, nb, m_w, n_w) output blocks as the m x n matrix."""
+        mb, _, nb = shape.blocks
+        return blocks.transpose(0, 2, 1, 3).reshape(mb * shape.m_w, nb * shape.n_w)[:shape.m, :shape.n].copy()
+
+    def _decrypt(self, items: list[bytes], shape: Blocking) -> np.ndarray:
+        """My A times the peer's B plus its mask, from the peer's ciphertexts: CRT, then mod 2^64."""
+        mb, _, nb = shape.blocks
+        targets = [int(e) for e in self._targets(shape)]
+        per_prime = mb * nb
+        residues = np.zeros((len(self.primes), per_prime, len(targets)), dtype=object)
+        for index, prime in enumerate(self.primes):
+            first = prime.context.first_parms_id()
+            for block, data in enumerate(items[index * per_prime:(index + 1) * per_prime]):
+                ciphertext = self._load(seal.Ciphertext(), prime.context, data, "masked product")
+                if ciphertext.size() != 2 or ciphertext.is_ntt_form() or ciphertext.parms_id() != first:
+                    raise HeError(f"HE peer party {self.peer} sent a masked product of the wrong form")
+                plain = seal.Plaintext()
+                prime.decryptor.decrypt(ciphertext, plain)
+                count = plain.coeff_count()
+                residues[index, block] = [plain.data(e) if e < count else 0 for e in targets]
+        value = sum(residues[j] * ((self.T // p.t) * pow(self.T // p.t, -1, p.t)) for j, p in enumerate(self.primes))
+        low = (value % self.T) % (1 << 64)
+        words = np.array(low.reshape(-1).tolist(), dtype=np.uint64)
+        return self._gather(words.reshape(mb, nb, shape.m_w, shape.n_w), shape)

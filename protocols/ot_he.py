@@ -1,0 +1,78 @@
+"""The ``ot`` suite with matmul triples from homomorphic encryption (``protocol.triple_source=ot_he``).
+
+Every tuple is made as under ``ot`` (``protocols.ot``), except matrix products where BFV
+(``protocols.he_matmul``) sends fewer bytes than Gilboa's 260 m k n: those triples' cross
+products come from two HE messages each way per batch. Needs TenSEAL (``pip install tenseal``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.ot import OtTripleSource, _random_words, _tensor, matmul_u64
+from protocols.parts import UnsupportedTuple, metered
+from protocols.registry import register_part
+
+GILBOA_BYTES = 260  # per m k n, each way (protocols.ot)
+# BFV takes a product when it sends under half Gilboa's bytes: it costs more CPU per byte saved
+HE_SAVING = 2
+
+
+def _matmul_shape(key: tuple) -> tuple[int, int, int] | None:
+    """(m, k, n) of a matmul triple key whose left operand's rows (all but its last dimension)
+    multiply one matrix; None for any other key."""
+    if key[0] != "triple" or key[1] != "matmul" or key[4] or len(key[2]) < 2 or len(key[3]) != 2:
+        return None
+    return int(math.prod(key[2][:-1])), int(key[2][-1]), int(key[3][1])
+
+
+@register_part("triple_source", "ot_he")
+class OtHeTripleSource(OtTripleSource):
+    """Two-party tuples without a dealer: OT extension, and BFV for large matrix products."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.he: Any = None
+
+    def start(self, crypten: Any) -> None:
+        super().start(crypten)
+        try:
+            from protocols.he_matmul import HeMatmul
+        except ImportError as error:
+            raise ValueError(f"protocol.triple_source=ot_he needs TenSEAL (pip install tenseal): {error}") from None
+        with metered(self.counters, "offline"):
+            self.he = HeMatmul(self.comm, 1 - self.comm.get_rank())
+
+    def _by_he(self, key: tuple) -> tuple[int, int, int] | None:
+        """The key's (m, k, n) if BFV makes its triple with fewer bytes than Gilboa."""
+        shape = _matmul_shape(key)
+        if shape is None:
+            return None
+        try:
+            blocks = self.he.plan(*shape)
+        except UnsupportedTuple:
+            return None
+        return shape if HE_SAVING * self.he.bytes_sent(blocks) < GILBOA_BYTES * math.prod(shape) else None
+
+    def produce(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
+        """OT tuples as under ``ot``; the matmul triples BFV serves better from one HE batch."""
+        shapes = [self._by_he(key) for key in keys]
+        others = iter(super().produce([key for key, shape in zip(keys, shapes) if shape is None]))
+        start = time.perf_counter()
+        chosen = [(key, shape) for key, shape in zip(keys, shapes) if shape is not None]
+        operands = [(_random_words((m, k)), _random_words((k, n))) for _, (m, k, n) in chosen]
+        with metered(self.counters, "offline"):
+            crosses = iter(self.he.cross(operands)) if operands else iter(())
+        made = iter([[_tensor(a, key[2]), _tensor(b, key[3]),
+                      _tensor(matmul_u64(a, b) + next(crosses), (*key[2][:-1], key[3][1]))]
+                     for (key, _), (a, b) in zip(chosen, operands)])
+        self.seconds += time.perf_counter() - start
+        return [next(others) if shape is None else next(made) for shape in shapes]
+
+    def describe(self) -> str:
+        return "ot_he (two-party: IKNP OT extension, Gilboa products; BFV (SEAL) matmul triples)"

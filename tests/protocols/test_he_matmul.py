@@ -1,0 +1,161 @@
+"""Matmul triples from BFV (protocols.he_matmul, triple_source=ot_he): exact in Z_2^64 for
+full-range 64-bit entries, between two parties (threads with real SEAL, then processes over the
+real transport), and a peer's malformed messages refused with HeError, not a hang."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+tenseal = pytest.importorskip("tenseal", reason="triple_source=ot_he needs TenSEAL (pip install tenseal)")
+
+from protocols import ProtocolConfig  # noqa: E402
+from protocols.he_matmul import HeError, HeMatmul  # noqa: E402
+from protocols.ot import matmul_u64  # noqa: E402
+from protocol_sessions import party_values, run_parties  # noqa: E402
+from test_ot import TamperingComm, _words, outcomes, run_pair  # noqa: E402
+
+W6 = (512, 32, 64)  # W6's first layer: batch 512, 32 features, 64 hidden units
+
+
+def _cross(shapes):
+    """Both parties' shares of A0 B1 + A1 B0 for each (m, k, n), and the exact value."""
+    def party(rank, comm):
+        engine = HeMatmul(comm, 1 - rank)
+        return engine.cross([(_words((m, k), 10 + rank), _words((k, n), 20 + rank)) for m, k, n in shapes])
+
+    shares = run_pair(party)
+    exact = [matmul_u64(_words((m, k), 10), _words((k, n), 21)) + matmul_u64(_words((m, k), 11), _words((k, n), 20))
+             for m, k, n in shapes]
+    return shares, exact
+
+
+def test_cross_products_are_exact_in_the_ring():
+    """W6's product, its weight gradient's (inner dimension 512), the largest inner dimension, a ragged
+    one (blocks that do not divide it), a vector and a 1 x 1: one batch, every entry exact."""
+    shapes = [W6, (32, 512, 64), (3, 1024, 5), (37, 45, 29), (1, 64, 1), (1, 1, 1)]
+    (mine, theirs), exact = _cross(shapes)
+    for shape, z0, z1, value in zip(shapes, mine, theirs, exact):
+        assert z0.shape == z1.shape == (shape[0], shape[2])
+        assert np.array_equal(z0 + z1, value), shape
+
+
+def test_shares_are_masked():
+    """Neither share alone is the cross product (each party's is offset by a 64-bit mask)."""
+    (mine, theirs), exact = _cross([(8, 16, 8)])
+    assert np.mean(mine[0] == exact[0]) < 0.01 and np.mean(theirs[0] == exact[0]) < 0.01
+
+
+def test_every_coefficient_the_decryptor_sees_is_masked():
+    """With A and B all ones the product polynomial's other coefficients are small counts of
+    A[i, j] B[j', l] (j != j'): what party 0 decrypts must show none of them, nor the product."""
+    shape = (64, 8, 16)
+
+    def party(rank, comm):
+        engine = HeMatmul(comm, 1 - rank)
+        blocks = engine.plan(*shape)
+        (mb, kb, nb), primes = blocks.blocks, len(engine.primes)
+        if rank == 1:  # multiplies party 0's ones by its ones, masks, returns
+            theirs = engine._swap([], primes * mb * kb, "operands")
+            engine._swap(engine._multiply(theirs, np.ones(shape[1:], np.uint64), blocks)[0], 0, "products")
+            return None
+        engine._swap(engine._encrypt(np.ones(shape[:2], np.uint64), blocks), 0, "operands")
+        answers = engine._swap([], primes * mb * nb, "products")
+        prime = engine.primes[0]
+        ciphertext = engine._load(tenseal.sealapi.Ciphertext(), prime.context, answers[0], "product")
+        plain = tenseal.sealapi.Plaintext()
+        prime.decryptor.decrypt(ciphertext, plain)
+        return np.array([plain.data(e) if e < plain.coeff_count() else 0 for e in range(8192)], dtype=object)
+
+    coefficients, _ = run_pair(party)
+    small = np.mean([int(c) < 1 << 20 for c in coefficients])
+    assert small < 0.001 and len(set(coefficients.tolist())) > 8000
+
+
+def test_an_inner_dimension_beyond_the_crt_range_is_unsupported():
+    from protocols.parts import UnsupportedTuple
+
+    def party(rank, comm):
+        engine = HeMatmul(comm, 1 - rank)
+        with pytest.raises(UnsupportedTuple, match="CRT range"):
+            engine.plan(4, 1025, 4)
+        return True
+
+    assert run_pair(party) == (True, True)
+
+
+# party 0's raw messages: 0-2 its public keys (header, lengths, bytes), 3-5 its encrypted
+# operands, 6-8 its masked products
+def _garbage(tensor):
+    return torch.randint(0, 256, tensor.shape, dtype=torch.uint8)
+
+
+def _one_fewer(header):
+    header = header.clone()
+    header[1] -= 1
+    return header
+
+
+@pytest.mark.parametrize("index, lie, message", [
+    (2, _garbage, "invalid public key"),
+    (5, _garbage, "invalid encrypted operand"),
+    (8, _garbage, "invalid masked product"),
+    (3, _one_fewer, "malformed encrypted operands message"),
+], ids=["garbage-key", "garbage-operands", "garbage-products", "wrong-count"])
+def test_a_malformed_message_is_refused(index, lie, message):
+    """Random bytes where SEAL's serialization belongs fail SEAL's checks on load; a header
+    announcing the wrong number of ciphertexts is refused before anything is read: HeError."""
+    def party(rank, comm):
+        engine = HeMatmul(comm, 1 - rank)
+        return engine.cross([(_words((8, 4), rank), _words((4, 8), rank))])
+
+    liar, honest = outcomes(party, lambda rank, queues: TamperingComm(rank, queues, index, lie))
+    assert isinstance(honest, HeError) and message in str(honest), honest
+
+
+def test_a_mixed_batch_keeps_its_order():
+    """One produce() of matmul triples BFV takes (W6's, a batch of rows), one too small for it,
+    and other tuples: each tuple exact and in its key's place."""
+    from protocols.ot import GilboaEngine, OtChannel
+    from protocols.ot_he import OtHeTripleSource
+
+    keys = [("triple", "matmul", (4, 3), (3, 2), ()), ("triple", "matmul", (512, 32), (32, 64), ()),
+            ("triple", "mul", (5,), (5,), ()), ("triple", "matmul", (2, 256, 32), (32, 64), ()),
+            ("square", (7,))]
+
+    def party(rank, comm):
+        source = OtHeTripleSource()
+        source.engine, source.he = GilboaEngine(OtChannel(comm, 1 - rank)), HeMatmul(comm, 1 - rank)
+        return [source._by_he(key) is not None for key in keys], source.produce(keys)
+
+    (by_he, tuples0), (_, tuples1) = run_pair(party)
+    assert by_he == [False, True, False, True, False]
+    for key, shares0, shares1 in zip(keys, tuples0, tuples1):
+        opened = [x + y for x, y in zip(shares0, shares1)]  # int64 addition wraps as the ring
+        if key[0] == "square":
+            assert torch.equal(opened[1], opened[0] * opened[0])
+            continue
+        a, b, c = opened
+        assert (a.shape, b.shape) == (key[2], key[3])
+        assert torch.equal(c, getattr(torch, key[1])(a, b)), key
+
+
+def _triples(crypten, rank):
+    """Matmul triples through the CrypTen provider, opened: exact in the ring."""
+    provider = crypten.mpc.get_default_provider()
+    out = {"provider": provider.NAME}
+    for size0, size1 in (((512, 32), (32, 64)), ((4, 512, 32), (32, 64)), ((6, 4), (4, 3))):
+        a, b, c = provider.generate_additive_triple(torch.Size(size0), torch.Size(size1), "matmul")
+        a, b, c = (t.get_plain_text() for t in (a, b, c))
+        out[f"{size0} {size1}"] = bool(torch.equal(c, a @ b))
+    return out
+
+
+@pytest.mark.slow
+def test_triples_between_two_party_processes():
+    """Over the real transport: W6's shape and a batched one by BFV, a small one by Gilboa."""
+    suite = ProtocolConfig(name="ot", triple_source="ot_he", truncation="topbits", comparison="packed")
+    for result in party_values(run_parties(_triples, suite, parties=2, timeout_s=300), 2):
+        assert result.pop("provider") == "COTRAIN_OT"
+        assert all(result.values()), result
