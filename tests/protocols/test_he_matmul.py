@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tenseal
 import torch
 
-tenseal = pytest.importorskip("tenseal", reason="triple_source=ot_he needs TenSEAL (pip install tenseal)")
-
-from protocols import ProtocolConfig  # noqa: E402
-from protocols.he_matmul import HeError, HeMatmul  # noqa: E402
-from protocols.ot import matmul_u64  # noqa: E402
-from protocol_sessions import party_values, run_parties  # noqa: E402
-from test_ot import TamperingComm, _words, outcomes, run_pair  # noqa: E402
+from protocols import ProtocolConfig
+from protocols.he_matmul import HeError, HeMatmul
+from protocols.ot import matmul_u64
+from protocol_sessions import party_values, run_parties
+from test_ot import TamperingComm, _words, outcomes, run_pair
 
 W6 = (512, 32, 64)  # W6's first layer: batch 512, 32 features, 64 hidden units
 
