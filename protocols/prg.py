@@ -95,7 +95,9 @@ def _zero_bytes(count: int) -> memoryview:
 
 # keystream drawn at once for small reads (a training step makes about a hundred of a few KB
 # each, and a cipher call costs more than the bytes): later ones are slices of it, handed out in
-# order, so every read gets the same bytes as it would straight from the cipher
+# order, so every read gets the same bytes as it would straight from the cipher. A stream draws
+# ahead at most twice what it handed out since it started (or seeked), so a stream read once
+# (a dealer answer's, a generator's seed word) draws no more than it reads
 READ_AHEAD_BYTES = 1 << 15
 _NO_KEYSTREAM = np.empty(0, dtype=np.uint8)
 
@@ -113,6 +115,7 @@ class CipherStream:
         self._encryptor = self._cipher(0).encryptor()
         self.bytes_drawn = 0  # keystream bytes handed out (the drawn-ahead ones not yet)
         self._ahead, self._ahead_at = _NO_KEYSTREAM, 0  # drawn ahead; handed out up to _ahead_at
+        self._start = 0  # bytes_drawn when the stream started or last seeked
 
     def _cipher(self, block: int) -> Cipher:
         """The cipher whose keystream starts at keystream block ``block``."""
@@ -130,7 +133,7 @@ class CipherStream:
         block_bytes = 16 if self.algorithm == "aes_ctr" else 64
         self._encryptor = self._cipher(position // block_bytes).encryptor()
         self._ahead, self._ahead_at = _NO_KEYSTREAM, 0
-        self.bytes_drawn = position - position % block_bytes
+        self.bytes_drawn = self._start = position - position % block_bytes
         self.read(position % block_bytes)
 
     def _draw(self, nbytes: int) -> np.ndarray:
@@ -154,7 +157,8 @@ class CipherStream:
             return out if start % 8 == 0 else out.copy()  # a view as int64 wants 8-byte alignment
         rest = self._ahead[start:]
         need = nbytes - len(rest)
-        self._ahead = self._draw(max(need, READ_AHEAD_BYTES))
+        ahead = min(READ_AHEAD_BYTES, 2 * (self.bytes_drawn - nbytes - self._start))
+        self._ahead = self._draw(max(need, ahead))
         self._ahead_at = need
         return np.concatenate([rest, self._ahead[:need]]) if len(rest) else self._ahead[:need]
 
