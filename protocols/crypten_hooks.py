@@ -456,19 +456,18 @@ def _lean_shallow_copy(mpc_tensor: type, context: type) -> Callable[[Any], Any]:
     return shallow_copy
 
 
+_plain_attribute = object.__getattribute__  # a C call: x.__dict__ on a CrypTensor is the session's Python one
+
+
 def _state_copy(mpc_tensor: type, context: type, tensor: Any) -> tuple[Any, dict]:
     """A shallow copy of ``tensor`` and the copy's attribute dict (read without the session's
     ``__getattribute__``: ``vars(x)`` and ``x.attr`` on a CrypTensor are Python calls)."""
     result = object.__new__(mpc_tensor)
-    state = _dict_of(tensor)
-    copied = _dict_of(result)
+    state = _plain_attribute(tensor, "__dict__")
+    copied = _plain_attribute(result, "__dict__")
     copied.update(requires_grad=False, grad=None, grad_fn=None, grad_expected=0, grad_received=0,
                   children=[], ctx=context(), _tensor=state["_tensor"], ptype=state["ptype"])
     return result, copied
-
-
-def _dict_of(instance: Any) -> dict:
-    return object.__getattribute__(instance, "__dict__")
 
 
 def _lean_passthrough(crypten: Any, mpc_tensor: type, context: type, name: str, binary: bool) -> Callable[..., Any]:
@@ -487,7 +486,7 @@ def _lean_passthrough(crypten: Any, mpc_tensor: type, context: type, name: str, 
             return original(self, *args, **kwargs)
         result, state = _state_copy(mpc_tensor, context, self)
         if binary and args and isinstance(args[0], mpc_tensor):
-            args = (_dict_of(args[0])["_tensor"], *args[1:])
+            args = (_plain_attribute(args[0], "__dict__")["_tensor"], *args[1:])
         state["_tensor"] = getattr(state["_tensor"], name)(*args, **kwargs)
         return result
 
