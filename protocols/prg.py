@@ -144,23 +144,25 @@ class CipherStream:
         return out[:nbytes]
 
     def read(self, nbytes: int) -> np.ndarray:
-        """The next ``nbytes`` of keystream as a uint8 array of the caller's own (a slice of a
-        block drawn ahead, no other read's bytes; aligned for a view as int64 where
-        ``nbytes`` is a multiple of 8 and every read before was)."""
+        """The next ``nbytes`` of keystream as a fresh uint8 array. Fresh, not a slice of the
+        block drawn ahead: a tensor over it (a share made in place from a mask, later saved in
+        a checkpoint, which writes a view's whole storage) holds no other keystream."""
         if nbytes <= 0:
             return np.empty(0, dtype=np.uint8)
         self.bytes_drawn += nbytes
         start, end = self._ahead_at, self._ahead_at + nbytes
         if end <= len(self._ahead):
             self._ahead_at = end
-            out = self._ahead[start:end]
-            return out if start % 8 == 0 else out.copy()  # a view as int64 wants 8-byte alignment
+            return self._ahead[start:end].copy()
         rest = self._ahead[start:]
         need = nbytes - len(rest)
         ahead = min(READ_AHEAD_BYTES, 2 * (self.bytes_drawn - nbytes - self._start))
-        self._ahead = self._draw(max(need, ahead))
-        self._ahead_at = need
-        return np.concatenate([rest, self._ahead[:need]]) if len(rest) else self._ahead[:need]
+        block = self._draw(max(need, ahead))
+        if len(block) == need and not len(rest):  # nothing left over to keep
+            self._ahead, self._ahead_at = _NO_KEYSTREAM, 0
+            return block
+        self._ahead, self._ahead_at = block, need
+        return np.concatenate([rest, block[:need]])
 
     def read_into(self, out: np.ndarray, nbytes: int, data: np.ndarray | None = None) -> None:
         """The next ``nbytes`` of keystream into ``out[:nbytes]``, XOR-ed with ``data[:nbytes]``

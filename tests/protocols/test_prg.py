@@ -47,7 +47,7 @@ def test_reads_drawn_ahead_are_the_cipher_keystream_in_order(algorithm):
     """Small reads are served from keystream drawn ahead (READ_AHEAD_BYTES at a time): any mix of
     reads (small, odd-sized, across a block's end, larger than a block), reads into a buffer
     with and without data, int64 draws and seeks gives exactly the cipher's keystream, each
-    byte once, and bytes_drawn counts what was handed out."""
+    byte once, in arrays of their own, and bytes_drawn counts what was handed out."""
     seed, rng = new_seed(), np.random.default_rng(1)
     stream = CipherStream(seed, algorithm)
     total = 6 * READ_AHEAD_BYTES
@@ -75,7 +75,10 @@ def test_reads_drawn_ahead_are_the_cipher_keystream_in_order(algorithm):
             position += nbytes
         else:
             nbytes = int(rng.choice([1, 7, 8, 500, 4096, READ_AHEAD_BYTES - 3, READ_AHEAD_BYTES + 9]))
-            assert np.array_equal(stream.read(nbytes), keystream[position:position + nbytes])
+            drawn = stream.read(nbytes)
+            assert np.array_equal(drawn, keystream[position:position + nbytes])
+            # the read's own memory: a tensor over it (saved whole) carries no other keystream
+            assert drawn.base is None or drawn.base.nbytes <= nbytes + 15
             position += nbytes
         assert stream.bytes_drawn == position
     with pytest.raises(ValueError):
