@@ -25,6 +25,13 @@ PRODUCTS = ((P3, G2), (P3, P2, G1), (P3, P2, P1, G0), (P3, P2, P1, P0))
 SUBSETS = tuple(sorted({subset for product in PRODUCTS for k in range(2, len(product) + 1)
                         for subset in itertools.combinations(product, k)}, key=lambda s: (len(s), s)))
 COMPONENTS = INPUTS + len(SUBSETS)
+# per product, the subsets S of its inputs whose terms a party adds and the rest M \ S: the
+# leader's from the empty set on, the others' from single inputs (the whole product is a_S alone)
+TERMS = {leader: tuple(tuple((subset, tuple(i for i in product if i not in subset))
+                             for k in range(0 if leader else 1, len(product))
+                             for subset in itertools.combinations(product, k))
+                       for product in PRODUCTS)
+         for leader in (True, False)}
 
 
 def _and_all(words: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -58,12 +65,11 @@ def carry4_products(inputs: Sequence[torch.Tensor], tuple_shares: Sequence[torch
         return public[indices]
 
     results = []
-    for product in PRODUCTS:
+    for product, terms in zip(PRODUCTS, TERMS[rank == 0]):
         # the subset S = the whole product contributes a_S alone; S empty the public AND (leader)
         total = dealt[product].clone()
-        for k in range(0 if rank == 0 else 1, len(product)):
-            for subset in itertools.combinations(product, k):
-                rest = opened_and(tuple(i for i in product if i not in subset))
-                total ^= rest & dealt[subset] if subset else rest
+        for subset, rest in terms:
+            public_and = opened_and(rest)
+            total ^= public_and & dealt[subset] if subset else public_and
         results.append(total)
     return results

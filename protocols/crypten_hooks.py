@@ -451,13 +451,46 @@ def _lean_shallow_copy(mpc_tensor: type, context: type) -> Callable[[Any], Any]:
     share tensor and ptype."""
 
     def shallow_copy(self: Any) -> Any:
-        result = object.__new__(mpc_tensor)
-        state = object.__getattribute__(self, "__dict__")
-        vars(result).update(requires_grad=False, grad=None, grad_fn=None, grad_expected=0, grad_received=0,
-                            children=[], ctx=context(), _tensor=state["_tensor"], ptype=state["ptype"])
-        return result
+        return _state_copy(mpc_tensor, context, self)[0]
 
     return shallow_copy
+
+
+_plain_attribute = object.__getattribute__  # a C call: x.__dict__ on a CrypTensor is the session's Python one
+
+
+def _state_copy(mpc_tensor: type, context: type, tensor: Any) -> tuple[Any, dict]:
+    """A shallow copy of ``tensor`` and the copy's attribute dict (read without the session's
+    ``__getattribute__``: ``vars(x)`` and ``x.attr`` on a CrypTensor are Python calls)."""
+    result = object.__new__(mpc_tensor)
+    state = _plain_attribute(tensor, "__dict__")
+    copied = _plain_attribute(result, "__dict__")
+    copied.update(requires_grad=False, grad=None, grad_fn=None, grad_expected=0, grad_received=0,
+                  children=[], ctx=context(), _tensor=state["_tensor"], ptype=state["ptype"])
+    return result, copied
+
+
+def _lean_passthrough(crypten: Any, mpc_tensor: type, context: type, name: str, binary: bool) -> Callable[..., Any]:
+    """``MPCTensor.<name>`` for crypten's passthrough operations (``add``, ``sub``, ``mul``,
+    ``matmul``, ``neg``, ``square``, ...: a shallow copy whose share tensor becomes the share
+    tensor's ``name`` of the argument's): the same calls on the same share tensors, with the
+    copy's and the argument's attributes read from their dicts (crypten's reads each through
+    ``CrypTensor.__getattribute__``, four Python calls an operation). Under
+    ``cfg.debug.validation_mode`` crypten's own runs."""
+    original = vars(mpc_tensor)[name]
+    cfg = crypten.config.cfg
+
+    @functools.wraps(original)
+    def passthrough(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if cfg.debug.validation_mode:
+            return original(self, *args, **kwargs)
+        result, state = _state_copy(mpc_tensor, context, self)
+        if binary and args and isinstance(args[0], mpc_tensor):
+            args = (_plain_attribute(args[0], "__dict__")["_tensor"], *args[1:])
+        state["_tensor"] = getattr(state["_tensor"], name)(*args, **kwargs)
+        return result
+
+    return passthrough
 
 
 def _product_without_clone(arithmetic: type, sentinel: int) -> Callable[..., Any]:
@@ -495,7 +528,13 @@ def install_session(crypten: Any, make_communicator: Callable[[], Any]) -> None:
 
     mpc_tensor = crypten.mpc.MPCTensor
     _patch("session", mpc_tensor, "__init__", _empty_mpc_tensor(mpc_tensor, ptype.arithmetic))
-    _patch("session", mpc_tensor, "shallow_copy", _lean_shallow_copy(mpc_tensor, crypten.gradients.AutogradContext))
+    context = crypten.gradients.AutogradContext
+    _patch("session", mpc_tensor, "shallow_copy", _lean_shallow_copy(mpc_tensor, context))
+    from crypten.mpc import mpc
+
+    for names, binary in ((mpc.UNARY_FUNCTIONS, False), (mpc.BINARY_FUNCTIONS, True)):
+        for name in names:
+            _patch("session", mpc_tensor, name, _lean_passthrough(crypten, mpc_tensor, context, name, binary))
     from crypten.mpc.primitives import arithmetic
 
     _patch("session", arithmetic.ArithmeticSharedTensor, "_arithmetic_function",

@@ -93,6 +93,15 @@ def _zero_bytes(count: int) -> memoryview:
     return memoryview(_ZEROS)[:count]
 
 
+# keystream drawn at once for small reads (a training step makes about a hundred of a few KB
+# each, and a cipher call costs more than the bytes): later ones are slices of it, handed out in
+# order, so every read gets the same bytes as it would straight from the cipher. A stream draws
+# ahead at most twice what it handed out since it started (or seeked), so a stream read once
+# (a dealer answer's, a generator's seed word) draws no more than it reads
+READ_AHEAD_BYTES = 1 << 15
+_NO_KEYSTREAM = np.empty(0, dtype=np.uint8)
+
+
 class CipherStream:
     """A keystream: AES-128-CTR or ChaCha20 over zero bytes, read in order."""
 
@@ -104,7 +113,9 @@ class CipherStream:
         self.algorithm = algorithm
         self._seed = seed
         self._encryptor = self._cipher(0).encryptor()
-        self.bytes_drawn = 0
+        self.bytes_drawn = 0  # keystream bytes handed out (the drawn-ahead ones not yet)
+        self._ahead, self._ahead_at = _NO_KEYSTREAM, 0  # drawn ahead; handed out up to _ahead_at
+        self._start = 0  # bytes_drawn when the stream started or last seeked
 
     def _cipher(self, block: int) -> Cipher:
         """The cipher whose keystream starts at keystream block ``block``."""
@@ -121,19 +132,37 @@ class CipherStream:
             raise ValueError(f"a PRG stream at byte {self.bytes_drawn} cannot go back to byte {position}")
         block_bytes = 16 if self.algorithm == "aes_ctr" else 64
         self._encryptor = self._cipher(position // block_bytes).encryptor()
-        self.bytes_drawn = position - position % block_bytes
+        self._ahead, self._ahead_at = _NO_KEYSTREAM, 0
+        self.bytes_drawn = self._start = position - position % block_bytes
         self.read(position % block_bytes)
 
+    def _draw(self, nbytes: int) -> np.ndarray:
+        """The cipher's next ``nbytes`` (past what was drawn ahead)."""
+        out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
+        # read_into's checks are for a caller's buffer: this one fits by construction
+        self._encryptor.update_into(_zero_bytes(nbytes), out)
+        return out[:nbytes]
+
     def read(self, nbytes: int) -> np.ndarray:
-        """The next ``nbytes`` of keystream as a fresh uint8 array."""
+        """The next ``nbytes`` of keystream as a fresh uint8 array. Fresh, not a slice of the
+        block drawn ahead: a tensor over it (a share made in place from a mask, later saved in
+        a checkpoint, which writes a view's whole storage) holds no other keystream."""
         if nbytes <= 0:
             return np.empty(0, dtype=np.uint8)
-        out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
-        # read_into's checks are for a caller's buffer: this one fits by construction (and a
-        # training step draws a hundred times, so the calls they cost add up)
-        self._encryptor.update_into(_zero_bytes(nbytes), out)
         self.bytes_drawn += nbytes
-        return out[:nbytes]
+        start, end = self._ahead_at, self._ahead_at + nbytes
+        if end <= len(self._ahead):
+            self._ahead_at = end
+            return self._ahead[start:end].copy()
+        rest = self._ahead[start:]
+        need = nbytes - len(rest)
+        ahead = min(READ_AHEAD_BYTES, 2 * (self.bytes_drawn - nbytes - self._start))
+        block = self._draw(max(need, ahead))
+        if len(block) == need and not len(rest):  # nothing left over to keep
+            self._ahead, self._ahead_at = _NO_KEYSTREAM, 0
+            return block
+        self._ahead, self._ahead_at = block, need
+        return np.concatenate([rest, block[:need]])
 
     def read_into(self, out: np.ndarray, nbytes: int, data: np.ndarray | None = None) -> None:
         """The next ``nbytes`` of keystream into ``out[:nbytes]``, XOR-ed with ``data[:nbytes]``
@@ -145,6 +174,20 @@ class CipherStream:
         if data is not None and len(data) < nbytes:
             raise ValueError(f"a keystream read of {nbytes} bytes XOR-ed with data needs {nbytes} bytes of it, "
                              f"got {len(data)}")
+        ahead = min(nbytes, len(self._ahead) - self._ahead_at)
+        if ahead:  # bytes a read drew ahead come first
+            keys = self._ahead[self._ahead_at:self._ahead_at + ahead]
+            self._ahead_at += ahead
+            target = np.frombuffer(memoryview(out)[:ahead], np.uint8)
+            if data is None:
+                target[:] = keys
+            else:
+                np.bitwise_xor(keys, np.frombuffer(memoryview(data)[:ahead], np.uint8), out=target)
+            self.bytes_drawn += ahead
+            if ahead == nbytes:
+                return
+            out, nbytes = memoryview(out)[ahead:], nbytes - ahead
+            data = None if data is None else memoryview(data)[ahead:]
         plain = _zero_bytes(nbytes) if data is None else memoryview(data)[:nbytes]
         written = self._encryptor.update_into(plain, out)
         assert written == nbytes

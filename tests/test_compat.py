@@ -250,6 +250,58 @@ def test_private_products_without_the_clone_give_cryptens_shares(monkeypatch):
             assert torch.allclose(got, want, rtol=0, atol=8 / SCALE * (1 + want.abs().max()))
 
 
+def _passthroughs(crypten, rank, path):
+    """crypten's passthrough operations (a shallow copy whose share tensor is the share
+    tensor's operation: sums, differences, products with public and private values, matmul,
+    neg, square) through the session's lean methods or crypten's own: the shares, encoders'
+    scales and ptypes, and the plaintexts."""
+    from crypten.mpc import MPCTensor, mpc
+
+    names = [*mpc.UNARY_FUNCTIONS, *mpc.BINARY_FUNCTIONS]
+    lean = {name: vars(MPCTensor)[name] for name in names}
+    assert all(method.__wrapped__ is not method for method in lean.values())  # the session's are installed
+    if path == "crypten":
+        for name in names:
+            setattr(MPCTensor, name, lean[name].__wrapped__)
+    try:
+        generator = torch.Generator().manual_seed(5)
+        x = crypten.cryptensor(torch.randn(4, 3, generator=generator), src=0)
+        y = crypten.cryptensor(torch.randn(4, 3, generator=generator), src=1)
+        w = crypten.cryptensor(torch.randn(3, 2, generator=generator), src=1)
+        public = torch.randn(4, 3, generator=generator)
+        results = [x + y, x - y, x + public, x - 2.5, x * 3, x * public, x * y, x.matmul(w),
+                   x.matmul(public.t()), -x, x.square(), (x + y).mul(y), x.add(y).sub(public)]
+        return ([(r.share.clone(), r.encoder.scale, r.ptype) for r in results],
+                [r.get_plain_text() for r in results])
+    finally:
+        for name in names:
+            setattr(MPCTensor, name, lean[name])
+
+
+def test_the_sessions_passthrough_operations_give_cryptens_shares(monkeypatch):
+    """The session's passthrough methods (attributes read from the tensors' dicts) give the
+    bit-identical shares, encoders and ptypes of crypten's own from the same seeds; the
+    plaintexts are the operations' to the fixed-point rounding (a few units of 2^-16, scaled
+    by the values' magnitude, as for the products above)."""
+    import functools
+
+    from sessions import run_parties
+
+    monkeypatch.setenv("COTRAIN_INSECURE_TEST_SEED", "17")
+    runs = {path: run_parties(functools.partial(_passthroughs, path=path), world=2) for path in ("session", "crypten")}
+    generator = torch.Generator().manual_seed(5)
+    x, y, w, public = (torch.randn(shape, generator=generator) for shape in ((4, 3), (4, 3), (3, 2), (4, 3)))
+    expected = [x + y, x - y, x + public, x - 2.5, x * 3, x * public, x * y, x @ w, x @ public.t(), -x,
+                x * x, (x + y) * y, x + y - public]
+    for rank in range(2):
+        (ours, plain), (cryptens, _) = runs["session"][rank], runs["crypten"][rank]
+        assert len(ours) == len(cryptens) == len(expected)
+        for (share, scale, ptype), (their_share, their_scale, their_ptype) in zip(ours, cryptens):
+            assert torch.equal(share, their_share) and scale == their_scale and ptype == their_ptype
+        for got, want in zip(plain, expected):
+            assert torch.allclose(got, want, rtol=0, atol=8 / SCALE * (1 + want.abs().max()))
+
+
 # names whose lookup takes each path of crypten's CrypTensor.__getattribute__: protected, plain
 # (no autograd function), a property, built-in operators, in-place, autograd functions, and
 # autograd functions the tensor has no method for (without autograd: a forward without context)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.prg import CipherGenerator, CipherStream, new_seed
+from protocols.prg import READ_AHEAD_BYTES, CipherGenerator, CipherStream, new_seed
 from protocol_sessions import party_values, run_parties
 
 
@@ -40,6 +40,49 @@ def test_a_read_with_data_is_the_keystream_xor_the_data(algorithm):
     assert np.array_equal(mixed.read(64), plain.read(64))
     with pytest.raises(ValueError):
         mixed.read_into(out, 100, data[:99])
+
+
+@pytest.mark.parametrize("algorithm", ["aes_ctr", "chacha20"])
+def test_reads_drawn_ahead_are_the_cipher_keystream_in_order(algorithm):
+    """Small reads are served from keystream drawn ahead (READ_AHEAD_BYTES at a time): any mix of
+    reads (small, odd-sized, across a block's end, larger than a block), reads into a buffer
+    with and without data, int64 draws and seeks gives exactly the cipher's keystream, each
+    byte once, in arrays of their own, and bytes_drawn counts what was handed out."""
+    seed, rng = new_seed(), np.random.default_rng(1)
+    stream = CipherStream(seed, algorithm)
+    total = 6 * READ_AHEAD_BYTES
+    keystream = np.frombuffer(stream._cipher(0).encryptor().update(bytes(total)), np.uint8)
+    position, seeks = 0, 0
+    while position < total - 3 * READ_AHEAD_BYTES:
+        kind = rng.integers(0, 6)
+        if kind == 5 and seeks < 3:  # skip ahead to an odd position
+            seeks += 1
+            position += int(rng.integers(0, 100))
+            stream.seek(position)
+        elif kind == 4:
+            count = int(rng.integers(1, 300))
+            drawn = stream.int64(count)
+            assert drawn.ctypes.data % 8 == 0
+            assert np.array_equal(drawn.view(np.uint8), keystream[position:position + 8 * count])
+            position += 8 * count
+        elif kind == 3:
+            nbytes = int(rng.integers(1, 3000))
+            out = np.empty(nbytes + 15, np.uint8)
+            data = rng.integers(0, 256, nbytes, dtype=np.uint8) if rng.integers(0, 2) else None
+            stream.read_into(out, nbytes, data)
+            expected = keystream[position:position + nbytes]
+            assert np.array_equal(out[:nbytes], expected if data is None else expected ^ data)
+            position += nbytes
+        else:
+            nbytes = int(rng.choice([1, 7, 8, 500, 4096, READ_AHEAD_BYTES - 3, READ_AHEAD_BYTES + 9]))
+            drawn = stream.read(nbytes)
+            assert np.array_equal(drawn, keystream[position:position + nbytes])
+            # the read's own memory: a tensor over it (saved whole) carries no other keystream
+            assert drawn.base is None or drawn.base.nbytes <= nbytes + 15
+            position += nbytes
+        assert stream.bytes_drawn == position
+    with pytest.raises(ValueError):
+        stream.seek(position - 1)  # a stream never goes back, drawn ahead or not
 
 
 @pytest.mark.parametrize("algorithm", ["aes_ctr", "chacha20"])

@@ -13,7 +13,7 @@ import torch
 from helpers import address, free_ports, run_parties, values, zmq_options
 from parties.transport import TransportOptions, WireError, open_transport
 from parties.transport.group import PartyGroup
-from parties.transport.wire import TENSOR_EXT, pack_object, unpack_object
+from parties.transport.wire import TENSOR_EXT, _tensor_ext, pack_object, unpack_object
 
 
 def _object(rank: int) -> dict:
@@ -118,3 +118,24 @@ def test_objects_refuse_what_only_pickles_carry() -> None:
 def test_tensor_round_trip_keeps_dtype_shape_and_values() -> None:
     message = _object(3)
     assert _same(unpack_object(pack_object(message), "p", 1 << 20), message)
+
+
+def _plain(obj: object) -> object:
+    """An object with tuples and sizes as lists and tensors as extensions, spelled out (how
+    objects were packed before msgpack was left to walk them)."""
+    if isinstance(obj, (tuple, list)):
+        return [_plain(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: _plain(value) for key, value in obj.items()}
+    return _tensor_ext(obj) if torch.is_tensor(obj) else obj
+
+
+def test_objects_pack_to_the_bytes_of_their_plain_form() -> None:
+    """A dealer request's shape (tuple keys with sizes, names, nested kwargs) and tensors in
+    lists and dicts pack to the same bytes as their lists-and-extensions form."""
+    request = [("triple", "mul", torch.Size([512, 1]), (512, 1), (("alpha", 1.5),)),
+               ("carry4", torch.Size([7, 64]), None, True, b"\x00\x01"),
+               {"tensors": [torch.arange(6, dtype=torch.int64).reshape(2, 3), torch.tensor(True)],
+                "empty": torch.empty(0, 2), "nested": ((torch.Size([]), -3), [])}]
+    assert pack_object(request) == msgpack.packb(_plain(request), use_bin_type=True)
+    assert _same(unpack_object(pack_object(request[2]), "p", 1 << 20), request[2])
