@@ -24,7 +24,7 @@ from mpc.checkpoint import CheckpointError, checkpoint_path, read_checkpoint, ru
 from parties.config import RunConfig
 from parties.outputs import process_usage, write_json
 from parties.transport.group import PartyGroup
-from protocols.dealer_wire import DealerEnd, DealerError, TupleMaker
+from protocols.dealer_wire import DealerEnd, DealerError, TupleMaker, answer_in_parts
 from protocols.registry import part_class
 from protocols.suite import needs_dealer
 
@@ -89,7 +89,8 @@ class _Answer:
 
     def _make(self, maker: TupleMaker, nice: int) -> None:
         _set_thread_nice(None, nice)
-        self.buffers = maker.deal(self.items)
+        first, late = answer_in_parts(maker, self.items)
+        self.buffers = (first, None if late is None else late())
 
 
 class AnswerAhead:
@@ -166,16 +167,25 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
             for copy in range(1 + wire.again):  # a request for its items twice: as if asked for twice
                 if copy and ahead.items != items:  # the second is collected later: made like a guess
                     ahead.start(items)
-                buffers = ahead.take(items, needed=not copy)
-                served["made_ahead"] += buffers is not None
-                if buffers is None:
+                made = ahead.take(items, needed=not copy)
+                served["made_ahead"] += made is not None
+                if made is None:
                     start = time.perf_counter()
-                    buffers = maker.deal(items)
-                    served["inline_dealing_s"] += time.perf_counter() - start
-                wire.answer(len(items), buffers)
+                    (first, make_late), late = answer_in_parts(maker, items), None
+                    dealing = time.perf_counter() - start
+                else:
+                    (first, late), make_late, dealing = made, None, 0.0
+                wire.answer(len(items), first)
+                if make_late is not None:  # made while the parties open their products' masked values
+                    start = time.perf_counter()
+                    late = make_late()
+                    dealing += time.perf_counter() - start
+                if late is not None:
+                    wire.late(len(items), late)
+                served["inline_dealing_s"] += dealing
                 served["answers"] += 1
                 served["tuples"] += len(items)
-                served["elements"] += sum(int(buffer.numel()) for buffer in buffers)
+                served["elements"] += sum(int(buffer.numel()) for buffer in first + (late or []))
                 if items == previous:
                     ahead.start(items)
                 previous = items
