@@ -153,7 +153,8 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
     stop. Returns what was served."""
     wire = DealerEnd(transport, parties)
     wire.hello(maker.kind, maker.greeting())
-    served = {"requests": 0, "answers": 0, "tuples": 0, "elements": 0, "made_ahead": 0, "inline_dealing_s": 0.0}
+    served = {"requests": 0, "answers": 0, "late_parts": 0, "tuples": 0, "elements": 0, "made_ahead": 0,
+              "inline_dealing_s": 0.0}
     ahead, previous = AnswerAhead(maker), None
     log.info("%s dealer serving %d parties", maker.kind, parties)
     try:
@@ -182,6 +183,7 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
                     dealing += time.perf_counter() - start
                 if late is not None:
                     wire.late(len(items), late)
+                    served["late_parts"] += 1
                 served["inline_dealing_s"] += dealing
                 served["answers"] += 1
                 served["tuples"] += len(items)

@@ -377,6 +377,9 @@ class DealerTripleSource(KeyedTripleSource):
         return self._collect(keys)
 
     def _ask(self, keys: list[tuple], again: bool) -> None:
+        # the dealer sends a late part before it reads on, and a send may wait for its
+        # receiver (gloo's do): take it before sending, or both sides wait on each other
+        self.take_late()
         try:
             with metered(self.counters, "offline"):
                 self.link.request(keys, again)

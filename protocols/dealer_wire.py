@@ -18,7 +18,8 @@ that many elements:
   A kind whose maker deals in parts (``deal_parts``) may leave some shares out of the answer
   and send them right after it, before anything else: ``{"op": "late", "items": k,
   "elements": n}`` and the buffer, to each party that has late shares (both sides know which
-  from the items alone), so the parties work with the rest meanwhile.
+  from the items alone), so the parties work with the rest meanwhile. A party receives it
+  before it sends the dealer anything more (a send may wait for its receiver).
 
 What the items and the buffers mean belongs to the dealer's kind (:class:`TupleMaker`,
 made by a triple source's ``make_dealer``); the dealer's serving loop is
