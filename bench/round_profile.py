@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (label, file suffix, function name): the innermost match on the stack names the round
 _MARKERS = (
     ("dealer request", "protocols/dealer.py", "_receive_batch"),
+    ("dealer late part", "protocols/dealer.py", "take_late"),
     ("dealer request (sent)", "protocols/dealer_wire.py", "request"),
     ("truncation", "protocols/truncation.py", "_divide"),
     ("comparison bit opening (B2A)", "protocols/comparison.py", "open_bits"),

@@ -18,13 +18,15 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import torch
 
 from mpc.checkpoint import CheckpointError, checkpoint_path, read_checkpoint, run_settings, save_checkpoint
 from parties.config import RunConfig
 from parties.outputs import process_usage, write_json
 from parties.transport.group import PartyGroup
-from protocols.dealer_wire import DealerEnd, DealerError, TupleMaker
+from protocols.dealer_wire import DealerEnd, DealerError, TupleMaker, answer_in_parts
 from protocols.registry import part_class
 from protocols.suite import needs_dealer
 
@@ -80,16 +82,33 @@ def _set_thread_nice(thread: threading.Thread | None, nice: int) -> None:
 
 
 class _Answer:
-    """One answer being made in a thread of its own, at a lower OS priority from the start."""
+    """One answer being made in a thread of its own, at a lower OS priority from the start:
+    the answer first, then its late part (``first_made`` is set in between, or once the
+    thread is done, ``first`` None if the maker failed)."""
 
     def __init__(self, maker: TupleMaker, items: Any, nice: int) -> None:
-        self.items, self.buffers = items, None
+        self.items, self.first, self.late = items, None, None
+        self.error: BaseException | None = None
+        self.first_made = threading.Event()
         self.thread = threading.Thread(target=self._make, args=(maker, nice), name="dealer-ahead", daemon=True)
         self.thread.start()
 
     def _make(self, maker: TupleMaker, nice: int) -> None:
         _set_thread_nice(None, nice)
-        self.buffers = maker.deal(self.items)
+        try:
+            self.first, make_late = answer_in_parts(maker, self.items)
+            self.first_made.set()
+            self.late = None if make_late is None else make_late()
+        except BaseException as error:  # raised where the late part is waited for
+            self.error = error
+        finally:
+            self.first_made.set()
+
+    def late_part(self) -> list[torch.Tensor] | None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.late
 
 
 class AnswerAhead:
@@ -128,9 +147,11 @@ class AnswerAhead:
             answer.thread.join()
         self.answer, self.dropped = None, []
 
-    def take(self, items: Any, needed: bool = True) -> list | None:
-        """The answer made ahead for ``items``, once; None if there is none for them.
-        ``needed``: the parties wait for it (it is made at the dealer's own priority from now)."""
+    def take(self, items: Any, needed: bool = True) -> tuple[list, Callable[[], list | None]] | None:
+        """The answer made ahead for ``items``, once, and a function that gives its late part
+        (waiting for it: the answer can go while the late part is still being made); None if
+        there is none for them. ``needed``: the parties wait for it (it is made at the
+        dealer's own priority from now)."""
         answer, self.answer = self.answer, None
         if answer is None:
             return None
@@ -142,8 +163,11 @@ class AnswerAhead:
             return None  # dropped (a concurrent maker's left to finish unseen)
         if needed:
             _set_thread_nice(answer.thread, self.nice)
-        answer.thread.join()
-        return answer.buffers
+        answer.first_made.wait()
+        if answer.first is None:  # the maker failed in the thread: deal again, inline
+            answer.thread.join()
+            return None
+        return answer.first, answer.late_part
 
 
 def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
@@ -152,7 +176,8 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
     stop. Returns what was served."""
     wire = DealerEnd(transport, parties)
     wire.hello(maker.kind, maker.greeting())
-    served = {"requests": 0, "answers": 0, "tuples": 0, "elements": 0, "made_ahead": 0, "inline_dealing_s": 0.0}
+    served = {"requests": 0, "answers": 0, "late_parts": 0, "tuples": 0, "elements": 0, "made_ahead": 0,
+              "inline_dealing_s": 0.0}
     ahead, previous = AnswerAhead(maker), None
     log.info("%s dealer serving %d parties", maker.kind, parties)
     try:
@@ -166,16 +191,22 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
             for copy in range(1 + wire.again):  # a request for its items twice: as if asked for twice
                 if copy and ahead.items != items:  # the second is collected later: made like a guess
                     ahead.start(items)
-                buffers = ahead.take(items, needed=not copy)
-                served["made_ahead"] += buffers is not None
-                if buffers is None:
-                    start = time.perf_counter()
-                    buffers = maker.deal(items)
-                    served["inline_dealing_s"] += time.perf_counter() - start
-                wire.answer(len(items), buffers)
+                made = ahead.take(items, needed=not copy)
+                served["made_ahead"] += made is not None
+                start = time.perf_counter()
+                first, make_late = answer_in_parts(maker, items) if made is None else made
+                dealing = time.perf_counter() - start
+                wire.answer(len(items), first)
+                start = time.perf_counter()
+                late = None if make_late is None else make_late()  # made while the parties open eps and delta
+                if made is None:
+                    served["inline_dealing_s"] += dealing + time.perf_counter() - start
+                if late is not None:
+                    wire.late(len(items), late)
+                    served["late_parts"] += 1
                 served["answers"] += 1
                 served["tuples"] += len(items)
-                served["elements"] += sum(int(buffer.numel()) for buffer in buffers)
+                served["elements"] += sum(int(buffer.numel()) for buffer in first + (late or []))
                 if items == previous:
                     ahead.start(items)
                 previous = items

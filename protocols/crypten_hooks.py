@@ -576,14 +576,13 @@ def matmuls_together(pairs: list[tuple[Any, Any]]) -> list[Any]:
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor as AST
     from crypten.mpc.primitives.beaver import IgnoreEncodings
 
-    provider = crypten.mpc.get_default_provider()
-    triples = [provider.generate_additive_triple(x.size(), y.size(), "matmul", device=x.device) for x, y in pairs]
+    triples = [triple_with_late_product(crypten, x.size(), y.size(), "matmul", x.device) for x, y in pairs]
     operands = [t for (x, y) in pairs for t in (x._tensor, y._tensor)]
     with IgnoreEncodings(operands + [t for triple in triples for t in triple[:2]]):
         opened = AST.reveal_batch([t - triple[i % 2] for i, (t, triple) in
                                    enumerate(zip(operands, [triple for triple in triples for _ in (0, 1)]))])
-    shares = [_beaver_share(crypten, torch.matmul, a, b, c, opened[2 * i], opened[2 * i + 1])
-              for i, (a, b, c) in enumerate(triples)]
+    shares = [_beaver_share(crypten, torch.matmul, a, b, take_c, opened[2 * i], opened[2 * i + 1]).share
+              for i, (a, b, take_c) in enumerate(triples)]
     joined = AST.from_shares(torch.cat([plain(share).reshape(-1) for share in shares]), precision=0)
     joined = plain(joined.div_(pairs[0][0].encoder.scale).share)
     results, offset = [], 0
@@ -719,18 +718,31 @@ def _beaver_product(crypten: Any, op: str, crypten_product: Callable) -> Callabl
             return crypten_product(x, y, *args, **kwargs)
         if x.device != y.device:
             raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
-        a, b, c = crypten.mpc.get_default_provider().generate_additive_triple(
-            x.size(), y.size(), op, device=x.device, *args, **kwargs)
-        if (op == "mul" and x.size() == y.size() and not args and not kwargs
-                and all(type(t.share) is torch.Tensor and t.share.device.type == "cpu" for t in (x, y, a, b, c))):
+        a, b, take_c = triple_with_late_product(crypten, x.size(), y.size(), op, x.device, *args, **kwargs)
+        elementwise = op == "mul" and x.size() == y.size() and not args and not kwargs
+        c = take_c() if elementwise else None  # an elementwise triple's c is never late
+        if elementwise and all(type(t.share) is torch.Tensor and t.share.device.type == "cpu" for t in (x, y, a, b, c)):
             c.share = _elementwise_beaver(crypten, x.share, y.share, a.share, b.share, c.share)
             return c
         with IgnoreEncodings([a, b, x, y]):
             epsilon, delta = AST.reveal_batch([x - a, y - b])
-        c.share = _beaver_share(crypten, product, a, b, c, epsilon, delta, *args, **kwargs)
-        return c
+        return _beaver_share(crypten, product, a, b, take_c if c is None else lambda: c, epsilon, delta, *args, **kwargs)
 
     return beaver
+
+
+def triple_with_late_product(crypten: Any, size0: Any, size1: Any, op: str, device: Any, *args: Any,
+                             **kwargs: Any) -> tuple[Any, Any, Callable[[], Any]]:
+    """a and b of the provider's triple for ``op``, and a function that gives its c: from a
+    provider that can deal c late (``additive_triple_later``: the dealer's matrix products),
+    only once the caller asks for it, so the opening of eps and delta and the caller's own
+    products run while the dealer makes it."""
+    provider = crypten.mpc.get_default_provider()
+    later = getattr(provider, "additive_triple_later", None)
+    if later is not None and not args:
+        return later(size0, size1, op, device=device, **kwargs)
+    a, b, c = provider.generate_additive_triple(size0, size1, op, device=device, *args, **kwargs)
+    return a, b, lambda: c
 
 
 def _elementwise_beaver(crypten: Any, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -750,12 +762,16 @@ def _elementwise_beaver(crypten: Any, x: torch.Tensor, y: torch.Tensor, a: torch
     return c.addcmul_(a, delta)
 
 
-def _beaver_share(crypten: Any, product: Callable, a: Any, b: Any, c: Any, epsilon: torch.Tensor,
-                  delta: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """This party's share of x y from its triple (a, b, c) and the opened eps = x - a and
-    delta = y - b: c + eps (b + delta) + a delta at party 0, c + eps b + a delta elsewhere."""
+def _beaver_share(crypten: Any, product: Callable, a: Any, b: Any, take_c: Callable[[], Any], epsilon: torch.Tensor,
+                  delta: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """c, holding this party's share of x y from its triple (a, b, ``take_c()``) and the opened
+    eps = x - a and delta = y - b: c + eps (b + delta) + a delta at party 0, c + eps b + a
+    delta elsewhere. c is taken last: it may still be on its way from the dealer."""
     b_share = b.share + delta if crypten.communicator.get().get_rank() == 0 else b.share
-    return c.share + product(epsilon, b_share, *args, **kwargs) + product(a.share, delta, *args, **kwargs)
+    local = product(epsilon, b_share, *args, **kwargs) + product(a.share, delta, *args, **kwargs)
+    c = take_c()
+    c.share = c.share + local
+    return c
 
 
 def meter_online_tuple_use(crypten: Any, counters: PartCounters, before: Callable[..., None] | None = None) -> None:

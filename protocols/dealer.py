@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -77,6 +77,9 @@ RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "bi
 BATCH_STRIDE = 1 << 40
 POSITION_BITS = 62  # AES-CTR's 128-bit counter holds 2^62 stretches of 2^36 blocks
 _FIRST_POSITION = 64  # past the draw CipherGenerator makes for its torch seed
+# multiply-adds from which a product triple's c is dealt late (2^24: ~20 ms of int64 work on
+# a core here, far more than a message): W2b's 1024^3 product is, W6's 512x32x64 ones are not
+LATE_WORK = 1 << 24
 
 
 def batch_stream(seed: bytes, position: int) -> CipherGenerator:
@@ -138,6 +141,24 @@ def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.
     raise ValueError(f"unknown tuple kind {kind!r}")
 
 
+def late_components(key: tuple) -> tuple[int, ...]:
+    """The components of ``key`` whose correction travels in the answer's late part: a
+    matrix product's or convolution's c where making it costs the dealer at least
+    ``LATE_WORK`` multiply-adds. The parties open eps and delta (and compute their own two
+    products) meanwhile and take c last (``protocols.crypten_hooks``), so the dealer's product
+    is off their path; the dealer deals such a tuple whole after the answer (every one of its
+    components that is not random is late). Elementwise products are never late (a pass over
+    memory, like sending)."""
+    if key[0] != "triple" or key[1] == "mul":
+        return ()
+    _, op, size0, size1, _ = key
+    if op.startswith("conv_transpose"):  # every input element meets every weight of its group
+        work = math.prod(size0) * math.prod(size1[1:])
+    else:  # each result element: the inner dimension (matmul), or a kernel's weights (conv)
+        work = math.prod(tuple_layout(key)[2][1]) * (size0[-1] if op == "matmul" else math.prod(size1[1:]))
+    return (2,) if work >= LATE_WORK else ()
+
+
 def deal(key: tuple, streams: Sequence[CipherGenerator], correction: int, rng: CipherGenerator) -> list[list[torch.Tensor]]:
     """Every party's shares of one tuple, ``result[party][component]``: each party's the next
     draws of its stream (:func:`expand`), except the correction party's shares of the
@@ -156,6 +177,12 @@ def deal(key: tuple, streams: Sequence[CipherGenerator], correction: int, rng: C
     return shares
 
 
+def _drawn_bytes(key: tuple, party: int, correction: int) -> int:
+    """How far one tuple moves ``party``'s stream: every component it does not receive."""
+    return 8 * sum(math.prod(shape) for (_, shape), random in zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]])
+                   if random or party != correction)
+
+
 def correction_elements(key: tuple) -> int:
     """Elements of one tuple its correction party receives."""
     return sum(math.prod(shape) for (_, shape), random in zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]])
@@ -163,39 +190,99 @@ def correction_elements(key: tuple) -> int:
 
 
 def answer_elements(keys: Sequence[tuple], party: int, parties: int) -> int:
-    """What ``party`` receives for a request: the position word, then its corrections."""
-    return 1 + sum(correction_elements(key) for key, corrector in zip(keys, correction_parties(keys, parties))
-                   if corrector == party)
+    """What ``party`` receives for a request in all: the position word, then its corrections."""
+    return sum(answer_parts(keys, party, parties))
 
 
-def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int, parties: int) -> list[list[torch.Tensor]]:
-    """A party's shares of a request from its seed and its answer (the position word, then the
-    corrections of the tuples it is the correction party of), in the order :func:`deal` drew."""
+def answer_parts(keys: Sequence[tuple], party: int, parties: int) -> tuple[int, int]:
+    """What ``party`` receives for a request: in the answer, the position word and its
+    corrections but the late ones; in the late part (none where 0), the late ones."""
+    first, late = 1, 0
+    for key, corrector in zip(keys, correction_parties(keys, parties)):
+        if corrector == party:
+            deferred = sum(math.prod(tuple_layout(key)[j][1]) for j in late_components(key))
+            first, late = first + correction_elements(key) - deferred, late + deferred
+    return first, late
+
+
+def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int, parties: int,
+           late: torch.Tensor | None = None) -> list[list[torch.Tensor | None]]:
+    """A party's shares of a request from its seed and its answer (the position word, then
+    the corrections of the tuples it is the correction party of), in the order :func:`deal`
+    drew, and the answer's late part (``late``; where None, the late shares are left None, to
+    be filled by :func:`fill_late` when it comes)."""
     stream = batch_stream(seed, int(answer[0]))
     batch, offset = [], 1
     for key, corrector in zip(keys, correction_parties(keys, parties)):
-        corrects = corrector == party
-        shares = []
-        for (_, shape), random in zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]]):
+        corrects, deferred = corrector == party, late_components(key)
+        shares: list[torch.Tensor | None] = []
+        for j, ((_, shape), random) in enumerate(zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]])):
             if random or not corrects:
                 shares.append(stream.ring(shape))
+            elif j in deferred:
+                shares.append(None)
             else:
                 count = math.prod(shape)
                 shares.append(answer[offset: offset + count].reshape(shape))
                 offset += count
         batch.append(shares)
+    if late is not None:
+        fill_late(keys, batch, late, party, parties)
     return batch
 
 
-def deal_answers(keys: Sequence[tuple], seeds: Sequence[bytes], position: int, rng: CipherGenerator) -> list[torch.Tensor]:
-    """Each party's answer for a request: the position word, then its corrections."""
+def fill_late(keys: Sequence[tuple], batch: list[list[torch.Tensor | None]], late: torch.Tensor, party: int,
+              parties: int) -> None:
+    """Put the answer's late part (``party``'s late corrections, in request order) into the
+    shares :func:`expand` left None, in place (the lists the prefetcher holds)."""
+    offset = 0
+    for key, corrector, shares in zip(keys, correction_parties(keys, parties), batch):
+        for j in late_components(key) if corrector == party else ():
+            shape = tuple_layout(key)[j][1]
+            shares[j] = late[offset: offset + math.prod(shape)].reshape(shape)
+            offset += math.prod(shape)
+
+
+def deal_parts(keys: Sequence[tuple], seeds: Sequence[bytes], position: int,
+               rng: CipherGenerator) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]] | None]:
+    """Each party's answer for a request (the position word, then its corrections but the
+    late ones), and a function that makes each party's late part (None where nothing is late).
+    A tuple with a late component is dealt whole by that function, from the stretch of every
+    stream it would have drawn in order (skipped here), so the answer goes without waiting
+    for its product."""
     streams = [batch_stream(seed, position) for seed in seeds]
     answers: list[list[torch.Tensor]] = [[torch.tensor([position], dtype=torch.int64)] for _ in seeds]
+    pending: list[tuple[tuple, int, list[int]]] = []  # a late tuple, its correction party, where each stream was
     for key, correction in zip(keys, correction_parties(keys, len(seeds))):
+        if late_components(key):
+            pending.append((key, correction, [stream.stream.bytes_drawn for stream in streams]))
+            for party, stream in enumerate(streams):
+                stream.stream.seek(stream.stream.bytes_drawn + _drawn_bytes(key, party, correction))
+            continue
         shares = deal(key, streams, correction, rng)[correction]
         answers[correction].extend(share.reshape(-1) for share, random in zip(shares, RANDOM_COMPONENTS[key[0]])
                                    if not random)
-    return [torch.cat(answer) for answer in answers]
+    first = [torch.cat(answer) for answer in answers]
+    if not pending:
+        return first, None
+
+    def late() -> list[torch.Tensor]:
+        parts: list[list[torch.Tensor]] = [[] for _ in seeds]
+        for key, correction, starts in pending:
+            streams = [batch_stream(seed, position) for seed in seeds]
+            for stream, start in zip(streams, starts):
+                stream.stream.seek(start)
+            shares = deal(key, streams, correction, rng)[correction]
+            parts[correction].extend(shares[j].reshape(-1) for j in late_components(key))
+        return [torch.cat(part) if part else torch.empty(0, dtype=torch.int64) for part in parts]
+
+    return first, late
+
+
+def deal_answers(keys: Sequence[tuple], seeds: Sequence[bytes], position: int, rng: CipherGenerator) -> list[torch.Tensor]:
+    """Each party's whole answer for a request: the answer, then its late part."""
+    first, late = deal_parts(keys, seeds, position, rng)
+    return first if late is None else [torch.cat([answer, rest]) for answer, rest in zip(first, late())]
 
 
 class SemiHonestMaker:
@@ -222,9 +309,15 @@ class SemiHonestMaker:
         return keys
 
     def deal(self, items: Sequence[tuple]) -> list[torch.Tensor]:
+        """Each party's whole answer (the answer, then its late part)."""
+        first, late = self.deal_parts(items)
+        return first if late is None else [torch.cat([answer, rest]) for answer, rest in zip(first, late())]
+
+    def deal_parts(self, items: Sequence[tuple]) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]] | None]:
+        """The answer now, and a function that makes the late part (:func:`deal_parts`)."""
         rng = CipherGenerator(new_seed())
         position = int(rng.bits(1, POSITION_BITS)[0])  # a fresh stretch of every keystream
-        return deal_answers(items, self.seeds, position, rng)
+        return deal_parts(items, self.seeds, position, rng)
 
 
 # -- the parties' side -------------------------------------------------------------------------
@@ -244,6 +337,8 @@ class DealerTripleSource(KeyedTripleSource):
         self.link: DealerLink | None = None
         self.prefetcher = Prefetcher(self._request, ask=self._ask, collect=self._collect)
         self.failed = False  # after a DealerError there is no dealer to say goodbye to
+        # answers whose late part has not been received yet: (keys, their shares, elements)
+        self.pending_late: list[tuple[list[tuple], list[list[Any]], int]] = []
 
     def start(self, crypten: Any) -> None:
         # the parties' world ends where the dealer's rank begins
@@ -260,6 +355,7 @@ class DealerTripleSource(KeyedTripleSource):
             return
         try:
             self.prefetcher.take_asked()  # the dealer sends every answer before it reads on
+            self.take_late()
             self.link.stop()
         except DealerError as error:  # the run is ending anyway; say why the dealer may linger
             log.warning("could not tell the dealer to stop: %s", error)
@@ -281,6 +377,9 @@ class DealerTripleSource(KeyedTripleSource):
         return self._collect(keys)
 
     def _ask(self, keys: list[tuple], again: bool) -> None:
+        # the dealer sends a late part before it reads on, and a send may wait for its
+        # receiver (gloo's do): take it before sending, or both sides wait on each other
+        self.take_late()
         try:
             with metered(self.counters, "offline"):
                 self.link.request(keys, again)
@@ -289,6 +388,7 @@ class DealerTripleSource(KeyedTripleSource):
             raise
 
     def _collect(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
+        self.take_late()  # the dealer sends an answer's late part before the next answer
         try:
             with metered(self.counters, "offline"):
                 return self._receive_batch(keys)
@@ -296,12 +396,30 @@ class DealerTripleSource(KeyedTripleSource):
             self.failed = True
             raise
 
+    def take_late(self) -> None:
+        """Receive the late parts still owed (a matrix product's c: :func:`late_components`)
+        into the shares handed out or buffered without them."""
+        rank, parties = self.comm.get_rank(), self.comm.get_world_size()
+        try:
+            with metered(self.counters, "offline"):
+                while self.pending_late:
+                    keys, batch, elements = self.pending_late[0]
+                    fill_late(keys, batch, self.link.late(len(keys), elements), rank, parties)
+                    self.pending_late.pop(0)
+        except DealerError:
+            self.failed = True
+            raise
+
     def _receive_batch(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
         rank, parties = self.comm.get_rank(), self.comm.get_world_size()
-        answer = self.link.answer(len(keys), answer_elements(keys, rank, parties))
+        first, late = answer_parts(keys, rank, parties)
+        answer = self.link.answer(len(keys), first)
         if not 0 <= int(answer[0]) < 1 << POSITION_BITS:
             raise DealerError(f"the dealer sent a malformed answer: keystream position {int(answer[0])}")
-        return expand(keys, self.seed, answer, rank, parties)
+        batch = expand(keys, self.seed, answer, rank, parties)  # late shares None until they come
+        if late:
+            self.pending_late.append((keys, batch, late))
+        return batch
 
     def describe(self) -> str:
         return "dealer (a separate dealer process makes every tuple; the parties expand their shares from seeds)"

@@ -15,6 +15,11 @@ that many elements:
   parties, so no party can steer another's preprocessing.
 * dealer -> each party: ``{"op": "answer", "items": k, "elements": n}`` and that party's
   shares, in request order (twice for ``again``), or ``{"op": "refused", "error": why}``.
+  A kind whose maker deals in parts (``deal_parts``) may leave some shares out of the answer
+  and send them right after it, before anything else: ``{"op": "late", "items": k,
+  "elements": n}`` and the buffer, to each party that has late shares (both sides know which
+  from the items alone), so the parties work with the rest meanwhile. A party receives it
+  before it sends the dealer anything more (a send may wait for its receiver).
 
 What the items and the buffers mean belongs to the dealer's kind (:class:`TupleMaker`,
 made by a triple source's ``make_dealer``); the dealer's serving loop is
@@ -26,7 +31,7 @@ for stops the run with a :class:`DealerError` naming the dealer.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -50,6 +55,13 @@ class TupleMaker(Protocol):
 
     def deal(self, items: Sequence[Any]) -> list[torch.Tensor]:
         """Each party's shares of ``items`` as one int64 buffer, in request order."""
+
+
+def answer_in_parts(maker: Any, items: Sequence[Any]) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]] | None]:
+    """``maker``'s answer to ``items``, and a function that makes its late part (None where
+    there is none, or the maker does not deal in parts)."""
+    deal_parts = getattr(maker, "deal_parts", None)
+    return deal_parts(items) if deal_parts is not None else (maker.deal(items), None)
 
 
 def check_header(header: Any, op: str, who: str, **expected: int) -> int:
@@ -85,6 +97,11 @@ class DealerLink:
         """This party's shares of the last request's ``items`` tuples: exactly ``elements``."""
         with self._one_flight():
             return self._receive("answer", items=items, elements=elements)
+
+    def late(self, items: int, elements: int) -> torch.Tensor:
+        """The late part of the answer to ``items`` tuples (its own message, so one round)."""
+        with self._one_flight():
+            return self._receive("late", items=items, elements=elements)
 
     @contextmanager
     def _one_flight(self) -> Iterator[None]:
@@ -154,6 +171,12 @@ class DealerEnd:
     def answer(self, items: int, buffers: Sequence[torch.Tensor]) -> None:
         for rank, buffer in enumerate(buffers):
             self._send(rank, {"op": "answer", "items": items}, buffer)
+
+    def late(self, items: int, buffers: Sequence[torch.Tensor]) -> None:
+        """The answer's late part, to each party that has one."""
+        for rank, buffer in enumerate(buffers):
+            if buffer.numel():
+                self._send(rank, {"op": "late", "items": items}, buffer)
 
     def refuse(self, why: str, ranks: Sequence[int] | None = None) -> None:
         """Tell the parties waiting for an answer (default: all) why there is none."""

@@ -274,15 +274,35 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
     class KeyedProvider(crypten.mpc.provider.provider.TupleProvider):
         NAME = name
 
-        def _get(self, key: tuple, device: Any) -> list[Any]:
+        def _shares(self, key: tuple) -> list[Any]:
             source.counters.calls += 1
             source.counters.tuples += tuple_elements(key)
-            return wrap(tuple_layout(key), source.fetch(key), device)
+            return source.fetch(key)
+
+        def _get(self, key: tuple, device: Any) -> list[Any]:
+            shares = self._shares(key)
+            if any(share is None for share in shares):  # a late part still to come: wait for it here
+                source.take_late()
+            return wrap(tuple_layout(key), shares, device)
 
         def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
             if args:
                 raise UnsupportedTuple(f"positional arguments to a {op} triple are not supported: {args}")
             return tuple(self._get(triple_key(op, size0, size1, kwargs), device))
+
+        def additive_triple_later(self, size0, size1, op, device=None, **kwargs):
+            """a and b of a triple now, and a function that gives its c, which may come late
+            (``protocols.dealer.late_components``): the Beaver product asks for c only once
+            it has opened eps and delta and made its own products."""
+            key = triple_key(op, size0, size1, kwargs)
+            shares, layout = self._shares(key), tuple_layout(key)
+
+            def product() -> Any:
+                if shares[2] is None:
+                    source.take_late()  # fills ``shares`` in place
+                return wrap(layout[2:], shares[2:], device)[0]
+
+            return (*wrap(layout[:2], shares[:2], device), product)
 
         def square(self, size, device=None):
             return tuple(self._get(("square", freeze(size)), device))
@@ -310,6 +330,9 @@ class KeyedTripleSource(TripleSource):
 
     def expect(self, keys: Sequence[tuple]) -> None:
         self.prefetcher.expect(keys)
+
+    def take_late(self) -> None:
+        """Receive the shares owed to tuples already handed out (none by default)."""
 
     def _counted_fetch(self, key: tuple, device: Any) -> list[torch.Tensor]:
         """This party's shares of the next tuple for ``key`` (on ``device``), counted."""

@@ -54,7 +54,7 @@ def test_an_answer_made_ahead_goes_only_to_the_items_it_was_made_for():
     import torch
 
     from parties.dealer import AnswerAhead
-    from protocols.dealer import SemiHonestMaker, answer_elements, expand
+    from protocols.dealer import SemiHonestMaker, answer_elements, answer_parts, expand
     from protocols.tuples import check_key
 
     maker = SemiHonestMaker(2)
@@ -67,11 +67,18 @@ def test_an_answer_made_ahead_goes_only_to_the_items_it_was_made_for():
     assert ahead.take(big) is None
     for needed in (True, False):
         ahead.start(small)
-        answers = ahead.take(small, needed=needed)
+        answers, late_part = ahead.take(small, needed=needed)
+        assert late_part() is None  # an elementwise product has no late part
         assert [a.numel() for a in answers] == [answer_elements(small, p, 2) for p in range(2)]
         a, b, c = (sum(expand(small, maker.seeds[p], answers[p], p, 2)[0][i] for p in range(2)) for i in range(3))
         assert torch.equal(c, a * b)
         assert ahead.take(small) is None  # each answer once
+    ahead.start(big)  # made ahead, the late part is made too (waited for apart), and opens right
+    answers, late_part = ahead.take(big)
+    late = late_part()
+    assert [(a.numel(), b.numel()) for a, b in zip(answers, late)] == [answer_parts(big, p, 2) for p in range(2)]
+    a, b, c = (sum(expand(big, maker.seeds[p], answers[p], p, 2, late[p])[0][i] for p in range(2)) for i in range(3))
+    assert torch.equal(c, a @ b)
     ahead.start(big)
     ahead.close()  # the guess still being made, and the one dropped, finish unused
     assert ahead.answer is None and ahead.dropped == [] and ahead.take(big) is None
