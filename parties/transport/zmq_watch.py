@@ -63,20 +63,22 @@ def _shut_down(fd: int) -> None:
 
 
 class _ThrottledLog:
-    """Warnings about strangers: at most one line per second, counting what was left out."""
+    """Warnings about strangers: at most one line per second of each kind (a flood of one kind
+    must not hide the other), counting what was left out."""
 
     def __init__(self) -> None:
-        self._last = 0.0
-        self._left_out = 0
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
 
     def warning(self, message: str, *args: object) -> None:
         now = time.monotonic()
-        if now - self._last < 1.0:
-            self._left_out += 1
+        if now - self._last.get(message, float("-inf")) < 1.0:
+            self._left_out[message] = self._left_out.get(message, 0) + 1
             return
-        suffix = f" ({self._left_out} similar lines left out)" if self._left_out else ""
+        left_out = self._left_out.pop(message, 0)
+        suffix = f" ({left_out} similar lines left out)" if left_out else ""
         log.warning(message + suffix, *args)
-        self._last, self._left_out = now, 0
+        self._last[message] = now
 
 
 class ConnectionWatch:

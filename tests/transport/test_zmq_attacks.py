@@ -23,7 +23,7 @@ from helpers import address, free_ports, run_parties, values, zmq_options
 from parties.transport import TransportError, TransportOptions, WireError, open_transport
 from parties.transport.keys import generate_party_keys
 from parties.transport.zmq_transport import FRAME_LIMIT, STASH_MESSAGES
-from parties.transport.zmq_watch import MAX_UNAUTHENTICATED
+from parties.transport.zmq_watch import MAX_UNAUTHENTICATED, _ThrottledLog
 
 SLOW_TIMEOUT_S = 60.0  # the operation timeout in these tests: every fault must be named long before
 
@@ -59,6 +59,25 @@ def test_strangers_cannot_make_a_party_allocate(tmp_path, capfd) -> None:
     err = capfd.readouterr().err
     assert "dropped a connection from 127.0.0.1:" in err and "before its handshake" in err, err[-2000:]
     assert [p.exitcode for p in processes] == [0, 0], err[-3000:]  # the session itself was not disturbed
+
+
+def test_a_flood_of_one_warning_does_not_hide_another(caplog: pytest.LogCaptureFixture) -> None:
+    """One line per second of each kind: failed handshakes first (the 2 GiB frames above) must
+    not silence the drops that follow within the second (the strangers test missed them so)."""
+    throttled = _ThrottledLog()
+    with caplog.at_level("WARNING", logger="parties.transport.zmq_watch"):
+        for _ in range(3):
+            throttled.warning("a connection failed the handshake (ZeroMQ reason %#x)", 1)
+        for port in range(5):
+            throttled.warning("dropped a connection from %s before its handshake: %s", f"127.0.0.1:{port}", "full")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == ["a connection failed the handshake (ZeroMQ reason 0x1)",
+                     "dropped a connection from 127.0.0.1:0 before its handshake: full"]
+    throttled._last = {message: when - 1.0 for message, when in throttled._last.items()}  # a second later
+    with caplog.at_level("WARNING", logger="parties.transport.zmq_watch"):
+        throttled.warning("dropped a connection from %s before its handshake: %s", "127.0.0.1:9", "full")
+    assert caplog.records[-1].getMessage() == ("dropped a connection from 127.0.0.1:9 before its handshake: full "
+                                               "(4 similar lines left out)")
 
 
 # -- a bit flipped in flight -------------------------------------------------------------------
