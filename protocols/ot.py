@@ -151,7 +151,8 @@ class GilboaEngine:
 
 
 # -- the triple source ---------------------------------------------------------------------------
-def _random_words(shape: Sequence[int]) -> np.ndarray:
+def random_words(shape: Sequence[int]) -> np.ndarray:
+    """Uniform 64-bit words from the CSPRNG."""
     count = int(math.prod(shape))
     return np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint64).reshape(tuple(shape)).copy()
 
@@ -228,11 +229,12 @@ def _plan_bilinear(engine: GilboaEngine, op: str, kwargs: dict, a: np.ndarray, b
                          torch.from_numpy(row_sums(received, own).reshape(-1).view(np.int64)))
         return cross.numpy().view(np.uint64)
 
-    return (cot, finish), lambda cross: [_tensor(a, a.shape), _tensor(b, b.shape),
-                                         _tensor(product + cross.reshape(product.shape), product.shape)]
+    return (cot, finish), lambda cross: [ring_tensor(a, a.shape), ring_tensor(b, b.shape),
+                                         ring_tensor(product + cross.reshape(product.shape), product.shape)]
 
 
-def _tensor(array: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+def ring_tensor(array: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+    """uint64 words as a ring tensor (int64) of ``shape``, in memory of its own."""
     return torch.from_numpy(np.ascontiguousarray(array).view(np.int64).reshape(tuple(shape)).copy())
 
 
@@ -297,14 +299,14 @@ class OtTripleSource(KeyedTripleSource):
         """A batch of matrix products (both operands batched, with broadcasting): one 2-d
         plan per product of the batch."""
         batch = np.broadcast_shapes(size0[:-2], size1[:-2])
-        a, b = _random_words(size0), _random_words(size1)
+        a, b = random_words(size0), random_words(size1)
         a_full = np.broadcast_to(a, batch + size0[-2:]).reshape(-1, *size0[-2:])
         b_full = np.broadcast_to(b, batch + size1[-2:]).reshape(-1, *size1[-2:])
         pairs = [self._plan_matmul(x.copy(), y.copy()) for x, y in zip(a_full, b_full)]  # broadcast views are read-only
 
         def assemble(results: list[np.ndarray]) -> list[torch.Tensor]:
             c = np.stack([product(cross) for (_, product), cross in zip(pairs, results)])
-            return [_tensor(a, size0), _tensor(b, size1), _tensor(c, batch + (size0[-2], size1[-1]))]
+            return [ring_tensor(a, size0), ring_tensor(b, size1), ring_tensor(c, batch + (size0[-2], size1[-1]))]
 
         return [plan for plan, _ in pairs], assemble
 
@@ -313,7 +315,7 @@ class OtTripleSource(KeyedTripleSource):
         (b = b_0 + b_1 - 2 b_0 b_1, one bit-times-word COT per bit each way) give r = -s, and
         its bit pairs' ANDs are the local s_i,hi s_i,lo plus the cross terms of one AND plan."""
         count = int(math.prod(size))
-        s = _random_words((count,))
+        s = random_words((count,))
         bits = _bits(s).reshape(-1)
         high, low = (s >> np.uint64(1)) & _EVEN_BITS, s & _EVEN_BITS
         plans = [self.engine.plan_bits_times_words(bits, bits.astype(np.uint64)), self.engine.plan_and(high, low)]
@@ -322,7 +324,7 @@ class OtTripleSource(KeyedTripleSource):
             cross_bits, cross_and = results
             shared = (bits.astype(np.uint64) - cross_bits).reshape(count, 64)  # arithmetic shares of s's bits
             r = np.uint64(0) - (shared * _POWERS[None, :]).sum(axis=1, dtype=np.uint64)
-            return [_tensor(r, size), _tensor(s, size), _tensor((high & low) ^ cross_and, size)]
+            return [ring_tensor(r, size), ring_tensor(s, size), ring_tensor((high & low) ^ cross_and, size)]
 
         return plans, assemble
 
@@ -349,36 +351,37 @@ class OtTripleSource(KeyedTripleSource):
                     return [a.reshape(size0), b, c.reshape(*size0[:-1], size1[1])]
 
                 return plan, batched
-            a, b = _random_words(size0), _random_words(size1)
+            a, b = random_words(size0), random_words(size1)
             if op == "mul":
                 shape = np.broadcast_shapes(size0, size1)
                 a_full = np.broadcast_to(a, shape).reshape(-1).copy()
                 b_full = np.broadcast_to(b, shape).reshape(-1).copy()
                 return engine.plan_elementwise(a_full, b_full), lambda cross: [
-                    _tensor(a, size0), _tensor(b, size1), _tensor(a_full * b_full + cross, shape)]
+                    ring_tensor(a, size0), ring_tensor(b, size1), ring_tensor(a_full * b_full + cross, shape)]
             if op != "matmul" or len(size0) != 2 or len(size1) != 2:
                 return _plan_bilinear(engine, op, dict(kwargs), a, b)
             plan, product = self._plan_matmul(a, b)
-            return plan, lambda cross: [_tensor(a, size0), _tensor(b, size1),
-                                        _tensor(product(cross), (size0[0], size1[1]))]
+            return plan, lambda cross: [ring_tensor(a, size0), ring_tensor(b, size1),
+                                        ring_tensor(product(cross), (size0[0], size1[1]))]
         if kind == "square":
             size = key[1]
-            r = _random_words(size).reshape(-1)
-            return engine.plan_one_way(r, r), lambda cross: [_tensor(r, size), _tensor(r * r + np.uint64(2) * cross, size)]
+            r = random_words(size).reshape(-1)
+            return engine.plan_one_way(r, r), lambda cross: [ring_tensor(r, size),
+                                                             ring_tensor(r * r + np.uint64(2) * cross, size)]
         if kind == "binary":
             _, size0, size1 = key
-            a, b = _random_words(size0), _random_words(size1)
+            a, b = random_words(size0), random_words(size1)
             shape = np.broadcast_shapes(size0, size1)
             a_full = np.broadcast_to(a, shape).reshape(-1).copy()
             b_full = np.broadcast_to(b, shape).reshape(-1).copy()
             return engine.plan_and(a_full, b_full), lambda cross: [
-                _tensor(a, size0), _tensor(b, size1), _tensor((a_full & b_full) ^ cross, shape)]
+                ring_tensor(a, size0), ring_tensor(b, size1), ring_tensor((a_full & b_full) ^ cross, shape)]
         if kind == "b2a":
             size = key[1]
             bits = _random_bits(int(math.prod(size)))
             # b = b0 + b1 - 2 b0 b1; the plan gives shares of b0*b1 + b1*b0
             return engine.plan_bits_times_words(bits.astype(np.uint8), bits), lambda cross: [
-                _tensor(bits - cross, size), _tensor(bits, size)]
+                ring_tensor(bits - cross, size), ring_tensor(bits, size)]
         if kind == "trunc":
             _, size, divisor = key
             if not self.supports_divisor(divisor):
@@ -390,14 +393,14 @@ class OtTripleSource(KeyedTripleSource):
                 shared = (bits - cross).reshape(count, 64)  # arithmetic shares of 64 random bits
                 r = (shared * _POWERS[None, :]).sum(axis=1, dtype=np.uint64)
                 low = (shared[:, shift:63] * _POWERS[None, : 63 - shift]).sum(axis=1, dtype=np.uint64)
-                return [_tensor(r, size), _tensor(shared[:, 63], size), _tensor(low, size)]
+                return [ring_tensor(r, size), ring_tensor(shared[:, 63], size), ring_tensor(low, size)]
 
             return engine.plan_bits_times_words(bits.astype(np.uint8), bits), assemble
         if kind == "wrapbit":
             size = key[1]
-            word = _random_words(size).reshape(-1)  # its top bit is this party's private bit
-            return engine.plan_bit_product(word >> np.uint64(63)), lambda cross: [_tensor(word, size),
-                                                                                   _tensor(cross, size)]
+            word = random_words(size).reshape(-1)  # its top bit is this party's private bit
+            return engine.plan_bit_product(word >> np.uint64(63)), lambda cross: [ring_tensor(word, size),
+                                                                                   ring_tensor(cross, size)]
         if kind == "wrap":
             raise UnsupportedTuple("protocol=ot makes no wrap tuples; use truncation=topbits or pairs "
                                       "(or truncation=local with two parties)")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.ot import OtTripleSource, _random_words, _tensor, matmul_u64
+from protocols.ot import OtTripleSource, matmul_u64, random_words, ring_tensor
 from protocols.parts import UnsupportedTuple, metered
 from protocols.registry import register_part
 
@@ -65,11 +65,11 @@ class OtHeTripleSource(OtTripleSource):
         others = iter(super().produce([key for key, shape in zip(keys, shapes) if shape is None]))
         start = time.perf_counter()
         chosen = [(key, shape) for key, shape in zip(keys, shapes) if shape is not None]
-        operands = [(_random_words((m, k)), _random_words((k, n))) for _, (m, k, n) in chosen]
+        operands = [(random_words((m, k)), random_words((k, n))) for _, (m, k, n) in chosen]
         with metered(self.counters, "offline"):
             crosses = iter(self.he.cross(operands)) if operands else iter(())
-        made = iter([[_tensor(a, key[2]), _tensor(b, key[3]),
-                      _tensor(matmul_u64(a, b) + next(crosses), (*key[2][:-1], key[3][1]))]
+        made = iter([[ring_tensor(a, key[2]), ring_tensor(b, key[3]),
+                      ring_tensor(matmul_u64(a, b) + next(crosses), (*key[2][:-1], key[3][1]))]
                      for (key, _), (a, b) in zip(chosen, operands)])
         self.seconds += time.perf_counter() - start
         return [next(others) if shape is None else next(made) for shape in shapes]

@@ -65,14 +65,14 @@ def _extension(obj: Any) -> msgpack.ExtType:
     else is refused. (Tuples and torch.Size it packs as lists itself, without a Python call per
     item: a dealer request holds a few hundred.)"""
     if torch.is_tensor(obj):
-        return _tensor_ext(obj)
+        return tensor_ext(obj)
     raise TypeError(
         f"cannot send object of type {type(obj).__name__}: only msgpack types "
         "(None, bool, int, float, str, bytes, list, dict) and tensors travel between parties"
     )
 
 
-def _tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
+def tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
     """[dtype, shape] as msgpack, then the raw bytes (C order; on the host)."""
     host = tensor.detach().cpu().contiguous()
     header = msgpack.packb([dtype_name(host.dtype), list(host.shape)])

@@ -62,7 +62,7 @@ def _shut_down(fd: int) -> None:
         pass  # already gone
 
 
-class _ThrottledLog:
+class ThrottledLog:
     """Warnings about strangers: at most one line per second of each kind (a flood of one kind
     must not hide the other), counting what was left out."""
 
@@ -105,7 +105,7 @@ class ConnectionWatch:
         self._session_started = False
         self.session_start = float("inf")
         self._tokens, self._refilled = float(ACCEPT_BURST), time.monotonic()
-        self._throttled = _ThrottledLog()
+        self._throttled = ThrottledLog()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cotrain-zmq-watch", daemon=True)

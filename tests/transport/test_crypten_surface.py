@@ -13,7 +13,7 @@ import torch
 from helpers import address, free_ports, run_parties, values, zmq_options
 from parties.transport import TransportOptions, WireError, open_transport
 from parties.transport.group import PartyGroup
-from parties.transport.wire import TENSOR_EXT, _tensor_ext, pack_object, unpack_object
+from parties.transport.wire import TENSOR_EXT, tensor_ext, pack_object, unpack_object
 
 
 def _object(rank: int) -> dict:
@@ -127,7 +127,7 @@ def _plain(obj: object) -> object:
         return [_plain(item) for item in obj]
     if isinstance(obj, dict):
         return {key: _plain(value) for key, value in obj.items()}
-    return _tensor_ext(obj) if torch.is_tensor(obj) else obj
+    return tensor_ext(obj) if torch.is_tensor(obj) else obj
 
 
 def test_objects_pack_to_the_bytes_of_their_plain_form() -> None:

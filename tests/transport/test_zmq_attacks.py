@@ -23,7 +23,7 @@ from helpers import address, free_ports, run_parties, values, zmq_options
 from parties.transport import TransportError, TransportOptions, WireError, open_transport
 from parties.transport.keys import generate_party_keys
 from parties.transport.zmq_transport import FRAME_LIMIT, STASH_MESSAGES
-from parties.transport.zmq_watch import MAX_UNAUTHENTICATED, _ThrottledLog
+from parties.transport.zmq_watch import MAX_UNAUTHENTICATED, ThrottledLog
 
 SLOW_TIMEOUT_S = 60.0  # the operation timeout in these tests: every fault must be named long before
 
@@ -64,7 +64,7 @@ def test_strangers_cannot_make_a_party_allocate(tmp_path, capfd) -> None:
 def test_a_flood_of_one_warning_does_not_hide_another(caplog: pytest.LogCaptureFixture) -> None:
     """One line per second of each kind: failed handshakes first (the 2 GiB frames above) must
     not silence the drops that follow within the second (the strangers test missed them so)."""
-    throttled = _ThrottledLog()
+    throttled = ThrottledLog()
     with caplog.at_level("WARNING", logger="parties.transport.zmq_watch"):
         for _ in range(3):
             throttled.warning("a connection failed the handshake (ZeroMQ reason %#x)", 1)
