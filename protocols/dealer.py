@@ -279,10 +279,14 @@ def deal_parts(keys: Sequence[tuple], seeds: Sequence[bytes], position: int,
     return first, late
 
 
+def whole_answers(first: list[torch.Tensor], late: Callable[[], list[torch.Tensor]] | None) -> list[torch.Tensor]:
+    """Each party's whole answer: the answer, then its late part."""
+    return first if late is None else [torch.cat([answer, rest]) for answer, rest in zip(first, late())]
+
+
 def deal_answers(keys: Sequence[tuple], seeds: Sequence[bytes], position: int, rng: CipherGenerator) -> list[torch.Tensor]:
     """Each party's whole answer for a request: the answer, then its late part."""
-    first, late = deal_parts(keys, seeds, position, rng)
-    return first if late is None else [torch.cat([answer, rest]) for answer, rest in zip(first, late())]
+    return whole_answers(*deal_parts(keys, seeds, position, rng))
 
 
 class SemiHonestMaker:
@@ -310,8 +314,7 @@ class SemiHonestMaker:
 
     def deal(self, items: Sequence[tuple]) -> list[torch.Tensor]:
         """Each party's whole answer (the answer, then its late part)."""
-        first, late = self.deal_parts(items)
-        return first if late is None else [torch.cat([answer, rest]) for answer, rest in zip(first, late())]
+        return whole_answers(*self.deal_parts(items))
 
     def deal_parts(self, items: Sequence[tuple]) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]] | None]:
         """The answer now, and a function that makes the late part (:func:`deal_parts`)."""
