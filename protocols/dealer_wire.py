@@ -155,7 +155,9 @@ class DealerEnd:
         ops = [r.get("op") if isinstance(r, dict) else None for r in requests]
         if all(op == "stop" for op in ops):
             return None
-        malformed = [rank for rank, op in enumerate(ops) if op not in ("deal", "stop")]
+        # "again" is a bool or absent: a 1 would equal another party's True, yet not be True here
+        malformed = [rank for rank, op in enumerate(ops)
+                     if op not in ("deal", "stop") or not isinstance(requests[rank].get("again", False), bool)]
         stopped = [rank for rank, op in enumerate(ops) if op == "stop"]
         differing = [rank for rank, r in enumerate(requests) if ops[rank] == "deal" and
                      (r.get("items"), r.get("again", False)) != (requests[0].get("items"), requests[0].get("again", False))]
@@ -165,7 +167,7 @@ class DealerEnd:
                    f"the parties' requests differ (parties {differing} disagree with party 0)")
             self.refuse(f"{why}; refusing to deal", [rank for rank in range(self.parties) if rank not in stopped])
             raise DealerError(why)
-        self.again = requests[0].get("again", False) is True
+        self.again = requests[0].get("again", False)
         return requests[0].get("items")
 
     def answer(self, items: int, buffers: Sequence[torch.Tensor]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import re
 
@@ -221,6 +222,34 @@ def test_a_failing_dealer_stops_the_run_with_a_clear_error(dealer_fn, message, c
     assert errors or (dealer_fn is _dying_dealer and watched), f"the parties should fail, got {collected}"
     assert all(error.startswith("DealerError") for error in errors)
     assert watched or any(message in error for error in errors)
+
+
+def _party_lying_about_again(again, crypten, rank):
+    """Party 1 asks for the same tuples as party 0 but with its own ``again`` flag."""
+    from protocols.dealer_wire import DealerLink
+
+    if rank == 1:
+        honest_send = DealerLink._send
+        DealerLink._send = lambda link, message: honest_send(
+            link, {**message, "again": again(message.get("again", False))} if message.get("op") == "deal" else message)
+    return _multiply(crypten, rank)
+
+
+@pytest.mark.parametrize("again, message", [
+    (operator.not_, "the parties' requests differ (parties [1] disagree with party 0)"),
+    (int, "parties [1] sent malformed requests"),  # 0 where the others send no flag, 1 where True
+], ids=["flipped", "as a number"])
+def test_a_request_whose_again_flag_lies_is_refused_to_every_party(again, message):
+    """The dealer answers a request flagged ``again`` twice: a party flagging it otherwise than
+    the others (or flagging it with something not a bool) gets every party a refusal naming it,
+    not answers that some wait on in vain."""
+    collected = run_parties(functools.partial(_party_lying_about_again, again), DEALER, parties=2, timeout_s=90,
+                            wire_timeout_s=8)
+    for rank in range(2):
+        status, error = collected[rank]
+        assert status == "error" and error.startswith("DealerError") and message in error, collected[rank]
+    status, error = collected[2]
+    assert status == "error" and message in error, collected[2]
 
 
 @pytest.mark.parametrize("header, message", [
