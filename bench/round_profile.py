@@ -13,7 +13,6 @@ round's end and the next split three ways: compute (outside the communicator), e
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict

@@ -2,7 +2,7 @@
 
 Every tuple is made as under ``ot`` (``protocols.ot``), except matrix products where BFV
 (``protocols.he_matmul``) sends fewer bytes than Gilboa's 260 m k n: those triples' cross
-products come from two HE messages each way per batch. Needs TenSEAL (``pip install tenseal``).
+products come from two HE messages each way per batch.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import math
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
+from protocols.he_matmul import HeMatmul
 from protocols.ot import OtTripleSource, matmul_u64, random_words, ring_tensor
 from protocols.parts import UnsupportedTuple, metered
 from protocols.registry import register_part
@@ -41,10 +41,6 @@ class OtHeTripleSource(OtTripleSource):
 
     def start(self, crypten: Any) -> None:
         super().start(crypten)
-        try:
-            from protocols.he_matmul import HeMatmul
-        except ImportError as error:
-            raise ValueError(f"protocol.triple_source=ot_he needs TenSEAL (pip install tenseal): {error}") from None
         with metered(self.counters, "offline"):
             self.he = HeMatmul(self.comm, 1 - self.comm.get_rank())
 
