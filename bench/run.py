@@ -101,6 +101,10 @@ class Launch:
         self.folder = Path(tempfile.mkdtemp(prefix="cotrain-bench-"))
         self.error: str | None = None
         self.turn = 0
+        # a setup and its repeats per workload: after the last, the system's processes end
+        # (sessions closed, interpreters torn down: CPU on the same cores) before another
+        # system takes its turn, or the next system's phase would pay for it
+        self.phases = sum(1 + spec.get("repeats", {}).get(name, WORKLOADS[name][2]) for name in spec.get("workloads", []))
         self.processes: list[subprocess.Popen] = []
         if spec.get("transport") == "zmq":
             from parties.transport.keys import generate_party_keys
@@ -155,7 +159,17 @@ class Launch:
                 return False
             time.sleep(0.01)
         self.used_s += time.monotonic() - started
+        if self.turn == self.phases:
+            self._wait_for_exit(30.0)
         return True
+
+    def _wait_for_exit(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                return  # finish() deals with it
 
     def kill(self) -> None:
         for process in self.processes:
