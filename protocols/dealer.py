@@ -159,6 +159,28 @@ def late_components(key: tuple) -> tuple[int, ...]:
     return (2,) if work >= LATE_WORK else ()
 
 
+def late_parts(keys: Sequence[tuple]) -> list[tuple[int, ...]]:
+    """Per key of a request, the components whose correction travels in the late part: a
+    large product's c (:func:`late_components`), and every component that is not random of
+    the truncation tuple asked for right after it for its result (a product announces its
+    triple with its truncation's tuple: ``Prefetcher.expect``), which is used only once c is
+    in. Without it, the answer waits for that tuple's dealing and carries its corrections
+    (W2b: 1M words, and the first deal of a process pays page faults on every fresh buffer)
+    before the parties can expand a and b and open."""
+    parts: list[tuple[int, ...]] = []
+    for index, key in enumerate(keys):
+        late = late_components(key)
+        if not late and index and late_components(keys[index - 1]) and _truncates(keys[index - 1], key):
+            late = tuple(j for j, random in enumerate(RANDOM_COMPONENTS[key[0]]) if not random)
+        parts.append(late)
+    return parts
+
+
+def _truncates(product: tuple, key: tuple) -> bool:
+    """Whether ``key`` is a truncation tuple for the result of the triple ``product``."""
+    return key[0] in ("trunc", "wrapbit") and key[1] == tuple_layout(product)[2][1]
+
+
 def deal(key: tuple, streams: Sequence[CipherGenerator], correction: int, rng: CipherGenerator) -> list[list[torch.Tensor]]:
     """Every party's shares of one tuple, ``result[party][component]``: each party's the next
     draws of its stream (:func:`expand`), except the correction party's shares of the
@@ -198,9 +220,9 @@ def answer_parts(keys: Sequence[tuple], party: int, parties: int) -> tuple[int, 
     """What ``party`` receives for a request: in the answer, the position word and its
     corrections but the late ones; in the late part (none where 0), the late ones."""
     first, late = 1, 0
-    for key, corrector in zip(keys, correction_parties(keys, parties)):
+    for key, corrector, lates in zip(keys, correction_parties(keys, parties), late_parts(keys)):
         if corrector == party:
-            deferred = sum(math.prod(tuple_layout(key)[j][1]) for j in late_components(key))
+            deferred = sum(math.prod(tuple_layout(key)[j][1]) for j in lates)
             first, late = first + correction_elements(key) - deferred, late + deferred
     return first, late
 
@@ -213,8 +235,8 @@ def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int,
     be filled by :func:`fill_late` when it comes)."""
     stream = batch_stream(seed, int(answer[0]))
     batch, offset = [], 1
-    for key, corrector in zip(keys, correction_parties(keys, parties)):
-        corrects, deferred = corrector == party, late_components(key)
+    for key, corrector, deferred in zip(keys, correction_parties(keys, parties), late_parts(keys)):
+        corrects = corrector == party
         shares: list[torch.Tensor | None] = []
         for j, ((_, shape), random) in enumerate(zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]])):
             if random or not corrects:
@@ -236,8 +258,8 @@ def fill_late(keys: Sequence[tuple], batch: list[list[torch.Tensor | None]], lat
     """Put the answer's late part (``party``'s late corrections, in request order) into the
     shares :func:`expand` left None, in place (the lists the prefetcher holds)."""
     offset = 0
-    for key, corrector, shares in zip(keys, correction_parties(keys, parties), batch):
-        for j in late_components(key) if corrector == party else ():
+    for key, corrector, shares, lates in zip(keys, correction_parties(keys, parties), batch, late_parts(keys)):
+        for j in lates if corrector == party else ():
             shape = tuple_layout(key)[j][1]
             shares[j] = late[offset: offset + math.prod(shape)].reshape(shape)
             offset += math.prod(shape)
@@ -252,10 +274,11 @@ def deal_parts(keys: Sequence[tuple], seeds: Sequence[bytes], position: int,
     for its product."""
     streams = [batch_stream(seed, position) for seed in seeds]
     answers: list[list[torch.Tensor]] = [[torch.tensor([position], dtype=torch.int64)] for _ in seeds]
-    pending: list[tuple[tuple, int, list[int]]] = []  # a late tuple, its correction party, where each stream was
-    for key, correction in zip(keys, correction_parties(keys, len(seeds))):
-        if late_components(key):
-            pending.append((key, correction, [stream.stream.bytes_drawn for stream in streams]))
+    # a late tuple, its late components, its correction party, where each stream was
+    pending: list[tuple[tuple, tuple[int, ...], int, list[int]]] = []
+    for key, correction, lates in zip(keys, correction_parties(keys, len(seeds)), late_parts(keys)):
+        if lates:
+            pending.append((key, lates, correction, [stream.stream.bytes_drawn for stream in streams]))
             for party, stream in enumerate(streams):
                 stream.stream.seek(stream.stream.bytes_drawn + _drawn_bytes(key, party, correction))
             continue
@@ -268,12 +291,12 @@ def deal_parts(keys: Sequence[tuple], seeds: Sequence[bytes], position: int,
 
     def late() -> list[torch.Tensor]:
         parts: list[list[torch.Tensor]] = [[] for _ in seeds]
-        for key, correction, starts in pending:
+        for key, lates, correction, starts in pending:
             streams = [batch_stream(seed, position) for seed in seeds]
             for stream, start in zip(streams, starts):
                 stream.stream.seek(start)
             shares = deal(key, streams, correction, rng)[correction]
-            parts[correction].extend(shares[j].reshape(-1) for j in late_components(key))
+            parts[correction].extend(shares[j].reshape(-1) for j in lates)
         return [torch.cat(part) if part else torch.empty(0, dtype=torch.int64) for part in parts]
 
     return first, late
@@ -400,7 +423,7 @@ class DealerTripleSource(KeyedTripleSource):
             raise
 
     def take_late(self) -> None:
-        """Receive the late parts still owed (a matrix product's c: :func:`late_components`)
+        """Receive the late parts still owed (a matrix product's c and its truncation's tuple: :func:`late_parts`)
         into the shares handed out or buffered without them."""
         rank, parties = self.comm.get_rank(), self.comm.get_world_size()
         try:

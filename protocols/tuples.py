@@ -338,7 +338,10 @@ class KeyedTripleSource(TripleSource):
         """This party's shares of the next tuple for ``key`` (on ``device``), counted."""
         self.counters.calls += 1
         self.counters.tuples += tuple_elements(key)
-        return [to_device(s, device) if device is not None else s for s in self.fetch(key)]
+        shares = self.fetch(key)
+        if any(share is None for share in shares):  # a large product's truncation tuple comes with its c
+            self.take_late()  # fills ``shares`` in place
+        return [to_device(s, device) if device is not None else s for s in shares]
 
     def truncation_pair(self, size: Any, divisor: int, device: Any = None) -> tuple[Any, Any, Any]:
         from crypten.mpc.primitives import ArithmeticSharedTensor as AST

@@ -13,7 +13,7 @@ import torch
 from protocols import ProtocolConfig
 from protocols.dealer import (LATE_WORK, SemiHonestMaker, answer_elements, answer_parts, batch_stream,
                               correction_elements, count_wraps, deal_answers, deal_parts, expand, fill_late,
-                              late_components)
+                              late_components, late_parts)
 from protocols.bitpack import pair_products
 from protocols.carry4 import INPUTS, SUBSETS
 from protocols.dealer_wire import DealerEnd, DealerError, check_header
@@ -339,6 +339,71 @@ def test_a_late_product_is_dealt_after_the_answer_and_opens_right(parties):
     assert not torch.equal(_open([dealt[p][1][0] for p in range(parties)], "a"),
                            _open([dealt[p][3][0] for p in range(parties)], "a"))  # two triples, fresh draws
     assert LATE_WORK == 1 << 24
+
+
+def test_a_late_products_truncation_tuple_comes_late_with_it():
+    """The truncation tuple asked for right after a late product, for its result, comes in
+    the late part too (it is used only after c); one for another shape, one after a product
+    that is not late, or one first in the request does not."""
+    result = [64, 64]
+    keys = [check_key(k) for k in [LATE_MATMUL, ["wrapbit", result], ["trunc", result, 65536], LATE_MATMUL,
+                                   ["trunc", result, 65536], ["wrapbit", [8]],
+                                   ["triple", "matmul", [64, 8], [8, 64], []], ["wrapbit", result]]]
+    assert late_parts(keys) == [(2,), (1,), (), (2,), (1, 2), (), (), ()]
+    assert late_parts(keys[1:3]) == [(), ()]
+
+
+@pytest.mark.parametrize("parties, truncation", [(2, ["wrapbit", [64, 64]]), (2, ["trunc", [64, 64], 65536]),
+                                                 (3, ["trunc", [64, 64], 65536])])
+def test_a_late_products_truncation_tuple_opens_right_from_the_late_part(parties, truncation):
+    """A product's request (its triple and its truncation's tuple, as ``expect`` announces
+    them): the answer is every party's position word alone; both tuples' corrections come in
+    the late part, and the shares then open to a triple and a truncation tuple."""
+    rng = CipherGenerator(new_seed())
+    seeds = [new_seed() for _ in range(parties)]
+    keys = [check_key(LATE_MATMUL), check_key(truncation)]
+    first, make_late = deal_parts(keys, seeds, 91, rng)
+    assert [f.numel() for f in first] == [1] * parties
+    late = make_late()
+    assert sum(l.numel() for l in late) == 64 * 64 * (1 + len(late_parts(keys)[1]))
+    assert [(f.numel(), l.numel()) for f, l in zip(first, late)] == [answer_parts(keys, p, parties)
+                                                                      for p in range(parties)]
+    dealt = [expand(keys, seed, first[party], party, parties) for party, seed in enumerate(seeds)]
+    assert sum(share is None for party in dealt for shares in party for share in shares) == 1 + len(late_parts(keys)[1])
+    for party in range(parties):
+        fill_late(keys, dealt[party], late[party], party, parties)
+    a, b, c = (_open([dealt[p][0][i] for p in range(parties)], "a") for i in range(3))
+    assert torch.equal(c, a @ b)
+    shares = [dealt[p][1] for p in range(parties)]
+    if truncation[0] == "wrapbit":
+        bits, both = wrap_bit_values([s[0] for s in shares])
+        assert torch.equal(_open([s[1] for s in shares], "a"), both) and 0 < int(both.sum()) < both.numel()
+    else:
+        r, msb, low = (_open([s[i] for s in shares], "a") for i in range(3))
+        assert torch.equal(msb, (r < 0).long()) and torch.equal(low, (r & ((1 << 63) - 1)) // 65536)
+
+
+def _late_truncated_products(crypten, rank):
+    """Fixed-point products whose triple and truncation tuple both come late, against torch
+    (within the encoding's and one truncation's error), the first made inline, the later ones
+    asked ahead."""
+    generator = torch.Generator().manual_seed(9)
+    plain = [torch.randn(64, 4096, generator=generator) / 8, torch.randn(4096, 64, generator=generator) / 8]
+    u = 2.0 ** -16
+    bound = u * (plain[0].abs().sum(1, keepdim=True) + plain[1].abs().sum(0, keepdim=True)) + u * u * 4096 + 2 * u
+    x, y = crypten.cryptensor(plain[0]), crypten.cryptensor(plain[1])
+    exact = plain[0] @ plain[1]
+    return [float(((x.matmul(y).get_plain_text() - exact).abs() - bound).max()) for _ in range(5)]
+
+
+@pytest.mark.parametrize("truncation", ["topbits", "pairs"])
+def test_truncated_products_whose_tuples_come_late_over_a_real_dealer(truncation):
+    config = ProtocolConfig(name="dealer", triple_source="dealer", truncation=truncation)
+    collected = run_parties(_late_truncated_products, config, parties=2, timeout_s=300)
+    for result in party_values(collected, 2):
+        assert len(result) == 5 and max(result) <= 0.0
+    status, served = collected[2]
+    assert status == "ok" and served["late_parts"] >= 5
 
 
 def _late_products(crypten, rank):
