@@ -220,7 +220,7 @@ def relu_gradient_shares(grad: torch.Tensor, z: torch.Tensor, mask: Sequence[tor
     return times_opened_bit(grad, opened * u + a_u, z)
 
 
-def _with_share(like: Any, share: torch.Tensor) -> Any:
+def with_share(like: Any, share: torch.Tensor) -> Any:
     """A new MPCTensor with ``like``'s encoding and ``share`` (``like`` is left as it was)."""
     result = like.shallow_copy()
     result._tensor = like._tensor.shallow_copy()
@@ -290,12 +290,12 @@ class PackedComparison(ProtocolPart):
         mask = source.relu_mask(share.size(), device=share.device)
         comm = self._crypten.communicator.get()
         output, z = relu_shares(share, mask, comm, products4=self._products4(comm, share.device))
-        return _with_share(x, output), (z, mask)
+        return with_share(x, output), (z, mask)
 
     def relu_gradient(self, grad: Any, state: tuple) -> Any:
         z, mask = state
         comm = self._crypten.communicator.get()
-        return _with_share(grad, relu_gradient_shares(plain(grad._tensor.share), z, mask, comm))
+        return with_share(grad, relu_gradient_shares(plain(grad._tensor.share), z, mask, comm))
 
     def uninstall(self, crypten: Any) -> None:
         crypten_hooks.uninstall_comparison(crypten)
