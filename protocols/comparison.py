@@ -60,6 +60,18 @@ def and_words(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 AndWords = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def beaver_and_words(x: torch.Tensor, y: torch.Tensor, triple: Sequence[torch.Tensor], comm: Any) -> torch.Tensor:
+    """:func:`and_words` on the raw words from this party's shares of a binary triple (a, b,
+    a & b), as CrypTen's Beaver AND computes it without its BinarySharedTensor objects: e = x
+    ^ a and d = y ^ b opened in one message, then c ^ (e & b) ^ (a & d), and party 0 adds e & d."""
+    from torch.distributed import ReduceOp
+
+    a, b, c = triple
+    opened = comm.all_reduce(torch.stack([x ^ a, y ^ b]), op=ReduceOp.BXOR)
+    result = (b & opened[0]) ^ (a & opened[1]) ^ c
+    return result ^ (opened[0] & opened[1]) if comm.get_rank() == 0 else result
+
+
 def _and_fields(x: torch.Tensor, y: torch.Tensor, width: int, and_gate: AndWords) -> torch.Tensor:
     """x & y for XOR-shared ``width``-bit fields, 64 / width of them to a word on the wire."""
     return unpack_fields(and_gate(pack_fields(x, width), pack_fields(y, width)), width, x.numel())
@@ -273,7 +285,19 @@ class PackedComparison(ProtocolPart):
         source.expect(comparison_tuples(tuple(share.size()), self._by_fours))
         r, negated, pairs = source.sign_mask(share.size(), device=share.device)
         return masked_sign_bit(comm.all_reduce(share + plain(r.share)), plain(negated.share), plain(pairs.share),
-                               comm.get_rank(), products4=self._products4(comm, share.device))
+                               comm.get_rank(), self._and_gate(comm), self._products4(comm, share.device))
+
+    def _and_gate(self, comm: Any) -> AndWords:
+        """The tree's two-input ANDs on raw words (:func:`beaver_and_words`) with the source's
+        binary triples, counted as its online use as its hook counts CrypTen's ANDs."""
+        source = self.suite.parts["triple_source"]
+        provider = self._crypten.mpc.get_default_provider()
+
+        def gate(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            triple = provider.generate_binary_triple(x.size(), y.size(), device=x.device)
+            return beaver_and_words(x, y, [plain(t.share) for t in triple], comm)
+
+        return crypten_hooks.counted(gate, source.counters, "online")
 
     def _to_arithmetic(self, bit: torch.Tensor, comm: Any) -> Any:
         """B2A of XOR-shared bits with B2A tuples (r as an arithmetic and an XOR sharing):
@@ -289,7 +313,7 @@ class PackedComparison(ProtocolPart):
         source.expect(relu_tuples(tuple(share.size()), self._by_fours))
         mask = source.relu_mask(share.size(), device=share.device)
         comm = self._crypten.communicator.get()
-        output, z = relu_shares(share, mask, comm, products4=self._products4(comm, share.device))
+        output, z = relu_shares(share, mask, comm, self._and_gate(comm), self._products4(comm, share.device))
         return with_share(x, output), (z, mask)
 
     def relu_gradient(self, grad: Any, state: tuple) -> Any:
