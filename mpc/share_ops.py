@@ -8,8 +8,8 @@ randomness goes through the session's installed parts exactly as CrypTen would c
 products through ``cfg.mpc.protocol``'s ``mul``/``square`` (Beaver with the triple source,
 announced to a dealer, counted), divisions through ``ArithmeticSharedTensor.div_`` (the
 truncation part) and ReLU through ``MPCTensor.relu`` (the comparison part). So the same
-tuples are drawn in the same order and the shares are bit for bit those of the object path
-(tests/test_sigmoid.py compares them).
+tuples are drawn in the same order, with the object path's rounds and bytes
+(tests/test_sigmoid.py checks that, and both against plaintext).
 """
 
 from __future__ import annotations

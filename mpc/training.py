@@ -219,7 +219,7 @@ def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any, on_shares
     w (sigmoid(x) - y) instead, three rounds more, its product at 2^38 as CrypTen's own.
 
     Plain sharings are computed on their raw shares (:mod:`mpc.share_ops`: the same protocol
-    calls and the same shares, without CrypTen's per-operation object layers; ``on_shares``
+    calls in the same order, without CrypTen's per-operation object layers; ``on_shares``
     False keeps the MPCTensor path, the reference it is tested against)."""
     import crypten
 
@@ -240,9 +240,9 @@ def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any, on_shares
 
 
 def _residual_on_shares(ops: share_ops.ShareOps, logits: Any, weights: Any, targets: Any) -> Any:
-    """weighted_sigmoid_residual on the raw shares: the same operations in the same order
-    (the same tuples, the same shares bit for bit), without CrypTen's object layers per
-    operation (tests/test_sigmoid.py compares the two)."""
+    """weighted_sigmoid_residual on the raw shares: the same operations in the same order on
+    the same tuples, without CrypTen's object layers per operation (tests/test_sigmoid.py
+    checks both against plaintext, and that their rounds and bytes are equal)."""
     scale_bits = SIGMOID_SCALE.bit_length() - 1
     x, w, y = ops.share(logits), ops.share(weights), ops.share(targets)
     outside = ops.relu(torch.stack([ops.plus(x, -SIGMOID_CLIP), ops.plus(-x, -SIGMOID_CLIP)]))

@@ -50,20 +50,14 @@ _LOW_BITS = (1 << 63) - 1
 _BELOW_TOP_PAIR = _LOW_BITS ^ (1 << 62)  # the pair product of bits 62 and 63 cleared (s_63 = 0)
 
 
-def and_words(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """This party's XOR share of x & y for XOR-shared int64 words (a Beaver AND, one round)."""
-    from crypten.mpc.primitives import BinarySharedTensor as BST
-
-    return plain((BST.from_shares(x) & BST.from_shares(y)).share)
-
-
 AndWords = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def beaver_and_words(x: torch.Tensor, y: torch.Tensor, triple: Sequence[torch.Tensor], comm: Any) -> torch.Tensor:
-    """:func:`and_words` on the raw words from this party's shares of a binary triple (a, b,
-    a & b), as CrypTen's Beaver AND computes it without its BinarySharedTensor objects: e = x
-    ^ a and d = y ^ b opened in one message, then c ^ (e & b) ^ (a & d), and party 0 adds e & d."""
+    """This party's XOR share of x & y for XOR-shared int64 words (a Beaver AND, one round),
+    from its shares of a binary triple (a, b, a & b), as CrypTen's Beaver AND computes it
+    without its BinarySharedTensor objects: e = x ^ a and d = y ^ b opened in one message, then
+    c ^ (e & b) ^ (a & d), and party 0 adds e & d."""
     from torch.distributed import ReduceOp
 
     a, b, c = triple
@@ -122,7 +116,7 @@ def carry_out_by_fours(generate: torch.Tensor, propagate: torch.Tensor, width: i
 
 
 def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, mask_pairs: torch.Tensor, rank: int,
-                    and_gate: AndWords = and_words, products4: Products4 | None = None) -> torch.Tensor:
+                    and_gate: AndWords, products4: Products4 | None = None) -> torch.Tensor:
     """This party's XOR share (0/1) of msb(x) from the opened c = x + r, an XOR sharing of
     the word s = -r and one of its bit pairs' ANDs (:func:`protocols.bitpack.pair_products`).
 
@@ -206,7 +200,7 @@ def times_opened_bit(share: torch.Tensor, times_u: torch.Tensor, z: torch.Tensor
     return (1 - 2 * z) * times_u + z * share
 
 
-def relu_shares(share: torch.Tensor, mask: Sequence[torch.Tensor], comm: Any, and_gate: AndWords = and_words,
+def relu_shares(share: torch.Tensor, mask: Sequence[torch.Tensor], comm: Any, and_gate: AndWords,
                 products4: Products4 | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """This party's share of relu(x) = x [x > 0] and the opened z of the bit [x > 0] = u ^ z,
     from its share of x and of a ReLU mask (r, -r as a word, its pair products, u as an
