@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mpc import release
+from mpc import release, share_ops
 from mpc.approximations import multiply_precisely
 from mpc.dp import DpConfig, PrivateSgd, RowClip
 from mpc.models import secure_state
@@ -203,7 +203,7 @@ def secure_sigmoid(logits: Any) -> Any:
     return t * _odd_factor(t.square() * 2 - 1) + 0.5
 
 
-def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any) -> Any:
+def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any, on_shares: bool = True) -> Any:
     """w (sigmoid(x) - y) for sharings w and y of the logits' shape, as w t g + w (1/2 - y).
 
     With c = clip(x): c^2, w c and w (1/2 - y) are multiplied in one round and left
@@ -216,11 +216,17 @@ def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any) -> Any:
 
     The untruncated products reach 2^43 (w <= 50): where the division is not exact that wide
     (CrypTen's own truncation, wrong with probability |x| / 2^64), it is
-    w (sigmoid(x) - y) instead, three rounds more, its product at 2^38 as CrypTen's own."""
+    w (sigmoid(x) - y) instead, three rounds more, its product at 2^38 as CrypTen's own.
+
+    Plain sharings are computed on their raw shares (:mod:`mpc.share_ops`: the same protocol
+    calls in the same order, without CrypTen's per-operation object layers; ``on_shares``
+    False keeps the MPCTensor path, the reference it is tested against)."""
     import crypten
 
     if not divides_wide_values_exactly(crypten):
         return weights * (secure_sigmoid(logits) - targets)
+    if on_shares and share_ops.applies(crypten, logits, weights, targets):
+        return _residual_on_shares(share_ops.ShareOps(crypten, logits), logits, weights, targets)
     scale_bits = SIGMOID_SCALE.bit_length() - 1
     c = _clipped(logits)
     right = crypten.stack([c, c, 0.5 - targets])
@@ -231,6 +237,36 @@ def weighted_sigmoid_residual(logits: Any, weights: Any, targets: Any) -> Any:
     parts = crypten.stack([raw[0], raw[1] * 2 ** (shift - fractional - scale_bits), raw[2] * 2 ** (shift - fractional)])
     parts = parts.div(2**shift)
     return parts[1] * _odd_factor(parts[0] - 1) + parts[2]
+
+
+def _residual_on_shares(ops: share_ops.ShareOps, logits: Any, weights: Any, targets: Any) -> Any:
+    """weighted_sigmoid_residual on the raw shares: the same operations in the same order on
+    the same tuples, without CrypTen's object layers per operation (tests/test_sigmoid.py
+    checks both against plaintext, and that their rounds and bytes are equal)."""
+    scale_bits = SIGMOID_SCALE.bit_length() - 1
+    x, w, y = ops.share(logits), ops.share(weights), ops.share(targets)
+    outside = ops.relu(torch.stack([ops.plus(x, -SIGMOID_CLIP), ops.plus(-x, -SIGMOID_CLIP)]))
+    c = x - outside[0] + outside[1]
+    raw = ops.product(torch.stack([c, w, w]), torch.stack([c, c, ops.plus(-y, 0.5)]), y_scaled=False)
+    fractional = ops.bits
+    shift = fractional + 2 * scale_bits - 1
+    parts = ops.divide(torch.stack([raw[0], raw[1] * 2 ** (shift - fractional - scale_bits),
+                                    raw[2] * 2 ** (shift - fractional)]), 2**shift)
+    g = _odd_factor_on_shares(ops, ops.plus(parts[0], -1))
+    return ops.tensor(ops.product(parts[1], g) + parts[2])
+
+
+def _odd_factor_on_shares(ops: share_ops.ShareOps, s: torch.Tensor) -> torch.Tensor:
+    """_odd_factor on the raw shares (the division exact for wide values: its one-round form)."""
+    s2 = ops.plus(ops.square(s) * 2, -1)
+    level = ops.product(torch.stack([s, s2]), torch.stack([s2, s2]), y_scaled=False)
+    one = ops.scale
+    s3 = level[0] * 2 - s * one
+    weights, constants = _sigmoid_weights()
+    sums = [s * (row[0] * one) + s2 * (row[1] * one) + s3 * row[2] for row in weights]
+    parts = ops.divide(torch.stack([*sums, level[1] * 2**SIGMOID_WEIGHT_BITS]), one * 2**SIGMOID_WEIGHT_BITS)
+    s4 = ops.plus(parts[2] * 2, -1)
+    return ops.plus(parts[0], constants[0]) + ops.product(s4, ops.plus(parts[1], constants[1]))
 
 
 class PhaseMeter:

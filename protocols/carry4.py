@@ -25,25 +25,64 @@ PRODUCTS = ((P3, G2), (P3, P2, G1), (P3, P2, P1, G0), (P3, P2, P1, P0))
 SUBSETS = tuple(sorted({subset for product in PRODUCTS for k in range(2, len(product) + 1)
                         for subset in itertools.combinations(product, k)}, key=lambda s: (len(s), s)))
 COMPONENTS = INPUTS + len(SUBSETS)
-# per product, the subsets S of its inputs whose terms a party adds and the rest M \ S: the
-# leader's from the empty set on, the others' from single inputs (the whole product is a_S alone)
-TERMS = {leader: tuple(tuple((subset, tuple(i for i in product if i not in subset))
-                             for k in range(0 if leader else 1, len(product))
-                             for subset in itertools.combinations(product, k))
-                       for product in PRODUCTS)
-         for leader in (True, False)}
+# Each product over M is the XOR over subsets S of M of (the AND of opened e_i, i in M \ S) &
+# a_S; the leader adds every S (S empty: the opened AND alone), the others the non-empty ones.
+# Both the ANDs of masks a tuple deals and the products are worked out as gathers from tables,
+# a dozen tensor operations where a loop over the subsets took a hundred: rows of up to four
+# indices (padded with an all-ones row) ANDed together, and per term of a product which opened
+# AND and which dealt a_S it takes (all ones for S empty, all zeros to pad a product to 16 terms).
+_ONES_INPUT, _ONES_DEALT, _ZEROS_DEALT = INPUTS, COMPONENTS, COMPONENTS + 1
+_TERMS = 16  # the most subsets a product has (2^4)
 
 
-def _and_all(words: Sequence[torch.Tensor]) -> torch.Tensor:
-    total = words[0]
-    for word in words[1:]:
-        total = total & word
-    return total
+def _padded_rows(subsets: Sequence[tuple[int, ...]]) -> torch.Tensor:
+    return torch.tensor([list(subset) + [_ONES_INPUT] * (4 - len(subset)) for subset in subsets])
+
+
+def _and_rows(words: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Per row of ``rows``, the AND of those rows of ``words`` (index INPUTS: all ones)."""
+    gathered = torch.cat([words, torch.full_like(words[:1], -1)])[rows.to(words.device)]
+    pairs = gathered[:, :2] & gathered[:, 2:]
+    return pairs[:, 0] & pairs[:, 1]
+
+
+def _dealt_index(subset: tuple[int, ...]) -> int:
+    if not subset:
+        return _ONES_DEALT
+    return subset[0] if len(subset) == 1 else INPUTS + SUBSETS.index(subset)
+
+
+def _product_tables(leader: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the opened ANDs that occur, as padded rows; per term its AND; per term its dealt row)."""
+    rests: list[tuple[int, ...]] = [()]
+    term_rests, term_dealt = [], []
+    for product in PRODUCTS:
+        subsets = [subset for k in range(0 if leader else 1, len(product) + 1)
+                   for subset in itertools.combinations(product, k)]
+        for subset in subsets:
+            rest = tuple(i for i in product if i not in subset)
+            if rest not in rests:
+                rests.append(rest)
+            term_rests.append(rests.index(rest))
+            term_dealt.append(_dealt_index(subset))
+        term_rests += [0] * (_TERMS - len(subsets))
+        term_dealt += [_ZEROS_DEALT] * (_TERMS - len(subsets))
+    return _padded_rows(rests), torch.tensor(term_rests), torch.tensor(term_dealt)
+
+
+_SUBSET_ROWS = _padded_rows(SUBSETS)
+_PRODUCT_TABLES = {leader: _product_tables(leader) for leader in (True, False)}
+
+
+def carry4_stack(masks: torch.Tensor) -> torch.Tensor:
+    """A carry4 tuple's components, stacked on the first dimension, from its seven masks (so
+    stacked): the masks, then the ANDs of SUBSETS."""
+    return torch.cat([masks, _and_rows(masks, _SUBSET_ROWS)])
 
 
 def carry4_values(masks: torch.Tensor) -> list[torch.Tensor]:
-    """A carry4 tuple's components from its seven masks (stacked on the first dimension)."""
-    return [*masks.unbind(0), *(_and_all([masks[i] for i in subset]) for subset in SUBSETS)]
+    """:func:`carry4_stack` as a list of components."""
+    return list(carry4_stack(masks).unbind(0))
 
 
 def carry4_products(inputs: Sequence[torch.Tensor], tuple_shares: Sequence[torch.Tensor], comm: Any,
@@ -55,21 +94,12 @@ def carry4_products(inputs: Sequence[torch.Tensor], tuple_shares: Sequence[torch
 
     masks = tuple_shares[:INPUTS]
     opened = comm.all_reduce(torch.stack([x ^ a for x, a in zip(inputs, masks)]), op=ReduceOp.BXOR)
-    dealt = {**{(i,): masks[i] for i in range(INPUTS)}, **dict(zip(SUBSETS, tuple_shares[INPUTS:]))}
-    public: dict[tuple[int, ...], torch.Tensor] = {(i,): opened[i] for i in range(INPUTS)}
-
-    def opened_and(indices: tuple[int, ...]) -> torch.Tensor:
-        # the products share their inputs' opened ANDs: each is formed once, from a shorter one
-        if indices not in public:
-            public[indices] = opened_and(indices[:-1]) & opened[indices[-1]]
-        return public[indices]
-
-    results = []
-    for product, terms in zip(PRODUCTS, TERMS[rank == 0]):
-        # the subset S = the whole product contributes a_S alone; S empty the public AND (leader)
-        total = dealt[product].clone()
-        for subset, rest in terms:
-            public_and = opened_and(rest)
-            total ^= public_and & dealt[subset] if subset else public_and
-        results.append(total)
-    return results
+    rests, term_rests, term_dealt = (table.to(opened.device) for table in _PRODUCT_TABLES[rank == 0])
+    public = _and_rows(opened, rests)
+    ones = torch.full_like(opened[0], -1)
+    dealt = torch.stack([*tuple_shares, ones, torch.zeros_like(ones)])
+    terms = (public[term_rests] & dealt[term_dealt]).reshape(len(PRODUCTS), _TERMS, *opened.shape[1:])
+    while terms.shape[1] > 1:  # XOR each product's 16 terms, halving
+        half = terms.shape[1] // 2
+        terms = terms[:, :half] ^ terms[:, half:]
+    return list(terms[:, 0].unbind(0))

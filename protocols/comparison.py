@@ -50,14 +50,20 @@ _LOW_BITS = (1 << 63) - 1
 _BELOW_TOP_PAIR = _LOW_BITS ^ (1 << 62)  # the pair product of bits 62 and 63 cleared (s_63 = 0)
 
 
-def and_words(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """This party's XOR share of x & y for XOR-shared int64 words (a Beaver AND, one round)."""
-    from crypten.mpc.primitives import BinarySharedTensor as BST
-
-    return plain((BST.from_shares(x) & BST.from_shares(y)).share)
-
-
 AndWords = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def beaver_and_words(x: torch.Tensor, y: torch.Tensor, triple: Sequence[torch.Tensor], comm: Any) -> torch.Tensor:
+    """This party's XOR share of x & y for XOR-shared int64 words (a Beaver AND, one round),
+    from its shares of a binary triple (a, b, a & b), as CrypTen's Beaver AND computes it
+    without its BinarySharedTensor objects: e = x ^ a and d = y ^ b opened in one message, then
+    c ^ (e & b) ^ (a & d), and party 0 adds e & d."""
+    from torch.distributed import ReduceOp
+
+    a, b, c = triple
+    opened = comm.all_reduce(torch.stack([x ^ a, y ^ b]), op=ReduceOp.BXOR)
+    result = (b & opened[0]) ^ (a & opened[1]) ^ c
+    return result ^ (opened[0] & opened[1]) if comm.get_rank() == 0 else result
 
 
 def _and_fields(x: torch.Tensor, y: torch.Tensor, width: int, and_gate: AndWords) -> torch.Tensor:
@@ -110,7 +116,7 @@ def carry_out_by_fours(generate: torch.Tensor, propagate: torch.Tensor, width: i
 
 
 def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, mask_pairs: torch.Tensor, rank: int,
-                    and_gate: AndWords = and_words, products4: Products4 | None = None) -> torch.Tensor:
+                    and_gate: AndWords, products4: Products4 | None = None) -> torch.Tensor:
     """This party's XOR share (0/1) of msb(x) from the opened c = x + r, an XOR sharing of
     the word s = -r and one of its bit pairs' ANDs (:func:`protocols.bitpack.pair_products`).
 
@@ -194,7 +200,7 @@ def times_opened_bit(share: torch.Tensor, times_u: torch.Tensor, z: torch.Tensor
     return (1 - 2 * z) * times_u + z * share
 
 
-def relu_shares(share: torch.Tensor, mask: Sequence[torch.Tensor], comm: Any, and_gate: AndWords = and_words,
+def relu_shares(share: torch.Tensor, mask: Sequence[torch.Tensor], comm: Any, and_gate: AndWords,
                 products4: Products4 | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """This party's share of relu(x) = x [x > 0] and the opened z of the bit [x > 0] = u ^ z,
     from its share of x and of a ReLU mask (r, -r as a word, its pair products, u as an
@@ -220,7 +226,7 @@ def relu_gradient_shares(grad: torch.Tensor, z: torch.Tensor, mask: Sequence[tor
     return times_opened_bit(grad, opened * u + a_u, z)
 
 
-def _with_share(like: Any, share: torch.Tensor) -> Any:
+def with_share(like: Any, share: torch.Tensor) -> Any:
     """A new MPCTensor with ``like``'s encoding and ``share`` (``like`` is left as it was)."""
     result = like.shallow_copy()
     result._tensor = like._tensor.shallow_copy()
@@ -273,7 +279,19 @@ class PackedComparison(ProtocolPart):
         source.expect(comparison_tuples(tuple(share.size()), self._by_fours))
         r, negated, pairs = source.sign_mask(share.size(), device=share.device)
         return masked_sign_bit(comm.all_reduce(share + plain(r.share)), plain(negated.share), plain(pairs.share),
-                               comm.get_rank(), products4=self._products4(comm, share.device))
+                               comm.get_rank(), self._and_gate(comm), self._products4(comm, share.device))
+
+    def _and_gate(self, comm: Any) -> AndWords:
+        """The tree's two-input ANDs on raw words (:func:`beaver_and_words`) with the source's
+        binary triples, counted as its online use as its hook counts CrypTen's ANDs."""
+        source = self.suite.parts["triple_source"]
+        provider = self._crypten.mpc.get_default_provider()
+
+        def gate(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            triple = provider.generate_binary_triple(x.size(), y.size(), device=x.device)
+            return beaver_and_words(x, y, [plain(t.share) for t in triple], comm)
+
+        return crypten_hooks.counted(gate, source.counters, "online")
 
     def _to_arithmetic(self, bit: torch.Tensor, comm: Any) -> Any:
         """B2A of XOR-shared bits with B2A tuples (r as an arithmetic and an XOR sharing):
@@ -289,13 +307,13 @@ class PackedComparison(ProtocolPart):
         source.expect(relu_tuples(tuple(share.size()), self._by_fours))
         mask = source.relu_mask(share.size(), device=share.device)
         comm = self._crypten.communicator.get()
-        output, z = relu_shares(share, mask, comm, products4=self._products4(comm, share.device))
-        return _with_share(x, output), (z, mask)
+        output, z = relu_shares(share, mask, comm, self._and_gate(comm), self._products4(comm, share.device))
+        return with_share(x, output), (z, mask)
 
     def relu_gradient(self, grad: Any, state: tuple) -> Any:
         z, mask = state
         comm = self._crypten.communicator.get()
-        return _with_share(grad, relu_gradient_shares(plain(grad._tensor.share), z, mask, comm))
+        return with_share(grad, relu_gradient_shares(plain(grad._tensor.share), z, mask, comm))
 
     def uninstall(self, crypten: Any) -> None:
         crypten_hooks.uninstall_comparison(crypten)

@@ -135,8 +135,8 @@ class TrustedFirstParty(TripleSource):
 
         self.counters.calls += 1
         self.counters.tuples += carry4.COMPONENTS * int(torch.Size(size).numel())
-        values = carry4.carry4_values(plain(generate_random_ring_element((carry4.INPUTS, *size), device=device)))
-        return list(plain(self._crypten.mpc.primitives.BinarySharedTensor(torch.stack(values), src=0).share).unbind(0))
+        values = carry4.carry4_stack(plain(generate_random_ring_element((carry4.INPUTS, *size), device=device)))
+        return list(plain(self._crypten.mpc.primitives.BinarySharedTensor(values, src=0).share).unbind(0))
 
     def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Party 1's word and its share of the AND from the stream it shares with party 0,

@@ -72,3 +72,36 @@ def test_the_factor_after_t_stays_within_its_bound_over_the_whole_range():
     g = chebval(s, a) + chebval(s, [0, 0, 0, 0, 1]) * chebval(s, b)
     assert np.abs(g).max() <= SIGMOID_FACTOR_BOUND
     assert np.abs(g).max() > 0.99 * SIGMOID_FACTOR_BOUND  # the bound is tight
+
+
+def _residual_paths(crypten, rank):
+    """The residual of one grid on raw shares and by the MPCTensor path, opened, with the
+    rounds and bytes each took."""
+    from mpc import share_ops
+    from mpc.training import weighted_sigmoid_residual
+
+    x = crypten.cryptensor(GRID.float(), src=0)
+    weights, labels = crypten.cryptensor(WEIGHTS.float(), src=0), crypten.cryptensor(LABELS.float(), src=0)
+    stats, results = crypten.communicator.get().stats, [share_ops.applies(crypten, x, weights, labels)]
+    for on_shares in (True, False):
+        before = (stats.rounds, stats.bytes_sent)
+        residual = weighted_sigmoid_residual(x, weights, labels, on_shares=on_shares)
+        spent = (stats.rounds - before[0], stats.bytes_sent - before[1])
+        results.append((residual.get_plain_text().tolist(), spent))
+    return results
+
+
+@pytest.mark.parametrize("world,truncation", [(2, "topbits"), (3, "pairs")])
+def test_residual_on_raw_shares_matches_plaintext_in_the_mpctensor_paths_rounds_and_bytes(world, truncation):
+    """The raw-share residual (mpc.share_ops) is within the documented bound of the exact
+    values, as the MPCTensor path it replaces is, and takes the same rounds and bytes (the
+    same protocol parts in the same order)."""
+    applies, (raw, raw_spent), (reference, reference_spent) = run_parties(
+        _residual_paths, world=world, timeout_s=600, protocol={"truncation": truncation})[0]
+    assert applies and raw_spent == reference_spent and raw_spent[0] > 0
+    weights = _encoded(WEIGHTS)
+    exact = weights * (torch.sigmoid(_encoded(GRID)) - LABELS)
+    bound = weights * SIGMOID_MAX_ERROR + (SIGMOID_FACTOR_BOUND + 2) * ULP
+    for values in (raw, reference):
+        error = (torch.tensor(values, dtype=torch.float64) - exact).abs()
+        assert (error <= bound).all(), (error - bound).max().item()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from protocols.bitpack import pair_products
-from protocols.carry4 import COMPONENTS, INPUTS, PRODUCTS, SUBSETS, carry4_products
+from protocols.carry4 import COMPONENTS, INPUTS, PRODUCTS, SUBSETS, carry4_products, carry4_values
 from protocols.comparison import comparison_tuples, masked_sign_bit, relu_gradient_shares, relu_shares, relu_tuples
 from protocols.dealer import SemiHonestMaker, expand
 from protocols.prg import CipherGenerator, new_seed
@@ -192,3 +192,16 @@ def additive_sharing(value: torch.Tensor, parties: int, rng: CipherGenerator) ->
     """An additive sharing of ``value``."""
     shares = [rng.ring(value.shape) for _ in range(parties - 1)]
     return [value - sum(shares)] + shares
+
+
+def test_a_tuples_components_are_its_masks_and_their_subsets_ands():
+    masks = CipherGenerator(new_seed()).ring((INPUTS, 5, 3))
+    components = carry4_values(masks)
+    assert len(components) == COMPONENTS
+    for i in range(INPUTS):
+        assert torch.equal(components[i], masks[i])
+    for subset, component in zip(SUBSETS, components[INPUTS:]):
+        expected = masks[subset[0]]
+        for i in subset[1:]:
+            expected = expected & masks[i]
+        assert torch.equal(component, expected), subset

@@ -12,7 +12,7 @@ import torch
 
 from protocols import ProtocolConfig
 from protocols.bitpack import pack_fields, pair_products, reverse_bit_indices, unpack_fields
-from protocols.comparison import masked_sign_bit
+from protocols.comparison import beaver_and_words, masked_sign_bit
 from protocols.prg import CipherGenerator, new_seed
 from protocol_sessions import party_values, run_parties
 
@@ -168,3 +168,22 @@ def test_packed_comparison_is_the_exact_sign(parties, source):
         # CrypTen's tuple cache (trace, fill, replay) serves the packed comparison's triples too
         assert result["traced"] > 0 and result["filled"] == result["traced"] and result["left_in_cache"] == 0
         assert result["cached_relu_error"] <= 2**-16
+
+
+def _ands(crypten, rank):
+    """x & y of XOR-shared random words by beaver_and_words and by CrypTen's own AND, opened."""
+    from crypten.mpc.primitives import BinarySharedTensor
+
+    x, y = torch.randint(-(1 << 63), (1 << 63) - 1, (2, 300), generator=torch.Generator().manual_seed(7))
+    shared_x, shared_y = BinarySharedTensor(x, src=0), BinarySharedTensor(y, src=0)
+    triple = crypten.mpc.get_default_provider().generate_binary_triple(x.size(), y.size())
+    raw = beaver_and_words(shared_x.share, shared_y.share, [t.share for t in triple], crypten.communicator.get())
+    return {"raw": BinarySharedTensor.from_shares(raw).reveal().tolist(),
+            "crypten": (shared_x & shared_y).reveal().tolist(), "exact": (x & y).tolist()}
+
+
+@pytest.mark.parametrize("parties, source", [(2, "tfp"), (3, "dealer")])
+def test_beaver_and_on_raw_words_is_the_exact_and_as_cryptens(parties, source):
+    protocol = ProtocolConfig(name=source, triple_source=source, comparison="packed")
+    for result in party_values(run_parties(_ands, protocol, parties=parties, timeout_s=300), parties):
+        assert result["raw"] == result["exact"] == result["crypten"]
