@@ -114,14 +114,15 @@ def test_a_malformed_message_is_refused(index, lie, message):
 
 
 def test_a_mixed_batch_keeps_its_order():
-    """One produce() of matmul triples BFV takes (W6's, a batch of rows), one too small for it,
-    and other tuples: each tuple exact and in its key's place."""
+    """One produce() of matmul triples BFV takes (W6's, a batch of rows), two too small for it
+    (W6's second layer's: BFV would send half the bytes for ~8x Gilboa's CPU), and other tuples:
+    each tuple exact and in its key's place."""
     from protocols.ot import GilboaEngine, OtChannel
     from protocols.ot_he import OtHeTripleSource
 
     keys = [("triple", "matmul", (4, 3), (3, 2), ()), ("triple", "matmul", (512, 32), (32, 64), ()),
             ("triple", "mul", (5,), (5,), ()), ("triple", "matmul", (2, 256, 32), (32, 64), ()),
-            ("square", (7,))]
+            ("square", (7,)), ("triple", "matmul", (512, 64), (64, 1), ())]
 
     def party(rank, comm):
         source = OtHeTripleSource()
@@ -129,7 +130,7 @@ def test_a_mixed_batch_keeps_its_order():
         return [source._by_he(key) is not None for key in keys], source.produce(keys)
 
     (by_he, tuples0), (_, tuples1) = run_pair(party)
-    assert by_he == [False, True, False, True, False]
+    assert by_he == [False, True, False, True, False, False]
     for key, shares0, shares1 in zip(keys, tuples0, tuples1):
         opened = [x + y for x, y in zip(shares0, shares1)]  # int64 addition wraps as the ring
         if key[0] == "square":
@@ -158,3 +159,40 @@ def test_triples_between_two_party_processes():
     for result in party_values(run_parties(_triples, suite, parties=2, timeout_s=300), 2):
         assert result.pop("provider") == "COTRAIN_OT"
         assert all(result.values()), result
+
+
+@pytest.mark.parametrize("positions, values", [
+    ([5, 0, 8191, 17], [3, 1, 2**59 + 7, 0]),  # a zero term, the constant and the top term
+    ([0], [0]),  # no term at all
+    (list(range(0, 8192, 128)), None),  # 64 terms: the most the polynomial syntax takes
+], ids=["mixed", "zero", "full-width"])
+def test_sparse_plaintexts_are_the_written_ones(positions, values):
+    """A plaintext in SEAL's polynomial syntax holds the same coefficients as one written in its
+    binary format and loaded with SEAL's checks, every one of the 8192."""
+    from protocols import he_matmul
+
+    def party(rank, comm):
+        engine = HeMatmul(comm, 1 - rank)
+        prime = engine.primes[0]
+        chosen = values if values is not None else [prime.t - 1 - i for i in range(len(positions))]
+        where, what = np.array(positions), np.array(chosen, np.uint64)
+        sparse = engine._plaintext(prime, where, what)
+        coefficients = np.zeros(8192, np.uint64)
+        coefficients[where] = what
+        body = bytes(32) + np.uint64(8192).tobytes() + np.float64(1.0).tobytes() + engine._words(coefficients)
+        written = engine._load(tenseal.sealapi.Plaintext(), prime.context, engine._serialized(body), "plaintext")
+        read = lambda plain: [plain.data(e) if e < plain.coeff_count() else 0 for e in range(8192)]  # noqa: E731
+        return len(positions) <= he_matmul.SPARSE_TERMS and read(sparse) == read(written) == coefficients.tolist()
+
+    assert run_pair(party) == (True, True)
+
+
+def test_masks_are_uniform_integers_with_their_low_words():
+    from protocols.he_matmul import _uniform_integers
+
+    values, low = _uniform_integers(4000, 178)
+    assert all(0 <= int(v) < 1 << 178 for v in values)
+    assert [int(v) & (2**64 - 1) for v in values] == low.tolist()
+    assert max(int(v) for v in values) >= 1 << 176  # the top word's bits are drawn, not zero
+    tops = np.array([int(v) >> 128 for v in values], dtype=np.float64) / 2**50
+    assert 0.45 < tops.mean() < 0.55
