@@ -196,3 +196,25 @@ def test_masks_are_uniform_integers_with_their_low_words():
     assert max(int(v) for v in values) >= 1 << 176  # the top word's bits are drawn, not zero
     tops = np.array([int(v) >> 128 for v in values], dtype=np.float64) / 2**50
     assert 0.45 < tops.mean() < 0.55
+
+
+def test_bfv_starts_at_the_first_product_it_takes():
+    """No keys for a batch of small tuples (W5's kind of session never makes any); both parties
+    start BFV in the batch whose product it takes, and that product is exact."""
+    from protocols.ot import GilboaEngine, OtChannel
+    from protocols.ot_he import OtHeTripleSource
+
+    small = [("triple", "matmul", (512, 64), (64, 1), ()), ("triple", "mul", (5,), (5,), ())]
+    large = [("triple", "matmul", (512, 32), (32, 64), ())]
+
+    def party(rank, comm):
+        source = OtHeTripleSource()
+        source.comm, source.engine = comm, GilboaEngine(OtChannel(comm, 1 - rank))
+        source.produce(small)
+        before = source.he
+        return before, source.produce(large)[0], source.he is not None
+
+    (before0, triple0, after0), (before1, triple1, after1) = run_pair(party)
+    assert before0 is None and before1 is None and after0 and after1
+    a, b, c = (x + y for x, y in zip(triple0, triple1))
+    assert torch.equal(c, a @ b)
