@@ -1,4 +1,4 @@
-"""The ``ot`` suite with matmul triples from homomorphic encryption (``protocol.triple_source=ot_he``).
+"""The ``ot`` suite's default triple source (``protocol.triple_source=ot_he``): OT, and BFV for large matrix products.
 
 Every tuple is made as under ``ot`` (``protocols.ot``), except matrix products where BFV
 (``protocols.he_matmul``) sends fewer bytes than Gilboa's 260 m k n and the product is large
