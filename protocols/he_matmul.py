@@ -59,7 +59,9 @@ FLOOD_SIGMA = 41  # F >= 2^41 N V: statistical distance N V / (2F) <= 2^-42 per 
 FRESH_NOISE = 1 << 19
 # the encrypted operands': SEAL's symmetric encryption at the data level, |e| <= 6 sigma = 19.2, and rounding
 OPERAND_NOISE = 1 << 5
-CHUNK_BITS = 13  # big integers as 13-bit chunks: a chunk times a residue below 2^50 fits a uint64
+# big integers as 10-bit chunks: up to 16 chunks times residues below 2^50 sum below 2^64, so
+# a residue takes one reduction, not one per chunk
+CHUNK_BITS, MAX_CHUNKS = 10, 16
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
 SPARSE_TERMS = 64  # plaintexts of at most this many terms are written in SEAL's polynomial syntax
 MAX_ITEM_BYTES = 1 << 21  # a serialized ciphertext is 524,401 bytes uncompressed
@@ -105,7 +107,7 @@ def blocking(m: int, k: int, n: int) -> Blocking:
 
 
 def _chunks(count: int, bits: int) -> np.ndarray:
-    """``count`` uniform integers below 2^bits as (count, chunks) 13-bit chunks, least significant first."""
+    """``count`` uniform integers below 2^bits as (count, chunks) CHUNK_BITS-bit chunks, least significant first."""
     width = -(-bits // CHUNK_BITS)
     raw = np.frombuffer(secrets.token_bytes(2 * count * width), np.uint16).reshape(count, width)
     chunks = (raw & np.uint16((1 << CHUNK_BITS) - 1)).astype(np.uint64)
@@ -113,13 +115,15 @@ def _chunks(count: int, bits: int) -> np.ndarray:
     return chunks
 
 
-def _residues(chunks: np.ndarray, modulus: int) -> np.ndarray:
-    """The integers of ``chunks`` mod ``modulus`` (< 2^51)."""
-    q = np.uint64(modulus)
-    total = np.zeros(chunks.shape[0], np.uint64)
+def _residues(chunks: np.ndarray, moduli: Sequence[int]) -> np.ndarray:
+    """The integers of ``chunks`` mod each of ``moduli`` (each < 2^50): (len(moduli), count)."""
+    if chunks.shape[1] > MAX_CHUNKS or max(moduli) >= 1 << 50:
+        raise ValueError(f"{chunks.shape[1]} chunks mod {max(moduli).bit_length()}-bit moduli could overflow a word")
+    powers = np.array([[pow(2, CHUNK_BITS * i, q) for q in moduli] for i in range(chunks.shape[1])], np.uint64)
+    total = np.zeros((chunks.shape[0], len(moduli)), np.uint64)
     for i in range(chunks.shape[1]):
-        total = (total + chunks[:, i] * np.uint64(pow(2, CHUNK_BITS * i, modulus)) % q) % q
-    return total
+        total += chunks[:, i:i + 1] * powers[i]
+    return (total % np.array(moduli, np.uint64)).T
 
 
 def _uniform_below(count: int, modulus: int) -> np.ndarray:
@@ -248,7 +252,9 @@ class HeMatmul:
         (this binding gives no other way into c0)."""
         chunks = _chunks(N, bound_bits)
         half = 1 << (bound_bits - 1)
-        c0 = np.stack([(_residues(chunks, q) + np.uint64(q - half % q)) % np.uint64(q) for q in prime.q])
+        moduli = np.array(prime.q, np.uint64)[:, None]
+        shift = np.array([q - half % q for q in prime.q], np.uint64)[:, None]  # -2^(b-1) mod q
+        c0 = (_residues(chunks, prime.q) + shift) % moduli
         parms_id = np.array(prime.context.first_parms_id(), np.uint64).tobytes()
         fields = np.array([2, N, len(prime.q)], np.uint64).tobytes() + np.float64(1.0).tobytes() + np.uint64(1).tobytes()
         body = parms_id + b"\x00" + fields + self._words(np.concatenate([c0.reshape(-1), np.zeros(c0.size, np.uint64)]))

@@ -218,3 +218,21 @@ def test_bfv_starts_at_the_first_product_it_takes():
     assert before0 is None and before1 is None and after0 and after1
     a, b, c = (x + y for x, y in zip(triple0, triple1))
     assert torch.equal(c, a @ b)
+
+
+def test_flooding_residues_are_the_integers_mod_each_prime():
+    """The flooding term's chunks, read as integers, against their residues mod SEAL's 50-bit
+    primes (one reduction after summing the chunks' products: no word overflows), and the
+    chunks of 127-bit integers spread over the whole range."""
+    from protocols.he_matmul import CHUNK_BITS, _chunks, _residues
+
+    moduli = [(1 << 50) - 27, (1 << 49) + 69, 1125899906826241]
+    chunks = _chunks(3000, 127)
+    chunks[0] = (1 << CHUNK_BITS) - 1  # the largest chunks everywhere: the worst case for the sums
+    chunks[0, -1] = (1 << (127 - CHUNK_BITS * (chunks.shape[1] - 1))) - 1
+    values = [sum(int(c) << (CHUNK_BITS * i) for i, c in enumerate(row)) for row in chunks]
+    assert values[0] == (1 << 127) - 1 and max(values[1:]) < 1 << 127 and max(values[1:]) >= 1 << 125
+    residues = _residues(chunks, moduli)
+    assert residues.tolist() == [[v % q for v in values] for q in moduli]
+    with pytest.raises(ValueError, match="overflow"):
+        _residues(_chunks(4, 170), moduli)
