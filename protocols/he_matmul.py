@@ -59,8 +59,11 @@ FLOOD_SIGMA = 41  # F >= 2^41 N V: statistical distance N V / (2F) <= 2^-42 per 
 FRESH_NOISE = 1 << 19
 # the encrypted operands': SEAL's symmetric encryption at the data level, |e| <= 6 sigma = 19.2, and rounding
 OPERAND_NOISE = 1 << 5
-CHUNK_BITS = 13  # big integers as 13-bit chunks: a chunk times a residue below 2^50 fits a uint64
+# big integers as 10-bit chunks: up to 16 chunks times residues below 2^50 sum below 2^64, so
+# a residue takes one reduction, not one per chunk
+CHUNK_BITS, MAX_CHUNKS = 10, 16
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
+SPARSE_TERMS = 64  # plaintexts of at most this many terms are written in SEAL's polynomial syntax
 MAX_ITEM_BYTES = 1 << 21  # a serialized ciphertext is 524,401 bytes uncompressed
 # measured sizes of SEAL's zstd-compressed ciphertexts: a seeded (fresh, symmetric) one, a full one
 SEEDED_BYTES, CIPHERTEXT_BYTES = 236_000, 471_000
@@ -104,7 +107,7 @@ def blocking(m: int, k: int, n: int) -> Blocking:
 
 
 def _chunks(count: int, bits: int) -> np.ndarray:
-    """``count`` uniform integers below 2^bits as (count, chunks) 13-bit chunks, least significant first."""
+    """``count`` uniform integers below 2^bits as (count, chunks) CHUNK_BITS-bit chunks, least significant first."""
     width = -(-bits // CHUNK_BITS)
     raw = np.frombuffer(secrets.token_bytes(2 * count * width), np.uint16).reshape(count, width)
     chunks = (raw & np.uint16((1 << CHUNK_BITS) - 1)).astype(np.uint64)
@@ -112,13 +115,15 @@ def _chunks(count: int, bits: int) -> np.ndarray:
     return chunks
 
 
-def _residues(chunks: np.ndarray, modulus: int) -> np.ndarray:
-    """The integers of ``chunks`` mod ``modulus`` (< 2^51)."""
-    q = np.uint64(modulus)
-    total = np.zeros(chunks.shape[0], np.uint64)
+def _residues(chunks: np.ndarray, moduli: Sequence[int]) -> np.ndarray:
+    """The integers of ``chunks`` mod each of ``moduli`` (each < 2^50): (len(moduli), count)."""
+    if chunks.shape[1] > MAX_CHUNKS or max(moduli) >= 1 << 50:
+        raise ValueError(f"{chunks.shape[1]} chunks mod {max(moduli).bit_length()}-bit moduli could overflow a word")
+    powers = np.array([[pow(2, CHUNK_BITS * i, q) for q in moduli] for i in range(chunks.shape[1])], np.uint64)
+    total = np.zeros((chunks.shape[0], len(moduli)), np.uint64)
     for i in range(chunks.shape[1]):
-        total = (total + chunks[:, i] * np.uint64(pow(2, CHUNK_BITS * i, modulus)) % q) % q
-    return total
+        total += chunks[:, i:i + 1] * powers[i]
+    return (total % np.array(moduli, np.uint64)).T
 
 
 def _uniform_below(count: int, modulus: int) -> np.ndarray:
@@ -130,6 +135,25 @@ def _uniform_below(count: int, modulus: int) -> np.ndarray:
         out = out.copy()
         out[high] = np.frombuffer(secrets.token_bytes(8 * int(high.sum())), np.uint64) & mask
     return out
+
+
+def _polynomial(positions: np.ndarray, values: np.ndarray) -> str:
+    """SEAL's syntax for the polynomial sum values[i] X^positions[i] (distinct positions): hex
+    coefficients, terms by falling degree, zero terms left out ("0" for none)."""
+    terms = sorted(((int(e), int(v)) for e, v in zip(positions, values) if v), reverse=True)
+    return " + ".join(f"{v:X}x^{e}" if e else f"{v:X}" for e, v in terms) or "0"
+
+
+def _uniform_integers(count: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` integers uniform in [0, 2^bits) as Python ints (an object array), and their
+    low 64 bits (uint64): whole words from the CSPRNG, the top one cut to the bits left."""
+    width = -(-bits // 64)
+    words = np.frombuffer(secrets.token_bytes(8 * width * count), np.uint64).reshape(count, width).copy()
+    words[:, -1] &= np.uint64((1 << (bits - 64 * (width - 1))) - 1)
+    total = np.zeros(count, dtype=object)
+    for i in range(width):
+        total = total + (words[:, i].astype(object) << (64 * i))
+    return total, words[:, 0].copy()
 
 
 @contextlib.contextmanager
@@ -213,7 +237,11 @@ class HeMatmul:
 
     def _plaintext(self, prime: _Prime, positions: np.ndarray, values: np.ndarray) -> Any:
         """The plaintext with ``values`` (< t) at ``positions``, 0 elsewhere, written in SEAL's
-        uncompressed format and loaded (SEAL checks every coefficient is below t)."""
+        uncompressed format and loaded (SEAL checks every coefficient is below t); a sparse one
+        (a B block: k_w n_w terms) in SEAL's polynomial syntax, parsed with no file (a sixth of
+        the time; only this party's own values, reduced mod t, take this way)."""
+        if len(positions) <= SPARSE_TERMS:
+            return seal.Plaintext(_polynomial(positions, values))
         coefficients = np.zeros(N, np.uint64)
         coefficients[positions] = values
         body = bytes(32) + np.uint64(N).tobytes() + np.float64(1.0).tobytes() + self._words(coefficients)
@@ -224,7 +252,9 @@ class HeMatmul:
         (this binding gives no other way into c0)."""
         chunks = _chunks(N, bound_bits)
         half = 1 << (bound_bits - 1)
-        c0 = np.stack([(_residues(chunks, q) + np.uint64(q - half % q)) % np.uint64(q) for q in prime.q])
+        moduli = np.array(prime.q, np.uint64)[:, None]
+        shift = np.array([q - half % q for q in prime.q], np.uint64)[:, None]  # -2^(b-1) mod q
+        c0 = (_residues(chunks, prime.q) + shift) % moduli
         parms_id = np.array(prime.context.first_parms_id(), np.uint64).tobytes()
         fields = np.array([2, N, len(prime.q)], np.uint64).tobytes() + np.float64(1.0).tobytes() + np.uint64(1).tobytes()
         body = parms_id + b"\x00" + fields + self._words(np.concatenate([c0.reshape(-1), np.zeros(c0.size, np.uint64)]))
@@ -327,7 +357,7 @@ class HeMatmul:
         j, l = np.meshgrid(np.arange(shape.k_w), np.arange(shape.n_w), indexing="ij")
         b_positions = (l * shape.k_w + shape.k_w - 1 - j).reshape(-1)
         targets = self._targets(shape)
-        mask = np.array([secrets.randbits(self.mask_bits) for _ in range(mb * nb * len(targets))], dtype=object)
+        mask, mask_low = _uniform_integers(mb * nb * len(targets), self.mask_bits)
         flood_bits = self._noise(shape)[0]
         replies = []
         for index, prime in enumerate(self.primes):
@@ -363,7 +393,7 @@ class HeMatmul:
                     prime.peer_encryptor.encrypt_zero(fresh)
                     ev.add_inplace(total, fresh)
                     replies.append(self._save(total))
-        share = np.uint64(0) - (mask & 0xFFFFFFFFFFFFFFFF).astype(np.uint64)
+        share = np.uint64(0) - mask_low
         return replies, self._gather(share.reshape(mb, nb, shape.m_w, shape.n_w), shape)
 
     def _ntt_plain(self, prime: _Prime, plain: Any) -> Any:
@@ -379,6 +409,7 @@ class HeMatmul:
         """My A times the peer's B plus its mask, from the peer's ciphertexts: CRT, then mod 2^64."""
         mb, _, nb = shape.blocks
         targets = [int(e) for e in self._targets(shape)]
+        last = max(targets)
         per_prime = mb * nb
         residues = np.zeros((len(self.primes), per_prime, len(targets)), dtype=object)
         for index, prime in enumerate(self.primes):
@@ -389,8 +420,9 @@ class HeMatmul:
                     raise HeError(f"HE peer party {self.peer} sent a masked product of the wrong form")
                 plain = seal.Plaintext()
                 prime.decryptor.decrypt(ciphertext, plain)
-                count = plain.coeff_count()
-                residues[index, block] = [plain.data(e) if e < count else 0 for e in targets]
+                count = plain.coeff_count()  # SEAL drops zero coefficients at the top
+                residues[index, block] = list(map(plain.data, targets)) if last < count else \
+                    [plain.data(e) if e < count else 0 for e in targets]
         value = sum(residues[j] * ((self.T // p.t) * pow(self.T // p.t, -1, p.t)) for j, p in enumerate(self.primes))
         low = (value % self.T) % (1 << 64)
         words = np.array(low.reshape(-1).tolist(), dtype=np.uint64)

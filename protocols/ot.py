@@ -12,9 +12,12 @@
 * From those: Beaver triples (elementwise and matmul: two Gilboa products, one in each
   direction, run together), squares (one product), binary AND triples (bit COTs), B2A bits,
   truncation pairs for power-of-two divisors (64 bit-times-word COTs per element), the
-  packed comparison's sign masks (s = s_0 ^ s_1 made arithmetic by 64 bit COTs, its bit
-  pairs' ANDs by one AND product: 128 OTs per element each way, where CrypTen's adder takes
-  over 1,300) and the top-bit truncation's wrap-bit tuples (one COT per element).
+  packed comparison's sign masks (s = s_0 ^ s_1 made arithmetic by 64 bit-product COTs one
+  way, its 32 bit pairs' ANDs by one AND product on the pairs' bits: 128 OTs per element in
+  all, where CrypTen's adder takes over 1,300 each way), ReLU masks (a sign mask and one COT
+  each way carrying r, a and u for the products with the bit u, in a second extension run: the
+  ReLU's product with its bit and its gradient's need no triple) and the top-bit truncation's
+  wrap-bit tuples (one COT per element).
 
 Each party is OT sender in one extension instance and receiver in the other, so both
 directions run at once, and any number of tuples (a whole training step's, batched by
@@ -26,11 +29,12 @@ matmuls belong to the dealer suite.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import secrets
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +42,7 @@ import torch
 from protocols.ot_extension import Cot, OtChannel
 from protocols.parts import UnsupportedTuple, metered
 from protocols.registry import register_part
-from protocols.tuples import KeyedTripleSource, Prefetcher
+from protocols.tuples import KeyedTripleSource, Prefetcher, freeze
 
 log = logging.getLogger("cotrain.ot")
 
@@ -74,6 +78,15 @@ def _word_products(mine: int, theirs: int, left: np.ndarray, right: np.ndarray) 
 
 
 Plan = tuple  # (Cot, finish: (received sums, own sums) -> my share)
+
+
+@dataclasses.dataclass
+class Followup:
+    """A tuple whose last products need the results of the extension run that made the rest:
+    their plans, for a second run, and ``finish`` (those plans' results -> the tuple's shares)."""
+
+    plans: list[Plan]
+    finish: Callable[[list[np.ndarray]], list[torch.Tensor]]
 
 
 class GilboaEngine:
@@ -129,10 +142,32 @@ class GilboaEngine:
         return plan, lambda received, own: (own if self.leader else received).reshape(-1)
 
     def plan_bits_times_words(self, my_bits: np.ndarray, my_words: np.ndarray) -> Plan:
-        """Shares of b0*w1 + b1*w0 where b are single bits (one COT per element each way)."""
+        """Shares of b0*w1 + b1*w0 where b are single bits (one COT per element each way); w is
+        one word per bit, or a row of words per bit ((count, width): one COT carries the row)."""
         count = my_bits.size
-        cot = Cot(count, count, 1, lambda a, b: my_bits[a:b], lambda a, b: my_words.reshape(-1, 1)[a:b])
-        return cot, lambda received, own: (received + own).reshape(-1)
+        rows = my_words.reshape(count, -1)
+        cot = Cot(count, count, rows.shape[1], lambda a, b: my_bits[a:b], lambda a, b: rows[a:b])
+        return cot, lambda received, own: (received + own).reshape(my_words.shape)
+
+    def plan_bit_products_balanced(self, bits: np.ndarray, correlations: np.ndarray) -> Plan:
+        """Shares of sum_j b0_ej * c1_ej + ... for 64 bits j per element e, where either party
+        may choose (the product is symmetric): ``bits`` (count, 64) my bits, ``correlations``
+        (count, 64) what the peer's bit (e, j) is to select of mine. Rank 0 chooses for the
+        first half of the elements, its peer for the rest: one COT per bit in all (not one each
+        way), split evenly. Per element, the 64 products summed into one word."""
+        count = bits.shape[0]
+        half = (count + 1) // 2
+        mine, theirs = (slice(0, half), slice(half, count)) if self.leader else (slice(half, count), slice(0, half))
+        my_bits = np.ascontiguousarray(bits[mine]).reshape(-1)
+        peer_rows = np.ascontiguousarray(correlations[theirs]).reshape(-1, 1)
+        cot = Cot(my_bits.size, peer_rows.shape[0], 1, lambda a, b: my_bits[a:b], lambda a, b: peer_rows[a:b],
+                  group=64)
+
+        def finish(received: np.ndarray, own: np.ndarray) -> np.ndarray:
+            parts = (received, own) if self.leader else (own, received)
+            return np.concatenate([part.reshape(-1) for part in parts])
+
+        return cot, finish
 
     def plan_bit_product(self, bits: np.ndarray) -> Plan:
         """Shares of b0 * b1 for single bits (0/1 uint64): one COT per element, the peer of
@@ -155,6 +190,21 @@ def random_words(shape: Sequence[int]) -> np.ndarray:
     """Uniform 64-bit words from the CSPRNG."""
     count = int(math.prod(shape))
     return np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint64).reshape(tuple(shape)).copy()
+
+
+def _packed_bits(bits: np.ndarray) -> np.ndarray:
+    """0/1 bits (uint8, any shape) packed in order, 64 to a little-endian word (the last padded with 0)."""
+    packed = np.packbits(bits.reshape(-1), bitorder="little")
+    return np.concatenate([packed, np.zeros(-len(packed) % 8, np.uint8)]).view(np.uint64)
+
+
+def _spread_even(words: np.ndarray, count: int) -> np.ndarray:
+    """The first 32 ``count`` bits of ``words`` (as :func:`_packed_bits` packed them), 32 per
+    element, at the even bits of one word per element."""
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little")[: 32 * count].reshape(count, 32)
+    spread = np.zeros((count, 64), np.uint8)
+    spread[:, 0::2] = bits
+    return np.packbits(spread, axis=1, bitorder="little").view(np.uint64).reshape(-1)
 
 
 def _random_bits(count: int) -> np.ndarray:
@@ -274,17 +324,30 @@ class OtTripleSource(KeyedTripleSource):
 
     # -- making tuples -----------------------------------------------------------------------
     def produce(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
-        """Every tuple of ``keys`` from one OT extension run."""
+        """Every tuple of ``keys`` from one OT extension run, and a second for the products
+        that need the first's results (a ReLU mask's r u)."""
         start = time.perf_counter()
-        planned = [self._plans(key) for key in keys]
+        out = self._run_plans([self._plans(key) for key in keys])
+        later = [(index, made) for index, made in enumerate(out) if isinstance(made, Followup)]
+        if later:
+            finished = self._run_plans([(made.plans, made.finish) for _, made in later])
+            for (index, _), made in zip(later, finished):
+                out[index] = made
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def _run_plans(self, planned: list[tuple[list[Plan], Any]]) -> list[Any]:
+        """Each (plans, assemble) of ``planned`` assembled from one extension run of all plans."""
         with metered(self.counters, "offline"):
             results = self.engine.run([plan for plans, _ in planned for plan in plans])
         out, start_index = [], 0
         for plans, assemble in planned:
             out.append(assemble(results[start_index:start_index + len(plans)]))
             start_index += len(plans)
-        self.seconds += time.perf_counter() - start
         return out
+
+    def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
+        return self._counted_fetch(("relumask", freeze(size)), device)
 
     def _plans(self, key: tuple) -> tuple[list[Plan], Any]:
         """The OT plans for one tuple, and how to turn their results into this party's shares."""
@@ -292,6 +355,8 @@ class OtTripleSource(KeyedTripleSource):
             return self._plan_batched_matmul(key[2], key[3])
         if key[0] == "signmask":
             return self._plan_sign_mask(key[1])
+        if key[0] == "relumask":
+            return self._plan_relu_mask(key[1])
         plan, assemble = self._plan(key)
         return [plan], lambda results: assemble(results[0])
 
@@ -311,22 +376,51 @@ class OtTripleSource(KeyedTripleSource):
         return [plan for plan, _ in pairs], assemble
 
     def _plan_sign_mask(self, size: tuple) -> tuple[list[Plan], Any]:
-        """A sign mask: s = s_0 ^ s_1 from each party's random word; its 64 bits made arithmetic
-        (b = b_0 + b_1 - 2 b_0 b_1, one bit-times-word COT per bit each way) give r = -s, and
-        its bit pairs' ANDs are the local s_i,hi s_i,lo plus the cross terms of one AND plan."""
+        """A sign mask: s = s_0 ^ s_1 from each party's random word. As an integer s = s_0 + s_1
+        - sum_j 2^(j+1) s_0j s_1j: the cross products one COT per bit, one way (either party may
+        choose; :meth:`GilboaEngine.plan_bit_products_balanced` splits the elements), give r = -s.
+        Its 32 bit pairs' ANDs are the local s_i,hi s_i,lo plus the cross terms of one AND plan
+        on the pairs' bits alone, two elements to a word (no OTs on the odd bits' zeros)."""
         count = int(math.prod(size))
         s = random_words((count,))
-        bits = _bits(s).reshape(-1)
-        high, low = (s >> np.uint64(1)) & _EVEN_BITS, s & _EVEN_BITS
-        plans = [self.engine.plan_bits_times_words(bits, bits.astype(np.uint64)), self.engine.plan_and(high, low)]
+        bits = _bits(s)
+        products = (bits.astype(np.uint64) << _BIT_SHIFTS) * np.uint64(2)  # 2^(j+1) s_ij (0 for j = 63)
+        high, low = _packed_bits(bits[:, 1::2]), _packed_bits(bits[:, 0::2])
+        plans = [self.engine.plan_bit_products_balanced(bits, products), self.engine.plan_and(high, low)]
 
         def assemble(results: list[np.ndarray]) -> list[torch.Tensor]:
-            cross_bits, cross_and = results
-            shared = (bits.astype(np.uint64) - cross_bits).reshape(count, 64)  # arithmetic shares of s's bits
-            r = np.uint64(0) - (shared * _POWERS[None, :]).sum(axis=1, dtype=np.uint64)
-            return [ring_tensor(r, size), ring_tensor(s, size), ring_tensor((high & low) ^ cross_and, size)]
+            cross, cross_and = results
+            r = cross - s  # my share of -(s_0 + s_1 - cross products)
+            pairs = ((s >> np.uint64(1)) & s & _EVEN_BITS) ^ _spread_even(cross_and, count)
+            return [ring_tensor(r, size), ring_tensor(s, size), ring_tensor(pairs, size)]
 
         return plans, assemble
+
+    def _plan_relu_mask(self, size: tuple) -> tuple[list[Plan], Any]:
+        """A ReLU mask (``relumask``: a sign mask, a uniform bit u as an arithmetic and an XOR
+        sharing, r u, a uniform a and a u). With u = u_0 ^ u_1 = u_0 + u_1 - 2 u_0 u_1,
+        w u = w_0 u_0 + w_1 u_1 + u_1 w_0 (1 - 2 u_0) + u_0 w_1 (1 - 2 u_1) for w = r and a: the
+        cross terms, and 2 u_0 u_1, from one bit-times-row COT per element each way. It needs r's
+        shares, so it runs after the sign mask's OTs (a second extension run)."""
+        count = int(math.prod(size))
+        sign_plans, sign_assemble = self._plan_sign_mask(size)
+        u, a = _random_bits(count), random_words((count,))
+
+        def assemble(results: list[np.ndarray]) -> Followup:
+            r_share, s_share, pairs = sign_assemble(results)
+            r = r_share.numpy().view(np.uint64).reshape(-1)
+            flip = np.uint64(1) - np.uint64(2) * u  # 1 - 2 u_i in the ring
+            rows = np.stack([r * flip, a * flip, u], axis=1)
+
+            def finish(cross: list[np.ndarray]) -> list[torch.Tensor]:
+                (cross,) = cross
+                return [r_share, s_share, pairs, ring_tensor(u - cross[:, 2], size), ring_tensor(u, size),
+                        ring_tensor(r * u + cross[:, 0], size), ring_tensor(a, size),
+                        ring_tensor(a * u + cross[:, 1], size)]
+
+            return Followup([self.engine.plan_bits_times_words(u.astype(np.uint8), rows)], finish)
+
+        return sign_plans, assemble
 
     def _plan_matmul(self, a: np.ndarray, b: np.ndarray) -> tuple[Plan, Any]:
         """The plan of a 2-d product and how its result gives this party's share of a @ b."""

@@ -1,8 +1,9 @@
-"""The ``ot`` suite with matmul triples from homomorphic encryption (``protocol.triple_source=ot_he``).
+"""The ``ot`` suite's default triple source (``protocol.triple_source=ot_he``): OT, and BFV for large matrix products.
 
 Every tuple is made as under ``ot`` (``protocols.ot``), except matrix products where BFV
-(``protocols.he_matmul``) sends fewer bytes than Gilboa's 260 m k n: those triples' cross
-products come from two HE messages each way per batch.
+(``protocols.he_matmul``) sends fewer bytes than Gilboa's 260 m k n and the product is large
+enough that BFV's CPU per ciphertext pays: those triples' cross products come from two HE
+messages each way per batch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from protocols.registry import register_part
 GILBOA_BYTES = 260  # per m k n, each way (protocols.ot)
 # BFV takes a product when it sends under half Gilboa's bytes: it costs more CPU per byte saved
 HE_SAVING = 2
+# ... and has at least this many m k n: BFV costs ~0.1 CPU s per party for even one block per
+# prime, Gilboa ~0.4 us per m k n (W6's 512 x 64 x 1 products: 0.09-0.13 s against 0.014 s,
+# for 4.2 MB sent against 8.6), so below 2^18 Gilboa's CPU saved outweighs its bytes
+HE_MIN_PRODUCT = 1 << 18
 
 
 def _matmul_shape(key: tuple) -> tuple[int, int, int] | None:
@@ -39,18 +44,22 @@ class OtHeTripleSource(OtTripleSource):
         super().__init__()
         self.he: Any = None
 
-    def start(self, crypten: Any) -> None:
-        super().start(crypten)
-        with metered(self.counters, "offline"):
-            self.he = HeMatmul(self.comm, 1 - self.comm.get_rank())
+    def _started_he(self) -> HeMatmul:
+        """BFV's keys (the peer's public keys swapped), made when the first product large enough
+        for BFV comes: both parties reach it in the same batch (they produce the same keys), and a
+        session without one (W5) never pays for them (3 key generations, ~0.35 s)."""
+        if self.he is None:
+            with metered(self.counters, "offline"):
+                self.he = HeMatmul(self.comm, 1 - self.comm.get_rank())
+        return self.he
 
     def _by_he(self, key: tuple) -> tuple[int, int, int] | None:
         """The key's (m, k, n) if BFV makes its triple with fewer bytes than Gilboa."""
         shape = _matmul_shape(key)
-        if shape is None:
+        if shape is None or math.prod(shape) < HE_MIN_PRODUCT:
             return None
         try:
-            blocks = self.he.plan(*shape)
+            blocks = self._started_he().plan(*shape)
         except UnsupportedTuple:
             return None
         return shape if HE_SAVING * self.he.bytes_sent(blocks) < GILBOA_BYTES * math.prod(shape) else None

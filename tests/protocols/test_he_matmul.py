@@ -114,14 +114,15 @@ def test_a_malformed_message_is_refused(index, lie, message):
 
 
 def test_a_mixed_batch_keeps_its_order():
-    """One produce() of matmul triples BFV takes (W6's, a batch of rows), one too small for it,
-    and other tuples: each tuple exact and in its key's place."""
+    """One produce() of matmul triples BFV takes (W6's, a batch of rows), two too small for it
+    (W6's second layer's: BFV would send half the bytes for ~8x Gilboa's CPU), and other tuples:
+    each tuple exact and in its key's place."""
     from protocols.ot import GilboaEngine, OtChannel
     from protocols.ot_he import OtHeTripleSource
 
     keys = [("triple", "matmul", (4, 3), (3, 2), ()), ("triple", "matmul", (512, 32), (32, 64), ()),
             ("triple", "mul", (5,), (5,), ()), ("triple", "matmul", (2, 256, 32), (32, 64), ()),
-            ("square", (7,))]
+            ("square", (7,)), ("triple", "matmul", (512, 64), (64, 1), ())]
 
     def party(rank, comm):
         source = OtHeTripleSource()
@@ -129,7 +130,7 @@ def test_a_mixed_batch_keeps_its_order():
         return [source._by_he(key) is not None for key in keys], source.produce(keys)
 
     (by_he, tuples0), (_, tuples1) = run_pair(party)
-    assert by_he == [False, True, False, True, False]
+    assert by_he == [False, True, False, True, False, False]
     for key, shares0, shares1 in zip(keys, tuples0, tuples1):
         opened = [x + y for x, y in zip(shares0, shares1)]  # int64 addition wraps as the ring
         if key[0] == "square":
@@ -158,3 +159,80 @@ def test_triples_between_two_party_processes():
     for result in party_values(run_parties(_triples, suite, parties=2, timeout_s=300), 2):
         assert result.pop("provider") == "COTRAIN_OT"
         assert all(result.values()), result
+
+
+@pytest.mark.parametrize("positions, values", [
+    ([5, 0, 8191, 17], [3, 1, 2**59 + 7, 0]),  # a zero term, the constant and the top term
+    ([0], [0]),  # no term at all
+    (list(range(0, 8192, 128)), None),  # 64 terms: the most the polynomial syntax takes
+], ids=["mixed", "zero", "full-width"])
+def test_sparse_plaintexts_are_the_written_ones(positions, values):
+    """A plaintext in SEAL's polynomial syntax holds the same coefficients as one written in its
+    binary format and loaded with SEAL's checks, every one of the 8192."""
+    from protocols import he_matmul
+
+    def party(rank, comm):
+        engine = HeMatmul(comm, 1 - rank)
+        prime = engine.primes[0]
+        chosen = values if values is not None else [prime.t - 1 - i for i in range(len(positions))]
+        where, what = np.array(positions), np.array(chosen, np.uint64)
+        sparse = engine._plaintext(prime, where, what)
+        coefficients = np.zeros(8192, np.uint64)
+        coefficients[where] = what
+        body = bytes(32) + np.uint64(8192).tobytes() + np.float64(1.0).tobytes() + engine._words(coefficients)
+        written = engine._load(tenseal.sealapi.Plaintext(), prime.context, engine._serialized(body), "plaintext")
+        read = lambda plain: [plain.data(e) if e < plain.coeff_count() else 0 for e in range(8192)]  # noqa: E731
+        return len(positions) <= he_matmul.SPARSE_TERMS and read(sparse) == read(written) == coefficients.tolist()
+
+    assert run_pair(party) == (True, True)
+
+
+def test_masks_are_uniform_integers_with_their_low_words():
+    from protocols.he_matmul import _uniform_integers
+
+    values, low = _uniform_integers(4000, 178)
+    assert all(0 <= int(v) < 1 << 178 for v in values)
+    assert [int(v) & (2**64 - 1) for v in values] == low.tolist()
+    assert max(int(v) for v in values) >= 1 << 176  # the top word's bits are drawn, not zero
+    tops = np.array([int(v) >> 128 for v in values], dtype=np.float64) / 2**50
+    assert 0.45 < tops.mean() < 0.55
+
+
+def test_bfv_starts_at_the_first_product_it_takes():
+    """No keys for a batch of small tuples (W5's kind of session never makes any); both parties
+    start BFV in the batch whose product it takes, and that product is exact."""
+    from protocols.ot import GilboaEngine, OtChannel
+    from protocols.ot_he import OtHeTripleSource
+
+    small = [("triple", "matmul", (512, 64), (64, 1), ()), ("triple", "mul", (5,), (5,), ())]
+    large = [("triple", "matmul", (512, 32), (32, 64), ())]
+
+    def party(rank, comm):
+        source = OtHeTripleSource()
+        source.comm, source.engine = comm, GilboaEngine(OtChannel(comm, 1 - rank))
+        source.produce(small)
+        before = source.he
+        return before, source.produce(large)[0], source.he is not None
+
+    (before0, triple0, after0), (before1, triple1, after1) = run_pair(party)
+    assert before0 is None and before1 is None and after0 and after1
+    a, b, c = (x + y for x, y in zip(triple0, triple1))
+    assert torch.equal(c, a @ b)
+
+
+def test_flooding_residues_are_the_integers_mod_each_prime():
+    """The flooding term's chunks, read as integers, against their residues mod SEAL's 50-bit
+    primes (one reduction after summing the chunks' products: no word overflows), and the
+    chunks of 127-bit integers spread over the whole range."""
+    from protocols.he_matmul import CHUNK_BITS, _chunks, _residues
+
+    moduli = [(1 << 50) - 27, (1 << 49) + 69, 1125899906826241]
+    chunks = _chunks(3000, 127)
+    chunks[0] = (1 << CHUNK_BITS) - 1  # the largest chunks everywhere: the worst case for the sums
+    chunks[0, -1] = (1 << (127 - CHUNK_BITS * (chunks.shape[1] - 1))) - 1
+    values = [sum(int(c) << (CHUNK_BITS * i) for i, c in enumerate(row)) for row in chunks]
+    assert values[0] == (1 << 127) - 1 and max(values[1:]) < 1 << 127 and max(values[1:]) >= 1 << 125
+    residues = _residues(chunks, moduli)
+    assert residues.tolist() == [[v % q for v in values] for q in moduli]
+    with pytest.raises(ValueError, match="overflow"):
+        _residues(_chunks(4, 170), moduli)

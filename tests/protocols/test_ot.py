@@ -528,3 +528,95 @@ def test_extension_columns_are_iknp(count):
     q, _ = ExtensionSender(s, [pair[bit] for pair, bit in zip(keys, s)]).q_columns(u, count)
     bits = np.unpackbits((q ^ t).view(np.uint8), axis=1, bitorder="little")[:, :count]  # (column i, OT j)
     assert np.array_equal(bits, s[:, None] & choices[None, :])
+
+
+def _relu_mask_opened(mask0, mask1):
+    """A ReLU mask's values from both parties' shares: r, s, pairs, u (arithmetic), u (XOR), r u, a, a u."""
+    r, s, pairs = mask0[0] + mask1[0], mask0[1] ^ mask1[1], mask0[2] ^ mask1[2]
+    u, u_bit = mask0[3] + mask1[3], mask0[4] ^ mask1[4]
+    return r, s, pairs, u, u_bit, mask0[5] + mask1[5], mask0[6] + mask1[6], mask0[7] + mask1[7]
+
+
+@pytest.mark.parametrize("size", [(301,), (2, 3), (1,)])
+def test_relu_masks_are_exact_and_cost_their_ots(size):
+    """A ReLU mask opened (int64 addition wraps as the ring): r = -s, s's bit pairs' ANDs, u the
+    same bit as an arithmetic and an XOR sharing, r u and a u, for odd counts too (the sign mask's
+    bit products split unevenly between the choosers, its pairs' AND words half full). Its OTs:
+    64 bit products per element one way, 32 pair ANDs each way (the last word padded), and one
+    COT each way for the products with u (in a second run)."""
+    from protocols.bitpack import pair_products
+
+    count = int(np.prod(size))
+
+    def party(rank, comm):
+        source = OtTripleSource()
+        source.engine = GilboaEngine(OtChannel(comm, 1 - rank))
+        (mask,) = source.produce([("relumask", size)])
+        return mask, source.engine.channel.ots, source.engine.channel.exchanges
+
+    (mask0, ots0, runs0), (mask1, ots1, _) = run_pair(party)
+    r, s, pairs, u, u_bit, r_u, a, a_u = _relu_mask_opened(mask0, mask1)
+    assert all(t.shape == size for t in (r, s, pairs, u, u_bit, r_u, a, a_u))
+    assert torch.equal(r, -s) and torch.equal(pairs, pair_products(s))
+    assert torch.equal(u, u_bit) and bool(((u == 0) | (u == 1)).all())
+    assert torch.equal(r_u, r * u) and torch.equal(a_u, a * u)
+    and_words = -(-32 * count // 64)  # the pairs' bits, 64 to a word
+    assert ots0 == ots1 == count * 64 + 2 * 64 * and_words + 2 * count and runs0 == 2
+    if count > 100:
+        assert 0.3 < u.float().mean() < 0.7 and len(torch.unique(a)) == count
+
+
+def test_bit_rows_and_balanced_bit_products_are_exact():
+    """One COT carrying a row of words per bit, and bit products where rank 0 chooses for the
+    first half of the elements (odd count: it takes the extra one) and its peer for the rest."""
+    bits = [(_words(7, s) & np.uint64(1)) for s in (1, 2)]
+    rows = [_words((7, 3), s) for s in (3, 4)]
+    matrix = [np.unpackbits(_words(5, s).view(np.uint8), bitorder="little").reshape(5, 64) for s in (5, 6)]
+    weights = [_words((5, 64), s) for s in (7, 8)]
+
+    def party(rank, comm):
+        engine = GilboaEngine(OtChannel(comm, 1 - rank))
+        return engine.run([engine.plan_bits_times_words(bits[rank].astype(np.uint8), rows[rank]),
+                           engine.plan_bit_products_balanced(matrix[rank], weights[rank])])
+
+    (rows0, balanced0), (rows1, balanced1) = run_pair(party)
+    assert np.array_equal(rows0 + rows1, bits[0][:, None] * rows[1] + bits[1][:, None] * rows[0])
+    # element e < 3: rank 0 chooses with its bits, rank 1's weights selected; e >= 3 the other way
+    chosen = np.concatenate([(matrix[0][:3] * weights[1][:3]).sum(axis=1, dtype=np.uint64),
+                             (matrix[1][3:] * weights[0][3:]).sum(axis=1, dtype=np.uint64)])
+    assert np.array_equal(balanced0 + balanced1, chosen)
+
+
+def _relu_masks(rank, comm):
+    source = OtTripleSource()
+    source.engine = GilboaEngine(OtChannel(comm, 1 - rank))
+    return source.produce([("relumask", (500,))])[0]
+
+
+# a relumask's first extension run is party 0's raw messages 0-3 (u header, u, corrections
+# header, corrections); its second run, the products with u, 4-7
+@pytest.mark.parametrize("index, change, message", [
+    (4, _announcing(1, -1), "u-columns message: exchange 1 of"),
+    (6, _announcing(1, 8), "corrections message: exchange 1 of"),
+    (6, _announcing(0, 1), "corrections message: exchange 2 of"),
+], ids=["second-run-u-short", "second-run-corrections-long", "second-run-replayed"])
+def test_a_malformed_message_in_a_relu_masks_second_run_is_refused(index, change, message):
+    _, honest = outcomes(_relu_masks, lambda rank, queues: TamperingComm(rank, queues, index, change))
+    assert isinstance(honest, OtError), honest
+    assert "OT peer party 0 sent a malformed" in str(honest) and message in str(honest), honest
+
+
+def test_garbage_corrections_give_a_wrong_relu_mask():
+    """Semi-honest: a peer's random corrections cannot be told from honest ones, and what is
+    built on them comes out wrong exactly where the honest party chose: in the first run the sign
+    mask's bit products of the second half of the elements (party 1 chooses there), so r = -s
+    fails there; in the second run the products with u where party 1's bit u_1 is 1."""
+    garbage = lambda tensor: torch.randint(0, 256, tensor.shape, dtype=torch.uint8)  # noqa: E731
+    for index in (3, 7):
+        liar, honest = outcomes(_relu_masks, lambda rank, queues: TamperingComm(rank, queues, index, garbage))
+        r, s, _, u, _, r_u, _, _ = _relu_mask_opened(liar, honest)
+        if index == 3:
+            assert torch.equal(r[:250], -s[:250]) and bool((r[250:] != -s[250:]).all())
+        else:
+            chosen = honest[4] == 1
+            assert torch.equal(r_u != r * u, chosen) and torch.equal(r_u[~chosen], (r * u)[~chosen])

@@ -105,26 +105,30 @@ def _tuples(keys):
 
 
 def test_a_flipped_sign_mask_correction_changes_its_element_only():
-    """Sign masks (r, s, pair ANDs) of 40 elements. A flipped bit-times-word correction for bit k
-    of element e moves r0 + r1 off -s by -c D 2^k there (c: bit k of the honest s1[e]); a flipped
-    AND correction for bit j of element e flips bit j of the pair ANDs there iff bit j of the
-    honest s1's even bits is 1 (never for odd j). Every other element is exact. Eight elements of
-    each kind, so both values of c occur (but for a chance of 2^-7)."""
-    count = 40
-    words = [(e, (5 * e) % 64, (8 * e + 2, e % 8)) for e in range(0, count, 5)]  # (e, k, (byte, bit) in it)
-    ands = [(e, (7 * e) % 64) for e in range(2, count, 5)]  # (e, j): j odd for odd e
-    flips = [((64 * e + k) * 8 + byte % 8, bit) for e, k, (byte, bit) in words]  # 8 bytes per correction
-    flips += [(count * 64 * 8 + (64 * e + j) // 8, (64 * e + j) % 8) for e, j in ands]  # then 1 bit per AND
+    """Sign masks (r, s, pair ANDs) of 40 elements. Party 0 sends the corrections of the bit
+    products of elements 20-39 (party 1 chooses there, with its bits of s), 64 bits each, then
+    those of the pairs' ANDs, one bit per pair (pair i of element e is bit 32 e + i of the AND
+    plan). A flipped bit-product correction for bit k of element e moves r0 + r1 off -s by -c D
+    there (c: bit k of the honest s1[e]); a flipped AND correction for pair i of element e flips
+    bit 2i of the pair ANDs there iff bit 2i of the honest s1[e] is 1. Every other element is
+    exact, the first half's bit products included. Several elements of each kind, so both values
+    of c occur (but for a chance of 2^-6)."""
+    count, half = 40, 20
+    words = [(e, (5 * e) % 64, e % 8, e % 7) for e in range(half, count, 3)]  # (e, k, byte in it, bit)
+    flips = [(((e - half) * 64 + k) * 8 + byte, bit) for e, k, byte, bit in words]
+    ands = [(e, (7 * e) % 32) for e in range(1, count, 5)]  # (e, pair i)
+    product_bytes = (count - half) * 64 * 8
+    flips += [(product_bytes + (32 * e + i) // 8, (32 * e + i) % 8) for e, i in ands]
     seen: dict = {}
     (liar,), (honest,) = outcomes(_tuples([("signmask", (count,))]), _liar(CORRECTIONS, _flip(flips, seen)))
     (r0, s0, pairs0), (r1, s1, pairs1) = liar, honest
     s = s0 ^ s1
     expected_r, expected_pairs = (-s).clone(), pair_products(s).clone()
-    for (e, k, _), (offset, bit) in zip(words, flips):
-        delta = _delta(seen["original"], offset, bit, (64 * e + k) * 8)
-        expected_r[e] += _signed(-(int(s1[e]) >> k & 1) * delta << k)
-    for e, j in ands:
-        expected_pairs[e] ^= (int(s1[e]) >> j & 1 & (1 - j % 2)) << j  # the honest low bits: s1's even bits
+    for (e, k, _, _), (offset, bit) in zip(words, flips):
+        delta = _delta(seen["original"], offset, bit, ((e - half) * 64 + k) * 8)
+        expected_r[e] += _signed(-(int(s1[e]) >> k & 1) * delta)
+    for e, i in ands:
+        expected_pairs[e] ^= (int(s1[e]) >> (2 * i) & 1) << (2 * i)  # the honest chooser's low bit of pair i
     assert torch.equal(r0 + r1, expected_r)
     assert torch.equal(pairs0 ^ pairs1, expected_pairs)
 

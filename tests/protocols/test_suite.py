@@ -45,15 +45,15 @@ def test_suite_from_config_names_one_part_per_kind():
     assert set(counters) == {"calls", "tuples", "offline_bytes", "offline_rounds", "online_bytes", "online_rounds"}
 
 
-@pytest.mark.parametrize("name", ["tfp", "dealer", "ot"])
-def test_protocol_yaml_files_load(name):
+@pytest.mark.parametrize("name, source", [("tfp", "tfp"), ("dealer", "dealer"), ("ot", "ot_he")])
+def test_protocol_yaml_files_load(name, source):
     config = load_config([f"protocol={name}", "num_parties=2"])
-    assert config.protocol.triple_source == name
+    assert config.protocol.triple_source == source
     assert (config.protocol.truncation, config.protocol.comparison) == ("topbits", "packed")
 
 
 def test_ot_with_three_parties_is_a_config_error():
-    with pytest.raises(ConfigError, match="ot is a 2-party protocol"):
+    with pytest.raises(ConfigError, match="triple_source=ot_he is a 2-party protocol"):
         load_config(["protocol=ot", "num_parties=3"])
 
 
