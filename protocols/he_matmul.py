@@ -106,7 +106,7 @@ def blocking(m: int, k: int, n: int) -> Blocking:
     return best
 
 
-def _chunks(count: int, bits: int) -> np.ndarray:
+def uniform_chunks(count: int, bits: int) -> np.ndarray:
     """``count`` uniform integers below 2^bits as (count, chunks) CHUNK_BITS-bit chunks, least significant first."""
     width = -(-bits // CHUNK_BITS)
     raw = np.frombuffer(secrets.token_bytes(2 * count * width), np.uint16).reshape(count, width)
@@ -115,7 +115,7 @@ def _chunks(count: int, bits: int) -> np.ndarray:
     return chunks
 
 
-def _residues(chunks: np.ndarray, moduli: Sequence[int]) -> np.ndarray:
+def chunk_residues(chunks: np.ndarray, moduli: Sequence[int]) -> np.ndarray:
     """The integers of ``chunks`` mod each of ``moduli`` (each < 2^50): (len(moduli), count)."""
     if chunks.shape[1] > MAX_CHUNKS or max(moduli) >= 1 << 50:
         raise ValueError(f"{chunks.shape[1]} chunks mod {max(moduli).bit_length()}-bit moduli could overflow a word")
@@ -144,7 +144,7 @@ def _polynomial(positions: np.ndarray, values: np.ndarray) -> str:
     return " + ".join(f"{v:X}x^{e}" if e else f"{v:X}" for e, v in terms) or "0"
 
 
-def _uniform_integers(count: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def uniform_integers(count: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` integers uniform in [0, 2^bits) as Python ints (an object array), and their
     low 64 bits (uint64): whole words from the CSPRNG, the top one cut to the bits left."""
     width = -(-bits // 64)
@@ -250,11 +250,11 @@ class HeMatmul:
     def _flood(self, prime: _Prime, bound_bits: int) -> Any:
         """A ciphertext (E, 0), E uniform in [-2^(b-1), 2^(b-1)): added, it adds E to the noise
         (this binding gives no other way into c0)."""
-        chunks = _chunks(N, bound_bits)
+        chunks = uniform_chunks(N, bound_bits)
         half = 1 << (bound_bits - 1)
         moduli = np.array(prime.q, np.uint64)[:, None]
         shift = np.array([q - half % q for q in prime.q], np.uint64)[:, None]  # -2^(b-1) mod q
-        c0 = (_residues(chunks, prime.q) + shift) % moduli
+        c0 = (chunk_residues(chunks, prime.q) + shift) % moduli
         parms_id = np.array(prime.context.first_parms_id(), np.uint64).tobytes()
         fields = np.array([2, N, len(prime.q)], np.uint64).tobytes() + np.float64(1.0).tobytes() + np.uint64(1).tobytes()
         body = parms_id + b"\x00" + fields + self._words(np.concatenate([c0.reshape(-1), np.zeros(c0.size, np.uint64)]))
@@ -357,7 +357,7 @@ class HeMatmul:
         j, l = np.meshgrid(np.arange(shape.k_w), np.arange(shape.n_w), indexing="ij")
         b_positions = (l * shape.k_w + shape.k_w - 1 - j).reshape(-1)
         targets = self._targets(shape)
-        mask, mask_low = _uniform_integers(mb * nb * len(targets), self.mask_bits)
+        mask, mask_low = uniform_integers(mb * nb * len(targets), self.mask_bits)
         flood_bits = self._noise(shape)[0]
         replies = []
         for index, prime in enumerate(self.primes):

@@ -188,9 +188,9 @@ def test_sparse_plaintexts_are_the_written_ones(positions, values):
 
 
 def test_masks_are_uniform_integers_with_their_low_words():
-    from protocols.he_matmul import _uniform_integers
+    from protocols.he_matmul import uniform_integers
 
-    values, low = _uniform_integers(4000, 178)
+    values, low = uniform_integers(4000, 178)
     assert all(0 <= int(v) < 1 << 178 for v in values)
     assert [int(v) & (2**64 - 1) for v in values] == low.tolist()
     assert max(int(v) for v in values) >= 1 << 176  # the top word's bits are drawn, not zero
@@ -224,15 +224,15 @@ def test_flooding_residues_are_the_integers_mod_each_prime():
     """The flooding term's chunks, read as integers, against their residues mod SEAL's 50-bit
     primes (one reduction after summing the chunks' products: no word overflows), and the
     chunks of 127-bit integers spread over the whole range."""
-    from protocols.he_matmul import CHUNK_BITS, _chunks, _residues
+    from protocols.he_matmul import CHUNK_BITS, chunk_residues, uniform_chunks
 
     moduli = [(1 << 50) - 27, (1 << 49) + 69, 1125899906826241]
-    chunks = _chunks(3000, 127)
+    chunks = uniform_chunks(3000, 127)
     chunks[0] = (1 << CHUNK_BITS) - 1  # the largest chunks everywhere: the worst case for the sums
     chunks[0, -1] = (1 << (127 - CHUNK_BITS * (chunks.shape[1] - 1))) - 1
     values = [sum(int(c) << (CHUNK_BITS * i) for i, c in enumerate(row)) for row in chunks]
     assert values[0] == (1 << 127) - 1 and max(values[1:]) < 1 << 127 and max(values[1:]) >= 1 << 125
-    residues = _residues(chunks, moduli)
+    residues = chunk_residues(chunks, moduli)
     assert residues.tolist() == [[v % q for v in values] for q in moduli]
     with pytest.raises(ValueError, match="overflow"):
-        _residues(_chunks(4, 170), moduli)
+        chunk_residues(uniform_chunks(4, 170), moduli)
