@@ -158,7 +158,10 @@ class Prefetcher:
     it is known to repeat only where dealing it costs about what sending it does
     (:func:`worth_guessing`: no matrix products or convolutions, whose triples cost the
     source far more); a key's buffered tuples are dropped once ``lookahead`` keys have been
-    fetched since they came (memory stays bounded when keys do not repeat).
+    fetched since they came (memory stays bounded when keys do not repeat). A span between two
+    uses of a context unlike the span before it (an epoch's first step, whose span holds the
+    last step and the held-out evaluation) is made but not asked for again ahead: it is no
+    period that repeats at once, and its copy would wait an epoch (the last never used).
     """
 
     def __init__(self, produce: Callable[[list[tuple]], list[list[torch.Tensor]]],
@@ -173,6 +176,7 @@ class Prefetcher:
         self.buffer: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         self.history: list[tuple] = []
         self.last_seen: dict[tuple, int] = {}
+        self.period: dict[tuple, int | None] = {}  # context -> fetches between its last two uses
         self.batches = 0
         self.stored_at: dict[tuple, int] = {}  # key -> len(history) when its tuples last came
 
@@ -181,16 +185,21 @@ class Prefetcher:
         position = len(self.history)
         context = self._context(key)
         previous = self.last_seen.get(context)
+        period, self.period[context] = self.period.get(context), None if previous is None else position - previous
         self.history.append(key)
         self.last_seen[context] = position
         if not self.buffer[key]:
             collected = self.take_asked()
             predicted = self.history[previous:position][: self.lookahead] if previous is not None else None
+            # a span unlike the last between two uses of this context (an epoch's first step:
+            # the last step, the evaluation and this step so far) is no period that repeats at
+            # once: its tuples are made, but not asked for again ahead (they would wait an epoch)
+            repeating = predicted if predicted and period in (None, position - previous) else None
             made = None
             if not self.buffer[key]:
                 made = predicted or [key]
-                self._produce(made, again=bool(predicted or worth_guessing(made)))
-            self._ask_ahead(predicted or worth_guessing(made or collected))
+                self._produce(made, again=bool(repeating or worth_guessing(made)))
+            self._ask_ahead(repeating or worth_guessing(made or collected))
         return self.buffer[key].popleft()
 
     def take_asked(self) -> list[tuple] | None:

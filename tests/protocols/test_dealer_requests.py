@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 
 from protocols import ProtocolConfig
 from protocols.comparison import comparison_tuples, relu_tuples
 from protocols.dealer import SemiHonestMaker, expand
-from protocols.tuples import Prefetcher
+from protocols.tuples import Prefetcher, tuple_layout
 from protocol_sessions import party_values, run_parties
 
 MUL = ("triple", "mul", (2, 8), (2, 8), ())
@@ -111,11 +113,13 @@ class _TwoPartyDealer:
         self.maker = SemiHonestMaker(2)
         self.answers: tuple[list, list] = ([], [])
         self.events: list[tuple[str, int]] = []
+        self.dealt: collections.Counter = collections.Counter()  # key -> tuples dealt for it
 
     def prefetcher(self, rank: int, lookahead: int = 4096) -> Prefetcher:
         def ask(keys, again):
             if rank == 0:
                 self.events.append(("ask twice" if again else "ask", len(keys)))
+                self.dealt.update(keys * (1 + again))
                 for _ in range(1 + again):
                     for party, answer in enumerate(self.maker.deal(keys)):
                         self.answers[party].append(answer)
@@ -166,6 +170,47 @@ def test_a_repeated_product_finds_its_tuples_asked_ahead_at_its_first_use():
         expected = [("ask twice", 2), ("collect", 2)] if use == 0 else [("collect", 2), ("ask", 2)]
         assert dealer.events[before:] == expected
     assert len(seen) == 6
+    for prefetcher in parties:
+        prefetcher.take_asked()
+    assert dealer.answers == ([], [])
+
+
+def _training_step(rows: int) -> list[tuple]:
+    """A step's keys shaped like a small MLP's: a product, its truncation, a packed comparison,
+    a matrix product and its truncation."""
+    return [("triple", "mul", (rows, 8), (rows, 8), ()), ("wrapbit", (rows, 8)), *comparison_tuples((rows, 8)),
+            ("triple", "matmul", (rows, 8), (8, 1), ()), ("wrapbit", (rows, 1))]
+
+
+def _check(key: tuple, shares: list[list[torch.Tensor]]) -> None:
+    """A triple's or a wrap-bit tuple's two parties' shares open correctly (others: two parties' of each component)."""
+    if key[0] == "triple":
+        a, b, c = (shares[0][i] + shares[1][i] for i in range(3))
+        assert torch.equal(c, getattr(torch, key[1])(a, b))
+    elif key[0] == "wrapbit":
+        _check_wrap_bit(shares)
+    else:
+        assert [len(party) for party in shares] == [len(tuple_layout(key))] * 2
+
+
+def test_the_evaluation_is_dealt_once_per_epoch():
+    """Epochs of six steps, a short last step and a held-out evaluation: from epoch 2 on, the
+    first step's miss predicts the span since the last full step (the short step, the
+    evaluation, this step so far). That span is no period that repeats at once, so it is
+    dealt once and not asked for again ahead, where a second copy waited an epoch for its
+    use (and the last one was never used). Every tuple still opens correctly at both parties."""
+    dealer = _TwoPartyDealer()
+    parties = [dealer.prefetcher(0), dealer.prefetcher(1)]
+    evaluation = [("triple", "matmul", (6, 8), (8, 1), ()), ("wrapbit", (6, 1))]
+    for epoch in range(1, 5):
+        for keys in [_training_step(2)] * 6 + [_training_step(1)]:
+            for key in keys:
+                _check(key, _fetch_both(parties, key))
+        for prefetcher in parties:
+            prefetcher.expect(evaluation)
+        for key in evaluation:
+            _check(key, _fetch_both(parties, key))
+        assert dealer.dealt[evaluation[0]] == dealer.dealt[evaluation[1]] == epoch
     for prefetcher in parties:
         prefetcher.take_asked()
     assert dealer.answers == ([], [])
