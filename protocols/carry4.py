@@ -12,6 +12,7 @@ so the inputs are whole packed words.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Sequence
 
@@ -41,7 +42,7 @@ def _padded_rows(subsets: Sequence[tuple[int, ...]]) -> torch.Tensor:
 
 def _and_rows(words: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Per row of ``rows``, the AND of those rows of ``words`` (index INPUTS: all ones)."""
-    gathered = torch.cat([words, torch.full_like(words[:1], -1)])[rows.to(words.device)]
+    gathered = torch.cat([words, torch.full_like(words[:1], -1)])[rows]
     pairs = gathered[:, :2] & gathered[:, 2:]
     return pairs[:, 0] & pairs[:, 1]
 
@@ -52,7 +53,8 @@ def _dealt_index(subset: tuple[int, ...]) -> int:
     return subset[0] if len(subset) == 1 else INPUTS + SUBSETS.index(subset)
 
 
-def _product_tables(leader: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=None)  # built once per device: a comparison uses them thousands of times an epoch
+def _product_tables(leader: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the opened ANDs that occur, as padded rows; per term its AND; per term its dealt row)."""
     rests: list[tuple[int, ...]] = [()]
     term_rests, term_dealt = [], []
@@ -67,17 +69,18 @@ def _product_tables(leader: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
             term_dealt.append(_dealt_index(subset))
         term_rests += [0] * (_TERMS - len(subsets))
         term_dealt += [_ZEROS_DEALT] * (_TERMS - len(subsets))
-    return _padded_rows(rests), torch.tensor(term_rests), torch.tensor(term_dealt)
+    return _padded_rows(rests).to(device), torch.tensor(term_rests, device=device), torch.tensor(term_dealt, device=device)
 
 
-_SUBSET_ROWS = _padded_rows(SUBSETS)
-_PRODUCT_TABLES = {leader: _product_tables(leader) for leader in (True, False)}
+@functools.lru_cache(maxsize=None)
+def _subset_rows(device: torch.device) -> torch.Tensor:
+    return _padded_rows(SUBSETS).to(device)
 
 
 def carry4_stack(masks: torch.Tensor) -> torch.Tensor:
     """A carry4 tuple's components, stacked on the first dimension, from its seven masks (so
     stacked): the masks, then the ANDs of SUBSETS."""
-    return torch.cat([masks, _and_rows(masks, _SUBSET_ROWS)])
+    return torch.cat([masks, _and_rows(masks, _subset_rows(masks.device))])
 
 
 def carry4_values(masks: torch.Tensor) -> list[torch.Tensor]:
@@ -94,7 +97,7 @@ def carry4_products(inputs: Sequence[torch.Tensor], tuple_shares: Sequence[torch
 
     masks = tuple_shares[:INPUTS]
     opened = comm.all_reduce(torch.stack([x ^ a for x, a in zip(inputs, masks)]), op=ReduceOp.BXOR)
-    rests, term_rests, term_dealt = (table.to(opened.device) for table in _PRODUCT_TABLES[rank == 0])
+    rests, term_rests, term_dealt = _product_tables(rank == 0, opened.device)
     public = _and_rows(opened, rests)
     ones = torch.full_like(opened[0], -1)
     dealt = torch.stack([*tuple_shares, ones, torch.zeros_like(ones)])

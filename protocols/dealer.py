@@ -386,9 +386,6 @@ class DealerTripleSource(KeyedTripleSource):
         except DealerError as error:  # the run is ending anyway; say why the dealer may linger
             log.warning("could not tell the dealer to stop: %s", error)
 
-    def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
-        return self._counted_fetch(("relumask", freeze(size)), device)
-
     def carry4_tuple(self, size: Any, device: Any = None) -> list[torch.Tensor]:
         return self._counted_fetch(("carry4", freeze(size)), device)
 

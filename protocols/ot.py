@@ -39,16 +39,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from protocols.bitpack import pair_products
 from protocols.ot_extension import Cot, OtChannel
 from protocols.parts import UnsupportedTuple, metered
 from protocols.registry import register_part
-from protocols.tuples import KeyedTripleSource, Prefetcher, freeze
+from protocols.tuples import KeyedTripleSource, Prefetcher
 
 log = logging.getLogger("cotrain.ot")
 
 _BIT_SHIFTS = np.arange(64, dtype=np.uint64)
 _POWERS = np.uint64(1) << _BIT_SHIFTS
-_EVEN_BITS = np.uint64(0x5555555555555555)
 
 
 def _bits(values: np.ndarray) -> np.ndarray:
@@ -346,9 +346,6 @@ class OtTripleSource(KeyedTripleSource):
             start_index += len(plans)
         return out
 
-    def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
-        return self._counted_fetch(("relumask", freeze(size)), device)
-
     def _plans(self, key: tuple) -> tuple[list[Plan], Any]:
         """The OT plans for one tuple, and how to turn their results into this party's shares."""
         if key[0] == "triple" and key[1] == "matmul" and min(len(key[2]), len(key[3])) >= 2 and len(key[3]) > 2:
@@ -391,7 +388,7 @@ class OtTripleSource(KeyedTripleSource):
         def assemble(results: list[np.ndarray]) -> list[torch.Tensor]:
             cross, cross_and = results
             r = cross - s  # my share of -(s_0 + s_1 - cross products)
-            pairs = ((s >> np.uint64(1)) & s & _EVEN_BITS) ^ _spread_even(cross_and, count)
+            pairs = pair_products(s) ^ _spread_even(cross_and, count)
             return [ring_tensor(r, size), ring_tensor(s, size), ring_tensor(pairs, size)]
 
         return plans, assemble

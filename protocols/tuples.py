@@ -369,6 +369,9 @@ class KeyedTripleSource(TripleSource):
         word, and_share = self._counted_fetch(("wrapbit", freeze(size)), device)
         return word, and_share
 
+    def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
+        return self._counted_fetch(("relumask", freeze(size)), device)
+
     def install(self, crypten: Any) -> None:
         use_provider(crypten, self.provider_name, keyed_provider(crypten, self.provider_name, self))
         meter_online_tuple_use(crypten, self.counters, self._announce_product)
