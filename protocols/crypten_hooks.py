@@ -736,10 +736,12 @@ def triple_with_late_product(crypten: Any, size0: Any, size1: Any, op: str, devi
     """a and b of the provider's triple for ``op``, and a function that gives its c: from a
     provider that can deal c late (``additive_triple_later``: the dealer's matrix products),
     only once the caller asks for it, so the opening of eps and delta and the caller's own
-    products run while the dealer makes it."""
+    products run while the dealer makes it. While CrypTen's provider traces requests or
+    holds a filled tuple cache, the triple comes through ``generate_additive_triple``, the
+    method that tracing and the cache wrap."""
     provider = crypten.mpc.get_default_provider()
     later = getattr(provider, "additive_triple_later", None)
-    if later is not None and not args:
+    if later is not None and not args and not provider.tracing and not provider.tuple_cache:
         return later(size0, size1, op, device=device, **kwargs)
     a, b, c = provider.generate_additive_triple(size0, size1, op, device=device, *args, **kwargs)
     return a, b, lambda: c
