@@ -16,8 +16,9 @@ except at the tuple's correction party (per request, each tuple goes to the part
 received the fewest correction elements of it so far: :func:`correction_parties`), which
 receives its shares of them: the value minus the others' draws. Only those corrections
 travel: one element of a triple's three; where only a component's low k bits matter (a
-wrap-bit tuple for a divisor 2^k), its correction travels as k bits in a narrower word
-(:func:`pack_correction`: 16 bits for fixed point's 2^16, a quarter of the bytes).
+wrap-bit tuple for a divisor 2^k, a ReLU mask's u as a word), its correction travels as k
+bits in a narrower word (:func:`pack_correction`: 16 bits for fixed point's 2^16, a quarter of
+the bytes; u in 8).
 
 Flow: every party asks its provider for tuples in the same order (the MPC program is the
 same everywhere). A party keeps a buffer of tuples; on a miss, all parties compute the same
@@ -213,15 +214,19 @@ def correction_elements(key: tuple) -> int:
 
 
 # Narrow corrections: where only a component's low bits matter (a wrap-bit tuple asked for
-# k bits: ``tuples.wrap_bit_key``), its correction travels as the narrowest of these words that
-# holds them, packed into int64 words (the last one zero-padded)
+# k bits: ``tuples.wrap_bit_key``; a ReLU mask's u as a word, of which the ReLU reads bit 0
+# alone), its correction travels as the narrowest of these words that holds them, packed into
+# int64 words (the last one zero-padded)
 _NARROW = ((8, torch.int8), (16, torch.int16), (32, torch.int32))
 
 
 def _correction_width(key: tuple, j: int) -> tuple[int, torch.dtype]:
     """The bits of component ``j``'s value its shares must add up to (mod 2^bits), and the word
     its correction travels in."""
-    bits = key[2] if key[0] == "wrapbit" and len(key) == 3 and j == 1 else 64
+    if key[0] == "wrapbit" and len(key) == 3 and j == 1:
+        bits = key[2]
+    else:
+        bits = 1 if key[0] == "relumask" and j == 4 else 64
     return bits, next((dtype for width, dtype in _NARROW if bits <= width), torch.int64)
 
 

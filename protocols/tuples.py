@@ -80,7 +80,7 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
         return [("a", key[1]), ("b", key[1])]
     if kind == "signmask":
         return [("a", key[1]), ("b", key[1]), ("b", key[1])]
-    if kind == "relumask":  # r, -r, its pair products, u, u, r u, a, a u
+    if kind == "relumask":  # r, -r, its pair products, u, u (XOR-shared: bit 0 alone is u), r u, a, a u
         return [("a", key[1]), ("b", key[1]), ("b", key[1]), ("a", key[1]), ("b", key[1])] + [("a", key[1])] * 3
     if kind == "trunc":
         return [("a", key[1])] * 3
