@@ -37,6 +37,7 @@ stops the run with a :class:`DealerError` naming the dealer.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, Callable, Sequence
@@ -98,12 +99,22 @@ def correction_parties(keys: Sequence[tuple], parties: int) -> list[int]:
     those tied), so every party receives and copies about as much (a party that receives
     more is the slower one of every round after it). Every party computes the same from the
     keys alone."""
+    return list(_correction_parties(tuple(keys), parties))
+
+
+# Per-request plans are cached: a training step asks for the same request every time, and
+# working them out again per answer (a few hundred small calls) cost a third of expanding it
+_PLANS = 256
+
+
+@functools.lru_cache(maxsize=_PLANS)
+def _correction_parties(keys: tuple, parties: int) -> tuple[int, ...]:
     received, chosen = [0] * parties, []
     for key in keys:
         party = min(range(parties), key=received.__getitem__)
         received[party] += correction_elements(key)
         chosen.append(party)
-    return chosen
+    return tuple(chosen)
 
 
 def _combine(shares: Sequence[torch.Tensor], sharing: str) -> torch.Tensor:
@@ -170,13 +181,18 @@ def late_parts(keys: Sequence[tuple]) -> list[tuple[int, ...]]:
     in. Without it, the answer waits for that tuple's dealing and carries its corrections
     (W2b: 1M words, and the first deal of a process pays page faults on every fresh buffer)
     before the parties can expand a and b and open."""
+    return list(_late_parts(tuple(keys)))
+
+
+@functools.lru_cache(maxsize=_PLANS)
+def _late_parts(keys: tuple) -> tuple[tuple[int, ...], ...]:
     parts: list[tuple[int, ...]] = []
     for index, key in enumerate(keys):
         late = late_components(key)
         if not late and index and late_components(keys[index - 1]) and _truncates(keys[index - 1], key):
             late = tuple(j for j, random in enumerate(RANDOM_COMPONENTS[key[0]]) if not random)
         parts.append(late)
-    return parts
+    return tuple(parts)
 
 
 def _truncates(product: tuple, key: tuple) -> bool:
@@ -208,6 +224,7 @@ def _drawn_bytes(key: tuple, party: int, correction: int) -> int:
                    if random or party != correction)
 
 
+@functools.lru_cache(maxsize=4096)
 def correction_elements(key: tuple) -> int:
     """Words (int64) of one tuple its correction party receives."""
     return sum(correction_words(key, j) for j, random in enumerate(RANDOM_COMPONENTS[key[0]]) if not random)
@@ -220,6 +237,7 @@ def correction_elements(key: tuple) -> int:
 _NARROW = ((8, torch.int8), (16, torch.int16), (32, torch.int32))
 
 
+@functools.lru_cache(maxsize=4096)
 def _correction_width(key: tuple, j: int) -> tuple[int, torch.dtype]:
     """The bits of component ``j``'s value its shares must add up to (mod 2^bits), and the word
     its correction travels in."""
@@ -230,6 +248,7 @@ def _correction_width(key: tuple, j: int) -> tuple[int, torch.dtype]:
     return bits, next((dtype for width, dtype in _NARROW if bits <= width), torch.int64)
 
 
+@functools.lru_cache(maxsize=4096)
 def correction_words(key: tuple, j: int) -> int:
     """int64 words the correction of component ``j`` of ``key`` takes in an answer."""
     count, (_, dtype) = math.prod(tuple_layout(key)[j][1]), _correction_width(key, j)
@@ -250,12 +269,11 @@ def pack_correction(key: tuple, j: int, values: torch.Tensor) -> torch.Tensor:
     return packed.view(torch.int64)
 
 
-def unpack_correction(key: tuple, j: int, words: torch.Tensor) -> torch.Tensor:
-    """The correction of component ``j`` (shaped) from its words in an answer; a narrow one is
-    refused unless its padding and the bits above the ones that matter are zero (anything else
-    is not what this party asked for)."""
+def unpack_correction(key: tuple, j: int, words: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The correction of component ``j`` (of ``shape``) from its words in an answer; a narrow one
+    is refused unless its padding and the bits above the ones that matter are zero (anything
+    else is not what this party asked for)."""
     bits, dtype = _correction_width(key, j)
-    shape = tuple_layout(key)[j][1]
     if dtype == torch.int64:
         return words.reshape(shape)
     narrow, count = words.view(dtype), math.prod(shape)
@@ -289,22 +307,36 @@ def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int,
     be filled by :func:`fill_late` when it comes)."""
     stream = batch_stream(seed, int(answer[0]))
     batch, offset = [], 1
-    for key, corrector, deferred in zip(keys, correction_parties(keys, parties), late_parts(keys)):
-        corrects = corrector == party
+    for key, components in zip(keys, _receipt(tuple(keys), party, parties)):
         shares: list[torch.Tensor | None] = []
-        for j, ((_, shape), random) in enumerate(zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]])):
-            if random or not corrects:
+        for j, (shape, words) in enumerate(components):
+            if words is None:
                 shares.append(stream.ring(shape))
-            elif j in deferred:
+            elif words is _LATE:
                 shares.append(None)
             else:
-                count = correction_words(key, j)
-                shares.append(unpack_correction(key, j, answer[offset: offset + count]))
-                offset += count
+                shares.append(unpack_correction(key, j, answer[offset: offset + words], shape))
+                offset += words
         batch.append(shares)
     if late is not None:
         fill_late(keys, batch, late, party, parties)
     return batch
+
+
+_LATE = "late"
+
+
+@functools.lru_cache(maxsize=_PLANS)
+def _receipt(keys: tuple, party: int, parties: int) -> tuple[tuple[tuple[tuple[int, ...], Any], ...], ...]:
+    """How ``party`` gets each component of each tuple of a request, in :func:`deal`'s order:
+    (its shape, a ``torch.Size``; None: drawn from the stream; ``_LATE``: in the late part;
+    else the answer words its correction takes)."""
+    plan = []
+    for key, corrector, deferred in zip(keys, _correction_parties(keys, parties), _late_parts(keys)):
+        plan.append(tuple((torch.Size(shape), None if random or corrector != party else _LATE if j in deferred
+                           else correction_words(key, j))
+                          for j, ((_, shape), random) in enumerate(zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]]))))
+    return tuple(plan)
 
 
 def fill_late(keys: Sequence[tuple], batch: list[list[torch.Tensor | None]], late: torch.Tensor, party: int,
@@ -315,7 +347,7 @@ def fill_late(keys: Sequence[tuple], batch: list[list[torch.Tensor | None]], lat
     for key, corrector, shares, lates in zip(keys, correction_parties(keys, parties), batch, late_parts(keys)):
         for j in lates if corrector == party else ():
             count = correction_words(key, j)
-            shares[j] = unpack_correction(key, j, late[offset: offset + count])
+            shares[j] = unpack_correction(key, j, late[offset: offset + count], tuple_layout(key)[j][1])
             offset += count
 
 
