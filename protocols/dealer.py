@@ -15,7 +15,10 @@ are whatever the parties' draws add up to; the others (c = a b, msb(r), ...) are
 except at the tuple's correction party (per request, each tuple goes to the party that has
 received the fewest correction elements of it so far: :func:`correction_parties`), which
 receives its shares of them: the value minus the others' draws. Only those corrections
-travel: one element of a triple's three.
+travel: one element of a triple's three; where only a component's low k bits matter (a
+wrap-bit tuple for a divisor 2^k, a ReLU mask's u as a word), its correction travels as k
+bits in a narrower word (:func:`pack_correction`: 16 bits for fixed point's 2^16, a quarter of
+the bytes; u in 8).
 
 Flow: every party asks its provider for tuples in the same order (the MPC program is the
 same everywhere). A party keeps a buffer of tuples; on a miss, all parties compute the same
@@ -34,6 +37,7 @@ stops the run with a :class:`DealerError` naming the dealer.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, Callable, Sequence
@@ -91,16 +95,26 @@ def batch_stream(seed: bytes, position: int) -> CipherGenerator:
 
 def correction_parties(keys: Sequence[tuple], parties: int) -> list[int]:
     """The party that receives the corrections of each of a request's tuples: the one that
-    has received the fewest correction elements of the request so far (the lowest rank of
+    has received the fewest correction words of the request so far (the lowest rank of
     those tied), so every party receives and copies about as much (a party that receives
     more is the slower one of every round after it). Every party computes the same from the
     keys alone."""
+    return list(_correction_parties(tuple(keys), parties))
+
+
+# Per-request plans are cached: a training step asks for the same request every time, and
+# working them out again per answer (a few hundred small calls) cost a third of expanding it
+_PLANS = 256
+
+
+@functools.lru_cache(maxsize=_PLANS)
+def _correction_parties(keys: tuple, parties: int) -> tuple[int, ...]:
     received, chosen = [0] * parties, []
     for key in keys:
         party = min(range(parties), key=received.__getitem__)
         received[party] += correction_elements(key)
         chosen.append(party)
-    return chosen
+    return tuple(chosen)
 
 
 def _combine(shares: Sequence[torch.Tensor], sharing: str) -> torch.Tensor:
@@ -167,13 +181,18 @@ def late_parts(keys: Sequence[tuple]) -> list[tuple[int, ...]]:
     in. Without it, the answer waits for that tuple's dealing and carries its corrections
     (W2b: 1M words, and the first deal of a process pays page faults on every fresh buffer)
     before the parties can expand a and b and open."""
+    return list(_late_parts(tuple(keys)))
+
+
+@functools.lru_cache(maxsize=_PLANS)
+def _late_parts(keys: tuple) -> tuple[tuple[int, ...], ...]:
     parts: list[tuple[int, ...]] = []
     for index, key in enumerate(keys):
         late = late_components(key)
         if not late and index and late_components(keys[index - 1]) and _truncates(keys[index - 1], key):
             late = tuple(j for j, random in enumerate(RANDOM_COMPONENTS[key[0]]) if not random)
         parts.append(late)
-    return parts
+    return tuple(parts)
 
 
 def _truncates(product: tuple, key: tuple) -> bool:
@@ -205,10 +224,63 @@ def _drawn_bytes(key: tuple, party: int, correction: int) -> int:
                    if random or party != correction)
 
 
+@functools.lru_cache(maxsize=4096)
 def correction_elements(key: tuple) -> int:
-    """Elements of one tuple its correction party receives."""
-    return sum(math.prod(shape) for (_, shape), random in zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]])
-               if not random)
+    """Words (int64) of one tuple its correction party receives."""
+    return sum(correction_words(key, j) for j, random in enumerate(RANDOM_COMPONENTS[key[0]]) if not random)
+
+
+# Narrow corrections: where only a component's low bits matter (a wrap-bit tuple asked for
+# k bits: ``tuples.wrap_bit_key``; a ReLU mask's u as a word, of which the ReLU reads bit 0
+# alone), its correction travels as the narrowest of these words that holds them, packed into
+# int64 words (the last one zero-padded)
+_NARROW = ((8, torch.int8), (16, torch.int16), (32, torch.int32))
+
+
+@functools.lru_cache(maxsize=4096)
+def _correction_width(key: tuple, j: int) -> tuple[int, torch.dtype]:
+    """The bits of component ``j``'s value its shares must add up to (mod 2^bits), and the word
+    its correction travels in."""
+    if key[0] == "wrapbit" and len(key) == 3 and j == 1:
+        bits = key[2]
+    else:
+        bits = 1 if key[0] == "relumask" and j == 4 else 64
+    return bits, next((dtype for width, dtype in _NARROW if bits <= width), torch.int64)
+
+
+@functools.lru_cache(maxsize=4096)
+def correction_words(key: tuple, j: int) -> int:
+    """int64 words the correction of component ``j`` of ``key`` takes in an answer."""
+    count, (_, dtype) = math.prod(tuple_layout(key)[j][1]), _correction_width(key, j)
+    per_word = 8 // dtype.itemsize
+    return -(-count // per_word)
+
+
+def pack_correction(key: tuple, j: int, values: torch.Tensor) -> torch.Tensor:
+    """Component ``j``'s correction as the int64 words it travels in: its low bits only, where
+    only they matter (a cast to a narrower integer keeps the low bits)."""
+    bits, dtype = _correction_width(key, j)
+    values = values.reshape(-1)
+    if dtype == torch.int64:
+        return values
+    per_word = 8 // dtype.itemsize
+    packed = torch.zeros(correction_words(key, j) * per_word, dtype=dtype)
+    packed[: values.numel()] = (values & ((1 << bits) - 1)).to(dtype)
+    return packed.view(torch.int64)
+
+
+def unpack_correction(key: tuple, j: int, words: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The correction of component ``j`` (of ``shape``) from its words in an answer; a narrow one
+    is refused unless its padding and the bits above the ones that matter are zero (anything
+    else is not what this party asked for)."""
+    bits, dtype = _correction_width(key, j)
+    if dtype == torch.int64:
+        return words.reshape(shape)
+    narrow, count = words.view(dtype), math.prod(shape)
+    if narrow[count:].any() or (bits < 8 * dtype.itemsize and (narrow[:count] >> bits).any()):
+        raise DealerError(f"the dealer sent a malformed answer: a {bits}-bit correction of {key!r} "
+                          f"has bits set beyond its {bits} or in its padding")
+    return narrow[:count].to(torch.int64).reshape(shape)
 
 
 def answer_elements(keys: Sequence[tuple], party: int, parties: int) -> int:
@@ -222,7 +294,7 @@ def answer_parts(keys: Sequence[tuple], party: int, parties: int) -> tuple[int, 
     first, late = 1, 0
     for key, corrector, lates in zip(keys, correction_parties(keys, parties), late_parts(keys)):
         if corrector == party:
-            deferred = sum(math.prod(tuple_layout(key)[j][1]) for j in lates)
+            deferred = sum(correction_words(key, j) for j in lates)
             first, late = first + correction_elements(key) - deferred, late + deferred
     return first, late
 
@@ -235,22 +307,36 @@ def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int,
     be filled by :func:`fill_late` when it comes)."""
     stream = batch_stream(seed, int(answer[0]))
     batch, offset = [], 1
-    for key, corrector, deferred in zip(keys, correction_parties(keys, parties), late_parts(keys)):
-        corrects = corrector == party
+    for key, components in zip(keys, _receipt(tuple(keys), party, parties)):
         shares: list[torch.Tensor | None] = []
-        for j, ((_, shape), random) in enumerate(zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]])):
-            if random or not corrects:
+        for j, (shape, words) in enumerate(components):
+            if words is None:
                 shares.append(stream.ring(shape))
-            elif j in deferred:
+            elif words is _LATE:
                 shares.append(None)
             else:
-                count = math.prod(shape)
-                shares.append(answer[offset: offset + count].reshape(shape))
-                offset += count
+                shares.append(unpack_correction(key, j, answer[offset: offset + words], shape))
+                offset += words
         batch.append(shares)
     if late is not None:
         fill_late(keys, batch, late, party, parties)
     return batch
+
+
+_LATE = "late"
+
+
+@functools.lru_cache(maxsize=_PLANS)
+def _receipt(keys: tuple, party: int, parties: int) -> tuple[tuple[tuple[tuple[int, ...], Any], ...], ...]:
+    """How ``party`` gets each component of each tuple of a request, in :func:`deal`'s order:
+    (its shape, a ``torch.Size``; None: drawn from the stream; ``_LATE``: in the late part;
+    else the answer words its correction takes)."""
+    plan = []
+    for key, corrector, deferred in zip(keys, _correction_parties(keys, parties), _late_parts(keys)):
+        plan.append(tuple((torch.Size(shape), None if random or corrector != party else _LATE if j in deferred
+                           else correction_words(key, j))
+                          for j, ((_, shape), random) in enumerate(zip(tuple_layout(key), RANDOM_COMPONENTS[key[0]]))))
+    return tuple(plan)
 
 
 def fill_late(keys: Sequence[tuple], batch: list[list[torch.Tensor | None]], late: torch.Tensor, party: int,
@@ -260,9 +346,9 @@ def fill_late(keys: Sequence[tuple], batch: list[list[torch.Tensor | None]], lat
     offset = 0
     for key, corrector, shares, lates in zip(keys, correction_parties(keys, parties), batch, late_parts(keys)):
         for j in lates if corrector == party else ():
-            shape = tuple_layout(key)[j][1]
-            shares[j] = late[offset: offset + math.prod(shape)].reshape(shape)
-            offset += math.prod(shape)
+            count = correction_words(key, j)
+            shares[j] = unpack_correction(key, j, late[offset: offset + count], tuple_layout(key)[j][1])
+            offset += count
 
 
 def deal_parts(keys: Sequence[tuple], seeds: Sequence[bytes], position: int,
@@ -283,7 +369,8 @@ def deal_parts(keys: Sequence[tuple], seeds: Sequence[bytes], position: int,
                 stream.stream.seek(stream.stream.bytes_drawn + _drawn_bytes(key, party, correction))
             continue
         shares = deal(key, streams, correction, rng)[correction]
-        answers[correction].extend(share.reshape(-1) for share, random in zip(shares, RANDOM_COMPONENTS[key[0]])
+        answers[correction].extend(pack_correction(key, j, share)
+                                   for j, (share, random) in enumerate(zip(shares, RANDOM_COMPONENTS[key[0]]))
                                    if not random)
     first = [torch.cat(answer) for answer in answers]
     if not pending:
@@ -296,7 +383,7 @@ def deal_parts(keys: Sequence[tuple], seeds: Sequence[bytes], position: int,
             for stream, start in zip(streams, starts):
                 stream.stream.seek(start)
             shares = deal(key, streams, correction, rng)[correction]
-            parts[correction].extend(shares[j].reshape(-1) for j in lates)
+            parts[correction].extend(pack_correction(key, j, shares[j]) for j in lates)
         return [torch.cat(part) if part else torch.empty(0, dtype=torch.int64) for part in parts]
 
     return first, late

@@ -165,7 +165,8 @@ class TripleSource(ProtocolPart):
         """Whether this source overrides :meth:`wrap_bit_tuple`."""
         return type(self).wrap_bit_tuple is not TripleSource.wrap_bit_tuple
 
-    def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[Any, Any]:
+    def wrap_bit_tuple(self, size: Any, device: Any = None, bits: int = 64) -> tuple[Any, Any]:
         """Two parties: a uniform int64 word whose top bit is this party's private bit u_i, and
-        its arithmetic share of u0 u1, for the ``topbits`` truncation."""
+        its arithmetic share of u0 u1 (shares that add up to it mod 2^``bits`` at least), for
+        the ``topbits`` truncation."""
         raise UnsupportedTuple(f"triple source {self.part_name!r} does not provide wrap-bit tuples")

@@ -138,10 +138,10 @@ class TrustedFirstParty(TripleSource):
         values = carry4.carry4_stack(plain(generate_random_ring_element((carry4.INPUTS, *size), device=device)))
         return list(plain(self._crypten.mpc.primitives.BinarySharedTensor(values, src=0).share).unbind(0))
 
-    def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def wrap_bit_tuple(self, size: Any, device: Any = None, bits: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """Party 1's word and its share of the AND from the stream it shares with party 0,
         party 0's word from its own; party 0 (it sees both words, as it sees every tuple)
-        takes the AND of their top bits minus party 1's share."""
+        takes the AND of their top bits minus party 1's share (exact in all 64 bits)."""
         self.counters.calls += 1
         self.counters.tuples += 2 * int(torch.Size(size).numel())
         common, local, rank = _pair_streams(self._crypten)

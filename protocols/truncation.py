@@ -29,6 +29,7 @@ from protocols import crypten_hooks
 from protocols.bitpack import pack_bits, unpack_bits
 from protocols.parts import ProtocolPart
 from protocols.registry import register_part
+from protocols.tuples import wrap_bit_key
 
 log = logging.getLogger("cotrain.protocols")
 MASK63 = (1 << 63) - 1
@@ -216,6 +217,11 @@ def top_bit_finish(y: torch.Tensor, own_word: torch.Tensor, and_share: torch.Ten
     return result
 
 
+def _shift(divisor: int) -> int:
+    """k of a divisor 2^k."""
+    return divisor.bit_length() - 1
+
+
 @register_part("truncation", "topbits")
 class TopBitTruncation(PairTruncation):
     """Two parties and a divisor 2^k: the wrap of the shares from their top bits, one round of
@@ -234,7 +240,8 @@ class TopBitTruncation(PairTruncation):
         return top_bit_applies(self.comm.get_world_size(), divisor) and self._source().deals_wrap_bits()
 
     def division_tuples(self, size: tuple[int, ...], divisor: int) -> tuple[tuple, ...]:
-        return (("wrapbit", size),) if self._applies(divisor) else super().division_tuples(size, divisor)
+        return ((wrap_bit_key(size, _shift(divisor)),) if self._applies(divisor)
+                else super().division_tuples(size, divisor))
 
     def _divide(self, x: Any, divisor: int) -> Any:
         if not self._applies(divisor):
@@ -244,7 +251,9 @@ class TopBitTruncation(PairTruncation):
 
         rank = comm.get_rank()
         common = self._generators["next" if rank == 0 else "prev"][torch.device("cpu")]
-        own_word, and_share = self._source().wrap_bit_tuple(x.share.size(), device=x.share.device)
+        # the AND's shares matter only mod 2^k (the finish shifts the wrap left by 64 - k)
+        own_word, and_share = self._source().wrap_bit_tuple(x.share.size(), device=x.share.device,
+                                                            bits=_shift(divisor))
         mask = common.ring(x.share.size(), x.share.device)
         # on the CPU the kernels write y, then the result, over the share (a division is in
         # place, as CrypTen's own); elsewhere torch's operations make new tensors

@@ -4,7 +4,8 @@ A key names one correlated tuple: ``("triple", op, size0, size1, kwargs)``, ``("
 size)``, ``("binary", size0, size1)``, ``("b2a", size)``, ``("wrap", size)``, ``("trunc",
 size, divisor)``, ``("signmask", size)`` (r, -r as a word and the ANDs of that word's bit
 pairs) or ``("wrapbit", size)`` (two parties: each party's own random word, whose top bit
-is its private bit, and shares of the AND of the two bits) or ``("carry4", size)`` (seven
+is its private bit, and shares of the AND of the two bits; ``("wrapbit", size, bits)``: shares
+that need add up only mod 2^bits, :func:`wrap_bit_key`) or ``("carry4", size)`` (seven
 random words and ANDs of them, ``protocols.carry4``); :func:`tuple_layout` says what
 shares it consists of. Triple sources that
 make tuples in batches (the dealer, OT) get CrypTen's requests as keys through
@@ -79,7 +80,7 @@ def tuple_layout(key: tuple) -> list[tuple[str, tuple[int, ...]]]:
         return [("a", key[1]), ("b", key[1])]
     if kind == "signmask":
         return [("a", key[1]), ("b", key[1]), ("b", key[1])]
-    if kind == "relumask":  # r, -r, its pair products, u, u, r u, a, a u
+    if kind == "relumask":  # r, -r, its pair products, u, u (XOR-shared: bit 0 alone is u), r u, a, a u
         return [("a", key[1]), ("b", key[1]), ("b", key[1]), ("a", key[1]), ("b", key[1])] + [("a", key[1])] * 3
     if kind == "trunc":
         return [("a", key[1])] * 3
@@ -103,6 +104,10 @@ def check_key(key: Any) -> tuple:
         if len(key) != 3:
             raise ValueError(f"malformed binary triple request {key!r}")
         key = ("binary", _size(key[1]), _size(key[2]))
+    elif kind == "wrapbit" and len(key) == 3:
+        if not isinstance(key[2], int) or not 1 <= key[2] < 64:
+            raise ValueError(f"malformed wrap-bit request {key!r}: its bits are 1 to 63")
+        key = ("wrapbit", _size(key[1]), key[2])
     elif kind in ("square", "wrap", "b2a", "signmask", "relumask", "wrapbit", "carry4"):
         if len(key) != 2:
             raise ValueError(f"malformed {kind} request {key!r}")
@@ -122,6 +127,13 @@ def check_key(key: Any) -> tuple:
 def triple_key(op: str, size0: Any, size1: Any, kwargs: dict) -> tuple:
     """The key of the triple for ``op(a, b, **kwargs)`` with a of ``size0`` and b of ``size1``."""
     return ("triple", op, freeze(size0), freeze(size1), tuple(sorted((k, freeze(v)) for k, v in kwargs.items())))
+
+
+def wrap_bit_key(size: Any, bits: int = 64) -> tuple:
+    """The key of a wrap-bit tuple whose AND shares need add up only mod 2^``bits`` (all 64:
+    the plain key). ``topbits`` uses them shifted left by 64 - k for a divisor 2^k, so it asks
+    for k bits, and a dealer may send the correction party's share in a narrower word."""
+    return ("wrapbit", freeze(size)) if bits >= 64 else ("wrapbit", freeze(size), int(bits))
 
 
 def tuple_elements(key: tuple) -> int:
@@ -365,8 +377,8 @@ class KeyedTripleSource(TripleSource):
         r, negated, pairs = self._counted_fetch(("signmask", freeze(size)), device)
         return AST.from_shares(r, precision=0), BST.from_shares(negated), BST.from_shares(pairs)
 
-    def wrap_bit_tuple(self, size: Any, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        word, and_share = self._counted_fetch(("wrapbit", freeze(size)), device)
+    def wrap_bit_tuple(self, size: Any, device: Any = None, bits: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        word, and_share = self._counted_fetch(wrap_bit_key(size, bits), device)
         return word, and_share
 
     def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:

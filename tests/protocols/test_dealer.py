@@ -17,7 +17,7 @@ from protocols.dealer import (LATE_WORK, SemiHonestMaker, answer_elements, answe
 from protocols.bitpack import pair_products
 from protocols.carry4 import INPUTS, SUBSETS
 from protocols.dealer_wire import DealerEnd, DealerError, check_header
-from protocols.tuples import check_key, tuple_elements, tuple_layout
+from protocols.tuples import check_key, tuple_elements, tuple_layout, wrap_bit_key
 from protocols.prg import CipherGenerator, new_seed
 from protocols.registry import part_class
 from protocols.truncation import wrap_bit_values
@@ -82,7 +82,7 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
             elif kind == "relumask":
                 r, negated, pairs, u, u_word, r_u, a, a_u = values
                 assert torch.equal(negated, -r) and torch.equal(pairs, pair_products(-r))
-                assert torch.equal(u, u_word) and set(u.tolist()) <= {0, 1}
+                assert torch.equal(u, u_word & 1) and set(u.tolist()) <= {0, 1}  # the word's bit 0 is u
                 assert torch.equal(r_u, r * u) and torch.equal(a_u, a * u)
             elif kind == "carry4":  # seven masks, then their subsets' ANDs
                 assert all(torch.equal(values[INPUTS + j], _and_all([values[i] for i in subset]))
@@ -96,7 +96,7 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
 
 @pytest.mark.parametrize("parties", [2, 3])
 def test_each_tuple_corrects_at_the_party_that_has_received_least_of_the_request(parties):
-    """A ReLU mask corrects 6 words per element, a carry4 tuple 22, a product 1: dealt in turn
+    """A ReLU mask corrects 5 words and a byte per element, a carry4 tuple 22, a product 1: dealt in turn
     one party would receive nearly all (the one that then lags every round); by what each
     has received so far they come out within one tuple of each other, and still open right."""
     keys = [check_key(k) for k in [["relumask", [64]], ["triple", "mul", [8], [8], []], ["carry4", [16]],
@@ -106,7 +106,9 @@ def test_each_tuple_corrects_at_the_party_that_has_received_least_of_the_request
     received = [a.numel() - 1 for a in answers]
     assert received == [answer_elements(keys, p, parties) - 1 for p in range(parties)]
     assert sum(received) == sum(correction_elements(key) for key in keys)
-    assert max(received) == 6 * 64  # the mask alone; the rest went to the others
+    mask, product, carry = 5 * 64 + 64 // 8, 8, 22 * 16  # the mask's u word in 8 bits
+    # the mask at party 0, the carry4 tuple at another, each product where least has gone
+    assert received == ([mask + product, product + carry] if parties == 2 else [mask, 2 * product, carry])
     dealt = [expand(keys, seed, answers[party], party, parties) for party, seed in enumerate(seeds)]
     for index in (1, 3):
         a, b, c = (_open([dealt[p][index][i] for p in range(parties)], "a") for i in range(3))
@@ -123,7 +125,8 @@ def test_answers_draw_from_disjoint_stretches_of_a_stream():
 
 
 @pytest.mark.parametrize("bad", [["nope", [1]], ["triple", "exp", [2], [2], []], ["square", [-1]],
-                                 ["trunc", [2], 0], ["square", [1 << 20, 1 << 10]], "x", []])
+                                 ["trunc", [2], 0], ["square", [1 << 20, 1 << 10]], "x", [],
+                                 ["wrapbit", [2], 0], ["wrapbit", [2], 64], ["wrapbit", [2], "16"]])
 def test_malformed_requests_are_refused(bad):
     with pytest.raises(ValueError):
         check_key(bad)
@@ -476,3 +479,70 @@ def test_a_late_part_with_another_header_is_refused(header):
     with pytest.raises(DealerError, match="sent a malformed late"):
         check_header(header, "late", "the dealer (rank 2)", items=2, elements=6)
     assert check_header({"op": "late", "items": 2, "elements": 6}, "late", "the dealer", items=2, elements=6) == 6
+
+
+@pytest.mark.parametrize("bits, word", [(1, 8), (8, 8), (12, 16), (16, 16), (20, 32), (32, 32), (40, 64)])
+def test_a_wrap_bit_tuple_asked_for_k_bits_opens_right_mod_2k_in_a_narrower_word(bits, word):
+    """topbits uses the AND's shares only shifted left by 64 - k: asked for k bits, the dealer
+    sends the correction party's share as k bits in the narrowest word that holds them (7
+    elements: the last int64 word part padding), and the shares add up to the AND mod 2^k,
+    inline and in a late product's late part."""
+    rng, seeds = CipherGenerator(new_seed()), [new_seed(), new_seed()]
+    narrow = wrap_bit_key([7], bits)
+    assert check_key(list(narrow)) == narrow and (len(narrow) == 2) == (bits == 64)
+    keys = [check_key(["triple", "mul", [7], [7], []]), narrow]
+    answers = deal_answers(keys, seeds, 3, rng)
+    # the product's c corrects at party 0, the wrap bit's at party 1: in ceil(7 word / 64) words
+    assert [a.numel() for a in answers] == [1 + 7, 1 + -(-7 * word // 64)]
+    assert [a.numel() for a in answers] == [answer_elements(keys, p, 2) for p in range(2)]
+    for batch in (keys, [check_key(LATE_MATMUL), wrap_bit_key([64, 64], bits)]):
+        first, make_late = deal_parts(batch, seeds, 5, rng)
+        late = make_late() if make_late is not None else [None, None]
+        dealt = [expand(batch, seed, first[p], p, 2, late[p]) for p, seed in enumerate(seeds)]
+        (words, and_shares) = zip(*(dealt[p][1] for p in range(2)))
+        both = wrap_bit_values(list(words))[1]
+        modulus = 1 << bits
+        assert torch.equal(_open(list(and_shares), "a") % modulus, both % modulus)
+        assert batch is keys or 0 < int(both.sum()) < both.numel()
+        if word < 64:  # the correction party's share is its k bits alone (sign-extended where k fills the word)
+            assert bool(((and_shares[1] >= -(modulus >> 1)) & (and_shares[1] < modulus)).all())
+
+
+@pytest.mark.parametrize("tamper", ["padding", "high bits"])
+def test_a_narrow_correction_with_bits_it_should_not_have_is_refused(tamper):
+    """A k-bit correction carries nothing above its k bits nor in its padding: a dealer that
+    sets them sent something this party did not ask for."""
+    seeds, rng = [new_seed(), new_seed()], CipherGenerator(new_seed())
+    keys = [check_key(["triple", "mul", [7], [7], []]), wrap_bit_key([7], 12)]
+    answer = deal_answers(keys, seeds, 3, rng)[1].clone()
+    narrow = answer[1:].view(torch.int16)
+    narrow[7 if tamper == "padding" else 2] |= 1 << 13
+    with pytest.raises(DealerError, match=re.escape("the dealer sent a malformed answer: a 12-bit correction")):
+        expand(keys, seeds[1], answer, 1, 2)
+
+
+def _narrow_lying_dealer(transport, parties):
+    """The real dealer, but every narrow correction it packs has its last word's top bits set
+    (the padding of a wrap-bit tuple of 3 elements in 16-bit words)."""
+    from parties.dealer import serve_tuples
+    import protocols.dealer as dealer
+
+    honest = dealer.pack_correction
+
+    def lying(key, j, values):
+        words = honest(key, j, values).clone()
+        if words.numel() < values.numel():
+            words[-1] |= 1 << 62
+        return words
+
+    dealer.pack_correction = lying
+    return serve_tuples(transport, parties, SemiHonestMaker(parties))
+
+
+def test_a_dealer_lying_in_a_narrow_correction_stops_the_run_naming_the_dealer():
+    config = ProtocolConfig(name="dealer", triple_source="dealer", truncation="topbits")
+    collected = run_parties(_multiply, config, parties=2, dealer_fn=_narrow_lying_dealer, timeout_s=90,
+                            wire_timeout_s=8)
+    errors = [value for rank, (status, value) in collected.items() if rank < 2 and status == "error"]
+    assert errors and all(error.startswith("DealerError") for error in errors), collected
+    assert any("the dealer sent a malformed answer: a 16-bit correction" in error for error in errors), errors
