@@ -7,13 +7,6 @@ arithmetic (about 5 ms per 8 MB tensor, against 1 ms for an int64 add). Blocks u
 (glibc's largest threshold) now come from the heap, and freed heap memory is kept up to
 ``KEPT_BYTES``, so a party's recurring temporaries reuse pages already mapped. Elsewhere than
 glibc nothing changes.
-
-NumPy asks the kernel for transparent huge pages (``madvise(MADV_HUGEPAGE)``) on each array of
-4 MB or more. On heap memory, where such arrays now live, the kernel then tries to compact
-memory into a huge page at each fault of that range (``defrag=madvise``, the common setting),
-and where it finds none (here: every time) falls back to 4 KiB pages: a fresh 8 MB keystream
-draw took 15-40 ms to fault in here against 3.5-5 ms without the advice. Kept memory is
-faulted in once either way, so the advice is turned off (:func:`no_huge_page_advice`).
 """
 
 from __future__ import annotations
@@ -32,18 +25,4 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    no_huge_page_advice()
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, KEPT_BYTES))
-
-
-def no_huge_page_advice() -> bool:
-    """Stop NumPy advising huge pages for its large arrays (as ``NUMPY_MADVISE_HUGEPAGE=0``
-    would at import; NumPy is imported by now); whether it took."""
-    import numpy
-
-    for module in ("_core", "core"):  # NumPy 2, NumPy 1
-        switch = getattr(getattr(getattr(numpy, module, None), "multiarray", None), "_set_madvise_hugepage", None)
-        if switch is not None:
-            switch(False)
-            return True
-    return False
