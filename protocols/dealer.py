@@ -42,6 +42,7 @@ import logging
 import math
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from protocols import carry4
@@ -51,7 +52,7 @@ from protocols.dealer_wire import DealerError, DealerLink
 from protocols.parts import metered
 from protocols.prg import SEED_BYTES, CipherGenerator, new_seed
 from protocols.registry import register_part
-from protocols.truncation import pair_values, wrap_bit_values
+from protocols.truncation import pair_values
 from protocols.tuples import KeyedTripleSource, Prefetcher, check_key, freeze, tuple_layout
 
 log = logging.getLogger("cotrain.dealer")
@@ -81,6 +82,9 @@ RANDOM_COMPONENTS = {"triple": (True, True, False), "square": (True, False), "bi
 BATCH_STRIDE = 1 << 40
 POSITION_BITS = 62  # AES-CTR's 128-bit counter holds 2^62 stretches of 2^36 blocks
 _FIRST_POSITION = 64  # past the draw CipherGenerator makes for its torch seed
+# elements from which a draw added into a sum goes through one reused buffer (below: a fresh
+# draw from the stream's read-ahead is cheaper than a second cipher call)
+SCRATCH_ELEMENTS = 1 << 12
 # multiply-adds from which a product triple's c is dealt late (2^24: ~20 ms of int64 work on
 # a core here, far more than a message): W2b's 1024^3 product is, W6's 512x32x64 ones are not
 LATE_WORK = 1 << 24
@@ -117,21 +121,52 @@ def _correction_parties(keys: tuple, parties: int) -> tuple[int, ...]:
     return tuple(chosen)
 
 
-def _combine(shares: Sequence[torch.Tensor], sharing: str) -> torch.Tensor:
-    """The value the shares add (or XOR) up to: a new tensor, or the one share itself (no copy
-    of it: a million-element tuple pays for every pass over its memory)."""
-    total = shares[0]
-    for share in shares[1:]:
-        total = total + share if sharing == "a" else total ^ share
-    return total
+def _draw_at(stream: CipherGenerator, buffer: torch.Tensor, offset: int, count: int) -> None:
+    """``stream``'s next ``count`` ring elements written over ``buffer[offset:offset + count]``
+    (a flat int64 buffer with 2 elements to spare after them: the cipher may write 15 bytes past)."""
+    if count < SCRATCH_ELEMENTS:  # small: a draw from the stream's read-ahead, not a cipher call
+        buffer[offset: offset + count] = stream.ring((count,))
+    elif count:
+        stream.stream.read_into(buffer.numpy().view(np.uint8)[8 * offset:], 8 * count)
+
+
+class _Scratch:
+    """One buffer that every draw only added into a sum lands in, for a whole answer: at a
+    process's first deal each fresh 8 MB tensor is 2,048 page faults (4-10 ms here, more on a
+    loaded host), more than the cipher's 0.8 ms for its bytes. Not shared between answers
+    (they may be made at once)."""
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0, dtype=torch.int64)
+
+    def draw(self, stream: CipherGenerator, shape: tuple[int, ...]) -> torch.Tensor:
+        """``stream``'s next ring elements of ``shape``, valid until the next draw."""
+        count = math.prod(shape)
+        if self.buffer.numel() < count + 2:
+            self.buffer = torch.empty(count + 2, dtype=torch.int64)
+        _draw_at(stream, self.buffer, 0, count)
+        return self.buffer[:count].view(shape)
+
+
+def _add_draw(total: torch.Tensor | None, stream: CipherGenerator, shape: tuple[int, ...], sharing: str,
+              scratch: _Scratch) -> torch.Tensor:
+    """``total`` plus (or XOR) ``stream``'s next draw of ``shape``, in place; the draw itself
+    (a fresh tensor, the sum's own) where ``total`` is None."""
+    if total is None:
+        return stream.ring(shape)
+    draw = scratch.draw(stream, shape)
+    return total.add_(draw) if sharing == "a" else total.bitwise_xor_(draw)
 
 
 def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.Tensor | None]:
     """Every component's value given the random ones' (None where random; wrap's r is the
-    list of the parties' own r)."""
+    list of the parties' own r). The random values are the dealer's own sums, used for
+    nothing else: a result of their shape may be computed over one of them."""
     kind = key[0]
     if kind == "triple":
         _, op, _, _, kwargs = key
+        if op == "mul" and random[0].shape == random[1].shape:
+            return [None, None, random[0].mul_(random[1])]
         return [None, None, getattr(torch, op)(random[0], random[1], **dict(kwargs))]
     if kind == "square":
         return [None, random[0] * random[0]]
@@ -146,8 +181,11 @@ def _derived(key: tuple, random: list[Any], rng: CipherGenerator) -> list[torch.
         return [None, count_wraps(random[0])]
     if kind == "signmask":
         return [None, -random[0], pair_products(-random[0])]
-    if kind == "wrapbit":
-        return [None, wrap_bit_values(random[0])[1]]
+    if kind == "wrapbit":  # the AND of the words' top bits: the top bit of their AND
+        words = random[0]
+        for word in words[1:]:
+            words[0].bitwise_and_(word)
+        return [None, words[0].lt_(0)]
     if kind == "relumask":
         return relu_mask_values(random[0], random[6], rng.bits(key[1], 1))
     if kind == "carry4":
@@ -200,22 +238,46 @@ def _truncates(product: tuple, key: tuple) -> bool:
     return key[0] in ("trunc", "wrapbit") and key[1] == tuple_layout(product)[2][1]
 
 
-def deal(key: tuple, streams: Sequence[CipherGenerator], correction: int, rng: CipherGenerator) -> list[list[torch.Tensor]]:
-    """Every party's shares of one tuple, ``result[party][component]``: each party's the next
-    draws of its stream (:func:`expand`), except the correction party's shares of the
-    components that are not random, which are the value minus the others' shares."""
+def deal(key: tuple, streams: Sequence[CipherGenerator], correction: int, rng: CipherGenerator,
+         out: torch.Tensor, offset: int, scratch: _Scratch) -> int:
+    """Write the correction party's shares of ``key``'s components that are not random into
+    ``out`` from ``offset`` (flat int64, 2 elements to spare at its end), in order and in the
+    words they travel in (:func:`pack_correction`): the value minus (XOR) the other parties'
+    draws, which are summed as they are drawn, in place in ``out`` (a narrow correction's apart,
+    at full width, then packed). Every party's stream moves past the tuple as in :func:`expand`
+    (its draws of every component it does not receive, in order). Returns the offset after the
+    tuple's corrections."""
     layout = tuple_layout(key)
     randoms = RANDOM_COMPONENTS[key[0]]
-    shares: list[list[Any]] = [[stream.ring(shape) if randoms[j] or party != correction else None
-                                for j, (_, shape) in enumerate(layout)] for party, stream in enumerate(streams)]
-    random = [[shares[p][j] for p in range(len(streams))] if sharing == "r"
-              else _combine([shares[p][j] for p in range(len(streams))], sharing) if randoms[j] else None
-              for j, (sharing, _) in enumerate(layout)]
+    at, end = {}, offset  # where each correction goes
+    for j, is_random in enumerate(randoms):
+        if not is_random:
+            at[j], end = end, end + correction_words(key, j)
+    sums = {j: out[start:] if _correction_width(key, j)[1] == torch.int64
+            else torch.empty(math.prod(layout[j][1]) + 2, dtype=torch.int64) for j, start in at.items()}
+    random: list[Any] = [None] * len(layout)  # the values of the random components
+    started: set[int] = set()  # corrections holding a draw to add the next ones to
+    for party, stream in enumerate(streams):
+        for j, ((sharing, shape), is_random) in enumerate(zip(layout, randoms)):
+            if is_random and sharing == "r":
+                random[j] = (random[j] or []) + [stream.ring(shape)]
+            elif is_random:
+                random[j] = _add_draw(random[j], stream, shape, sharing, scratch)
+            elif party != correction and j in started:
+                draw = scratch.draw(stream, shape).reshape(-1)
+                target = sums[j][: draw.numel()]
+                target.add_(draw) if sharing == "a" else target.bitwise_xor_(draw)
+            elif party != correction:
+                _draw_at(stream, sums[j], 0, math.prod(shape))
+                started.add(j)
     for j, value in enumerate(_derived(key, random, rng)):
         if value is not None:
-            others = [shares[p][j] for p in range(len(streams)) if p != correction]
-            shares[correction][j] = _combine([value, *others], "b") if layout[j][0] == "b" else value - _combine(others, "a")
-    return shares
+            target = sums[j][: value.numel()]
+            combine = torch.bitwise_xor if layout[j][0] == "b" else torch.sub
+            combine(value.reshape(-1), target, out=target)
+            if _correction_width(key, j)[1] != torch.int64:
+                out[at[j]: at[j] + correction_words(key, j)] = pack_correction(key, j, target)
+    return end
 
 
 def _drawn_bytes(key: tuple, party: int, correction: int) -> int:
@@ -291,12 +353,18 @@ def answer_elements(keys: Sequence[tuple], party: int, parties: int) -> int:
 def answer_parts(keys: Sequence[tuple], party: int, parties: int) -> tuple[int, int]:
     """What ``party`` receives for a request: in the answer, the position word and its
     corrections but the late ones; in the late part (none where 0), the late ones."""
-    first, late = 1, 0
-    for key, corrector, lates in zip(keys, correction_parties(keys, parties), late_parts(keys)):
-        if corrector == party:
-            deferred = sum(correction_words(key, j) for j in lates)
-            first, late = first + correction_elements(key) - deferred, late + deferred
-    return first, late
+    return _answer_sizes(keys, correction_parties(keys, parties), late_parts(keys), parties)[party]
+
+
+def _answer_sizes(keys: Sequence[tuple], correctors: Sequence[int], lates: Sequence[tuple[int, ...]],
+                  parties: int) -> list[tuple[int, int]]:
+    """:func:`answer_parts` of every party, given each key's correction party and late components."""
+    sizes = [[1, 0] for _ in range(parties)]
+    for key, corrector, late in zip(keys, correctors, lates):
+        deferred = sum(correction_words(key, j) for j in late)
+        sizes[corrector][0] += correction_elements(key) - deferred
+        sizes[corrector][1] += deferred
+    return [(first, rest) for first, rest in sizes]
 
 
 def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int, parties: int,
@@ -357,36 +425,39 @@ def deal_parts(keys: Sequence[tuple], seeds: Sequence[bytes], position: int,
     late ones), and a function that makes each party's late part (None where nothing is late).
     A tuple with a late component is dealt whole by that function, from the stretch of every
     stream it would have drawn in order (skipped here), so the answer goes without waiting
-    for its product."""
+    for its product. Corrections are written straight into each party's answer."""
+    parties = len(seeds)
     streams = [batch_stream(seed, position) for seed in seeds]
-    answers: list[list[torch.Tensor]] = [[torch.tensor([position], dtype=torch.int64)] for _ in seeds]
-    # a late tuple, its late components, its correction party, where each stream was
-    pending: list[tuple[tuple, tuple[int, ...], int, list[int]]] = []
-    for key, correction, lates in zip(keys, correction_parties(keys, len(seeds)), late_parts(keys)):
-        if lates:
-            pending.append((key, lates, correction, [stream.stream.bytes_drawn for stream in streams]))
+    correctors, lates = correction_parties(keys, parties), late_parts(keys)
+    sizes = _answer_sizes(keys, correctors, lates, parties)
+    buffers = [torch.empty(first + 2, dtype=torch.int64) for first, _ in sizes]  # 2 to spare: deal's
+    for buffer in buffers:
+        buffer[0] = position
+    filled, scratch = [1] * parties, _Scratch()
+    # a late tuple, its correction party, where each stream was
+    pending: list[tuple[tuple, int, list[int]]] = []
+    for key, correction, deferred in zip(keys, correctors, lates):
+        if deferred:
+            pending.append((key, correction, [stream.stream.bytes_drawn for stream in streams]))
             for party, stream in enumerate(streams):
                 stream.stream.seek(stream.stream.bytes_drawn + _drawn_bytes(key, party, correction))
             continue
-        shares = deal(key, streams, correction, rng)[correction]
-        answers[correction].extend(pack_correction(key, j, share)
-                                   for j, (share, random) in enumerate(zip(shares, RANDOM_COMPONENTS[key[0]]))
-                                   if not random)
-    first = [torch.cat(answer) for answer in answers]
+        filled[correction] = deal(key, streams, correction, rng, buffers[correction], filled[correction], scratch)
+    answers = [buffer[:first] for buffer, (first, _) in zip(buffers, sizes)]
     if not pending:
-        return first, None
+        return answers, None
 
     def late() -> list[torch.Tensor]:
-        parts: list[list[torch.Tensor]] = [[] for _ in seeds]
-        for key, lates, correction, starts in pending:
+        parts = [torch.empty(rest + 2, dtype=torch.int64) for _, rest in sizes]
+        filled, scratch = [0] * parties, _Scratch()
+        for key, correction, starts in pending:
             streams = [batch_stream(seed, position) for seed in seeds]
             for stream, start in zip(streams, starts):
                 stream.stream.seek(start)
-            shares = deal(key, streams, correction, rng)[correction]
-            parts[correction].extend(pack_correction(key, j, shares[j]) for j in lates)
-        return [torch.cat(part) if part else torch.empty(0, dtype=torch.int64) for part in parts]
+            filled[correction] = deal(key, streams, correction, rng, parts[correction], filled[correction], scratch)
+        return [part[:rest] for part, (_, rest) in zip(parts, sizes)]
 
-    return first, late
+    return answers, late
 
 
 def whole_answers(first: list[torch.Tensor], late: Callable[[], list[torch.Tensor]] | None) -> list[torch.Tensor]:

@@ -130,7 +130,9 @@ class TorchDistributedTransport(Transport):
         self._count(tensor, sent_copies=1)
 
     def recv(self, tensor: torch.Tensor, src: int | None = None) -> torch.Tensor:
-        host = _on_host(tensor).clone() if tensor.device.type == "cpu" else _on_host(tensor)
+        # a fresh buffer, not a copy of the caller's (whose values the message overwrites): the
+        # caller's tensor stays as it was, as with CrypTen's recv, without a pass over it
+        host = torch.empty_like(tensor, device="cpu", memory_format=torch.contiguous_format)
         with self._operation(f"recv from {self.peer(src) if src is not None else 'any party'}"):
             dist.recv(host, src)
         self._count(tensor, received_copies=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig
-from protocols.dealer import (LATE_WORK, SemiHonestMaker, answer_elements, answer_parts, batch_stream,
+from protocols.dealer import (LATE_WORK, SCRATCH_ELEMENTS, SemiHonestMaker, answer_elements, answer_parts, batch_stream,
                               correction_elements, count_wraps, deal_answers, deal_parts, expand, fill_late,
                               late_components, late_parts)
 from protocols.bitpack import pair_products
@@ -42,19 +42,37 @@ def _open(shares, sharing):
 
 @pytest.mark.parametrize("parties", [2, 3])
 def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(parties):
-    rng = CipherGenerator(new_seed())
-    seeds = [new_seed() for _ in range(parties)]
     keys = [check_key(k) for k in [
         ["triple", "mul", [4, 3], [4, 3], []], ["triple", "matmul", [5, 4], [4, 2], []],
         ["triple", "conv2d", [1, 1, 5, 5], [2, 1, 3, 3], [["padding", 1]]], ["square", [7]],
         ["binary", [6], [6]], ["b2a", [9]], ["trunc", [8], 65536], ["wrap", [5]], ["signmask", [6]], ["relumask", [7]],
         ["carry4", [5]]]
         + ([["wrapbit", [7]]] if parties == 2 else [])]
-    for position in (0, 5, (1 << 62) - 1):
+    assert correction_elements(keys[0]) == 12 and tuple_elements(keys[0]) == 36
+    _check_reconstructs(keys, parties)
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_large_tuples_summed_through_the_reused_draw_buffer_reconstruct_too(parties):
+    """From SCRATCH_ELEMENTS on the dealer adds each further party's draw in through one reused
+    buffer (and a same-shape product or a wrap bit in place): the same shares as drawn alone."""
+    big = SCRATCH_ELEMENTS + 3
+    keys = [check_key(k) for k in [
+        ["triple", "mul", [big], [big], []], ["triple", "mul", [big], [1], []], ["square", [big]],
+        ["triple", "matmul", [67, 70], [70, 65], []], ["binary", [big], [big]], ["trunc", [big], 65536],
+        ["trunc", [big], 3], ["wrap", [big]], ["signmask", [big]], ["relumask", [big]], ["carry4", [big]],
+        ["triple", "mul", [big], [big], []]]
+        + ([["wrapbit", [big]]] if parties == 2 else [])]
+    _check_reconstructs(keys, parties, positions=(7,))
+
+
+def _check_reconstructs(keys, parties, positions=(0, 5, (1 << 62) - 1)):
+    rng = CipherGenerator(new_seed())
+    seeds = [new_seed() for _ in range(parties)]
+    for position in positions:
         answers = deal_answers(keys, seeds, position, rng)
         # what travels: the position, then the corrections of the non-random components
         assert [a.numel() for a in answers] == [answer_elements(keys, p, parties) for p in range(parties)]
-        assert correction_elements(keys[0]) == 12 and tuple_elements(keys[0]) == 36
         dealt = [expand(keys, seed, answers[party], party, parties) for party, seed in enumerate(seeds)]
         for index, key in enumerate(keys):
             shares = [dealt[party][index] for party in range(parties)]
@@ -74,7 +92,7 @@ def test_every_tuple_kind_reconstructs_from_seeds_and_the_corrections_alone(part
                 assert torch.equal(values[0], values[1]) and set(values[0].tolist()) <= {0, 1}
             elif kind == "trunc":
                 r, msb, low = values
-                assert torch.equal(msb, (r < 0).long()) and torch.equal(low, (r & ((1 << 63) - 1)) // 65536)
+                assert torch.equal(msb, (r < 0).long()) and torch.equal(low, (r & ((1 << 63) - 1)) // key[2])
             elif kind == "wrap":
                 assert torch.equal(values[1], count_wraps([p[0] for p in shares]))
             elif kind == "signmask":
@@ -338,7 +356,7 @@ def test_a_late_product_is_dealt_after_the_answer_and_opens_right(parties):
             assert torch.equal(values[1], values[0] * values[0])
         else:
             r, msb, low = values
-            assert torch.equal(msb, (r < 0).long()) and torch.equal(low, (r & ((1 << 63) - 1)) // 65536)
+            assert torch.equal(msb, (r < 0).long()) and torch.equal(low, (r & ((1 << 63) - 1)) // key[2])
     assert not torch.equal(_open([dealt[p][1][0] for p in range(parties)], "a"),
                            _open([dealt[p][3][0] for p in range(parties)], "a"))  # two triples, fresh draws
     assert LATE_WORK == 1 << 24

@@ -50,6 +50,15 @@ def _surface(rank: int, world_size: int, options: TransportOptions, grouped: boo
             checks["recv_obj"] = _same(comm.recv_obj(before), _object(before))
             if rank != 0:
                 comm.send_obj(_object(rank), after)
+            # recv returns the message and leaves the tensor it was given as it was
+            if rank == 0:
+                comm.send(torch.arange(6).reshape(2, 3) + rank, after)
+            into = torch.ones(2, 3, dtype=torch.int64)
+            received = comm.recv(into, before)
+            checks["recv"] = (torch.equal(received, torch.arange(6).reshape(2, 3) + before)
+                              and torch.equal(into, torch.ones(2, 3, dtype=torch.int64)))
+            if rank != 0:
+                comm.send(torch.arange(6).reshape(2, 3) + rank, after)
             checks["broadcast_obj"] = _same(comm.broadcast_obj(_object(1) if rank == 1 else None, 1), _object(1))
             gathered = comm.gather_obj(_object(rank), 0)
             checks["gather_obj"] = _same(gathered, [_object(r) for r in range(size)]) if rank == 0 else gathered is None
