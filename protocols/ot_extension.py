@@ -9,7 +9,7 @@
 * A :class:`Cot` request asks for correlated OTs over Z_2^64 (the sender's two messages
   differ by its correlation) or GF(2), and for the results summed over groups of
   consecutive OTs, so a product over 64 bits comes back as one word, never as 64.
-* Any number of requests runs in exchanges of bounded size (``CHUNK_WORDS``); each exchange
+* Any number of requests runs in exchanges of bounded size (``CHUNK_WORDS``, ``CHUNK_OTS``); each exchange
   is two messages each way: the receiver's u columns, then the sender's corrections. Every
   message is an explicit header (exchange number and byte count, int64) and a raw buffer;
   a header that is not the one expected stops with :class:`OtError`.
@@ -30,9 +30,12 @@ from protocols.base_ot import KAPPA, OtError, base_ot_receive, base_ot_send
 from protocols.ot_hash import CrHash, sigma
 from protocols.prg import CipherStream
 
-# words (8 bytes) of correlations per exchange and direction: bounds memory (each working
-# array stays near 16 MB) while keeping the round trips of a large batch few
-CHUNK_WORDS = 1 << 21
+# words (8 bytes) of correlations, and OTs, per exchange and direction: they bound memory (the
+# corrections 64 MB each way, each of the u, t and q columns 64 MB) while keeping a training
+# step's exchanges few: each one waits for the slower party, and under load a wait costs more
+# than the work (W6's step: 3 exchanges, not 7 as at 2^21 words and OTs)
+CHUNK_WORDS = 1 << 23
+CHUNK_OTS = 1 << 22
 
 
 def _padded(count: int) -> int:
@@ -158,13 +161,14 @@ class Cot:
         return (self.tau_bits(a, b) + 7) // 8
 
 
-def _chunk_bounds(counts: Sequence[int], words: Sequence[int], budget: int) -> list[tuple[int, int]]:
-    """Consecutive ranges of OTs (over all requests in turn) of at most ``budget`` words each
-    (a single OT wider than that gets a range of its own)."""
+def _chunk_bounds(counts: Sequence[int], words: Sequence[int], budget: int,
+                  most: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of OTs (over all requests in turn) of at most ``budget`` words and
+    ``most`` OTs each (a single OT wider than ``budget`` gets a range of its own)."""
     bounds, low, position, used = [], 0, 0, 0
     for count, width in zip(counts, words):
         while count:
-            room = (budget - used) // width
+            room = max(min((budget - used) // width, most - (position - low)), 0)
             if room == 0 and used == 0:
                 room = 1
             if room == 0:
@@ -374,8 +378,8 @@ class OtChannel:
         words = [r.words for r in requests]
         received = [np.zeros(((r.mine + r.group - 1) // r.group, r.words), np.uint64) for r in requests]
         own = [np.zeros(((r.theirs + r.group - 1) // r.group, r.words), np.uint64) for r in requests]
-        my_bounds = _chunk_bounds(mine, words, CHUNK_WORDS)
-        peer_bounds = _chunk_bounds(theirs, words, CHUNK_WORDS)
+        my_bounds = _chunk_bounds(mine, words, CHUNK_WORDS, CHUNK_OTS)
+        peer_bounds = _chunk_bounds(theirs, words, CHUNK_WORDS, CHUNK_OTS)
         for my_range, peer_range in itertools.zip_longest(my_bounds, peer_bounds, fillvalue=(0, 0)):
             self._exchange(requests, my_range, peer_range, received, own)
         self.ots += sum(mine) + sum(theirs)
