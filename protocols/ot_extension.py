@@ -33,7 +33,7 @@ from protocols.prg import CipherStream
 # words (8 bytes) of correlations, and OTs, per exchange and direction: they bound memory (the
 # corrections 64 MB each way, each of the u, t and q columns 64 MB) while keeping a training
 # step's exchanges few: each one waits for the slower party, and under load a wait costs more
-# than the work (W6's step: 3 exchanges, not 7 as at 2^21 words and OTs)
+# than the work (a W6 step: about 2 exchanges, not 6 as at 2^21 words)
 CHUNK_WORDS = 1 << 23
 CHUNK_OTS = 1 << 22
 
