@@ -38,13 +38,14 @@ import math
 import os
 import secrets
 import tempfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 import numpy as np
 import tenseal.sealapi as seal
 import torch
 
 from protocols.base_ot import OtError
+from protocols.ot_extension import lockstep
 from protocols.parts import UnsupportedTuple
 
 N = 8192
@@ -263,6 +264,10 @@ class HeMatmul:
     # -- messages ------------------------------------------------------------------------------
     def _swap(self, items: list[bytes], expected: int, what: str) -> list[bytes]:
         """Send my items, receive the peer's ``expected`` items (each at most MAX_ITEM_BYTES)."""
+        return self._take(self._post(items), expected, what)
+
+    def _post(self, items: list[bytes]) -> list[Any]:
+        """Send my items: a header (exchange, item count, byte count), their lengths, the bytes."""
         lengths = [len(item) for item in items]
         header = torch.tensor([self.exchanges, len(items), sum(lengths)], dtype=torch.int64)
         handles = [self.comm.isend(header, self.peer)]
@@ -270,6 +275,10 @@ class HeMatmul:
             body = np.concatenate([np.frombuffer(item, np.uint8) for item in items])
             handles += [self.comm.isend(torch.tensor(lengths, dtype=torch.int64), self.peer),
                         self.comm.isend(torch.from_numpy(body), self.peer)]
+        return handles
+
+    def _take(self, handles: list[Any], expected: int, what: str) -> list[bytes]:
+        """The peer's ``expected`` items (then my sends ``handles`` are waited for)."""
         peer_header = torch.empty(3, dtype=torch.int64)
         self.comm.irecv(peer_header, self.peer).wait()
         exchange, count, total = (int(v) for v in peer_header)
@@ -314,17 +323,26 @@ class HeMatmul:
 
     def cross(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """My shares of A0 @ B1 + A1 @ B0 for each (A, B) of mine (the peer's the same shapes)."""
+        return lockstep(self.cross_steps(pairs))[0]
+
+    def cross_steps(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Generator[None, None, list[np.ndarray]]:
+        """:meth:`cross` as a protocol run for :func:`protocols.ot_extension.lockstep` (it pauses
+        after sending each of its two messages)."""
         shapes = [self.plan(a.shape[0], a.shape[1], b.shape[1]) for a, b in pairs]
         mine = [self._encrypt(a, shape) for (a, _), shape in zip(pairs, shapes)]
         counts = [len(items) for items in mine]
-        theirs = self._swap([item for items in mine for item in items], sum(counts), "encrypted operands")
+        handles = self._post([item for items in mine for item in items])
+        yield
+        theirs = self._take(handles, sum(counts), "encrypted operands")
         replies, shares, start = [], [], 0
         for (_, b), shape, count in zip(pairs, shapes, counts):
             items, share = self._multiply(theirs[start:start + count], b, shape)
             replies.append(items)
             shares.append(share)
             start += count
-        answers = self._swap([item for items in replies for item in items], sum(map(len, replies)), "masked products")
+        handles = self._post([item for items in replies for item in items])
+        yield
+        answers = self._take(handles, sum(map(len, replies)), "masked products")
         out, start = [], 0
         for shape, share, items in zip(shapes, shares, replies):
             out.append(self._decrypt(answers[start:start + len(items)], shape) + share)

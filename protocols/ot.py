@@ -34,13 +34,13 @@ import logging
 import math
 import secrets
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 import torch
 
 from protocols.bitpack import pair_products
-from protocols.ot_extension import Cot, OtChannel
+from protocols.ot_extension import Cot, OtChannel, lockstep
 from protocols.parts import UnsupportedTuple, metered
 from protocols.registry import register_part
 from protocols.tuples import KeyedTripleSource, Prefetcher
@@ -102,7 +102,11 @@ class GilboaEngine:
         self.leader = channel.rank < channel.peer
 
     def run(self, plans: Sequence[Plan]) -> list[np.ndarray]:
-        results = self.channel.correlated_many([cot for cot, _ in plans])
+        return lockstep(self.run_steps(plans))[0]
+
+    def run_steps(self, plans: Sequence[Plan]) -> Generator[None, None, list[np.ndarray]]:
+        """:meth:`run` as a protocol run for :func:`protocols.ot_extension.lockstep`."""
+        results = yield from self.channel.correlated_steps([cot for cot, _ in plans])
         return [finish(received, own) for (_, finish), (received, own) in zip(plans, results)]
 
     def plan_matmul(self, left: np.ndarray, right: np.ndarray) -> Plan:
@@ -326,25 +330,34 @@ class OtTripleSource(KeyedTripleSource):
     def produce(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
         """Every tuple of ``keys`` from one OT extension run, and a second for the products
         that need the first's results (a ReLU mask's r u)."""
+        return self._produce_beside(keys, None)[0]
+
+    def _produce_beside(self, keys: list[tuple], companion: Generator | None) -> tuple[list[Any], Any]:
+        """:meth:`produce`, with ``companion`` (another protocol run with the peer, e.g. the
+        HE products) in lockstep with the first extension run, so that the two share their
+        waits for the peer; returns the tuples and the companion's value."""
         start = time.perf_counter()
-        out = self._run_plans([self._plans(key) for key in keys])
+        out, value = self._run_plans([self._plans(key) for key in keys], companion)
         later = [(index, made) for index, made in enumerate(out) if isinstance(made, Followup)]
         if later:
-            finished = self._run_plans([(made.plans, made.finish) for _, made in later])
+            finished, _ = self._run_plans([(made.plans, made.finish) for _, made in later])
             for (index, _), made in zip(later, finished):
                 out[index] = made
         self.seconds += time.perf_counter() - start
-        return out
+        return out, value
 
-    def _run_plans(self, planned: list[tuple[list[Plan], Any]]) -> list[Any]:
-        """Each (plans, assemble) of ``planned`` assembled from one extension run of all plans."""
+    def _run_plans(self, planned: list[tuple[list[Plan], Any]],
+                   companion: Generator | None = None) -> tuple[list[Any], Any]:
+        """Each (plans, assemble) of ``planned`` assembled from one extension run of all plans
+        (``companion`` in lockstep with it: its value comes second)."""
         with metered(self.counters, "offline"):
-            results = self.engine.run([plan for plans, _ in planned for plan in plans])
+            results, *value = lockstep(self.engine.run_steps([plan for plans, _ in planned for plan in plans]),
+                                       *([companion] if companion is not None else []))
         out, start_index = [], 0
         for plans, assemble in planned:
             out.append(assemble(results[start_index:start_index + len(plans)]))
             start_index += len(plans)
-        return out
+        return out, (value[0] if value else None)
 
     def _plans(self, key: tuple) -> tuple[list[Plan], Any]:
         """The OT plans for one tuple, and how to turn their results into this party's shares."""

@@ -9,7 +9,7 @@
 * A :class:`Cot` request asks for correlated OTs over Z_2^64 (the sender's two messages
   differ by its correlation) or GF(2), and for the results summed over groups of
   consecutive OTs, so a product over 64 bits comes back as one word, never as 64.
-* Any number of requests runs in exchanges of bounded size (``CHUNK_WORDS``); each exchange
+* Any number of requests runs in exchanges of bounded size (``CHUNK_WORDS``, ``CHUNK_OTS``); each exchange
   is two messages each way: the receiver's u columns, then the sender's corrections. Every
   message is an explicit header (exchange number and byte count, int64) and a raw buffer;
   a header that is not the one expected stops with :class:`OtError`.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import secrets
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numba
 import numpy as np
@@ -30,9 +30,12 @@ from protocols.base_ot import KAPPA, OtError, base_ot_receive, base_ot_send
 from protocols.ot_hash import CrHash, sigma
 from protocols.prg import CipherStream
 
-# words (8 bytes) of correlations per exchange and direction: bounds memory (each working
-# array stays near 16 MB) while keeping the round trips of a large batch few
-CHUNK_WORDS = 1 << 21
+# words (8 bytes) of correlations, and OTs, per exchange and direction: they bound memory (the
+# corrections 64 MB each way, each of the u, t and q columns 64 MB) while keeping a training
+# step's exchanges few: each one waits for the slower party, and under load a wait costs more
+# than the work (a W6 step: about 2 exchanges, not 6 as at 2^21 words)
+CHUNK_WORDS = 1 << 23
+CHUNK_OTS = 1 << 22
 
 
 def _padded(count: int) -> int:
@@ -158,13 +161,14 @@ class Cot:
         return (self.tau_bits(a, b) + 7) // 8
 
 
-def _chunk_bounds(counts: Sequence[int], words: Sequence[int], budget: int) -> list[tuple[int, int]]:
-    """Consecutive ranges of OTs (over all requests in turn) of at most ``budget`` words each
-    (a single OT wider than that gets a range of its own)."""
+def _chunk_bounds(counts: Sequence[int], words: Sequence[int], budget: int,
+                  most: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of OTs (over all requests in turn) of at most ``budget`` words and
+    ``most`` OTs each (a single OT wider than ``budget`` gets a range of its own)."""
     bounds, low, position, used = [], 0, 0, 0
     for count, width in zip(counts, words):
         while count:
-            room = (budget - used) // width
+            room = max(min((budget - used) // width, most - (position - low)), 0)
             if room == 0 and used == 0:
                 room = 1
             if room == 0:
@@ -311,6 +315,24 @@ def _message_buffer(buffer: np.ndarray, nbytes: int) -> np.ndarray:
     return buffer if 8 * len(buffer) >= nbytes + 8 else np.empty(nbytes // 8 + 2, np.uint64)
 
 
+def lockstep(*runs: Generator[None, None, Any]) -> list[Any]:
+    """Run two-party protocols together; each pauses (yields) right after sending a message and
+    reads the peer's when resumed. Every run's message of a round goes out before any run waits
+    for the peer's, so the runs share one wait per round, not one each: a wait is where the
+    faster party idles for the slower one. Both parties pass the same runs in the same order
+    (their messages then arrive in the order they are read). Returns each run's value."""
+    values: list[Any] = [None] * len(runs)
+    active = list(range(len(runs)))
+    while active:
+        for index in list(active):
+            try:
+                next(runs[index])
+            except StopIteration as done:
+                values[index] = done.value
+                active.remove(index)
+    return values
+
+
 class OtChannel:
     """Both extension directions between this party and its one peer, with traffic views."""
 
@@ -342,15 +364,16 @@ class OtChannel:
         self._corrections = _message_buffer(self._corrections, nbytes)
         return self._corrections
 
-    def _swap(self, outgoing: np.ndarray, expected: int, what: str) -> np.ndarray:
-        """Send ``outgoing`` (uint8) and receive the peer's message of ``expected`` bytes.
-
-        Each message is a header (exchange number, byte count) then the bytes; a header that
-        is not this exchange's, or announces another length, is refused before any payload is read.
-        """
+    def _post(self, outgoing: np.ndarray) -> list[Any]:
+        """Send ``outgoing`` (uint8): a header (exchange number, byte count), then the bytes."""
         body = torch.from_numpy(np.ascontiguousarray(outgoing).reshape(-1).view(np.uint8))
         header = torch.tensor([self.exchanges, body.numel()], dtype=torch.int64)
-        handles = [self.comm.isend(header, self.peer)] + ([self.comm.isend(body, self.peer)] if body.numel() else [])
+        return [self.comm.isend(header, self.peer)] + ([self.comm.isend(body, self.peer)] if body.numel() else [])
+
+    def _take(self, handles: list[Any], expected: int, what: str) -> np.ndarray:
+        """The peer's message of ``expected`` bytes (then my sends ``handles`` are waited for): a
+        header that is not this exchange's, or announces another length, is refused before any
+        payload is read."""
         peer_header = torch.empty(2, dtype=torch.int64)
         self.comm.irecv(peer_header, self.peer).wait()
         exchange, size = (int(v) for v in peer_header)
@@ -370,19 +393,24 @@ class OtChannel:
     def correlated_many(self, requests: Sequence[Cot]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every request's (received, own) group sums: as receiver, p0 + c * delta per OT; as
         sender -p0 (my additive share) or, if ``binary``, p0 (my XOR share)."""
+        return lockstep(self.correlated_steps(requests))[0]
+
+    def correlated_steps(self, requests: Sequence[Cot]) -> Generator[None, None, list[tuple[np.ndarray, np.ndarray]]]:
+        """:meth:`correlated_many` as a protocol run for :func:`lockstep` (it pauses after
+        sending each message; its value is the results)."""
         mine, theirs = [r.mine for r in requests], [r.theirs for r in requests]
         words = [r.words for r in requests]
         received = [np.zeros(((r.mine + r.group - 1) // r.group, r.words), np.uint64) for r in requests]
         own = [np.zeros(((r.theirs + r.group - 1) // r.group, r.words), np.uint64) for r in requests]
-        my_bounds = _chunk_bounds(mine, words, CHUNK_WORDS)
-        peer_bounds = _chunk_bounds(theirs, words, CHUNK_WORDS)
+        my_bounds = _chunk_bounds(mine, words, CHUNK_WORDS, CHUNK_OTS)
+        peer_bounds = _chunk_bounds(theirs, words, CHUNK_WORDS, CHUNK_OTS)
         for my_range, peer_range in itertools.zip_longest(my_bounds, peer_bounds, fillvalue=(0, 0)):
-            self._exchange(requests, my_range, peer_range, received, own)
+            yield from self._exchange(requests, my_range, peer_range, received, own)
         self.ots += sum(mine) + sum(theirs)
         return list(zip(received, own))
 
     def _exchange(self, requests: Sequence[Cot], my_range: tuple[int, int], peer_range: tuple[int, int],
-                  received: list[np.ndarray], own: list[np.ndarray]) -> None:
+                  received: list[np.ndarray], own: list[np.ndarray]) -> Generator[None, None, None]:
         """One chunk: my OTs my_range as receiver, the peer's peer_range as sender."""
         mine, theirs = [r.mine for r in requests], [r.theirs for r in requests]
         my_segments = list(_segments(mine, *my_range))
@@ -390,7 +418,9 @@ class OtChannel:
                                                             for i, a, b, _ in my_segments])
         u, t, t_first = self.receiver.columns(choices)
         peer_count = peer_range[1] - peer_range[0]
-        peer_u = self._swap(u, KAPPA * _padded(peer_count) // 8, "u-columns").reshape(KAPPA, -1).view(np.uint64)
+        handles = self._post(u)
+        yield
+        peer_u = self._take(handles, KAPPA * _padded(peer_count) // 8, "u-columns").reshape(KAPPA, -1).view(np.uint64)
         q, q_first = self.sender.q_columns(peer_u.view(np.uint8), peer_count)
         peer_segments = list(_segments(theirs, *peer_range))
         total = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in peer_segments)
@@ -414,7 +444,9 @@ class OtChannel:
                 outgoing[position: position + size] = np.packbits(tau.reshape(-1), bitorder="little")
             position += size
         expected = sum(requests[i].tau_bytes(a, b) for i, a, b, _ in my_segments)
-        peer_taus, position = self._swap(outgoing, expected, "corrections"), 0
+        handles = self._post(outgoing)
+        yield
+        peer_taus, position = self._take(handles, expected, "corrections"), 0
         message = self._incoming["corrections"]  # peer_taus as words: the word kernels read it in place
         for i, a, b, offset in my_segments:  # receiver side
             request, count, size = requests[i], b - a, requests[i].tau_bytes(a, b)

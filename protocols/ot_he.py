@@ -3,7 +3,7 @@
 Every tuple is made as under ``ot`` (``protocols.ot``), except matrix products where BFV
 (``protocols.he_matmul``) sends fewer bytes than Gilboa's 260 m k n and the product is large
 enough that BFV's CPU per ciphertext pays: those triples' cross products come from two HE
-messages each way per batch.
+messages each way per batch, sent in lockstep with the batch's OT extension messages.
 """
 
 from __future__ import annotations
@@ -65,14 +65,16 @@ class OtHeTripleSource(OtTripleSource):
         return shape if HE_SAVING * self.he.bytes_sent(blocks) < GILBOA_BYTES * math.prod(shape) else None
 
     def produce(self, keys: list[tuple]) -> list[list[torch.Tensor]]:
-        """OT tuples as under ``ot``; the matmul triples BFV serves better from one HE batch."""
+        """OT tuples as under ``ot``; the matmul triples BFV serves better from one HE batch,
+        whose two messages each way travel in lockstep with the first OT extension run's (one
+        wait for the peer per round, not two)."""
         shapes = [self._by_he(key) for key in keys]
-        others = iter(super().produce([key for key, shape in zip(keys, shapes) if shape is None]))
-        start = time.perf_counter()
         chosen = [(key, shape) for key, shape in zip(keys, shapes) if shape is not None]
         operands = [(random_words((m, k)), random_words((k, n))) for _, (m, k, n) in chosen]
-        with metered(self.counters, "offline"):
-            crosses = iter(self.he.cross(operands)) if operands else iter(())
+        others, crosses = self._produce_beside([key for key, shape in zip(keys, shapes) if shape is None],
+                                               self.he.cross_steps(operands) if operands else None)
+        start = time.perf_counter()  # _produce_beside counted the runs' time
+        others, crosses = iter(others), iter(crosses or ())
         made = iter([[ring_tensor(a, key[2]), ring_tensor(b, key[3]),
                       ring_tensor(matmul_u64(a, b) + next(crosses), (*key[2][:-1], key[3][1]))]
                      for (key, _), (a, b) in zip(chosen, operands)])

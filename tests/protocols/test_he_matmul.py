@@ -236,3 +236,46 @@ def test_flooding_residues_are_the_integers_mod_each_prime():
     assert residues.tolist() == [[v % q for v in values] for q in moduli]
     with pytest.raises(ValueError, match="overflow"):
         chunk_residues(uniform_chunks(4, 170), moduli)
+
+
+def _he_beside_ot(rank, comm):
+    """BFV products in lockstep with an OT extension run over the same peer (as ``ot_he``
+    sends a batch): both exact; the OT run alone over several exchanges."""
+    from protocols.ot import GilboaEngine
+    from protocols.ot_extension import OtChannel, lockstep
+
+    he = HeMatmul(comm, 1 - rank)
+    engine = GilboaEngine(OtChannel(comm, 1 - rank))
+    x, y = _words(300, 30 + rank), _words(300, 40 + rank)
+    products, crosses = lockstep(engine.run_steps([engine.plan_elementwise(x, y)]),
+                                 he.cross_steps([(_words((8, 4), 50 + rank), _words((4, 8), 60 + rank))]))
+    return products, crosses, engine.channel.exchanges, he.exchanges
+
+
+def test_he_products_in_lockstep_with_an_ot_run_are_exact(monkeypatch):
+    """Two runs of different lengths (the OT run in 3 exchanges of 2 rounds, the HE run in 2
+    rounds) each exact, and each in its own numbered exchanges."""
+    from protocols import ot_extension
+
+    monkeypatch.setattr(ot_extension, "CHUNK_OTS", 64 * 128)
+    (ot0, he0, exchanges, he_exchanges), (ot1, he1, _, _) = run_pair(_he_beside_ot)
+    x, y = [_words(300, 30 + rank) for rank in (0, 1)], [_words(300, 40 + rank) for rank in (0, 1)]
+    assert np.array_equal(ot0[0] + ot1[0], x[0] * y[1] + x[1] * y[0])
+    a, b = [_words((8, 4), 50 + rank) for rank in (0, 1)], [_words((4, 8), 60 + rank) for rank in (0, 1)]
+    assert np.array_equal(he0[0] + he1[0], matmul_u64(a[0], b[1]) + matmul_u64(a[1], b[0]))
+    assert exchanges == 3 and he_exchanges == 3  # the keys' exchange, then the products' two
+
+
+# party 0's raw messages in lockstep: 0-2 its public keys; round 1: 3-4 the OT u columns (header,
+# bytes), 5-7 its encrypted operands; round 2: 8-9 the OT corrections, 10-12 its masked products
+@pytest.mark.parametrize("index, lie, error, message", [
+    (3, _one_fewer, "OtError", "OT peer party 0 sent a malformed u-columns message"),
+    (5, _one_fewer, "HeError", "HE peer party 0 sent a malformed encrypted operands message"),
+    (7, _garbage, "HeError", "HE peer party 0 sent an invalid encrypted operand"),
+    (8, _one_fewer, "OtError", "OT peer party 0 sent a malformed corrections message"),
+    (10, _one_fewer, "HeError", "HE peer party 0 sent a malformed masked products message"),
+], ids=["ot-u-header", "he-operands-header", "he-operands-garbage", "ot-corrections-header", "he-products-header"])
+def test_a_malformed_message_in_lockstep_is_refused_naming_the_party(index, lie, error, message):
+    """A lie in either run's messages, in either round, is refused by that run's own checks."""
+    liar, honest = outcomes(_he_beside_ot, lambda rank, queues: TamperingComm(rank, queues, index, lie))
+    assert type(honest).__name__ == error and message in str(honest), honest

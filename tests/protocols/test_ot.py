@@ -382,6 +382,22 @@ def test_many_requests_over_many_exchanges_are_exact(monkeypatch, block_bytes):
     assert np.array_equal(p0[4] + p1[4], bit[0] * y[1] + bit[1] * y[0])
 
 
+def test_exchanges_are_bounded_in_words_and_in_ots():
+    """An exchange holds at most the word budget and at most the OT cap (the u, t and q
+    columns grow with OTs, the corrections with words); an OT wider than the budget gets one of
+    its own; the ranges cover every OT once, in order."""
+    from protocols.ot_extension import _chunk_bounds
+
+    counts, words = [10, 3, 25, 4], [1, 40, 2, 1]
+    bounds = _chunk_bounds(counts, words, 30, 8)
+    width = np.repeat(words, counts)
+    assert [low for low, _ in bounds] == [0] + [high for _, high in bounds[:-1]] and bounds[-1][1] == sum(counts)
+    for low, high in bounds:
+        assert high - low <= 8 and (width[low:high].sum() <= 30 or high - low == 1)
+    assert (10, 11) in bounds and (12, 13) in bounds  # the 40-word OTs, one per exchange
+    assert bounds[0] == (0, 8)  # the cap, not the budget (8 words), closes the first
+
+
 class TamperingComm(PipeComm):
     """Party 0, rewriting its raw message number ``index`` (0: the first extension header,
     1: its u columns, 2: the corrections header, 3: the corrections) with ``lie(tensor)``."""
