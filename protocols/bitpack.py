@@ -3,6 +3,8 @@ packed comparison's AND gates and B2A openings, and topbits truncation's swapped
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 EVEN_BITS = 0x5555555555555555
@@ -20,8 +22,7 @@ def pack_fields(values: torch.Tensor, width: int) -> torch.Tensor:
     if per_word == 1:
         return values
     padded = torch.nn.functional.pad(values, (0, -values.shape[-1] % per_word))
-    shifts = torch.arange(0, 64, width, device=values.device)
-    return (padded.reshape(*values.shape[:-1], -1, per_word) << shifts).sum(-1)
+    return (padded.reshape(*values.shape[:-1], -1, per_word) << _field_shifts(width, values.device)).sum(-1)
 
 
 def unpack_fields(words: torch.Tensor, width: int, count: int) -> torch.Tensor:
@@ -29,8 +30,13 @@ def unpack_fields(words: torch.Tensor, width: int, count: int) -> torch.Tensor:
     per_word = 64 // width
     if per_word == 1:
         return words[..., :count]
-    shifts = torch.arange(0, 64, width, device=words.device)
+    shifts = _field_shifts(width, words.device)
     return ((words.unsqueeze(-1) >> shifts) & ((1 << width) - 1)).flatten(-2)[..., :count]
+
+
+@functools.lru_cache(maxsize=None)  # made once per width and device: the comparisons pack every step
+def _field_shifts(width: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(0, 64, width, device=device)
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:

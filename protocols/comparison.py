@@ -146,8 +146,9 @@ def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, mask_pairs
     propagate = (c_hi & s_lo) ^ (c_lo & s_hi) ^ pairs
     if leader:
         propagate = propagate ^ (c_hi & c_lo)
-    # the pairs' groups at the even bits land in the low half, in reversed order
-    generate, propagate = reverse_bit_indices(generate), reverse_bit_indices(propagate)
+    # the pairs' groups at the even bits land in the low half, in reversed order (both words
+    # at once: a torch call each on the pair)
+    generate, propagate = reverse_bit_indices(torch.stack([generate, propagate])).unbind(0)
     if products4 is None:
         carry = carry_out(generate, propagate, 32, and_gate)
     else:
