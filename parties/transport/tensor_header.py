@@ -29,6 +29,7 @@ _DTYPE_NAMES = tuple(WIRE_DTYPES)
 _DTYPE_CODES = {dtype: code for code, dtype in enumerate(WIRE_DTYPES.values())}
 
 FIXED = struct.Struct("<BHQH")  # op, sender, seq, tensor count
+MAX_TENSORS = 0xFFFF
 _TENSOR = struct.Struct("<BB")  # dtype, ndim
 
 
@@ -40,6 +41,8 @@ def _described(ndim: int) -> struct.Struct:
 
 def encode(op: str, seq: int, sender: int, tensors: Sequence[torch.Tensor]) -> bytes:
     """The header of a message of ``tensors``."""
+    if len(tensors) > MAX_TENSORS:
+        raise WireError(f"a message of {len(tensors)} tensors; at most {MAX_TENSORS} travel together")
     head = FIXED.pack(_OP_CODES[op], sender, seq, len(tensors))
     for tensor in tensors:
         shape = tensor.shape

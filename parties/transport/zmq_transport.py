@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # magic, header length, payload size: a payload under INLINE_BYTES ends the frame, a larger
 # one follows in chunks
-PREFIX = struct.Struct("<BHQ")
+PREFIX = struct.Struct("<BIQ")
 MAGIC = 0xC7
 INLINE_BYTES = ZERO_COPY_BYTES
 CHUNK_BYTES = 256 << 10

@@ -25,9 +25,11 @@ def test_every_op_has_a_code() -> None:
     assert op_name(200) == "unknown op 200"
 
 
-def test_unsendable_dtype_refused() -> None:
+def test_unsendable_messages_refused() -> None:
     with pytest.raises(WireError, match="cannot be sent"):
         encode("p2p", 0, 0, [torch.zeros(1, dtype=torch.complex64)])
+    with pytest.raises(WireError, match="at most 65535"):
+        encode("p2p", 0, 0, [torch.zeros(1)] * 65536)
 
 
 @pytest.mark.parametrize("cut, match", [
