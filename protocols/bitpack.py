@@ -3,6 +3,8 @@ packed comparison's AND gates and B2A openings, and topbits truncation's swapped
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 EVEN_BITS = 0x5555555555555555
@@ -13,23 +15,28 @@ _INDEX_SWAPS = tuple(((1 << a) - (1 << b), sum(1 << p for p in range(64) if not 
 
 
 def pack_fields(values: torch.Tensor, width: int) -> torch.Tensor:
-    """(k,) values below 2^width (width dividing 64) -> ceil(k / (64 / width)) int64 words,
-    value j in bits [width * (j % n), width * (j % n + 1)) of word j // n, n = 64 / width."""
+    """(..., k) values below 2^width (width dividing 64) -> (..., ceil(k / (64 / width))) int64
+    words, each row on its own: value j in bits [width * (j % n), width * (j % n + 1)) of word
+    j // n, n = 64 / width."""
     per_word = 64 // width
     if per_word == 1:
         return values
-    padded = torch.nn.functional.pad(values, (0, -values.numel() % per_word)).reshape(-1, per_word)
-    shifts = torch.arange(0, 64, width, device=values.device)
-    return (padded << shifts).sum(-1)
+    padded = torch.nn.functional.pad(values, (0, -values.shape[-1] % per_word))
+    return (padded.reshape(*values.shape[:-1], -1, per_word) << _field_shifts(width, values.device)).sum(-1)
 
 
 def unpack_fields(words: torch.Tensor, width: int, count: int) -> torch.Tensor:
-    """The inverse of :func:`pack_fields`: the first ``count`` values."""
+    """The inverse of :func:`pack_fields`: the first ``count`` values of each row."""
     per_word = 64 // width
     if per_word == 1:
-        return words[:count]
-    shifts = torch.arange(0, 64, width, device=words.device)
-    return ((words.unsqueeze(-1) >> shifts) & ((1 << width) - 1)).reshape(-1)[:count]
+        return words[..., :count]
+    shifts = _field_shifts(width, words.device)
+    return ((words.unsqueeze(-1) >> shifts) & ((1 << width) - 1)).flatten(-2)[..., :count]
+
+
+@functools.lru_cache(maxsize=None)  # made once per width and device: the comparisons pack every step
+def _field_shifts(width: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(0, 64, width, device=device)
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:

@@ -95,12 +95,11 @@ def carry4_products(inputs: Sequence[torch.Tensor], tuple_shares: Sequence[torch
     carry4 tuple of that shape."""
     from torch.distributed import ReduceOp
 
-    masks = tuple_shares[:INPUTS]
-    opened = comm.all_reduce(torch.stack([x ^ a for x, a in zip(inputs, masks)]), op=ReduceOp.BXOR)
+    ones = torch.full_like(inputs[0], -1)
+    dealt = torch.stack([*tuple_shares, ones, torch.zeros_like(ones)])  # its first INPUTS rows: the masks
+    opened = comm.all_reduce(torch.stack(list(inputs)) ^ dealt[:INPUTS], op=ReduceOp.BXOR)
     rests, term_rests, term_dealt = _product_tables(rank == 0, opened.device)
     public = _and_rows(opened, rests)
-    ones = torch.full_like(opened[0], -1)
-    dealt = torch.stack([*tuple_shares, ones, torch.zeros_like(ones)])
     terms = (public[term_rests] & dealt[term_dealt]).reshape(len(PRODUCTS), _TERMS, *opened.shape[1:])
     while terms.shape[1] > 1:  # XOR each product's 16 terms, halving
         half = terms.shape[1] // 2

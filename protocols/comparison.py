@@ -95,6 +95,16 @@ def carry_out(generate: torch.Tensor, propagate: torch.Tensor, width: int, and_g
 # four XOR-shared words (P3, P2, P1, P0, G2, G1, G0 in) -> their carry4 products, one round
 Products4 = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 _QUARTERS = (0, 2, 1, 3)  # group k of four lies in this quarter of its field (the reversed indices)
+# rows of a level's stacked quarters (G0..G3, then P0..P3) in the order carry4_products takes them
+_INPUT_ROWS = (7, 6, 5, 4, 2, 1, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _level_tables(width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each group's shift within its field, as a column; the input rows), made once per level
+    and device: the tree runs every step."""
+    shifts = torch.tensor([quarter * width for quarter in _QUARTERS], device=device).unsqueeze(-1)
+    return shifts, torch.tensor(_INPUT_ROWS, device=device)
 
 
 def carry_out_by_fours(generate: torch.Tensor, propagate: torch.Tensor, width: int, and_gate: AndWords,
@@ -106,12 +116,13 @@ def carry_out_by_fours(generate: torch.Tensor, propagate: torch.Tensor, width: i
     0, 2, 1, 3, and the joined groups come out in the low quarter in the same order again."""
     while width >= 4:
         width //= 4
-        low = (1 << width) - 1
-        g = [(generate >> (_QUARTERS[k] * width)) & low for k in range(4)]
-        p = [(propagate >> (_QUARTERS[k] * width)) & low for k in range(4)]
-        inputs = [pack_fields(field, width) for field in (p[3], p[2], p[1], p[0], g[2], g[1], g[0])]
-        joined = [unpack_fields(words, width, generate.numel()) for words in products4(inputs)]
-        generate, propagate = g[3] ^ joined[0] ^ joined[1] ^ joined[2], joined[3]
+        shifts, rows = _level_tables(width, generate.device)
+        # every group of G and of P at once (a torch call each on all of them: per group and
+        # per input, as it was, the calls cost more than the few KB they work on)
+        quarters = ((torch.stack([generate, propagate]).unsqueeze(1) >> shifts) & ((1 << width) - 1)).flatten(0, 1)
+        inputs = list(pack_fields(quarters.index_select(0, rows), width).unbind(0))
+        joined = unpack_fields(torch.stack(products4(inputs)), width, generate.numel())
+        generate, propagate = quarters[3] ^ joined[0] ^ joined[1] ^ joined[2], joined[3]
     return carry_out(generate, propagate, width, and_gate)
 
 
@@ -135,8 +146,9 @@ def masked_sign_bit(opened: torch.Tensor, negated_mask: torch.Tensor, mask_pairs
     propagate = (c_hi & s_lo) ^ (c_lo & s_hi) ^ pairs
     if leader:
         propagate = propagate ^ (c_hi & c_lo)
-    # the pairs' groups at the even bits land in the low half, in reversed order
-    generate, propagate = reverse_bit_indices(generate), reverse_bit_indices(propagate)
+    # the pairs' groups at the even bits land in the low half, in reversed order (both words
+    # at once: a torch call each on the pair)
+    generate, propagate = reverse_bit_indices(torch.stack([generate, propagate])).unbind(0)
     if products4 is None:
         carry = carry_out(generate, propagate, 32, and_gate)
     else:

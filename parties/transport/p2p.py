@@ -1,10 +1,10 @@
 """CrypTen's whole communicator surface built from two point-to-point message primitives.
 
 A subclass moves messages; this class owns everything above that once: per-peer sequence
-numbers, the tensor header (op, seq, sender, dtype, shape), validation of what arrives,
-batching a list of tensors into one message, and every collective. Each message is one
-msgpack header plus one raw byte buffer, so a transport (ZeroMQ, MPI, ...) implements only
-``_send_frame`` and ``_recv_frame``.
+numbers, the tensor header (op, seq, sender, dtype, shape; ``tensor_header``), validation
+of what arrives, batching a list of tensors into one message, and every collective. Each
+message is one binary header plus one raw byte buffer, so a transport (ZeroMQ, ...)
+implements only ``_send_frame`` and ``_recv_frame``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import torch
 from torch.distributed import ReduceOp
 
 from parties.transport.base import PartyAddress, Transport, TransportOptions, reduce_exchanged
+from parties.transport import tensor_header
 from parties.transport.stats import Timed
 from parties.transport.wire import WireError, byte_view, dtype_name
 from protocols.share_tensors import to_device
 
-HEADER_KEYS = frozenset({"op", "seq", "sender", "dtype", "shape"})
 # from this size on, sharing a buffer with the wire beats copying it
 ZERO_COPY_BYTES = 1 << 16
 
@@ -76,15 +76,6 @@ def _host_array(tensor: torch.Tensor) -> np.ndarray:
 def flat_bytes(array: np.ndarray) -> np.ndarray:
     """An array's bytes as one contiguous uint8 vector (a copy only when it is strided)."""
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-
-def _element_counts(shapes: Any) -> list[int] | None:
-    """Elements per announced shape, or None when the announcement is not a list of shapes."""
-    if type(shapes) is not list or not all(
-        type(shape) is list and all(type(size) is int and size >= 0 for size in shape) for shape in shapes
-    ):
-        return None
-    return [math.prod(shape) for shape in shapes]
 
 
 # numpy twins of the wire dtypes that have one (bfloat16 has none)
@@ -167,24 +158,26 @@ class PointToPointTransport(Transport):
         self._send_seq = [0] * self.world_size
         self._recv_seq = [0] * self.world_size
         self._timer = _Operation(self.stats)
+        self._peers = tuple(rank for rank in range(self.world_size) if rank != self.rank)
 
     # -- what a subclass provides -----------------------------------------------------------
     @abstractmethod
-    def _send_frame(self, dst: int, header: dict, buffer: np.ndarray) -> Waitable:
-        """Queue one message for ``dst``; ``wait()`` returns once ``buffer`` may change.
+    def _send_frame(self, dst: int, header: bytes, buffer: np.ndarray) -> Waitable:
+        """Queue one message (``tensor_header`` bytes, then ``buffer``) for ``dst``;
+        ``wait()`` returns once ``buffer`` may change.
 
         ``buffer`` holds the payload in C order but may be strided or shaped: small payloads
         need only ``tobytes()``; ``flat_bytes`` gives the contiguous bytes of large ones.
         """
 
     @abstractmethod
-    def _recv_frame(self, src: int, expect: dict, timeout_s: float) -> tuple[Any, memoryview]:
-        """The message numbered ``expect['seq']`` from ``src`` as (header, payload bytes).
+    def _recv_frame(self, src: int, op: str, seq: int, timeout_s: float) -> tuple[bytes, memoryview]:
+        """The message numbered ``seq`` from ``src`` as (header, payload bytes).
 
         The payload is the caller's to keep: a writable one may become a tensor's memory.
 
-        Waits at most ``timeout_s``, then raises TransportError naming ``src`` and
-        ``expect['op']``. The header is returned unvalidated (anything msgpack decodes to).
+        Waits at most ``timeout_s``, then raises TransportError naming ``src`` and ``op``.
+        The header is returned unvalidated (any bytes the peer sent).
         """
 
     # -- messages of tensors ----------------------------------------------------------------
@@ -209,13 +202,7 @@ class PointToPointTransport(Transport):
                 f"{op} to {self.peer(dst)} of {payload.nbytes} bytes is over "
                 f"transport.max_message_bytes={self.options.max_message_bytes}"
             )
-        header = {
-            "op": op,
-            "seq": self._take_seq(self._send_seq, dst),
-            "sender": self.rank,
-            "dtype": [dtype_name(tensor.dtype) for tensor in tensors],
-            "shape": [list(tensor.shape) for tensor in tensors],
-        }
+        header = tensor_header.encode(op, self._take_seq(self._send_seq, dst), self.rank, tensors)
         return self._send_frame(dst, header, payload)
 
     def _take(self, op: str, src: int, likes: Sequence[torch.Tensor], seq: int | None,
@@ -225,7 +212,7 @@ class PointToPointTransport(Transport):
         if seq is None:
             seq = self._take_seq(self._recv_seq, src)
         timeout = self.options.timeout_s if timeout_s is None else timeout_s
-        header, payload = self._recv_frame(src, {"op": op, "seq": seq}, timeout)
+        header, payload = self._recv_frame(src, op, seq, timeout)
         return payload, self._validate(src, header, op, seq, likes, len(payload))
 
     def _receive(self, op: str, src: int, likes: Sequence[torch.Tensor],
@@ -259,34 +246,38 @@ class PointToPointTransport(Transport):
                 target.copy_(host)
             offset += size
 
-    def _validate(self, src: int, header: Any, op: str, seq: int,
+    def _validate(self, src: int, header: bytes, op: str, seq: int,
                   likes: Sequence[torch.Tensor], nbytes: int) -> list[int]:
         """Check a header against what we expect; returns the expected byte size per tensor."""
-        if type(header) is not dict or header.keys() != HEADER_KEYS:
-            raise WireError(f"{self.peer(src)} sent a malformed header during {op}")
-        dtypes = [dtype_name(like.dtype) for like in likes]
-        counts = [like.numel() for like in likes]
-        sizes = [count * like.dtype.itemsize for count, like in zip(counts, likes)]
-        # like gloo, a shape need only hold as many elements (CrypTen sends a 0-d seed into (1,))
-        shapes = header["shape"]
-        shape_ok = shapes == [list(like.shape) for like in likes] or _element_counts(shapes) == counts
-        # compared one by one (every message is checked: a generator over a dict costs more)
-        if (shape_ok and nbytes == sum(sizes) and header["sender"] == src and header["op"] == op
-                and header["seq"] == seq and header["dtype"] == dtypes):
+        sizes = [like.numel() * like.dtype.itemsize for like in likes]
+        if header == tensor_header.encode(op, seq, src, likes) and nbytes == sum(sizes):
             return sizes
-        expected = {"sender": src, "op": op, "seq": seq, "dtype": dtypes}
-        peer = self.peer(src)
-        for key, value in expected.items():
-            if header[key] != value:
-                raise WireError(f"{peer} sent {key}={header[key]!r} during {op}; expected {value!r}")
-        if not shape_ok:
-            raise WireError(f"{peer} sent shape={header['shape']!r} during {op}; expected {counts} elements")
-        raise WireError(f"{peer} sent {nbytes} payload bytes during {op}; expected {sum(sizes)}")
+        return self._mismatch(src, header, op, seq, likes, nbytes, sizes)
 
-    def _recv_summed(self, src: int, expect: dict, addend: np.ndarray, timeout_s: float) -> tuple[Any, memoryview]:
+    def _mismatch(self, src: int, header: bytes, op: str, seq: int, likes: Sequence[torch.Tensor],
+                  nbytes: int, sizes: list[int]) -> list[int]:
+        """A header unlike the one expected: accepted only where each shape holds as many
+        elements as ours (like gloo: CrypTen sends a 0-d seed into (1,)); otherwise an error
+        naming the peer and what differs."""
+        peer = self.peer(src)
+        got = tensor_header.decode(header, peer)
+        expected = {"sender": src, "op": op, "seq": seq,
+                    "dtypes": [dtype_name(like.dtype) for like in likes]}
+        for key, value in expected.items():
+            if getattr(got, key) != value:
+                raise WireError(f"{peer} sent {key}={getattr(got, key)!r} during {op}; expected {value!r}")
+        counts = [like.numel() for like in likes]
+        if [math.prod(shape) for shape in got.shapes] != counts:
+            raise WireError(f"{peer} sent shapes={got.shapes!r} during {op}; expected {counts} elements")
+        if nbytes != sum(sizes):
+            raise WireError(f"{peer} sent {nbytes} payload bytes during {op}; expected {sum(sizes)}")
+        return sizes
+
+    def _recv_summed(self, src: int, op: str, seq: int, addend: np.ndarray,
+                     timeout_s: float) -> tuple[bytes, memoryview]:
         """As ``_recv_frame``, with ``addend``'s int64 words added to the payload's. A transport
         that receives in chunks adds them as they arrive (while the rest is on its way)."""
-        header, payload = self._recv_frame(src, expect, timeout_s)
+        header, payload = self._recv_frame(src, op, seq, timeout_s)
         return header, add_words(payload, addend)
 
     def sum_with_peer(self, op: str, tensors: Sequence[torch.Tensor], peer: int) -> list[torch.Tensor] | None:
@@ -300,13 +291,15 @@ class PointToPointTransport(Transport):
             payload = self._payload(tensors)
             handle = self._send_tensors(op, peer, tensors, payload)
             seq = self._take_seq(self._recv_seq, peer)
-            header, summed = self._recv_summed(peer, {"op": op, "seq": seq}, flat_bytes(payload), self.options.timeout_s)
+            header, summed = self._recv_summed(peer, op, seq, flat_bytes(payload), self.options.timeout_s)
             sizes = self._validate(peer, header, op, seq, tensors, len(summed))
             handle.wait()
         return self._unpack(summed, sizes, tensors)
 
-    def _reduce_words_with_peer(self, tensors: Sequence[torch.Tensor], op: Any, peer: int) -> list[torch.Tensor]:
-        """An all-reduce of int64 ``tensors`` with one peer, combined in one numpy call over the
+    def _reduce_words_with_peer(self, tensors: Sequence[torch.Tensor], reduction: Any,
+                                peer: int) -> list[torch.Tensor]:
+        """An all-reduce of int64 ``tensors`` with one peer, combined by ``reduction`` (a numpy
+        ufunc, :func:`_word_reduction`'s) in one call over the
         whole message: the same message each way as the general path and the same words (a
         sum or XOR of integers is exact in any order), without its per-rank bookkeeping
         (a round's few hundred words cost more in Python calls than in arithmetic)."""
@@ -315,7 +308,7 @@ class PointToPointTransport(Transport):
             handle = self._send_tensors("all_reduce", peer, tensors, payload)
             received, sizes = self._take("all_reduce", peer, tensors, None, None)
             handle.wait()
-        combined = _word_reduction(op)(np.frombuffer(received, np.int64), flat_bytes(payload).view(np.int64))
+        combined = reduction(np.frombuffer(received, np.int64), flat_bytes(payload).view(np.int64))
         results, offset = [], 0
         for like, size in zip(tensors, sizes):
             count = size // 8
@@ -327,8 +320,8 @@ class PointToPointTransport(Transport):
     def _operation(self) -> _Operation:
         return self._timer
 
-    def _others(self) -> list[int]:
-        return [rank for rank in range(self.world_size) if rank != self.rank]
+    def _others(self) -> tuple[int, ...]:
+        return self._peers
 
     def _exchange(self, op: str, tensors: Sequence[torch.Tensor],
                   peers: Sequence[int] | None = None) -> dict[int, list[torch.Tensor]]:
@@ -411,12 +404,13 @@ class PointToPointTransport(Transport):
         naming the others): one message to each peer and one from each, however many tensors;
         with one peer, a sum is added as it arrives. Counts no round (the caller's collective
         is the round); a party group of a larger world uses it for its own all-reduce."""
-        if len(peers) == 1 and _word_reduction(op) is not None and _words(tensors):
-            if op == ReduceOp.SUM:
+        reduction = _word_reduction(op) if len(peers) == 1 else None
+        if reduction is not None and _words(tensors):
+            if reduction is np.add:
                 results = self.sum_with_peer("all_reduce", tensors, peers[0])
                 if results is not None:
                     return results
-            return self._reduce_words_with_peer(tensors, op, peers[0])
+            return self._reduce_words_with_peer(tensors, reduction, peers[0])
         with self.stats.timed():
             return self._combine(self._exchange("all_reduce", tensors, peers), len(tensors), op)
 

@@ -3,11 +3,12 @@
 Every ZeroMQ message is one frame of at most ``FRAME_LIMIT`` bytes, and ZeroMQ itself
 refuses to read a bigger one (ZMQ_MAXMSGSIZE), during the CurveZMQ handshake too, so no
 connection can make a party buffer more than that before it is authenticated (see
-``zmq_watch`` for the limits on how many may try at once). A tensor message is a msgpack
-header carrying a small payload inline, or announcing the payload's size, followed by the
-payload in chunks of ``CHUNK_BYTES``; the receiver reassembles them into a buffer of the
-announced size (at most ``transport.max_message_bytes``), allocated only once the header
-has arrived on an authenticated connection.
+``zmq_watch`` for the limits on how many may try at once). A tensor message is one frame of
+``PREFIX`` (magic, header length, payload size), the binary ``tensor_header`` and, for a
+small payload, the payload itself; a larger one follows in chunks of ``CHUNK_BYTES``, which
+the receiver reassembles into a buffer of the announced size (at most
+``transport.max_message_bytes``), allocated only once the header has arrived on an
+authenticated connection.
 
 No call blocks on a full queue: a peer's outgoing queue holds ``QUEUE_MESSAGES`` frames
 (ZMQ_SNDHWM), chunks that do not fit wait in the sender's outbox, and every wait
@@ -32,16 +33,17 @@ from __future__ import annotations
 
 import collections
 import logging
+import struct
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
-import msgpack
 import numpy as np
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from parties.transport import tensor_header
 from parties.transport.base import PartyAddress, TransportError, TransportOptions
 from parties.transport.keys import KeyFileError, fingerprint, load_key_pair, load_public_key
 from parties.transport.p2p import DONE, ZERO_COPY_BYTES, PointToPointTransport, Waitable, add_words, flat_bytes
@@ -50,10 +52,11 @@ from parties.transport.zmq_watch import ConnectionWatch
 
 log = logging.getLogger(__name__)
 
-INLINE = "data"  # header key carrying a small payload
-SIZE = "bytes"  # header key announcing a payload that follows in chunks
-INLINE_BYTES = ZERO_COPY_BYTES  # smaller payloads ride inside the header
-MAX_HEADER_BYTES = INLINE_BYTES + (1 << 16)
+# magic, header length, payload size: a payload under INLINE_BYTES ends the frame, a larger
+# one follows in chunks
+PREFIX = struct.Struct("<BIQ")
+MAGIC = 0xC7
+INLINE_BYTES = ZERO_COPY_BYTES
 CHUNK_BYTES = 256 << 10
 FRAME_LIMIT = CHUNK_BYTES + 4096  # the largest frame ZeroMQ reads from anyone (room for CurveZMQ's box)
 # Frames queued per peer for sending. Any value works (no call blocks on a full queue, see
@@ -64,7 +67,6 @@ STASH_MESSAGE_SIZES = 2
 DISCONNECT_GRACE_S = 1.0  # after a peer's connection drops, how long its last messages get to arrive
 _SLICE_S = 0.25
 _SETTLE_S = 1.0  # waits check the watch at least this often
-_BYE = "bye"
 GOODBYE_LINGER_S = 5.0
 
 
@@ -112,8 +114,8 @@ class PartyAuthenticator(ThreadAuthenticator):
 class _Assembly:
     """A chunked payload arriving into a buffer of the size its header announced."""
 
-    def __init__(self, header: dict, size: int, header_bytes: int) -> None:
-        self.header, self.size, self.wire_bytes = header, size, header_bytes
+    def __init__(self, header: bytes, op: str, seq: int, size: int, header_bytes: int) -> None:
+        self.header, self.op, self.seq, self.size, self.wire_bytes = header, op, seq, size, header_bytes
         self.buffer = np.empty(size, dtype=np.uint8)
         self.filled = 0
         self.addend: np.ndarray | None = None  # summing: our own words, added to each chunk
@@ -134,12 +136,12 @@ class _Assembly:
         end = self.filled + len(chunk)
         if end > self.size:
             raise WireError(f"{sender} sent {end - self.size} bytes more than the {self.size} it announced "
-                            f"for {self.header.get('op')!r} (message {self.header.get('seq')})")
+                            f"for {self.op!r} (message {self.seq})")
         if self.addend is None:
             self.buffer[self.filled:end] = np.frombuffer(chunk, dtype=np.uint8)
         elif len(chunk) % 8:
             raise WireError(f"{sender} sent a chunk of {len(chunk)} bytes, not whole words, into a sum "
-                            f"({self.header.get('op')!r}, message {self.header.get('seq')})")
+                            f"({self.op!r}, message {self.seq})")
         else:
             np.add(np.frombuffer(chunk, dtype=np.int64), self.addend[self.filled:end].view(np.int64),
                    out=self.buffer[self.filled:end].view(np.int64))
@@ -181,7 +183,7 @@ class ZmqTransport(PointToPointTransport):
         self._arrived = [0] * size  # next sequence number due from each peer
         self._last_arrival = [0.0] * size
         self._partial: list[_Assembly | None] = [None] * size
-        self._stash: list[dict[int, tuple[Any, int, memoryview]]] = [{} for _ in range(size)]
+        self._stash: list[dict[int, tuple[bytes, int, memoryview]]] = [{} for _ in range(size)]
         self._stash_bytes = [0] * size
         self._bye: dict[int, int] = {}  # peer -> the sequence number of its goodbye
         self._sums: dict[int, tuple[int, np.ndarray]] = {}  # peer -> (message awaited, words to add)
@@ -277,31 +279,31 @@ class ZmqTransport(PointToPointTransport):
         return dealer
 
     # -- sending ----------------------------------------------------------------------------
-    def _send_frame(self, dst: int, header: dict, buffer: np.ndarray) -> Waitable:
+    def _send_frame(self, dst: int, header: bytes, buffer: np.ndarray) -> Waitable:
+        stats = self.stats
         if buffer.nbytes < INLINE_BYTES:
-            # small: the bytes ride inside the header, one frame
-            header[INLINE] = buffer.tobytes()
-            head = msgpack.packb(header, use_bin_type=True)
-            self.stats.add(sent=len(head), rounds=0)
+            # small: the bytes ride behind the header, one frame
+            frame = b"".join((PREFIX.pack(MAGIC, len(header), buffer.nbytes), header, buffer.tobytes()))
+            stats.bytes_sent += len(frame)
             if not self._outbox[dst]:  # the common case: straight into ZeroMQ's queue
                 try:
-                    self._dealers[dst].send(head, zmq.NOBLOCK)
+                    self._dealers[dst].send(frame, zmq.NOBLOCK)
                     self._queued[dst] += 1
                     self._handed[dst] += 1
                     return DONE
                 except zmq.Again:
                     pass
-            frames = [head]
+            frames = [frame]
         else:
             flat = memoryview(flat_bytes(buffer))
-            header[SIZE] = flat.nbytes
-            head = msgpack.packb(header, use_bin_type=True)
+            head = PREFIX.pack(MAGIC, len(header), flat.nbytes) + header
             frames = [head, *(flat[start:start + CHUNK_BYTES] for start in range(0, flat.nbytes, CHUNK_BYTES))]
-            self.stats.add(sent=len(head) + flat.nbytes, rounds=0)
+            stats.bytes_sent += len(head) + flat.nbytes
         self._outbox[dst].extend(frames)
         self._queued[dst] += len(frames)
         self._push(dst)
-        return _Send(self, dst, header["op"], self._queued[dst])
+        op = tensor_header.op_name(tensor_header.FIXED.unpack_from(header)[0])
+        return _Send(self, dst, op, self._queued[dst])
 
     def _push(self, dst: int) -> None:
         """Hand ``dst``'s waiting frames to ZeroMQ (which copies them) until its queue is full."""
@@ -324,48 +326,52 @@ class ZmqTransport(PointToPointTransport):
                     raise TransportError(
                         f"{self.peer(self.rank)}: {op} to {self.peer(dst)} was not taken within "
                         f"transport.timeout_s={self.options.timeout_s:g}")
-                self._pump(min(remaining, _SLICE_S), f"{op} to {self.peer(dst)}")
+                self._pump(min(remaining, _SLICE_S), lambda: f"{op} to {self.peer(dst)}")
         except (TransportError, WireError):
             self._broken = True
             raise
 
     # -- receiving --------------------------------------------------------------------------
-    def _recv_frame(self, src: int, expect: dict, timeout_s: float) -> tuple[Any, memoryview]:
+    def _recv_frame(self, src: int, op: str, seq: int, timeout_s: float) -> tuple[bytes, memoryview]:
         stash = self._stash[src]
-        seq = expect["seq"]
+        if seq not in stash:
+            self._await(src, op, seq, timeout_s)
+        header, wire_bytes, payload = stash.pop(seq)
+        self._stash_bytes[src] -= len(payload)
+        # counted when taken, not on arrival, so a stats reset splits traffic where the caller did
+        self.stats.bytes_received += wire_bytes
+        return header, payload
+
+    def _await(self, src: int, op: str, seq: int, timeout_s: float) -> None:
+        """Take in arrivals until ``src``'s message ``seq`` is in the stash."""
+        stash = self._stash[src]
         deadline = time.monotonic() + timeout_s
         try:
             while seq not in stash:
                 if src in self._bye and seq >= self._bye[src]:
                     raise TransportError(f"{self.peer(self.rank)}: {self.peer(src)} ended its session "
-                                         f"before sending {expect['op']} (message {seq})")
+                                         f"before sending {op} (message {seq})")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TransportError(
                         f"{self.peer(self.rank)}: no message from {self.peer(src)} within "
-                        f"{timeout_s:g} s while {expect['op']} (message {seq}) was in flight; "
+                        f"{timeout_s:g} s while {op} (message {seq}) was in flight; "
                         "that party stalled or never connected")
-                self._pump(min(remaining, _SLICE_S),
-                           f"{expect['op']} (message {seq} from {self.peer(src)})")
+                self._pump(min(remaining, _SLICE_S), lambda: f"{op} (message {seq} from {self.peer(src)})")
         except (TransportError, WireError):
             self._broken = True
             raise
-        header, wire_bytes, payload = stash.pop(seq)
-        self._stash_bytes[src] -= len(payload)
-        # counted when taken, not on arrival, so a stats reset splits traffic where the caller did
-        self.stats.add(received=wire_bytes, rounds=0)
-        return header, payload
 
-    def _recv_summed(self, src: int, expect: dict, addend: np.ndarray, timeout_s: float) -> tuple[Any, memoryview]:
+    def _recv_summed(self, src: int, op: str, seq: int, addend: np.ndarray,
+                     timeout_s: float) -> tuple[bytes, memoryview]:
         """The payload plus ``addend``, added chunk by chunk as they arrive (a chunk that came
         before this call at once): the sum is done by the time the last chunk is in."""
-        seq = expect["seq"]
         self._sums[src] = (seq, addend)
         partial = self._partial[src]
-        if partial is not None and partial.header.get("seq") == seq and partial.sum_with(addend):
+        if partial is not None and partial.seq == seq and partial.sum_with(addend):
             self._summed.add((src, seq))
         try:
-            header, payload = self._recv_frame(src, expect, timeout_s)
+            header, payload = self._recv_frame(src, op, seq, timeout_s)
         finally:
             self._sums.pop(src, None)
         if (src, seq) in self._summed:
@@ -373,8 +379,9 @@ class ZmqTransport(PointToPointTransport):
             return header, payload
         return header, add_words(payload, addend)  # it had come whole before we asked
 
-    def _pump(self, timeout_s: float, in_flight: str) -> None:
-        """One turn of the wait: take in what arrives, push what waits, check on the peers."""
+    def _pump(self, timeout_s: float, in_flight: Callable[[], str]) -> None:
+        """One turn of the wait: take in what arrives, push what waits, check on the peers
+        (``in_flight`` says what is awaited, for the errors: made only if one is raised)."""
         busy = [dst for dst in self._others() if self._outbox[dst]]
         if not busy:
             frames = self._next_message(timeout_s)
@@ -413,9 +420,12 @@ class ZmqTransport(PointToPointTransport):
                 return
             self._accept(frames)
 
-    def _check_peers(self, in_flight: str) -> None:
+    def _check_peers(self, describe: Callable[[], str]) -> None:
         """Raise if a peer failed a handshake, dropped a frame, or went away without its goodbye."""
         watch = self._watch
+        if not (watch.handshake_failures or watch.reauthenticated or watch.lost):
+            return  # the common case, every turn of every wait
+        in_flight = describe()
         me = self.peer(self.rank)
         if watch.handshake_failures:
             rank, reason = next(iter(watch.handshake_failures.items()))
@@ -457,30 +467,45 @@ class ZmqTransport(PointToPointTransport):
         if assembly is not None:
             if assembly.add(frame.buffer, self.peer(src)):
                 self._partial[src] = None
-                self._file(src, assembly.header, assembly.wire_bytes, memoryview(assembly.buffer))
+                self._file(src, assembly.seq, assembly.header, assembly.wire_bytes, memoryview(assembly.buffer))
             return
         if src in self._bye:
             raise WireError(f"{self.peer(src)} sent a message after its goodbye")
-        header = self._decode_header(frame.bytes, src)
+        data = frame.bytes
+        op, seq, end, size = self._read_prefix(data, src)
         expected = self._arrived[src]
-        if header.get("seq") != expected:
-            raise WireError(f"{self.peer(src)} sent message number {header.get('seq')!r}; expected {expected}")
+        if seq != expected:
+            raise WireError(f"{self.peer(src)} sent message number {seq}; expected {expected}")
         self._arrived[src] = expected + 1
-        if header.get("op") == _BYE:
+        if op == tensor_header.BYE:
             self._bye[src] = expected
             return
-        inline, size = header.pop(INLINE, None), header.pop(SIZE, None)
-        if size is None and type(inline) is bytes and len(inline) < INLINE_BYTES:
-            self._file(src, header, len(frame), memoryview(inline))
-        elif inline is None and type(size) is int and INLINE_BYTES <= size <= self.options.max_message_bytes:
+        header = data[PREFIX.size:end]
+        if size < INLINE_BYTES and len(data) == end + size:
+            self._file(src, seq, header, len(data), memoryview(data)[end:])
+        elif INLINE_BYTES <= size <= self.options.max_message_bytes and len(data) == end:
             self._check_stash(src, size)
-            assembly = self._partial[src] = _Assembly(header, size, len(frame))
+            assembly = self._partial[src] = _Assembly(header, tensor_header.op_name(op), seq, size, len(data))
             awaited = self._sums.get(src)
             if awaited is not None and awaited[0] == expected and assembly.sum_with(awaited[1]):
                 self._summed.add((src, expected))
         else:
-            raise WireError(f"{self.peer(src)} sent a message whose payload is neither a small inline one nor "
-                            f"an announced size of {INLINE_BYTES}..{self.options.max_message_bytes} bytes")
+            raise WireError(f"{self.peer(src)} sent a message of {len(data) - end} payload bytes announcing {size}: "
+                            f"neither a small inline payload (under {INLINE_BYTES} bytes) nor an announced size "
+                            f"of {INLINE_BYTES}..{self.options.max_message_bytes} bytes")
+
+    def _read_prefix(self, data: bytes, src: int) -> tuple[int, int, int, int]:
+        """A message's op code, sequence number, where its header ends and its payload size;
+        the rest of the header is checked by whoever takes the message."""
+        if len(data) < PREFIX.size + tensor_header.FIXED.size:
+            raise WireError(f"{self.peer(src)} sent a malformed header: a frame of {len(data)} bytes")
+        magic, header_bytes, size = PREFIX.unpack_from(data)
+        end = PREFIX.size + header_bytes
+        if magic != MAGIC or header_bytes < tensor_header.FIXED.size or end > len(data):
+            raise WireError(f"{self.peer(src)} sent a malformed header: magic {magic:#x}, "
+                            f"{header_bytes} header bytes in a frame of {len(data)}")
+        op, _, seq, _ = tensor_header.FIXED.unpack_from(data, PREFIX.size)
+        return op, seq, end, size
 
     def _check_stash(self, src: int, incoming: int) -> None:
         """A peer may run ahead of what we asked for, but only so far."""
@@ -492,23 +517,12 @@ class ZmqTransport(PointToPointTransport):
                 f"{self.peer(src)} sent {count} messages ({held} bytes) that no operation has asked for yet; "
                 f"the limit is {STASH_MESSAGES} messages and {limit} bytes")
 
-    def _file(self, src: int, header: dict, wire_bytes: int, payload: memoryview) -> None:
+    def _file(self, src: int, seq: int, header: bytes, wire_bytes: int, payload: memoryview) -> None:
         if len(payload) < INLINE_BYTES:
             self._check_stash(src, len(payload))
         # a reassembled payload is ours alone: its (writable) memory may become a tensor
-        self._stash[src][header["seq"]] = (header, wire_bytes, payload)
+        self._stash[src][seq] = (header, wire_bytes, payload)
         self._stash_bytes[src] += len(payload)
-
-    def _decode_header(self, data: bytes, src: int) -> dict:
-        if len(data) > MAX_HEADER_BYTES:
-            raise WireError(f"{self.peer(src)} sent a header of {len(data)} bytes")
-        try:
-            header = msgpack.unpackb(data, raw=False)
-        except (msgpack.UnpackException, ValueError, TypeError) as error:
-            raise WireError(f"{self.peer(src)} sent a malformed header: {error.__class__.__name__}") from None
-        if type(header) is not dict:
-            raise WireError(f"{self.peer(src)} sent a malformed header: not a map")
-        return header
 
     # -- shutdown ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -533,19 +547,19 @@ class ZmqTransport(PointToPointTransport):
         """Send every peer our goodbye and wait for theirs, so no goodbye is left undelivered
         to a party that already left (and the last to close does not linger for nothing)."""
         for dst in self._others():
-            header = {"op": _BYE, "seq": self._take_seq(self._send_seq, dst), "sender": self.rank}
-            self._outbox[dst].append(msgpack.packb(header, use_bin_type=True))
+            header = tensor_header.encode("bye", self._take_seq(self._send_seq, dst), self.rank, [])
+            self._outbox[dst].append(PREFIX.pack(MAGIC, len(header), 0) + header)
             self._queued[dst] += 1
             self._push(dst)
         for dst in self._others():
-            self._flush(dst, self._queued[dst], _BYE)
+            self._flush(dst, self._queued[dst], "bye")
         deadline = time.monotonic() + self.options.timeout_s
         while waiting := [src for src in self._others() if src not in self._bye]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TransportError(f"{', '.join(self.peer(src) for src in waiting)} did not end the session "
                                      f"within transport.timeout_s={self.options.timeout_s:g}")
-            self._pump(min(remaining, _SLICE_S), "the goodbye")
+            self._pump(min(remaining, _SLICE_S), lambda: "the goodbye")
 
     def _shutdown(self, linger_s: float) -> None:
         if self._closed:

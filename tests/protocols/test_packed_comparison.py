@@ -115,6 +115,11 @@ def test_fields_round_trip_and_bit_indices_reverse():
             packed = pack_fields(values, width)
             assert packed.numel() == -(-count * width // 64)
             assert torch.equal(unpack_fields(packed, width, count), values)
+            # rows are packed each on its own, as one row alone (the carry tree packs 7 at once)
+            rows = rng.ring((3, count)) & ((1 << width) - 1) if width < 64 else rng.ring((3, count))
+            packed_rows = pack_fields(rows, width)
+            assert torch.equal(packed_rows, torch.stack([pack_fields(row, width) for row in rows]))
+            assert torch.equal(unpack_fields(packed_rows, width, count), rows)
     words = rng.ring((1000,))
     permuted = reverse_bit_indices(words)
     for position in range(64):

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import msgpack
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transport"))
@@ -28,8 +27,8 @@ class RecordingZmq(ZmqTransport):
         self.frames: list[bytes] = []
         super().__init__(*args, **kwargs)
 
-    def _send_frame(self, dst: int, header: dict, buffer: np.ndarray) -> Any:
-        self.frames.append(msgpack.packb(header, use_bin_type=True) + bytes(flat_bytes(buffer)))
+    def _send_frame(self, dst: int, header: bytes, buffer: np.ndarray) -> Any:
+        self.frames.append(header + bytes(flat_bytes(buffer)))
         return super()._send_frame(dst, header, buffer)
 
 

@@ -219,7 +219,7 @@ def _floods(rank: int, options: TransportOptions) -> tuple[str, str, float] | No
         for _ in range(STASH_MESSAGES + 1):
             t.isend(torch.zeros(1), 0)
     else:  # asks for a message far ahead, so everything before it waits in the stash
-        result = _outcome(lambda: t._recv_frame(1, {"op": "p2p", "seq": STASH_MESSAGES + 10}, 30))
+        result = _outcome(lambda: t._recv_frame(1, "p2p", STASH_MESSAGES + 10, 30))
     t.close()
     return result
 

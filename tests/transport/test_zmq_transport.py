@@ -21,7 +21,9 @@ from torch.distributed import ReduceOp
 
 from helpers import address, party_names, run_parties, values, zmq_options
 from parties.transport import Transport, TransportError, TransportOptions, WireError, open_transport
+from parties.transport import tensor_header
 from parties.transport.base import reduce_tensors
+from parties.transport.zmq_transport import MAGIC, PREFIX
 from parties.transport.keys import (
     KeyFileError,
     fingerprint,
@@ -312,26 +314,39 @@ def test_256_mib_tensor(key_dir: str) -> None:
 
 
 # -- malformed and tampered frames --------------------------------------------------------------
-def _header(seq: int, **changes: object) -> bytes:
-    header = {"op": "p2p", "seq": seq, "sender": 1, "dtype": ["int64"], "shape": [[4]]}
-    header.update(changes)
-    return msgpack.packb(header)
+def _header(seq: int, op: str = "p2p", sender: int = 1, dtype: torch.dtype = torch.int64,
+            shape: tuple[int, ...] = (4,)) -> bytes:
+    return tensor_header.encode(op, seq, sender, [torch.empty(shape, dtype=dtype)])
+
+
+def _frame(header: bytes, payload: bytes, size: int | None = None, magic: int = MAGIC,
+           header_bytes: int | None = None) -> bytes:
+    """One message frame as the transport sends it, with any field of its prefix overridden."""
+    size = len(payload) if size is None else size
+    return PREFIX.pack(magic, len(header) if header_bytes is None else header_bytes, size) + header + payload
 
 
 def _tamper_cases(seq: int) -> dict[str, list[bytes]]:
     good = bytes(32)
+    header = _header(seq)
     return {
-        "wrong_dtype": [_header(seq, dtype=["float64"]), good],
-        "wrong_shape": [_header(seq, shape=[[5]]), bytes(40)],
-        "wrong_size": [_header(seq), bytes(31)],
-        "wrong_seq": [_header(seq + 5), good],
-        "wrong_op": [_header(seq, op="broadcast"), good],
-        "wrong_sender": [_header(seq, sender=0), good],
-        "garbage_header": [b"\xc1\x00garbage", good],
-        "not_a_map": [msgpack.packb([1, 2, 3]), good],
-        "extra_frame": [_header(seq), good, good],
-        "inline_and_frame": [_header(seq, data=good), good],
-        "inline_wrong_type": [_header(seq, data="text")],
+        "wrong_dtype": [_frame(_header(seq, dtype=torch.float64), good)],
+        "wrong_shape": [_frame(_header(seq, shape=(5,)), bytes(40))],
+        "wrong_size": [_frame(header, bytes(31))],
+        "size_unlike_payload": [_frame(header, good, size=31)],
+        "announced_small_size": [_frame(header, b"", size=32)],
+        "wrong_seq": [_frame(_header(seq + 5), good)],
+        "wrong_op": [_frame(_header(seq, op="broadcast"), good)],
+        "wrong_sender": [_frame(_header(seq, sender=0), good)],
+        "garbage_header": [b"\xc1\x00garbage"],
+        "msgpack_header": [msgpack.packb({"op": "p2p", "seq": seq, "sender": 1, "dtype": ["int64"],
+                                          "shape": [[4]], "data": good})],
+        "wrong_magic": [_frame(header, good, magic=MAGIC ^ 1)],
+        "header_past_frame": [_frame(header, good, header_bytes=len(header) + 40)],
+        "header_cut_short": [_frame(header[:-3], good)],
+        "unknown_dtype_code": [_frame(header[:-10] + bytes([200]) + header[-9:], good)],
+        "unknown_op_code": [_frame(bytes([200]) + header[1:], good)],
+        "extra_frame": [_frame(header, good), good],
     }
 
 
