@@ -161,7 +161,7 @@ class Cot:
         return (self.tau_bits(a, b) + 7) // 8
 
 
-def _chunk_bounds(counts: Sequence[int], words: Sequence[int], budget: int,
+def chunk_bounds(counts: Sequence[int], words: Sequence[int], budget: int,
                   most: int) -> list[tuple[int, int]]:
     """Consecutive ranges of OTs (over all requests in turn) of at most ``budget`` words and
     ``most`` OTs each (a single OT wider than ``budget`` gets a range of its own)."""
@@ -402,8 +402,8 @@ class OtChannel:
         words = [r.words for r in requests]
         received = [np.zeros(((r.mine + r.group - 1) // r.group, r.words), np.uint64) for r in requests]
         own = [np.zeros(((r.theirs + r.group - 1) // r.group, r.words), np.uint64) for r in requests]
-        my_bounds = _chunk_bounds(mine, words, CHUNK_WORDS, CHUNK_OTS)
-        peer_bounds = _chunk_bounds(theirs, words, CHUNK_WORDS, CHUNK_OTS)
+        my_bounds = chunk_bounds(mine, words, CHUNK_WORDS, CHUNK_OTS)
+        peer_bounds = chunk_bounds(theirs, words, CHUNK_WORDS, CHUNK_OTS)
         for my_range, peer_range in itertools.zip_longest(my_bounds, peer_bounds, fillvalue=(0, 0)):
             yield from self._exchange(requests, my_range, peer_range, received, own)
         self.ots += sum(mine) + sum(theirs)

@@ -386,10 +386,10 @@ def test_exchanges_are_bounded_in_words_and_in_ots():
     """An exchange holds at most the word budget and at most the OT cap (the u, t and q
     columns grow with OTs, the corrections with words); an OT wider than the budget gets one of
     its own; the ranges cover every OT once, in order."""
-    from protocols.ot_extension import _chunk_bounds
+    from protocols.ot_extension import chunk_bounds
 
     counts, words = [10, 3, 25, 4], [1, 40, 2, 1]
-    bounds = _chunk_bounds(counts, words, 30, 8)
+    bounds = chunk_bounds(counts, words, 30, 8)
     width = np.repeat(words, counts)
     assert [low for low, _ in bounds] == [0] + [high for _, high in bounds[:-1]] and bounds[-1][1] == sum(counts)
     for low, high in bounds:
