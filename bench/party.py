@@ -43,6 +43,7 @@ class Gate:
     def __init__(self, folder: str | None, rank: int) -> None:
         self.folder = Path(folder) if folder and rank == 0 else None
         self.count = 0
+        announce_ready(folder, rank)
 
     def enter(self) -> None:
         if self.folder is None:
@@ -56,6 +57,13 @@ class Gate:
         if self.folder is not None:
             (self.folder / f"done-{self.count}.tmp").write_text(what)
             (self.folder / f"done-{self.count}.tmp").rename(self.folder / f"done-{self.count}")
+
+
+def announce_ready(folder: str | None, rank: int) -> None:
+    """Tell the coordinator this process has started (imports, memory, transport): no system's
+    timed phase runs while another's processes are still starting on the same cores."""
+    if folder:
+        (Path(folder) / f"ready-{rank}").write_text("")
 
 
 def run_workloads(spec: dict, crypten: Any, ops: Any, meter: Any, barrier: Any, rank: int = 0,
@@ -181,6 +189,7 @@ def run_cotrain(spec: dict, rank: int) -> dict:
     transport = open_transport(PartyAddress(rank, len(names), names), options)
     try:
         if rank == parties:
+            announce_ready(spec.get("control"), rank)
             serve_tuples(transport, parties, part_class("triple_source", protocol.triple_source).make_dealer(parties))
             return {}
         comm = PartyGroup(transport, parties) if dealer else transport

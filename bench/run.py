@@ -135,6 +135,10 @@ class Launch:
     def alive(self) -> bool:
         return self.error is None and any(p.poll() is None for p in self.processes)
 
+    def started(self) -> bool:
+        """Whether every process has started (``bench.party.announce_ready``), or the system is done."""
+        return not self.alive or len(list(self.folder.glob("ready-*"))) >= self.world
+
     def take_turn(self, timeout_s: float) -> bool:
         """Let rank 0 run its next phase; False once the system has finished or failed."""
         if not self.alive:
@@ -237,8 +241,13 @@ def launch_cells(launch: Launch, workloads: list[str]) -> dict[str, dict]:
 
 def run_together(launches: list[Launch], phase_timeout_s: float, deadline: float) -> None:
     """Round-robin turns: each system runs one phase (a setup or one repeat) while the
-    others wait, so load from elsewhere on the machine falls on all of them alike."""
+    others wait, so load from elsewhere on the machine falls on all of them alike. The first
+    turn waits until every system's processes have started: their imports and memory set-up
+    would otherwise run beside the first system's timed phases."""
     active = [launch for launch in launches if launch.alive]
+    start_by = time.monotonic() + phase_timeout_s
+    while not all(launch.started() for launch in active) and time.monotonic() < start_by:
+        time.sleep(0.01)
     while active:
         for launch in list(active):
             if time.monotonic() > deadline:
