@@ -253,8 +253,9 @@ def deal(key: tuple, streams: Sequence[CipherGenerator], correction: int, rng: C
     for j, is_random in enumerate(randoms):
         if not is_random:
             at[j], end = end, end + correction_words(key, j)
-    sums = {j: out[start:] if _correction_width(key, j)[1] == torch.int64
-            else torch.empty(math.prod(layout[j][1]) + 2, dtype=torch.int64) for j, start in at.items()}
+    narrow = {j for j in at if _correction_width(key, j)[1] != torch.int64}
+    sums = {j: torch.empty(math.prod(layout[j][1]) + 2, dtype=torch.int64) if j in narrow else out[start:]
+            for j, start in at.items()}
     random: list[Any] = [None] * len(layout)  # the values of the random components
     started: set[int] = set()  # corrections holding a draw to add the next ones to
     for party, stream in enumerate(streams):
@@ -275,7 +276,7 @@ def deal(key: tuple, streams: Sequence[CipherGenerator], correction: int, rng: C
             target = sums[j][: value.numel()]
             combine = torch.bitwise_xor if layout[j][0] == "b" else torch.sub
             combine(value.reshape(-1), target, out=target)
-            if _correction_width(key, j)[1] != torch.int64:
+            if j in narrow:
                 out[at[j]: at[j] + correction_words(key, j)] = pack_correction(key, j, target)
     return end
 
@@ -353,18 +354,18 @@ def answer_elements(keys: Sequence[tuple], party: int, parties: int) -> int:
 def answer_parts(keys: Sequence[tuple], party: int, parties: int) -> tuple[int, int]:
     """What ``party`` receives for a request: in the answer, the position word and its
     corrections but the late ones; in the late part (none where 0), the late ones."""
-    return _answer_sizes(keys, correction_parties(keys, parties), late_parts(keys), parties)[party]
+    return _answer_sizes(tuple(keys), parties)[party]
 
 
-def _answer_sizes(keys: Sequence[tuple], correctors: Sequence[int], lates: Sequence[tuple[int, ...]],
-                  parties: int) -> list[tuple[int, int]]:
-    """:func:`answer_parts` of every party, given each key's correction party and late components."""
+@functools.lru_cache(maxsize=_PLANS)
+def _answer_sizes(keys: tuple, parties: int) -> tuple[tuple[int, int], ...]:
+    """:func:`answer_parts` of every party."""
     sizes = [[1, 0] for _ in range(parties)]
-    for key, corrector, late in zip(keys, correctors, lates):
+    for key, corrector, late in zip(keys, _correction_parties(keys, parties), _late_parts(keys)):
         deferred = sum(correction_words(key, j) for j in late)
         sizes[corrector][0] += correction_elements(key) - deferred
         sizes[corrector][1] += deferred
-    return [(first, rest) for first, rest in sizes]
+    return tuple((first, rest) for first, rest in sizes)
 
 
 def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int, parties: int,
@@ -429,7 +430,7 @@ def deal_parts(keys: Sequence[tuple], seeds: Sequence[bytes], position: int,
     parties = len(seeds)
     streams = [batch_stream(seed, position) for seed in seeds]
     correctors, lates = correction_parties(keys, parties), late_parts(keys)
-    sizes = _answer_sizes(keys, correctors, lates, parties)
+    sizes = _answer_sizes(tuple(keys), parties)
     buffers = [torch.empty(first + 2, dtype=torch.int64) for first, _ in sizes]  # 2 to spare: deal's
     for buffer in buffers:
         buffer[0] = position

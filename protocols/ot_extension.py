@@ -390,14 +390,10 @@ class OtChannel:
             self.views.append((what, received.copy()))
         return received
 
-    def correlated_many(self, requests: Sequence[Cot]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every request's (received, own) group sums: as receiver, p0 + c * delta per OT; as
-        sender -p0 (my additive share) or, if ``binary``, p0 (my XOR share)."""
-        return lockstep(self.correlated_steps(requests))[0]
-
     def correlated_steps(self, requests: Sequence[Cot]) -> Generator[None, None, list[tuple[np.ndarray, np.ndarray]]]:
-        """:meth:`correlated_many` as a protocol run for :func:`lockstep` (it pauses after
-        sending each message; its value is the results)."""
+        """Every request's (received, own) group sums: as receiver, p0 + c * delta per OT; as
+        sender -p0 (my additive share) or, if ``binary``, p0 (my XOR share). A protocol run for
+        :func:`lockstep`: it pauses after sending each message."""
         mine, theirs = [r.mine for r in requests], [r.theirs for r in requests]
         words = [r.words for r in requests]
         received = [np.zeros(((r.mine + r.group - 1) // r.group, r.words), np.uint64) for r in requests]

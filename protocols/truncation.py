@@ -217,11 +217,6 @@ def top_bit_finish(y: torch.Tensor, own_word: torch.Tensor, and_share: torch.Ten
     return result
 
 
-def _shift(divisor: int) -> int:
-    """k of a divisor 2^k."""
-    return divisor.bit_length() - 1
-
-
 @register_part("truncation", "topbits")
 class TopBitTruncation(PairTruncation):
     """Two parties and a divisor 2^k: the wrap of the shares from their top bits, one round of
@@ -240,7 +235,7 @@ class TopBitTruncation(PairTruncation):
         return top_bit_applies(self.comm.get_world_size(), divisor) and self._source().deals_wrap_bits()
 
     def division_tuples(self, size: tuple[int, ...], divisor: int) -> tuple[tuple, ...]:
-        return ((wrap_bit_key(size, _shift(divisor)),) if self._applies(divisor)
+        return ((wrap_bit_key(size, divisor.bit_length() - 1),) if self._applies(divisor)
                 else super().division_tuples(size, divisor))
 
     def _divide(self, x: Any, divisor: int) -> Any:
@@ -253,7 +248,7 @@ class TopBitTruncation(PairTruncation):
         common = self._generators["next" if rank == 0 else "prev"][torch.device("cpu")]
         # the AND's shares matter only mod 2^k (the finish shifts the wrap left by 64 - k)
         own_word, and_share = self._source().wrap_bit_tuple(x.share.size(), device=x.share.device,
-                                                            bits=_shift(divisor))
+                                                            bits=divisor.bit_length() - 1)
         mask = common.ring(x.share.size(), x.share.device)
         # on the CPU the kernels write y, then the result, over the share (a division is in
         # place, as CrypTen's own); elsewhere torch's operations make new tensors
