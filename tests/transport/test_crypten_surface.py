@@ -81,9 +81,35 @@ def _surface(rank: int, world_size: int, options: TransportOptions, grouped: boo
             target = single.clone() if rank == 0 else torch.empty_like(single)
             comm.broadcast(target, 0)
             checks["broadcast_into_expanded"] = torch.equal(target, torch.ones(1, 1, dtype=torch.int64))
+            checks.update(_independent_batch_results(comm, rank, size))
         transport.barrier()
     finally:
         transport.close()
+    return checks
+
+
+def _independent_batch_results(comm: object, rank: int, size: int) -> dict[str, bool]:
+    """A batched all-reduce's results may share one buffer (one message, or gloo's one flat
+    reduction): writing into each in place, as CrypTen does to shares, leaves the others as
+    they were. Small and large tensors (copied and adopted payloads), sums and XORs."""
+    from torch.distributed import ReduceOp
+
+    checks = {}
+    shapes = [(3,), (5, 4), (20_000,), (9_000,)]  # the last two past the zero-copy size
+    for op, name in ((ReduceOp.SUM, "sum"), (ReduceOp.BXOR, "xor")):
+        inputs = [[torch.full(shape, (r + 1) * (i + 2), dtype=torch.int64) for i, shape in enumerate(shapes)]
+                  for r in range(size)]
+        expected = [inputs[0][i].clone() for i in range(len(shapes))]
+        for r in range(1, size):
+            for i in range(len(shapes)):
+                expected[i] = expected[i] + inputs[r][i] if op == ReduceOp.SUM else expected[i] ^ inputs[r][i]
+        results = comm.all_reduce(inputs[rank], op=op, batched=True)
+        intact = all(torch.equal(g, e) for g, e in zip(results, expected))
+        for i, result in enumerate(results):
+            result.add_(7).mul_(-3)  # each result in turn, in place
+            expected[i] = (expected[i] + 7) * -3
+            intact &= all(torch.equal(g, e) for g, e in zip(results, expected))
+        checks[f"batch_results_independent_{name}"] = intact
     return checks
 
 
