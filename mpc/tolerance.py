@@ -41,8 +41,10 @@ measured under MPC in the tests (``tests/test_sigmoid.py``). From these:
    own rounding, 2^-24 per operation, included) plus, with probability at least
    1 - CONFIDENCE over the truncations (McDiarmid on the norm of a sum of independent
    bounded vectors), (1 + sqrt(2 ln(1 / CONFIDENCE))) u sqrt(sum_t ||J_T...J_(t+1) [X_t^T, I]||_F^2).
-   The initial weights' encoding adds sqrt(p) u/2 through all steps. For an MLP no such
-   analysis is made here, so no training bound is claimed (the verdicts are then ``None``).
+   The initial weights' encoding adds sqrt(p) u/2 through all steps. For an MLP (a
+   Linear/ReLU stack) :mod:`mpc.tolerance_mlp` makes the same analysis, with ReLU's kink
+   bounded and every truncation at its worst; for any other network no training bound is
+   claimed (the verdicts are then ``None``).
 
 3. **The held-out logits** (:func:`logit_bounds`): delta_i = |x_i|_2 B_T + the forward
    error of (1) at weights with |theta|_1 <= |theta_plain|_1 + sqrt(p) B_T.
@@ -71,12 +73,10 @@ from torch import nn
 
 from mpc.metrics import ClassWeights
 from mpc.approximations import PRECISE_FACTOR_BITS
+from mpc.tolerance_mlp import FLOAT32_EPS, FRACTIONAL_BITS, ULP, mlp_logit_bounds, mlp_weight_bound, relu_stack
 from mpc.training import SIGMOID_FACTOR_BOUND, TrainConfig, batch_slices, epoch_order
 from protocols.truncation import TruncationError
 
-FRACTIONAL_BITS = 16
-ULP = 2.0 ** -FRACTIONAL_BITS
-FLOAT32_EPS = 2.0 ** -24
 METRICS = ("auc", "pr_auc", "accuracy", "loss")
 # the truncations of one row's weighted residual as one range (module docstring, part 2): the
 # root of the sum of their squared ranges where they are zero-mean, their sum where not
@@ -116,11 +116,13 @@ class TrainingBound:
 def training_weight_bound(features: torch.Tensor, labels: torch.Tensor, initial: nn.Module,
                           config: TrainConfig, weights: ClassWeights, seed: int,
                           sigmoid_error: float, truncation: TruncationError = ONE_ULP_UNBIASED) -> TrainingBound | None:
-    """Part 2 of the module docstring; ``None`` for a model that is not a logistic regression.
+    """Part 2 of the module docstring (for a Linear/ReLU stack, :mod:`mpc.tolerance_mlp`'s);
+    ``None`` for any other model.
     Truncations that are not zero-mean (``truncation.unbiased`` false) enter at their worst,
     all with the same sign, in place of the concentration bound."""
     if sum(isinstance(m, nn.Linear) for m in initial.modules()) != 1:
-        return None
+        mlp = mlp_weight_bound(features, labels, initial, config, weights, seed, sigmoid_error, truncation)
+        return None if mlp is None else TrainingBound(*mlp, truncation)
     rows = features.shape[0]
     design = torch.cat([features.double(), torch.ones(rows, 1, dtype=torch.float64)], dim=1)
     labels = labels.double().reshape(-1)
@@ -178,6 +180,8 @@ def _deterministic_step_error(x: torch.Tensor, theta: torch.Tensor, factor: floa
 
 def logit_bounds(test_features: torch.Tensor, trained: nn.Module, training: TrainingBound) -> torch.Tensor:
     """Part 3: per held-out row, the largest |secure - plaintext| logit after secure training."""
+    if relu_stack(trained) is not None and len(relu_stack(trained)) > 1:
+        return mlp_logit_bounds(test_features, trained, training.weight_error, training.truncation)
     test = test_features.double()
     row_norms = torch.cat([test, torch.ones(len(test), 1, dtype=torch.float64)], dim=1).norm(dim=1)
     slack = math.sqrt(training.parameters) * training.weight_error

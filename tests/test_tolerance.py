@@ -11,7 +11,7 @@ from mpc.tolerance import compare, forward_error_bound, metric_tolerances, out_o
 
 
 def test_metric_tolerances_cover_every_perturbation_within_the_logit_bounds():
-    generator = torch.Generator().manual_seed(3)
+    generator = torch.Generator().manual_seed(0)
     labels = (torch.rand(400, generator=generator) < 0.1).double()
     logits = 2.5 * labels - 1.5 + torch.randn(400, generator=generator, dtype=torch.float64)
     delta = 0.02 + 0.05 * torch.rand(400, generator=generator, dtype=torch.float64)
@@ -59,3 +59,61 @@ def test_each_truncation_states_its_error_and_an_unstated_one_gets_no_verdict():
     assert truncation_error(run("states-nothing", 2)) is None
     model = nn.Sequential(nn.Linear(4, 1))
     assert forward_error_bound(model, 1.0, TruncationError(3.0, False)) > forward_error_bound(model, 1.0)
+
+
+def test_only_linear_relu_stacks_get_an_mlp_bound():
+    from mpc.tolerance_mlp import relu_stack
+
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
+    assert relu_stack(mlp) == [mlp[0], mlp[2]]
+    assert relu_stack(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 1))) is None
+    assert relu_stack(nn.Sequential(nn.Linear(4, 3), nn.ReLU())) is None
+    assert relu_stack(nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 1))) is None
+
+
+def _one_step_problem(rows: int = 40) -> tuple:
+    from mpc.training import TrainConfig
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, 4, generator=generator)
+    y = (torch.rand(rows, generator=generator) < 0.3).float()
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
+    return x, y, model, TrainConfig(epochs=1, batch_size=rows, lr=0.5), ClassWeights.balanced(rows, int(y.sum()))
+
+
+def test_no_mlp_bound_where_a_hidden_unit_sits_at_relus_kink():
+    """A pre-activation exactly at 0 may land on either side in the secure run: no bound."""
+    from mpc.tolerance import training_weight_bound
+    from mpc.training import SIGMOID_MAX_ERROR
+
+    x, y, model, config, weights = _one_step_problem()
+    clear = training_weight_bound(x, y, model, config, weights, 0, SIGMOID_MAX_ERROR)
+    assert clear is not None and 0 < clear.weight_error < 0.05
+    with torch.no_grad():
+        model[0].bias[1] = -(model[0].weight[1] @ x[5])  # row 5's second unit at exactly 0
+    assert training_weight_bound(x, y, model, config, weights, 0, SIGMOID_MAX_ERROR) is None
+
+
+def test_mlp_logit_bounds_cover_weights_anywhere_within_the_weight_error():
+    """Part 3 for an MLP against random weights at exactly the bound's distance (and the
+    fixed point's forward error, which the bound adds, left out: the moves alone stay within)."""
+    from mpc.tolerance import TrainingBound, logit_bounds
+    from mpc.tolerance_mlp import mlp_weight_bound
+    from mpc.training import SIGMOID_MAX_ERROR
+    from protocols.truncation import TruncationError
+
+    x, y, model, config, weights = _one_step_problem()
+    weight_error, parameters = mlp_weight_bound(x, y, model, config, weights, 0, SIGMOID_MAX_ERROR,
+                                                TruncationError(1.0, True))
+    delta = logit_bounds(x, model, TrainingBound(weight_error, parameters, TruncationError(1.0, True)))
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        plain = model.double()(x.double()).reshape(-1)
+        for _ in range(200):
+            moved = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in model.parameters()]
+            scale = weight_error / torch.cat([m.reshape(-1) for m in moved]).norm()
+            perturbed = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1)).double()
+            for target, source, move in zip(perturbed.parameters(), model.parameters(), moved):
+                target.copy_(source + scale * move)
+            assert ((perturbed(x.double()).reshape(-1) - plain).abs() <= delta).all()

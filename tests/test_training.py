@@ -45,10 +45,13 @@ def test_secure_training_matches_plaintext(job, parties, partition, model):
     assert summary["num_parties"] == parties and len(summary["parties"]) == parties
     gaps = summary["gaps"]
     assert set(gaps) == {"auc", "pr_auc", "accuracy", "loss"}
-    # logreg: every metric within mpc.tolerance's derived bound; the MLP has no derived bound
-    # (verdict None), so only its ranking is held to a plain 0.01 AUC
-    assert all(entry["within_tolerance"] is (True if model == "logreg" else None) for entry in gaps.values()), gaps
-    assert abs(gaps["auc"]["gap"]) <= 0.01, (secure["auc"], plain["auc"])
+    # every metric within mpc.tolerance's derived bound where it claims one: always for logreg; for
+    # the MLP where no ReLU can have switched side in any step (mpc/tolerance_mlp.py), else its
+    # verdicts are None and only its ranking is held to a plain 0.01 AUC
+    verdicts = {entry["within_tolerance"] for entry in gaps.values()}
+    assert verdicts == {True} or (model == "mlp" and verdicts == {None}), gaps
+    if verdicts == {None}:
+        assert abs(gaps["auc"]["gap"]) <= 0.01, (secure["auc"], plain["auc"])
     assert len(secure["loss_curve"]) == len(plain["loss_curve"]) == 2
     for party in summary["per_party"]:
         assert party["bytes_sent"] > 0 and party["rounds"] > 0
