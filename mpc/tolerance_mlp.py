@@ -60,6 +60,8 @@ from protocols.truncation import TruncationError
 FRACTIONAL_BITS = 16
 ULP = 2.0 ** -FRACTIONAL_BITS
 FLOAT32_EPS = 2.0 ** -24
+# the Jacobians are p x p in float64 (4096 parameters: 128 MB each); larger stacks get no bound
+MAX_PARAMETERS = 4096
 
 
 def relu_stack(model: nn.Module) -> list[nn.Linear] | None:
@@ -185,10 +187,11 @@ def mlp_weight_bound(features: torch.Tensor, labels: torch.Tensor, initial: nn.M
                      weights: ClassWeights, seed: int, sigmoid_error: float,
                      truncation: TruncationError) -> tuple[float, int] | None:
     """The module docstring's bound on |theta_secure - theta_float32|_2 after training, and the
-    parameter count; None for a model that is not a Linear/ReLU stack, and where a ReLU may
-    have switched side in some step (no bound is then claimed)."""
+    parameter count; None for a model that is not a Linear/ReLU stack of at most
+    MAX_PARAMETERS parameters, and where a ReLU may have switched side in some step (no bound
+    is then claimed)."""
     linears = relu_stack(initial)
-    if linears is None:
+    if linears is None or sum(p.numel() for p in initial.parameters()) > MAX_PARAMETERS:
         return None
     shapes = [(linear.weight.shape, linear.bias.shape) for linear in linears]
     theta = torch.cat([torch.cat([linear.weight.detach().double().reshape(-1), linear.bias.detach().double()])

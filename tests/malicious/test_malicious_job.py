@@ -21,7 +21,6 @@ from mpc.models import build_torch_model
 from mpc.reference import pool_horizontal, train_plaintext
 from mpc.tolerance import METRICS, ULP, fine_tuning_tolerances, forward_error_bound, training_weight_bound
 from mpc.training import SIGMOID_MAX_ERROR, TrainConfig
-from real_tables import float64_preprocessing
 from test_sequence_job import assert_matches_plaintext_fine_tuning
 
 # A party's long ring computations (numpy on 128-bit limbs) can keep its heartbeat thread from
@@ -120,9 +119,8 @@ def test_malicious_mlp_job(job, tmp_path):
     run_dir = tmp_path / "outputs" / "test"
     secure = torch.load(run_dir / "bank0" / "model.pt", weights_only=True)["state_dict"]
     paths = [str(run_dir / "data" / f"bank{i}.csv") for i in range(3)]
-    pooled = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
-    data = pool_horizontal(DataConfig(), float64_preprocessing(pooled, DataConfig()), paths,
-                           [str(run_dir / "data" / "heldout.csv")])
+    _, record = load_model_file(run_dir / "bank0" / "model.pt")  # the scaling the secure run revealed
+    data = pool_horizontal(DataConfig(), record.preprocessing, paths, [str(run_dir / "data" / "heldout.csv")])
     weights = ClassWeights.balanced(len(data.labels), int(data.labels.sum()))
     model = build_torch_model({"_target_": "mpc.zoo.MLP", "hidden": [4]}, data.features.shape[1], seed=0)
     config = TrainConfig(epochs=1, batch_size=256)
