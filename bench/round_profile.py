@@ -1,13 +1,14 @@
 """Where a training epoch's time goes, round by round, per party (not part of ``make bench``).
 
-``python -m bench.round_profile --workload W6 --suites tfp,dealer`` launches each suite's two
-parties (and its dealer) over zmq, runs the workload's epoch twice (the first traces the
+``python -m bench.round_profile --workload W6 --suites tfp,dealer [--transport gloo]``
+launches each suite's two parties (and its dealer) over zmq (or gloo), runs the workload's epoch twice (the first traces the
 step, the second is what every later epoch costs) and prints, for the second, per party:
 its rounds by what they carry (the operation whose opening they are, found on the call
 stack: a product's Beaver opening, a truncation, a comparison's opening, AND levels or B2A,
 a dealer request), how many per step, the bytes each sends, and the time between one
 round's end and the next split three ways: compute (outside the communicator), encode
-(inside it, not waiting: copies, headers, sums) and wait (for the peer's message).
+(inside it, not waiting: copies, headers, sums) and wait (for the peer's message; over gloo,
+which waits inside its blocking calls, all the time inside the communicator).
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ class RoundProfiler:
         self._last = (time.perf_counter(), 0.0, 0.0, 0)  # time, comm seconds, wait seconds, bytes
         stats = transport.stats
         profiler = self
-        recv_frame = transport._recv_frame
+        recv_frame = getattr(transport, "_recv_frame", None)
+        # gloo (and mpi) wait inside the library's blocking calls, copies and all: there every
+        # second inside the communicator counts as wait, none as encode
+        self._waits_inside = recv_frame is None
 
         def timed_recv(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
@@ -97,7 +101,8 @@ class RoundProfiler:
             finally:
                 profiler._wait += time.perf_counter() - start
 
-        transport._recv_frame = timed_recv
+        if recv_frame is not None:
+            transport._recv_frame = timed_recv
 
         def counted(frame: Any, change: int) -> None:
             if change > 0:
@@ -124,7 +129,8 @@ class RoundProfiler:
         # the group's collectives count their round after their messages: stats.seconds is
         # already up to date here; the point-to-point one adds its seconds after the count
         # (the difference is one call's bookkeeping)
-        interval, in_comm, waited = now - then, comm - comm0, wait - wait0
+        interval, in_comm = now - then, comm - comm0
+        waited = in_comm if self._waits_inside else wait - wait0
         self.events.append((_label(frame), interval, max(in_comm - waited, 0.0), waited, sent - sent0))
         self._last = (now, comm, wait, sent)
         for _ in range(change - 1):
