@@ -48,7 +48,7 @@ def plaintext_reference(config: RunConfig, torch_model: nn.Module, loss: Loss,
                         preprocessing: Preprocessing, sigmoid_error: float) -> Reference | None:
     """Train the same model in float on the pooled files, where this process can read them all,
     with the preprocessing the secure run revealed; derive the metric tolerances (mpc.tolerance)
-    where they are known: a binary logistic regression trained by plain SGD."""
+    where they are known: a binary logistic regression (or a short MLP run) trained by plain SGD."""
     train_paths = [spec.data for spec in config.parties]
     test_paths = [spec.test_data for spec in config.parties]
     if not config.train.plaintext_reference or not readable(train_paths):
