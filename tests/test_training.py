@@ -6,7 +6,6 @@ evaluated (tests/test_sigmoid.py); the derivation is mpc/tolerance.py's docstrin
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 
@@ -15,9 +14,9 @@ from mpc.losses import WeightedBinaryCrossEntropy
 from mpc.metrics import ClassWeights
 from mpc.models import DEFAULT_MODEL, build_torch_model
 from mpc.reference import pool_horizontal, train_plaintext
+from mpc.scoring import load_model_file
 from mpc.tolerance import training_weight_bound
 from mpc.training import SIGMOID_MAX_ERROR, TrainConfig
-from real_tables import float64_preprocessing
 from sessions import run_parties
 
 # protocol=tfp: no dealer process to start; these tests are about the training, and
@@ -59,36 +58,61 @@ def test_secure_training_matches_plaintext(job, parties, partition, model):
     assert all(p[expected] > 0 for p in summary["parties"])
 
 
+def _secure_and_float_weights(tmp_path, spec: dict, config: TrainConfig) -> tuple:
+    """The revealed secure weights of the job run in ``tmp_path`` (two banks), the float run's on
+    the same rows scaled as the secure run revealed, and what the training bound needs."""
+    directory = tmp_path / "outputs" / "test"
+    model_file = directory / "bank0" / "model.pt"
+    secure_state = torch.load(model_file, weights_only=True)["state_dict"]
+    _, record = load_model_file(model_file)
+    train_paths = [str(directory / "data" / f"bank{i}.csv") for i in range(2)]
+    data = pool_horizontal(DataConfig(), record.preprocessing, train_paths, [str(directory / "data" / "heldout.csv")])
+    weights = ClassWeights.balanced(data.features.shape[0], int(data.labels.sum()))
+    model = build_torch_model(spec, data.features.shape[1], seed=0)
+    plain_model, _ = train_plaintext(model, data, config, WeightedBinaryCrossEntropy(weights), seed=0)
+    secure = torch.cat([secure_state[name].reshape(-1) for name in plain_model.state_dict()]).double()
+    plain = torch.cat([p.detach().reshape(-1) for p in plain_model.parameters()]).double()
+    return secure, plain, data, model, weights
+
+
+def _metrics_within_derived_tolerances(summary: dict) -> None:
+    gaps = summary["gaps"]
+    assert set(gaps) == {"auc", "pr_auc", "accuracy", "loss"}
+    for metric, entry in gaps.items():
+        assert entry["gap"] == summary["secure"][metric] - summary["plaintext"][metric]  # signed
+        assert entry["within_tolerance"] is True and abs(entry["gap"]) <= entry["tolerance"], (metric, entry)
+
+
 @pytest.mark.slow
 def test_logreg_weights_within_bound_derived_from_fixed_point(tmp_path, job):
     """The secure weights lie within mpc.tolerance's bound (derived from 16 fractional bits and
     the sigmoid's documented error as evaluated) of the float run's, and the summary's four
     metric gaps within the tolerances derived from it."""
     summary = job("num_parties=2", "model=logreg", "train.reveal_to=[bank0]", "train.lr=0.1", *SMALL)
-    directory = tmp_path / "outputs" / "test"
-    secure_state = torch.load(directory / "bank0" / "model.pt", weights_only=True)["state_dict"]
-    secure_theta = torch.cat([secure_state["0.weight"].reshape(-1), secure_state["0.bias"]]).double()
-
     config = TrainConfig(epochs=2, batch_size=64, lr=0.1)
-    train_paths = [str(directory / "data" / f"bank{i}.csv") for i in range(2)]
-    pooled = pd.concat([pd.read_csv(path) for path in train_paths], ignore_index=True)
-    data = pool_horizontal(DataConfig(), float64_preprocessing(pooled, DataConfig()), train_paths,
-                           [str(directory / "data" / "heldout.csv")])
-    rows = data.features.shape[0]
-    weights = ClassWeights.balanced(rows, int(data.labels.sum()))
-    model = build_torch_model(DEFAULT_MODEL, data.features.shape[1], seed=0)
-    plain_model, _ = train_plaintext(model, data, config, WeightedBinaryCrossEntropy(weights), seed=0)
-    plain_theta = torch.cat([p.detach().reshape(-1) for p in plain_model.parameters()]).double()
-
+    secure, plain, data, model, weights = _secure_and_float_weights(tmp_path, DEFAULT_MODEL, config)
     bound = training_weight_bound(data.features, data.labels, model, config, weights, 0, SIGMOID_MAX_ERROR)
-    error = (secure_theta - plain_theta).norm().item()
+    error = (secure - plain).norm().item()
     assert error <= bound.weight_error, (error, bound)
-    gaps = summary["gaps"]
-    assert set(gaps) == {"auc", "pr_auc", "accuracy", "loss"}
-    for metric, entry in gaps.items():
-        assert entry["gap"] == summary["secure"][metric] - summary["plaintext"][metric]  # signed
-        assert entry["within_tolerance"] is True and abs(entry["gap"]) <= entry["tolerance"], (metric, entry)
+    _metrics_within_derived_tolerances(summary)
     print(f"weight error {error:.2e} <= bound {bound.weight_error:.2e}; logits within {summary['logit_bound']:.2e}")
+
+
+@pytest.mark.slow
+def test_mlp_weights_within_bound_derived_from_fixed_point(tmp_path, job):
+    """An MLP's one full-batch step, where no hidden unit comes within reach of ReLU's kink:
+    the secure weights lie within mpc/tolerance_mlp.py's bound of the float run's, and the four
+    metric gaps within the tolerances derived from it."""
+    summary = job("num_parties=2", "model=mlp", "model.hidden=[4]", "train.reveal_to=[bank0]", "protocol=tfp",
+                  "data.rows=300", "data.test_rows=600", "train.epochs=1", "train.batch_size=600")
+    config = TrainConfig(epochs=1, batch_size=600)
+    secure, plain, data, model, weights = _secure_and_float_weights(
+        tmp_path, {"_target_": "mpc.zoo.MLP", "hidden": [4]}, config)
+    bound = training_weight_bound(data.features, data.labels, model, config, weights, 0, SIGMOID_MAX_ERROR)
+    error = (secure - plain).norm().item()
+    assert error <= bound.weight_error, (error, bound)
+    _metrics_within_derived_tolerances(summary)
+    print(f"MLP weight error {error:.2e} <= bound {bound.weight_error:.2e}; logits within {summary['logit_bound']:.2e}")
 
 
 def _scaled(crypten, rank):
