@@ -246,12 +246,13 @@ class HeMatmul:
         """The plaintext with ``values`` (< t) at ``positions``, 0 elsewhere, written in SEAL's
         uncompressed format and loaded (SEAL checks every coefficient is below t); a sparse one
         (a B block: k_w n_w terms) in SEAL's polynomial syntax, parsed with no file (a sixth of
-        the time; only this party's own values, reduced mod t, take this way)."""
+        the time; only this party's own values, reduced mod t, take this way). The written one
+        stops at its highest position (a B block's k_w n_w, not N: a third of the time)."""
         if len(positions) <= SPARSE_TERMS:
             return seal.Plaintext(_polynomial(positions, values))
-        coefficients = np.zeros(N, np.uint64)
+        coefficients = np.zeros(int(positions.max()) + 1 if len(positions) else 0, np.uint64)
         coefficients[positions] = values
-        body = bytes(32) + np.uint64(N).tobytes() + np.float64(1.0).tobytes() + self._words(coefficients)
+        body = bytes(32) + np.uint64(coefficients.size).tobytes() + np.float64(1.0).tobytes() + self._words(coefficients)
         return self._load(seal.Plaintext(), self.bfv.context, self._serialized(body), "plaintext")
 
     def _flood(self, bound_bits: int) -> Any:
