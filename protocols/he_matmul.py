@@ -11,7 +11,8 @@ peer multiplies by its plaintext B, adds a mask and noise, and sends the result 
   one output ciphertext, masked by R1 uniform mod t, exactly. a b (|a b| <= 256 per term) is
   small: a second output, its entries shifted to [0, 496 k] and masked by R2 uniform in
   [0, t - 496 k - 1], so the decryptor learns a b + 240 k + R2 < t over the integers (statistical
-  distance to R2 alone below 2^-(50 - ceil(log2 k)) per entry, at least 2^-MASK_SIGMA: k <= 1024).
+  distance to R2 alone below 2^-(50 - ceil(log2 k)) per entry; plan() keeps it within
+  2^-MASK_SIGMA: k up to 1,057).
   Two encrypted operands (A', a) and two outputs per block where the 60-bit CRT took three and
   three: a third less of SEAL's encryption, output and decryption work, and bytes.
 * Packing (coefficient encoding, Cheetah): a block A[i, j] (m_w x k_w) is the polynomial
