@@ -401,33 +401,34 @@ class HeMatmul:
         low, high = split_low(padded)
         j, l = np.meshgrid(np.arange(shape.k_w), np.arange(shape.n_w), indexing="ij")
         b_positions = (l * shape.k_w + shape.k_w - 1 - j).reshape(-1)
-        # the plaintexts of B mod t, B', b: (kb, nb) blocks each, in NTT form
-        plains = [[self._ntt_plain(self._plaintext(b_positions, block))
-                   for block in self._blocks(self.bfv.reduced(part), shape.k_w, shape.n_w)]
-                  for part in (padded, high, low)]
+        # B mod t, B', b as (kb, nb, k_w n_w) blocks
+        parts = [self._blocks(self.bfv.reduced(part), shape.k_w, shape.n_w).reshape(kb, nb, -1)
+                 for part in (padded, high, low)]
         inputs = self._operands(items)
         high_in, low_in = inputs[:mb * kb], inputs[mb * kb:]
         targets, flood_bits = self._targets(shape), self._noise(shape)[0]
         span = self.bfv.t - LOW_SPAN * shape.k  # R2 below this: a b + shift + R2 < t
-        wide, narrow, replies = [], [], []
-        for row in range(mb):
-            for column in range(nb):
-                pairs = [(high_in[row * kb + x], plains[0][x * nb + column]) for x in range(kb)] + \
-                        [(low_in[row * kb + x], plains[1][x * nb + column]) for x in range(kb)]
+        wide, narrow = np.zeros((2, mb * nb, len(targets)), np.uint64)
+        replies: list[bytes] = [b""] * (2 * mb * nb)  # the A' B + a B' outputs, then the a b ones
+        for column in range(nb):
+            # one column's plaintexts in NTT form at a time (each 256 KB), used by every row
+            plains = [[self._ntt_plain(self._plaintext(b_positions, part[x, column])) for x in range(kb)]
+                      for part in parts]
+            for row in range(mb):
+                block = row * nb + column
                 # the other coefficients hold sums of A[i, j] B[j', l] (j != j'): masked uniformly
                 # mod t (exactly); the targets by R1 mod t
                 values = _uniform_below(N, self.bfv.t)
-                wide.append(values[targets])
-                replies.append(self._masked(self._sum(pairs), values, flood_bits))
-        for row in range(mb):
-            for column in range(nb):
+                wide[block] = values[targets]
+                pairs = [(high_in[row * kb + x], plains[0][x]) for x in range(kb)] + \
+                        [(low_in[row * kb + x], plains[1][x]) for x in range(kb)]
+                replies[block] = self._masked(self._sum(pairs), values, flood_bits)
                 values = _uniform_below(N, self.bfv.t)
-                values[targets] = _uniform_below(len(targets), span)
-                narrow.append(values[targets])
-                values[targets] += np.uint64(LOW_SHIFT * shape.k)
-                pairs = [(low_in[row * kb + x], plains[2][x * nb + column]) for x in range(kb)]
-                replies.append(self._masked(self._sum(pairs), values, flood_bits))
-        share = np.uint64(0) - (np.array(wide) << np.uint64(LOW_BITS)) - np.array(narrow) - np.uint64(LOW_SHIFT * shape.k)
+                narrow[block] = _uniform_below(len(targets), span)
+                values[targets] = narrow[block] + np.uint64(LOW_SHIFT * shape.k)
+                pairs = [(low_in[row * kb + x], plains[2][x]) for x in range(kb)]
+                replies[mb * nb + block] = self._masked(self._sum(pairs), values, flood_bits)
+        share = np.uint64(0) - (wide << np.uint64(LOW_BITS)) - narrow - np.uint64(LOW_SHIFT * shape.k)
         return replies, self._gather(share.reshape(mb, nb, shape.m_w, shape.n_w), shape)
 
     def _sum(self, pairs: list[tuple[Any, Any]]) -> Any:
