@@ -5,12 +5,16 @@ Cheetah packing below), not with m k n as the Gilboa products' does.
 For shares of A0 @ B1 + A1 @ B0 over Z_2^64, each party encrypts its A under its own keys; the
 peer multiplies by its plaintext B, adds a mask and noise, and sends the result back.
 
-* Exact integers by CRT: SEAL's plaintext modulus is below 2^60, so each product is computed
-  modulo PLAIN_PRIMES primes t_j of 60 bits (one SEAL context each, T = prod t_j >= 2^179). An
-  entry x of A @ B (entries < 2^64, inner dimension k) is below k 2^128; the peer adds R uniform
-  in [0, 2^178), so the decryptor learns x + R < T over the integers (statistical distance to R
-  alone at most 2^-(50 - ceil(log2 k)) per entry, at least 2^-MASK_SIGMA: k <= 1024) and takes
-  it mod 2^64; the peer's share is -R mod 2^64.
+* One plaintext modulus t = 2^59 (SEAL's largest power of two; it needs no batching), the
+  products split at the low 5 bits: A = a + 2^5 A', B = b + 2^5 B' (a, b centered in [-16, 16)),
+  A B = a b + 2^5 (A' B + a B') mod 2^64. The bracket is needed only mod 2^59 (2^5 2^59 = 2^64):
+  one output ciphertext, masked by R1 uniform mod t, exactly. a b (|a b| <= 256 per term) is
+  small: a second output, its entries shifted to [0, 496 k] and masked by R2 uniform in
+  [0, t - 496 k - 1], so the decryptor learns a b + 240 k + R2 < t over the integers (statistical
+  distance to R2 alone below 2^-(50 - ceil(log2 k)) per entry; plan() keeps it within
+  2^-MASK_SIGMA: k up to 1,057).
+  Two encrypted operands (A', a) and two outputs per block where the 60-bit CRT took three and
+  three: a third less of SEAL's encryption, output and decryption work, and bytes.
 * Packing (coefficient encoding, Cheetah): a block A[i, j] (m_w x k_w) is the polynomial
   sum A[i, j] X^(i k_w n_w + j), a block B[j, l] (k_w x n_w) is sum B[j, l] X^(l k_w + k_w - 1 - j);
   with m_w k_w n_w <= N their product holds (A B)[i, l] at X^(i k_w n_w + l k_w + k_w - 1), and
@@ -22,8 +26,9 @@ peer multiplies by its plaintext B, adds a mask and noise, and sends the result 
   B's blocks, then is an RLWE sample of the peer's, pseudorandom). Every coefficient other
   than the products' holds sums A[i, j] B[j', l] (j != j') and is masked uniformly mod t.
 * Parameters: N = 8192, coefficient modulus 218 bits (the HE standard's bound for 128-bit
-  security with a ternary secret at N = 8192; SEAL checks it, sec_level TC128); products whose
-  noise bound does not fit raise UnsupportedTuple (the caller falls back to Gilboa).
+  security with a ternary secret at N = 8192; SEAL checks it, sec_level TC128), t = 2^59 (t
+  does not enter the security level); products whose noise bound does not fit raise
+  UnsupportedTuple (the caller falls back to Gilboa).
 * Wire: ciphertexts and public keys in SEAL's own serialization (zstd-compressed, checked on
   load by SEAL: sizes, parameters, every coefficient below its modulus); a message is an int64
   header (exchange, item count, byte count), the items' lengths, then the bytes.
@@ -52,8 +57,14 @@ N = 8192
 # 218 bits; the last is SEAL's special prime: no key switching here, only public-key encryption
 # runs at that level and is divided down
 COEFF_BITS = [50, 50, 50, 50, 18]
-PLAIN_BITS, PLAIN_PRIMES = 60, 3
-MASK_SIGMA = 40  # at least, per entry (a product's is what T leaves: 41 for k = 512, 45 for k = 32)
+PLAIN_BITS = 59  # t = 2^59
+LOW_BITS = 5  # the split A = a + 2^LOW_BITS A' (a centered)
+HALF_LOW = 1 << (LOW_BITS - 1)
+# a b's terms lie in [-(HALF_LOW - 1) HALF_LOW, HALF_LOW^2]: a sum of k of them, shifted by
+# LOW_SHIFT k, in [0, LOW_SPAN k]
+LOW_SHIFT, LOW_SPAN = (HALF_LOW - 1) * HALF_LOW, (2 * HALF_LOW - 1) * HALF_LOW
+OUTPUTS = 2  # output ciphertexts per block: A' B + a B' mod t, and a b
+MASK_SIGMA = 40  # at least, per entry of a b (what t leaves: 41 for k = 512, 45 for k = 32)
 FLOOD_SIGMA = 41  # F >= 2^41 N V: statistical distance N V / (2F) <= 2^-42 per ciphertext
 # a fresh encryption's noise: SEAL's public-key encryption leaves -e u + e1 + e2 s before its
 # division by the special prime, each term's coefficients at most N 6 sigma (sigma 3.2): < 2^19
@@ -90,7 +101,7 @@ class Blocking:
         return -(-self.m // self.m_w), -(-self.k // self.k_w), -(-self.n // self.n_w)
 
     def cost(self) -> int:
-        """Bytes each party sends for one prime: seeded inputs, full outputs."""
+        """Bytes each party sends for one of a product's two parts: seeded inputs, full outputs."""
         mb, kb, nb = self.blocks
         return mb * kb * SEEDED_BYTES + mb * nb * CIPHERTEXT_BYTES
 
@@ -145,18 +156,6 @@ def _polynomial(positions: np.ndarray, values: np.ndarray) -> str:
     return " + ".join(f"{v:X}x^{e}" if e else f"{v:X}" for e, v in terms) or "0"
 
 
-def uniform_integers(count: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` integers uniform in [0, 2^bits) as Python ints (an object array), and their
-    low 64 bits (uint64): whole words from the CSPRNG, the top one cut to the bits left."""
-    width = -(-bits // 64)
-    words = np.frombuffer(secrets.token_bytes(8 * width * count), np.uint64).reshape(count, width).copy()
-    words[:, -1] &= np.uint64((1 << (bits - 64 * (width - 1))) - 1)
-    total = np.zeros(count, dtype=object)
-    for i in range(width):
-        total = total + (words[:, i].astype(object) << (64 * i))
-    return total, words[:, 0].copy()
-
-
 @contextlib.contextmanager
 def _scratch_file() -> Iterator[str]:
     """A fresh file in memory (/dev/shm where there is one), removed right after use: a party
@@ -169,18 +168,25 @@ def _scratch_file() -> Iterator[str]:
         os.unlink(path)
 
 
-class _Prime:
-    """One plaintext prime's SEAL context with this party's keys and the peer's public key."""
+def split_low(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``words`` (uint64) as (low, high): low centered in [-HALF_LOW, HALF_LOW) (int64), high =
+    (words - low) / 2^LOW_BITS (uint64, below 2^59): words = low + 2^LOW_BITS high mod 2^64."""
+    low = ((words + np.uint64(HALF_LOW)) & np.uint64(2 * HALF_LOW - 1)).astype(np.int64) - HALF_LOW
+    return low, (words - low.astype(np.uint64)) >> np.uint64(LOW_BITS)
 
-    def __init__(self, plain: Any) -> None:
+
+class _Keys:
+    """The SEAL context (t = 2^59) with this party's keys and the peer's public key."""
+
+    def __init__(self) -> None:
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
         parms.set_poly_modulus_degree(N)
         parms.set_coeff_modulus(seal.CoeffModulus.Create(N, COEFF_BITS))
-        parms.set_plain_modulus(plain)
+        parms.set_plain_modulus(seal.Modulus(1 << PLAIN_BITS))
         self.context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
         if self.context.parameters_error_name() != "success":
             raise RuntimeError(f"SEAL refuses the HE parameters: {self.context.parameters_error_message()}")
-        self.t = plain.value()
+        self.t = 1 << PLAIN_BITS
         self.q = [modulus.value() for modulus in self.context.first_context_data().parms().coeff_modulus()]
         keys = seal.KeyGenerator(self.context)
         self.public_key = seal.PublicKey()
@@ -190,21 +196,22 @@ class _Prime:
         self.evaluator = seal.Evaluator(self.context)
         self.peer_encryptor: Any = None
 
+    def reduced(self, values: np.ndarray) -> np.ndarray:
+        """Integers (int64 or uint64) as plaintext coefficients mod t (uint64)."""
+        return values.astype(np.uint64) & np.uint64(self.t - 1)
+
 
 class HeMatmul:
     """Shares of A0 @ B1 + A1 @ B0 (uint64 matrices; party i holds A_i, B_i) from BFV."""
 
     def __init__(self, comm: Any, peer: int) -> None:
         self.comm, self.peer, self.exchanges = comm, peer, 0
-        self.primes = [_Prime(plain) for plain in seal.PlainModulus.Batching(N, [PLAIN_BITS] * PLAIN_PRIMES)]
-        self.T = math.prod(prime.t for prime in self.primes)
-        self.mask_bits = self.T.bit_length() - 2  # R < 2^r: x + R < 2^(r + 1) <= T for x < 2^r
+        self.bfv = _Keys()
         self.every = np.arange(N)
         self.header = self._seal_header()
-        peer_keys = self._swap([self._save(p.public_key) for p in self.primes], len(self.primes), "public keys")
-        for prime, data in zip(self.primes, peer_keys):
-            key = self._load(seal.PublicKey(), prime.context, data, "public key")
-            prime.peer_encryptor = seal.Encryptor(prime.context, key)
+        (data,) = self._swap([self._save(self.bfv.public_key)], 1, "public key")
+        self.bfv.peer_encryptor = seal.Encryptor(self.bfv.context, self._load(seal.PublicKey(), self.bfv.context,
+                                                                              data, "public key"))
 
     # -- SEAL objects as bytes (SEAL reads and writes files only, through this binding) --------
     def _save(self, obj: Any) -> bytes:
@@ -225,7 +232,7 @@ class HeMatmul:
 
     def _seal_header(self) -> bytes:
         """The first 8 bytes of SEAL's header (magic, size, version) with compression 'none'."""
-        head = bytearray(self._save(self.primes[0].public_key)[:8])
+        head = bytearray(self._save(self.bfv.public_key)[:8])
         head[5] = 0
         return bytes(head)
 
@@ -236,30 +243,31 @@ class HeMatmul:
         """A SEAL DynArray of uint64 words, uncompressed."""
         return self._serialized(np.uint64(words.size).tobytes() + words.tobytes())
 
-    def _plaintext(self, prime: _Prime, positions: np.ndarray, values: np.ndarray) -> Any:
+    def _plaintext(self, positions: np.ndarray, values: np.ndarray) -> Any:
         """The plaintext with ``values`` (< t) at ``positions``, 0 elsewhere, written in SEAL's
         uncompressed format and loaded (SEAL checks every coefficient is below t); a sparse one
         (a B block: k_w n_w terms) in SEAL's polynomial syntax, parsed with no file (a sixth of
-        the time; only this party's own values, reduced mod t, take this way)."""
+        the time; only this party's own values, reduced mod t, take this way). The written one
+        stops at its highest position (a B block's k_w n_w, not N: a third of the time)."""
         if len(positions) <= SPARSE_TERMS:
             return seal.Plaintext(_polynomial(positions, values))
-        coefficients = np.zeros(N, np.uint64)
+        coefficients = np.zeros(int(positions.max()) + 1 if len(positions) else 0, np.uint64)
         coefficients[positions] = values
-        body = bytes(32) + np.uint64(N).tobytes() + np.float64(1.0).tobytes() + self._words(coefficients)
-        return self._load(seal.Plaintext(), prime.context, self._serialized(body), "plaintext")
+        body = bytes(32) + np.uint64(coefficients.size).tobytes() + np.float64(1.0).tobytes() + self._words(coefficients)
+        return self._load(seal.Plaintext(), self.bfv.context, self._serialized(body), "plaintext")
 
-    def _flood(self, prime: _Prime, bound_bits: int) -> Any:
+    def _flood(self, bound_bits: int) -> Any:
         """A ciphertext (E, 0), E uniform in [-2^(b-1), 2^(b-1)): added, it adds E to the noise
         (this binding gives no other way into c0)."""
         chunks = uniform_chunks(N, bound_bits)
         half = 1 << (bound_bits - 1)
-        moduli = np.array(prime.q, np.uint64)[:, None]
-        shift = np.array([q - half % q for q in prime.q], np.uint64)[:, None]  # -2^(b-1) mod q
-        c0 = (chunk_residues(chunks, prime.q) + shift) % moduli
-        parms_id = np.array(prime.context.first_parms_id(), np.uint64).tobytes()
-        fields = np.array([2, N, len(prime.q)], np.uint64).tobytes() + np.float64(1.0).tobytes() + np.uint64(1).tobytes()
+        moduli = np.array(self.bfv.q, np.uint64)[:, None]
+        shift = np.array([q - half % q for q in self.bfv.q], np.uint64)[:, None]  # -2^(b-1) mod q
+        c0 = (chunk_residues(chunks, self.bfv.q) + shift) % moduli
+        parms_id = np.array(self.bfv.context.first_parms_id(), np.uint64).tobytes()
+        fields = np.array([2, N, len(self.bfv.q)], np.uint64).tobytes() + np.float64(1.0).tobytes() + np.uint64(1).tobytes()
         body = parms_id + b"\x00" + fields + self._words(np.concatenate([c0.reshape(-1), np.zeros(c0.size, np.uint64)]))
-        return self._load(seal.Ciphertext(), prime.context, self._serialized(body), "flooding term")
+        return self._load(seal.Ciphertext(), self.bfv.context, self._serialized(body), "flooding term")
 
     # -- messages ------------------------------------------------------------------------------
     def _swap(self, items: list[bytes], expected: int, what: str) -> list[bytes]:
@@ -304,20 +312,20 @@ class HeMatmul:
     def plan(self, m: int, k: int, n: int) -> Blocking:
         """The blocking of an (m x k) @ (k x n) product; UnsupportedTuple if it does not fit."""
         shape = blocking(m, k, n)
-        if self.mask_bits - 128 - max(k - 1, 1).bit_length() < MASK_SIGMA:
-            raise UnsupportedTuple(f"HE matmul triples' inner dimension {k} is beyond their CRT range")
-        if 4 * max(p.t for p in self.primes) * self._noise(shape)[1] >= min(math.prod(p.q) for p in self.primes):
+        if (LOW_SPAN * k + 1) << MASK_SIGMA > self.bfv.t - LOW_SPAN * k:
+            raise UnsupportedTuple(f"HE matmul triples' inner dimension {k} is beyond their mask range")
+        if 4 * self.bfv.t * self._noise(shape)[1] >= math.prod(self.bfv.q):
             raise UnsupportedTuple(f"HE matmul noise for {m}x{k}x{n} exceeds the parameters")
         return shape
 
     def bytes_sent(self, shape: Blocking) -> int:
         """About the bytes each party sends for one product of ``shape``."""
-        return PLAIN_PRIMES * shape.cost()
+        return OUTPUTS * shape.cost()
 
     def _noise(self, shape: Blocking) -> tuple[int, int]:
-        """(flooding bits b, a bound on the decrypted noise) for a product of ``shape``."""
-        t = max(p.t for p in self.primes)
-        product_noise = shape.blocks[1] * shape.k_w * shape.n_w * (t // 2 + 1) * (OPERAND_NOISE + 1)
+        """(flooding bits b, a bound on the decrypted noise) for a product of ``shape``: the
+        A' B + a B' output's (2 kb products of k_w n_w terms, |B| <= t/2), above a b's."""
+        product_noise = 2 * shape.blocks[1] * shape.k_w * shape.n_w * (self.bfv.t // 2 + 1) * (OPERAND_NOISE + 1)
         bits = (N * product_noise).bit_length() + FLOOD_SIGMA + 1
         return bits, product_noise + (1 << (bits - 1)) + FRESH_NOISE
 
@@ -350,72 +358,113 @@ class HeMatmul:
         return out
 
     def _encrypt(self, a: np.ndarray, shape: Blocking) -> list[bytes]:
-        """My A's blocks, per prime, as serialized ciphertexts (prime-major, then (mb, kb))."""
+        """My A's blocks as serialized ciphertexts: A''s (mb, kb) blocks, then a's."""
         mb, kb, _ = shape.blocks
         padded = np.zeros((mb * shape.m_w, kb * shape.k_w), np.uint64)
         padded[:shape.m, :shape.k] = a
-        blocks = padded.reshape(mb, shape.m_w, kb, shape.k_w).transpose(0, 2, 1, 3).reshape(mb * kb, -1)
+        low, high = split_low(padded)
         i, j = np.meshgrid(np.arange(shape.m_w), np.arange(shape.k_w), indexing="ij")
         positions = (i * shape.k_w * shape.n_w + j).reshape(-1)
+        blocks = [self._blocks(self.bfv.reduced(part), shape.m_w, shape.k_w) for part in (high, low)]
         # under my secret key: SEAL then sends c1 as the seed it expands from (half the bytes)
-        return [self._save(prime.encryptor.encrypt_symmetric(self._plaintext(prime, positions, block)))
-                for prime in self.primes for block in blocks % np.uint64(prime.t)]
+        return [self._save(self.bfv.encryptor.encrypt_symmetric(self._plaintext(positions, block)))
+                for part in blocks for block in part]
+
+    @staticmethod
+    def _blocks(matrix: np.ndarray, rows: int, columns: int) -> np.ndarray:
+        """A padded matrix's (rows x columns) blocks, row-major, each flattened."""
+        across = matrix.shape[1] // columns
+        return matrix.reshape(-1, rows, across, columns).transpose(0, 2, 1, 3).reshape(-1, rows * columns)
 
     def _targets(self, shape: Blocking) -> np.ndarray:
         """The coefficient of output entry (i, l) of a block: i k_w n_w + l k_w + k_w - 1."""
         i, l = np.meshgrid(np.arange(shape.m_w), np.arange(shape.n_w), indexing="ij")
         return (i * shape.k_w * shape.n_w + l * shape.k_w + shape.k_w - 1).reshape(-1)
 
+    def _operands(self, items: list[bytes]) -> list[Any]:
+        """The peer's encrypted operands, checked and in NTT form."""
+        bfv, parms_id, inputs = self.bfv, self.bfv.context.first_parms_id(), []
+        for data in items:
+            ciphertext = self._load(seal.Ciphertext(), bfv.context, data, "encrypted operand")
+            if ciphertext.size() != 2 or ciphertext.is_ntt_form() or ciphertext.parms_id() != parms_id:
+                raise HeError(f"HE peer party {self.peer} sent an encrypted operand of the wrong form")
+            bfv.evaluator.transform_to_ntt_inplace(ciphertext)
+            inputs.append(ciphertext)
+        return inputs
+
     def _multiply(self, items: list[bytes], b: np.ndarray, shape: Blocking) -> tuple[list[bytes], np.ndarray]:
-        """The peer's encrypted A times my B, masked and flooded; my share (-R) of its product."""
+        """The peer's encrypted A', a times my B, B', b, masked and flooded; my share of its
+        product: -(2^5 R1 + R2 + LOW_SHIFT k)."""
         mb, kb, nb = shape.blocks
         padded = np.zeros((kb * shape.k_w, nb * shape.n_w), np.uint64)
         padded[:shape.k, :shape.n] = b
-        b_blocks = padded.reshape(kb, shape.k_w, nb, shape.n_w).transpose(0, 2, 1, 3).reshape(kb, nb, -1)
+        low, high = split_low(padded)
         j, l = np.meshgrid(np.arange(shape.k_w), np.arange(shape.n_w), indexing="ij")
         b_positions = (l * shape.k_w + shape.k_w - 1 - j).reshape(-1)
-        targets = self._targets(shape)
-        mask, mask_low = uniform_integers(mb * nb * len(targets), self.mask_bits)
-        flood_bits = self._noise(shape)[0]
-        replies = []
-        for index, prime in enumerate(self.primes):
-            ev, parms_id = prime.evaluator, prime.context.first_parms_id()
-            inputs = []
-            for data in items[index * mb * kb:(index + 1) * mb * kb]:
-                ciphertext = self._load(seal.Ciphertext(), prime.context, data, "encrypted operand")
-                if ciphertext.size() != 2 or ciphertext.is_ntt_form() or ciphertext.parms_id() != parms_id:
-                    raise HeError(f"HE peer party {self.peer} sent an encrypted operand of the wrong form")
-                ev.transform_to_ntt_inplace(ciphertext)
-                inputs.append(ciphertext)
-            plains = [[self._ntt_plain(prime, self._plaintext(prime, b_positions, b_blocks[x, y] % np.uint64(prime.t)))
-                       for y in range(nb)] for x in range(kb)]
-            masks = (mask % prime.t).astype(np.uint64).reshape(mb * nb, -1)
+        # B mod t, B', b as (kb, nb, k_w n_w) blocks
+        parts = [self._blocks(self.bfv.reduced(part), shape.k_w, shape.n_w).reshape(kb, nb, -1)
+                 for part in (padded, high, low)]
+        inputs = self._operands(items)
+        high_in, low_in = inputs[:mb * kb], inputs[mb * kb:]
+        targets, flood_bits = self._targets(shape), self._noise(shape)[0]
+        span = self.bfv.t - LOW_SPAN * shape.k  # R2 below this: a b + shift + R2 < t
+        wide, narrow = np.zeros((2, mb * nb, len(targets)), np.uint64)
+        replies: list[bytes] = [b""] * (2 * mb * nb)  # the A' B + a B' outputs, then the a b ones
+        for column in range(nb):
+            # one column's plaintexts in NTT form at a time (each 256 KB), used by every row
+            plains = [[self._ntt_plain(self._plaintext(b_positions, part[x, column])) for x in range(kb)]
+                      for part in parts]
             for row in range(mb):
-                for column in range(nb):
-                    total = None
-                    for x in range(kb):
-                        product = seal.Ciphertext()
-                        ev.multiply_plain(inputs[row * kb + x], plains[x][column], product)
-                        if total is None:
-                            total = product
-                        else:
-                            ev.add_inplace(total, product)
-                    ev.transform_from_ntt_inplace(total)
-                    # the other coefficients hold sums of A[i, j] B[j', l] (j != j'): masked uniformly
-                    # mod t (exactly); the targets by R mod t
-                    values = _uniform_below(N, prime.t)
-                    values[targets] = masks[row * nb + column]
-                    ev.add_plain_inplace(total, self._plaintext(prime, self.every, values))
-                    ev.add_inplace(total, self._flood(prime, flood_bits))
-                    fresh = seal.Ciphertext()
-                    prime.peer_encryptor.encrypt_zero(fresh)
-                    ev.add_inplace(total, fresh)
-                    replies.append(self._save(total))
-        share = np.uint64(0) - mask_low
+                block = row * nb + column
+                # the other coefficients hold sums of A[i, j] B[j', l] (j != j'): masked uniformly
+                # mod t (exactly); the targets by R1 mod t
+                values = _uniform_below(N, self.bfv.t)
+                wide[block] = values[targets]
+                pairs = [(high_in[row * kb + x], plains[0][x]) for x in range(kb)] + \
+                        [(low_in[row * kb + x], plains[1][x]) for x in range(kb)]
+                replies[block] = self._masked(self._sum(pairs), values, flood_bits)
+                values = _uniform_below(N, self.bfv.t)
+                narrow[block] = _uniform_below(len(targets), span)
+                values[targets] = narrow[block] + np.uint64(LOW_SHIFT * shape.k)
+                pairs = [(low_in[row * kb + x], plains[2][x]) for x in range(kb)]
+                replies[mb * nb + block] = self._masked(self._sum(pairs), values, flood_bits)
+        share = np.uint64(0) - (wide << np.uint64(LOW_BITS)) - narrow - np.uint64(LOW_SHIFT * shape.k)
         return replies, self._gather(share.reshape(mb, nb, shape.m_w, shape.n_w), shape)
 
-    def _ntt_plain(self, prime: _Prime, plain: Any) -> Any:
-        prime.evaluator.transform_to_ntt_inplace(plain, prime.context.first_parms_id())
+    def _sum(self, pairs: list[tuple[Any, Any]]) -> Any:
+        """The sum of ciphertext times plaintext over ``pairs`` (NTT form), back in coefficients;
+        zero plaintexts (SEAL refuses their transparent products) add nothing, and with none
+        left the sum is a fresh encryption of zero."""
+        ev, total = self.bfv.evaluator, None
+        for ciphertext, plain in pairs:
+            if plain.is_zero():
+                continue
+            product = seal.Ciphertext()
+            ev.multiply_plain(ciphertext, plain, product)
+            if total is None:
+                total = product
+            else:
+                ev.add_inplace(total, product)
+        if total is None:
+            total = seal.Ciphertext()
+            self.bfv.peer_encryptor.encrypt_zero(total)
+            return total
+        ev.transform_from_ntt_inplace(total)
+        return total
+
+    def _masked(self, total: Any, values: np.ndarray, flood_bits: int) -> bytes:
+        """``total`` plus the plaintext ``values``, a flooding term and a fresh encryption of
+        zero under the peer's key, serialized."""
+        ev = self.bfv.evaluator
+        ev.add_plain_inplace(total, self._plaintext(self.every, values))
+        ev.add_inplace(total, self._flood(flood_bits))
+        fresh = seal.Ciphertext()
+        self.bfv.peer_encryptor.encrypt_zero(fresh)
+        ev.add_inplace(total, fresh)
+        return self._save(total)
+
+    def _ntt_plain(self, plain: Any) -> Any:
+        self.bfv.evaluator.transform_to_ntt_inplace(plain, self.bfv.context.first_parms_id())
         return plain
 
     def _gather(self, blocks: np.ndarray, shape: Blocking) -> np.ndarray:
@@ -424,24 +473,19 @@ class HeMatmul:
         return blocks.transpose(0, 2, 1, 3).reshape(mb * shape.m_w, nb * shape.n_w)[:shape.m, :shape.n].copy()
 
     def _decrypt(self, items: list[bytes], shape: Blocking) -> np.ndarray:
-        """My A times the peer's B plus its mask, from the peer's ciphertexts: CRT, then mod 2^64."""
+        """My A times the peer's B plus its masks, from the peer's ciphertexts: 2^5 y1 + y2 mod 2^64."""
         mb, _, nb = shape.blocks
         targets = [int(e) for e in self._targets(shape)]
-        last = max(targets)
-        per_prime = mb * nb
-        residues = np.zeros((len(self.primes), per_prime, len(targets)), dtype=object)
-        for index, prime in enumerate(self.primes):
-            first = prime.context.first_parms_id()
-            for block, data in enumerate(items[index * per_prime:(index + 1) * per_prime]):
-                ciphertext = self._load(seal.Ciphertext(), prime.context, data, "masked product")
-                if ciphertext.size() != 2 or ciphertext.is_ntt_form() or ciphertext.parms_id() != first:
-                    raise HeError(f"HE peer party {self.peer} sent a masked product of the wrong form")
-                plain = seal.Plaintext()
-                prime.decryptor.decrypt(ciphertext, plain)
-                count = plain.coeff_count()  # SEAL drops zero coefficients at the top
-                residues[index, block] = list(map(plain.data, targets)) if last < count else \
-                    [plain.data(e) if e < count else 0 for e in targets]
-        value = sum(residues[j] * ((self.T // p.t) * pow(self.T // p.t, -1, p.t)) for j, p in enumerate(self.primes))
-        low = (value % self.T) % (1 << 64)
-        words = np.array(low.reshape(-1).tolist(), dtype=np.uint64)
+        last, first = max(targets), self.bfv.context.first_parms_id()
+        values = np.zeros((OUTPUTS, mb * nb, len(targets)), np.uint64)
+        for index, data in enumerate(items):
+            ciphertext = self._load(seal.Ciphertext(), self.bfv.context, data, "masked product")
+            if ciphertext.size() != 2 or ciphertext.is_ntt_form() or ciphertext.parms_id() != first:
+                raise HeError(f"HE peer party {self.peer} sent a masked product of the wrong form")
+            plain = seal.Plaintext()
+            self.bfv.decryptor.decrypt(ciphertext, plain)
+            count = plain.coeff_count()  # SEAL drops zero coefficients at the top
+            values[divmod(index, mb * nb)] = list(map(plain.data, targets)) if last < count else \
+                [plain.data(e) if e < count else 0 for e in targets]
+        words = (values[0] << np.uint64(LOW_BITS)) + values[1]
         return self._gather(words.reshape(mb, nb, shape.m_w, shape.n_w), shape)

@@ -22,9 +22,9 @@ from protocols.registry import register_part
 GILBOA_BYTES = 260  # per m k n, each way (protocols.ot)
 # BFV takes a product when it sends under half Gilboa's bytes: it costs more CPU per byte saved
 HE_SAVING = 2
-# ... and has at least this many m k n: BFV costs ~0.1 CPU s per party for even one block per
-# prime, Gilboa ~0.4 us per m k n (W6's 512 x 64 x 1 products: 0.09-0.13 s against 0.014 s,
-# for 4.2 MB sent against 8.6), so below 2^18 Gilboa's CPU saved outweighs its bytes
+# ... and has at least this many m k n: BFV costs ~0.08 CPU s per party for even one block per
+# part, Gilboa ~0.4 us per m k n (W6's 512 x 64 x 1 products: 0.075-0.09 s against 0.014 s,
+# for 2.8 MB sent against 8.6), so below 2^18 Gilboa's CPU saved outweighs its bytes
 HE_MIN_PRODUCT = 1 << 18
 
 

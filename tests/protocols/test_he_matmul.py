@@ -40,6 +40,23 @@ def test_cross_products_are_exact_in_the_ring():
         assert np.array_equal(z0 + z1, value), shape
 
 
+def test_small_and_zero_operands_are_exact():
+    """Operands whose high parts are zero (entries below 16: SEAL refuses a zero plaintext's
+    product, so those terms are left out) and all-zero ones, beside a full-range product."""
+    def party(rank, comm):
+        engine = HeMatmul(comm, 1 - rank)
+        small = np.arange(6 * 5, dtype=np.uint64).reshape(6, 5) % np.uint64(16)
+        zeros = np.zeros((5, 3), np.uint64)
+        return engine.cross([(small, small.T.copy()), (small, zeros), (_words((6, 5), rank), zeros + np.uint64(rank))])
+
+    (mine, theirs) = run_pair(party)
+    small = np.arange(30, dtype=np.uint64).reshape(6, 5) % np.uint64(16)
+    exact = [2 * matmul_u64(small, small.T.copy()), np.zeros((6, 3), np.uint64),
+             matmul_u64(_words((6, 5), 0), np.ones((5, 3), np.uint64))]
+    for z0, z1, value in zip(mine, theirs, exact):
+        assert np.array_equal(z0 + z1, value)
+
+
 def test_shares_are_masked():
     """Neither share alone is the cross product (each party's is offset by a 64-bit mask)."""
     (mine, theirs), exact = _cross([(8, 16, 8)])
@@ -54,31 +71,35 @@ def test_every_coefficient_the_decryptor_sees_is_masked():
     def party(rank, comm):
         engine = HeMatmul(comm, 1 - rank)
         blocks = engine.plan(*shape)
-        (mb, kb, nb), primes = blocks.blocks, len(engine.primes)
+        (mb, kb, nb), parts = blocks.blocks, 2  # A' B + a B' and a b
         if rank == 1:  # multiplies party 0's ones by its ones, masks, returns
-            theirs = engine._swap([], primes * mb * kb, "operands")
+            theirs = engine._swap([], parts * mb * kb, "operands")
             engine._swap(engine._multiply(theirs, np.ones(shape[1:], np.uint64), blocks)[0], 0, "products")
             return None
         engine._swap(engine._encrypt(np.ones(shape[:2], np.uint64), blocks), 0, "operands")
-        answers = engine._swap([], primes * mb * nb, "products")
-        prime = engine.primes[0]
-        ciphertext = engine._load(tenseal.sealapi.Ciphertext(), prime.context, answers[0], "product")
-        plain = tenseal.sealapi.Plaintext()
-        prime.decryptor.decrypt(ciphertext, plain)
-        return np.array([plain.data(e) if e < plain.coeff_count() else 0 for e in range(8192)], dtype=object)
+        answers = engine._swap([], parts * mb * nb, "products")
+        decrypted = []
+        for data in (answers[0], answers[mb * nb]):  # each part's first block
+            ciphertext = engine._load(tenseal.sealapi.Ciphertext(), engine.bfv.context, data, "product")
+            plain = tenseal.sealapi.Plaintext()
+            engine.bfv.decryptor.decrypt(ciphertext, plain)
+            decrypted.append(np.array([plain.data(e) if e < plain.coeff_count() else 0 for e in range(8192)], dtype=object))
+        return decrypted
 
-    coefficients, _ = run_pair(party)
-    small = np.mean([int(c) < 1 << 20 for c in coefficients])
-    assert small < 0.001 and len(set(coefficients.tolist())) > 8000
+    parts, _ = run_pair(party)
+    for coefficients in parts:  # small counts, or 2^59 - 1 for A' = -1 / 32 mod 2^59, would show
+        near = np.mean([min(int(c), 2**59 - int(c)) < 1 << 20 for c in coefficients])
+        assert near < 0.001 and len(set(coefficients.tolist())) > 8000
 
 
-def test_an_inner_dimension_beyond_the_crt_range_is_unsupported():
+def test_an_inner_dimension_beyond_the_mask_range_is_unsupported():
     from protocols.parts import UnsupportedTuple
 
     def party(rank, comm):
         engine = HeMatmul(comm, 1 - rank)
-        with pytest.raises(UnsupportedTuple, match="CRT range"):
-            engine.plan(4, 1025, 4)
+        engine.plan(4, 1024, 4)  # W6-sized and larger inner dimensions fit
+        with pytest.raises(UnsupportedTuple, match="mask range"):
+            engine.plan(4, 1100, 4)
         return True
 
     assert run_pair(party) == (True, True)
@@ -162,7 +183,7 @@ def test_triples_between_two_party_processes():
 
 
 @pytest.mark.parametrize("positions, values", [
-    ([5, 0, 8191, 17], [3, 1, 2**59 + 7, 0]),  # a zero term, the constant and the top term
+    ([5, 0, 8191, 17], [3, 1, 2**58 + 7, 0]),  # a zero term, the constant and the top term
     ([0], [0]),  # no term at all
     (list(range(0, 8192, 128)), None),  # 64 terms: the most the polynomial syntax takes
 ], ids=["mixed", "zero", "full-width"])
@@ -173,29 +194,31 @@ def test_sparse_plaintexts_are_the_written_ones(positions, values):
 
     def party(rank, comm):
         engine = HeMatmul(comm, 1 - rank)
-        prime = engine.primes[0]
-        chosen = values if values is not None else [prime.t - 1 - i for i in range(len(positions))]
+        chosen = values if values is not None else [engine.bfv.t - 1 - i for i in range(len(positions))]
         where, what = np.array(positions), np.array(chosen, np.uint64)
-        sparse = engine._plaintext(prime, where, what)
+        sparse = engine._plaintext(where, what)
         coefficients = np.zeros(8192, np.uint64)
         coefficients[where] = what
         body = bytes(32) + np.uint64(8192).tobytes() + np.float64(1.0).tobytes() + engine._words(coefficients)
-        written = engine._load(tenseal.sealapi.Plaintext(), prime.context, engine._serialized(body), "plaintext")
+        written = engine._load(tenseal.sealapi.Plaintext(), engine.bfv.context, engine._serialized(body), "plaintext")
         read = lambda plain: [plain.data(e) if e < plain.coeff_count() else 0 for e in range(8192)]  # noqa: E731
         return len(positions) <= he_matmul.SPARSE_TERMS and read(sparse) == read(written) == coefficients.tolist()
 
     assert run_pair(party) == (True, True)
 
 
-def test_masks_are_uniform_integers_with_their_low_words():
-    from protocols.he_matmul import uniform_integers
+def test_words_split_at_their_low_bits():
+    """Every word is low + 32 high mod 2^64 with low centered in [-16, 16) and high below 2^59,
+    at the edges (0, 15, 16, -16, -17, -1) and for random words; every low value occurs."""
+    from protocols.he_matmul import split_low
 
-    values, low = uniform_integers(4000, 178)
-    assert all(0 <= int(v) < 1 << 178 for v in values)
-    assert [int(v) & (2**64 - 1) for v in values] == low.tolist()
-    assert max(int(v) for v in values) >= 1 << 176  # the top word's bits are drawn, not zero
-    tops = np.array([int(v) >> 128 for v in values], dtype=np.float64) / 2**50
-    assert 0.45 < tops.mean() < 0.55
+    words = np.concatenate([np.array([0, 15, 16, 17, 31, 32, 2**64 - 16, 2**64 - 17, 2**64 - 1], np.uint64),
+                            _words(5000, 3)])
+    low, high = split_low(words)
+    assert low.dtype == np.int64 and high.dtype == np.uint64
+    assert [(int(w) - int(x) - 32 * int(h)) % 2**64 for w, x, h in zip(words, low, high)] == [0] * len(words)
+    assert low.min() == -16 and low.max() == 15 and len(set(low.tolist())) == 32 and int(high.max()) < 2**59
+    assert low[:9].tolist() == [0, 15, -16, -15, -1, 0, -16, 15, -1]
 
 
 def test_bfv_starts_at_the_first_product_it_takes():
