@@ -328,6 +328,10 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
         def square(self, size, device=None):
             return tuple(self._get(("square", freeze(size)), device))
 
+        def expect_operations(self, operations: Sequence[tuple]) -> None:
+            """The operations that come next (:meth:`KeyedTripleSource.expect_operations`)."""
+            source.expect_operations(operations)
+
         def generate_binary_triple(self, size0, size1, device=None):
             return tuple(self._get(("binary", freeze(size0), freeze(size1)), device))
 
@@ -351,6 +355,28 @@ class KeyedTripleSource(TripleSource):
 
     def expect(self, keys: Sequence[tuple]) -> None:
         self.prefetcher.expect(keys)
+
+    def expect_operations(self, operations: Sequence[tuple]) -> None:
+        """The hint of :meth:`expect` in terms of operations, for code that knows the run of
+        operations it is about to do but not the tuples the session's parts ask for them:
+        ``("relu", size)``, ``("mul", size)`` (an elementwise product of two sharings of
+        ``size``), ``("square", size)`` and ``("divide", size, divisor)``. Their tuples are
+        announced as one run, so the first time it runs they come in one request."""
+        parts = self.suite.parts if self.suite is not None else {}
+        relu = getattr(parts.get("comparison"), "relu_tuples_for", None)
+        divide = getattr(parts.get("truncation"), "division_tuples", None)
+        keys: list[tuple] = []
+        for operation, size, *divisor in operations:
+            size = freeze(size)
+            if operation == "relu":
+                keys += relu(size) if relu is not None else ()
+            elif operation in ("mul", "square"):
+                keys.append(triple_key("mul", size, size, {}) if operation == "mul" else ("square", size))
+            elif operation == "divide":
+                keys += divide(size, *divisor) if divide is not None else ()
+            else:
+                raise ValueError(f"unknown operation {operation!r} announced")
+        self.expect(keys)
 
     def take_late(self) -> None:
         """Receive the shares owed to tuples already handed out (none by default)."""

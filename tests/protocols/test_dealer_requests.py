@@ -300,3 +300,73 @@ def test_a_repeated_step_asks_the_real_dealer_once(truncation):
     step = relu + 2
     assert served["sizes"] == [relu, 2, 2, relu, step, step]
     assert served["requests"] == 6 and served["answers"] == 9
+    # a second copy is made only where asked for: a request's items are guessed to come
+    # again only once two requests in a row asked for them (x x's, after which the ReLU came:
+    # the one guess dropped), not after every request asked for twice (three dropped before)
+    assert served["dropped_ahead"] == 1
+
+
+def _residual_twice(crypten, rank):
+    """The loss gradient's residual on raw shares, twice, opened, with every tuple key the
+    party fetched (recorded around the real prefetcher)."""
+    from mpc.training import weighted_sigmoid_residual
+    from protocols.tuples import Prefetcher
+
+    x = crypten.cryptensor(torch.linspace(-9, 9, 24).reshape(12, 2), src=0)
+    weights = crypten.cryptensor(torch.full((12, 2), 3.0), src=0)
+    labels = crypten.cryptensor((torch.arange(24) % 2).float().reshape(12, 2), src=0)
+    fetched, fetch = [], Prefetcher.fetch
+
+    def recorded(self, key):
+        fetched.append(key)
+        return fetch(self, key)
+
+    Prefetcher.fetch = recorded
+    try:
+        residuals = [weighted_sigmoid_residual(x, weights, labels).get_plain_text() for _ in range(2)]
+    finally:
+        Prefetcher.fetch = fetch
+    return residuals, fetched
+
+
+def _recording_dealer(transport, parties):
+    """The real dealer's serving loop; its maker records each request's keys."""
+    from parties.dealer import serve_tuples
+
+    requests: list[list[tuple]] = []
+
+    class RecordingMaker(SemiHonestMaker):
+        def validate(self, items):
+            keys = super().validate(items)
+            requests.append(keys)
+            return keys
+
+    return {**serve_tuples(transport, parties, RecordingMaker(parties)), "keys": requests}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("truncation", ["topbits", "pairs"])
+def test_the_loss_gradient_announces_its_tuples_in_one_request(truncation):
+    """The residual (ReLU, products, divisions by 2^21, 2^36 and the scale) says what it will
+    do before it starts, so its first run asks the dealer once, for exactly the tuples it
+    then fetches (and for them again ahead: the second run finds them waiting and asks
+    ahead for a third, without waiting), not once per operation; and both runs are within
+    the residual's bound of plaintext."""
+    from mpc.tolerance import ULP
+    from mpc.training import SIGMOID_FACTOR_BOUND, SIGMOID_MAX_ERROR
+
+    protocol = ProtocolConfig(name="dealer", triple_source="dealer", comparison="packed", truncation=truncation)
+    collected = run_parties(_residual_twice, protocol, parties=2, dealer_fn=_recording_dealer, timeout_s=300)
+    plain = torch.linspace(-9, 9, 24).reshape(12, 2).double()
+    exact = 3 * (torch.sigmoid(plain) - (torch.arange(24) % 2).double().reshape(12, 2))
+    bound = 3 * SIGMOID_MAX_ERROR + (SIGMOID_FACTOR_BOUND + 2) * ULP
+    for residuals, fetched in party_values(collected, 2):
+        for residual in residuals:
+            assert (residual.double() - exact).abs().max() <= bound
+        one_run = fetched[: len(fetched) // 2]
+        assert fetched == one_run * 2
+    status, served = collected[2]
+    assert status == "ok"
+    first, ahead = served["keys"]
+    assert collections.Counter(first) == collections.Counter(one_run) and ahead == first
+    assert served["answers"] == 3
