@@ -370,3 +370,39 @@ def test_the_loss_gradient_announces_its_tuples_in_one_request(truncation):
     first, ahead = served["keys"]
     assert collections.Counter(first) == collections.Counter(one_run) and ahead == first
     assert served["answers"] == 3
+
+
+def test_the_step_after_an_epochs_first_is_a_period_again():
+    """W5's epoch: a per-epoch tuple (the rows' scales), steps, then the held-out evaluation.
+    In epoch 2 a step's span runs over the epoch's end (unlike the span before it), so its
+    batch is made at a miss but not asked ahead; the span after it is like the one before
+    last, a period again: it is asked for twice at once, and epoch 2 waits for one step's
+    batch, not two (before, it was made and waited for again before being asked ahead)."""
+    maker, events, answers = SemiHonestMaker(2), [], []
+
+    def ask(keys, again):
+        events.append(("ask twice" if again else "ask", len(keys)))
+        answers.extend(expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2) for _ in range(1 + again))
+
+    def collect(keys):
+        events.append(("collect", len(keys)))
+        return answers.pop(0)
+
+    def produce(keys):
+        events.append(("wait", len(keys)))
+        return expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2)
+
+    prefetcher = Prefetcher(produce, ask=ask, collect=collect)
+    evaluation = [("triple", "matmul", (6, 8), (8, 1), ()), ("wrapbit", (6, 1))]
+    scale, step = ("wrapbit", (16, 1)), _training_step(2)
+    waited = []
+    for _ in range(2):
+        start = len(events)
+        for key in [scale] + step * 8:
+            assert len(prefetcher.fetch(key)) == len(tuple_layout(key))
+        # a step's batch waited for: made at a miss, or asked for twice (its first answer waited)
+        waited.append([kind for kind, size in events[start:] if kind in ("wait", "ask twice") and size == len(step)])
+        prefetcher.expect(evaluation)
+        for key in evaluation:
+            prefetcher.fetch(key)
+    assert waited[1] == ["ask twice"]
