@@ -58,8 +58,10 @@ def test_a_repeated_step_costs_one_request_once_its_keys_are_known(announce, fir
         assert batches[0] == list(comparison_tuples((2, 8)))
 
 
-def test_a_learnt_step_is_asked_for_one_step_ahead_and_collected_at_the_next_miss():
-    maker, events, asked = SemiHonestMaker(2), [], []
+def _asking_prefetcher(events: list[tuple[str, int]]) -> Prefetcher:
+    """A Prefetcher over party 0's answers from the semi-honest dealer, asked ahead
+    (``ask``/``collect``), recording each request, collection and batch made at a miss."""
+    maker, asked = SemiHonestMaker(2), []
 
     def ask(keys, again):
         events.append(("ask twice" if again else "ask", len(keys)))
@@ -74,7 +76,12 @@ def test_a_learnt_step_is_asked_for_one_step_ahead_and_collected_at_the_next_mis
         events.append(("produce", len(keys)))
         return expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2)
 
-    prefetcher = Prefetcher(produce, ask=ask, collect=collect)
+    return Prefetcher(produce, ask=ask, collect=collect)
+
+
+def test_a_learnt_step_is_asked_for_one_step_ahead_and_collected_at_the_next_miss():
+    events = []
+    prefetcher = _asking_prefetcher(events)
     steps = [_step(prefetcher, announce=True) for _ in range(5)]
     step = len(steps[0])
     # step 1 is traced, every batch it makes asked for twice in one request (the second answer
@@ -378,21 +385,8 @@ def test_the_step_after_an_epochs_first_is_a_period_again():
     batch is made at a miss but not asked ahead; the span after it is like the one before
     last, a period again: it is asked for twice at once, and epoch 2 waits for one step's
     batch, not two (before, it was made and waited for again before being asked ahead)."""
-    maker, events, answers = SemiHonestMaker(2), [], []
-
-    def ask(keys, again):
-        events.append(("ask twice" if again else "ask", len(keys)))
-        answers.extend(expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2) for _ in range(1 + again))
-
-    def collect(keys):
-        events.append(("collect", len(keys)))
-        return answers.pop(0)
-
-    def produce(keys):
-        events.append(("wait", len(keys)))
-        return expand(keys, maker.seeds[0], maker.deal(keys)[0], 0, 2)
-
-    prefetcher = Prefetcher(produce, ask=ask, collect=collect)
+    events = []
+    prefetcher = _asking_prefetcher(events)
     evaluation = [("triple", "matmul", (6, 8), (8, 1), ()), ("wrapbit", (6, 1))]
     scale, step = ("wrapbit", (16, 1)), _training_step(2)
     waited = []
@@ -401,7 +395,7 @@ def test_the_step_after_an_epochs_first_is_a_period_again():
         for key in [scale] + step * 8:
             assert len(prefetcher.fetch(key)) == len(tuple_layout(key))
         # a step's batch waited for: made at a miss, or asked for twice (its first answer waited)
-        waited.append([kind for kind, size in events[start:] if kind in ("wait", "ask twice") and size == len(step)])
+        waited.append([kind for kind, size in events[start:] if kind in ("produce", "ask twice") and size == len(step)])
         prefetcher.expect(evaluation)
         for key in evaluation:
             prefetcher.fetch(key)
