@@ -14,7 +14,7 @@ tuples are drawn in the same order, with the object path's rounds and bytes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -46,6 +46,14 @@ class ShareOps:
         self.leader = crypten.communicator.get().get_rank() == 0
         self._arithmetic = arithmetic
         self._shared = arithmetic.ArithmeticSharedTensor
+
+    def expect(self, operations: Sequence[tuple]) -> None:
+        """Tell the triple source which products, divisions and ReLUs come next, in order, where
+        it takes such a hint (a dealer's source: their tuples in one request the first time,
+        not one request per operation; ``protocols.tuples.KeyedTripleSource.expect_operations``)."""
+        announce = getattr(self.crypten.mpc.get_default_provider(), "expect_operations", None)
+        if announce is not None:
+            announce(operations)
 
     def share(self, x: Any) -> torch.Tensor:
         return x._tensor.share

@@ -245,15 +245,28 @@ def _residual_on_shares(ops: share_ops.ShareOps, logits: Any, weights: Any, targ
     checks both against plaintext, and that their rounds and bytes are equal)."""
     scale_bits = SIGMOID_SCALE.bit_length() - 1
     x, w, y = ops.share(logits), ops.share(weights), ops.share(targets)
+    shift = ops.bits + 2 * scale_bits - 1
+    ops.expect(_residual_operations(tuple(x.size()), ops.scale, 2**shift))
     outside = ops.relu(torch.stack([ops.plus(x, -SIGMOID_CLIP), ops.plus(-x, -SIGMOID_CLIP)]))
     c = x - outside[0] + outside[1]
     raw = ops.product(torch.stack([c, w, w]), torch.stack([c, c, ops.plus(-y, 0.5)]), y_scaled=False)
     fractional = ops.bits
-    shift = fractional + 2 * scale_bits - 1
     parts = ops.divide(torch.stack([raw[0], raw[1] * 2 ** (shift - fractional - scale_bits),
                                     raw[2] * 2 ** (shift - fractional)]), 2**shift)
     g = _odd_factor_on_shares(ops, ops.plus(parts[0], -1))
     return ops.tensor(ops.product(parts[1], g) + parts[2])
+
+
+def _residual_operations(size: tuple[int, ...], scale: int, divisor: int) -> list[tuple]:
+    """The products, divisions and ReLUs of :func:`_residual_on_shares` on logits of ``size``,
+    in its order (its first divisor ``divisor``), announced before it starts: the first step
+    asks the dealer for their tuples in one request, not nine (tests/test_sigmoid.py checks
+    the list against the tuples the function asks for)."""
+    two, three = (2, *size), (3, *size)
+    return [("relu", two), ("mul", three), ("divide", three, divisor),  # clip, then c^2, w c, w (1/2 - y)
+            ("square", size), ("divide", size, scale), ("mul", two),  # _odd_factor_on_shares: s^2, then s s2, s2^2
+            ("divide", three, scale * 2**SIGMOID_WEIGHT_BITS), ("mul", size), ("divide", size, scale),
+            ("mul", size), ("divide", size, scale)]  # w t g
 
 
 def _odd_factor_on_shares(ops: share_ops.ShareOps, s: torch.Tensor) -> torch.Tensor:

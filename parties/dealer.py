@@ -177,7 +177,7 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
     wire = DealerEnd(transport, parties)
     wire.hello(maker.kind, maker.greeting())
     served = {"requests": 0, "answers": 0, "late_parts": 0, "tuples": 0, "elements": 0, "made_ahead": 0,
-              "inline_dealing_s": 0.0}
+              "dropped_ahead": 0, "inline_dealing_s": 0.0}
     ahead, previous = AnswerAhead(maker), None
     log.info("%s dealer serving %d parties", maker.kind, parties)
     try:
@@ -188,11 +188,17 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
                 wire.refuse(f"a malformed request: {error}")
                 raise DealerError(f"a party sent a malformed request: {error}") from None
             served["requests"] += 1
+            # a request that repeats the one before is a step that repeats: its next copy is
+            # guessed (made ahead); the second copy of a request asked for twice is no such sign
+            # (the parties' first step asks so for each of its runs, rarely the same twice)
+            repeated, previous = items == previous, items
             for copy in range(1 + wire.again):  # a request for its items twice: as if asked for twice
                 if copy and ahead.items != items:  # the second is collected later: made like a guess
                     ahead.start(items)
+                guessed = ahead.items
                 made = ahead.take(items, needed=not copy)
                 served["made_ahead"] += made is not None
+                served["dropped_ahead"] += guessed is not None and made is None
                 start = time.perf_counter()
                 first, make_late = answer_in_parts(maker, items) if made is None else made
                 dealing = time.perf_counter() - start
@@ -207,9 +213,8 @@ def serve_tuples(transport: Any, parties: int, maker: TupleMaker) -> dict:
                 served["answers"] += 1
                 served["tuples"] += len(items)
                 served["elements"] += sum(int(buffer.numel()) for buffer in first + (late or []))
-                if items == previous:
-                    ahead.start(items)
-                previous = items
+            if repeated:
+                ahead.start(items)
     finally:
         ahead.close()  # an answer still being made ahead is dropped
     served["bytes_sent"] = wire.bytes_sent

@@ -263,6 +263,10 @@ class PackedComparison(ProtocolPart):
         self._by_fours = source.deals_carry4()
         self._crypten = crypten
 
+    def relu_tuples_for(self, size: tuple[int, ...]) -> tuple[tuple, ...]:
+        """The tuples a ReLU of ``size`` asks the source for (none where ReLU is not this part's)."""
+        return relu_tuples(size, self._by_fours) if self.suite.parts["triple_source"].deals_relu_masks() else ()
+
     def _products4(self, comm: Any, device: Any) -> Products4 | None:
         """The tree's four-group joins from the source's carry4 tuples (None: it deals none)."""
         if not self._by_fours:

@@ -25,8 +25,8 @@ same everywhere). A party keeps a buffer of tuples; on a miss, all parties compu
 prediction of what comes next (the keys that followed this key the last time it was asked
 for, i.e. the rest of a training step) and ask the dealer for that whole batch, which
 answers each party with one message. While the first step is traced, a product asks for its
-triple with its truncation's tuple and a packed comparison for all of its tuples at once
-(``Prefetcher.expect``). From the second repetition of a step on, the dealer
+triple with its truncation's tuple, a packed comparison for all of its tuples and the loss
+gradient for all of its operations' at once (``Prefetcher.expect``). From the second repetition of a step on, the dealer
 makes the next step's answer in the background while the parties compute, and the parties
 ask for it as soon as the current step's answer has come (``Prefetcher``'s ``ask``), so it
 normally arrives before it is needed: no wait for the dealer on a step's path.

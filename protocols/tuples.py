@@ -171,9 +171,10 @@ class Prefetcher:
     (:func:`worth_guessing`: no matrix products or convolutions, whose triples cost the
     source far more); a key's buffered tuples are dropped once ``lookahead`` keys have been
     fetched since they came (memory stays bounded when keys do not repeat). A span between two
-    uses of a context unlike the span before it (an epoch's first step, whose span holds the
+    uses of a context unlike both spans before it (an epoch's first step, whose span holds the
     last step and the held-out evaluation) is made but not asked for again ahead: it is no
-    period that repeats at once, and its copy would wait an epoch (the last never used).
+    period that repeats at once, and its copy would wait an epoch (the last never used). The
+    step after it is a period again (its span is the one before last) and is asked ahead.
     """
 
     def __init__(self, produce: Callable[[list[tuple]], list[list[torch.Tensor]]],
@@ -188,7 +189,7 @@ class Prefetcher:
         self.buffer: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         self.history: list[tuple] = []
         self.last_seen: dict[tuple, int] = {}
-        self.period: dict[tuple, int | None] = {}  # context -> fetches between its last two uses
+        self.period: dict[tuple, tuple[int, ...]] = {}  # context -> fetches between its last uses (two spans)
         self.batches = 0
         self.stored_at: dict[tuple, int] = {}  # key -> len(history) when its tuples last came
 
@@ -197,16 +198,19 @@ class Prefetcher:
         position = len(self.history)
         context = self._context(key)
         previous = self.last_seen.get(context)
-        period, self.period[context] = self.period.get(context), None if previous is None else position - previous
+        spans = self.period.get(context, ())
+        if previous is not None:
+            self.period[context] = (*spans, position - previous)[-2:]
         self.history.append(key)
         self.last_seen[context] = position
         if not self.buffer[key]:
             collected = self.take_asked()
             predicted = self.history[previous:position][: self.lookahead] if previous is not None else None
-            # a span unlike the last between two uses of this context (an epoch's first step:
-            # the last step, the evaluation and this step so far) is no period that repeats at
-            # once: its tuples are made, but not asked for again ahead (they would wait an epoch)
-            repeating = predicted if predicted and period in (None, position - previous) else None
+            # a span unlike both before it between two uses of this context (an epoch's first
+            # step: the last step, the evaluation and this step so far) is no period that repeats
+            # at once: its tuples are made, but not asked for again ahead (they would wait an
+            # epoch); the step after it, like the span before last, is a period again
+            repeating = predicted if predicted and (not spans or position - previous in spans) else None
             made = None
             if not self.buffer[key]:
                 made = predicted or [key]
@@ -328,6 +332,10 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
         def square(self, size, device=None):
             return tuple(self._get(("square", freeze(size)), device))
 
+        def expect_operations(self, operations: Sequence[tuple]) -> None:
+            """The operations that come next (:meth:`KeyedTripleSource.expect_operations`)."""
+            source.expect_operations(operations)
+
         def generate_binary_triple(self, size0, size1, device=None):
             return tuple(self._get(("binary", freeze(size0), freeze(size1)), device))
 
@@ -351,6 +359,28 @@ class KeyedTripleSource(TripleSource):
 
     def expect(self, keys: Sequence[tuple]) -> None:
         self.prefetcher.expect(keys)
+
+    def expect_operations(self, operations: Sequence[tuple]) -> None:
+        """The hint of :meth:`expect` in terms of operations, for code that knows the run of
+        operations it is about to do but not the tuples the session's parts ask for them:
+        ``("relu", size)``, ``("mul", size)`` (an elementwise product of two sharings of
+        ``size``), ``("square", size)`` and ``("divide", size, divisor)``. Their tuples are
+        announced as one run, so the first time it runs they come in one request."""
+        parts = self.suite.parts if self.suite is not None else {}
+        relu = getattr(parts.get("comparison"), "relu_tuples_for", None)
+        divide = getattr(parts.get("truncation"), "division_tuples", None)
+        keys: list[tuple] = []
+        for operation, size, *divisor in operations:
+            size = freeze(size)
+            if operation == "relu":
+                keys += relu(size) if relu is not None else ()
+            elif operation in ("mul", "square"):
+                keys.append(triple_key("mul", size, size, {}) if operation == "mul" else ("square", size))
+            elif operation == "divide":
+                keys += divide(size, *divisor) if divide is not None else ()
+            else:
+                raise ValueError(f"unknown operation {operation!r} announced")
+        self.expect(keys)
 
     def take_late(self) -> None:
         """Receive the shares owed to tuples already handed out (none by default)."""
