@@ -53,28 +53,78 @@ def _pair_streams(crypten: Any) -> tuple[Any, Any, int]:
     return crypten.generators["next" if rank == 0 else "prev"][cpu], crypten.generators["local"][cpu], rank
 
 
+def _product_shape(op: str, size0: Any, size1: Any) -> tuple[int, ...] | None:
+    """The shape of ``op``'s product of a ``size0`` and a ``size1`` tensor, for the ops dealt
+    from the shared stream (None: another op or matmul shape, left to CrypTen's dealing)."""
+    size0, size1 = tuple(size0), tuple(size1)
+    if op == "mul":
+        return tuple(np.broadcast_shapes(size0, size1))  # torch's imports sympy
+    if op == "matmul" and len(size0) == len(size1) == 2 and size0[1] == size1[0]:
+        return (size0[0], size1[1])
+    return None
+
+
 def two_party_products(crypten: Any, base: type) -> type:
-    """CrypTen's trusted first party (``base``) dealing elementwise product triples for two
-    parties on the CPU from the stream they share: party 1's shares of a, b and c are its next
-    three draws, party 0 draws the same three and its own a0, b0, and takes
-    c0 = (a0 + a1)(b0 + b1) - c1, made in the draws' own memory. CrypTen's sharing draws two
-    zero-sharing masks for each of the three and copies each value on the way: fresh memory
-    that a million-element product pays for in page faults."""
+    """CrypTen's trusted first party (``base``) dealing product triples (elementwise and
+    two-dimensional matrix products), squares and binary AND triples for two parties on the
+    CPU from the stream they share: party 1's shares are its next draws from it, party 0
+    draws the same and its own shares of the factors, and takes the product's share as the
+    product of the sums less party 1's (c0 = (a0 + a1)(b0 + b1) - c1; XOR for AND triples),
+    made in the draws' own memory. CrypTen's sharing draws two zero-sharing masks for each
+    value and copies each value on the way (fresh memory that a million-element product pays
+    for in page faults), and party 1 computes the product too, only to drop it. Party 1's
+    shares are as uniform and as hidden from it as CrypTen's (party 0's own draws mask
+    them), and party 0 sees every tuple under either."""
     from crypten.mpc.primitives import ArithmeticSharedTensor as AST
+    from crypten.mpc.primitives import BinarySharedTensor as BST
+
+    def pair_streams(device: Any) -> tuple[Any, Any, int] | None:
+        """The streams for a two-party deal on ``device``; None where CrypTen's dealing applies."""
+        if device is not None and torch.device(device).type != "cpu":
+            return None
+        if crypten.communicator.get().get_world_size() != 2:
+            return None
+        return _pair_streams(crypten)
 
     class TwoPartyProducts(base):
         def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
-            cpu = device is None or torch.device(device).type == "cpu"
-            if op != "mul" or args or kwargs or not cpu or crypten.communicator.get().get_world_size() != 2:
+            shape = None if args or kwargs else _product_shape(op, size0, size1)
+            streams = None if shape is None else pair_streams(device)
+            if streams is None:
                 return super().generate_additive_triple(size0, size1, op, device, *args, **kwargs)
-            common, local, rank = _pair_streams(crypten)
-            a, b = common.ring(size0), common.ring(size1)
-            c = common.ring(np.broadcast_shapes(tuple(size0), tuple(size1)))  # torch's imports sympy
+            common, local, rank = streams
+            a, b, c = common.ring(size0), common.ring(size1), common.ring(shape)
             if rank == 0:
                 a0, b0 = local.ring(size0), local.ring(size1)
-                product = a.add_(a0).mul_(b.add_(b0)) if a.shape == c.shape else torch.mul(a.add_(a0), b.add_(b0))
+                if op == "mul" and a.shape == c.shape:
+                    product = a.add_(a0).mul_(b.add_(b0))
+                else:
+                    product = getattr(torch, op)(a.add_(a0), b.add_(b0))
                 a, b, c = a0, b0, product.sub_(c)
             return tuple(AST.from_shares(share, precision=0) for share in (a, b, c))
+
+        def square(self, size, device=None):
+            streams = pair_streams(device)
+            if streams is None:
+                return super().square(size, device)
+            common, local, rank = streams
+            r, r2 = common.ring(size), common.ring(size)
+            if rank == 0:
+                r0 = local.ring(size)
+                r, r2 = r0, r.add_(r0).square_().sub_(r2)
+            return AST.from_shares(r, precision=0), AST.from_shares(r2, precision=0)
+
+        def generate_binary_triple(self, size0, size1, device=None):
+            streams = pair_streams(device)
+            if streams is None:
+                return super().generate_binary_triple(size0, size1, device)
+            common, local, rank = streams
+            a, b = common.ring(size0), common.ring(size1)
+            c = common.ring(np.broadcast_shapes(tuple(size0), tuple(size1)))
+            if rank == 0:
+                a0, b0 = local.ring(size0), local.ring(size1)
+                a, b, c = a0, b0, torch.bitwise_and(a.bitwise_xor_(a0), b.bitwise_xor_(b0)).bitwise_xor_(c)
+            return tuple(BST.from_shares(share) for share in (a, b, c))
 
     return TwoPartyProducts
 
