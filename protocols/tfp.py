@@ -8,8 +8,9 @@ CrypTen scatters those); the part counts requests, tuple elements and any traffi
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -165,19 +166,43 @@ class TrustedFirstParty(TripleSource):
         words = mpc.BinarySharedTensor(torch.stack([-r, pair_products(-r)]), src=0)
         return mpc.ArithmeticSharedTensor(r, precision=0, src=0), words[0], words[1]
 
+    def _shares(self, make: Callable[[], torch.Tensor], shape: tuple[int, ...], binary: bool,
+                device: Any) -> torch.Tensor:
+        """This party's share of the tensor ``make()`` (of ``shape``) that party 0 deals. Two
+        parties on the CPU: party 1's shares are the next draws from the stream it shares with
+        party 0, party 0's the values less them (XOR for a binary sharing), and only party 0
+        calls ``make``. Otherwise CrypTen's sharing from party 0 (two zero-sharing masks)."""
+        mpc = self._crypten.mpc.primitives
+        cpu = device is None or torch.device(device).type == "cpu"
+        if not cpu or self._crypten.communicator.get().get_world_size() != 2:
+            values = make()
+            return plain((mpc.BinarySharedTensor(values, src=0) if binary
+                          else mpc.ArithmeticSharedTensor(values, precision=0, src=0)).share)
+        common, _, rank = _pair_streams(self._crypten)
+        drawn = common.ring(shape)
+        if rank != 0:
+            return drawn
+        values = make()  # a fresh stack: its memory becomes the share
+        return values.bitwise_xor_(drawn) if binary else values.sub_(drawn)
+
     def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
         from crypten.common.rng import generate_kbit_random_tensor, generate_random_ring_element
 
         self.counters.calls += 1
         self.counters.tuples += 8 * int(torch.Size(size).numel())
-        r, a = plain(generate_random_ring_element((2, *size), device=device))
-        u = plain(generate_kbit_random_tensor(size, bitlength=1, device=device))
-        values = relu_mask_values(r, a, u)
-        values[0], values[6] = r, a
-        mpc = self._crypten.mpc.primitives
-        arithmetic = plain(mpc.ArithmeticSharedTensor(torch.stack([values[i] for i in (0, 3, 5, 6, 7)]), precision=0,
-                                                      src=0).share)
-        binary = plain(mpc.BinarySharedTensor(torch.stack([values[i] for i in (1, 2, 4)]), src=0).share)
+
+        @functools.cache
+        def values() -> list[torch.Tensor]:
+            r, a = plain(generate_random_ring_element((2, *size), device=device))
+            u = plain(generate_kbit_random_tensor(size, bitlength=1, device=device))
+            values = relu_mask_values(r, a, u)
+            values[0], values[6] = r, a
+            return values
+
+        size = tuple(size)
+        arithmetic = self._shares(lambda: torch.stack([values()[i] for i in (0, 3, 5, 6, 7)]), (5, *size), False,
+                                  device)
+        binary = self._shares(lambda: torch.stack([values()[i] for i in (1, 2, 4)]), (3, *size), True, device)
         return [arithmetic[0], binary[0], binary[1], arithmetic[1], binary[2], arithmetic[2], arithmetic[3], arithmetic[4]]
 
     def carry4_tuple(self, size: Any, device: Any = None) -> list[torch.Tensor]:
@@ -185,8 +210,12 @@ class TrustedFirstParty(TripleSource):
 
         self.counters.calls += 1
         self.counters.tuples += carry4.COMPONENTS * int(torch.Size(size).numel())
-        values = carry4.carry4_stack(plain(generate_random_ring_element((carry4.INPUTS, *size), device=device)))
-        return list(plain(self._crypten.mpc.primitives.BinarySharedTensor(values, src=0).share).unbind(0))
+        size = tuple(size)
+
+        def values() -> torch.Tensor:
+            return carry4.carry4_stack(plain(generate_random_ring_element((carry4.INPUTS, *size), device=device)))
+
+        return list(self._shares(values, (carry4.COMPONENTS, *size), True, device).unbind(0))
 
     def wrap_bit_tuple(self, size: Any, device: Any = None, bits: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """Party 1's word and its share of the AND from the stream it shares with party 0,

@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 
 from protocols import ProtocolConfig
-from protocols.tfp import _product_shape
+from protocols.carry4 import COMPONENTS, INPUTS, carry4_stack
+from protocols.comparison import relu_mask_values
+from protocols.tfp import TrustedFirstParty, _product_shape
 from protocol_sessions import party_values, run_parties
 
 TFP = ProtocolConfig(name="tfp", triple_source="tfp")
@@ -40,6 +42,34 @@ def _tuples(crypten, rank):
     provider.generate_additive_triple(torch.Size((3, 2)), torch.Size((2, 5)), "matmul")
     out["stream bytes"] = common.stream.bytes_drawn - position
     return out
+
+
+def _masks(crypten, rank):
+    """A ReLU mask and a carry4 tuple from the source, opened (arithmetic components summed,
+    binary ones XOR-ed): their components against those made from their opened r, a, u and
+    masks."""
+    from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
+
+    part = _part(crypten)
+    mask = part.relu_mask(torch.Size((4, 6)))
+    arithmetic = {i: ArithmeticSharedTensor.from_shares(mask[i], precision=0).reveal() for i in (0, 3, 5, 6, 7)}
+    binary = {i: BinarySharedTensor.from_shares(mask[i]).reveal() for i in (1, 2, 4)}
+    r, a, u = arithmetic[0], arithmetic[6], arithmetic[3]
+    expected = relu_mask_values(r, a, u)
+    relu_exact = (all(torch.equal(arithmetic[i], expected[i]) for i in (3, 5, 7))
+                  and all(torch.equal(binary[i], expected[i]) for i in (1, 2, 4)) and bool(((u == 0) | (u == 1)).all()))
+    shares = part.carry4_tuple(torch.Size((3, 5)))
+    opened = torch.stack([BinarySharedTensor.from_shares(share).reveal() for share in shares])
+    return {"relu mask": relu_exact, "carry4 components": len(shares),
+            "carry4": torch.equal(opened, carry4_stack(opened[:INPUTS]))}
+
+
+def _part(crypten):
+    """A trusted first party part on the running session (its deals use the session's
+    generators and communicator; installing it again would add nothing these calls need)."""
+    part = TrustedFirstParty()
+    part._crypten = crypten
+    return part
 
 
 def _products(crypten, rank):
@@ -77,3 +107,8 @@ def test_fixed_point_products_match_plaintext():
         assert result["matmul"] <= (8 * 5 * 2 * 0.5 + 1) * ulp
         assert result["square"] <= (5 * 2 * 0.5 + 1) * ulp
         assert result["mul"] <= (5 * 2 * 0.5 + 1) * ulp
+
+
+def test_relu_masks_and_carry4_tuples_are_consistent():
+    for result in party_values(run_parties(_masks, TFP, parties=2), 2):
+        assert result["relu mask"] and result["carry4"] and result["carry4 components"] == COMPONENTS
