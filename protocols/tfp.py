@@ -190,16 +190,16 @@ class TrustedFirstParty(TripleSource):
 
         self.counters.calls += 1
         self.counters.tuples += 8 * int(torch.Size(size).numel())
+        size = tuple(size)
 
-        @functools.cache
+        @functools.cache  # made once for both stacks (by party 0 alone where it deals from the stream)
         def values() -> list[torch.Tensor]:
             r, a = plain(generate_random_ring_element((2, *size), device=device))
             u = plain(generate_kbit_random_tensor(size, bitlength=1, device=device))
-            values = relu_mask_values(r, a, u)
-            values[0], values[6] = r, a
-            return values
+            components = relu_mask_values(r, a, u)
+            components[0], components[6] = r, a
+            return components
 
-        size = tuple(size)
         arithmetic = self._shares(lambda: torch.stack([values()[i] for i in (0, 3, 5, 6, 7)]), (5, *size), False,
                                   device)
         binary = self._shares(lambda: torch.stack([values()[i] for i in (1, 2, 4)]), (3, *size), True, device)
