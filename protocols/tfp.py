@@ -225,7 +225,8 @@ class TrustedFirstParty(TripleSource):
         self.counters.tuples += 2 * int(torch.Size(size).numel())
         common, local, rank = _pair_streams(self._crypten)
         # both in one read (the same bytes as two): one per division, eight a W5 step
-        partner_word, and_share = common.ring((2, *size), device)
+        both = common.ring(torch.Size((2, *size)), device)  # a Size: ring's fast path
+        partner_word, and_share = both[0], both[1]  # indexed, not unpacked (Tensor.__iter__ is Python)
         if rank != 0:
             return partner_word, and_share
         own_word = local.ring(size, device)
