@@ -94,7 +94,7 @@ def two_party_products(crypten: Any, base: type) -> type:
             if streams is None:
                 return super().generate_additive_triple(size0, size1, op, device, *args, **kwargs)
             common, local, rank = streams
-            a, b, c = common.ring(size0), common.ring(size1), common.ring(shape)
+            a, b, c = common.ring(size0), common.ring(size1), common.ring(torch.Size(shape))
             if rank == 0:
                 a0, b0 = local.ring(size0), local.ring(size1)
                 if op == "mul" and a.shape == c.shape:
@@ -121,7 +121,7 @@ def two_party_products(crypten: Any, base: type) -> type:
                 return super().generate_binary_triple(size0, size1, device)
             common, local, rank = streams
             a, b = common.ring(size0), common.ring(size1)
-            c = common.ring(np.broadcast_shapes(tuple(size0), tuple(size1)))
+            c = common.ring(torch.Size(np.broadcast_shapes(tuple(size0), tuple(size1))))
             if rank == 0:
                 a0, b0 = local.ring(size0), local.ring(size1)
                 a, b, c = a0, b0, torch.bitwise_and(a.bitwise_xor_(a0), b.bitwise_xor_(b0)).bitwise_xor_(c)
@@ -179,7 +179,7 @@ class TrustedFirstParty(TripleSource):
             return plain((mpc.BinarySharedTensor(values, src=0) if binary
                           else mpc.ArithmeticSharedTensor(values, precision=0, src=0)).share)
         common, _, rank = _pair_streams(self._crypten)
-        drawn = common.ring(shape)
+        drawn = common.ring(torch.Size(shape))  # a Size: ring's fast path
         if rank != 0:
             return drawn
         values = make()  # a fresh stack: its memory becomes the share
