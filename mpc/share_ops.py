@@ -63,7 +63,7 @@ class ShareOps:
         and added by party 0 only."""
         if not self.leader:
             return share
-        return share + torch.tensor([self.scale * value], dtype=torch.long, device=share.device).squeeze()
+        return share + int(self.scale * value)  # int() truncates toward zero, as a cast to long
 
     def _sharing(self, share: torch.Tensor, scaled: bool) -> Any:
         return self._shared.from_shares(share, precision=self.bits if scaled else 0)

@@ -18,7 +18,10 @@ def is_wrapped(value: Any) -> bool:
 
 
 def plain(share: Any) -> torch.Tensor:
-    """The int64 tensor behind ``share`` (itself where it is one)."""
+    """The int64 tensor behind ``share`` (itself where it is one: the CPU's case, checked
+    first, as every protocol step asks this of several shares)."""
+    if type(share) is torch.Tensor:
+        return share
     return share.tensor() if is_wrapped(share) else share
 
 
@@ -33,6 +36,8 @@ def wrapped(tensor: torch.Tensor) -> Any:
 
 def wrapped_like(tensor: torch.Tensor, share: Any) -> Any:
     """``tensor`` in the form ``share`` has: wrapped where ``share`` is, plain otherwise."""
+    if type(share) is torch.Tensor:
+        return tensor
     return wrapped(tensor) if is_wrapped(share) and torch.is_tensor(tensor) else tensor
 
 

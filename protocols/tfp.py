@@ -8,8 +8,9 @@ CrypTen scatters those); the part counts requests, tuple elements and any traffi
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -53,28 +54,78 @@ def _pair_streams(crypten: Any) -> tuple[Any, Any, int]:
     return crypten.generators["next" if rank == 0 else "prev"][cpu], crypten.generators["local"][cpu], rank
 
 
+def _product_shape(op: str, size0: Any, size1: Any) -> tuple[int, ...] | None:
+    """The shape of ``op``'s product of a ``size0`` and a ``size1`` tensor, for the ops dealt
+    from the shared stream (None: another op or matmul shape, left to CrypTen's dealing)."""
+    size0, size1 = tuple(size0), tuple(size1)
+    if op == "mul":
+        return tuple(np.broadcast_shapes(size0, size1))  # torch's imports sympy
+    if op == "matmul" and len(size0) == len(size1) == 2 and size0[1] == size1[0]:
+        return (size0[0], size1[1])
+    return None
+
+
 def two_party_products(crypten: Any, base: type) -> type:
-    """CrypTen's trusted first party (``base``) dealing elementwise product triples for two
-    parties on the CPU from the stream they share: party 1's shares of a, b and c are its next
-    three draws, party 0 draws the same three and its own a0, b0, and takes
-    c0 = (a0 + a1)(b0 + b1) - c1, made in the draws' own memory. CrypTen's sharing draws two
-    zero-sharing masks for each of the three and copies each value on the way: fresh memory
-    that a million-element product pays for in page faults."""
+    """CrypTen's trusted first party (``base``) dealing product triples (elementwise and
+    two-dimensional matrix products), squares and binary AND triples for two parties on the
+    CPU from the stream they share: party 1's shares are its next draws from it, party 0
+    draws the same and its own shares of the factors, and takes the product's share as the
+    product of the sums less party 1's (c0 = (a0 + a1)(b0 + b1) - c1; XOR for AND triples),
+    made in the draws' own memory. CrypTen's sharing draws two zero-sharing masks for each
+    value and copies each value on the way (fresh memory that a million-element product pays
+    for in page faults), and party 1 computes the product too, only to drop it. Party 1's
+    shares are as uniform and as hidden from it as CrypTen's (party 0's own draws mask
+    them), and party 0 sees every tuple under either."""
     from crypten.mpc.primitives import ArithmeticSharedTensor as AST
+    from crypten.mpc.primitives import BinarySharedTensor as BST
+
+    def pair_streams(device: Any) -> tuple[Any, Any, int] | None:
+        """The streams for a two-party deal on ``device``; None where CrypTen's dealing applies."""
+        if device is not None and torch.device(device).type != "cpu":
+            return None
+        if crypten.communicator.get().get_world_size() != 2:
+            return None
+        return _pair_streams(crypten)
 
     class TwoPartyProducts(base):
         def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
-            cpu = device is None or torch.device(device).type == "cpu"
-            if op != "mul" or args or kwargs or not cpu or crypten.communicator.get().get_world_size() != 2:
+            shape = None if args or kwargs else _product_shape(op, size0, size1)
+            streams = None if shape is None else pair_streams(device)
+            if streams is None:
                 return super().generate_additive_triple(size0, size1, op, device, *args, **kwargs)
-            common, local, rank = _pair_streams(crypten)
-            a, b = common.ring(size0), common.ring(size1)
-            c = common.ring(np.broadcast_shapes(tuple(size0), tuple(size1)))  # torch's imports sympy
+            common, local, rank = streams
+            a, b, c = common.ring(size0), common.ring(size1), common.ring(torch.Size(shape))
             if rank == 0:
                 a0, b0 = local.ring(size0), local.ring(size1)
-                product = a.add_(a0).mul_(b.add_(b0)) if a.shape == c.shape else torch.mul(a.add_(a0), b.add_(b0))
+                if op == "mul" and a.shape == c.shape:
+                    product = a.add_(a0).mul_(b.add_(b0))
+                else:
+                    product = getattr(torch, op)(a.add_(a0), b.add_(b0))
                 a, b, c = a0, b0, product.sub_(c)
             return tuple(AST.from_shares(share, precision=0) for share in (a, b, c))
+
+        def square(self, size, device=None):
+            streams = pair_streams(device)
+            if streams is None:
+                return super().square(size, device)
+            common, local, rank = streams
+            r, r2 = common.ring(size), common.ring(size)
+            if rank == 0:
+                r0 = local.ring(size)
+                r, r2 = r0, r.add_(r0).square_().sub_(r2)
+            return AST.from_shares(r, precision=0), AST.from_shares(r2, precision=0)
+
+        def generate_binary_triple(self, size0, size1, device=None):
+            streams = pair_streams(device)
+            if streams is None:
+                return super().generate_binary_triple(size0, size1, device)
+            common, local, rank = streams
+            a, b = common.ring(size0), common.ring(size1)
+            c = common.ring(torch.Size(np.broadcast_shapes(tuple(size0), tuple(size1))))
+            if rank == 0:
+                a0, b0 = local.ring(size0), local.ring(size1)
+                a, b, c = a0, b0, torch.bitwise_and(a.bitwise_xor_(a0), b.bitwise_xor_(b0)).bitwise_xor_(c)
+            return tuple(BST.from_shares(share) for share in (a, b, c))
 
     return TwoPartyProducts
 
@@ -115,19 +166,43 @@ class TrustedFirstParty(TripleSource):
         words = mpc.BinarySharedTensor(torch.stack([-r, pair_products(-r)]), src=0)
         return mpc.ArithmeticSharedTensor(r, precision=0, src=0), words[0], words[1]
 
+    def _shares(self, make: Callable[[], torch.Tensor], shape: tuple[int, ...], binary: bool,
+                device: Any) -> torch.Tensor:
+        """This party's share of the tensor ``make()`` (of ``shape``) that party 0 deals. Two
+        parties on the CPU: party 1's shares are the next draws from the stream it shares with
+        party 0, party 0's the values less them (XOR for a binary sharing), and only party 0
+        calls ``make``. Otherwise CrypTen's sharing from party 0 (two zero-sharing masks)."""
+        mpc = self._crypten.mpc.primitives
+        cpu = device is None or torch.device(device).type == "cpu"
+        if not cpu or self._crypten.communicator.get().get_world_size() != 2:
+            values = make()
+            return plain((mpc.BinarySharedTensor(values, src=0) if binary
+                          else mpc.ArithmeticSharedTensor(values, precision=0, src=0)).share)
+        common, _, rank = _pair_streams(self._crypten)
+        drawn = common.ring(torch.Size(shape))  # a Size: ring's fast path
+        if rank != 0:
+            return drawn
+        values = make()  # a fresh stack: its memory becomes the share
+        return values.bitwise_xor_(drawn) if binary else values.sub_(drawn)
+
     def relu_mask(self, size: Any, device: Any = None) -> list[torch.Tensor]:
         from crypten.common.rng import generate_kbit_random_tensor, generate_random_ring_element
 
         self.counters.calls += 1
         self.counters.tuples += 8 * int(torch.Size(size).numel())
-        r, a = plain(generate_random_ring_element((2, *size), device=device))
-        u = plain(generate_kbit_random_tensor(size, bitlength=1, device=device))
-        values = relu_mask_values(r, a, u)
-        values[0], values[6] = r, a
-        mpc = self._crypten.mpc.primitives
-        arithmetic = plain(mpc.ArithmeticSharedTensor(torch.stack([values[i] for i in (0, 3, 5, 6, 7)]), precision=0,
-                                                      src=0).share)
-        binary = plain(mpc.BinarySharedTensor(torch.stack([values[i] for i in (1, 2, 4)]), src=0).share)
+        size = tuple(size)
+
+        @functools.cache  # made once for both stacks (by party 0 alone where it deals from the stream)
+        def values() -> list[torch.Tensor]:
+            r, a = plain(generate_random_ring_element((2, *size), device=device))
+            u = plain(generate_kbit_random_tensor(size, bitlength=1, device=device))
+            components = relu_mask_values(r, a, u)
+            components[0], components[6] = r, a
+            return components
+
+        arithmetic = self._shares(lambda: torch.stack([values()[i] for i in (0, 3, 5, 6, 7)]), (5, *size), False,
+                                  device)
+        binary = self._shares(lambda: torch.stack([values()[i] for i in (1, 2, 4)]), (3, *size), True, device)
         return [arithmetic[0], binary[0], binary[1], arithmetic[1], binary[2], arithmetic[2], arithmetic[3], arithmetic[4]]
 
     def carry4_tuple(self, size: Any, device: Any = None) -> list[torch.Tensor]:
@@ -135,8 +210,12 @@ class TrustedFirstParty(TripleSource):
 
         self.counters.calls += 1
         self.counters.tuples += carry4.COMPONENTS * int(torch.Size(size).numel())
-        values = carry4.carry4_stack(plain(generate_random_ring_element((carry4.INPUTS, *size), device=device)))
-        return list(plain(self._crypten.mpc.primitives.BinarySharedTensor(values, src=0).share).unbind(0))
+        size = tuple(size)
+
+        def values() -> torch.Tensor:
+            return carry4.carry4_stack(plain(generate_random_ring_element((carry4.INPUTS, *size), device=device)))
+
+        return list(self._shares(values, (carry4.COMPONENTS, *size), True, device).unbind(0))
 
     def wrap_bit_tuple(self, size: Any, device: Any = None, bits: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """Party 1's word and its share of the AND from the stream it shares with party 0,
@@ -145,11 +224,13 @@ class TrustedFirstParty(TripleSource):
         self.counters.calls += 1
         self.counters.tuples += 2 * int(torch.Size(size).numel())
         common, local, rank = _pair_streams(self._crypten)
-        partner_word, and_share = common.ring(size, device), common.ring(size, device)
+        # both in one read (the same bytes as two): one per division, eight a W5 step
+        both = common.ring(torch.Size((2, *size)), device)  # a Size: ring's fast path
+        partner_word, and_share = both[0], both[1]  # indexed, not unpacked (Tensor.__iter__ is Python)
         if rank != 0:
             return partner_word, and_share
         own_word = local.ring(size, device)
-        return own_word, and_share.neg_().add_((own_word < 0) & (partner_word < 0))
+        return own_word, and_share.neg_().add_((own_word & partner_word) < 0)  # both top bits set
 
     def describe(self) -> str:
         return "tfp (trusted first party, TESTING ONLY)"
