@@ -750,18 +750,29 @@ def triple_with_late_product(crypten: Any, size0: Any, size1: Any, op: str, devi
 def _elementwise_beaver(crypten: Any, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                         c: torch.Tensor) -> torch.Tensor:
     """This party's share of x y for shares of one shape, in as few fresh tensors as it can:
-    eps and delta opened as one stacked tensor (no copy to join them for the wire), and
-    c + eps (b + delta) + a delta accumulated into the triple's own c (dealt for this one
-    product), at party 0 (the rest: c + eps b + a delta)."""
-    masked = torch.empty((2, *x.shape), dtype=x.dtype, device=x.device)
+    eps and delta opened as one stacked tensor (no copy to join them for the wire), written
+    over a and b where the triple holds them as one block (it is dealt for this one product),
+    and c + eps (b + delta) + a delta accumulated into the triple's own c, at party 0 (the
+    rest: c + eps b + a delta), in one compiled pass (``protocols.beaver_kernels``)."""
+    from protocols import beaver_kernels
+
+    masked = _pair_over(a, b)
     torch.sub(x, a, out=masked[0])
     torch.sub(y, b, out=masked[1])
-    epsilon, delta = crypten.communicator.get().all_reduce(masked)
+    comm = crypten.communicator.get()
+    opened = comm.all_reduce(masked).contiguous()
     c = c if c.is_contiguous() else c.contiguous()
-    c.addcmul_(epsilon, b)
-    if crypten.communicator.get().get_rank() == 0:
-        c.addcmul_(epsilon, delta)
-    return c.addcmul_(a, delta)
+    return beaver_kernels.finish(x.contiguous(), y.contiguous(), masked, opened, c, comm.get_rank() == 0)
+
+
+def _pair_over(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(2, *a.shape) over a and b where b follows a in one storage (a triple drawn as one
+    block): the opening's buffer is then memory the triple already holds. Else a new one."""
+    if (a.shape == b.shape and a.is_contiguous() and b.is_contiguous()
+            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            and b.storage_offset() == a.storage_offset() + a.numel()):
+        return a.as_strided((2, *a.shape), (a.numel(), *a.stride()), a.storage_offset())
+    return torch.empty((2, *a.shape), dtype=a.dtype, device=a.device)
 
 
 def _beaver_share(crypten: Any, product: Callable, a: Any, b: Any, take_c: Callable[[], Any], epsilon: torch.Tensor,
@@ -785,6 +796,9 @@ def meter_online_tuple_use(crypten: Any, counters: PartCounters, before: Callabl
     They go through ``cfg.mpc.protocol`` (a namespace in arithmetic's globals) and the two
     hard-wired functions of ``beaver``.
     """
+    from protocols import beaver_kernels
+
+    beaver_kernels.warm_up()  # loaded now, not inside the first product
     m = _modules(crypten)
     products = {op: getattr(m.beaver, op) if op == "square" else _beaver_product(crypten, op, getattr(m.beaver, op))
                 for op in _BEAVER_OPS}
