@@ -3,13 +3,14 @@
 The rank comes from the argument, or from MPI's environment under ``mpirun``. The party
 sets up its system (plain CrypTen over its own communicator, or this project's transport +
 session + suite), runs the workloads named in the spec and writes ``rank<r>.json`` next to
-the spec: per workload and repeat, wall seconds, CPU seconds, bytes sent and rounds.
+the spec: per workload and repeat, wall seconds, CPU seconds, bytes sent, rounds and minor page faults.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 import traceback
@@ -93,6 +94,7 @@ def run_workloads(spec: dict, crypten: Any, ops: Any, meter: Any, barrier: Any, 
                 kinds0 = dict(rounds_by_kind or {})
                 if rounds is not None:
                     rounds.take()
+                faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # fresh pages touched
                 cpu0, start = time.process_time(), time.perf_counter()
                 if PROFILER is not None:
                     PROFILER.runcall(run)
@@ -102,7 +104,9 @@ def run_workloads(spec: dict, crypten: Any, ops: Any, meter: Any, barrier: Any, 
                     torch.cuda.synchronize()
                 wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
                 sent1, rounds1 = meter()
-                samples.append({"wall": wall, "cpu": cpu, "bytes": sent1 - sent0, "rounds": rounds1 - rounds0})
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+                samples.append({"wall": wall, "cpu": cpu, "bytes": sent1 - sent0, "rounds": rounds1 - rounds0,
+                                "faults": faults})
                 if rounds is not None:
                     samples[-1]["round_profile"] = rounds.take()
                 if rounds_by_kind is not None:

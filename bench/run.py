@@ -258,7 +258,8 @@ def run_together(launches: list[Launch], phase_timeout_s: float, deadline: float
 
 
 def combine(per_rank: dict[int, dict], parties: int, workload: str) -> dict:
-    """One cell from the parties' samples: wall = slowest party, CPU summed, bytes/rounds max."""
+    """One cell from the parties' samples: wall = slowest party, CPU and page faults summed,
+    bytes/rounds max."""
     entries = [per_rank[r]["results"].get(workload) for r in range(parties) if r in per_rank and "results" in per_rank[r]]
     if len(entries) < parties or any(e is None for e in entries):
         errors = [per_rank[r].get("error") for r in per_rank if per_rank[r].get("error")]
@@ -273,6 +274,8 @@ def combine(per_rank: dict[int, dict], parties: int, workload: str) -> dict:
     rounds = [max(e["samples"][i]["rounds"] for e in entries) for i in range(repeats)]
     cell = {"wall_s": statistics.median(walls), "walls": walls, "cpu_s": statistics.median(cpus),
             "bytes": statistics.median(sent), "rounds": statistics.median(rounds), "repeats": repeats}
+    if all("faults" in e["samples"][i] for e in entries for i in range(repeats)):  # summed, as the CPU
+        cell["faults"] = statistics.median(sum(e["samples"][i]["faults"] for e in entries) for i in range(repeats))
     aucs = [e.get("auc") for e in entries if e.get("auc") is not None]
     if aucs:
         cell["auc"] = aucs[0]
@@ -481,6 +484,8 @@ def table(results: dict) -> str:
                 note += f" (its plaintext {cell['plaintext_auc']:.4f})"
             if cell.get("note"):
                 note = f"{note}; {cell['note']}".strip("; ")
+            if "faults" in cell:  # the parties' minor page faults: fresh memory touched
+                note = f"{note}; {cell['faults'] / 1000:.1f}k faults".strip("; ")
             rows.append([
                 label, system, fmt(wall), fmt(cell["cpu_s"]), fmt(cell["bytes"] / 1e6) if system != PLAIN else "0",
                 str(int(cell["rounds"])), f"{wall / base:.2f}" if base else "-", f"{wall / plain:.0f}" if plain else "-",

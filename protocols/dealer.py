@@ -378,7 +378,13 @@ def expand(keys: Sequence[tuple], seed: bytes, answer: torch.Tensor, party: int,
     batch, offset = [], 1
     for key, components in zip(keys, _receipt(tuple(keys), party, parties)):
         shares: list[torch.Tensor | None] = []
+        if key[:2] == ("triple", "mul") and components[0] == components[1] and components[0][1] is None:
+            # an elementwise triple's a and b drawn as one block (the same words): the Beaver
+            # product opens them in place
+            shares.extend(stream.ring((2, *components[0][0])).unbind(0))
         for j, (shape, words) in enumerate(components):
+            if j < len(shares):
+                continue
             if words is None:
                 shares.append(stream.ring(shape))
             elif words is _LATE:

@@ -157,10 +157,13 @@ class CipherStream:
         rest = self._ahead[start:]
         need = nbytes - len(rest)
         ahead = min(READ_AHEAD_BYTES, 2 * (self.bytes_drawn - nbytes - self._start))
-        block = self._draw(max(need, ahead))
-        if len(block) == need and not len(rest):  # nothing left over to keep
+        if need >= ahead:  # nothing to keep: the cipher writes into the result, after what was left
+            out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
+            out[:len(rest)] = rest
+            self._encryptor.update_into(_zero_bytes(need), out[len(rest):])
             self._ahead, self._ahead_at = _NO_KEYSTREAM, 0
-            return block
+            return out[:nbytes]
+        block = self._draw(ahead)
         self._ahead, self._ahead_at = block, need
         return np.concatenate([rest, block[:need]])
 
@@ -236,6 +239,20 @@ class CipherGenerator(torch.Generator):
         if device is None or (type(device) is torch.device and device.type == "cpu"):
             return values
         return to_device(values, device)
+
+    def fill(self, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (contiguous CPU int64) overwritten with the elements ``ring(out.shape)`` would
+        return: a draw into memory the caller already holds, not a fresh 8 MB per million."""
+        count = out.numel()
+        if self.counters is not None:
+            self.counters.calls += 1
+            self.counters.tuples += count
+        words = out.view(-1).numpy().view(np.uint8)
+        head = max(0, 8 * count - 16)  # the cipher's write wants 15 bytes past its end: the rest by a read
+        if head:
+            self.stream.read_into(words, head)
+        words[head:] = self.stream.read(8 * count - head)
+        return out
 
     def bits(self, size: Any, bitlength: int, device: Any = None) -> torch.Tensor:
         """Uniform ``bitlength``-bit non-negative integers as int64."""

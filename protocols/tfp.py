@@ -94,6 +94,8 @@ def two_party_products(crypten: Any, base: type) -> type:
             if streams is None:
                 return super().generate_additive_triple(size0, size1, op, device, *args, **kwargs)
             common, local, rank = streams
+            if op == "mul" and tuple(size0) == tuple(size1):
+                return tuple(AST.from_shares(share, precision=0) for share in _same_shape_triple(common, local, rank, size0))
             a, b, c = common.ring(size0), common.ring(size1), common.ring(torch.Size(shape))
             if rank == 0:
                 a0, b0 = local.ring(size0), local.ring(size1)
@@ -128,6 +130,21 @@ def two_party_products(crypten: Any, base: type) -> type:
             return tuple(BST.from_shares(share) for share in (a, b, c))
 
     return TwoPartyProducts
+
+
+def _same_shape_triple(common: Any, local: Any, rank: int, size: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An elementwise triple's shares for operands of one shape, in the fewest fresh tensors:
+    the same draws in the same order as two_party_products' general case (so the same words),
+    a and b in one (2, ...) block (the Beaver product opens them in place), and party 0's
+    c0 = (a0 + a1)(b0 + b1) - c1 made over a1 with c1 drawn over b1, which is spent by then:
+    four tensors live at its peak, not six."""
+    if rank != 0:
+        ab = common.ring((2, *size))
+        return ab[0], ab[1], common.ring(size)
+    a1, b1 = common.ring(size), common.ring(size)
+    ab0 = local.ring((2, *size))
+    product = a1.add_(ab0[0]).mul_(b1.add_(ab0[1]))
+    return ab0[0], ab0[1], product.sub_(common.fill(b1))
 
 
 @register_part("triple_source", "tfp")
@@ -230,7 +247,10 @@ class TrustedFirstParty(TripleSource):
         if rank != 0:
             return partner_word, and_share
         own_word = local.ring(size, device)
-        return own_word, and_share.neg_().add_((own_word & partner_word) < 0)  # both top bits set
+        # the AND of the two top bits is the top bit of the words' AND: shifted down
+        # arithmetically it is 0 or -1, in the partner word's memory (no bool temporaries)
+        top_and = partner_word.bitwise_and_(own_word).bitwise_right_shift_(63)
+        return own_word, and_share.neg_().sub_(top_and)
 
     def describe(self) -> str:
         return "tfp (trusted first party, TESTING ONLY)"
