@@ -762,7 +762,7 @@ def _elementwise_beaver(crypten: Any, x: torch.Tensor, y: torch.Tensor, a: torch
     one compiled pass (``protocols.beaver_kernels``); below, torch's calls cost less."""
     comm = crypten.communicator.get()
     compiled = x.numel() >= COMPILED_FROM
-    masked = _pair_over(a, b) if compiled else torch.empty((2, *x.shape), dtype=x.dtype, device=x.device)
+    masked = pair_over(a, b) if compiled else torch.empty((2, *x.shape), dtype=x.dtype, device=x.device)
     torch.sub(x, a, out=masked[0])
     torch.sub(y, b, out=masked[1])
     opened = comm.all_reduce(masked)
@@ -779,7 +779,7 @@ def _elementwise_beaver(crypten: Any, x: torch.Tensor, y: torch.Tensor, a: torch
     return c.addcmul_(a, delta)
 
 
-def _pair_over(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def pair_over(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(2, *a.shape) over a and b where b follows a in one storage (a triple drawn as one
     block): the opening's buffer is then memory the triple already holds. Else a new one."""
     if (a.shape == b.shape and a.is_contiguous() and b.is_contiguous()

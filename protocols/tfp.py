@@ -54,7 +54,7 @@ def _pair_streams(crypten: Any) -> tuple[Any, Any, int]:
     return crypten.generators["next" if rank == 0 else "prev"][cpu], crypten.generators["local"][cpu], rank
 
 
-def _product_shape(op: str, size0: Any, size1: Any) -> tuple[int, ...] | None:
+def product_shape(op: str, size0: Any, size1: Any) -> tuple[int, ...] | None:
     """The shape of ``op``'s product of a ``size0`` and a ``size1`` tensor, for the ops dealt
     from the shared stream (None: another op or matmul shape, left to CrypTen's dealing)."""
     size0, size1 = tuple(size0), tuple(size1)
@@ -89,13 +89,13 @@ def two_party_products(crypten: Any, base: type) -> type:
 
     class TwoPartyProducts(base):
         def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
-            shape = None if args or kwargs else _product_shape(op, size0, size1)
+            shape = None if args or kwargs else product_shape(op, size0, size1)
             streams = None if shape is None else pair_streams(device)
             if streams is None:
                 return super().generate_additive_triple(size0, size1, op, device, *args, **kwargs)
             common, local, rank = streams
             if op == "mul" and tuple(size0) == tuple(size1):
-                return tuple(AST.from_shares(share, precision=0) for share in _same_shape_triple(common, local, rank, size0))
+                return tuple(AST.from_shares(share, precision=0) for share in same_shape_triple(common, local, rank, size0))
             a, b, c = common.ring(size0), common.ring(size1), common.ring(torch.Size(shape))
             if rank == 0:
                 a0, b0 = local.ring(size0), local.ring(size1)
@@ -132,7 +132,7 @@ def two_party_products(crypten: Any, base: type) -> type:
     return TwoPartyProducts
 
 
-def _same_shape_triple(common: Any, local: Any, rank: int, size: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def same_shape_triple(common: Any, local: Any, rank: int, size: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An elementwise triple's shares for operands of one shape, in the fewest fresh tensors:
     the same draws in the same order as two_party_products' general case (so the same words),
     a and b in one (2, ...) block (the Beaver product opens them in place), and party 0's

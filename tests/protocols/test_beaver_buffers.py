@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from protocols import ProtocolConfig, beaver_kernels
-from protocols.crypten_hooks import COMPILED_FROM, _pair_over
+from protocols.crypten_hooks import COMPILED_FROM, pair_over
 from protocols.dealer import deal_answers, expand
 from protocols.prg import READ_AHEAD_BYTES, CipherGenerator, new_seed
-from protocols.tfp import _same_shape_triple
+from protocols.tfp import same_shape_triple
 from protocols.tuples import check_key
 from protocol_sessions import party_values, run_parties
 
@@ -28,7 +28,7 @@ def test_the_compiled_pass_gives_the_torch_products_words(shape, leader):
     if leader:
         expected.addcmul_(epsilon, delta)
     expected.addcmul_(a, delta)
-    masked = _pair_over(*rng.ring((2, *shape)).unbind(0))
+    masked = pair_over(*rng.ring((2, *shape)).unbind(0))
     torch.sub(x, a, out=masked[0])
     torch.sub(y, b, out=masked[1])
     result = beaver_kernels.finish(x, y, masked, torch.stack([epsilon, delta]), c, leader)
@@ -38,10 +38,10 @@ def test_the_compiled_pass_gives_the_torch_products_words(shape, leader):
 def test_the_opening_is_written_over_a_and_b_only_where_they_are_one_block():
     block = torch.arange(10, dtype=torch.int64)
     a, b = block[:5], block[5:]
-    over = _pair_over(a, b)
+    over = pair_over(a, b)
     assert over.shape == (2, 5) and over.data_ptr() == a.data_ptr() and torch.equal(over[1], b)
     for apart in ((b, a), (block[:4], block[5:9]), (torch.arange(5), torch.arange(5)), (block[:6:2], block[6::2])):
-        fresh = _pair_over(*apart)
+        fresh = pair_over(*apart)
         assert fresh.shape == (2, *apart[0].shape) and fresh.data_ptr() not in (apart[0].data_ptr(), block.data_ptr())
 
 
@@ -58,9 +58,9 @@ def test_tfp_triples_of_one_shape_are_the_draws_of_before(shape):
     untouched = CipherGenerator(local_seed).stream.bytes_drawn  # the torch seed word only
     for rank, expected in ((1, (a1, b1, c1)), (0, (a0, b0, c0))):
         common, local = CipherGenerator(common_seed), CipherGenerator(local_seed)
-        dealt = _same_shape_triple(common, local, rank, torch.Size(shape))
+        dealt = same_shape_triple(common, local, rank, torch.Size(shape))
         assert all(torch.equal(got, want) for got, want in zip(dealt, expected)), rank
-        assert _pair_over(dealt[0], dealt[1]).data_ptr() == dealt[0].data_ptr()
+        assert pair_over(dealt[0], dealt[1]).data_ptr() == dealt[0].data_ptr()
         assert common.stream.bytes_drawn == old_common.stream.bytes_drawn
         assert local.stream.bytes_drawn == (old_local.stream.bytes_drawn if rank == 0 else untouched)
 
@@ -89,7 +89,7 @@ def test_a_dealt_elementwise_triple_expands_a_and_b_as_one_block(party):
     answers = deal_answers(keys, seeds, 0, CipherGenerator(new_seed()))
     dealt = [expand(keys, seed, answers[p], p, 2) for p, seed in enumerate(seeds)]
     a, b, _ = dealt[party][0]
-    assert _pair_over(a, b).data_ptr() == a.data_ptr()
+    assert pair_over(a, b).data_ptr() == a.data_ptr()
     for k, op in enumerate(("mul", "matmul")):
         a, b, c = (dealt[0][k][j] + dealt[1][k][j] for j in range(3))
         assert torch.equal(getattr(torch, op)(a, b), c)

@@ -10,7 +10,7 @@ import torch
 from protocols import ProtocolConfig
 from protocols.carry4 import COMPONENTS, INPUTS, carry4_stack
 from protocols.comparison import relu_mask_values
-from protocols.tfp import TrustedFirstParty, _product_shape
+from protocols.tfp import TrustedFirstParty, product_shape
 from protocol_sessions import party_values, run_parties
 
 TFP = ProtocolConfig(name="tfp", triple_source="tfp")
@@ -84,11 +84,11 @@ def _products(crypten, rank):
 
 
 def test_product_shapes_dealt_from_the_stream():
-    assert _product_shape("mul", (5, 7), (7,)) == (5, 7)
-    assert _product_shape("matmul", (6, 4), (4, 3)) == (6, 3)
-    assert _product_shape("matmul", (2, 6, 4), (4, 3)) is None  # batched: CrypTen's
-    assert _product_shape("matmul", (6, 4), (5, 3)) is None
-    assert _product_shape("conv2d", (1, 1, 4, 4), (1, 1, 2, 2)) is None
+    assert product_shape("mul", (5, 7), (7,)) == (5, 7)
+    assert product_shape("matmul", (6, 4), (4, 3)) == (6, 3)
+    assert product_shape("matmul", (2, 6, 4), (4, 3)) is None  # batched: CrypTen's
+    assert product_shape("matmul", (6, 4), (5, 3)) is None
+    assert product_shape("conv2d", (1, 1, 4, 4), (1, 1, 2, 2)) is None
 
 
 def test_two_party_tuples_are_exact():
