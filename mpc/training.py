@@ -260,8 +260,8 @@ def _residual_on_shares(ops: share_ops.ShareOps, logits: Any, weights: Any, targ
 def _residual_operations(size: tuple[int, ...], scale: int, divisor: int) -> list[tuple]:
     """The products, divisions and ReLUs of :func:`_residual_on_shares` on logits of ``size``,
     in its order (its first divisor ``divisor``), announced before it starts: the first step
-    asks the dealer for their tuples in one request, not nine (tests/test_sigmoid.py checks
-    the list against the tuples the function asks for)."""
+    asks the dealer for their tuples in one request, not nine (tests/protocols/
+    test_dealer_requests.py checks the list against the tuples the function asks for)."""
     two, three = (2, *size), (3, *size)
     return [("relu", two), ("mul", three), ("divide", three, divisor),  # clip, then c^2, w c, w (1/2 - y)
             ("square", size), ("divide", size, scale), ("mul", two),  # _odd_factor_on_shares: s^2, then s s2, s2^2
