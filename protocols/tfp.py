@@ -54,6 +54,16 @@ def _pair_streams(crypten: Any) -> tuple[Any, Any, int]:
     return crypten.generators["next" if rank == 0 else "prev"][cpu], crypten.generators["local"][cpu], rank
 
 
+def _two_party_streams(crypten: Any, device: Any) -> tuple[Any, Any, int] | None:
+    """The streams of :func:`_pair_streams` for a tuple dealt from them (two parties, the CPU);
+    None where CrypTen's own dealing applies."""
+    if device is not None and torch.device(device).type != "cpu":
+        return None
+    if crypten.communicator.get().get_world_size() != 2:
+        return None
+    return _pair_streams(crypten)
+
+
 def product_shape(op: str, size0: Any, size1: Any) -> tuple[int, ...] | None:
     """The shape of ``op``'s product of a ``size0`` and a ``size1`` tensor, for the ops dealt
     from the shared stream (None: another op or matmul shape, left to CrypTen's dealing)."""
@@ -79,18 +89,10 @@ def two_party_products(crypten: Any, base: type) -> type:
     from crypten.mpc.primitives import ArithmeticSharedTensor as AST
     from crypten.mpc.primitives import BinarySharedTensor as BST
 
-    def pair_streams(device: Any) -> tuple[Any, Any, int] | None:
-        """The streams for a two-party deal on ``device``; None where CrypTen's dealing applies."""
-        if device is not None and torch.device(device).type != "cpu":
-            return None
-        if crypten.communicator.get().get_world_size() != 2:
-            return None
-        return _pair_streams(crypten)
-
     class TwoPartyProducts(base):
         def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
             shape = None if args or kwargs else product_shape(op, size0, size1)
-            streams = None if shape is None else pair_streams(device)
+            streams = None if shape is None else _two_party_streams(crypten, device)
             if streams is None:
                 return super().generate_additive_triple(size0, size1, op, device, *args, **kwargs)
             common, local, rank = streams
@@ -107,7 +109,7 @@ def two_party_products(crypten: Any, base: type) -> type:
             return tuple(AST.from_shares(share, precision=0) for share in (a, b, c))
 
         def square(self, size, device=None):
-            streams = pair_streams(device)
+            streams = _two_party_streams(crypten, device)
             if streams is None:
                 return super().square(size, device)
             common, local, rank = streams
@@ -118,7 +120,7 @@ def two_party_products(crypten: Any, base: type) -> type:
             return AST.from_shares(r, precision=0), AST.from_shares(r2, precision=0)
 
         def generate_binary_triple(self, size0, size1, device=None):
-            streams = pair_streams(device)
+            streams = _two_party_streams(crypten, device)
             if streams is None:
                 return super().generate_binary_triple(size0, size1, device)
             common, local, rank = streams
@@ -189,13 +191,13 @@ class TrustedFirstParty(TripleSource):
         parties on the CPU: party 1's shares are the next draws from the stream it shares with
         party 0, party 0's the values less them (XOR for a binary sharing), and only party 0
         calls ``make``. Otherwise CrypTen's sharing from party 0 (two zero-sharing masks)."""
-        mpc = self._crypten.mpc.primitives
-        cpu = device is None or torch.device(device).type == "cpu"
-        if not cpu or self._crypten.communicator.get().get_world_size() != 2:
+        streams = _two_party_streams(self._crypten, device)
+        if streams is None:
+            mpc = self._crypten.mpc.primitives
             values = make()
             return plain((mpc.BinarySharedTensor(values, src=0) if binary
                           else mpc.ArithmeticSharedTensor(values, precision=0, src=0)).share)
-        common, _, rank = _pair_streams(self._crypten)
+        common, _, rank = streams
         drawn = common.ring(torch.Size(shape))  # a Size: ring's fast path
         if rank != 0:
             return drawn
