@@ -180,7 +180,8 @@ def _deterministic_step_error(x: torch.Tensor, theta: torch.Tensor, factor: floa
 
 def logit_bounds(test_features: torch.Tensor, trained: nn.Module, training: TrainingBound) -> torch.Tensor:
     """Part 3: per held-out row, the largest |secure - plaintext| logit after secure training."""
-    if relu_stack(trained) is not None and len(relu_stack(trained)) > 1:
+    linears = relu_stack(trained)
+    if linears is not None and len(linears) > 1:
         return mlp_logit_bounds(test_features, trained, training.weight_error, training.truncation)
     test = test_features.double()
     row_norms = torch.cat([test, torch.ones(len(test), 1, dtype=torch.float64)], dim=1).norm(dim=1)

@@ -136,12 +136,14 @@ class CipherStream:
         self.bytes_drawn = self._start = position - position % block_bytes
         self.read(position % block_bytes)
 
-    def _draw(self, nbytes: int) -> np.ndarray:
-        """The cipher's next ``nbytes`` (past what was drawn ahead)."""
-        out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
+    def _draw(self, nbytes: int, before: np.ndarray = _NO_KEYSTREAM) -> np.ndarray:
+        """``before``, then the cipher's next ``nbytes`` (past what was drawn ahead), in one
+        fresh array: the cipher writes into it, no second buffer joined by a copy."""
+        out = np.empty(len(before) + nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
+        out[:len(before)] = before
         # read_into's checks are for a caller's buffer: this one fits by construction
-        self._encryptor.update_into(_zero_bytes(nbytes), out)
-        return out[:nbytes]
+        self._encryptor.update_into(_zero_bytes(nbytes), out[len(before):])
+        return out[:len(before) + nbytes]
 
     def read(self, nbytes: int) -> np.ndarray:
         """The next ``nbytes`` of keystream as a fresh uint8 array. Fresh, not a slice of the
@@ -157,12 +159,9 @@ class CipherStream:
         rest = self._ahead[start:]
         need = nbytes - len(rest)
         ahead = min(READ_AHEAD_BYTES, 2 * (self.bytes_drawn - nbytes - self._start))
-        if need >= ahead:  # nothing to keep: the cipher writes into the result, after what was left
-            out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants block_size-1 spare bytes
-            out[:len(rest)] = rest
-            self._encryptor.update_into(_zero_bytes(need), out[len(rest):])
+        if need >= ahead:  # nothing to keep: the rest and the new bytes in one array
             self._ahead, self._ahead_at = _NO_KEYSTREAM, 0
-            return out[:nbytes]
+            return self._draw(need, rest)
         block = self._draw(ahead)
         self._ahead, self._ahead_at = block, need
         return np.concatenate([rest, block[:need]])
@@ -226,13 +225,16 @@ class CipherGenerator(torch.Generator):
         self.counters = counters
         self.manual_seed(int(self.stream.int64(1)[0]) & ((1 << 63) - 1))
 
+    def _count(self, elements: int) -> None:
+        if self.counters is not None:
+            self.counters.calls += 1
+            self.counters.tuples += elements
+
     def ring(self, size: Any, device: Any = None) -> torch.Tensor:
         """Uniform elements of Z_2^64 as int64 (every value, both signs)."""
         shape = size if type(size) is torch.Size else _as_size(size)  # a Size holds ints already
         count = math.prod(shape)  # 1 for a scalar
-        if self.counters is not None:
-            self.counters.calls += 1
-            self.counters.tuples += count
+        self._count(count)
         # the stream's int64, inlined, and no device move for the CPU: a training step draws
         # about a hundred times, each a few Python calls for a few KB
         values = torch.from_numpy(self.stream.read(8 * count).view(np.int64)).reshape(shape)
@@ -244,9 +246,7 @@ class CipherGenerator(torch.Generator):
         """``out`` (contiguous CPU int64) overwritten with the elements ``ring(out.shape)`` would
         return: a draw into memory the caller already holds, not a fresh 8 MB per million."""
         count = out.numel()
-        if self.counters is not None:
-            self.counters.calls += 1
-            self.counters.tuples += count
+        self._count(count)
         words = out.view(-1).numpy().view(np.uint8)
         head = max(0, 8 * count - 16)  # the cipher's write wants 15 bytes past its end: the rest by a read
         if head:
