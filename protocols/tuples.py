@@ -348,6 +348,11 @@ def keyed_provider(crypten: Any, name: str, source: Any) -> Any:
     return KeyedProvider()
 
 
+def _product_key(op: str, size0: Any, size1: Any, kwargs: dict) -> tuple:
+    """The key of the tuple a product ``op`` (``square`` or a triple's op) of these sizes asks for."""
+    return ("square", freeze(size0)) if op == "square" else triple_key(op, size0, size1, kwargs)
+
+
 class KeyedTripleSource(TripleSource):
     """A triple source whose tuples CrypTen fetches by request key (dealer, OT).
 
@@ -375,7 +380,7 @@ class KeyedTripleSource(TripleSource):
             if operation == "relu":
                 keys += relu(size) if relu is not None else ()
             elif operation in ("mul", "square"):
-                keys.append(triple_key("mul", size, size, {}) if operation == "mul" else ("square", size))
+                keys.append(_product_key(operation, size, size, {}))
             elif operation == "divide":
                 keys += divide(size, *divisor) if divide is not None else ()
             else:
@@ -425,7 +430,7 @@ class KeyedTripleSource(TripleSource):
         tuples_for = getattr(truncation, "division_tuples", None)
         if args or tuples_for is None or x.encoder.scale == 1 or (y is not None and y.encoder.scale == 1):
             return
-        key = ("square", freeze(x.size())) if op == "square" else triple_key(op, x.size(), y.size(), kwargs)
+        key = _product_key(op, x.size(), None if y is None else y.size(), kwargs)
         self.expect([key, *tuples_for(tuple_layout(key)[-1][1], int(x.encoder.scale))])
 
     def uninstall(self, crypten: Any) -> None:
