@@ -258,14 +258,15 @@ class PackedComparison(ProtocolPart):
     def install(self, crypten: Any) -> None:
         source = self.suite.parts["triple_source"]
         crypten_hooks.install_comparison(crypten, self.less_than_zero, self.counters)
-        if source.deals_relu_masks():
+        self._relu_here = source.deals_relu_masks()  # else CrypTen's ReLU (through the comparison)
+        if self._relu_here:
             crypten_hooks.install_relu(crypten, self.relu, self.relu_gradient, self.counters)
         self._by_fours = source.deals_carry4()
         self._crypten = crypten
 
     def relu_tuples_for(self, size: tuple[int, ...]) -> tuple[tuple, ...]:
         """The tuples a ReLU of ``size`` asks the source for (none where ReLU is not this part's)."""
-        return relu_tuples(size, self._by_fours) if self.suite.parts["triple_source"].deals_relu_masks() else ()
+        return relu_tuples(size, self._by_fours) if self._relu_here else ()
 
     def _products4(self, comm: Any, device: Any) -> Products4 | None:
         """The tree's four-group joins from the source's carry4 tuples (None: it deals none)."""
